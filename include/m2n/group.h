@@ -1,0 +1,127 @@
+// m2n::Group: a persistent group of M senders and N receivers.
+//
+// Created once (bootstrap, configuration check, connect, register, exchange keys), reused for every
+// call, closed once. Each rank exposes registered receive slots for every peer on the other side, so
+// messages flow both ways: senders -> receivers (dispatch) and receivers -> senders (combine).
+//
+// A Send writes the payload straight into a free slot of the peer by a one-sided write and signals
+// it with an immediate (sender, slot, length): RDMA write-with-immediate, emulated by transports that
+// lack it. The peer sees a Message that points into that slot; Release() hands the slot back to the
+// sender by an ACK on the ACK lane, a channel of its own, never queued behind data.
+//
+// Completion model: the calling thread drives progress. Every blocking call (Send, Receive, Barrier,
+// Close) makes progress while it waits and returns by its Deadline. Between calls, nothing moves; a
+// rank that neither sends nor receives for long should call Progress(). A Group is used by one
+// thread at a time.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "m2n/deadline.h"
+#include "m2n/memory.h"
+#include "m2n/options.h"
+#include "m2n/status.h"
+
+namespace m2n {
+
+enum class Role { kSender, kReceiver };
+std::string_view RoleName(Role role);
+
+// One message to one peer. [data, data + length) must lie inside a MemoryRegion registered with the
+// Group, and length <= Options::slot_bytes.
+struct SendRequest {
+  int peer = -1;  // global rank of a peer on the other side
+  const void* data = nullptr;
+  size_t length = 0;
+};
+
+// A received message: a view of the receive slot it landed in, valid until Release().
+struct Message {
+  int peer = -1;            // the rank that sent it
+  int slot = -1;            // the slot it occupies, in [0, slot_depth)
+  size_t length = 0;
+  std::byte* data = nullptr;
+  uint64_t sequence = 0;    // per (peer -> this rank) count of messages, from 0
+};
+
+// Counters since creation; cheap to read.
+struct GroupStats {
+  uint64_t messages_sent = 0;
+  uint64_t bytes_sent = 0;
+  uint64_t messages_received = 0;
+  uint64_t bytes_received = 0;
+  uint64_t acks_sent = 0;
+  uint64_t acks_received = 0;
+  uint64_t credit_waits = 0;  // Sends that found no free slot at the peer and had to wait
+};
+
+class Group {
+ public:
+  // Bootstraps and connects the whole group; every rank of the job calls it. `options` are resolved
+  // with ResolveOptions() first. Errors: kInvalidArgument for a bad rank / world size / option,
+  // kFailedPrecondition for a configuration that differs between ranks (reported on every rank),
+  // kDeadlineExceeded / kUnavailable when the store or a peer cannot be reached.
+  static StatusOr<std::unique_ptr<Group>> Create(const Options& options);
+
+  ~Group();  // closes with a short deadline if Close() was not called
+  Group(const Group&) = delete;
+  Group& operator=(const Group&) = delete;
+
+  int rank() const;
+  int world_size() const;
+  Role role() const;
+  int num_senders() const;
+  int num_receivers() const;
+  // Ranks on the other side, ascending: the only valid peers.
+  std::span<const int> peers() const;
+  const Options& options() const;  // as resolved
+  std::string_view transport_name() const;
+  GroupStats stats() const;
+
+  // Registers [data, data + size) for sending. The region must outlive its use in Send.
+  StatusOr<MemoryRegion> RegisterMemory(void* data, size_t size, MemoryKind kind = MemoryKind::kHost);
+
+  // Posts every request, each into a free slot of its peer, waiting for credits where a peer has
+  // none, and returns once every payload has left its source buffer (the buffer may be reused).
+  Status Send(std::span<const SendRequest> requests, Deadline deadline);
+  Status Send(const SendRequest& request, Deadline deadline);
+
+  // Waits until one message from each of `peers` is there; out[i] receives the oldest unreceived
+  // message from peers[i] (a peer may appear several times). out.size() == peers.size().
+  Status Receive(std::span<const int> peers, std::span<Message> out, Deadline deadline);
+  StatusOr<Message> Receive(int peer, Deadline deadline);
+  // Non-blocking: the oldest unreceived message from `peer`, if there is one.
+  StatusOr<bool> TryReceive(int peer, Message* out);
+
+  // Hands the message's slot back to its sender (an ACK). Releasing a slot twice, or a message this
+  // group never delivered, is kFailedPrecondition.
+  Status Release(const Message& message);
+  Status Release(std::span<const Message> messages);
+
+  // All ranks of the group; through the bootstrap store (slow path: set-up and tests, not per message).
+  Status Barrier(Deadline deadline);
+
+  // One round of progress without blocking: completions, arrivals, ACKs.
+  Status Progress();
+
+  // Waits until every peer has released this rank's messages and said goodbye, then disconnects.
+  // After Close, every call returns kFailedPrecondition.
+  Status Close(Deadline deadline);
+
+  struct Impl;
+
+ private:
+  explicit Group(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// Names of the transports compiled into this build, best first ("ucx", ...).
+std::vector<std::string> AvailableTransports();
+
+}  // namespace m2n

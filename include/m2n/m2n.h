@@ -1,0 +1,9 @@
+// The whole public surface of m2n.
+#pragma once
+
+#include "m2n/deadline.h"
+#include "m2n/group.h"
+#include "m2n/memory.h"
+#include "m2n/options.h"
+#include "m2n/status.h"
+#include "m2n/version.h"

@@ -1,0 +1,70 @@
+// Options for a Group: an aggregate with defaults, overridable by M2N_* environment variables.
+//
+//   m2n::Options options{.num_senders = 2, .num_receivers = 2, .slot_bytes = 1 << 20};
+//   auto resolved = m2n::ResolveOptions(options);   // applies M2N_* variables and the launcher's
+//                                                   // rank / world size / master address
+//
+// The table of variables is kEnvironmentTable below and docs/configuration.md.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "m2n/status.h"
+
+namespace m2n {
+
+// Where the rank, world size and master address come from. Unset fields (-1 / empty / 0) are filled
+// by ResolveOptions from, in order: M2N_* variables, torchrun (RANK, WORLD_SIZE, MASTER_ADDR,
+// MASTER_PORT), Open MPI (OMPI_COMM_WORLD_RANK / _SIZE), Slurm (SLURM_PROCID / SLURM_NTASKS).
+struct BootstrapOptions {
+  int rank = -1;
+  int world_size = -1;
+  std::string master_addr;  // host running the TCP store (rank 0); default 127.0.0.1
+  int master_port = 0;      // default 29517
+  // Ranks of one job share this; a rank of another job is refused by the store. Default: derived
+  // from the master address and port.
+  std::string job_id;
+  // How long group creation may take in all: connecting to the store, exchanging addresses.
+  std::chrono::milliseconds timeout{30000};
+};
+
+struct Options {
+  // M senders hold ranks [0, M); N receivers hold ranks [M, M + N). M + N must equal the world size.
+  int num_senders = 0;
+  int num_receivers = 0;
+  // Each rank exposes, for every peer on the other side, `slot_depth` receive slots of `slot_bytes`.
+  // A message may be at most slot_bytes long; a sender may have at most slot_depth messages to one
+  // receiver that the receiver has not released (its credits).
+  size_t slot_bytes = size_t{1} << 20;
+  int slot_depth = 4;
+  // "auto" picks the best transport built and usable here; or a name from AvailableTransports().
+  std::string transport = "auto";
+  // How long an idle progress loop spins before it yields the core (microseconds). 0: always yield.
+  int spin_us = 50;
+  // How often a blocked call asks the bootstrap store whether a peer died (milliseconds).
+  int liveness_check_ms = 200;
+  BootstrapOptions bootstrap;
+};
+
+// One row of the environment table.
+struct EnvironmentVariable {
+  std::string_view name;
+  std::string_view field;
+  std::string_view meaning;
+};
+std::span<const EnvironmentVariable> EnvironmentTable();
+
+// Applies M2N_* variables over `options` (a variable wins over a field left at its default, and
+// over a field set in code too: it is the operator's override), then fills rank, world size and the
+// master address from the launcher's variables. Errors name the variable and the bad value.
+StatusOr<Options> ResolveOptions(const Options& options);
+
+// One line per field, for logs and the m2n_perf header.
+std::string DescribeOptions(const Options& options);
+
+}  // namespace m2n

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs the dependencies, builds m2n and runs the whole test suite. README's test command.
+#   BUILD_DIR (default build), JOBS (default: cores), CTEST_ARGS (extra ctest flags)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${BUILD_DIR:-build}
+jobs=${JOBS:-$(nproc)}
+t0=$(date +%s)
+stamp() { echo "[test.sh] $1: $(( $(date +%s) - t0 )) s since start"; }
+
+scripts/install-deps.sh
+stamp "dependencies"
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DM2N_WERROR=ON
+cmake --build "$build" -j "$jobs"
+stamp "build"
+# Tests start several processes each and time-bound themselves; run one at a time on small machines.
+ctest --test-dir "$build" --output-on-failure --timeout 300 ${CTEST_ARGS:-}
+stamp "tests"

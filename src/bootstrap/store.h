@@ -1,0 +1,71 @@
+// A small key-value store for bootstrap: set / get / wait / add, every wait bounded.
+// TcpStore for real jobs (rank 0 serves, every rank is a client), InMemoryStore for tests.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "m2n/deadline.h"
+#include "m2n/status.h"
+
+namespace m2n::bootstrap {
+
+using Bytes = std::vector<std::byte>;
+
+class Store {
+ public:
+  virtual ~Store() = default;
+  virtual Status Set(const std::string& key, std::span<const std::byte> value) = 0;
+  // Waits until `key` exists, then returns its value.
+  virtual StatusOr<Bytes> Get(const std::string& key, Deadline deadline) = 0;
+  // Atomically adds `delta` to the integer at `key` (absent = 0); returns the new value.
+  virtual StatusOr<int64_t> Add(const std::string& key, int64_t delta) = 0;
+  // Waits until every key exists.
+  virtual Status Wait(std::span<const std::string> keys, Deadline deadline) = 0;
+  // Ranks whose connection to the store ended without a goodbye (TcpStore); empty for others.
+  virtual StatusOr<std::vector<int>> DeadRanks() = 0;
+  // Says goodbye: a clean exit, so this rank is not reported dead.
+  virtual Status Goodbye() = 0;
+
+  // Helpers on top of the primitives.
+  Status SetString(const std::string& key, const std::string& value);
+  StatusOr<std::string> GetString(const std::string& key, Deadline deadline);
+  // All `world_size` ranks arrive at barrier `name` (each name used once per job).
+  Status Barrier(const std::string& name, int world_size, Deadline deadline);
+};
+
+struct TcpStoreOptions {
+  std::string host = "127.0.0.1";
+  int port = 0;            // rank 0 listens here (0: any free port; see TcpStorePort())
+  bool serve = false;      // true on rank 0: run the server in a thread of this process
+  int rank = -1;
+  int world_size = 0;
+  std::string job_id;      // a client of another job is refused
+  // Bounds the calls that take no deadline (Set, Add, DeadRanks, Goodbye): the store answers them
+  // at once, so running out of this means the store or the network is stuck.
+  std::chrono::milliseconds request_timeout{30000};
+};
+
+// Connects (and on rank 0 first serves), retrying until `deadline`. An unreachable master is
+// kDeadlineExceeded naming host:port and the last connect() error. A refused HELLO (another job,
+// a rank out of range, a different world size, a rank already connected) is kFailedPrecondition or
+// kInvalidArgument with the store's reason. Once connected, a store that is gone makes every call
+// kUnavailable. Get and Wait return by their deadline plus at most kStoreReplyGraceMs, the time the
+// store's own timeout answer (which names the keys still missing) takes to arrive.
+// The serving store stops serving when it is destroyed: destroy rank 0's last, after a barrier.
+// Calls on one store are serialized (a mutex), so it may be shared by threads.
+StatusOr<std::unique_ptr<Store>> ConnectTcpStore(const TcpStoreOptions& options, Deadline deadline);
+
+inline constexpr int64_t kStoreReplyGraceMs = 200;
+
+// The port a store returned by ConnectTcpStore with serve = true listens on (the kernel's choice
+// when options.port was 0); -1 for any other store.
+int TcpStorePort(const Store& store);
+
+std::unique_ptr<Store> NewInMemoryStore();
+
+}  // namespace m2n::bootstrap

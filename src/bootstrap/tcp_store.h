@@ -1,0 +1,34 @@
+// The server half of the TCP store, for a process that serves without being a rank (e.g. a
+// launcher) and for tests. ConnectTcpStore(serve = true) runs one inside rank 0's store; most code
+// needs nothing from this header.
+//
+// One thread polls every connection (non-blocking sockets, a read and a write buffer each); no
+// request ever blocks that thread. A GET or WAIT whose keys are missing is held, per connection,
+// until the keys appear or its timeout passes. A connection sends HELLO first (job id, rank, world
+// size) and is refused unless all three fit the job and the rank is not connected already. A
+// connection that ends without GOODBYE makes its rank dead (DEAD_RANKS); once dead, a rank stays
+// listed even if it reconnects, so every peer sees the same monotone set. A peer that sends bytes
+// that fail a check gets an ERROR naming the check and is closed; no other connection notices.
+#pragma once
+
+#include <memory>
+
+#include "bootstrap/store.h"
+#include "m2n/status.h"
+
+namespace m2n::bootstrap {
+
+class TcpStoreServer {
+ public:
+  // Stops the thread and closes every socket; takes no longer than one pass of the poll loop.
+  virtual ~TcpStoreServer() = default;
+  // The port it listens on: options.port, or the one the kernel chose for port 0.
+  virtual int port() const = 0;
+};
+
+// Binds options.host:options.port (SO_REUSEADDR; an empty host or "0.0.0.0" means every interface)
+// and starts serving the job options.job_id of options.world_size ranks. options.rank and
+// options.serve are not used. kUnavailable when the address cannot be bound.
+StatusOr<std::unique_ptr<TcpStoreServer>> StartTcpStoreServer(const TcpStoreOptions& options);
+
+}  // namespace m2n::bootstrap

@@ -1,0 +1,677 @@
+// Group: bootstrap, configuration check, connection, and the slot / credit / ACK protocol on top of
+// one Transport. See docs/architecture.md for the protocol.
+#include "m2n/group.h"
+
+#include <sched.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "bootstrap/store.h"
+#include "protocol/config_check.h"
+#include "protocol/immediate.h"
+#include "protocol/slots.h"
+#include "transports/transport.h"
+#include "m2n/version.h"
+
+namespace m2n {
+
+namespace {
+
+using transport::Completion;
+using transport::Lane;
+
+std::string RankName(int rank) { return "rank " + std::to_string(rank); }
+
+// Cookies of our own writes: ACK writes are not waited on by a Send, so they are told apart.
+constexpr uint64_t kAckCookie = uint64_t{1} << 63;
+
+std::string JoinRanks(const std::vector<int>& ranks) {
+  std::string out;
+  for (size_t i = 0; i < ranks.size(); ++i) {
+    if (i > 0) out += ", ";
+    out += std::to_string(ranks[i]);
+  }
+  return out;
+}
+
+StatusOr<const transport::TransportInfo*> ChooseTransport(const std::string& wanted) {
+  auto all = transport::RegisteredTransports();
+  std::string names;
+  for (const auto& info : all) names += (names.empty() ? "" : ", ") + std::string(info.name);
+  if (all.empty()) {
+    return UnavailableError("no transport was compiled into this build of m2n (see the configure summary)");
+  }
+  if (wanted == "auto") {
+    std::string reasons;
+    for (const auto& info : all) {
+      Status usable = info.probe();
+      if (usable.ok()) return &info;
+      reasons += "; " + std::string(info.name) + ": " + usable.message();
+    }
+    return UnavailableError("no usable transport here" + reasons);
+  }
+  for (const auto& info : all) {
+    if (info.name == wanted) {
+      Status usable = info.probe();
+      if (!usable.ok()) return usable.WithContext("transport '" + wanted + "' is not usable here");
+      return &info;
+    }
+  }
+  return InvalidArgumentError("unknown transport '" + wanted + "'; this build has: " + names);
+}
+
+}  // namespace
+
+std::string_view RoleName(Role role) { return role == Role::kSender ? "sender" : "receiver"; }
+
+std::string_view MemoryKindName(MemoryKind kind) {
+  return kind == MemoryKind::kHost ? "host" : "cuda";
+}
+
+std::vector<std::string> AvailableTransports() {
+  std::vector<std::string> names;
+  for (const auto& info : transport::RegisteredTransports()) names.emplace_back(info.name);
+  return names;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registered memory. The Core is shared by the Group and every MemoryRegion, so a region that
+// outlives its Group still deregisters against a live transport.
+
+struct Core {
+  std::unique_ptr<transport::Transport> transport;
+  // Registered send regions by base address, for finding the region of a SendRequest.
+  std::map<uintptr_t, MemoryRegion::Impl*> regions;
+};
+
+struct MemoryRegion::Impl {
+  std::shared_ptr<Core> core;
+  std::unique_ptr<transport::Region> region;
+  ~Impl() {
+    if (core) core->regions.erase(reinterpret_cast<uintptr_t>(region->data()));
+  }
+};
+
+MemoryRegion::MemoryRegion(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+MemoryRegion::MemoryRegion(MemoryRegion&&) noexcept = default;
+MemoryRegion& MemoryRegion::operator=(MemoryRegion&&) noexcept = default;
+MemoryRegion::~MemoryRegion() = default;
+std::byte* MemoryRegion::data() const { return impl_ ? impl_->region->data() : nullptr; }
+size_t MemoryRegion::size() const { return impl_ ? impl_->region->size() : 0; }
+MemoryKind MemoryRegion::kind() const { return impl_ ? impl_->region->kind() : MemoryKind::kHost; }
+
+// ---------------------------------------------------------------------------------------------
+
+struct Group::Impl {
+  Options options;
+  int rank = -1;
+  int world = 0;
+  Role role = Role::kSender;
+  std::vector<int> peers;  // the other side, ascending
+  std::string transport_name;
+  std::unique_ptr<bootstrap::Store> store;
+  std::shared_ptr<Core> core;
+
+  // Our receive slots: one block of depth x slot_bytes per peer, in peers order.
+  std::unique_ptr<transport::Region> slots;
+  // Per peer (by index into peers): its slots for us, our slot bookkeeping for it, our credits.
+  std::vector<std::unique_ptr<transport::RemoteRegion>> remote_slots;
+  std::vector<size_t> remote_block_offset;  // where our block starts in the peer's slot region
+  std::vector<protocol::ReceiveSlots> receive;
+  std::vector<protocol::Credits> credits;
+  std::vector<int> peer_index;  // rank -> index into peers, -1 for the same side
+
+  uint64_t next_cookie = 1;
+  uint64_t writes_in_flight = 0;  // data writes posted and not yet done
+  std::vector<Completion> completions = std::vector<Completion>(64);
+  std::vector<transport::Write> batch;
+  Status fatal;  // sticky: once a peer or the protocol failed, every call returns it
+  bool closed = false;
+  int barrier_count = 0;
+  Clock::time_point next_liveness_check{};
+  GroupStats stats;
+
+  size_t block_bytes() const { return options.slot_bytes * static_cast<size_t>(options.slot_depth); }
+  std::string me() const { return RankName(rank) + " (" + std::string(RoleName(role)) + ")"; }
+
+  Status CheckOpen() const {
+    if (closed) return FailedPreconditionError(me() + ": the group is closed");
+    return fatal;
+  }
+
+  int IndexOfPeer(int peer) const {
+    return peer >= 0 && peer < world ? peer_index[peer] : -1;
+  }
+
+  Status ValidPeer(int peer, std::string_view what) const {
+    if (IndexOfPeer(peer) >= 0) return OkStatus();
+    std::string why = peer < 0 || peer >= world
+                          ? "outside [0, " + std::to_string(world) + ")"
+                          : "on this rank's own side (" + std::string(RoleName(role)) + "s talk to " +
+                                (role == Role::kSender ? "receivers" : "senders") + " only)";
+    return InvalidArgumentError(me() + ": " + std::string(what) + " to/from rank " +
+                                std::to_string(peer) + ", which is " + why);
+  }
+
+  Status Fail(Status status) {
+    if (fatal.ok()) fatal = std::move(status);
+    return fatal;
+  }
+
+  // One round of transport progress; applies every completion.
+  Status Progress() {
+    M2N_ASSIGN_OR_RETURN(size_t n, core->transport->Poll(completions));
+    for (size_t i = 0; i < n; ++i) {
+      const Completion& c = completions[i];
+      switch (c.type) {
+        case Completion::Type::kWriteDone:
+          if ((c.cookie & kAckCookie) == 0) --writes_in_flight;
+          break;
+        case Completion::Type::kError:
+          return Fail(c.error.WithContext(me()));
+        case Completion::Type::kImmediate:
+          M2N_RETURN_IF_ERROR(OnImmediate(c));
+          break;
+      }
+    }
+    return OkStatus();
+  }
+
+  Status OnImmediate(const Completion& c) {
+    auto decoded = protocol::DecodeImmediate(c.imm);
+    if (!decoded.ok()) return Fail(decoded.status().WithContext(me() + ": from " + RankName(c.peer)));
+    const protocol::Immediate& imm = *decoded;
+    int index = IndexOfPeer(c.peer);
+    if (index < 0 || imm.rank != c.peer) {
+      return Fail(DataLossError(me() + ": " + protocol::ToString(imm) + " arrived from " + RankName(c.peer) +
+                                ", which does not match"));
+    }
+    bool ack_lane = c.lane == Lane::kAck;
+    if (ack_lane != (imm.kind == protocol::ImmKind::kAck)) {
+      return Fail(DataLossError(me() + ": " + protocol::ToString(imm) + " arrived on the wrong lane"));
+    }
+    if (ack_lane) {
+      Status s = credits[index].OnAck(imm.slot);
+      if (!s.ok()) return Fail(s.WithContext(me()));
+      ++stats.acks_received;
+      return OkStatus();
+    }
+    Status s = receive[index].OnArrival(imm.slot, c.length);
+    if (!s.ok()) return Fail(s.WithContext(me()));
+    ++stats.messages_received;
+    stats.bytes_received += c.length;
+    return OkStatus();
+  }
+
+  // Waits, making progress, until done() or the deadline; `what` names the wait in errors.
+  // Spins for spin_us after the last progress, then yields the core each round; every
+  // liveness_check_ms it asks the store whether a peer died.
+  template <typename Done, typename What>
+  Status WaitUntil(Done done, Deadline deadline, What what) {
+    auto spin_until = Clock::now() + std::chrono::microseconds(options.spin_us);
+    while (true) {
+      M2N_RETURN_IF_ERROR(Progress());
+      if (done()) return OkStatus();
+      auto now = Clock::now();
+      if (now >= deadline.time()) {
+        return DeadlineExceededError(me() + ": timed out " + what());
+      }
+      if (now >= next_liveness_check) {
+        next_liveness_check = now + std::chrono::milliseconds(options.liveness_check_ms);
+        M2N_RETURN_IF_ERROR(CheckPeersAlive(what));
+      }
+      if (now >= spin_until) sched_yield();
+    }
+  }
+
+  template <typename What>
+  Status CheckPeersAlive(What what) {
+    auto dead = store->DeadRanks();
+    if (!dead.ok()) return Fail(dead.status().WithContext(me() + " while " + what()));
+    std::vector<int> dead_peers;
+    for (int r : *dead) {
+      if (r != rank) dead_peers.push_back(r);
+    }
+    if (dead_peers.empty()) return OkStatus();
+    return Fail(UnavailableError(me() + ": peer " + (dead_peers.size() == 1 ? "rank " : "ranks ") +
+                                 JoinRanks(dead_peers) +
+                                 " died (its bootstrap connection closed without a goodbye) while " +
+                                 what()));
+  }
+
+  Status PostAck(int index, int slot) {
+    int peer = peers[index];
+    transport::Write w;
+    w.peer = peer;
+    w.lane = Lane::kAck;
+    w.imm = protocol::EncodeImmediate({protocol::ImmKind::kAck, slot, rank});
+    w.cookie = kAckCookie | next_cookie++;
+    Status s = core->transport->Post({&w, 1});
+    if (!s.ok()) return Fail(s.WithContext(me() + ": ACK to " + RankName(peer)));
+    ++stats.acks_sent;
+    return OkStatus();
+  }
+
+  StatusOr<MemoryRegion::Impl*> FindRegion(const void* data, size_t length) const {
+    auto address = reinterpret_cast<uintptr_t>(data);
+    auto it = core->regions.upper_bound(address);
+    if (it != core->regions.begin()) {
+      --it;
+      const transport::Region& r = *it->second->region;
+      uintptr_t base = reinterpret_cast<uintptr_t>(r.data());
+      if (address >= base && address - base <= r.size() && length <= r.size() - (address - base)) {
+        return it->second;
+      }
+    }
+    char text[64];
+    snprintf(text, sizeof text, "%p", data);
+    return InvalidArgumentError(me() + ": buffer [" + text + ", +" + std::to_string(length) +
+                                ") is not inside memory registered with this group (RegisterMemory)");
+  }
+
+  // A barrier through the store that keeps the transport moving while it waits, so that peers
+  // still finishing their sends (which may need our progress) are not stalled by it.
+  Status StoreBarrier(const std::string& name, Deadline deadline) {
+    const std::string key = "m2n/barrier/" + name;
+    auto arrived = store->Add(key, 1);
+    if (!arrived.ok()) return Fail(arrived.status().WithContext(me() + ": barrier '" + name + "'"));
+    int64_t count = *arrived;
+    auto spin_until = Clock::now() + std::chrono::microseconds(options.spin_us);
+    while (count < world) {
+      M2N_RETURN_IF_ERROR(Progress());
+      if (deadline.Expired()) {
+        return DeadlineExceededError(me() + ": barrier '" + name + "': " + std::to_string(count) + " of " +
+                                     std::to_string(world) + " ranks arrived by the deadline");
+      }
+      auto now = Clock::now();
+      if (now >= next_liveness_check) {
+        next_liveness_check = now + std::chrono::milliseconds(options.liveness_check_ms);
+        M2N_RETURN_IF_ERROR(CheckPeersAlive([&] { return "waiting in barrier '" + name + "'"; }));
+      }
+      auto current = store->Add(key, 0);
+      if (!current.ok()) return Fail(current.status().WithContext(me() + ": barrier '" + name + "'"));
+      count = *current;
+      if (now >= spin_until) usleep(50);
+    }
+    return OkStatus();
+  }
+
+  Status Connect(Deadline deadline);
+  Status Teardown(Deadline deadline, bool clean);
+};
+
+// ---------------------------------------------------------------------------------------------
+
+Status Group::Impl::Connect(Deadline deadline) {
+  const int depth = options.slot_depth;
+  // Our receive slots, then every peer's address and key, through the store.
+  M2N_ASSIGN_OR_RETURN(slots, core->transport->Allocate(block_bytes() * peers.size(), MemoryKind::kHost));
+  M2N_ASSIGN_OR_RETURN(transport::Bytes slot_key, slots->PackRemoteKey());
+  M2N_RETURN_IF_ERROR(store->Set("m2n/slots/" + std::to_string(rank), slot_key));
+  for (int peer : peers) {
+    M2N_ASSIGN_OR_RETURN(transport::Bytes address, core->transport->LocalAddress(peer));
+    M2N_RETURN_IF_ERROR(store->Set("m2n/addr/" + std::to_string(rank) + "/" + std::to_string(peer), address));
+  }
+  for (int peer : peers) {
+    M2N_ASSIGN_OR_RETURN(bootstrap::Bytes address,
+                         store->Get("m2n/addr/" + std::to_string(peer) + "/" + std::to_string(rank), deadline));
+    Status s = core->transport->Connect(peer, address);
+    if (!s.ok()) return s.WithContext(me() + ": connecting to " + RankName(peer));
+  }
+  for (size_t i = 0; i < peers.size(); ++i) {
+    int peer = peers[i];
+    M2N_ASSIGN_OR_RETURN(bootstrap::Bytes key, store->Get("m2n/slots/" + std::to_string(peer), deadline));
+    auto remote = core->transport->UnpackRemoteKey(peer, key);
+    if (!remote.ok()) return remote.status().WithContext(me() + ": slots of " + RankName(peer));
+    remote_slots.push_back(std::move(remote).value());
+    // The peer's slot region holds one block per rank on our side, in ascending rank order; ranks
+    // on our side are contiguous, so our block index is our offset within our side.
+    int our_index = role == Role::kSender ? rank : rank - options.num_senders;
+    remote_block_offset.push_back(block_bytes() * static_cast<size_t>(our_index));
+    receive.emplace_back(peer, depth, options.slot_bytes);
+    credits.emplace_back(peer, depth);
+  }
+  return StoreBarrier("connected", deadline);
+}
+
+StatusOr<std::unique_ptr<Group>> Group::Create(const Options& requested) {
+  M2N_ASSIGN_OR_RETURN(Options options, ResolveOptions(requested));
+  const BootstrapOptions& b = options.bootstrap;
+  Deadline deadline = Deadline::After(b.timeout);
+
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  impl->rank = b.rank;
+  impl->world = b.world_size;
+  impl->role = b.rank < options.num_senders ? Role::kSender : Role::kReceiver;
+  impl->peer_index.assign(impl->world, -1);
+  if (impl->role == Role::kSender) {
+    for (int r = options.num_senders; r < impl->world; ++r) impl->peers.push_back(r);
+  } else {
+    for (int r = 0; r < options.num_senders; ++r) impl->peers.push_back(r);
+  }
+  for (size_t i = 0; i < impl->peers.size(); ++i) impl->peer_index[impl->peers[i]] = static_cast<int>(i);
+  if (impl->world > protocol::kMaxRanks || options.slot_depth > protocol::kMaxSlots) {
+    return InvalidArgumentError("options: at most " + std::to_string(protocol::kMaxRanks) + " ranks and " +
+                                std::to_string(protocol::kMaxSlots) + " slots per peer");
+  }
+
+  bootstrap::TcpStoreOptions store_options;
+  store_options.host = b.master_addr;
+  store_options.port = b.master_port;
+  store_options.serve = b.rank == 0;
+  store_options.rank = b.rank;
+  store_options.world_size = b.world_size;
+  store_options.job_id = b.job_id;
+  auto store = bootstrap::ConnectTcpStore(store_options, deadline);
+  if (!store.ok()) return store.status().WithContext(impl->me());
+  impl->store = std::move(store).value();
+
+  // Every rank publishes what it was configured with and checks everyone's, before anything is
+  // allocated: a mismatch is reported on every rank, naming the field and the ranks.
+  auto chosen = ChooseTransport(options.transport);
+  std::string transport_name = chosen.ok() ? std::string((*chosen)->name) : "<" + chosen.status().message() + ">";
+  protocol::Fingerprint mine = {
+      {"m2n_version", kVersionString},
+      {"world_size", std::to_string(impl->world)},
+      {"num_senders", std::to_string(options.num_senders)},
+      {"num_receivers", std::to_string(options.num_receivers)},
+      {"slot_bytes", std::to_string(options.slot_bytes)},
+      {"slot_depth", std::to_string(options.slot_depth)},
+      {"transport", transport_name},
+  };
+  M2N_RETURN_IF_ERROR(impl->store->SetString("m2n/config/" + std::to_string(impl->rank),
+                                             protocol::EncodeFingerprint(mine)));
+  std::vector<protocol::Fingerprint> all(impl->world);
+  for (int r = 0; r < impl->world; ++r) {
+    auto text = impl->store->GetString("m2n/config/" + std::to_string(r), deadline);
+    if (!text.ok()) return text.status().WithContext(impl->me() + ": configuration of " + RankName(r));
+    auto decoded = protocol::DecodeFingerprint(*text);
+    if (!decoded.ok()) return decoded.status().WithContext(impl->me() + ": configuration of " + RankName(r));
+    all[r] = std::move(decoded).value();
+  }
+  Status agreed = protocol::CheckFingerprints(all);
+  if (!agreed.ok()) {
+    // Rank 0 serves the store: it stays until every rank has read every configuration, so that
+    // each one reports the mismatch rather than a vanished store.
+    (void)impl->store->Add("m2n/config-checked", 1);
+    while (impl->rank == 0 && !deadline.Expired()) {
+      auto checked = impl->store->Add("m2n/config-checked", 0);
+      if (!checked.ok() || *checked >= impl->world) break;
+      usleep(1000);
+    }
+    (void)impl->store->Goodbye();
+    return agreed.WithContext(impl->me());
+  }
+  if (!chosen.ok()) return chosen.status().WithContext(impl->me());
+  impl->transport_name = transport_name;
+
+  transport::Config config;
+  config.rank = impl->rank;
+  config.world_size = impl->world;
+  config.peers = impl->peers;
+  config.max_unpolled = options.slot_depth;
+  config.timeout = b.timeout;
+  auto created = (*chosen)->create(config);
+  if (!created.ok()) return created.status().WithContext(impl->me());
+  impl->core = std::make_shared<Core>();
+  impl->core->transport = std::move(created).value();
+
+  Status connected = impl->Connect(deadline);
+  if (!connected.ok()) {
+    (void)impl->Teardown(Deadline::AfterMs(1000), /*clean=*/false);
+    return connected;
+  }
+  return std::unique_ptr<Group>(new Group(std::move(impl)));
+}
+
+Group::Group(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Group::~Group() {
+  if (!impl_->closed) (void)impl_->Teardown(Deadline::AfterMs(2000), /*clean=*/false);
+}
+
+int Group::rank() const { return impl_->rank; }
+int Group::world_size() const { return impl_->world; }
+Role Group::role() const { return impl_->role; }
+int Group::num_senders() const { return impl_->options.num_senders; }
+int Group::num_receivers() const { return impl_->options.num_receivers; }
+std::span<const int> Group::peers() const { return impl_->peers; }
+const Options& Group::options() const { return impl_->options; }
+std::string_view Group::transport_name() const { return impl_->transport_name; }
+GroupStats Group::stats() const { return impl_->stats; }
+
+StatusOr<MemoryRegion> Group::RegisterMemory(void* data, size_t size, MemoryKind kind) {
+  M2N_RETURN_IF_ERROR(impl_->CheckOpen());
+  if (data == nullptr || size == 0) {
+    return InvalidArgumentError(impl_->me() + ": RegisterMemory needs a non-null buffer and size > 0");
+  }
+  auto address = reinterpret_cast<uintptr_t>(data);
+  auto& regions = impl_->core->regions;
+  auto next = regions.lower_bound(address);
+  bool overlaps = (next != regions.end() && next->first < address + size);
+  if (!overlaps && next != regions.begin()) {
+    auto prev = std::prev(next);
+    overlaps = prev->first + prev->second->region->size() > address;
+  }
+  if (overlaps) {
+    return InvalidArgumentError(impl_->me() + ": RegisterMemory: the buffer overlaps a region already registered");
+  }
+  auto region = impl_->core->transport->Register(data, size, kind);
+  if (!region.ok()) return region.status().WithContext(impl_->me() + ": RegisterMemory");
+  auto handle = std::make_unique<MemoryRegion::Impl>();
+  handle->core = impl_->core;
+  handle->region = std::move(region).value();
+  regions[address] = handle.get();
+  return MemoryRegion(std::move(handle));
+}
+
+Status Group::Send(const SendRequest& request, Deadline deadline) { return Send({&request, 1}, deadline); }
+
+Status Group::Send(std::span<const SendRequest> requests, Deadline deadline) {
+  Impl& g = *impl_;
+  M2N_RETURN_IF_ERROR(g.CheckOpen());
+  // Validate everything before posting anything: a bad request sends nothing.
+  std::vector<const transport::Region*> sources(requests.size());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const SendRequest& r = requests[i];
+    M2N_RETURN_IF_ERROR(g.ValidPeer(r.peer, "send"));
+    if (r.length > g.options.slot_bytes) {
+      return InvalidArgumentError(g.me() + ": message of " + std::to_string(r.length) + " bytes to " +
+                                  RankName(r.peer) + " is larger than a slot (" +
+                                  std::to_string(g.options.slot_bytes) + " bytes, Options::slot_bytes)");
+    }
+    if (r.length > 0) {
+      M2N_ASSIGN_OR_RETURN(MemoryRegion::Impl * region, g.FindRegion(r.data, r.length));
+      sources[i] = region->region.get();
+    }
+  }
+  auto& batch = g.batch;
+  batch.clear();
+  auto post_batch = [&]() -> Status {
+    if (batch.empty()) return OkStatus();
+    Status s = g.core->transport->Post(batch);
+    if (!s.ok()) return g.Fail(s.WithContext(g.me() + ": send"));
+    g.writes_in_flight += batch.size();
+    batch.clear();
+    return OkStatus();
+  };
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const SendRequest& r = requests[i];
+    int index = g.IndexOfPeer(r.peer);
+    protocol::Credits& credit = g.credits[index];
+    if (credit.available() == 0) {
+      ++g.stats.credit_waits;
+      M2N_RETURN_IF_ERROR(post_batch());
+      M2N_RETURN_IF_ERROR(g.WaitUntil([&] { return credit.available() > 0; }, deadline, [&] {
+        return "waiting for a free slot at " + RankName(r.peer) + " (all " +
+               std::to_string(credit.depth()) + " slots hold messages it has not released)";
+      }));
+    }
+    int slot = credit.Take();
+    transport::Write w;
+    w.peer = r.peer;
+    w.lane = Lane::kData;
+    w.local = sources[i];
+    w.local_offset = r.length > 0 ? static_cast<const std::byte*>(r.data) - sources[i]->data() : 0;
+    w.remote = g.remote_slots[index].get();
+    w.remote_offset = g.remote_block_offset[index] + static_cast<size_t>(slot) * g.options.slot_bytes;
+    w.length = r.length;
+    w.imm = protocol::EncodeImmediate({protocol::ImmKind::kData, slot, g.rank});
+    w.cookie = g.next_cookie++;
+    batch.push_back(w);
+    ++g.stats.messages_sent;
+    g.stats.bytes_sent += r.length;
+  }
+  M2N_RETURN_IF_ERROR(post_batch());
+  return g.WaitUntil([&] { return g.writes_in_flight == 0; }, deadline,
+                     [&] { return "waiting for " + std::to_string(g.writes_in_flight) + " send(s) to complete"; });
+}
+
+StatusOr<bool> Group::TryReceive(int peer, Message* out) {
+  Impl& g = *impl_;
+  M2N_RETURN_IF_ERROR(g.CheckOpen());
+  M2N_RETURN_IF_ERROR(g.ValidPeer(peer, "receive"));
+  int index = g.IndexOfPeer(peer);
+  if (g.receive[index].queued() == 0) M2N_RETURN_IF_ERROR(g.Progress());
+  if (g.receive[index].queued() == 0) return false;
+  auto a = g.receive[index].Deliver();
+  *out = Message{peer, a.slot, a.length,
+                 g.slots->data() + index * g.block_bytes() + static_cast<size_t>(a.slot) * g.options.slot_bytes,
+                 a.sequence};
+  return true;
+}
+
+StatusOr<Message> Group::Receive(int peer, Deadline deadline) {
+  Message m;
+  M2N_RETURN_IF_ERROR(Receive({&peer, 1}, {&m, 1}, deadline));
+  return m;
+}
+
+Status Group::Receive(std::span<const int> peers, std::span<Message> out, Deadline deadline) {
+  Impl& g = *impl_;
+  M2N_RETURN_IF_ERROR(g.CheckOpen());
+  if (out.size() != peers.size()) {
+    return InvalidArgumentError(g.me() + ": Receive needs one output per peer (" + std::to_string(peers.size()) +
+                                " peers, " + std::to_string(out.size()) + " outputs)");
+  }
+  // How many messages each peer must have queued; nothing is taken until all are there, so a
+  // timeout leaves every message in place.
+  std::vector<std::pair<int, size_t>> need;  // (peer index, count)
+  for (int peer : peers) {
+    M2N_RETURN_IF_ERROR(g.ValidPeer(peer, "receive"));
+    int index = g.IndexOfPeer(peer);
+    auto it = std::find_if(need.begin(), need.end(), [&](auto& n) { return n.first == index; });
+    if (it == need.end()) need.emplace_back(index, 1);
+    else ++it->second;
+  }
+  auto all_there = [&] {
+    for (auto& [index, count] : need) {
+      if (g.receive[index].queued() < count) return false;
+    }
+    return true;
+  };
+  M2N_RETURN_IF_ERROR(g.WaitUntil(all_there, deadline, [&] {
+    std::vector<int> missing;
+    for (auto& [index, count] : need) {
+      if (g.receive[index].queued() < count) missing.push_back(g.peers[index]);
+    }
+    return "waiting for a message from rank(s) " + JoinRanks(missing);
+  }));
+  for (size_t i = 0; i < peers.size(); ++i) {
+    int index = g.IndexOfPeer(peers[i]);
+    auto a = g.receive[index].Deliver();
+    out[i] = Message{peers[i], a.slot, a.length,
+                     g.slots->data() + index * g.block_bytes() + static_cast<size_t>(a.slot) * g.options.slot_bytes,
+                     a.sequence};
+  }
+  return OkStatus();
+}
+
+Status Group::Release(const Message& message) { return Release({&message, 1}); }
+
+Status Group::Release(std::span<const Message> messages) {
+  Impl& g = *impl_;
+  M2N_RETURN_IF_ERROR(g.CheckOpen());
+  for (const Message& m : messages) {
+    M2N_RETURN_IF_ERROR(g.ValidPeer(m.peer, "release a message"));
+    int index = g.IndexOfPeer(m.peer);
+    Status s = g.receive[index].Release(m.slot, m.sequence);
+    if (!s.ok()) return s.WithContext(g.me());
+    M2N_RETURN_IF_ERROR(g.PostAck(index, m.slot));
+  }
+  return OkStatus();
+}
+
+Status Group::Barrier(Deadline deadline) {
+  M2N_RETURN_IF_ERROR(impl_->CheckOpen());
+  return impl_->StoreBarrier("user/" + std::to_string(impl_->barrier_count++), deadline);
+}
+
+Status Group::Progress() {
+  M2N_RETURN_IF_ERROR(impl_->CheckOpen());
+  return impl_->Progress();
+}
+
+Status Group::Close(Deadline deadline) {
+  if (impl_->closed) return FailedPreconditionError(impl_->me() + ": the group is already closed");
+  return impl_->Teardown(deadline, /*clean=*/true);
+}
+
+// A clean teardown hands back every slot we still hold, waits for our messages to be released,
+// meets every rank in a barrier (so nobody writes into slots that are about to go away), then
+// closes the transport and says goodbye to the store. An unclean one (destructor without Close,
+// failed creation) skips the waits.
+Status Group::Impl::Teardown(Deadline deadline, bool clean) {
+  closed = true;
+  Status result;
+  if (clean && fatal.ok() && core) {
+    // Messages still queued or held by the user are released now: the peer waits for those credits.
+    for (size_t i = 0; i < receive.size() && result.ok(); ++i) {
+      for (int slot : receive[i].ReleaseAll()) {
+        result = PostAck(static_cast<int>(i), slot);
+        if (!result.ok()) break;
+      }
+    }
+    if (result.ok()) {
+      result = WaitUntil(
+          [&] {
+            for (auto& c : credits) {
+              if (c.available() != c.depth()) return false;
+            }
+            return writes_in_flight == 0;
+          },
+          deadline, [] { return std::string("closing: waiting for peers to release our messages"); });
+    }
+    if (result.ok()) result = StoreBarrier("close", deadline);
+    if (result.ok() && rank == 0) {
+      // Rank 0 serves the store: keep it up until every rank has left the close barrier.
+      (void)store->Add("m2n/barrier/close-left", 1);
+      while (!deadline.Expired()) {
+        auto left = store->Add("m2n/barrier/close-left", 0);
+        if (!left.ok() || *left >= world) break;
+        usleep(200);
+      }
+    } else if (result.ok()) {
+      (void)store->Add("m2n/barrier/close-left", 1);
+    }
+  }
+  if (core && core->transport) {
+    Status s = core->transport->Close(deadline.Min(Deadline::AfterMs(2000)));
+    if (result.ok() && clean) result = s;
+  }
+  slots.reset();
+  remote_slots.clear();
+  if (store) {
+    if (clean || fatal.ok()) (void)store->Goodbye();
+  }
+  return result;
+}
+
+}  // namespace m2n

@@ -1,0 +1,111 @@
+#include "harness.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <thread>
+
+namespace m2n::testing {
+
+Options TestOptions(int num_senders, int num_receivers, int rank, int port) {
+  Options o;
+  o.num_senders = num_senders;
+  o.num_receivers = num_receivers;
+  o.bootstrap.rank = rank;
+  o.bootstrap.world_size = num_senders + num_receivers;
+  o.bootstrap.master_addr = "127.0.0.1";
+  o.bootstrap.master_port = port;
+  o.bootstrap.timeout = std::chrono::milliseconds(20000);
+  o.liveness_check_ms = 100;
+  return o;
+}
+
+int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  socklen_t len = sizeof addr;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+std::vector<RankOutcome> RunRanks(int world_size, const std::function<int(int, int)>& body, int timeout_s) {
+  int port = FreePort();
+  std::fflush(nullptr);
+  std::vector<pid_t> pids(world_size);
+  std::vector<RankOutcome> outcomes(world_size);
+  for (int r = 0; r < world_size; ++r) {
+    outcomes[r].rank = r;
+    pid_t pid = fork();
+    if (pid == 0) {
+      int code = body(r, port);
+      std::fflush(nullptr);
+      _exit(code);
+    }
+    pids[r] = pid;
+  }
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+  int running = world_size;
+  while (running > 0) {
+    for (int r = 0; r < world_size; ++r) {
+      if (pids[r] == 0) continue;
+      int status = 0;
+      pid_t done = waitpid(pids[r], &status, WNOHANG);
+      if (done == pids[r]) {
+        if (WIFEXITED(status)) outcomes[r].exit_code = WEXITSTATUS(status);
+        if (WIFSIGNALED(status)) outcomes[r].signal = WTERMSIG(status);
+        pids[r] = 0;
+        --running;
+      }
+    }
+    if (running == 0) break;
+    if (std::chrono::steady_clock::now() > deadline) {
+      for (int r = 0; r < world_size; ++r) {
+        if (pids[r] == 0) continue;
+        kill(pids[r], SIGKILL);
+        waitpid(pids[r], nullptr, 0);
+        outcomes[r].timed_out = true;
+        pids[r] = 0;
+      }
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return outcomes;
+}
+
+std::string DescribeFailures(const std::vector<RankOutcome>& outcomes) {
+  std::string out;
+  for (const RankOutcome& o : outcomes) {
+    std::string what;
+    if (o.timed_out) what = "timed out (killed)";
+    else if (o.signal != 0) what = "killed by signal " + std::to_string(o.signal);
+    else if (o.exit_code != 0) what = "exit " + std::to_string(o.exit_code);
+    if (what.empty()) continue;
+    if (!out.empty()) out += "; ";
+    out += "rank " + std::to_string(o.rank) + ": " + what;
+  }
+  return out;
+}
+
+void FillPattern(std::byte* data, size_t length, int source, int destination, uint64_t number) {
+  for (size_t i = 0; i < length; ++i) data[i] = PatternByte(source, destination, number, i);
+}
+
+size_t CountWrong(const std::byte* data, size_t length, int source, int destination, uint64_t number) {
+  size_t wrong = 0;
+  for (size_t i = 0; i < length; ++i) wrong += data[i] != PatternByte(source, destination, number, i);
+  return wrong;
+}
+
+}  // namespace m2n::testing

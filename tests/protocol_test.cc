@@ -1,0 +1,144 @@
+// Unit tests of the protocol logic: immediate encoding, slot and credit accounting, the
+// configuration check. No transport, no processes.
+#include <gtest/gtest.h>
+
+#include "protocol/config_check.h"
+#include "protocol/immediate.h"
+#include "protocol/slots.h"
+
+namespace m2n::protocol {
+namespace {
+
+TEST(ImmediateTest, RoundTripsEveryField) {
+  for (ImmKind kind : {ImmKind::kData, ImmKind::kAck}) {
+    for (int slot : {0, 1, 511, kMaxSlots - 1}) {
+      for (int rank : {0, 1, 12345, kMaxRanks - 1}) {
+        uint32_t bits = EncodeImmediate({kind, slot, rank});
+        auto back = DecodeImmediate(bits);
+        ASSERT_TRUE(back.ok());
+        EXPECT_EQ(back->kind, kind);
+        EXPECT_EQ(back->slot, slot);
+        EXPECT_EQ(back->rank, rank);
+      }
+    }
+  }
+}
+
+TEST(ImmediateTest, RejectsUnknownKind) {
+  auto bad = DecodeImmediate(0xC0000001u);
+  EXPECT_EQ(bad.status().code(), StatusCode::kDataLoss);
+  EXPECT_NE(bad.status().message().find("unknown kind"), std::string::npos);
+}
+
+TEST(ReceiveSlotsTest, DeliversInArrivalOrderWithSequences) {
+  ReceiveSlots slots(/*peer=*/2, /*depth=*/3, /*slot_bytes=*/100);
+  ASSERT_TRUE(slots.OnArrival(1, 10).ok());
+  ASSERT_TRUE(slots.OnArrival(0, 20).ok());
+  EXPECT_EQ(slots.queued(), 2u);
+  auto a = slots.Deliver();
+  EXPECT_EQ(a.slot, 1);
+  EXPECT_EQ(a.length, 10u);
+  EXPECT_EQ(a.sequence, 0u);
+  auto b = slots.Deliver();
+  EXPECT_EQ(b.slot, 0);
+  EXPECT_EQ(b.sequence, 1u);
+  EXPECT_EQ(slots.in_use(), 2);
+  // Out-of-order release is fine.
+  EXPECT_TRUE(slots.Release(0, 1).ok());
+  EXPECT_TRUE(slots.Release(1, 0).ok());
+  EXPECT_EQ(slots.in_use(), 0);
+}
+
+TEST(ReceiveSlotsTest, RefusesWritesIntoBusySlotsAndOversizeOnes) {
+  ReceiveSlots slots(2, 2, 100);
+  ASSERT_TRUE(slots.OnArrival(0, 1).ok());
+  Status busy = slots.OnArrival(0, 1);
+  EXPECT_EQ(busy.code(), StatusCode::kDataLoss);
+  EXPECT_NE(busy.message().find("credit was violated"), std::string::npos);
+  EXPECT_EQ(slots.OnArrival(1, 101).code(), StatusCode::kDataLoss);
+  EXPECT_EQ(slots.OnArrival(2, 1).code(), StatusCode::kDataLoss);
+  EXPECT_EQ(slots.OnArrival(-1, 1).code(), StatusCode::kDataLoss);
+}
+
+TEST(ReceiveSlotsTest, DoubleReleaseAndStaleReleaseAreRefused) {
+  ReceiveSlots slots(2, 1, 100);
+  ASSERT_TRUE(slots.OnArrival(0, 1).ok());
+  auto first = slots.Deliver();
+  // Not yet delivered is not releasable either.
+  ASSERT_TRUE(slots.Release(first.slot, first.sequence).ok());
+  Status again = slots.Release(first.slot, first.sequence);
+  EXPECT_EQ(again.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(again.message().find("already released"), std::string::npos);
+  // The slot is reused by a newer message; releasing the old message again must not free it.
+  ASSERT_TRUE(slots.OnArrival(0, 2).ok());
+  auto second = slots.Deliver();
+  EXPECT_EQ(slots.Release(first.slot, first.sequence).code(), StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(slots.Release(second.slot, second.sequence).ok());
+  EXPECT_EQ(slots.Release(7, 0).code(), StatusCode::kInvalidArgument);
+}
+
+TEST(ReceiveSlotsTest, ReleaseAllFreesQueuedAndDelivered) {
+  ReceiveSlots slots(0, 4, 8);
+  ASSERT_TRUE(slots.OnArrival(2, 1).ok());
+  ASSERT_TRUE(slots.OnArrival(3, 1).ok());
+  (void)slots.Deliver();
+  auto freed = slots.ReleaseAll();
+  EXPECT_EQ(freed, (std::vector<int>{2, 3}));
+  EXPECT_EQ(slots.in_use(), 0);
+  EXPECT_EQ(slots.queued(), 0u);
+}
+
+TEST(CreditsTest, OneCreditPerSlotRoundRobin) {
+  Credits credits(/*peer=*/5, /*depth=*/3);
+  EXPECT_EQ(credits.available(), 3);
+  EXPECT_EQ(credits.Take(), 0);
+  EXPECT_EQ(credits.Take(), 1);
+  EXPECT_EQ(credits.Take(), 2);
+  EXPECT_EQ(credits.available(), 0);
+  ASSERT_TRUE(credits.OnAck(1).ok());
+  EXPECT_EQ(credits.available(), 1);
+  EXPECT_EQ(credits.Take(), 1);
+  ASSERT_TRUE(credits.OnAck(0).ok());
+  ASSERT_TRUE(credits.OnAck(2).ok());
+  // Round robin: after slot 1, the next free slot from there is 2, then 0.
+  EXPECT_EQ(credits.Take(), 2);
+  EXPECT_EQ(credits.Take(), 0);
+}
+
+TEST(CreditsTest, AckForAnIdleSlotIsRefused) {
+  Credits credits(5, 2);
+  Status s = credits.OnAck(0);
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss);
+  EXPECT_NE(s.message().find("rank 5"), std::string::npos);
+  EXPECT_EQ(credits.OnAck(9).code(), StatusCode::kDataLoss);
+}
+
+Fingerprint Config(const std::string& slot_bytes, const std::string& transport = "ucx") {
+  return {{"num_senders", "2"}, {"slot_bytes", slot_bytes}, {"transport", transport}};
+}
+
+TEST(ConfigCheckTest, EqualConfigsPass) {
+  EXPECT_TRUE(CheckFingerprints({Config("4096"), Config("4096"), Config("4096")}).ok());
+}
+
+TEST(ConfigCheckTest, MismatchNamesFieldValuesAndRanks) {
+  Status s = CheckFingerprints({Config("4096"), Config("4096"), Config("8192"), Config("8192", "tcp")});
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("slot_bytes is 4096 on rank 0 but 8192 on rank 2 (and differs on 1 more rank(s))"),
+            std::string::npos)
+      << s.message();
+  EXPECT_NE(s.message().find("transport is ucx on rank 0 but tcp on rank 3"), std::string::npos) << s.message();
+}
+
+TEST(ConfigCheckTest, EncodingRoundTripsAndRejectsGarbage) {
+  Fingerprint fp = Config("4096");
+  auto back = DecodeFingerprint(EncodeFingerprint(fp));
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(*back, fp);
+  EXPECT_EQ(DecodeFingerprint("slot_bytes=1").status().code(), StatusCode::kDataLoss);
+  EXPECT_EQ(DecodeFingerprint("=1\n").status().code(), StatusCode::kDataLoss);
+  EXPECT_EQ(DecodeFingerprint("noequals\n").status().code(), StatusCode::kDataLoss);
+}
+
+}  // namespace
+}  // namespace m2n::protocol

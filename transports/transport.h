@@ -1,0 +1,141 @@
+// The transport boundary: the only thing src/ knows about a transport.
+//
+// A transport moves bytes by one operation, a one-sided write with an immediate: `length` bytes from
+// a local registered region into a remote registered region, followed by a 32-bit immediate that the
+// peer sees as a Completion only after the written bytes are visible to it (RDMA
+// IBV_WR_RDMA_WRITE_WITH_IMM semantics; emulated where the hardware lacks it). A zero-length write
+// carries only its immediate. Writes go on a Lane: kData for payload, kAck for credit returns,
+// which a transport must keep from queueing behind data (its own endpoint, QP or service level).
+//
+// Ordering: on one (peer, lane), immediates are delivered in the order they were posted.
+// Progress: nothing moves unless the owner calls Poll(); Poll never blocks.
+// Threading: one thread at a time per Transport.
+// Flow control is the caller's: a transport may assume that at most Config::max_unpolled
+// immediates per (peer, lane) are posted and not yet polled by the peer.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "m2n/deadline.h"
+#include "m2n/memory.h"
+#include "m2n/status.h"
+
+namespace m2n::transport {
+
+using Bytes = std::vector<std::byte>;
+
+enum class Lane : uint8_t { kData = 0, kAck = 1 };
+inline constexpr int kNumLanes = 2;
+
+struct Capabilities {
+  bool host_memory = true;
+  bool cuda_memory = false;
+  bool native_write_with_imm = false;  // true: the NIC does it; false: emulated
+  size_t max_write_bytes = SIZE_MAX;
+};
+
+struct Config {
+  int rank = -1;
+  int world_size = 0;
+  // Ranks this transport will connect to (the other side of the group).
+  std::vector<int> peers;
+  // Upper bound on immediates posted to one (peer, lane) and not yet polled by that peer.
+  int max_unpolled = 0;
+  // Bound on every internal wait (connect, flush, close).
+  std::chrono::milliseconds timeout{30000};
+};
+
+// Registered local memory. Destroying it deregisters it.
+class Region {
+ public:
+  virtual ~Region() = default;
+  virtual std::byte* data() const = 0;
+  virtual size_t size() const = 0;
+  virtual MemoryKind kind() const = 0;
+  // What a peer needs to write into this region (UnpackRemoteKey there).
+  virtual StatusOr<Bytes> PackRemoteKey() const = 0;
+};
+
+// A peer's region, unpacked for writing into it.
+class RemoteRegion {
+ public:
+  virtual ~RemoteRegion() = default;
+  virtual size_t size() const = 0;
+};
+
+struct Write {
+  int peer = -1;
+  Lane lane = Lane::kData;
+  const Region* local = nullptr;  // may be null when length == 0
+  size_t local_offset = 0;
+  const RemoteRegion* remote = nullptr;  // may be null when length == 0
+  size_t remote_offset = 0;
+  size_t length = 0;
+  uint32_t imm = 0;
+  uint64_t cookie = 0;  // handed back in the kWriteDone completion
+};
+
+struct Completion {
+  enum class Type : uint8_t {
+    kWriteDone,  // a Write of ours left its source buffer: `cookie`, `peer`, `lane`
+    kImmediate,  // a peer's write landed: `peer`, `lane`, `imm`, `length` (bytes written)
+    kError,      // `peer` (or -1) failed: `error` says how
+  };
+  Type type = Type::kWriteDone;
+  int peer = -1;
+  Lane lane = Lane::kData;
+  uint32_t imm = 0;
+  size_t length = 0;
+  uint64_t cookie = 0;
+  Status error;
+};
+
+class Transport {
+ public:
+  virtual ~Transport() = default;
+
+  virtual std::string_view name() const = 0;
+  virtual Capabilities capabilities() const = 0;
+
+  // Registers caller-owned memory.
+  virtual StatusOr<std::unique_ptr<Region>> Register(void* data, size_t size, MemoryKind kind) = 0;
+  // Allocates and registers memory the transport can write into fastest (receive slots).
+  virtual StatusOr<std::unique_ptr<Region>> Allocate(size_t size, MemoryKind kind) = 0;
+
+  // Everything `peer` needs to connect to us, on every lane. Called once per peer before Connect.
+  virtual StatusOr<Bytes> LocalAddress(int peer) = 0;
+  // Connects to `peer` with the bytes its LocalAddress(our rank) returned.
+  virtual Status Connect(int peer, std::span<const std::byte> remote_address) = 0;
+  // Makes a peer's packed key usable for writes to that peer (after Connect).
+  virtual StatusOr<std::unique_ptr<RemoteRegion>> UnpackRemoteKey(
+      int peer, std::span<const std::byte> packed) = 0;
+
+  // Posts writes in order. Returns at once; each Write later yields one kWriteDone.
+  virtual Status Post(std::span<const Write> writes) = 0;
+  // Makes progress and moves up to out.size() completions into `out`; returns how many.
+  virtual StatusOr<size_t> Poll(std::span<Completion> out) = 0;
+
+  // Flushes outstanding writes and disconnects every peer, bounded by `deadline`.
+  virtual Status Close(Deadline deadline) = 0;
+};
+
+// What the build knows about one transport.
+struct TransportInfo {
+  std::string_view name;
+  int preference;  // higher is better for "auto"
+  // Whether it can run here and now (libraries load, devices exist); a reason when not.
+  Status (*probe)();
+  StatusOr<std::unique_ptr<Transport>> (*create)(const Config& config);
+};
+
+// The transports compiled in (generated by CMake into transports/registry.cc), best first.
+std::span<const TransportInfo> RegisteredTransports();
+
+}  // namespace m2n::transport

@@ -1,0 +1,80 @@
+#include "transports/ucx/context.h"
+
+#include <string>
+
+namespace m2n::transport::ucx {
+
+std::string ErrorText(std::string_view what, ucs_status_t status) {
+  std::string text = "ucx: ";
+  text += what;
+  text += ": ";
+  text += ucs_status_string(status);
+  return text;
+}
+
+std::string PeerText(int peer, std::string_view what) {
+  std::string text = "ucx: peer rank " + std::to_string(peer);
+  if (!what.empty()) {
+    text += ": ";
+    text += what;
+  }
+  return text;
+}
+
+std::string PeerText(int peer, std::string_view what, ucs_status_t status) {
+  std::string text = PeerText(peer, what);
+  text += ": ";
+  text += ucs_status_string(status);
+  return text;
+}
+
+StatusOr<std::shared_ptr<Context>> Context::Create(int rank, size_t estimated_eps) {
+  std::shared_ptr<Context> ctx(new Context(rank));
+  const std::string who = "rank " + std::to_string(rank);
+
+  // NULL env prefix and file: UCX's own UCX_* variables apply exactly as for any UCX program.
+  ucp_config_t* config = nullptr;
+  ucs_status_t status = ucp_config_read(nullptr, nullptr, &config);
+  if (status != UCS_OK) return UnavailableError(ErrorText(who + ": ucp_config_read", status));
+
+  ucp_params_t params{};
+  params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED |
+                      UCP_PARAM_FIELD_ESTIMATED_NUM_EPS;
+  params.features = UCP_FEATURE_RMA;
+  params.mt_workers_shared = 0;  // one thread at a time per Transport: no locks on the fast path
+  params.estimated_num_eps = estimated_eps;
+  status = ucp_init(&params, config, &ctx->context_);
+  ucp_config_release(config);
+  if (status != UCS_OK) {
+    ctx->context_ = nullptr;
+    return UnavailableError(ErrorText(who + ": ucp_init", status));
+  }
+
+  for (int lane = 0; lane < kNumLanes; ++lane) {
+    ucp_worker_params_t wparams{};
+    wparams.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+    wparams.thread_mode = UCS_THREAD_MODE_SINGLE;
+    status = ucp_worker_create(ctx->context_, &wparams, &ctx->workers_[lane]);
+    if (status != UCS_OK) {
+      ctx->workers_[lane] = nullptr;
+      return UnavailableError(ErrorText(who + ": ucp_worker_create", status));
+    }
+    ucp_address_t* address = nullptr;
+    size_t length = 0;
+    status = ucp_worker_get_address(ctx->workers_[lane], &address, &length);
+    if (status != UCS_OK) return InternalError(ErrorText(who + ": ucp_worker_get_address", status));
+    const auto* bytes = reinterpret_cast<const std::byte*>(address);
+    ctx->addresses_[lane].assign(bytes, bytes + length);
+    ucp_worker_release_address(ctx->workers_[lane], address);
+  }
+  return ctx;
+}
+
+Context::~Context() {
+  for (ucp_worker_h worker : workers_) {
+    if (worker != nullptr) ucp_worker_destroy(worker);
+  }
+  if (context_ != nullptr) ucp_cleanup(context_);
+}
+
+}  // namespace m2n::transport::ucx

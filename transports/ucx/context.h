@@ -1,0 +1,50 @@
+// The UCP objects every other object of this transport hangs off: one ucp_context and one worker
+// per Lane. A worker per lane is what keeps ACKs from queueing behind data: each worker has its own
+// endpoints, its own transport resources (FIFOs, sockets) and its own fence and flush scope.
+#pragma once
+
+#include <ucp/api/ucp.h>
+
+#include <array>
+#include <memory>
+#include <string>
+
+#include "m2n/status.h"
+#include "transports/transport.h"
+
+namespace m2n::transport::ucx {
+
+// Shared by the Transport, its Regions and RemoteRegions, so that a region the caller still holds
+// can always be deregistered (ucp_mem_unmap, ucp_rkey_destroy need the context and worker alive),
+// whatever order the caller destroys things in.
+class Context {
+ public:
+  // Reads UCX's own configuration (UCX_TLS, UCX_NET_DEVICES, ...) from the environment.
+  static StatusOr<std::shared_ptr<Context>> Create(int rank, size_t estimated_eps);
+  ~Context();
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
+
+  int rank() const { return rank_; }
+  ucp_context_h context() const { return context_; }
+  ucp_worker_h worker(Lane lane) const { return workers_[static_cast<int>(lane)]; }
+  // The worker's address as ucp_ep_create takes it on the peer.
+  const Bytes& worker_address(Lane lane) const { return addresses_[static_cast<int>(lane)]; }
+
+ private:
+  explicit Context(int rank) : rank_(rank) {}
+
+  int rank_;
+  ucp_context_h context_ = nullptr;
+  std::array<ucp_worker_h, kNumLanes> workers_{};
+  std::array<Bytes, kNumLanes> addresses_;
+};
+
+// "ucx: <what>: <ucs_status_string>", the shape of every message this transport writes; `what` names
+// the rank or peer rank and the operation.
+std::string ErrorText(std::string_view what, ucs_status_t status);
+// "ucx: peer rank 3: <what>", and ": <ucs_status_string>" when a status is given.
+std::string PeerText(int peer, std::string_view what);
+std::string PeerText(int peer, std::string_view what, ucs_status_t status);
+
+}  // namespace m2n::transport::ucx

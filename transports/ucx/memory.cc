@@ -1,0 +1,126 @@
+#include "transports/ucx/memory.h"
+
+#include <cstring>
+#include <string>
+
+#include "transports/ucx/wire.h"
+
+namespace m2n::transport::ucx {
+namespace {
+
+constexpr uint32_t kKeyMagic = 0x4B4E324D;  // "M2NK"
+constexpr uint16_t kKeyVersion = 1;
+
+}  // namespace
+
+StatusOr<std::unique_ptr<UcxRegion>> UcxRegion::Map(std::shared_ptr<Context> ctx, void* data,
+                                                    size_t size, bool allocate) {
+  const std::string who = "rank " + std::to_string(ctx->rank());
+  if (size == 0) return InvalidArgumentError("ucx: " + who + ": cannot register 0 bytes");
+  if (!allocate && data == nullptr) {
+    return InvalidArgumentError("ucx: " + who + ": cannot register a null pointer");
+  }
+
+  ucp_mem_map_params_t params{};
+  params.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
+                      UCP_MEM_MAP_PARAM_FIELD_FLAGS;
+  params.address = allocate ? nullptr : data;
+  params.length = size;
+  params.flags = allocate ? UCP_MEM_MAP_ALLOCATE : 0;
+  ucp_mem_h memh = nullptr;
+  ucs_status_t status = ucp_mem_map(ctx->context(), &params, &memh);
+  if (status != UCS_OK) {
+    return InternalError(ErrorText(who + (allocate ? ": ucp_mem_map(ALLOCATE) of " : ": ucp_mem_map of ") +
+                                       std::to_string(size) + " bytes",
+                                   status));
+  }
+
+  ucp_mem_attr_t attr{};
+  attr.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS | UCP_MEM_ATTR_FIELD_LENGTH;
+  status = ucp_mem_query(memh, &attr);
+  if (status != UCS_OK) {
+    ucp_mem_unmap(ctx->context(), memh);
+    return InternalError(ErrorText(who + ": ucp_mem_query", status));
+  }
+  auto* base = static_cast<std::byte*>(allocate ? attr.address : data);
+  // UCX gives fresh shared memory, which is zero; heap fallbacks are not, and ring scans and tests
+  // rely on a known start.
+  if (allocate) std::memset(base, 0, size);
+  return std::unique_ptr<UcxRegion>(new UcxRegion(std::move(ctx), memh, base, size));
+}
+
+UcxRegion::~UcxRegion() { ucp_mem_unmap(ctx_->context(), memh_); }
+
+StatusOr<Bytes> UcxRegion::PackRemoteKey() const {
+  void* rkey_buffer = nullptr;
+  size_t rkey_size = 0;
+  ucs_status_t status = ucp_rkey_pack(ctx_->context(), memh_, &rkey_buffer, &rkey_size);
+  if (status != UCS_OK) {
+    return InternalError(ErrorText("rank " + std::to_string(ctx_->rank()) + ": ucp_rkey_pack", status));
+  }
+  Bytes out;
+  out.reserve(32 + rkey_size);
+  WireWriter w(out);
+  w.Put<uint32_t>(kKeyMagic);
+  w.Put<uint16_t>(kKeyVersion);
+  w.Put<uint16_t>(0);
+  w.Put<uint64_t>(reinterpret_cast<uintptr_t>(data_));
+  w.Put<uint64_t>(size_);
+  w.Put<uint64_t>(rkey_size);
+  w.PutBytes({static_cast<const std::byte*>(rkey_buffer), rkey_size});
+  ucp_rkey_buffer_release(rkey_buffer);
+  return out;
+}
+
+Status UnpackRkey(int peer, ucp_ep_h ep, std::span<const std::byte> rkey_buffer, uint64_t address,
+                  ucp_rkey_h* rkey, bool* direct) {
+  ucs_status_t status = ucp_ep_rkey_unpack(ep, rkey_buffer.data(), rkey);
+  if (status != UCS_OK) {
+    *rkey = nullptr;
+    return DataLossError(PeerText(peer, "ucp_ep_rkey_unpack", status));
+  }
+  void* local = nullptr;
+  *direct = ucp_rkey_ptr(*rkey, address, &local) == UCS_OK;
+  return OkStatus();
+}
+
+StatusOr<std::unique_ptr<UcxRemoteRegion>> UcxRemoteRegion::Unpack(
+    std::shared_ptr<Context> ctx, int peer, const std::array<ucp_ep_h, kNumLanes>& eps,
+    std::span<const std::byte> packed) {
+  WireReader r(packed);
+  const auto magic = r.Get<uint32_t>();
+  const auto version = r.Get<uint16_t>();
+  r.Get<uint16_t>();
+  const auto address = r.Get<uint64_t>();
+  const auto size = r.Get<uint64_t>();
+  const auto rkey_size = r.Get<uint64_t>();
+  if (!r.ok() || magic != kKeyMagic) {
+    return DataLossError(PeerText(peer, "remote key is not an m2n ucx key (" +
+                                            std::to_string(packed.size()) + " bytes)"));
+  }
+  if (version != kKeyVersion) {
+    return DataLossError(PeerText(peer, "remote key version " + std::to_string(version) +
+                                            ", this build reads " + std::to_string(kKeyVersion)));
+  }
+  auto rkey_buffer = r.GetBytes(rkey_size);
+  if (!r.ok() || r.consumed() != r.size()) {
+    return DataLossError(PeerText(peer, "remote key truncated or padded: " +
+                                            std::to_string(packed.size()) + " bytes for a " +
+                                            std::to_string(rkey_size) + "-byte rkey"));
+  }
+
+  std::unique_ptr<UcxRemoteRegion> region(new UcxRemoteRegion(std::move(ctx), peer, address, size));
+  for (int lane = 0; lane < kNumLanes; ++lane) {
+    M2N_RETURN_IF_ERROR(UnpackRkey(peer, eps[lane], rkey_buffer, address, &region->rkeys_[lane],
+                                   &region->direct_[lane]));
+  }
+  return region;
+}
+
+UcxRemoteRegion::~UcxRemoteRegion() {
+  for (ucp_rkey_h rkey : rkeys_) {
+    if (rkey != nullptr) ucp_rkey_destroy(rkey);
+  }
+}
+
+}  // namespace m2n::transport::ucx

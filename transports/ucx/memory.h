@@ -1,0 +1,87 @@
+// Registered memory for the UCX transport: a Region is a ucp_mem_h, a RemoteRegion is the peer's
+// packed key unpacked once per endpoint (an rkey is only valid on the ep it was unpacked for, and
+// this transport has one ep per Lane).
+#pragma once
+
+#include <ucp/api/ucp.h>
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+
+#include "m2n/memory.h"
+#include "m2n/status.h"
+#include "transports/transport.h"
+#include "transports/ucx/context.h"
+
+namespace m2n::transport::ucx {
+
+class UcxRegion final : public Region {
+ public:
+  // allocate=false maps the caller's [data, data+size). allocate=true lets UCX allocate (data is
+  // ignored) and zeroes it: UCX takes it from a shared-memory MD (sysv/posix) when one is enabled,
+  // so a peer on this host writes it with a plain memcpy instead of a copy through the kernel or an
+  // active message.
+  static StatusOr<std::unique_ptr<UcxRegion>> Map(std::shared_ptr<Context> ctx, void* data,
+                                                 size_t size, bool allocate);
+  ~UcxRegion() override;
+  UcxRegion(const UcxRegion&) = delete;
+  UcxRegion& operator=(const UcxRegion&) = delete;
+
+  std::byte* data() const override { return data_; }
+  size_t size() const override { return size_; }
+  MemoryKind kind() const override { return MemoryKind::kHost; }
+  StatusOr<Bytes> PackRemoteKey() const override;
+
+  ucp_mem_h memh() const { return memh_; }
+  const Context* owner() const { return ctx_.get(); }
+
+ private:
+  UcxRegion(std::shared_ptr<Context> ctx, ucp_mem_h memh, std::byte* data, size_t size)
+      : ctx_(std::move(ctx)), memh_(memh), data_(data), size_(size) {}
+
+  std::shared_ptr<Context> ctx_;
+  ucp_mem_h memh_;
+  std::byte* data_;
+  size_t size_;
+};
+
+class UcxRemoteRegion final : public RemoteRegion {
+ public:
+  // Unpacks `packed` (from UcxRegion::PackRemoteKey on `peer`) for each of the peer's endpoints.
+  static StatusOr<std::unique_ptr<UcxRemoteRegion>> Unpack(
+      std::shared_ptr<Context> ctx, int peer, const std::array<ucp_ep_h, kNumLanes>& eps,
+      std::span<const std::byte> packed);
+  ~UcxRemoteRegion() override;
+  UcxRemoteRegion(const UcxRemoteRegion&) = delete;
+  UcxRemoteRegion& operator=(const UcxRemoteRegion&) = delete;
+
+  size_t size() const override { return size_; }
+
+  int peer() const { return peer_; }
+  const Context* owner() const { return ctx_.get(); }
+  uint64_t address() const { return address_; }
+  ucp_rkey_h rkey(Lane lane) const { return rkeys_[static_cast<int>(lane)]; }
+  // Whether the peer's memory is mapped into this process (ucp_rkey_ptr works): then UCX writes it
+  // by memcpy, so a put is complete at the peer as soon as it returns.
+  bool direct(Lane lane) const { return direct_[static_cast<int>(lane)]; }
+
+ private:
+  UcxRemoteRegion(std::shared_ptr<Context> ctx, int peer, uint64_t address, size_t size)
+      : ctx_(std::move(ctx)), peer_(peer), address_(address), size_(size) {}
+
+  std::shared_ptr<Context> ctx_;
+  int peer_;
+  uint64_t address_;
+  size_t size_;
+  std::array<ucp_rkey_h, kNumLanes> rkeys_{};
+  std::array<bool, kNumLanes> direct_{};
+};
+
+// Unpacks a bare UCX rkey buffer for `ep`; reports whether the memory at `address` is mapped here.
+Status UnpackRkey(int peer, ucp_ep_h ep, std::span<const std::byte> rkey_buffer, uint64_t address,
+                  ucp_rkey_h* rkey, bool* direct);
+
+}  // namespace m2n::transport::ucx
