@@ -49,6 +49,7 @@ constexpr Flag kFlags[] = {
     {0, "no-check", false},       {'d', "slot_depth", true},  {0, "json", true},
     {0, "baseline", true},        {0, "latency_mode", true},  {0, "timeout_ms", true},
     {0, "run_timeout", true},     {'h', "help", false},       {0, "inject-corruption", false},
+    {0, "spin_us", true},
 };
 
 const Flag* FindLong(std::string_view name) {
@@ -114,6 +115,13 @@ Status Apply(const Flag& flag, std::string_view value, PerfConfig& config) {
       config.latency_mode = LatencyMode::kRoundTrip;
     } else {
       return BadValue(name, value, "auto, oneway or roundtrip");
+    }
+  } else if (n == "spin_us") {
+    if (value == "auto") {
+      config.spin_us = -1;
+    } else {
+      M2N_ASSIGN_OR_RETURN(int64_t v, ParseBounded(name, value, 0, 10'000'000));
+      config.spin_us = static_cast<int>(v);
     }
   } else if (n == "timeout_ms") {
     M2N_ASSIGN_OR_RETURN(config.timeout_ms, ParseBounded(name, value, 1, 86'400'000));
@@ -279,6 +287,9 @@ std::string Usage(std::string_view program) {
        d.transport + ")\n";
   u += "  -d, --slot_depth N       receive slots per peer, i.e. credits (default " +
        std::to_string(d.slot_depth) + ")\n";
+  u += "      --spin_us N|auto     how long a waiting rank spins before yielding the core, for m2n\n";
+  u += "                           and MPI alike; auto: 0 when this host has more ranks than usable\n";
+  u += "                           cores, else m2n's default (default auto; M2N_SPIN_US overrides)\n";
   u += "Checking and output:\n";
   u += "  -c, --check              check every received byte (default: on)\n";
   u += "      --no-check           do not check received data\n";

@@ -23,8 +23,8 @@ struct PerfConfig {
   size_t min_bytes = 8;
   size_t max_bytes = size_t{4} << 20;
   uint64_t step_factor = 2;  // sizes min, min*f, min*f^2, ... <= max
-  int iters = 100;           // measured iterations per size (latency), messages per pair (bandwidth)
-  int warmup_iters = 10;
+  int iters = 200;           // measured iterations per size (latency), messages per pair (bandwidth)
+  int warmup_iters = 20;
   int senders = 2;
   int receivers = 2;
   bool senders_set = false;  // given on the command line (else a launcher's world size may decide)
@@ -35,6 +35,9 @@ struct PerfConfig {
   std::string json_path;
   Baseline baseline = Baseline::kNone;
   LatencyMode latency_mode = LatencyMode::kAuto;
+  // How long a waiting rank spins before it yields the core (Options::spin_us; MPI waits too).
+  // -1 (auto): 0 when this host's ranks outnumber its usable cores, else the library's default.
+  int spin_us = -1;
   int64_t timeout_ms = 30000;  // bound on every blocking call of a rank
   int64_t run_timeout_s = 600; // bound on a self-spawned job as a whole
   bool help = false;

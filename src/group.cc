@@ -230,16 +230,17 @@ struct Group::Impl {
     }
   }
 
+  // Fails if a rank died: among our peers only, or any rank when `everyone` (a barrier needs all).
   template <typename What>
-  Status CheckPeersAlive(What what) {
+  Status CheckPeersAlive(What what, bool everyone = false) {
     auto dead = store->DeadRanks();
     if (!dead.ok()) return Fail(dead.status().WithContext(me() + " while " + what()));
     std::vector<int> dead_peers;
     for (int r : *dead) {
-      if (r != rank) dead_peers.push_back(r);
+      if (r != rank && (everyone || IndexOfPeer(r) >= 0)) dead_peers.push_back(r);
     }
     if (dead_peers.empty()) return OkStatus();
-    return Fail(UnavailableError(me() + ": peer " + (dead_peers.size() == 1 ? "rank " : "ranks ") +
+    return Fail(UnavailableError(me() + ": " + (dead_peers.size() == 1 ? "rank " : "ranks ") +
                                  JoinRanks(dead_peers) +
                                  " died (its bootstrap connection closed without a goodbye) while " +
                                  what()));
@@ -292,7 +293,7 @@ struct Group::Impl {
       auto now = Clock::now();
       if (now >= next_liveness_check) {
         next_liveness_check = now + std::chrono::milliseconds(options.liveness_check_ms);
-        M2N_RETURN_IF_ERROR(CheckPeersAlive([&] { return "waiting in barrier '" + name + "'"; }));
+        M2N_RETURN_IF_ERROR(CheckPeersAlive([&] { return "waiting in barrier '" + name + "'"; }, true));
       }
       auto current = store->Add(key, 0);
       if (!current.ok()) return Fail(current.status().WithContext(me() + ": barrier '" + name + "'"));

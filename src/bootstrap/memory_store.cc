@@ -30,7 +30,8 @@ class InMemoryStore final : public Store {
     M2N_RETURN_IF_ERROR(CheckKey(key));
     std::unique_lock lock(mu_);
     if (!changed_.wait_until(lock, deadline.time(), [&] { return values_.contains(key); })) {
-      return DeadlineExceededError("bootstrap: key '" + key + "' did not appear in the in-memory store in time");
+      return DeadlineExceededError("bootstrap: key '" + key +
+                                   "' did not appear in the in-memory store in time");
     }
     return values_.at(key);
   }
@@ -49,7 +50,7 @@ class InMemoryStore final : public Store {
   }
 
   Status Wait(std::span<const std::string> keys, Deadline deadline) override {
-    for (const std::string& key : keys) M2N_RETURN_IF_ERROR(CheckKey(key));
+    M2N_RETURN_IF_ERROR(CheckWaitKeys(keys));
     std::unique_lock lock(mu_);
     auto all_present = [&] {
       for (const std::string& key : keys) {

@@ -1,9 +1,12 @@
+#include "bootstrap/store.h"
+
+#include <algorithm>
 #include <charconv>
+#include <chrono>
 #include <limits>
 #include <string>
 #include <system_error>
 
-#include "bootstrap/store.h"
 #include "bootstrap/store_rules.h"
 #include "bootstrap/wire.h"
 
@@ -12,8 +15,9 @@ namespace m2n::bootstrap {
 Status CheckKey(const std::string& key) {
   if (key.empty()) return InvalidArgumentError("bootstrap: a store key must not be empty");
   if (key.size() > wire::kMaxKeyBytes) {
-    return InvalidArgumentError("bootstrap: key '" + key.substr(0, 64) + "...' is " + std::to_string(key.size()) +
-                                " bytes; the maximum is " + std::to_string(wire::kMaxKeyBytes));
+    return InvalidArgumentError("bootstrap: key '" + key.substr(0, 64) + "...' is " +
+                                std::to_string(key.size()) + " bytes; the maximum is " +
+                                std::to_string(wire::kMaxKeyBytes));
   }
   return OkStatus();
 }
@@ -23,6 +27,15 @@ Status CheckValue(std::span<const std::byte> value) {
     return InvalidArgumentError("bootstrap: a store value of " + std::to_string(value.size()) +
                                 " bytes exceeds the maximum of " + std::to_string(wire::kMaxValueBytes));
   }
+  return OkStatus();
+}
+
+Status CheckWaitKeys(std::span<const std::string> keys) {
+  if (keys.size() > wire::kMaxWaitKeys) {
+    return InvalidArgumentError("bootstrap: a Wait on " + std::to_string(keys.size()) +
+                                " keys exceeds the maximum of " + std::to_string(wire::kMaxWaitKeys));
+  }
+  for (const std::string& key : keys) M2N_RETURN_IF_ERROR(CheckKey(key));
   return OkStatus();
 }
 
@@ -79,7 +92,8 @@ Status Store::Barrier(const std::string& name, int world_size, Deadline deadline
     return InvalidArgumentError("bootstrap: barrier '" + name + "' with a world size of " +
                                 std::to_string(world_size));
   }
-  const int64_t timeout_ms = deadline.RemainingMs();
+  const int64_t timeout_ms = std::max<int64_t>(
+      0, std::chrono::ceil<std::chrono::milliseconds>(deadline.time() - Clock::now()).count());
   const std::string counter = "barrier/" + name;
   const std::string done = "barrier-done/" + name;
   M2N_RETURN_IF_ERROR(CheckKey(done));

@@ -16,19 +16,26 @@ namespace m2n::bootstrap {
 
 using Bytes = std::vector<std::byte>;
 
+// Keys are 1 to 1024 bytes, values at most 64 MiB, a Wait at most 4096 keys (wire.h has the
+// limits); anything larger is kInvalidArgument in every implementation.
 class Store {
  public:
   virtual ~Store() = default;
   virtual Status Set(const std::string& key, std::span<const std::byte> value) = 0;
-  // Waits until `key` exists, then returns its value.
+  // Waits until `key` exists, then returns its value. With a deadline already passed it still
+  // returns a value that is there.
   virtual StatusOr<Bytes> Get(const std::string& key, Deadline deadline) = 0;
-  // Atomically adds `delta` to the integer at `key` (absent = 0); returns the new value.
+  // Atomically adds `delta` to the integer at `key` (absent = 0); returns the new value. The
+  // counter is stored as decimal text, so GetString reads "42"; Add on a key Set to anything else
+  // is kInvalidArgument. Add(key, 0) reads a counter.
   virtual StatusOr<int64_t> Add(const std::string& key, int64_t delta) = 0;
   // Waits until every key exists.
   virtual Status Wait(std::span<const std::string> keys, Deadline deadline) = 0;
   // Ranks whose connection to the store ended without a goodbye (TcpStore); empty for others.
   virtual StatusOr<std::vector<int>> DeadRanks() = 0;
-  // Says goodbye: a clean exit, so this rank is not reported dead.
+  // Says goodbye: a clean exit, so this rank is not reported dead. On the rank that serves the TCP
+  // store it then waits (bounded by TcpStoreOptions::request_timeout) until every other connected
+  // rank has said goodbye or gone, so destroying that store next cuts nobody off mid-request.
   virtual Status Goodbye() = 0;
 
   // Helpers on top of the primitives.
@@ -56,7 +63,8 @@ struct TcpStoreOptions {
 // kInvalidArgument with the store's reason. Once connected, a store that is gone makes every call
 // kUnavailable. Get and Wait return by their deadline plus at most kStoreReplyGraceMs, the time the
 // store's own timeout answer (which names the keys still missing) takes to arrive.
-// The serving store stops serving when it is destroyed: destroy rank 0's last, after a barrier.
+// The serving store stops serving when it is destroyed; its Goodbye() first waits for the others
+// to say goodbye, so call that before destroying it.
 // Calls on one store are serialized (a mutex), so it may be shared by threads.
 StatusOr<std::unique_ptr<Store>> ConnectTcpStore(const TcpStoreOptions& options, Deadline deadline);
 

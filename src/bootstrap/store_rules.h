@@ -15,6 +15,8 @@ namespace m2n::bootstrap {
 Status CheckKey(const std::string& key);
 // A value is at most wire::kMaxValueBytes bytes; kInvalidArgument otherwise.
 Status CheckValue(std::span<const std::byte> value);
+// The keys of one Wait: at most wire::kMaxWaitKeys, each a valid key.
+Status CheckWaitKeys(std::span<const std::string> keys);
 
 // A counter is stored as decimal ASCII ("42"), so GetString on a counter key reads naturally.
 // Adds `delta` to the counter held in `value` (nullptr: the key is absent, which counts as 0) and

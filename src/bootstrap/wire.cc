@@ -161,9 +161,9 @@ class BodyReader {
     if (!status_.ok()) return nullptr;
     size_t left = body_.size() - pos_;
     if (n > left) {
-      status_ = DataLossError("bootstrap: truncated " + MessageTypeName(type_) + " body: '" + field +
-                              "' needs " + std::to_string(n) + " bytes but only " +
-                              std::to_string(left) + " remain");
+      status_ =
+          DataLossError("bootstrap: truncated " + MessageTypeName(type_) + " body: '" + field + "' needs " +
+                        std::to_string(n) + " bytes but only " + std::to_string(left) + " remain");
       return nullptr;
     }
     const std::byte* p = body_.data() + pos_;
@@ -189,58 +189,79 @@ struct Overloaded : Fs... {
 
 std::string MessageTypeName(MessageType type) {
   switch (type) {
-    case MessageType::kHello: return "HELLO";
-    case MessageType::kHelloOk: return "HELLO_OK";
-    case MessageType::kError: return "ERROR";
-    case MessageType::kOk: return "OK";
-    case MessageType::kSet: return "SET";
-    case MessageType::kGet: return "GET";
-    case MessageType::kValue: return "VALUE";
-    case MessageType::kAdd: return "ADD";
-    case MessageType::kInt: return "INT";
-    case MessageType::kWait: return "WAIT";
-    case MessageType::kDeadRanks: return "DEAD_RANKS";
-    case MessageType::kRanks: return "RANKS";
-    case MessageType::kGoodbye: return "GOODBYE";
+    case MessageType::kHello:
+      return "HELLO";
+    case MessageType::kHelloOk:
+      return "HELLO_OK";
+    case MessageType::kError:
+      return "ERROR";
+    case MessageType::kOk:
+      return "OK";
+    case MessageType::kSet:
+      return "SET";
+    case MessageType::kGet:
+      return "GET";
+    case MessageType::kValue:
+      return "VALUE";
+    case MessageType::kAdd:
+      return "ADD";
+    case MessageType::kInt:
+      return "INT";
+    case MessageType::kWait:
+      return "WAIT";
+    case MessageType::kDeadRanks:
+      return "DEAD_RANKS";
+    case MessageType::kRanks:
+      return "RANKS";
+    case MessageType::kGoodbye:
+      return "GOODBYE";
   }
   return "UNKNOWN(" + std::to_string(static_cast<uint16_t>(type)) + ")";
 }
 
 MessageType TypeOf(const Message& message) {
-  return std::visit(
-      Overloaded{
-          [](const Hello&) { return MessageType::kHello; },
-          [](const HelloOk&) { return MessageType::kHelloOk; },
-          [](const ErrorReply&) { return MessageType::kError; },
-          [](const OkReply&) { return MessageType::kOk; },
-          [](const SetRequest&) { return MessageType::kSet; },
-          [](const GetRequest&) { return MessageType::kGet; },
-          [](const ValueReply&) { return MessageType::kValue; },
-          [](const AddRequest&) { return MessageType::kAdd; },
-          [](const IntReply&) { return MessageType::kInt; },
-          [](const WaitRequest&) { return MessageType::kWait; },
-          [](const DeadRanksRequest&) { return MessageType::kDeadRanks; },
-          [](const RanksReply&) { return MessageType::kRanks; },
-          [](const Goodbye&) { return MessageType::kGoodbye; },
-      },
-      message);
+  return std::visit(Overloaded{
+                        [](const Hello&) { return MessageType::kHello; },
+                        [](const HelloOk&) { return MessageType::kHelloOk; },
+                        [](const ErrorReply&) { return MessageType::kError; },
+                        [](const OkReply&) { return MessageType::kOk; },
+                        [](const SetRequest&) { return MessageType::kSet; },
+                        [](const GetRequest&) { return MessageType::kGet; },
+                        [](const ValueReply&) { return MessageType::kValue; },
+                        [](const AddRequest&) { return MessageType::kAdd; },
+                        [](const IntReply&) { return MessageType::kInt; },
+                        [](const WaitRequest&) { return MessageType::kWait; },
+                        [](const DeadRanksRequest&) { return MessageType::kDeadRanks; },
+                        [](const RanksReply&) { return MessageType::kRanks; },
+                        [](const Goodbye&) { return MessageType::kGoodbye; },
+                    },
+                    message);
 }
 
 size_t MaxBodyBytes(MessageType type) {
   switch (type) {
-    case MessageType::kHello: return kMaxHelloBody;
-    case MessageType::kError: return kMaxErrorBody;
-    case MessageType::kSet: return kMaxSetBody;
+    case MessageType::kHello:
+      return kMaxHelloBody;
+    case MessageType::kError:
+      return kMaxErrorBody;
+    case MessageType::kSet:
+      return kMaxSetBody;
     case MessageType::kGet:
-    case MessageType::kAdd: return kMaxKeyAndI64Body;
-    case MessageType::kValue: return kMaxValueBody;
-    case MessageType::kInt: return 8;
-    case MessageType::kWait: return kMaxWaitBody;
-    case MessageType::kRanks: return kMaxRanksBody;
+    case MessageType::kAdd:
+      return kMaxKeyAndI64Body;
+    case MessageType::kValue:
+      return kMaxValueBody;
+    case MessageType::kInt:
+      return 8;
+    case MessageType::kWait:
+      return kMaxWaitBody;
+    case MessageType::kRanks:
+      return kMaxRanksBody;
     case MessageType::kHelloOk:
     case MessageType::kOk:
     case MessageType::kDeadRanks:
-    case MessageType::kGoodbye: return 0;
+    case MessageType::kGoodbye:
+      return 0;
   }
   return 0;
 }
@@ -297,14 +318,18 @@ StatusOr<Bytes> EncodeFrame(const Message& message) {
       message);
   M2N_RETURN_IF_ERROR(limits);
 
-  // The header goes first with a zero length, patched once the body is written, so a 64 MiB value
-  // is copied once.
+  // The header goes first with a zero length, patched once the body is written, and the buffer is
+  // sized for a large value up front, so a 64 MiB value is copied once.
+  size_t large = 0;
+  if (const auto* set = std::get_if<SetRequest>(&message)) large = set->key.size() + set->value.size();
+  if (const auto* value = std::get_if<ValueReply>(&message)) large = value->value.size();
   Bytes frame;
+  frame.reserve(kHeaderBytes + 2 * kLengthBytes + large + 64);
   PutU32(frame, kMagic);
   PutU16(frame, kVersion);
   PutU16(frame, static_cast<uint16_t>(TypeOf(message)));
   PutU32(frame, 0);
-  Bytes& body = frame;
+  Bytes& body = frame;  // the body's fields are appended right after the header
   std::visit(Overloaded{
                  [&](const Hello& m) {
                    PutString(body, m.job_id);
@@ -391,7 +416,9 @@ StatusOr<Message> DecodeBody(MessageType type, std::span<const std::byte> body) 
       message = std::move(m);
       break;
     }
-    case MessageType::kHelloOk: message = HelloOk{}; break;
+    case MessageType::kHelloOk:
+      message = HelloOk{};
+      break;
     case MessageType::kError: {
       ErrorReply m;
       uint16_t code = 0;
@@ -403,7 +430,9 @@ StatusOr<Message> DecodeBody(MessageType type, std::span<const std::byte> body) 
       message = std::move(m);
       break;
     }
-    case MessageType::kOk: message = OkReply{}; break;
+    case MessageType::kOk:
+      message = OkReply{};
+      break;
     case MessageType::kSet: {
       SetRequest m;
       r.String("key", kMaxKeyBytes, &m.key);
@@ -450,7 +479,9 @@ StatusOr<Message> DecodeBody(MessageType type, std::span<const std::byte> body) 
       message = std::move(m);
       break;
     }
-    case MessageType::kDeadRanks: message = DeadRanksRequest{}; break;
+    case MessageType::kDeadRanks:
+      message = DeadRanksRequest{};
+      break;
     case MessageType::kRanks: {
       RanksReply m;
       size_t n = 0;
@@ -462,7 +493,9 @@ StatusOr<Message> DecodeBody(MessageType type, std::span<const std::byte> body) 
       message = std::move(m);
       break;
     }
-    case MessageType::kGoodbye: message = Goodbye{}; break;
+    case MessageType::kGoodbye:
+      message = Goodbye{};
+      break;
     default:
       return DataLossError("bootstrap: unknown message type " + std::to_string(static_cast<uint16_t>(type)));
   }

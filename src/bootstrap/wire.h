@@ -47,18 +47,18 @@ inline constexpr size_t kMaxFrameBytes = kHeaderBytes + 4 + kMaxKeyBytes + 4 + k
 
 // Values are part of the protocol: never renumber, only add.
 enum class MessageType : uint16_t {
-  kHello = 1,      // client -> server: who I am
-  kHelloOk = 2,    // server -> client: accepted
-  kError = 3,      // server -> client: a request (or HELLO) failed
-  kOk = 4,         // server -> client: SET / WAIT / GOODBYE done
+  kHello = 1,    // client -> server: who I am
+  kHelloOk = 2,  // server -> client: accepted
+  kError = 3,    // server -> client: a request (or HELLO) failed
+  kOk = 4,       // server -> client: SET / WAIT / GOODBYE done
   kSet = 5,
   kGet = 6,
-  kValue = 7,      // the answer to GET
+  kValue = 7,  // the answer to GET
   kAdd = 8,
-  kInt = 9,        // the answer to ADD
+  kInt = 9,  // the answer to ADD
   kWait = 10,
   kDeadRanks = 11,
-  kRanks = 12,     // the answer to DEAD_RANKS
+  kRanks = 12,  // the answer to DEAD_RANKS
   kGoodbye = 13,
 };
 
@@ -69,42 +69,59 @@ struct Hello {
   std::string job_id;
   int32_t rank = -1;
   int32_t world_size = 0;
+  bool operator==(const Hello&) const = default;
 };
-struct HelloOk {};
+struct HelloOk {
+  bool operator==(const HelloOk&) const = default;
+};
 struct ErrorReply {
   // Carried so the client can return the right code (kDeadlineExceeded for a timed-out GET,
   // kFailedPrecondition for a refused HELLO) without parsing text. Never kOk.
   StatusCode code = StatusCode::kInternal;
   std::string text;
+  bool operator==(const ErrorReply&) const = default;
 };
-struct OkReply {};
+struct OkReply {
+  bool operator==(const OkReply&) const = default;
+};
 struct SetRequest {
   std::string key;
   Bytes value;
+  bool operator==(const SetRequest&) const = default;
 };
 struct GetRequest {
   std::string key;
   int64_t timeout_ms = 0;  // how long the server may hold the request waiting for `key`
+  bool operator==(const GetRequest&) const = default;
 };
 struct ValueReply {
   Bytes value;
+  bool operator==(const ValueReply&) const = default;
 };
 struct AddRequest {
   std::string key;
   int64_t delta = 0;
+  bool operator==(const AddRequest&) const = default;
 };
 struct IntReply {
   int64_t value = 0;
+  bool operator==(const IntReply&) const = default;
 };
 struct WaitRequest {
   std::vector<std::string> keys;
   int64_t timeout_ms = 0;
+  bool operator==(const WaitRequest&) const = default;
 };
-struct DeadRanksRequest {};
+struct DeadRanksRequest {
+  bool operator==(const DeadRanksRequest&) const = default;
+};
 struct RanksReply {
   std::vector<int32_t> ranks;
+  bool operator==(const RanksReply&) const = default;
 };
-struct Goodbye {};
+struct Goodbye {
+  bool operator==(const Goodbye&) const = default;
+};
 
 using Message = std::variant<Hello, HelloOk, ErrorReply, OkReply, SetRequest, GetRequest, ValueReply,
                              AddRequest, IntReply, WaitRequest, DeadRanksRequest, RanksReply, Goodbye>;

@@ -1,6 +1,11 @@
 #include "transports/ucx/endpoint.h"
 
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
 #include <string>
+#include <string_view>
 
 #include "transports/ucx/memory.h"
 #include "transports/ucx/wire.h"
@@ -13,6 +18,42 @@ constexpr uint16_t kAddressVersion = 1;
 
 }  // namespace
 
+StatusOr<ErrMode> ErrModeFromEnv() {
+  const char* env = std::getenv("M2N_UCX_ERR_MODE");
+  const std::string_view value = env == nullptr ? "auto" : env;
+  if (value == "auto" || value.empty()) return ErrMode::kAuto;
+  if (value == "peer") return ErrMode::kPeer;
+  if (value == "none") return ErrMode::kNone;
+  return InvalidArgumentError("ucx: M2N_UCX_ERR_MODE=" + std::string(value) +
+                              " is not one of auto, peer, none");
+}
+
+ucp_err_handling_mode_t ResolveErrMode(ErrMode setting, bool same_host) {
+  switch (setting) {
+    case ErrMode::kPeer: return UCP_ERR_HANDLING_MODE_PEER;
+    case ErrMode::kNone: return UCP_ERR_HANDLING_MODE_NONE;
+    case ErrMode::kAuto: break;
+  }
+  // UCX 1.13's shared-memory transports (posix, sysv) cannot detect a dead peer, so PEER mode
+  // would exclude them and move a same-host pair onto cma/tcp, many times slower. Off-host
+  // transports (tcp, rc, ud) detect failures, and there PEER mode costs little.
+  return same_host ? UCP_ERR_HANDLING_MODE_NONE : UCP_ERR_HANDLING_MODE_PEER;
+}
+
+const Bytes& HostId() {
+  static const Bytes id = [] {
+    std::string text;
+    char name[256] = {};
+    if (gethostname(name, sizeof(name) - 1) == 0) text = name;
+    std::ifstream boot("/proc/sys/kernel/random/boot_id");
+    std::string boot_id;
+    if (boot >> boot_id) text += "/" + boot_id;
+    const auto* p = reinterpret_cast<const std::byte*>(text.data());
+    return Bytes(p, p + text.size());
+  }();
+  return id;
+}
+
 Bytes EncodePeerAddress(const PeerAddress& a) {
   Bytes out;
   WireWriter w(out);
@@ -22,10 +63,13 @@ Bytes EncodePeerAddress(const PeerAddress& a) {
   w.Put<int32_t>(a.src_rank);
   w.Put<int32_t>(a.dst_rank);
   w.Put<uint32_t>(a.max_unpolled);
-  w.Put<uint32_t>(0);
+  w.Put<uint8_t>(static_cast<uint8_t>(a.err_mode));
+  w.Put<uint8_t>(0);
+  w.Put<uint16_t>(static_cast<uint16_t>(a.host.size()));
   for (uint64_t ring : a.ring_address) w.Put<uint64_t>(ring);
   w.Put<uint64_t>(a.ring_rkey.size());
   for (auto worker : a.worker_address) w.Put<uint64_t>(worker.size());
+  w.PutBytes(a.host);
   w.PutBytes(a.ring_rkey);
   for (auto worker : a.worker_address) w.PutBytes(worker);
   return out;
@@ -51,17 +95,24 @@ StatusOr<PeerAddress> DecodePeerAddress(int peer, std::span<const std::byte> byt
   a.src_rank = r.Get<int32_t>();
   a.dst_rank = r.Get<int32_t>();
   a.max_unpolled = r.Get<uint32_t>();
-  r.Get<uint32_t>();
+  const auto err_mode = r.Get<uint8_t>();
+  r.Get<uint8_t>();
+  const auto host_size = r.Get<uint16_t>();
   for (uint64_t& ring : a.ring_address) ring = r.Get<uint64_t>();
   const auto rkey_size = r.Get<uint64_t>();
   std::array<uint64_t, kNumLanes> worker_size{};
   for (uint64_t& size : worker_size) size = r.Get<uint64_t>();
+  a.host = r.GetBytes(host_size);
   a.ring_rkey = r.GetBytes(rkey_size);
   for (int lane = 0; lane < kNumLanes; ++lane) a.worker_address[lane] = r.GetBytes(worker_size[lane]);
   if (!r.ok() || r.consumed() != r.size()) {
     return DataLossError(PeerText(peer, "connection address truncated or padded (" +
                                             std::to_string(bytes.size()) + " bytes)"));
   }
+  if (err_mode > static_cast<uint8_t>(ErrMode::kNone)) {
+    return DataLossError(PeerText(peer, "connection address with error mode " + std::to_string(err_mode)));
+  }
+  a.err_mode = static_cast<ErrMode>(err_mode);
   return a;
 }
 
@@ -69,6 +120,7 @@ StatusOr<std::unique_ptr<Endpoint>> Endpoint::Connect(std::shared_ptr<Context> c
                                                       const PeerAddress& address,
                                                       std::array<RingEntry*, kNumLanes> rx_rings,
                                                       uint32_t ring_entries,
+                                                      ucp_err_handling_mode_t err_mode,
                                                       std::vector<Endpoint*>* failed) {
   std::unique_ptr<Endpoint> e(new Endpoint(ctx, peer, ring_entries, failed));
   for (int lane = 0; lane < kNumLanes; ++lane) {
@@ -76,21 +128,25 @@ StatusOr<std::unique_ptr<Endpoint>> Endpoint::Connect(std::shared_ptr<Context> c
     params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
                         UCP_EP_PARAM_FIELD_ERR_HANDLER;
     params.address = reinterpret_cast<const ucp_address_t*>(address.worker_address[lane].data());
-    // PEER mode: a dead peer fails the ep (and its requests) instead of hanging them; it also limits
-    // UCX to transports that can detect that.
-    params.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+    // The handler is installed in either mode: in NONE mode UCX still calls it for the failures a
+    // transport does notice (a TCP reset), it just does not promise to notice them all.
+    params.err_mode = err_mode;
     params.err_handler.cb = &Endpoint::OnError;
     params.err_handler.arg = e.get();
     TxLane& t = e->tx_[lane];
     ucs_status_t status = ucp_ep_create(ctx->worker(static_cast<Lane>(lane)), &params, &t.ep);
     if (status != UCS_OK) {
       t.ep = nullptr;
-      return UnavailableError(PeerText(peer, lane == 0 ? "ucp_ep_create (data lane)"
-                                                       : "ucp_ep_create (ack lane)",
-                                       status));
+      std::string what = lane == 0 ? "ucp_ep_create (data lane" : "ucp_ep_create (ack lane";
+      what += err_mode == UCP_ERR_HANDLING_MODE_PEER ? ", error mode peer" : ", error mode none";
+      what += ")";
+      if (status == UCS_ERR_UNREACHABLE && err_mode == UCP_ERR_HANDLING_MODE_PEER) {
+        what += "; the enabled transports may not detect peer failure, M2N_UCX_ERR_MODE=none allows them";
+      }
+      return UnavailableError(PeerText(peer, what, status));
     }
     M2N_RETURN_IF_ERROR(UnpackRkey(peer, t.ep, address.ring_rkey, address.ring_address[lane],
-                                   &t.ring_rkey, &t.ring_direct));
+                                   &t.ring_rkey, reinterpret_cast<std::byte**>(&t.ring_mapped)));
     t.ring_address = address.ring_address[lane];
     e->rx_[lane].ring = rx_rings[lane];
   }

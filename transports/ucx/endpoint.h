@@ -45,16 +45,33 @@ inline uint32_t RingCheck(uint32_t imm, uint32_t length, uint32_t seq) {
   return static_cast<uint32_t>(x) ^ static_cast<uint32_t>(x >> 32);
 }
 
+// How endpoints treat a failed peer (M2N_UCX_ERR_MODE); both sides must agree, UCX refuses
+// asymmetric endpoints.
+enum class ErrMode : uint8_t {
+  kAuto = 0,  // kNone to a peer on this host, kPeer to one on another host
+  kPeer = 1,  // UCP_ERR_HANDLING_MODE_PEER: failures reported; only transports that detect them
+  kNone = 2,  // UCP_ERR_HANDLING_MODE_NONE: every transport (shared memory too); failures best effort
+};
+StatusOr<ErrMode> ErrModeFromEnv();
+// The mode an ep to a peer gets; symmetric in the two sides' (equal) settings.
+ucp_err_handling_mode_t ResolveErrMode(ErrMode setting, bool same_host);
+
 // What LocalAddress(peer) says, parsed.
 struct PeerAddress {
   int src_rank = -1;  // who made it
   int dst_rank = -1;  // for whom
   uint32_t max_unpolled = 0;
+  ErrMode err_mode = ErrMode::kAuto;
+  std::span<const std::byte> host;  // HostId() of src_rank
   std::array<std::span<const std::byte>, kNumLanes> worker_address;
   // The rings at src_rank that dst_rank writes into, one per lane, all under one rkey.
   std::array<uint64_t, kNumLanes> ring_address{};
   std::span<const std::byte> ring_rkey;
 };
+
+// Names this machine (hostname and kernel boot id): equal on two ranks iff they can share memory,
+// short of containers with separate IPC namespaces (UCX then just picks another transport).
+const Bytes& HostId();
 
 Bytes EncodePeerAddress(const PeerAddress& address);
 // `bytes` must outlive the result (its spans point into it). DataLoss on bad framing.
@@ -68,11 +85,14 @@ class Endpoint {
     ucp_ep_h ep = nullptr;
     ucp_rkey_h ring_rkey = nullptr;
     uint64_t ring_address = 0;  // entry 0 of our ring at the peer
-    bool ring_direct = false;   // ring mapped here: the entry put completes at the peer on return
+    RingEntry* ring_mapped = nullptr;  // our ring at the peer, where mapped here (shared memory)
     uint32_t next_seq = 1;
     uint32_t next_slot = 0;
-    // Writes whose ring entry waits behind a flush; later entries of this lane wait behind them.
-    uint32_t deferred = 0;
+    // Tickets of writes whose ring entry waits behind a flush: entries go out in ticket order, and
+    // while any waits, every later entry of this lane queues behind it (imm order per lane).
+    uint64_t deferred_issued = 0;
+    uint64_t deferred_posted = 0;
+    bool has_deferred() const { return deferred_issued != deferred_posted; }
   };
   struct RxLane {
     RingEntry* ring = nullptr;  // the peer's ring in our memory
@@ -87,6 +107,7 @@ class Endpoint {
                                                      const PeerAddress& address,
                                                      std::array<RingEntry*, kNumLanes> rx_rings,
                                                      uint32_t ring_entries,
+                                                     ucp_err_handling_mode_t err_mode,
                                                      std::vector<Endpoint*>* failed);
   // Force-closes what is still open (Close() should have closed it gracefully already).
   ~Endpoint();
@@ -98,8 +119,8 @@ class Endpoint {
   RxLane& rx(Lane lane) { return rx_[static_cast<int>(lane)]; }
   std::array<ucp_ep_h, kNumLanes> eps() const { return {tx_[0].ep, tx_[1].ep}; }
 
-  // The next ring entry of `lane` and the remote address it goes to; advances the sequence.
-  RingEntry NextEntry(Lane lane, uint32_t imm, uint32_t length, uint64_t* remote_address);
+  // The next ring entry of `lane` and its slot in the ring; advances the sequence.
+  RingEntry NextEntry(Lane lane, uint32_t imm, uint32_t length, uint32_t* slot);
   // Takes the next entry of the peer's ring on `lane` if it has fully landed.
   bool TakeEntry(Lane lane, RingEntry* entry);
 
@@ -126,11 +147,19 @@ class Endpoint {
   std::array<RxLane, kNumLanes> rx_;
 };
 
-inline RingEntry Endpoint::NextEntry(Lane lane, uint32_t imm, uint32_t length,
-                                     uint64_t* remote_address) {
+// Stores `entry` into a mapped ring slot; seq goes last (release), so a reader that sees it sees the
+// rest and everything stored before.
+inline void StoreEntry(RingEntry* slot, const RingEntry& entry) {
+  std::atomic_ref<uint32_t>(slot->imm).store(entry.imm, std::memory_order_relaxed);
+  std::atomic_ref<uint32_t>(slot->length).store(entry.length, std::memory_order_relaxed);
+  std::atomic_ref<uint32_t>(slot->check).store(entry.check, std::memory_order_relaxed);
+  std::atomic_ref<uint32_t>(slot->seq).store(entry.seq, std::memory_order_release);
+}
+
+inline RingEntry Endpoint::NextEntry(Lane lane, uint32_t imm, uint32_t length, uint32_t* slot) {
   TxLane& t = tx(lane);
   RingEntry entry{imm, length, t.next_seq, RingCheck(imm, length, t.next_seq)};
-  *remote_address = t.ring_address + uint64_t{t.next_slot} * sizeof(RingEntry);
+  *slot = t.next_slot;
   ++t.next_seq;
   if (++t.next_slot == ring_entries_) t.next_slot = 0;
   return entry;

@@ -51,36 +51,43 @@ StatusOr<std::unique_ptr<UcxRegion>> UcxRegion::Map(std::shared_ptr<Context> ctx
 
 UcxRegion::~UcxRegion() { ucp_mem_unmap(ctx_->context(), memh_); }
 
-StatusOr<Bytes> UcxRegion::PackRemoteKey() const {
-  void* rkey_buffer = nullptr;
-  size_t rkey_size = 0;
-  ucs_status_t status = ucp_rkey_pack(ctx_->context(), memh_, &rkey_buffer, &rkey_size);
+StatusOr<Bytes> UcxRegion::PackRkey() const {
+  void* buffer = nullptr;
+  size_t size = 0;
+  ucs_status_t status = ucp_rkey_pack(ctx_->context(), memh_, &buffer, &size);
   if (status != UCS_OK) {
     return InternalError(ErrorText("rank " + std::to_string(ctx_->rank()) + ": ucp_rkey_pack", status));
   }
+  const auto* bytes = static_cast<const std::byte*>(buffer);
+  Bytes out(bytes, bytes + size);
+  ucp_rkey_buffer_release(buffer);
+  return out;
+}
+
+StatusOr<Bytes> UcxRegion::PackRemoteKey() const {
+  M2N_ASSIGN_OR_RETURN(Bytes rkey, PackRkey());
   Bytes out;
-  out.reserve(32 + rkey_size);
+  out.reserve(32 + rkey.size());
   WireWriter w(out);
   w.Put<uint32_t>(kKeyMagic);
   w.Put<uint16_t>(kKeyVersion);
   w.Put<uint16_t>(0);
   w.Put<uint64_t>(reinterpret_cast<uintptr_t>(data_));
   w.Put<uint64_t>(size_);
-  w.Put<uint64_t>(rkey_size);
-  w.PutBytes({static_cast<const std::byte*>(rkey_buffer), rkey_size});
-  ucp_rkey_buffer_release(rkey_buffer);
+  w.Put<uint64_t>(rkey.size());
+  w.PutBytes(rkey);
   return out;
 }
 
 Status UnpackRkey(int peer, ucp_ep_h ep, std::span<const std::byte> rkey_buffer, uint64_t address,
-                  ucp_rkey_h* rkey, bool* direct) {
+                  ucp_rkey_h* rkey, std::byte** mapped) {
   ucs_status_t status = ucp_ep_rkey_unpack(ep, rkey_buffer.data(), rkey);
   if (status != UCS_OK) {
     *rkey = nullptr;
     return DataLossError(PeerText(peer, "ucp_ep_rkey_unpack", status));
   }
   void* local = nullptr;
-  *direct = ucp_rkey_ptr(*rkey, address, &local) == UCS_OK;
+  *mapped = ucp_rkey_ptr(*rkey, address, &local) == UCS_OK ? static_cast<std::byte*>(local) : nullptr;
   return OkStatus();
 }
 
@@ -112,7 +119,7 @@ StatusOr<std::unique_ptr<UcxRemoteRegion>> UcxRemoteRegion::Unpack(
   std::unique_ptr<UcxRemoteRegion> region(new UcxRemoteRegion(std::move(ctx), peer, address, size));
   for (int lane = 0; lane < kNumLanes; ++lane) {
     M2N_RETURN_IF_ERROR(UnpackRkey(peer, eps[lane], rkey_buffer, address, &region->rkeys_[lane],
-                                   &region->direct_[lane]));
+                                   &region->mapped_[lane]));
   }
   return region;
 }

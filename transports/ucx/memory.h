@@ -34,6 +34,8 @@ class UcxRegion final : public Region {
   size_t size() const override { return size_; }
   MemoryKind kind() const override { return MemoryKind::kHost; }
   StatusOr<Bytes> PackRemoteKey() const override;
+  // The bare ucp_rkey_pack bytes, as UnpackRkey takes them.
+  StatusOr<Bytes> PackRkey() const;
 
   ucp_mem_h memh() const { return memh_; }
   const Context* owner() const { return ctx_.get(); }
@@ -64,9 +66,10 @@ class UcxRemoteRegion final : public RemoteRegion {
   const Context* owner() const { return ctx_.get(); }
   uint64_t address() const { return address_; }
   ucp_rkey_h rkey(Lane lane) const { return rkeys_[static_cast<int>(lane)]; }
-  // Whether the peer's memory is mapped into this process (ucp_rkey_ptr works): then UCX writes it
-  // by memcpy, so a put is complete at the peer as soon as it returns.
-  bool direct(Lane lane) const { return direct_[static_cast<int>(lane)]; }
+  // Where the peer's region is mapped into this process (ucp_rkey_ptr works: a shared-memory
+  // transport is enabled and reaches it), or null. Mapped memory is written with plain stores.
+  std::byte* mapped(Lane lane) const { return mapped_[static_cast<int>(lane)]; }
+  bool direct(Lane lane) const { return mapped(lane) != nullptr; }
 
  private:
   UcxRemoteRegion(std::shared_ptr<Context> ctx, int peer, uint64_t address, size_t size)
@@ -77,11 +80,12 @@ class UcxRemoteRegion final : public RemoteRegion {
   uint64_t address_;
   size_t size_;
   std::array<ucp_rkey_h, kNumLanes> rkeys_{};
-  std::array<bool, kNumLanes> direct_{};
+  std::array<std::byte*, kNumLanes> mapped_{};
 };
 
-// Unpacks a bare UCX rkey buffer for `ep`; reports whether the memory at `address` is mapped here.
+// Unpacks a bare UCX rkey buffer for `ep`; *mapped is where the memory at `address` is mapped into
+// this process, or null.
 Status UnpackRkey(int peer, ucp_ep_h ep, std::span<const std::byte> rkey_buffer, uint64_t address,
-                  ucp_rkey_h* rkey, bool* direct);
+                  ucp_rkey_h* rkey, std::byte** mapped);
 
 }  // namespace m2n::transport::ucx

@@ -1,0 +1,400 @@
+// m2n_perf: latency, bandwidth and a data check for M senders x N receivers over m2n, optionally
+// next to MPI (--baseline mpi). See perftest/README.md.
+#include <sched.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "m2n/m2n.h"
+#include "perftest/bench.h"
+#include "perftest/cli.h"
+#include "perftest/host_barrier.h"
+#include "perftest/launch.h"
+#include "perftest/m2n_exchange.h"
+#include "perftest/report.h"
+#if M2N_PERF_WITH_MPI
+#include "perftest/mpi_baseline.h"
+#endif
+
+namespace m2n::perf {
+namespace {
+
+// The round-trip "done" message is 8 bytes: slots are never smaller.
+constexpr size_t kMinSlotBytes = 8;
+
+int UsageError(const std::string& message) {
+  std::fprintf(stderr, "m2n_perf: %s\nRun 'm2n_perf --help' for usage.\n", message.c_str());
+  return kExitUsage;
+}
+
+// -M / -N against the size of a job someone else launched.
+StatusOr<PerfConfig> FitShape(PerfConfig config, const LauncherInfo& launcher) {
+  const int world = launcher.world_size;
+  if (launcher.kind == LauncherKind::kSelf || world <= 0) return config;
+  if (world < 2) {
+    return InvalidArgumentError("the job (" + launcher.name + ") has " + std::to_string(world) +
+                                " rank; m2n_perf needs at least 2 (a sender and a receiver)");
+  }
+  if (!config.senders_set && !config.receivers_set) {
+    config.senders = world / 2;
+    config.receivers = world - config.senders;
+  } else if (config.senders_set && !config.receivers_set) {
+    config.receivers = world - config.senders;
+  } else if (!config.senders_set && config.receivers_set) {
+    config.senders = world - config.receivers;
+  }
+  if (config.senders < 1 || config.receivers < 1 || config.senders + config.receivers != world) {
+    return InvalidArgumentError("-M " + std::to_string(config.senders) + " -N " +
+                                std::to_string(config.receivers) + " do not fit the job (" +
+                                launcher.name + ") of " + std::to_string(world) + " ranks");
+  }
+  return config;
+}
+
+std::string SegmentName(const Options& options) {
+  std::string id = options.bootstrap.job_id;
+  if (id.empty()) id = options.bootstrap.master_addr + "_" + std::to_string(options.bootstrap.master_port);
+  std::string name = "/m2n_perf.";
+  for (char c : id.substr(0, 200)) name += std::isalnum(static_cast<unsigned char>(c)) || c == '-' ? c : '_';
+  return name;
+}
+
+// --spin_us auto: spinning while another rank of this host waits for the core only delays it.
+struct SpinChoice {
+  int spin_us = -1;  // -1: leave m2n's default
+  std::string why;
+};
+SpinChoice ChooseSpin(const PerfConfig& config, const LauncherInfo& launcher) {
+  if (std::getenv("M2N_SPIN_US") != nullptr) return {-1, "M2N_SPIN_US"};
+  if (config.spin_us >= 0) return {config.spin_us, "--spin_us"};
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  const int cores = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 0;
+  const int world = config.senders + config.receivers;
+  const int local = launcher.local_size > 0 ? launcher.local_size : launcher.multi_host ? 0 : world;
+  if (cores > 0 && local > cores) {
+    return {0, "auto: " + std::to_string(local) + " ranks on " + std::to_string(cores) +
+                   " usable cores, so never spin"};
+  }
+  return {-1, "auto: m2n's default"};
+}
+
+std::string HostName() {
+  char name[256] = {};
+  if (gethostname(name, sizeof(name) - 1) != 0) return "?";
+  return name;
+}
+
+// One rank of the job.
+class Rank {
+ public:
+  Rank(PerfConfig config, LauncherInfo launcher) : config_(std::move(config)), launcher_(std::move(launcher)) {}
+
+  int Run(int argc, char** argv);
+
+ private:
+  // Prints the error, tells the other ranks, and gives the exit status.
+  int Fail(const Status& status, int code = kExitFailure);
+  Status SetUpMpi(int* argc, char*** argv);
+  Status ChooseLatencyMode();
+  RunInfo Describe() const;
+
+  PerfConfig config_;
+  LauncherInfo launcher_;
+  bool mpi_ = false;
+  std::string mpi_library_;
+  std::unique_ptr<Group> group_;
+  std::unique_ptr<HostSegment> segment_;
+  bool forced_round_trip_ = false;
+  SpinChoice spin_;
+  int rank_ = -1;  // known once the options are resolved
+};
+
+int Rank::Fail(const Status& status, int code) {
+  const int rank = group_ ? group_->rank() : rank_;
+  const std::string who = rank >= 0 ? "rank " + std::to_string(rank) : "(rank unknown)";
+  std::fprintf(stderr, "m2n_perf %s: %s\n", who.c_str(), status.ToString().c_str());
+  std::fflush(stderr);
+  if (segment_) segment_->Abort();
+#if M2N_PERF_WITH_MPI
+  if (mpi_) MpiAbort(code);
+#endif
+  return code;
+}
+
+Status Rank::SetUpMpi(int* argc, char*** argv) {
+#if M2N_PERF_WITH_MPI
+  M2N_RETURN_IF_ERROR(MpiInit(argc, argv));
+  mpi_ = true;
+  mpi_library_ = MpiLibraryVersion();
+  const int world = config_.senders + config_.receivers;
+  if (MpiWorldSize() != world) {
+    return InvalidArgumentError("the MPI job has " + std::to_string(MpiWorldSize()) + " ranks, -M " +
+                                std::to_string(config_.senders) + " -N " +
+                                std::to_string(config_.receivers) + " need " + std::to_string(world));
+  }
+  // Under an mpirun someone else started, nobody told the ranks where the m2n store is: rank 0
+  // offers a free port on its host.
+  if (std::getenv("M2N_MASTER_PORT") == nullptr) {
+    std::string addr = std::getenv("M2N_MASTER_ADDR") ? std::getenv("M2N_MASTER_ADDR") : HostName();
+    std::string port = "0";
+    if (MpiRank() == 0) {
+      auto picked = PickFreePort();
+      if (picked.ok()) port = std::to_string(*picked);
+    }
+    M2N_RETURN_IF_ERROR(MpiBroadcast(addr));
+    M2N_RETURN_IF_ERROR(MpiBroadcast(port));
+    if (port != "0") {
+      setenv("M2N_MASTER_ADDR", addr.c_str(), 1);
+      setenv("M2N_MASTER_PORT", port.c_str(), 1);
+    }
+  }
+  return OkStatus();
+#else
+  (void)argc;
+  (void)argv;
+  return UnimplementedError("this m2n_perf was built without MPI");
+#endif
+}
+
+// One-way latency needs one clock: all ranks on one host, proven by the shared segment.
+Status Rank::ChooseLatencyMode() {
+  if (config_.latency_mode == LatencyMode::kRoundTrip) {
+    forced_round_trip_ = true;
+    return OkStatus();
+  }
+  if (launcher_.multi_host) {
+    if (config_.latency_mode == LatencyMode::kOneWay) {
+      return InvalidArgumentError("--latency_mode oneway needs every rank on one host, but " +
+                                  launcher_.name + " says the job spans hosts");
+    }
+    return OkStatus();
+  }
+  auto barrier = [this] { return group_->Barrier(Deadline::AfterMs(config_.timeout_ms)); };
+  M2N_ASSIGN_OR_RETURN(segment_, HostSegment::Join(SegmentName(group_->options()), group_->rank(),
+                                                   group_->world_size(),
+                                                   config_.warmup_iters + config_.iters, barrier));
+  if (!segment_->shared()) {
+    const std::string why = segment_->why_not_shared();
+    segment_.reset();
+    if (config_.latency_mode == LatencyMode::kOneWay) {
+      return InvalidArgumentError("--latency_mode oneway needs every rank on one host: " + why);
+    }
+  }
+  return OkStatus();
+}
+
+RunInfo Rank::Describe() const {
+  RunInfo info;
+  info.version = kVersionString;
+  info.senders = group_->num_senders();
+  info.receivers = group_->num_receivers();
+  info.transport = std::string(group_->transport_name());
+  info.transport_requested = config_.transport;
+  info.slot_bytes = group_->options().slot_bytes;
+  info.slot_depth = group_->options().slot_depth;
+  info.min_bytes = config_.min_bytes;
+  info.max_bytes = config_.max_bytes;
+  info.step_factor = config_.step_factor;
+  info.iters = config_.iters;
+  info.warmup_iters = config_.warmup_iters;
+  info.check = config_.check;
+  info.host = HostName();
+  info.launcher = launcher_.name;
+  if (const char* tls = std::getenv("UCX_TLS")) info.ucx_tls = tls;
+  if (segment_) {
+    info.latency_mode = "oneway";
+    info.latency_rule = "max(receiver done) - min(sender start) per iteration, one host clock";
+  } else {
+    info.latency_mode = "roundtrip";
+    info.latency_rule = std::string("rank 0's own round trip to all receivers / 2 (") +
+                        (forced_round_trip_ ? "--latency_mode roundtrip" : "ranks span hosts") + ")";
+  }
+  info.spin = std::to_string(group_->options().spin_us) + " us before yielding the core (" + spin_.why + ")";
+  info.baseline = mpi_ ? "mpi" : "none";
+  info.mpi_library = mpi_library_;
+  return info;
+}
+
+int Rank::Run(int argc, char** argv) {
+  if (config_.baseline == Baseline::kMpi) {
+    if (Status s = SetUpMpi(&argc, &argv); !s.ok()) return Fail(s, kExitUsage);
+  }
+
+  Options options;
+  options.num_senders = config_.senders;
+  options.num_receivers = config_.receivers;
+  options.slot_bytes = std::max(config_.max_bytes, kMinSlotBytes);
+  options.slot_depth = config_.slot_depth;
+  options.transport = config_.transport;
+  options.bootstrap.timeout = std::chrono::milliseconds(config_.timeout_ms);
+  spin_ = ChooseSpin(config_, launcher_);
+  if (spin_.spin_us >= 0) options.spin_us = spin_.spin_us;
+  auto resolved = ResolveOptions(options);
+  if (!resolved.ok()) return Fail(resolved.status(), kExitUsage);
+  rank_ = resolved->bootstrap.rank;
+  auto created = Group::Create(*resolved);
+  if (!created.ok()) {
+    // A bad --transport or option value is the user's to fix: usage, not a run-time failure.
+    const bool usage = created.status().code() == StatusCode::kInvalidArgument;
+    return Fail(created.status().WithContext("creating the m2n group"), usage ? kExitUsage : kExitFailure);
+  }
+  group_ = std::move(created).value();
+  // M2N_SLOT_BYTES and friends may have overridden the flags: the group's values are the truth.
+  if (group_->options().slot_bytes < config_.max_bytes) {
+    return Fail(InvalidArgumentError("slot bytes " + std::to_string(group_->options().slot_bytes) +
+                                     " (M2N_SLOT_BYTES?) is smaller than --maxbytes " +
+                                     std::to_string(config_.max_bytes)),
+                kExitUsage);
+  }
+  config_.slot_depth = group_->options().slot_depth;
+#if M2N_PERF_WITH_MPI
+  if (mpi_ && MpiRank() != group_->rank()) {
+    return Fail(FailedPreconditionError("MPI rank " + std::to_string(MpiRank()) +
+                                        " differs from m2n rank " + std::to_string(group_->rank()) +
+                                        " (M2N_RANK set under mpirun?)"));
+  }
+#endif
+  if (Status s = ChooseLatencyMode(); !s.ok()) {
+    return Fail(s, s.code() == StatusCode::kInvalidArgument ? kExitUsage : kExitFailure);
+  }
+
+  BenchSetup setup;
+  setup.config = config_;
+  setup.rank = group_->rank();
+  setup.num_senders = group_->num_senders();
+  setup.num_receivers = group_->num_receivers();
+  setup.peers.assign(group_->peers().begin(), group_->peers().end());
+  setup.segment = segment_.get();
+  setup.group_barrier = [this] { return group_->Barrier(Deadline::AfterMs(config_.timeout_ms)); };
+  Bench bench(std::move(setup));
+  auto region = group_->RegisterMemory(bench.send_memory().data(), bench.send_memory().size());
+  if (!region.ok()) return Fail(region.status().WithContext("registering the send buffers"));
+
+  M2nExchange m2n_exchange(*group_, config_.timeout_ms);
+  std::unique_ptr<Exchange> mpi_exchange;
+#if M2N_PERF_WITH_MPI
+  if (mpi_) {
+    mpi_exchange = std::make_unique<MpiExchange>(group_->peers(), config_.slot_depth,
+                                                 std::max(config_.max_bytes, kMinSlotBytes),
+                                                 config_.timeout_ms, group_->options().spin_us);
+  }
+#endif
+
+  const bool report = group_->rank() == 0;
+  const RunInfo info = Describe();
+  const bool with_impl = mpi_exchange != nullptr;
+  if (report) {
+    PrintHeader(stdout, info);
+    PrintTableHead(stdout, with_impl);
+    std::fflush(stdout);
+  }
+
+  const std::vector<size_t> sizes = SweepSizes(config_);
+  std::vector<Row> rows;
+  uint64_t wrong = 0;  // what this rank knows of: its exit status
+  const int64_t start = NowNs();
+  for (size_t index = 0; index < sizes.size(); ++index) {
+    const size_t bytes = sizes[index];
+    double seconds = 0;
+    std::vector<Exchange*> exchanges = {&m2n_exchange};
+    if (mpi_exchange) exchanges.push_back(mpi_exchange.get());
+    for (Exchange* exchange : exchanges) {
+      auto result = bench.RunSize(*exchange, bytes, static_cast<uint32_t>(index));
+      if (!result.ok()) return Fail(result.status());
+      wrong += result->wrong;
+      seconds += result->seconds;
+      if (!bench.is_sender() || group_->rank() != 0) {
+        if (result->local_wrong > 0 && !bench.one_way()) {
+          std::fprintf(stderr, "m2n_perf rank %d: %llu wrong byte(s) at %zu B (%s)\n", group_->rank(),
+                       static_cast<unsigned long long>(result->local_wrong), bytes,
+                       std::string(exchange->name()).c_str());
+        }
+        continue;
+      }
+      Row row{.bytes = bytes,
+              .impl = std::string(exchange->name()),
+              .latency = result->latency,
+              .gbps = result->gbps,
+              .mmsg_per_s = result->mmsg_per_s,
+              .wrong = result->wrong};
+      PrintRow(stdout, row, with_impl);
+      rows.push_back(row);
+    }
+    if (report) {
+      if (with_impl && rows.size() >= 2) PrintRatioRow(stdout, rows[rows.size() - 2], rows.back());
+      std::fflush(stdout);
+      if (seconds > 1.0) {
+        std::fprintf(stderr, "m2n_perf: %zu B done in %.1f s (%zu of %zu sizes)\n", bytes, seconds,
+                     index + 1, sizes.size());
+      }
+    }
+  }
+  const double elapsed_s = static_cast<double>(NowNs() - start) / 1e9;
+
+  if (report) {
+    uint64_t total_wrong = 0;
+    for (const Row& row : rows) total_wrong += row.wrong;
+    PrintFooter(stdout, total_wrong, elapsed_s, sizes.size());
+    std::fflush(stdout);
+    if (!config_.json_path.empty()) {
+      if (Status s = WriteJson(config_.json_path, info, rows, total_wrong, elapsed_s); !s.ok()) {
+        return Fail(s);
+      }
+    }
+  }
+
+  if (Status s = group_->Close(Deadline::AfterMs(config_.timeout_ms)); !s.ok()) {
+    return Fail(s.WithContext("closing the group"));
+  }
+#if M2N_PERF_WITH_MPI
+  if (mpi_) MpiFinalize();
+#endif
+  return wrong > 0 ? kExitWrongData : kExitOk;
+}
+
+int Main(int argc, char** argv) {
+  auto parsed = ParseCommandLine(argc, argv);
+  if (!parsed.ok()) return UsageError(parsed.status().message());
+  PerfConfig config = std::move(parsed).value();
+  if (config.help) {
+    std::fputs(Usage("m2n_perf").c_str(), stdout);
+    return kExitOk;
+  }
+  const LauncherInfo launcher = DetectLauncher();
+
+  if (config.baseline == Baseline::kMpi) {
+#if !M2N_PERF_WITH_MPI
+    return UsageError(
+        "--baseline mpi: this m2n_perf was built without MPI (CMake found none, or "
+        "-DM2N_WITH_MPI=OFF).\n  To get it: apt-get install libopenmpi-dev openmpi-bin, then "
+        "re-run cmake with -DM2N_WITH_MPI=ON and rebuild");
+#else
+    if (config.max_bytes > static_cast<size_t>(INT_MAX)) {
+      return UsageError("--baseline mpi: --maxbytes must be below 2G (MPI counts are int)");
+    }
+    if (launcher.kind == LauncherKind::kNone) return ExecUnderMpirun(config, argc, argv);
+    if (!UnderOpenMpi()) {
+      return UsageError("--baseline mpi runs under Open MPI's mpirun, but this job was started by " +
+                        launcher.name + "; start m2n_perf bare (it runs mpirun itself) or under mpirun");
+    }
+#endif
+  }
+  if (launcher.kind == LauncherKind::kNone) return SpawnLocalJob(config, argc, argv);
+
+  auto fitted = FitShape(config, launcher);
+  if (!fitted.ok()) return UsageError(fitted.status().message());
+  return Rank(std::move(fitted).value(), launcher).Run(argc, argv);
+}
+
+}  // namespace
+}  // namespace m2n::perf
+
+int main(int argc, char** argv) { return m2n::perf::Main(argc, argv); }

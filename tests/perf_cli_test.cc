@@ -1,0 +1,582 @@
+// m2n_perf: its flags, percentile math and data pattern (unit), and the binary end to end on this
+// host (a real multi-process run per test, each bounded).
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "perftest/bench.h"
+#include "perftest/cli.h"
+#include "perftest/host_barrier.h"
+#include "perftest/pattern.h"
+#include "perftest/report.h"
+#include "perftest/stats.h"
+
+namespace m2n::perf {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Flags
+
+StatusOr<PerfConfig> Parse(std::vector<std::string> args) { return ParseCommandLine(args); }
+
+TEST(PerfCliTest, ParseSizeAcceptsSuffixesAsPowersOfTwo) {
+  EXPECT_EQ(*ParseSize("8"), 8u);
+  EXPECT_EQ(*ParseSize("64K"), 65536u);
+  EXPECT_EQ(*ParseSize("64k"), 65536u);
+  EXPECT_EQ(*ParseSize("4M"), size_t{4} << 20);
+  EXPECT_EQ(*ParseSize("1G"), size_t{1} << 30);
+  EXPECT_EQ(*ParseSize("3"), 3u);
+}
+
+TEST(PerfCliTest, ParseSizeRejectsBadValues) {
+  for (const char* bad : {"", "K", "-1", "1.5K", "4X", "4KB", "0", "0K", " 8", "8 ", "5G", "99999999999999999999"}) {
+    auto parsed = ParseSize(bad);
+    EXPECT_FALSE(parsed.ok()) << "'" << bad << "' was accepted";
+    if (!parsed.ok()) {
+      EXPECT_EQ(parsed.status().code(), StatusCode::kInvalidArgument);
+    }
+  }
+}
+
+TEST(PerfCliTest, DefaultsCoverAtLeastEightBytesToFourMegabytes) {
+  auto config = Parse({});
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_LE(config->min_bytes, 8u);
+  EXPECT_GE(config->max_bytes, size_t{4} << 20);
+  EXPECT_EQ(config->senders, 2);
+  EXPECT_EQ(config->receivers, 2);
+  EXPECT_TRUE(config->check);
+  EXPECT_EQ(config->transport, "auto");
+  EXPECT_EQ(config->baseline, Baseline::kNone);
+  EXPECT_FALSE(config->inject_corruption);
+}
+
+TEST(PerfCliTest, ParsesEveryFlagInBothSpellings) {
+  auto config = Parse({"-b", "8", "-e", "64K", "-f", "4", "-n", "20", "-w", "3", "-M", "1", "-N", "2",
+                       "--transport", "ucx", "--no-check", "-d", "8", "--json", "/tmp/x.json",
+                       "--baseline", "mpi", "--latency_mode", "roundtrip", "--timeout_ms", "5000",
+                       "--run_timeout", "60"});
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_EQ(config->min_bytes, 8u);
+  EXPECT_EQ(config->max_bytes, 65536u);
+  EXPECT_EQ(config->step_factor, 4u);
+  EXPECT_EQ(config->iters, 20);
+  EXPECT_EQ(config->warmup_iters, 3);
+  EXPECT_EQ(config->senders, 1);
+  EXPECT_EQ(config->receivers, 2);
+  EXPECT_TRUE(config->senders_set);
+  EXPECT_TRUE(config->receivers_set);
+  EXPECT_EQ(config->transport, "ucx");
+  EXPECT_FALSE(config->check);
+  EXPECT_EQ(config->slot_depth, 8);
+  EXPECT_EQ(config->json_path, "/tmp/x.json");
+  EXPECT_EQ(config->baseline, Baseline::kMpi);
+  EXPECT_EQ(config->latency_mode, LatencyMode::kRoundTrip);
+  EXPECT_EQ(config->timeout_ms, 5000);
+  EXPECT_EQ(config->run_timeout_s, 60);
+
+  auto joined = Parse({"--minbytes=1K", "--maxbytes=2M", "--stepfactor=8", "--iters=7",
+                       "--warmup_iters=0", "--senders=3", "--receivers=5", "--slot_depth=2", "-c",
+                       "-b16"});
+  ASSERT_TRUE(joined.ok()) << joined.status().ToString();
+  EXPECT_EQ(joined->min_bytes, 16u);  // the last one wins
+  EXPECT_EQ(joined->max_bytes, size_t{2} << 20);
+  EXPECT_EQ(joined->step_factor, 8u);
+  EXPECT_EQ(joined->iters, 7);
+  EXPECT_EQ(joined->warmup_iters, 0);
+  EXPECT_EQ(joined->senders, 3);
+  EXPECT_EQ(joined->receivers, 5);
+  EXPECT_EQ(joined->slot_depth, 2);
+  EXPECT_TRUE(joined->check);
+  EXPECT_FALSE(Parse({})->senders_set);
+}
+
+TEST(PerfCliTest, RejectsBadFlagsAndValues) {
+  const std::vector<std::vector<std::string>> bad = {
+      {"--bogus"},         {"-z"},                {"-b"},                   {"-b", "1.5K"},
+      {"-e", "0"},         {"-b", "1M", "-e", "1K"}, {"-n", "0"},           {"-n", "x"},
+      {"-w", "-1"},        {"-M", "0"},           {"-N", "-2"},             {"-f", "1"},
+      {"-d", "0"},         {"--baseline", "nccl"}, {"--latency_mode", "x"}, {"--json"},
+      {"--transport="},    {"stray"},             {"--no-check=1"},         {"--timeout_ms", "0"},
+  };
+  for (const auto& args : bad) {
+    auto config = Parse(args);
+    std::string joined;
+    for (const auto& a : args) joined += a + " ";
+    EXPECT_FALSE(config.ok()) << "accepted: " << joined;
+    if (!config.ok()) {
+      EXPECT_EQ(config.status().code(), StatusCode::kInvalidArgument) << joined;
+      EXPECT_FALSE(config.status().message().empty());
+    }
+  }
+  // The message names what was wrong.
+  EXPECT_NE(Parse({"--bogus"}).status().message().find("--bogus"), std::string::npos);
+  EXPECT_NE(Parse({"-n", "x"}).status().message().find("--iters"), std::string::npos);
+}
+
+TEST(PerfCliTest, HelpListsEveryPublicFlag) {
+  auto config = Parse({"--help"});
+  ASSERT_TRUE(config.ok());
+  EXPECT_TRUE(config->help);
+  const std::string usage = Usage("m2n_perf");
+  for (const char* flag : {"--minbytes", "--maxbytes", "--stepfactor", "--iters", "--warmup_iters",
+                           "--senders", "--receivers", "--transport", "--check", "--no-check",
+                           "--slot_depth", "--json", "--baseline", "--latency_mode", "--timeout_ms",
+                           "--run_timeout", "--help", "-b,", "-e,", "-f,", "-n,", "-w,", "-M,", "-N,",
+                           "-d,"}) {
+    EXPECT_NE(usage.find(flag), std::string::npos) << flag;
+  }
+  EXPECT_EQ(usage.find("inject"), std::string::npos) << "the test-only flag stays hidden";
+}
+
+TEST(PerfCliTest, SweepSizes) {
+  PerfConfig config;
+  config.min_bytes = 8;
+  config.max_bytes = 64 << 10;
+  config.step_factor = 2;
+  auto sizes = SweepSizes(config);
+  ASSERT_EQ(sizes.size(), 14u);
+  EXPECT_EQ(sizes.front(), 8u);
+  EXPECT_EQ(sizes.back(), 65536u);
+  config.step_factor = 4;
+  EXPECT_EQ(SweepSizes(config), (std::vector<size_t>{8, 32, 128, 512, 2048, 8192, 32768}));
+  config.min_bytes = 3;
+  config.max_bytes = 100;
+  config.step_factor = 2;
+  EXPECT_EQ(SweepSizes(config), (std::vector<size_t>{3, 6, 12, 24, 48, 96}));
+  config.min_bytes = config.max_bytes = 4096;
+  EXPECT_EQ(SweepSizes(config), (std::vector<size_t>{4096}));
+  config.min_bytes = 1;
+  config.max_bytes = size_t{1} << 32;
+  config.step_factor = 1024;
+  EXPECT_EQ(SweepSizes(config), (std::vector<size_t>{1, 1024, 1 << 20, 1 << 30}));
+}
+
+TEST(PerfCliTest, FormatSize) {
+  EXPECT_EQ(FormatSize(8), "8");
+  EXPECT_EQ(FormatSize(1000), "1000");
+  EXPECT_EQ(FormatSize(65536), "64K");
+  EXPECT_EQ(FormatSize(size_t{4} << 20), "4M");
+  EXPECT_EQ(FormatSize(size_t{3} << 30), "3G");
+  EXPECT_EQ(FormatSize(1536), "1536");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Percentiles
+
+TEST(PerfStatsTest, NearestRankPercentiles) {
+  std::vector<double> v;
+  for (int i = 1; i <= 100; ++i) v.push_back(i);
+  EXPECT_EQ(Percentile(v, 50), 50);
+  EXPECT_EQ(Percentile(v, 99), 99);
+  EXPECT_EQ(Percentile(v, 100), 100);
+  EXPECT_EQ(Percentile(v, 0), 1);
+  EXPECT_EQ(Percentile(v, 1), 1);
+  EXPECT_EQ(Percentile(v, 99.5), 100);
+
+  std::vector<double> ten = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
+  EXPECT_EQ(Percentile(ten, 50), 5);
+  EXPECT_EQ(Percentile(ten, 99), 10);  // ceil(9.9) = 10th
+  EXPECT_EQ(Percentile(ten, 90), 9);
+
+  std::vector<double> one = {42};
+  EXPECT_EQ(Percentile(one, 50), 42);
+  EXPECT_EQ(Percentile(one, 99), 42);
+  EXPECT_EQ(Percentile(std::vector<double>{}, 50), 0);
+}
+
+TEST(PerfStatsTest, SummarizeSortsAndKeepsTheMaximum) {
+  std::vector<double> samples;
+  for (int i = 200; i >= 1; --i) samples.push_back(i);  // descending on purpose
+  samples.push_back(1e6);                                // one outlier
+  LatencySummary s = Summarize(samples);
+  EXPECT_EQ(s.samples, 201);
+  EXPECT_EQ(s.p50_us, 101);  // ceil(100.5) = 101st of 1..200, 1e6
+  EXPECT_EQ(s.p99_us, 199);  // ceil(198.99) = 199th
+  EXPECT_EQ(s.max_us, 1e6);
+  EXPECT_NEAR(s.mean_us, (200.0 * 201 / 2 + 1e6) / 201, 1e-6);
+  EXPECT_EQ(Summarize({}).samples, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Data pattern
+
+TEST(PerfPatternTest, FilledDataChecksClean) {
+  for (size_t size : {1u, 7u, 8u, 13u, 64u, 4099u, 65536u}) {
+    std::vector<std::byte> buf(size);
+    const uint64_t seed = PatternSeed(1, 3, PatternTag(2, 1, 17));
+    FillPattern(buf, seed);
+    EXPECT_EQ(CountWrongBytes(buf, seed), 0u) << size;
+  }
+}
+
+TEST(PerfPatternTest, AFlippedByteIsFoundWherever) {
+  const size_t size = 1003;  // a tail of 3 bytes
+  const uint64_t seed = PatternSeed(0, 2, PatternTag(0, 1, 0));
+  for (size_t at : {size_t{0}, size_t{7}, size_t{8}, size_t{500}, size_t{1000}, size_t{1002}}) {
+    std::vector<std::byte> buf(size);
+    FillPattern(buf, seed);
+    buf[at] ^= std::byte{0x01};
+    EXPECT_EQ(CountWrongBytes(buf, seed), 1u) << "flip at " << at;
+  }
+  std::vector<std::byte> buf(size);
+  FillPattern(buf, seed);
+  buf[10] ^= std::byte{0xFF};
+  buf[11] ^= std::byte{0x80};
+  buf[900] = ~buf[900];
+  EXPECT_EQ(CountWrongBytes(buf, seed), 3u);
+}
+
+TEST(PerfPatternTest, OtherPairsIterationsAndShiftsDoNotPass) {
+  const size_t size = 4096;
+  const uint64_t tag = PatternTag(3, 1, 5);
+  const uint64_t seed = PatternSeed(0, 1, tag);
+  std::vector<std::byte> buf(size);
+  FillPattern(buf, seed);
+  // Wrong source, destination, iteration, size or phase: nearly every byte is wrong.
+  for (uint64_t other : {PatternSeed(1, 0, tag), PatternSeed(0, 2, tag), PatternSeed(2, 1, tag),
+                         PatternSeed(0, 1, PatternTag(3, 1, 6)), PatternSeed(0, 1, PatternTag(4, 1, 5)),
+                         PatternSeed(0, 1, PatternTag(3, 2, 5))}) {
+    ASSERT_NE(other, seed);
+    EXPECT_GT(CountWrongBytes(buf, other), size * 9 / 10);
+  }
+  // Data shifted by one word (a wrong offset) fails too.
+  std::vector<std::byte> shifted(size);
+  std::memcpy(shifted.data() + 8, buf.data(), size - 8);
+  FillPattern({shifted.data(), 8}, seed);
+  EXPECT_GT(CountWrongBytes(shifted, seed), size * 9 / 10);
+  // All zeros (a slot never written) fails.
+  std::vector<std::byte> zeros(size);
+  EXPECT_GT(CountWrongBytes(zeros, seed), size * 9 / 10);
+}
+
+TEST(PerfPatternTest, StreamVariantsNeverDivideTheDepth) {
+  EXPECT_EQ(StreamVariants(1), 2);
+  EXPECT_EQ(StreamVariants(2), 3);
+  EXPECT_EQ(StreamVariants(3), 2);
+  EXPECT_EQ(StreamVariants(4), 3);
+  EXPECT_EQ(StreamVariants(6), 4);
+  EXPECT_EQ(StreamVariants(12), 5);
+  for (int depth = 1; depth <= 200; ++depth) EXPECT_NE(depth % StreamVariants(depth), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+TEST(PerfReportTest, RowsAndJson) {
+  RunInfo info;
+  info.version = "0.1.0";
+  info.senders = 2;
+  info.receivers = 2;
+  info.transport = "ucx";
+  info.transport_requested = "auto";
+  info.host = "h\"ost";
+  info.latency_mode = "oneway";
+  info.baseline = "mpi";
+  Row m2n{.bytes = 4096, .impl = "m2n", .latency = {.p50_us = 10, .p99_us = 20, .max_us = 30},
+          .gbps = 2, .mmsg_per_s = 0.5, .wrong = 0};
+  Row mpi{.bytes = 4096, .impl = "MPI", .latency = {.p50_us = 20, .p99_us = 40, .max_us = 50},
+          .gbps = 1, .mmsg_per_s = 0.25, .wrong = 0};
+  const std::string row = FormatRow(m2n, false);
+  EXPECT_NE(row.find("4096"), std::string::npos);
+  EXPECT_NE(row.find("10.00"), std::string::npos);
+  EXPECT_NE(FormatRow(m2n, true).find("m2n"), std::string::npos);
+  const std::string json = FormatJson(info, {m2n, mpi}, 0, 1.5);
+  EXPECT_NE(json.find("\"rows\""), std::string::npos);
+  EXPECT_NE(json.find("\"impl\": \"MPI\""), std::string::npos);
+  EXPECT_NE(json.find("\"p50\": 0.5"), std::string::npos) << json;  // m2n / MPI
+  EXPECT_NE(json.find("\"gb_per_s\": 2"), std::string::npos) << json;
+  EXPECT_NE(json.find("h\\\"ost"), std::string::npos) << "strings are escaped";
+  EXPECT_NE(json.find("\"total_wrong\": 0"), std::string::npos);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The host barrier, across two real processes
+
+TEST(PerfHostBarrierTest, TwoProcessesAgreeAndStampInOrder) {
+  const std::string name = "/m2n_perf.test-" + std::to_string(getpid());
+  int to_child[2], to_parent[2];
+  ASSERT_EQ(pipe(to_child), 0);
+  ASSERT_EQ(pipe(to_parent), 0);
+  constexpr int kRounds = 300;
+  // The set-up barrier that Group::Barrier provides in m2n_perf: one byte each way.
+  auto pipe_barrier = [](int out, int in) {
+    return [out, in]() -> Status {
+      char c = 'x';
+      if (write(out, &c, 1) != 1 || read(in, &c, 1) != 1) return InternalError("pipe barrier");
+      return OkStatus();
+    };
+  };
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    alarm(60);
+    auto segment = HostSegment::Join(name, 1, 2, kRounds, pipe_barrier(to_parent[1], to_child[0]));
+    if (!segment.ok() || !(*segment)->shared()) _exit(10);
+    for (int i = 0; i < kRounds; ++i) {
+      if (!(*segment)->Barrier(Deadline::AfterMs(10000)).ok()) _exit(11);
+      (*segment)->stamp(i, 1) = NowNs();
+    }
+    if (!(*segment)->Barrier(Deadline::AfterMs(10000)).ok()) _exit(12);
+    _exit(0);
+  }
+  auto segment = HostSegment::Join(name, 0, 2, kRounds, pipe_barrier(to_child[1], to_parent[0]));
+  ASSERT_TRUE(segment.ok()) << segment.status().ToString();
+  ASSERT_TRUE((*segment)->shared()) << (*segment)->why_not_shared();
+  std::vector<int64_t> mine(kRounds);
+  for (int i = 0; i < kRounds; ++i) {
+    ASSERT_TRUE((*segment)->Barrier(Deadline::AfterMs(10000)).ok());
+    mine[static_cast<size_t>(i)] = NowNs();
+    (*segment)->stamp(i, 0) = mine[static_cast<size_t>(i)];
+  }
+  ASSERT_TRUE((*segment)->Barrier(Deadline::AfterMs(10000)).ok());
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  // Round i+1 of either process starts only after both finished the barrier of round i+1, which
+  // both entered after stamping round i.
+  for (int i = 0; i + 1 < kRounds; ++i) {
+    EXPECT_LT((*segment)->stamp(i, 1), mine[static_cast<size_t>(i) + 1]);
+    EXPECT_LT(mine[static_cast<size_t>(i)], (*segment)->stamp(i + 1, 1));
+  }
+  // A lone rank's barrier times out instead of hanging.
+  EXPECT_EQ((*segment)->Barrier(Deadline::AfterMs(50)).code(), StatusCode::kDeadlineExceeded);
+}
+
+// ---------------------------------------------------------------------------------------------
+// End to end: the built binary
+
+struct RunResult {
+  int exit_code = -1;  // -1: killed or timed out
+  bool timed_out = false;
+  std::string out;
+  std::string err;
+};
+
+// Runs m2n_perf bare (no launcher variables), bounded by `timeout`; kills its process group after.
+RunResult RunPerf(const std::vector<std::string>& args, std::chrono::seconds timeout = std::chrono::seconds(120),
+                  const std::vector<std::string>& env = {}) {
+  RunResult result;
+  int out_pipe[2], err_pipe[2];
+  if (pipe(out_pipe) != 0 || pipe(err_pipe) != 0) return result;
+  const pid_t pid = fork();
+  if (pid == 0) {
+    setpgid(0, 0);
+    dup2(out_pipe[1], 1);
+    dup2(err_pipe[1], 2);
+    close(out_pipe[0]);
+    close(err_pipe[0]);
+    for (const char* v : {"M2N_RANK", "M2N_WORLD_SIZE", "M2N_MASTER_PORT", "M2N_JOB_ID", "RANK",
+                          "WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "SLURM_PROCID",
+                          "M2N_PERF_SPAWNED"}) {
+      unsetenv(v);
+    }
+    for (const auto& e : env) putenv(const_cast<char*>(e.c_str()));
+    std::vector<char*> argv = {const_cast<char*>(M2N_PERF_BIN)};
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(M2N_PERF_BIN, argv.data());
+    _exit(127);
+  }
+  close(out_pipe[1]);
+  close(err_pipe[1]);
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  pollfd fds[2] = {{out_pipe[0], POLLIN, 0}, {err_pipe[0], POLLIN, 0}};
+  int open_fds = 2;
+  while (open_fds > 0) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) {
+      result.timed_out = true;
+      kill(-pid, SIGKILL);
+      break;
+    }
+    if (poll(fds, 2, static_cast<int>(std::min<int64_t>(left.count(), 1000))) < 0) continue;
+    for (int i = 0; i < 2; ++i) {
+      if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+      char buf[4096];
+      const ssize_t n = read(fds[i].fd, buf, sizeof(buf));
+      if (n > 0) {
+        (i == 0 ? result.out : result.err).append(buf, static_cast<size_t>(n));
+      } else {
+        close(fds[i].fd);
+        fds[i].fd = -1;
+        --open_fds;
+      }
+    }
+  }
+  for (auto& f : fds) {
+    if (f.fd >= 0) close(f.fd);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  kill(-pid, SIGKILL);  // stragglers of the group, if any
+  if (!result.timed_out && WIFEXITED(status)) result.exit_code = WEXITSTATUS(status);
+  return result;
+}
+
+struct TableRow {
+  size_t bytes = 0;
+  std::string impl;  // empty without a baseline
+  std::vector<std::string> cells;
+  uint64_t wrong = 0;
+};
+
+// The data rows of the table: lines that start with a byte count.
+std::vector<TableRow> ParseRows(const std::string& out) {
+  std::vector<TableRow> rows;
+  std::istringstream lines(out);
+  std::string line;
+  while (std::getline(lines, line)) {
+    std::istringstream words(line);
+    std::vector<std::string> cells;
+    for (std::string w; words >> w;) cells.push_back(w);
+    if (cells.size() < 5 || cells[0].find_first_not_of("0123456789") != std::string::npos) continue;
+    TableRow row;
+    row.bytes = std::stoull(cells[0]);
+    if (cells[1].find_first_not_of("0123456789.") != std::string::npos) row.impl = cells[1];
+    if (row.impl != "m2n/MPI") row.wrong = std::stoull(cells.back());
+    row.cells = cells;
+    rows.push_back(row);
+  }
+  return rows;
+}
+
+std::string Dump(const RunResult& r) {
+  return "exit " + std::to_string(r.exit_code) + (r.timed_out ? " (timed out)" : "") +
+         "\n--- stdout ---\n" + r.out + "--- stderr ---\n" + r.err;
+}
+
+const std::vector<std::string> kSmall = {"-M", "1", "-N", "2", "-b", "8", "-e", "64K", "-n", "20"};
+
+std::vector<std::string> With(std::vector<std::string> base, const std::vector<std::string>& more) {
+  base.insert(base.end(), more.begin(), more.end());
+  return base;
+}
+
+TEST(PerfEndToEndTest, SmallRunPassesTheCheck) {
+  RunResult r = RunPerf(kSmall);
+  ASSERT_EQ(r.exit_code, 0) << Dump(r);
+  EXPECT_NE(r.out.find("#wrong"), std::string::npos) << Dump(r);
+  EXPECT_NE(r.out.find("p50 us"), std::string::npos);
+  EXPECT_NE(r.out.find("GB/s"), std::string::npos);
+  EXPECT_NE(r.out.find("1 x 2"), std::string::npos) << "the header names the shape";
+  EXPECT_NE(r.out.find("oneway"), std::string::npos) << "one host: one-way latency";
+  EXPECT_NE(r.out.find("total #wrong: 0"), std::string::npos) << Dump(r);
+  auto rows = ParseRows(r.out);
+  ASSERT_EQ(rows.size(), 14u) << Dump(r);  // 8 B .. 64 KB by 2
+  for (size_t i = 0; i < rows.size(); ++i) {
+    EXPECT_EQ(rows[i].bytes, size_t{8} << i);
+    EXPECT_EQ(rows[i].wrong, 0u);
+    EXPECT_EQ(rows[i].cells.size(), 7u) << "bytes p50 p99 max GB/s Mmsg/s #wrong";
+  }
+}
+
+TEST(PerfEndToEndTest, JsonHasTheSameRows) {
+  const std::string path = testing::TempDir() + "/m2n_perf_" + std::to_string(getpid()) + ".json";
+  RunResult r = RunPerf(With({"-M", "2", "-N", "1", "-b", "1K", "-e", "16K", "-f", "4", "-n", "10"},
+                             {"--json", path}));
+  ASSERT_EQ(r.exit_code, 0) << Dump(r);
+  std::ifstream file(path);
+  std::stringstream json;
+  json << file.rdbuf();
+  const std::string text = json.str();
+  EXPECT_NE(text.find("\"rows\""), std::string::npos) << text;
+  size_t rows = 0;
+  for (size_t at = text.find("\"bytes\""); at != std::string::npos; at = text.find("\"bytes\"", at + 1)) ++rows;
+  EXPECT_EQ(rows, 3u) << text;  // 1K, 4K, 16K
+  EXPECT_NE(text.find("\"senders\": 2"), std::string::npos);
+  EXPECT_NE(text.find("\"total_wrong\": 0"), std::string::npos);
+  std::remove(path.c_str());
+}
+
+TEST(PerfEndToEndTest, CorruptionIsCountedAndFailsTheRun) {
+  RunResult r = RunPerf(With(kSmall, {"--inject-corruption"}));
+  EXPECT_EQ(r.exit_code, 1) << Dump(r);
+  auto rows = ParseRows(r.out);
+  ASSERT_EQ(rows.size(), 14u) << Dump(r);
+  for (const auto& row : rows) EXPECT_EQ(row.wrong, 1u) << "one flipped byte per size";
+  EXPECT_NE(r.out.find("FAILED"), std::string::npos) << Dump(r);
+}
+
+TEST(PerfEndToEndTest, RoundTripModeWorksAndSaysSo) {
+  RunResult r = RunPerf({"-M", "2", "-N", "2", "-b", "8", "-e", "8K", "-f", "8", "-n", "20",
+                         "--latency_mode", "roundtrip"});
+  ASSERT_EQ(r.exit_code, 0) << Dump(r);
+  EXPECT_NE(r.out.find("roundtrip"), std::string::npos) << Dump(r);
+  auto rows = ParseRows(r.out);
+  ASSERT_EQ(rows.size(), 4u) << Dump(r);  // 8, 64, 512, 4096
+  for (const auto& row : rows) EXPECT_EQ(row.wrong, 0u);
+
+  RunResult bad = RunPerf({"-M", "1", "-N", "1", "-b", "8", "-e", "64", "-n", "5", "--latency_mode",
+                           "roundtrip", "--inject-corruption"});
+  EXPECT_EQ(bad.exit_code, 1) << Dump(bad);
+}
+
+TEST(PerfEndToEndTest, BadUsageExitsTwoWithAHint) {
+  RunResult r = RunPerf({"--bogus"}, std::chrono::seconds(30));
+  EXPECT_EQ(r.exit_code, 2) << Dump(r);
+  EXPECT_NE(r.err.find("--bogus"), std::string::npos) << Dump(r);
+  EXPECT_NE(r.err.find("--help"), std::string::npos) << Dump(r);
+  RunResult size = RunPerf({"-e", "12Q"}, std::chrono::seconds(30));
+  EXPECT_EQ(size.exit_code, 2) << Dump(size);
+
+  RunResult help = RunPerf({"--help"}, std::chrono::seconds(30));
+  EXPECT_EQ(help.exit_code, 0) << Dump(help);
+  EXPECT_NE(help.out.find("--maxbytes"), std::string::npos);
+}
+
+TEST(PerfEndToEndTest, AFailingRankStopsTheJobAndIsNamed) {
+  // Every rank refuses an unknown transport; the launcher must stop and say which rank ended how.
+  RunResult r = RunPerf(With(kSmall, {"--transport", "no-such-transport"}), std::chrono::seconds(120));
+  EXPECT_FALSE(r.timed_out) << Dump(r);
+  EXPECT_EQ(r.exit_code, 2) << "a bad --transport is bad usage\n" << Dump(r);
+  EXPECT_NE(r.err.find("rank"), std::string::npos) << Dump(r);
+  EXPECT_NE(r.err.find("no-such-transport"), std::string::npos) << Dump(r);
+  EXPECT_NE(r.err.find("exited with status"), std::string::npos) << Dump(r);
+}
+
+TEST(PerfEndToEndTest, MpiBaselineRowsSitNextToM2n) {
+#if !M2N_PERF_WITH_MPI
+  RunResult r = RunPerf(With(kSmall, {"--baseline", "mpi"}), std::chrono::seconds(30));
+  EXPECT_EQ(r.exit_code, 2) << Dump(r);
+  EXPECT_NE(r.err.find("without MPI"), std::string::npos) << Dump(r);
+  GTEST_SKIP() << "m2n_perf was built without MPI (CMake found none, or -DM2N_WITH_MPI=OFF)";
+#else
+  if (system("command -v mpirun > /dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "mpirun is not in PATH (apt-get install openmpi-bin)";
+  }
+  RunResult r = RunPerf(With(kSmall, {"--baseline", "mpi"}));
+  ASSERT_EQ(r.exit_code, 0) << Dump(r);
+  auto rows = ParseRows(r.out);
+  size_t m2n = 0, mpi = 0, ratio = 0;
+  for (const auto& row : rows) {
+    m2n += row.impl == "m2n";
+    mpi += row.impl == "MPI";
+    ratio += row.impl == "m2n/MPI";
+    if (row.impl != "m2n/MPI") {
+      EXPECT_EQ(row.wrong, 0u);
+    }
+  }
+  EXPECT_EQ(m2n, 14u) << Dump(r);
+  EXPECT_EQ(mpi, 14u) << Dump(r);
+  EXPECT_EQ(ratio, 14u) << Dump(r);
+  EXPECT_NE(r.out.find("mpirun"), std::string::npos) << "the header names the launcher";
+#endif
+}
+
+}  // namespace
+}  // namespace m2n::perf
