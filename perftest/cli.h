@@ -23,8 +23,8 @@ struct PerfConfig {
   size_t min_bytes = 8;
   size_t max_bytes = size_t{4} << 20;
   uint64_t step_factor = 2;  // sizes min, min*f, min*f^2, ... <= max
-  int iters = 200;           // measured iterations per size (latency), messages per pair (bandwidth)
-  int warmup_iters = 20;
+  int iters = 500;           // measured iterations per size (latency), messages per pair (bandwidth)
+  int warmup_iters = 50;
   int senders = 2;
   int receivers = 2;
   bool senders_set = false;  // given on the command line (else a launcher's world size may decide)

@@ -273,6 +273,14 @@ int ExecUnderMpirun(const PerfConfig& config, int argc, char** argv) {
   std::vector<std::string> args = {"mpirun", "--oversubscribe", "-np", std::to_string(world),
                                    "--timeout", std::to_string(config.run_timeout_s)};
   if (geteuid() == 0) args.push_back("--allow-run-as-root");  // Open MPI refuses root otherwise
+  // UCX_TLS picks m2n's transports; let it pick MPI's too, through Open MPI's UCX PML (whose
+  // default device filter would refuse shared memory and TCP), unless the user chose a PML.
+  if (IsSet("UCX_TLS") && !IsSet("OMPI_MCA_pml")) {
+    for (const char* arg : {"--mca", "pml", "ucx", "--mca", "pml_ucx_tls", "any", "--mca",
+                            "pml_ucx_devices", "any"}) {
+      args.push_back(arg);
+    }
+  }
   for (const char* name : {"M2N_MASTER_ADDR", "M2N_MASTER_PORT", "M2N_JOB_ID", "UCX_TLS"}) {
     if (IsSet(name)) {
       args.push_back("-x");

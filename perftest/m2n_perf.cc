@@ -5,6 +5,9 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
@@ -76,7 +79,12 @@ SpinChoice ChooseSpin(const PerfConfig& config, const LauncherInfo& launcher) {
   if (config.spin_us >= 0) return {config.spin_us, "--spin_us"};
   cpu_set_t set;
   CPU_ZERO(&set);
-  const int cores = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 0;
+  int cores = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 0;
+  // mpirun and srun bind each rank to cores of its own: this rank's mask is not what the host's
+  // ranks share. Self-started and torchrun ranks inherit one mask, which is.
+  if (launcher.kind == LauncherKind::kOpenMpi || launcher.kind == LauncherKind::kSlurm) {
+    cores = std::max(cores, static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN)));
+  }
   const int world = config.senders + config.receivers;
   const int local = launcher.local_size > 0 ? launcher.local_size : launcher.multi_host ? 0 : world;
   if (cores > 0 && local > cores) {
@@ -115,6 +123,7 @@ class Rank {
   bool forced_round_trip_ = false;
   SpinChoice spin_;
   int rank_ = -1;  // known once the options are resolved
+  std::ofstream json_file_;
 };
 
 int Rank::Fail(const Status& status, int code) {
@@ -134,6 +143,10 @@ Status Rank::SetUpMpi(int* argc, char*** argv) {
   M2N_RETURN_IF_ERROR(MpiInit(argc, argv));
   mpi_ = true;
   mpi_library_ = MpiLibraryVersion();
+  // Which of Open MPI's point-to-point layers carries the baseline: UCX_TLS applies only to "ucx".
+  const char* pml = std::getenv("OMPI_MCA_pml");
+  mpi_library_ += pml != nullptr ? std::string(", pml ") + pml + (std::string(pml) == "ucx" ? " (UCX_TLS applies)" : "")
+                                 : ", default pml (UCX_TLS does not apply)";
   const int world = config_.senders + config_.receivers;
   if (MpiWorldSize() != world) {
     return InvalidArgumentError("the MPI job has " + std::to_string(MpiWorldSize()) + " ranks, -M " +
@@ -240,6 +253,15 @@ int Rank::Run(int argc, char** argv) {
   auto resolved = ResolveOptions(options);
   if (!resolved.ok()) return Fail(resolved.status(), kExitUsage);
   rank_ = resolved->bootstrap.rank;
+  // Rank 0 opens the --json file now: a bad path fails before the run, not after it.
+  if (rank_ == 0 && !config_.json_path.empty()) {
+    json_file_.open(config_.json_path, std::ios::trunc);
+    if (!json_file_) {
+      return Fail(InvalidArgumentError("--json " + config_.json_path + ": cannot open for writing: " +
+                                       std::strerror(errno)),
+                  kExitUsage);
+    }
+  }
   auto created = Group::Create(*resolved);
   if (!created.ok()) {
     // A bad --transport or option value is the user's to fix: usage, not a run-time failure.
@@ -344,9 +366,11 @@ int Rank::Run(int argc, char** argv) {
     for (const Row& row : rows) total_wrong += row.wrong;
     PrintFooter(stdout, total_wrong, elapsed_s, sizes.size());
     std::fflush(stdout);
-    if (!config_.json_path.empty()) {
-      if (Status s = WriteJson(config_.json_path, info, rows, total_wrong, elapsed_s); !s.ok()) {
-        return Fail(s);
+    if (json_file_.is_open()) {
+      json_file_ << FormatJson(info, rows, total_wrong, elapsed_s);
+      json_file_.close();
+      if (!json_file_) {
+        return Fail(InternalError("--json " + config_.json_path + ": write failed: " + std::strerror(errno)));
       }
     }
   }

@@ -1,10 +1,7 @@
 #include "perftest/report.h"
 
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
-#include <cstring>
-#include <fstream>
 
 #include "perftest/cli.h"
 
@@ -190,18 +187,6 @@ std::string FormatJson(const RunInfo& info, const std::vector<Row>& rows, uint64
   j += "  \"total_wrong\": " + std::to_string(total_wrong) + ",\n";
   j += "  \"elapsed_s\": " + JsonNumber(elapsed_s) + "\n}\n";
   return j;
-}
-
-Status WriteJson(const std::string& path, const RunInfo& info, const std::vector<Row>& rows,
-                 uint64_t total_wrong, double elapsed_s) {
-  std::ofstream file(path, std::ios::trunc);
-  if (!file) {
-    return UnavailableError("--json " + path + ": cannot open for writing: " + std::strerror(errno));
-  }
-  file << FormatJson(info, rows, total_wrong, elapsed_s);
-  file.close();
-  if (!file) return InternalError("--json " + path + ": write failed: " + std::strerror(errno));
-  return OkStatus();
 }
 
 }  // namespace m2n::perf

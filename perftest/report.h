@@ -56,7 +56,5 @@ void PrintFooter(std::FILE* out, uint64_t total_wrong, double elapsed_s, size_t 
 std::string FormatRow(const Row& row, bool with_impl);
 std::string FormatJson(const RunInfo& info, const std::vector<Row>& rows, uint64_t total_wrong,
                        double elapsed_s);
-Status WriteJson(const std::string& path, const RunInfo& info, const std::vector<Row>& rows,
-                 uint64_t total_wrong, double elapsed_s);
 
 }  // namespace m2n::perf

@@ -130,7 +130,10 @@ struct Group::Impl {
   uint64_t next_cookie = 1;
   uint64_t writes_in_flight = 0;  // data writes posted and not yet done
   std::vector<Completion> completions = std::vector<Completion>(64);
+  // Scratch reused by every call, so the data path does not allocate in steady state.
   std::vector<transport::Write> batch;
+  std::vector<const transport::Region*> sources;
+  std::vector<std::pair<int, size_t>> need;  // Receive: (peer index, messages wanted)
   Status fatal;  // sticky: once a peer or the protocol failed, every call returns it
   bool closed = false;
   int barrier_count = 0;
@@ -479,7 +482,8 @@ Status Group::Send(std::span<const SendRequest> requests, Deadline deadline) {
   Impl& g = *impl_;
   M2N_RETURN_IF_ERROR(g.CheckOpen());
   // Validate everything before posting anything: a bad request sends nothing.
-  std::vector<const transport::Region*> sources(requests.size());
+  auto& sources = g.sources;
+  sources.assign(requests.size(), nullptr);
   for (size_t i = 0; i < requests.size(); ++i) {
     const SendRequest& r = requests[i];
     M2N_RETURN_IF_ERROR(g.ValidPeer(r.peer, "send"));
@@ -564,7 +568,8 @@ Status Group::Receive(std::span<const int> peers, std::span<Message> out, Deadli
   }
   // How many messages each peer must have queued; nothing is taken until all are there, so a
   // timeout leaves every message in place.
-  std::vector<std::pair<int, size_t>> need;  // (peer index, count)
+  auto& need = g.need;
+  need.clear();
   for (int peer : peers) {
     M2N_RETURN_IF_ERROR(g.ValidPeer(peer, "receive"));
     int index = g.IndexOfPeer(peer);

@@ -157,6 +157,21 @@ TEST(BadInputUcxTest, ConfigurationDifferingBetweenRanksIsReportedOnEveryRank) {
   EXPECT_EQ(DescribeFailures(outcomes), "");
 }
 
+TEST(BadInputUcxTest, TransportDifferingBetweenRanksIsReportedOnEveryRank) {
+  auto outcomes = RunRanks(2, [](int rank, int port) {
+    UseUcx();
+    if (rank == 1) setenv("M2N_TRANSPORT", "carrier-pigeon", 1);
+    auto created = Group::Create(TestOptions(1, 1, rank, port));
+    CHILD_CHECK(created.status().code() == StatusCode::kFailedPrecondition, "%s",
+                created.status().ToString().c_str());
+    CHILD_CHECK(Contains(created.status().message(), "transport is ucx on rank 0 but <unknown transport "
+                                                     "'carrier-pigeon'"),
+                "%s", created.status().message().c_str());
+    return 0;
+  });
+  EXPECT_EQ(DescribeFailures(outcomes), "");
+}
+
 TEST(BadInputUcxTest, UnreachableMasterTimesOutNamingIt) {
   UseUcx();
   int port = testing::FreePort();

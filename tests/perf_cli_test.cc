@@ -534,6 +534,12 @@ TEST(PerfEndToEndTest, BadUsageExitsTwoWithAHint) {
   RunResult size = RunPerf({"-e", "12Q"}, std::chrono::seconds(30));
   EXPECT_EQ(size.exit_code, 2) << Dump(size);
 
+  RunResult json = RunPerf({"-M", "1", "-N", "1", "-e", "64", "--json", "/nonexistent-dir/x.json"},
+                           std::chrono::seconds(60));
+  EXPECT_EQ(json.exit_code, 2) << Dump(json);
+  EXPECT_NE(json.err.find("/nonexistent-dir/x.json"), std::string::npos) << Dump(json);
+  EXPECT_EQ(json.out.find("#wrong"), std::string::npos) << "fails before the run";
+
   RunResult help = RunPerf({"--help"}, std::chrono::seconds(30));
   EXPECT_EQ(help.exit_code, 0) << Dump(help);
   EXPECT_NE(help.out.find("--maxbytes"), std::string::npos);

@@ -1,5 +1,5 @@
-// The UCX transport below the Group: real processes (one fork per rank), connection bytes and remote
-// keys exchanged over a socketpair, every test run once on shared memory and once on TCP.
+// The UCX transport below the Group: real processes (one fork per rank), connection bytes and
+// remote keys exchanged over a socketpair, every test run once on shared memory and once on TCP.
 //
 // Each rank runs in a child forked before any UCX object exists; a child reports a failure as text
 // through a pipe and its exit code, the parent bounds the whole run and kills stragglers. Inside a
@@ -20,6 +20,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <ostream>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -55,26 +56,26 @@ const Status& AsStatus(const StatusOr<T>& s) {
   return s.status();
 }
 
-#define REQUIRE(cond, ...)                                                        \
-  do {                                                                            \
+#define REQUIRE(cond, ...)                                                                 \
+  do {                                                                                     \
     if (!(cond)) return Where(__LINE__) + "failed: " #cond " " + std::string(__VA_ARGS__); \
   } while (0)
-#define REQUIRE_OK(expr)                                                          \
-  do {                                                                            \
-    const auto& r_ = (expr);                                                      \
+#define REQUIRE_OK(expr)                                                                   \
+  do {                                                                                     \
+    const auto& r_ = (expr);                                                               \
     if (!AsStatus(r_).ok()) return Where(__LINE__) + #expr ": " + AsStatus(r_).ToString(); \
   } while (0)
-#define REQUIRE_PASS(expr)          \
-  do {                              \
-    std::string f_ = (expr);        \
-    if (!f_.empty()) return f_;     \
+#define REQUIRE_PASS(expr)      \
+  do {                          \
+    std::string f_ = (expr);    \
+    if (!f_.empty()) return f_; \
   } while (0)
 #define M2N_TEST_CONCAT_(a, b) a##b
 #define M2N_TEST_CONCAT(a, b) M2N_TEST_CONCAT_(a, b)
 #define ASSIGN_OR_FAIL(lhs, expr) ASSIGN_OR_FAIL_IMPL(M2N_TEST_CONCAT(so_, __LINE__), lhs, expr)
-#define ASSIGN_OR_FAIL_IMPL(tmp, lhs, expr)                                              \
-  auto tmp = (expr);                                                                     \
-  if (!tmp.ok()) return Where(__LINE__) + #expr ": " + tmp.status().ToString();          \
+#define ASSIGN_OR_FAIL_IMPL(tmp, lhs, expr)                                     \
+  auto tmp = (expr);                                                            \
+  if (!tmp.ok()) return Where(__LINE__) + #expr ": " + tmp.status().ToString(); \
   lhs = std::move(tmp).value()
 
 // ---- The socketpair between the two ranks: length-prefixed messages. ----
@@ -172,7 +173,8 @@ std::string RecvWhilePumping(Rank& r, Bytes* out, bool allow_errors = false) {
       return "";
     }
     REQUIRE_PASS(Pump(r));
-    if (!allow_errors && !r.errors.empty()) return "unexpected kError: " + r.errors.front().error.ToString();
+    if (!allow_errors && !r.errors.empty())
+      return "unexpected kError: " + r.errors.front().error.ToString();
   }
   return Where(__LINE__) + "no message from the peer within the wait";
 }
@@ -183,13 +185,14 @@ std::string NoErrors(const Rank& r, int line) {
 }
 
 // Waits for the next immediate on `lane`.
-std::string WaitImm(Rank& r, Lane lane, Completion* out, Deadline deadline = Deadline::After(kWait)) {
+std::string WaitImm(Rank& r, Lane lane, Completion* out,
+                    Deadline deadline = Deadline::After(kWait)) {
   auto& q = r.imms[static_cast<int>(lane)];
   while (q.empty()) {
     REQUIRE_PASS(Pump(r));
     REQUIRE_PASS(NoErrors(r, __LINE__));
-    REQUIRE(!deadline.Expired(), "waiting for an immediate on lane " +
-                                     std::to_string(static_cast<int>(lane)));
+    REQUIRE(!deadline.Expired(),
+            "waiting for an immediate on lane " + std::to_string(static_cast<int>(lane)));
   }
   *out = q.front();
   q.pop_front();
@@ -287,6 +290,8 @@ struct Tls {
   const char* name;
   const char* ucx_tls;  // null: UCX's own choice (UCX_TLS unset)
 };
+// gtest names the test by the instantiation name; this makes ctest's listing say it too.
+void PrintTo(const Tls& tls, std::ostream* os) { *os << tls.name; }
 
 // Runs body(rank 0) and body(rank 1) in two children; returns the failure text ("" = pass) and
 // appends what rank 0 reported in Rank::info to *info.
@@ -317,7 +322,8 @@ std::string RunPair(const Tls& tls, const Body& body, std::chrono::seconds limit
       r.peer = 1 - rank;
       r.link = &link;
       std::string failure = body(r);
-      std::string message = failure.empty() ? r.info : "rank " + std::to_string(rank) + ": " + failure;
+      std::string message =
+          failure.empty() ? r.info : "rank " + std::to_string(rank) + ": " + failure;
       if (!message.empty() && write(pipe_fd[1], message.data(), message.size()) < 0) failure += "!";
       // The transport is torn down by the destructor of r here if the body did not close it.
       r.t.reset();
@@ -335,7 +341,8 @@ std::string RunPair(const Tls& tls, const Body& body, std::chrono::seconds limit
   bool killed = false;
   while (!(reaped[0] && reaped[1])) {
     for (int rank = 0; rank < 2; ++rank) {
-      if (!reaped[rank] && waitpid(pid[rank], &status[rank], WNOHANG) == pid[rank]) reaped[rank] = true;
+      if (!reaped[rank] && waitpid(pid[rank], &status[rank], WNOHANG) == pid[rank])
+        reaped[rank] = true;
     }
     const bool one_failed = (reaped[0] && status[0] != 0) || (reaped[1] && status[1] != 0);
     if (!killed && (deadline.Expired() || one_failed)) {
@@ -366,7 +373,8 @@ std::string RunPair(const Tls& tls, const Body& body, std::chrono::seconds limit
     if (!message.empty()) {
       failures += message;
     } else if (WIFSIGNALED(s)) {
-      failures += "rank " + std::to_string(rank) + " killed by signal " + std::to_string(WTERMSIG(s)) +
+      failures += "rank " + std::to_string(rank) + " killed by signal " +
+                  std::to_string(WTERMSIG(s)) +
                   (deadline.Expired() ? " (run exceeded its time limit)" : "");
     } else {
       failures += "rank " + std::to_string(rank) + " exited " + std::to_string(WEXITSTATUS(s));
@@ -419,7 +427,8 @@ TEST_P(UcxTransportTest, WriteWithImmDeliversBytesThenImm) {
     } else {
       ASSIGN_OR_FAIL(auto allocated, r.t->Allocate(kMax + 2 * kOffset, MemoryKind::kHost));
       std::vector<std::byte> memory(kMax + 2 * kOffset);
-      ASSIGN_OR_FAIL(auto registered, r.t->Register(memory.data(), memory.size(), MemoryKind::kHost));
+      ASSIGN_OR_FAIL(auto registered,
+                     r.t->Register(memory.data(), memory.size(), MemoryKind::kHost));
       std::unique_ptr<RemoteRegion> none;
       REQUIRE_PASS(SwapKeys(r, allocated.get(), &none));
       REQUIRE_PASS(SwapKeys(r, registered.get(), &none));
@@ -467,11 +476,12 @@ TEST_P(UcxTransportTest, ImmOrderPreservedOnLane) {
           const size_t length = (imm % 3 == 0) ? 0 : 1 + imm % kSlot;
           Fill(source.data() + i * kSlot, length, imm);
           const RemoteRegion* remote = (i % 2 == 0) ? allocated.get() : registered.get();
-          batch.push_back(MakeWrite(r, Lane::kData, local.get(), i * kSlot, remote, i * kSlot, length,
-                                    imm, imm));
+          batch.push_back(MakeWrite(r, Lane::kData, local.get(), i * kSlot, remote, i * kSlot,
+                                    length, imm, imm));
         }
         REQUIRE_OK(r.t->Post(batch));
-        // The receiver answers a whole round with one ACK; sources are reused only after kWriteDone.
+        // The receiver answers a whole round with one ACK; sources are reused only after
+        // kWriteDone.
         Completion ack;
         REQUIRE_PASS(WaitImm(r, Lane::kAck, &ack));
         REQUIRE(ack.imm == static_cast<uint32_t>(round));
@@ -480,7 +490,8 @@ TEST_P(UcxTransportTest, ImmOrderPreservedOnLane) {
     } else {
       ASSIGN_OR_FAIL(auto allocated, r.t->Allocate(kDepth * kSlot, MemoryKind::kHost));
       std::vector<std::byte> memory(kDepth * kSlot);
-      ASSIGN_OR_FAIL(auto registered, r.t->Register(memory.data(), memory.size(), MemoryKind::kHost));
+      ASSIGN_OR_FAIL(auto registered,
+                     r.t->Register(memory.data(), memory.size(), MemoryKind::kHost));
       std::unique_ptr<RemoteRegion> none;
       REQUIRE_PASS(SwapKeys(r, allocated.get(), &none));
       REQUIRE_PASS(SwapKeys(r, registered.get(), &none));
@@ -489,8 +500,8 @@ TEST_P(UcxTransportTest, ImmOrderPreservedOnLane) {
         for (int i = 0; i < kDepth; ++i, ++expected) {
           Completion c;
           REQUIRE_PASS(WaitImm(r, Lane::kData, &c));
-          REQUIRE(c.imm == expected, "got imm " + std::to_string(c.imm) + ", expected " +
-                                         std::to_string(expected));
+          REQUIRE(c.imm == expected,
+                  "got imm " + std::to_string(c.imm) + ", expected " + std::to_string(expected));
           const size_t length = (expected % 3 == 0) ? 0 : 1 + expected % kSlot;
           REQUIRE(c.length == length);
           const Region* target = (i % 2 == 0) ? allocated.get() : registered.get();
@@ -521,8 +532,8 @@ TEST_P(UcxTransportTest, AckLaneIndependentOfDataLane) {
       REQUIRE_PASS(SwapKeys(r, nullptr, &remote));
       std::vector<Write> writes;
       for (int i = 0; i < kDepth; ++i) {
-        writes.push_back(MakeWrite(r, Lane::kData, local.get(), i * kBig, remote.get(), i * kBig, kBig,
-                                   100 + i, i));
+        writes.push_back(MakeWrite(r, Lane::kData, local.get(), i * kBig, remote.get(), i * kBig,
+                                   kBig, 100 + i, i));
       }
       for (int i = 0; i < kDepth; ++i) {
         writes.push_back(MakeWrite(r, Lane::kAck, nullptr, 0, nullptr, 0, 0, 200 + i, 100 + i));
@@ -603,8 +614,8 @@ TEST_P(UcxTransportTest, ManySmallWritesReuseTheRing) {
         Completion c;
         REQUIRE_PASS(WaitImm(r, Lane::kData, &c, Deadline::After(kWait)));
         const size_t length = 8 + i % (kSlot - 7);
-        REQUIRE(c.imm == i && c.length == length, "imm " + std::to_string(c.imm) + " at " +
-                                                      std::to_string(i));
+        REQUIRE(c.imm == i && c.length == length,
+                "imm " + std::to_string(c.imm) + " at " + std::to_string(i));
         REQUIRE(FirstWrong(slots->data() + (i % kDepth) * kSlot, length, i) < 0,
                 "payload of write " + std::to_string(i));
         Write ack = MakeWrite(r, Lane::kAck, nullptr, 0, nullptr, 0, 0, i, i);
@@ -633,15 +644,15 @@ TEST_P(UcxTransportTest, OutOfBoundsWriteIsInvalidArgument) {
         const char* mention;
       };
       const Case cases[] = {
-          {0, 0, 1025, "remote region of 1024"},    // longer than the remote region
-          {0, 1000, 25, "remote offset 1000"},      // runs off the remote end
-          {4090, 0, 7, "local offset 4090"},        // runs off the local end
-          {0, SIZE_MAX - 2, 8, "remote offset"},    // offset + length wraps around
+          {0, 0, 1025, "remote region of 1024"},  // longer than the remote region
+          {0, 1000, 25, "remote offset 1000"},    // runs off the remote end
+          {4090, 0, 7, "local offset 4090"},      // runs off the local end
+          {0, SIZE_MAX - 2, 8, "remote offset"},  // offset + length wraps around
           {SIZE_MAX, 0, 1, "local offset"},
       };
       for (const Case& c : cases) {
-        Write w = MakeWrite(r, Lane::kData, local.get(), c.local_offset, remote.get(), c.remote_offset,
-                            c.length, 1, 1);
+        Write w = MakeWrite(r, Lane::kData, local.get(), c.local_offset, remote.get(),
+                            c.remote_offset, c.length, 1, 1);
         Status s = r.t->Post({&w, 1});
         REQUIRE(s.code() == StatusCode::kInvalidArgument, s.ToString());
         REQUIRE(s.message().find("ucx: peer rank 1") != std::string::npos, s.message());
@@ -712,7 +723,8 @@ TEST_P(UcxTransportTest, BadConnectionAddressIsRefused) {
     Bytes truncated(theirs->begin(), theirs->end() - 3);
     Status s = r.t->Connect(r.peer, truncated);
     REQUIRE(s.code() == StatusCode::kDataLoss, s.ToString());
-    REQUIRE(s.message().find("ucx: peer rank " + std::to_string(r.peer)) != std::string::npos, s.message());
+    REQUIRE(s.message().find("ucx: peer rank " + std::to_string(r.peer)) != std::string::npos,
+            s.message());
     Bytes wrong_version = *theirs;
     wrong_version[4] = std::byte{99};
     s = r.t->Connect(r.peer, wrong_version);
@@ -785,9 +797,11 @@ TEST_P(UcxTransportTest, PeerExitIsReportedOrNeverHangs) {
       }
       usleep(1000);
     }
-    REQUIRE(slowest < 1s, "a Poll took " +
-                              std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(slowest).count()) +
-                              " ms");
+    REQUIRE(
+        slowest < 1s,
+        "a Poll took " +
+            std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(slowest).count()) +
+            " ms");
     const auto start = Clock::now();
     (void)r.t->Close(Deadline::After(2s));  // may report the dead peer; must not hang
     REQUIRE(Clock::now() - start < 4s, "Close overran its deadline with a dead peer");
@@ -809,7 +823,8 @@ TEST_P(UcxTransportTest, PingPongLatency) {
   const int default_iters = std::string_view(GetParam().name) == "tcp" ? 2000 : 20000;
   Body body = [default_iters](Rank& r) -> std::string {
     int iters = default_iters;
-    if (const char* env = std::getenv("M2N_UCX_PINGPONG_ITERS")) iters = std::max(1, std::atoi(env));
+    if (const char* env = std::getenv("M2N_UCX_PINGPONG_ITERS"))
+      iters = std::max(1, std::atoi(env));
     const int warmup = std::min(1000, iters);
     REQUIRE_PASS(Connect(r, 4));
     ASSIGN_OR_FAIL(auto slots, r.t->Allocate(65536, MemoryKind::kHost));
@@ -850,15 +865,17 @@ TEST_P(UcxTransportTest, PingPongLatency) {
       for (int i = 0; i < 100; ++i) (void)r.t->Poll(out);
       std::sort(rtt_us.begin(), rtt_us.end());
       char line[200];
-      std::snprintf(line, sizeof line, "%6zu B round trip: p50 %8.2f us  p99 %8.2f us  (%d iterations)\n",
-                    size, rtt_us[rtt_us.size() / 2], rtt_us[rtt_us.size() * 99 / 100], iters);
+      std::snprintf(line, sizeof line,
+                    "%6zu B round trip: p50 %8.2f us  p99 %8.2f us  (%d iterations)\n", size,
+                    rtt_us[rtt_us.size() / 2], rtt_us[rtt_us.size() * 99 / 100], iters);
       r.info += line;
     }
     return CloseAfterSync(r);
   };
   std::string info;
   EXPECT_EQ(RunPair(GetParam(), body, 120s, {}, &info), "");
-  std::printf("[%s] write-with-imm ping-pong between allocated regions\n%s", GetParam().name, info.c_str());
+  std::printf("[%s] write-with-imm ping-pong between allocated regions\n%s", GetParam().name,
+              info.c_str());
   RecordProperty("pingpong", info);
 }
 
@@ -868,7 +885,9 @@ INSTANTIATE_TEST_SUITE_P(Ucx, UcxTransportTest,
                          // default: what a user gets (cma for registered targets here).
                          ::testing::Values(Tls{"shm", "posix,sysv,self"}, Tls{"tcp", "tcp,self"},
                                            Tls{"default", nullptr}),
-                         [](const ::testing::TestParamInfo<Tls>& info) { return std::string(info.param.name); });
+                         [](const ::testing::TestParamInfo<Tls>& info) {
+                           return std::string(info.param.name);
+                         });
 
 }  // namespace
 }  // namespace m2n::transport

@@ -40,8 +40,8 @@ class Context {
   std::array<Bytes, kNumLanes> addresses_;
 };
 
-// "ucx: <what>: <ucs_status_string>", the shape of every message this transport writes; `what` names
-// the rank or peer rank and the operation.
+// "ucx: <what>: <ucs_status_string>", the shape of every message this transport writes; `what`
+// names the rank or peer rank and the operation.
 std::string ErrorText(std::string_view what, ucs_status_t status);
 // "ucx: peer rank 3: <what>", and ": <ucs_status_string>" when a status is given.
 std::string PeerText(int peer, std::string_view what);

@@ -85,11 +85,10 @@ StatusOr<PeerAddress> DecodePeerAddress(int peer, std::span<const std::byte> byt
                                             std::to_string(bytes.size()) + " bytes)"));
   }
   if (version != kAddressVersion || lanes != kNumLanes) {
-    return DataLossError(PeerText(peer, "connection address version " + std::to_string(version) +
-                                            " with " + std::to_string(lanes) +
-                                            " lanes; this build reads version " +
-                                            std::to_string(kAddressVersion) + " with " +
-                                            std::to_string(kNumLanes)));
+    return DataLossError(
+        PeerText(peer, "connection address version " + std::to_string(version) + " with " +
+                           std::to_string(lanes) + " lanes; this build reads version " +
+                           std::to_string(kAddressVersion) + " with " + std::to_string(kNumLanes)));
   }
   PeerAddress a;
   a.src_rank = r.Get<int32_t>();
@@ -104,13 +103,15 @@ StatusOr<PeerAddress> DecodePeerAddress(int peer, std::span<const std::byte> byt
   for (uint64_t& size : worker_size) size = r.Get<uint64_t>();
   a.host = r.GetBytes(host_size);
   a.ring_rkey = r.GetBytes(rkey_size);
-  for (int lane = 0; lane < kNumLanes; ++lane) a.worker_address[lane] = r.GetBytes(worker_size[lane]);
+  for (int lane = 0; lane < kNumLanes; ++lane)
+    a.worker_address[lane] = r.GetBytes(worker_size[lane]);
   if (!r.ok() || r.consumed() != r.size()) {
     return DataLossError(PeerText(peer, "connection address truncated or padded (" +
                                             std::to_string(bytes.size()) + " bytes)"));
   }
   if (err_mode > static_cast<uint8_t>(ErrMode::kNone)) {
-    return DataLossError(PeerText(peer, "connection address with error mode " + std::to_string(err_mode)));
+    return DataLossError(
+        PeerText(peer, "connection address with error mode " + std::to_string(err_mode)));
   }
   a.err_mode = static_cast<ErrMode>(err_mode);
   return a;
@@ -141,7 +142,9 @@ StatusOr<std::unique_ptr<Endpoint>> Endpoint::Connect(std::shared_ptr<Context> c
       what += err_mode == UCP_ERR_HANDLING_MODE_PEER ? ", error mode peer" : ", error mode none";
       what += ")";
       if (status == UCS_ERR_UNREACHABLE && err_mode == UCP_ERR_HANDLING_MODE_PEER) {
-        what += "; the enabled transports may not detect peer failure, M2N_UCX_ERR_MODE=none allows them";
+        what +=
+            "; the enabled transports may not detect peer failure, M2N_UCX_ERR_MODE=none allows "
+            "them";
       }
       return UnavailableError(PeerText(peer, what, status));
     }
@@ -191,7 +194,8 @@ Endpoint::~Endpoint() {
   for (int lane = 0; lane < kNumLanes; ++lane) {
     // Nobody is left to wait on it: UCX finishes a released close request on later progress or
     // when the worker is destroyed.
-    if (void* request = StartClose(static_cast<Lane>(lane), /*force=*/true)) ucp_request_free(request);
+    if (void* request = StartClose(static_cast<Lane>(lane), /*force=*/true))
+      ucp_request_free(request);
   }
 }
 

@@ -50,7 +50,8 @@ inline uint32_t RingCheck(uint32_t imm, uint32_t length, uint32_t seq) {
 enum class ErrMode : uint8_t {
   kAuto = 0,  // kNone to a peer on this host, kPeer to one on another host
   kPeer = 1,  // UCP_ERR_HANDLING_MODE_PEER: failures reported; only transports that detect them
-  kNone = 2,  // UCP_ERR_HANDLING_MODE_NONE: every transport (shared memory too); failures best effort
+  kNone =
+      2,  // UCP_ERR_HANDLING_MODE_NONE: every transport (shared memory too); failures best effort
 };
 StatusOr<ErrMode> ErrModeFromEnv();
 // The mode an ep to a peer gets; symmetric in the two sides' (equal) settings.
@@ -84,7 +85,7 @@ class Endpoint {
   struct TxLane {
     ucp_ep_h ep = nullptr;
     ucp_rkey_h ring_rkey = nullptr;
-    uint64_t ring_address = 0;  // entry 0 of our ring at the peer
+    uint64_t ring_address = 0;         // entry 0 of our ring at the peer
     RingEntry* ring_mapped = nullptr;  // our ring at the peer, where mapped here (shared memory)
     uint32_t next_seq = 1;
     uint32_t next_slot = 0;
@@ -134,7 +135,8 @@ class Endpoint {
   void* StartClose(Lane lane, bool force);
 
  private:
-  Endpoint(std::shared_ptr<Context> ctx, int peer, uint32_t ring_entries, std::vector<Endpoint*>* failed)
+  Endpoint(std::shared_ptr<Context> ctx, int peer, uint32_t ring_entries,
+           std::vector<Endpoint*>* failed)
       : ctx_(std::move(ctx)), peer_(peer), ring_entries_(ring_entries), failed_(failed) {}
   static void OnError(void* arg, ucp_ep_h ep, ucs_status_t status);
 
@@ -147,8 +149,8 @@ class Endpoint {
   std::array<RxLane, kNumLanes> rx_;
 };
 
-// Stores `entry` into a mapped ring slot; seq goes last (release), so a reader that sees it sees the
-// rest and everything stored before.
+// Stores `entry` into a mapped ring slot; seq goes last (release), so a reader that sees it sees
+// the rest and everything stored before.
 inline void StoreEntry(RingEntry* slot, const RingEntry& entry) {
   std::atomic_ref<uint32_t>(slot->imm).store(entry.imm, std::memory_order_relaxed);
   std::atomic_ref<uint32_t>(slot->length).store(entry.length, std::memory_order_relaxed);

@@ -30,9 +30,10 @@ StatusOr<std::unique_ptr<UcxRegion>> UcxRegion::Map(std::shared_ptr<Context> ctx
   ucp_mem_h memh = nullptr;
   ucs_status_t status = ucp_mem_map(ctx->context(), &params, &memh);
   if (status != UCS_OK) {
-    return InternalError(ErrorText(who + (allocate ? ": ucp_mem_map(ALLOCATE) of " : ": ucp_mem_map of ") +
-                                       std::to_string(size) + " bytes",
-                                   status));
+    return InternalError(
+        ErrorText(who + (allocate ? ": ucp_mem_map(ALLOCATE) of " : ": ucp_mem_map of ") +
+                      std::to_string(size) + " bytes",
+                  status));
   }
 
   ucp_mem_attr_t attr{};
@@ -56,7 +57,8 @@ StatusOr<Bytes> UcxRegion::PackRkey() const {
   size_t size = 0;
   ucs_status_t status = ucp_rkey_pack(ctx_->context(), memh_, &buffer, &size);
   if (status != UCS_OK) {
-    return InternalError(ErrorText("rank " + std::to_string(ctx_->rank()) + ": ucp_rkey_pack", status));
+    return InternalError(
+        ErrorText("rank " + std::to_string(ctx_->rank()) + ": ucp_rkey_pack", status));
   }
   const auto* bytes = static_cast<const std::byte*>(buffer);
   Bytes out(bytes, bytes + size);
@@ -87,7 +89,8 @@ Status UnpackRkey(int peer, ucp_ep_h ep, std::span<const std::byte> rkey_buffer,
     return DataLossError(PeerText(peer, "ucp_ep_rkey_unpack", status));
   }
   void* local = nullptr;
-  *mapped = ucp_rkey_ptr(*rkey, address, &local) == UCS_OK ? static_cast<std::byte*>(local) : nullptr;
+  *mapped =
+      ucp_rkey_ptr(*rkey, address, &local) == UCS_OK ? static_cast<std::byte*>(local) : nullptr;
   return OkStatus();
 }
 
@@ -102,8 +105,8 @@ StatusOr<std::unique_ptr<UcxRemoteRegion>> UcxRemoteRegion::Unpack(
   const auto size = r.Get<uint64_t>();
   const auto rkey_size = r.Get<uint64_t>();
   if (!r.ok() || magic != kKeyMagic) {
-    return DataLossError(PeerText(peer, "remote key is not an m2n ucx key (" +
-                                            std::to_string(packed.size()) + " bytes)"));
+    return DataLossError(PeerText(
+        peer, "remote key is not an m2n ucx key (" + std::to_string(packed.size()) + " bytes)"));
   }
   if (version != kKeyVersion) {
     return DataLossError(PeerText(peer, "remote key version " + std::to_string(version) +
@@ -111,9 +114,9 @@ StatusOr<std::unique_ptr<UcxRemoteRegion>> UcxRemoteRegion::Unpack(
   }
   auto rkey_buffer = r.GetBytes(rkey_size);
   if (!r.ok() || r.consumed() != r.size()) {
-    return DataLossError(PeerText(peer, "remote key truncated or padded: " +
-                                            std::to_string(packed.size()) + " bytes for a " +
-                                            std::to_string(rkey_size) + "-byte rkey"));
+    return DataLossError(
+        PeerText(peer, "remote key truncated or padded: " + std::to_string(packed.size()) +
+                           " bytes for a " + std::to_string(rkey_size) + "-byte rkey"));
   }
 
   std::unique_ptr<UcxRemoteRegion> region(new UcxRemoteRegion(std::move(ctx), peer, address, size));

@@ -25,7 +25,7 @@ class UcxRegion final : public Region {
   // so a peer on this host writes it with a plain memcpy instead of a copy through the kernel or an
   // active message.
   static StatusOr<std::unique_ptr<UcxRegion>> Map(std::shared_ptr<Context> ctx, void* data,
-                                                 size_t size, bool allocate);
+                                                  size_t size, bool allocate);
   ~UcxRegion() override;
   UcxRegion(const UcxRegion&) = delete;
   UcxRegion& operator=(const UcxRegion&) = delete;

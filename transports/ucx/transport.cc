@@ -15,8 +15,6 @@ constexpr int kMaxUnpolledLimit = 1 << 20;
 // Pending-write records come in chunks of this many (stable addresses: UCX reads `staging`).
 constexpr size_t kPendingChunk = 64;
 
-std::string Num(uint64_t v) { return std::to_string(v); }
-
 // True when the request is finished (and released); the first failure lands in *error.
 bool Reap(void** request, ucs_status_t* error) {
   if (*request == nullptr) return true;
@@ -28,7 +26,9 @@ bool Reap(void** request, ucs_status_t* error) {
   return true;
 }
 
-void* RequestOrNull(ucs_status_ptr_t request) { return UCS_PTR_IS_PTR(request) ? request : nullptr; }
+void* RequestOrNull(ucs_status_ptr_t request) {
+  return UCS_PTR_IS_PTR(request) ? request : nullptr;
+}
 
 // Orders a memcpy into mapped peer memory before the ring entry stored after it. glibc's memcpy
 // switches to non-temporal stores for large copies (never below 16 KiB), which x86's store order
@@ -59,9 +59,10 @@ Status Probe() {
 }
 
 StatusOr<std::unique_ptr<Transport>> UcxTransport::Create(const Config& config) {
-  const std::string who = "ucx: rank " + Num(config.rank);
+  const std::string who = "ucx: rank " + std::to_string(config.rank);
   if (config.world_size <= 0 || config.rank < 0 || config.rank >= config.world_size) {
-    return InvalidArgumentError(who + ": rank outside a world of " + std::to_string(config.world_size));
+    return InvalidArgumentError(who + ": rank outside a world of " +
+                                std::to_string(config.world_size));
   }
   if (config.max_unpolled < 1 || config.max_unpolled > kMaxUnpolledLimit) {
     return InvalidArgumentError(who + ": max_unpolled " + std::to_string(config.max_unpolled) +
@@ -69,13 +70,14 @@ StatusOr<std::unique_ptr<Transport>> UcxTransport::Create(const Config& config) 
   }
   std::unique_ptr<UcxTransport> t(new UcxTransport(config));
   M2N_ASSIGN_OR_RETURN(t->err_mode_, ErrModeFromEnv());
-  if (const char* env = std::getenv("M2N_UCX_DIRECT")) t->direct_stores_ = std::string_view(env) != "0";
+  if (const char* env = std::getenv("M2N_UCX_DIRECT"))
+    t->direct_stores_ = std::string_view(env) != "0";
   t->peer_index_.assign(config.world_size, -1);
   for (size_t i = 0; i < config.peers.size(); ++i) {
     const int peer = config.peers[i];
     if (peer < 0 || peer >= config.world_size) {
-      return InvalidArgumentError(who + ": peer rank " + std::to_string(peer) + " outside a world of " +
-                                  std::to_string(config.world_size));
+      return InvalidArgumentError(who + ": peer rank " + std::to_string(peer) +
+                                  " outside a world of " + std::to_string(config.world_size));
     }
     if (t->peer_index_[peer] >= 0) {
       return InvalidArgumentError(who + ": peer rank " + std::to_string(peer) + " listed twice");
@@ -90,8 +92,8 @@ StatusOr<std::unique_ptr<Transport>> UcxTransport::Create(const Config& config) 
 
   // One ring per (peer, lane), in UCX-allocated memory so that a shared-memory transport writes
   // entries with a plain store.
-  const size_t ring_bytes =
-      std::max<size_t>(1, config.peers.size() * kNumLanes) * config.max_unpolled * sizeof(RingEntry);
+  const size_t ring_bytes = std::max<size_t>(1, config.peers.size() * kNumLanes) *
+                            config.max_unpolled * sizeof(RingEntry);
   M2N_ASSIGN_OR_RETURN(t->rings_, UcxRegion::Map(t->ctx_, nullptr, ring_bytes, /*allocate=*/true));
   M2N_ASSIGN_OR_RETURN(t->ring_rkey_, t->rings_->PackRkey());
   return std::unique_ptr<Transport>(std::move(t));
@@ -116,8 +118,8 @@ StatusOr<std::unique_ptr<Region>> UcxTransport::Register(void* data, size_t size
     return UnimplementedError("ucx transport: CUDA memory is not supported in this build");
   }
   if (kind != MemoryKind::kHost) {
-    return InvalidArgumentError("ucx: rank " + Num(config_.rank) + ": unknown memory kind " +
-                                std::to_string(static_cast<int>(kind)));
+    return InvalidArgumentError("ucx: rank " + std::to_string(config_.rank) +
+                                ": unknown memory kind " + std::to_string(static_cast<int>(kind)));
   }
   M2N_ASSIGN_OR_RETURN(auto region, UcxRegion::Map(ctx_, data, size, /*allocate=*/false));
   return std::unique_ptr<Region>(std::move(region));
@@ -128,8 +130,8 @@ StatusOr<std::unique_ptr<Region>> UcxTransport::Allocate(size_t size, MemoryKind
     return UnimplementedError("ucx transport: CUDA memory is not supported in this build");
   }
   if (kind != MemoryKind::kHost) {
-    return InvalidArgumentError("ucx: rank " + Num(config_.rank) + ": unknown memory kind " +
-                                std::to_string(static_cast<int>(kind)));
+    return InvalidArgumentError("ucx: rank " + std::to_string(config_.rank) +
+                                ": unknown memory kind " + std::to_string(static_cast<int>(kind)));
   }
   M2N_ASSIGN_OR_RETURN(auto region, UcxRegion::Map(ctx_, nullptr, size, /*allocate=*/true));
   return std::unique_ptr<Region>(std::move(region));
@@ -137,8 +139,9 @@ StatusOr<std::unique_ptr<Region>> UcxTransport::Allocate(size_t size, MemoryKind
 
 StatusOr<Bytes> UcxTransport::LocalAddress(int peer) {
   if (peer < 0 || peer >= config_.world_size || peer_index_[peer] < 0) {
-    return InvalidArgumentError("ucx: rank " + Num(config_.rank) + ": LocalAddress for rank " +
-                                std::to_string(peer) + ", which is not in Config::peers");
+    return InvalidArgumentError("ucx: rank " + std::to_string(config_.rank) +
+                                ": LocalAddress for rank " + std::to_string(peer) +
+                                ", which is not in Config::peers");
   }
   PeerAddress a;
   a.src_rank = config_.rank;
@@ -157,30 +160,32 @@ StatusOr<Bytes> UcxTransport::LocalAddress(int peer) {
 }
 
 Status UcxTransport::Connect(int peer, std::span<const std::byte> remote_address) {
-  const std::string who = "ucx: rank " + Num(config_.rank);
+  const std::string who = "ucx: rank " + std::to_string(config_.rank);
   if (closed_) return FailedPreconditionError(who + ": Connect after Close");
   if (peer < 0 || peer >= config_.world_size || peer_index_[peer] < 0) {
     return InvalidArgumentError(who + ": Connect to rank " + std::to_string(peer) +
                                 ", which is not in Config::peers");
   }
   const int index = peer_index_[peer];
-  if (endpoints_[index] != nullptr) return FailedPreconditionError(PeerText(peer, "connected twice"));
+  if (endpoints_[index] != nullptr)
+    return FailedPreconditionError(PeerText(peer, "connected twice"));
 
   M2N_ASSIGN_OR_RETURN(PeerAddress a, DecodePeerAddress(peer, remote_address));
   if (a.src_rank != peer || a.dst_rank != config_.rank) {
-    return InvalidArgumentError(PeerText(peer, "connection address was made by rank " +
-                                                   std::to_string(a.src_rank) + " for rank " +
-                                                   std::to_string(a.dst_rank) + ", not for rank " +
-                                                   Num(config_.rank)));
+    return InvalidArgumentError(PeerText(
+        peer, "connection address was made by rank " + std::to_string(a.src_rank) + " for rank " +
+                  std::to_string(a.dst_rank) + ", not for rank " + std::to_string(config_.rank)));
   }
   if (a.max_unpolled != static_cast<uint32_t>(config_.max_unpolled)) {
-    return FailedPreconditionError(PeerText(peer, "max_unpolled " + Num(a.max_unpolled) +
-                                                      " there, " + Num(config_.max_unpolled) + " here"));
+    return FailedPreconditionError(
+        PeerText(peer, "max_unpolled " + std::to_string(a.max_unpolled) + " there, " +
+                           std::to_string(config_.max_unpolled) + " here"));
   }
   if (a.err_mode != err_mode_) {
-    return FailedPreconditionError(PeerText(peer, "M2N_UCX_ERR_MODE differs between the ranks (" +
-                                                      Num(static_cast<int>(a.err_mode)) + " there, " +
-                                                      Num(static_cast<int>(err_mode_)) + " here)"));
+    return FailedPreconditionError(
+        PeerText(peer, "M2N_UCX_ERR_MODE differs between the ranks (" +
+                           std::to_string(static_cast<int>(a.err_mode)) + " there, " +
+                           std::to_string(static_cast<int>(err_mode_)) + " here)"));
   }
   const bool same_host = std::ranges::equal(a.host, HostId());
   std::array<RingEntry*, kNumLanes> rx_rings{};
@@ -188,10 +193,10 @@ Status UcxTransport::Connect(int peer, std::span<const std::byte> remote_address
     const size_t ring = static_cast<size_t>(index) * kNumLanes + lane;
     rx_rings[lane] = reinterpret_cast<RingEntry*>(rings_->data()) + ring * config_.max_unpolled;
   }
-  M2N_ASSIGN_OR_RETURN(endpoints_[index],
-                       Endpoint::Connect(ctx_, peer, a, rx_rings,
-                                         static_cast<uint32_t>(config_.max_unpolled),
-                                         ResolveErrMode(err_mode_, same_host), &failed_));
+  M2N_ASSIGN_OR_RETURN(
+      endpoints_[index],
+      Endpoint::Connect(ctx_, peer, a, rx_rings, static_cast<uint32_t>(config_.max_unpolled),
+                        ResolveErrMode(err_mode_, same_host), &failed_));
   connected_.push_back(endpoints_[index].get());
   return OkStatus();
 }
@@ -217,51 +222,51 @@ Status UcxTransport::Validate(const Write& w) const {
     if (w.peer >= 0 && w.peer < config_.world_size && peer_index_[w.peer] >= 0) {
       return FailedPreconditionError(PeerText(w.peer, "write before Connect"));
     }
-    return InvalidArgumentError("ucx: rank " + Num(config_.rank) + ": write to rank " +
+    return InvalidArgumentError("ucx: rank " + std::to_string(config_.rank) + ": write to rank " +
                                 std::to_string(w.peer) + ", which is not in Config::peers");
   }
   if (static_cast<int>(w.lane) >= kNumLanes) {
-    return InvalidArgumentError(PeerText(w.peer, "write on lane " + Num(static_cast<int>(w.lane))));
+    return InvalidArgumentError(
+        PeerText(w.peer, "write on lane " + std::to_string(static_cast<int>(w.lane))));
   }
   if (e->failure() != UCS_OK) return e->FailureStatus();
   if (w.length == 0) return OkStatus();
 
-  const std::string what = "write of " + Num(w.length) + " bytes";  // only reached with a payload
-  if (w.length > UINT32_MAX) {
-    return InvalidArgumentError(PeerText(w.peer, what + ": more than 2^32-1 bytes"));
-  }
-  if (w.local == nullptr || w.remote == nullptr) {
-    return InvalidArgumentError(PeerText(w.peer, what + " without a local or remote region"));
-  }
+  // Messages are built only on failure: this runs for every write.
+  auto refuse = [&w](const std::string& why) {
+    return InvalidArgumentError(
+        PeerText(w.peer, "write of " + std::to_string(w.length) + " bytes" + why));
+  };
+  if (w.length > UINT32_MAX) return refuse(": more than 2^32-1 bytes");
+  if (w.local == nullptr || w.remote == nullptr) return refuse(" without a local or remote region");
   // typeid first: a Region of some other transport must not be static_cast to ours.
   if (typeid(*w.local) != typeid(UcxRegion) ||
       static_cast<const UcxRegion*>(w.local)->owner() != ctx_.get()) {
-    return InvalidArgumentError(PeerText(w.peer, what + ": local region not registered here"));
+    return refuse(": local region not registered here");
   }
   if (typeid(*w.remote) != typeid(UcxRemoteRegion) ||
       static_cast<const UcxRemoteRegion*>(w.remote)->owner() != ctx_.get()) {
-    return InvalidArgumentError(PeerText(w.peer, what + ": remote region not unpacked here"));
+    return refuse(": remote region not unpacked here");
   }
   const auto* remote = static_cast<const UcxRemoteRegion*>(w.remote);
   if (remote->peer() != w.peer) {
-    return InvalidArgumentError(PeerText(w.peer, what + ": remote region belongs to peer rank " +
-                                                     std::to_string(remote->peer())));
+    return refuse(": remote region belongs to peer rank " + std::to_string(remote->peer()));
   }
   if (w.local_offset > w.local->size() || w.length > w.local->size() - w.local_offset) {
-    return InvalidArgumentError(PeerText(w.peer, what + " at local offset " + Num(w.local_offset) +
-                                                     " overruns the local region of " +
-                                                     Num(w.local->size()) + " bytes"));
+    return refuse(" at local offset " + std::to_string(w.local_offset) +
+                  " overruns the local region of " + std::to_string(w.local->size()) + " bytes");
   }
   if (w.remote_offset > remote->size() || w.length > remote->size() - w.remote_offset) {
-    return InvalidArgumentError(PeerText(w.peer, what + " at remote offset " + Num(w.remote_offset) +
-                                                     " overruns the remote region of " +
-                                                     Num(remote->size()) + " bytes"));
+    return refuse(" at remote offset " + std::to_string(w.remote_offset) +
+                  " overruns the remote region of " + std::to_string(remote->size()) + " bytes");
   }
   return OkStatus();
 }
 
 Status UcxTransport::Post(std::span<const Write> writes) {
-  if (closed_) return FailedPreconditionError("ucx: rank " + Num(config_.rank) + ": Post after Close");
+  if (closed_)
+    return FailedPreconditionError("ucx: rank " + std::to_string(config_.rank) +
+                                   ": Post after Close");
   // All or nothing for bad arguments: nothing is posted unless every write is valid.
   for (const Write& w : writes) M2N_RETURN_IF_ERROR(Validate(w));
   for (const Write& w : writes) M2N_RETURN_IF_ERROR(PostOne(w));
@@ -289,12 +294,12 @@ Status UcxTransport::PostOne(const Write& w) {
       ucp_request_param_t param{};
       param.op_attr_mask = UCP_OP_ATTR_FIELD_MEMH;
       param.memh = local->memh();
-      ucs_status_ptr_t put = ucp_put_nbx(tx.ep, local->data() + w.local_offset, w.length,
-                                         remote->address() + w.remote_offset, remote->rkey(w.lane),
-                                         &param);
+      ucs_status_ptr_t put =
+          ucp_put_nbx(tx.ep, local->data() + w.local_offset, w.length,
+                      remote->address() + w.remote_offset, remote->rkey(w.lane), &param);
       if (UCS_PTR_IS_ERR(put)) {
         return UnavailableError(
-            PeerText(w.peer, "put of " + Num(w.length) + " bytes", UCS_PTR_STATUS(put)));
+            PeerText(w.peer, "put of " + std::to_string(w.length) + " bytes", UCS_PTR_STATUS(put)));
       }
       payload_request = RequestOrNull(put);
       // UCX 1.13's ucp_worker_fence only orders operations on one transport lane. Payload and
@@ -326,9 +331,9 @@ Status UcxTransport::PostOne(const Write& w) {
       // whose staging copy outlives the request.
       ucp_request_param_t param{};
       param.op_attr_mask = UCP_OP_ATTR_FLAG_FORCE_IMM_CMPL;
-      ucs_status_ptr_t put = ucp_put_nbx(tx.ep, &entry, sizeof(entry),
-                                         tx.ring_address + uint64_t{slot} * sizeof(RingEntry),
-                                         tx.ring_rkey, &param);
+      ucs_status_ptr_t put =
+          ucp_put_nbx(tx.ep, &entry, sizeof(entry),
+                      tx.ring_address + uint64_t{slot} * sizeof(RingEntry), tx.ring_rkey, &param);
       entry_done = put == nullptr;
       if (!entry_done && UCS_PTR_STATUS(put) != UCS_ERR_NO_RESOURCE) {
         if (payload_request != nullptr) ucp_request_free(payload_request);
@@ -384,9 +389,9 @@ Status UcxTransport::PostEntry(PendingWrite* pw) {
     return OkStatus();
   }
   ucp_request_param_t param{};
-  ucs_status_ptr_t put = ucp_put_nbx(tx.ep, &pw->staging, sizeof(RingEntry),
-                                     tx.ring_address + uint64_t{pw->slot} * sizeof(RingEntry),
-                                     tx.ring_rkey, &param);
+  ucs_status_ptr_t put =
+      ucp_put_nbx(tx.ep, &pw->staging, sizeof(RingEntry),
+                  tx.ring_address + uint64_t{pw->slot} * sizeof(RingEntry), tx.ring_rkey, &param);
   if (UCS_PTR_IS_ERR(put)) {
     pw->error = UCS_PTR_STATUS(put);
     pw->failed_step = "put of a ring entry";
@@ -572,16 +577,16 @@ Status UcxTransport::Teardown(bool graceful, Deadline deadline) {
   endpoints_.clear();
   rings_.reset();
 
-  const std::string who = "rank " + Num(config_.rank) + ": close";
+  const std::string who = "rank " + std::to_string(config_.rank) + ": close";
   if (flush_status == UCS_ERR_TIMED_OUT) {
     return DeadlineExceededError("ucx: " + who + ": endpoints did not flush before the deadline (" +
-                                 Num(unconfirmed) + " writes unconfirmed)");
+                                 std::to_string(unconfirmed) + " writes unconfirmed)");
   }
   // A failed flush matters only if it left writes of ours unconfirmed; otherwise the peer merely
   // went away first.
   if (flush_status != UCS_OK && unconfirmed > 0) {
-    return UnavailableError(ErrorText(who + ": " + Num(unconfirmed) + " writes unconfirmed, flush",
-                                      flush_status));
+    return UnavailableError(ErrorText(
+        who + ": " + std::to_string(unconfirmed) + " writes unconfirmed, flush", flush_status));
   }
   return OkStatus();
 }

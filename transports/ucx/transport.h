@@ -37,8 +37,8 @@ class UcxTransport final : public Transport {
 
   StatusOr<Bytes> LocalAddress(int peer) override;
   Status Connect(int peer, std::span<const std::byte> remote_address) override;
-  StatusOr<std::unique_ptr<RemoteRegion>> UnpackRemoteKey(int peer,
-                                                         std::span<const std::byte> packed) override;
+  StatusOr<std::unique_ptr<RemoteRegion>> UnpackRemoteKey(
+      int peer, std::span<const std::byte> packed) override;
 
   Status Post(std::span<const Write> writes) override;
   StatusOr<size_t> Poll(std::span<Completion> out) override;
@@ -59,7 +59,7 @@ class UcxTransport final : public Transport {
     uint64_t ticket = 0;  // place among the lane's deferred entries
     ucs_status_t error = UCS_OK;
     const char* failed_step = nullptr;
-    uint32_t slot = 0;  // of the entry in our ring at the peer
+    uint32_t slot = 0;    // of the entry in our ring at the peer
     RingEntry staging{};  // the entry's source buffer: UCX may read it until entry_request is done
   };
   // A Write that completed inside Post, reported by the next Poll.
@@ -78,8 +78,8 @@ class UcxTransport final : public Transport {
   bool Advance(PendingWrite* pw);
   PendingWrite* NewPending();
   void ReleasePending(PendingWrite* pw);
-  // Runs the workers until no request in `requests` is outstanding or `deadline` passes; frees them.
-  // Returns the first error status of a request or UCS_ERR_TIMED_OUT.
+  // Runs the workers until no request in `requests` is outstanding or `deadline` passes; frees
+  // them. Returns the first error status of a request or UCS_ERR_TIMED_OUT.
   ucs_status_t WaitAll(std::vector<void*>& requests, Deadline deadline);
   // Flushes (graceful) and closes every ep, frees every request, then drops endpoints and rings.
   Status Teardown(bool graceful, Deadline deadline);
@@ -90,10 +90,10 @@ class UcxTransport final : public Transport {
   bool direct_stores_ = true;
   std::shared_ptr<Context> ctx_;  // first member: destroyed last
   std::unique_ptr<UcxRegion> rings_;
-  std::vector<int> peer_index_;  // rank -> index into config_.peers, or -1
+  std::vector<int> peer_index_;                       // rank -> index into config_.peers, or -1
   std::vector<std::unique_ptr<Endpoint>> endpoints_;  // by peer index; null until Connect
-  std::vector<Endpoint*> connected_;                   // in Connect order, for the ring scan
-  std::vector<Endpoint*> failed_;                      // appended by UCX error callbacks
+  std::vector<Endpoint*> connected_;                  // in Connect order, for the ring scan
+  std::vector<Endpoint*> failed_;                     // appended by UCX error callbacks
   size_t failed_reported_ = 0;
   Bytes ring_rkey_;
 

@@ -1,6 +1,6 @@
 // Fixed-width little-endian fields for the bytes this transport hands to peers (connection address,
-// packed remote key). Peers run the same build on the same kind of host, so fields are copied in host
-// order; the version field in each format is what catches a mismatch.
+// packed remote key). Peers run the same build on the same kind of host, so fields are copied in
+// host order; the version field in each format is what catches a mismatch.
 #pragma once
 
 #include <cstddef>
@@ -22,7 +22,9 @@ class WireWriter {
     const auto* p = reinterpret_cast<const std::byte*>(&value);
     out_.insert(out_.end(), p, p + sizeof(T));
   }
-  void PutBytes(std::span<const std::byte> bytes) { out_.insert(out_.end(), bytes.begin(), bytes.end()); }
+  void PutBytes(std::span<const std::byte> bytes) {
+    out_.insert(out_.end(), bytes.begin(), bytes.end());
+  }
 
  private:
   Bytes& out_;
