@@ -103,6 +103,10 @@ class UcxTransport final : public Transport {
   std::vector<std::unique_ptr<PendingWrite[]>> pending_chunks_;
   std::vector<PendingWrite*> pending_free_;
   size_t scan_start_ = 0;
+  // Idle-progress throttle (see Poll).
+  static constexpr int kIdleProgressPeriod = 8;
+  int idle_polls_ = 0;
+  bool progress_busy_ = true;
   bool closed_ = false;
 };
 
