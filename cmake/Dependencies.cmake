@@ -1,0 +1,40 @@
+# Optional dependencies, detected once here; each consumer checks the M2N_HAVE_* result. The
+# configure summary says what was found and what was left out, and why.
+
+# CUDA toolkit (runtime, driver API, cuBLAS) and NCCL: optional; the build works without them.
+option(M2N_WITH_CUDA "Use CUDA when the toolkit is found" ON)
+set(M2N_HAVE_CUDA OFF)
+if(M2N_WITH_CUDA)
+  find_package(CUDAToolkit QUIET)
+  if(CUDAToolkit_FOUND)
+    set(M2N_HAVE_CUDA ON)
+    m2n_summary("cuda" "found" "CUDA ${CUDAToolkit_VERSION} at ${CUDAToolkit_BIN_DIR}, not used yet: the GPU path is not in this version")
+  else()
+    m2n_summary("cuda" "OFF" "CUDA toolkit not found (nvcc / libcudart)")
+  endif()
+else()
+  m2n_summary("cuda" "OFF" "M2N_WITH_CUDA=OFF")
+endif()
+
+set(M2N_HAVE_NCCL OFF)
+if(M2N_HAVE_CUDA)
+  find_path(M2N_NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS} PATH_SUFFIXES include)
+  find_library(M2N_NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR})
+  if(M2N_NCCL_INCLUDE_DIR AND M2N_NCCL_LIBRARY)
+    set(M2N_HAVE_NCCL ON)
+    m2n_summary("nccl" "found" "${M2N_NCCL_LIBRARY}, not used yet: no NCCL baseline in this version")
+  else()
+    m2n_summary("nccl" "OFF" "nccl.h / libnccl not found")
+  endif()
+else()
+  m2n_summary("nccl" "OFF" "needs CUDA")
+endif()
+
+# rdma-core verbs: for the verbs transport (not in this version yet).
+find_path(M2N_IBVERBS_INCLUDE_DIR infiniband/verbs.h)
+find_library(M2N_IBVERBS_LIBRARY ibverbs)
+if(M2N_IBVERBS_INCLUDE_DIR AND M2N_IBVERBS_LIBRARY)
+  m2n_summary("verbs" "found" "${M2N_IBVERBS_LIBRARY}, not used yet: no verbs transport in this version")
+else()
+  m2n_summary("verbs" "OFF" "libibverbs-dev not found")
+endif()
