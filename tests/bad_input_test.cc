@@ -20,20 +20,6 @@ using testing::DescribeFailures;
 using testing::RunRanks;
 using testing::TestOptions;
 
-#define CHILD_CHECK(cond, ...)                           \
-  do {                                                   \
-    if (!(cond)) {                                       \
-      fprintf(stderr, "rank check failed: %s: ", #cond); \
-      fprintf(stderr, __VA_ARGS__);                      \
-      fprintf(stderr, "\n");                             \
-      return 1;                                          \
-    }                                                    \
-  } while (0)
-#define CHILD_OK(expr)                                               \
-  do {                                                               \
-    ::m2n::Status s_ = (expr);                                       \
-    CHILD_CHECK(s_.ok(), "%s -> %s", #expr, s_.ToString().c_str());  \
-  } while (0)
 
 bool Contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 

@@ -32,20 +32,6 @@ void UseTls(const std::string& tls) {
   }
 }
 
-#define CHILD_CHECK(cond, ...)                                       \
-  do {                                                               \
-    if (!(cond)) {                                                   \
-      fprintf(stderr, "rank check failed: %s: ", #cond);             \
-      fprintf(stderr, __VA_ARGS__);                                  \
-      fprintf(stderr, "\n");                                         \
-      return 1;                                                      \
-    }                                                                \
-  } while (0)
-#define CHILD_OK(expr)                                                       \
-  do {                                                                       \
-    ::m2n::Status s_ = (expr);                                               \
-    CHILD_CHECK(s_.ok(), "%s -> %s", #expr, s_.ToString().c_str());          \
-  } while (0)
 
 using Shape = std::tuple<std::string, int, int>;  // tls, M, N
 

@@ -3,11 +3,29 @@
 // object, so each child starts clean.
 #pragma once
 
+#include <cstdio>
 #include <functional>
 #include <string>
 #include <vector>
 
 #include "m2n/options.h"
+#include "m2n/status.h"
+
+// In a rank's body (a child process): print what failed and return 1 from the body.
+#define CHILD_CHECK(cond, ...)                           \
+  do {                                                   \
+    if (!(cond)) {                                       \
+      fprintf(stderr, "rank check failed: %s: ", #cond); \
+      fprintf(stderr, __VA_ARGS__);                      \
+      fprintf(stderr, "\n");                             \
+      return 1;                                          \
+    }                                                    \
+  } while (0)
+#define CHILD_OK(expr)                                               \
+  do {                                                               \
+    ::m2n::Status s_ = (expr);                                       \
+    CHILD_CHECK(s_.ok(), "%s -> %s", #expr, s_.ToString().c_str());  \
+  } while (0)
 
 namespace m2n::testing {
 
