@@ -66,6 +66,31 @@ StatusOr<const transport::TransportInfo*> ChooseTransport(const std::string& wan
   return InvalidArgumentError("unknown transport '" + wanted + "'; this build has: " + names);
 }
 
+// spin_us = -1: spin 50 us unless this host runs more of the group's ranks than it has online
+// cores; then a spinning rank only delays the rank it waits for, so yield at once.
+// Every rank publishes its host name (PublishHost) whatever its own spin setting, since a rank with
+// spin_us = -1 reads them all.
+std::string HostName() {
+  char host[256] = {};
+  gethostname(host, sizeof host - 1);
+  return host;
+}
+
+Status PublishHost(bootstrap::Store& store, int rank) {
+  return store.SetString("m2n/host/" + std::to_string(rank), HostName());
+}
+
+StatusOr<int> AutoSpinUs(bootstrap::Store& store, int world, Deadline deadline) {
+  const std::string host = HostName();
+  int local = 0;
+  for (int r = 0; r < world; ++r) {
+    M2N_ASSIGN_OR_RETURN(std::string other, store.GetString("m2n/host/" + std::to_string(r), deadline));
+    local += other == host;
+  }
+  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  return local > cores ? 0 : 50;
+}
+
 }  // namespace
 
 std::string_view RoleName(Role role) { return role == Role::kSender ? "sender" : "receiver"; }
@@ -392,6 +417,7 @@ StatusOr<std::unique_ptr<Group>> Group::Create(const Options& requested) {
       {"slot_depth", std::to_string(options.slot_depth)},
       {"transport", transport_name},
   };
+  M2N_RETURN_IF_ERROR(PublishHost(*impl->store, impl->rank));
   M2N_RETURN_IF_ERROR(impl->store->SetString("m2n/config/" + std::to_string(impl->rank),
                                              protocol::EncodeFingerprint(mine)));
   std::vector<protocol::Fingerprint> all(impl->world);
@@ -403,6 +429,9 @@ StatusOr<std::unique_ptr<Group>> Group::Create(const Options& requested) {
     all[r] = std::move(decoded).value();
   }
   Status agreed = protocol::CheckFingerprints(all);
+  if (agreed.ok() && impl->options.spin_us < 0) {
+    M2N_ASSIGN_OR_RETURN(impl->options.spin_us, AutoSpinUs(*impl->store, impl->world, deadline));
+  }
   if (!agreed.ok()) {
     // Rank 0 serves the store: it stays until every rank has read every configuration, so that
     // each one reports the mismatch rather than a vanished store.

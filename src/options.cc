@@ -20,7 +20,7 @@ constexpr EnvironmentVariable kTable[] = {
     {"M2N_SLOT_BYTES", "slot_bytes", "bytes per receive slot = largest message (1 MiB)"},
     {"M2N_SLOT_DEPTH", "slot_depth", "receive slots per peer = credits per peer (4)"},
     {"M2N_TRANSPORT", "transport", "auto, or a transport name (ucx, ...)"},
-    {"M2N_SPIN_US", "spin_us", "how long an idle wait spins before yielding the core, in us (50)"},
+    {"M2N_SPIN_US", "spin_us", "how long an idle wait spins before yielding the core, in us; -1: auto (-1)"},
     {"M2N_LIVENESS_CHECK_MS", "liveness_check_ms", "how often a blocked call checks for dead peers (200)"},
 };
 
@@ -116,7 +116,7 @@ StatusOr<Options> ResolveOptions(const Options& in) {
   M2N_RETURN_IF_ERROR(ReadIntInto("M2N_SLOT_BYTES", 1, int64_t{1} << 32, &o.slot_bytes));
   M2N_RETURN_IF_ERROR(ReadIntInto("M2N_SLOT_DEPTH", 1, 1024, &o.slot_depth));
   ReadString("M2N_TRANSPORT", &o.transport);
-  M2N_RETURN_IF_ERROR(ReadIntInto("M2N_SPIN_US", 0, 10'000'000, &o.spin_us));
+  M2N_RETURN_IF_ERROR(ReadIntInto("M2N_SPIN_US", -1, 10'000'000, &o.spin_us));
   M2N_RETURN_IF_ERROR(ReadIntInto("M2N_LIVENESS_CHECK_MS", 1, 3'600'000, &o.liveness_check_ms));
   M2N_RETURN_IF_ERROR(ReadLauncher(&b));
 
@@ -164,7 +164,8 @@ std::string DescribeOptions(const Options& o) {
       << "master             " << o.bootstrap.master_addr << ":" << o.bootstrap.master_port << "\n"
       << "job id             " << o.bootstrap.job_id << "\n"
       << "timeout            " << o.bootstrap.timeout.count() << " ms\n"
-      << "spin               " << o.spin_us << " us\n"
+      << "spin               " << (o.spin_us < 0 ? std::string("auto") : std::to_string(o.spin_us) + " us")
+      << "\n"
       << "liveness check     " << o.liveness_check_ms << " ms\n";
   return out.str();
 }

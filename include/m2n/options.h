@@ -44,8 +44,10 @@ struct Options {
   int slot_depth = 4;
   // "auto" picks the best transport built and usable here; or a name from AvailableTransports().
   std::string transport = "auto";
-  // How long an idle progress loop spins before it yields the core (microseconds). 0: always yield.
-  int spin_us = 50;
+  // How long an idle wait spins before it yields the core (microseconds); 0: yield at once.
+  // -1 (auto): 50 us, or 0 when this host has more ranks of the group than online cores, where a
+  // spinning rank only holds back the rank it waits for. Group::options() shows the value chosen.
+  int spin_us = -1;
   // How often a blocked call asks the bootstrap store whether a peer died (milliseconds).
   int liveness_check_ms = 200;
   BootstrapOptions bootstrap;
