@@ -49,7 +49,7 @@ constexpr Flag kFlags[] = {
     {0, "no-check", false},       {'d', "slot_depth", true},  {0, "json", true},
     {0, "baseline", true},        {0, "latency_mode", true},  {0, "timeout_ms", true},
     {0, "run_timeout", true},     {'h', "help", false},       {0, "inject-corruption", false},
-    {0, "spin_us", true},
+    {0, "spin_us", true},         {0, "use_cuda", false},
 };
 
 const Flag* FindLong(std::string_view name) {
@@ -104,8 +104,17 @@ Status Apply(const Flag& flag, std::string_view value, PerfConfig& config) {
     if (value.empty()) return BadValue(name, value, "a file name");
     config.json_path = std::string(value);
   } else if (n == "baseline") {
-    if (value != "mpi") return BadValue(name, value, "'mpi' (the only baseline)");
-    config.baseline = Baseline::kMpi;
+    if (value == "mpi") {
+      config.baseline = Baseline::kMpi;
+    } else if (value == "nccl") {
+      config.baseline = Baseline::kNccl;
+    } else if (value == "perftest") {
+      config.baseline = Baseline::kPerftest;
+    } else {
+      return BadValue(name, value, "'mpi', 'perftest', or 'nccl' (with --use_cuda)");
+    }
+  } else if (n == "use_cuda") {
+    config.use_cuda = true;
   } else if (n == "latency_mode") {
     if (value == "auto") {
       config.latency_mode = LatencyMode::kAuto;
@@ -296,6 +305,11 @@ std::string Usage(std::string_view program) {
   u += "      --json FILE          also write the results as JSON to FILE\n";
   u += "      --baseline mpi       also measure MPI Isend/Irecv in the same run (re-executes under\n";
   u += "                           mpirun when not already under it)\n";
+  u += "      --baseline nccl      with --use_cuda: also measure NCCL grouped ncclSend/ncclRecv\n";
+  u += "      --baseline perftest  after the sweep, ib_write_lat / ib_write_bw on the same RDMA\n";
+  u += "                           device, per size, with m2n/perftest ratios (perftest_baseline.h)\n";
+  u += "      --use_cuda           device buffers and m2n's stream-ordered calls, one process per\n";
+  u += "                           GPU (rank r on GPU r mod the GPUs), every rank on one host\n";
   u += "      --latency_mode MODE  auto: oneway when all ranks share a host, else roundtrip;\n";
   u += "                           oneway: last receiver done - first sender start (one host);\n";
   u += "                           roundtrip: each sender's round trip / 2 (default auto)\n";

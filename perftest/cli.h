@@ -12,7 +12,7 @@
 
 namespace m2n::perf {
 
-enum class Baseline { kNone, kMpi };
+enum class Baseline { kNone, kMpi, kNccl, kPerftest };
 
 // How a latency sample is taken. kOneWay needs every rank on one host (one CLOCK_MONOTONIC);
 // kRoundTrip works across hosts: each sender times its own round trip and halves it.
@@ -35,6 +35,8 @@ struct PerfConfig {
   std::string json_path;
   Baseline baseline = Baseline::kNone;
   LatencyMode latency_mode = LatencyMode::kAuto;
+  // --use_cuda: device buffers, Group::*OnStream, one process per GPU (gpu_bench.h).
+  bool use_cuda = false;
   // How long a waiting rank spins before it yields the core (Options::spin_us; MPI waits too).
   // -1 (auto): 0 when this host's ranks outnumber its usable cores, else the library's default.
   int spin_us = -1;

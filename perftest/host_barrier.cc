@@ -21,6 +21,7 @@ struct HostSegment::Layout {
   alignas(64) std::atomic<uint32_t> arrived;   // ranks in the current barrier
   alignas(64) std::atomic<uint32_t> sense;     // flips when the last rank arrives
   alignas(64) std::atomic<uint32_t> aborted;
+  alignas(64) std::byte blob[256];             // rank 0's bytes for all (e.g. an NCCL unique id)
   uint32_t world_size;
   uint32_t rows;
   // Followed by int64 stamps[rows + 2][world_size] (the last two rows: stream start, stream done)
@@ -162,6 +163,8 @@ void HostSegment::Abort() {
 int64_t& HostSegment::stamp(int row, int rank) {
   return stamps_[static_cast<size_t>(row) * world_size_ + rank];
 }
+std::span<std::byte> HostSegment::blob() { return {layout_->blob, sizeof layout_->blob}; }
+
 int64_t& HostSegment::stream_start(int rank) { return stamp(rows_, rank); }
 int64_t& HostSegment::stream_done(int rank) { return stamp(rows_ + 1, rank); }
 uint64_t& HostSegment::wrong(int rank) { return wrong_[rank]; }

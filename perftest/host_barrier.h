@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 
 #include "m2n/deadline.h"
@@ -57,6 +58,8 @@ class HostSegment {
   // Bandwidth phase: when `rank` started / finished.
   int64_t& stream_start(int rank);
   int64_t& stream_done(int rank);
+  // 256 bytes any rank may read after a Barrier that follows rank 0's write (an NCCL unique id).
+  std::span<std::byte> blob();
   // Wrong bytes `rank` found in the current size.
   uint64_t& wrong(int rank);
 

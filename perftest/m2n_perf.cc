@@ -24,6 +24,13 @@
 #include "perftest/report.h"
 #if M2N_PERF_WITH_MPI
 #include "perftest/mpi_baseline.h"
+#include "perftest/perftest_baseline.h"
+#endif
+#if M2N_PERF_WITH_CUDA
+#include "perftest/gpu_bench.h"
+#endif
+#if M2N_PERF_WITH_NCCL
+#include "perftest/nccl_baseline.h"
 #endif
 
 namespace m2n::perf {
@@ -113,6 +120,12 @@ class Rank {
   Status SetUpMpi(int* argc, char*** argv);
   Status ChooseLatencyMode();
   RunInfo Describe() const;
+  // --use_cuda: the sweep on device memory with the stream-ordered calls (gpu_bench.h).
+  int RunGpu();
+  // The GPU sweep's rows, and its footer, JSON and close. `wrong`: what this rank saw.
+  void ReportSize(const RunInfo& info, bool with_impl, std::vector<Row>& rows, std::string_view impl,
+                  const SizeResult& result);
+  int Finish(const RunInfo& info, const std::vector<Row>& rows, uint64_t wrong, double elapsed_s);
 
   PerfConfig config_;
   LauncherInfo launcher_;
@@ -231,7 +244,17 @@ RunInfo Rank::Describe() const {
                         (forced_round_trip_ ? "--latency_mode roundtrip" : "ranks span hosts") + ")";
   }
   info.spin = std::to_string(group_->options().spin_us) + " us before yielding the core (" + spin_.why + ")";
-  info.baseline = mpi_ ? "mpi" : "none";
+  info.baseline = mpi_                                         ? "mpi"
+                  : config_.baseline == Baseline::kNccl     ? "nccl"
+                  : config_.baseline == Baseline::kPerftest ? "perftest"
+                                                            : "none";
+#if M2N_PERF_WITH_NCCL
+  if (config_.baseline == Baseline::kNccl) info.nccl_library = NcclVersion();
+#endif
+  if (config_.use_cuda) {
+    info.gpu = "device buffers, stream-ordered calls; rank r on GPU r mod the GPUs (" +
+               std::to_string(group_->world_size()) + " ranks)";
+  }
   info.mpi_library = mpi_library_;
   return info;
 }
@@ -262,6 +285,13 @@ int Rank::Run(int argc, char** argv) {
                   kExitUsage);
     }
   }
+#if M2N_PERF_WITH_CUDA
+  if (config_.use_cuda) {
+    auto device = UseDeviceOfRank(rank_);
+    if (!device.ok()) return Fail(device.status());
+    resolved->slot_memory = MemoryKind::kCuda;
+  }
+#endif
   auto created = Group::Create(*resolved);
   if (!created.ok()) {
     // A bad --transport or option value is the user's to fix: usage, not a run-time failure.
@@ -287,6 +317,8 @@ int Rank::Run(int argc, char** argv) {
   if (Status s = ChooseLatencyMode(); !s.ok()) {
     return Fail(s, s.code() == StatusCode::kInvalidArgument ? kExitUsage : kExitFailure);
   }
+
+  if (config_.use_cuda) return RunGpu();
 
   BenchSetup setup;
   setup.config = config_;
@@ -378,10 +410,115 @@ int Rank::Run(int argc, char** argv) {
   if (Status s = group_->Close(Deadline::AfterMs(config_.timeout_ms)); !s.ok()) {
     return Fail(s.WithContext("closing the group"));
   }
+  // perftest on the same device, once every m2n rank is done (nothing else competes for the cores).
+  if (report && config_.baseline == Baseline::kPerftest) {
+    if (Status s = ReportPerftestBaseline(config_, rows, stdout); !s.ok()) return Fail(s);
+  }
 #if M2N_PERF_WITH_MPI
   if (mpi_) MpiFinalize();
 #endif
   return wrong > 0 ? kExitWrongData : kExitOk;
+}
+
+#if M2N_PERF_WITH_CUDA
+void Rank::ReportSize(const RunInfo& info, bool with_impl, std::vector<Row>& rows, std::string_view impl,
+                      const SizeResult& result) {
+  Row row{.bytes = result.bytes,
+          .impl = std::string(impl),
+          .latency = result.latency,
+          .gbps = result.gbps,
+          .mmsg_per_s = result.mmsg_per_s,
+          .wrong = result.wrong};
+  PrintRow(stdout, row, with_impl);
+  rows.push_back(row);
+}
+
+int Rank::Finish(const RunInfo& info, const std::vector<Row>& rows, uint64_t wrong, double elapsed_s) {
+  if (group_->rank() == 0) {
+    uint64_t total_wrong = 0;
+    for (const Row& row : rows) total_wrong += row.wrong;
+    PrintFooter(stdout, total_wrong, elapsed_s, SweepSizes(config_).size());
+    std::fflush(stdout);
+    if (json_file_.is_open()) {
+      json_file_ << FormatJson(info, rows, total_wrong, elapsed_s);
+      json_file_.close();
+      if (!json_file_) {
+        return Fail(InternalError("--json " + config_.json_path + ": write failed: " + std::strerror(errno)));
+      }
+    }
+  }
+  if (Status s = group_->Close(Deadline::AfterMs(config_.timeout_ms)); !s.ok()) {
+    return Fail(s.WithContext("closing the group"));
+  }
+  return wrong > 0 ? kExitWrongData : kExitOk;
+}
+
+#endif
+
+int Rank::RunGpu() {
+#if M2N_PERF_WITH_CUDA
+  if (!segment_) {
+    return Fail(InvalidArgumentError("--use_cuda needs every rank on one host (CUDA IPC, one host clock)"),
+                kExitUsage);
+  }
+  BenchSetup setup;
+  setup.config = config_;
+  setup.rank = group_->rank();
+  setup.num_senders = group_->num_senders();
+  setup.num_receivers = group_->num_receivers();
+  setup.peers.assign(group_->peers().begin(), group_->peers().end());
+  setup.segment = segment_.get();
+  auto bench = GpuBench::Create(std::move(setup));
+  if (!bench.ok()) return Fail(bench.status());
+  auto region = group_->RegisterMemory((*bench)->send_memory().data(), (*bench)->send_memory().size(),
+                                       MemoryKind::kCuda);
+  if (!region.ok()) return Fail(region.status().WithContext("registering the device send buffers"));
+  std::vector<std::unique_ptr<GpuExchange>> exchanges;
+  exchanges.push_back(MakeM2nGpuExchange(*group_));
+#if M2N_PERF_WITH_NCCL
+  if (config_.baseline == Baseline::kNccl) {
+    auto nccl = MakeNcclExchange(*segment_, group_->rank(), group_->world_size(), group_->peers(),
+                                 config_.slot_depth, std::max(config_.max_bytes, kMinSlotBytes), config_.timeout_ms);
+    if (!nccl.ok()) return Fail(nccl.status().WithContext("setting up the NCCL baseline"));
+    exchanges.push_back(std::move(nccl).value());
+  }
+#endif
+  const bool report = group_->rank() == 0;
+  const RunInfo info = Describe();
+  const bool with_impl = exchanges.size() > 1;
+  if (report) {
+    PrintHeader(stdout, info);
+    PrintTableHead(stdout, with_impl);
+    std::fflush(stdout);
+  }
+  const std::vector<size_t> sizes = SweepSizes(config_);
+  std::vector<Row> rows;
+  uint64_t wrong = 0;
+  const int64_t start = NowNs();
+  for (size_t index = 0; index < sizes.size(); ++index) {
+    double seconds = 0;
+    for (auto& exchange : exchanges) {
+      auto result = (*bench)->RunSize(*exchange, sizes[index], static_cast<uint32_t>(index));
+      if (!result.ok()) return Fail(result.status());
+      wrong += result->wrong;
+      seconds += result->seconds;
+      if (report) ReportSize(info, with_impl, rows, exchange->name(), *result);
+    }
+    if (report) {
+      if (with_impl && rows.size() >= 2) PrintRatioRow(stdout, rows[rows.size() - 2], rows.back());
+      std::fflush(stdout);
+      if (seconds > 1.0) {
+        std::fprintf(stderr, "m2n_perf: %zu B done in %.1f s (%zu of %zu sizes)\n", sizes[index], seconds,
+                     index + 1, sizes.size());
+      }
+    }
+  }
+  const double elapsed_s = static_cast<double>(NowNs() - start) / 1e9;
+  exchanges.clear();  // the NCCL communicator goes before the group
+  return Finish(info, rows, wrong, elapsed_s);
+#else
+  return Fail(UnimplementedError("this m2n_perf was built without CUDA"), kExitUsage);
+#endif
 }
 
 int Main(int argc, char** argv) {
@@ -393,6 +530,21 @@ int Main(int argc, char** argv) {
     return kExitOk;
   }
   const LauncherInfo launcher = DetectLauncher();
+  if (config.use_cuda && !M2N_PERF_WITH_CUDA) {
+    return UsageError("--use_cuda: this m2n_perf was built without CUDA (CMake found no CUDA toolkit)");
+  }
+  if (config.baseline == Baseline::kNccl) {
+    if (!config.use_cuda) return UsageError("--baseline nccl measures GPUs: add --use_cuda");
+    if (!M2N_PERF_WITH_NCCL) {
+      return UsageError("--baseline nccl: this m2n_perf was built without NCCL (CMake found no nccl.h / libnccl)");
+    }
+  }
+  if (config.use_cuda && config.baseline == Baseline::kPerftest) {
+    return UsageError("--baseline perftest measures host memory (ib_write_lat / ib_write_bw): drop --use_cuda");
+  }
+  if (config.use_cuda && config.baseline == Baseline::kMpi) {
+    return UsageError("--use_cuda takes --baseline nccl, not mpi");
+  }
 
   if (config.baseline == Baseline::kMpi) {
 #if !M2N_PERF_WITH_MPI

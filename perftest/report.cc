@@ -98,7 +98,12 @@ void PrintHeader(std::FILE* out, const RunInfo& info) {
   box.Line("check", info.check ? "on (every received byte)" : "off");
   box.Line("host", info.host);
   box.Line("launcher", info.launcher);
-  box.Line("baseline", info.baseline == "mpi" ? "MPI Isend/Irecv, " + info.mpi_library : "none");
+  if (!info.gpu.empty()) box.Line("gpu", info.gpu);
+  box.Line("baseline", info.baseline == "mpi"    ? "MPI Isend/Irecv, " + info.mpi_library
+                       : info.baseline == "nccl" ? "grouped ncclSend/ncclRecv, " + info.nccl_library
+                       : info.baseline == "perftest"
+                           ? std::string("ib_write_lat / ib_write_bw on the same device, after the sweep")
+                           : std::string("none"));
   box.Line("units", "us = 1e-6 s; GB/s = 1e9 B/s, all pairs together; Mmsg/s likewise");
   box.Rule();
   box.Print(out);
@@ -121,10 +126,10 @@ void PrintRow(std::FILE* out, const Row& row, bool with_impl) {
 }
 
 void PrintRatioRow(std::FILE* out, const Row& m2n, const Row& mpi) {
-  std::fprintf(out, "%12zu %-8s %10s %10s %10s %10s\n", m2n.bytes, "m2n/MPI",
+  std::fprintf(out, "%12zu %-8s %10s %10s %10s %10s\n", m2n.bytes, ("m2n/" + mpi.impl).c_str(),
                Ratio(m2n.latency.p50_us, mpi.latency.p50_us).c_str(),
-               Ratio(m2n.latency.p99_us, mpi.latency.p99_us).c_str(), "",
-               Ratio(m2n.gbps, mpi.gbps).c_str());
+               Ratio(m2n.latency.p99_us, mpi.latency.p99_us).c_str(),
+               Ratio(m2n.latency.max_us, mpi.latency.max_us).c_str(), Ratio(m2n.gbps, mpi.gbps).c_str());
 }
 
 void PrintFooter(std::FILE* out, uint64_t total_wrong, double elapsed_s, size_t sizes) {
@@ -157,7 +162,9 @@ std::string FormatJson(const RunInfo& info, const std::vector<Row>& rows, uint64
   j += "    \"latency_rule\": " + JsonString(info.latency_rule) + ",\n";
   j += "    \"spin\": " + JsonString(info.spin) + ",\n";
   j += "    \"baseline\": " + JsonString(info.baseline) + ",\n";
-  j += "    \"mpi_library\": " + (info.mpi_library.empty() ? std::string("null") : JsonString(info.mpi_library)) + "\n";
+  j += "    \"mpi_library\": " + (info.mpi_library.empty() ? std::string("null") : JsonString(info.mpi_library)) + ",\n";
+  j += "    \"nccl_library\": " + (info.nccl_library.empty() ? std::string("null") : JsonString(info.nccl_library)) + ",\n";
+  j += "    \"gpu\": " + (info.gpu.empty() ? std::string("null") : JsonString(info.gpu)) + "\n";
   j += "  },\n  \"rows\": [\n";
   for (size_t i = 0; i < rows.size(); ++i) {
     const Row& r = rows[i];
@@ -175,11 +182,13 @@ std::string FormatJson(const RunInfo& info, const std::vector<Row>& rows, uint64
   for (size_t i = 0; i + 1 < rows.size(); ++i) {
     const Row& a = rows[i];
     const Row& b = rows[i + 1];
-    if (a.impl != "m2n" || b.impl != "MPI" || a.bytes != b.bytes) continue;
+    if (a.impl != "m2n" || (b.impl != "MPI" && b.impl != "NCCL") || a.bytes != b.bytes) continue;
     auto ratio = [](double x, double y) { return y > 0 ? JsonNumber(x / y) : std::string("null"); };
     j += std::string(first ? "\n" : ",\n") + "    {\"bytes\": " + std::to_string(a.bytes) +
          ", \"p50\": " + ratio(a.latency.p50_us, b.latency.p50_us) +
+         ", \"baseline\": " + JsonString(b.impl) +
          ", \"p99\": " + ratio(a.latency.p99_us, b.latency.p99_us) +
+         ", \"max\": " + ratio(a.latency.max_us, b.latency.max_us) +
          ", \"gb_per_s\": " + ratio(a.gbps, b.gbps) + "}";
     first = false;
   }

@@ -34,6 +34,8 @@ struct RunInfo {
   std::string spin;               // the waits' spin-then-yield policy
   std::string baseline;           // "none" or "mpi"
   std::string mpi_library;        // with the baseline: MPI_Get_library_version
+  std::string nccl_library;       // with --baseline nccl: "NCCL 2.28.3"
+  std::string gpu;                // --use_cuda: the GPUs and how ranks map to them; empty: host memory
 };
 
 struct Row {
@@ -49,7 +51,8 @@ struct Row {
 void PrintHeader(std::FILE* out, const RunInfo& info);
 void PrintTableHead(std::FILE* out, bool with_impl);
 void PrintRow(std::FILE* out, const Row& row, bool with_impl);
-// "m2n/MPI" row: p50, p99 and GB/s of m2n divided by MPI's (latency < 1 and GB/s > 1 favour m2n).
+// "m2n/MPI" (or "m2n/NCCL") row: p50, p99, max and GB/s of m2n divided by the baseline's
+// (latency < 1 and GB/s > 1 favour m2n).
 void PrintRatioRow(std::FILE* out, const Row& m2n, const Row& mpi);
 void PrintFooter(std::FILE* out, uint64_t total_wrong, double elapsed_s, size_t sizes);
 

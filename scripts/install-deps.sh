@@ -3,7 +3,9 @@
 #   required: a C++20 compiler, CMake >= 3.25, pkg-config
 #   transports: UCX (libucx-dev), rdma-core (libibverbs-dev, librdmacm-dev)
 #   topology: hwloc; tests and benchmarks: GoogleTest, Google Benchmark
-#   baseline: Open MPI (m2n_perf --baseline mpi)
+#   baseline: Open MPI (m2n_perf --baseline mpi), perftest (m2n_perf --baseline perftest)
+#   verbs tests in a VM (scripts/test-verbs-vm.sh, Soft-RoCE): QEMU, busybox, kmod, cpio, xz and the
+#     rdma-core userspace the guest borrows from the host (../shared/rxe/NOTES.md)
 # CUDA and NCCL are optional and not installed here: the build detects them when present.
 set -euo pipefail
 packages=(
@@ -13,6 +15,8 @@ packages=(
   libhwloc-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libopenmpi-dev openmpi-bin
+  qemu-system-x86 busybox-static kmod cpio xz-utils
+  rdma-core ibverbs-utils iproute2 perftest rdmacm-utils
 )
 missing=()
 for p in "${packages[@]}"; do

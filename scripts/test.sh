@@ -16,3 +16,6 @@ stamp "build"
 # Tests start several processes each and time-bound themselves; run one at a time on small machines.
 ctest --test-dir "$build" --output-on-failure --timeout 300 ${CTEST_ARGS:-}
 stamp "tests"
+# The verbs tests skip on a host without an RDMA device; here they run for real, on Soft-RoCE in a VM.
+scripts/test-verbs-vm.sh "$build"
+stamp "verbs tests in the VM"

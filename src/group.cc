@@ -40,7 +40,7 @@ std::string JoinRanks(const std::vector<int>& ranks) {
   return out;
 }
 
-StatusOr<const transport::TransportInfo*> ChooseTransport(const std::string& wanted) {
+StatusOr<const transport::TransportInfo*> ChooseTransport(const std::string& wanted, MemoryKind slots) {
   auto all = transport::RegisteredTransports();
   std::string names;
   for (const auto& info : all) names += (names.empty() ? "" : ", ") + std::string(info.name);
@@ -50,6 +50,10 @@ StatusOr<const transport::TransportInfo*> ChooseTransport(const std::string& wan
   if (wanted == "auto") {
     std::string reasons;
     for (const auto& info : all) {
+      if (slots == MemoryKind::kCuda && !info.cuda_memory) {
+        reasons += "; " + std::string(info.name) + ": cannot place receive slots in CUDA memory";
+        continue;
+      }
       Status usable = info.probe();
       if (usable.ok()) return &info;
       reasons += "; " + std::string(info.name) + ": " + usable.message();
@@ -159,6 +163,16 @@ struct Group::Impl {
   std::vector<transport::Write> batch;
   std::vector<const transport::Region*> sources;
   std::vector<std::pair<int, size_t>> need;  // Receive: (peer index, messages wanted)
+  // Stream-ordered path: messages enqueued per peer (the slot is the count mod slot_depth, the same
+  // on both sides), and per (peer, slot) the sequence + 1 of a received message not yet released.
+  enum class DataPath { kUnset, kHost, kStream };
+  DataPath data_path = DataPath::kUnset;
+  std::vector<uint64_t> stream_sent;
+  std::vector<uint64_t> stream_received;
+  std::vector<uint64_t> stream_held;
+  std::vector<transport::StreamWrite> stream_writes;
+  std::vector<transport::StreamSlot> stream_slots;
+  std::vector<int> stream_peers;
   Status fatal;  // sticky: once a peer or the protocol failed, every call returns it
   bool closed = false;
   int barrier_count = 0;
@@ -335,6 +349,51 @@ struct Group::Impl {
 
   Status Connect(Deadline deadline);
   Status Teardown(Deadline deadline, bool clean);
+
+  // The data path a call uses: a group uses the host-driven calls or the stream-ordered ones.
+  Status UsePath(DataPath path) {
+    if (data_path == DataPath::kUnset) data_path = path;
+    if (data_path == path) return OkStatus();
+    return FailedPreconditionError(
+        me() + ": this group already moves its messages with the " +
+        (data_path == DataPath::kHost ? "host-driven Send / Receive" : "stream-ordered *OnStream calls") +
+        "; one group uses one of the two");
+  }
+
+  // The transport's stream-ordered operations, after every check a stream call needs.
+  StatusOr<transport::StreamOps*> StreamPath(std::string_view call) {
+    M2N_RETURN_IF_ERROR(CheckOpen());
+    transport::StreamOps* ops = core->transport->stream_ops();
+    if (ops == nullptr) {
+      return UnimplementedError(me() + ": " + std::string(call) + ": transport '" + transport_name +
+                                "' has no stream-ordered operations (a GPU transport such as cuda_ipc has)");
+    }
+    if (options.slot_memory != MemoryKind::kCuda) {
+      return FailedPreconditionError(me() + ": " + std::string(call) +
+                                     " needs receive slots in device memory (Options::slot_memory = kCuda)");
+    }
+    M2N_RETURN_IF_ERROR(UsePath(DataPath::kStream));
+    Status device = ops->StreamError();
+    if (!device.ok()) return Fail(device.WithContext(me()));
+    return ops;
+  }
+
+  // Rejects a batch that names one peer more than slot_depth times.
+  Status CheckPerPeerCount(std::span<const int> peers_in_batch, std::string_view call) {
+    auto& count = need;
+    count.clear();
+    for (int peer : peers_in_batch) {
+      int index = IndexOfPeer(peer);
+      auto it = std::find_if(count.begin(), count.end(), [&](auto& n) { return n.first == index; });
+      if (it == count.end()) count.emplace_back(index, 1);
+      else if (++it->second > static_cast<size_t>(options.slot_depth)) {
+        return InvalidArgumentError(me() + ": " + std::string(call) + " names " + RankName(peer) +
+                                    " more than slot_depth (" + std::to_string(options.slot_depth) +
+                                    ") times in one call");
+      }
+    }
+    return OkStatus();
+  }
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -342,7 +401,11 @@ struct Group::Impl {
 Status Group::Impl::Connect(Deadline deadline) {
   const int depth = options.slot_depth;
   // Our receive slots, then every peer's address and key, through the store.
-  M2N_ASSIGN_OR_RETURN(slots, core->transport->Allocate(block_bytes() * peers.size(), MemoryKind::kHost));
+  if (options.slot_memory == MemoryKind::kCuda && !core->transport->capabilities().cuda_memory) {
+    return InvalidArgumentError(me() + ": Options::slot_memory is cuda, but transport '" + transport_name +
+                                "' cannot place receive slots in CUDA memory");
+  }
+  M2N_ASSIGN_OR_RETURN(slots, core->transport->Allocate(block_bytes() * peers.size(), options.slot_memory));
   M2N_ASSIGN_OR_RETURN(transport::Bytes slot_key, slots->PackRemoteKey());
   M2N_RETURN_IF_ERROR(store->Set("m2n/slots/" + std::to_string(rank), slot_key));
   for (int peer : peers) {
@@ -368,6 +431,9 @@ Status Group::Impl::Connect(Deadline deadline) {
     receive.emplace_back(peer, depth, options.slot_bytes);
     credits.emplace_back(peer, depth);
   }
+  stream_sent.assign(peers.size(), 0);
+  stream_received.assign(peers.size(), 0);
+  stream_held.assign(peers.size() * static_cast<size_t>(depth), 0);
   return StoreBarrier("connected", deadline);
 }
 
@@ -406,7 +472,7 @@ StatusOr<std::unique_ptr<Group>> Group::Create(const Options& requested) {
 
   // Every rank publishes what it was configured with and checks everyone's, before anything is
   // allocated: a mismatch is reported on every rank, naming the field and the ranks.
-  auto chosen = ChooseTransport(options.transport);
+  auto chosen = ChooseTransport(options.transport, options.slot_memory);
   std::string transport_name = chosen.ok() ? std::string((*chosen)->name) : "<" + chosen.status().message() + ">";
   protocol::Fingerprint mine = {
       {"m2n_version", kVersionString},
@@ -416,6 +482,7 @@ StatusOr<std::unique_ptr<Group>> Group::Create(const Options& requested) {
       {"slot_bytes", std::to_string(options.slot_bytes)},
       {"slot_depth", std::to_string(options.slot_depth)},
       {"transport", transport_name},
+      {"slot_memory", std::string(MemoryKindName(options.slot_memory))},
   };
   M2N_RETURN_IF_ERROR(PublishHost(*impl->store, impl->rank));
   M2N_RETURN_IF_ERROR(impl->store->SetString("m2n/config/" + std::to_string(impl->rank),
@@ -453,6 +520,7 @@ StatusOr<std::unique_ptr<Group>> Group::Create(const Options& requested) {
   config.peers = impl->peers;
   config.max_unpolled = options.slot_depth;
   config.timeout = b.timeout;
+  config.slot_depth = options.slot_depth;
   auto created = (*chosen)->create(config);
   if (!created.ok()) return created.status().WithContext(impl->me());
   impl->core = std::make_shared<Core>();
@@ -512,6 +580,7 @@ Status Group::Send(const SendRequest& request, Deadline deadline) { return Send(
 Status Group::Send(std::span<const SendRequest> requests, Deadline deadline) {
   Impl& g = *impl_;
   M2N_RETURN_IF_ERROR(g.CheckOpen());
+  M2N_RETURN_IF_ERROR(g.UsePath(Impl::DataPath::kHost));
   // Validate everything before posting anything: a bad request sends nothing.
   auto& sources = g.sources;
   sources.assign(requests.size(), nullptr);
@@ -573,6 +642,7 @@ Status Group::Send(std::span<const SendRequest> requests, Deadline deadline) {
 StatusOr<bool> Group::TryReceive(int peer, Message* out) {
   Impl& g = *impl_;
   M2N_RETURN_IF_ERROR(g.CheckOpen());
+  M2N_RETURN_IF_ERROR(g.UsePath(Impl::DataPath::kHost));
   M2N_RETURN_IF_ERROR(g.ValidPeer(peer, "receive"));
   int index = g.IndexOfPeer(peer);
   if (g.receive[index].queued() == 0) M2N_RETURN_IF_ERROR(g.Progress());
@@ -593,6 +663,7 @@ StatusOr<Message> Group::Receive(int peer, Deadline deadline) {
 Status Group::Receive(std::span<const int> peers, std::span<Message> out, Deadline deadline) {
   Impl& g = *impl_;
   M2N_RETURN_IF_ERROR(g.CheckOpen());
+  M2N_RETURN_IF_ERROR(g.UsePath(Impl::DataPath::kHost));
   if (out.size() != peers.size()) {
     return InvalidArgumentError(g.me() + ": Receive needs one output per peer (" + std::to_string(peers.size()) +
                                 " peers, " + std::to_string(out.size()) + " outputs)");
@@ -646,6 +717,130 @@ Status Group::Release(std::span<const Message> messages) {
   return OkStatus();
 }
 
+// ---------------------------------------------------------------------------------------------
+// Stream-ordered calls: the slot of a pair's k-th message is k mod slot_depth on both sides; the
+// transport keeps the credits and arrivals in device memory (see transports/transport.h).
+
+Status Group::SendOnStream(std::span<const SendRequest> requests, Stream stream) {
+  Impl& g = *impl_;
+  M2N_ASSIGN_OR_RETURN(transport::StreamOps * ops, g.StreamPath("SendOnStream"));
+  auto& writes = g.stream_writes;
+  writes.clear();
+  auto& batch_peers = g.stream_peers;
+  batch_peers.clear();
+  for (const SendRequest& r : requests) {
+    M2N_RETURN_IF_ERROR(g.ValidPeer(r.peer, "send"));
+    batch_peers.push_back(r.peer);
+    if (r.length > g.options.slot_bytes) {
+      return InvalidArgumentError(g.me() + ": message of " + std::to_string(r.length) + " bytes to " +
+                                  RankName(r.peer) + " is larger than a slot (" +
+                                  std::to_string(g.options.slot_bytes) + " bytes, Options::slot_bytes)");
+    }
+    const transport::Region* source = nullptr;
+    if (r.length > 0) {
+      M2N_ASSIGN_OR_RETURN(MemoryRegion::Impl * region, g.FindRegion(r.data, r.length));
+      source = region->region.get();
+      if (source->kind() != MemoryKind::kCuda) {
+        return InvalidArgumentError(g.me() + ": SendOnStream to " + RankName(r.peer) +
+                                    ": the buffer is registered as host memory; stream-ordered sends "
+                                    "take device memory (RegisterMemory(..., MemoryKind::kCuda))");
+      }
+    }
+    transport::StreamWrite w;
+    w.peer = r.peer;
+    w.local = source;
+    w.local_offset = r.length > 0 ? static_cast<const std::byte*>(r.data) - source->data() : 0;
+    w.length = r.length;
+    writes.push_back(w);
+  }
+  M2N_RETURN_IF_ERROR(g.CheckPerPeerCount(batch_peers, "SendOnStream"));
+  for (transport::StreamWrite& w : writes) {
+    int index = g.IndexOfPeer(w.peer);
+    w.slot = static_cast<int>(g.stream_sent[index]++ % static_cast<uint64_t>(g.options.slot_depth));
+    w.remote = g.remote_slots[index].get();
+    w.remote_offset = g.remote_block_offset[index] + static_cast<size_t>(w.slot) * g.options.slot_bytes;
+    ++g.stats.messages_sent;
+    g.stats.bytes_sent += w.length;
+  }
+  Status s = ops->SendOnStream(writes, stream);
+  if (!s.ok()) return g.Fail(s.WithContext(g.me() + ": SendOnStream"));
+  return OkStatus();
+}
+
+Status Group::ReceiveOnStream(std::span<const int> peers, std::span<Message> out, Stream stream) {
+  Impl& g = *impl_;
+  M2N_ASSIGN_OR_RETURN(transport::StreamOps * ops, g.StreamPath("ReceiveOnStream"));
+  if (out.size() != peers.size()) {
+    return InvalidArgumentError(g.me() + ": ReceiveOnStream needs one output per peer (" +
+                                std::to_string(peers.size()) + " peers, " + std::to_string(out.size()) +
+                                " outputs)");
+  }
+  for (int peer : peers) M2N_RETURN_IF_ERROR(g.ValidPeer(peer, "receive"));
+  M2N_RETURN_IF_ERROR(g.CheckPerPeerCount(peers, "ReceiveOnStream"));
+  const uint64_t depth = static_cast<uint64_t>(g.options.slot_depth);
+  // Every slot this receive needs must have been released: its next message cannot come before.
+  for (size_t i = 0; i < peers.size(); ++i) {
+    int index = g.IndexOfPeer(peers[i]);
+    uint64_t ahead = static_cast<uint64_t>(
+        std::count(peers.begin(), peers.begin() + static_cast<std::ptrdiff_t>(i), peers[i]));
+    uint64_t sequence = g.stream_received[index] + ahead;
+    if (g.stream_held[index * depth + sequence % depth] != 0) {
+      return FailedPreconditionError(
+          g.me() + ": ReceiveOnStream from " + RankName(peers[i]) + " would need slot " +
+          std::to_string(sequence % depth) + ", which still holds message " +
+          std::to_string(g.stream_held[index * depth + sequence % depth] - 1) +
+          "; release it (ReleaseOnStream) first");
+    }
+  }
+  auto& slots = g.stream_slots;
+  slots.clear();
+  for (size_t i = 0; i < peers.size(); ++i) {
+    int index = g.IndexOfPeer(peers[i]);
+    uint64_t sequence = g.stream_received[index]++;
+    int slot = static_cast<int>(sequence % depth);
+    g.stream_held[index * depth + static_cast<uint64_t>(slot)] = sequence + 1;
+    slots.push_back({peers[i], slot});
+    out[i] = Message{peers[i], slot, 0,
+                     g.slots->data() + static_cast<size_t>(index) * g.block_bytes() +
+                         static_cast<size_t>(slot) * g.options.slot_bytes,
+                     sequence, ops->ArrivedLength(peers[i], slot)};
+    ++g.stats.messages_received;
+  }
+  Status s = ops->WaitOnStream(slots, stream);
+  if (!s.ok()) return g.Fail(s.WithContext(g.me() + ": ReceiveOnStream"));
+  return OkStatus();
+}
+
+Status Group::ReleaseOnStream(std::span<const Message> messages, Stream stream) {
+  Impl& g = *impl_;
+  M2N_ASSIGN_OR_RETURN(transport::StreamOps * ops, g.StreamPath("ReleaseOnStream"));
+  const uint64_t depth = static_cast<uint64_t>(g.options.slot_depth);
+  for (size_t i = 0; i < messages.size(); ++i) {
+    const Message& m = messages[i];
+    M2N_RETURN_IF_ERROR(g.ValidPeer(m.peer, "release a message"));
+    int index = g.IndexOfPeer(m.peer);
+    bool held = m.slot >= 0 && static_cast<uint64_t>(m.slot) < depth &&
+                g.stream_held[index * depth + static_cast<uint64_t>(m.slot)] == m.sequence + 1;
+    for (size_t j = 0; j < i && held; ++j) held = !(messages[j].peer == m.peer && messages[j].slot == m.slot);
+    if (!held) {
+      return FailedPreconditionError(g.me() + ": ReleaseOnStream: message " + std::to_string(m.sequence) +
+                                     " from " + RankName(m.peer) + " in slot " + std::to_string(m.slot) +
+                                     " is not held (released already, or not from ReceiveOnStream)");
+    }
+  }
+  auto& slots = g.stream_slots;
+  slots.clear();
+  for (const Message& m : messages) {
+    int index = g.IndexOfPeer(m.peer);
+    g.stream_held[index * depth + static_cast<uint64_t>(m.slot)] = 0;
+    slots.push_back({m.peer, m.slot});
+    ++g.stats.acks_sent;
+  }
+  Status s = ops->ReleaseOnStream(slots, stream);
+  if (!s.ok()) return g.Fail(s.WithContext(g.me() + ": ReleaseOnStream"));
+  return OkStatus();
+}
+
 Status Group::Barrier(Deadline deadline) {
   M2N_RETURN_IF_ERROR(impl_->CheckOpen());
   return impl_->StoreBarrier("user/" + std::to_string(impl_->barrier_count++), deadline);
@@ -653,6 +848,10 @@ Status Group::Barrier(Deadline deadline) {
 
 Status Group::Progress() {
   M2N_RETURN_IF_ERROR(impl_->CheckOpen());
+  if (impl_->data_path == Impl::DataPath::kStream) {
+    Status device = impl_->core->transport->stream_ops()->StreamError();
+    if (!device.ok()) return impl_->Fail(device.WithContext(impl_->me()));
+  }
   return impl_->Progress();
 }
 

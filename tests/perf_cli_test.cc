@@ -109,7 +109,7 @@ TEST(PerfCliTest, RejectsBadFlagsAndValues) {
       {"--bogus"},         {"-z"},                {"-b"},                   {"-b", "1.5K"},
       {"-e", "0"},         {"-b", "1M", "-e", "1K"}, {"-n", "0"},           {"-n", "x"},
       {"-w", "-1"},        {"-M", "0"},           {"-N", "-2"},             {"-f", "1"},
-      {"-d", "0"},         {"--baseline", "nccl"}, {"--latency_mode", "x"}, {"--json"},
+      {"-d", "0"},         {"--baseline", "gloo"}, {"--latency_mode", "x"}, {"--json"},
       {"--transport="},    {"stray"},             {"--no-check=1"},         {"--timeout_ms", "0"},
   };
   for (const auto& args : bad) {

@@ -31,6 +31,10 @@
 namespace m2n {
 
 enum class Role { kSender, kReceiver };
+
+// A CUDA stream: a cudaStream_t passed as void*, so that this header needs no CUDA headers.
+// nullptr is the legacy default stream.
+using Stream = void*;
 std::string_view RoleName(Role role);
 
 // One message to one peer. [data, data + length) must lie inside a MemoryRegion registered with the
@@ -48,6 +52,9 @@ struct Message {
   size_t length = 0;
   std::byte* data = nullptr;
   uint64_t sequence = 0;    // per (peer -> this rank) count of messages, from 0
+  // Stream-ordered receives only (ReceiveOnStream): the host does not know the length, so `length`
+  // is 0 and this device address holds it, valid in stream order after the receive.
+  const uint32_t* device_length = nullptr;
 };
 
 // Counters since creation; cheap to read.
@@ -104,6 +111,25 @@ class Group {
   Status Release(const Message& message);
   Status Release(std::span<const Message> messages);
 
+  // ---- Stream-ordered calls (device memory; GPU transports, Options::slot_memory = kCuda) ----
+  // Each call enqueues work on `stream` (a cudaStream_t) after the work already there and returns
+  // at once; no host thread waits for the GPU, and the calls may be captured into a CUDA graph and
+  // replayed. Slots are used round robin per peer, the same on both sides; the credit of a slot is
+  // waited for on the device. A device wait longer than BootstrapOptions::timeout gives up, and the
+  // next call on this group returns kDeadlineExceeded. A group uses either these calls or the
+  // host-driven Send / Receive for its messages, not both.
+  //
+  // SendOnStream: every request's data must lie in memory registered as MemoryKind::kCuda; at most
+  // slot_depth requests per peer in one call. The buffer may be reused by work enqueued after it.
+  Status SendOnStream(std::span<const SendRequest> requests, Stream stream);
+  // ReceiveOnStream: `stream` waits until the next message from each of `peers` is in its slot;
+  // out[i] points into that slot (device memory; length in *device_length). A peer may appear at
+  // most slot_depth times, and a slot must be released before it is received into again.
+  Status ReceiveOnStream(std::span<const int> peers, std::span<Message> out, Stream stream);
+  // ReleaseOnStream: hands the slots back to their senders once the work before it on `stream` is
+  // done (the consumer kernel that read them).
+  Status ReleaseOnStream(std::span<const Message> messages, Stream stream);
+
   // All ranks of the group; through the bootstrap store (slow path: set-up and tests, not per message).
   Status Barrier(Deadline deadline);
 
@@ -111,7 +137,9 @@ class Group {
   Status Progress();
 
   // Waits until every peer has released this rank's messages and said goodbye, then disconnects.
-  // After Close, every call returns kFailedPrecondition.
+  // After Close, every call returns kFailedPrecondition. Stream-ordered work of this group must
+  // have completed (synchronize its streams) before Close.
+
   Status Close(Deadline deadline);
 
   struct Impl;

@@ -14,6 +14,7 @@
 #include <string>
 #include <string_view>
 
+#include "m2n/memory.h"
 #include "m2n/status.h"
 
 namespace m2n {
@@ -44,6 +45,10 @@ struct Options {
   int slot_depth = 4;
   // "auto" picks the best transport built and usable here; or a name from AvailableTransports().
   std::string transport = "auto";
+  // Where this rank's receive slots live. kCuda puts them in the memory of the CUDA device current
+  // when Create is called (one process per GPU), which the stream-ordered calls need; "auto" then
+  // picks a transport that supports it.
+  MemoryKind slot_memory = MemoryKind::kHost;
   // How long an idle wait spins before it yields the core (microseconds); 0: yield at once.
   // -1 (auto): 50 us, or 0 when this host has more ranks of the group than online cores, where a
   // spinning rank only holds back the rank it waits for. Group::options() shows the value chosen.

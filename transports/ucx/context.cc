@@ -1,5 +1,6 @@
 #include "transports/ucx/context.h"
 
+#include <algorithm>
 #include <string>
 
 namespace m2n::transport::ucx {
@@ -40,7 +41,9 @@ StatusOr<std::shared_ptr<Context>> Context::Create(int rank, size_t estimated_ep
   ucp_params_t params{};
   params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED |
                       UCP_PARAM_FIELD_ESTIMATED_NUM_EPS;
-  params.features = UCP_FEATURE_RMA;
+  // RMA for the shared-memory path (stores into mapped peer memory, puts), AM for every other
+  // path (the write travels as one active message; see transport.cc).
+  params.features = UCP_FEATURE_RMA | UCP_FEATURE_AM;
   params.mt_workers_shared = 0;  // one thread at a time per Transport: no locks on the fast path
   params.estimated_num_eps = estimated_eps;
   status = ucp_init(&params, config, &ctx->context_);
@@ -68,6 +71,29 @@ StatusOr<std::shared_ptr<Context>> Context::Create(int rank, size_t estimated_ep
     ucp_worker_release_address(ctx->workers_[lane], address);
   }
   return ctx;
+}
+
+void Context::TrackRegion(const TrackedRegion& region) {
+  auto at = std::upper_bound(regions_.begin(), regions_.end(), region.base,
+                             [](uintptr_t base, const TrackedRegion& r) { return base < r.base; });
+  regions_.insert(at, region);
+}
+
+void Context::UntrackRegion(const void* owner) {
+  std::erase_if(regions_, [owner](const TrackedRegion& r) { return r.owner == owner; });
+}
+
+const Context::TrackedRegion* Context::FindRegion(uint64_t address, size_t length) const {
+  // The last region starting at or below `address` is the candidate; regions the caller registered
+  // twice or nested may overlap, so look further down when it does not hold the whole target.
+  auto it = std::upper_bound(regions_.begin(), regions_.end(), address,
+                             [](uint64_t a, const TrackedRegion& r) { return a < r.base; });
+  while (it != regions_.begin()) {
+    --it;
+    const uint64_t offset = address - it->base;
+    if (offset <= it->size && length <= it->size - offset) return &*it;
+  }
+  return nullptr;
 }
 
 Context::~Context() {

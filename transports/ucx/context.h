@@ -6,8 +6,11 @@
 #include <ucp/api/ucp.h>
 
 #include <array>
+#include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "m2n/status.h"
 #include "transports/transport.h"
@@ -31,6 +34,21 @@ class Context {
   // The worker's address as ucp_ep_create takes it on the peer.
   const Bytes& worker_address(Lane lane) const { return addresses_[static_cast<int>(lane)]; }
 
+  // Local memory that peers may write into: every Region that Register or Allocate handed out,
+  // for as long as it lives. An active-message write names its target by address; the receiver
+  // copies or receives into it only when one tracked region holds the whole target, so a peer
+  // cannot make this process write outside the memory it offered.
+  struct TrackedRegion {
+    const void* owner;  // the UcxRegion, which untracks itself when destroyed
+    uintptr_t base;
+    size_t size;
+    ucp_mem_h memh;
+  };
+  void TrackRegion(const TrackedRegion& region);
+  void UntrackRegion(const void* owner);
+  // The tracked region holding all of [address, address + length) (length > 0), or null.
+  const TrackedRegion* FindRegion(uint64_t address, size_t length) const;
+
  private:
   explicit Context(int rank) : rank_(rank) {}
 
@@ -38,6 +56,7 @@ class Context {
   ucp_context_h context_ = nullptr;
   std::array<ucp_worker_h, kNumLanes> workers_{};
   std::array<Bytes, kNumLanes> addresses_;
+  std::vector<TrackedRegion> regions_;  // sorted by base; few entries (slots, send buffers)
 };
 
 // "ucx: <what>: <ucs_status_string>", the shape of every message this transport writes; `what`

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <string>
@@ -26,6 +27,67 @@ StatusOr<ErrMode> ErrModeFromEnv() {
   if (value == "none") return ErrMode::kNone;
   return InvalidArgumentError("ucx: M2N_UCX_ERR_MODE=" + std::string(value) +
                               " is not one of auto, peer, none");
+}
+
+StatusOr<std::optional<size_t>> EagerMaxFromEnv() {
+  const char* env = std::getenv("M2N_UCX_EAGER_MAX");
+  const std::string_view value = env == nullptr ? "auto" : env;
+  if (value == "auto" || value.empty()) return std::optional<size_t>();
+  size_t bytes = 0;
+  size_t i = 0;
+  for (; i < value.size() && value[i] >= '0' && value[i] <= '9' && bytes < (size_t{1} << 40); ++i)
+    bytes = bytes * 10 + static_cast<size_t>(value[i] - '0');
+  int shift = 0;
+  if (i + 1 == value.size()) {
+    switch (value[i]) {
+      case 'k': case 'K': shift = 10; break;
+      case 'm': case 'M': shift = 20; break;
+      case 'g': case 'G': shift = 30; break;
+      default: shift = -1;
+    }
+    ++i;
+  }
+  if (i == 0 || i != value.size() || shift < 0 || bytes >= (size_t{1} << 40)) {
+    return InvalidArgumentError("ucx: M2N_UCX_EAGER_MAX=" + std::string(value) +
+                                " is not a size in bytes (K, M, G suffixes) or auto");
+  }
+  return std::optional<size_t>(bytes << shift);
+}
+
+bool EpUsesOnlyTcp(ucp_ep_h ep) {
+  // UCX 1.13 has no query for an ep's transports (ucp_ep_query learned them in 1.14), so this reads
+  // the lane lines of ucp_ep_print_info ("lane[0]:  1:tcp/lo.0 md[1] -> ..."). Anything it does not
+  // recognize counts as "not TCP", which leaves the protocol choice to UCX.
+  char* text = nullptr;
+  size_t size = 0;
+  FILE* stream = open_memstream(&text, &size);
+  if (stream == nullptr) return false;
+  ucp_ep_print_info(ep, stream);
+  std::fclose(stream);
+  const std::string_view info(text, size);
+  bool lanes = false;
+  bool only_tcp = true;
+  for (size_t at = info.find("lane["); at != std::string_view::npos;
+       at = info.find("lane[", at + 1)) {
+    const size_t colon = info.find("]:", at);
+    if (colon == std::string_view::npos) {
+      only_tcp = false;
+      break;
+    }
+    // "  1:tcp/lo.0": skip blanks and the resource index, up to the transport name's '/'.
+    size_t name = info.find_first_not_of(' ', colon + 2);
+    if (name != std::string_view::npos) name = info.find(':', name);
+    const size_t slash = name == std::string_view::npos ? name : info.find('/', name);
+    if (slash == std::string_view::npos || slash - name > 32) {
+      only_tcp = false;
+      break;
+    }
+    const std::string_view transport = info.substr(name + 1, slash - name - 1);
+    lanes = true;
+    if (transport != "tcp" && transport != "self") only_tcp = false;
+  }
+  std::free(text);
+  return lanes && only_tcp;
 }
 
 ucp_err_handling_mode_t ResolveErrMode(ErrMode setting, bool same_host) {
@@ -119,7 +181,6 @@ StatusOr<PeerAddress> DecodePeerAddress(int peer, std::span<const std::byte> byt
 
 StatusOr<std::unique_ptr<Endpoint>> Endpoint::Connect(std::shared_ptr<Context> ctx, int peer,
                                                       const PeerAddress& address,
-                                                      std::array<RingEntry*, kNumLanes> rx_rings,
                                                       uint32_t ring_entries,
                                                       ucp_err_handling_mode_t err_mode,
                                                       std::vector<Endpoint*>* failed) {
@@ -151,7 +212,6 @@ StatusOr<std::unique_ptr<Endpoint>> Endpoint::Connect(std::shared_ptr<Context> c
     M2N_RETURN_IF_ERROR(UnpackRkey(peer, t.ep, address.ring_rkey, address.ring_address[lane],
                                    &t.ring_rkey, reinterpret_cast<std::byte**>(&t.ring_mapped)));
     t.ring_address = address.ring_address[lane];
-    e->rx_[lane].ring = rx_rings[lane];
   }
   return e;
 }

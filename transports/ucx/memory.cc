@@ -14,7 +14,8 @@ constexpr uint16_t kKeyVersion = 1;
 }  // namespace
 
 StatusOr<std::unique_ptr<UcxRegion>> UcxRegion::Map(std::shared_ptr<Context> ctx, void* data,
-                                                    size_t size, bool allocate) {
+                                                    size_t size, bool allocate,
+                                                    bool peer_writable) {
   const std::string who = "rank " + std::to_string(ctx->rank());
   if (size == 0) return InvalidArgumentError("ucx: " + who + ": cannot register 0 bytes");
   if (!allocate && data == nullptr) {
@@ -47,10 +48,18 @@ StatusOr<std::unique_ptr<UcxRegion>> UcxRegion::Map(std::shared_ptr<Context> ctx
   // UCX gives fresh shared memory, which is zero; heap fallbacks are not, and ring scans and tests
   // rely on a known start.
   if (allocate) std::memset(base, 0, size);
-  return std::unique_ptr<UcxRegion>(new UcxRegion(std::move(ctx), memh, base, size));
+  std::unique_ptr<UcxRegion> region(new UcxRegion(std::move(ctx), memh, base, size));
+  if (peer_writable) {
+    region->ctx_->TrackRegion({region.get(), reinterpret_cast<uintptr_t>(base), size, memh});
+    region->tracked_ = true;
+  }
+  return region;
 }
 
-UcxRegion::~UcxRegion() { ucp_mem_unmap(ctx_->context(), memh_); }
+UcxRegion::~UcxRegion() {
+  if (tracked_) ctx_->UntrackRegion(this);
+  ucp_mem_unmap(ctx_->context(), memh_);
+}
 
 StatusOr<Bytes> UcxRegion::PackRkey() const {
   void* buffer = nullptr;

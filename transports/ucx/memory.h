@@ -23,9 +23,10 @@ class UcxRegion final : public Region {
   // allocate=false maps the caller's [data, data+size). allocate=true lets UCX allocate (data is
   // ignored) and zeroes it: UCX takes it from a shared-memory MD (sysv/posix) when one is enabled,
   // so a peer on this host writes it with a plain memcpy instead of a copy through the kernel or an
-  // active message.
+  // active message. peer_writable: a target for peers' active-message writes (Context::TrackRegion)
+  // until destroyed; the transport's own rings are not.
   static StatusOr<std::unique_ptr<UcxRegion>> Map(std::shared_ptr<Context> ctx, void* data,
-                                                  size_t size, bool allocate);
+                                                  size_t size, bool allocate, bool peer_writable);
   ~UcxRegion() override;
   UcxRegion(const UcxRegion&) = delete;
   UcxRegion& operator=(const UcxRegion&) = delete;
@@ -48,6 +49,7 @@ class UcxRegion final : public Region {
   ucp_mem_h memh_;
   std::byte* data_;
   size_t size_;
+  bool tracked_ = false;
 };
 
 class UcxRemoteRegion final : public RemoteRegion {

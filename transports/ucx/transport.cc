@@ -1,6 +1,7 @@
 #include "transports/ucx/transport.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -70,6 +71,7 @@ StatusOr<std::unique_ptr<Transport>> UcxTransport::Create(const Config& config) 
   }
   std::unique_ptr<UcxTransport> t(new UcxTransport(config));
   M2N_ASSIGN_OR_RETURN(t->err_mode_, ErrModeFromEnv());
+  M2N_ASSIGN_OR_RETURN(t->eager_setting_, EagerMaxFromEnv());
   if (const char* env = std::getenv("M2N_UCX_DIRECT"))
     t->direct_stores_ = std::string_view(env) != "0";
   t->peer_index_.assign(config.world_size, -1);
@@ -89,13 +91,25 @@ StatusOr<std::unique_ptr<Transport>> UcxTransport::Create(const Config& config) 
   t->failed_.reserve(config.peers.size());
 
   M2N_ASSIGN_OR_RETURN(t->ctx_, Context::Create(config.rank, config.peers.size() * kNumLanes));
+  M2N_RETURN_IF_ERROR(t->SetAmHandlers(/*enable=*/true));
 
   // One ring per (peer, lane), in UCX-allocated memory so that a shared-memory transport writes
   // entries with a plain store.
   const size_t ring_bytes = std::max<size_t>(1, config.peers.size() * kNumLanes) *
                             config.max_unpolled * sizeof(RingEntry);
-  M2N_ASSIGN_OR_RETURN(t->rings_, UcxRegion::Map(t->ctx_, nullptr, ring_bytes, /*allocate=*/true));
+  M2N_ASSIGN_OR_RETURN(t->rings_, UcxRegion::Map(t->ctx_, nullptr, ring_bytes, /*allocate=*/true,
+                                                 /*peer_writable=*/false));
   M2N_ASSIGN_OR_RETURN(t->ring_rkey_, t->rings_->PackRkey());
+  t->inboxes_.reserve(config.peers.size());
+  t->scanned_.reserve(config.peers.size());
+  for (size_t i = 0; i < config.peers.size(); ++i) {
+    std::array<RingEntry*, kNumLanes> rings{};
+    for (int lane = 0; lane < kNumLanes; ++lane) {
+      rings[lane] = reinterpret_cast<RingEntry*>(t->rings_->data()) +
+                    (i * kNumLanes + lane) * static_cast<size_t>(config.max_unpolled);
+    }
+    t->inboxes_.emplace_back(config.peers[i], rings, static_cast<uint32_t>(config.max_unpolled));
+  }
   return std::unique_ptr<Transport>(std::move(t));
 }
 
@@ -121,7 +135,8 @@ StatusOr<std::unique_ptr<Region>> UcxTransport::Register(void* data, size_t size
     return InvalidArgumentError("ucx: rank " + std::to_string(config_.rank) +
                                 ": unknown memory kind " + std::to_string(static_cast<int>(kind)));
   }
-  M2N_ASSIGN_OR_RETURN(auto region, UcxRegion::Map(ctx_, data, size, /*allocate=*/false));
+  M2N_ASSIGN_OR_RETURN(auto region, UcxRegion::Map(ctx_, data, size, /*allocate=*/false,
+                                                   /*peer_writable=*/true));
   return std::unique_ptr<Region>(std::move(region));
 }
 
@@ -133,7 +148,8 @@ StatusOr<std::unique_ptr<Region>> UcxTransport::Allocate(size_t size, MemoryKind
     return InvalidArgumentError("ucx: rank " + std::to_string(config_.rank) +
                                 ": unknown memory kind " + std::to_string(static_cast<int>(kind)));
   }
-  M2N_ASSIGN_OR_RETURN(auto region, UcxRegion::Map(ctx_, nullptr, size, /*allocate=*/true));
+  M2N_ASSIGN_OR_RETURN(auto region, UcxRegion::Map(ctx_, nullptr, size, /*allocate=*/true,
+                                                   /*peer_writable=*/true));
   return std::unique_ptr<Region>(std::move(region));
 }
 
@@ -188,16 +204,23 @@ Status UcxTransport::Connect(int peer, std::span<const std::byte> remote_address
                            std::to_string(static_cast<int>(err_mode_)) + " here)"));
   }
   const bool same_host = std::ranges::equal(a.host, HostId());
-  std::array<RingEntry*, kNumLanes> rx_rings{};
-  for (int lane = 0; lane < kNumLanes; ++lane) {
-    const size_t ring = static_cast<size_t>(index) * kNumLanes + lane;
-    rx_rings[lane] = reinterpret_cast<RingEntry*>(rings_->data()) + ring * config_.max_unpolled;
-  }
   M2N_ASSIGN_OR_RETURN(
       endpoints_[index],
-      Endpoint::Connect(ctx_, peer, a, rx_rings, static_cast<uint32_t>(config_.max_unpolled),
+      Endpoint::Connect(ctx_, peer, a, static_cast<uint32_t>(config_.max_unpolled),
                         ResolveErrMode(err_mode_, same_host), &failed_));
+  Endpoint::TxLane& data = endpoints_[index]->tx(Lane::kData);
+  if (eager_setting_.has_value()) {
+    data.eager_max = *eager_setting_;
+  } else if (std::getenv("UCX_RNDV_THRESH") == nullptr && EpUsesOnlyTcp(data.ep)) {
+    // UCX 1.13 switches to rendezvous at 8-32 KiB over TCP, where it moves no fewer copies than
+    // eager and costs two more trips through the sockets; and a write that goes eager completes
+    // at once, so a sender's writes overlap. Measured on loopback (README.md): eager is ~2x faster
+    // from 32 KiB to 256 KiB, even at 1 MiB, and slower at 4 MiB (the receiver's reassembly
+    // buffer is a fresh allocation each time).
+    data.eager_max = kTcpEagerMax;
+  }
   connected_.push_back(endpoints_[index].get());
+  scanned_.push_back(&inboxes_[index]);
   return OkStatus();
 }
 
@@ -276,6 +299,10 @@ Status UcxTransport::Post(std::span<const Write> writes) {
 Status UcxTransport::PostOne(const Write& w) {
   Endpoint& e = *FindEndpoint(w.peer);
   Endpoint::TxLane& tx = e.tx(w.lane);
+  // The ring is mapped here exactly when UCX reaches the peer through shared memory; then puts
+  // and stores complete at the peer on return, and everything below is cheap. Otherwise the write
+  // is one active message (one network send for small writes, rendezvous for large ones).
+  if (tx.ring_mapped == nullptr) return PostActiveMessage(w, e);
   RingEntry* const ring = direct_stores_ ? tx.ring_mapped : nullptr;
 
   void* payload_request = nullptr;
@@ -351,7 +378,7 @@ Status UcxTransport::PostOne(const Write& w) {
       pw->cookie = w.cookie;
       pw->payload_request = payload_request;
       pw->entry_posted = true;
-      inflight_.push_back(pw);
+      AddInflight(pw);
       return OkStatus();
     }
   }
@@ -363,7 +390,7 @@ Status UcxTransport::PostOne(const Write& w) {
   pw->payload_request = payload_request;
   pw->slot = slot;
   pw->staging = entry;
-  inflight_.push_back(pw);
+  AddInflight(pw);
   if (needs_flush) {
     ucp_request_param_t param{};
     ucs_status_ptr_t flush = ucp_ep_flush_nbx(tx.ep, &param);
@@ -379,6 +406,169 @@ Status UcxTransport::PostOne(const Write& w) {
     return OkStatus();
   }
   return PostEntry(pw);
+}
+
+Status UcxTransport::PostActiveMessage(const Write& w, Endpoint& e) {
+  Endpoint::TxLane& tx = e.tx(w.lane);
+  const auto length = static_cast<uint32_t>(w.length);
+  uint32_t ring_slot = 0;  // the receiver places the entry itself, by seq
+  const RingEntry entry = e.NextEntry(w.lane, w.imm, length, &ring_slot);
+  PendingWrite* pw = NewPending();
+  pw->header.imm = w.imm;
+  pw->header.length = length;
+  pw->header.seq = entry.seq;
+  pw->header.src_rank = config_.rank;
+  const void* payload = nullptr;
+  ucp_request_param_t param{};
+  if (w.length > 0) {
+    const auto* local = static_cast<const UcxRegion*>(w.local);
+    const auto* remote = static_cast<const UcxRemoteRegion*>(w.remote);
+    pw->header.address = remote->address() + w.remote_offset;
+    payload = local->data() + w.local_offset;
+    param.op_attr_mask = UCP_OP_ATTR_FIELD_MEMH;
+    param.memh = local->memh();
+    if (w.length <= tx.eager_max) {
+      param.op_attr_mask |= UCP_OP_ATTR_FIELD_FLAGS;
+      param.flags = UCP_AM_SEND_FLAG_EAGER;
+    }
+  }
+  // Eager: the payload travels with the header and the receiver copies it into the target; the
+  // request usually completes here (UCX copied it out), so the source is free at once and writes
+  // overlap. Rendezvous: the receiver's handler has UCX move the payload straight into the target
+  // (an RDMA read on InfiniBand); complete when it has landed. UCX picks by size unless this peer's
+  // eager_max says otherwise (see Connect).
+  ucs_status_ptr_t sent =
+      ucp_am_send_nbx(tx.ep, kAmWriteId, &pw->header, sizeof(AmHeader), payload, w.length, &param);
+  if (sent == nullptr) {
+    ReleasePending(pw);
+    done_.push_back({w.cookie, w.peer, w.lane});
+    return OkStatus();
+  }
+  if (UCS_PTR_IS_ERR(sent)) {
+    ReleasePending(pw);
+    return UnavailableError(PeerText(
+        w.peer, "active message of " + std::to_string(w.length) + " bytes", UCS_PTR_STATUS(sent)));
+  }
+  pw->endpoint = &e;
+  pw->lane = w.lane;
+  pw->cookie = w.cookie;
+  pw->payload_request = sent;
+  pw->entry_posted = true;
+  pw->failed_step = "active message";  // named only if it fails
+  AddInflight(pw);
+  return OkStatus();
+}
+
+Status UcxTransport::SetAmHandlers(bool enable) {
+  for (int lane = 0; lane < kNumLanes; ++lane) {
+    am_lanes_[lane] = {this, static_cast<Lane>(lane)};
+    ucp_am_handler_param_t param{};
+    param.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_FLAGS |
+                       UCP_AM_HANDLER_PARAM_FIELD_CB | UCP_AM_HANDLER_PARAM_FIELD_ARG;
+    param.id = kAmWriteId;
+    param.flags = UCP_AM_FLAG_WHOLE_MSG;
+    param.cb = enable ? &UcxTransport::OnActiveMessage : nullptr;
+    param.arg = &am_lanes_[lane];
+    const ucs_status_t status =
+        ucp_worker_set_am_recv_handler(ctx_->worker(static_cast<Lane>(lane)), &param);
+    if (status != UCS_OK) {
+      return InternalError(ErrorText(
+          "rank " + std::to_string(config_.rank) + ": ucp_worker_set_am_recv_handler", status));
+    }
+  }
+  return OkStatus();
+}
+
+ucs_status_t UcxTransport::OnActiveMessage(void* arg, const void* header, size_t header_length,
+                                           void* data, size_t length,
+                                           const ucp_am_recv_param_t* param) {
+  const auto* am = static_cast<const AmLane*>(arg);
+  am->transport->Deliver(am->lane, header, header_length, data, length, param->recv_attr);
+  // Eager data was copied; a rendezvous receive was started (UCX keeps its descriptor) or refused
+  // (UCX then completes the sender's request without the data).
+  return UCS_OK;
+}
+
+void UcxTransport::Refuse(Inbox* inbox, Status why) {
+  if (inbox != nullptr ? inbox->refused() : refused_stranger_) return;
+  if (inbox != nullptr) {
+    inbox->set_refused();
+  } else {
+    refused_stranger_ = true;
+  }
+  refused_.emplace_back(inbox != nullptr ? inbox->peer() : -1, std::move(why));
+}
+
+void UcxTransport::Deliver(Lane lane, const void* header, size_t header_length, void* data,
+                           size_t length, uint64_t recv_attr) {
+  if (closed_) return;  // nobody will poll for it
+  AmHeader h;
+  if (header_length != sizeof(h)) {
+    Refuse(nullptr, DataLossError("ucx: rank " + std::to_string(config_.rank) +
+                                  ": refused an active message with a " +
+                                  std::to_string(header_length) + "-byte header, not an m2n write"));
+    return;
+  }
+  std::memcpy(&h, header, sizeof(h));
+  if (h.src_rank < 0 || h.src_rank >= config_.world_size || peer_index_[h.src_rank] < 0) {
+    Refuse(nullptr, DataLossError("ucx: rank " + std::to_string(config_.rank) +
+                                  ": refused a write from rank " + std::to_string(h.src_rank) +
+                                  ", which is not in Config::peers"));
+    return;
+  }
+  Inbox& inbox = inboxes_[peer_index_[h.src_rank]];
+  if (inbox.refused()) return;
+  auto refuse = [&](const std::string& why) {
+    Refuse(&inbox, DataLossError(PeerText(inbox.peer(), "refused a write: " + why)));
+  };
+  if (h.length != length) {
+    refuse("its header says " + std::to_string(h.length) + " bytes, it carries " +
+           std::to_string(length));
+    return;
+  }
+  RingEntry* slot = inbox.SlotFor(lane, h.seq);
+  if (slot == nullptr) {
+    refuse("write number " + std::to_string(h.seq) +
+           (lane == Lane::kAck ? " on the ack lane" : " on the data lane") +
+           " is not among the next " + std::to_string(config_.max_unpolled) + " (next is " +
+           std::to_string(inbox.expected_seq(lane)) + ")");
+    return;
+  }
+  const RingEntry entry{h.imm, h.length, h.seq, RingCheck(h.imm, h.length, h.seq)};
+  if (length > 0) {
+    const Context::TrackedRegion* region = ctx_->FindRegion(h.address, length);
+    if (region == nullptr) {
+      char text[96];
+      std::snprintf(text, sizeof(text), "%zu bytes to [0x%llx, +%zu)", length,
+                    static_cast<unsigned long long>(h.address), length);
+      refuse(std::string(text) + ", which is not inside memory registered here");
+      return;
+    }
+    auto* target = reinterpret_cast<std::byte*>(static_cast<uintptr_t>(h.address));
+    if ((recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0) {
+      // Rendezvous: UCX moves the payload straight into the target (an RDMA read where the wire
+      // has one); the entry waits until it has landed.
+      ucp_request_param_t param{};
+      param.op_attr_mask = UCP_OP_ATTR_FIELD_MEMH;
+      param.memh = region->memh;
+      ucs_status_ptr_t received =
+          ucp_am_recv_data_nbx(ctx_->worker(lane), data, target, length, &param);
+      if (UCS_PTR_IS_ERR(received)) {
+        Refuse(&inbox, UnavailableError(PeerText(
+                           inbox.peer(), "receive of a " + std::to_string(length) + "-byte write",
+                           UCS_PTR_STATUS(received))));
+        return;
+      }
+      if (received != nullptr) {
+        receiving_.push_back({received, &inbox, lane, slot, entry});
+        ++progress_[static_cast<int>(lane)].outstanding;
+        return;
+      }
+    } else {
+      std::memcpy(target, data, length);
+    }
+  }
+  StoreEntry(slot, entry);
 }
 
 Status UcxTransport::PostEntry(PendingWrite* pw) {
@@ -424,15 +614,18 @@ bool UcxTransport::Advance(PendingWrite* pw) {
 
 StatusOr<size_t> UcxTransport::Poll(std::span<Completion> out) {
   if (closed_) return size_t{0};
-  // UCX progress costs more than a ring scan, and writes between processes on one host land by
-  // plain stores that need none. So progress runs on every poll only while it is busy (requests in
-  // flight, or the last call did work); otherwise every kIdleProgressPeriod-th poll, which keeps
-  // network paths and active-message emulation moving at a small delay.
-  if (!inflight_.empty() || progress_busy_ || ++idle_polls_ >= kIdleProgressPeriod) {
-    idle_polls_ = 0;
-    unsigned events = ucp_worker_progress(ctx_->worker(Lane::kAck));
-    events += ucp_worker_progress(ctx_->worker(Lane::kData));
-    progress_busy_ = events > 0;
+  // UCX progress costs more than a ring scan (on TCP a system call per worker), and writes
+  // between processes on one host land by plain stores that need none. So a lane's worker is
+  // progressed on every poll only while it has work (requests of ours in flight on it, or its last
+  // progress did something); otherwise every kIdleProgressPeriod-th poll, which keeps active
+  // messages, RMA emulation and wireup moving at a delay of a few ring scans. Per lane: a sender
+  // mostly hears on the ACK lane and a receiver on the data lane, and neither pays for the other.
+  for (Lane lane : {Lane::kAck, Lane::kData}) {
+    LaneProgress& p = progress_[static_cast<int>(lane)];
+    if (p.outstanding > 0 || p.busy || ++p.idle_polls >= kIdleProgressPeriod) {
+      p.idle_polls = 0;
+      p.busy = ucp_worker_progress(ctx_->worker(lane)) > 0;
+    }
   }
 
   size_t n = 0;
@@ -471,6 +664,7 @@ StatusOr<size_t> UcxTransport::Poll(std::span<Completion> out) {
         c.cookie = pw->cookie;
         c.error = UnavailableError(PeerText(peer, pw->failed_step, pw->error));
       }
+      --progress_[static_cast<int>(pw->lane)].outstanding;
       ReleasePending(pw);
     } else {
       inflight_[kept++] = pw;
@@ -483,15 +677,42 @@ StatusOr<size_t> UcxTransport::Poll(std::span<Completion> out) {
     emit(Completion::Type::kError, e->peer(), Lane::kData).error = e->FailureStatus();
   }
 
+  // Rendezvous payloads that have landed get their entries now, before the ring scan.
+  size_t still_receiving = 0;
+  for (const PendingReceive& pr : receiving_) {
+    const ucs_status_t status = ucp_request_check_status(pr.request);
+    if (status == UCS_INPROGRESS) {
+      receiving_[still_receiving++] = pr;
+      continue;
+    }
+    ucp_request_free(pr.request);
+    --progress_[static_cast<int>(pr.lane)].outstanding;
+    if (status == UCS_OK) {
+      StoreEntry(pr.slot, pr.entry);
+    } else {
+      // The payload did not land: never announce it (the ep has failed, or will).
+      Refuse(pr.inbox, UnavailableError(PeerText(
+                           pr.inbox->peer(),
+                           "receive of a " + std::to_string(pr.entry.length) + "-byte write",
+                           status)));
+    }
+  }
+  receiving_.resize(still_receiving);
+
+  while (refused_reported_ < refused_.size() && n < out.size()) {
+    auto& [peer, why] = refused_[refused_reported_++];
+    emit(Completion::Type::kError, peer, Lane::kData).error = std::move(why);
+  }
+
   // ACK rings first: a credit return unblocks a sender, data only feeds a consumer. The start peer
   // rotates so a small `out` does not starve the last peers.
-  const size_t peers = connected_.size();
+  const size_t peers = scanned_.size();
   for (Lane lane : {Lane::kAck, Lane::kData}) {
     for (size_t k = 0; k < peers && n < out.size(); ++k) {
-      Endpoint* e = connected_[(scan_start_ + k) % peers];
+      Inbox* inbox = scanned_[(scan_start_ + k) % peers];
       RingEntry entry;
-      while (n < out.size() && e->TakeEntry(lane, &entry)) {
-        Completion& c = emit(Completion::Type::kImmediate, e->peer(), lane);
+      while (n < out.size() && inbox->TakeEntry(lane, &entry)) {
+        Completion& c = emit(Completion::Type::kImmediate, inbox->peer(), lane);
         c.imm = entry.imm;
         c.length = entry.length;
       }
@@ -516,6 +737,11 @@ UcxTransport::PendingWrite* UcxTransport::NewPending() {
 }
 
 void UcxTransport::ReleasePending(PendingWrite* pw) { pending_free_.push_back(pw); }
+
+void UcxTransport::AddInflight(PendingWrite* pw) {
+  inflight_.push_back(pw);
+  ++progress_[static_cast<int>(pw->lane)].outstanding;
+}
 
 ucs_status_t UcxTransport::WaitAll(std::vector<void*>& requests, Deadline deadline) {
   ucs_status_t first_error = UCS_OK;
@@ -562,6 +788,7 @@ Status UcxTransport::Teardown(bool graceful, Deadline deadline) {
     ReleasePending(pw);
   }
   inflight_.clear();
+  for (LaneProgress& p : progress_) p.outstanding = 0;
   done_.clear();
   done_head_ = 0;
 
@@ -581,8 +808,18 @@ Status UcxTransport::Teardown(bool graceful, Deadline deadline) {
       deadline.Expired() ? Deadline::After(std::chrono::milliseconds(100)) : deadline;
   (void)WaitAll(requests, close_deadline);
 
+  // Receives still under way were purged with their eps; their requests go back to UCX.
+  for (const PendingReceive& pr : receiving_) ucp_request_free(pr.request);
+  receiving_.clear();
+  refused_.clear();
+  refused_reported_ = 0;
+  // No handler may run once this transport is gone (the workers live on with the Context).
+  (void)SetAmHandlers(/*enable=*/false);
+
   connected_.clear();
+  scanned_.clear();
   endpoints_.clear();
+  inboxes_.clear();
   rings_.reset();
 
   const std::string who = "rank " + std::to_string(config_.rank) + ": close";

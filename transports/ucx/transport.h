@@ -1,14 +1,20 @@
-// The UCX (UCP) transport: write-with-immediate emulated over ucp_put_nbx.
+// The UCX (UCP) transport: write-with-immediate emulated on UCP.
 //
-// One ucp_context, one worker per Lane (data, ack), one ep per (peer, lane). A Write is a payload
-// put, a fence, and a 16-byte ring-entry put that the peer's Poll picks up (see endpoint.h).
+// One ucp_context, one worker per Lane (data, ack), one ep per (peer, lane). Every immediate ends
+// as a 16-byte ring entry that the peer's Poll picks up (see endpoint.h). To a peer whose memory is
+// mapped here (shared memory) a Write is a payload store (or put) and an entry store; to any other
+// peer (TCP, InfiniBand, ...) it is one active message that the peer's handler lands in place.
 // UCX picks the wires itself (UCX_TLS, UCX_NET_DEVICES, ... apply); README.md lists what matters.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
+#include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "m2n/deadline.h"
@@ -61,6 +67,20 @@ class UcxTransport final : public Transport {
     const char* failed_step = nullptr;
     uint32_t slot = 0;    // of the entry in our ring at the peer
     RingEntry staging{};  // the entry's source buffer: UCX may read it until entry_request is done
+    AmHeader header{};    // an active-message write's header: UCX reads it until it completes
+  };
+  // A rendezvous payload on its way into our memory; its entry is stored once it has landed.
+  struct PendingReceive {
+    void* request;
+    Inbox* inbox;
+    Lane lane;
+    RingEntry* slot;
+    RingEntry entry;
+  };
+  // What the active-message handler of one worker needs.
+  struct AmLane {
+    UcxTransport* transport;
+    Lane lane;
   };
   // A Write that completed inside Post, reported by the next Poll.
   struct DoneWrite {
@@ -73,11 +93,25 @@ class UcxTransport final : public Transport {
   Endpoint* FindEndpoint(int peer) const;
   Status Validate(const Write& w) const;
   Status PostOne(const Write& w);
+  // A write to a peer whose ring is not mapped here: header and payload in one active message.
+  Status PostActiveMessage(const Write& w, Endpoint& e);
   Status PostEntry(PendingWrite* pw);
+  static ucs_status_t OnActiveMessage(void* arg, const void* header, size_t header_length,
+                                      void* data, size_t length, const ucp_am_recv_param_t* param);
+  // Lands one active-message write: checks it, puts its payload in place, stores its entry (or
+  // starts the rendezvous receive that will).
+  void Deliver(Lane lane, const void* header, size_t header_length, void* data, size_t length,
+               uint64_t recv_attr);
+  // Records that a peer (null: a sender that names no peer) sent a write that is refused: kError
+  // from the next Poll, once per peer.
+  void Refuse(Inbox* inbox, Status why);
+  Status SetAmHandlers(bool enable);
   // Posts a deferred ring entry once its flush is done; true when the write is finished.
   bool Advance(PendingWrite* pw);
   PendingWrite* NewPending();
   void ReleasePending(PendingWrite* pw);
+  // Queues a write for Poll to finish (its lane's worker then progresses on every poll).
+  void AddInflight(PendingWrite* pw);
   // Runs the workers until no request in `requests` is outstanding or `deadline` passes; frees
   // them. Returns the first error status of a request or UCS_ERR_TIMED_OUT.
   ucs_status_t WaitAll(std::vector<void*>& requests, Deadline deadline);
@@ -86,13 +120,17 @@ class UcxTransport final : public Transport {
 
   Config config_;
   ErrMode err_mode_ = ErrMode::kAuto;
+  // M2N_UCX_EAGER_MAX: the eager limit of every active-message peer; unset: see Connect.
+  std::optional<size_t> eager_setting_;
   // Store straight into peer memory that UCX mapped for an rkey (M2N_UCX_DIRECT=0: always put).
   bool direct_stores_ = true;
   std::shared_ptr<Context> ctx_;  // first member: destroyed last
   std::unique_ptr<UcxRegion> rings_;
   std::vector<int> peer_index_;                       // rank -> index into config_.peers, or -1
   std::vector<std::unique_ptr<Endpoint>> endpoints_;  // by peer index; null until Connect
-  std::vector<Endpoint*> connected_;                  // in Connect order, for the ring scan
+  std::vector<Endpoint*> connected_;                  // in Connect order
+  std::vector<Inbox> inboxes_;                        // by peer index, from Create on
+  std::vector<Inbox*> scanned_;                       // connected peers' inboxes, for the ring scan
   std::vector<Endpoint*> failed_;                     // appended by UCX error callbacks
   size_t failed_reported_ = 0;
   Bytes ring_rkey_;
@@ -103,10 +141,19 @@ class UcxTransport final : public Transport {
   std::vector<std::unique_ptr<PendingWrite[]>> pending_chunks_;
   std::vector<PendingWrite*> pending_free_;
   size_t scan_start_ = 0;
-  // Idle-progress throttle (see Poll).
+  std::array<AmLane, kNumLanes> am_lanes_{};
+  std::vector<PendingReceive> receiving_;
+  std::vector<std::pair<int, Status>> refused_;  // (peer or -1, why), reported by Poll
+  size_t refused_reported_ = 0;
+  bool refused_stranger_ = false;  // a write naming no peer was reported
+  // Idle-progress throttle, per lane's worker (see Poll).
   static constexpr int kIdleProgressPeriod = 8;
-  int idle_polls_ = 0;
-  bool progress_busy_ = true;
+  struct LaneProgress {
+    uint32_t outstanding = 0;  // inflight_ and receiving_ entries of this lane
+    int idle_polls = 0;
+    bool busy = true;
+  };
+  std::array<LaneProgress, kNumLanes> progress_{};
   bool closed_ = false;
 };
 

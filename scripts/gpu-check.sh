@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# On a GPU machine, in one run: builds m2n (no UCX needed), runs the GPU tests, then the m2n_perf
+# sweep 4 KB..16 MB for 2x2, 3x1 and 1x3 with the NCCL baseline, and writes the tables.
+#   OUT       where logs, JSON and tables go (default: gpu-results)
+#   BUILD_DIR build folder (default: build-gpu); JOBS (default: nproc)
+#   ITERS / WARMUP  m2n_perf -n / -w (default 2000 / 200)
+#   SHAPES    default "2x2 3x1 1x3"; SKIP_TESTS=1 skips the tests
+#   WERROR    ON to fail on warnings (default OFF: GCC 13 on Ubuntu 24.04 warns falsely in -O3 code)
+# Exit status: non-zero if the build, a test or a sweep failed (the later steps still run).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-gpu-results}
+build=${BUILD_DIR:-build-gpu}
+jobs=${JOBS:-$(nproc)}
+iters=${ITERS:-2000}
+warmup=${WARMUP:-200}
+shapes=${SHAPES:-"2x2 3x1 1x3"}
+mkdir -p "$out"
+# NVLink multicast (NVLS) stays off: it can take the host's shared GPUs down.
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+status=0
+t0=$(date +%s)
+stamp() { echo "[gpu-check] $1: $(( $(date +%s) - t0 )) s"; }
+
+{
+  nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv || true
+  nvidia-smi topo -m || true
+  nvcc --version | tail -1 || true
+} > "$out/machine.log" 2>&1
+cat "$out/machine.log"
+
+# NCCL: the system's, or the one in Python's nvidia-nccl wheel (its library has no unversioned name).
+nccl_args=()
+if ! ls /usr/include/nccl.h /usr/local/cuda/include/nccl.h > /dev/null 2>&1; then
+  nccl_dir=$(python3 -c 'import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__))' 2>/dev/null \
+             || python3 -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "nccl"))' 2>/dev/null || true)
+  if [ -n "$nccl_dir" ] && [ -f "$nccl_dir/include/nccl.h" ]; then
+    lib=$(ls "$nccl_dir"/lib/libnccl.so* | head -1)
+    mkdir -p "$build/nccl-shim"
+    ln -sf "$lib" "$build/nccl-shim/libnccl.so"
+    nccl_args=(-DM2N_NCCL_INCLUDE_DIR="$nccl_dir/include" -DM2N_NCCL_LIBRARY="$build/nccl-shim/libnccl.so")
+    export LD_LIBRARY_PATH="$nccl_dir/lib:${LD_LIBRARY_PATH:-}"
+    echo "[gpu-check] NCCL from $nccl_dir"
+  fi
+fi
+
+if ! { cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DM2N_WERROR=${WERROR:-OFF} -DCMAKE_CUDA_ARCHITECTURES=90 \
+         "${nccl_args[@]}" && cmake --build "$build" -j "$jobs"; } > "$out/build.log" 2>&1; then
+  tail -40 "$out/build.log"
+  echo "[gpu-check] BUILD FAILED"
+  exit 1
+fi
+grep -A12 "m2n configuration" "$out/build.log"
+stamp "build"
+
+if [ "${SKIP_TESTS:-0}" != 1 ]; then
+  if ! timeout 600 "$build/tests/cuda_ipc_gpu_test" > "$out/gpu-tests.log" 2>&1; then status=1; fi
+  grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[       OK|^\[  FAILED" "$out/gpu-tests.log" | tail -20
+  stamp "GPU tests"
+fi
+
+# Where the time goes, without m2n: launch, cross-GPU flag, flag + 4 KB (perftest/gpu_floor.cu).
+timeout 120 "$build/perftest/m2n_gpu_floor" 5000 > "$build/floor.log" 2>&1 || status=1
+cat "$build/floor.log"
+stamp "floor"
+
+sweep_log="$build/sweep.log"
+: > "$sweep_log"
+for shape in $shapes; do
+  m=${shape%x*}; n=${shape#*x}
+  if ! timeout 900 "$build/perftest/m2n_perf" --use_cuda --baseline nccl -M "$m" -N "$n" -b 4K -e 16M \
+        -n "$iters" -w "$warmup" --json "$out/gpu_${shape}.json" >> "$sweep_log" 2>&1; then
+    status=1
+    echo "[gpu-check] sweep $shape FAILED" | tee -a "$sweep_log"
+    tail -20 "$sweep_log"
+  fi
+  stamp "sweep $shape"
+done
+
+python3 - "$out" "$build/floor.log" $shapes > "$out/gpu-tables.md" <<'PY'
+import json, os, sys
+out, floor, shapes = sys.argv[1], sys.argv[2], sys.argv[3:]
+if os.path.exists(floor):
+    print("#### Floor without m2n (m2n_gpu_floor)\n\n```\n" + open(floor).read().strip() + "\n```\n")
+for shape in shapes:
+    path = os.path.join(out, f"gpu_{shape}.json")
+    if not os.path.exists(path):
+        print(f"#### {shape}: no results\n"); continue
+    d = json.load(open(path)); c = d["config"]
+    rows = {}
+    for r in d["rows"]:
+        rows.setdefault(r["bytes"], {})[r["impl"]] = r
+    print(f"#### {c['senders']} x {c['receivers']}: m2n {c['transport']} vs {c.get('nccl_library')}, "
+          f"{c['iters']} + {c['warmup_iters']} iterations, check {'on' if c['check'] else 'off'}, "
+          f"#wrong {d['total_wrong']}\n")
+    print("| bytes | m2n p50 | NCCL p50 | p50 x | m2n p99 | NCCL p99 | p99 x | m2n max | NCCL max | max x "
+          "| m2n GB/s | NCCL GB/s | GB/s x |")
+    print("|---:|" + "---:|" * 12)
+    lat, bw, worst = [], [], []
+    for b in sorted(rows):
+        m, o = rows[b].get("m2n"), rows[b].get("NCCL")
+        if not m or not o: continue
+        r50, r99 = m["p50_us"] / o["p50_us"], m["p99_us"] / o["p99_us"]
+        rmax, rbw = m["max_us"] / o["max_us"], m["gb_per_s"] / o["gb_per_s"]
+        print(f"| {b} | {m['p50_us']:.2f} | {o['p50_us']:.2f} | {r50:.2f} | {m['p99_us']:.2f} | "
+              f"{o['p99_us']:.2f} | {r99:.2f} | {m['max_us']:.1f} | {o['max_us']:.1f} | {rmax:.2f} | "
+              f"{m['gb_per_s']:.1f} | {o['gb_per_s']:.1f} | {rbw:.2f} |")
+        if b <= 256 * 1024: lat.append(max(r50, r99))
+        if 4 << 20 <= b <= 16 << 20: bw.append(rbw)
+        worst.append(rmax)
+    ok = lambda c: "met" if c else "NOT met"
+    if lat: print(f"\nTargets: p50 and p99 <= 0.5x NCCL 4-256 KB: worst {max(lat):.2f}x ({ok(max(lat) <= 0.5)}); ", end="")
+    if bw: print(f"GB/s >= 1.0x 4-16 MB: worst {min(bw):.2f}x ({ok(min(bw) >= 1.0)}); ", end="")
+    if worst: print(f"max <= 0.2x NCCL max: worst {max(worst):.2f}x ({ok(max(worst) <= 0.2)})")
+    print()
+PY
+cat "$out/gpu-tables.md"
+stamp "done"
+exit $status

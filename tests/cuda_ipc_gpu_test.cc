@@ -1,0 +1,438 @@
+// GPU tests of the cuda_ipc transport and the stream-ordered calls, in real processes, one per GPU
+// (several processes share a GPU when there are fewer GPUs than ranks). They skip, saying why, on a
+// machine without a CUDA device.
+//   StreamPayload: shapes 1x1, 2x2, 3x1, 1x3; 1 B to 4 MB; dispatch and combine; a producer kernel
+//     feeds every send and a consumer kernel checks every receive, with no host wait in between.
+//   CreditPressure: 300 messages per pair through 2 slots, the sender far ahead of the receiver.
+//   GraphCapture: send and receive captured into CUDA graphs and replayed 20 times.
+//   BadInput, DeviceWaitTimeout: the errors a user sees.
+//   HostPath: the host-driven Send / Receive over cuda_ipc (host and device slots), ACKs included.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "cuda_test_kernels.h"
+#include "harness.h"
+#include "m2n/m2n.h"
+
+namespace m2n {
+namespace {
+
+using testing::DescribeFailures;
+using testing::LaunchCheck;
+using testing::LaunchFill;
+using testing::LaunchIncrement;
+using testing::RunRanks;
+using testing::TestOptions;
+
+#define CUDA_CHILD_OK(call)                                                                         \
+  do {                                                                                              \
+    cudaError_t e_ = (call);                                                                        \
+    CHILD_CHECK(e_ == cudaSuccess, "%s -> %s", #call, cudaGetErrorString(e_));                      \
+  } while (0)
+
+// Why there is no GPU here ("" when there is one). Asked in a child process: a parent that
+// started CUDA could not fork ranks that use it.
+std::string NoGpuReason() {
+  static const std::string reason = [] {
+    int fds[2];
+    if (pipe(fds) != 0) return std::string("pipe failed");
+    std::fflush(nullptr);
+    pid_t pid = fork();
+    if (pid == 0) {
+      close(fds[0]);
+      int count = 0;
+      cudaError_t e = cudaGetDeviceCount(&count);
+      std::string why = e != cudaSuccess ? std::string("no CUDA device: ") + cudaGetErrorString(e)
+                        : count == 0     ? std::string("no CUDA device")
+                                         : std::string();
+      ssize_t written = write(fds[1], why.data(), why.size());
+      (void)written;
+      _exit(0);
+    }
+    close(fds[1]);
+    std::string why;
+    char buffer[256];
+    for (ssize_t n; (n = read(fds[0], buffer, sizeof buffer)) > 0;) why.append(buffer, static_cast<size_t>(n));
+    close(fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return why;
+  }();
+  return reason;
+}
+
+#define SKIP_WITHOUT_GPU()                                        \
+  do {                                                            \
+    if (std::string why = NoGpuReason(); !why.empty()) GTEST_SKIP() << why; \
+  } while (0)
+
+// Selects rank's GPU (rank mod the GPUs) and makes options for a device-slot cuda_ipc group.
+Options GpuOptions(int m, int n, int rank, int port, size_t slot_bytes, int depth) {
+  int count = 1;
+  cudaGetDeviceCount(&count);
+  cudaSetDevice(rank % count);
+  Options o = TestOptions(m, n, rank, port);
+  o.transport = "cuda_ipc";
+  o.slot_memory = MemoryKind::kCuda;
+  o.slot_bytes = slot_bytes;
+  o.slot_depth = depth;
+  return o;
+}
+
+// Device memory of `bytes`, freed at scope end.
+struct DeviceBuffer {
+  explicit DeviceBuffer(size_t bytes) { cudaMalloc(&data, bytes); }
+  ~DeviceBuffer() { cudaFree(data); }
+  void* data = nullptr;
+  std::byte* bytes() const { return static_cast<std::byte*>(data); }
+};
+
+// ---------------------------------------------------------------------------------------------
+
+using Shape = std::tuple<int, int>;
+class StreamPayload : public ::testing::TestWithParam<Shape> {};
+
+int StreamPayloadRank(int m, int n, int rank, int port) {
+  const std::vector<size_t> sizes = {1, 7, 4096, 65536 + 3, size_t{1} << 20, size_t{4} << 20};
+  Options o = GpuOptions(m, n, rank, port, sizes.back(), 2);
+  auto created = Group::Create(o);
+  CHILD_OK(created.status());
+  Group& g = **created;
+  CHILD_CHECK(g.transport_name() == "cuda_ipc", "transport %s", std::string(g.transport_name()).c_str());
+  std::vector<int> peers(g.peers().begin(), g.peers().end());
+  DeviceBuffer buffer(sizes.back() * peers.size());
+  DeviceBuffer wrong(sizeof(unsigned long long));
+  CUDA_CHILD_OK(cudaMemset(wrong.data, 0, sizeof(unsigned long long)));
+  auto region = g.RegisterMemory(buffer.data, sizes.back() * peers.size(), MemoryKind::kCuda);
+  CHILD_OK(region.status());
+  cudaStream_t stream;
+  CUDA_CHILD_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  auto* counter = static_cast<unsigned long long*>(wrong.data);
+  const bool sender = g.role() == Role::kSender;
+  auto send_all = [&](size_t size, uint64_t number) -> Status {
+    std::vector<SendRequest> requests;
+    for (size_t i = 0; i < peers.size(); ++i) {
+      std::byte* data = buffer.bytes() + i * sizes.back();
+      if (LaunchFill(data, size, rank, peers[i], number, nullptr, stream) != cudaSuccess) {
+        return InternalError("fill kernel");
+      }
+      requests.push_back({peers[i], data, size});
+    }
+    return g.SendOnStream(requests, stream);
+  };
+  auto receive_all = [&](size_t size, uint64_t number) -> Status {
+    std::vector<Message> got(peers.size());
+    M2N_RETURN_IF_ERROR(g.ReceiveOnStream(peers, got, stream));
+    for (size_t i = 0; i < peers.size(); ++i) {
+      if (got[i].peer != peers[i] || got[i].length != 0 || got[i].device_length == nullptr) {
+        return InternalError("bad message fields");
+      }
+      if (LaunchCheck(got[i].data, got[i].device_length, size, peers[i], rank, number, nullptr, counter, stream) !=
+          cudaSuccess) {
+        return InternalError("check kernel");
+      }
+    }
+    // The combine direction answers before the slots are released, as an expert would.
+    if (!sender) M2N_RETURN_IF_ERROR(send_all(size, number + 1));
+    return g.ReleaseOnStream(got, stream);
+  };
+  for (int round = 0; round < 3; ++round) {
+    for (size_t size : sizes) {
+      const uint64_t number = size * 16 + static_cast<uint64_t>(round) * 4;
+      if (sender) {
+        CHILD_OK(send_all(size, number));
+        CHILD_OK(receive_all(size, number + 1));
+      } else {
+        CHILD_OK(receive_all(size, number));
+      }
+    }
+  }
+  CUDA_CHILD_OK(cudaStreamSynchronize(stream));
+  unsigned long long bad = 0;
+  CUDA_CHILD_OK(cudaMemcpy(&bad, wrong.data, sizeof bad, cudaMemcpyDeviceToHost));
+  CHILD_CHECK(bad == 0, "%llu wrong bytes (2^40 per wrong length)", bad);
+  CHILD_OK(g.Progress());
+  CHILD_OK(g.Close(Deadline::AfterMs(20000)));
+  cudaStreamDestroy(stream);
+  return 0;
+}
+
+TEST_P(StreamPayload, BothDirectionsAllSizes) {
+  SKIP_WITHOUT_GPU();
+  auto [m, n] = GetParam();
+  auto outcomes = RunRanks(m + n, [&](int rank, int port) { return StreamPayloadRank(m, n, rank, port); });
+  EXPECT_EQ(DescribeFailures(outcomes), "");
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, StreamPayload,
+                         ::testing::Values(Shape{1, 1}, Shape{2, 2}, Shape{3, 1}, Shape{1, 3}),
+                         [](const ::testing::TestParamInfo<Shape>& info) {
+                           return std::to_string(std::get<0>(info.param)) + "x" +
+                                  std::to_string(std::get<1>(info.param));
+                         });
+
+// ---------------------------------------------------------------------------------------------
+
+TEST(CudaIpc, CreditPressure) {
+  SKIP_WITHOUT_GPU();
+  constexpr int kMessages = 300;
+  constexpr size_t kMax = 5000;
+  auto size_of = [](int k) { return static_cast<size_t>(1 + (k * 37) % kMax); };
+  auto outcomes = RunRanks(4, [&](int rank, int port) {
+    Options o = GpuOptions(2, 2, rank, port, kMax, 2);
+    auto created = Group::Create(o);
+    CHILD_OK(created.status());
+    Group& g = **created;
+    std::vector<int> peers(g.peers().begin(), g.peers().end());
+    DeviceBuffer buffer(kMax * peers.size() * 3);
+    DeviceBuffer wrong(sizeof(unsigned long long));
+    CUDA_CHILD_OK(cudaMemset(wrong.data, 0, sizeof(unsigned long long)));
+    auto region = g.RegisterMemory(buffer.data, kMax * peers.size() * 3, MemoryKind::kCuda);
+    CHILD_OK(region.status());
+    cudaStream_t stream;
+    CUDA_CHILD_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    if (g.role() == Role::kSender) {
+      // Everything is enqueued at once: each send waits for its credit on the GPU.
+      for (int k = 0; k < kMessages; ++k) {
+        std::vector<SendRequest> requests;
+        for (size_t i = 0; i < peers.size(); ++i) {
+          std::byte* data = buffer.bytes() + (i * 3 + static_cast<size_t>(k % 3)) * kMax;
+          CUDA_CHILD_OK(LaunchFill(data, size_of(k), rank, peers[i], k, nullptr, stream));
+          requests.push_back({peers[i], data, size_of(k)});
+        }
+        CHILD_OK(g.SendOnStream(requests, stream));
+      }
+    } else {
+      usleep(300 * 1000);  // let the senders run into their credits
+      for (int k = 0; k < kMessages; ++k) {
+        std::vector<Message> got(peers.size());
+        CHILD_OK(g.ReceiveOnStream(peers, got, stream));
+        for (size_t i = 0; i < peers.size(); ++i) {
+          CHILD_CHECK(got[i].slot == k % 2, "message %d in slot %d", k, got[i].slot);
+          CUDA_CHILD_OK(LaunchCheck(got[i].data, got[i].device_length, size_of(k), peers[i], rank, k, nullptr,
+                                    static_cast<unsigned long long*>(wrong.data), stream));
+        }
+        CHILD_OK(g.ReleaseOnStream(got, stream));
+      }
+    }
+    CUDA_CHILD_OK(cudaStreamSynchronize(stream));
+    unsigned long long bad = 0;
+    CUDA_CHILD_OK(cudaMemcpy(&bad, wrong.data, sizeof bad, cudaMemcpyDeviceToHost));
+    CHILD_CHECK(bad == 0, "%llu wrong bytes", bad);
+    CHILD_OK(g.Progress());
+    CHILD_OK(g.Close(Deadline::AfterMs(20000)));
+    return 0;
+  });
+  EXPECT_EQ(DescribeFailures(outcomes), "");
+}
+
+// ---------------------------------------------------------------------------------------------
+
+TEST(CudaIpc, GraphCapture) {
+  SKIP_WITHOUT_GPU();
+  constexpr int kReplays = 20;
+  constexpr size_t kBytes = 100000;
+  auto outcomes = RunRanks(3, [&](int rank, int port) {
+    Options o = GpuOptions(1, 2, rank, port, kBytes, 2);
+    auto created = Group::Create(o);
+    CHILD_OK(created.status());
+    Group& g = **created;
+    std::vector<int> peers(g.peers().begin(), g.peers().end());
+    DeviceBuffer buffer(kBytes * peers.size());
+    DeviceBuffer words(2 * sizeof(unsigned long long));  // [0]: replay counter, [1]: wrong bytes
+    CUDA_CHILD_OK(cudaMemset(words.data, 0, 2 * sizeof(unsigned long long)));
+    auto* counter = static_cast<unsigned long long*>(words.data);
+    auto region = g.RegisterMemory(buffer.data, kBytes * peers.size(), MemoryKind::kCuda);
+    CHILD_OK(region.status());
+    cudaStream_t stream;
+    CUDA_CHILD_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    std::vector<Message> got(peers.size());
+    CUDA_CHILD_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    Status captured;
+    if (g.role() == Role::kSender) {
+      std::vector<SendRequest> requests;
+      for (size_t i = 0; i < peers.size(); ++i) {
+        std::byte* data = buffer.bytes() + i * kBytes;
+        CUDA_CHILD_OK(LaunchFill(data, kBytes, rank, peers[i], 7, counter, stream));
+        requests.push_back({peers[i], data, kBytes});
+      }
+      captured = g.SendOnStream(requests, stream);
+    } else {
+      captured = g.ReceiveOnStream(peers, got, stream);
+      for (size_t i = 0; i < peers.size() && captured.ok(); ++i) {
+        CUDA_CHILD_OK(LaunchCheck(got[i].data, got[i].device_length, kBytes, peers[i], rank, 7, counter,
+                                  counter + 1, stream));
+      }
+      if (captured.ok()) captured = g.ReleaseOnStream(got, stream);
+    }
+    CUDA_CHILD_OK(LaunchIncrement(counter, stream));
+    cudaGraph_t graph;
+    CUDA_CHILD_OK(cudaStreamEndCapture(stream, &graph));
+    CHILD_OK(captured);
+    cudaGraphExec_t exec;
+    CUDA_CHILD_OK(cudaGraphInstantiate(&exec, graph, 0));
+    for (int r = 0; r < kReplays; ++r) CUDA_CHILD_OK(cudaGraphLaunch(exec, stream));
+    CUDA_CHILD_OK(cudaStreamSynchronize(stream));
+    unsigned long long host[2] = {};
+    CUDA_CHILD_OK(cudaMemcpy(host, words.data, sizeof host, cudaMemcpyDeviceToHost));
+    CHILD_CHECK(host[0] == kReplays, "%llu replays counted", host[0]);
+    CHILD_CHECK(host[1] == 0, "%llu wrong bytes", host[1]);
+    CHILD_OK(g.Progress());
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+    CHILD_OK(g.Close(Deadline::AfterMs(20000)));
+    return 0;
+  });
+  EXPECT_EQ(DescribeFailures(outcomes), "");
+}
+
+// ---------------------------------------------------------------------------------------------
+
+TEST(CudaIpc, BadInput) {
+  SKIP_WITHOUT_GPU();
+  auto outcomes = RunRanks(2, [&](int rank, int port) {
+    Options o = GpuOptions(1, 1, rank, port, 4096, 2);
+    o.bootstrap.timeout = std::chrono::milliseconds(3000);  // bounds the receiver's last device wait
+    auto created = Group::Create(o);
+    CHILD_OK(created.status());
+    Group& g = **created;
+    const int peer = g.peers()[0];
+    cudaStream_t stream;
+    CUDA_CHILD_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    std::vector<std::byte> host(4096);
+    DeviceBuffer device(8192);
+    // Host memory cannot be registered as device memory.
+    auto wrong_kind = g.RegisterMemory(host.data(), host.size(), MemoryKind::kCuda);
+    CHILD_CHECK(wrong_kind.status().code() == StatusCode::kInvalidArgument, "%s",
+                wrong_kind.status().ToString().c_str());
+    auto host_region = g.RegisterMemory(host.data(), host.size(), MemoryKind::kHost);
+    CHILD_OK(host_region.status());
+    auto device_region = g.RegisterMemory(device.data, 4096, MemoryKind::kCuda);
+    CHILD_OK(device_region.status());
+    if (g.role() == Role::kSender) {
+      Status s = g.SendOnStream(std::vector<SendRequest>{{peer, host.data(), 16}}, stream);
+      CHILD_CHECK(s.code() == StatusCode::kInvalidArgument && s.message().find("host memory") != std::string::npos,
+                  "host source: %s", s.ToString().c_str());
+      s = g.SendOnStream(std::vector<SendRequest>{{peer, device.bytes() + 4096, 16}}, stream);
+      CHILD_CHECK(s.code() == StatusCode::kInvalidArgument && s.message().find("not inside memory registered") != std::string::npos,
+                  "unregistered: %s", s.ToString().c_str());
+      s = g.SendOnStream(std::vector<SendRequest>{{peer, device.data, 5000}}, stream);
+      CHILD_CHECK(s.code() == StatusCode::kInvalidArgument, "too long: %s", s.ToString().c_str());
+      std::vector<SendRequest> three(3, SendRequest{peer, device.data, 16});
+      s = g.SendOnStream(three, stream);
+      CHILD_CHECK(s.code() == StatusCode::kInvalidArgument, "3 > depth: %s", s.ToString().c_str());
+      CHILD_OK(g.SendOnStream(std::vector<SendRequest>{{peer, device.data, 16}}, stream));
+      s = g.Send(SendRequest{peer, host.data(), 16}, Deadline::AfterMs(1000));
+      CHILD_CHECK(s.code() == StatusCode::kFailedPrecondition, "mixing paths: %s", s.ToString().c_str());
+    } else {
+      std::vector<Message> got(1);
+      CHILD_OK(g.ReceiveOnStream(std::vector<int>{peer}, got, stream));
+      CHILD_OK(g.ReleaseOnStream(got, stream));
+      Status s = g.ReleaseOnStream(got, stream);
+      CHILD_CHECK(s.code() == StatusCode::kFailedPrecondition, "double release: %s", s.ToString().c_str());
+      std::vector<Message> two(2);
+      CHILD_OK(g.ReceiveOnStream(std::vector<int>{peer}, {&two[0], 1}, stream));
+      CHILD_OK(g.ReceiveOnStream(std::vector<int>{peer}, {&two[1], 1}, stream));
+      std::vector<Message> third(1);
+      s = g.ReceiveOnStream(std::vector<int>{peer}, third, stream);
+      CHILD_CHECK(s.code() == StatusCode::kFailedPrecondition && s.message().find("release it") != std::string::npos,
+                  "receive into a held slot: %s", s.ToString().c_str());
+      CHILD_OK(g.ReleaseOnStream(two, stream));
+    }
+    // The receiver waits on the GPU for two more messages that never come; its device wait gives
+    // up after the group's 3 s timeout, and the process ends without Close.
+    CHILD_OK(g.Barrier(Deadline::AfterMs(20000)));
+    return 0;
+  });
+  EXPECT_EQ(DescribeFailures(outcomes), "");
+}
+
+TEST(CudaIpc, DeviceWaitTimeout) {
+  SKIP_WITHOUT_GPU();
+  auto outcomes = RunRanks(2, [&](int rank, int port) {
+    Options o = GpuOptions(1, 1, rank, port, 4096, 2);
+    o.bootstrap.timeout = std::chrono::milliseconds(3000);
+    auto created = Group::Create(o);
+    CHILD_OK(created.status());
+    Group& g = **created;
+    if (g.role() == Role::kSender) {
+      usleep(4000 * 1000);  // sends nothing
+      return 0;
+    }
+    cudaStream_t stream;
+    CUDA_CHILD_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    std::vector<Message> got(1);
+    CHILD_OK(g.ReceiveOnStream(std::vector<int>{g.peers()[0]}, got, stream));
+    CUDA_CHILD_OK(cudaStreamSynchronize(stream));  // returns once the device wait gives up
+    Status s = g.Progress();
+    CHILD_CHECK(s.code() == StatusCode::kDeadlineExceeded && s.message().find("gave up") != std::string::npos,
+                "%s", s.ToString().c_str());
+    return 0;
+  });
+  EXPECT_EQ(DescribeFailures(outcomes), "");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The host-driven path: Send / Receive / Release over cuda_ipc's shared-memory rings (ACKs too).
+
+class HostPath : public ::testing::TestWithParam<MemoryKind> {};
+
+TEST_P(HostPath, SendReceiveRelease) {
+  SKIP_WITHOUT_GPU();
+  const MemoryKind kind = GetParam();
+  auto outcomes = RunRanks(4, [&](int rank, int port) {
+    Options o = GpuOptions(2, 2, rank, port, 65536, 2);
+    o.slot_memory = kind;
+    auto created = Group::Create(o);
+    CHILD_OK(created.status());
+    Group& g = **created;
+    std::vector<int> peers(g.peers().begin(), g.peers().end());
+    std::vector<std::byte> host(65536);
+    DeviceBuffer device(65536);
+    auto region = kind == MemoryKind::kCuda ? g.RegisterMemory(device.data, 65536, MemoryKind::kCuda)
+                                            : g.RegisterMemory(host.data(), host.size());
+    CHILD_OK(region.status());
+    for (int k = 0; k < 50; ++k) {
+      const size_t size = 1 + static_cast<size_t>(k) * 1301 % 65536;
+      if (g.role() == Role::kSender) {
+        for (int peer : peers) {
+          testing::FillPattern(host.data(), size, rank, peer, k);
+          const std::byte* data = host.data();
+          if (kind == MemoryKind::kCuda) {
+            CUDA_CHILD_OK(cudaMemcpy(device.data, host.data(), size, cudaMemcpyHostToDevice));
+            data = device.bytes();
+          }
+          CHILD_OK(g.Send(SendRequest{peer, data, size}, Deadline::AfterMs(20000)));
+        }
+      } else {
+        for (int peer : peers) {
+          auto m = g.Receive(peer, Deadline::AfterMs(20000));
+          CHILD_OK(m.status());
+          CHILD_CHECK(m->length == size, "length %zu, expected %zu", m->length, size);
+          std::vector<std::byte> got(size);
+          CUDA_CHILD_OK(cudaMemcpy(got.data(), m->data, size, cudaMemcpyDefault));
+          size_t wrong = testing::CountWrong(got.data(), size, peer, rank, k);
+          CHILD_CHECK(wrong == 0, "%zu wrong bytes from %d", wrong, peer);
+          CHILD_OK(g.Release(*m));
+        }
+      }
+    }
+    CHILD_OK(g.Close(Deadline::AfterMs(20000)));
+    return 0;
+  });
+  EXPECT_EQ(DescribeFailures(outcomes), "");
+}
+
+INSTANTIATE_TEST_SUITE_P(Slots, HostPath, ::testing::Values(MemoryKind::kHost, MemoryKind::kCuda),
+                         [](const ::testing::TestParamInfo<MemoryKind>& info) {
+                           return std::string(MemoryKindName(info.param));
+                         });
+
+}  // namespace
+}  // namespace m2n

@@ -1,0 +1,158 @@
+#include "transports/verbs/memory.h"
+
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "transports/wire.h"
+
+#if M2N_VERBS_WITH_CUDA
+#include <cuda.h>
+#endif
+
+namespace m2n::transport::verbs {
+namespace {
+
+constexpr uint32_t kKeyMagic = 0x4B4E324D;  // "M2NK"
+constexpr uint16_t kKeyVersion = 1;
+constexpr int kAccess = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE;
+
+std::string PeerText(int peer, std::string_view what) {
+  return "verbs: peer rank " + std::to_string(peer) + ": " + std::string(what);
+}
+
+#if M2N_VERBS_WITH_CUDA
+// The driver API is looked up at run time: a build with the CUDA headers must still run where no
+// driver is installed (CI machines, the Soft-RoCE VM), and host memory never needs it.
+using GetHandleFn = CUresult (*)(void*, CUdeviceptr, size_t, CUmemRangeHandleType, unsigned long long);
+GetHandleFn CudaGetHandleForAddressRange() {
+  static GetHandleFn fn = [] {
+    void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    return lib == nullptr ? nullptr
+                          : reinterpret_cast<GetHandleFn>(dlsym(lib, "cuMemGetHandleForAddressRange"));
+  }();
+  return fn;
+}
+
+// GPUDirect RDMA: a dma-buf of the device range registered with ibv_reg_dmabuf_mr (kernel >= 5.12,
+// no nvidia-peermem needed); when that fails, plain ibv_reg_mr, which works where nvidia-peermem is
+// loaded.
+StatusOr<ibv_mr*> RegisterCuda(ibv_pd* pd, void* data, size_t size) {
+  std::string why;
+  if (GetHandleFn get_handle = CudaGetHandleForAddressRange()) {
+    const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+    const uintptr_t start = reinterpret_cast<uintptr_t>(data) & ~(page - 1);
+    const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + size + page - 1) & ~(page - 1);
+    int fd = -1;
+    CUresult r = get_handle(&fd, static_cast<CUdeviceptr>(start), end - start,
+                            CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD, 0);
+    if (r == CUDA_SUCCESS) {
+      ibv_mr* mr = ibv_reg_dmabuf_mr(pd, reinterpret_cast<uintptr_t>(data) - start, size,
+                                     reinterpret_cast<uintptr_t>(data), fd, kAccess);
+      const int err = errno;
+      close(fd);
+      if (mr != nullptr) return mr;
+      why = VerbError("ibv_reg_dmabuf_mr", err);
+    } else {
+      why = "cuMemGetHandleForAddressRange(DMA_BUF_FD) returned CUresult " + std::to_string(r);
+    }
+  } else {
+    return UnavailableError("verbs: CUDA memory: libcuda.so.1 (the NVIDIA driver) cannot be loaded here");
+  }
+  ibv_mr* mr = ibv_reg_mr(pd, data, size, kAccess);
+  if (mr != nullptr) return mr;
+  return UnavailableError("verbs: registering " + std::to_string(size) + " bytes of CUDA memory: " + why +
+                          "; then " + VerbError("ibv_reg_mr (needs nvidia-peermem)", errno));
+}
+#endif
+
+}  // namespace
+
+bool CudaRegistrationBuilt() { return M2N_VERBS_WITH_CUDA != 0; }
+
+StatusOr<std::unique_ptr<VerbsRegion>> VerbsRegion::Register(std::shared_ptr<Context> ctx, void* data,
+                                                              size_t size, MemoryKind kind) {
+  if (data == nullptr || size == 0) {
+    return InvalidArgumentError("verbs: Register needs a non-null buffer and size > 0");
+  }
+  ibv_mr* mr = nullptr;
+  if (kind == MemoryKind::kHost) {
+    mr = ibv_reg_mr(ctx->pd(), data, size, kAccess);
+    if (mr == nullptr) {
+      return UnavailableError(VerbError("ibv_reg_mr of " + std::to_string(size) +
+                                        " bytes (is `ulimit -l` large enough?)", errno));
+    }
+  } else if (kind == MemoryKind::kCuda) {
+#if M2N_VERBS_WITH_CUDA
+    M2N_ASSIGN_OR_RETURN(mr, RegisterCuda(ctx->pd(), data, size));
+#else
+    return UnimplementedError("verbs transport: CUDA memory needs a build with the CUDA toolkit found");
+#endif
+  } else {
+    return InvalidArgumentError("verbs: unknown memory kind " + std::to_string(static_cast<int>(kind)));
+  }
+  return std::unique_ptr<VerbsRegion>(
+      new VerbsRegion(std::move(ctx), mr, static_cast<std::byte*>(data), size, kind, /*owned=*/false));
+}
+
+StatusOr<std::unique_ptr<VerbsRegion>> VerbsRegion::Allocate(std::shared_ptr<Context> ctx, size_t size) {
+  if (size == 0) return InvalidArgumentError("verbs: Allocate needs size > 0");
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const size_t rounded = (size + page - 1) / page * page;
+  void* data = std::aligned_alloc(page, rounded);
+  if (data == nullptr) return UnavailableError("verbs: allocating " + std::to_string(size) + " bytes failed");
+  std::memset(data, 0, rounded);
+  ibv_mr* mr = ibv_reg_mr(ctx->pd(), data, size, kAccess);
+  if (mr == nullptr) {
+    const int err = errno;
+    std::free(data);
+    return UnavailableError(VerbError("ibv_reg_mr of " + std::to_string(size) +
+                                      " bytes (is `ulimit -l` large enough?)", err));
+  }
+  return std::unique_ptr<VerbsRegion>(
+      new VerbsRegion(std::move(ctx), mr, static_cast<std::byte*>(data), size, MemoryKind::kHost, /*owned=*/true));
+}
+
+VerbsRegion::~VerbsRegion() {
+  if (mr_ != nullptr) ibv_dereg_mr(mr_);
+  if (owned_) std::free(data_);
+}
+
+StatusOr<Bytes> VerbsRegion::PackRemoteKey() const {
+  Bytes out;
+  WireWriter w(out);
+  w.Put<uint32_t>(kKeyMagic);
+  w.Put<uint16_t>(kKeyVersion);
+  w.Put<uint16_t>(0);
+  w.Put<uint64_t>(reinterpret_cast<uintptr_t>(data_));
+  w.Put<uint64_t>(size_);
+  w.Put<uint32_t>(mr_->rkey);
+  return out;
+}
+
+StatusOr<std::unique_ptr<VerbsRemoteRegion>> VerbsRemoteRegion::Unpack(const Context* owner, int peer,
+                                                                         std::span<const std::byte> packed) {
+  WireReader r(packed);
+  const auto magic = r.Get<uint32_t>();
+  const auto version = r.Get<uint16_t>();
+  (void)r.Get<uint16_t>();
+  const auto address = r.Get<uint64_t>();
+  const auto size = r.Get<uint64_t>();
+  const auto rkey = r.Get<uint32_t>();
+  if (!r.ok() || r.consumed() != r.size()) {
+    return DataLossError(PeerText(peer, "remote key of " + std::to_string(packed.size()) +
+                                            " bytes is not a verbs key (expected 28)"));
+  }
+  if (magic != kKeyMagic || version != kKeyVersion) {
+    return DataLossError(PeerText(peer, "remote key has magic " + std::to_string(magic) + " version " +
+                                            std::to_string(version) + ", expected version " +
+                                            std::to_string(kKeyVersion) + " of this build"));
+  }
+  return std::unique_ptr<VerbsRemoteRegion>(new VerbsRemoteRegion(owner, peer, address, size, rkey));
+}
+
+}  // namespace m2n::transport::verbs
