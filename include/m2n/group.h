@@ -139,7 +139,6 @@ class Group {
   // Waits until every peer has released this rank's messages and said goodbye, then disconnects.
   // After Close, every call returns kFailedPrecondition. Stream-ordered work of this group must
   // have completed (synchronize its streams) before Close.
-
   Status Close(Deadline deadline);
 
   struct Impl;
