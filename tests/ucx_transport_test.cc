@@ -716,8 +716,8 @@ TEST_P(UcxTransportTest, ActiveMessageOutsideRegisteredMemoryIsRefused) {
         ASSIGN_OR_FAIL(auto forged, r.t->UnpackRemoteKey(1, *key));
         REQUIRE(forged->size() == claimed);
         // Starts inside, runs past the end: passes the sender's (forged) bounds check.
-        Write bad = MakeWrite(r, Lane::kData, local.get(), 0, forged.get(), kRegion - 10, length,
-                              7, 7);
+        Write bad =
+            MakeWrite(r, Lane::kData, local.get(), 0, forged.get(), kRegion - 10, length, 7, 7);
         REQUIRE_OK(r.t->Post({&bad, 1}));
         REQUIRE_PASS(WaitDone(r, 1));
         // A good write after it: the receiver drops it, since the peer is no longer trusted.
@@ -830,7 +830,8 @@ TEST_P(UcxTransportTest, EagerMaxSettingIsChecked) {
     config.world_size = 2;
     config.peers = {r.peer};
     config.max_unpolled = 4;
-    for (const char* bad : {"lots", "12Q", "-1", "64KB"}) {
+    for (const char* bad :
+         {"lots", "12Q", "-1", "64KB", "K", "2000000000000000000000", "9999999G"}) {
       setenv("M2N_UCX_EAGER_MAX", bad, 1);
       auto created = ucx->create(config);
       REQUIRE(created.status().code() == StatusCode::kInvalidArgument, bad);

@@ -33,21 +33,25 @@ StatusOr<std::optional<size_t>> EagerMaxFromEnv() {
   const char* env = std::getenv("M2N_UCX_EAGER_MAX");
   const std::string_view value = env == nullptr ? "auto" : env;
   if (value == "auto" || value.empty()) return std::optional<size_t>();
+  constexpr size_t kLimit = size_t{1} << 40;  // far above any slot; keeps the arithmetic exact
   size_t bytes = 0;
-  size_t i = 0;
-  for (; i < value.size() && value[i] >= '0' && value[i] <= '9' && bytes < (size_t{1} << 40); ++i)
-    bytes = bytes * 10 + static_cast<size_t>(value[i] - '0');
-  int shift = 0;
-  if (i + 1 == value.size()) {
-    switch (value[i]) {
-      case 'k': case 'K': shift = 10; break;
-      case 'm': case 'M': shift = 20; break;
-      case 'g': case 'G': shift = 30; break;
-      default: shift = -1;
+  size_t digits = 0;
+  while (digits < value.size() && value[digits] >= '0' && value[digits] <= '9' && bytes < kLimit)
+    bytes = bytes * 10 + static_cast<size_t>(value[digits++] - '0');
+  int shift = digits + 1 == value.size() ? -1 : 0;
+  if (shift < 0) {
+    switch (value[digits]) {
+      case 'k':
+      case 'K': shift = 10; break;
+      case 'm':
+      case 'M': shift = 20; break;
+      case 'g':
+      case 'G': shift = 30; break;
+      default: break;
     }
-    ++i;
   }
-  if (i == 0 || i != value.size() || shift < 0 || bytes >= (size_t{1} << 40)) {
+  const bool whole = digits == value.size() || (digits + 1 == value.size() && shift > 0);
+  if (digits == 0 || !whole || shift < 0 || bytes > (kLimit >> shift)) {
     return InvalidArgumentError("ucx: M2N_UCX_EAGER_MAX=" + std::string(value) +
                                 " is not a size in bytes (K, M, G suffixes) or auto");
   }

@@ -81,7 +81,7 @@ ucp_err_handling_mode_t ResolveErrMode(ErrMode setting, bool same_host);
 // go eager to every peer; unset or "auto": nullopt (UCX decides, except on TCP, see transport.cc).
 StatusOr<std::optional<size_t>> EagerMaxFromEnv();
 // The eager limit on endpoints whose every lane is TCP.
-inline constexpr size_t kTcpEagerMax = size_t{1} << 20;
+inline constexpr size_t kTcpEagerMax = size_t{128} << 10;
 // Whether every transport lane UCX chose for `ep` is TCP (or `self`).
 bool EpUsesOnlyTcp(ucp_ep_h ep);
 

@@ -204,19 +204,18 @@ Status UcxTransport::Connect(int peer, std::span<const std::byte> remote_address
                            std::to_string(static_cast<int>(err_mode_)) + " here)"));
   }
   const bool same_host = std::ranges::equal(a.host, HostId());
-  M2N_ASSIGN_OR_RETURN(
-      endpoints_[index],
-      Endpoint::Connect(ctx_, peer, a, static_cast<uint32_t>(config_.max_unpolled),
-                        ResolveErrMode(err_mode_, same_host), &failed_));
+  M2N_ASSIGN_OR_RETURN(endpoints_[index],
+                       Endpoint::Connect(ctx_, peer, a, static_cast<uint32_t>(config_.max_unpolled),
+                                         ResolveErrMode(err_mode_, same_host), &failed_));
   Endpoint::TxLane& data = endpoints_[index]->tx(Lane::kData);
   if (eager_setting_.has_value()) {
     data.eager_max = *eager_setting_;
   } else if (std::getenv("UCX_RNDV_THRESH") == nullptr && EpUsesOnlyTcp(data.ep)) {
-    // UCX 1.13 switches to rendezvous at 8-32 KiB over TCP, where it moves no fewer copies than
-    // eager and costs two more trips through the sockets; and a write that goes eager completes
-    // at once, so a sender's writes overlap. Measured on loopback (README.md): eager is ~2x faster
-    // from 32 KiB to 256 KiB, even at 1 MiB, and slower at 4 MiB (the receiver's reassembly
-    // buffer is a fresh allocation each time).
+    // UCX 1.13 switches to rendezvous at 8-32 KiB over TCP, where the handshake costs two more
+    // trips through the sockets than eager, and an eager write completes at once, so a sender's
+    // writes overlap. Measured on loopback (README.md): eager is up to 2x faster up to 128 KiB;
+    // from 256 KiB on, rendezvous wins (it receives straight into the slot, eager copies once
+    // more at the receiver, and that copy costs most when ranks share cores).
     data.eager_max = kTcpEagerMax;
   }
   connected_.push_back(endpoints_[index].get());
@@ -504,9 +503,10 @@ void UcxTransport::Deliver(Lane lane, const void* header, size_t header_length, 
   if (closed_) return;  // nobody will poll for it
   AmHeader h;
   if (header_length != sizeof(h)) {
-    Refuse(nullptr, DataLossError("ucx: rank " + std::to_string(config_.rank) +
-                                  ": refused an active message with a " +
-                                  std::to_string(header_length) + "-byte header, not an m2n write"));
+    Refuse(nullptr,
+           DataLossError("ucx: rank " + std::to_string(config_.rank) +
+                         ": refused an active message with a " + std::to_string(header_length) +
+                         "-byte header, not an m2n write"));
     return;
   }
   std::memcpy(&h, header, sizeof(h));
@@ -691,10 +691,10 @@ StatusOr<size_t> UcxTransport::Poll(std::span<Completion> out) {
       StoreEntry(pr.slot, pr.entry);
     } else {
       // The payload did not land: never announce it (the ep has failed, or will).
-      Refuse(pr.inbox, UnavailableError(PeerText(
-                           pr.inbox->peer(),
-                           "receive of a " + std::to_string(pr.entry.length) + "-byte write",
-                           status)));
+      Refuse(pr.inbox,
+             UnavailableError(PeerText(
+                 pr.inbox->peer(),
+                 "receive of a " + std::to_string(pr.entry.length) + "-byte write", status)));
     }
   }
   receiving_.resize(still_receiving);
