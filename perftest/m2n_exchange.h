@@ -24,11 +24,24 @@ class M2nExchange : public Exchange {
   void Progress() override;
 
  private:
-  Deadline NextDeadline() const { return Deadline::AfterMs(timeout_ms_); }
+  // The deadline of the next call. Reading the clock costs about as much as a small message takes
+  // to land, and it would sit between the sender's start stamp and its Send (MPI's sender reads it
+  // only after MPI_Isend), so the deadline is refreshed every kDeadlineRefresh calls; it is late by
+  // at most that many iterations, against a timeout of seconds.
+  Deadline NextDeadline() {
+    if (++calls_since_refresh_ >= kDeadlineRefresh) {
+      calls_since_refresh_ = 0;
+      deadline_ = Deadline::AfterMs(timeout_ms_);
+    }
+    return deadline_;
+  }
+  static constexpr int kDeadlineRefresh = 64;
   Status CheckLengths(size_t bytes) const;
 
   Group& group_;
   int64_t timeout_ms_;
+  int calls_since_refresh_ = kDeadlineRefresh;  // refresh on the first call
+  Deadline deadline_ = Deadline::AfterMs(0);
   std::vector<int> peers_;
   std::vector<SendRequest> requests_;
   std::vector<Message> received_;

@@ -709,7 +709,10 @@ StatusOr<size_t> UcxTransport::Poll(std::span<Completion> out) {
   const size_t peers = scanned_.size();
   for (Lane lane : {Lane::kAck, Lane::kData}) {
     for (size_t k = 0; k < peers && n < out.size(); ++k) {
-      Inbox* inbox = scanned_[(scan_start_ + k) % peers];
+      // No modulo here: a 64-bit division costs more than the rest of an idle poll.
+      size_t i = scan_start_ + k;
+      if (i >= peers) i -= peers;
+      Inbox* inbox = scanned_[i];
       RingEntry entry;
       while (n < out.size() && inbox->TakeEntry(lane, &entry)) {
         Completion& c = emit(Completion::Type::kImmediate, inbox->peer(), lane);
