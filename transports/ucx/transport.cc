@@ -219,6 +219,13 @@ Status UcxTransport::Connect(int peer, std::span<const std::byte> remote_address
     data.eager_max = kTcpEagerMax;
   }
   connected_.push_back(endpoints_[index].get());
+  // While every peer is on this host, its writes land in our rings by plain stores and UCX has
+  // little to do on an idle poll; progress it less often then (see Poll).
+  bool all_mapped = true;
+  for (Endpoint* e : connected_) {
+    all_mapped = all_mapped && e->tx(Lane::kData).ring_mapped != nullptr && e->tx(Lane::kAck).ring_mapped != nullptr;
+  }
+  idle_progress_period_ = all_mapped && direct_stores_ ? kIdleProgressPeriodMapped : kIdleProgressPeriod;
   scanned_.push_back(&inboxes_[index]);
   return OkStatus();
 }
@@ -617,12 +624,12 @@ StatusOr<size_t> UcxTransport::Poll(std::span<Completion> out) {
   // UCX progress costs more than a ring scan (on TCP a system call per worker), and writes
   // between processes on one host land by plain stores that need none. So a lane's worker is
   // progressed on every poll only while it has work (requests of ours in flight on it, or its last
-  // progress did something); otherwise every kIdleProgressPeriod-th poll, which keeps active
+  // progress did something); otherwise every idle_progress_period_-th poll, which keeps active
   // messages, RMA emulation and wireup moving at a delay of a few ring scans. Per lane: a sender
   // mostly hears on the ACK lane and a receiver on the data lane, and neither pays for the other.
   for (Lane lane : {Lane::kAck, Lane::kData}) {
     LaneProgress& p = progress_[static_cast<int>(lane)];
-    if (p.outstanding > 0 || p.busy || ++p.idle_polls >= kIdleProgressPeriod) {
+    if (p.outstanding > 0 || p.busy || ++p.idle_polls >= idle_progress_period_) {
       p.idle_polls = 0;
       p.busy = ucp_worker_progress(ctx_->worker(lane)) > 0;
     }

@@ -148,6 +148,8 @@ class UcxTransport final : public Transport {
   bool refused_stranger_ = false;  // a write naming no peer was reported
   // Idle-progress throttle, per lane's worker (see Poll).
   static constexpr int kIdleProgressPeriod = 8;
+  static constexpr int kIdleProgressPeriodMapped = 64;  // every peer on shared memory
+  int idle_progress_period_ = kIdleProgressPeriod;
   struct LaneProgress {
     uint32_t outstanding = 0;  // inflight_ and receiving_ entries of this lane
     int idle_polls = 0;
