@@ -1,7 +1,6 @@
 // Fixed-width fields for the bytes a transport hands to peers (connection address, packed remote
 // key). Peers run the same build on the same kind of host, so fields are copied in host order; the
-// version field in each format is what catches a mismatch. (transports/ucx/wire.h is the same
-// reader and writer in namespace ucx.)
+// version field in each format is what catches a mismatch. Shared by the transports that need it.
 #pragma once
 
 #include <cstddef>

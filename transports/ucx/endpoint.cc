@@ -9,7 +9,7 @@
 #include <string_view>
 
 #include "transports/ucx/memory.h"
-#include "transports/ucx/wire.h"
+#include "transports/wire.h"
 
 namespace m2n::transport::ucx {
 namespace {

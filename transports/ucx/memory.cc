@@ -3,7 +3,7 @@
 #include <cstring>
 #include <string>
 
-#include "transports/ucx/wire.h"
+#include "transports/wire.h"
 
 namespace m2n::transport::ucx {
 namespace {
