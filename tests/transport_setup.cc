@@ -12,6 +12,7 @@ namespace m2n::testing {
 
 void ApplySetup(const TransportSetup& setup) {
   setenv("M2N_TRANSPORT", setup.transport.c_str(), 1);
+  for (const std::string& name : setup.unset) unsetenv(name.c_str());
   for (const auto& [name, value] : setup.env) setenv(name.c_str(), value.c_str(), 1);
 }
 

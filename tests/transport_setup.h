@@ -14,14 +14,17 @@ namespace m2n::testing {
 struct TransportSetup {
   std::string name;       // in test names: "shm", "tcp", "rc"
   std::string transport;  // M2N_TRANSPORT: "ucx", "verbs"
-  std::vector<std::pair<std::string, std::string>> env;
+  std::vector<std::pair<std::string, std::string>> env = {};
   // Per-pair message count of the credit-pressure test (slower transports run fewer).
   int credit_messages = 10000;
+  // Variables removed before `env` is set: the library's own choice (UCX_TLS unset).
+  std::vector<std::string> unset = {};
 };
 
 inline void PrintTo(const TransportSetup& setup, std::ostream* os) { *os << setup.transport << "_" << setup.name; }
 
-// Sets M2N_TRANSPORT and the setup's variables in this process (a rank, before Group::Create).
+// Sets M2N_TRANSPORT and the setup's variables, less its `unset` ones, in this process (a rank,
+// before Group::Create).
 void ApplySetup(const TransportSetup& setup);
 
 // Empty when the setup's transport is compiled in and its probe passes here; else why not
