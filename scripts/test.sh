@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs the dependencies, builds m2n and runs the whole test suite. README's test command.
 #   BUILD_DIR (default build), JOBS (default: cores), CTEST_ARGS (extra ctest flags)
+#   M2N_SANITIZERS 0 (default: skip) | auto (when the compiler can) | 1 (CI: must run): the ASan+UBSan
+#     and TSan builds and their test runs after the steps above (scripts/test-sanitizers.sh; about
+#     12 more minutes on 2 cores; build-asan, build-tsan).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${BUILD_DIR:-build}
@@ -19,3 +22,6 @@ stamp "tests"
 # The verbs tests skip on a host without an RDMA device; here they run for real, on Soft-RoCE in a VM.
 scripts/test-verbs-vm.sh "$build"
 stamp "verbs tests in the VM"
+# The same suite again under ASan + UBSan and under TSan (two more build trees), when asked (CI does).
+JOBS="$jobs" M2N_SANITIZERS="${M2N_SANITIZERS:-0}" scripts/test-sanitizers.sh
+stamp "sanitizer builds and tests"
