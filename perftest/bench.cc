@@ -145,9 +145,16 @@ Status Bench::RunOneWay(Exchange& exchange, size_t bytes, uint32_t size_index, S
   // Nobody writes the segment again until every rank, rank 0 included, reaches the next barrier.
   for (int r = 0; r < world; ++r) result.wrong += segment.wrong(r);
   if (rank != 0) return OkStatus();
+  SummarizeOneWay(segment, senders, setup_.num_receivers, config.warmup_iters, config.iters, bytes, result);
+  return OkStatus();
+}
+
+void SummarizeOneWay(HostSegment& segment, int senders, int receivers, int warmup_iters, int iters,
+                     size_t bytes, SizeResult& result) {
+  const int world = senders + receivers;
   std::vector<double> samples;
-  samples.reserve(static_cast<size_t>(config.iters));
-  for (int it = config.warmup_iters; it < total; ++it) {
+  samples.reserve(static_cast<size_t>(iters));
+  for (int it = warmup_iters; it < warmup_iters + iters; ++it) {
     int64_t first_start = std::numeric_limits<int64_t>::max();
     int64_t last_done = std::numeric_limits<int64_t>::min();
     for (int r = 0; r < senders; ++r) first_start = std::min(first_start, segment.stamp(it, r));
@@ -160,10 +167,9 @@ Status Bench::RunOneWay(Exchange& exchange, size_t bytes, uint32_t size_index, S
   for (int r = 0; r < senders; ++r) first_start = std::min(first_start, segment.stream_start(r));
   for (int r = senders; r < world; ++r) last_done = std::max(last_done, segment.stream_done(r));
   const double elapsed_ns = static_cast<double>(std::max<int64_t>(last_done - first_start, 1));
-  const double messages = static_cast<double>(senders) * setup_.num_receivers * config.iters;
+  const double messages = static_cast<double>(senders) * receivers * iters;
   result.gbps = messages * static_cast<double>(bytes) / elapsed_ns;
   result.mmsg_per_s = messages / elapsed_ns * 1e3;
-  return OkStatus();
 }
 
 Status Bench::RunRoundTrip(Exchange& exchange, size_t bytes, uint32_t size_index,

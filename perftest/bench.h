@@ -92,4 +92,10 @@ class Bench {
 // divide slot_depth, so a slot never sees the same data twice in a row and a stale slot is caught.
 int StreamVariants(int slot_depth);
 
+// Rank 0, one-way mode: the latency of each measured iteration (max receiver stamp - min sender
+// stamp in `segment`) and the streaming bandwidth from the stream start / done stamps, into `result`.
+// Shared by the host-driven and the GPU benchmarks.
+void SummarizeOneWay(HostSegment& segment, int senders, int receivers, int warmup_iters, int iters,
+                     size_t bytes, SizeResult& result);
+
 }  // namespace m2n::perf

@@ -203,24 +203,7 @@ Status GpuBench::Run(GpuExchange& exchange, size_t bytes, uint32_t size_index, S
 
   for (int r = 0; r < world; ++r) result.wrong += segment.wrong(r);
   if (rank == 0) {
-    std::vector<double> samples;
-    samples.reserve(static_cast<size_t>(config.iters));
-    for (int it = config.warmup_iters; it < total; ++it) {
-      int64_t first_start = std::numeric_limits<int64_t>::max();
-      int64_t last_done = std::numeric_limits<int64_t>::min();
-      for (int r = 0; r < senders; ++r) first_start = std::min(first_start, segment.stamp(it, r));
-      for (int r = senders; r < world; ++r) last_done = std::max(last_done, segment.stamp(it, r));
-      samples.push_back(static_cast<double>(last_done - first_start) / 1e3);
-    }
-    result.latency = Summarize(std::move(samples));
-    int64_t first_start = std::numeric_limits<int64_t>::max();
-    int64_t last_done = std::numeric_limits<int64_t>::min();
-    for (int r = 0; r < senders; ++r) first_start = std::min(first_start, segment.stream_start(r));
-    for (int r = senders; r < world; ++r) last_done = std::max(last_done, segment.stream_done(r));
-    const double elapsed_ns = static_cast<double>(std::max<int64_t>(last_done - first_start, 1));
-    const double messages = static_cast<double>(senders) * setup_.num_receivers * config.iters;
-    result.gbps = messages * static_cast<double>(bytes) / elapsed_ns;
-    result.mmsg_per_s = messages / elapsed_ns * 1e3;
+    SummarizeOneWay(segment, senders, setup_.num_receivers, config.warmup_iters, config.iters, bytes, result);
   }
   // Rank 0 reads the segment before anyone writes the next size's stamps.
   return barrier();
