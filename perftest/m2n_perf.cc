@@ -126,6 +126,8 @@ class Rank {
   void ReportSize(const RunInfo& info, bool with_impl, std::vector<Row>& rows, std::string_view impl,
                   const SizeResult& result);
   int Finish(const RunInfo& info, const std::vector<Row>& rows, uint64_t wrong, double elapsed_s);
+  // Rank 0, both sweeps: the footer and, with --json, the file.
+  Status WriteFooterAndJson(const RunInfo& info, const std::vector<Row>& rows, double elapsed_s, size_t sizes);
 
   PerfConfig config_;
   LauncherInfo launcher_;
@@ -394,17 +396,7 @@ int Rank::Run(int argc, char** argv) {
   const double elapsed_s = static_cast<double>(NowNs() - start) / 1e9;
 
   if (report) {
-    uint64_t total_wrong = 0;
-    for (const Row& row : rows) total_wrong += row.wrong;
-    PrintFooter(stdout, total_wrong, elapsed_s, sizes.size());
-    std::fflush(stdout);
-    if (json_file_.is_open()) {
-      json_file_ << FormatJson(info, rows, total_wrong, elapsed_s);
-      json_file_.close();
-      if (!json_file_) {
-        return Fail(InternalError("--json " + config_.json_path + ": write failed: " + std::strerror(errno)));
-      }
-    }
+    if (Status s = WriteFooterAndJson(info, rows, elapsed_s, sizes.size()); !s.ok()) return Fail(s);
   }
 
   if (Status s = group_->Close(Deadline::AfterMs(config_.timeout_ms)); !s.ok()) {
@@ -418,6 +410,21 @@ int Rank::Run(int argc, char** argv) {
   if (mpi_) MpiFinalize();
 #endif
   return wrong > 0 ? kExitWrongData : kExitOk;
+}
+
+Status Rank::WriteFooterAndJson(const RunInfo& info, const std::vector<Row>& rows, double elapsed_s,
+                               size_t sizes) {
+  uint64_t total_wrong = 0;
+  for (const Row& row : rows) total_wrong += row.wrong;
+  PrintFooter(stdout, total_wrong, elapsed_s, sizes);
+  std::fflush(stdout);
+  if (!json_file_.is_open()) return OkStatus();
+  json_file_ << FormatJson(info, rows, total_wrong, elapsed_s);
+  json_file_.close();
+  if (!json_file_) {
+    return InternalError("--json " + config_.json_path + ": write failed: " + std::strerror(errno));
+  }
+  return OkStatus();
 }
 
 #if M2N_PERF_WITH_CUDA
@@ -435,16 +442,8 @@ void Rank::ReportSize(const RunInfo& info, bool with_impl, std::vector<Row>& row
 
 int Rank::Finish(const RunInfo& info, const std::vector<Row>& rows, uint64_t wrong, double elapsed_s) {
   if (group_->rank() == 0) {
-    uint64_t total_wrong = 0;
-    for (const Row& row : rows) total_wrong += row.wrong;
-    PrintFooter(stdout, total_wrong, elapsed_s, SweepSizes(config_).size());
-    std::fflush(stdout);
-    if (json_file_.is_open()) {
-      json_file_ << FormatJson(info, rows, total_wrong, elapsed_s);
-      json_file_.close();
-      if (!json_file_) {
-        return Fail(InternalError("--json " + config_.json_path + ": write failed: " + std::strerror(errno)));
-      }
+    if (Status s = WriteFooterAndJson(info, rows, elapsed_s, SweepSizes(config_).size()); !s.ok()) {
+      return Fail(s);
     }
   }
   if (Status s = group_->Close(Deadline::AfterMs(config_.timeout_ms)); !s.ok()) {
