@@ -21,10 +21,10 @@
 #include "perftest/host_barrier.h"
 #include "perftest/launch.h"
 #include "perftest/m2n_exchange.h"
+#include "perftest/perftest_baseline.h"
 #include "perftest/report.h"
 #if M2N_PERF_WITH_MPI
 #include "perftest/mpi_baseline.h"
-#include "perftest/perftest_baseline.h"
 #endif
 #if M2N_PERF_WITH_CUDA
 #include "perftest/gpu_bench.h"
