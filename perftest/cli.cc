@@ -5,6 +5,8 @@
 #include <limits>
 #include <optional>
 
+#include "m2n/group.h"
+
 namespace m2n::perf {
 namespace {
 
@@ -91,7 +93,15 @@ Status Apply(const Flag& flag, std::string_view value, PerfConfig& config) {
     config.receivers = static_cast<int>(v);
     config.receivers_set = true;
   } else if (n == "transport") {
-    if (value.empty()) return BadValue(name, value, "a transport name or 'auto'");
+    // Checked here, before any rank starts: a name this build lacks is bad usage, not a run that
+    // fails on every rank at once.
+    std::string expected = "'auto'";
+    bool known = value == "auto";
+    for (const std::string& t : AvailableTransports()) {
+      expected += ", '" + t + "'";
+      known = known || value == t;
+    }
+    if (!known) return BadValue(name, value, "one of this build's transports: " + expected);
     config.transport = std::string(value);
   } else if (n == "check") {
     config.check = true;
