@@ -55,6 +55,10 @@ struct TcpStoreOptions {
   // Bounds the calls that take no deadline (Set, Add, DeadRanks, Goodbye): the store answers them
   // at once, so running out of this means the store or the network is stuck.
   std::chrono::milliseconds request_timeout{30000};
+  // Serving side: a connection that has not sent its HELLO this long after connecting is refused
+  // and closed, so a stranger that connects and says nothing holds a socket no longer than this.
+  // A real client sends HELLO at once.
+  std::chrono::milliseconds hello_timeout{10000};
 };
 
 // Connects (and on rank 0 first serves), retrying until `deadline`. An unreachable master is

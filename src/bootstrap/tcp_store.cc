@@ -47,6 +47,10 @@ constexpr int64_t kMaxHeldRequestMs = int64_t{7} * 24 * 3600 * 1000;
 // loop does not spin on a socket that stays readable.
 constexpr std::chrono::milliseconds kAcceptPause = 100ms;
 constexpr size_t kReadChunk = size_t{256} << 10;
+// Answers a connection has not read yet. Past this the server stops handling (and reading) its
+// requests until it reads, so a client that pipelines GETs of a large value and never reads
+// cannot make the server buffer without bound.
+constexpr size_t kMaxUnsentBytes = wire::kMaxFrameBytes;
 
 // ---- Sockets ----
 
@@ -200,6 +204,7 @@ class StoreServer final : public TcpStoreServer {
     Bytes out;  // bytes to write, from out_pos on
     size_t out_pos = 0;
     int rank = -1;  // set by an accepted HELLO
+    Clock::time_point hello_by;  // a stranger still without a HELLO by then is refused
     bool said_goodbye = false;
     bool peer_closed = false;  // EOF or a read error: handle what is buffered, then close
     bool closing = false;      // refused: close once `out` is written or at close_by
@@ -208,7 +213,17 @@ class StoreServer final : public TcpStoreServer {
     std::optional<HeldRequest> held;  // at most one: a connection's requests are answered in order
   };
 
-  StoreServer(std::string job_id, int world_size) : job_id_(std::move(job_id)), world_size_(world_size) {}
+  StoreServer(std::string job_id, int world_size, std::chrono::milliseconds hello_timeout)
+      : job_id_(std::move(job_id)), world_size_(world_size), hello_timeout_(hello_timeout) {}
+
+  // How many bytes of `c` may sit unhandled: one HELLO for a stranger, one largest frame for a rank.
+  static size_t ReadLimit(const Connection& c) {
+    // Before its HELLO is accepted, a connection is a stranger: no more than one HELLO frame of it
+    // is buffered, and any other type is refused from the header alone (HandleFrames), so a
+    // stranger cannot make the server hold a large body.
+    return c.rank < 0 ? wire::kHeaderBytes + wire::MaxBodyBytes(MessageType::kHello) : wire::kMaxFrameBytes;
+  }
+  static size_t Unsent(const Connection& c) { return c.out.size() - c.out_pos; }
 
   void Run();
   void AcceptAll();
@@ -226,6 +241,7 @@ class StoreServer final : public TcpStoreServer {
 
   const std::string job_id_;
   const int world_size_;
+  const std::chrono::milliseconds hello_timeout_;
   int port_ = 0;
   UniqueFd listen_fd_;
   UniqueFd wake_read_;  // a byte written to wake_write_ stops the thread
@@ -259,11 +275,15 @@ StatusOr<std::unique_ptr<StoreServer>> StoreServer::Start(const TcpStoreOptions&
     return InvalidArgumentError("bootstrap: a job id of " + std::to_string(options.job_id.size()) +
                                 " bytes exceeds the maximum of " + std::to_string(wire::kMaxJobIdBytes));
   }
+  if (options.hello_timeout <= std::chrono::milliseconds::zero()) {
+    return InvalidArgumentError("bootstrap: the store's hello_timeout must be positive, not " +
+                                std::to_string(options.hello_timeout.count()) + " ms");
+  }
   const std::string where = FormatAddress(options.host, options.port);
   StatusOr<AddrInfoPtr> resolved = Resolve(options.host, options.port, /*passive=*/true);
   if (!resolved.ok()) return resolved.status().WithContext("bootstrap: cannot serve the store on " + where);
 
-  std::unique_ptr<StoreServer> server(new StoreServer(options.job_id, options.world_size));
+  std::unique_ptr<StoreServer> server(new StoreServer(options.job_id, options.world_size, options.hello_timeout));
   std::string last_error = "no address";
   for (addrinfo* ai = resolved->get(); ai != nullptr && !server->listen_fd_.valid(); ai = ai->ai_next) {
     UniqueFd fd(socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol));
@@ -361,13 +381,17 @@ void StoreServer::Run() {
     fds.push_back({accepting ? listen_fd_.get() : -1, POLLIN, 0});  // poll() skips a negative fd
     for (const auto& c : connections_) {
       short events = 0;
-      // A full buffer is not read further until its frames are handled; that bounds the memory a
-      // connection can take to one largest frame.
-      if (!c->closing && !c->peer_closed && c->in.size() < wire::kMaxFrameBytes) events |= POLLIN;
+      // A full buffer is not read further until its frames are handled, nor is a connection that
+      // does not read its answers; that bounds the memory a connection can take to one largest
+      // frame each way (one HELLO in, for a stranger).
+      if (!c->closing && !c->peer_closed && c->in.size() < ReadLimit(*c) && Unsent(*c) <= kMaxUnsentBytes) {
+        events |= POLLIN;
+      }
       if (c->out_pos < c->out.size()) events |= POLLOUT;
       fds.push_back({c->fd.get(), events, 0});
       if (c->held) wake_at = std::min(wake_at, c->held->deadline);
       if (c->closing) wake_at = std::min(wake_at, c->close_by);
+      if (c->rank < 0 && !c->closing) wake_at = std::min(wake_at, c->hello_by);
     }
 
     int timeout = wake_at == Clock::time_point::max() ? -1 : PollTimeoutMs(wake_at);
@@ -416,6 +440,12 @@ void StoreServer::Run() {
     now = Clock::now();
     for (const auto& c : connections_) {
       if (c->dead) continue;
+      // A stranger that connects and says nothing (or too little) holds a socket until now only.
+      if (c->rank < 0 && !c->closing && now >= c->hello_by) {
+        Refuse(*c, DeadlineExceededError("no HELLO within " + std::to_string(hello_timeout_.count()) +
+                                         " ms of connecting (" + std::to_string(c->in.size()) +
+                                         " bytes received)"));
+      }
       Flush(*c);
       if (c->closing && (c->out_pos == c->out.size() || now >= c->close_by)) c->dead = true;
     }
@@ -438,13 +468,15 @@ void StoreServer::AcceptAll() {
     }
     SetNoDelay(fd);
     connections_.push_back(std::make_unique<Connection>(UniqueFd(fd)));
+    connections_.back()->hello_by = Clock::now() + hello_timeout_;
   }
 }
 
 void StoreServer::ReadSome(Connection& c) {
-  while (c.in.size() < wire::kMaxFrameBytes) {
+  const size_t limit = ReadLimit(c);
+  while (c.in.size() < limit) {
     const size_t old_size = c.in.size();
-    const size_t chunk = std::min(kReadChunk, wire::kMaxFrameBytes - old_size);
+    const size_t chunk = std::min(kReadChunk, limit - old_size);
     c.in.resize(old_size + chunk);
     ssize_t n = recv(c.fd.get(), c.in.data() + old_size, chunk, 0);
     c.in.resize(old_size + std::max<ssize_t>(n, 0));
@@ -478,15 +510,19 @@ void StoreServer::Flush(Connection& c) {
 bool StoreServer::HandleFrames(Connection& c) {
   bool consumed = false;
   while (!c.closing && !c.dead && c.in.size() >= wire::kHeaderBytes) {
-    // The header is checked as soon as it is here, so an absurd length is refused before its body
-    // is waited for.
+    // The header is checked as soon as it is here, so an absurd length, or a stranger's request
+    // that is not a HELLO, is refused before its body is waited for.
     StatusOr<wire::FrameHeader> header = wire::DecodeHeader(c.in);
     if (!header.ok()) {
       Refuse(c, header.status());
       break;
     }
+    if (c.rank < 0 && header->type != MessageType::kHello) {
+      Refuse(c, FailedPreconditionError("expected HELLO first, got " + wire::MessageTypeName(header->type)));
+      break;
+    }
     const size_t frame_bytes = wire::kHeaderBytes + header->body_bytes;
-    if (c.in.size() < frame_bytes || c.held) break;
+    if (c.in.size() < frame_bytes || c.held || Unsent(c) > kMaxUnsentBytes) break;
     StatusOr<Message> message = wire::DecodeBody(
         header->type, std::span<const std::byte>(c.in).subspan(wire::kHeaderBytes, header->body_bytes));
     c.in.erase(c.in.begin(), c.in.begin() + static_cast<ptrdiff_t>(frame_bytes));

@@ -9,6 +9,11 @@
 // connection that ends without GOODBYE makes its rank dead (DEAD_RANKS); once dead, a rank stays
 // listed even if it reconnects, so every peer sees the same monotone set. A peer that sends bytes
 // that fail a check gets an ERROR naming the check and is closed; no other connection notices.
+// A stranger (no accepted HELLO yet) may send only a HELLO: the server buffers at most one HELLO
+// frame of it, refuses any other type from its header, and closes it if no HELLO comes within
+// TcpStoreOptions::hello_timeout. A connection that does not read its answers stops being read once
+// one largest frame of answers waits for it. So each connection costs at most one largest frame
+// each way, and none can stall the others.
 #pragma once
 
 #include <memory>
