@@ -4,6 +4,7 @@
 #   transports: UCX (libucx-dev), rdma-core (libibverbs-dev, librdmacm-dev)
 #   topology: hwloc; tests and benchmarks: GoogleTest, Google Benchmark
 #   baseline: Open MPI (m2n_perf --baseline mpi), perftest (m2n_perf --baseline perftest)
+#   fuzzing (scripts/test-fuzz.sh): clang and its runtime libraries (libFuzzer, sanitizers)
 #   verbs tests in a VM (scripts/test-verbs-vm.sh, Soft-RoCE): QEMU, busybox, kmod, cpio, xz and the
 #     rdma-core userspace the guest borrows from the host (../shared/rxe/NOTES.md)
 # CUDA and NCCL are optional and not installed here: the build detects them when present.
@@ -15,6 +16,7 @@ packages=(
   libhwloc-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libopenmpi-dev openmpi-bin
+  clang libclang-rt-dev
   qemu-system-x86 busybox-static kmod cpio xz-utils
   rdma-core ibverbs-utils iproute2 perftest rdmacm-utils
 )

@@ -4,6 +4,9 @@
 #   M2N_SANITIZERS 0 (default: skip) | auto (when the compiler can) | 1 (CI: must run): the ASan+UBSan
 #     and TSan builds and their test runs after the steps above (scripts/test-sanitizers.sh; about
 #     12 more minutes on 2 cores; build-asan, build-tsan).
+#   M2N_FUZZ 0 (default: skip) | 1 (CI): build the libFuzzer targets of fuzz/ with clang and run each
+#     for FUZZ_SECONDS (default 40) from its seeds (scripts/test-fuzz.sh; about 3 minutes; build-fuzz).
+#     Without it the seeds still replay through every target as ctest fuzz_replay_*.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${BUILD_DIR:-build}
@@ -22,6 +25,10 @@ stamp "tests"
 # The verbs tests skip on a host without an RDMA device; here they run for real, on Soft-RoCE in a VM.
 scripts/test-verbs-vm.sh "$build"
 stamp "verbs tests in the VM"
+if [ "${M2N_FUZZ:-0}" = 1 ]; then
+  JOBS="$jobs" scripts/test-fuzz.sh
+  stamp "fuzzing"
+fi
 # The same suite again under ASan + UBSan and under TSan (two more build trees), when asked (CI does).
 JOBS="$jobs" M2N_SANITIZERS="${M2N_SANITIZERS:-0}" scripts/test-sanitizers.sh
 stamp "sanitizer builds and tests"

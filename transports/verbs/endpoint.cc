@@ -82,7 +82,8 @@ StatusOr<PeerAddress> DecodePeerAddress(int peer, std::span<const std::byte> byt
     a.psn[lane] = r.Get<uint32_t>();
   }
   if (!r.ok()) return DataLossError(PeerText(peer, "connection address is truncated"));
-  if (MtuBytes(static_cast<ibv_mtu>(a.mtu)) == 0) {
+  // A range check, not MtuBytes(): a byte outside ibv_mtu's values must not be cast to it.
+  if (a.mtu < IBV_MTU_256 || a.mtu > IBV_MTU_4096) {
     return DataLossError(PeerText(peer, "connection address has MTU code " + std::to_string(a.mtu)));
   }
   return a;

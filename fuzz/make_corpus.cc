@@ -1,0 +1,200 @@
+// Writes the seed corpora under fuzz/corpus/<target>/ from the real encoders, so the seeds are
+// frames and addresses this build actually sends (plus a few classic bad ones). Run it after a
+// format changes:  cmake --build build --target fuzz_make_corpus && build/fuzz/fuzz_make_corpus fuzz/corpus
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "bootstrap/wire.h"
+#include "protocol/config_check.h"
+#include "transports/wire.h"
+#if M2N_FUZZ_UCX
+#include "transports/ucx/endpoint.h"
+#endif
+#if M2N_FUZZ_VERBS
+#include "transports/verbs/endpoint.h"
+#endif
+
+namespace m2n {
+namespace {
+
+namespace fs = std::filesystem;
+using bootstrap::Bytes;
+namespace wire = bootstrap::wire;
+
+Bytes ToBytes(const std::string& s) {
+  Bytes out(s.size());
+  for (size_t i = 0; i < s.size(); ++i) out[i] = static_cast<std::byte>(s[i]);
+  return out;
+}
+
+class Writer {
+ public:
+  explicit Writer(fs::path root) : root_(std::move(root)) {}
+  void Write(const std::string& target, const std::string& name, const Bytes& bytes) {
+    fs::create_directories(root_ / target);
+    std::ofstream out(root_ / target / name, std::ios::binary | std::ios::trunc);
+    out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+    if (!out) {
+      std::fprintf(stderr, "cannot write %s/%s\n", target.c_str(), name.c_str());
+      ok_ = false;
+    }
+    ++written_;
+  }
+  bool ok() const { return ok_; }
+  int written() const { return written_; }
+
+ private:
+  fs::path root_;
+  bool ok_ = true;
+  int written_ = 0;
+};
+
+Bytes Frame(const wire::Message& message) {
+  StatusOr<Bytes> frame = wire::EncodeFrame(message);
+  if (!frame.ok()) {
+    std::fprintf(stderr, "cannot encode a seed: %s\n", frame.status().ToString().c_str());
+    std::exit(1);
+  }
+  return *frame;
+}
+
+Bytes Concat(std::initializer_list<Bytes> parts) {
+  Bytes out;
+  for (const Bytes& p : parts) out.insert(out.end(), p.begin(), p.end());
+  return out;
+}
+
+void StoreFrames(Writer& w) {
+  const std::string t = "store_frame";
+  const wire::Hello hello{"m2n@127.0.0.1:29500", 1, 4};
+  w.Write(t, "hello", Frame(hello));
+  w.Write(t, "hello_ok", Frame(wire::HelloOk{}));
+  w.Write(t, "error", Frame(wire::ErrorReply{StatusCode::kDeadlineExceeded, "timed out; still missing: 'k'"}));
+  w.Write(t, "ok", Frame(wire::OkReply{}));
+  w.Write(t, "set", Frame(wire::SetRequest{"m2n/addr/0/2", ToBytes("address bytes")}));
+  w.Write(t, "get", Frame(wire::GetRequest{"m2n/slots/2", 30000}));
+  w.Write(t, "value", Frame(wire::ValueReply{ToBytes("value")}));
+  w.Write(t, "add", Frame(wire::AddRequest{"m2n/barrier/connected", 1}));
+  w.Write(t, "int", Frame(wire::IntReply{4}));
+  w.Write(t, "wait", Frame(wire::WaitRequest{{"a", "bb", "ccc"}, 1000}));
+  w.Write(t, "dead_ranks", Frame(wire::DeadRanksRequest{}));
+  w.Write(t, "ranks", Frame(wire::RanksReply{{1, 3}}));
+  w.Write(t, "goodbye", Frame(wire::Goodbye{}));
+  // A client's whole session as one stream, and the stream cut mid-frame.
+  Bytes session = Concat({Frame(hello), Frame(wire::SetRequest{"k", ToBytes("v")}),
+                          Frame(wire::GetRequest{"k", 0}), Frame(wire::Goodbye{})});
+  w.Write(t, "session", session);
+  w.Write(t, "session_truncated", Bytes(session.begin(), session.end() - 5));
+  // Bad ones: another version, an oversize length, a body longer than its fields, not m2n at all.
+  Bytes version = Frame(hello);
+  version[4] = std::byte{2};
+  w.Write(t, "bad_version", version);
+  Bytes oversize = Frame(wire::SetRequest{"k", ToBytes("v")});
+  for (int i = 0; i < 4; ++i) oversize[8 + i] = std::byte{0xff};
+  w.Write(t, "bad_oversize_length", oversize);
+  Bytes padded = Frame(wire::GetRequest{"k", 0});
+  padded.push_back(std::byte{0});
+  padded[8] = static_cast<std::byte>(std::to_integer<int>(padded[8]) + 1);
+  w.Write(t, "bad_trailing_byte", padded);
+  w.Write(t, "bad_http", ToBytes("GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"));
+}
+
+void Config(Writer& w) {
+  const std::string t = "config";
+  const protocol::Fingerprint fp = {{"m2n_version", "0.1.0"},  {"world_size", "4"},
+                                    {"num_senders", "2"},      {"num_receivers", "2"},
+                                    {"slot_bytes", "4194304"}, {"slot_depth", "4"},
+                                    {"transport", "ucx"},      {"slot_memory", "host"}};
+  protocol::Fingerprint other = fp;
+  other[4].second = "8192";
+  const std::string text = protocol::EncodeFingerprint(fp);
+  w.Write(t, "one", ToBytes(text));
+  w.Write(t, "two_equal", ToBytes(text + '\0' + text));
+  w.Write(t, "two_differ", ToBytes(text + '\0' + protocol::EncodeFingerprint(other)));
+  w.Write(t, "two_sizes", ToBytes(text + '\0' + "m2n_version=0.1.0\n"));
+  w.Write(t, "bad_truncated", ToBytes(text.substr(0, text.size() - 3)));
+  w.Write(t, "bad_no_field", ToBytes("=4\n"));
+}
+
+void TransportWire(Writer& w) {
+  const std::string t = "transport_wire";
+  auto tagged = [](uint8_t which, const Bytes& body) {
+    Bytes out{static_cast<std::byte>(which)};
+    out.insert(out.end(), body.begin(), body.end());
+    return out;
+  };
+  Bytes reader_seed;
+  transport::WireWriter rw(reader_seed);
+  rw.Put<uint16_t>(3);
+  rw.Put<uint8_t>(1);
+  rw.Put<uint64_t>(42);
+  rw.PutBytes(ToBytes("abc"));
+  w.Write(t, "reader", tagged(0, reader_seed));
+#if M2N_FUZZ_UCX
+  {
+    const Bytes host = ToBytes("host-a/boot-id");
+    const Bytes rkey = ToBytes("packed rkey bytes");
+    const Bytes worker = ToBytes("worker address bytes");
+    transport::ucx::PeerAddress a;
+    a.src_rank = 0;
+    a.dst_rank = 2;
+    a.max_unpolled = 64;
+    a.host = host;
+    a.ring_rkey = rkey;
+    for (auto& lane : a.worker_address) lane = worker;
+    for (size_t i = 0; i < a.ring_address.size(); ++i) a.ring_address[i] = 0x7f0000001000 + 4096 * i;
+    const Bytes encoded = transport::ucx::EncodePeerAddress(a);
+    w.Write(t, "ucx_address", tagged(1, encoded));
+    w.Write(t, "ucx_address_truncated", tagged(1, Bytes(encoded.begin(), encoded.end() - 7)));
+  }
+#endif
+#if M2N_FUZZ_VERBS
+  {
+    transport::verbs::PeerAddress a;
+    a.src_rank = 1;
+    a.dst_rank = 3;
+    a.max_unpolled = 32;
+    a.link_layer = 2;
+    a.mtu = 3;
+    a.lid = 0;
+    for (int i = 0; i < 16; ++i) a.gid.raw[i] = static_cast<uint8_t>(i);
+    a.qpn.fill(0x123);
+    a.psn.fill(0x456);
+    const Bytes encoded = transport::verbs::EncodePeerAddress(a);
+    w.Write(t, "verbs_address", tagged(2, encoded));
+    w.Write(t, "verbs_address_truncated", tagged(2, Bytes(encoded.begin(), encoded.end() - 4)));
+  }
+  {
+    // A verbs remote key: "M2NK", version 1, pad, address, size, rkey (memory.cc).
+    Bytes key;
+    transport::WireWriter kw(key);
+    kw.Put<uint32_t>(0x4B4E324D);
+    kw.Put<uint16_t>(1);
+    kw.Put<uint16_t>(0);
+    kw.Put<uint64_t>(0x7f0000002000);
+    kw.Put<uint64_t>(1 << 20);
+    kw.Put<uint32_t>(0x1234);
+    w.Write(t, "verbs_key", tagged(3, key));
+  }
+#endif
+}
+
+}  // namespace
+}  // namespace m2n
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: %s CORPUS_ROOT   (e.g. fuzz/corpus)\n", argv[0]);
+    return 2;
+  }
+  m2n::Writer w{std::filesystem::path(argv[1])};
+  m2n::StoreFrames(w);
+  m2n::Config(w);
+  m2n::TransportWire(w);
+  std::printf("%d seeds written under %s\n", w.written(), argv[1]);
+  return w.ok() ? 0 : 1;
+}
