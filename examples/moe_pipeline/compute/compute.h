@@ -1,0 +1,97 @@
+// The compute of the two sides, behind one interface per side, so that the pipeline (runtime/) is
+// the same on CPU (compute/cpu/) and GPU (compute/cuda/, to come).
+//
+// Attention side (one object per attention worker): holds the attention weights and the KV cache
+// of its requests; keeps, per micro-batch, the residual stream of that micro-batch's tokens and the
+// experts' input (the post-attention-normed activations). Expert side: holds the worker's share of
+// every layer's experts and runs them over tokens gathered from the dispatch messages.
+//
+// Buffers the runtime hands in and out (dispatch rows, combine rows, logits) are host memory on
+// CPU. A GPU backend keeps activations on the device and reports `device_rows() == true`: the
+// runtime then passes device pointers (its m2n slots live in GPU memory and it uses the
+// stream-ordered m2n calls), and only routing and logits cross to the host.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "m2n/status.h"
+#include "model/config.h"
+#include "model/weights.h"
+
+namespace moe {
+
+// One token of a micro-batch: which request (its KV-cache slot), at which position, which token.
+struct TokenRef {
+  int kv_slot = 0;
+  int position = 0;
+  int token = 0;
+};
+
+// The gate's decision for every token of a micro-batch: top_k (expert, weight) pairs per token,
+// experts in descending probability.
+struct Routing {
+  int top_k = 0;
+  std::vector<int> expert;    // [tokens * top_k]
+  std::vector<float> weight;  // [tokens * top_k]
+};
+
+struct ComputeOptions {
+  int threads = 1;         // compute threads of this process
+  int micro_batches = 1;   // m
+  int max_tokens = 0;      // per micro-batch
+  int kv_slots = 0;        // requests in flight at once (KV-cache slots)
+  int max_context = 0;     // positions per KV-cache slot
+};
+
+class AttentionCompute {
+ public:
+  virtual ~AttentionCompute() = default;
+  virtual std::string name() const = 0;
+  // Micro-batch `mb` starts a forward pass over `tokens` (at most max_tokens): embeds them.
+  virtual m2n::Status Begin(int mb, std::span<const TokenRef> tokens) = 0;
+  // Layer `layer` up to the experts: RMSNorm, Q/K/V, RoPE, KV-cache append, grouped-query attention
+  // over the cache (causal: a token sees positions <= its own of its request), o-proj, residual add,
+  // post-attention RMSNorm (the experts' input), gate, softmax and top-k into `routing`.
+  virtual m2n::Status AttentionAndGate(int mb, int layer, Routing* routing) = 0;
+  // Token gather: dst[i] = experts' input of token rows[i] ([rows.size(), hidden] floats).
+  virtual m2n::Status GatherRows(int mb, std::span<const int32_t> rows, float* dst) = 0;
+  // Combine: residual of token rows[i] += src[i] (the experts already applied the gate weights).
+  virtual m2n::Status ScatterAddRows(int mb, std::span<const int32_t> rows, const float* src) = 0;
+  // Final RMSNorm and LM head: out[i] = logits of token rows[i] ([rows.size(), vocab] floats, host).
+  virtual m2n::Status Logits(int mb, std::span<const int32_t> rows, float* out) = 0;
+};
+
+// Tokens from one dispatch message for one layer: `rows` rows of x, each with top_k (global expert
+// id, weight) pairs, -1 where the expert lives on another worker. The result goes to out.
+struct ExpertInput {
+  int rows = 0;
+  const float* x = nullptr;        // [rows, hidden]
+  const int32_t* expert = nullptr;  // [rows, top_k]
+  const float* weight = nullptr;    // [rows, top_k]
+  float* out = nullptr;            // [rows, hidden]: sum over this worker's experts of weight * FFN(x)
+};
+
+class ExpertCompute {
+ public:
+  virtual ~ExpertCompute() = default;
+  virtual std::string name() const = 0;
+  // The SwiGLU experts of `layer` over every input's rows: each expert gathers its tokens from all
+  // inputs, runs one GEMM chain over them, and scatters weight * result back.
+  virtual m2n::Status Forward(int layer, int top_k, std::span<const ExpertInput> inputs) = 0;
+};
+
+// Backends: "cpu" (always), "cuda" (when built with CUDA).
+std::vector<std::string> AvailableBackends();
+m2n::StatusOr<std::unique_ptr<AttentionCompute>> MakeAttentionCompute(const std::string& backend,
+                                                                      const ModelConfig& config,
+                                                                      AttentionWeights weights,
+                                                                      const ComputeOptions& options);
+m2n::StatusOr<std::unique_ptr<ExpertCompute>> MakeExpertCompute(const std::string& backend,
+                                                                const ModelConfig& config, ExpertShard shard,
+                                                                const ComputeOptions& options);
+
+}  // namespace moe

@@ -1,0 +1,260 @@
+// moe_pipeline: a Mixture-of-Experts decode pipeline over m2n, attention and expert workers in
+// separate processes, micro-batches in ping-pong, checked against a single-process reference.
+// See README.md. With no arguments: the tiny model, 2 attention + 2 expert processes on this host.
+#include <unistd.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <thread>
+
+#include "m2n/m2n.h"
+#include "model/config.h"
+#include "model/weights.h"
+#include "runtime/launch.h"
+#include "runtime/pipeline.h"
+#include "runtime/report.h"
+
+#ifndef MOE_PIPELINE_CONFIG_DIR
+#define MOE_PIPELINE_CONFIG_DIR "configs"
+#endif
+
+namespace moe {
+namespace {
+
+constexpr const char* kUsage = R"(usage: moe_pipeline [options]
+A Mixture-of-Experts decode pipeline: attention workers (data parallel, KV caches) and expert
+workers (expert parallel) in separate processes, tokens dispatched and combined through m2n every
+layer, m micro-batches in ping-pong. Started bare, it starts its own A + E processes on this host;
+under mpirun / torchrun / srun (or M2N_RANK / M2N_WORLD_SIZE) it is one rank of that job.
+
+model
+  --config NAME|PATH    tiny (default), mixtral-8x7b, or a config.json shaped like Mixtral's
+  --weights PATH        safetensors file or folder (Mixtral tensor names); default: seeded random
+  --seed N              seed of the random weights and of the workload (default 1)
+  --save_weights DIR    write the seeded model as a safetensors checkpoint and exit (--bf16: in bf16)
+workers and schedule
+  -A, --attention N     attention worker processes (default 2)
+  -E, --experts N       expert worker processes (default 2)
+  -m, --micro_batches N micro-batches in ping-pong (default 2)
+  -b, --batch N         requests in flight per attention worker (default 8)
+  --max_tokens N        tokens per micro-batch: decode tokens + prefill chunks (default 256)
+  --threads N           compute threads per process (default: cores / processes, at least 1)
+  --backend NAME        compute backend: cpu (default)
+workload
+  --requests N          requests per attention worker (default 16)
+  --input_len N         fixed prompt length (default: production-like, median 571)
+  --output_len N        fixed output length (default: production-like, median 159)
+run
+  --transport NAME      m2n transport (default auto)
+  --timeout_s N         deadline of every m2n call, seconds (default 120)
+  --json PATH           write the metrics there (default moe_pipeline.json; --json '' for none)
+  --no_check            skip the comparison with the single-process reference
+  --quiet               no progress line
+  --fault swap_experts  route expert 0's tokens to expert 1 and back: the check must fail
+exit status: 0 ok, 1 outputs differ from the reference, 2 bad usage, 3 failure
+)";
+
+struct Cli {
+  PipelineOptions pipeline;
+  std::string json_path = "moe_pipeline.json";
+  std::string save_weights;
+  bool bf16 = false;
+  bool threads_set = false;
+};
+
+m2n::StatusOr<int> ParseInt(const std::string& flag, const char* text, int lo, int hi) {
+  int v = 0;
+  const char* end = text + std::strlen(text);
+  auto [p, ec] = std::from_chars(text, end, v);
+  if (ec != std::errc() || p != end || v < lo || v > hi) {
+    return m2n::InvalidArgumentError(flag + " needs an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) +
+                                     "], got \"" + text + "\"");
+  }
+  return v;
+}
+
+m2n::StatusOr<Cli> ParseCli(int argc, char** argv) {
+  Cli cli;
+  PipelineOptions& p = cli.pipeline;
+  std::string config = "tiny";
+  bool input_set = false, output_set = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> m2n::StatusOr<const char*> {
+      if (i + 1 >= argc) return m2n::InvalidArgumentError(a + " needs a value");
+      return argv[++i];
+    };
+    auto integer = [&](int lo, int hi, int* out) -> m2n::Status {
+      M2N_ASSIGN_OR_RETURN(const char* v, value());
+      M2N_ASSIGN_OR_RETURN(*out, ParseInt(a, v, lo, hi));
+      return m2n::OkStatus();
+    };
+    if (a == "--config") {
+      M2N_ASSIGN_OR_RETURN(const char* v, value());
+      config = v;
+    } else if (a == "--weights") {
+      M2N_ASSIGN_OR_RETURN(const char* v, value());
+      p.weights.checkpoint = v;
+    } else if (a == "--seed") {
+      int seed = 0;
+      M2N_RETURN_IF_ERROR(integer(0, 1 << 30, &seed));
+      p.weights.seed = static_cast<uint64_t>(seed);
+      p.workload.seed = static_cast<uint64_t>(seed);
+    } else if (a == "--save_weights") {
+      M2N_ASSIGN_OR_RETURN(const char* v, value());
+      cli.save_weights = v;
+    } else if (a == "--bf16") {
+      cli.bf16 = true;
+    } else if (a == "-A" || a == "--attention") {
+      M2N_RETURN_IF_ERROR(integer(1, 4096, &p.attention_workers));
+    } else if (a == "-E" || a == "--experts") {
+      M2N_RETURN_IF_ERROR(integer(1, 4096, &p.expert_workers));
+    } else if (a == "-m" || a == "--micro_batches") {
+      M2N_RETURN_IF_ERROR(integer(1, 64, &p.workload.micro_batches));
+    } else if (a == "-b" || a == "--batch") {
+      M2N_RETURN_IF_ERROR(integer(1, 1 << 16, &p.workload.batch));
+    } else if (a == "--max_tokens") {
+      M2N_RETURN_IF_ERROR(integer(1, 1 << 20, &p.workload.max_tokens));
+    } else if (a == "--threads") {
+      M2N_RETURN_IF_ERROR(integer(1, 1024, &p.threads));
+      cli.threads_set = true;
+    } else if (a == "--backend") {
+      M2N_ASSIGN_OR_RETURN(const char* v, value());
+      p.backend = v;
+    } else if (a == "--requests") {
+      M2N_RETURN_IF_ERROR(integer(1, 1 << 24, &p.workload.requests));
+    } else if (a == "--input_len") {
+      M2N_RETURN_IF_ERROR(integer(1, 1 << 24, &p.workload.input_len));
+      input_set = true;
+    } else if (a == "--output_len") {
+      M2N_RETURN_IF_ERROR(integer(1, 1 << 24, &p.workload.output_len));
+      output_set = true;
+    } else if (a == "--transport") {
+      M2N_ASSIGN_OR_RETURN(const char* v, value());
+      p.transport = v;
+    } else if (a == "--timeout_s") {
+      M2N_RETURN_IF_ERROR(integer(1, 86400, &p.timeout_s));
+    } else if (a == "--json") {
+      M2N_ASSIGN_OR_RETURN(const char* v, value());
+      cli.json_path = v;
+    } else if (a == "--no_check") {
+      p.check = false;
+    } else if (a == "--quiet") {
+      p.progress = false;
+    } else if (a == "--fault") {
+      M2N_ASSIGN_OR_RETURN(const char* v, value());
+      p.fault = v;
+      if (p.fault != "swap_experts") return m2n::InvalidArgumentError("--fault: unknown fault \"" + p.fault + "\"");
+    } else {
+      return m2n::InvalidArgumentError("unknown argument \"" + a + "\"");
+    }
+  }
+  if (input_set != output_set) {
+    return m2n::InvalidArgumentError("--input_len and --output_len go together (fixed lengths)");
+  }
+  p.workload.production = !input_set;
+  p.config_path = config.find('/') == std::string::npos && config.find(".json") == std::string::npos
+                      ? std::string(MOE_PIPELINE_CONFIG_DIR) + "/" + config + ".json"
+                      : config;
+  M2N_ASSIGN_OR_RETURN(p.config, LoadModelConfig(p.config_path));
+  if (!cli.threads_set) {
+    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    p.threads = std::max(1, cores / (p.attention_workers + p.expert_workers));
+  }
+  return cli;
+}
+
+int RunRank(const Cli& cli) {
+  const PipelineOptions& p = cli.pipeline;
+  m2n::Options options;
+  options.num_senders = p.attention_workers;
+  options.num_receivers = p.expert_workers;
+  options.slot_bytes = SlotBytesFor(p);
+  options.slot_depth = std::max(2, p.workload.micro_batches);  // m dispatches / combines in flight
+  options.transport = p.transport;
+  auto resolved = m2n::ResolveOptions(options);
+  if (!resolved.ok()) {
+    std::fprintf(stderr, "moe_pipeline: %s\n", resolved.status().ToString().c_str());
+    return kExitUsage;
+  }
+  const int rank = resolved->bootstrap.rank;
+  const bool attention = rank < p.attention_workers;
+  const std::string who = "rank " + std::to_string(rank) + " (" + (attention ? "attention" : "expert") + " worker)";
+  auto group = m2n::Group::Create(*resolved);
+  if (!group.ok()) {
+    std::fprintf(stderr, "moe_pipeline: %s: %s\n", who.c_str(), group.status().ToString().c_str());
+    return group.status().code() == m2n::StatusCode::kInvalidArgument ? kExitUsage : kExitFailure;
+  }
+  m2n::Group& g = **group;
+  Json reports;
+  const m2n::Status status = attention ? RunAttentionWorker(g, p, &reports) : RunExpertWorker(g, p);
+  if (!status.ok()) {
+    std::fprintf(stderr, "moe_pipeline: %s: %s\n", who.c_str(), status.ToString().c_str());
+    return status.code() == m2n::StatusCode::kInvalidArgument ? kExitUsage : kExitFailure;
+  }
+  const std::string transport(g.transport_name());
+  if (m2n::Status s = g.Close(m2n::Deadline::After(std::chrono::seconds(p.timeout_s))); !s.ok()) {
+    std::fprintf(stderr, "moe_pipeline: %s: close: %s\n", who.c_str(), s.ToString().c_str());
+    return kExitFailure;
+  }
+  if (rank != 0) return kExitOk;
+  const Summary summary = Summarize(reports, p, transport);
+  std::printf("%s", summary.text.c_str());
+  if (!cli.json_path.empty()) {
+    std::ofstream out(cli.json_path);
+    out << summary.json.Dump(2) << "\n";
+    if (!out) {
+      std::fprintf(stderr, "moe_pipeline: cannot write %s\n", cli.json_path.c_str());
+      return kExitFailure;
+    }
+    std::printf("metrics written to %s\n", cli.json_path.c_str());
+  }
+  std::fflush(stdout);
+  return summary.check_ran && !summary.check_passed ? kExitCheckFailed : kExitOk;
+}
+
+int Main(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "-h") == 0 || std::strcmp(argv[i], "--help") == 0) {
+      std::printf("%s", kUsage);
+      return kExitOk;
+    }
+  }
+  auto cli = ParseCli(argc, argv);
+  if (!cli.ok()) {
+    std::fprintf(stderr, "moe_pipeline: %s\nRun 'moe_pipeline --help' for usage.\n", cli.status().ToString().c_str());
+    return kExitUsage;
+  }
+  const PipelineOptions& p = cli->pipeline;
+  if (!cli->save_weights.empty()) {
+    const int files = std::max(1, p.config.num_hidden_layers / 2);
+    if (m2n::Status s = SaveSeededCheckpoint(p.config, p.weights.seed, cli->save_weights, files, cli->bf16); !s.ok()) {
+      std::fprintf(stderr, "moe_pipeline: %s\n", s.ToString().c_str());
+      return kExitFailure;
+    }
+    std::printf("wrote %s (%s, seed %llu) to %s\n", p.config.name.c_str(), cli->bf16 ? "bf16" : "fp32",
+                static_cast<unsigned long long>(p.weights.seed), cli->save_weights.c_str());
+    return kExitOk;
+  }
+  const int world = p.attention_workers + p.expert_workers;
+  if (LaunchedAsRank()) {
+    const int launched = LauncherWorldSize();
+    if (launched > 0 && launched != world) {
+      std::fprintf(stderr, "moe_pipeline: -A %d -E %d need %d ranks, the launcher started %d\n", p.attention_workers,
+                   p.expert_workers, world, launched);
+      return kExitUsage;
+    }
+    return RunRank(*cli);
+  }
+  return SpawnLocalJob(world, p.attention_workers, p.timeout_s, argc, argv);
+}
+
+}  // namespace
+}  // namespace moe
+
+int main(int argc, char** argv) { return moe::Main(argc, argv); }

@@ -1,0 +1,150 @@
+#include "reference/reference.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+namespace moe {
+namespace {
+
+// y[j] = sum_i w[j][i] x[i], w row-major [n][k]
+std::vector<double> MatVec(const std::vector<float>& w, const std::vector<double>& x, int n) {
+  const size_t k = x.size();
+  std::vector<double> y(static_cast<size_t>(n), 0.0);
+  for (size_t j = 0; j < static_cast<size_t>(n); ++j) {
+    double s = 0;
+    for (size_t i = 0; i < k; ++i) s += static_cast<double>(w[j * k + i]) * x[i];
+    y[j] = s;
+  }
+  return y;
+}
+
+std::vector<double> Norm(const std::vector<double>& x, const std::vector<float>& weight, double eps) {
+  double ss = 0;
+  for (double v : x) ss += v * v;
+  const double scale = 1.0 / std::sqrt(ss / static_cast<double>(x.size()) + eps);
+  std::vector<double> out(x.size());
+  for (size_t i = 0; i < x.size(); ++i) out[i] = x[i] * scale * weight[i];
+  return out;
+}
+
+// RoPE in the rotate-half layout: pairs (i, i + d/2) of each head.
+void Rotate(std::vector<double>* x, int heads, int d, int position, double theta) {
+  for (int h = 0; h < heads; ++h) {
+    for (int i = 0; i < d / 2; ++i) {
+      const double angle = position / std::pow(theta, 2.0 * i / d);
+      double& a = (*x)[static_cast<size_t>(h * d + i)];
+      double& b = (*x)[static_cast<size_t>(h * d + i + d / 2)];
+      const double a0 = a, b0 = b;
+      a = a0 * std::cos(angle) - b0 * std::sin(angle);
+      b = b0 * std::cos(angle) + a0 * std::sin(angle);
+    }
+  }
+}
+
+}  // namespace
+
+m2n::StatusOr<ReferenceModel> ReferenceModel::Load(const ModelConfig& config, const WeightSource& source) {
+  ReferenceModel model;
+  model.config_ = config;
+  M2N_ASSIGN_OR_RETURN(model.attention_, LoadAttentionWeights(config, source));
+  std::vector<int> all(static_cast<size_t>(config.num_local_experts));
+  std::iota(all.begin(), all.end(), 0);
+  M2N_ASSIGN_OR_RETURN(model.experts_, LoadExpertShard(config, source, all));
+  return model;
+}
+
+m2n::StatusOr<ReferenceOutput> ReferenceModel::Forward(std::span<const int> tokens, int first_logit) const {
+  const ModelConfig& c = config_;
+  const int L = c.num_hidden_layers, H = c.hidden_size, d = c.head_dim;
+  const int heads = c.num_attention_heads, kv_heads = c.num_key_value_heads;
+  if (tokens.empty() || first_logit < 0 || first_logit >= static_cast<int>(tokens.size()) ||
+      static_cast<int>(tokens.size()) > c.max_position_embeddings) {
+    return m2n::InvalidArgumentError("reference: bad sequence (" + std::to_string(tokens.size()) +
+                                     " tokens, logits from " + std::to_string(first_logit) + ")");
+  }
+  ReferenceOutput result;
+  // keys[layer][position] = the rotated keys of every KV head; values likewise.
+  std::vector<std::vector<std::vector<double>>> keys(static_cast<size_t>(L)), values(static_cast<size_t>(L));
+  for (size_t pos = 0; pos < tokens.size(); ++pos) {
+    const int token = tokens[pos];
+    if (token < 0 || token >= c.vocab_size) return m2n::InvalidArgumentError("reference: token out of range");
+    std::vector<double> x(static_cast<size_t>(H));
+    for (int i = 0; i < H; ++i) x[static_cast<size_t>(i)] = attention_.embed[static_cast<size_t>(token) * H + i];
+    for (int l = 0; l < L; ++l) {
+      const AttentionLayerWeights& w = attention_.layers[static_cast<size_t>(l)];
+      const std::vector<double> normed = Norm(x, w.input_norm, c.rms_norm_eps);
+      std::vector<double> q = MatVec(w.wq, normed, c.q_dim());
+      std::vector<double> k = MatVec(w.wk, normed, c.kv_dim());
+      std::vector<double> v = MatVec(w.wv, normed, c.kv_dim());
+      Rotate(&q, heads, d, static_cast<int>(pos), c.rope_theta);
+      Rotate(&k, kv_heads, d, static_cast<int>(pos), c.rope_theta);
+      keys[static_cast<size_t>(l)].push_back(k);
+      values[static_cast<size_t>(l)].push_back(v);
+      std::vector<double> attended(static_cast<size_t>(c.q_dim()), 0.0);
+      for (int h = 0; h < heads; ++h) {
+        const int kvh = h / (heads / kv_heads);
+        std::vector<double> score(pos + 1);
+        double top = -1e300;
+        for (size_t p = 0; p <= pos; ++p) {
+          double s = 0;
+          for (int i = 0; i < d; ++i) s += q[static_cast<size_t>(h * d + i)] * keys[static_cast<size_t>(l)][p][static_cast<size_t>(kvh * d + i)];
+          score[p] = s / std::sqrt(static_cast<double>(d));
+          top = std::max(top, score[p]);
+        }
+        double sum = 0;
+        for (double& s : score) sum += (s = std::exp(s - top));
+        for (size_t p = 0; p <= pos; ++p) {
+          for (int i = 0; i < d; ++i) {
+            attended[static_cast<size_t>(h * d + i)] += score[p] / sum * values[static_cast<size_t>(l)][p][static_cast<size_t>(kvh * d + i)];
+          }
+        }
+      }
+      const std::vector<double> o = MatVec(w.wo, attended, H);
+      for (int i = 0; i < H; ++i) x[static_cast<size_t>(i)] += o[static_cast<size_t>(i)];
+
+      // MoE: softmax gate over all experts, top-k, renormalized, SwiGLU experts.
+      const std::vector<double> h2 = Norm(x, w.post_norm, c.rms_norm_eps);
+      const std::vector<double> gate_logits = MatVec(w.gate, h2, c.num_local_experts);
+      std::vector<double> prob = gate_logits;
+      const double top = *std::max_element(prob.begin(), prob.end());
+      double sum = 0;
+      for (double& p : prob) sum += (p = std::exp(p - top));
+      for (double& p : prob) p /= sum;
+      std::vector<int> order(prob.size());
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return prob[static_cast<size_t>(a)] > prob[static_cast<size_t>(b)]; });
+      const int k_top = c.num_experts_per_tok;
+      if (k_top < c.num_local_experts && !result.near_tie &&
+          gate_logits[static_cast<size_t>(order[static_cast<size_t>(k_top - 1)])] -
+                  gate_logits[static_cast<size_t>(order[static_cast<size_t>(k_top)])] < kTieThreshold) {
+        result.near_tie = true;
+        result.tie_position = static_cast<int>(pos);
+        result.tie_layer = l;
+      }
+      double chosen = 0;
+      for (int j = 0; j < k_top; ++j) chosen += prob[static_cast<size_t>(order[static_cast<size_t>(j)])];
+      std::vector<double> moe(static_cast<size_t>(H), 0.0);
+      for (int j = 0; j < k_top; ++j) {
+        const int e = order[static_cast<size_t>(j)];
+        const double weight = prob[static_cast<size_t>(e)] / (c.norm_topk_prob ? chosen : 1.0);
+        const ExpertWeights& ew = experts_.layers[static_cast<size_t>(l)][static_cast<size_t>(e)];
+        const std::vector<double> g = MatVec(ew.w1, h2, c.intermediate_size);
+        const std::vector<double> u = MatVec(ew.w3, h2, c.intermediate_size);
+        std::vector<double> a(g.size());
+        for (size_t i = 0; i < g.size(); ++i) a[i] = g[i] / (1.0 + std::exp(-g[i])) * u[i];
+        const std::vector<double> y = MatVec(ew.w2, a, H);
+        for (int i = 0; i < H; ++i) moe[static_cast<size_t>(i)] += weight * y[static_cast<size_t>(i)];
+      }
+      for (int i = 0; i < H; ++i) x[static_cast<size_t>(i)] += moe[static_cast<size_t>(i)];
+    }
+    if (static_cast<int>(pos) >= first_logit) {
+      const std::vector<double> normed = Norm(x, attention_.final_norm, c.rms_norm_eps);
+      const std::vector<double> logits = MatVec(attention_.lm_head, normed, c.vocab_size);
+      for (double v : logits) result.logits.push_back(static_cast<float>(v));
+    }
+  }
+  return result;
+}
+
+}  // namespace moe

@@ -1,0 +1,575 @@
+#include "runtime/pipeline.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <numeric>
+#include <optional>
+#include <vector>
+
+#include "compute/compute.h"
+#include "reference/reference.h"
+#include "runtime/wire.h"
+
+namespace moe {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double Seconds(Clock::time_point from, Clock::time_point to) { return std::chrono::duration<double>(to - from).count(); }
+
+// Accumulates the seconds of a scope into *sum.
+class Timed {
+ public:
+  explicit Timed(double* sum) : sum_(sum), start_(Clock::now()) {}
+  ~Timed() { *sum_ += Seconds(start_, Clock::now()); }
+  Timed(const Timed&) = delete;
+  Timed& operator=(const Timed&) = delete;
+
+ private:
+  double* sum_;
+  Clock::time_point start_;
+};
+
+constexpr size_t kMinSlotBytes = size_t{64} << 10;  // report chunks
+
+m2n::Deadline CallDeadline(const PipelineOptions& o) { return m2n::Deadline::After(std::chrono::seconds(o.timeout_s)); }
+
+std::string Where(const m2n::Group& g, const char* what) {
+  return std::string(what) + " on rank " + std::to_string(g.rank()) + " (" +
+         (g.role() == m2n::Role::kSender ? "attention" : "expert") + " worker)";
+}
+
+// ---- Reports: a JSON string in chunks of one slot each ----
+
+m2n::Status SendReport(m2n::Group& group, int peer, const std::string& text, std::byte* buffer, size_t slot_bytes,
+                       const PipelineOptions& o) {
+  const size_t chunk = slot_bytes - sizeof(Header);
+  size_t sent = 0;
+  do {
+    const size_t n = std::min(chunk, text.size() - sent);
+    Header h;
+    h.kind = static_cast<uint16_t>(MessageKind::kReport);
+    h.rows = static_cast<uint32_t>(n);
+    h.report_bytes = text.size();
+    std::memcpy(buffer, &h, sizeof(h));
+    std::memcpy(buffer + sizeof(h), text.data() + sent, n);
+    M2N_RETURN_IF_ERROR(group.Send({peer, buffer, sizeof(h) + n}, CallDeadline(o)));
+    sent += n;
+  } while (sent < text.size());
+  return m2n::OkStatus();
+}
+
+m2n::StatusOr<Json> ReceiveReport(m2n::Group& group, int peer, const PipelineOptions& o) {
+  std::string text;
+  uint64_t total = 0;
+  do {
+    M2N_ASSIGN_OR_RETURN(m2n::Message m, group.Receive(peer, CallDeadline(o)));
+    m2n::Status s = CheckMessage(m.data, m.length, peer, MessageKind::kReport, Header{});
+    const Header h = ReadHeader(m.data);
+    if (s.ok() && sizeof(Header) + h.rows != m.length) s = m2n::DataLossError("report chunk of bad length");
+    if (s.ok()) {
+      total = h.report_bytes;
+      text.append(reinterpret_cast<const char*>(m.data) + sizeof(Header), h.rows);
+    }
+    M2N_RETURN_IF_ERROR(group.Release(m));
+    M2N_RETURN_IF_ERROR(s);
+  } while (text.size() < total);
+  return Json::Parse(text, "report from rank " + std::to_string(peer));
+}
+
+Json Samples(const std::vector<double>& v) {
+  Json a = Json::Array();
+  for (double x : v) a.Push(Json::Number(std::round(x * 1e3) / 1e3));
+  return a;
+}
+
+// ---- Attention worker ----
+
+class AttentionWorker {
+ public:
+  AttentionWorker(m2n::Group& group, const PipelineOptions& o) : g_(group), o_(o), c_(o.config) {}
+
+  m2n::Status Run(Json* summary) {
+    M2N_RETURN_IF_ERROR(SetUp());
+    M2N_RETURN_IF_ERROR(g_.Barrier(CallDeadline(o_)));
+    start_ = Clock::now();
+    while (!workload_->finished()) M2N_RETURN_IF_ERROR(Iteration());
+    // No more dispatches: every expert worker stops waiting for this rank.
+    for (size_t w = 0; w < experts_.size(); ++w) {
+      Header h;
+      h.kind = static_cast<uint16_t>(MessageKind::kFinish);
+      std::memcpy(send_[w], &h, sizeof(h));
+      requests_[w] = {experts_[w], send_[w], sizeof(h)};
+    }
+    M2N_RETURN_IF_ERROR(g_.Send(requests_, CallDeadline(o_)));
+    wall_s_ = Seconds(start_, Clock::now());
+    if (o_.progress && g_.rank() == 0) std::fprintf(stderr, "\n");
+
+    Json report = Report();
+    if (o_.check) report.Set("check", Check());
+    M2N_RETURN_IF_ERROR(SendReport(g_, experts_[0], report.Dump(), send_[0], slot_bytes_, o_));
+    if (g_.rank() != 0) return m2n::OkStatus();
+    // Rank 0 gathers everyone's: the first expert worker forwards the attention workers' reports.
+    Json all = Json::Array();
+    std::vector<Json> attention(static_cast<size_t>(g_.num_senders()));
+    for (size_t w = 0; w < experts_.size(); ++w) {
+      M2N_ASSIGN_OR_RETURN(Json r, ReceiveReport(g_, experts_[w], o_));
+      all.Push(std::move(r));
+      if (w == 0) {
+        for (auto& a : attention) {
+          M2N_ASSIGN_OR_RETURN(a, ReceiveReport(g_, experts_[0], o_));
+        }
+      }
+    }
+    Json ordered = Json::Array();
+    for (auto& a : attention) ordered.Push(std::move(a));
+    for (const Json& e : all.items()) ordered.Push(e);
+    *summary = std::move(ordered);
+    return m2n::OkStatus();
+  }
+
+ private:
+  m2n::Status SetUp() {
+    M2N_ASSIGN_OR_RETURN(AttentionWeights weights, LoadAttentionWeights(c_, o_.weights));
+    const int max_context = MaxContext(o_.workload, c_.max_position_embeddings);
+    M2N_ASSIGN_OR_RETURN(Workload w, Workload::Create(o_.workload, g_.rank(), c_.vocab_size, max_context));
+    workload_ = std::make_unique<Workload>(std::move(w));
+    ComputeOptions co{.threads = o_.threads, .micro_batches = o_.workload.micro_batches,
+                      .max_tokens = o_.workload.max_tokens, .kv_slots = o_.workload.batch,
+                      .max_context = max_context};
+    M2N_ASSIGN_OR_RETURN(compute_, MakeAttentionCompute(o_.backend, c_, std::move(weights), co));
+    experts_.assign(g_.peers().begin(), g_.peers().end());
+    slot_bytes_ = g_.options().slot_bytes;
+    buffer_.resize(experts_.size() * slot_bytes_);
+    auto region = g_.RegisterMemory(buffer_.data(), buffer_.size());
+    if (!region.ok()) return region.status();
+    region_.emplace(std::move(*region));
+    for (size_t w = 0; w < experts_.size(); ++w) send_.push_back(buffer_.data() + w * slot_bytes_);
+    requests_.resize(experts_.size());
+    combines_.resize(experts_.size());
+    const size_t m = static_cast<size_t>(o_.workload.micro_batches);
+    sent_rows_.assign(m, std::vector<std::vector<int32_t>>(experts_.size()));
+    routing_.resize(m);
+    return m2n::OkStatus();
+  }
+
+  m2n::Status Iteration() {
+    const int m = o_.workload.micro_batches, L = c_.num_hidden_layers;
+    std::vector<MicroBatchPlan> plans;
+    {
+      Timed t(&compute_s_);
+      plans = workload_->NextIteration(Seconds(start_, Clock::now()));
+      for (int i = 0; i < m; ++i) M2N_RETURN_IF_ERROR(compute_->Begin(i, plans[static_cast<size_t>(i)].tokens));
+    }
+    for (int l = 0; l < L; ++l) {
+      for (int i = 0; i < m; ++i) {
+        if (l > 0) M2N_RETURN_IF_ERROR(ReceiveCombine(i, l - 1));
+        M2N_RETURN_IF_ERROR(Dispatch(i, l));
+      }
+    }
+    for (int i = 0; i < m; ++i) M2N_RETURN_IF_ERROR(ReceiveCombine(i, L - 1));
+    {
+      Timed t(&compute_s_);
+      const double now = Seconds(start_, Clock::now());
+      for (int i = 0; i < m; ++i) {
+        const MicroBatchPlan& plan = plans[static_cast<size_t>(i)];
+        logits_.resize(plan.logit_rows.size() * static_cast<size_t>(c_.vocab_size));
+        M2N_RETURN_IF_ERROR(compute_->Logits(i, plan.logit_rows, logits_.data()));
+        workload_->Complete(plan, logits_, now, &tbt_ms_, &ttft_ms_);
+      }
+    }
+    ++iteration_;
+    if (o_.progress && g_.rank() == 0) ShowProgress();
+    return m2n::OkStatus();
+  }
+
+  m2n::Status Dispatch(int mb, int layer) {
+    Routing& routing = routing_[static_cast<size_t>(mb)];
+    {
+      Timed t(&compute_s_);
+      M2N_RETURN_IF_ERROR(compute_->AttentionAndGate(mb, layer, &routing));
+      if (o_.fault == "swap_experts") {
+        for (int& e : routing.expert) e = e == 0 ? 1 : e == 1 ? 0 : e;
+      }
+      const int k = routing.top_k, tokens = static_cast<int>(routing.expert.size()) / std::max(k, 1);
+      const int N = static_cast<int>(experts_.size());
+      for (int w = 0; w < N; ++w) {
+        std::vector<int32_t>& rows = sent_rows_[static_cast<size_t>(mb)][static_cast<size_t>(w)];
+        rows.clear();
+        for (int t = 0; t < tokens; ++t) {
+          bool mine = false;
+          for (int j = 0; j < k; ++j) mine = mine || ExpertOwner(routing.expert[static_cast<size_t>(t * k + j)], N) == w;
+          if (mine) rows.push_back(t);
+        }
+        const DispatchLayout layout(rows.size(), static_cast<size_t>(k), static_cast<size_t>(c_.hidden_size));
+        std::byte* msg = send_[static_cast<size_t>(w)];
+        Header h;
+        h.kind = static_cast<uint16_t>(MessageKind::kDispatch);
+        h.top_k = static_cast<uint16_t>(k);
+        h.iteration = static_cast<uint32_t>(iteration_);
+        h.layer = static_cast<uint16_t>(layer);
+        h.micro_batch = static_cast<uint16_t>(mb);
+        h.rows = static_cast<uint32_t>(rows.size());
+        h.hidden = static_cast<uint32_t>(c_.hidden_size);
+        std::memcpy(msg, &h, sizeof(h));
+        std::memcpy(msg + layout.rows, rows.data(), rows.size() * 4);
+        auto* experts = reinterpret_cast<int32_t*>(msg + layout.experts);
+        auto* weights = reinterpret_cast<float*>(msg + layout.weights);
+        for (size_t r = 0; r < rows.size(); ++r) {
+          for (int j = 0; j < k; ++j) {
+            const size_t at = static_cast<size_t>(rows[r]) * k + j;
+            const bool mine = ExpertOwner(routing.expert[at], N) == w;
+            experts[r * k + j] = mine ? routing.expert[at] : -1;
+            weights[r * k + j] = mine ? routing.weight[at] : 0.0f;
+          }
+        }
+        M2N_RETURN_IF_ERROR(compute_->GatherRows(mb, rows, reinterpret_cast<float*>(msg + layout.x)));
+        requests_[static_cast<size_t>(w)] = {experts_[static_cast<size_t>(w)], msg, layout.bytes};
+        rows_dispatched_ += static_cast<int64_t>(rows.size());
+      }
+    }
+    Timed t(&send_s_);
+    return g_.Send(requests_, CallDeadline(o_)).WithContext(Where(g_, "dispatch"));
+  }
+
+  m2n::Status ReceiveCombine(int mb, int layer) {
+    {
+      Timed t(&wait_s_);
+      M2N_RETURN_IF_ERROR(g_.Receive(experts_, combines_, CallDeadline(o_)).WithContext(Where(g_, "combine")));
+    }
+    Timed t(&compute_s_);
+    Header want;
+    want.iteration = static_cast<uint32_t>(iteration_);
+    want.layer = static_cast<uint16_t>(layer);
+    want.micro_batch = static_cast<uint16_t>(mb);
+    want.hidden = static_cast<uint32_t>(c_.hidden_size);
+    m2n::Status status;
+    for (size_t w = 0; w < experts_.size() && status.ok(); ++w) {
+      const m2n::Message& msg = combines_[w];
+      status = CheckMessage(msg.data, msg.length, msg.peer, MessageKind::kCombine, want);
+      if (!status.ok()) break;
+      const Header h = ReadHeader(msg.data);
+      const std::vector<int32_t>& sent = sent_rows_[static_cast<size_t>(mb)][w];
+      const CombineLayout layout(h.rows, h.hidden);
+      if (h.rows != sent.size() || std::memcmp(msg.data + layout.rows, sent.data(), sent.size() * 4) != 0) {
+        status = m2n::DataLossError("combine from rank " + std::to_string(msg.peer) + " answers other tokens than " +
+                                    "were dispatched to it (" + std::to_string(h.rows) + " rows, " +
+                                    std::to_string(sent.size()) + " sent)");
+        break;
+      }
+      status = compute_->ScatterAddRows(mb, sent, reinterpret_cast<const float*>(msg.data + layout.y));
+    }
+    M2N_RETURN_IF_ERROR(g_.Release(combines_));
+    return status;
+  }
+
+  void ShowProgress() {
+    const double now = Seconds(start_, Clock::now());
+    if (now < next_progress_s_ && !workload_->finished()) return;
+    next_progress_s_ = now + 1.0;
+    std::fprintf(stderr, "\r[moe_pipeline] %5.1f s  attention rank 0: %d/%zu requests done, %lld tokens generated (%.0f tok/s), iteration %lld   ",
+                 now, workload_->finished_count(), workload_->requests().size(),
+                 static_cast<long long>(workload_->generated_tokens()),
+                 static_cast<double>(workload_->generated_tokens()) / std::max(now, 1e-9),
+                 static_cast<long long>(iteration_));
+  }
+
+  Json Report() const {
+    Json r = Json::Object();
+    r.Set("role", Json::String("attention"));
+    r.Set("rank", Json::Number(g_.rank()));
+    r.Set("backend", Json::String(compute_->name()));
+    r.Set("wall_s", Json::Number(wall_s_));
+    r.Set("compute_s", Json::Number(compute_s_));
+    r.Set("send_s", Json::Number(send_s_));
+    r.Set("wait_s", Json::Number(wait_s_));
+    r.Set("iterations", Json::Number(static_cast<double>(iteration_)));
+    r.Set("layers", Json::Number(c_.num_hidden_layers));
+    r.Set("requests", Json::Number(static_cast<double>(workload_->requests().size())));
+    r.Set("generated_tokens", Json::Number(static_cast<double>(workload_->generated_tokens())));
+    r.Set("prefill_tokens", Json::Number(static_cast<double>(workload_->prefill_tokens())));
+    r.Set("rows_dispatched", Json::Number(static_cast<double>(rows_dispatched_)));
+    int64_t input = 0, output = 0;
+    for (const Request& q : workload_->requests()) {
+      input += q.input_len;
+      output += q.output_len;
+    }
+    r.Set("input_tokens", Json::Number(static_cast<double>(input)));
+    r.Set("output_tokens", Json::Number(static_cast<double>(output)));
+    r.Set("tbt_ms", Samples(tbt_ms_));
+    r.Set("ttft_ms", Samples(ttft_ms_));
+    return r;
+  }
+
+  // Every request's recorded logits against the reference forward over the same tokens.
+  Json Check() const {
+    Json r = Json::Object();
+    auto reference = ReferenceModel::Load(c_, o_.weights);
+    if (!reference.ok()) {
+      r.Set("passed", Json::Bool(false));
+      r.Set("error", Json::String(reference.status().ToString()));
+      return r;
+    }
+    const auto start = Clock::now();
+    int compared = 0, skipped = 0, partial = 0, failed = 0;
+    double max_error = 0;
+    std::string first_failure;
+    int64_t tokens = 0;
+    for (const Request& q : workload_->requests()) {
+      const std::span<const int> seq(q.tokens.data(), q.tokens.size() - 1);  // the last token is never fed
+      auto ref = reference->Forward(seq, q.input_len - 1);
+      if (!ref.ok()) {
+        ++failed;
+        if (first_failure.empty()) first_failure = "request " + std::to_string(q.id) + ": " + ref.status().ToString();
+        continue;
+      }
+      const size_t vocab = static_cast<size_t>(c_.vocab_size);
+      // Output token t comes from position input_len - 1 + t; a near-tie in the routing at position
+      // p leaves only the outputs of positions < p comparable.
+      size_t comparable = q.logits.size() / vocab;
+      if (ref->near_tie) {
+        comparable = static_cast<size_t>(std::max(0, ref->tie_position - (q.input_len - 1)));
+        comparable = std::min(comparable, q.logits.size() / vocab);
+        ++partial;
+        if (comparable == 0) {
+          ++skipped;
+          continue;
+        }
+      }
+      if (ref->logits.size() != q.logits.size()) {
+        ++failed;
+        if (first_failure.empty()) first_failure = "request " + std::to_string(q.id) + ": logits count differs";
+        continue;
+      }
+      double request_error = 0;
+      int worst_token = 0;
+      for (size_t t = 0; t < comparable; ++t) {
+        double diff = 0, scale = 0;
+        for (size_t v = 0; v < vocab; ++v) {
+          diff = std::max(diff, std::fabs(static_cast<double>(q.logits[t * vocab + v]) - ref->logits[t * vocab + v]));
+          scale = std::max(scale, std::fabs(static_cast<double>(ref->logits[t * vocab + v])));
+        }
+        const double e = diff / std::max(scale, 1e-30);
+        if (e > request_error) {
+          request_error = e;
+          worst_token = static_cast<int>(t);
+        }
+        ++tokens;
+      }
+      ++compared;
+      max_error = std::max(max_error, request_error);
+      if (request_error > kTolerance) {
+        ++failed;
+        if (first_failure.empty()) {
+          char buf[160];
+          std::snprintf(buf, sizeof(buf), "request %d output token %d: relative error %.3g > %.0e", q.id, worst_token,
+                        request_error, kTolerance);
+          first_failure = buf;
+        }
+      }
+    }
+    r.Set("passed", Json::Bool(failed == 0 && compared > 0));
+    r.Set("requests_compared", Json::Number(compared));
+    r.Set("requests_failed", Json::Number(failed));
+    r.Set("requests_skipped_near_tie", Json::Number(skipped));
+    r.Set("requests_cut_at_near_tie", Json::Number(partial));
+    r.Set("tokens_compared", Json::Number(static_cast<double>(tokens)));
+    r.Set("max_relative_error", Json::Number(max_error));
+    r.Set("tolerance", Json::Number(kTolerance));
+    r.Set("seconds", Json::Number(Seconds(start, Clock::now())));
+    if (!first_failure.empty()) r.Set("first_failure", Json::String(first_failure));
+    return r;
+  }
+
+  // max |pipeline - reference| over a token's logits, relative to the largest reference logit.
+  static constexpr double kTolerance = 1e-4;
+
+  m2n::Group& g_;
+  const PipelineOptions& o_;
+  const ModelConfig& c_;
+  std::unique_ptr<Workload> workload_;
+  std::unique_ptr<AttentionCompute> compute_;
+  std::vector<int> experts_;
+  size_t slot_bytes_ = 0;
+  std::vector<std::byte> buffer_;  // one send buffer per expert worker
+  // MemoryRegion's default constructor needs its Impl's size: held in an optional instead.
+  std::optional<m2n::MemoryRegion> region_;
+  std::vector<std::byte*> send_;
+  std::vector<m2n::SendRequest> requests_;
+  std::vector<m2n::Message> combines_;
+  std::vector<std::vector<std::vector<int32_t>>> sent_rows_;  // [mb][expert worker]
+  std::vector<Routing> routing_;
+  std::vector<float> logits_;
+  Clock::time_point start_;
+  int64_t iteration_ = 0;
+  int64_t rows_dispatched_ = 0;
+  double wall_s_ = 0, compute_s_ = 0, send_s_ = 0, wait_s_ = 0;
+  double next_progress_s_ = 0;
+  std::vector<double> tbt_ms_, ttft_ms_;
+};
+
+// ---- Expert worker ----
+
+class ExpertWorker {
+ public:
+  ExpertWorker(m2n::Group& group, const PipelineOptions& o) : g_(group), o_(o), c_(o.config) {}
+
+  m2n::Status Run() {
+    M2N_RETURN_IF_ERROR(SetUp());
+    M2N_RETURN_IF_ERROR(g_.Barrier(CallDeadline(o_)));
+    const auto start = Clock::now();
+    std::vector<int> active(attention_);
+    std::vector<m2n::Message> got;
+    std::vector<ExpertInput> inputs;
+    std::vector<m2n::SendRequest> answers;
+    const int m = o_.workload.micro_batches, L = c_.num_hidden_layers;
+    while (!active.empty()) {
+      got.resize(active.size());
+      {
+        Timed t(&wait_s_);
+        M2N_RETURN_IF_ERROR(g_.Receive(active, got, CallDeadline(o_)).WithContext(Where(g_, "dispatch")));
+      }
+      Header want;
+      want.iteration = static_cast<uint32_t>(round_ / (int64_t{m} * L));
+      want.layer = static_cast<uint16_t>(round_ / m % L);
+      want.micro_batch = static_cast<uint16_t>(round_ % m);
+      want.hidden = static_cast<uint32_t>(c_.hidden_size);
+      inputs.clear();
+      answers.clear();
+      std::vector<int> still;
+      int top_k = c_.num_experts_per_tok;
+      m2n::Status status;
+      {
+        Timed t(&compute_s_);
+        for (size_t i = 0; i < got.size() && status.ok(); ++i) {
+          const m2n::Message& msg = got[i];
+          if (msg.length >= sizeof(Header) && ReadHeader(msg.data).kind == static_cast<uint16_t>(MessageKind::kFinish)) {
+            continue;
+          }
+          still.push_back(active[i]);
+          status = CheckMessage(msg.data, msg.length, msg.peer, MessageKind::kDispatch, want);
+          if (!status.ok()) break;
+          const Header h = ReadHeader(msg.data);
+          if (h.top_k != top_k) {
+            status = m2n::DataLossError("dispatch from rank " + std::to_string(msg.peer) + " has top_k " +
+                                        std::to_string(h.top_k) + ", the model " + std::to_string(top_k));
+            break;
+          }
+          const DispatchLayout in(h.rows, h.top_k, h.hidden);
+          const CombineLayout out(h.rows, h.hidden);
+          std::byte* answer = send_[static_cast<size_t>(Index(msg.peer))];
+          Header a = h;
+          a.kind = static_cast<uint16_t>(MessageKind::kCombine);
+          std::memcpy(answer, &a, sizeof(a));
+          std::memcpy(answer + out.rows, msg.data + in.rows, size_t{h.rows} * 4);
+          inputs.push_back({static_cast<int>(h.rows), reinterpret_cast<const float*>(msg.data + in.x),
+                            reinterpret_cast<const int32_t*>(msg.data + in.experts),
+                            reinterpret_cast<const float*>(msg.data + in.weights),
+                            reinterpret_cast<float*>(answer + out.y)});
+          answers.push_back({msg.peer, answer, out.bytes});
+          rows_ += h.rows;
+        }
+        if (status.ok() && !inputs.empty()) status = experts_->Forward(want.layer, top_k, inputs);
+      }
+      if (status.ok() && !answers.empty()) {
+        Timed t(&send_s_);
+        status = g_.Send(answers, CallDeadline(o_)).WithContext(Where(g_, "combine"));
+      }
+      M2N_RETURN_IF_ERROR(g_.Release(got));
+      M2N_RETURN_IF_ERROR(status);
+      if (!inputs.empty()) ++round_;
+      active = std::move(still);
+    }
+    wall_s_ = Seconds(start, Clock::now());
+
+    // Reports: the first expert worker forwards the attention workers' to rank 0.
+    std::vector<Json> attention_reports;
+    if (g_.rank() == g_.num_senders()) {
+      for (int a : attention_) {
+        M2N_ASSIGN_OR_RETURN(Json r, ReceiveReport(g_, a, o_));
+        attention_reports.push_back(std::move(r));
+      }
+    }
+    M2N_RETURN_IF_ERROR(SendReport(g_, attention_[0], Report().Dump(), send_[0], slot_bytes_, o_));
+    for (const Json& r : attention_reports) {
+      M2N_RETURN_IF_ERROR(SendReport(g_, attention_[0], r.Dump(), send_[0], slot_bytes_, o_));
+    }
+    return m2n::OkStatus();
+  }
+
+ private:
+  m2n::Status SetUp() {
+    const int worker = g_.rank() - g_.num_senders();
+    for (int e = 0; e < c_.num_local_experts; ++e) {
+      if (ExpertOwner(e, g_.num_receivers()) == worker) held_.push_back(e);
+    }
+    M2N_ASSIGN_OR_RETURN(ExpertShard shard, LoadExpertShard(c_, o_.weights, held_));
+    ComputeOptions co{.threads = o_.threads, .micro_batches = o_.workload.micro_batches,
+                      .max_tokens = o_.workload.max_tokens};
+    M2N_ASSIGN_OR_RETURN(experts_, MakeExpertCompute(o_.backend, c_, std::move(shard), co));
+    attention_.assign(g_.peers().begin(), g_.peers().end());
+    slot_bytes_ = g_.options().slot_bytes;
+    buffer_.resize(attention_.size() * slot_bytes_);
+    auto region = g_.RegisterMemory(buffer_.data(), buffer_.size());
+    if (!region.ok()) return region.status();
+    region_.emplace(std::move(*region));
+    for (size_t a = 0; a < attention_.size(); ++a) send_.push_back(buffer_.data() + a * slot_bytes_);
+    return m2n::OkStatus();
+  }
+
+  int Index(int attention_rank) const { return attention_rank; }  // attention ranks are [0, A)
+
+  Json Report() const {
+    Json r = Json::Object();
+    r.Set("role", Json::String("expert"));
+    r.Set("rank", Json::Number(g_.rank()));
+    r.Set("backend", Json::String(experts_->name()));
+    Json held = Json::Array();
+    for (int e : held_) held.Push(Json::Number(e));
+    r.Set("experts", std::move(held));
+    r.Set("wall_s", Json::Number(wall_s_));
+    r.Set("compute_s", Json::Number(compute_s_));
+    r.Set("send_s", Json::Number(send_s_));
+    r.Set("wait_s", Json::Number(wait_s_));
+    r.Set("rounds", Json::Number(static_cast<double>(round_)));
+    r.Set("rows", Json::Number(static_cast<double>(rows_)));
+    return r;
+  }
+
+  m2n::Group& g_;
+  const PipelineOptions& o_;
+  const ModelConfig& c_;
+  std::vector<int> held_;
+  std::unique_ptr<ExpertCompute> experts_;
+  std::vector<int> attention_;
+  size_t slot_bytes_ = 0;
+  std::vector<std::byte> buffer_;  // one combine buffer per attention worker
+  // MemoryRegion's default constructor needs its Impl's size: held in an optional instead.
+  std::optional<m2n::MemoryRegion> region_;
+  std::vector<std::byte*> send_;
+  int64_t round_ = 0;
+  int64_t rows_ = 0;
+  double wall_s_ = 0, compute_s_ = 0, send_s_ = 0, wait_s_ = 0;
+};
+
+}  // namespace
+
+size_t SlotBytesFor(const PipelineOptions& o) {
+  const size_t dispatch = DispatchLayout(static_cast<size_t>(o.workload.max_tokens),
+                                         static_cast<size_t>(o.config.num_experts_per_tok),
+                                         static_cast<size_t>(o.config.hidden_size)).bytes;
+  return std::max(AlignUp(dispatch), kMinSlotBytes);
+}
+
+m2n::Status RunAttentionWorker(m2n::Group& group, const PipelineOptions& options, Json* summary) {
+  return AttentionWorker(group, options).Run(summary);
+}
+
+m2n::Status RunExpertWorker(m2n::Group& group, const PipelineOptions& options) {
+  return ExpertWorker(group, options).Run();
+}
+
+}  // namespace moe

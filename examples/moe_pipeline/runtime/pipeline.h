@@ -1,0 +1,60 @@
+// The two kinds of worker and the ping-pong schedule between them, over one m2n::Group:
+// attention workers are the senders (ranks [0, A)), expert workers the receivers ([A, A + E)).
+//
+// Per decode iteration, an attention worker cuts its in-flight tokens into m micro-batches and runs,
+// for each layer l and micro-batch i in turn:
+//     receive the combine of (l - 1, i) and add it to i's residual          (N -> M)
+//     attention + gate + top-k of (l, i)
+//     dispatch (l, i): one message per expert worker with its tokens         (M -> N)
+// so while micro-batch i's tokens are at the experts, the attention worker computes the other m - 1
+// micro-batches (ping-pong); the last layer's combines are received at the end of the iteration.
+// An expert worker receives the next dispatch from every attention worker (one "round" = one
+// (layer, micro-batch)), runs its experts over all of their tokens at once, and sends each
+// attention worker its combine. Messages from one peer arrive in order, so both sides know which
+// (iteration, layer, micro-batch) a message is for and check it.
+//
+// Slots: slot_bytes fits the largest dispatch (max_tokens rows), slot_depth >= m: at most m
+// dispatches and m combines per pair are in flight, so no Send ever waits for a credit that only
+// the waiting side could free.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "m2n/m2n.h"
+#include "model/config.h"
+#include "model/json.h"
+#include "model/weights.h"
+#include "runtime/workload.h"
+
+namespace moe {
+
+struct PipelineOptions {
+  std::string config_path;
+  ModelConfig config;
+  WeightSource weights;
+  std::string backend = "cpu";
+  int attention_workers = 2;
+  int expert_workers = 2;
+  WorkloadOptions workload;
+  int threads = 1;           // compute threads per process
+  std::string transport = "auto";
+  int timeout_s = 120;       // every m2n call's deadline
+  bool check = true;         // compare with the reference
+  bool progress = true;      // a progress line on stderr every second
+  // Fault injection, to show the check can fail: "swap_experts" routes every token of expert 0 to
+  // expert 1 and back (a routing bug).
+  std::string fault;
+};
+
+// Which expert worker holds global expert e.
+inline int ExpertOwner(int expert, int expert_workers) { return expert % expert_workers; }
+
+size_t SlotBytesFor(const PipelineOptions& options);
+
+// Runs this rank's part of the pipeline and the report gather. On rank 0, *summary receives the
+// whole job's report (every worker's, see runtime/report.h); elsewhere it is left null.
+m2n::Status RunAttentionWorker(m2n::Group& group, const PipelineOptions& options, Json* summary);
+m2n::Status RunExpertWorker(m2n::Group& group, const PipelineOptions& options);
+
+}  // namespace moe
