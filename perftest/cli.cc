@@ -51,7 +51,7 @@ constexpr Flag kFlags[] = {
     {0, "no-check", false},       {'d', "slot_depth", true},  {0, "json", true},
     {0, "baseline", true},        {0, "latency_mode", true},  {0, "timeout_ms", true},
     {0, "run_timeout", true},     {'h', "help", false},       {0, "inject-corruption", false},
-    {0, "spin_us", true},         {0, "use_cuda", false},
+    {0, "spin_us", true},         {0, "use_cuda", false},     {0, "soak", true},
 };
 
 const Flag* FindLong(std::string_view name) {
@@ -81,6 +81,9 @@ Status Apply(const Flag& flag, std::string_view value, PerfConfig& config) {
   } else if (n == "iters") {
     M2N_ASSIGN_OR_RETURN(int64_t v, ParseBounded(name, value, 1, 10'000'000));
     config.iters = static_cast<int>(v);
+  } else if (n == "soak") {
+    M2N_ASSIGN_OR_RETURN(int64_t v, ParseBounded(name, value, 1, 1'000'000'000'000));
+    config.soak_messages = static_cast<uint64_t>(v);
   } else if (n == "warmup_iters") {
     M2N_ASSIGN_OR_RETURN(int64_t v, ParseBounded(name, value, 0, 10'000'000));
     config.warmup_iters = static_cast<int>(v);
@@ -298,6 +301,9 @@ std::string Usage(std::string_view program) {
   u += "                           bandwidth phase (default " + std::to_string(d.iters) + ")\n";
   u += "  -w, --warmup_iters N     unmeasured iterations per size (default " +
        std::to_string(d.warmup_iters) + ")\n";
+  u += "      --soak N             repeat the sweep until N messages (sender to receiver, all pairs)\n";
+  u += "                           have gone; the table shows the first sweep; prints progress, the\n";
+  u += "                           total #wrong and each rank's resident memory (default: one sweep)\n";
   u += "Shape and library:\n";
   u += "  -M, --senders N          senders, ranks [0, M) (default " + std::to_string(d.senders) + ")\n";
   u += "  -N, --receivers N        receivers, ranks [M, M+N) (default " +

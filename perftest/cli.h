@@ -25,6 +25,8 @@ struct PerfConfig {
   uint64_t step_factor = 2;  // sizes min, min*f, min*f^2, ... <= max
   int iters = 500;           // measured iterations per size (latency), messages per pair (bandwidth)
   int warmup_iters = 50;
+  // --soak N: repeat the sweep until at least N sender-to-receiver messages have gone (0: once).
+  uint64_t soak_messages = 0;
   int senders = 2;
   int receivers = 2;
   bool senders_set = false;  // given on the command line (else a launcher's world size may decide)

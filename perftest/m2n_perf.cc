@@ -23,6 +23,7 @@
 #include "perftest/m2n_exchange.h"
 #include "perftest/perftest_baseline.h"
 #include "perftest/report.h"
+#include "perftest/soak.h"
 #if M2N_PERF_WITH_MPI
 #include "perftest/mpi_baseline.h"
 #endif
@@ -356,44 +357,61 @@ int Rank::Run(int argc, char** argv) {
   const std::vector<size_t> sizes = SweepSizes(config_);
   std::vector<Row> rows;
   uint64_t wrong = 0;  // what this rank knows of: its exit status
+  // --soak: the sweep again and again; the table shows the first, each sweep has its own data.
+  const int sweeps = SoakSweeps(config_, group_->num_senders(), group_->num_receivers(), sizes.size());
+  SoakMonitor soak(group_->rank(), sweeps,
+                   MessagesPerSweep(config_, group_->num_senders(), group_->num_receivers(), sizes.size()));
   const int64_t start = NowNs();
-  for (size_t index = 0; index < sizes.size(); ++index) {
-    const size_t bytes = sizes[index];
-    double seconds = 0;
-    std::vector<Exchange*> exchanges = {&m2n_exchange};
-    if (mpi_exchange) exchanges.push_back(mpi_exchange.get());
-    for (Exchange* exchange : exchanges) {
-      auto result = bench.RunSize(*exchange, bytes, static_cast<uint32_t>(index));
-      if (!result.ok()) return Fail(result.status());
-      wrong += result->wrong;
-      seconds += result->seconds;
-      if (!bench.is_sender() || group_->rank() != 0) {
-        if (result->local_wrong > 0 && !bench.one_way()) {
-          std::fprintf(stderr, "m2n_perf rank %d: %llu wrong byte(s) at %zu B (%s)\n", group_->rank(),
-                       static_cast<unsigned long long>(result->local_wrong), bytes,
-                       std::string(exchange->name()).c_str());
+  for (int sweep = 0; sweep < sweeps; ++sweep) {
+    for (size_t index = 0; index < sizes.size(); ++index) {
+      const size_t bytes = sizes[index];
+      const uint32_t size_index = static_cast<uint32_t>(static_cast<size_t>(sweep) * sizes.size() + index);
+      double seconds = 0;
+      std::vector<Exchange*> exchanges = {&m2n_exchange};
+      if (mpi_exchange) exchanges.push_back(mpi_exchange.get());
+      for (Exchange* exchange : exchanges) {
+        auto result = bench.RunSize(*exchange, bytes, size_index);
+        if (!result.ok()) return Fail(result.status());
+        wrong += result->wrong;
+        seconds += result->seconds;
+        if (sweep > 0) {
+          if (result->local_wrong > 0) {
+            std::fprintf(stderr, "m2n_perf rank %d: soak sweep %d: %llu wrong byte(s) at %zu B (%s)\n",
+                         group_->rank(), sweep + 1, static_cast<unsigned long long>(result->local_wrong),
+                         bytes, std::string(exchange->name()).c_str());
+          }
+          continue;
         }
-        continue;
+        if (!bench.is_sender() || group_->rank() != 0) {
+          if (result->local_wrong > 0 && !bench.one_way()) {
+            std::fprintf(stderr, "m2n_perf rank %d: %llu wrong byte(s) at %zu B (%s)\n", group_->rank(),
+                         static_cast<unsigned long long>(result->local_wrong), bytes,
+                         std::string(exchange->name()).c_str());
+          }
+          continue;
+        }
+        Row row{.bytes = bytes,
+                .impl = std::string(exchange->name()),
+                .latency = result->latency,
+                .gbps = result->gbps,
+                .mmsg_per_s = result->mmsg_per_s,
+                .wrong = result->wrong};
+        PrintRow(stdout, row, with_impl);
+        rows.push_back(row);
       }
-      Row row{.bytes = bytes,
-              .impl = std::string(exchange->name()),
-              .latency = result->latency,
-              .gbps = result->gbps,
-              .mmsg_per_s = result->mmsg_per_s,
-              .wrong = result->wrong};
-      PrintRow(stdout, row, with_impl);
-      rows.push_back(row);
-    }
-    if (report) {
-      if (with_impl && rows.size() >= 2) PrintRatioRow(stdout, rows[rows.size() - 2], rows.back());
-      std::fflush(stdout);
-      if (seconds > 1.0) {
-        std::fprintf(stderr, "m2n_perf: %zu B done in %.1f s (%zu of %zu sizes)\n", bytes, seconds,
-                     index + 1, sizes.size());
+      if (report && sweep == 0) {
+        if (with_impl && rows.size() >= 2) PrintRatioRow(stdout, rows[rows.size() - 2], rows.back());
+        std::fflush(stdout);
+        if (seconds > 1.0) {
+          std::fprintf(stderr, "m2n_perf: %zu B done in %.1f s (%zu of %zu sizes)\n", bytes, seconds,
+                       index + 1, sizes.size());
+        }
       }
     }
+    if (config_.soak_messages > 0) soak.AfterSweep(stdout, sweep, wrong);
   }
   const double elapsed_s = static_cast<double>(NowNs() - start) / 1e9;
+  if (config_.soak_messages > 0) soak.Finish(stdout, wrong, elapsed_s);
 
   if (report) {
     if (Status s = WriteFooterAndJson(info, rows, elapsed_s, sizes.size()); !s.ok()) return Fail(s);
