@@ -1,0 +1,293 @@
+// The model files: JSON, configs, safetensors (written here, read back), seeded weights, workload.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <numeric>
+
+#include "model/config.h"
+#include "model/json.h"
+#include "model/safetensors.h"
+#include "model/weights.h"
+#include "runtime/workload.h"
+
+namespace moe {
+namespace {
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "moe_model_test.XXXXXX").string();
+    path_ = mkdtemp(tmpl.data());
+  }
+  ~TempDir() { std::filesystem::remove_all(path_); }
+  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+void WriteFile(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+}
+
+ModelConfig Tiny() {
+  auto c = LoadModelConfig(std::string(MOE_PIPELINE_CONFIG_DIR) + "/tiny.json");
+  EXPECT_TRUE(c.ok()) << c.status().ToString();
+  return *c;
+}
+
+TEST(MoeJson, ParsesAndDumps) {
+  auto j = Json::Parse(R"({"a": [1, 2.5, -3e2], "b": {"c": "x\"y\n"}, "d": true, "e": null})", "test");
+  ASSERT_TRUE(j.ok()) << j.status().ToString();
+  EXPECT_EQ(j->Find("a")->items()[2].as_number(), -300);
+  EXPECT_EQ(j->Find("b")->Find("c")->as_string(), "x\"y\n");
+  auto again = Json::Parse(j->Dump(2), "dump");
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->Dump(), j->Dump());
+}
+
+TEST(MoeJson, ErrorsSayWhere) {
+  auto j = Json::Parse("{\n  \"a\": 1,\n  \"b\" 2\n}", "cfg.json");
+  ASSERT_FALSE(j.ok());
+  EXPECT_NE(j.status().message().find("cfg.json"), std::string::npos);
+  EXPECT_NE(j.status().message().find("line 3"), std::string::npos) << j.status().message();
+  EXPECT_FALSE(Json::Parse("[1, 2", "x").ok());
+  EXPECT_FALSE(Json::Parse("{\"a\": 1, \"a\": 2}", "x").ok());
+  EXPECT_FALSE(Json::Parse("1 2", "x").ok());
+}
+
+TEST(MoeConfig, ShippedConfigsLoad) {
+  const ModelConfig tiny = Tiny();
+  EXPECT_EQ(tiny.hidden_size, 64);
+  EXPECT_EQ(tiny.num_key_value_heads, 2);
+  auto mixtral = LoadModelConfig(std::string(MOE_PIPELINE_CONFIG_DIR) + "/mixtral-8x7b.json");
+  ASSERT_TRUE(mixtral.ok()) << mixtral.status().ToString();
+  EXPECT_EQ(mixtral->head_dim, 128);
+  EXPECT_EQ(mixtral->num_local_experts, 8);
+  // ~46.7 B parameters, as Mixtral-8x7B.
+  EXPECT_NEAR(static_cast<double>(mixtral->ParameterCount()) / 1e9, 46.7, 0.3);
+}
+
+TEST(MoeConfig, BadConfigsNameTheField) {
+  TempDir dir;
+  WriteFile(dir / "missing.json", R"({"hidden_size": 64, "num_attention_heads": 4})");
+  auto c = LoadModelConfig(dir / "missing.json");
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), m2n::StatusCode::kInvalidArgument);
+  EXPECT_NE(c.status().message().find("num_hidden_layers"), std::string::npos) << c.status().message();
+
+  WriteFile(dir / "gqa.json", R"({"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 3,
+    "num_hidden_layers": 1, "num_local_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 8,
+    "vocab_size": 16})");
+  c = LoadModelConfig(dir / "gqa.json");
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("num_key_value_heads"), std::string::npos) << c.status().message();
+
+  WriteFile(dir / "topk.json", R"({"hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1,
+    "num_local_experts": 2, "num_experts_per_tok": 3, "intermediate_size": 8, "vocab_size": 16})");
+  c = LoadModelConfig(dir / "topk.json");
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("num_experts_per_tok"), std::string::npos);
+
+  c = LoadModelConfig(dir / "absent.json");
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("absent.json"), std::string::npos);
+}
+
+TEST(MoeSafetensors, RoundTripF32AndBf16) {
+  TempDir dir;
+  std::vector<float> a(6 * 5), b(7);
+  for (size_t i = 0; i < a.size(); ++i) a[i] = std::sin(static_cast<float>(i)) * 3.0f;
+  for (size_t i = 0; i < b.size(); ++i) b[i] = -1.0f / static_cast<float>(i + 1);
+  const std::vector<TensorToWrite> tensors = {{"layer.a.weight", {6, 5}, a}, {"b", {7}, b}};
+  for (Dtype dtype : {Dtype::kF32, Dtype::kBF16}) {
+    const std::string path = dir / (std::string("t_") + DtypeName(dtype) + ".safetensors");
+    ASSERT_TRUE(WriteSafetensors(path, tensors, dtype).ok());
+    auto file = SafetensorsFile::Open(path);
+    ASSERT_TRUE(file.ok()) << file.status().ToString();
+    ASSERT_EQ((*file)->tensors().size(), 2u);
+    const TensorInfo* info = (*file)->Find("layer.a.weight");
+    ASSERT_NE(info, nullptr);
+    EXPECT_EQ(info->dtype, dtype);
+    EXPECT_EQ(info->shape, (std::vector<int64_t>{6, 5}));
+    std::vector<float> got(a.size());
+    ASSERT_TRUE((*file)->ReadFloat(*info, got).ok());
+    for (size_t i = 0; i < a.size(); ++i) {
+      const float want = dtype == Dtype::kF32 ? a[i] : Bf16ToFloat(FloatToBf16(a[i]));
+      EXPECT_EQ(got[i], want) << i;
+      EXPECT_NEAR(got[i], a[i], std::fabs(a[i]) / 128) << i;
+    }
+  }
+}
+
+TEST(MoeSafetensors, Bf16AndF16Conversions) {
+  EXPECT_EQ(Bf16ToFloat(FloatToBf16(1.0f)), 1.0f);
+  EXPECT_EQ(Bf16ToFloat(FloatToBf16(-2.5f)), -2.5f);
+  EXPECT_EQ(FloatToBf16(1.0f + 1.0f / 256), FloatToBf16(1.0f));  // ties to even
+  EXPECT_TRUE(std::isnan(Bf16ToFloat(FloatToBf16(std::nanf("")))));
+  EXPECT_EQ(F16ToFloat(0x3C00), 1.0f);
+  EXPECT_EQ(F16ToFloat(0xC000), -2.0f);
+  EXPECT_EQ(F16ToFloat(0x0001), std::ldexp(1.0f, -24));  // smallest subnormal
+}
+
+TEST(MoeSafetensors, BrokenFilesAreClearErrors) {
+  TempDir dir;
+  std::vector<float> a(64, 1.0f);
+  const std::vector<TensorToWrite> tensors = {{"a", {8, 8}, a}};
+  const std::string good = dir / "good.safetensors";
+  ASSERT_TRUE(WriteSafetensors(good, tensors, Dtype::kF32).ok());
+  const auto size = std::filesystem::file_size(good);
+
+  // Truncated: the tensor's bytes run past the end.
+  std::filesystem::copy_file(good, dir / "short.safetensors");
+  std::filesystem::resize_file(dir / "short.safetensors", size - 10);
+  auto f = SafetensorsFile::Open(dir / "short.safetensors");
+  ASSERT_FALSE(f.ok());
+  EXPECT_EQ(f.status().code(), m2n::StatusCode::kDataLoss);
+  EXPECT_NE(f.status().message().find("\"a\""), std::string::npos) << f.status().message();
+
+  // Not a safetensors file at all.
+  WriteFile(dir / "text.safetensors", "hello, this is not a tensor file");
+  f = SafetensorsFile::Open(dir / "text.safetensors");
+  ASSERT_FALSE(f.ok());
+  EXPECT_NE(f.status().message().find("header length"), std::string::npos) << f.status().message();
+
+  // A header that lies about a tensor's size.
+  std::string header = R"({"a":{"dtype":"F32","shape":[8,8],"data_offsets":[0,200]}})";
+  std::string bytes(8, '\0');
+  for (int i = 0; i < 8; ++i) bytes[static_cast<size_t>(i)] = static_cast<char>((header.size() >> (8 * i)) & 0xFF);
+  WriteFile(dir / "lie.safetensors", bytes + header + std::string(256, '\0'));
+  f = SafetensorsFile::Open(dir / "lie.safetensors");
+  ASSERT_FALSE(f.ok());
+  EXPECT_NE(f.status().message().find("256 expected"), std::string::npos) << f.status().message();
+
+  // An unsupported dtype.
+  header = R"({"a":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}})";
+  for (int i = 0; i < 8; ++i) bytes[static_cast<size_t>(i)] = static_cast<char>((header.size() >> (8 * i)) & 0xFF);
+  WriteFile(dir / "dtype.safetensors", bytes + header + std::string(8, '\0'));
+  f = SafetensorsFile::Open(dir / "dtype.safetensors");
+  ASSERT_FALSE(f.ok());
+  EXPECT_NE(f.status().message().find("I64"), std::string::npos) << f.status().message();
+
+  // A checkpoint read with the wrong shape or a missing name.
+  auto checkpoint = Checkpoint::Open(good);
+  ASSERT_TRUE(checkpoint.ok());
+  std::vector<float> out(64);
+  const int64_t wrong[] = {4, 16};
+  m2n::Status s = checkpoint->Read("a", wrong, out);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("[8, 8]"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("[4, 16]"), std::string::npos) << s.message();
+  const int64_t right[] = {8, 8};
+  s = checkpoint->Read("b", right, out);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), m2n::StatusCode::kNotFound);
+  EXPECT_TRUE(checkpoint->Read("a", right, out).ok());
+}
+
+// The seeded model written as a sharded checkpoint (index + files) loads back to the same weights.
+TEST(MoeWeights, SeededCheckpointLoadsBackEqual) {
+  TempDir dir;
+  const ModelConfig c = Tiny();
+  ASSERT_TRUE(SaveSeededCheckpoint(c, 7, dir.path(), 3, /*bf16=*/false).ok());
+  EXPECT_TRUE(std::filesystem::exists(dir / "model.safetensors.index.json"));
+  EXPECT_TRUE(std::filesystem::exists(dir / "model-00003-of-00003.safetensors"));
+  const WeightSource seeded{.seed = 7, .checkpoint = ""}, file{.seed = 0, .checkpoint = dir.path()};
+  auto a = LoadAttentionWeights(c, seeded), b = LoadAttentionWeights(c, file);
+  ASSERT_TRUE(a.ok() && b.ok()) << b.status().ToString();
+  EXPECT_EQ(a->embed, b->embed);
+  EXPECT_EQ(a->lm_head, b->lm_head);
+  EXPECT_EQ(a->layers[1].wk, b->layers[1].wk);
+  EXPECT_EQ(a->layers[0].gate, b->layers[0].gate);
+  const int experts[] = {3, 5};
+  auto x = LoadExpertShard(c, seeded, experts), y = LoadExpertShard(c, file, experts);
+  ASSERT_TRUE(x.ok() && y.ok()) << y.status().ToString();
+  EXPECT_EQ(x->layers[1][1].w2, y->layers[1][1].w2);
+  EXPECT_EQ(x->layers[0][0].w1, y->layers[0][0].w1);
+  // Other seeds give other weights.
+  auto other = LoadAttentionWeights(c, WeightSource{.seed = 8, .checkpoint = ""});
+  ASSERT_TRUE(other.ok());
+  EXPECT_NE(other->embed, a->embed);
+}
+
+TEST(MoeWeights, MissingTensorNamesIt) {
+  TempDir dir;
+  const ModelConfig c = Tiny();
+  ASSERT_TRUE(SaveSeededCheckpoint(c, 1, dir.path(), 1, /*bf16=*/true).ok());
+  // Drop the index and keep only a file without the experts of layer 1: rewrite it partially.
+  std::vector<float> zeros(static_cast<size_t>(c.hidden_size), 0.0f);
+  std::filesystem::remove(dir / "model.safetensors.index.json");
+  std::filesystem::remove(dir / "model-00001-of-00001.safetensors");
+  const std::vector<TensorToWrite> one = {{"model.norm.weight", {c.hidden_size}, zeros}};
+  ASSERT_TRUE(WriteSafetensors(dir / "partial.safetensors", one, Dtype::kBF16).ok());
+  auto w = LoadAttentionWeights(c, WeightSource{.seed = 1, .checkpoint = dir.path()});
+  ASSERT_FALSE(w.ok());
+  EXPECT_NE(w.status().message().find("model.embed_tokens.weight"), std::string::npos) << w.status().message();
+}
+
+// Continuous batching: every request finishes, never more than `batch` in flight, micro-batches
+// within budget, prompts chunked.
+TEST(MoeWorkload, ContinuousBatchingRunsEveryRequestToTheEnd) {
+  WorkloadOptions o;
+  o.requests = 20;
+  o.batch = 5;
+  o.micro_batches = 3;
+  o.max_tokens = 64;
+  o.record = false;
+  auto w = Workload::Create(o, 0, 256, 4096);
+  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  std::vector<double> tbt, ttft;
+  std::vector<float> logits;
+  int iterations = 0;
+  int64_t prompt = 0, output = 0;
+  for (const Request& r : w->requests()) {
+    prompt += r.input_len;
+    output += r.output_len;
+  }
+  while (!w->finished() && iterations < 100000) {
+    const auto plans = w->NextIteration(iterations);
+    int in_flight = 0;
+    for (const auto& p : plans) {
+      EXPECT_LE(static_cast<int>(p.tokens.size()), o.max_tokens);
+      in_flight += static_cast<int>(p.logit_rows.size());
+      logits.assign(p.logit_rows.size() * 256, 0.0f);
+      for (size_t i = 0; i < p.logit_rows.size(); ++i) logits[i * 256 + (i * 7 + iterations) % 256] = 1.0f;
+      w->Complete(p, logits, iterations + 1, &tbt, &ttft);
+    }
+    EXPECT_LE(in_flight, o.batch);
+    ++iterations;
+  }
+  EXPECT_TRUE(w->finished());
+  EXPECT_EQ(w->generated_tokens(), output);
+  EXPECT_EQ(w->prefill_tokens(), prompt);
+  EXPECT_EQ(static_cast<int64_t>(ttft.size()), o.requests);
+  EXPECT_EQ(static_cast<int64_t>(tbt.size()), output - o.requests);
+  for (const Request& r : w->requests()) EXPECT_EQ(static_cast<int>(r.tokens.size()), r.input_len + r.output_len);
+}
+
+TEST(MoeWorkload, ProductionLengthsHaveTheirMedians) {
+  WorkloadOptions o;
+  o.requests = 2001;
+  o.record = false;
+  auto w = Workload::Create(o, 0, 256, 32768);
+  ASSERT_TRUE(w.ok());
+  std::vector<int> in, out;
+  for (const Request& r : w->requests()) {
+    in.push_back(r.input_len);
+    out.push_back(r.output_len);
+  }
+  std::nth_element(in.begin(), in.begin() + 1000, in.end());
+  std::nth_element(out.begin(), out.begin() + 1000, out.end());
+  EXPECT_NEAR(in[1000], 571, 60);
+  EXPECT_NEAR(out[1000], 159, 20);
+}
+
+}  // namespace
+}  // namespace moe

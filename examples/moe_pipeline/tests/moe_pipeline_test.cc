@@ -1,0 +1,168 @@
+// moe_pipeline end to end: real processes (the binary starts its own attention and expert
+// workers), real m2n transports (UCX shared memory here), real compute, and the pipeline's logits
+// compared with the single-process reference. Every run is bounded by `timeout`.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "model/config.h"
+#include "model/json.h"
+
+namespace moe {
+namespace {
+
+struct Outcome {
+  int exit_code = -1;
+  std::string output;  // stdout and stderr
+};
+
+// Runs moe_pipeline with `args` (a shell word list) under a bound of `bound_s` seconds.
+Outcome RunPipeline(const std::string& args, int bound_s = 240) {
+  const std::string command = "timeout -k 5 " + std::to_string(bound_s) + " " + MOE_PIPELINE_BIN + " --quiet " + args +
+                              " 2>&1";
+  Outcome run;
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return run;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) run.output.append(buf, n);
+  const int status = pclose(pipe);
+  run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return run;
+}
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "moe_pipeline_test.XXXXXX").string();
+    path_ = mkdtemp(tmpl.data());
+  }
+  ~TempDir() { std::filesystem::remove_all(path_); }
+  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+Json ReadJson(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  auto j = Json::Parse(s.str(), path);
+  EXPECT_TRUE(j.ok()) << j.status().ToString();
+  return j.ok() ? *j : Json();
+}
+
+// Small fixed workload: 6 requests per attention worker, 4 in flight, prompts of 12 in micro-batches
+// of at most 10 tokens (so prompts are cut into chunks and share micro-batches with decoding).
+const char* kSmall = "--requests 6 --batch 4 --input_len 12 --output_len 6 --max_tokens 10";
+
+struct Shape {
+  int attention, experts, m;
+};
+
+void PrintTo(const Shape& s, std::ostream* os) {
+  *os << s.attention << " attention + " << s.experts << " expert workers, m = " << s.m;
+}
+
+class MoePipelineShapes : public ::testing::TestWithParam<Shape> {};
+
+TEST_P(MoePipelineShapes, MatchesTheReference) {
+  const Shape s = GetParam();
+  TempDir dir;
+  const Outcome run = RunPipeline("-A " + std::to_string(s.attention) + " -E " + std::to_string(s.experts) + " -m " +
+                              std::to_string(s.m) + " " + kSmall + " --json " + (dir / "m.json"));
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_NE(run.output.find("check           PASS"), std::string::npos) << run.output;
+  const Json j = ReadJson(dir / "m.json");
+  const Json* check = j.Find("check");
+  ASSERT_NE(check, nullptr) << run.output;
+  EXPECT_EQ(check->Find("verdict")->as_string(), "PASS");
+  EXPECT_LE(check->Find("max_relative_error")->as_number(), 1e-4);
+  // Every output token of every request was compared (none lost to near-tie routing here).
+  EXPECT_EQ(check->Find("tokens_compared")->as_number(), 6.0 * 6 * s.attention) << run.output;
+  EXPECT_EQ(j.Find("decode_tokens")->as_number(), 6.0 * 6 * s.attention);
+  EXPECT_EQ(j.Find("attention_workers")->as_number(), s.attention);
+  EXPECT_EQ(j.Find("expert_workers")->as_number(), s.experts);
+  EXPECT_EQ(j.Find("micro_batches")->as_number(), s.m);
+  EXPECT_EQ(j.Find("workers")->items().size(), static_cast<size_t>(s.attention + s.experts));
+  // The expert workers processed one round per (iteration, layer, micro-batch) and saw tokens.
+  for (const Json& w : j.Find("workers")->items()) {
+    if (w.Find("role")->as_string() == "expert") {
+      EXPECT_GT(w.Find("rounds")->as_number(), 0) << run.output;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Moe, MoePipelineShapes,
+                         ::testing::Values(Shape{2, 2, 1}, Shape{2, 2, 2}, Shape{2, 2, 3}, Shape{2, 2, 4},
+                                           Shape{1, 1, 2}, Shape{3, 2, 2}, Shape{2, 3, 3}),
+                         [](const ::testing::TestParamInfo<Shape>& info) {
+                           return "A" + std::to_string(info.param.attention) + "_E" +
+                                  std::to_string(info.param.experts) + "_m" + std::to_string(info.param.m);
+                         });
+
+// The check can fail: a routing bug (expert 0's tokens computed by expert 1 and back) is caught.
+TEST(MoePipeline, WrongRoutingFailsTheCheck) {
+  TempDir dir;
+  const Outcome run = RunPipeline(std::string("-m 2 ") + kSmall + " --fault swap_experts --json " + (dir / "m.json"));
+  EXPECT_EQ(run.exit_code, 1) << run.output;
+  EXPECT_NE(run.output.find("check           FAIL"), std::string::npos) << run.output;
+  const Json j = ReadJson(dir / "m.json");
+  ASSERT_NE(j.Find("check"), nullptr);
+  EXPECT_EQ(j.Find("check")->Find("verdict")->as_string(), "FAIL");
+  EXPECT_GT(j.Find("check")->Find("max_relative_error")->as_number(), 1e-2);
+}
+
+// Production-like lengths (hundreds of prompt tokens, chunked prefill into micro-batches of 256,
+// the second request joining when the first finishes), one attention worker and two expert workers.
+TEST(MoePipeline, ProductionLengthsMatchTheReference) {
+  TempDir dir;
+  const Outcome run = RunPipeline("-A 1 -E 2 --requests 2 --batch 1 --json " + (dir / "m.json"));
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_NE(run.output.find("check           PASS"), std::string::npos) << run.output;
+  const Json j = ReadJson(dir / "m.json");
+  EXPECT_GT(j.Find("mean_input_tokens")->as_number(), 50);
+  EXPECT_GT(j.Find("check")->Find("tokens_compared")->as_number(), 0);
+}
+
+// Weights from safetensors files (bf16, sharded with an index), written by the binary itself.
+TEST(MoePipeline, WeightsFromSafetensorsMatchTheReference) {
+  TempDir dir;
+  Outcome run = RunPipeline("--save_weights " + (dir / "ckpt") + " --bf16 --seed 5");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  ASSERT_TRUE(std::filesystem::exists(dir / "ckpt/model.safetensors.index.json"));
+  run = RunPipeline(std::string(kSmall) + " --weights " + (dir / "ckpt") + " --json " + (dir / "m.json"));
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_NE(run.output.find("safetensors " + (dir / "ckpt")), std::string::npos) << run.output;
+  EXPECT_NE(run.output.find("check           PASS"), std::string::npos) << run.output;
+}
+
+TEST(MoePipeline, BadInputsAreUsageErrorsThatSayWhat) {
+  TempDir dir;
+  std::ofstream(dir / "bad.json") << R"({"hidden_size": 64})";
+  Outcome run = RunPipeline("--config " + (dir / "bad.json"));
+  EXPECT_EQ(run.exit_code, 2) << run.output;
+  EXPECT_NE(run.output.find("num_attention_heads"), std::string::npos) << run.output;
+
+  run = RunPipeline("-m 0");
+  EXPECT_EQ(run.exit_code, 2) << run.output;
+  EXPECT_NE(run.output.find("-m"), std::string::npos) << run.output;
+
+  run = RunPipeline("--weights " + (dir / "nothing-here"));
+  EXPECT_NE(run.exit_code, 0) << run.output;
+  EXPECT_NE(run.output.find("nothing-here"), std::string::npos) << run.output;
+
+  run = RunPipeline("--input_len 8");
+  EXPECT_EQ(run.exit_code, 2) << run.output;
+}
+
+}  // namespace
+}  // namespace moe
