@@ -8,6 +8,10 @@
 // Bandwidth: senders enqueue `iters` sends to every peer back to back; receivers enqueue, per
 // message, the receive, the check kernel and the release; GB/s = M*N*bytes*iters / (last receiver
 // done - first sender start). m2n and the NCCL baseline (nccl_baseline.h) run through this same code.
+// The first size of each implementation runs one extra, untimed pass first (one-time costs).
+// M2N_PERF_GPU_PATH=host: m2n's host-driven Send / Receive instead of the stream-ordered calls (with
+// M2N_CUDA_IPC_PROXY=1, the cuda_ipc copy proxy moves the payload). M2N_PERF_TRACE_MAX=1: the three
+// slowest iterations of each size go to stderr.
 #pragma once
 
 #include <cstddef>
@@ -61,6 +65,7 @@ class GpuBench {
 
   BenchSetup setup_;
   int variants_ = 2;
+  std::vector<const GpuExchange*> warmed_;  // implementations whose first size ran an untimed pass
   std::byte* memory_ = nullptr;  // device
   size_t memory_bytes_ = 0;
   unsigned long long* wrong_device_ = nullptr;

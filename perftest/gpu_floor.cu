@@ -1,13 +1,30 @@
-// m2n_gpu_floor: what the pieces of a stream-ordered GPU-to-GPU message cost on this machine, with
-// nothing of m2n in the way (docs/PERFORMANCE.md, "GPU path"). One process, two GPUs, two host
-// threads that meet at a spin barrier before every iteration, as m2n_perf's ranks do:
-//   launch+sync     one GPU: host launches an empty kernel and synchronizes its stream
-//   flag            GPU A's kernel stores a flag into GPU B (peer access, release store); GPU B's
-//                   kernel, launched at the same time, spins on it; B's host synchronizes. Timed from
-//                   A's launch to B's host seeing its stream done: the floor of SendOnStream +
-//                   ReceiveOnStream for an empty message.
-//   flag+4KB        the same with A copying 4 KB into B before the flag (512 threads, 16-byte stores)
+// m2n_gpu_floor: what the pieces of a GPU-to-GPU message cost on this machine, with nothing of m2n
+// in the way (docs/PERFORMANCE.md, "GPU path"). One process, GPU 0 sends to GPU 1, two host threads
+// (one per GPU) that meet at a spin barrier before every iteration, as m2n_perf's ranks do. Every
+// cross-GPU row is timed as m2n_perf times a message: from the sending host's start to the
+// receiving host knowing that the payload is in GPU 1's memory.
+//   launch+sync        one GPU: host launches an empty kernel and synchronizes its stream
+//   launch call        the cudaLaunchKernel call alone
+//   flag               A's host launches a kernel that stores a flag into GPU 1 (release store); B's
+//                      kernel, launched after the barrier, spins on it; B's host synchronizes its
+//                      stream: the floor of SendOnStream + ReceiveOnStream for an empty message
+//   flag+4KB           the same with 4 KB copied before the flag (512 threads, 16-byte stores)
+//   put->host          A's launched kernel copies 4 KB and then stores the flag into host memory that
+//                      B's host polls (no receiving kernel, no stream synchronize)
+//   put->wait->host    A's launched kernel as in flag+4KB; B's waiting kernel, once it sees the flag,
+//                      stores a word in host memory that B's host polls instead of synchronizing
+//   proxy->host        a persistent kernel on GPU 0 polls a doorbell in host memory; A's host rings
+//                      it (one 8-byte store); the kernel copies 4 KB and stores the flag into host
+//                      memory that B's host polls: no launch and no stream on the critical path
+//   proxy->wait        the same proxy, but the flag goes to GPU 1 where B's waiting kernel spins and
+//                      B's host synchronizes (stream-ordered receive, launch-free send)
+//   memop->proxy       A's host enqueues cuStreamWriteValue32 of the doorbell on a stream (a
+//                      stream-ordered trigger: it runs after the producer's kernels) instead of
+//                      storing it; otherwise proxy->host
+//   memop call         the cuStreamWriteValue32 call alone
+//   *256KB x16         the same rows with 256 KB copied by 16 blocks
 // Prints p50 / p99 / max in microseconds. Usage: m2n_gpu_floor [iterations] (default 5000).
+#include <cuda.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -15,18 +32,19 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <thread>
 #include <vector>
 
 namespace {
 
-#define CHECK(call)                                                                     \
-  do {                                                                                  \
-    cudaError_t e_ = (call);                                                            \
-    if (e_ != cudaSuccess) {                                                            \
+#define CHECK(call)                                                                               \
+  do {                                                                                            \
+    cudaError_t e_ = (call);                                                                      \
+    if (e_ != cudaSuccess) {                                                                      \
       std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                     \
-    }                                                                                   \
+      std::exit(1);                                                                               \
+    }                                                                                             \
   } while (0)
 
 int64_t Now() {
@@ -34,28 +52,103 @@ int64_t Now() {
       .count();
 }
 
+__device__ __forceinline__ unsigned long long LoadAcquire(const unsigned long long* p) {
+  unsigned long long v;
+  asm volatile("ld.acquire.sys.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ unsigned LoadAcquire32(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ void StoreRelease(unsigned long long* p, unsigned long long v) {
+  asm volatile("st.release.sys.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+__device__ __forceinline__ unsigned long long GlobalTimerNs() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
 __global__ void Empty() {}
 
-__global__ void Put(const uint4* src, uint4* dst, int vectors, unsigned long long* flag, unsigned long long value) {
-  for (int i = threadIdx.x; i < vectors; i += blockDim.x) dst[i] = src[i];
+// This block's share of `vectors` 16-byte vectors.
+__device__ __forceinline__ void CopyShare(const uint4* src, uint4* dst, int vectors) {
+  const int share = (vectors + gridDim.x - 1) / gridDim.x;
+  const int begin = share * blockIdx.x;
+  const int end = min(vectors, begin + share);
+  for (int i = begin + threadIdx.x; i < end; i += blockDim.x) dst[i] = src[i];
+}
+
+// Copies, then raises `flag` once every block is done (the last block to count itself).
+__device__ __forceinline__ void CopyThenFlag(const uint4* src, uint4* dst, int vectors, unsigned long long* count,
+                                             unsigned long long* flag, unsigned long long value) {
+  CopyShare(src, dst, vectors);
   __syncthreads();
   if (threadIdx.x == 0) {
     __threadfence_system();
-    asm volatile("st.release.sys.global.u64 [%0], %1;" ::"l"(flag), "l"(value) : "memory");
+    if (gridDim.x == 1 || atomicAdd(count, 1ull) == gridDim.x - 1) {
+      if (gridDim.x > 1) *count = 0;
+      StoreRelease(flag, value);
+    }
   }
 }
 
-__global__ void WaitFlag(const unsigned long long* flag, unsigned long long value) {
-  unsigned long long v;
-  do {
-    asm volatile("ld.acquire.sys.global.u64 %0, [%1];" : "=l"(v) : "l"(flag) : "memory");
-  } while (v < value);
+__global__ void Put(const uint4* src, uint4* dst, int vectors, unsigned long long* count, unsigned long long* flag,
+                    unsigned long long value) {
+  CopyThenFlag(src, dst, vectors, count, flag, value);
 }
 
-void Report(const char* what, std::vector<double> us) {
+// Spins until *flag >= value (bounded: 2 s), then stores `value` into *host (if not null).
+__global__ void WaitFlag(const unsigned long long* flag, unsigned long long value, unsigned long long* host) {
+  const unsigned long long start = GlobalTimerNs();
+  while (LoadAcquire(flag) < value) {
+    if (GlobalTimerNs() - start > 2'000'000'000ull) break;
+  }
+  if (host != nullptr) StoreRelease(host, value);
+}
+
+// A persistent sender: every block polls the doorbell (host memory); doorbell value k means "send
+// message k": copy, then raise *flag = base + k. Stops at kStop or after 5 s without a message.
+constexpr unsigned kStop = 0xffffffffu;
+__global__ void Proxy(const unsigned* doorbell, const uint4* src, uint4* dst, int vectors, unsigned long long* count,
+                      unsigned long long* flag, unsigned long long base) {
+  __shared__ unsigned seen;
+  unsigned done = 0;
+  for (;;) {
+    if (threadIdx.x == 0) {
+      const unsigned long long start = GlobalTimerNs();
+      unsigned v;
+      while ((v = LoadAcquire32(doorbell)) == done) {
+        if (GlobalTimerNs() - start > 5'000'000'000ull) {
+          v = kStop;
+          break;
+        }
+      }
+      seen = v;
+    }
+    __syncthreads();
+    const unsigned v = seen;
+    __syncthreads();
+    if (v == kStop) return;
+    done = v;
+    CopyThenFlag(src, dst, vectors, count, flag, base + v);
+  }
+}
+
+struct Stats {
+  double p50, p99, max;
+};
+Stats Summarize(std::vector<double> us) {
   std::sort(us.begin(), us.end());
   auto at = [&](double p) { return us[std::min(us.size() - 1, static_cast<size_t>(p * us.size()))]; };
-  std::printf("%-14s p50 %7.2f us   p99 %7.2f us   max %8.2f us\n", what, at(0.5), at(0.99), us.back());
+  return {at(0.5), at(0.99), us.back()};
+}
+void Report(const char* what, std::vector<double> us) {
+  Stats s = Summarize(std::move(us));
+  std::printf("%-22s p50 %7.2f us   p99 %7.2f us   max %8.2f us\n", what, s.p50, s.p99, s.max);
+  std::fflush(stdout);
 }
 
 // A spin barrier for two threads.
@@ -74,10 +167,26 @@ struct Barrier {
   }
 };
 
+uint64_t LoadHost(const unsigned long long* p) {
+  return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+
+// Spins until the host word reaches `value`; false after 2 s.
+bool SpinHost(const unsigned long long* word, unsigned long long value) {
+  const int64_t start = Now();
+  while (LoadHost(word) < value) {
+    if (Now() - start > 2'000'000'000) return false;
+  }
+  return true;
+}
+
+using StreamWriteValue32 = CUresult (*)(CUstream, CUdeviceptr, cuuint32_t, unsigned int);
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const int iters = argc > 1 ? std::atoi(argv[1]) : 5000;
+  const int warm = 100;
   int devices = 0;
   CHECK(cudaGetDeviceCount(&devices));
   {
@@ -85,11 +194,11 @@ int main(int argc, char** argv) {
     cudaStream_t s;
     CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
     std::vector<double> us;
-    for (int i = 0; i < iters + 100; ++i) {
+    for (int i = 0; i < iters + warm; ++i) {
       int64_t t0 = Now();
       Empty<<<1, 1, 0, s>>>();
       CHECK(cudaStreamSynchronize(s));
-      if (i >= 100) us.push_back((Now() - t0) / 1e3);
+      if (i >= warm) us.push_back((Now() - t0) / 1e3);
     }
     Report("launch+sync", us);
     std::vector<double> api;
@@ -100,53 +209,162 @@ int main(int argc, char** argv) {
       CHECK(cudaStreamSynchronize(s));
     }
     Report("launch call", api);
+    CHECK(cudaStreamDestroy(s));
   }
   if (devices < 2) {
     std::printf("one GPU: no cross-GPU figures\n");
     return 0;
   }
-  // GPU 1 owns the flag and the landing buffer; GPU 0 writes them through peer access.
+  constexpr int kMaxBytes = 256 << 10;
+  // GPU 1 owns the landing buffer and the flag; GPU 0 writes them through peer access. Host words:
+  // pinned, mapped, portable (both GPUs write them at the same address).
   unsigned long long* flag = nullptr;
   uint4* landing = nullptr;
   uint4* source = nullptr;
+  unsigned long long* count = nullptr;
   CHECK(cudaSetDevice(1));
   CHECK(cudaMalloc(&flag, sizeof *flag));
   CHECK(cudaMemset(flag, 0, sizeof *flag));
-  CHECK(cudaMalloc(&landing, 4096));
+  CHECK(cudaMalloc(&landing, kMaxBytes));
+  CHECK(cudaDeviceSynchronize());
   CHECK(cudaSetDevice(0));
   CHECK(cudaDeviceEnablePeerAccess(1, 0));
-  CHECK(cudaMalloc(&source, 4096));
-  for (int vectors : {0, 256}) {
-    Barrier barrier;
-    std::vector<int64_t> start(iters + 100), done(iters + 100);
-    const unsigned long long base = vectors == 0 ? 0 : 1'000'000;
-    std::thread a([&] {
+  CHECK(cudaMalloc(&source, kMaxBytes));
+  CHECK(cudaMemset(source, 1, kMaxBytes));
+  CHECK(cudaMalloc(&count, sizeof *count));
+  CHECK(cudaMemset(count, 0, sizeof *count));
+  CHECK(cudaDeviceSynchronize());
+  void* host_words = nullptr;
+  CHECK(cudaHostAlloc(&host_words, 4096, cudaHostAllocPortable | cudaHostAllocMapped));
+  std::memset(host_words, 0, 4096);
+  auto* host_flag = static_cast<unsigned long long*>(host_words);            // written by a GPU
+  auto* doorbell = reinterpret_cast<unsigned*>(static_cast<char*>(host_words) + 256);  // read by GPU 0
+  StreamWriteValue32 write_value = nullptr;
+  {
+    cudaDriverEntryPointQueryResult found{};
+    void* fn = nullptr;
+    if (cudaGetDriverEntryPointByVersion("cuStreamWriteValue32", &fn, 12000, cudaEnableDefault, &found) ==
+            cudaSuccess &&
+        found == cudaDriverEntryPointSuccess) {
+      write_value = reinterpret_cast<StreamWriteValue32>(fn);
+      // One trial on host memory: stream memory operations may be unsupported or turned off.
       CHECK(cudaSetDevice(0));
       cudaStream_t s;
       CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-      for (int i = 0; i < iters + 100; ++i) {
+      const CUresult r = write_value(s, reinterpret_cast<CUdeviceptr>(host_flag + 16), 1, 0);
+      if (r != CUDA_SUCCESS || cudaStreamSynchronize(s) != cudaSuccess) {
+        std::printf("cuStreamWriteValue32 on host memory failed (CUresult %d): no memop rows\n", static_cast<int>(r));
+        write_value = nullptr;
+      }
+      CHECK(cudaStreamDestroy(s));
+    }
+  }
+  // Every experiment's flag values are above every earlier one's: base grows by 10^7 per run.
+  unsigned long long base = 0;
+
+  enum class Send { kLaunch, kProxyStore, kProxyMemop };
+  enum class Receive { kKernelSync, kHostPoll, kKernelHostPoll };
+  auto run = [&](const char* name, Send send, Receive receive, int bytes, int blocks) {
+    base += 10'000'000;
+    const int vectors = bytes / 16;
+    // The flag goes to host memory when B's host polls it directly, else to GPU 1.
+    unsigned long long* target = receive == Receive::kHostPoll ? host_flag : flag;
+    Barrier barrier;
+    std::vector<int64_t> start(iters + warm), done(iters + warm);
+    bool failed = false;
+    std::thread a([&] {
+      CHECK(cudaSetDevice(0));
+      cudaStream_t s, proxy_stream;
+      CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+      CHECK(cudaStreamCreateWithFlags(&proxy_stream, cudaStreamNonBlocking));
+      const bool proxy = send != Send::kLaunch;
+      if (proxy) {
+        __atomic_store_n(doorbell, 0, __ATOMIC_RELEASE);
+        Proxy<<<blocks, 512, 0, proxy_stream>>>(doorbell, source, landing, vectors, count, target, base);
+        CHECK(cudaGetLastError());
+      }
+      for (int i = 0; i < iters + warm; ++i) {
         barrier.Wait();
         start[i] = Now();
-        Put<<<1, 512, 0, s>>>(source, landing, vectors, flag, base + i + 1);
-        CHECK(cudaStreamSynchronize(s));
+        if (send == Send::kLaunch) {
+          Put<<<blocks, 512, 0, s>>>(source, landing, vectors, count, target, base + i + 1);
+        } else if (send == Send::kProxyStore) {
+          __atomic_store_n(doorbell, static_cast<unsigned>(i + 1), __ATOMIC_RELEASE);
+        } else {
+          if (write_value(s, reinterpret_cast<CUdeviceptr>(doorbell), static_cast<cuuint32_t>(i + 1), 0) != CUDA_SUCCESS) {
+            std::fprintf(stderr, "cuStreamWriteValue32 failed\n");
+            std::exit(1);
+          }
+        }
+        if (!proxy) CHECK(cudaStreamSynchronize(s));
       }
+      if (proxy) {
+        CHECK(cudaStreamSynchronize(s));
+        __atomic_store_n(doorbell, kStop, __ATOMIC_RELEASE);
+        CHECK(cudaStreamSynchronize(proxy_stream));
+      }
+      CHECK(cudaStreamDestroy(s));
+      CHECK(cudaStreamDestroy(proxy_stream));
     });
     std::thread b([&] {
       CHECK(cudaSetDevice(1));
       cudaStream_t s;
       CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-      for (int i = 0; i < iters + 100; ++i) {
+      for (int i = 0; i < iters + warm; ++i) {
         barrier.Wait();
-        WaitFlag<<<1, 1, 0, s>>>(flag, base + i + 1);
-        CHECK(cudaStreamSynchronize(s));
+        const unsigned long long value = base + i + 1;
+        if (receive == Receive::kKernelSync) {
+          WaitFlag<<<1, 1, 0, s>>>(flag, value, nullptr);
+          CHECK(cudaStreamSynchronize(s));
+        } else if (receive == Receive::kKernelHostPoll) {
+          WaitFlag<<<1, 1, 0, s>>>(flag, value, host_flag);
+          if (!SpinHost(host_flag, value)) failed = true;
+        } else {
+          if (!SpinHost(host_flag, value)) failed = true;
+        }
         done[i] = Now();
+        if (receive == Receive::kKernelHostPoll) CHECK(cudaStreamSynchronize(s));
       }
+      CHECK(cudaStreamDestroy(s));
     });
     a.join();
     b.join();
+    if (failed) {
+      std::printf("%-22s FAILED: a wait passed 2 s\n", name);
+      return;
+    }
     std::vector<double> us;
-    for (int i = 100; i < iters + 100; ++i) us.push_back((done[i] - start[i]) / 1e3);
-    Report(vectors == 0 ? "flag" : "flag+4KB", us);
+    for (int i = warm; i < iters + warm; ++i) us.push_back((done[i] - start[i]) / 1e3);
+    Report(name, us);
+  };
+
+  run("flag", Send::kLaunch, Receive::kKernelSync, 0, 1);
+  run("flag+4KB", Send::kLaunch, Receive::kKernelSync, 4096, 1);
+  run("put->host", Send::kLaunch, Receive::kHostPoll, 4096, 1);
+  run("put->wait->host", Send::kLaunch, Receive::kKernelHostPoll, 4096, 1);
+  run("proxy->host", Send::kProxyStore, Receive::kHostPoll, 4096, 1);
+  run("proxy->wait", Send::kProxyStore, Receive::kKernelSync, 4096, 1);
+  if (write_value != nullptr) {
+    run("memop->proxy->host", Send::kProxyMemop, Receive::kHostPoll, 4096, 1);
+    CHECK(cudaSetDevice(0));
+    cudaStream_t s;
+    CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    std::vector<double> api;
+    for (int i = 0; i < iters; ++i) {
+      int64_t t0 = Now();
+      if (write_value(s, reinterpret_cast<CUdeviceptr>(host_flag + 8), static_cast<cuuint32_t>(i), 0) != CUDA_SUCCESS) {
+        std::fprintf(stderr, "cuStreamWriteValue32 failed\n");
+        return 1;
+      }
+      api.push_back((Now() - t0) / 1e3);
+      CHECK(cudaStreamSynchronize(s));
+    }
+    Report("memop call", api);
+    CHECK(cudaStreamDestroy(s));
   }
+  run("flag+256KB x16", Send::kLaunch, Receive::kKernelSync, kMaxBytes, 16);
+  run("put->host 256KB x16", Send::kLaunch, Receive::kHostPoll, kMaxBytes, 16);
+  run("proxy->host 256KB x16", Send::kProxyStore, Receive::kHostPoll, kMaxBytes, 16);
+  run("proxy->host 256KB x32", Send::kProxyStore, Receive::kHostPoll, kMaxBytes, 32);
   return 0;
 }

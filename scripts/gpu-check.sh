@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # On a GPU machine, in one run: builds m2n (no UCX needed), runs the GPU tests, then the m2n_perf
-# sweep 4 KB..16 MB for 2x2, 3x1 and 1x3 with the NCCL baseline, and writes the tables.
+# sweep 4 KB..16 MB for 2x2, 3x1 and 1x3 with the NCCL baseline, and writes the tables: first with
+# m2n's stream-ordered calls, then with its host-driven calls through the cuda_ipc copy proxy
+# (M2N_CUDA_IPC_PROXY=1, M2N_PERF_GPU_PATH=host), each against NCCL in the same run.
 #   OUT       where logs, JSON and tables go (default: gpu-results)
 #   BUILD_DIR build folder (default: build-gpu); JOBS (default: nproc)
 #   ITERS / WARMUP  m2n_perf -n / -w (default 2000 / 200)
-#   SHAPES    default "2x2 3x1 1x3"; SKIP_TESTS=1 skips the tests
+#   SHAPES    default "2x2 3x1 1x3"; SKIP_TESTS=1 skips the tests; SKIP_PROXY=1 skips the proxy sweeps
 #   WERROR    ON to fail on warnings (default OFF: GCC 13 on Ubuntu 24.04 warns falsely in -O3 code)
+#   CMAKE_ARGS more cmake options, e.g. "-DM2N_WITH_VERBS=OFF" (split on spaces)
+#   TEST_TIMEOUT / SWEEP_TIMEOUT  seconds for the test binary / each m2n_perf run (default 600)
 # Exit status: non-zero if the build, a test or a sweep failed (the later steps still run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -44,8 +48,10 @@ if ! ls /usr/include/nccl.h /usr/local/cuda/include/nccl.h > /dev/null 2>&1; the
   fi
 fi
 
+# Only what this script runs is built.
 if ! { cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DM2N_WERROR=${WERROR:-OFF} -DCMAKE_CUDA_ARCHITECTURES=90 \
-         "${nccl_args[@]}" && cmake --build "$build" -j "$jobs"; } > "$out/build.log" 2>&1; then
+         "${nccl_args[@]}" ${CMAKE_ARGS:-} && \
+       cmake --build "$build" -j "$jobs" --target m2n_perf m2n_gpu_floor cuda_ipc_gpu_test; } > "$out/build.log" 2>&1; then
   tail -40 "$out/build.log"
   echo "[gpu-check] BUILD FAILED"
   exit 1
@@ -54,7 +60,7 @@ grep -A12 "m2n configuration" "$out/build.log"
 stamp "build"
 
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
-  if ! timeout 600 "$build/tests/cuda_ipc_gpu_test" > "$out/gpu-tests.log" 2>&1; then status=1; fi
+  if ! timeout "${TEST_TIMEOUT:-600}" "$build/tests/cuda_ipc_gpu_test" > "$out/gpu-tests.log" 2>&1; then status=1; fi
   grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[       OK|^\[  FAILED" "$out/gpu-tests.log" | tail -20
   stamp "GPU tests"
 fi
@@ -64,20 +70,34 @@ timeout 120 "$build/perftest/m2n_gpu_floor" 5000 > "$build/floor.log" 2>&1 || st
 cat "$build/floor.log"
 stamp "floor"
 
-sweep_log="$build/sweep.log"
+# m2n_perf prints the three slowest iterations of every size to the log (M2N_PERF_TRACE_MAX).
+export M2N_PERF_TRACE_MAX=1
+sweep_log="$out/sweep.log"
 : > "$sweep_log"
-for shape in $shapes; do
-  m=${shape%x*}; n=${shape#*x}
-  if ! timeout 900 "$build/perftest/m2n_perf" --use_cuda --baseline nccl -M "$m" -N "$n" -b 4K -e 16M \
-        -n "$iters" -w "$warmup" --json "$out/gpu_${shape}.json" >> "$sweep_log" 2>&1; then
+tables=()
+sweep() {  # sweep SHAPE SUFFIX [ENV=VALUE...]: one m2n_perf run against NCCL
+  local shape=$1 suffix=$2; shift 2
+  local m=${shape%x*} n=${shape#*x}
+  echo "[gpu-check] sweep $shape$suffix $*" >> "$sweep_log"
+  if ! env "$@" timeout "${SWEEP_TIMEOUT:-600}" "$build/perftest/m2n_perf" --use_cuda --baseline nccl -M "$m" -N "$n" -b 4K -e 16M \
+        -n "$iters" -w "$warmup" --json "$out/gpu_${shape}${suffix}.json" >> "$sweep_log" 2>&1; then
     status=1
-    echo "[gpu-check] sweep $shape FAILED" | tee -a "$sweep_log"
+    echo "[gpu-check] sweep $shape$suffix FAILED" | tee -a "$sweep_log"
     tail -20 "$sweep_log"
   fi
-  stamp "sweep $shape"
-done
+  tables+=("$shape$suffix")
+  stamp "sweep $shape$suffix"
+}
+for shape in $shapes; do sweep "$shape" ""; done
+if [ "${SKIP_PROXY:-0}" != 1 ]; then
+  # The copy proxy ends after 5 ms without work, so NCCL's rows run without it after their warmup.
+  for shape in $shapes; do
+    sweep "$shape" "_proxy" M2N_PERF_GPU_PATH=host M2N_CUDA_IPC_PROXY=1 M2N_CUDA_IPC_PROXY_IDLE_MS=5
+  done
+fi
+grep "slowest" "$sweep_log" > "$out/slowest.log" || true
 
-python3 - "$out" "$build/floor.log" $shapes > "$out/gpu-tables.md" <<'PY'
+python3 - "$out" "$build/floor.log" "${tables[@]}" > "$out/gpu-tables.md" <<'PY'
 import json, os, sys
 out, floor, shapes = sys.argv[1], sys.argv[2], sys.argv[3:]
 if os.path.exists(floor):
@@ -87,6 +107,8 @@ for shape in shapes:
     if not os.path.exists(path):
         print(f"#### {shape}: no results\n"); continue
     d = json.load(open(path)); c = d["config"]
+    if shape.endswith("_proxy"):
+        print("m2n rows: host-driven Send / Receive, payload moved by the cuda_ipc copy proxy kernel\n")
     rows = {}
     for r in d["rows"]:
         rows.setdefault(r["bytes"], {})[r["impl"]] = r

@@ -6,12 +6,14 @@
 //   CreditPressure: 300 messages per pair through 2 slots, the sender far ahead of the receiver.
 //   GraphCapture: send and receive captured into CUDA graphs and replayed 20 times.
 //   BadInput, DeviceWaitTimeout: the errors a user sees.
-//   HostPath: the host-driven Send / Receive over cuda_ipc (host and device slots), ACKs included.
+//   HostPath: the host-driven Send / Receive over cuda_ipc (host and device slots, and device slots
+//     through the copy proxy kernel), ACKs included.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -381,12 +383,25 @@ TEST(CudaIpc, DeviceWaitTimeout) {
 // ---------------------------------------------------------------------------------------------
 // The host-driven path: Send / Receive / Release over cuda_ipc's shared-memory rings (ACKs too).
 
-class HostPath : public ::testing::TestWithParam<MemoryKind> {};
+// kCuda with `proxy`: writes of device memory go through the copy proxy kernel (proxy.h), with
+// 4 KB per block (so up to 16 blocks share a message) and a 1 ms idle end, so that the kernel ends
+// and is launched again many times between messages.
+struct HostPathCase {
+  MemoryKind kind;
+  bool proxy;
+};
+class HostPath : public ::testing::TestWithParam<HostPathCase> {};
 
 TEST_P(HostPath, SendReceiveRelease) {
   SKIP_WITHOUT_GPU();
-  const MemoryKind kind = GetParam();
+  const MemoryKind kind = GetParam().kind;
+  const bool proxy = GetParam().proxy;
   auto outcomes = RunRanks(4, [&](int rank, int port) {
+    if (proxy) {
+      setenv("M2N_CUDA_IPC_PROXY", "1", 1);
+      setenv("M2N_CUDA_IPC_PROXY_BLOCK_BYTES", "4096", 1);
+      setenv("M2N_CUDA_IPC_PROXY_IDLE_MS", "1", 1);
+    }
     Options o = GpuOptions(2, 2, rank, port, 65536, 2);
     o.slot_memory = kind;
     auto created = Group::Create(o);
@@ -429,9 +444,11 @@ TEST_P(HostPath, SendReceiveRelease) {
   EXPECT_EQ(DescribeFailures(outcomes), "");
 }
 
-INSTANTIATE_TEST_SUITE_P(Slots, HostPath, ::testing::Values(MemoryKind::kHost, MemoryKind::kCuda),
-                         [](const ::testing::TestParamInfo<MemoryKind>& info) {
-                           return std::string(MemoryKindName(info.param));
+INSTANTIATE_TEST_SUITE_P(Slots, HostPath,
+                         ::testing::Values(HostPathCase{MemoryKind::kHost, false}, HostPathCase{MemoryKind::kCuda, false},
+                                           HostPathCase{MemoryKind::kCuda, true}),
+                         [](const ::testing::TestParamInfo<HostPathCase>& info) {
+                           return std::string(MemoryKindName(info.param.kind)) + (info.param.proxy ? "_proxy" : "");
                          });
 
 }  // namespace

@@ -42,6 +42,12 @@ StatusOr<std::unique_ptr<Outbox>> Outbox::Open(const std::string& name, MailboxL
 }
 
 Status Outbox::Push(Lane lane, uint32_t imm, uint64_t length) {
+  M2N_ASSIGN_OR_RETURN(Reserved r, Reserve(lane, imm, length));
+  r.sequence->store(r.value, std::memory_order_release);
+  return OkStatus();
+}
+
+StatusOr<Outbox::Reserved> Outbox::Reserve(Lane lane, uint32_t imm, uint64_t length) {
   uint64_t& next = next_[static_cast<size_t>(lane)];
   RingHeader* header = Header(segment_->data(), layout_, me_, lane);
   if (next - header->consumed.load(std::memory_order_acquire) >= layout_.capacity) {
@@ -51,9 +57,8 @@ Status Outbox::Push(Lane lane, uint32_t imm, uint64_t length) {
   RingEntry& e = Entries(segment_->data(), layout_, me_, lane)[next & (layout_.capacity - 1)];
   e.imm = imm;
   e.length = length;
-  e.sequence.store(next + 1, std::memory_order_release);
   ++next;
-  return OkStatus();
+  return Reserved{&e.sequence, next};
 }
 
 }  // namespace m2n::transport::cuda_ipc

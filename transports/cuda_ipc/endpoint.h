@@ -76,6 +76,17 @@ class Outbox {
   static StatusOr<std::unique_ptr<Outbox>> Open(const std::string& name, MailboxLayout layout, int me);
   // Pushes one immediate; fails if the peer has not consumed enough (never with correct credits).
   Status Push(Lane lane, uint32_t imm, uint64_t length);
+  // Fills the next entry but leaves it unpublished: the caller (the copy proxy, on the GPU) stores
+  // `value` into `*sequence` once the payload is in place. Entries are read in order, so an entry
+  // pushed after a reserved one waits for it.
+  struct Reserved {
+    std::atomic<uint64_t>* sequence;
+    uint64_t value;
+  };
+  StatusOr<Reserved> Reserve(Lane lane, uint32_t imm, uint64_t length);
+  // The mapped segment (registered with CUDA when the copy proxy writes it).
+  std::byte* data() const { return segment_->data(); }
+  size_t size() const { return segment_->size(); }
 
  private:
   MailboxLayout layout_;

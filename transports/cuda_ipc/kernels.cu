@@ -20,6 +20,16 @@ __device__ __forceinline__ void StoreRelease(unsigned long long* p, unsigned lon
   asm volatile("st.release.sys.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
 }
 
+__device__ __forceinline__ unsigned long long LoadAcquireGpu(const unsigned long long* p) {
+  unsigned long long v;
+  asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+  return v;
+}
+
+__device__ __forceinline__ void StoreReleaseGpu(unsigned long long* p, unsigned long long v) {
+  asm volatile("st.release.gpu.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+
 __device__ __forceinline__ unsigned long long GlobalTimerNs() {
   unsigned long long t;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
@@ -139,6 +149,150 @@ __global__ void WaitKernel(Waits<N> waits, int count, DeviceDeadline deadline) {
   }
 }
 
+// Block 0 is the dispatcher: its first warp reads descriptors from the host ring, two per round
+// of PCIe reads (lanes 0-9 descriptor i, lanes 16-25 descriptor i + 1, lane 31 the stop word), and
+// hands them to the copy blocks through the device mirror. An end (stop word, or idle_ns without a
+// descriptor) is handed on the same way at the next index, so every block ends at the same index
+// and no descriptor is half served. The copy blocks (1 .. grid - 1) a descriptor names copy their
+// shares; the last to finish raises the peer's immediate and marks the descriptor done, as
+// SendKernel does. Copy blocks wait for the mirror without a clock: the dispatcher always writes
+// the next index, a descriptor or the end, within idle_ns.
+constexpr int kMirrorWords = kNumProxyFields + 1;
+
+__device__ void ProxyDispatch(const ProxyRing& ring) {
+  static_assert(kNumProxyFields < 16, "two descriptors per warp read");
+  const int lane = static_cast<int>(threadIdx.x);
+  const unsigned long long mask = ring.capacity - 1;
+  const int field = lane < 16 ? lane : lane - 16;
+  const bool reads = field < kNumProxyFields;
+  const auto sequence_word = [&](unsigned long long index) {
+    return ring.mirror + (index & mask) * kMirrorWords + kNumProxyFields;
+  };
+  unsigned long long i = ring.first;
+  for (;;) {
+    const unsigned long long index = lane < 16 ? i : i + 1;
+    const unsigned long long slot = index & mask;
+    const unsigned want = static_cast<unsigned>(index + 1);
+    const unsigned long long start = GlobalTimerNs();
+    bool end = false;
+    int count = 0;
+    unsigned long long w = 0;
+    for (;;) {
+      w = 0;
+      if (reads) {
+        w = LoadAcquire(ring.descriptors + slot * kProxyWords + field);
+      } else if (lane == 31) {
+        w = *reinterpret_cast<const volatile unsigned long long*>(ring.stop);
+      }
+      const unsigned invalid = __ballot_sync(0xffffffffu, reads && static_cast<unsigned>(w >> 32) != want);
+      if ((invalid & 0xffffu) == 0) {
+        count = (invalid >> 16) == 0 ? 2 : 1;
+        break;
+      }
+      bool quit = lane == 31 && w != 0;
+      if (lane == 0) quit = GlobalTimerNs() - start > ring.idle_ns;
+      if (__any_sync(0xffffffffu, quit)) {
+        end = true;
+        break;
+      }
+    }
+    if (end) {
+      if (lane == 0) StoreReleaseGpu(sequence_word(i), kProxyEndMark | (i + 1));
+      return;
+    }
+    // Seqlock: a slot is marked busy before its fields change (a copy block a lap behind may read it).
+    if (lane == 0 || (lane == 16 && count == 2)) {
+      *reinterpret_cast<volatile unsigned long long*>(sequence_word(index)) = kProxyBusyMark | (index + 1);
+      __threadfence();
+    }
+    __syncwarp();
+    if (reads && (lane < 16 || count == 2)) ring.mirror[slot * kMirrorWords + field] = w & 0xffffffffull;
+    __syncwarp();
+    if (lane == 0) {
+      __threadfence();
+      for (int k = 0; k < count; ++k) StoreReleaseGpu(sequence_word(i + k), i + k + 1);
+    }
+    i += static_cast<unsigned long long>(count);
+  }
+}
+
+__device__ void ProxyCopy(const ProxyRing& ring) {
+  __shared__ unsigned long long fields[kNumProxyFields];
+  __shared__ bool end;
+  const unsigned long long mask = ring.capacity - 1;
+  const int workers = static_cast<int>(gridDim.x) - 1;
+  const int worker = static_cast<int>(blockIdx.x) - 1;
+  for (unsigned long long i = ring.first;; ++i) {
+    const unsigned long long slot = i & mask;
+    unsigned long long* mirror = ring.mirror + slot * kMirrorWords;
+    if (threadIdx.x == 0) {
+      // Wait for index i (stale words of the last lap, or zero after a launch, are smaller). A
+      // block that lags a whole lap behind finds a larger index: descriptor i completed without
+      // it, so it had no share of it; the seqlock re-read catches a slot rewritten while read.
+      constexpr unsigned long long kMarks = kProxyEndMark | kProxyBusyMark;
+      unsigned long long v;
+      for (;;) {
+        v = LoadAcquireGpu(mirror + kNumProxyFields);
+        const unsigned long long index = v & ~kMarks;
+        if (index > i + 1 || (index == i + 1 && (v & kProxyBusyMark) == 0)) break;
+      }
+      end = v == (kProxyEndMark | (i + 1));
+      fields[kProxyBlocks] = 0;
+      if (v == i + 1) {
+        for (int f = 0; f < kNumProxyFields; ++f) fields[f] = *reinterpret_cast<volatile unsigned long long*>(mirror + f);
+        __threadfence();
+        if (*reinterpret_cast<volatile unsigned long long*>(mirror + kNumProxyFields) != v) fields[kProxyBlocks] = 0;
+      }
+    }
+    __syncthreads();
+    if (end) return;
+    const auto field = [&](int lo) { return fields[lo] | (fields[lo + 1] << 32); };
+    const int blocks = static_cast<int>(fields[kProxyBlocks]);
+    const int first = static_cast<int>(fields[kProxyFirstBlock] % static_cast<unsigned long long>(workers));
+    const int share_index = (worker - first + workers) % workers;
+    if (blocks > 0 && share_index < blocks) {
+      const unsigned long long length = fields[kProxyLength];
+      unsigned long long share = (length + blocks - 1) / blocks;
+      share = (share + 15) / 16 * 16;
+      const unsigned long long begin = share * static_cast<unsigned long long>(share_index);
+      if (begin < length) {
+        const unsigned long long n = length - begin < share ? length - begin : share;
+        CopyBlock(reinterpret_cast<const std::byte*>(field(kProxySrcLo)) + begin,
+                  reinterpret_cast<std::byte*>(field(kProxyDstLo)) + begin, n);
+      }
+      __syncthreads();
+      if (threadIdx.x == 0) {
+        __threadfence_system();
+        const bool last =
+            blocks == 1 || atomicAdd(ring.counts + slot, 1ull) == static_cast<unsigned long long>(blocks - 1);
+        if (last) {
+          if (blocks > 1) {
+            ring.counts[slot] = 0;
+            __threadfence_system();
+          }
+          StoreRelease(reinterpret_cast<unsigned long long*>(field(kProxyEntryLo)), field(kProxyValueLo));
+          StoreRelease(ring.done + slot, i + 1);
+        }
+      }
+    }
+    __syncthreads();  // `fields` and `end` are rewritten for the next descriptor
+  }
+}
+
+__global__ void __launch_bounds__(kProxyThreads) ProxyKernel(ProxyRing ring) {
+  if (blockIdx.x == 0) {
+    if (threadIdx.x >= 32) return;
+    ProxyDispatch(ring);
+  } else {
+    ProxyCopy(ring);
+  }
+  if (threadIdx.x == 0) {
+    __threadfence_system();
+    unsigned long long* ended_blocks = ring.counts + ring.capacity;
+    if (atomicAdd(ended_blocks, 1ull) == gridDim.x - 1) StoreRelease(ring.ended, 1);
+  }
+}
+
 __global__ void ReleaseKernel(ReleaseBatch batch) {
   const int k = static_cast<int>(threadIdx.x);
   if (k >= batch.count) return;
@@ -175,6 +329,11 @@ cudaError_t LaunchWait(const WaitBatch& batch, DeviceDeadline deadline, cudaStre
   if (batch.count <= 4) return LaunchWaitN<4>(batch, deadline, stream);
   if (batch.count <= 8) return LaunchWaitN<8>(batch, deadline, stream);
   return LaunchWaitN<kMaxStreamBatch>(batch, deadline, stream);
+}
+
+cudaError_t LaunchProxy(const ProxyRing& ring, int copy_blocks, cudaStream_t stream) {
+  ProxyKernel<<<copy_blocks + 1, kProxyThreads, 0, stream>>>(ring);
+  return cudaGetLastError();
 }
 
 cudaError_t LaunchRelease(const ReleaseBatch& batch, cudaStream_t stream) {

@@ -77,4 +77,41 @@ cudaError_t LaunchSend(const SendBatch& batch, DeviceDeadline deadline, cudaStre
 cudaError_t LaunchWait(const WaitBatch& batch, DeviceDeadline deadline, cudaStream_t stream);
 cudaError_t LaunchRelease(const ReleaseBatch& batch, cudaStream_t stream);
 
+// ---------------------------------------------------------------------------------------------
+// The copy proxy (M2N_CUDA_IPC_PROXY=1, proxy.h): a kernel that stays resident and serves the
+// host-driven writes of device memory, so that no launch and no stream sit between a host's Post
+// and the payload landing. Descriptors are a ring in host memory; each of their 8-byte words is
+// (sequence << 32) | 32 bits of a field, with sequence = (index + 1) mod 2^32, so a word is valid
+// on its own (an 8-byte store is atomic) and the kernel needs one round of reads over PCIe.
+enum ProxyField : int {
+  kProxySrcLo, kProxySrcHi,      // device address to copy from
+  kProxyDstLo, kProxyDstHi,      // device address to copy to (a peer's slot, mapped here)
+  kProxyLength,                  // bytes
+  kProxyBlocks,                  // copy blocks that share it, 1 .. the copy blocks
+  kProxyFirstBlock,              // the first of them (they wrap around), 0 .. copy blocks - 1
+  kProxyEntryLo, kProxyEntryHi,  // device address of the peer's immediate-ring sequence word
+  kProxyValueLo, kProxyValueHi,  // the sequence value to store there once the payload is in place
+  kNumProxyFields,
+};
+inline constexpr int kProxyWords = 16;  // words per descriptor (the fields, padded)
+inline constexpr int kProxyThreads = 512;
+inline constexpr unsigned long long kProxyEndMark = 1ull << 63;   // in a mirror's sequence word
+inline constexpr unsigned long long kProxyBusyMark = 1ull << 62;
+
+struct ProxyRing {
+  const unsigned long long* descriptors;  // host memory: capacity x kProxyWords
+  unsigned long long* done;               // host memory: done[i % capacity] = i + 1 once i is complete
+  const unsigned long long* stop;         // host memory: non-zero ends the kernel
+  unsigned long long* ended;              // host memory: set to 1 once every block has ended
+  unsigned long long* mirror;             // device: capacity x (kNumProxyFields + 1), block 0 -> others
+  unsigned long long* counts;             // device: capacity counters, then one of ended blocks
+  unsigned long long first;               // index of the first descriptor this launch serves
+  unsigned long long idle_ns;             // ends after this long without a descriptor
+  unsigned capacity;                      // a power of two
+};
+
+// Starts the proxy on `stream`: a dispatcher block and `copy_blocks` copy blocks; `mirror` and
+// `counts` must be zero.
+cudaError_t LaunchProxy(const ProxyRing& ring, int copy_blocks, cudaStream_t stream);
+
 }  // namespace m2n::transport::cuda_ipc

@@ -87,10 +87,40 @@ Status CudaIpcTransport::Init() {
   void* error_device = nullptr;
   M2N_CUDA_RETURN_IF_ERROR(cudaHostGetDevicePointer(&error_device, error, 0), "cudaHostGetDevicePointer");
   error_device_ = static_cast<unsigned long long*>(error_device);
+  outbox_device_.assign(static_cast<size_t>(config_.world_size), nullptr);
+  if (EnvInt("M2N_CUDA_IPC_PROXY", 0, 0, 1) == 1) {
+    CopyProxy::Options options;
+    options.max_blocks = EnvInt("M2N_CUDA_IPC_PROXY_BLOCKS", options.max_blocks, 1, 128);
+    options.block_bytes = static_cast<size_t>(
+        EnvInt("M2N_CUDA_IPC_PROXY_BLOCK_BYTES", static_cast<int>(options.block_bytes), 1024, 1 << 30));
+    options.idle = std::chrono::milliseconds(
+        EnvInt("M2N_CUDA_IPC_PROXY_IDLE_MS", static_cast<int>(options.idle.count()), 1, 60000));
+    // Writes in flight are bounded by the credits (peers x slot_depth); the ring holds them all.
+    while (options.capacity < static_cast<uint32_t>(config_.world_size * config_.slot_depth)) options.capacity *= 2;
+    M2N_ASSIGN_OR_RETURN(proxy_, CopyProxy::Create(options));
+  }
   return OkStatus();
 }
 
+void CudaIpcTransport::UnregisterOutboxes() {
+  for (size_t peer = 0; peer < outbox_device_.size(); ++peer) {
+    if (outbox_device_[peer] != nullptr && outboxes_[peer]) cudaHostUnregister(outboxes_[peer]->data());
+    outbox_device_[peer] = nullptr;
+  }
+}
+
 CudaIpcTransport::~CudaIpcTransport() {
+  if (proxy_) {
+    (void)proxy_->Stop(Deadline::AfterMs(5000));
+    if (proxy_->stuck()) {
+      // The kernel may still write into the peers' rings: leave them mapped and registered.
+      (void)proxy_.release();
+      for (auto& box : outboxes_) (void)box.release();
+    } else {
+      proxy_.reset();
+      UnregisterOutboxes();
+    }
+  }
   remote_signals_.clear();
   signals_.reset();
   if (error_host_ != nullptr) cudaFreeHost(error_host_);
@@ -167,6 +197,19 @@ Status CudaIpcTransport::Connect(int peer, std::span<const std::byte> remote_add
     }
   }
   M2N_ASSIGN_OR_RETURN(outboxes_[static_cast<size_t>(peer)], Outbox::Open(a.mailbox, layout_, config_.rank));
+  if (proxy_) {
+    // The proxy kernel publishes immediates in this ring: map it for the GPU.
+    Outbox& box = *outboxes_[static_cast<size_t>(peer)];
+    M2N_CUDA_RETURN_IF_ERROR(cudaHostRegister(box.data(), box.size(), cudaHostRegisterMapped | cudaHostRegisterPortable),
+                             "cudaHostRegister (the immediate ring of " + PeerName(peer) + ")");
+    void* device = nullptr;
+    cudaError_t e = cudaHostGetDevicePointer(&device, box.data(), 0);
+    if (e != cudaSuccess) {
+      cudaHostUnregister(box.data());
+      return CudaStatus(e, "cudaHostGetDevicePointer (the immediate ring of " + PeerName(peer) + ")");
+    }
+    outbox_device_[static_cast<size_t>(peer)] = static_cast<std::byte*>(device);
+  }
   auto mapped = DeviceMapping::Open(a.signals, a.signal_bytes);
   if (!mapped.ok()) return mapped.status().WithContext("cuda_ipc: signal words of " + PeerName(peer));
   remote_signals_[static_cast<size_t>(peer)] = std::move(mapped).value();
@@ -194,6 +237,10 @@ Status CudaIpcTransport::Post(std::span<const Write> writes) {
       }
       const std::byte* src = w.local->data() + w.local_offset;
       std::byte* dst = remote->data() + w.remote_offset;
+      if (proxy_ && w.local->kind() == MemoryKind::kCuda && remote->kind() == MemoryKind::kCuda) {
+        M2N_RETURN_IF_ERROR(PostThroughProxy(w, src, dst));
+        continue;
+      }
       if (w.local->kind() == MemoryKind::kHost && remote->kind() == MemoryKind::kHost) {
         std::memcpy(dst, src, w.length);
       } else {
@@ -218,11 +265,44 @@ Status CudaIpcTransport::Post(std::span<const Write> writes) {
   return OkStatus();
 }
 
+Status CudaIpcTransport::PostThroughProxy(const Write& w, const std::byte* src, std::byte* dst) {
+  const Deadline deadline = Deadline::After(config_.timeout);
+  while (!proxy_->HasRoom()) {
+    M2N_RETURN_IF_ERROR(proxy_->Completed().status());
+    if (deadline.Expired()) {
+      return DeadlineExceededError("cuda_ipc: the copy proxy served no write for " +
+                                   std::to_string(config_.timeout.count()) + " ms (a write to " +
+                                   PeerName(w.peer) + " waits for room in its ring)");
+    }
+  }
+  Outbox& box = *outboxes_[static_cast<size_t>(w.peer)];
+  M2N_ASSIGN_OR_RETURN(Outbox::Reserved entry, box.Reserve(w.lane, w.imm, w.length));
+  auto* sequence = reinterpret_cast<unsigned long long*>(
+      outbox_device_[static_cast<size_t>(w.peer)] + (reinterpret_cast<std::byte*>(entry.sequence) - box.data()));
+  auto index = proxy_->Enqueue(src, dst, w.length, sequence, entry.value);
+  if (!index.ok()) return index.status().WithContext("cuda_ipc: a write to " + PeerName(w.peer));
+  Completion c;
+  c.type = Completion::Type::kWriteDone;
+  c.peer = w.peer;
+  c.lane = w.lane;
+  c.cookie = w.cookie;
+  proxied_.push_back({*index, std::move(c)});
+  return OkStatus();
+}
+
 StatusOr<size_t> CudaIpcTransport::Poll(std::span<Completion> out) {
   size_t n = 0;
   while (n < out.size() && !done_.empty()) {
     out[n++] = std::move(done_.front());
     done_.pop_front();
+  }
+  if (!proxied_.empty()) {
+    auto completed = proxy_->Completed();
+    if (!completed.ok()) return completed.status().WithContext("cuda_ipc: writes through the copy proxy");
+    while (n < out.size() && !proxied_.empty() && proxied_.front().index < *completed) {
+      out[n++] = std::move(proxied_.front().done);
+      proxied_.pop_front();
+    }
   }
   // ACKs first: a credit return must never wait behind data.
   for (Lane lane : {Lane::kAck, Lane::kData}) {
@@ -246,6 +326,11 @@ StatusOr<size_t> CudaIpcTransport::Poll(std::span<Completion> out) {
 
 Status CudaIpcTransport::Close(Deadline deadline) {
   closed_ = true;
+  if (proxy_) {
+    Status stopped = proxy_->Stop(deadline);
+    if (!stopped.ok()) return stopped;  // the destructor leaves the rings mapped
+    UnregisterOutboxes();
+  }
   for (auto& box : outboxes_) box.reset();
   for (auto& mapping : remote_signals_) mapping.reset();
   return OkStatus();

@@ -25,6 +25,7 @@
 #include "transports/cuda_ipc/endpoint.h"
 #include "transports/cuda_ipc/kernels.h"
 #include "transports/cuda_ipc/memory.h"
+#include "transports/cuda_ipc/proxy.h"
 #include "transports/transport.h"
 
 namespace m2n::transport::cuda_ipc {
@@ -80,6 +81,17 @@ class CudaIpcTransport final : public Transport, public StreamOps {
   Status stream_error_;
   std::deque<Completion> done_;
   cudaStream_t copy_stream_ = nullptr;  // host-driven writes of device memory
+  // M2N_CUDA_IPC_PROXY=1: host-driven writes of device memory go through the copy proxy (proxy.h),
+  // which raises the immediate in the peer's ring itself; the rings are registered with CUDA.
+  std::unique_ptr<CopyProxy> proxy_;
+  std::vector<std::byte*> outbox_device_;  // by rank: the device address of the peer's mapped ring
+  struct Proxied {
+    uint64_t index;  // the proxy's descriptor
+    Completion done;
+  };
+  std::deque<Proxied> proxied_;
+  Status PostThroughProxy(const Write& w, const std::byte* src, std::byte* dst);
+  void UnregisterOutboxes();
   int max_blocks_ = 32;          // M2N_CUDA_IPC_MAX_BLOCKS: blocks per message at most
   size_t block_bytes_ = 64 << 10;  // M2N_CUDA_IPC_BLOCK_BYTES: bytes per block before another
   bool closed_ = false;
