@@ -17,6 +17,7 @@
 #include "protocol/immediate.h"
 #include "protocol/slots.h"
 #include "transports/transport.h"
+#include "m2n/topology.h"
 #include "m2n/version.h"
 
 namespace m2n {
@@ -521,6 +522,11 @@ StatusOr<std::unique_ptr<Group>> Group::Create(const Options& requested) {
   config.max_unpolled = options.slot_depth;
   config.timeout = b.timeout;
   config.slot_depth = options.slot_depth;
+  config.slot_memory = options.slot_memory;
+  const Placement placement = ChoosePlacement(options);  // the NIC nearest to our GPU, a proxy core
+  config.nic = placement.nic;
+  config.nic_required = placement.nic_from_options;
+  config.proxy_core = placement.proxy_core;
   auto created = (*chosen)->create(config);
   if (!created.ok()) return created.status().WithContext(impl->me());
   impl->core = std::make_shared<Core>();

@@ -55,6 +55,14 @@ struct Config {
   std::chrono::milliseconds timeout{30000};
   // Receive slots per peer (Options::slot_depth): the slot numbers stream-ordered operations use.
   int slot_depth = 0;
+  // Where the receive slots live (Options::slot_memory); kCuda: the group uses StreamOps.
+  MemoryKind slot_memory = MemoryKind::kHost;
+  // The RDMA NIC for transports that use one (m2n/topology.h): a must when nic_required (the
+  // operator named it), else the nearest one, to be preferred; empty: the transport's own choice.
+  std::string nic;
+  bool nic_required = false;
+  // The CPU a proxy thread is pinned to; -1: not pinned.
+  int proxy_core = -1;
 };
 
 // Registered local memory. Destroying it deregisters it.

@@ -55,6 +55,12 @@ struct Options {
   int spin_us = -1;
   // How often a blocked call asks the bootstrap store whether a peer died (milliseconds).
   int liveness_check_ms = 200;
+  // The RDMA NIC (e.g. "mlx5_0") a NIC transport must use; empty: the one nearest to this rank's
+  // GPU (or CPUs) in the machine's topology (hwloc), else the transport's own choice.
+  std::string nic;
+  // The CPU (OS index) a transport's proxy thread is pinned to; -1: a core near both the GPU and
+  // the NIC, from the topology (m2n/topology.h shows the choice).
+  int proxy_core = -1;
   BootstrapOptions bootstrap;
 };
 
