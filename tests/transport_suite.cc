@@ -690,7 +690,9 @@ TEST_P(TransportTest, PeerExitIsReportedOrNeverHangs) {
     Write w = MakeWrite(r, Lane::kData, local.get(), 0, remote.get(), 0, 4096, 1, 1);
     REQUIRE_OK(r.t->Post({&w, 1}));
     Bytes confirmation;
-    REQUIRE_PASS(RecvWhilePumping(r, &confirmation));
+    // The peer exits right after confirming; on a loaded machine its endpoint error can reach us
+    // before the confirmation does. Errors are checked below, so they are allowed here.
+    REQUIRE_PASS(RecvWhilePumping(r, &confirmation, /*allow_errors=*/true));
     usleep(50 * 1000);  // let it exit
 
     // Keep writing (within the credit window) and polling; every Poll must return promptly.
