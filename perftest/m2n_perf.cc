@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "m2n/m2n.h"
+#include "m2n/topology.h"
 #include "perftest/bench.h"
 #include "perftest/cli.h"
 #include "perftest/host_barrier.h"
@@ -128,7 +129,10 @@ class Rank {
                   const SizeResult& result);
   int Finish(const RunInfo& info, const std::vector<Row>& rows, uint64_t wrong, double elapsed_s);
   // Rank 0, both sweeps: the footer and, with --json, the file.
-  Status WriteFooterAndJson(const RunInfo& info, const std::vector<Row>& rows, double elapsed_s, size_t sizes);
+  // `json`: write the --json file now (false: later, with the perftest rows).
+  Status WriteFooterAndJson(const RunInfo& info, const std::vector<Row>& rows, double elapsed_s, size_t sizes,
+                            bool json = true);
+  Status WriteJson(const RunInfo& info, const std::vector<Row>& rows, double elapsed_s);
 
   PerfConfig config_;
   LauncherInfo launcher_;
@@ -259,6 +263,12 @@ RunInfo Rank::Describe() const {
                std::to_string(group_->world_size()) + " ranks)";
   }
   info.mpi_library = mpi_library_;
+  // Rank 0's placement (the others' follows the same rule for their GPU) and the machine's topology.
+  info.topology = DescribeTopology();
+  const Placement placement = ChoosePlacement(group_->options());
+  info.placement = "NIC " + (placement.nic.empty() ? std::string("(the transport's choice)") : placement.nic) +
+                   ", proxy core " + (placement.proxy_core < 0 ? std::string("(none)") : std::to_string(placement.proxy_core)) +
+                   ": " + placement.reason;
   return info;
 }
 
@@ -413,16 +423,23 @@ int Rank::Run(int argc, char** argv) {
   const double elapsed_s = static_cast<double>(NowNs() - start) / 1e9;
   if (config_.soak_messages > 0) soak.Finish(stdout, wrong, elapsed_s);
 
+  const bool perftest = config_.baseline == Baseline::kPerftest;
   if (report) {
-    if (Status s = WriteFooterAndJson(info, rows, elapsed_s, sizes.size()); !s.ok()) return Fail(s);
+    if (Status s = WriteFooterAndJson(info, rows, elapsed_s, sizes.size(), /*json=*/!perftest); !s.ok()) {
+      return Fail(s);
+    }
   }
 
   if (Status s = group_->Close(Deadline::AfterMs(config_.timeout_ms)); !s.ok()) {
     return Fail(s.WithContext("closing the group"));
   }
-  // perftest on the same device, once every m2n rank is done (nothing else competes for the cores).
-  if (report && config_.baseline == Baseline::kPerftest) {
-    if (Status s = ReportPerftestBaseline(config_, rows, stdout); !s.ok()) return Fail(s);
+  // perftest on the same device, once every m2n rank is done (nothing else competes for the cores);
+  // its rows go into the --json file beside m2n's.
+  if (report && perftest) {
+    auto baseline = ReportPerftestBaseline(config_, rows, stdout);
+    if (!baseline.ok()) return Fail(baseline.status());
+    rows.insert(rows.end(), baseline->begin(), baseline->end());
+    if (Status s = WriteJson(info, rows, elapsed_s); !s.ok()) return Fail(s);
   }
 #if M2N_PERF_WITH_MPI
   if (mpi_) MpiFinalize();
@@ -431,11 +448,17 @@ int Rank::Run(int argc, char** argv) {
 }
 
 Status Rank::WriteFooterAndJson(const RunInfo& info, const std::vector<Row>& rows, double elapsed_s,
-                               size_t sizes) {
+                               size_t sizes, bool json) {
   uint64_t total_wrong = 0;
   for (const Row& row : rows) total_wrong += row.wrong;
   PrintFooter(stdout, total_wrong, elapsed_s, sizes);
   std::fflush(stdout);
+  return json ? WriteJson(info, rows, elapsed_s) : OkStatus();
+}
+
+Status Rank::WriteJson(const RunInfo& info, const std::vector<Row>& rows, double elapsed_s) {
+  uint64_t total_wrong = 0;
+  for (const Row& row : rows) total_wrong += row.wrong;
   if (!json_file_.is_open()) return OkStatus();
   json_file_ << FormatJson(info, rows, total_wrong, elapsed_s);
   json_file_.close();

@@ -283,7 +283,8 @@ StatusOr<Row> RunPerftestSize(const PerftestSetup& setup, size_t bytes) {
   return row;
 }
 
-Status ReportPerftestBaseline(const PerfConfig& config, const std::vector<Row>& m2n_rows, std::FILE* out) {
+StatusOr<std::vector<Row>> ReportPerftestBaseline(const PerfConfig& config, const std::vector<Row>& m2n_rows,
+                                                  std::FILE* out) {
   if (config.use_cuda) return InvalidArgumentError("--baseline perftest measures host memory: drop --use_cuda");
   M2N_ASSIGN_OR_RETURN(PerftestSetup setup, ResolvePerftestSetup(config));
   std::fprintf(out,
@@ -294,6 +295,7 @@ Status ReportPerftestBaseline(const PerfConfig& config, const std::vector<Row>& 
                setup.device.c_str(), setup.port, setup.gid_index, setup.gid.c_str(), setup.iters,
                setup.address.c_str());
   PrintTableHead(out, /*with_impl=*/true);
+  std::vector<Row> rows;
   for (const Row& m2n : m2n_rows) {
     if (m2n.impl != "m2n") continue;
     auto baseline = RunPerftestSize(setup, m2n.bytes);
@@ -302,8 +304,9 @@ Status ReportPerftestBaseline(const PerfConfig& config, const std::vector<Row>& 
     PrintRow(out, *baseline, /*with_impl=*/true);
     PrintRatioRow(out, m2n, *baseline);
     std::fflush(out);
+    rows.push_back(*baseline);
   }
-  return OkStatus();
+  return rows;
 }
 
 }  // namespace m2n::perf

@@ -41,7 +41,9 @@ StatusOr<PerftestSetup> ResolvePerftestSetup(const PerfConfig& config);
 StatusOr<Row> RunPerftestSize(const PerftestSetup& setup, size_t bytes);
 
 // After m2n's sweep (rank 0, group closed): a header line, then per size of `m2n_rows` the m2n row,
-// the perftest row and their ratio. Errors name the tool, the size and its output.
-Status ReportPerftestBaseline(const PerfConfig& config, const std::vector<Row>& m2n_rows, std::FILE* out);
+// the perftest row and their ratio; returns the perftest rows (for --json). Errors name the tool,
+// the size and its output.
+StatusOr<std::vector<Row>> ReportPerftestBaseline(const PerfConfig& config, const std::vector<Row>& m2n_rows,
+                                                  std::FILE* out);
 
 }  // namespace m2n::perf

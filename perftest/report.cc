@@ -99,6 +99,10 @@ void PrintHeader(std::FILE* out, const RunInfo& info) {
   box.Line("host", info.host);
   box.Line("launcher", info.launcher);
   if (!info.gpu.empty()) box.Line("gpu", info.gpu);
+  for (size_t i = 0; i < info.topology.size(); ++i) {
+    box.Line(i == 0 ? "topology" : "", (i == 0 ? "" : std::string(12, ' ')) + info.topology[i]);
+  }
+  if (!info.placement.empty()) box.Line("placement", info.placement);
   box.Line("baseline", info.baseline == "mpi"    ? "MPI Isend/Irecv, " + info.mpi_library
                        : info.baseline == "nccl" ? "grouped ncclSend/ncclRecv, " + info.nccl_library
                        : info.baseline == "perftest"
@@ -164,7 +168,11 @@ std::string FormatJson(const RunInfo& info, const std::vector<Row>& rows, uint64
   j += "    \"baseline\": " + JsonString(info.baseline) + ",\n";
   j += "    \"mpi_library\": " + (info.mpi_library.empty() ? std::string("null") : JsonString(info.mpi_library)) + ",\n";
   j += "    \"nccl_library\": " + (info.nccl_library.empty() ? std::string("null") : JsonString(info.nccl_library)) + ",\n";
-  j += "    \"gpu\": " + (info.gpu.empty() ? std::string("null") : JsonString(info.gpu)) + "\n";
+  j += "    \"gpu\": " + (info.gpu.empty() ? std::string("null") : JsonString(info.gpu)) + ",\n";
+  j += "    \"topology\": [";
+  for (size_t i = 0; i < info.topology.size(); ++i) j += (i ? ", " : "") + JsonString(info.topology[i]);
+  j += "],\n";
+  j += "    \"placement\": " + JsonString(info.placement) + "\n";
   j += "  },\n  \"rows\": [\n";
   for (size_t i = 0; i < rows.size(); ++i) {
     const Row& r = rows[i];
@@ -177,12 +185,15 @@ std::string FormatJson(const RunInfo& info, const std::vector<Row>& rows, uint64
     j += i + 1 < rows.size() ? ",\n" : "\n";
   }
   j += "  ],\n  \"ratios\": [";
-  // m2n / MPI per size, when both rows are there (the row after an m2n row of the same size).
+  // m2n / baseline per size, when both rows are there: the first baseline row (MPI, NCCL or
+  // perftest) of the same size, whether it follows the m2n row or comes after the sweep.
   bool first = true;
-  for (size_t i = 0; i + 1 < rows.size(); ++i) {
+  for (size_t i = 0; i < rows.size(); ++i) {
     const Row& a = rows[i];
-    const Row& b = rows[i + 1];
-    if (a.impl != "m2n" || (b.impl != "MPI" && b.impl != "NCCL") || a.bytes != b.bytes) continue;
+    if (a.impl != "m2n") continue;
+    auto match = std::find_if(rows.begin(), rows.end(), [&](const Row& r) { return r.impl != "m2n" && r.bytes == a.bytes; });
+    if (match == rows.end()) continue;
+    const Row& b = *match;
     auto ratio = [](double x, double y) { return y > 0 ? JsonNumber(x / y) : std::string("null"); };
     j += std::string(first ? "\n" : ",\n") + "    {\"bytes\": " + std::to_string(a.bytes) +
          ", \"p50\": " + ratio(a.latency.p50_us, b.latency.p50_us) +

@@ -36,11 +36,13 @@ struct RunInfo {
   std::string mpi_library;        // with the baseline: MPI_Get_library_version
   std::string nccl_library;       // with --baseline nccl: "NCCL 2.28.3"
   std::string gpu;                // --use_cuda: the GPUs and how ranks map to them; empty: host memory
+  std::vector<std::string> topology;  // m2n::DescribeTopology(): a summary, then a line per GPU
+  std::string placement;          // rank 0's NIC and proxy core, and why
 };
 
 struct Row {
   size_t bytes = 0;
-  std::string impl;  // "m2n" or "MPI"
+  std::string impl;  // "m2n", "MPI", "NCCL" or "perftest"
   LatencySummary latency;
   double gbps = 0;
   double mmsg_per_s = 0;

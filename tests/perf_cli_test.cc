@@ -305,6 +305,35 @@ TEST(PerfReportTest, RowsAndJson) {
   EXPECT_NE(json.find("\"total_wrong\": 0"), std::string::npos);
 }
 
+// --baseline perftest: its rows come after the sweep, not after each m2n row; the ratios still
+// pair each m2n row with the perftest row of its size. The topology lines go into the header.
+TEST(PerfReportTest, PerftestRowsAndTopologyInJson) {
+  RunInfo info;
+  info.baseline = "perftest";
+  info.topology = {"hwloc 2.9.0 (this host): 1 package(s)", "GPU 0000:18:00.0 -> mlx5_0 (PCIe switch, 2 PCI hops)"};
+  info.placement = "NIC mlx5_0, proxy core 3: why";
+  auto row = [](size_t bytes, const char* impl, double p50) {
+    return Row{.bytes = bytes, .impl = impl, .latency = {.p50_us = p50, .p99_us = p50, .max_us = p50}, .gbps = 1};
+  };
+  const std::string json =
+      FormatJson(info, {row(8, "m2n", 12), row(64, "m2n", 15), row(8, "perftest", 10), row(64, "perftest", 10)}, 0, 1);
+  EXPECT_NE(json.find("{\"bytes\": 8, \"p50\": 1.2, \"baseline\": \"perftest\""), std::string::npos) << json;
+  EXPECT_NE(json.find("{\"bytes\": 64, \"p50\": 1.5, \"baseline\": \"perftest\""), std::string::npos) << json;
+  EXPECT_NE(json.find("\"impl\": \"perftest\""), std::string::npos) << json;
+  EXPECT_NE(json.find("\"placement\": \"NIC mlx5_0, proxy core 3: why\""), std::string::npos) << json;
+  EXPECT_NE(json.find("-> mlx5_0 (PCIe switch"), std::string::npos) << json;
+  char* text = nullptr;
+  size_t size = 0;
+  FILE* out = open_memstream(&text, &size);
+  PrintHeader(out, info);
+  std::fclose(out);
+  const std::string header(text, size);
+  std::free(text);
+  EXPECT_NE(header.find("| topology    hwloc 2.9.0 (this host)"), std::string::npos) << header;
+  EXPECT_NE(header.find("GPU 0000:18:00.0 -> mlx5_0"), std::string::npos) << header;
+  EXPECT_NE(header.find("| placement   NIC mlx5_0, proxy core 3"), std::string::npos) << header;
+}
+
 // ---------------------------------------------------------------------------------------------
 // The host barrier, across two real processes
 
