@@ -41,12 +41,12 @@ workers and schedule
   -A, --attention N     attention worker processes (default 2)
   -E, --experts N       expert worker processes (default 2)
   -m, --micro_batches N micro-batches in ping-pong (default 2)
-  -b, --batch N         requests in flight per attention worker (default 8)
+  -b, --batch N         requests in flight per attention worker (default 4)
   --max_tokens N        tokens per micro-batch: decode tokens + prefill chunks (default 256)
   --threads N           compute threads per process (default: cores / processes, at least 1)
   --backend NAME        compute backend: cpu (default)
 workload
-  --requests N          requests per attention worker (default 16)
+  --requests N          requests per attention worker (default 8)
   --input_len N         fixed prompt length (default: production-like, median 571)
   --output_len N        fixed output length (default: production-like, median 159)
 run

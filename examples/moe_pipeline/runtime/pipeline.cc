@@ -1,5 +1,7 @@
 #include "runtime/pipeline.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -106,7 +108,7 @@ class AttentionWorker {
     }
     M2N_RETURN_IF_ERROR(g_.Send(requests_, CallDeadline(o_)));
     wall_s_ = Seconds(start_, Clock::now());
-    if (o_.progress && g_.rank() == 0) std::fprintf(stderr, "\n");
+    if (o_.progress && g_.rank() == 0 && tty_) std::fprintf(stderr, "\n");
 
     Json report = Report();
     if (o_.check) report.Set("check", Check());
@@ -270,11 +272,14 @@ class AttentionWorker {
     const double now = Seconds(start_, Clock::now());
     if (now < next_progress_s_ && !workload_->finished()) return;
     next_progress_s_ = now + 1.0;
-    std::fprintf(stderr, "\r[moe_pipeline] %5.1f s  attention rank 0: %d/%zu requests done, %lld tokens generated (%.0f tok/s), iteration %lld   ",
-                 now, workload_->finished_count(), workload_->requests().size(),
+    // One line rewritten in place on a terminal; a line per second in a log.
+    std::fprintf(stderr,
+                 "%s[moe_pipeline] %5.1f s  attention rank 0: %d/%zu requests done, %lld tokens generated "
+                 "(%.0f tok/s), iteration %lld%s",
+                 tty_ ? "\r" : "", now, workload_->finished_count(), workload_->requests().size(),
                  static_cast<long long>(workload_->generated_tokens()),
                  static_cast<double>(workload_->generated_tokens()) / std::max(now, 1e-9),
-                 static_cast<long long>(iteration_));
+                 static_cast<long long>(iteration_), tty_ ? "   " : "\n");
   }
 
   Json Report() const {
@@ -408,6 +413,7 @@ class AttentionWorker {
   int64_t rows_dispatched_ = 0;
   double wall_s_ = 0, compute_s_ = 0, send_s_ = 0, wait_s_ = 0;
   double next_progress_s_ = 0;
+  const bool tty_ = isatty(2) != 0;
   std::vector<double> tbt_ms_, ttft_ms_;
 };
 

@@ -20,8 +20,8 @@
 namespace moe {
 
 struct WorkloadOptions {
-  int requests = 16;      // per attention worker
-  int batch = 8;          // requests in flight per attention worker
+  int requests = 8;       // per attention worker
+  int batch = 4;          // requests in flight per attention worker
   bool production = true;  // production-like lengths, else fixed
   int input_len = 571;    // fixed input length, or the median of the production distribution
   int output_len = 159;   // likewise
