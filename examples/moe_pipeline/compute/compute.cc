@@ -1,10 +1,29 @@
 #include "compute/compute.h"
 
 #include "compute/cpu/cpu_compute.h"
+#if MOE_WITH_CUDA
+#include "compute/cuda/cuda_compute.h"
+#endif
 
 namespace moe {
 
-std::vector<std::string> AvailableBackends() { return {"cpu"}; }
+std::vector<std::string> AvailableBackends() {
+#if MOE_WITH_CUDA
+  return {"cpu", "cuda"};
+#else
+  return {"cpu"};
+#endif
+}
+
+m2n::StatusOr<Precision> BackendPrecision(const std::string& backend) {
+  // fp32 on CPU: rounding differences of ~1e-6. bf16 on GPU: weights rounded (the reference
+  // rounds them too), GEMM inputs and the KV cache in bf16, fp32 accumulation.
+  if (backend == "cpu") return Precision{1e-4, 1e-5, false, "fp32"};
+  if (backend == "cuda") return Precision{3e-2, 5e-2, true, "bf16"};
+  std::string list;
+  for (const std::string& b : AvailableBackends()) list += (list.empty() ? "" : ", ") + b;
+  return m2n::InvalidArgumentError("compute backend \"" + backend + "\" is not built here (available: " + list + ")");
+}
 
 namespace {
 m2n::Status CheckBackend(const std::string& backend) {
@@ -13,22 +32,32 @@ m2n::Status CheckBackend(const std::string& backend) {
   }
   std::string list;
   for (const std::string& b : AvailableBackends()) list += (list.empty() ? "" : ", ") + b;
-  return m2n::InvalidArgumentError("compute backend \"" + backend + "\" is not built here (available: " + list + ")");
+  return m2n::InvalidArgumentError("compute backend \"" + backend + "\" is not built here (available: " + list +
+                                   (backend == "cuda" ? "; configure with the CUDA toolkit present" : "") + ")");
 }
 }  // namespace
 
 m2n::StatusOr<std::unique_ptr<AttentionCompute>> MakeAttentionCompute(const std::string& backend,
                                                                       const ModelConfig& config,
-                                                                      AttentionWeights weights,
+                                                                      const WeightSource& source,
                                                                       const ComputeOptions& options) {
   M2N_RETURN_IF_ERROR(CheckBackend(backend));
+#if MOE_WITH_CUDA
+  if (backend == "cuda") return cuda::MakeCudaAttention(config, source, options);
+#endif
+  M2N_ASSIGN_OR_RETURN(AttentionWeights weights, LoadAttentionWeights(config, source));
   return cpu::MakeCpuAttention(config, std::move(weights), options);
 }
 
 m2n::StatusOr<std::unique_ptr<ExpertCompute>> MakeExpertCompute(const std::string& backend,
-                                                                const ModelConfig& config, ExpertShard shard,
+                                                                const ModelConfig& config, const WeightSource& source,
+                                                                std::span<const int> experts,
                                                                 const ComputeOptions& options) {
   M2N_RETURN_IF_ERROR(CheckBackend(backend));
+#if MOE_WITH_CUDA
+  if (backend == "cuda") return cuda::MakeCudaExperts(config, source, experts, options);
+#endif
+  M2N_ASSIGN_OR_RETURN(ExpertShard shard, LoadExpertShard(config, source, experts));
   return cpu::MakeCpuExperts(config, std::move(shard), options);
 }
 

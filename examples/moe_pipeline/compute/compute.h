@@ -84,14 +84,26 @@ class ExpertCompute {
   virtual m2n::Status Forward(int layer, int top_k, std::span<const ExpertInput> inputs) = 0;
 };
 
-// Backends: "cpu" (always), "cuda" (when built with CUDA).
+// How closely a backend's outputs follow the fp32 reference, for the check.
+struct Precision {
+  double tolerance;       // max |pipeline - reference| / max |reference| over a token's logits
+  double tie_threshold;   // gate-logit gap below which a token's routing may differ (see reference/)
+  bool bf16_weights;      // the backend rounds weights to bf16: so does the reference it is checked against
+  const char* what;       // "fp32", "bf16"
+};
+
+// Backends: "cpu" (always), "cuda" (when built with CUDA). Each loads its own weights from
+// `source` (only its share: the expert side the `experts` it holds), so that a GPU backend can
+// generate or upload them straight into device memory.
 std::vector<std::string> AvailableBackends();
+m2n::StatusOr<Precision> BackendPrecision(const std::string& backend);
 m2n::StatusOr<std::unique_ptr<AttentionCompute>> MakeAttentionCompute(const std::string& backend,
                                                                       const ModelConfig& config,
-                                                                      AttentionWeights weights,
+                                                                      const WeightSource& source,
                                                                       const ComputeOptions& options);
 m2n::StatusOr<std::unique_ptr<ExpertCompute>> MakeExpertCompute(const std::string& backend,
-                                                                const ModelConfig& config, ExpertShard shard,
+                                                                const ModelConfig& config, const WeightSource& source,
+                                                                std::span<const int> experts,
                                                                 const ComputeOptions& options);
 
 }  // namespace moe

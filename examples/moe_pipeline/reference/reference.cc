@@ -4,6 +4,8 @@
 #include <cmath>
 #include <numeric>
 
+#include "model/safetensors.h"
+
 namespace moe {
 namespace {
 
@@ -44,17 +46,36 @@ void Rotate(std::vector<double>* x, int heads, int d, int position, double theta
 
 }  // namespace
 
-m2n::StatusOr<ReferenceModel> ReferenceModel::Load(const ModelConfig& config, const WeightSource& source) {
+m2n::StatusOr<ReferenceModel> ReferenceModel::Load(const ModelConfig& config, const WeightSource& source,
+                                                   bool bf16_weights) {
   ReferenceModel model;
   model.config_ = config;
   M2N_ASSIGN_OR_RETURN(model.attention_, LoadAttentionWeights(config, source));
   std::vector<int> all(static_cast<size_t>(config.num_local_experts));
   std::iota(all.begin(), all.end(), 0);
   M2N_ASSIGN_OR_RETURN(model.experts_, LoadExpertShard(config, source, all));
+  if (bf16_weights) {
+    auto round = [](std::vector<float>& v) {
+      for (float& x : v) x = Bf16ToFloat(FloatToBf16(x));
+    };
+    AttentionWeights& a = model.attention_;
+    round(a.embed);
+    round(a.final_norm);
+    round(a.lm_head);
+    for (AttentionLayerWeights& l : a.layers) {
+      for (auto* v : {&l.input_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.post_norm, &l.gate}) round(*v);
+    }
+    for (auto& layer : model.experts_.layers) {
+      for (ExpertWeights& e : layer) {
+        for (auto* v : {&e.w1, &e.w2, &e.w3}) round(*v);
+      }
+    }
+  }
   return model;
 }
 
-m2n::StatusOr<ReferenceOutput> ReferenceModel::Forward(std::span<const int> tokens, int first_logit) const {
+m2n::StatusOr<ReferenceOutput> ReferenceModel::Forward(std::span<const int> tokens, int first_logit,
+                                                             double tie_threshold) const {
   const ModelConfig& c = config_;
   const int L = c.num_hidden_layers, H = c.hidden_size, d = c.head_dim;
   const int heads = c.num_attention_heads, kv_heads = c.num_key_value_heads;
@@ -117,7 +138,7 @@ m2n::StatusOr<ReferenceOutput> ReferenceModel::Forward(std::span<const int> toke
       const int k_top = c.num_experts_per_tok;
       if (k_top < c.num_local_experts && !result.near_tie &&
           gate_logits[static_cast<size_t>(order[static_cast<size_t>(k_top - 1)])] -
-                  gate_logits[static_cast<size_t>(order[static_cast<size_t>(k_top)])] < kTieThreshold) {
+                  gate_logits[static_cast<size_t>(order[static_cast<size_t>(k_top)])] < tie_threshold) {
         result.near_tie = true;
         result.tie_position = static_cast<int>(pos);
         result.tie_layer = l;

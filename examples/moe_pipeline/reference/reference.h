@@ -14,7 +14,7 @@ namespace moe {
 
 struct ReferenceOutput {
   std::vector<float> logits;  // [positions from first_logit on, vocab]
-  // The gate logits of the k-th and (k+1)-th experts were closer than kTieThreshold at
+  // The gate logits of the k-th and (k+1)-th experts were closer than tie_threshold at
   // tie_position: fp32 rounding may route that token differently in the pipeline, and what it
   // computes from there on (that token, and later ones through the KV cache) cannot be compared.
   bool near_tie = false;
@@ -24,12 +24,12 @@ struct ReferenceOutput {
 
 class ReferenceModel {
  public:
-  static m2n::StatusOr<ReferenceModel> Load(const ModelConfig& config, const WeightSource& source);
+  // bf16_weights: round every weight to bf16 first, as a bf16 backend does, so that the check
+  // measures the backend's arithmetic, not the rounding of its weights.
+  static m2n::StatusOr<ReferenceModel> Load(const ModelConfig& config, const WeightSource& source, bool bf16_weights);
   // Runs tokens[0, n) from position 0 and returns the logits of positions [first_logit, n).
-  m2n::StatusOr<ReferenceOutput> Forward(std::span<const int> tokens, int first_logit) const;
-
-  // ~100x the gate-logit differences fp32 rounding makes in the tiny model.
-  static constexpr double kTieThreshold = 1e-5;
+  // tie_threshold: see ReferenceOutput::near_tie.
+  m2n::StatusOr<ReferenceOutput> Forward(std::span<const int> tokens, int first_logit, double tie_threshold) const;
 
  private:
   ModelConfig config_;

@@ -135,14 +135,13 @@ class AttentionWorker {
 
  private:
   m2n::Status SetUp() {
-    M2N_ASSIGN_OR_RETURN(AttentionWeights weights, LoadAttentionWeights(c_, o_.weights));
     const int max_context = MaxContext(o_.workload, c_.max_position_embeddings);
     M2N_ASSIGN_OR_RETURN(Workload w, Workload::Create(o_.workload, g_.rank(), c_.vocab_size, max_context));
     workload_ = std::make_unique<Workload>(std::move(w));
     ComputeOptions co{.threads = o_.threads, .micro_batches = o_.workload.micro_batches,
                       .max_tokens = o_.workload.max_tokens, .kv_slots = o_.workload.batch,
                       .max_context = max_context};
-    M2N_ASSIGN_OR_RETURN(compute_, MakeAttentionCompute(o_.backend, c_, std::move(weights), co));
+    M2N_ASSIGN_OR_RETURN(compute_, MakeAttentionCompute(o_.backend, c_, o_.weights, co));
     experts_.assign(g_.peers().begin(), g_.peers().end());
     slot_bytes_ = g_.options().slot_bytes;
     buffer_.resize(experts_.size() * slot_bytes_);
@@ -312,7 +311,14 @@ class AttentionWorker {
   // Every request's recorded logits against the reference forward over the same tokens.
   Json Check() const {
     Json r = Json::Object();
-    auto reference = ReferenceModel::Load(c_, o_.weights);
+    auto precision = BackendPrecision(o_.backend);
+    if (!precision.ok()) {
+      r.Set("passed", Json::Bool(false));
+      r.Set("error", Json::String(precision.status().ToString()));
+      return r;
+    }
+    const double tolerance = precision->tolerance;
+    auto reference = ReferenceModel::Load(c_, o_.weights, precision->bf16_weights);
     if (!reference.ok()) {
       r.Set("passed", Json::Bool(false));
       r.Set("error", Json::String(reference.status().ToString()));
@@ -325,7 +331,7 @@ class AttentionWorker {
     int64_t tokens = 0;
     for (const Request& q : workload_->requests()) {
       const std::span<const int> seq(q.tokens.data(), q.tokens.size() - 1);  // the last token is never fed
-      auto ref = reference->Forward(seq, q.input_len - 1);
+      auto ref = reference->Forward(seq, q.input_len - 1, precision->tie_threshold);
       if (!ref.ok()) {
         ++failed;
         if (first_failure.empty()) first_failure = "request " + std::to_string(q.id) + ": " + ref.status().ToString();
@@ -366,12 +372,12 @@ class AttentionWorker {
       }
       ++compared;
       max_error = std::max(max_error, request_error);
-      if (request_error > kTolerance) {
+      if (request_error > tolerance) {
         ++failed;
         if (first_failure.empty()) {
           char buf[160];
           std::snprintf(buf, sizeof(buf), "request %d output token %d: relative error %.3g > %.0e", q.id, worst_token,
-                        request_error, kTolerance);
+                        request_error, tolerance);
           first_failure = buf;
         }
       }
@@ -383,14 +389,13 @@ class AttentionWorker {
     r.Set("requests_cut_at_near_tie", Json::Number(partial));
     r.Set("tokens_compared", Json::Number(static_cast<double>(tokens)));
     r.Set("max_relative_error", Json::Number(max_error));
-    r.Set("tolerance", Json::Number(kTolerance));
+    r.Set("tolerance", Json::Number(tolerance));
+    r.Set("tie_threshold", Json::Number(precision->tie_threshold));
+    r.Set("precision", Json::String(precision->what));
     r.Set("seconds", Json::Number(Seconds(start, Clock::now())));
     if (!first_failure.empty()) r.Set("first_failure", Json::String(first_failure));
     return r;
   }
-
-  // max |pipeline - reference| over a token's logits, relative to the largest reference logit.
-  static constexpr double kTolerance = 1e-4;
 
   m2n::Group& g_;
   const PipelineOptions& o_;
@@ -512,10 +517,9 @@ class ExpertWorker {
     for (int e = 0; e < c_.num_local_experts; ++e) {
       if (ExpertOwner(e, g_.num_receivers()) == worker) held_.push_back(e);
     }
-    M2N_ASSIGN_OR_RETURN(ExpertShard shard, LoadExpertShard(c_, o_.weights, held_));
     ComputeOptions co{.threads = o_.threads, .micro_batches = o_.workload.micro_batches,
                       .max_tokens = o_.workload.max_tokens};
-    M2N_ASSIGN_OR_RETURN(experts_, MakeExpertCompute(o_.backend, c_, std::move(shard), co));
+    M2N_ASSIGN_OR_RETURN(experts_, MakeExpertCompute(o_.backend, c_, o_.weights, held_, co));
     attention_.assign(g_.peers().begin(), g_.peers().end());
     slot_bytes_ = g_.options().slot_bytes;
     buffer_.resize(attention_.size() * slot_bytes_);

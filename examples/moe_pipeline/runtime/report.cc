@@ -38,6 +38,7 @@ Summary Summarize(const Json& reports, const PipelineOptions& o, const std::stri
   int attention = 0, experts = 0;
   bool check_all = true, any_check = false;
   double max_error = 0, compared = 0, skipped = 0, cut = 0, failed = 0, check_s = 0, tokens = 0;
+  double tolerance = 0, tie_threshold = 0;
   std::string first_failure;
   Json workers = Json::Array();
   for (const Json& r : reports.items()) {
@@ -77,6 +78,8 @@ Summary Summarize(const Json& reports, const PipelineOptions& o, const std::stri
         tokens += Num(*check, "tokens_compared");
         failed += Num(*check, "requests_failed");
         check_s = std::max(check_s, Num(*check, "seconds"));
+        tolerance = std::max(tolerance, Num(*check, "tolerance"));
+        tie_threshold = std::max(tie_threshold, Num(*check, "tie_threshold"));
         for (const char* key : {"first_failure", "error"}) {
           if (const Json* f = check->Find(key); f != nullptr && first_failure.empty()) {
             first_failure = "rank " + std::to_string(static_cast<int>(Num(r, "rank"))) + ": " + f->as_string();
@@ -143,7 +146,8 @@ Summary Summarize(const Json& reports, const PipelineOptions& o, const std::stri
     check.Set("requests_cut_at_near_tie", Json::Number(cut));
     check.Set("tokens_compared", Json::Number(tokens));
     check.Set("max_relative_error", Json::Number(max_error));
-    check.Set("tolerance", Json::Number(1e-4));
+    check.Set("tolerance", Json::Number(tolerance));
+    check.Set("tie_threshold", Json::Number(tie_threshold));
     if (!first_failure.empty()) check.Set("first_failure", Json::String(first_failure));
     j.Set("check", std::move(check));
   }
@@ -168,9 +172,9 @@ Summary Summarize(const Json& reports, const PipelineOptions& o, const std::stri
   if (any_check) {
     t += std::string("check           ") + (s.check_passed ? "PASS" : "FAIL") +
          Format(": %.0f output tokens of %.0f requests vs the single-process reference, max relative error %.2e "
-                "(tolerance 1e-4)\n", tokens, compared, max_error) +
-         Format("                near-tie routing (gate logits within 1e-5): %.0f requests compared up to it, %.0f "
-                "not at all; %.1f s\n", cut - skipped, skipped, check_s);
+                "(tolerance %.0e)\n", tokens, compared, max_error, tolerance) +
+         Format("                near-tie routing (gate logits within %.0e): %.0f requests compared up to it, %.0f "
+                "not at all; %.1f s\n", tie_threshold, cut - skipped, skipped, check_s);
     if (!first_failure.empty()) t += "                first failure: " + first_failure + "\n";
   } else {
     t += "check           not run (--no_check)\n";
