@@ -85,6 +85,7 @@ class M2nHostGpuExchange final : public GpuExchange {
     M2N_RETURN_IF_ERROR(Cuda(cudaStreamSynchronize(AsStream(stream)), "cudaStreamSynchronize (before Release)"));
     return group_.Release(received_);
   }
+  bool ReceiveCompletesOnHost() const override { return true; }
 
  private:
   static constexpr int64_t kTimeoutMs = 60000;
@@ -234,7 +235,9 @@ Status GpuBench::Run(GpuExchange& exchange, size_t bytes, uint32_t size_index, S
       M2N_RETURN_IF_ERROR(sync());  // before the buffers are filled again; untimed
     } else {
       M2N_RETURN_IF_ERROR(exchange.Receive(bytes, views_, stream));
-      M2N_RETURN_IF_ERROR(sync());
+      // Done when this host knows the data is in place: after the stream (NCCL, stream-ordered
+      // m2n) or when Receive returns (host-driven m2n: the stream holds nothing of it).
+      if (!exchange.ReceiveCompletesOnHost()) M2N_RETURN_IF_ERROR(sync());
       segment.stamp(it, rank) = NowNs();
       if (config.check) {
         for (size_t i = 0; i < views_.size(); ++i) {

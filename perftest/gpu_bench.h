@@ -2,7 +2,8 @@
 //
 // The same timing rule as bench.h's one-way mode: per iteration, every rank passes the host
 // barrier; each sender stamps its start and enqueues its sends on its stream; each receiver
-// enqueues its receives, synchronizes its stream (the data is usable by then) and stamps. Latency =
+// enqueues its receives, synchronizes its stream (the data is usable by then; a host-driven receive
+// returns only then and needs no synchronize) and stamps. Latency =
 // max(receiver stamp) - min(sender start). The payload is written by a producer kernel before the
 // barrier and checked by a consumer kernel after the stamp, both untimed in the latency phase.
 // Bandwidth: senders enqueue `iters` sends to every peer back to back; receivers enqueue, per
@@ -38,6 +39,9 @@ class GpuExchange {
   // message in stream order after it, until Release.
   virtual Status Receive(size_t bytes, std::span<std::byte*> views, void* stream) = 0;
   virtual Status Release(void* stream) = 0;
+  // Whether Receive returns only once the data is in place (a host-driven receive): the receiver's
+  // host then knows it without synchronizing its stream, which holds nothing of the receive.
+  virtual bool ReceiveCompletesOnHost() const { return false; }
 };
 
 // The CUDA device of `rank`: rank mod the number of devices. Sets it current.

@@ -14,8 +14,12 @@
 //   put->wait->host    A's launched kernel as in flag+4KB; B's waiting kernel, once it sees the flag,
 //                      stores a word in host memory that B's host polls instead of synchronizing
 //   proxy->host        a persistent kernel on GPU 0 polls a doorbell in host memory; A's host rings
-//                      it (one 8-byte store); the kernel copies 4 KB and stores the flag into host
-//                      memory that B's host polls: no launch and no stream on the critical path
+//                      it (one store); the kernel copies 4 KB and stores the flag into host memory
+//                      that B's host polls: no launch and no stream on the critical path
+//   ... wide poll      the polling warp reads 22 8-byte words per round (as m2n's proxy does)
+//   ... x2             two blocks: block 0 polls and hands the message to block 1 through device
+//                      memory; each copies half, the last to finish raises the flag (the hand-over
+//                      and the count that m2n's proxy makes)
 //   proxy->wait        the same proxy, but the flag goes to GPU 1 where B's waiting kernel spins and
 //                      B's host synchronizes (stream-ordered receive, launch-free send)
 //   memop->proxy       A's host enqueues cuStreamWriteValue32 of the doorbell on a stream (a
@@ -55,11 +59,6 @@ int64_t Now() {
 __device__ __forceinline__ unsigned long long LoadAcquire(const unsigned long long* p) {
   unsigned long long v;
   asm volatile("ld.acquire.sys.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
-  return v;
-}
-__device__ __forceinline__ unsigned LoadAcquire32(const unsigned* p) {
-  unsigned v;
-  asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
   return v;
 }
 __device__ __forceinline__ void StoreRelease(unsigned long long* p, unsigned long long v) {
@@ -109,23 +108,44 @@ __global__ void WaitFlag(const unsigned long long* flag, unsigned long long valu
   if (host != nullptr) StoreRelease(host, value);
 }
 
-// A persistent sender: every block polls the doorbell (host memory); doorbell value k means "send
-// message k": copy, then raise *flag = base + k. Stops at kStop or after 5 s without a message.
+// A persistent sender: block 0 polls the doorbell (host memory); doorbell value k means "send
+// message k": every block copies its share, then the last raises *flag = base + k. Block 0 hands the
+// value to the other blocks through `relay` (device memory), so one warp reads over PCIe, as in
+// m2n's copy proxy. `wide`: that warp reads 22 8-byte words per round (two descriptors' worth, as
+// m2n's proxy polls) instead of one. Stops at kStop or after 5 s without a message.
 constexpr unsigned kStop = 0xffffffffu;
 __global__ void Proxy(const unsigned* doorbell, const uint4* src, uint4* dst, int vectors, unsigned long long* count,
-                      unsigned long long* flag, unsigned long long base) {
+                      unsigned long long* flag, unsigned long long base, unsigned* relay, int wide) {
   __shared__ unsigned seen;
   unsigned done = 0;
   for (;;) {
-    if (threadIdx.x == 0) {
-      const unsigned long long start = GlobalTimerNs();
-      unsigned v;
-      while ((v = LoadAcquire32(doorbell)) == done) {
-        if (GlobalTimerNs() - start > 5'000'000'000ull) {
-          v = kStop;
-          break;
+    if (blockIdx.x == 0) {
+      if (threadIdx.x < 32) {
+        const int lane = static_cast<int>(threadIdx.x);
+        const auto* words = reinterpret_cast<const unsigned long long*>(doorbell);
+        const unsigned long long start = GlobalTimerNs();
+        unsigned v;
+        for (;;) {
+          unsigned long long w = 0;
+          if (lane == 0 || (wide && lane < 22)) w = LoadAcquire(words + lane);
+          v = static_cast<unsigned>(__shfl_sync(0xffffffffu, w, 0));  // the doorbell: low half of word 0
+          if (v != done) break;
+          const int idle = lane == 0 && GlobalTimerNs() - start > 5'000'000'000ull;
+          if (__any_sync(0xffffffffu, idle)) {
+            v = kStop;
+            break;
+          }
+        }
+        if (lane == 0) {
+          seen = v;
+          asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(relay), "r"(v) : "memory");
         }
       }
+    } else if (threadIdx.x == 0) {
+      unsigned v;
+      do {
+        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(relay) : "memory");
+      } while (v == done);
       seen = v;
     }
     __syncthreads();
@@ -233,6 +253,8 @@ int main(int argc, char** argv) {
   CHECK(cudaMemset(source, 1, kMaxBytes));
   CHECK(cudaMalloc(&count, sizeof *count));
   CHECK(cudaMemset(count, 0, sizeof *count));
+  unsigned* relay = nullptr;
+  CHECK(cudaMalloc(&relay, sizeof *relay));
   CHECK(cudaDeviceSynchronize());
   void* host_words = nullptr;
   CHECK(cudaHostAlloc(&host_words, 4096, cudaHostAllocPortable | cudaHostAllocMapped));
@@ -264,7 +286,7 @@ int main(int argc, char** argv) {
 
   enum class Send { kLaunch, kProxyStore, kProxyMemop };
   enum class Receive { kKernelSync, kHostPoll, kKernelHostPoll };
-  auto run = [&](const char* name, Send send, Receive receive, int bytes, int blocks) {
+  auto run = [&](const char* name, Send send, Receive receive, int bytes, int blocks, bool wide = false) {
     base += 10'000'000;
     const int vectors = bytes / 16;
     // The flag goes to host memory when B's host polls it directly, else to GPU 1.
@@ -280,7 +302,9 @@ int main(int argc, char** argv) {
       const bool proxy = send != Send::kLaunch;
       if (proxy) {
         __atomic_store_n(doorbell, 0, __ATOMIC_RELEASE);
-        Proxy<<<blocks, 512, 0, proxy_stream>>>(doorbell, source, landing, vectors, count, target, base);
+        CHECK(cudaMemsetAsync(relay, 0, sizeof *relay, proxy_stream));
+        Proxy<<<blocks, 512, 0, proxy_stream>>>(doorbell, source, landing, vectors, count, target, base, relay,
+                                                 wide ? 1 : 0);
         CHECK(cudaGetLastError());
       }
       for (int i = 0; i < iters + warm; ++i) {
@@ -343,6 +367,8 @@ int main(int argc, char** argv) {
   run("put->host", Send::kLaunch, Receive::kHostPoll, 4096, 1);
   run("put->wait->host", Send::kLaunch, Receive::kKernelHostPoll, 4096, 1);
   run("proxy->host", Send::kProxyStore, Receive::kHostPoll, 4096, 1);
+  run("proxy->host wide poll", Send::kProxyStore, Receive::kHostPoll, 4096, 1, true);
+  run("proxy->host x2", Send::kProxyStore, Receive::kHostPoll, 4096, 2);
   run("proxy->wait", Send::kProxyStore, Receive::kKernelSync, 4096, 1);
   if (write_value != nullptr) {
     run("memop->proxy->host", Send::kProxyMemop, Receive::kHostPoll, 4096, 1);

@@ -91,9 +91,11 @@ sweep() {  # sweep SHAPE SUFFIX [ENV=VALUE...]: one m2n_perf run against NCCL
 for shape in $shapes; do sweep "$shape" ""; done
 if [ "${SKIP_PROXY:-0}" != 1 ]; then
   # The copy proxy ends after 5 ms without work, so NCCL's rows run without it after their warmup.
-  for shape in $shapes; do
-    sweep "$shape" "_proxy" M2N_PERF_GPU_PATH=host M2N_CUDA_IPC_PROXY=1 M2N_CUDA_IPC_PROXY_IDLE_MS=5
-  done
+  # A blocked host-driven call asks the bootstrap store whether a peer died every
+  # M2N_LIVENESS_CHECK_MS (200): a TCP round trip inside the timed part now and then; 10 s here.
+  proxy_env=(M2N_PERF_GPU_PATH=host M2N_CUDA_IPC_PROXY=1 M2N_CUDA_IPC_PROXY_IDLE_MS=5 M2N_LIVENESS_CHECK_MS=10000)
+  for shape in $shapes; do sweep "$shape" "_proxy" "${proxy_env[@]}"; done
+  for shape in $shapes; do sweep "$shape" "_proxydb" "${proxy_env[@]}" M2N_CUDA_IPC_PROXY_DOORBELL=1; done
 fi
 grep "slowest" "$sweep_log" > "$out/slowest.log" || true
 
@@ -107,12 +109,13 @@ for shape in shapes:
     if not os.path.exists(path):
         print(f"#### {shape}: no results\n"); continue
     d = json.load(open(path)); c = d["config"]
-    if shape.endswith("_proxy"):
-        print("m2n rows: host-driven Send / Receive, payload moved by the cuda_ipc copy proxy kernel\n")
+    if shape.endswith("_proxy") or shape.endswith("_proxydb"):
+        print("m2n rows: host-driven Send / Receive, payload moved by the cuda_ipc copy proxy kernel" +
+              (" (doorbell polling)" if shape.endswith("db") else "") + "\n")
     rows = {}
     for r in d["rows"]:
         rows.setdefault(r["bytes"], {})[r["impl"]] = r
-    print(f"#### {c['senders']} x {c['receivers']}: m2n {c['transport']} vs {c.get('nccl_library')}, "
+    print(f"#### [{shape}] {c['senders']} x {c['receivers']}: m2n {c['transport']} vs {c.get('nccl_library')}, "
           f"{c['iters']} + {c['warmup_iters']} iterations, check {'on' if c['check'] else 'off'}, "
           f"#wrong {d['total_wrong']}\n")
     print("| bytes | m2n p50 | NCCL p50 | p50 x | m2n p99 | NCCL p99 | p99 x | m2n max | NCCL max | max x "

@@ -421,6 +421,9 @@ TEST_P(HostPath, SendReceiveRelease) {
           const std::byte* data = host.data();
           if (kind == MemoryKind::kCuda) {
             CUDA_CHILD_OK(cudaMemcpy(device.data, host.data(), size, cudaMemcpyHostToDevice));
+            // From pageable memory cudaMemcpy may return before its DMA lands, and the copy proxy
+            // reads the buffer as soon as Send posts it: wait for the copy (legacy stream).
+            if (proxy) CUDA_CHILD_OK(cudaStreamSynchronize(cudaStreamLegacy));
             data = device.bytes();
           }
           CHILD_OK(g.Send(SendRequest{peer, data, size}, Deadline::AfterMs(20000)));

@@ -20,16 +20,6 @@ __device__ __forceinline__ void StoreRelease(unsigned long long* p, unsigned lon
   asm volatile("st.release.sys.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
 }
 
-__device__ __forceinline__ unsigned long long LoadAcquireGpu(const unsigned long long* p) {
-  unsigned long long v;
-  asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
-  return v;
-}
-
-__device__ __forceinline__ void StoreReleaseGpu(unsigned long long* p, unsigned long long v) {
-  asm volatile("st.release.gpu.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
-}
-
 __device__ __forceinline__ unsigned long long GlobalTimerNs() {
   unsigned long long t;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
@@ -150,34 +140,62 @@ __global__ void WaitKernel(Waits<N> waits, int count, DeviceDeadline deadline) {
 }
 
 // Block 0 is the dispatcher: its first warp reads descriptors from the host ring, two per round
-// of PCIe reads (lanes 0-9 descriptor i, lanes 16-25 descriptor i + 1, lane 31 the stop word), and
-// hands them to the copy blocks through the device mirror. An end (stop word, or idle_ns without a
-// descriptor) is handed on the same way at the next index, so every block ends at the same index
-// and no descriptor is half served. The copy blocks (1 .. grid - 1) a descriptor names copy their
-// shares; the last to finish raises the peer's immediate and marks the descriptor done, as
-// SendKernel does. Copy blocks wait for the mirror without a clock: the dispatcher always writes
-// the next index, a descriptor or the end, within idle_ns.
-constexpr int kMirrorWords = kNumProxyFields + 1;
+// of PCIe reads (lanes 0-10 descriptor i, lanes 16-26 descriptor i + 1, lane 31 the stop word), and
+// copies their words as they are into the device mirror, where the copy blocks poll them (L2, not
+// PCIe). A word carries its descriptor's sequence number, so the mirror needs no flag and no order
+// among its stores. An end (stop word, or idle_ns without a descriptor) goes into the end word of
+// the next index's mirror slot, so every block ends at the same index and no descriptor is half
+// served. With `posted` (M2N_CUDA_IPC_PROXY_DOORBELL=1) the warp first polls that one word (the
+// count of descriptors the host wrote) and reads descriptors only once it moved. The copy blocks
+// (1 .. grid - 1) a descriptor names copy their shares; the last to finish raises the peer's
+// immediate and marks the descriptor done, as SendKernel does. Copy blocks wait for the mirror
+// without a clock: the dispatcher always writes the next index, a descriptor or the end, within
+// idle_ns.
+inline constexpr int kProxyEndWord = kProxyWords - 1;  // a mirror slot's word for the end mark
+
+__device__ __forceinline__ void StoreRelaxedGpu(unsigned long long* p, unsigned long long v) {
+  asm volatile("st.relaxed.gpu.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+__device__ __forceinline__ unsigned long long LoadRelaxedGpu(const unsigned long long* p) {
+  unsigned long long v;
+  asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+  return v;
+}
 
 __device__ void ProxyDispatch(const ProxyRing& ring) {
-  static_assert(kNumProxyFields < 16, "two descriptors per warp read");
+  static_assert(kNumProxyFields < 16 && kNumProxyFields < kProxyEndWord, "two descriptors per warp read");
   const int lane = static_cast<int>(threadIdx.x);
   const unsigned long long mask = ring.capacity - 1;
   const int field = lane < 16 ? lane : lane - 16;
   const bool reads = field < kNumProxyFields;
-  const auto sequence_word = [&](unsigned long long index) {
-    return ring.mirror + (index & mask) * kMirrorWords + kNumProxyFields;
-  };
   unsigned long long i = ring.first;
   for (;;) {
+    const unsigned long long start = GlobalTimerNs();
+    bool end = false;
+    if (ring.posted != nullptr) {
+      for (;;) {
+        unsigned long long w = 0;
+        if (lane == 0) {
+          w = LoadAcquire(ring.posted);
+        } else if (lane == 31) {
+          w = *reinterpret_cast<const volatile unsigned long long*>(ring.stop);
+        }
+        const unsigned long long posted = __shfl_sync(0xffffffffu, w, 0);
+        const unsigned long long stop = __shfl_sync(0xffffffffu, w, 31);
+        if (posted > i) break;
+        const int idle = lane == 0 && GlobalTimerNs() - start > ring.idle_ns;
+        if (stop != 0 || __any_sync(0xffffffffu, idle)) {
+          end = true;
+          break;
+        }
+      }
+    }
     const unsigned long long index = lane < 16 ? i : i + 1;
     const unsigned long long slot = index & mask;
     const unsigned want = static_cast<unsigned>(index + 1);
-    const unsigned long long start = GlobalTimerNs();
-    bool end = false;
     int count = 0;
     unsigned long long w = 0;
-    for (;;) {
+    while (!end) {
       w = 0;
       if (reads) {
         w = LoadAcquire(ring.descriptors + slot * kProxyWords + field);
@@ -191,63 +209,50 @@ __device__ void ProxyDispatch(const ProxyRing& ring) {
       }
       bool quit = lane == 31 && w != 0;
       if (lane == 0) quit = GlobalTimerNs() - start > ring.idle_ns;
-      if (__any_sync(0xffffffffu, quit)) {
-        end = true;
-        break;
-      }
+      if (__any_sync(0xffffffffu, quit)) end = true;
     }
     if (end) {
-      if (lane == 0) StoreReleaseGpu(sequence_word(i), kProxyEndMark | (i + 1));
+      if (lane == 0) StoreRelaxedGpu(ring.mirror + (i & mask) * kProxyWords + kProxyEndWord, kProxyEndMark | (i + 1));
       return;
     }
-    // Seqlock: a slot is marked busy before its fields change (a copy block a lap behind may read it).
-    if (lane == 0 || (lane == 16 && count == 2)) {
-      *reinterpret_cast<volatile unsigned long long*>(sequence_word(index)) = kProxyBusyMark | (index + 1);
-      __threadfence();
-    }
-    __syncwarp();
-    if (reads && (lane < 16 || count == 2)) ring.mirror[slot * kMirrorWords + field] = w & 0xffffffffull;
-    __syncwarp();
-    if (lane == 0) {
-      __threadfence();
-      for (int k = 0; k < count; ++k) StoreReleaseGpu(sequence_word(i + k), i + k + 1);
-    }
+    if (reads && (lane < 16 || count == 2)) StoreRelaxedGpu(ring.mirror + slot * kProxyWords + field, w);
     i += static_cast<unsigned long long>(count);
   }
 }
 
 __device__ void ProxyCopy(const ProxyRing& ring) {
   __shared__ unsigned long long fields[kNumProxyFields];
-  __shared__ bool end;
+  __shared__ int state;  // 0: copy (if named), 1: skip (a lap behind), 2: end
   const unsigned long long mask = ring.capacity - 1;
   const int workers = static_cast<int>(gridDim.x) - 1;
   const int worker = static_cast<int>(blockIdx.x) - 1;
   for (unsigned long long i = ring.first;; ++i) {
     const unsigned long long slot = i & mask;
-    unsigned long long* mirror = ring.mirror + slot * kMirrorWords;
-    if (threadIdx.x == 0) {
-      // Wait for index i (stale words of the last lap, or zero after a launch, are smaller). A
-      // block that lags a whole lap behind finds a larger index: descriptor i completed without
-      // it, so it had no share of it; the seqlock re-read catches a slot rewritten while read.
-      constexpr unsigned long long kMarks = kProxyEndMark | kProxyBusyMark;
-      unsigned long long v;
+    const unsigned long long* mirror = ring.mirror + slot * kProxyWords;
+    if (threadIdx.x < 32) {
+      // Lanes 0-10 poll the descriptor's words, lane 15 the end word. A word of a later lap (the
+      // slot was reused) means descriptor i completed without this block: it had no share of it.
+      const int lane = static_cast<int>(threadIdx.x);
+      const unsigned want = static_cast<unsigned>(i + 1);
       for (;;) {
-        v = LoadAcquireGpu(mirror + kNumProxyFields);
-        const unsigned long long index = v & ~kMarks;
-        if (index > i + 1 || (index == i + 1 && (v & kProxyBusyMark) == 0)) break;
-      }
-      end = v == (kProxyEndMark | (i + 1));
-      fields[kProxyBlocks] = 0;
-      if (v == i + 1) {
-        for (int f = 0; f < kNumProxyFields; ++f) fields[f] = *reinterpret_cast<volatile unsigned long long*>(mirror + f);
-        __threadfence();
-        if (*reinterpret_cast<volatile unsigned long long*>(mirror + kNumProxyFields) != v) fields[kProxyBlocks] = 0;
+        unsigned long long w = 0;
+        if (lane < kNumProxyFields || lane == kProxyEndWord) w = LoadRelaxedGpu(mirror + lane);
+        const bool field_lane = lane < kNumProxyFields;
+        const int ahead = static_cast<int>(static_cast<unsigned>(w >> 32) - want);
+        const unsigned waiting = __ballot_sync(0xffffffffu, field_lane && ahead < 0);
+        const unsigned later = __ballot_sync(0xffffffffu, field_lane && ahead > 0);
+        const bool ended = __shfl_sync(0xffffffffu, w, kProxyEndWord) == (kProxyEndMark | (i + 1));
+        if (ended || later != 0 || waiting == 0) {
+          if (field_lane) fields[lane] = w & 0xffffffffull;
+          if (lane == 0) state = ended ? 2 : later != 0 ? 1 : 0;
+          break;
+        }
       }
     }
     __syncthreads();
-    if (end) return;
+    if (state == 2) return;
     const auto field = [&](int lo) { return fields[lo] | (fields[lo + 1] << 32); };
-    const int blocks = static_cast<int>(fields[kProxyBlocks]);
+    const int blocks = state == 0 ? static_cast<int>(fields[kProxyBlocks]) : 0;
     const int first = static_cast<int>(fields[kProxyFirstBlock] % static_cast<unsigned long long>(workers));
     const int share_index = (worker - first + workers) % workers;
     if (blocks > 0 && share_index < blocks) {
@@ -275,7 +280,7 @@ __device__ void ProxyCopy(const ProxyRing& ring) {
         }
       }
     }
-    __syncthreads();  // `fields` and `end` are rewritten for the next descriptor
+    __syncthreads();  // `fields` and `state` are rewritten for the next descriptor
   }
 }
 

@@ -95,15 +95,15 @@ enum ProxyField : int {
 };
 inline constexpr int kProxyWords = 16;  // words per descriptor (the fields, padded)
 inline constexpr int kProxyThreads = 512;
-inline constexpr unsigned long long kProxyEndMark = 1ull << 63;   // in a mirror's sequence word
-inline constexpr unsigned long long kProxyBusyMark = 1ull << 62;
+inline constexpr unsigned long long kProxyEndMark = 1ull << 63;  // in a mirror slot's end word
 
 struct ProxyRing {
   const unsigned long long* descriptors;  // host memory: capacity x kProxyWords
   unsigned long long* done;               // host memory: done[i % capacity] = i + 1 once i is complete
   const unsigned long long* stop;         // host memory: non-zero ends the kernel
   unsigned long long* ended;              // host memory: set to 1 once every block has ended
-  unsigned long long* mirror;             // device: capacity x (kNumProxyFields + 1), block 0 -> others
+  const unsigned long long* posted;       // host memory: descriptors written; null: poll the ring itself
+  unsigned long long* mirror;             // device: capacity x kProxyWords, the dispatcher -> copy blocks
   unsigned long long* counts;             // device: capacity counters, then one of ended blocks
   unsigned long long first;               // index of the first descriptor this launch serves
   unsigned long long idle_ns;             // ends after this long without a descriptor

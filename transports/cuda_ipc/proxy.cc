@@ -23,8 +23,8 @@ StatusOr<std::unique_ptr<CopyProxy>> CopyProxy::Create(const Options& options) {
   }
   std::unique_ptr<CopyProxy> p(new CopyProxy(options));
   const size_t cap = options.capacity;
-  // Host words: descriptors, done words, then stop and ended on their own cache lines.
-  const size_t host_words = cap * kProxyWords + cap + 16;
+  // Host words: descriptors, done words, then stop, ended and posted on their own cache lines.
+  const size_t host_words = cap * kProxyWords + cap + 24;
   void* host = nullptr;
   M2N_CUDA_RETURN_IF_ERROR(cudaHostAlloc(&host, host_words * sizeof(unsigned long long),
                                          cudaHostAllocMapped | cudaHostAllocPortable),
@@ -35,10 +35,11 @@ StatusOr<std::unique_ptr<CopyProxy>> CopyProxy::Create(const Options& options) {
   p->done_ = p->descriptors_ + cap * kProxyWords;
   p->stop_ = p->done_ + cap;
   p->ended_ = p->stop_ + 8;
+  p->posted_ = p->ended_ + 8;
   void* host_device = nullptr;
   M2N_CUDA_RETURN_IF_ERROR(cudaHostGetDevicePointer(&host_device, host, 0), "cudaHostGetDevicePointer (copy proxy)");
   auto* base = static_cast<unsigned long long*>(host_device);
-  p->device_bytes_ = (cap * (kNumProxyFields + 1) + cap + 1) * sizeof(unsigned long long);
+  p->device_bytes_ = (cap * kProxyWords + cap + 1) * sizeof(unsigned long long);
   void* device = nullptr;
   M2N_CUDA_RETURN_IF_ERROR(cudaMalloc(&device, p->device_bytes_), "cudaMalloc (copy proxy mirror)");
   p->device_ = static_cast<unsigned long long*>(device);
@@ -49,8 +50,9 @@ StatusOr<std::unique_ptr<CopyProxy>> CopyProxy::Create(const Options& options) {
   p->ring_.done = base + (p->done_ - p->host_);
   p->ring_.stop = base + (p->stop_ - p->host_);
   p->ring_.ended = base + (p->ended_ - p->host_);
+  p->ring_.posted = options.doorbell ? base + (p->posted_ - p->host_) : nullptr;
   p->ring_.mirror = p->device_;
-  p->ring_.counts = p->device_ + cap * (kNumProxyFields + 1);
+  p->ring_.counts = p->device_ + cap * kProxyWords;
   p->ring_.capacity = options.capacity;
   p->ring_.idle_ns = static_cast<unsigned long long>(std::chrono::nanoseconds(options.idle).count());
   return p;
@@ -78,8 +80,8 @@ Status CopyProxy::Launch() {
   return OkStatus();
 }
 
-StatusOr<uint64_t> CopyProxy::Enqueue(const std::byte* src, std::byte* dst, uint64_t length,
-                                      unsigned long long* entry, uint64_t value) {
+StatusOr<uint64_t> CopyProxy::Stage(const std::byte* src, std::byte* dst, uint64_t length,
+                                    unsigned long long* entry, uint64_t value) {
   if (!HasRoom()) return InternalError("cuda_ipc: copy proxy ring full");
   if (length > 0xffffffffull) return InvalidArgumentError("cuda_ipc: a proxied write of more than 4 GiB");
   const uint64_t index = enqueued_;
@@ -87,32 +89,44 @@ StatusOr<uint64_t> CopyProxy::Enqueue(const std::byte* src, std::byte* dst, uint
       std::clamp<uint64_t>((length + options_.block_bytes - 1) / options_.block_bytes, 1,
                            static_cast<uint64_t>(options_.max_blocks));
   const auto address = [](const void* p) { return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(p)); };
-  uint64_t fields[kNumProxyFields];
-  fields[kProxySrcLo] = address(src) & 0xffffffffull;
-  fields[kProxySrcHi] = address(src) >> 32;
-  fields[kProxyDstLo] = address(dst) & 0xffffffffull;
-  fields[kProxyDstHi] = address(dst) >> 32;
-  fields[kProxyLength] = length;
-  fields[kProxyBlocks] = blocks;
+  Staged& d = staged_.emplace_back();
+  d.index = index;
+  d.fields[kProxySrcLo] = address(src) & 0xffffffffull;
+  d.fields[kProxySrcHi] = address(src) >> 32;
+  d.fields[kProxyDstLo] = address(dst) & 0xffffffffull;
+  d.fields[kProxyDstHi] = address(dst) >> 32;
+  d.fields[kProxyLength] = length;
+  d.fields[kProxyBlocks] = blocks;
   // Consecutive descriptors (one per peer in a batch) go to different copy blocks.
-  fields[kProxyFirstBlock] = next_block_;
+  d.fields[kProxyFirstBlock] = next_block_;
   next_block_ = (next_block_ + blocks) % static_cast<uint64_t>(options_.max_blocks);
-  fields[kProxyEntryLo] = address(entry) & 0xffffffffull;
-  fields[kProxyEntryHi] = address(entry) >> 32;
-  fields[kProxyValueLo] = value & 0xffffffffull;
-  fields[kProxyValueHi] = value >> 32;
-  const unsigned long long sequence = static_cast<uint32_t>(index + 1);
-  unsigned long long* d = descriptors_ + (index & (options_.capacity - 1)) * kProxyWords;
-  for (int f = 0; f < kNumProxyFields; ++f) StoreWord(d + f, (sequence << 32) | fields[f]);
+  d.fields[kProxyEntryLo] = address(entry) & 0xffffffffull;
+  d.fields[kProxyEntryHi] = address(entry) >> 32;
+  d.fields[kProxyValueLo] = value & 0xffffffffull;
+  d.fields[kProxyValueHi] = value >> 32;
   ++enqueued_;
-  // A kernel that ended (idle) before it saw this descriptor is launched again; one that is about to
-  // end without seeing it is caught by Completed().
+  return index;
+}
+
+Status CopyProxy::Publish() {
+  if (staged_.empty()) return OkStatus();
+  // Last first: once the kernel sees the first descriptor of a batch valid, the others are too (x86
+  // stores become visible in order), and it takes two per read.
+  for (auto it = staged_.rbegin(); it != staged_.rend(); ++it) {
+    const unsigned long long sequence = static_cast<uint32_t>(it->index + 1);
+    unsigned long long* d = descriptors_ + (it->index & (options_.capacity - 1)) * kProxyWords;
+    for (int f = 0; f < kNumProxyFields; ++f) StoreWord(d + f, (sequence << 32) | it->fields[f]);
+  }
+  staged_.clear();
+  StoreWord(posted_, enqueued_);
+  // A kernel that ended (idle) before it saw these descriptors is launched again; one that is about
+  // to end without seeing them is caught by Completed().
   if (!running_ || Ended()) {
     M2N_ASSIGN_OR_RETURN(uint64_t done, Completed());
     (void)done;
     if (!running_) M2N_RETURN_IF_ERROR(Launch());
   }
-  return index;
+  return OkStatus();
 }
 
 StatusOr<uint64_t> CopyProxy::Completed() {

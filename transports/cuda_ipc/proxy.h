@@ -20,6 +20,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "m2n/deadline.h"
 #include "m2n/status.h"
@@ -34,6 +35,9 @@ class CopyProxy {
     size_t block_bytes = 16 << 10;   // M2N_CUDA_IPC_PROXY_BLOCK_BYTES: bytes per block before another
     uint32_t capacity = 256;         // descriptors in the ring, a power of two
     std::chrono::milliseconds idle{20};  // M2N_CUDA_IPC_PROXY_IDLE_MS
+    // M2N_CUDA_IPC_PROXY_DOORBELL=1: the kernel polls one word (descriptors written) and reads
+    // descriptors once it moved, instead of polling the descriptors themselves (11 words each).
+    bool doorbell = false;
   };
   // Allocates the ring on the current device; launches nothing yet.
   static StatusOr<std::unique_ptr<CopyProxy>> Create(const Options& options);
@@ -43,11 +47,12 @@ class CopyProxy {
 
   // Whether the ring has room for another descriptor (call Completed() to make room).
   bool HasRoom() const { return enqueued_ - completed_ < options_.capacity; }
-  // Enqueues a copy of `length` bytes from `src` to `dst` (device addresses); once the payload is
-  // there the kernel stores `value` into `*entry` (a device address; the peer's ring in host memory).
-  // Returns the descriptor's index. Needs HasRoom().
-  StatusOr<uint64_t> Enqueue(const std::byte* src, std::byte* dst, uint64_t length, unsigned long long* entry,
-                             uint64_t value);
+  // Stages a copy of `length` bytes from `src` to `dst` (device addresses); once the payload is there
+  // the kernel stores `value` into `*entry` (a device address; the peer's ring in host memory).
+  // Returns the descriptor's index. Needs HasRoom(). Publish() hands the staged copies to the kernel.
+  StatusOr<uint64_t> Stage(const std::byte* src, std::byte* dst, uint64_t length, unsigned long long* entry,
+                           uint64_t value);
+  Status Publish();
   // How many descriptors are complete, in order (those below the answer). Launches the kernel again
   // if it ended with descriptors pending.
   StatusOr<uint64_t> Completed();
@@ -71,8 +76,14 @@ class CopyProxy {
   unsigned long long* done_ = nullptr;
   unsigned long long* stop_ = nullptr;
   unsigned long long* ended_ = nullptr;
+  unsigned long long* posted_ = nullptr;
   uint64_t enqueued_ = 0;
   uint64_t completed_ = 0;
+  struct Staged {
+    uint64_t index;
+    uint64_t fields[kNumProxyFields];
+  };
+  std::vector<Staged> staged_;
   uint64_t polls_ = 0;
   uint64_t next_block_ = 0;  // the copy block the next descriptor starts at
   bool running_ = false;

@@ -95,6 +95,7 @@ Status CudaIpcTransport::Init() {
         EnvInt("M2N_CUDA_IPC_PROXY_BLOCK_BYTES", static_cast<int>(options.block_bytes), 1024, 1 << 30));
     options.idle = std::chrono::milliseconds(
         EnvInt("M2N_CUDA_IPC_PROXY_IDLE_MS", static_cast<int>(options.idle.count()), 1, 60000));
+    options.doorbell = EnvInt("M2N_CUDA_IPC_PROXY_DOORBELL", 0, 0, 1) == 1;
     // Writes in flight are bounded by the credits (peers x slot_depth); the ring holds them all.
     while (options.capacity < static_cast<uint32_t>(config_.world_size * config_.slot_depth)) options.capacity *= 2;
     M2N_ASSIGN_OR_RETURN(proxy_, CopyProxy::Create(options));
@@ -262,11 +263,14 @@ Status CudaIpcTransport::Post(std::span<const Write> writes) {
     c.cookie = w.cookie;
     done_.push_back(std::move(c));
   }
+  // The batch's writes through the copy proxy go to the kernel together.
+  if (proxy_) M2N_RETURN_IF_ERROR(proxy_->Publish());
   return OkStatus();
 }
 
 Status CudaIpcTransport::PostThroughProxy(const Write& w, const std::byte* src, std::byte* dst) {
   const Deadline deadline = Deadline::After(config_.timeout);
+  if (!proxy_->HasRoom()) M2N_RETURN_IF_ERROR(proxy_->Publish());
   while (!proxy_->HasRoom()) {
     M2N_RETURN_IF_ERROR(proxy_->Completed().status());
     if (deadline.Expired()) {
@@ -279,7 +283,7 @@ Status CudaIpcTransport::PostThroughProxy(const Write& w, const std::byte* src, 
   M2N_ASSIGN_OR_RETURN(Outbox::Reserved entry, box.Reserve(w.lane, w.imm, w.length));
   auto* sequence = reinterpret_cast<unsigned long long*>(
       outbox_device_[static_cast<size_t>(w.peer)] + (reinterpret_cast<std::byte*>(entry.sequence) - box.data()));
-  auto index = proxy_->Enqueue(src, dst, w.length, sequence, entry.value);
+  auto index = proxy_->Stage(src, dst, w.length, sequence, entry.value);
   if (!index.ok()) return index.status().WithContext("cuda_ipc: a write to " + PeerName(w.peer));
   Completion c;
   c.type = Completion::Type::kWriteDone;
