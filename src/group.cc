@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstring>
 #include <map>
 #include <optional>
 #include <string>
@@ -13,6 +15,8 @@
 #include <vector>
 
 #include "bootstrap/store.h"
+#include "group_factory.h"
+#include "protocol/checksum.h"
 #include "protocol/config_check.h"
 #include "protocol/immediate.h"
 #include "protocol/slots.h"
@@ -28,6 +32,19 @@ using transport::Completion;
 using transport::Lane;
 
 std::string RankName(int rank) { return "rank " + std::to_string(rank); }
+std::string_view LaneName(Lane lane) { return lane == Lane::kAck ? "ACK" : "data"; }
+
+// Options::checksum: after the payload in its slot, {uint32 payload length, uint32 CRC-32C of the
+// payload, the message's sequence number, its length and the writer's rank}. It travels in the
+// same write as the payload (so the immediate still announces both at once), which is why the
+// sender stages the payload: a zero-copy write from the user's buffer has no room for it.
+constexpr size_t kTrailerBytes = 8;
+
+uint32_t TrailerCrc(const std::byte* payload, size_t length, uint64_t sequence, int writer) {
+  uint32_t crc = protocol::Crc32c(payload, length);
+  const uint64_t tail[2] = {sequence, (uint64_t{static_cast<uint32_t>(writer)} << 32) | length};
+  return protocol::Crc32c(tail, sizeof tail, crc);
+}
 
 // Cookies of our own writes: ACK writes are not waited on by a Send, so they are told apart.
 constexpr uint64_t kAckCookie = uint64_t{1} << 63;
@@ -174,18 +191,50 @@ struct Group::Impl {
   std::vector<transport::StreamWrite> stream_writes;
   std::vector<transport::StreamSlot> stream_slots;
   std::vector<int> stream_peers;
+  // Sequence numbers of immediates, per peer: data we posted (a receiver's count is its
+  // ReceiveSlots::next_sequence), ACKs we posted, ACKs we heard.
+  std::vector<uint64_t> data_posted;
+  std::vector<uint64_t> acks_posted;
+  std::vector<uint64_t> acks_heard;
+  // Options::checksum: payload + trailer are staged here, one slot's worth per (peer, slot), and
+  // written from here; a stage is reused only after its slot's ACK, when its write is long done.
+  std::vector<std::byte> staging;
+  std::unique_ptr<transport::Region> staging_region;
   Status fatal;  // sticky: once a peer or the protocol failed, every call returns it
+  // Group::Abort, from any thread: every wait checks it, and every later call returns kAborted.
+  std::atomic<bool> aborted{false};
   bool closed = false;
   int barrier_count = 0;
   Clock::time_point next_liveness_check{};
   GroupStats stats;
 
-  size_t block_bytes() const { return options.slot_bytes * static_cast<size_t>(options.slot_depth); }
+  // A slot's bytes in the slot region: the payload, and the checksum trailer when it is on.
+  size_t slot_stride() const { return options.slot_bytes + (options.checksum ? kTrailerBytes : 0); }
+  size_t block_bytes() const { return slot_stride() * static_cast<size_t>(options.slot_depth); }
+  std::byte* SlotData(int index, int slot) const {
+    return slots->data() + static_cast<size_t>(index) * block_bytes() + static_cast<size_t>(slot) * slot_stride();
+  }
   std::string me() const { return RankName(rank) + " (" + std::string(RoleName(role)) + ")"; }
 
   Status CheckOpen() const {
     if (closed) return FailedPreconditionError(me() + ": the group is closed");
+    if (aborted.load(std::memory_order_acquire)) return AbortedStatus();
     return fatal;
+  }
+
+  Status AbortedStatus(const std::string& during = "") const {
+    return AbortedError(me() + ": the group was aborted (Group::Abort)" + (during.empty() ? "" : " while " + during) +
+                        "; close it");
+  }
+
+  // A store call that failed. Rank 0 serves the store, so on any other rank a store that is gone
+  // means rank 0 is.
+  Status StoreFailure(const Status& error, const std::string& during) const {
+    if (rank != 0 && error.code() == StatusCode::kUnavailable) {
+      return UnavailableError(me() + ": rank 0 died or is unreachable (it serves the bootstrap store: " +
+                              error.message() + ") while " + during);
+    }
+    return error.WithContext(me() + " while " + during);
   }
 
   int IndexOfPeer(int peer) const {
@@ -209,15 +258,16 @@ struct Group::Impl {
 
   // One round of transport progress; applies every completion.
   Status Progress() {
-    M2N_ASSIGN_OR_RETURN(size_t n, core->transport->Poll(completions));
-    for (size_t i = 0; i < n; ++i) {
+    auto polled = core->transport->Poll(completions);
+    if (!polled.ok()) return Fail(TransportFailure(polled.status(), -1));
+    for (size_t i = 0; i < *polled; ++i) {
       const Completion& c = completions[i];
       switch (c.type) {
         case Completion::Type::kWriteDone:
           if ((c.cookie & kAckCookie) == 0) --writes_in_flight;
           break;
         case Completion::Type::kError:
-          return Fail(c.error.WithContext(me()));
+          return Fail(TransportFailure(c.error, c.peer));
         case Completion::Type::kImmediate:
           M2N_RETURN_IF_ERROR(OnImmediate(c));
           break;
@@ -226,35 +276,108 @@ struct Group::Impl {
     return OkStatus();
   }
 
-  Status OnImmediate(const Completion& c) {
-    auto decoded = protocol::DecodeImmediate(c.imm);
-    if (!decoded.ok()) return Fail(decoded.status().WithContext(me() + ": from " + RankName(c.peer)));
-    const protocol::Immediate& imm = *decoded;
-    int index = IndexOfPeer(c.peer);
-    if (index < 0 || imm.rank != c.peer) {
-      return Fail(DataLossError(me() + ": " + protocol::ToString(imm) + " arrived from " + RankName(c.peer) +
-                                ", which does not match"));
+  // A transport error about `peer` (-1: none named). When a rank died, that is the cause worth
+  // reporting (a survivor's transport often fails only as a consequence: a peer that gave up on
+  // the dead rank closed its connections), so the store is asked first. The transport may see a
+  // death before the store's server does (a reset connection against that server's next poll), so
+  // the store gets a short while, bounded by the liveness period, to confirm it.
+  Status TransportFailure(const Status& error, int peer) {
+    const auto until = Clock::now() + std::chrono::milliseconds(std::clamp(2 * options.liveness_check_ms, 20, 1000));
+    for (;;) {
+      Status dead = DeadRanksStatus([] { return std::string("the transport failed"); });
+      if (!dead.ok()) return Status(dead.code(), dead.message() + " (the transport reported: " + error.message() + ")");
+      if (peer < 0 || Clock::now() >= until) break;
+      usleep(2000);
     }
+    std::string who = peer >= 0 ? "lost " + RankName(peer) + ": " : "";
+    return Status(error.code(), me() + ": " + who + error.message());
+  }
+
+  Status OnImmediate(const Completion& c) {
+    int index = IndexOfPeer(c.peer);
+    if (index < 0) {
+      return Fail(DataLossError(me() + ": an immediate arrived from " + RankName(c.peer) +
+                                ", which is not a peer of this rank"));
+    }
+    auto decoded = protocol::DecodeImmediate(c.imm, c.peer, rank);
+    if (!decoded.ok()) {
+      return Fail(decoded.status().WithContext(me() + ": on the " + std::string(LaneName(c.lane)) + " lane"));
+    }
+    const protocol::Immediate& imm = *decoded;
     bool ack_lane = c.lane == Lane::kAck;
     if (ack_lane != (imm.kind == protocol::ImmKind::kAck)) {
-      return Fail(DataLossError(me() + ": " + protocol::ToString(imm) + " arrived on the wrong lane"));
+      return Fail(DataLossError(me() + ": " + protocol::ToString(imm) + " from " + RankName(c.peer) +
+                                " arrived on the " + std::string(LaneName(c.lane)) + " lane"));
     }
     if (ack_lane) {
+      M2N_RETURN_IF_ERROR(CheckSequence(imm, acks_heard[index], c.peer, "ACK"));
       Status s = credits[index].OnAck(imm.slot);
       if (!s.ok()) return Fail(s.WithContext(me()));
+      ++acks_heard[index];
       ++stats.acks_received;
       return OkStatus();
     }
-    Status s = receive[index].OnArrival(imm.slot, c.length);
+    const uint64_t sequence = receive[index].next_sequence();
+    M2N_RETURN_IF_ERROR(CheckSequence(imm, sequence, c.peer, "message"));
+    size_t length = c.length;
+    if (options.checksum) {
+      M2N_ASSIGN_OR_RETURN(length, CheckTrailer(index, imm.slot, c.length, sequence));
+    }
+    Status s = receive[index].OnArrival(imm.slot, length);
     if (!s.ok()) return Fail(s.WithContext(me()));
     ++stats.messages_received;
-    stats.bytes_received += c.length;
+    stats.bytes_received += length;
     return OkStatus();
+  }
+
+  // Immediates of one kind from one peer arrive in posting order, each numbered; anything else
+  // means one was lost, duplicated or reordered on the way, and the message it announces (or the
+  // slot an ACK returns) cannot be trusted, so nothing of it is handed out.
+  Status CheckSequence(const protocol::Immediate& imm, uint64_t expected, int peer, std::string_view what) {
+    const uint32_t want = static_cast<uint32_t>(expected % protocol::kSequenceModulus);
+    if (imm.sequence == want) return OkStatus();
+    return Fail(DataLossError(
+        me() + ": " + std::string(what) + " from " + RankName(peer) + " out of sequence: expected number " +
+        std::to_string(expected) + " (" + std::to_string(want) + " mod " +
+        std::to_string(protocol::kSequenceModulus) + "), got " + std::to_string(imm.sequence) + " mod " +
+        std::to_string(protocol::kSequenceModulus) + " (slot " + std::to_string(imm.slot) +
+        "): an immediate was lost, duplicated or reordered on the way; nothing of it was delivered"));
+  }
+
+  // Options::checksum: verifies the trailer of the message that landed in (index, slot) before
+  // anyone sees it; returns the payload length.
+  StatusOr<size_t> CheckTrailer(int index, int slot, size_t written, uint64_t sequence) {
+    const int peer = peers[index];
+    auto bad = [&](const std::string& why) {
+      return Fail(DataLossError(me() + ": message " + std::to_string(sequence) + " from " + RankName(peer) +
+                                " (slot " + std::to_string(slot) + ", " + std::to_string(written) +
+                                " bytes written) " + why));
+    };
+    if (slot >= options.slot_depth) return bad("names a slot outside [0, " + std::to_string(options.slot_depth) + ")");
+    if (written < kTrailerBytes || written > slot_stride()) {
+      return bad("cannot hold a payload and its " + std::to_string(kTrailerBytes) + "-byte checksum trailer");
+    }
+    const size_t length = written - kTrailerBytes;
+    const std::byte* data = SlotData(index, slot);
+    uint32_t trailer[2];
+    std::memcpy(trailer, data + length, sizeof trailer);
+    if (trailer[0] != length) {
+      return bad("has a trailer for " + std::to_string(trailer[0]) + " payload bytes, not " + std::to_string(length));
+    }
+    const uint32_t crc = TrailerCrc(data, length, sequence, peer);
+    if (trailer[1] != crc) {
+      char text[64];
+      snprintf(text, sizeof text, "0x%08x, the payload's is 0x%08x", trailer[1], crc);
+      return bad("fails its checksum (the trailer says " + std::string(text) +
+                 "): corrupted on the way; it was not delivered");
+    }
+    return length;
   }
 
   // Waits, making progress, until done() or the deadline; `what` names the wait in errors.
   // Spins for spin_us after the last progress, then yields the core each round; every
-  // liveness_check_ms it asks the store whether a peer died.
+  // liveness_check_ms it asks the store whether a rank died, and once more before it reports a
+  // timeout, so that a wait that ran out because a rank died says so.
   template <typename Done, typename What>
   Status WaitUntil(Done done, Deadline deadline, What what) {
     auto spin_until = Clock::now() + std::chrono::microseconds(options.spin_us);
@@ -263,32 +386,43 @@ struct Group::Impl {
       if (done()) return OkStatus();
       // Reading the clock costs as much as a poll: look at it every 16th round only.
       if (round % 16 != 15) continue;
+      if (aborted.load(std::memory_order_acquire)) return AbortedStatus(what());
       auto now = Clock::now();
       if (now >= deadline.time()) {
+        M2N_RETURN_IF_ERROR(CheckRanksAlive(what));
         return DeadlineExceededError(me() + ": timed out " + what());
       }
       if (now >= next_liveness_check) {
         next_liveness_check = now + std::chrono::milliseconds(options.liveness_check_ms);
-        M2N_RETURN_IF_ERROR(CheckPeersAlive(what));
+        M2N_RETURN_IF_ERROR(CheckRanksAlive(what));
       }
       if (now >= spin_until) sched_yield();
     }
   }
 
-  // Fails if a rank died: among our peers only, or any rank when `everyone` (a barrier needs all).
+  // Fails (sticky) if any rank of the group died: a group is one fault domain, since a rank that
+  // only talks to live peers still waits on them, and they on the dead one.
   template <typename What>
-  Status CheckPeersAlive(What what, bool everyone = false) {
+  Status CheckRanksAlive(What what) {
+    Status dead = DeadRanksStatus(what);
+    return dead.ok() ? dead : Fail(std::move(dead));
+  }
+
+  // kUnavailable naming the ranks that left without a goodbye, or OK. Rank 0 serves the store, so
+  // a store that is gone means rank 0 is.
+  template <typename What>
+  Status DeadRanksStatus(What what) {
+    if (!store) return OkStatus();
     auto dead = store->DeadRanks();
-    if (!dead.ok()) return Fail(dead.status().WithContext(me() + " while " + what()));
-    std::vector<int> dead_peers;
+    if (!dead.ok()) return StoreFailure(dead.status(), what());
+    std::vector<int> gone;
     for (int r : *dead) {
-      if (r != rank && (everyone || IndexOfPeer(r) >= 0)) dead_peers.push_back(r);
+      if (r != rank) gone.push_back(r);
     }
-    if (dead_peers.empty()) return OkStatus();
-    return Fail(UnavailableError(me() + ": " + (dead_peers.size() == 1 ? "rank " : "ranks ") +
-                                 JoinRanks(dead_peers) +
-                                 " died (its bootstrap connection closed without a goodbye) while " +
-                                 what()));
+    if (gone.empty()) return OkStatus();
+    return UnavailableError(me() + ": " + (gone.size() == 1 ? "rank " : "ranks ") + JoinRanks(gone) +
+                            " died" +
+                            " (bootstrap connection closed without a goodbye) while " + what());
   }
 
   Status PostAck(int index, int slot) {
@@ -296,10 +430,12 @@ struct Group::Impl {
     transport::Write w;
     w.peer = peer;
     w.lane = Lane::kAck;
-    w.imm = protocol::EncodeImmediate({protocol::ImmKind::kAck, slot, rank});
+    w.imm = protocol::EncodeImmediate({protocol::ImmKind::kAck, slot, static_cast<uint32_t>(acks_posted[index])},
+                                      rank, peer);
     w.cookie = kAckCookie | next_cookie++;
     Status s = core->transport->Post({&w, 1});
-    if (!s.ok()) return Fail(s.WithContext(me() + ": ACK to " + RankName(peer)));
+    if (!s.ok()) return Fail(TransportFailure(s, peer));
+    ++acks_posted[index];
     ++stats.acks_sent;
     return OkStatus();
   }
@@ -325,23 +461,26 @@ struct Group::Impl {
   // still finishing their sends (which may need our progress) are not stalled by it.
   Status StoreBarrier(const std::string& name, Deadline deadline) {
     const std::string key = "m2n/barrier/" + name;
+    auto what = [&] { return "waiting in barrier '" + name + "'"; };
     auto arrived = store->Add(key, 1);
-    if (!arrived.ok()) return Fail(arrived.status().WithContext(me() + ": barrier '" + name + "'"));
+    if (!arrived.ok()) return Fail(StoreFailure(arrived.status(), what()));
     int64_t count = *arrived;
     auto spin_until = Clock::now() + std::chrono::microseconds(options.spin_us);
     while (count < world) {
       M2N_RETURN_IF_ERROR(Progress());
+      if (aborted.load(std::memory_order_acquire)) return AbortedStatus(what());
       if (deadline.Expired()) {
+        M2N_RETURN_IF_ERROR(CheckRanksAlive(what));
         return DeadlineExceededError(me() + ": barrier '" + name + "': " + std::to_string(count) + " of " +
                                      std::to_string(world) + " ranks arrived by the deadline");
       }
       auto now = Clock::now();
       if (now >= next_liveness_check) {
         next_liveness_check = now + std::chrono::milliseconds(options.liveness_check_ms);
-        M2N_RETURN_IF_ERROR(CheckPeersAlive([&] { return "waiting in barrier '" + name + "'"; }, true));
+        M2N_RETURN_IF_ERROR(CheckRanksAlive(what));
       }
       auto current = store->Add(key, 0);
-      if (!current.ok()) return Fail(current.status().WithContext(me() + ": barrier '" + name + "'"));
+      if (!current.ok()) return Fail(StoreFailure(current.status(), what()));
       count = *current;
       if (now >= spin_until) usleep(50);
     }
@@ -432,6 +571,15 @@ Status Group::Impl::Connect(Deadline deadline) {
     receive.emplace_back(peer, depth, options.slot_bytes);
     credits.emplace_back(peer, depth);
   }
+  data_posted.assign(peers.size(), 0);
+  acks_posted.assign(peers.size(), 0);
+  acks_heard.assign(peers.size(), 0);
+  if (options.checksum) {
+    staging.resize(block_bytes() * peers.size());
+    auto staged = core->transport->Register(staging.data(), staging.size(), MemoryKind::kHost);
+    if (!staged.ok()) return staged.status().WithContext(me() + ": registering the checksum staging buffer");
+    staging_region = std::move(staged).value();
+  }
   stream_sent.assign(peers.size(), 0);
   stream_received.assign(peers.size(), 0);
   stream_held.assign(peers.size() * static_cast<size_t>(depth), 0);
@@ -439,11 +587,15 @@ Status Group::Impl::Connect(Deadline deadline) {
 }
 
 StatusOr<std::unique_ptr<Group>> Group::Create(const Options& requested) {
+  return GroupFactory::Create(requested, nullptr);
+}
+
+StatusOr<std::unique_ptr<Group>> GroupFactory::Create(const Options& requested, const TransportWrapper& wrap) {
   M2N_ASSIGN_OR_RETURN(Options options, ResolveOptions(requested));
   const BootstrapOptions& b = options.bootstrap;
   Deadline deadline = Deadline::After(b.timeout);
 
-  auto impl = std::make_unique<Impl>();
+  auto impl = std::make_unique<Group::Impl>();
   impl->options = options;
   impl->rank = b.rank;
   impl->world = b.world_size;
@@ -455,6 +607,11 @@ StatusOr<std::unique_ptr<Group>> Group::Create(const Options& requested) {
     for (int r = 0; r < options.num_senders; ++r) impl->peers.push_back(r);
   }
   for (size_t i = 0; i < impl->peers.size(); ++i) impl->peer_index[impl->peers[i]] = static_cast<int>(i);
+  if (options.checksum && options.slot_memory != MemoryKind::kHost) {
+    return InvalidArgumentError(impl->me() + ": Options::checksum needs receive slots in host memory (the CPU "
+                                "computes the checksum); slot_memory is " +
+                                std::string(MemoryKindName(options.slot_memory)));
+  }
   if (impl->world > protocol::kMaxRanks || options.slot_depth > protocol::kMaxSlots) {
     return InvalidArgumentError("options: at most " + std::to_string(protocol::kMaxRanks) + " ranks and " +
                                 std::to_string(protocol::kMaxSlots) + " slots per peer");
@@ -484,6 +641,7 @@ StatusOr<std::unique_ptr<Group>> Group::Create(const Options& requested) {
       {"slot_depth", std::to_string(options.slot_depth)},
       {"transport", transport_name},
       {"slot_memory", std::string(MemoryKindName(options.slot_memory))},
+      {"checksum", std::string(options.checksum ? "on" : "off")},
   };
   M2N_RETURN_IF_ERROR(PublishHost(*impl->store, impl->rank));
   M2N_RETURN_IF_ERROR(impl->store->SetString("m2n/config/" + std::to_string(impl->rank),
@@ -530,7 +688,7 @@ StatusOr<std::unique_ptr<Group>> Group::Create(const Options& requested) {
   auto created = (*chosen)->create(config);
   if (!created.ok()) return created.status().WithContext(impl->me());
   impl->core = std::make_shared<Core>();
-  impl->core->transport = std::move(created).value();
+  impl->core->transport = wrap ? wrap(std::move(created).value()) : std::move(created).value();
 
   Status connected = impl->Connect(deadline);
   if (!connected.ok()) {
@@ -601,6 +759,11 @@ Status Group::Send(std::span<const SendRequest> requests, Deadline deadline) {
     if (r.length > 0) {
       M2N_ASSIGN_OR_RETURN(MemoryRegion::Impl * region, g.FindRegion(r.data, r.length));
       sources[i] = region->region.get();
+      if (g.options.checksum && sources[i]->kind() != MemoryKind::kHost) {
+        return InvalidArgumentError(g.me() + ": send to " + RankName(r.peer) +
+                                    ": with Options::checksum the payload must be in host memory (the CPU "
+                                    "computes its checksum)");
+      }
     }
   }
   auto& batch = g.batch;
@@ -608,7 +771,7 @@ Status Group::Send(std::span<const SendRequest> requests, Deadline deadline) {
   auto post_batch = [&]() -> Status {
     if (batch.empty()) return OkStatus();
     Status s = g.core->transport->Post(batch);
-    if (!s.ok()) return g.Fail(s.WithContext(g.me() + ": send"));
+    if (!s.ok()) return g.Fail(g.TransportFailure(s, -1));
     g.writes_in_flight += batch.size();
     batch.clear();
     return OkStatus();
@@ -626,15 +789,28 @@ Status Group::Send(std::span<const SendRequest> requests, Deadline deadline) {
       }));
     }
     int slot = credit.Take();
+    const uint64_t sequence = g.data_posted[index]++;
     transport::Write w;
     w.peer = r.peer;
     w.lane = Lane::kData;
     w.local = sources[i];
     w.local_offset = r.length > 0 ? static_cast<const std::byte*>(r.data) - sources[i]->data() : 0;
     w.remote = g.remote_slots[index].get();
-    w.remote_offset = g.remote_block_offset[index] + static_cast<size_t>(slot) * g.options.slot_bytes;
+    w.remote_offset = g.remote_block_offset[index] + static_cast<size_t>(slot) * g.slot_stride();
     w.length = r.length;
-    w.imm = protocol::EncodeImmediate({protocol::ImmKind::kData, slot, g.rank});
+    if (g.options.checksum) {
+      // Payload and trailer go in one write from the stage of this (peer, slot).
+      const size_t offset = static_cast<size_t>(index) * g.block_bytes() + static_cast<size_t>(slot) * g.slot_stride();
+      std::byte* stage = g.staging.data() + offset;
+      if (r.length > 0) std::memcpy(stage, r.data, r.length);
+      const uint32_t trailer[2] = {static_cast<uint32_t>(r.length), TrailerCrc(stage, r.length, sequence, g.rank)};
+      std::memcpy(stage + r.length, trailer, sizeof trailer);
+      w.local = g.staging_region.get();
+      w.local_offset = offset;
+      w.length = r.length + kTrailerBytes;
+    }
+    w.imm = protocol::EncodeImmediate({protocol::ImmKind::kData, slot, static_cast<uint32_t>(sequence)}, g.rank,
+                                      r.peer);
     w.cookie = g.next_cookie++;
     batch.push_back(w);
     ++g.stats.messages_sent;
@@ -654,9 +830,7 @@ StatusOr<bool> Group::TryReceive(int peer, Message* out) {
   if (g.receive[index].queued() == 0) M2N_RETURN_IF_ERROR(g.Progress());
   if (g.receive[index].queued() == 0) return false;
   auto a = g.receive[index].Deliver();
-  *out = Message{peer, a.slot, a.length,
-                 g.slots->data() + index * g.block_bytes() + static_cast<size_t>(a.slot) * g.options.slot_bytes,
-                 a.sequence};
+  *out = Message{peer, a.slot, a.length, g.SlotData(index, a.slot), a.sequence};
   return true;
 }
 
@@ -701,9 +875,7 @@ Status Group::Receive(std::span<const int> peers, std::span<Message> out, Deadli
   for (size_t i = 0; i < peers.size(); ++i) {
     int index = g.IndexOfPeer(peers[i]);
     auto a = g.receive[index].Deliver();
-    out[i] = Message{peers[i], a.slot, a.length,
-                     g.slots->data() + index * g.block_bytes() + static_cast<size_t>(a.slot) * g.options.slot_bytes,
-                     a.sequence};
+    out[i] = Message{peers[i], a.slot, a.length, g.SlotData(index, a.slot), a.sequence};
   }
   return OkStatus();
 }
@@ -764,7 +936,7 @@ Status Group::SendOnStream(std::span<const SendRequest> requests, Stream stream)
     int index = g.IndexOfPeer(w.peer);
     w.slot = static_cast<int>(g.stream_sent[index]++ % static_cast<uint64_t>(g.options.slot_depth));
     w.remote = g.remote_slots[index].get();
-    w.remote_offset = g.remote_block_offset[index] + static_cast<size_t>(w.slot) * g.options.slot_bytes;
+    w.remote_offset = g.remote_block_offset[index] + static_cast<size_t>(w.slot) * g.slot_stride();
     ++g.stats.messages_sent;
     g.stats.bytes_sent += w.length;
   }
@@ -806,10 +978,7 @@ Status Group::ReceiveOnStream(std::span<const int> peers, std::span<Message> out
     int slot = static_cast<int>(sequence % depth);
     g.stream_held[index * depth + static_cast<uint64_t>(slot)] = sequence + 1;
     slots.push_back({peers[i], slot});
-    out[i] = Message{peers[i], slot, 0,
-                     g.slots->data() + static_cast<size_t>(index) * g.block_bytes() +
-                         static_cast<size_t>(slot) * g.options.slot_bytes,
-                     sequence, ops->ArrivedLength(peers[i], slot)};
+    out[i] = Message{peers[i], slot, 0, g.SlotData(index, slot), sequence, ops->ArrivedLength(peers[i], slot)};
     ++g.stats.messages_received;
   }
   Status s = ops->WaitOnStream(slots, stream);
@@ -866,14 +1035,21 @@ Status Group::Close(Deadline deadline) {
   return impl_->Teardown(deadline, /*clean=*/true);
 }
 
+void Group::Abort() { impl_->aborted.store(true, std::memory_order_release); }
+
 // A clean teardown hands back every slot we still hold, waits for our messages to be released,
 // meets every rank in a barrier (so nobody writes into slots that are about to go away), then
 // closes the transport and says goodbye to the store. An unclean one (destructor without Close,
-// failed creation) skips the waits.
+// failed creation) skips the waits. After a failure (`fatal`) or an abort there is nobody worth
+// waiting for: the transport is closed at once and Close succeeds, since the failure was reported
+// already. Only an abort leaves without a goodbye: the peers, which may still be waiting on this
+// rank, then see it gone and fail by name instead of by timeout.
 Status Group::Impl::Teardown(Deadline deadline, bool clean) {
   closed = true;
+  const bool was_aborted = aborted.load(std::memory_order_acquire);
+  const bool failed = !fatal.ok() || was_aborted;
   Status result;
-  if (clean && fatal.ok() && core) {
+  if (clean && !failed && core) {
     // Messages still queued or held by the user are released now: the peer waits for those credits.
     for (size_t i = 0; i < receive.size() && result.ok(); ++i) {
       for (int slot : receive[i].ReleaseAll()) {
@@ -904,15 +1080,20 @@ Status Group::Impl::Teardown(Deadline deadline, bool clean) {
       (void)store->Add("m2n/barrier/close-left", 1);
     }
   }
+  staging_region.reset();
   if (core && core->transport) {
-    Status s = core->transport->Close(deadline.Min(Deadline::AfterMs(2000)));
-    if (result.ok() && clean) result = s;
+    // After a failure nobody is owed a flush: the transport closes at once (forcing what is left).
+    Status s = core->transport->Close(failed ? Deadline::AfterMs(0) : deadline.Min(Deadline::AfterMs(2000)));
+    if (result.ok() && clean && !failed) result = s;
   }
   slots.reset();
   remote_slots.clear();
-  if (store) {
+  if (store && !was_aborted) {
     if (clean || fatal.ok()) (void)store->Goodbye();
   }
+  // An aborted rank drops its store connection now, not when the Group is destroyed: that is how
+  // its peers learn that it left.
+  if (was_aborted) store.reset();
   return result;
 }
 

@@ -24,6 +24,7 @@ constexpr EnvironmentVariable kTable[] = {
     {"M2N_TRANSPORT", "transport", "auto, or a transport name (ucx, ...)"},
     {"M2N_SPIN_US", "spin_us", "how long an idle wait spins before yielding the core, in us; -1: auto (-1)"},
     {"M2N_LIVENESS_CHECK_MS", "liveness_check_ms", "how often a blocked call checks for dead peers (200)"},
+    {"M2N_CHECKSUM", "checksum", "1: check every payload on arrival (CRC-32C trailer); 0: off (0)"},
     {"M2N_NIC", "nic", "RDMA NIC a NIC transport must use (nearest to the GPU, from the topology)"},
     {"M2N_PROXY_CORE", "proxy_core", "CPU a transport's proxy thread is pinned to; -1: from the topology (-1)"},
 };
@@ -122,6 +123,7 @@ StatusOr<Options> ResolveOptions(const Options& in) {
   ReadString("M2N_TRANSPORT", &o.transport);
   M2N_RETURN_IF_ERROR(ReadIntInto("M2N_SPIN_US", -1, 10'000'000, &o.spin_us));
   M2N_RETURN_IF_ERROR(ReadIntInto("M2N_LIVENESS_CHECK_MS", 1, 3'600'000, &o.liveness_check_ms));
+  M2N_RETURN_IF_ERROR(ReadIntInto("M2N_CHECKSUM", 0, 1, &o.checksum));
   ReadString("M2N_NIC", &o.nic);
   M2N_RETURN_IF_ERROR(ReadIntInto("M2N_PROXY_CORE", -1, CPU_SETSIZE - 1, &o.proxy_core));
   M2N_RETURN_IF_ERROR(ReadLauncher(&b));
@@ -173,6 +175,7 @@ std::string DescribeOptions(const Options& o) {
       << "spin               " << (o.spin_us < 0 ? std::string("auto") : std::to_string(o.spin_us) + " us")
       << "\n"
       << "liveness check     " << o.liveness_check_ms << " ms\n"
+      << "checksum           " << (o.checksum ? "on" : "off") << "\n"
       << "nic                " << (o.nic.empty() ? std::string("auto (topology)") : o.nic) << "\n"
       << "proxy core         " << (o.proxy_core < 0 ? std::string("auto (topology)") : std::to_string(o.proxy_core))
       << "\n";

@@ -177,7 +177,7 @@ TEST_P(BadInputTest, UnreachableMasterTimesOutNamingIt) {
 
 // The receiver rank 2 exits without closing after its first message. The sender, blocked on
 // credits to it, reports rank 2 dead; then the sender exits too, and receiver rank 1, waiting for
-// the sender, reports that. Every survivor errs by name within the bound, none hangs.
+// the sender, reports one of them. Every survivor errs by name within the bound, none hangs.
 TEST_P(BadInputTest, PeerThatExitsMidRunIsReportedByRank) {
   auto outcomes = RunRanks(3, [&](int rank, int port) {
     ApplySetup(GetParam());
@@ -215,7 +215,10 @@ TEST_P(BadInputTest, PeerThatExitsMidRunIsReportedByRank) {
       s = m.status();
       if (s.ok()) s = g.Release(*m);
     }
-    CHILD_CHECK(s.code() == StatusCode::kUnavailable && Contains(s.message(), "rank 0"), "%s", s.ToString().c_str());
+    // A group is one fault domain: rank 1 may first see rank 2 (the root cause) or rank 0 gone.
+    CHILD_CHECK(s.code() == StatusCode::kUnavailable &&
+                    (Contains(s.message(), "rank 2 died") || Contains(s.message(), "rank 0 died")),
+                "%s", s.ToString().c_str());
     fprintf(stderr, "rank 1 saw: %s\n", s.ToString().c_str());
     return 0;
   }, 60);

@@ -40,6 +40,11 @@ int FreePort() {
 }
 
 std::vector<RankOutcome> RunRanks(int world_size, const std::function<int(int, int)>& body, int timeout_s) {
+  return RunRanks(world_size, body, timeout_s, nullptr);
+}
+
+std::vector<RankOutcome> RunRanks(int world_size, const std::function<int(int, int)>& body, int timeout_s,
+                                  const std::function<void(const std::vector<pid_t>&)>& while_running) {
   int port = FreePort();
   std::fflush(nullptr);
   std::vector<pid_t> pids(world_size);
@@ -55,6 +60,7 @@ std::vector<RankOutcome> RunRanks(int world_size, const std::function<int(int, i
     pids[r] = pid;
   }
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+  if (while_running) while_running(pids);
   int running = world_size;
   while (running > 0) {
     for (int r = 0; r < world_size; ++r) {

@@ -3,6 +3,8 @@
 // object, so each child starts clean.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdio>
 #include <functional>
 #include <string>
@@ -46,6 +48,11 @@ int FreePort();
 // (stragglers are killed and marked timed_out). The body returns 0 on success.
 std::vector<RankOutcome> RunRanks(int world_size, const std::function<int(int rank, int port)>& body,
                                   int timeout_s = 120);
+// The same, and once every rank is forked the parent runs while_running(pids) (pids[rank]), e.g.
+// to kill one mid-run, before it waits for the ranks; its time counts against timeout_s.
+std::vector<RankOutcome> RunRanks(int world_size, const std::function<int(int rank, int port)>& body,
+                                  int timeout_s,
+                                  const std::function<void(const std::vector<pid_t>& pids)>& while_running);
 
 // "rank 1: exit 1; rank 2: killed by signal 9" for failure messages; empty when all passed.
 std::string DescribeFailures(const std::vector<RankOutcome>& outcomes);

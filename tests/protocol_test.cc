@@ -2,6 +2,9 @@
 // configuration check. No transport, no processes.
 #include <gtest/gtest.h>
 
+#include <vector>
+
+#include "protocol/checksum.h"
 #include "protocol/config_check.h"
 #include "protocol/immediate.h"
 #include "protocol/slots.h"
@@ -12,22 +15,68 @@ namespace {
 TEST(ImmediateTest, RoundTripsEveryField) {
   for (ImmKind kind : {ImmKind::kData, ImmKind::kAck}) {
     for (int slot : {0, 1, 511, kMaxSlots - 1}) {
-      for (int rank : {0, 1, 12345, kMaxRanks - 1}) {
-        uint32_t bits = EncodeImmediate({kind, slot, rank});
-        auto back = DecodeImmediate(bits);
-        ASSERT_TRUE(back.ok());
-        EXPECT_EQ(back->kind, kind);
-        EXPECT_EQ(back->slot, slot);
-        EXPECT_EQ(back->rank, rank);
+      for (uint32_t sequence : {0u, 1u, 777u, kSequenceModulus - 1}) {
+        for (int writer : {0, 1, 12345, kMaxRanks - 1}) {
+          const int reader = writer ^ 5;
+          uint32_t bits = EncodeImmediate({kind, slot, sequence}, writer, reader);
+          auto back = DecodeImmediate(bits, writer, reader);
+          ASSERT_TRUE(back.ok()) << back.status().ToString();
+          EXPECT_EQ(back->kind, kind);
+          EXPECT_EQ(back->slot, slot);
+          EXPECT_EQ(back->sequence, sequence);
+        }
       }
     }
   }
+  // The sequence wraps: message 4096 carries 0.
+  auto wrapped = DecodeImmediate(EncodeImmediate({ImmKind::kData, 3, kSequenceModulus + 2}, 1, 2), 1, 2);
+  ASSERT_TRUE(wrapped.ok());
+  EXPECT_EQ(wrapped->sequence, 2u);
 }
 
 TEST(ImmediateTest, RejectsUnknownKind) {
-  auto bad = DecodeImmediate(0xC0000001u);
+  // A kind that does not exist, with a check that matches, so that the kind is what is refused.
+  uint32_t bits = EncodeImmediate({static_cast<ImmKind>(3), 0, 0}, 0, 1);
+  auto bad = DecodeImmediate(bits, 0, 1);
   EXPECT_EQ(bad.status().code(), StatusCode::kDataLoss);
-  EXPECT_NE(bad.status().message().find("unknown kind"), std::string::npos);
+  EXPECT_NE(bad.status().message().find("unknown kind"), std::string::npos) << bad.status().message();
+}
+
+// Every flip of one, two or three bits fails the check, and so does an immediate read as coming
+// from another writer or meant for another reader.
+TEST(ImmediateTest, CheckCatchesCorruptionAndMisattribution) {
+  const uint32_t good = EncodeImmediate({ImmKind::kData, 17, 4000}, 3, 9);
+  ASSERT_TRUE(DecodeImmediate(good, 3, 9).ok());
+  for (int a = 0; a < 32; ++a) {
+    for (int b = a; b < 32; ++b) {
+      for (int c = b; c < 32; ++c) {
+        uint32_t bits = good ^ (1u << a) ^ (b != a ? 1u << b : 0) ^ (c != b ? 1u << c : 0);
+        auto bad = DecodeImmediate(bits, 3, 9);
+        ASSERT_FALSE(bad.ok()) << "bits " << a << " " << b << " " << c;
+        EXPECT_EQ(bad.status().code(), StatusCode::kDataLoss);
+      }
+    }
+  }
+  auto other_writer = DecodeImmediate(good, 4, 9);
+  EXPECT_EQ(other_writer.status().code(), StatusCode::kDataLoss);
+  EXPECT_NE(other_writer.status().message().find("fails its check"), std::string::npos);
+  EXPECT_EQ(DecodeImmediate(good, 3, 10).status().code(), StatusCode::kDataLoss);
+}
+
+TEST(ChecksumTest, Crc32cMatchesKnownValuesInPiecesAndWhole) {
+  const char* text = "123456789";
+  EXPECT_EQ(Crc32c(text, 9), 0xE3069283u);  // the standard check value of CRC-32C
+  EXPECT_EQ(Crc32c(text + 4, 5, Crc32c(text, 4)), 0xE3069283u);
+  EXPECT_EQ(Crc32c(nullptr, 0), 0u);
+  // Long buffers at every alignment: the wide path agrees with the byte path.
+  std::vector<uint8_t> data(4096 + 16);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i * 131 + 7);
+  for (size_t start = 0; start < 16; ++start) {
+    uint32_t whole = Crc32c(data.data() + start, 4096);
+    uint32_t bytewise = 0;
+    for (size_t i = 0; i < 4096; ++i) bytewise = Crc32c(data.data() + start + i, 1, bytewise);
+    EXPECT_EQ(whole, bytewise) << "start " << start;
+  }
 }
 
 TEST(ReceiveSlotsTest, DeliversInArrivalOrderWithSequences) {

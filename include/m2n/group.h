@@ -12,7 +12,13 @@
 // Completion model: the calling thread drives progress. Every blocking call (Send, Receive, Barrier,
 // Close) makes progress while it waits and returns by its Deadline. Between calls, nothing moves; a
 // rank that neither sends nor receives for long should call Progress(). A Group is used by one
-// thread at a time.
+// thread at a time, except Abort(), which any thread may call at any time.
+//
+// Failures (docs/reliability.md): a group is one fault domain. When any rank of it dies, every
+// other rank's blocked or next blocking call fails with kUnavailable naming the dead rank; a
+// protocol check that fails (a lost, duplicated, reordered or corrupted immediate, a bad checksum)
+// is kDataLoss and nothing of the bad message is handed out. Either error is sticky: close the
+// group and create a new one.
 #pragma once
 
 #include <cstddef>
@@ -141,9 +147,17 @@ class Group {
   // have completed (synchronize its streams) before Close.
   Status Close(Deadline deadline);
 
+  // Makes every blocking call of this group, in any thread, return kAborted promptly (within a
+  // few polls), and every later call return kAborted too, except Close. Callable from any thread,
+  // at any time, any number of times; never blocks. Close after Abort tears down at once: it
+  // waits for no peer and says no goodbye, so the peers see this rank leave and fail their
+  // calls naming it (docs/reliability.md).
+  void Abort();
+
   struct Impl;
 
  private:
+  friend class GroupFactory;  // src/group_factory.h
   explicit Group(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

@@ -55,6 +55,10 @@ struct Options {
   int spin_us = -1;
   // How often a blocked call asks the bootstrap store whether a peer died (milliseconds).
   int liveness_check_ms = 200;
+  // Check every message's payload on arrival (CRC-32C in an 8-byte trailer after the payload in
+  // its slot; docs/reliability.md). Off by default: it costs a copy and a CRC per message on the
+  // sender and a CRC on the receiver. Host memory only. Every rank must agree.
+  bool checksum = false;
   // The RDMA NIC (e.g. "mlx5_0") a NIC transport must use; empty: the one nearest to this rank's
   // GPU (or CPUs) in the machine's topology (hwloc), else the transport's own choice.
   std::string nic;

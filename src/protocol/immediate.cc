@@ -1,38 +1,75 @@
 #include "protocol/immediate.h"
 
+#include <array>
+#include <cstdio>
+
 namespace m2n::protocol {
 namespace {
 constexpr uint32_t kKindShift = 30;
 constexpr uint32_t kSlotShift = 20;
+constexpr uint32_t kSequenceShift = 8;
 constexpr uint32_t kSlotMask = (1u << 10) - 1;
-constexpr uint32_t kRankMask = (1u << 20) - 1;
-}  // namespace
+constexpr uint32_t kSequenceMask = kSequenceModulus - 1;
+constexpr uint32_t kCheckMask = 0xff;
 
-uint32_t EncodeImmediate(const Immediate& imm) {
-  return (static_cast<uint32_t>(imm.kind) << kKindShift) |
-         ((static_cast<uint32_t>(imm.slot) & kSlotMask) << kSlotShift) |
-         (static_cast<uint32_t>(imm.rank) & kRankMask);
+// CRC-8 with polynomial x^8 + x^2 + x + 1 (0x07): Hamming distance 4 up to 119 data bits, and the
+// (x + 1) factor catches every odd number of flipped bits. Here the data is 88 bits.
+constexpr std::array<uint8_t, 256> kCrc8Table = [] {
+  std::array<uint8_t, 256> table{};
+  for (int i = 0; i < 256; ++i) {
+    uint8_t crc = static_cast<uint8_t>(i);
+    for (int bit = 0; bit < 8; ++bit) crc = static_cast<uint8_t>((crc & 0x80) ? (crc << 1) ^ 0x07 : crc << 1);
+    table[i] = crc;
+  }
+  return table;
+}();
+
+uint8_t Check(uint32_t upper24, int writer, int reader) {
+  const uint32_t words[3] = {upper24, static_cast<uint32_t>(writer), static_cast<uint32_t>(reader)};
+  uint8_t crc = 0;
+  for (int w = 0; w < 3; ++w) {
+    const int bytes = w == 0 ? 3 : 4;
+    for (int b = bytes - 1; b >= 0; --b) crc = kCrc8Table[crc ^ static_cast<uint8_t>(words[w] >> (8 * b))];
+  }
+  return crc;
 }
 
-StatusOr<Immediate> DecodeImmediate(uint32_t bits) {
-  uint32_t kind = bits >> kKindShift;
+std::string Hex(uint32_t bits) {
+  char buf[11];
+  snprintf(buf, sizeof buf, "0x%08x", bits);
+  return buf;
+}
+}  // namespace
+
+uint32_t EncodeImmediate(const Immediate& imm, int writer, int reader) {
+  const uint32_t upper = (static_cast<uint32_t>(imm.kind) << (kKindShift - kSequenceShift)) |
+                         ((static_cast<uint32_t>(imm.slot) & kSlotMask) << (kSlotShift - kSequenceShift)) |
+                         (imm.sequence & kSequenceMask);
+  return (upper << kSequenceShift) | Check(upper, writer, reader);
+}
+
+StatusOr<Immediate> DecodeImmediate(uint32_t bits, int writer, int reader) {
+  const uint32_t upper = bits >> kSequenceShift;
+  if ((bits & kCheckMask) != Check(upper, writer, reader)) {
+    return DataLossError("immediate " + Hex(bits) + " from rank " + std::to_string(writer) +
+                         " fails its check: corrupted on the way, or not written by rank " +
+                         std::to_string(writer) + " for rank " + std::to_string(reader));
+  }
+  const uint32_t kind = bits >> kKindShift;
   if (kind > static_cast<uint32_t>(ImmKind::kAck)) {
-    return DataLossError("immediate 0x" + [&] {
-      char buf[9];
-      snprintf(buf, sizeof buf, "%08x", bits);
-      return std::string(buf);
-    }() + " has unknown kind " + std::to_string(kind));
+    return DataLossError("immediate " + Hex(bits) + " from rank " + std::to_string(writer) + " has unknown kind " +
+                         std::to_string(kind));
   }
   Immediate imm;
   imm.kind = static_cast<ImmKind>(kind);
   imm.slot = static_cast<int>((bits >> kSlotShift) & kSlotMask);
-  imm.rank = static_cast<int>(bits & kRankMask);
+  imm.sequence = upper & kSequenceMask;
   return imm;
 }
 
 std::string ToString(const Immediate& imm) {
-  return std::string(imm.kind == ImmKind::kData ? "data" : "ack") + "(rank " +
-         std::to_string(imm.rank) + ", slot " + std::to_string(imm.slot) + ")";
+  return std::string(imm.kind == ImmKind::kData ? "data" : "ack") + "(slot " + std::to_string(imm.slot) +
+         ", sequence " + std::to_string(imm.sequence) + ")";
 }
 
 }  // namespace m2n::protocol

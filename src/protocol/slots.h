@@ -33,6 +33,8 @@ class ReceiveSlots {
   // The peer wrote `length` bytes into `slot`.
   Status OnArrival(int slot, size_t length);
   size_t queued() const { return queue_.size(); }
+  // The sequence the next arrival will get: how many have arrived so far.
+  uint64_t next_sequence() const { return next_sequence_; }
   // Pops the oldest arrival and marks its slot delivered. Precondition: queued() > 0.
   Arrival Deliver();
   // The user hands `slot` back; `sequence` must be the one delivered with it.
