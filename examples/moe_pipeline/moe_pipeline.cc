@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "m2n/m2n.h"
+#include "compute/compute.h"
 #include "model/config.h"
 #include "model/weights.h"
 #include "runtime/launch.h"
@@ -44,7 +45,8 @@ workers and schedule
   -b, --batch N         requests in flight per attention worker (default 4)
   --max_tokens N        tokens per micro-batch: decode tokens + prefill chunks (default 256)
   --threads N           compute threads per process (default: cores / processes, at least 1)
-  --backend NAME        compute backend: cpu (default)
+  --backend NAME        compute backend: auto (default: cuda when built and a GPU is visible, else
+                        cpu), cpu, cuda
 workload
   --requests N          requests per attention worker (default 8)
   --input_len N         fixed prompt length (default: production-like, median 571)
@@ -158,6 +160,8 @@ m2n::StatusOr<Cli> ParseCli(int argc, char** argv) {
     return m2n::InvalidArgumentError("--input_len and --output_len go together (fixed lengths)");
   }
   p.workload.production = !input_set;
+  p.backend = ResolveBackend(p.backend);
+  M2N_RETURN_IF_ERROR(BackendPrecision(p.backend).status());
   p.config_path = config.find('/') == std::string::npos && config.find(".json") == std::string::npos
                       ? std::string(MOE_PIPELINE_CONFIG_DIR) + "/" + config + ".json"
                       : config;

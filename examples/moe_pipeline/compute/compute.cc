@@ -15,6 +15,14 @@ std::vector<std::string> AvailableBackends() {
 #endif
 }
 
+std::string ResolveBackend(const std::string& name) {
+  if (name != "auto") return name;
+#if MOE_WITH_CUDA
+  if (cuda::VisibleDevices() > 0) return "cuda";
+#endif
+  return "cpu";
+}
+
 m2n::StatusOr<Precision> BackendPrecision(const std::string& backend) {
   // fp32 on CPU: rounding differences of ~1e-6. bf16 on GPU: weights rounded (the reference
   // rounds them too), GEMM inputs and the KV cache in bf16, fp32 accumulation.

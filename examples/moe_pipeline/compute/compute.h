@@ -45,6 +45,7 @@ struct ComputeOptions {
   int max_tokens = 0;      // per micro-batch
   int kv_slots = 0;        // requests in flight at once (KV-cache slots)
   int max_context = 0;     // positions per KV-cache slot
+  int local_rank = 0;      // this process's index among the job's processes on this host (picks its GPU)
 };
 
 class AttentionCompute {
@@ -96,6 +97,8 @@ struct Precision {
 // `source` (only its share: the expert side the `experts` it holds), so that a GPU backend can
 // generate or upload them straight into device memory.
 std::vector<std::string> AvailableBackends();
+// "auto": "cuda" when built and a GPU is visible, else "cpu"; other names are returned as they are.
+std::string ResolveBackend(const std::string& name);
 m2n::StatusOr<Precision> BackendPrecision(const std::string& backend);
 m2n::StatusOr<std::unique_ptr<AttentionCompute>> MakeAttentionCompute(const std::string& backend,
                                                                       const ModelConfig& config,

@@ -68,8 +68,10 @@ std::string ExpertTensorName(int layer, int expert, const char* which) {
   return LayerPrefix(layer) + "block_sparse_moe.experts." + std::to_string(expert) + "." + which + ".weight";
 }
 
+uint64_t SeededKey(uint64_t seed, const std::string& name) { return SplitMix(seed ^ NameHash(name)); }
+
 void FillSeeded(uint64_t seed, const std::string& name, float scale, bool is_norm, std::span<float> out) {
-  const uint64_t key = SplitMix(seed ^ NameHash(name));
+  const uint64_t key = SeededKey(seed, name);
   for (size_t i = 0; i < out.size(); ++i) {
     // Uniform in [-1, 1) from the top 24 bits.
     const float u = static_cast<float>(SplitMix(key + i) >> 40) * (2.0f / 16777216.0f) - 1.0f;
@@ -101,17 +103,20 @@ std::vector<TensorSpec> AllTensors(const ModelConfig& c) {
   return t;
 }
 
-namespace {
-// The seeded scale and kind of a tensor, from its name and shape.
-void SeededKind(const TensorSpec& spec, float* scale, bool* is_norm) {
-  *is_norm = spec.shape.size() == 1;
-  if (spec.name == "model.embed_tokens.weight") {
+void SeededParameters(const std::string& name, std::span<const int64_t> shape, float* scale, bool* is_norm) {
+  *is_norm = shape.size() == 1;
+  if (name == "model.embed_tokens.weight") {
     *scale = 1.0f;
-  } else if (spec.name.find("gate.weight") != std::string::npos) {
-    *scale = 4.0f * LinearScale(spec.shape[1]);
+  } else if (name.find("gate.weight") != std::string::npos) {
+    *scale = 4.0f * LinearScale(shape[1]);
   } else {
-    *scale = spec.shape.size() == 2 ? LinearScale(spec.shape[1]) : 1.0f;
+    *scale = shape.size() == 2 ? LinearScale(shape[1]) : 1.0f;
   }
+}
+
+namespace {
+void SeededKind(const TensorSpec& spec, float* scale, bool* is_norm) {
+  SeededParameters(spec.name, spec.shape, scale, is_norm);
 }
 }  // namespace
 

@@ -63,8 +63,12 @@ struct TensorSpec {
 std::vector<TensorSpec> AllTensors(const ModelConfig& config);
 std::string ExpertTensorName(int layer, int expert, const char* which);  // which: "w1", "w2", "w3"
 
-// Fills `out` with the seeded values of tensor `name` (a norm weight when is_norm).
+// Fills `out` with the seeded values of tensor `name` (a norm weight when is_norm): element i is
+// a function of (SeededKey(seed, name), i) only (the GPU backend generates the same values).
 void FillSeeded(uint64_t seed, const std::string& name, float scale, bool is_norm, std::span<float> out);
+uint64_t SeededKey(uint64_t seed, const std::string& name);
+// The scale and kind the seeded init gives a tensor of this name and shape.
+void SeededParameters(const std::string& name, std::span<const int64_t> shape, float* scale, bool* is_norm);
 
 m2n::StatusOr<AttentionWeights> LoadAttentionWeights(const ModelConfig& config, const WeightSource& source);
 m2n::StatusOr<ExpertShard> LoadExpertShard(const ModelConfig& config, const WeightSource& source,

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <numeric>
@@ -42,6 +43,14 @@ m2n::Deadline CallDeadline(const PipelineOptions& o) { return m2n::Deadline::Aft
 std::string Where(const m2n::Group& g, const char* what) {
   return std::string(what) + " on rank " + std::to_string(g.rank()) + " (" +
          (g.role() == m2n::Role::kSender ? "attention" : "expert") + " worker)";
+}
+
+// This process's index on its host: the launcher's local rank, else the global rank (one host).
+int LocalRank(const m2n::Group& g) {
+  for (const char* name : {"LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID"}) {
+    if (const char* v = std::getenv(name); v != nullptr && *v != '\0') return std::atoi(v);
+  }
+  return g.rank();
 }
 
 // ---- Reports: a JSON string in chunks of one slot each ----
@@ -140,7 +149,7 @@ class AttentionWorker {
     workload_ = std::make_unique<Workload>(std::move(w));
     ComputeOptions co{.threads = o_.threads, .micro_batches = o_.workload.micro_batches,
                       .max_tokens = o_.workload.max_tokens, .kv_slots = o_.workload.batch,
-                      .max_context = max_context};
+                      .max_context = max_context, .local_rank = LocalRank(g_)};
     M2N_ASSIGN_OR_RETURN(compute_, MakeAttentionCompute(o_.backend, c_, o_.weights, co));
     experts_.assign(g_.peers().begin(), g_.peers().end());
     slot_bytes_ = g_.options().slot_bytes;
@@ -518,7 +527,8 @@ class ExpertWorker {
       if (ExpertOwner(e, g_.num_receivers()) == worker) held_.push_back(e);
     }
     ComputeOptions co{.threads = o_.threads, .micro_batches = o_.workload.micro_batches,
-                      .max_tokens = o_.workload.max_tokens};
+                      .max_tokens = o_.workload.max_tokens, .kv_slots = 0, .max_context = 0,
+                      .local_rank = LocalRank(g_)};
     M2N_ASSIGN_OR_RETURN(experts_, MakeExpertCompute(o_.backend, c_, o_.weights, held_, co));
     attention_.assign(g_.peers().begin(), g_.peers().end());
     slot_bytes_ = g_.options().slot_bytes;

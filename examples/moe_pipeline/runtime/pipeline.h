@@ -33,7 +33,7 @@ struct PipelineOptions {
   std::string config_path;
   ModelConfig config;
   WeightSource weights;
-  std::string backend = "cpu";
+  std::string backend = "auto";  // resolved by ResolveBackend before the run
   int attention_workers = 2;
   int expert_workers = 2;
   WorkloadOptions workload;
