@@ -3,15 +3,17 @@
 // Host-driven writes of device memory (Transport::Post with device source and device slot) are
 // otherwise a cudaMemcpyAsync and a stream synchronize each. With the proxy, a kernel stays
 // resident on the GPU (ProxyKernel, kernels.h) and polls a ring of descriptors in pinned host
-// memory; Post writes a descriptor (a few 8-byte stores, no CUDA call) and the kernel copies the
-// payload into the peer's slot over NVLink, then raises the immediate in the peer's ring itself.
+// memory; Post stages a descriptor per write and publishes the batch (8-byte stores, no CUDA call),
+// and the kernel copies the payload into the peer's slot over NVLink, then raises the immediate in
+// the peer's ring itself.
 // No launch, no stream and no host wake-up lie between the sender's Post and the receiver's Poll
 // seeing the message (docs/PERFORMANCE.md, "GPU path", measures what that saves).
 //
 // The price: while it runs, the kernel holds up to `max_blocks` SMs' worth of threads spinning, and
 // a device-wide synchronization (cudaDeviceSynchronize, and cudaFree, which synchronizes) waits for
-// it. So it ends by itself after `idle` without a descriptor (and at Stop); the next Enqueue
-// launches it again, starting at the first descriptor that is not done.
+// it. So it ends by itself after `idle` without a descriptor (and at Stop); the next Publish
+// launches it again, starting at the first descriptor that is not done. The source must be complete
+// when a write is posted (the kernel reads it at once; nothing orders it after stream work).
 #pragma once
 
 #include <cuda_runtime.h>
