@@ -599,10 +599,14 @@ TEST_P(TransportTest, OutOfBoundsWriteIsInvalidArgument) {
       REQUIRE(truncated.status().message().find("peer rank 1") != std::string::npos);
       auto unknown = r.t->UnpackRemoteKey(5, key);
       REQUIRE(!unknown.ok());
-      // CUDA memory: never allocated by the transport; registered only where it says it can.
-      auto cuda = r.t->Allocate(4096, MemoryKind::kCuda);
-      REQUIRE(cuda.status().code() == StatusCode::kUnimplemented, cuda.status().ToString());
+      // CUDA memory: allocated and registered only where the transport says it can; there, without
+      // a GPU and its driver, UNAVAILABLE saying so (verbs allocates GPU receive slots itself).
       const Capabilities caps = r.t->capabilities();
+      auto cuda = r.t->Allocate(4096, MemoryKind::kCuda);
+      if (!caps.cuda_memory || !cuda.ok()) {
+        const StatusCode want = caps.cuda_memory ? StatusCode::kUnavailable : StatusCode::kUnimplemented;
+        REQUIRE(cuda.status().code() == want, cuda.status().ToString());
+      }
       if (!caps.cuda_memory) {
         auto registered = r.t->Register(source.data(), source.size(), MemoryKind::kCuda);
         REQUIRE(registered.status().code() == StatusCode::kUnimplemented, registered.status().ToString());

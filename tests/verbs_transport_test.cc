@@ -23,9 +23,9 @@ class VerbsTransportTest : public TransportTest {};
 // GPUDirect RDMA: CUDA memory is registered through a dma-buf (ibv_reg_dmabuf_mr). Needs a GPU,
 // its driver and an RDMA NIC on one machine; skipped elsewhere, with the reason.
 TEST_P(VerbsTransportTest, CudaMemoryRegistersThroughDmaBuf) {
-  GTEST_SKIP() << "needs a CUDA device, the NVIDIA driver (libcuda.so.1) and an RDMA NIC together; this "
-                  "test has no GPU allocator of its own yet (the GPU path's tests register device memory "
-                  "through the Group)";
+  GTEST_SKIP() << "needs a CUDA device, the NVIDIA driver (libcuda.so.1) and an RDMA NIC together: "
+                  "tests/verbs_gpu_test.cc allocates and registers device memory through the Group there "
+                  "(its receive slots by Allocate(kCuda), its send buffers by Register(kCuda))";
 }
 
 INSTANTIATE_TEST_SUITE_P(verbs, VerbsTransportTest, ::testing::Values(kRc), TransportCaseName);

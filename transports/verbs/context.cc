@@ -133,7 +133,16 @@ StatusOr<std::shared_ptr<Context>> Context::Open(const VerbsOptions& options) {
   }
   std::shared_ptr<Context> ctx(new Context());
   std::string tried;
+  // The preferred device first (the topology's nearest NIC), then the rest in the system's order.
+  std::vector<int> order;
   for (int i = 0; i < devices.count; ++i) {
+    if (!options.preferred_device.empty() && options.preferred_device == ibv_get_device_name(devices.list[i])) {
+      order.insert(order.begin(), i);
+    } else {
+      order.push_back(i);
+    }
+  }
+  for (int i : order) {
     const std::string name = ibv_get_device_name(devices.list[i]);
     if (!options.device.empty() && name != options.device) continue;
     tried += (tried.empty() ? "" : ", ") + name;
@@ -178,7 +187,7 @@ StatusOr<std::shared_ptr<Context>> Context::Open(const VerbsOptions& options) {
     if (!options.device.empty() && tried.empty()) {
       std::string all;
       for (int i = 0; i < devices.count; ++i) all += std::string(i ? ", " : "") + ibv_get_device_name(devices.list[i]);
-      return UnavailableError("verbs: M2N_VERBS_DEVICE=" + options.device + " not found; devices here: " + all);
+      return UnavailableError("verbs: device " + options.device + " (M2N_VERBS_DEVICE, or M2N_NIC / Options::nic) not found; devices here: " + all);
     }
     return UnavailableError("verbs: no device with an active port (tried " + tried + ")");
   }

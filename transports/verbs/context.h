@@ -19,6 +19,8 @@ namespace m2n::transport::verbs {
 // Everything M2N_VERBS_* can set. Fields left at their "auto" value are found by Context::Open.
 struct VerbsOptions {
   std::string device;   // M2N_VERBS_DEVICE: e.g. mlx5_0, rxe0; empty: first device with an active port
+  // Tried first when `device` is empty: the NIC nearest to the rank's GPU (Config::nic).
+  std::string preferred_device;
   int port = 0;         // M2N_VERBS_PORT: 1-based; 0: first active port
   int gid_index = -1;   // M2N_VERBS_GID_INDEX: -1: a RoCE v2 IPv4-mapped GID, else RoCE v2, else 0
   // Queue pair settings (docs/congestion.md says what to set them to and why).

@@ -12,9 +12,9 @@ namespace m2n::transport::verbs {
 namespace {
 
 constexpr uint32_t kAddressMagic = 0x564E324D;  // "M2NV"
-constexpr uint16_t kAddressVersion = 1;
-// magic, version, lanes, src, dst, max_unpolled, link layer, mtu, lid, gid, (qpn, psn) per lane
-constexpr size_t kAddressBytes = 4 + 2 + 2 + 4 + 4 + 4 + 1 + 1 + 2 + 16 + kNumLanes * 8;
+constexpr uint16_t kAddressVersion = 2;
+// magic, version, QPs, src, dst, max_unpolled, link layer, mtu, lid, gid, (qpn, psn) per QP
+constexpr size_t AddressBytes(int qps) { return 4 + 2 + 2 + 4 + 4 + 4 + 1 + 1 + 2 + 16 + static_cast<size_t>(qps) * 8; }
 
 uint32_t RandomPsn() {
   static std::mt19937 rng(std::random_device{}());
@@ -29,13 +29,18 @@ std::string PeerText(int peer, std::string_view what) {
 
 const char* LaneName(Lane lane) { return lane == Lane::kData ? "data QP" : "ACK QP"; }
 
+const char* QpName(const QueuePair& q) {
+  if (q.stream) return q.lane == Lane::kData ? "stream data QP" : "stream ACK QP";
+  return QpName(q);
+}
+
 Bytes EncodePeerAddress(const PeerAddress& a) {
   Bytes out;
-  out.reserve(kAddressBytes);
+  out.reserve(AddressBytes(a.num_qps));
   WireWriter w(out);
   w.Put<uint32_t>(kAddressMagic);
   w.Put<uint16_t>(kAddressVersion);
-  w.Put<uint16_t>(kNumLanes);
+  w.Put<uint16_t>(static_cast<uint16_t>(a.num_qps));
   w.Put<int32_t>(a.src_rank);
   w.Put<int32_t>(a.dst_rank);
   w.Put<uint32_t>(a.max_unpolled);
@@ -43,9 +48,9 @@ Bytes EncodePeerAddress(const PeerAddress& a) {
   w.Put<uint8_t>(a.mtu);
   w.Put<uint16_t>(a.lid);
   w.Put(a.gid);
-  for (int lane = 0; lane < kNumLanes; ++lane) {
-    w.Put<uint32_t>(a.qpn[lane]);
-    w.Put<uint32_t>(a.psn[lane]);
+  for (int i = 0; i < a.num_qps; ++i) {
+    w.Put<uint32_t>(a.qpn[i]);
+    w.Put<uint32_t>(a.psn[i]);
   }
   return out;
 }
@@ -59,15 +64,15 @@ StatusOr<PeerAddress> DecodePeerAddress(int peer, std::span<const std::byte> byt
     return DataLossError(PeerText(peer, "connection address of " + std::to_string(bytes.size()) +
                                             " bytes is not a verbs address"));
   }
-  if (version != kAddressVersion || lanes != kNumLanes) {
+  if (version != kAddressVersion || (lanes != kNumLanes && lanes != kMaxQps)) {
     return DataLossError(PeerText(peer, "connection address has format version " + std::to_string(version) +
-                                            " with " + std::to_string(lanes) + " lanes; this build reads version " +
+                                            " with " + std::to_string(lanes) + " QPs; this build reads version " +
                                             std::to_string(kAddressVersion) + " with " +
-                                            std::to_string(kNumLanes)));
+                                            std::to_string(kNumLanes) + " or " + std::to_string(kMaxQps)));
   }
-  if (bytes.size() != kAddressBytes) {
+  if (bytes.size() != AddressBytes(lanes)) {
     return DataLossError(PeerText(peer, "connection address is " + std::to_string(bytes.size()) +
-                                            " bytes, expected " + std::to_string(kAddressBytes)));
+                                            " bytes, expected " + std::to_string(AddressBytes(lanes))));
   }
   PeerAddress a;
   a.src_rank = r.Get<int32_t>();
@@ -77,9 +82,10 @@ StatusOr<PeerAddress> DecodePeerAddress(int peer, std::span<const std::byte> byt
   a.mtu = r.Get<uint8_t>();
   a.lid = r.Get<uint16_t>();
   a.gid = r.Get<ibv_gid>();
-  for (int lane = 0; lane < kNumLanes; ++lane) {
-    a.qpn[lane] = r.Get<uint32_t>();
-    a.psn[lane] = r.Get<uint32_t>();
+  a.num_qps = lanes;
+  for (int i = 0; i < a.num_qps; ++i) {
+    a.qpn[i] = r.Get<uint32_t>();
+    a.psn[i] = r.Get<uint32_t>();
   }
   if (!r.ok()) return DataLossError(PeerText(peer, "connection address is truncated"));
   // A range check, not MtuBytes(): a byte outside ibv_mtu's values must not be cast to it.
@@ -89,14 +95,17 @@ StatusOr<PeerAddress> DecodePeerAddress(int peer, std::span<const std::byte> byt
   return a;
 }
 
-StatusOr<std::unique_ptr<Endpoint>> Endpoint::Create(Context* ctx, ibv_cq* cq, int peer,
+StatusOr<std::unique_ptr<Endpoint>> Endpoint::Create(Context* ctx, ibv_cq* cq, ibv_cq* stream_cq, int peer,
                                                      const VerbsOptions& options, uint32_t sq_depth,
                                                      uint32_t rq_depth) {
   std::unique_ptr<Endpoint> e(new Endpoint(ctx, peer));
-  for (int lane = 0; lane < kNumLanes; ++lane) {
-    QueuePair& q = e->qps_[lane];
+  e->num_qps_ = stream_cq != nullptr ? kMaxQps : kNumLanes;
+  for (int index = 0; index < e->num_qps_; ++index) {
+    QueuePair& q = e->qps_[index];
     q.endpoint = e.get();
-    q.lane = static_cast<Lane>(lane);
+    q.lane = static_cast<Lane>(index % kNumLanes);
+    q.stream = index >= kStreamQpBase;
+    if (q.stream) cq = stream_cq;
     q.psn = RandomPsn();
     q.sq_depth = sq_depth;
     q.rq_depth = rq_depth;
@@ -120,7 +129,7 @@ StatusOr<std::unique_ptr<Endpoint>> Endpoint::Create(Context* ctx, ibv_cq* cq, i
       }
       const int err = errno;
       if (want_inline == 0) {
-        return UnavailableError(PeerText(peer, std::string("ibv_create_qp (") + LaneName(q.lane) + ", " +
+        return UnavailableError(PeerText(peer, std::string("ibv_create_qp (") + QpName(q) + ", " +
                                                    std::to_string(sq_depth) + " send / " +
                                                    std::to_string(rq_depth) + " receive WRs): " +
                                                    std::strerror(err) + " (errno " + std::to_string(err) + ")"));
@@ -135,11 +144,11 @@ StatusOr<std::unique_ptr<Endpoint>> Endpoint::Create(Context* ctx, ibv_cq* cq, i
     attr.qp_access_flags = IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_LOCAL_WRITE;
     if (int err = ibv_modify_qp(q.qp, &attr, IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS);
         err != 0) {
-      return UnavailableError(PeerText(peer, std::string("ibv_modify_qp(") + LaneName(q.lane) + " to INIT): " +
+      return UnavailableError(PeerText(peer, std::string("ibv_modify_qp(") + QpName(q) + " to INIT): " +
                                                  std::strerror(err) + " (errno " + std::to_string(err) + ")"));
     }
     // Receives go up before the peer can write: a write-with-imm consumes one.
-    M2N_RETURN_IF_ERROR(e->PostReceives(q.lane, rq_depth));
+    M2N_RETURN_IF_ERROR(e->PostReceives(q, rq_depth));
   }
   return e;
 }
@@ -159,15 +168,15 @@ PeerAddress Endpoint::Address(int rank, uint32_t max_unpolled) const {
   a.mtu = static_cast<uint8_t>(ctx_->port_attr().active_mtu);
   a.lid = ctx_->port_attr().lid;
   a.gid = ctx_->gid();
-  for (int lane = 0; lane < kNumLanes; ++lane) {
-    a.qpn[lane] = qps_[lane].qp->qp_num;
-    a.psn[lane] = qps_[lane].psn;
+  a.num_qps = num_qps_;
+  for (int i = 0; i < num_qps_; ++i) {
+    a.qpn[i] = qps_[i].qp->qp_num;
+    a.psn[i] = qps_[i].psn;
   }
   return a;
 }
 
-Status Endpoint::PostReceives(Lane lane, uint32_t count) {
-  QueuePair& q = qp(lane);
+Status Endpoint::PostReceives(QueuePair& q, uint32_t count) {
   constexpr uint32_t kChunk = 32;
   ibv_recv_wr wrs[kChunk];
   while (count > 0) {
@@ -181,7 +190,7 @@ Status Endpoint::PostReceives(Lane lane, uint32_t count) {
     }
     ibv_recv_wr* bad = nullptr;
     if (int err = ibv_post_recv(q.qp, wrs, &bad); err != 0) {
-      return UnavailableError(PeerText(peer_, std::string("ibv_post_recv (") + LaneName(lane) + ", " +
+      return UnavailableError(PeerText(peer_, std::string("ibv_post_recv (") + QpName(q) + ", " +
                                                   std::to_string(n) + " WRs): " + std::strerror(err) +
                                                   " (errno " + std::to_string(err) + ")"));
     }
@@ -199,15 +208,20 @@ Status Endpoint::Connect(const PeerAddress& remote, const VerbsOptions& options)
   int mtu_bytes = std::min(MtuBytes(ctx_->port_attr().active_mtu), MtuBytes(static_cast<ibv_mtu>(remote.mtu)));
   if (options.mtu != 0) mtu_bytes = std::min(mtu_bytes, options.mtu);
   M2N_ASSIGN_OR_RETURN(ibv_mtu path_mtu, MtuFromBytes(mtu_bytes));
+  if (remote.num_qps != num_qps_) {
+    return FailedPreconditionError(PeerText(
+        peer_, std::string("the stream-ordered path (GPU slots) is set up on ") + (num_qps_ > remote.num_qps ? "this side" : "its side") +
+                   " only: every rank needs Options::slot_memory = kCuda, or none"));
+  }
 
-  for (int lane = 0; lane < kNumLanes; ++lane) {
+  for (int lane = 0; lane < num_qps_; ++lane) {
     QueuePair& q = qps_[lane];
     const bool ack = q.lane == Lane::kAck;
     const int traffic_class =
         ack && options.ack_traffic_class >= 0 ? options.ack_traffic_class : options.traffic_class;
     const int sl = ack && options.ack_service_level >= 0 ? options.ack_service_level : options.service_level;
     auto fail = [&](const char* step, int err) {
-      return UnavailableError(PeerText(peer_, std::string("ibv_modify_qp(") + LaneName(q.lane) + " to " + step +
+      return UnavailableError(PeerText(peer_, std::string("ibv_modify_qp(") + QpName(q) + " to " + step +
                                                   "): " + std::strerror(err) + " (errno " + std::to_string(err) +
                                                   ")"));
     };

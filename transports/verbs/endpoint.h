@@ -1,7 +1,8 @@
 // Per-peer connection state of the verbs transport: two RC queue pairs, one per Lane (data, ACK),
-// each with its own traffic class and service level, both on the transport's one CQ; and the
-// connection address a peer needs to reach them (QPN, PSN, GID, LID, MTU), exchanged through the
-// bootstrap store by Transport::LocalAddress / Connect.
+// each with its own traffic class and service level, both on the transport's one CQ; with the
+// stream-ordered path (stream.h) two more, the proxy thread's, on its own CQ; and the connection
+// address a peer needs to reach them (QPN, PSN, GID, LID, MTU), exchanged through the bootstrap
+// store by Transport::LocalAddress / Connect.
 #pragma once
 
 #include <infiniband/verbs.h>
@@ -20,6 +21,10 @@
 
 namespace m2n::transport::verbs {
 
+// QPs per peer: host-driven data and ACK (index = Lane), then the stream path's data and ACK.
+inline constexpr int kStreamQpBase = kNumLanes;
+inline constexpr int kMaxQps = 2 * kNumLanes;
+
 // What LocalAddress(peer) says, parsed.
 struct PeerAddress {
   int src_rank = -1;  // who made it
@@ -29,8 +34,9 @@ struct PeerAddress {
   uint8_t mtu = 0;         // ibv_mtu: the sender's active (or configured) MTU
   uint16_t lid = 0;
   ibv_gid gid{};
-  std::array<uint32_t, kNumLanes> qpn{};
-  std::array<uint32_t, kNumLanes> psn{};
+  int num_qps = kNumLanes;  // kNumLanes, or kMaxQps with the stream path
+  std::array<uint32_t, kMaxQps> qpn{};
+  std::array<uint32_t, kMaxQps> psn{};
 };
 
 Bytes EncodePeerAddress(const PeerAddress& address);
@@ -42,6 +48,9 @@ std::string PeerText(int peer, std::string_view what);
 const char* LaneName(Lane lane);
 
 class Endpoint;
+struct QueuePair;
+// "data QP", "ACK QP", "stream data QP", "stream ACK QP".
+const char* QpName(const QueuePair& q);
 
 // The wr_id of every receive WR; a send's wr_id is its sequence number on its QP, far below it.
 inline constexpr uint64_t kRecvWrId = uint64_t{1} << 63;
@@ -56,6 +65,7 @@ struct QueuePair {
   ibv_qp* qp = nullptr;
   Endpoint* endpoint = nullptr;
   Lane lane = Lane::kData;
+  bool stream = false;  // the stream path's (its CQ is the proxy thread's)
   uint32_t psn = 0;
   uint32_t sq_depth = 0;
   uint32_t rq_depth = 0;
@@ -73,9 +83,9 @@ struct QueuePair {
 
 class Endpoint {
  public:
-  // Creates both QPs in INIT with their receive WRs posted; `inline_bytes` is a request, capped
-  // by what the device accepts.
-  static StatusOr<std::unique_ptr<Endpoint>> Create(Context* ctx, ibv_cq* cq, int peer,
+  // Creates the QPs in INIT with their receive WRs posted: two on `cq`, and two more on
+  // `stream_cq` unless it is null; `inline_bytes` is a request, capped by what the device accepts.
+  static StatusOr<std::unique_ptr<Endpoint>> Create(Context* ctx, ibv_cq* cq, ibv_cq* stream_cq, int peer,
                                                     const VerbsOptions& options, uint32_t sq_depth,
                                                     uint32_t rq_depth);
   ~Endpoint();
@@ -84,13 +94,16 @@ class Endpoint {
 
   // Our half of the connection, for `peer`.
   PeerAddress Address(int rank, uint32_t max_unpolled) const;
-  // Moves both QPs to RTR and RTS towards the peer's `remote` half.
+  // Moves every QP to RTR and RTS towards the peer's `remote` half.
   Status Connect(const PeerAddress& remote, const VerbsOptions& options);
 
   int peer() const { return peer_; }
   bool connected() const { return connected_; }
   QueuePair& qp(Lane lane) { return qps_[static_cast<int>(lane)]; }
   const QueuePair& qp(Lane lane) const { return qps_[static_cast<int>(lane)]; }
+  // The stream path's QPs (only when created with a stream CQ).
+  QueuePair& stream_qp(Lane lane) { return qps_[kStreamQpBase + static_cast<int>(lane)]; }
+  int num_qps() const { return num_qps_; }
 
   // The first failure seen on this peer (a bad CQE, a failed post); OK while healthy.
   const Status& failure() const { return failure_; }
@@ -98,15 +111,17 @@ class Endpoint {
     if (failure_.ok()) failure_ = std::move(s);
   }
 
-  // Posts `count` zero-SGE receive WRs on the lane's QP.
-  Status PostReceives(Lane lane, uint32_t count);
+  // Posts `count` zero-SGE receive WRs on the lane's QP (or on `q`, any of ours).
+  Status PostReceives(Lane lane, uint32_t count) { return PostReceives(qp(lane), count); }
+  Status PostReceives(QueuePair& q, uint32_t count);
 
  private:
   Endpoint(Context* ctx, int peer) : ctx_(ctx), peer_(peer) {}
   Context* ctx_;
   int peer_;
   bool connected_ = false;
-  std::array<QueuePair, kNumLanes> qps_{};
+  int num_qps_ = kNumLanes;
+  std::array<QueuePair, kMaxQps> qps_{};
   Status failure_;
 };
 

@@ -1,6 +1,5 @@
 #include "transports/verbs/memory.h"
 
-#include <dlfcn.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -11,7 +10,7 @@
 #include "transports/wire.h"
 
 #if M2N_VERBS_WITH_CUDA
-#include <cuda.h>
+#include "transports/verbs/cuda_driver.h"
 #endif
 
 namespace m2n::transport::verbs {
@@ -26,42 +25,24 @@ std::string PeerText(int peer, std::string_view what) {
 }
 
 #if M2N_VERBS_WITH_CUDA
-// The driver API is looked up at run time: a build with the CUDA headers must still run where no
-// driver is installed (CI machines, the Soft-RoCE VM), and host memory never needs it.
-using GetHandleFn = CUresult (*)(void*, CUdeviceptr, size_t, CUmemRangeHandleType, unsigned long long);
-GetHandleFn CudaGetHandleForAddressRange() {
-  static GetHandleFn fn = [] {
-    void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
-    return lib == nullptr ? nullptr
-                          : reinterpret_cast<GetHandleFn>(dlsym(lib, "cuMemGetHandleForAddressRange"));
-  }();
-  return fn;
-}
-
-// GPUDirect RDMA: a dma-buf of the device range registered with ibv_reg_dmabuf_mr (kernel >= 5.12,
-// no nvidia-peermem needed); when that fails, plain ibv_reg_mr, which works where nvidia-peermem is
-// loaded.
 StatusOr<ibv_mr*> RegisterCuda(ibv_pd* pd, void* data, size_t size) {
+  M2N_ASSIGN_OR_RETURN(const CudaDriver* cuda, CudaDriver::Get());
   std::string why;
-  if (GetHandleFn get_handle = CudaGetHandleForAddressRange()) {
-    const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-    const uintptr_t start = reinterpret_cast<uintptr_t>(data) & ~(page - 1);
-    const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + size + page - 1) & ~(page - 1);
-    int fd = -1;
-    CUresult r = get_handle(&fd, static_cast<CUdeviceptr>(start), end - start,
-                            CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD, 0);
-    if (r == CUDA_SUCCESS) {
-      ibv_mr* mr = ibv_reg_dmabuf_mr(pd, reinterpret_cast<uintptr_t>(data) - start, size,
-                                     reinterpret_cast<uintptr_t>(data), fd, kAccess);
-      const int err = errno;
-      close(fd);
-      if (mr != nullptr) return mr;
-      why = VerbError("ibv_reg_dmabuf_mr", err);
-    } else {
-      why = "cuMemGetHandleForAddressRange(DMA_BUF_FD) returned CUresult " + std::to_string(r);
-    }
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t start = reinterpret_cast<uintptr_t>(data) & ~(page - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + size + page - 1) & ~(page - 1);
+  int fd = -1;
+  CUresult r = cuda->get_handle_for_address_range(&fd, static_cast<CUdeviceptr>(start), end - start,
+                                                  CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD, 0);
+  if (r == CUDA_SUCCESS) {
+    ibv_mr* mr = ibv_reg_dmabuf_mr(pd, reinterpret_cast<uintptr_t>(data) - start, size,
+                                   reinterpret_cast<uintptr_t>(data), fd, kAccess);
+    const int err = errno;
+    close(fd);
+    if (mr != nullptr) return mr;
+    why = VerbError("ibv_reg_dmabuf_mr", err);
   } else {
-    return UnavailableError("verbs: CUDA memory: libcuda.so.1 (the NVIDIA driver) cannot be loaded here");
+    why = cuda->Error("cuMemGetHandleForAddressRange(DMA_BUF_FD)", r);
   }
   ibv_mr* mr = ibv_reg_mr(pd, data, size, kAccess);
   if (mr != nullptr) return mr;
@@ -99,8 +80,35 @@ StatusOr<std::unique_ptr<VerbsRegion>> VerbsRegion::Register(std::shared_ptr<Con
       new VerbsRegion(std::move(ctx), mr, static_cast<std::byte*>(data), size, kind, /*owned=*/false));
 }
 
-StatusOr<std::unique_ptr<VerbsRegion>> VerbsRegion::Allocate(std::shared_ptr<Context> ctx, size_t size) {
+StatusOr<std::unique_ptr<VerbsRegion>> VerbsRegion::Allocate(std::shared_ptr<Context> ctx, size_t size,
+                                                              MemoryKind kind) {
   if (size == 0) return InvalidArgumentError("verbs: Allocate needs size > 0");
+  if (kind == MemoryKind::kCuda) {
+#if M2N_VERBS_WITH_CUDA
+    // Device memory of the current CUDA context, zeroed, registered for GPUDirect RDMA.
+    M2N_ASSIGN_OR_RETURN(const CudaDriver* cuda, CudaDriver::Get());
+    CUdeviceptr device = 0;
+    if (CUresult r = cuda->mem_alloc(&device, size); r != CUDA_SUCCESS) {
+      return UnavailableError(cuda->Error("cuMemAlloc of " + std::to_string(size) + " bytes (is a CUDA device current?)", r));
+    }
+    if (CUresult r = cuda->memset_d8(device, 0, size); r != CUDA_SUCCESS) {
+      cuda->mem_free(device);
+      return UnavailableError(cuda->Error("cuMemsetD8", r));
+    }
+    auto mr = RegisterCuda(ctx->pd(), reinterpret_cast<void*>(device), size);
+    if (!mr.ok()) {
+      cuda->mem_free(device);
+      return mr.status();
+    }
+    return std::unique_ptr<VerbsRegion>(new VerbsRegion(std::move(ctx), *mr, reinterpret_cast<std::byte*>(device),
+                                                        size, MemoryKind::kCuda, /*owned=*/true));
+#else
+    return UnimplementedError("verbs transport: CUDA memory needs a build with the CUDA toolkit found");
+#endif
+  }
+  if (kind != MemoryKind::kHost) {
+    return InvalidArgumentError("verbs: unknown memory kind " + std::to_string(static_cast<int>(kind)));
+  }
   const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   const size_t rounded = (size + page - 1) / page * page;
   void* data = std::aligned_alloc(page, rounded);
@@ -119,7 +127,14 @@ StatusOr<std::unique_ptr<VerbsRegion>> VerbsRegion::Allocate(std::shared_ptr<Con
 
 VerbsRegion::~VerbsRegion() {
   if (mr_ != nullptr) ibv_dereg_mr(mr_);
-  if (owned_) std::free(data_);
+  if (!owned_) return;
+  if (kind_ == MemoryKind::kHost) {
+    std::free(data_);
+    return;
+  }
+#if M2N_VERBS_WITH_CUDA
+  if (auto cuda = CudaDriver::Get(); cuda.ok()) (*cuda)->mem_free(reinterpret_cast<CUdeviceptr>(data_));
+#endif
 }
 
 StatusOr<Bytes> VerbsRegion::PackRemoteKey() const {

@@ -22,8 +22,10 @@ class VerbsRegion final : public Region {
   // Registers caller-owned memory.
   static StatusOr<std::unique_ptr<VerbsRegion>> Register(std::shared_ptr<Context> ctx, void* data,
                                                          size_t size, MemoryKind kind);
-  // Allocates page-aligned, zeroed host memory and registers it; freed with the region.
-  static StatusOr<std::unique_ptr<VerbsRegion>> Allocate(std::shared_ptr<Context> ctx, size_t size);
+  // Allocates zeroed memory and registers it; freed with the region. Host: page-aligned;
+  // CUDA: cuMemAlloc in the current context, registered as Register does.
+  static StatusOr<std::unique_ptr<VerbsRegion>> Allocate(std::shared_ptr<Context> ctx, size_t size,
+                                                         MemoryKind kind);
   ~VerbsRegion() override;
   VerbsRegion(const VerbsRegion&) = delete;
   VerbsRegion& operator=(const VerbsRegion&) = delete;

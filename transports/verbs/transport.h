@@ -6,6 +6,8 @@
 // IBV_WR_RDMA_WRITE_WITH_IMM into the peer's registered region; the peer's pre-posted zero-SGE
 // receive WR turns it into an IBV_WC_RECV_RDMA_WITH_IMM completion carrying the immediate and the
 // byte count. README.md describes signalling, inline data, batching and the connection exchange.
+// With GPU slots (Config::slot_memory = kCuda) it also offers StreamOps: a proxy thread posts the
+// writes of CUDA streams (stream.h).
 #pragma once
 
 #include <infiniband/verbs.h>
@@ -23,10 +25,11 @@
 #include "transports/verbs/context.h"
 #include "transports/verbs/endpoint.h"
 #include "transports/verbs/memory.h"
+#include "transports/verbs/stream.h"
 
 namespace m2n::transport::verbs {
 
-class VerbsTransport final : public Transport {
+class VerbsTransport final : public Transport, public StreamOps {
  public:
   static StatusOr<std::unique_ptr<Transport>> Create(const Config& config);
   // Tears down whatever Close() did not, without waiting for peers.
@@ -46,6 +49,14 @@ class VerbsTransport final : public Transport {
   StatusOr<size_t> Poll(std::span<Completion> out) override;
 
   Status Close(Deadline deadline) override;
+  StreamOps* stream_ops() override { return stream_cq_ != nullptr ? this : nullptr; }
+
+  // StreamOps (stream.h describes the protocol).
+  Status SendOnStream(std::span<const StreamWrite> writes, void* stream) override;
+  Status WaitOnStream(std::span<const StreamSlot> slots, void* stream) override;
+  Status ReleaseOnStream(std::span<const StreamSlot> slots, void* stream) override;
+  const uint32_t* ArrivedLength(int peer, int slot) const override;
+  Status StreamError() override;
 
   // What Create chose, for tests and logs.
   uint32_t send_queue_depth() const { return sq_depth_; }
@@ -67,6 +78,11 @@ class VerbsTransport final : public Transport {
   void CompleteSends(QueuePair& q, uint64_t through_seq);
   Completion& Emit(Completion::Type type, int peer, Lane lane);
   void Teardown();
+  // The stream path: its CQ and the host words the GPU shares (Create); the proxy (first use).
+  Status InitStreamPath();
+  Status StartProxy();
+  Status CheckStreamSlot(int peer, int slot, std::string_view call) const;
+  uint64_t DeviceWord(StreamWord kind, int peer, int slot) const;
 
   Config config_;
   VerbsOptions options_;
@@ -87,6 +103,17 @@ class VerbsTransport final : public Transport {
   std::vector<ibv_sge> sges_;
   std::vector<QueuePair*> repost_;
   bool closed_ = false;
+
+  // Stream path (GPU slots only).
+  ibv_cq* stream_cq_ = nullptr;
+  uint32_t* stream_words_ = nullptr;       // host memory, registered with CUDA
+  size_t stream_word_count_ = 0;
+  uint64_t stream_words_device_ = 0;       // its device address (CUdeviceptr)
+  unsigned stream_wait_flags_ = 0;         // CU_STREAM_WAIT_VALUE_FLUSH where the GPU has it
+  bool host_flush_ = false;                // else cuFlushGPUDirectRDMAWrites from the proxy
+  void* cuda_context_ = nullptr;           // CUcontext current at Create
+  std::unique_ptr<StreamProxy> proxy_;
+  Status stream_error_;
 };
 
 }  // namespace m2n::transport::verbs
