@@ -196,6 +196,10 @@ struct Group::Impl {
   std::vector<uint64_t> data_posted;
   std::vector<uint64_t> acks_posted;
   std::vector<uint64_t> acks_heard;
+  // Per peer: the pair's part of the immediate check (protocol::ImmediateSeed), for immediates we
+  // write to the peer and for those it writes to us.
+  std::vector<uint8_t> seed_out;
+  std::vector<uint8_t> seed_in;
   // Options::checksum: payload + trailer are staged here, one slot's worth per (peer, slot), and
   // written from here; a stage is reused only after its slot's ACK, when its write is long done.
   std::vector<std::byte> staging;
@@ -299,7 +303,7 @@ struct Group::Impl {
       return Fail(DataLossError(me() + ": an immediate arrived from " + RankName(c.peer) +
                                 ", which is not a peer of this rank"));
     }
-    auto decoded = protocol::DecodeImmediate(c.imm, c.peer, rank);
+    auto decoded = protocol::DecodeImmediate(c.imm, c.peer, rank, seed_in[index]);
     if (!decoded.ok()) {
       return Fail(decoded.status().WithContext(me() + ": on the " + std::string(LaneName(c.lane)) + " lane"));
     }
@@ -431,7 +435,7 @@ struct Group::Impl {
     w.peer = peer;
     w.lane = Lane::kAck;
     w.imm = protocol::EncodeImmediate({protocol::ImmKind::kAck, slot, static_cast<uint32_t>(acks_posted[index])},
-                                      rank, peer);
+                                      seed_out[index]);
     w.cookie = kAckCookie | next_cookie++;
     Status s = core->transport->Post({&w, 1});
     if (!s.ok()) return Fail(TransportFailure(s, peer));
@@ -574,6 +578,10 @@ Status Group::Impl::Connect(Deadline deadline) {
   data_posted.assign(peers.size(), 0);
   acks_posted.assign(peers.size(), 0);
   acks_heard.assign(peers.size(), 0);
+  for (int peer : peers) {
+    seed_out.push_back(protocol::ImmediateSeed(rank, peer));
+    seed_in.push_back(protocol::ImmediateSeed(peer, rank));
+  }
   if (options.checksum) {
     staging.resize(block_bytes() * peers.size());
     auto staged = core->transport->Register(staging.data(), staging.size(), MemoryKind::kHost);
@@ -809,8 +817,8 @@ Status Group::Send(std::span<const SendRequest> requests, Deadline deadline) {
       w.local_offset = offset;
       w.length = r.length + kTrailerBytes;
     }
-    w.imm = protocol::EncodeImmediate({protocol::ImmKind::kData, slot, static_cast<uint32_t>(sequence)}, g.rank,
-                                      r.peer);
+    w.imm = protocol::EncodeImmediate({protocol::ImmKind::kData, slot, static_cast<uint32_t>(sequence)},
+                                      g.seed_out[index]);
     w.cookie = g.next_cookie++;
     batch.push_back(w);
     ++g.stats.messages_sent;

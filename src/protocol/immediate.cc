@@ -24,13 +24,8 @@ constexpr std::array<uint8_t, 256> kCrc8Table = [] {
   return table;
 }();
 
-uint8_t Check(uint32_t upper24, int writer, int reader) {
-  const uint32_t words[3] = {upper24, static_cast<uint32_t>(writer), static_cast<uint32_t>(reader)};
-  uint8_t crc = 0;
-  for (int w = 0; w < 3; ++w) {
-    const int bytes = w == 0 ? 3 : 4;
-    for (int b = bytes - 1; b >= 0; --b) crc = kCrc8Table[crc ^ static_cast<uint8_t>(words[w] >> (8 * b))];
-  }
+uint8_t Crc8(uint8_t crc, uint32_t word, int bytes) {
+  for (int b = bytes - 1; b >= 0; --b) crc = kCrc8Table[crc ^ static_cast<uint8_t>(word >> (8 * b))];
   return crc;
 }
 
@@ -41,16 +36,20 @@ std::string Hex(uint32_t bits) {
 }
 }  // namespace
 
-uint32_t EncodeImmediate(const Immediate& imm, int writer, int reader) {
+uint8_t ImmediateSeed(int writer, int reader) {
+  return Crc8(Crc8(0, static_cast<uint32_t>(writer), 4), static_cast<uint32_t>(reader), 4);
+}
+
+uint32_t EncodeImmediate(const Immediate& imm, uint8_t seed) {
   const uint32_t upper = (static_cast<uint32_t>(imm.kind) << (kKindShift - kSequenceShift)) |
                          ((static_cast<uint32_t>(imm.slot) & kSlotMask) << (kSlotShift - kSequenceShift)) |
                          (imm.sequence & kSequenceMask);
-  return (upper << kSequenceShift) | Check(upper, writer, reader);
+  return (upper << kSequenceShift) | Crc8(seed, upper, 3);
 }
 
-StatusOr<Immediate> DecodeImmediate(uint32_t bits, int writer, int reader) {
+StatusOr<Immediate> DecodeImmediate(uint32_t bits, int writer, int reader, uint8_t seed) {
   const uint32_t upper = bits >> kSequenceShift;
-  if ((bits & kCheckMask) != Check(upper, writer, reader)) {
+  if ((bits & kCheckMask) != Crc8(seed, upper, 3)) {
     return DataLossError("immediate " + Hex(bits) + " from rank " + std::to_string(writer) +
                          " fails its check: corrupted on the way, or not written by rank " +
                          std::to_string(writer) + " for rank " + std::to_string(reader));

@@ -4,7 +4,7 @@
 //   bits 29..20  slot index, < 1024 (Options::slot_depth is capped to match)
 //   bits 19..8   sequence: how many immediates of this kind this writer sent this reader before,
 //                mod 4096
-//   bits  7..0   check: CRC-8 of bits 31..8, the writer's rank and the reader's rank
+//   bits  7..0   check: CRC-8 of the writer's rank, the reader's rank and bits 31..8
 //
 // The writer's rank is not carried: the transport says which peer wrote (the connection it came
 // on), and the check binds the immediate to that (writer, reader) pair, so an immediate that is
@@ -36,11 +36,24 @@ struct Immediate {
   uint32_t sequence = 0;  // mod kSequenceModulus
 };
 
-// Precondition: 0 <= slot < kMaxSlots. The sequence is taken mod kSequenceModulus.
-uint32_t EncodeImmediate(const Immediate& imm, int writer, int reader);
-// Rejects kinds that do not exist and a check that does not match (writer, reader); range checks
-// against the group (slot < slot_depth) and the sequence are the caller's.
-StatusOr<Immediate> DecodeImmediate(uint32_t bits, int writer, int reader);
+// The part of the check that depends only on the (writer, reader) pair: the CRC runs over the
+// ranks first, so the data path computes this once per peer and only 3 bytes per immediate.
+uint8_t ImmediateSeed(int writer, int reader);
+
+// Precondition: 0 <= slot < kMaxSlots; seed == ImmediateSeed(writer, reader). The sequence is
+// taken mod kSequenceModulus.
+uint32_t EncodeImmediate(const Immediate& imm, uint8_t seed);
+// Rejects kinds that do not exist and a check that does not match the pair; range checks against
+// the group (slot < slot_depth) and the sequence are the caller's. writer and reader name the pair
+// in the error; seed == ImmediateSeed(writer, reader).
+StatusOr<Immediate> DecodeImmediate(uint32_t bits, int writer, int reader, uint8_t seed);
+
+inline uint32_t EncodeImmediate(const Immediate& imm, int writer, int reader) {
+  return EncodeImmediate(imm, ImmediateSeed(writer, reader));
+}
+inline StatusOr<Immediate> DecodeImmediate(uint32_t bits, int writer, int reader) {
+  return DecodeImmediate(bits, writer, reader, ImmediateSeed(writer, reader));
+}
 
 std::string ToString(const Immediate& imm);
 
