@@ -176,6 +176,7 @@ struct Group::Impl {
 
   uint64_t next_cookie = 1;
   uint64_t writes_in_flight = 0;  // data writes posted and not yet done
+  std::vector<uint32_t> peer_writes_in_flight;  // the same per peer, to name them in a timeout
   std::vector<Completion> completions = std::vector<Completion>(64);
   // Scratch reused by every call, so the data path does not allocate in steady state.
   std::vector<transport::Write> batch;
@@ -255,6 +256,17 @@ struct Group::Impl {
                                 std::to_string(peer) + ", which is " + why);
   }
 
+  // "2 send(s) (to rank 5: 1, rank 6: 1)", for timeouts: which peers a write still waits on.
+  std::string WritesInFlightText() const {
+    std::string text = std::to_string(writes_in_flight) + " send(s)";
+    std::string who;
+    for (size_t i = 0; i < peers.size(); ++i) {
+      if (peer_writes_in_flight[i] == 0) continue;
+      who += (who.empty() ? "" : ", ") + RankName(peers[i]) + ": " + std::to_string(peer_writes_in_flight[i]);
+    }
+    return who.empty() ? text : text + " (to " + who + ")";
+  }
+
   Status Fail(Status status) {
     if (fatal.ok()) fatal = std::move(status);
     return fatal;
@@ -268,7 +280,11 @@ struct Group::Impl {
       const Completion& c = completions[i];
       switch (c.type) {
         case Completion::Type::kWriteDone:
-          if ((c.cookie & kAckCookie) == 0) --writes_in_flight;
+          if ((c.cookie & kAckCookie) == 0) {
+            --writes_in_flight;
+            const int index = IndexOfPeer(c.peer);
+            if (index >= 0 && peer_writes_in_flight[index] > 0) --peer_writes_in_flight[index];
+          }
           break;
         case Completion::Type::kError:
           return Fail(TransportFailure(c.error, c.peer));
@@ -576,6 +592,7 @@ Status Group::Impl::Connect(Deadline deadline) {
     credits.emplace_back(peer, depth);
   }
   data_posted.assign(peers.size(), 0);
+  peer_writes_in_flight.assign(peers.size(), 0);
   acks_posted.assign(peers.size(), 0);
   acks_heard.assign(peers.size(), 0);
   for (int peer : peers) {
@@ -781,6 +798,7 @@ Status Group::Send(std::span<const SendRequest> requests, Deadline deadline) {
     Status s = g.core->transport->Post(batch);
     if (!s.ok()) return g.Fail(g.TransportFailure(s, -1));
     g.writes_in_flight += batch.size();
+    for (const transport::Write& w : batch) ++g.peer_writes_in_flight[g.IndexOfPeer(w.peer)];
     batch.clear();
     return OkStatus();
   };
@@ -826,7 +844,7 @@ Status Group::Send(std::span<const SendRequest> requests, Deadline deadline) {
   }
   M2N_RETURN_IF_ERROR(post_batch());
   return g.WaitUntil([&] { return g.writes_in_flight == 0; }, deadline,
-                     [&] { return "waiting for " + std::to_string(g.writes_in_flight) + " send(s) to complete"; });
+                     [&] { return "waiting for " + g.WritesInFlightText() + " to complete"; });
 }
 
 StatusOr<bool> Group::TryReceive(int peer, Message* out) {
