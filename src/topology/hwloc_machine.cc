@@ -140,6 +140,12 @@ bool HwlocBuilt() { return true; }
 StatusOr<Machine> LoadThisMachine() {
   Handle h;
   M2N_RETURN_IF_ERROR(Prepare(h));
+  // PCI devices from sysfs (hwloc's Linux backend) rather than the libpciaccess plugin, which
+  // leaks its device-name table in every process that loads it and is not needed for bus ids;
+  // nor the OpenGL and OpenCL plugins (GPUs are found by PCI class and CUDA devices).
+  for (const char* name : {"pci", "gl", "opencl"}) {
+    (void)hwloc_topology_set_components(h.topology, HWLOC_TOPOLOGY_COMPONENTS_FLAG_BLACKLIST, name);
+  }
   if (hwloc_topology_load(h.topology) != 0) {
     return UnavailableError(std::string("topology: hwloc_topology_load (this host): ") + std::strerror(errno));
   }
