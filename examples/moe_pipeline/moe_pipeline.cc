@@ -44,6 +44,7 @@ workers and schedule
   -m, --micro_batches N micro-batches in ping-pong (default 2)
   -b, --batch N         requests in flight per attention worker (default 4)
   --max_tokens N        tokens per micro-batch: decode tokens + prefill chunks (default 256)
+  --max_context N       KV-cache positions per request with production lengths (default 4096)
   --threads N           compute threads per process (default: cores / processes, at least 1)
   --backend NAME        compute backend: auto (default: cuda when built and a GPU is visible, else
                         cpu), cpu, cuda
@@ -122,6 +123,8 @@ m2n::StatusOr<Cli> ParseCli(int argc, char** argv) {
       M2N_RETURN_IF_ERROR(integer(1, 1 << 16, &p.workload.batch));
     } else if (a == "--max_tokens") {
       M2N_RETURN_IF_ERROR(integer(1, 1 << 20, &p.workload.max_tokens));
+    } else if (a == "--max_context") {
+      M2N_RETURN_IF_ERROR(integer(8, 1 << 24, &p.workload.max_context));
     } else if (a == "--threads") {
       M2N_RETURN_IF_ERROR(integer(1, 1024, &p.threads));
       cli.threads_set = true;

@@ -225,7 +225,7 @@ class AttentionWorker {
         h.rows = static_cast<uint32_t>(rows.size());
         h.hidden = static_cast<uint32_t>(c_.hidden_size);
         std::memcpy(msg, &h, sizeof(h));
-        std::memcpy(msg + layout.rows, rows.data(), rows.size() * 4);
+        if (!rows.empty()) std::memcpy(msg + layout.rows, rows.data(), rows.size() * 4);
         auto* experts = reinterpret_cast<int32_t*>(msg + layout.experts);
         auto* weights = reinterpret_cast<float*>(msg + layout.weights);
         for (size_t r = 0; r < rows.size(); ++r) {
@@ -264,7 +264,8 @@ class AttentionWorker {
       const Header h = ReadHeader(msg.data);
       const std::vector<int32_t>& sent = sent_rows_[static_cast<size_t>(mb)][w];
       const CombineLayout layout(h.rows, h.hidden);
-      if (h.rows != sent.size() || std::memcmp(msg.data + layout.rows, sent.data(), sent.size() * 4) != 0) {
+      if (h.rows != sent.size() ||
+          (!sent.empty() && std::memcmp(msg.data + layout.rows, sent.data(), sent.size() * 4) != 0)) {
         status = m2n::DataLossError("combine from rank " + std::to_string(msg.peer) + " answers other tokens than " +
                                     "were dispatched to it (" + std::to_string(h.rows) + " rows, " +
                                     std::to_string(sent.size()) + " sent)");

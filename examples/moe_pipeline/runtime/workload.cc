@@ -14,7 +14,7 @@ int ClampLength(double v, int lo, int hi) { return std::clamp(static_cast<int>(s
 
 int MaxContext(const WorkloadOptions& o, int model_max_positions) {
   if (!o.production) return std::min(model_max_positions, o.input_len + o.output_len);
-  return model_max_positions;
+  return std::min(model_max_positions, o.max_context);
 }
 
 m2n::StatusOr<Workload> Workload::Create(const WorkloadOptions& o, int worker, int vocab, int max_context) {

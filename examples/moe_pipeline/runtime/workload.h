@@ -27,6 +27,7 @@ struct WorkloadOptions {
   int output_len = 159;   // likewise
   int max_tokens = 256;   // per micro-batch
   int micro_batches = 2;  // m
+  int max_context = 4096;  // KV-cache positions per request (at most the model's); production lengths fit in it
   uint64_t seed = 1;
   bool record = true;     // keep every output token's logits (for the reference check)
 };
@@ -86,7 +87,8 @@ class Workload {
   int64_t prefilled_ = 0;
 };
 
-// The KV-cache positions a workload needs per request: the longest input + output - 1.
+// The KV-cache positions per request: fixed lengths need input + output; production lengths are
+// drawn to fit max_context; never more than the model's positions.
 int MaxContext(const WorkloadOptions& options, int model_max_positions);
 
 }  // namespace moe
