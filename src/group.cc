@@ -706,10 +706,12 @@ StatusOr<std::unique_ptr<Group>> GroupFactory::Create(const Options& requested, 
   config.timeout = b.timeout;
   config.slot_depth = options.slot_depth;
   config.slot_memory = options.slot_memory;
-  const Placement placement = ChoosePlacement(options);  // the NIC nearest to our GPU, a proxy core
-  config.nic = placement.nic;
-  config.nic_required = placement.nic_from_options;
-  config.proxy_core = placement.proxy_core;
+  if ((*chosen)->uses_nic) {
+    const Placement placement = ChoosePlacement(options);  // the NIC nearest to our GPU, a proxy core
+    config.nic = placement.nic;
+    config.nic_required = placement.nic_from_options;
+    config.proxy_core = placement.proxy_core;
+  }
   auto created = (*chosen)->create(config);
   if (!created.ok()) return created.status().WithContext(impl->me());
   impl->core = std::make_shared<Core>();

@@ -153,6 +153,9 @@ struct TransportInfo {
   StatusOr<std::unique_ptr<Transport>> (*create)(const Config& config);
   // Whether it can place receive slots in CUDA device memory (for "auto" with such slots).
   bool cuda_memory = false;
+  // Whether it drives an RDMA NIC itself: the group then finds, from the machine's topology, the
+  // NIC nearest to the rank's GPU and a proxy core (Config::nic, Config::proxy_core).
+  bool uses_nic = false;
 };
 
 // ---------------------------------------------------------------------------------------------

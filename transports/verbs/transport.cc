@@ -716,8 +716,10 @@ namespace m2n::transport {
 
 const TransportInfo& verbsTransportInfo() {
   // Preference 80: above ucx (50), the portable fallback: this is the native RDMA path. Probe
-  // fails on a machine without an RDMA device, so "auto" goes on to ucx there.
-  static const TransportInfo info{"verbs", 80, &verbs::Probe, &verbs::VerbsTransport::Create};
+  // fails on a machine without an RDMA device, so "auto" goes on to ucx there. cuda_memory is
+  // false although GPU slots work: "auto" with GPU slots should pick cuda_ipc on one host.
+  static const TransportInfo info{"verbs", 80, &verbs::Probe, &verbs::VerbsTransport::Create,
+                                  /*cuda_memory=*/false, /*uses_nic=*/true};
   return info;
 }
 
