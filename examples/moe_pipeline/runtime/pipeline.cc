@@ -38,12 +38,18 @@ class Timed {
 
 constexpr size_t kMinSlotBytes = size_t{64} << 10;  // report chunks
 
+}  // namespace
+
 m2n::Deadline CallDeadline(const PipelineOptions& o) { return m2n::Deadline::After(std::chrono::seconds(o.timeout_s)); }
+
+namespace {
 
 std::string Where(const m2n::Group& g, const char* what) {
   return std::string(what) + " on rank " + std::to_string(g.rank()) + " (" +
          (g.role() == m2n::Role::kSender ? "attention" : "expert") + " worker)";
 }
+
+}  // namespace
 
 // This process's index on its host: the launcher's local rank, else the global rank (one host).
 int LocalRank(const m2n::Group& g) {
@@ -97,6 +103,8 @@ Json Samples(const std::vector<double>& v) {
   return a;
 }
 
+namespace {
+
 // ---- Attention worker ----
 
 class AttentionWorker {
@@ -120,7 +128,7 @@ class AttentionWorker {
     if (o_.progress && g_.rank() == 0 && tty_) std::fprintf(stderr, "\n");
 
     Json report = Report();
-    if (o_.check) report.Set("check", Check());
+    if (o_.check) report.Set("check", CheckAgainstReference(o_, *workload_));
     M2N_RETURN_IF_ERROR(SendReport(g_, experts_[0], report.Dump(), send_[0], slot_bytes_, o_));
     if (g_.rank() != 0) return m2n::OkStatus();
     // Rank 0 gathers everyone's: the first expert worker forwards the attention workers' reports.
@@ -318,95 +326,6 @@ class AttentionWorker {
     return r;
   }
 
-  // Every request's recorded logits against the reference forward over the same tokens.
-  Json Check() const {
-    Json r = Json::Object();
-    auto precision = BackendPrecision(o_.backend);
-    if (!precision.ok()) {
-      r.Set("passed", Json::Bool(false));
-      r.Set("error", Json::String(precision.status().ToString()));
-      return r;
-    }
-    const double tolerance = precision->tolerance;
-    auto reference = ReferenceModel::Load(c_, o_.weights, precision->bf16_weights);
-    if (!reference.ok()) {
-      r.Set("passed", Json::Bool(false));
-      r.Set("error", Json::String(reference.status().ToString()));
-      return r;
-    }
-    const auto start = Clock::now();
-    int compared = 0, skipped = 0, partial = 0, failed = 0;
-    double max_error = 0;
-    std::string first_failure;
-    int64_t tokens = 0;
-    for (const Request& q : workload_->requests()) {
-      const std::span<const int> seq(q.tokens.data(), q.tokens.size() - 1);  // the last token is never fed
-      auto ref = reference->Forward(seq, q.input_len - 1, precision->tie_threshold);
-      if (!ref.ok()) {
-        ++failed;
-        if (first_failure.empty()) first_failure = "request " + std::to_string(q.id) + ": " + ref.status().ToString();
-        continue;
-      }
-      const size_t vocab = static_cast<size_t>(c_.vocab_size);
-      // Output token t comes from position input_len - 1 + t; a near-tie in the routing at position
-      // p leaves only the outputs of positions < p comparable.
-      size_t comparable = q.logits.size() / vocab;
-      if (ref->near_tie) {
-        comparable = static_cast<size_t>(std::max(0, ref->tie_position - (q.input_len - 1)));
-        comparable = std::min(comparable, q.logits.size() / vocab);
-        ++partial;
-        if (comparable == 0) {
-          ++skipped;
-          continue;
-        }
-      }
-      if (ref->logits.size() != q.logits.size()) {
-        ++failed;
-        if (first_failure.empty()) first_failure = "request " + std::to_string(q.id) + ": logits count differs";
-        continue;
-      }
-      double request_error = 0;
-      int worst_token = 0;
-      for (size_t t = 0; t < comparable; ++t) {
-        double diff = 0, scale = 0;
-        for (size_t v = 0; v < vocab; ++v) {
-          diff = std::max(diff, std::fabs(static_cast<double>(q.logits[t * vocab + v]) - ref->logits[t * vocab + v]));
-          scale = std::max(scale, std::fabs(static_cast<double>(ref->logits[t * vocab + v])));
-        }
-        const double e = diff / std::max(scale, 1e-30);
-        if (e > request_error) {
-          request_error = e;
-          worst_token = static_cast<int>(t);
-        }
-        ++tokens;
-      }
-      ++compared;
-      max_error = std::max(max_error, request_error);
-      if (request_error > tolerance) {
-        ++failed;
-        if (first_failure.empty()) {
-          char buf[160];
-          std::snprintf(buf, sizeof(buf), "request %d output token %d: relative error %.3g > %.0e", q.id, worst_token,
-                        request_error, tolerance);
-          first_failure = buf;
-        }
-      }
-    }
-    r.Set("passed", Json::Bool(failed == 0 && compared > 0));
-    r.Set("requests_compared", Json::Number(compared));
-    r.Set("requests_failed", Json::Number(failed));
-    r.Set("requests_skipped_near_tie", Json::Number(skipped));
-    r.Set("requests_cut_at_near_tie", Json::Number(partial));
-    r.Set("tokens_compared", Json::Number(static_cast<double>(tokens)));
-    r.Set("max_relative_error", Json::Number(max_error));
-    r.Set("tolerance", Json::Number(tolerance));
-    r.Set("tie_threshold", Json::Number(precision->tie_threshold));
-    r.Set("precision", Json::String(precision->what));
-    r.Set("seconds", Json::Number(Seconds(start, Clock::now())));
-    if (!first_failure.empty()) r.Set("first_failure", Json::String(first_failure));
-    return r;
-  }
-
   m2n::Group& g_;
   const PipelineOptions& o_;
   const ModelConfig& c_;
@@ -577,6 +496,95 @@ class ExpertWorker {
 };
 
 }  // namespace
+
+Json CheckAgainstReference(const PipelineOptions& o_, const Workload& workload) {
+const ModelConfig& c_ = o_.config;
+  Json r = Json::Object();
+  auto precision = BackendPrecision(o_.backend);
+  if (!precision.ok()) {
+    r.Set("passed", Json::Bool(false));
+    r.Set("error", Json::String(precision.status().ToString()));
+    return r;
+  }
+  const double tolerance = precision->tolerance;
+  auto reference = ReferenceModel::Load(c_, o_.weights, precision->bf16_weights);
+  if (!reference.ok()) {
+    r.Set("passed", Json::Bool(false));
+    r.Set("error", Json::String(reference.status().ToString()));
+    return r;
+  }
+  const auto start = Clock::now();
+  int compared = 0, skipped = 0, partial = 0, failed = 0;
+  double max_error = 0;
+  std::string first_failure;
+  int64_t tokens = 0;
+  for (const Request& q : workload.requests()) {
+    const std::span<const int> seq(q.tokens.data(), q.tokens.size() - 1);  // the last token is never fed
+    auto ref = reference->Forward(seq, q.input_len - 1, precision->tie_threshold);
+    if (!ref.ok()) {
+      ++failed;
+      if (first_failure.empty()) first_failure = "request " + std::to_string(q.id) + ": " + ref.status().ToString();
+      continue;
+    }
+    const size_t vocab = static_cast<size_t>(c_.vocab_size);
+    // Output token t comes from position input_len - 1 + t; a near-tie in the routing at position
+    // p leaves only the outputs of positions < p comparable.
+    size_t comparable = q.logits.size() / vocab;
+    if (ref->near_tie) {
+      comparable = static_cast<size_t>(std::max(0, ref->tie_position - (q.input_len - 1)));
+      comparable = std::min(comparable, q.logits.size() / vocab);
+      ++partial;
+      if (comparable == 0) {
+        ++skipped;
+        continue;
+      }
+    }
+    if (ref->logits.size() != q.logits.size()) {
+      ++failed;
+      if (first_failure.empty()) first_failure = "request " + std::to_string(q.id) + ": logits count differs";
+      continue;
+    }
+    double request_error = 0;
+    int worst_token = 0;
+    for (size_t t = 0; t < comparable; ++t) {
+      double diff = 0, scale = 0;
+      for (size_t v = 0; v < vocab; ++v) {
+        diff = std::max(diff, std::fabs(static_cast<double>(q.logits[t * vocab + v]) - ref->logits[t * vocab + v]));
+        scale = std::max(scale, std::fabs(static_cast<double>(ref->logits[t * vocab + v])));
+      }
+      const double e = diff / std::max(scale, 1e-30);
+      if (e > request_error) {
+        request_error = e;
+        worst_token = static_cast<int>(t);
+      }
+      ++tokens;
+    }
+    ++compared;
+    max_error = std::max(max_error, request_error);
+    if (request_error > tolerance) {
+      ++failed;
+      if (first_failure.empty()) {
+        char buf[160];
+        std::snprintf(buf, sizeof(buf), "request %d output token %d: relative error %.3g > %.0e", q.id, worst_token,
+                      request_error, tolerance);
+        first_failure = buf;
+      }
+    }
+  }
+  r.Set("passed", Json::Bool(failed == 0 && compared > 0));
+  r.Set("requests_compared", Json::Number(compared));
+  r.Set("requests_failed", Json::Number(failed));
+  r.Set("requests_skipped_near_tie", Json::Number(skipped));
+  r.Set("requests_cut_at_near_tie", Json::Number(partial));
+  r.Set("tokens_compared", Json::Number(static_cast<double>(tokens)));
+  r.Set("max_relative_error", Json::Number(max_error));
+  r.Set("tolerance", Json::Number(tolerance));
+  r.Set("tie_threshold", Json::Number(precision->tie_threshold));
+  r.Set("precision", Json::String(precision->what));
+  r.Set("seconds", Json::Number(Seconds(start, Clock::now())));
+  if (!first_failure.empty()) r.Set("first_failure", Json::String(first_failure));
+  return r;
+}
 
 size_t SlotBytesFor(const PipelineOptions& o) {
   const size_t dispatch = DispatchLayout(static_cast<size_t>(o.workload.max_tokens),

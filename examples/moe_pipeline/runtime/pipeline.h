@@ -20,6 +20,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "m2n/m2n.h"
 #include "model/config.h"
@@ -56,5 +57,16 @@ size_t SlotBytesFor(const PipelineOptions& options);
 // whole job's report (every worker's, see runtime/report.h); elsewhere it is left null.
 m2n::Status RunAttentionWorker(m2n::Group& group, const PipelineOptions& options, Json* summary);
 m2n::Status RunExpertWorker(m2n::Group& group, const PipelineOptions& options);
+
+// ---- Shared with the collocated baseline (runtime/collocated.h) ----
+m2n::Deadline CallDeadline(const PipelineOptions& options);  // the deadline of one m2n call
+int LocalRank(const m2n::Group& group);  // the launcher's local rank, else the global rank
+// A JSON report to `peer` in chunks of one slot, from `buffer` (registered, slot_bytes long).
+m2n::Status SendReport(m2n::Group& group, int peer, const std::string& text, std::byte* buffer, size_t slot_bytes,
+                       const PipelineOptions& options);
+m2n::StatusOr<Json> ReceiveReport(m2n::Group& group, int peer, const PipelineOptions& options);
+Json Samples(const std::vector<double>& values);  // a JSON array, rounded to 1e-3
+// Every request's recorded logits against the reference forward over the same tokens.
+Json CheckAgainstReference(const PipelineOptions& options, const Workload& workload);
 
 }  // namespace moe
