@@ -16,6 +16,7 @@
 #include "compute/compute.h"
 #include "model/config.h"
 #include "model/weights.h"
+#include "runtime/collocated.h"
 #include "runtime/launch.h"
 #include "runtime/pipeline.h"
 #include "runtime/report.h"
@@ -42,6 +43,8 @@ workers and schedule
   -A, --attention N     attention worker processes (default 2)
   -E, --experts N       expert worker processes (default 2)
   -m, --micro_batches N micro-batches in ping-pong (default 2)
+  --collocated N        the baseline instead: N processes (GPUs), each running attention and a share
+                        of the experts, tokens exchanged by NCCL all-to-all (needs CUDA + NCCL)
   -b, --batch N         requests in flight per attention worker (default 4)
   --max_tokens N        tokens per micro-batch: decode tokens + prefill chunks (default 256)
   --max_context N       KV-cache positions per request with production lengths (default 4096)
@@ -117,6 +120,8 @@ m2n::StatusOr<Cli> ParseCli(int argc, char** argv) {
       M2N_RETURN_IF_ERROR(integer(1, 4096, &p.attention_workers));
     } else if (a == "-E" || a == "--experts") {
       M2N_RETURN_IF_ERROR(integer(1, 4096, &p.expert_workers));
+    } else if (a == "--collocated") {
+      M2N_RETURN_IF_ERROR(integer(2, 4096, &p.collocated));
     } else if (a == "-m" || a == "--micro_batches") {
       M2N_RETURN_IF_ERROR(integer(1, 64, &p.workload.micro_batches));
     } else if (a == "-b" || a == "--batch") {
@@ -164,6 +169,12 @@ m2n::StatusOr<Cli> ParseCli(int argc, char** argv) {
   }
   p.workload.production = !input_set;
   p.backend = ResolveBackend(p.backend);
+  if (p.collocated > 0) {
+    if (!CollocatedAvailable()) {
+      return m2n::InvalidArgumentError("--collocated needs NCCL and CUDA, which this build lacks");
+    }
+    if (p.backend != "cuda") return m2n::InvalidArgumentError("--collocated needs --backend cuda (NCCL moves GPU memory)");
+  }
   M2N_RETURN_IF_ERROR(BackendPrecision(p.backend).status());
   p.config_path = config.find('/') == std::string::npos && config.find(".json") == std::string::npos
                       ? std::string(MOE_PIPELINE_CONFIG_DIR) + "/" + config + ".json"
@@ -171,7 +182,7 @@ m2n::StatusOr<Cli> ParseCli(int argc, char** argv) {
   M2N_ASSIGN_OR_RETURN(p.config, LoadModelConfig(p.config_path));
   if (!cli.threads_set) {
     const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-    p.threads = std::max(1, cores / (p.attention_workers + p.expert_workers));
+    p.threads = std::max(1, cores / (p.collocated > 0 ? p.collocated : p.attention_workers + p.expert_workers));
   }
   return cli;
 }
@@ -184,6 +195,12 @@ int RunRank(const Cli& cli) {
   options.slot_bytes = SlotBytesFor(p);
   options.slot_depth = std::max(2, p.workload.micro_batches);  // m dispatches / combines in flight
   options.transport = p.transport;
+  if (p.collocated > 0) {  // the group carries only the NCCL id and the reports
+    options.num_senders = 1;
+    options.num_receivers = p.collocated - 1;
+    options.slot_bytes = size_t{64} << 10;
+    options.slot_depth = 2;
+  }
   auto resolved = m2n::ResolveOptions(options);
   if (!resolved.ok()) {
     std::fprintf(stderr, "moe_pipeline: %s\n", resolved.status().ToString().c_str());
@@ -191,7 +208,8 @@ int RunRank(const Cli& cli) {
   }
   const int rank = resolved->bootstrap.rank;
   const bool attention = rank < p.attention_workers;
-  const std::string who = "rank " + std::to_string(rank) + " (" + (attention ? "attention" : "expert") + " worker)";
+  const std::string who = "rank " + std::to_string(rank) + " (" +
+                          (p.collocated > 0 ? "collocated" : attention ? "attention" : "expert") + " worker)";
   auto group = m2n::Group::Create(*resolved);
   if (!group.ok()) {
     std::fprintf(stderr, "moe_pipeline: %s: %s\n", who.c_str(), group.status().ToString().c_str());
@@ -199,7 +217,9 @@ int RunRank(const Cli& cli) {
   }
   m2n::Group& g = **group;
   Json reports;
-  const m2n::Status status = attention ? RunAttentionWorker(g, p, &reports) : RunExpertWorker(g, p);
+  const m2n::Status status = p.collocated > 0 ? RunCollocatedRank(g, p, &reports)
+                             : attention      ? RunAttentionWorker(g, p, &reports)
+                                              : RunExpertWorker(g, p);
   if (!status.ok()) {
     std::fprintf(stderr, "moe_pipeline: %s: %s\n", who.c_str(), status.ToString().c_str());
     return status.code() == m2n::StatusCode::kInvalidArgument ? kExitUsage : kExitFailure;
@@ -248,17 +268,16 @@ int Main(int argc, char** argv) {
                 static_cast<unsigned long long>(p.weights.seed), cli->save_weights.c_str());
     return kExitOk;
   }
-  const int world = p.attention_workers + p.expert_workers;
+  const int world = p.collocated > 0 ? p.collocated : p.attention_workers + p.expert_workers;
   if (LaunchedAsRank()) {
     const int launched = LauncherWorldSize();
     if (launched > 0 && launched != world) {
-      std::fprintf(stderr, "moe_pipeline: -A %d -E %d need %d ranks, the launcher started %d\n", p.attention_workers,
-                   p.expert_workers, world, launched);
+      std::fprintf(stderr, "moe_pipeline: this layout needs %d ranks, the launcher started %d\n", world, launched);
       return kExitUsage;
     }
     return RunRank(*cli);
   }
-  return SpawnLocalJob(world, p.attention_workers, p.timeout_s, argc, argv);
+  return SpawnLocalJob(world, p.collocated > 0 ? world : p.attention_workers, p.timeout_s, argc, argv);
 }
 
 }  // namespace

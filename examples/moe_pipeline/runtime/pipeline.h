@@ -37,6 +37,7 @@ struct PipelineOptions {
   std::string backend = "auto";  // resolved by ResolveBackend before the run
   int attention_workers = 2;
   int expert_workers = 2;
+  int collocated = 0;        // > 0: the collocated baseline on this many processes (runtime/collocated.h)
   WorkloadOptions workload;
   int threads = 1;           // compute threads per process
   std::string transport = "auto";

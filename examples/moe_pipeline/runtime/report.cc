@@ -36,17 +36,22 @@ Summary Summarize(const Json& reports, const PipelineOptions& o, const std::stri
   double generated = 0, prefill = 0, serving_s = 0, requests = 0, input = 0, output = 0;
   double attn_busy = 0, attn_idle = 0, attn_m2n_per_layer = 0, exp_busy = 0, exp_idle = 0;
   int attention = 0, experts = 0;
+  bool any_collocated = false;
   bool check_all = true, any_check = false;
   double max_error = 0, compared = 0, skipped = 0, cut = 0, failed = 0, check_s = 0, tokens = 0;
   double tolerance = 0, tie_threshold = 0;
   std::string first_failure;
   Json workers = Json::Array();
   for (const Json& r : reports.items()) {
-    const bool is_attention = r.Find("role") != nullptr && r.Find("role")->as_string() == "attention";
+    const std::string role = r.Find("role") != nullptr ? r.Find("role")->as_string() : "";
+    // A collocated process runs attention and experts: it counts as an attention worker here.
+    const bool collocated = role == "collocated";
+    const bool is_attention = role == "attention" || collocated;
+    any_collocated = any_collocated || collocated;
     const double wall = std::max(Num(r, "wall_s"), 1e-9);
     Json w = Json::Object();
     w.Set("rank", Json::Number(Num(r, "rank")));
-    w.Set("role", Json::String(is_attention ? "attention" : "expert"));
+    w.Set("role", Json::String(role));
     w.Set("busy", Json::Number(Num(r, "compute_s") / wall));
     w.Set("idle", Json::Number(Num(r, "wait_s") / wall));
     w.Set("send", Json::Number(Num(r, "send_s") / wall));
@@ -111,6 +116,7 @@ Summary Summarize(const Json& reports, const PipelineOptions& o, const std::stri
   j.Set("weights", Json::String(o.weights.Describe()));
   j.Set("backend", Json::String(o.backend));
   j.Set("transport", Json::String(transport));
+  j.Set("mode", Json::String(any_collocated ? "collocated (NCCL all-to-all)" : "disaggregated (m2n)"));
   j.Set("attention_workers", Json::Number(attention));
   j.Set("expert_workers", Json::Number(experts));
   j.Set("micro_batches", Json::Number(o.workload.micro_batches));
@@ -155,8 +161,11 @@ Summary Summarize(const Json& reports, const PipelineOptions& o, const std::stri
   std::string& t = s.text;
   t += "# moe_pipeline: " + c.Describe() + "\n";
   t += "# weights " + o.weights.Describe() + ", compute " + o.backend + ", m2n transport " + transport + "\n";
-  t += Format("# %.0f attention + %.0f expert processes, m = %.0f micro-batches, batch %.0f per attention worker",
-              attention, experts, o.workload.micro_batches, o.workload.batch) +
+  t += (any_collocated ? Format("# collocated baseline: %.0f processes, each attention + experts, NCCL all-to-all, "
+                                "m = %.0f micro-batches in turn, batch %.0f per process", attention,
+                                o.workload.micro_batches, o.workload.batch)
+                       : Format("# %.0f attention + %.0f expert processes, m = %.0f micro-batches, batch %.0f per "
+                                "attention worker", attention, experts, o.workload.micro_batches, o.workload.batch)) +
        Format(", %.0f requests (", requests) + (o.workload.production ? "production" : "fixed") +
        Format(" lengths, mean input %.0f, output %.0f)\n", input / std::max(requests, 1.0),
               output / std::max(requests, 1.0));
@@ -165,8 +174,12 @@ Summary Summarize(const Json& reports, const PipelineOptions& o, const std::stri
   t += Format("prefill         %10.0f tokens\n", prefill);
   t += Format("TBT             p50 %8.3f ms   p99 %8.3f ms\n", Percentile(tbt, 50), Percentile(tbt, 99));
   t += Format("TTFT            p50 %8.3f ms   p99 %8.3f ms\n", Percentile(ttft, 50), Percentile(ttft, 99));
-  t += Format("attention side  busy %5.1f %%   idle %5.1f %%\n", attn_busy * 100, attn_idle * 100);
-  t += Format("expert side     busy %5.1f %%   idle %5.1f %%\n", exp_busy * 100, exp_idle * 100);
+  if (any_collocated) {
+    t += Format("each process    busy %5.1f %%   in the all-to-all %5.1f %%\n", attn_busy * 100, attn_idle * 100);
+  } else {
+    t += Format("attention side  busy %5.1f %%   idle %5.1f %%\n", attn_busy * 100, attn_idle * 100);
+    t += Format("expert side     busy %5.1f %%   idle %5.1f %%\n", exp_busy * 100, exp_idle * 100);
+  }
   t += Format("M2N per layer   %8.3f ms (attention worker's Send + Receive per layer and iteration)\n",
               attn_m2n_per_layer * 1e3);
   if (any_check) {

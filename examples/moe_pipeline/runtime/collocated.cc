@@ -1,0 +1,357 @@
+#include "runtime/collocated.h"
+
+#if MOE_WITH_NCCL
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "compute/compute.h"
+#include "runtime/wire.h"
+#include "runtime/workload.h"
+#endif
+
+namespace moe {
+
+#if !MOE_WITH_NCCL
+
+bool CollocatedAvailable() { return false; }
+
+m2n::Status RunCollocatedRank(m2n::Group&, const PipelineOptions&, Json*) {
+  return m2n::UnimplementedError("the collocated baseline needs NCCL and CUDA; this build has neither");
+}
+
+#else
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+
+m2n::Status Cuda(cudaError_t e, const char* what) {
+  if (e == cudaSuccess) return m2n::OkStatus();
+  return m2n::InternalError(std::string("collocated: ") + what + ": " + cudaGetErrorString(e));
+}
+m2n::Status Nccl(ncclResult_t r, const char* what) {
+  if (r == ncclSuccess) return m2n::OkStatus();
+  return m2n::InternalError(std::string("collocated: ") + what + ": " + ncclGetErrorString(r));
+}
+#define MOE_CUDA_OK(expr) M2N_RETURN_IF_ERROR(Cuda((expr), #expr))
+#define MOE_NCCL_OK(expr) M2N_RETURN_IF_ERROR(Nccl((expr), #expr))
+
+class CollocatedRank {
+ public:
+  CollocatedRank(m2n::Group& g, const PipelineOptions& o) : g_(g), o_(o), c_(o.config), P_(g.world_size()) {}
+
+  ~CollocatedRank() {
+    if (comm_ != nullptr) ncclCommDestroy(comm_);
+    for (void* p : {send_dev_, recv_dev_, sizes_dev_}) {
+      if (p != nullptr) cudaFree(p);
+    }
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  }
+
+  m2n::Status Run(Json* summary) {
+    M2N_RETURN_IF_ERROR(SetUp());
+    M2N_RETURN_IF_ERROR(g_.Barrier(CallDeadline(o_)));
+    start_ = Clock::now();
+    while (!all_finished_) M2N_RETURN_IF_ERROR(Iteration());
+    wall_s_ = Seconds(start_, Clock::now());
+
+    Json r = Json::Object();
+    r.Set("role", Json::String("collocated"));
+    r.Set("rank", Json::Number(g_.rank()));
+    r.Set("backend", Json::String(attention_->name()));
+    r.Set("wall_s", Json::Number(wall_s_));
+    r.Set("compute_s", Json::Number(compute_s_));
+    r.Set("send_s", Json::Number(0));
+    r.Set("wait_s", Json::Number(exchange_s_));
+    r.Set("iterations", Json::Number(static_cast<double>(iteration_)));
+    r.Set("layers", Json::Number(c_.num_hidden_layers));
+    r.Set("requests", Json::Number(static_cast<double>(workload_->requests().size())));
+    r.Set("generated_tokens", Json::Number(static_cast<double>(workload_->generated_tokens())));
+    r.Set("prefill_tokens", Json::Number(static_cast<double>(workload_->prefill_tokens())));
+    int64_t input = 0, output = 0;
+    for (const Request& q : workload_->requests()) {
+      input += q.input_len;
+      output += q.output_len;
+    }
+    r.Set("input_tokens", Json::Number(static_cast<double>(input)));
+    r.Set("output_tokens", Json::Number(static_cast<double>(output)));
+    r.Set("tbt_ms", Samples(tbt_ms_));
+    r.Set("ttft_ms", Samples(ttft_ms_));
+    if (o_.check) r.Set("check", CheckAgainstReference(o_, *workload_));
+    if (g_.rank() != 0) return SendReport(g_, 0, r.Dump(), report_buffer_.data(), report_buffer_.size(), o_);
+    Json all = Json::Array();
+    all.Push(std::move(r));
+    for (int peer : g_.peers()) {
+      M2N_ASSIGN_OR_RETURN(Json other, ReceiveReport(g_, peer, o_));
+      all.Push(std::move(other));
+    }
+    *summary = std::move(all);
+    return m2n::OkStatus();
+  }
+
+ private:
+  m2n::Status SetUp() {
+    const int max_context = MaxContext(o_.workload, c_.max_position_embeddings);
+    M2N_ASSIGN_OR_RETURN(Workload w, Workload::Create(o_.workload, g_.rank(), c_.vocab_size, max_context));
+    workload_ = std::make_unique<Workload>(std::move(w));
+    const int local = LocalRank(g_);
+    ComputeOptions co{.threads = o_.threads, .micro_batches = o_.workload.micro_batches,
+                      .max_tokens = o_.workload.max_tokens, .kv_slots = o_.workload.batch,
+                      .max_context = max_context, .local_rank = local};
+    M2N_ASSIGN_OR_RETURN(attention_, MakeAttentionCompute(o_.backend, c_, o_.weights, co));
+    for (int e = 0; e < c_.num_local_experts; ++e) {
+      if (e % P_ == g_.rank()) held_.push_back(e);
+    }
+    M2N_ASSIGN_OR_RETURN(experts_, MakeExpertCompute(o_.backend, c_, o_.weights, held_, co));
+
+    // The NCCL id travels from rank 0 (the group's sender) to every other rank over m2n.
+    report_buffer_.resize(g_.options().slot_bytes);
+    auto region = g_.RegisterMemory(report_buffer_.data(), report_buffer_.size());
+    if (!region.ok()) return region.status();
+    region_.emplace(std::move(*region));
+    ncclUniqueId id;
+    if (g_.rank() == 0) {
+      MOE_NCCL_OK(ncclGetUniqueId(&id));
+      std::memcpy(report_buffer_.data(), &id, sizeof(id));
+      std::vector<m2n::SendRequest> sends;
+      for (int peer : g_.peers()) sends.push_back({peer, report_buffer_.data(), sizeof(id)});
+      M2N_RETURN_IF_ERROR(g_.Send(sends, CallDeadline(o_)));
+    } else {
+      M2N_ASSIGN_OR_RETURN(m2n::Message m, g_.Receive(0, CallDeadline(o_)));
+      const bool ok = m.length == sizeof(id);
+      if (ok) std::memcpy(&id, m.data, sizeof(id));
+      M2N_RETURN_IF_ERROR(g_.Release(m));
+      if (!ok) return m2n::DataLossError("collocated: the NCCL id from rank 0 has the wrong length");
+    }
+    int devices = 0;
+    MOE_CUDA_OK(cudaGetDeviceCount(&devices));
+    if (devices == 0) return m2n::FailedPreconditionError("collocated: no CUDA device visible");
+    MOE_CUDA_OK(cudaSetDevice(local % devices));
+    MOE_NCCL_OK(ncclCommInitRank(&comm_, P_, id, g_.rank()));
+    MOE_CUDA_OK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    slot_ = SlotBytesFor(o_);
+    const size_t all = slot_ * static_cast<size_t>(P_);
+    MOE_CUDA_OK(cudaMalloc(&send_dev_, all));
+    MOE_CUDA_OK(cudaMalloc(&recv_dev_, all));
+    MOE_CUDA_OK(cudaMalloc(&sizes_dev_, 2 * sizeof(int64_t) * static_cast<size_t>(P_)));
+    send_host_.resize(all);
+    recv_host_.resize(all);
+    answer_host_.resize(all);
+    back_host_.resize(all);
+    sent_rows_.assign(static_cast<size_t>(P_), {});
+    return m2n::OkStatus();
+  }
+
+  m2n::Status Iteration() {
+    const int m = o_.workload.micro_batches, L = c_.num_hidden_layers;
+    std::vector<MicroBatchPlan> plans;
+    {
+      const auto t = Clock::now();
+      plans = workload_->NextIteration(Seconds(start_, Clock::now()));
+      for (int i = 0; i < m; ++i) M2N_RETURN_IF_ERROR(attention_->Begin(i, plans[static_cast<size_t>(i)].tokens));
+      compute_s_ += Seconds(t, Clock::now());
+    }
+    for (int i = 0; i < m; ++i) {
+      for (int l = 0; l < L; ++l) M2N_RETURN_IF_ERROR(Layer(i, l));
+    }
+    const auto t = Clock::now();
+    const double now = Seconds(start_, t);
+    for (int i = 0; i < m; ++i) {
+      const MicroBatchPlan& plan = plans[static_cast<size_t>(i)];
+      logits_.resize(plan.logit_rows.size() * static_cast<size_t>(c_.vocab_size));
+      M2N_RETURN_IF_ERROR(attention_->Logits(i, plan.logit_rows, logits_.data()));
+      workload_->Complete(plan, logits_, now, &tbt_ms_, &ttft_ms_);
+    }
+    compute_s_ += Seconds(t, Clock::now());
+    ++iteration_;
+    // Every rank runs the same number of iterations (the all-to-all needs every rank): a finished
+    // rank goes on with empty micro-batches until all are done, which one more tiny all-to-all says.
+    const int64_t mine = workload_->finished() ? 1 : 0;
+    std::vector<int64_t> flags(static_cast<size_t>(P_), mine), theirs(static_cast<size_t>(P_), 0);
+    M2N_RETURN_IF_ERROR(ExchangeSizes(flags, &theirs));
+    all_finished_ = true;
+    for (int64_t f : theirs) all_finished_ = all_finished_ && f == 1;
+    return m2n::OkStatus();
+  }
+
+  m2n::Status Layer(int mb, int layer) {
+    const auto t0 = Clock::now();
+    Routing routing;
+    M2N_RETURN_IF_ERROR(attention_->AttentionAndGate(mb, layer, &routing));
+    if (o_.fault == "swap_experts") {
+      for (int& e : routing.expert) e = e == 0 ? 1 : e == 1 ? 0 : e;
+    }
+    const int k = routing.top_k, tokens = static_cast<int>(routing.expert.size()) / std::max(k, 1);
+    const size_t hidden = static_cast<size_t>(c_.hidden_size);
+    std::vector<int64_t> sizes(static_cast<size_t>(P_), 0);
+    for (int p = 0; p < P_; ++p) {
+      std::vector<int32_t>& rows = sent_rows_[static_cast<size_t>(p)];
+      rows.clear();
+      for (int t = 0; t < tokens; ++t) {
+        bool mine = false;
+        for (int j = 0; j < k; ++j) mine = mine || routing.expert[static_cast<size_t>(t * k + j)] % P_ == p;
+        if (mine) rows.push_back(t);
+      }
+      const DispatchLayout layout(rows.size(), static_cast<size_t>(k), hidden);
+      std::byte* msg = send_host_.data() + static_cast<size_t>(p) * slot_;
+      Header h;
+      h.kind = static_cast<uint16_t>(MessageKind::kDispatch);
+      h.top_k = static_cast<uint16_t>(k);
+      h.iteration = static_cast<uint32_t>(iteration_);
+      h.layer = static_cast<uint16_t>(layer);
+      h.micro_batch = static_cast<uint16_t>(mb);
+      h.rows = static_cast<uint32_t>(rows.size());
+      h.hidden = static_cast<uint32_t>(hidden);
+      std::memcpy(msg, &h, sizeof(h));
+      if (!rows.empty()) std::memcpy(msg + layout.rows, rows.data(), rows.size() * 4);
+      auto* experts = reinterpret_cast<int32_t*>(msg + layout.experts);
+      auto* weights = reinterpret_cast<float*>(msg + layout.weights);
+      for (size_t r = 0; r < rows.size(); ++r) {
+        for (int j = 0; j < k; ++j) {
+          const size_t at = static_cast<size_t>(rows[r]) * k + j;
+          const bool mine = routing.expert[at] % P_ == p;
+          experts[r * k + j] = mine ? routing.expert[at] : -1;
+          weights[r * k + j] = mine ? routing.weight[at] : 0.0f;
+        }
+      }
+      M2N_RETURN_IF_ERROR(attention_->GatherRows(mb, rows, reinterpret_cast<float*>(msg + layout.x)));
+      sizes[static_cast<size_t>(p)] = static_cast<int64_t>(layout.bytes);
+    }
+    const auto t1 = Clock::now();
+    compute_s_ += Seconds(t0, t1);
+    std::vector<int64_t> received;
+    M2N_RETURN_IF_ERROR(AllToAll(send_host_, sizes, &recv_host_, &received));
+    const auto t2 = Clock::now();
+    exchange_s_ += Seconds(t1, t2);
+
+    // This rank's experts over every rank's tokens.
+    Header want;
+    want.iteration = static_cast<uint32_t>(iteration_);
+    want.layer = static_cast<uint16_t>(layer);
+    want.micro_batch = static_cast<uint16_t>(mb);
+    want.hidden = static_cast<uint32_t>(hidden);
+    std::vector<ExpertInput> inputs;
+    std::vector<int64_t> answer_sizes(static_cast<size_t>(P_), 0);
+    for (int p = 0; p < P_; ++p) {
+      const std::byte* msg = recv_host_.data() + static_cast<size_t>(p) * slot_;
+      M2N_RETURN_IF_ERROR(CheckMessage(msg, static_cast<size_t>(received[static_cast<size_t>(p)]), p,
+                                       MessageKind::kDispatch, want));
+      const Header h = ReadHeader(msg);
+      const DispatchLayout in(h.rows, h.top_k, h.hidden);
+      const CombineLayout out(h.rows, h.hidden);
+      std::byte* answer = answer_host_.data() + static_cast<size_t>(p) * slot_;
+      Header a = h;
+      a.kind = static_cast<uint16_t>(MessageKind::kCombine);
+      std::memcpy(answer, &a, sizeof(a));
+      std::memcpy(answer + out.rows, msg + in.rows, size_t{h.rows} * 4);
+      inputs.push_back({static_cast<int>(h.rows), reinterpret_cast<const float*>(msg + in.x),
+                        reinterpret_cast<const int32_t*>(msg + in.experts),
+                        reinterpret_cast<const float*>(msg + in.weights), reinterpret_cast<float*>(answer + out.y)});
+      answer_sizes[static_cast<size_t>(p)] = static_cast<int64_t>(out.bytes);
+    }
+    M2N_RETURN_IF_ERROR(experts_->Forward(layer, k, inputs));
+    const auto t3 = Clock::now();
+    compute_s_ += Seconds(t2, t3);
+    std::vector<int64_t> back;
+    M2N_RETURN_IF_ERROR(AllToAll(answer_host_, answer_sizes, &back_host_, &back));
+    const auto t4 = Clock::now();
+    exchange_s_ += Seconds(t3, t4);
+    for (int p = 0; p < P_; ++p) {
+      const std::byte* msg = back_host_.data() + static_cast<size_t>(p) * slot_;
+      M2N_RETURN_IF_ERROR(CheckMessage(msg, static_cast<size_t>(back[static_cast<size_t>(p)]), p,
+                                       MessageKind::kCombine, want));
+      const std::vector<int32_t>& rows = sent_rows_[static_cast<size_t>(p)];
+      const CombineLayout layout(rows.size(), hidden);
+      if (ReadHeader(msg).rows != rows.size()) return m2n::DataLossError("collocated: a combine of the wrong size");
+      M2N_RETURN_IF_ERROR(attention_->ScatterAddRows(mb, rows, reinterpret_cast<const float*>(msg + layout.y)));
+    }
+    compute_s_ += Seconds(t4, Clock::now());
+    return m2n::OkStatus();
+  }
+
+  // One int64 to and from every rank.
+  m2n::Status ExchangeSizes(const std::vector<int64_t>& out, std::vector<int64_t>* in) {
+    auto* d = static_cast<int64_t*>(sizes_dev_);
+    MOE_CUDA_OK(cudaMemcpyAsync(d, out.data(), sizeof(int64_t) * out.size(), cudaMemcpyHostToDevice, stream_));
+    MOE_NCCL_OK(ncclGroupStart());
+    for (int p = 0; p < P_; ++p) {
+      MOE_NCCL_OK(ncclSend(d + p, 1, ncclInt64, p, comm_, stream_));
+      MOE_NCCL_OK(ncclRecv(d + P_ + p, 1, ncclInt64, p, comm_, stream_));
+    }
+    MOE_NCCL_OK(ncclGroupEnd());
+    in->assign(static_cast<size_t>(P_), 0);
+    MOE_CUDA_OK(cudaMemcpyAsync(in->data(), d + P_, sizeof(int64_t) * static_cast<size_t>(P_), cudaMemcpyDeviceToHost,
+                                stream_));
+    return Cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+  }
+
+  // Message p of `out` (sizes[p] bytes at p * slot) to rank p; rank p's message to us into `in`.
+  m2n::Status AllToAll(const std::vector<std::byte>& out, const std::vector<int64_t>& sizes,
+                       std::vector<std::byte>* in, std::vector<int64_t>* in_sizes) {
+    M2N_RETURN_IF_ERROR(ExchangeSizes(sizes, in_sizes));
+    auto* send = static_cast<char*>(send_dev_);
+    auto* recv = static_cast<char*>(recv_dev_);
+    for (int p = 0; p < P_; ++p) {
+      MOE_CUDA_OK(cudaMemcpyAsync(send + static_cast<size_t>(p) * slot_, out.data() + static_cast<size_t>(p) * slot_,
+                                  static_cast<size_t>(sizes[static_cast<size_t>(p)]), cudaMemcpyHostToDevice, stream_));
+    }
+    MOE_NCCL_OK(ncclGroupStart());
+    for (int p = 0; p < P_; ++p) {
+      MOE_NCCL_OK(ncclSend(send + static_cast<size_t>(p) * slot_, static_cast<size_t>(sizes[static_cast<size_t>(p)]),
+                           ncclChar, p, comm_, stream_));
+      MOE_NCCL_OK(ncclRecv(recv + static_cast<size_t>(p) * slot_,
+                           static_cast<size_t>((*in_sizes)[static_cast<size_t>(p)]), ncclChar, p, comm_, stream_));
+    }
+    MOE_NCCL_OK(ncclGroupEnd());
+    for (int p = 0; p < P_; ++p) {
+      MOE_CUDA_OK(cudaMemcpyAsync(in->data() + static_cast<size_t>(p) * slot_, recv + static_cast<size_t>(p) * slot_,
+                                  static_cast<size_t>((*in_sizes)[static_cast<size_t>(p)]), cudaMemcpyDeviceToHost,
+                                  stream_));
+    }
+    return Cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+  }
+
+  m2n::Group& g_;
+  const PipelineOptions& o_;
+  const ModelConfig& c_;
+  const int P_;
+  std::unique_ptr<Workload> workload_;
+  std::unique_ptr<AttentionCompute> attention_;
+  std::unique_ptr<ExpertCompute> experts_;
+  std::vector<int> held_;
+  std::vector<std::byte> report_buffer_;
+  std::optional<m2n::MemoryRegion> region_;
+  ncclComm_t comm_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  void* send_dev_ = nullptr;
+  void* recv_dev_ = nullptr;
+  void* sizes_dev_ = nullptr;
+  size_t slot_ = 0;
+  std::vector<std::byte> send_host_, recv_host_, answer_host_, back_host_;
+  std::vector<std::vector<int32_t>> sent_rows_;
+  std::vector<float> logits_;
+  Clock::time_point start_;
+  int64_t iteration_ = 0;
+  bool all_finished_ = false;
+  double wall_s_ = 0, compute_s_ = 0, exchange_s_ = 0;
+  std::vector<double> tbt_ms_, ttft_ms_;
+};
+
+}  // namespace
+
+bool CollocatedAvailable() { return true; }
+
+m2n::Status RunCollocatedRank(m2n::Group& group, const PipelineOptions& options, Json* summary) {
+  return CollocatedRank(group, options).Run(summary);
+}
+
+#endif
+
+}  // namespace moe
