@@ -42,6 +42,10 @@ Summary Summarize(const Json& reports, const PipelineOptions& o, const std::stri
   double tolerance = 0, tie_threshold = 0;
   std::string first_failure;
   Json workers = Json::Array();
+  std::string backend = o.backend;  // as the first worker describes it
+  if (!reports.items().empty()) {
+    if (const Json* b = reports.items()[0].Find("backend"); b != nullptr && b->is_string()) backend = b->as_string();
+  }
   for (const Json& r : reports.items()) {
     const std::string role = r.Find("role") != nullptr ? r.Find("role")->as_string() : "";
     // A collocated process runs attention and experts: it counts as an attention worker here.
@@ -114,7 +118,7 @@ Summary Summarize(const Json& reports, const PipelineOptions& o, const std::stri
   j.Set("model", Json::String(c.name));
   j.Set("config", Json::String(o.config_path));
   j.Set("weights", Json::String(o.weights.Describe()));
-  j.Set("backend", Json::String(o.backend));
+  j.Set("backend", Json::String(backend));
   j.Set("transport", Json::String(transport));
   j.Set("mode", Json::String(any_collocated ? "collocated (NCCL all-to-all)" : "disaggregated (m2n)"));
   j.Set("attention_workers", Json::Number(attention));
@@ -160,7 +164,7 @@ Summary Summarize(const Json& reports, const PipelineOptions& o, const std::stri
 
   std::string& t = s.text;
   t += "# moe_pipeline: " + c.Describe() + "\n";
-  t += "# weights " + o.weights.Describe() + ", compute " + o.backend + ", m2n transport " + transport + "\n";
+  t += "# weights " + o.weights.Describe() + ", compute " + backend + ", m2n transport " + transport + "\n";
   t += (any_collocated ? Format("# collocated baseline: %.0f processes, each attention + experts, NCCL all-to-all, "
                                 "m = %.0f micro-batches in turn, batch %.0f per process", attention,
                                 o.workload.micro_batches, o.workload.batch)

@@ -133,6 +133,16 @@ TEST(MoePipeline, ProductionLengthsMatchTheReference) {
   EXPECT_GT(j.Find("check")->Find("tokens_compared")->as_number(), 0);
 }
 
+// Compute threads: the CPU backend's thread pool splits GEMM columns and attention heads.
+TEST(MoePipeline, ComputeThreadsMatchTheReference) {
+  TempDir dir;
+  const Outcome run = RunPipeline("-A 1 -E 1 --threads 3 --requests 4 --batch 4 --input_len 20 --output_len 5 "
+                                  "--max_tokens 48 --json " + (dir / "m.json"));
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_NE(run.output.find("check           PASS"), std::string::npos) << run.output;
+  EXPECT_NE(run.output.find("3 threads"), std::string::npos) << ReadJson(dir / "m.json").Dump(2);
+}
+
 // Weights from safetensors files (bf16, sharded with an index), written by the binary itself.
 TEST(MoePipeline, WeightsFromSafetensorsMatchTheReference) {
   TempDir dir;
