@@ -10,7 +10,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -36,26 +35,12 @@ PerfRun RunPerf(const std::vector<std::string>& args, std::chrono::seconds bound
   std::vector<char*> argv;
   for (auto& a : argv_storage) argv.push_back(a.data());
   argv.push_back(nullptr);
-  // Under ASan the ranks' exit leak check is PerfEndToEndTest's (a soak leak shows here as growth
-  // of the resident set, checked in the normal build); it is turned off for this child, since
-  // LeakSanitizer can take minutes at each rank's exit when a library it cannot symbolize leaked
-  // (hwloc's PCI plugin, dlclosed, leaks ~8000 small allocations).
-  std::vector<std::string> env_storage;
-  for (char** e = environ; *e != nullptr; ++e) {
-    if (std::strncmp(*e, "ASAN_OPTIONS=", 13) != 0) env_storage.emplace_back(*e);
-  }
-  const char* asan = std::getenv("ASAN_OPTIONS");
-  env_storage.push_back(std::string("ASAN_OPTIONS=") + (asan != nullptr && *asan != '\0' ? std::string(asan) + ":" : "") +
-                        "detect_leaks=0");
-  std::vector<char*> envp;
-  for (auto& e : env_storage) envp.push_back(e.data());
-  envp.push_back(nullptr);
   const pid_t pid = fork();
   if (pid == 0) {
     setpgid(0, 0);
     int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0) _exit(127);
-    execve(argv[0], argv.data(), envp.data());
+    execv(argv[0], argv.data());
     _exit(127);
   }
   PerfRun run;
