@@ -57,7 +57,8 @@ workload
   --output_len N        fixed output length (default: production-like, median 159)
 run
   --transport NAME      m2n transport (default auto)
-  --timeout_s N         deadline of every m2n call, seconds (default 120)
+  --timeout_s N         deadline of every m2n call, seconds (default 120); reports (sent after the
+                        reference check) are awaited 10x as long, a self-started job stopped after 12x
   --json PATH           write the metrics there (default moe_pipeline.json; --json '' for none)
   --no_check            skip the comparison with the single-process reference
   --quiet               no progress line

@@ -124,8 +124,8 @@ int SpawnLocalJob(int world, int attention_workers, int timeout_s, int argc, cha
   }
 
   using SteadyClock = std::chrono::steady_clock;
-  // Room for set-up and the reference check on top of the run's own bound.
-  const auto deadline = SteadyClock::now() + std::chrono::seconds(4 * timeout_s);
+  // Room for set-up and the reference check (whose report is awaited 10 x timeout_s).
+  const auto deadline = SteadyClock::now() + std::chrono::seconds(12 * int64_t{timeout_s});
   int alive = world, result = kExitOk;
   bool stopping = false;
   SteadyClock::time_point kill_at{};
@@ -144,7 +144,8 @@ int SpawnLocalJob(int world, int attention_workers, int timeout_s, int argc, cha
     if (pid == 0) {
       const auto now = SteadyClock::now();
       if (!stopping && now >= deadline) {
-        std::fprintf(stderr, "moe_pipeline: the job is still running after %d s; stopping it\n", 4 * timeout_s);
+        std::fprintf(stderr, "moe_pipeline: the job is still running after %lld s (12 x --timeout_s); stopping it\n",
+                     12 * static_cast<long long>(timeout_s));
         result = kExitFailure;
         stopping = true;
         kill_at = now + std::chrono::seconds(2);

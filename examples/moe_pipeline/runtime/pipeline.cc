@@ -83,7 +83,9 @@ m2n::StatusOr<Json> ReceiveReport(m2n::Group& group, int peer, const PipelineOpt
   std::string text;
   uint64_t total = 0;
   do {
-    M2N_ASSIGN_OR_RETURN(m2n::Message m, group.Receive(peer, CallDeadline(o)));
+    // A report comes after its sender's reference check, which may take much longer than a step.
+    M2N_ASSIGN_OR_RETURN(m2n::Message m,
+                         group.Receive(peer, m2n::Deadline::After(std::chrono::seconds(10 * int64_t{o.timeout_s}))));
     m2n::Status s = CheckMessage(m.data, m.length, peer, MessageKind::kReport, Header{});
     const Header h = ReadHeader(m.data);
     if (s.ok() && sizeof(Header) + h.rows != m.length) s = m2n::DataLossError("report chunk of bad length");

@@ -33,7 +33,7 @@ class CpuAttention final : public AttentionCompute {
     v_cache_.resize(cache);
   }
 
-  std::string name() const override { return "cpu (fp32, " + std::to_string(pool_.threads()) + " threads)"; }
+  std::string name() const override { return "cpu (fp32, " + std::to_string(pool_.threads()) + (pool_.threads() == 1 ? " thread)" : " threads)"); }
 
   m2n::Status Begin(int mb, std::span<const TokenRef> tokens) override {
     M2N_RETURN_IF_ERROR(CheckMb(mb));
@@ -211,7 +211,7 @@ class CpuExperts final : public ExpertCompute {
     for (size_t i = 0; i < shard_.experts.size(); ++i) local_[static_cast<size_t>(shard_.experts[i])] = static_cast<int>(i);
   }
 
-  std::string name() const override { return "cpu (fp32, " + std::to_string(pool_.threads()) + " threads)"; }
+  std::string name() const override { return "cpu (fp32, " + std::to_string(pool_.threads()) + (pool_.threads() == 1 ? " thread)" : " threads)"); }
 
   m2n::Status Forward(int layer, int top_k, std::span<const ExpertInput> inputs) override {
     if (layer < 0 || layer >= c_.num_hidden_layers) {
