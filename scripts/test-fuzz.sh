@@ -8,7 +8,7 @@
 #
 #   scripts/test-fuzz.sh [TARGET]...     (default: every target; names as in fuzz/CMakeLists.txt)
 #
-#   FUZZ_SECONDS (default 40): fuzzing time per target. BUILD_DIR (default build-fuzz), JOBS.
+#   FUZZ_SECONDS (default 30): fuzzing time per target. BUILD_DIR (default build-fuzz), JOBS.
 #   CC / CXX: a clang with libFuzzer (default clang / clang++; Debian: apt-get install clang).
 #
 # The seed corpora replay through the same entry points on every ctest run of every build
@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${BUILD_DIR:-build-fuzz}
 jobs=${JOBS:-$(nproc)}
-seconds=${FUZZ_SECONDS:-40}
+seconds=${FUZZ_SECONDS:-30}
 cc=${CC:-clang}
 cxx=${CXX:-clang++}
 targets=("$@")
