@@ -8,14 +8,15 @@
 #
 #   scripts/test-fuzz.sh [TARGET]...     (default: every target; names as in fuzz/CMakeLists.txt)
 #
-#   FUZZ_SECONDS (default 30): fuzzing time per target. BUILD_DIR (default build-fuzz), JOBS.
+#   FUZZ_SECONDS (default 30): fuzzing time per target. FUZZ_DIR (default build-fuzz; not BUILD_DIR,
+#   which scripts/test.sh exports for the g++ tree), JOBS.
 #   CC / CXX: a clang with libFuzzer (default clang / clang++; Debian: apt-get install clang).
 #
 # The seed corpora replay through the same entry points on every ctest run of every build
 # (ctest -R fuzz_replay); this script is the part that searches for new inputs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-build=${BUILD_DIR:-build-fuzz}
+build=${FUZZ_DIR:-build-fuzz}
 jobs=${JOBS:-$(nproc)}
 seconds=${FUZZ_SECONDS:-30}
 cc=${CC:-clang}

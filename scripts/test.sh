@@ -5,7 +5,7 @@
 #     and TSan builds and their test runs after the steps above (scripts/test-sanitizers.sh; about
 #     12 more minutes on 2 cores; build-asan, build-tsan).
 #   M2N_FUZZ 0 (default: skip) | 1 (CI): build the libFuzzer targets of fuzz/ with clang and run each
-#     for FUZZ_SECONDS (default 30) from its seeds (scripts/test-fuzz.sh; about 2.5 minutes; build-fuzz).
+#     for FUZZ_SECONDS (default 30) from its seeds (scripts/test-fuzz.sh; about 3 minutes; build-fuzz).
 #     Without it the seeds still replay through every target as ctest fuzz_replay_*.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,8 +26,8 @@ stamp "tests"
 scripts/test-verbs-vm.sh "$build"
 stamp "verbs tests in the VM"
 if [ "${M2N_FUZZ:-0}" = 1 ]; then
-  # Its own build tree: BUILD_DIR (exported by CI for this script) names the g++ tree.
-  BUILD_DIR=build-fuzz JOBS="$jobs" scripts/test-fuzz.sh
+  # Its own build tree (FUZZ_DIR, default build-fuzz): BUILD_DIR names the g++ tree.
+  JOBS="$jobs" scripts/test-fuzz.sh
   stamp "fuzzing"
 fi
 # The same suite again under ASan + UBSan and under TSan (two more build trees), when asked (CI does).
