@@ -63,6 +63,7 @@ run
   --no_check            skip the comparison with the single-process reference
   --quiet               no progress line
   --fault swap_experts  route expert 0's tokens to expert 1 and back: the check must fail
+  --fault kill_expert   the first expert worker dies after 3 rounds: the run must fail, naming it
 exit status: 0 ok, 1 outputs differ from the reference, 2 bad usage, 3 failure
 )";
 
@@ -160,7 +161,9 @@ m2n::StatusOr<Cli> ParseCli(int argc, char** argv) {
     } else if (a == "--fault") {
       M2N_ASSIGN_OR_RETURN(const char* v, value());
       p.fault = v;
-      if (p.fault != "swap_experts") return m2n::InvalidArgumentError("--fault: unknown fault \"" + p.fault + "\"");
+      if (p.fault != "swap_experts" && p.fault != "kill_expert") {
+        return m2n::InvalidArgumentError("--fault: unknown fault \"" + p.fault + "\" (swap_experts, kill_expert)");
+      }
     } else {
       return m2n::InvalidArgumentError("unknown argument \"" + a + "\"");
     }

@@ -423,6 +423,8 @@ class ExpertWorker {
       M2N_RETURN_IF_ERROR(g_.Release(got));
       M2N_RETURN_IF_ERROR(status);
       if (!inputs.empty()) ++round_;
+      // A worker dying mid-run: the others must fail by their deadlines, naming it.
+      if (o_.fault == "kill_expert" && g_.rank() == g_.num_senders() && round_ == 3) _exit(9);
       active = std::move(still);
     }
     wall_s_ = Seconds(start, Clock::now());

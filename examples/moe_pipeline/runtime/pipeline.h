@@ -44,8 +44,9 @@ struct PipelineOptions {
   int timeout_s = 120;       // every m2n call's deadline
   bool check = true;         // compare with the reference
   bool progress = true;      // a progress line on stderr every second
-  // Fault injection, to show the check can fail: "swap_experts" routes every token of expert 0 to
-  // expert 1 and back (a routing bug).
+  // Fault injection: "swap_experts" routes every token of expert 0 to expert 1 and back (a routing
+  // bug the check must catch); "kill_expert" ends the first expert worker after 3 rounds (the others
+  // must fail by their deadlines, naming it).
   std::string fault;
 };
 

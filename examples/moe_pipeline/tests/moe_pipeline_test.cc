@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -119,6 +120,15 @@ TEST(MoePipeline, WrongRoutingFailsTheCheck) {
   ASSERT_NE(j.Find("check"), nullptr);
   EXPECT_EQ(j.Find("check")->Find("verdict")->as_string(), "FAIL");
   EXPECT_GT(j.Find("check")->Find("max_relative_error")->as_number(), 1e-2);
+}
+
+// A worker that dies mid-run: the job ends within its deadlines with an error naming the rank.
+TEST(MoePipeline, DeadExpertWorkerFailsTheRunNamingIt) {
+  const auto start = std::chrono::steady_clock::now();
+  const Outcome run = RunPipeline(std::string(kSmall) + " --fault kill_expert --timeout_s 20 --json ''");
+  EXPECT_EQ(run.exit_code, 3) << run.output;
+  EXPECT_NE(run.output.find("rank 2 (expert worker)"), std::string::npos) << run.output;
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(60)) << run.output;
 }
 
 // Production-like lengths (hundreds of prompt tokens, chunked prefill into micro-batches of 256,
