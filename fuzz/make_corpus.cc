@@ -167,6 +167,8 @@ void TransportWire(Writer& w) {
     const Bytes encoded = transport::verbs::EncodePeerAddress(a);
     w.Write(t, "verbs_address", tagged(2, encoded));
     w.Write(t, "verbs_address_truncated", tagged(2, Bytes(encoded.begin(), encoded.end() - 4)));
+    a.num_qps = transport::verbs::kMaxQps;  // with the stream path's QPs
+    w.Write(t, "verbs_address_stream", tagged(2, transport::verbs::EncodePeerAddress(a)));
   }
   {
     // A verbs remote key: "M2NK", version 1, pad, address, size, rkey (memory.cc).
