@@ -35,6 +35,7 @@ Summary Summarize(const Json& reports, const PipelineOptions& o, const std::stri
   std::vector<double> tbt, ttft;
   double generated = 0, prefill = 0, serving_s = 0, requests = 0, input = 0, output = 0;
   double attn_busy = 0, attn_idle = 0, attn_m2n_per_layer = 0, exp_busy = 0, exp_idle = 0;
+  double t_a = 0, t_e = 0;  // compute per (layer, micro-batch) on each side, the ping-pong model's T_a, T_e
   int attention = 0, experts = 0;
   bool any_collocated = false;
   bool check_all = true, any_check = false;
@@ -72,6 +73,7 @@ Summary Summarize(const Json& reports, const PipelineOptions& o, const std::stri
       attn_idle += Num(r, "wait_s") / wall;
       const double passes = std::max(1.0, Num(r, "iterations") * Num(r, "layers"));
       attn_m2n_per_layer += (Num(r, "send_s") + Num(r, "wait_s")) / passes;
+      t_a += Num(r, "compute_s") / (passes * o.workload.micro_batches);
       for (const Json& x : r.Find("tbt_ms")->items()) tbt.push_back(x.as_number());
       for (const Json& x : r.Find("ttft_ms")->items()) ttft.push_back(x.as_number());
       w.Set("iterations", Json::Number(Num(r, "iterations")));
@@ -99,6 +101,7 @@ Summary Summarize(const Json& reports, const PipelineOptions& o, const std::stri
       ++experts;
       exp_busy += Num(r, "compute_s") / wall;
       exp_idle += Num(r, "wait_s") / wall;
+      t_e += Num(r, "compute_s") / std::max(1.0, Num(r, "rounds"));
       w.Set("rounds", Json::Number(Num(r, "rounds")));
       w.Set("rows", Json::Number(Num(r, "rows")));
       w.Set("experts", *r.Find("experts"));
@@ -108,6 +111,8 @@ Summary Summarize(const Json& reports, const PipelineOptions& o, const std::stri
   attn_busy /= std::max(attention, 1);
   attn_idle /= std::max(attention, 1);
   attn_m2n_per_layer /= std::max(attention, 1);
+  t_a /= std::max(attention, 1);
+  t_e /= std::max(experts, 1);
   exp_busy /= std::max(experts, 1);
   exp_idle /= std::max(experts, 1);
   const double tokens_per_s = generated / std::max(serving_s, 1e-9);
@@ -144,6 +149,8 @@ Summary Summarize(const Json& reports, const PipelineOptions& o, const std::stri
   j.Set("expert_busy", Json::Number(exp_busy));
   j.Set("expert_idle", Json::Number(exp_idle));
   j.Set("m2n_ms_per_layer", Json::Number(attn_m2n_per_layer * 1e3));
+  j.Set("t_a_ms", Json::Number(t_a * 1e3));
+  j.Set("t_e_ms", Json::Number(t_e * 1e3));
   j.Set("workers", std::move(workers));
   s.check_ran = any_check;
   s.check_passed = any_check && check_all;
@@ -186,6 +193,10 @@ Summary Summarize(const Json& reports, const PipelineOptions& o, const std::stri
   }
   t += Format("M2N per layer   %8.3f ms (attention worker's Send + Receive per layer and iteration)\n",
               attn_m2n_per_layer * 1e3);
+  if (!any_collocated) {
+    t += Format("T_a / T_e       %8.3f / %.3f ms compute per (layer, micro-batch) on the attention / expert side "
+                "(shared/MISSION.md's ping-pong model)\n", t_a * 1e3, t_e * 1e3);
+  }
   if (any_check) {
     t += std::string("check           ") + (s.check_passed ? "PASS" : "FAIL") +
          Format(": %.0f output tokens of %.0f requests vs the single-process reference, max relative error %.2e "
