@@ -84,9 +84,11 @@ class Context {
   cublasHandle_t cublas() const { return cublas_; }
   m2n::Status Sync() { return CudaError(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }
   m2n::Status ToDevice(void* dst, const void* src, size_t bytes) {
+    if (bytes == 0) return m2n::OkStatus();
     return CudaError(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_), "copy to the device");
   }
   m2n::Status ToHost(void* dst, const void* src, size_t bytes) {
+    if (bytes == 0) return m2n::OkStatus();
     return CudaError(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_), "copy to the host");
   }
 
@@ -232,7 +234,8 @@ class CudaAttention final : public AttentionCompute {
     MicroBatch& m = mbs_[static_cast<size_t>(mb)];
     const Layer& w = layers_[static_cast<size_t>(layer)];
     const int n = m.rows, h = c_.hidden_size, L = c_.num_hidden_layers;
-    const float eps = static_cast<float>(c_.rms_norm_eps), log_theta = static_cast<float>(std::log(c_.rope_theta));
+    const float eps = static_cast<float>(c_.rms_norm_eps);
+    const double log_theta = std::log(c_.rope_theta);
     cudaStream_t s = ctx_.stream();
     MOE_CUDA(LaunchRmsNorm(m.residual.get(), n, h, w.input_norm.get(), eps, normed_.get(), nullptr, s));
     M2N_RETURN_IF_ERROR(ctx_.Gemm(normed_.get(), n, h, w.wq.get(), c_.q_dim(), q_.get()));
@@ -403,7 +406,7 @@ class CudaExperts final : public ExpertCompute {
       M2N_RETURN_IF_ERROR(ctx_.ToDevice(x_.get() + static_cast<size_t>(offset[i]) * h, inputs[i].x,
                                         static_cast<size_t>(inputs[i].rows) * h * 4));
     }
-    MOE_CUDA(cudaMemsetAsync(out_.get(), 0, static_cast<size_t>(total) * h * 4, s));
+    if (total > 0) MOE_CUDA(cudaMemsetAsync(out_.get(), 0, static_cast<size_t>(total) * h * 4, s));
     if (used > 0) {
       M2N_RETURN_IF_ERROR(ctx_.ToDevice(rows_.get(), all_rows.data(), all_rows.size() * 4));
       M2N_RETURN_IF_ERROR(ctx_.ToDevice(weights_.get(), all_weights.data(), all_weights.size() * 4));

@@ -69,11 +69,11 @@ __global__ void RmsNormKernel(const float* x, int hidden, const uint16_t* weight
   }
 }
 
-__global__ void RopeKernel(float* x, int heads, int head_dim, const int32_t* positions, float log_theta) {
+__global__ void RopeKernel(float* x, int heads, int head_dim, const int32_t* positions, double log_theta) {
   const int row = blockIdx.x, half = head_dim / 2;
   for (int j = threadIdx.x; j < heads * half; j += blockDim.x) {
     const int h = j / half, i = j % half;
-    const double angle = positions[row] * exp(-2.0 * i / head_dim * static_cast<double>(log_theta));
+    const double angle = positions[row] * exp(-2.0 * i / head_dim * log_theta);
     const float c = static_cast<float>(cos(angle)), s = static_cast<float>(sin(angle));
     float* v = x + (int64_t{row} * heads + h) * head_dim;
     const float a = v[i], b = v[i + half];
@@ -240,7 +240,7 @@ cudaError_t LaunchRmsNorm(const float* x, int rows, int hidden, const uint16_t* 
   return cudaGetLastError();
 }
 
-cudaError_t LaunchRope(float* x, int rows, int heads, int head_dim, const int32_t* positions, float log_theta,
+cudaError_t LaunchRope(float* x, int rows, int heads, int head_dim, const int32_t* positions, double log_theta,
                        cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   RopeKernel<<<rows, RowThreads(heads * head_dim / 2), 0, stream>>>(x, heads, head_dim, positions, log_theta);

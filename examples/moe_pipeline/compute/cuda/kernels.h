@@ -21,7 +21,7 @@ cudaError_t LaunchEmbed(const int32_t* tokens, int rows, const uint16_t* embed, 
 cudaError_t LaunchRmsNorm(const float* x, int rows, int hidden, const uint16_t* weight, float eps, uint16_t* out_bf16,
                           float* out_f32, cudaStream_t stream);
 // RoPE (rotate-half) over `heads` heads of every row, at positions[row].
-cudaError_t LaunchRope(float* x, int rows, int heads, int head_dim, const int32_t* positions, float log_theta,
+cudaError_t LaunchRope(float* x, int rows, int heads, int head_dim, const int32_t* positions, double log_theta,
                        cudaStream_t stream);
 // Writes k, v of each row into the KV cache ([slot][layer][position][kv_dim], bf16) at
 // (slots[row], layer, positions[row]).
