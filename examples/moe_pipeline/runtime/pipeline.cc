@@ -501,17 +501,17 @@ class ExpertWorker {
 
 }  // namespace
 
-Json CheckAgainstReference(const PipelineOptions& o_, const Workload& workload) {
-const ModelConfig& c_ = o_.config;
+Json CheckAgainstReference(const PipelineOptions& o, const Workload& workload) {
+  const ModelConfig& c = o.config;
   Json r = Json::Object();
-  auto precision = BackendPrecision(o_.backend);
+  auto precision = BackendPrecision(o.backend);
   if (!precision.ok()) {
     r.Set("passed", Json::Bool(false));
     r.Set("error", Json::String(precision.status().ToString()));
     return r;
   }
   const double tolerance = precision->tolerance;
-  auto reference = ReferenceModel::Load(c_, o_.weights, precision->bf16_weights);
+  auto reference = ReferenceModel::Load(c, o.weights, precision->bf16_weights);
   if (!reference.ok()) {
     r.Set("passed", Json::Bool(false));
     r.Set("error", Json::String(reference.status().ToString()));
@@ -530,7 +530,7 @@ const ModelConfig& c_ = o_.config;
       if (first_failure.empty()) first_failure = "request " + std::to_string(q.id) + ": " + ref.status().ToString();
       continue;
     }
-    const size_t vocab = static_cast<size_t>(c_.vocab_size);
+    const size_t vocab = static_cast<size_t>(c.vocab_size);
     // Output token t comes from position input_len - 1 + t; a near-tie in the routing at position
     // p leaves only the outputs of positions < p comparable.
     size_t comparable = q.logits.size() / vocab;
