@@ -2,11 +2,15 @@
 // workers), real m2n transports (UCX shared memory here), real compute, and the pipeline's logits
 // compared with the single-process reference. Every run is bounded by `timeout`.
 #include <gtest/gtest.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -51,6 +55,23 @@ class TempDir {
  private:
   std::string path_;
 };
+
+// A TCP port on 127.0.0.1 that was free a moment ago (the kernel's pick).
+int FreePort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof(addr);
+  int port = -1;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &length) == 0) {
+    port = ntohs(addr.sin_port);
+  }
+  close(fd);
+  return port;
+}
 
 Json ReadJson(const std::string& path) {
   std::ifstream in(path);
@@ -120,6 +141,29 @@ TEST(MoePipeline, WrongRoutingFailsTheCheck) {
   ASSERT_NE(j.Find("check"), nullptr);
   EXPECT_EQ(j.Find("check")->Find("verdict")->as_string(), "FAIL");
   EXPECT_GT(j.Find("check")->Find("max_relative_error")->as_number(), 1e-2);
+}
+
+// Under a launcher (here: M2N_RANK / M2N_WORLD_SIZE set by hand, as torchrun or mpirun would), each
+// process is one rank: 0 and 1 attention workers, 2 and 3 expert workers; rank 0 prints the summary.
+TEST(MoePipeline, JoinsALaunchersJob) {
+  TempDir dir;
+  const int port = FreePort();
+  ASSERT_GT(port, 0);
+  std::string script = "pids=; ";
+  for (int r = 0; r < 4; ++r) {
+    script += "M2N_RANK=" + std::to_string(r) + " M2N_WORLD_SIZE=4 M2N_MASTER_ADDR=127.0.0.1 M2N_MASTER_PORT=" +
+              std::to_string(port) + " M2N_JOB_ID=moe-launcher-test-" + std::to_string(port) + " timeout -k 5 120 " +
+              MOE_PIPELINE_BIN + " --quiet " + kSmall + " --json " + (dir / "m.json") + " > " +
+              (dir / ("out" + std::to_string(r))) + " 2>&1 & pids=\"$pids $!\"; ";
+  }
+  script += "rc=0; for p in $pids; do wait $p || rc=1; done; exit $rc";
+  const int status = std::system(("bash -c '" + script + "'").c_str());
+  std::ifstream out0(dir / "out0");
+  std::stringstream rank0;
+  rank0 << out0.rdbuf();
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << rank0.str();
+  EXPECT_NE(rank0.str().find("check           PASS"), std::string::npos) << rank0.str();
+  EXPECT_NE(rank0.str().find("2 attention + 2 expert processes"), std::string::npos) << rank0.str();
 }
 
 // A worker that dies mid-run: the job ends within its deadlines with an error naming the rank.
