@@ -198,6 +198,18 @@ TEST_P(FaultTest, NeverDeliversWrongDataAndReportsWhatItCannotDeliver) {
   EXPECT_EQ(DescribeFailures(outcomes), "");
 }
 
+// The checksum is computed by the CPU: receive slots in device memory are refused at creation,
+// before any connection, naming the option.
+TEST(FaultChecksumOptionTest, RefusesSlotsInDeviceMemory) {
+  Options o = TestOptions(1, 1, /*rank=*/0, FreePort());
+  o.checksum = true;
+  o.slot_memory = MemoryKind::kCuda;
+  auto g = Group::Create(o);
+  EXPECT_EQ(g.status().code(), StatusCode::kInvalidArgument) << g.status().ToString();
+  EXPECT_TRUE(Contains(g.status().message(), "Options::checksum needs receive slots in host memory"))
+      << g.status().message();
+}
+
 INSTANTIATE_TEST_SUITE_P(ucx, FaultTest, ::testing::ValuesIn(Cases()),
                          [](const ::testing::TestParamInfo<FaultCase>& info) { return info.param.name; });
 
