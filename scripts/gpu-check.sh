@@ -6,7 +6,11 @@
 #   OUT       where logs, JSON and tables go (default: gpu-results)
 #   BUILD_DIR build folder (default: build-gpu); JOBS (default: nproc)
 #   ITERS / WARMUP  m2n_perf -n / -w (default 2000 / 200)
-#   SHAPES    default "2x2 3x1 1x3"; SKIP_TESTS=1 skips the tests; SKIP_PROXY=1 skips the proxy sweeps
+#   SHAPES    default "2x2 3x1 1x3"; SKIP_TESTS=1 skips the tests; SKIP_PROXY=1 skips the proxy sweeps;
+#             SKIP_SWEEPS=1 skips the floor and every m2n_perf sweep
+#   MOE       1 (default): then runs examples/moe_pipeline/gpu-check.sh (the MoE pipeline on 4 GPUs:
+#             bf16 check against the reference, Mixtral shapes, ping-pong and the collocated baseline;
+#             its own knobs BATCHES, INPUT_LEN, OUTPUT_LEN, RUN_TIMEOUT); 0 skips it
 #   WERROR    ON to fail on warnings (default OFF: GCC 13 on Ubuntu 24.04 warns falsely in -O3 code)
 #   CMAKE_ARGS more cmake options, e.g. "-DM2N_WITH_VERBS=OFF" (split on spaces)
 #   TEST_TIMEOUT / SWEEP_TIMEOUT  seconds for the test binary / each m2n_perf run (default 600)
@@ -51,7 +55,8 @@ fi
 # Only what this script runs is built.
 if ! { cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DM2N_WERROR=${WERROR:-OFF} -DCMAKE_CUDA_ARCHITECTURES=90 \
          "${nccl_args[@]}" ${CMAKE_ARGS:-} && \
-       cmake --build "$build" -j "$jobs" --target m2n_perf m2n_gpu_floor cuda_ipc_gpu_test; } > "$out/build.log" 2>&1; then
+       cmake --build "$build" -j "$jobs" --target m2n_perf m2n_gpu_floor cuda_ipc_gpu_test \
+         $([ "${MOE:-1}" = 0 ] || echo moe_pipeline); } > "$out/build.log" 2>&1; then
   tail -40 "$out/build.log"
   echo "[gpu-check] BUILD FAILED"
   exit 1
@@ -65,6 +70,9 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
   stamp "GPU tests"
 fi
 
+if [ "${SKIP_SWEEPS:-0}" = 1 ]; then
+  echo "[gpu-check] SKIP_SWEEPS=1: no floor, no m2n_perf sweeps"
+else
 # Where the time goes, without m2n: launch, cross-GPU flag, flag + 4 KB (perftest/gpu_floor.cu).
 timeout 120 "$build/perftest/m2n_gpu_floor" 5000 > "$build/floor.log" 2>&1 || status=1
 cat "$build/floor.log"
@@ -140,5 +148,11 @@ for shape in shapes:
     print()
 PY
 cat "$out/gpu-tables.md"
+fi  # SKIP_SWEEPS
+
+if [ "${MOE:-1}" != 0 ]; then
+  BUILD_DIR="$build" OUT="$out/moe" examples/moe_pipeline/gpu-check.sh || status=1
+  stamp "moe_pipeline"
+fi
 stamp "done"
 exit $status
