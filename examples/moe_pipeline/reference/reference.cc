@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <string>
 
 #include "model/safetensors.h"
 
@@ -75,7 +76,7 @@ m2n::StatusOr<ReferenceModel> ReferenceModel::Load(const ModelConfig& config, co
 }
 
 m2n::StatusOr<ReferenceOutput> ReferenceModel::Forward(std::span<const int> tokens, int first_logit,
-                                                             double tie_threshold) const {
+                                                       double tie_threshold, std::span<const int32_t> routing) const {
   const ModelConfig& c = config_;
   const int L = c.num_hidden_layers, H = c.hidden_size, d = c.head_dim;
   const int heads = c.num_attention_heads, kv_heads = c.num_key_value_heads;
@@ -83,6 +84,12 @@ m2n::StatusOr<ReferenceOutput> ReferenceModel::Forward(std::span<const int> toke
       static_cast<int>(tokens.size()) > c.max_position_embeddings) {
     return m2n::InvalidArgumentError("reference: bad sequence (" + std::to_string(tokens.size()) +
                                      " tokens, logits from " + std::to_string(first_logit) + ")");
+  }
+  const int k_top = c.num_experts_per_tok, E = c.num_local_experts;
+  if (!routing.empty() && routing.size() != tokens.size() * static_cast<size_t>(L) * static_cast<size_t>(k_top)) {
+    return m2n::InvalidArgumentError("reference: the pipeline's routing has " + std::to_string(routing.size()) +
+                                     " expert ids, want " + std::to_string(tokens.size()) + " positions x " +
+                                     std::to_string(L) + " layers x top-" + std::to_string(k_top));
   }
   ReferenceOutput result;
   // keys[layer][position] = the rotated keys of every KV head; values likewise.
@@ -135,19 +142,43 @@ m2n::StatusOr<ReferenceOutput> ReferenceModel::Forward(std::span<const int> toke
       std::vector<int> order(prob.size());
       std::iota(order.begin(), order.end(), 0);
       std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return prob[static_cast<size_t>(a)] > prob[static_cast<size_t>(b)]; });
-      const int k_top = c.num_experts_per_tok;
-      if (k_top < c.num_local_experts && !result.near_tie &&
-          gate_logits[static_cast<size_t>(order[static_cast<size_t>(k_top - 1)])] -
-                  gate_logits[static_cast<size_t>(order[static_cast<size_t>(k_top)])] < tie_threshold) {
-        result.near_tie = true;
-        result.tie_position = static_cast<int>(pos);
-        result.tie_layer = l;
+      // The experts this token goes to: the reference's top-k, or the pipeline's where they differ
+      // by a near-tie.
+      std::vector<int> chosen_experts(order.begin(), order.begin() + k_top);
+      ++result.routings;
+      if (!routing.empty()) {
+        const size_t at = (pos * static_cast<size_t>(L) + static_cast<size_t>(l)) * static_cast<size_t>(k_top);
+        std::vector<int> theirs(routing.begin() + static_cast<std::ptrdiff_t>(at),
+                                routing.begin() + static_cast<std::ptrdiff_t>(at + static_cast<size_t>(k_top)));
+        std::vector<int> sorted_theirs = theirs, sorted_ours = chosen_experts;
+        std::sort(sorted_theirs.begin(), sorted_theirs.end());
+        std::sort(sorted_ours.begin(), sorted_ours.end());
+        if (sorted_theirs.front() < 0 || sorted_theirs.back() >= E ||
+            std::adjacent_find(sorted_theirs.begin(), sorted_theirs.end()) != sorted_theirs.end()) {
+          std::string ids;
+          for (int e : theirs) ids += (ids.empty() ? "" : ", ") + std::to_string(e);
+          return m2n::InvalidArgumentError("reference: the pipeline's routing at position " + std::to_string(pos) +
+                                           ", layer " + std::to_string(l) + " is not " + std::to_string(k_top) +
+                                           " distinct experts of " + std::to_string(E) + ": {" + ids + "}");
+        }
+        if (sorted_theirs != sorted_ours) {
+          const double kth = gate_logits[static_cast<size_t>(order[static_cast<size_t>(k_top - 1)])];
+          double lowest = kth;
+          for (int e : theirs) lowest = std::min(lowest, gate_logits[static_cast<size_t>(e)]);
+          if (kth - lowest <= tie_threshold) {
+            ++result.followed_near_ties;
+            chosen_experts = theirs;
+          } else {
+            result.routing_errors.push_back({static_cast<int>(pos), l, theirs, chosen_experts, kth - lowest});
+          }
+        }
       }
+      for (double g : gate_logits) result.gate_logits.push_back(static_cast<float>(g));
+      result.routing.insert(result.routing.end(), chosen_experts.begin(), chosen_experts.end());
       double chosen = 0;
-      for (int j = 0; j < k_top; ++j) chosen += prob[static_cast<size_t>(order[static_cast<size_t>(j)])];
+      for (int e : chosen_experts) chosen += prob[static_cast<size_t>(e)];
       std::vector<double> moe(static_cast<size_t>(H), 0.0);
-      for (int j = 0; j < k_top; ++j) {
-        const int e = order[static_cast<size_t>(j)];
+      for (int e : chosen_experts) {
         const double weight = prob[static_cast<size_t>(e)] / (c.norm_topk_prob ? chosen : 1.0);
         const ExpertWeights& ew = experts_.layers[static_cast<size_t>(l)][static_cast<size_t>(e)];
         const std::vector<double> g = MatVec(ew.w1, h2, c.intermediate_size);

@@ -159,7 +159,7 @@ class CollocatedRank {
       compute_s_ += Seconds(t, Clock::now());
     }
     for (int i = 0; i < m; ++i) {
-      for (int l = 0; l < L; ++l) M2N_RETURN_IF_ERROR(Layer(i, l));
+      for (int l = 0; l < L; ++l) M2N_RETURN_IF_ERROR(Layer(i, l, plans[static_cast<size_t>(i)]));
     }
     const auto t = Clock::now();
     const double now = Seconds(start_, t);
@@ -181,10 +181,12 @@ class CollocatedRank {
     return m2n::OkStatus();
   }
 
-  m2n::Status Layer(int mb, int layer) {
+  m2n::Status Layer(int mb, int layer, const MicroBatchPlan& plan) {
     const auto t0 = Clock::now();
     Routing routing;
     M2N_RETURN_IF_ERROR(attention_->AttentionAndGate(mb, layer, &routing));
+    // The gate's choice, for the check (a routing bug after this point is the check's to catch).
+    M2N_RETURN_IF_ERROR(workload_->RecordRouting(plan, layer, c_.num_hidden_layers, routing));
     if (o_.fault == "swap_experts") {
       for (int& e : routing.expert) e = e == 0 ? 1 : e == 1 ? 0 : e;
     }

@@ -39,7 +39,8 @@ Summary Summarize(const Json& reports, const PipelineOptions& o, const std::stri
   int attention = 0, experts = 0;
   bool any_collocated = false;
   bool check_all = true, any_check = false;
-  double max_error = 0, compared = 0, skipped = 0, cut = 0, failed = 0, check_s = 0, tokens = 0;
+  double max_error = 0, compared = 0, failed = 0, check_s = 0, tokens = 0;
+  double routings = 0, followed = 0, routing_errors = 0;
   double tolerance = 0, tie_threshold = 0;
   std::string first_failure;
   Json workers = Json::Array();
@@ -84,9 +85,10 @@ Summary Summarize(const Json& reports, const PipelineOptions& o, const std::stri
         check_all = check_all && passed;
         max_error = std::max(max_error, Num(*check, "max_relative_error"));
         compared += Num(*check, "requests_compared");
-        skipped += Num(*check, "requests_skipped_near_tie");
-        cut += Num(*check, "requests_cut_at_near_tie");
         tokens += Num(*check, "tokens_compared");
+        routings += Num(*check, "routings_compared");
+        followed += Num(*check, "routings_followed_near_tie");
+        routing_errors += Num(*check, "routing_errors");
         failed += Num(*check, "requests_failed");
         check_s = std::max(check_s, Num(*check, "seconds"));
         tolerance = std::max(tolerance, Num(*check, "tolerance"));
@@ -159,11 +161,12 @@ Summary Summarize(const Json& reports, const PipelineOptions& o, const std::stri
     check.Set("verdict", Json::String(s.check_passed ? "PASS" : "FAIL"));
     check.Set("requests_compared", Json::Number(compared));
     check.Set("requests_failed", Json::Number(failed));
-    check.Set("requests_skipped_near_tie", Json::Number(skipped));
-    check.Set("requests_cut_at_near_tie", Json::Number(cut));
     check.Set("tokens_compared", Json::Number(tokens));
     check.Set("max_relative_error", Json::Number(max_error));
     check.Set("tolerance", Json::Number(tolerance));
+    check.Set("routings_compared", Json::Number(routings));
+    check.Set("routings_followed_near_tie", Json::Number(followed));
+    check.Set("routing_errors", Json::Number(routing_errors));
     check.Set("tie_threshold", Json::Number(tie_threshold));
     if (!first_failure.empty()) check.Set("first_failure", Json::String(first_failure));
     j.Set("check", std::move(check));
@@ -201,8 +204,9 @@ Summary Summarize(const Json& reports, const PipelineOptions& o, const std::stri
     t += std::string("check           ") + (s.check_passed ? "PASS" : "FAIL") +
          Format(": %.0f output tokens of %.0f requests vs the single-process reference, max relative error %.2e "
                 "(tolerance %.0e)\n", tokens, compared, max_error, tolerance) +
-         Format("                near-tie routing (gate logits within %.0e): %.0f requests compared up to it, %.0f "
-                "not at all; %.1f s\n", tie_threshold, cut - skipped, skipped, check_s);
+         Format("                routing: %.0f of %.0f (position, layer) followed as near-ties (gate logits within "
+                "%.0e), ", followed, routings, tie_threshold) +
+         Format("%.0f routing errors; %.1f s\n", routing_errors, check_s);
     if (!first_failure.empty()) t += "                first failure: " + first_failure + "\n";
   } else {
     t += "check           not run (--no_check)\n";

@@ -99,6 +99,37 @@ std::vector<MicroBatchPlan> Workload::NextIteration(double now_s) {
   return plans;
 }
 
+m2n::Status Workload::RecordRouting(const MicroBatchPlan& plan, int layer, int layers, const Routing& routing) {
+  if (!o_.record) return m2n::OkStatus();
+  const size_t k = static_cast<size_t>(routing.top_k);
+  if (routing.expert.size() != plan.tokens.size() * k || layer < 0 || layer >= layers) {
+    return m2n::InternalError("workload: routing of " + std::to_string(routing.expert.size()) + " expert ids (top-" +
+                              std::to_string(k) + ") for a micro-batch of " + std::to_string(plan.tokens.size()) +
+                              " tokens at layer " + std::to_string(layer));
+  }
+  // The requests in flight this iteration, by KV-cache slot.
+  std::vector<int> by_slot(static_cast<size_t>(o_.batch), -1);
+  for (int index : running_) by_slot[static_cast<size_t>(requests_[static_cast<size_t>(index)].kv_slot)] = index;
+  for (size_t t = 0; t < plan.tokens.size(); ++t) {
+    const TokenRef& token = plan.tokens[t];
+    const int index = token.kv_slot >= 0 && token.kv_slot < o_.batch ? by_slot[static_cast<size_t>(token.kv_slot)] : -1;
+    if (index < 0) {
+      return m2n::InternalError("workload: a token of KV-cache slot " + std::to_string(token.kv_slot) +
+                                " that no running request holds");
+    }
+    Request& r = requests_[static_cast<size_t>(index)];
+    const size_t at = (static_cast<size_t>(token.position) * static_cast<size_t>(layers) + static_cast<size_t>(layer)) * k;
+    if (r.routing.size() < at + k) {
+      // Room for every position this request will feed (its last token is never fed).
+      const size_t positions = std::max(static_cast<size_t>(token.position) + 1,
+                                        static_cast<size_t>(r.input_len + r.output_len - 1));
+      r.routing.resize(positions * static_cast<size_t>(layers) * k, -1);
+    }
+    for (size_t j = 0; j < k; ++j) r.routing[at + j] = routing.expert[t * k + j];
+  }
+  return m2n::OkStatus();
+}
+
 void Workload::Complete(const MicroBatchPlan& plan, std::span<const float> logits, double now_s,
                         std::vector<double>* tbt_ms, std::vector<double>* ttft_ms) {
   prefilled_ += plan.prefill_tokens;

@@ -43,6 +43,9 @@ struct Request {
   double joined_s = 0;      // when it got a KV slot
   double last_token_s = 0;
   std::vector<float> logits;  // [generated, vocab] when recording
+  // When recording: the experts the pipeline's gate chose for every fed position, per layer
+  // ([position][layer][top_k], -1 until that position is fed), for the reference to follow.
+  std::vector<int32_t> routing;
   bool done() const { return generated == output_len; }
 };
 
@@ -62,6 +65,9 @@ class Workload {
 
   // Admits waiting requests into free KV slots (at `now_s`) and plans the next iteration.
   std::vector<MicroBatchPlan> NextIteration(double now_s);
+  // When recording: stores the gate's choice for `layer` of every token of `plan` (this iteration's,
+  // before Complete) in its request's `routing`. `layers`: the model's.
+  m2n::Status RecordRouting(const MicroBatchPlan& plan, int layer, int layers, const Routing& routing);
   // Takes micro-batch results: logits [plan.logit_rows.size(), vocab]; returns the time-between-
   // tokens samples (ms) of requests that produced a non-first token.
   void Complete(const MicroBatchPlan& plan, std::span<const float> logits, double now_s,

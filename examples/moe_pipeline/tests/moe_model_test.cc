@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -13,6 +14,7 @@
 #include "model/json.h"
 #include "model/safetensors.h"
 #include "model/weights.h"
+#include "reference/reference.h"
 #include "runtime/workload.h"
 
 namespace moe {
@@ -230,6 +232,100 @@ TEST(MoeWeights, MissingTensorNamesIt) {
   auto w = LoadAttentionWeights(c, WeightSource{.seed = 1, .checkpoint = dir.path()});
   ASSERT_FALSE(w.ok());
   EXPECT_NE(w.status().message().find("model.embed_tokens.weight"), std::string::npos) << w.status().message();
+}
+
+// The reference following a routing it is given (the pipeline's): its own routing changes nothing,
+// a swap across a near-tie is followed and computed, a choice the gate does not explain is an error.
+TEST(MoeReference, FollowsNearTieRoutingAndReportsOthers) {
+  const ModelConfig c = Tiny();
+  auto model = ReferenceModel::Load(c, WeightSource{.seed = 3, .checkpoint = ""}, /*bf16_weights=*/false);
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  const std::vector<int> tokens = {5, 77, 200, 13, 42, 9, 130, 61};
+  const int n = static_cast<int>(tokens.size()), L = c.num_hidden_layers, E = c.num_local_experts;
+  const int k = c.num_experts_per_tok;
+  auto own = model->Forward(tokens, 0, 1e-5);
+  ASSERT_TRUE(own.ok()) << own.status().ToString();
+  ASSERT_EQ(own->routing.size(), static_cast<size_t>(n * L * k));
+  ASSERT_EQ(own->gate_logits.size(), static_cast<size_t>(n * L * E));
+  EXPECT_EQ(own->routings, n * L);
+  EXPECT_EQ(own->followed_near_ties, 0);
+  EXPECT_TRUE(own->routing_errors.empty());
+
+  // (a) Its own routing, in any order within a token: the same logits, bit for bit.
+  std::vector<int32_t> forced = own->routing;
+  for (size_t at = 0; at < forced.size(); at += static_cast<size_t>(k)) {
+    std::reverse(forced.begin() + static_cast<std::ptrdiff_t>(at), forced.begin() + static_cast<std::ptrdiff_t>(at) + k);
+  }
+  auto same = model->Forward(tokens, 0, 1e-5, forced);
+  ASSERT_TRUE(same.ok()) << same.status().ToString();
+  EXPECT_EQ(same->logits, own->logits);
+  EXPECT_EQ(same->followed_near_ties, 0);
+  EXPECT_TRUE(same->routing_errors.empty());
+
+  // At the last position's last layer (nothing later depends on it but that token's logits): the
+  // k-th expert replaced by the (k+1)-th, and by the one with the lowest gate logit.
+  const int pos = n - 1, layer = L - 1;
+  const size_t route_at = static_cast<size_t>((pos * L + layer) * k);
+  const float* gate = own->gate_logits.data() + static_cast<size_t>((pos * L + layer) * E);
+  std::vector<int> order(static_cast<size_t>(E));
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return gate[a] > gate[b]; });
+  ASSERT_EQ(own->routing[route_at + static_cast<size_t>(k - 1)], order[static_cast<size_t>(k - 1)]);
+  const int kth = order[static_cast<size_t>(k - 1)], next = order[static_cast<size_t>(k)];
+  const int last = order.back();
+  const double gap = static_cast<double>(gate[kth]) - gate[next];
+  const double far = static_cast<double>(gate[kth]) - gate[last];
+  const size_t vocab = static_cast<size_t>(c.vocab_size);
+  const std::vector<float> earlier(own->logits.begin(), own->logits.end() - static_cast<std::ptrdiff_t>(vocab));
+
+  // (b) A swap within the threshold: followed, and this token's logits are the other experts'.
+  forced = own->routing;
+  forced[route_at + static_cast<size_t>(k - 1)] = next;
+  const double threshold = gap * 1.5 + 1e-4;
+  ASSERT_LT(threshold, far) << "the tiny model's gate logits are too close to tell a near-tie from a far one";
+  auto swapped = model->Forward(tokens, 0, threshold, forced);
+  ASSERT_TRUE(swapped.ok()) << swapped.status().ToString();
+  EXPECT_EQ(swapped->followed_near_ties, 1);
+  EXPECT_TRUE(swapped->routing_errors.empty());
+  EXPECT_EQ(std::vector<float>(swapped->logits.begin(), swapped->logits.end() - static_cast<std::ptrdiff_t>(vocab)),
+            earlier);
+  double diff = 0;
+  for (size_t v = 0; v < vocab; ++v) {
+    diff = std::max(diff, std::fabs(static_cast<double>(swapped->logits[swapped->logits.size() - vocab + v]) -
+                                    own->logits[own->logits.size() - vocab + v]));
+  }
+  EXPECT_GT(diff, 1e-4) << "the swapped expert did not change the token's logits";
+  EXPECT_EQ(swapped->routing[route_at + static_cast<size_t>(k - 1)], next);
+  // The same swap with a threshold below its gap: an error, not followed.
+  auto strict = model->Forward(tokens, 0, gap * 0.5, forced);
+  ASSERT_TRUE(strict.ok()) << strict.status().ToString();
+  EXPECT_EQ(strict->followed_near_ties, 0);
+  EXPECT_EQ(strict->routing_errors.size(), 1u);
+  EXPECT_EQ(strict->logits, own->logits);
+
+  // (c) An expert far below the k-th: a routing error that says where and how far; the reference
+  // keeps its own routing.
+  forced = own->routing;
+  forced[route_at + static_cast<size_t>(k - 1)] = last;
+  auto wrong = model->Forward(tokens, 0, threshold, forced);
+  ASSERT_TRUE(wrong.ok()) << wrong.status().ToString();
+  EXPECT_EQ(wrong->followed_near_ties, 0);
+  ASSERT_EQ(wrong->routing_errors.size(), 1u);
+  const RoutingError& e = wrong->routing_errors[0];
+  EXPECT_EQ(e.position, pos);
+  EXPECT_EQ(e.layer, layer);
+  EXPECT_NEAR(e.gap, far, 1e-5);
+  EXPECT_NE(std::find(e.pipeline.begin(), e.pipeline.end(), last), e.pipeline.end());
+  EXPECT_EQ(e.reference, std::vector<int>(order.begin(), order.begin() + k));
+  EXPECT_EQ(wrong->logits, own->logits);
+
+  // A routing of the wrong size, or naming no expert, is refused.
+  EXPECT_FALSE(model->Forward(tokens, 0, threshold, std::span<const int32_t>(forced).first(forced.size() - 1)).ok());
+  forced = own->routing;
+  forced[3] = -1;
+  auto bad = model->Forward(tokens, 0, threshold, forced);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("-1"), std::string::npos) << bad.status().message();
 }
 
 // Continuous batching: every request finishes, never more than `batch` in flight, micro-batches
