@@ -103,6 +103,31 @@ void StoreFrames(Writer& w) {
   w.Write(t, "bad_http", ToBytes("GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"));
 }
 
+// A connection's bytes for store_session: byte 0 bit 0 set = after a HELLO of rank byte 1.
+void StoreSessions(Writer& w) {
+  const std::string t = "store_session";
+  auto after_hello = [](uint8_t rank, std::initializer_list<Bytes> frames) {
+    Bytes out{std::byte{1}, static_cast<std::byte>(rank)};
+    for (const Bytes& f : frames) out.insert(out.end(), f.begin(), f.end());
+    return out;
+  };
+  auto bare = [](const Bytes& bytes) {
+    Bytes out{std::byte{0}, std::byte{0}};
+    out.insert(out.end(), bytes.begin(), bytes.end());
+    return out;
+  };
+  w.Write(t, "set_get", after_hello(1, {Frame(wire::SetRequest{"k", ToBytes("v")}), Frame(wire::GetRequest{"k", 0})}));
+  w.Write(t, "add_add", after_hello(2, {Frame(wire::AddRequest{"n", 1}), Frame(wire::AddRequest{"n", -3})}));
+  w.Write(t, "wait_missing", after_hello(3, {Frame(wire::WaitRequest{{"a", "b"}, 50})}));
+  w.Write(t, "get_held_then_close", after_hello(0, {Frame(wire::GetRequest{"never", 100000})}));
+  w.Write(t, "dead_ranks_goodbye", after_hello(1, {Frame(wire::DeadRanksRequest{}), Frame(wire::Goodbye{})}));
+  w.Write(t, "second_hello", after_hello(1, {Frame(wire::Hello{"fuzz-job", 2, 4})}));
+  w.Write(t, "server_only_type", after_hello(1, {Frame(wire::OkReply{})}));
+  w.Write(t, "stranger_hello_other_job", bare(Frame(wire::Hello{"other-job", 1, 4})));
+  w.Write(t, "stranger_set", bare(Frame(wire::SetRequest{"k", ToBytes("v")})));
+  w.Write(t, "stranger_noise", bare(ToBytes("GET / HTTP/1.1\r\n\r\n")));
+}
+
 void Config(Writer& w) {
   const std::string t = "config";
   const protocol::Fingerprint fp = {{"m2n_version", "0.1.0"},  {"world_size", "4"},
@@ -195,6 +220,7 @@ int main(int argc, char** argv) {
   }
   m2n::Writer w{std::filesystem::path(argv[1])};
   m2n::StoreFrames(w);
+  m2n::StoreSessions(w);
   m2n::Config(w);
   m2n::TransportWire(w);
   std::printf("%d seeds written under %s\n", w.written(), argv[1]);

@@ -8,7 +8,7 @@
 #
 #   scripts/test-fuzz.sh [TARGET]...     (default: every target; names as in fuzz/CMakeLists.txt)
 #
-#   FUZZ_SECONDS (default 30): fuzzing time per target. FUZZ_DIR (default build-fuzz; not BUILD_DIR,
+#   FUZZ_SECONDS (default 25): fuzzing time per target. FUZZ_DIR (default build-fuzz; not BUILD_DIR,
 #   which scripts/test.sh exports for the g++ tree), JOBS.
 #   CC / CXX: a clang with libFuzzer (default clang / clang++; Debian: apt-get install clang).
 #
@@ -18,11 +18,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${FUZZ_DIR:-build-fuzz}
 jobs=${JOBS:-$(nproc)}
-seconds=${FUZZ_SECONDS:-30}
+seconds=${FUZZ_SECONDS:-25}
 cc=${CC:-clang}
 cxx=${CXX:-clang++}
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(store_frame config transport_wire)
+[ ${#targets[@]} -gt 0 ] || targets=(store_frame store_session config transport_wire)
 
 t_all=$(date +%s)
 if ! command -v "$cxx" >/dev/null; then

@@ -5,7 +5,7 @@
 #     and TSan builds and their test runs after the steps above (scripts/test-sanitizers.sh; about
 #     12 more minutes on 2 cores; build-asan, build-tsan).
 #   M2N_FUZZ 0 (default: skip) | 1 (CI): build the libFuzzer targets of fuzz/ with clang and run each
-#     for FUZZ_SECONDS (default 30) from its seeds (scripts/test-fuzz.sh; about 3 minutes; build-fuzz).
+#     for FUZZ_SECONDS (default 25) from its seeds (scripts/test-fuzz.sh; about 3 minutes; build-fuzz).
 #     Without it the seeds still replay through every target as ctest fuzz_replay_*.
 set -euo pipefail
 cd "$(dirname "$0")/.."
