@@ -6,8 +6,9 @@
 #      batch in BATCHES: disaggregated 2 + 2 with ping-pong m = 1 and m = 3, and the collocated
 #      baseline on 4 GPUs with the same global batch and the same requests per GPU;
 #   3. a table (moe-table.md): decode tokens/s per GPU, time between tokens p50 / p99, idle of each
-#      side, m = 3 vs m = 1, and disaggregated vs collocated per-GPU throughput at the largest batch
-#      whose TBT p99 stays within the 150 ms limit.
+#      side (collocated: the time each process spends in the all-to-all), m = 3 vs m = 1, and
+#      disaggregated vs collocated per-GPU throughput, each at its best batch whose median time
+#      between tokens stays within the 150 ms limit.
 # Called by scripts/gpu-check.sh (MOE=0 there skips it); can run alone after a build:
 #   examples/moe_pipeline/gpu-check.sh     BUILD_DIR (default build-gpu), OUT (default $BUILD_DIR/moe-results),
 #                                          BATCHES (global batch sizes, default "64 256 1024"),
@@ -79,10 +80,11 @@ for b in batches:
         per_gpu = j["decode_tokens_per_s"] / 4
         idle_a = j.get("attention_idle", j.get("process_idle", float("nan")))
         idle_e = j.get("expert_idle", float("nan"))
-        ta, te = j.get("t_a_ms", float("nan")), j.get("t_e_ms", float("nan"))
+        split = f"{j['t_a_ms']:.2f} / {j['t_e_ms']:.2f}" if tag != "col" else "-"
+        idle_e = f"{idle_e:.1%}" if tag != "col" else "-"
         print(f"| {b} | {label} | {per_gpu:.1f} | {j['tbt_p50_ms']:.1f} | {j['tbt_p99_ms']:.1f} | {idle_a:.1%} | "
-              f"{idle_e:.1%} | {ta:.2f} / {te:.2f} | {j.get('m2n_ms_per_layer', float('nan')):.2f} |")
-        if j["tbt_p99_ms"] <= 150:
+              f"{idle_e} | {split} | {j.get('m2n_ms_per_layer', float('nan')):.2f} |")
+        if j["tbt_p50_ms"] <= 150:  # the 150 ms time-between-tokens limit, on the median
             key = "disagg" if tag != "col" else "col"
             best[key] = max(best.get(key, 0), per_gpu)
 print()
@@ -91,7 +93,7 @@ for b in batches:
     if m1 and m3:
         print(f"- global batch {b}: m=3 vs m=1 decode throughput {m3['decode_tokens_per_s'] / m1['decode_tokens_per_s']:.2f}x (target >= 1.9x)")
 if "disagg" in best and "col" in best:
-    print(f"- per-GPU decode throughput at TBT p99 <= 150 ms: disaggregated {best['disagg']:.1f} vs collocated "
+    print(f"- per-GPU decode throughput at TBT p50 <= 150 ms (best of the batches): disaggregated {best['disagg']:.1f} vs collocated "
           f"{best['col']:.1f} tok/s = {best['disagg'] / best['col']:.2f}x (target >= 1.5x)")
 PY
 exit $rc
