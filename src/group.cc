@@ -211,6 +211,7 @@ struct Group::Impl {
   bool closed = false;
   int barrier_count = 0;
   Clock::time_point next_liveness_check{};
+  Clock::time_point store_silent_since{};  // the first unanswered liveness check since the last answer
   GroupStats stats;
 
   // A slot's bytes in the slot region: the payload, and the checksum trailer when it is on.
@@ -304,7 +305,7 @@ struct Group::Impl {
   Status TransportFailure(const Status& error, int peer) {
     const auto until = Clock::now() + std::chrono::milliseconds(std::clamp(2 * options.liveness_check_ms, 20, 1000));
     for (;;) {
-      Status dead = DeadRanksStatus([] { return std::string("the transport failed"); });
+      Status dead = DeadRanksStatus([] { return std::string("the transport failed"); }, Deadline::At(until));
       if (!dead.ok()) return Status(dead.code(), dead.message() + " (the transport reported: " + error.message() + ")");
       if (peer < 0 || Clock::now() >= until) break;
       usleep(2000);
@@ -409,12 +410,12 @@ struct Group::Impl {
       if (aborted.load(std::memory_order_acquire)) return AbortedStatus(what());
       auto now = Clock::now();
       if (now >= deadline.time()) {
-        M2N_RETURN_IF_ERROR(CheckRanksAlive(what));
-        return DeadlineExceededError(me() + ": timed out " + what());
+        M2N_RETURN_IF_ERROR(CheckRanksAlive(what, LastLivenessBound()));
+        return DeadlineExceededError(me() + ": timed out " + what() + StoreSilence());
       }
       if (now >= next_liveness_check) {
         next_liveness_check = now + std::chrono::milliseconds(options.liveness_check_ms);
-        M2N_RETURN_IF_ERROR(CheckRanksAlive(what));
+        M2N_RETURN_IF_ERROR(CheckRanksAlive(what, LivenessBound(deadline)));
       }
       if (now >= spin_until) sched_yield();
     }
@@ -423,18 +424,46 @@ struct Group::Impl {
   // Fails (sticky) if any rank of the group died: a group is one fault domain, since a rank that
   // only talks to live peers still waits on them, and they on the dead one.
   template <typename What>
-  Status CheckRanksAlive(What what) {
-    Status dead = DeadRanksStatus(what);
+  Status CheckRanksAlive(What what, Deadline check_by) {
+    Status dead = DeadRanksStatus(what, check_by);
     return dead.ok() ? dead : Fail(std::move(dead));
+  }
+
+  // How long one liveness question may wait for the store's answer: a stopped or stalled rank 0
+  // (which serves the store) must hold neither a call past its own deadline nor Abort past one
+  // liveness period.
+  Deadline LivenessBound(Deadline call) const {
+    const auto period = std::chrono::milliseconds(std::clamp(options.liveness_check_ms, 10, 1000));
+    return Deadline::At(std::min(call.time(), Clock::now() + period));
+  }
+  // The question asked once a call's deadline has passed: a short grace, so a call ends at most
+  // this long after its deadline.
+  Deadline LastLivenessBound() const {
+    return Deadline::After(std::chrono::milliseconds(std::clamp(options.liveness_check_ms, 10, 100)));
+  }
+  // Said in a timeout when the store has not been answering: the wait may have run out because
+  // rank 0 is stopped, not because of the peers it waited on.
+  std::string StoreSilence() const {
+    if (store_silent_since == Clock::time_point{}) return "";
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - store_silent_since).count();
+    return "; the bootstrap store on rank 0 has not answered a liveness check for " + std::to_string(ms) +
+           " ms either (rank 0 stopped or overloaded?)";
   }
 
   // kUnavailable naming the ranks that left without a goodbye, or OK. Rank 0 serves the store, so
   // a store that is gone means rank 0 is.
+  // A store that does not answer by `check_by` is not an error here (the caller's own deadline
+  // decides); it is remembered for the timeout's message.
   template <typename What>
-  Status DeadRanksStatus(What what) {
+  Status DeadRanksStatus(What what, Deadline check_by) {
     if (!store) return OkStatus();
-    auto dead = store->DeadRanks();
+    auto dead = store->DeadRanks(check_by);
+    if (!dead.ok() && dead.status().code() == StatusCode::kDeadlineExceeded) {
+      if (store_silent_since == Clock::time_point{}) store_silent_since = Clock::now();
+      return OkStatus();
+    }
     if (!dead.ok()) return StoreFailure(dead.status(), what());
+    store_silent_since = Clock::time_point{};
     std::vector<int> gone;
     for (int r : *dead) {
       if (r != rank) gone.push_back(r);
@@ -490,14 +519,14 @@ struct Group::Impl {
       M2N_RETURN_IF_ERROR(Progress());
       if (aborted.load(std::memory_order_acquire)) return AbortedStatus(what());
       if (deadline.Expired()) {
-        M2N_RETURN_IF_ERROR(CheckRanksAlive(what));
+        M2N_RETURN_IF_ERROR(CheckRanksAlive(what, LastLivenessBound()));
         return DeadlineExceededError(me() + ": barrier '" + name + "': " + std::to_string(count) + " of " +
                                      std::to_string(world) + " ranks arrived by the deadline");
       }
       auto now = Clock::now();
       if (now >= next_liveness_check) {
         next_liveness_check = now + std::chrono::milliseconds(options.liveness_check_ms);
-        M2N_RETURN_IF_ERROR(CheckRanksAlive(what));
+        M2N_RETURN_IF_ERROR(CheckRanksAlive(what, LivenessBound(deadline)));
       }
       auto current = store->Add(key, 0);
       if (!current.ok()) return Fail(StoreFailure(current.status(), what()));

@@ -370,4 +370,76 @@ TEST_P(KillTest, SigstoppedRankTimesOutCallsByTheirDeadline) {
   EXPECT_EQ(DescribeFailures(outcomes), "");
 }
 
+// Rank 0 serves the bootstrap store, so a stopped rank 0 also stops the store every liveness check
+// asks. Calls must still end by their deadline (plus the short grace of the last liveness check),
+// say that the store was silent, and Abort must end a blocked call within about one liveness period.
+TEST_P(KillTest, SigstoppedRankZeroStillBoundsCallsAndAbort) {
+  struct Shared {
+    std::atomic<int> ready;
+    std::atomic<int> finished;
+  };
+  void* mapped = mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(mapped, MAP_FAILED);
+  Shared* shared = new (mapped) Shared{};
+  constexpr int kDeadlineMs = 500;
+  auto outcomes = RunRanks(
+      3,
+      [&](int rank, int port) {
+        ApplySetup(GetParam());
+        Options o = TestOptions(1, 2, rank, port);
+        o.liveness_check_ms = kLivenessCheckMs;
+        auto created = Group::Create(o);
+        CHILD_OK(created.status());
+        Group& g = **created;
+        CHILD_OK(g.Barrier(Deadline::AfterMs(10000)));
+        shared->ready.fetch_add(1);
+        if (rank == 0) {
+          for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));  // stopped by the test
+        }
+        while (shared->ready.load() < 4) std::this_thread::sleep_for(std::chrono::milliseconds(1));  // 0 stopped
+        // A receive from the stopped sender runs out at its deadline, naming the silent store.
+        auto start = Clock::now();
+        Status s = g.Receive(0, Deadline::AfterMs(kDeadlineMs)).status();
+        double ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+        CHILD_CHECK(s.code() == StatusCode::kDeadlineExceeded &&
+                        s.message().find("bootstrap store on rank 0 has not answered") != std::string::npos,
+                    "%s", s.ToString().c_str());
+        CHILD_CHECK(ms >= kDeadlineMs - 1 && ms < 2 * kDeadlineMs, "returned after %.0f ms, deadline %d ms", ms,
+                    kDeadlineMs);
+        // Abort from another thread ends a long blocked receive while the store is still silent.
+        std::thread aborter([&g] {
+          std::this_thread::sleep_for(std::chrono::milliseconds(200));
+          g.Abort();
+        });
+        start = Clock::now();
+        s = g.Receive(0, Deadline::AfterMs(20000)).status();
+        ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+        aborter.join();
+        CHILD_CHECK(s.code() == StatusCode::kAborted, "%s", s.ToString().c_str());
+        CHILD_CHECK(ms < 200 + 10 * kLivenessCheckMs, "Abort took effect after %.0f ms with rank 0 stopped", ms);
+        start = Clock::now();
+        CHILD_OK(g.Close(Deadline::AfterMs(10000)));
+        ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+        CHILD_CHECK(ms < 1000, "Close after Abort took %.0f ms with rank 0 stopped", ms);
+        shared->finished.fetch_add(1);
+        return 0;
+      },
+      60,
+      [&](const std::vector<pid_t>& pids) {
+        auto until = Clock::now() + std::chrono::seconds(30);
+        while (shared->ready.load() < 3 && Clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        kill(pids[0], SIGSTOP);
+        shared->ready.fetch_add(1);
+        while (shared->finished.load() < 2 && Clock::now() < until) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+        kill(pids[0], SIGKILL);
+      });
+  munmap(mapped, sizeof(Shared));
+  ASSERT_EQ(outcomes.size(), 3u);
+  EXPECT_EQ(outcomes[0].signal, SIGKILL);
+  outcomes.erase(outcomes.begin());
+  EXPECT_EQ(DescribeFailures(outcomes), "");
+}
+
 }  // namespace m2n::testing

@@ -67,7 +67,8 @@ class InMemoryStore final : public Store {
                                  QuoteKeys(missing));
   }
 
-  StatusOr<std::vector<int>> DeadRanks() override { return std::vector<int>{}; }
+  using Store::DeadRanks;
+  StatusOr<std::vector<int>> DeadRanks(Deadline) override { return std::vector<int>{}; }
   Status Goodbye() override { return OkStatus(); }
 
  private:

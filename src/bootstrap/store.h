@@ -32,7 +32,11 @@ class Store {
   // Waits until every key exists.
   virtual Status Wait(std::span<const std::string> keys, Deadline deadline) = 0;
   // Ranks whose connection to the store ended without a goodbye (TcpStore); empty for others.
-  virtual StatusOr<std::vector<int>> DeadRanks() = 0;
+  // kDeadlineExceeded when the store has not answered by `deadline` (a stopped rank 0): the
+  // answer, when it comes, is dropped, and the connection stays usable.
+  virtual StatusOr<std::vector<int>> DeadRanks(Deadline deadline) = 0;
+  // The same, bounded by the store's own request timeout only.
+  StatusOr<std::vector<int>> DeadRanks() { return DeadRanks(Deadline::At(Clock::time_point::max())); }
   // Says goodbye: a clean exit, so this rank is not reported dead. On the rank that serves the TCP
   // store it then waits (bounded by TcpStoreOptions::request_timeout) until every other connected
   // rank has said goodbye or gone, so destroying that store next cuts nobody off mid-request.

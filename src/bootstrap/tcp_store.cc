@@ -700,7 +700,8 @@ class TcpStore final : public Store {
   StatusOr<Bytes> Get(const std::string& key, Deadline deadline) override;
   StatusOr<int64_t> Add(const std::string& key, int64_t delta) override;
   Status Wait(std::span<const std::string> keys, Deadline deadline) override;
-  StatusOr<std::vector<int>> DeadRanks() override;
+  using Store::DeadRanks;
+  StatusOr<std::vector<int>> DeadRanks(Deadline deadline) override;
   Status Goodbye() override;
 
   int serving_port() const { return server_ ? server_->port() : -1; }
@@ -956,11 +957,11 @@ Status TcpStore::Wait(std::span<const std::string> keys, Deadline deadline) {
   return OkStatus();
 }
 
-StatusOr<std::vector<int>> TcpStore::DeadRanks() {
+StatusOr<std::vector<int>> TcpStore::DeadRanks(Deadline deadline) {
   std::lock_guard lock(mu_);
   const std::string what = "DEAD_RANKS";
-  M2N_ASSIGN_OR_RETURN(Message answer,
-                       Call(wire::DeadRanksRequest{}, Deadline::After(request_timeout_), what));
+  const Deadline bound = Deadline::At(std::min(deadline.time(), Clock::now() + request_timeout_));
+  M2N_ASSIGN_OR_RETURN(Message answer, Call(wire::DeadRanksRequest{}, bound, what));
   if (auto* ranks = std::get_if<wire::RanksReply>(&answer)) {
     return std::vector<int>(ranks->ranks.begin(), ranks->ranks.end());
   }
