@@ -16,6 +16,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <new>
 #include <random>
 #include <string>
@@ -287,159 +288,144 @@ TEST_P(KillTest, AbortFromAnotherThreadEndsBlockedCallsAndCloseSucceeds) {
 
 namespace m2n::testing {
 
-// A hung rank (SIGSTOP: alive, connected, silent) is not a dead one: the calls waiting on it return
-// DEADLINE_EXCEEDED by their deadline, naming what they waited for. The sender then aborts and
-// closes at once; the other receiver, waiting on the sender, sees it leave.
-TEST_P(KillTest, SigstoppedRankTimesOutCallsByTheirDeadline) {
-  struct Shared {
-    std::atomic<int> ready;
-    std::atomic<int> finished;
-  };
-  void* mapped = mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+// What the test process and the 3 ranks of a SIGSTOP test share (anonymous shared memory).
+struct StopProgress {
+  std::atomic<int> ready;     // ranks past set-up; one more once the test has stopped its rank
+  std::atomic<int> finished;  // ranks done
+  void WaitUntilStopped() const {
+    while (ready.load() < 4) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+};
+
+// Runs 3 ranks of `body`; once all 3 counted themselves ready, rank `stopped` is SIGSTOPped (it
+// should then be idle), and once the 2 others counted themselves finished, SIGKILLed. Every rank
+// but the stopped one must succeed.
+void RunWithOneRankStopped(int stopped, const std::function<int(int rank, int port, StopProgress&)>& body) {
+  void* mapped = mmap(nullptr, sizeof(StopProgress), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   ASSERT_NE(mapped, MAP_FAILED);
-  Shared* shared = new (mapped) Shared{};
-  constexpr int kDeadlineMs = 300;
+  StopProgress* shared = new (mapped) StopProgress{};
   auto outcomes = RunRanks(
-      3,
-      [&](int rank, int port) {
-        ApplySetup(GetParam());
-        Options o = TestOptions(1, 2, rank, port);
-        o.slot_depth = 2;
-        o.liveness_check_ms = kLivenessCheckMs;
-        auto created = Group::Create(o);
-        CHILD_OK(created.status());
-        Group& g = **created;
-        std::vector<std::byte> buffer(64);
-        auto region = g.RegisterMemory(buffer.data(), buffer.size());
-        CHILD_OK(region.status());
-        CHILD_OK(g.Barrier(Deadline::AfterMs(10000)));
-        shared->ready.fetch_add(1);
-        if (rank == 2) {
-          // Stopped by the test from here on; it never gets to receive.
-          for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
-        }
-        if (rank == 0) {
-          while (shared->ready.load() < 4) std::this_thread::sleep_for(std::chrono::milliseconds(1));  // 2 stopped
-          // Two slots at rank 2: the third send waits for a credit that never comes.
-          Status s;
-          double ms = 0;
-          for (int i = 0; i < 3 && s.ok(); ++i) {
-            auto start = Clock::now();
-            s = g.Send({2, buffer.data(), 8}, Deadline::AfterMs(kDeadlineMs));
-            ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-          }
-          fprintf(stderr, "rank 0 saw, after %.0f ms: %s\n", ms, s.ToString().c_str());
-          // Waiting for a credit from rank 2, or (over TCP, where a write needs the peer's progress
-          // to complete) for the write to rank 2 to leave.
-          CHILD_CHECK(s.code() == StatusCode::kDeadlineExceeded &&
-                          (s.message().find("waiting for a free slot at rank 2") != std::string::npos ||
-                           s.message().find("(to rank 2: 1)") != std::string::npos),
-                      "%s", s.ToString().c_str());
-          CHILD_CHECK(ms >= kDeadlineMs - 1 && ms < kDeadlineMs + 500, "returned after %.0f ms, deadline %d ms", ms,
-                      kDeadlineMs);
-          g.Abort();
-          auto start = Clock::now();
-          CHILD_OK(g.Close(Deadline::AfterMs(10000)));
-          const double close_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-          CHILD_CHECK(close_ms < 1000, "Close after Abort took %.0f ms with a hung peer", close_ms);
-          shared->finished.fetch_add(1);
-          return 0;
-        }
-        // rank 1: sees the sender leave.
-        Status s = g.Receive(0, Deadline::AfterMs(10000)).status();
-        CHILD_CHECK(s.code() == StatusCode::kUnavailable && NamesRank(s.message(), 0), "%s", s.ToString().c_str());
-        CHILD_OK(g.Close(Deadline::AfterMs(1000)));
-        shared->finished.fetch_add(1);
-        return 0;
-      },
-      60,
+      3, [&](int rank, int port) { return body(rank, port, *shared); }, 60,
       [&](const std::vector<pid_t>& pids) {
         auto until = Clock::now() + std::chrono::seconds(30);
         while (shared->ready.load() < 3 && Clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-        kill(pids[2], SIGSTOP);
+        kill(pids[static_cast<size_t>(stopped)], SIGSTOP);
         shared->ready.fetch_add(1);
         while (shared->finished.load() < 2 && Clock::now() < until) {
           std::this_thread::sleep_for(std::chrono::milliseconds(5));
         }
-        kill(pids[2], SIGKILL);
+        kill(pids[static_cast<size_t>(stopped)], SIGKILL);
       });
-  munmap(mapped, sizeof(Shared));
+  munmap(mapped, sizeof(StopProgress));
   ASSERT_EQ(outcomes.size(), 3u);
-  EXPECT_EQ(outcomes[2].signal, SIGKILL);
-  outcomes.pop_back();
+  EXPECT_EQ(outcomes[static_cast<size_t>(stopped)].signal, SIGKILL);
+  outcomes.erase(outcomes.begin() + stopped);
   EXPECT_EQ(DescribeFailures(outcomes), "");
+}
+
+// A hung rank (SIGSTOP: alive, connected, silent) is not a dead one: the calls waiting on it return
+// DEADLINE_EXCEEDED by their deadline, naming what they waited for. The sender then aborts and
+// closes at once; the other receiver, waiting on the sender, sees it leave.
+TEST_P(KillTest, SigstoppedRankTimesOutCallsByTheirDeadline) {
+  constexpr int kDeadlineMs = 300;
+  RunWithOneRankStopped(2, [&](int rank, int port, StopProgress& shared) {
+    ApplySetup(GetParam());
+    Options o = TestOptions(1, 2, rank, port);
+    o.slot_depth = 2;
+    o.liveness_check_ms = kLivenessCheckMs;
+    auto created = Group::Create(o);
+    CHILD_OK(created.status());
+    Group& g = **created;
+    std::vector<std::byte> buffer(64);
+    auto region = g.RegisterMemory(buffer.data(), buffer.size());
+    CHILD_OK(region.status());
+    CHILD_OK(g.Barrier(Deadline::AfterMs(10000)));
+    shared.ready.fetch_add(1);
+    if (rank == 2) {
+      // Stopped by the test from here on; it never gets to receive.
+      for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+    }
+    if (rank == 0) {
+      shared.WaitUntilStopped();
+      // Two slots at rank 2: the third send waits for a credit that never comes.
+      Status s;
+      double ms = 0;
+      for (int i = 0; i < 3 && s.ok(); ++i) {
+        auto start = Clock::now();
+        s = g.Send({2, buffer.data(), 8}, Deadline::AfterMs(kDeadlineMs));
+        ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+      }
+      fprintf(stderr, "rank 0 saw, after %.0f ms: %s\n", ms, s.ToString().c_str());
+      // Waiting for a credit from rank 2, or (over TCP, where a write needs the peer's progress
+      // to complete) for the write to rank 2 to leave.
+      CHILD_CHECK(s.code() == StatusCode::kDeadlineExceeded &&
+                      (s.message().find("waiting for a free slot at rank 2") != std::string::npos ||
+                       s.message().find("(to rank 2: 1)") != std::string::npos),
+                  "%s", s.ToString().c_str());
+      CHILD_CHECK(ms >= kDeadlineMs - 1 && ms < kDeadlineMs + 500, "returned after %.0f ms, deadline %d ms", ms,
+                  kDeadlineMs);
+      g.Abort();
+      auto start = Clock::now();
+      CHILD_OK(g.Close(Deadline::AfterMs(10000)));
+      const double close_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+      CHILD_CHECK(close_ms < 1000, "Close after Abort took %.0f ms with a hung peer", close_ms);
+      shared.finished.fetch_add(1);
+      return 0;
+    }
+    // rank 1: sees the sender leave.
+    Status s = g.Receive(0, Deadline::AfterMs(10000)).status();
+    CHILD_CHECK(s.code() == StatusCode::kUnavailable && NamesRank(s.message(), 0), "%s", s.ToString().c_str());
+    CHILD_OK(g.Close(Deadline::AfterMs(1000)));
+    shared.finished.fetch_add(1);
+    return 0;
+  });
 }
 
 // Rank 0 serves the bootstrap store, so a stopped rank 0 also stops the store every liveness check
 // asks. Calls must still end by their deadline (plus the short grace of the last liveness check),
 // say that the store was silent, and Abort must end a blocked call within about one liveness period.
 TEST_P(KillTest, SigstoppedRankZeroStillBoundsCallsAndAbort) {
-  struct Shared {
-    std::atomic<int> ready;
-    std::atomic<int> finished;
-  };
-  void* mapped = mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  ASSERT_NE(mapped, MAP_FAILED);
-  Shared* shared = new (mapped) Shared{};
   constexpr int kDeadlineMs = 500;
-  auto outcomes = RunRanks(
-      3,
-      [&](int rank, int port) {
-        ApplySetup(GetParam());
-        Options o = TestOptions(1, 2, rank, port);
-        o.liveness_check_ms = kLivenessCheckMs;
-        auto created = Group::Create(o);
-        CHILD_OK(created.status());
-        Group& g = **created;
-        CHILD_OK(g.Barrier(Deadline::AfterMs(10000)));
-        shared->ready.fetch_add(1);
-        if (rank == 0) {
-          for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));  // stopped by the test
-        }
-        while (shared->ready.load() < 4) std::this_thread::sleep_for(std::chrono::milliseconds(1));  // 0 stopped
-        // A receive from the stopped sender runs out at its deadline, naming the silent store.
-        auto start = Clock::now();
-        Status s = g.Receive(0, Deadline::AfterMs(kDeadlineMs)).status();
-        double ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-        CHILD_CHECK(s.code() == StatusCode::kDeadlineExceeded &&
-                        s.message().find("bootstrap store on rank 0 has not answered") != std::string::npos,
-                    "%s", s.ToString().c_str());
-        CHILD_CHECK(ms >= kDeadlineMs - 1 && ms < 2 * kDeadlineMs, "returned after %.0f ms, deadline %d ms", ms,
-                    kDeadlineMs);
-        // Abort from another thread ends a long blocked receive while the store is still silent.
-        std::thread aborter([&g] {
-          std::this_thread::sleep_for(std::chrono::milliseconds(200));
-          g.Abort();
-        });
-        start = Clock::now();
-        s = g.Receive(0, Deadline::AfterMs(20000)).status();
-        ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-        aborter.join();
-        CHILD_CHECK(s.code() == StatusCode::kAborted, "%s", s.ToString().c_str());
-        CHILD_CHECK(ms < 200 + 10 * kLivenessCheckMs, "Abort took effect after %.0f ms with rank 0 stopped", ms);
-        start = Clock::now();
-        CHILD_OK(g.Close(Deadline::AfterMs(10000)));
-        ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-        CHILD_CHECK(ms < 1000, "Close after Abort took %.0f ms with rank 0 stopped", ms);
-        shared->finished.fetch_add(1);
-        return 0;
-      },
-      60,
-      [&](const std::vector<pid_t>& pids) {
-        auto until = Clock::now() + std::chrono::seconds(30);
-        while (shared->ready.load() < 3 && Clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-        kill(pids[0], SIGSTOP);
-        shared->ready.fetch_add(1);
-        while (shared->finished.load() < 2 && Clock::now() < until) {
-          std::this_thread::sleep_for(std::chrono::milliseconds(5));
-        }
-        kill(pids[0], SIGKILL);
-      });
-  munmap(mapped, sizeof(Shared));
-  ASSERT_EQ(outcomes.size(), 3u);
-  EXPECT_EQ(outcomes[0].signal, SIGKILL);
-  outcomes.erase(outcomes.begin());
-  EXPECT_EQ(DescribeFailures(outcomes), "");
+  RunWithOneRankStopped(0, [&](int rank, int port, StopProgress& shared) {
+    ApplySetup(GetParam());
+    Options o = TestOptions(1, 2, rank, port);
+    o.liveness_check_ms = kLivenessCheckMs;
+    auto created = Group::Create(o);
+    CHILD_OK(created.status());
+    Group& g = **created;
+    CHILD_OK(g.Barrier(Deadline::AfterMs(10000)));
+    shared.ready.fetch_add(1);
+    if (rank == 0) {
+      for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));  // stopped by the test
+    }
+    shared.WaitUntilStopped();
+    // A receive from the stopped sender runs out at its deadline, naming the silent store.
+    auto start = Clock::now();
+    Status s = g.Receive(0, Deadline::AfterMs(kDeadlineMs)).status();
+    double ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+    CHILD_CHECK(s.code() == StatusCode::kDeadlineExceeded &&
+                    s.message().find("bootstrap store on rank 0 has not answered") != std::string::npos,
+                "%s", s.ToString().c_str());
+    CHILD_CHECK(ms >= kDeadlineMs - 1 && ms < 2 * kDeadlineMs, "returned after %.0f ms, deadline %d ms", ms,
+                kDeadlineMs);
+    // Abort from another thread ends a long blocked receive while the store is still silent.
+    std::thread aborter([&g] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      g.Abort();
+    });
+    start = Clock::now();
+    s = g.Receive(0, Deadline::AfterMs(20000)).status();
+    ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+    aborter.join();
+    CHILD_CHECK(s.code() == StatusCode::kAborted, "%s", s.ToString().c_str());
+    CHILD_CHECK(ms < 200 + 10 * kLivenessCheckMs, "Abort took effect after %.0f ms with rank 0 stopped", ms);
+    start = Clock::now();
+    CHILD_OK(g.Close(Deadline::AfterMs(10000)));
+    ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+    CHILD_CHECK(ms < 1000, "Close after Abort took %.0f ms with rank 0 stopped", ms);
+    shared.finished.fetch_add(1);
+    return 0;
+  });
 }
 
 }  // namespace m2n::testing
