@@ -10,7 +10,6 @@
 //     through the copy proxy kernel), ACKs included.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -19,6 +18,7 @@
 #include <vector>
 
 #include "cuda_test_kernels.h"
+#include "gpu_test_util.h"
 #include "harness.h"
 #include "m2n/m2n.h"
 
@@ -30,70 +30,22 @@ using testing::LaunchCheck;
 using testing::LaunchFill;
 using testing::LaunchIncrement;
 using testing::RunRanks;
-using testing::TestOptions;
+using testing::AskInChild;
+using testing::DeviceBuffer;
+using testing::NoCudaDevice;
 
-#define CUDA_CHILD_OK(call)                                                                         \
-  do {                                                                                              \
-    cudaError_t e_ = (call);                                                                        \
-    CHILD_CHECK(e_ == cudaSuccess, "%s -> %s", #call, cudaGetErrorString(e_));                      \
-  } while (0)
+#define SKIP_WITHOUT_GPU() SKIP_IF_MISSING(NoGpuReason())
 
-// Why there is no GPU here ("" when there is one). Asked in a child process: a parent that
-// started CUDA could not fork ranks that use it.
+// Why there is no GPU here ("" when there is one), asked once.
 std::string NoGpuReason() {
-  static const std::string reason = [] {
-    int fds[2];
-    if (pipe(fds) != 0) return std::string("pipe failed");
-    std::fflush(nullptr);
-    pid_t pid = fork();
-    if (pid == 0) {
-      close(fds[0]);
-      int count = 0;
-      cudaError_t e = cudaGetDeviceCount(&count);
-      std::string why = e != cudaSuccess ? std::string("no CUDA device: ") + cudaGetErrorString(e)
-                        : count == 0     ? std::string("no CUDA device")
-                                         : std::string();
-      ssize_t written = write(fds[1], why.data(), why.size());
-      (void)written;
-      _exit(0);
-    }
-    close(fds[1]);
-    std::string why;
-    char buffer[256];
-    for (ssize_t n; (n = read(fds[0], buffer, sizeof buffer)) > 0;) why.append(buffer, static_cast<size_t>(n));
-    close(fds[0]);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    return why;
-  }();
+  static const std::string reason = AskInChild(NoCudaDevice);
   return reason;
 }
 
-#define SKIP_WITHOUT_GPU()                                        \
-  do {                                                            \
-    if (std::string why = NoGpuReason(); !why.empty()) GTEST_SKIP() << why; \
-  } while (0)
-
 // Selects rank's GPU (rank mod the GPUs) and makes options for a device-slot cuda_ipc group.
 Options GpuOptions(int m, int n, int rank, int port, size_t slot_bytes, int depth) {
-  int count = 1;
-  cudaGetDeviceCount(&count);
-  cudaSetDevice(rank % count);
-  Options o = TestOptions(m, n, rank, port);
-  o.transport = "cuda_ipc";
-  o.slot_memory = MemoryKind::kCuda;
-  o.slot_bytes = slot_bytes;
-  o.slot_depth = depth;
-  return o;
+  return testing::DeviceSlotOptions("cuda_ipc", m, n, rank, port, slot_bytes, depth);
 }
-
-// Device memory of `bytes`, freed at scope end.
-struct DeviceBuffer {
-  explicit DeviceBuffer(size_t bytes) { cudaMalloc(&data, bytes); }
-  ~DeviceBuffer() { cudaFree(data); }
-  void* data = nullptr;
-  std::byte* bytes() const { return static_cast<std::byte*>(data); }
-};
 
 // ---------------------------------------------------------------------------------------------
 
@@ -107,62 +59,7 @@ int StreamPayloadRank(int m, int n, int rank, int port) {
   CHILD_OK(created.status());
   Group& g = **created;
   CHILD_CHECK(g.transport_name() == "cuda_ipc", "transport %s", std::string(g.transport_name()).c_str());
-  std::vector<int> peers(g.peers().begin(), g.peers().end());
-  DeviceBuffer buffer(sizes.back() * peers.size());
-  DeviceBuffer wrong(sizeof(unsigned long long));
-  CUDA_CHILD_OK(cudaMemset(wrong.data, 0, sizeof(unsigned long long)));
-  auto region = g.RegisterMemory(buffer.data, sizes.back() * peers.size(), MemoryKind::kCuda);
-  CHILD_OK(region.status());
-  cudaStream_t stream;
-  CUDA_CHILD_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  auto* counter = static_cast<unsigned long long*>(wrong.data);
-  const bool sender = g.role() == Role::kSender;
-  auto send_all = [&](size_t size, uint64_t number) -> Status {
-    std::vector<SendRequest> requests;
-    for (size_t i = 0; i < peers.size(); ++i) {
-      std::byte* data = buffer.bytes() + i * sizes.back();
-      if (LaunchFill(data, size, rank, peers[i], number, nullptr, stream) != cudaSuccess) {
-        return InternalError("fill kernel");
-      }
-      requests.push_back({peers[i], data, size});
-    }
-    return g.SendOnStream(requests, stream);
-  };
-  auto receive_all = [&](size_t size, uint64_t number) -> Status {
-    std::vector<Message> got(peers.size());
-    M2N_RETURN_IF_ERROR(g.ReceiveOnStream(peers, got, stream));
-    for (size_t i = 0; i < peers.size(); ++i) {
-      if (got[i].peer != peers[i] || got[i].length != 0 || got[i].device_length == nullptr) {
-        return InternalError("bad message fields");
-      }
-      if (LaunchCheck(got[i].data, got[i].device_length, size, peers[i], rank, number, nullptr, counter, stream) !=
-          cudaSuccess) {
-        return InternalError("check kernel");
-      }
-    }
-    // The combine direction answers before the slots are released, as an expert would.
-    if (!sender) M2N_RETURN_IF_ERROR(send_all(size, number + 1));
-    return g.ReleaseOnStream(got, stream);
-  };
-  for (int round = 0; round < 3; ++round) {
-    for (size_t size : sizes) {
-      const uint64_t number = size * 16 + static_cast<uint64_t>(round) * 4;
-      if (sender) {
-        CHILD_OK(send_all(size, number));
-        CHILD_OK(receive_all(size, number + 1));
-      } else {
-        CHILD_OK(receive_all(size, number));
-      }
-    }
-  }
-  CUDA_CHILD_OK(cudaStreamSynchronize(stream));
-  unsigned long long bad = 0;
-  CUDA_CHILD_OK(cudaMemcpy(&bad, wrong.data, sizeof bad, cudaMemcpyDeviceToHost));
-  CHILD_CHECK(bad == 0, "%llu wrong bytes (2^40 per wrong length)", bad);
-  CHILD_OK(g.Progress());
-  CHILD_OK(g.Close(Deadline::AfterMs(20000)));
-  cudaStreamDestroy(stream);
-  return 0;
+  return testing::StreamPayloadRank(g, rank, sizes, 3, /*check_fields=*/true);
 }
 
 TEST_P(StreamPayload, BothDirectionsAllSizes) {
@@ -185,51 +82,12 @@ TEST(CudaIpc, CreditPressure) {
   SKIP_WITHOUT_GPU();
   constexpr int kMessages = 300;
   constexpr size_t kMax = 5000;
-  auto size_of = [](int k) { return static_cast<size_t>(1 + (k * 37) % kMax); };
   auto outcomes = RunRanks(4, [&](int rank, int port) {
     Options o = GpuOptions(2, 2, rank, port, kMax, 2);
     auto created = Group::Create(o);
     CHILD_OK(created.status());
     Group& g = **created;
-    std::vector<int> peers(g.peers().begin(), g.peers().end());
-    DeviceBuffer buffer(kMax * peers.size() * 3);
-    DeviceBuffer wrong(sizeof(unsigned long long));
-    CUDA_CHILD_OK(cudaMemset(wrong.data, 0, sizeof(unsigned long long)));
-    auto region = g.RegisterMemory(buffer.data, kMax * peers.size() * 3, MemoryKind::kCuda);
-    CHILD_OK(region.status());
-    cudaStream_t stream;
-    CUDA_CHILD_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-    if (g.role() == Role::kSender) {
-      // Everything is enqueued at once: each send waits for its credit on the GPU.
-      for (int k = 0; k < kMessages; ++k) {
-        std::vector<SendRequest> requests;
-        for (size_t i = 0; i < peers.size(); ++i) {
-          std::byte* data = buffer.bytes() + (i * 3 + static_cast<size_t>(k % 3)) * kMax;
-          CUDA_CHILD_OK(LaunchFill(data, size_of(k), rank, peers[i], k, nullptr, stream));
-          requests.push_back({peers[i], data, size_of(k)});
-        }
-        CHILD_OK(g.SendOnStream(requests, stream));
-      }
-    } else {
-      usleep(300 * 1000);  // let the senders run into their credits
-      for (int k = 0; k < kMessages; ++k) {
-        std::vector<Message> got(peers.size());
-        CHILD_OK(g.ReceiveOnStream(peers, got, stream));
-        for (size_t i = 0; i < peers.size(); ++i) {
-          CHILD_CHECK(got[i].slot == k % 2, "message %d in slot %d", k, got[i].slot);
-          CUDA_CHILD_OK(LaunchCheck(got[i].data, got[i].device_length, size_of(k), peers[i], rank, k, nullptr,
-                                    static_cast<unsigned long long*>(wrong.data), stream));
-        }
-        CHILD_OK(g.ReleaseOnStream(got, stream));
-      }
-    }
-    CUDA_CHILD_OK(cudaStreamSynchronize(stream));
-    unsigned long long bad = 0;
-    CUDA_CHILD_OK(cudaMemcpy(&bad, wrong.data, sizeof bad, cudaMemcpyDeviceToHost));
-    CHILD_CHECK(bad == 0, "%llu wrong bytes", bad);
-    CHILD_OK(g.Progress());
-    CHILD_OK(g.Close(Deadline::AfterMs(20000)));
-    return 0;
+    return testing::CreditPressureRank(g, rank, kMessages, kMax, /*check_slots=*/true);
   });
   EXPECT_EQ(DescribeFailures(outcomes), "");
 }
