@@ -51,6 +51,22 @@ Options DeviceSlotOptions(const char* transport, int m, int n, int rank, int por
   return o;
 }
 
+namespace {
+
+// A trial's end: waits for its stream, checks the consumer kernels' count of wrong bytes (`note`
+// follows it in the message) and closes the group. A rank's exit code.
+int FinishTrial(Group& g, cudaStream_t stream, const DeviceBuffer& wrong, const char* note) {
+  CUDA_CHILD_OK(cudaStreamSynchronize(stream));
+  unsigned long long bad = 0;
+  CUDA_CHILD_OK(cudaMemcpy(&bad, wrong.data, sizeof bad, cudaMemcpyDeviceToHost));
+  CHILD_CHECK(bad == 0, "%llu wrong bytes%s", bad, note);
+  CHILD_OK(g.Progress());
+  CHILD_OK(g.Close(Deadline::AfterMs(20000)));
+  return 0;
+}
+
+}  // namespace
+
 int StreamPayloadRank(Group& g, int rank, const std::vector<size_t>& sizes, int rounds, bool check_fields) {
   std::vector<int> peers(g.peers().begin(), g.peers().end());
   DeviceBuffer buffer(sizes.back() * peers.size());
@@ -100,12 +116,7 @@ int StreamPayloadRank(Group& g, int rank, const std::vector<size_t>& sizes, int 
       }
     }
   }
-  CUDA_CHILD_OK(cudaStreamSynchronize(stream));
-  unsigned long long bad = 0;
-  CUDA_CHILD_OK(cudaMemcpy(&bad, wrong.data, sizeof bad, cudaMemcpyDeviceToHost));
-  CHILD_CHECK(bad == 0, "%llu wrong bytes (2^40 per wrong length)", bad);
-  CHILD_OK(g.Progress());
-  CHILD_OK(g.Close(Deadline::AfterMs(20000)));
+  if (int failed = FinishTrial(g, stream, wrong, " (2^40 per wrong length)")) return failed;
   cudaStreamDestroy(stream);
   return 0;
 }
@@ -144,12 +155,7 @@ int CreditPressureRank(Group& g, int rank, int messages, size_t max_bytes, bool 
       CHILD_OK(g.ReleaseOnStream(got, stream));
     }
   }
-  CUDA_CHILD_OK(cudaStreamSynchronize(stream));
-  unsigned long long bad = 0;
-  CUDA_CHILD_OK(cudaMemcpy(&bad, wrong.data, sizeof bad, cudaMemcpyDeviceToHost));
-  CHILD_CHECK(bad == 0, "%llu wrong bytes", bad);
-  CHILD_OK(g.Progress());
-  CHILD_OK(g.Close(Deadline::AfterMs(20000)));
+  if (int failed = FinishTrial(g, stream, wrong, "")) return failed;
   return 0;
 }
 
