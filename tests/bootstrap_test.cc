@@ -25,6 +25,7 @@
 #include "bootstrap/store.h"
 #include "bootstrap/tcp_store.h"
 #include "bootstrap/wire.h"
+#include "sanitized.h"
 
 namespace m2n::bootstrap {
 namespace {
@@ -1213,12 +1214,7 @@ TEST(TcpStoreHardeningTest, ManyStrangersDoNotStallTheRanks) {
 
 // Resident memory is not comparable under a sanitizer (ASan's quarantine, shadow memory): there
 // the tests that bound it check everything else.
-constexpr bool kSanitized =
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-    true;
-#else
-    false;
-#endif
+using ::m2n::testing::kSanitized;
 
 TEST(TcpStoreHardeningTest, AClientThatNeverReadsItsAnswersCannotGrowTheServerWithoutBound) {
   std::unique_ptr<TcpStoreServer> server = StartServer(2, 10000ms);

@@ -18,6 +18,8 @@
 
 #include <gtest/gtest.h>
 
+#include "sanitized.h"
+
 namespace {
 
 using namespace std::chrono_literals;
@@ -104,12 +106,7 @@ bool ParseTotals(const std::string& out, unsigned long long* messages, int* swee
   return false;
 }
 
-constexpr bool kSanitized =
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-    true;
-#else
-    false;
-#endif
+using ::m2n::testing::kSanitized;
 
 TEST(SoakTest, ShortSoakMovesEveryMessageIntactAndMemoryStaysFlat) {
   // 2 x 2, 8 B .. 16 KB: 12 sizes x 4 pairs x (5 + 2 x 200) = 19440 messages a sweep.
