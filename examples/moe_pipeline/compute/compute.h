@@ -76,6 +76,30 @@ struct ExpertInput {
   float* out = nullptr;            // [rows, hidden]: sum over this worker's experts of weight * FFN(x)
 };
 
+// Walks every (input, row, top-k pair) of `inputs` routed to an expert, in that order, calling
+// visit(input index, row, local index, gate weight), where local[global expert id] is the expert's
+// index on this worker (-1 if not held). A DataLossError for a token dispatched to an expert this
+// worker does not hold (`num_experts`: the model's experts).
+template <typename Visit>
+m2n::Status ForEachRoutedRow(std::span<const ExpertInput> inputs, int top_k, int num_experts,
+                             const std::vector<int>& local, Visit&& visit) {
+  for (size_t in = 0; in < inputs.size(); ++in) {
+    const ExpertInput& x = inputs[in];
+    for (int r = 0; r < x.rows; ++r) {
+      for (int j = 0; j < top_k; ++j) {
+        const int32_t e = x.expert[static_cast<size_t>(r) * top_k + j];
+        if (e < 0) continue;
+        if (e >= num_experts || local[static_cast<size_t>(e)] < 0) {
+          return m2n::DataLossError("a token was dispatched to expert " + std::to_string(e) +
+                                    ", which this worker does not hold");
+        }
+        visit(in, r, local[static_cast<size_t>(e)], x.weight[static_cast<size_t>(r) * top_k + j]);
+      }
+    }
+  }
+  return m2n::OkStatus();
+}
+
 class ExpertCompute {
  public:
   virtual ~ExpertCompute() = default;

@@ -72,18 +72,7 @@ class CollocatedRank {
     r.Set("wait_s", Json::Number(exchange_s_));
     r.Set("iterations", Json::Number(static_cast<double>(iteration_)));
     r.Set("layers", Json::Number(c_.num_hidden_layers));
-    r.Set("requests", Json::Number(static_cast<double>(workload_->requests().size())));
-    r.Set("generated_tokens", Json::Number(static_cast<double>(workload_->generated_tokens())));
-    r.Set("prefill_tokens", Json::Number(static_cast<double>(workload_->prefill_tokens())));
-    int64_t input = 0, output = 0;
-    for (const Request& q : workload_->requests()) {
-      input += q.input_len;
-      output += q.output_len;
-    }
-    r.Set("input_tokens", Json::Number(static_cast<double>(input)));
-    r.Set("output_tokens", Json::Number(static_cast<double>(output)));
-    r.Set("tbt_ms", Samples(tbt_ms_));
-    r.Set("ttft_ms", Samples(ttft_ms_));
+    SetWorkloadReport(r, *workload_, tbt_ms_, ttft_ms_);
     if (o_.check) r.Set("check", CheckAgainstReference(o_, *workload_));
     if (g_.rank() != 0) return SendReport(g_, 0, r.Dump(), report_buffer_.data(), report_buffer_.size(), o_);
     Json all = Json::Array();
@@ -98,13 +87,8 @@ class CollocatedRank {
 
  private:
   m2n::Status SetUp() {
-    const int max_context = MaxContext(o_.workload, c_.max_position_embeddings);
-    M2N_ASSIGN_OR_RETURN(Workload w, Workload::Create(o_.workload, g_.rank(), c_.vocab_size, max_context));
-    workload_ = std::make_unique<Workload>(std::move(w));
-    const int local = LocalRank(g_);
-    ComputeOptions co{.threads = o_.threads, .micro_batches = o_.workload.micro_batches,
-                      .max_tokens = o_.workload.max_tokens, .kv_slots = o_.workload.batch,
-                      .max_context = max_context, .local_rank = local};
+    M2N_ASSIGN_OR_RETURN(const ComputeOptions co, MakeServingWorkload(g_, o_, &workload_));
+    const int local = co.local_rank;
     M2N_ASSIGN_OR_RETURN(attention_, MakeAttentionCompute(o_.backend, c_, o_.weights, co));
     for (int e = 0; e < c_.num_local_experts; ++e) {
       if (e % P_ == g_.rank()) held_.push_back(e);

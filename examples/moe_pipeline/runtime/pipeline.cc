@@ -99,13 +99,61 @@ m2n::StatusOr<Json> ReceiveReport(m2n::Group& group, int peer, const PipelineOpt
   return Json::Parse(text, "report from rank " + std::to_string(peer));
 }
 
+m2n::StatusOr<ComputeOptions> MakeServingWorkload(const m2n::Group& g, const PipelineOptions& o,
+                                                  std::unique_ptr<Workload>* workload) {
+  const ModelConfig& c = o.config;
+  const int max_context = MaxContext(o.workload, c.max_position_embeddings);
+  M2N_ASSIGN_OR_RETURN(Workload w, Workload::Create(o.workload, g.rank(), c.vocab_size, max_context));
+  *workload = std::make_unique<Workload>(std::move(w));
+  ComputeOptions co{.threads = o.threads, .micro_batches = o.workload.micro_batches,
+                    .max_tokens = o.workload.max_tokens, .kv_slots = o.workload.batch,
+                    .max_context = max_context, .local_rank = LocalRank(g)};
+  return co;
+}
+
 Json Samples(const std::vector<double>& v) {
   Json a = Json::Array();
   for (double x : v) a.Push(Json::Number(std::round(x * 1e3) / 1e3));
   return a;
 }
 
+void SetWorkloadReport(Json& r, const Workload& w, const std::vector<double>& tbt_ms,
+                       const std::vector<double>& ttft_ms) {
+  r.Set("requests", Json::Number(static_cast<double>(w.requests().size())));
+  r.Set("generated_tokens", Json::Number(static_cast<double>(w.generated_tokens())));
+  r.Set("prefill_tokens", Json::Number(static_cast<double>(w.prefill_tokens())));
+  int64_t input = 0, output = 0;
+  for (const Request& q : w.requests()) {
+    input += q.input_len;
+    output += q.output_len;
+  }
+  r.Set("input_tokens", Json::Number(static_cast<double>(input)));
+  r.Set("output_tokens", Json::Number(static_cast<double>(output)));
+  r.Set("tbt_ms", Samples(tbt_ms));
+  r.Set("ttft_ms", Samples(ttft_ms));
+}
+
 namespace {
+
+// A worker's send buffers: one slot of registered memory per peer, kept for the whole run.
+struct SendBuffers {
+  m2n::Status Register(m2n::Group& g, size_t peers) {
+    slot_bytes = g.options().slot_bytes;
+    buffer.resize(peers * slot_bytes);
+    auto registered = g.RegisterMemory(buffer.data(), buffer.size());
+    if (!registered.ok()) return registered.status();
+    region.emplace(std::move(*registered));
+    for (size_t p = 0; p < peers; ++p) send.push_back(buffer.data() + p * slot_bytes);
+    return m2n::OkStatus();
+  }
+  std::byte* operator[](size_t peer_index) const { return send[peer_index]; }
+
+  size_t slot_bytes = 0;
+  std::vector<std::byte> buffer;
+  // MemoryRegion's default constructor needs its Impl's size: held in an optional instead.
+  std::optional<m2n::MemoryRegion> region;
+  std::vector<std::byte*> send;
+};
 
 // ---- Attention worker ----
 
@@ -131,7 +179,7 @@ class AttentionWorker {
 
     Json report = Report();
     if (o_.check) report.Set("check", CheckAgainstReference(o_, *workload_));
-    M2N_RETURN_IF_ERROR(SendReport(g_, experts_[0], report.Dump(), send_[0], slot_bytes_, o_));
+    M2N_RETURN_IF_ERROR(SendReport(g_, experts_[0], report.Dump(), send_[0], send_.slot_bytes, o_));
     if (g_.rank() != 0) return m2n::OkStatus();
     // Rank 0 gathers everyone's: the first expert worker forwards the attention workers' reports.
     Json all = Json::Array();
@@ -154,20 +202,10 @@ class AttentionWorker {
 
  private:
   m2n::Status SetUp() {
-    const int max_context = MaxContext(o_.workload, c_.max_position_embeddings);
-    M2N_ASSIGN_OR_RETURN(Workload w, Workload::Create(o_.workload, g_.rank(), c_.vocab_size, max_context));
-    workload_ = std::make_unique<Workload>(std::move(w));
-    ComputeOptions co{.threads = o_.threads, .micro_batches = o_.workload.micro_batches,
-                      .max_tokens = o_.workload.max_tokens, .kv_slots = o_.workload.batch,
-                      .max_context = max_context, .local_rank = LocalRank(g_)};
+    M2N_ASSIGN_OR_RETURN(const ComputeOptions co, MakeServingWorkload(g_, o_, &workload_));
     M2N_ASSIGN_OR_RETURN(compute_, MakeAttentionCompute(o_.backend, c_, o_.weights, co));
     experts_.assign(g_.peers().begin(), g_.peers().end());
-    slot_bytes_ = g_.options().slot_bytes;
-    buffer_.resize(experts_.size() * slot_bytes_);
-    auto region = g_.RegisterMemory(buffer_.data(), buffer_.size());
-    if (!region.ok()) return region.status();
-    region_.emplace(std::move(*region));
-    for (size_t w = 0; w < experts_.size(); ++w) send_.push_back(buffer_.data() + w * slot_bytes_);
+    M2N_RETURN_IF_ERROR(send_.Register(g_, experts_.size()));
     requests_.resize(experts_.size());
     combines_.resize(experts_.size());
     const size_t m = static_cast<size_t>(o_.workload.micro_batches);
@@ -315,19 +353,8 @@ class AttentionWorker {
     r.Set("wait_s", Json::Number(wait_s_));
     r.Set("iterations", Json::Number(static_cast<double>(iteration_)));
     r.Set("layers", Json::Number(c_.num_hidden_layers));
-    r.Set("requests", Json::Number(static_cast<double>(workload_->requests().size())));
-    r.Set("generated_tokens", Json::Number(static_cast<double>(workload_->generated_tokens())));
-    r.Set("prefill_tokens", Json::Number(static_cast<double>(workload_->prefill_tokens())));
     r.Set("rows_dispatched", Json::Number(static_cast<double>(rows_dispatched_)));
-    int64_t input = 0, output = 0;
-    for (const Request& q : workload_->requests()) {
-      input += q.input_len;
-      output += q.output_len;
-    }
-    r.Set("input_tokens", Json::Number(static_cast<double>(input)));
-    r.Set("output_tokens", Json::Number(static_cast<double>(output)));
-    r.Set("tbt_ms", Samples(tbt_ms_));
-    r.Set("ttft_ms", Samples(ttft_ms_));
+    SetWorkloadReport(r, *workload_, tbt_ms_, ttft_ms_);
     return r;
   }
 
@@ -337,11 +364,7 @@ class AttentionWorker {
   std::unique_ptr<Workload> workload_;
   std::unique_ptr<AttentionCompute> compute_;
   std::vector<int> experts_;
-  size_t slot_bytes_ = 0;
-  std::vector<std::byte> buffer_;  // one send buffer per expert worker
-  // MemoryRegion's default constructor needs its Impl's size: held in an optional instead.
-  std::optional<m2n::MemoryRegion> region_;
-  std::vector<std::byte*> send_;
+  SendBuffers send_;  // one send buffer per expert worker
   std::vector<m2n::SendRequest> requests_;
   std::vector<m2n::Message> combines_;
   std::vector<std::vector<std::vector<int32_t>>> sent_rows_;  // [mb][expert worker]
@@ -441,9 +464,9 @@ class ExpertWorker {
         attention_reports.push_back(std::move(r));
       }
     }
-    M2N_RETURN_IF_ERROR(SendReport(g_, attention_[0], Report().Dump(), send_[0], slot_bytes_, o_));
+    M2N_RETURN_IF_ERROR(SendReport(g_, attention_[0], Report().Dump(), send_[0], send_.slot_bytes, o_));
     for (const Json& r : attention_reports) {
-      M2N_RETURN_IF_ERROR(SendReport(g_, attention_[0], r.Dump(), send_[0], slot_bytes_, o_));
+      M2N_RETURN_IF_ERROR(SendReport(g_, attention_[0], r.Dump(), send_[0], send_.slot_bytes, o_));
     }
     return m2n::OkStatus();
   }
@@ -459,12 +482,7 @@ class ExpertWorker {
                       .local_rank = LocalRank(g_)};
     M2N_ASSIGN_OR_RETURN(experts_, MakeExpertCompute(o_.backend, c_, o_.weights, held_, co));
     attention_.assign(g_.peers().begin(), g_.peers().end());
-    slot_bytes_ = g_.options().slot_bytes;
-    buffer_.resize(attention_.size() * slot_bytes_);
-    auto region = g_.RegisterMemory(buffer_.data(), buffer_.size());
-    if (!region.ok()) return region.status();
-    region_.emplace(std::move(*region));
-    for (size_t a = 0; a < attention_.size(); ++a) send_.push_back(buffer_.data() + a * slot_bytes_);
+    M2N_RETURN_IF_ERROR(send_.Register(g_, attention_.size()));
     return m2n::OkStatus();
   }
 
@@ -493,11 +511,7 @@ class ExpertWorker {
   std::vector<int> held_;
   std::unique_ptr<ExpertCompute> experts_;
   std::vector<int> attention_;
-  size_t slot_bytes_ = 0;
-  std::vector<std::byte> buffer_;  // one combine buffer per attention worker
-  // MemoryRegion's default constructor needs its Impl's size: held in an optional instead.
-  std::optional<m2n::MemoryRegion> region_;
-  std::vector<std::byte*> send_;
+  SendBuffers send_;  // one combine buffer per attention worker
   int64_t round_ = 0;
   int64_t rows_ = 0;
   double wall_s_ = 0, compute_s_ = 0, send_s_ = 0, wait_s_ = 0;

@@ -16,22 +16,13 @@
 #include "model/weights.h"
 #include "reference/reference.h"
 #include "runtime/workload.h"
+#include "tests/temp_dir.h"
 
 namespace moe {
 namespace {
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "moe_model_test.XXXXXX").string();
-    path_ = mkdtemp(tmpl.data());
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
+struct TempDir : moe::TempDir {
+  TempDir() : moe::TempDir("moe_model_test") {}
 };
 
 void WriteFile(const std::string& path, const std::string& text) {

@@ -18,6 +18,7 @@
 
 #include "model/config.h"
 #include "model/json.h"
+#include "tests/temp_dir.h"
 
 namespace moe {
 namespace {
@@ -42,18 +43,8 @@ Outcome RunPipeline(const std::string& args, int bound_s = 240) {
   return run;
 }
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "moe_pipeline_test.XXXXXX").string();
-    path_ = mkdtemp(tmpl.data());
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
+struct TempDir : moe::TempDir {
+  TempDir() : moe::TempDir("moe_pipeline_test") {}
 };
 
 // A TCP port on 127.0.0.1 that was free a moment ago (the kernel's pick).

@@ -224,22 +224,11 @@ class CpuExperts final : public ExpertCompute {
       float weight;
     };
     std::vector<std::vector<Use>> uses(shard_.experts.size());
-    for (size_t in = 0; in < inputs.size(); ++in) {
-      const ExpertInput& x = inputs[in];
-      std::fill(x.out, x.out + static_cast<size_t>(x.rows) * h, 0.0f);
-      for (int r = 0; r < x.rows; ++r) {
-        for (int j = 0; j < top_k; ++j) {
-          const int32_t e = x.expert[static_cast<size_t>(r) * top_k + j];
-          if (e < 0) continue;
-          if (e >= c_.num_local_experts || local_[static_cast<size_t>(e)] < 0) {
-            return m2n::DataLossError("a token was dispatched to expert " + std::to_string(e) +
-                                      ", which this worker does not hold");
-          }
-          uses[static_cast<size_t>(local_[static_cast<size_t>(e)])].push_back(
-              {static_cast<int>(in), r, x.weight[static_cast<size_t>(r) * top_k + j]});
-        }
-      }
-    }
+    for (const ExpertInput& x : inputs) std::fill(x.out, x.out + static_cast<size_t>(x.rows) * h, 0.0f);
+    M2N_RETURN_IF_ERROR(ForEachRoutedRow(inputs, top_k, c_.num_local_experts, local_,
+                                         [&](size_t in, int r, int le, float weight) {
+                                           uses[static_cast<size_t>(le)].push_back({static_cast<int>(in), r, weight});
+                                         }));
     for (size_t le = 0; le < uses.size(); ++le) {
       const std::vector<Use>& u = uses[le];
       if (u.empty()) continue;

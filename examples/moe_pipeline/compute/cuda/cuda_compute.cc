@@ -376,21 +376,11 @@ class CudaExperts final : public ExpertCompute {
     // Per local expert: the global rows it serves and their gate weights, laid end to end.
     std::vector<std::vector<int32_t>> rows(experts);
     std::vector<std::vector<float>> weights(experts);
-    for (size_t i = 0; i < inputs.size(); ++i) {
-      const ExpertInput& x = inputs[i];
-      for (int r = 0; r < x.rows; ++r) {
-        for (int j = 0; j < top_k; ++j) {
-          const int32_t e = x.expert[static_cast<size_t>(r) * top_k + j];
-          if (e < 0) continue;
-          if (e >= c_.num_local_experts || local_[static_cast<size_t>(e)] < 0) {
-            return m2n::DataLossError("a token was dispatched to expert " + std::to_string(e) +
-                                      ", which this worker does not hold");
-          }
-          rows[static_cast<size_t>(local_[static_cast<size_t>(e)])].push_back(offset[i] + r);
-          weights[static_cast<size_t>(local_[static_cast<size_t>(e)])].push_back(x.weight[static_cast<size_t>(r) * top_k + j]);
-        }
-      }
-    }
+    M2N_RETURN_IF_ERROR(ForEachRoutedRow(inputs, top_k, c_.num_local_experts, local_,
+                                         [&](size_t i, int r, int le, float weight) {
+                                           rows[static_cast<size_t>(le)].push_back(offset[i] + r);
+                                           weights[static_cast<size_t>(le)].push_back(weight);
+                                         }));
     std::vector<int> start(experts + 1, 0);
     std::vector<int32_t> all_rows;
     std::vector<float> all_weights;
