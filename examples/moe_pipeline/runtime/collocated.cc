@@ -174,39 +174,13 @@ class CollocatedRank {
     if (o_.fault == "swap_experts") {
       for (int& e : routing.expert) e = e == 0 ? 1 : e == 1 ? 0 : e;
     }
-    const int k = routing.top_k, tokens = static_cast<int>(routing.expert.size()) / std::max(k, 1);
+    const int k = routing.top_k;
     const size_t hidden = static_cast<size_t>(c_.hidden_size);
     std::vector<int64_t> sizes(static_cast<size_t>(P_), 0);
     for (int p = 0; p < P_; ++p) {
       std::vector<int32_t>& rows = sent_rows_[static_cast<size_t>(p)];
-      rows.clear();
-      for (int t = 0; t < tokens; ++t) {
-        bool mine = false;
-        for (int j = 0; j < k; ++j) mine = mine || routing.expert[static_cast<size_t>(t * k + j)] % P_ == p;
-        if (mine) rows.push_back(t);
-      }
-      const DispatchLayout layout(rows.size(), static_cast<size_t>(k), hidden);
       std::byte* msg = send_host_.data() + static_cast<size_t>(p) * slot_;
-      Header h;
-      h.kind = static_cast<uint16_t>(MessageKind::kDispatch);
-      h.top_k = static_cast<uint16_t>(k);
-      h.iteration = static_cast<uint32_t>(iteration_);
-      h.layer = static_cast<uint16_t>(layer);
-      h.micro_batch = static_cast<uint16_t>(mb);
-      h.rows = static_cast<uint32_t>(rows.size());
-      h.hidden = static_cast<uint32_t>(hidden);
-      std::memcpy(msg, &h, sizeof(h));
-      if (!rows.empty()) std::memcpy(msg + layout.rows, rows.data(), rows.size() * 4);
-      auto* experts = reinterpret_cast<int32_t*>(msg + layout.experts);
-      auto* weights = reinterpret_cast<float*>(msg + layout.weights);
-      for (size_t r = 0; r < rows.size(); ++r) {
-        for (int j = 0; j < k; ++j) {
-          const size_t at = static_cast<size_t>(rows[r]) * k + j;
-          const bool mine = routing.expert[at] % P_ == p;
-          experts[r * k + j] = mine ? routing.expert[at] : -1;
-          weights[r * k + j] = mine ? routing.weight[at] : 0.0f;
-        }
-      }
+      const DispatchLayout layout = WriteDispatch(routing, p, P_, c_.hidden_size, iteration_, layer, mb, &rows, msg);
       M2N_RETURN_IF_ERROR(attention_->GatherRows(mb, rows, reinterpret_cast<float*>(msg + layout.x)));
       sizes[static_cast<size_t>(p)] = static_cast<int64_t>(layout.bytes);
     }

@@ -111,6 +111,39 @@ m2n::StatusOr<ComputeOptions> MakeServingWorkload(const m2n::Group& g, const Pip
   return co;
 }
 
+DispatchLayout WriteDispatch(const Routing& routing, int w, int workers, int hidden, int64_t iteration, int layer,
+                             int mb, std::vector<int32_t>* rows, std::byte* msg) {
+  const int k = routing.top_k, tokens = static_cast<int>(routing.expert.size()) / std::max(k, 1);
+  rows->clear();
+  for (int t = 0; t < tokens; ++t) {
+    bool mine = false;
+    for (int j = 0; j < k; ++j) mine = mine || ExpertOwner(routing.expert[static_cast<size_t>(t * k + j)], workers) == w;
+    if (mine) rows->push_back(t);
+  }
+  const DispatchLayout layout(rows->size(), static_cast<size_t>(k), static_cast<size_t>(hidden));
+  Header h;
+  h.kind = static_cast<uint16_t>(MessageKind::kDispatch);
+  h.top_k = static_cast<uint16_t>(k);
+  h.iteration = static_cast<uint32_t>(iteration);
+  h.layer = static_cast<uint16_t>(layer);
+  h.micro_batch = static_cast<uint16_t>(mb);
+  h.rows = static_cast<uint32_t>(rows->size());
+  h.hidden = static_cast<uint32_t>(hidden);
+  std::memcpy(msg, &h, sizeof(h));
+  if (!rows->empty()) std::memcpy(msg + layout.rows, rows->data(), rows->size() * 4);
+  auto* experts = reinterpret_cast<int32_t*>(msg + layout.experts);
+  auto* weights = reinterpret_cast<float*>(msg + layout.weights);
+  for (size_t r = 0; r < rows->size(); ++r) {
+    for (int j = 0; j < k; ++j) {
+      const size_t at = static_cast<size_t>((*rows)[r]) * k + j;
+      const bool mine = ExpertOwner(routing.expert[at], workers) == w;
+      experts[r * k + j] = mine ? routing.expert[at] : -1;
+      weights[r * k + j] = mine ? routing.weight[at] : 0.0f;
+    }
+  }
+  return layout;
+}
+
 Json Samples(const std::vector<double>& v) {
   Json a = Json::Array();
   for (double x : v) a.Push(Json::Number(std::round(x * 1e3) / 1e3));
@@ -255,38 +288,11 @@ class AttentionWorker {
       if (o_.fault == "swap_experts") {
         for (int& e : routing.expert) e = e == 0 ? 1 : e == 1 ? 0 : e;
       }
-      const int k = routing.top_k, tokens = static_cast<int>(routing.expert.size()) / std::max(k, 1);
       const int N = static_cast<int>(experts_.size());
       for (int w = 0; w < N; ++w) {
         std::vector<int32_t>& rows = sent_rows_[static_cast<size_t>(mb)][static_cast<size_t>(w)];
-        rows.clear();
-        for (int t = 0; t < tokens; ++t) {
-          bool mine = false;
-          for (int j = 0; j < k; ++j) mine = mine || ExpertOwner(routing.expert[static_cast<size_t>(t * k + j)], N) == w;
-          if (mine) rows.push_back(t);
-        }
-        const DispatchLayout layout(rows.size(), static_cast<size_t>(k), static_cast<size_t>(c_.hidden_size));
         std::byte* msg = send_[static_cast<size_t>(w)];
-        Header h;
-        h.kind = static_cast<uint16_t>(MessageKind::kDispatch);
-        h.top_k = static_cast<uint16_t>(k);
-        h.iteration = static_cast<uint32_t>(iteration_);
-        h.layer = static_cast<uint16_t>(layer);
-        h.micro_batch = static_cast<uint16_t>(mb);
-        h.rows = static_cast<uint32_t>(rows.size());
-        h.hidden = static_cast<uint32_t>(c_.hidden_size);
-        std::memcpy(msg, &h, sizeof(h));
-        if (!rows.empty()) std::memcpy(msg + layout.rows, rows.data(), rows.size() * 4);
-        auto* experts = reinterpret_cast<int32_t*>(msg + layout.experts);
-        auto* weights = reinterpret_cast<float*>(msg + layout.weights);
-        for (size_t r = 0; r < rows.size(); ++r) {
-          for (int j = 0; j < k; ++j) {
-            const size_t at = static_cast<size_t>(rows[r]) * k + j;
-            const bool mine = ExpertOwner(routing.expert[at], N) == w;
-            experts[r * k + j] = mine ? routing.expert[at] : -1;
-            weights[r * k + j] = mine ? routing.weight[at] : 0.0f;
-          }
-        }
+        const DispatchLayout layout = WriteDispatch(routing, w, N, c_.hidden_size, iteration_, layer, mb, &rows, msg);
         M2N_RETURN_IF_ERROR(compute_->GatherRows(mb, rows, reinterpret_cast<float*>(msg + layout.x)));
         requests_[static_cast<size_t>(w)] = {experts_[static_cast<size_t>(w)], msg, layout.bytes};
         rows_dispatched_ += static_cast<int64_t>(rows.size());

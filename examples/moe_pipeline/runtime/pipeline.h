@@ -27,6 +27,7 @@
 #include "model/config.h"
 #include "model/json.h"
 #include "model/weights.h"
+#include "runtime/wire.h"
 #include "runtime/workload.h"
 
 namespace moe {
@@ -72,6 +73,12 @@ m2n::StatusOr<Json> ReceiveReport(m2n::Group& group, int peer, const PipelineOpt
 // (attention, and the experts of a collocated rank) on the rank's local GPU.
 m2n::StatusOr<ComputeOptions> MakeServingWorkload(const m2n::Group& group, const PipelineOptions& options,
                                                   std::unique_ptr<Workload>* workload);
+// Expert worker `w` of `workers` holds the experts e with ExpertOwner(e, workers) == w. Its
+// dispatch of micro-batch `mb` at `layer`: the tokens routed to any of its experts into *rows, and
+// into msg the header, those rows, their top-k expert ids (-1 for another worker's) and gate
+// weights. The tokens' hidden states (at the layout's x) are the caller's to gather.
+DispatchLayout WriteDispatch(const Routing& routing, int w, int workers, int hidden, int64_t iteration, int layer,
+                             int mb, std::vector<int32_t>* rows, std::byte* msg);
 Json Samples(const std::vector<double>& values);  // a JSON array, rounded to 1e-3
 // A serving rank's report fields from its workload: requests, tokens, TBT and TTFT samples (ms).
 void SetWorkloadReport(Json& report, const Workload& workload, const std::vector<double>& tbt_ms,
