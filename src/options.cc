@@ -1,11 +1,15 @@
+// ResolveOptions (m2n/options.h): the table of M2N_* variables applied over an Options through the
+// environment reader (src/base/env.h), then the launcher's rank, world size and master address
+// (m2n/launch.h).
 #include "m2n/options.h"
 
 #include <sched.h>
 
-#include <charconv>
-#include <cstdlib>
 #include <sstream>
 #include <string>
+
+#include "m2n/launch.h"
+#include "src/base/env.h"
 
 namespace m2n {
 namespace {
@@ -29,74 +33,23 @@ constexpr EnvironmentVariable kTable[] = {
     {"M2N_PROXY_CORE", "proxy_core", "CPU a transport's proxy thread is pinned to; -1: from the topology (-1)"},
 };
 
-// Reads an integer variable; absent leaves *out untouched. A malformed value names the variable.
-Status ReadInt(const char* name, int64_t min, int64_t max, int64_t* out) {
-  const char* text = std::getenv(name);
-  if (text == nullptr || *text == '\0') return OkStatus();
-  std::string_view view(text);
-  int64_t value = 0;
-  auto [end, ec] = std::from_chars(view.data(), view.data() + view.size(), value);
-  // Accept K/M/G suffixes (powers of two) so M2N_SLOT_BYTES=4M works.
-  if (ec == std::errc() && end != view.data() + view.size()) {
-    std::string_view rest(end, view.data() + view.size() - end);
-    if (rest == "K" || rest == "k") value <<= 10;
-    else if (rest == "M" || rest == "m") value <<= 20;
-    else if (rest == "G" || rest == "g") value <<= 30;
-    else ec = std::errc::invalid_argument;
-  }
-  if (ec != std::errc()) {
-    return InvalidArgumentError(std::string(name) + "='" + text + "' is not an integer");
-  }
-  if (value < min || value > max) {
-    return InvalidArgumentError(std::string(name) + "=" + text + " is outside [" +
-                                std::to_string(min) + ", " + std::to_string(max) + "]");
-  }
-  *out = value;
-  return OkStatus();
-}
-
+// Reads an integer variable over *field; absent leaves it untouched. A bad value names the variable.
 template <typename T>
-Status ReadIntInto(const char* name, int64_t min, int64_t max, T* field) {
-  int64_t value = static_cast<int64_t>(*field);
-  M2N_RETURN_IF_ERROR(ReadInt(name, min, max, &value));
+Status ReadInt(const char* name, int64_t min, int64_t max, T* field) {
+  M2N_ASSIGN_OR_RETURN(int64_t value, env::Int(name, min, max, static_cast<int64_t>(*field)));
   *field = static_cast<T>(value);
   return OkStatus();
 }
 
-void ReadString(const char* name, std::string* field) {
-  const char* text = std::getenv(name);
-  if (text != nullptr && *text != '\0') *field = text;
-}
+void ReadString(const char* name, std::string* field) { *field = env::String(name, std::move(*field)); }
 
-bool HasEnv(const char* name) {
-  const char* text = std::getenv(name);
-  return text != nullptr && *text != '\0';
-}
-
-// Fills rank and world size from the first launcher whose variables are present.
+// Fills what the code and the M2N_* variables left unset from the launcher's variables.
 Status ReadLauncher(BootstrapOptions* b) {
-  struct Launcher {
-    const char* rank;
-    const char* size;
-  };
-  static constexpr Launcher kLaunchers[] = {
-      {"M2N_RANK", "M2N_WORLD_SIZE"},
-      {"RANK", "WORLD_SIZE"},                                  // torchrun
-      {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"},        // Open MPI
-      {"PMI_RANK", "PMI_SIZE"},                                // MPICH / Hydra
-      {"SLURM_PROCID", "SLURM_NTASKS"},                        // Slurm
-  };
-  constexpr int64_t kMaxRanks = 1 << 20;
-  for (const Launcher& l : kLaunchers) {
-    if (b->rank < 0 && HasEnv(l.rank)) M2N_RETURN_IF_ERROR(ReadIntInto(l.rank, 0, kMaxRanks, &b->rank));
-    if (b->world_size < 0 && HasEnv(l.size)) {
-      M2N_RETURN_IF_ERROR(ReadIntInto(l.size, 1, kMaxRanks, &b->world_size));
-    }
-  }
-  if (b->master_addr.empty()) ReadString("MASTER_ADDR", &b->master_addr);
-  if (b->master_port == 0 && HasEnv("MASTER_PORT")) {
-    M2N_RETURN_IF_ERROR(ReadIntInto("MASTER_PORT", 1, 65535, &b->master_port));
-  }
+  M2N_ASSIGN_OR_RETURN(const LaunchInfo launch, DetectLaunch());
+  if (b->rank < 0) b->rank = launch.rank;
+  if (b->world_size < 0) b->world_size = launch.world_size;
+  if (b->master_addr.empty()) b->master_addr = launch.master_addr;
+  if (b->master_port == 0) b->master_port = launch.master_port;
   return OkStatus();
 }
 
@@ -108,24 +61,24 @@ StatusOr<Options> ResolveOptions(const Options& in) {
   Options o = in;
   BootstrapOptions& b = o.bootstrap;
   // M2N_* variables are the operator's override: they win over fields set in code.
-  M2N_RETURN_IF_ERROR(ReadIntInto("M2N_RANK", 0, 1 << 20, &b.rank));
-  M2N_RETURN_IF_ERROR(ReadIntInto("M2N_WORLD_SIZE", 1, 1 << 20, &b.world_size));
+  M2N_RETURN_IF_ERROR(ReadInt("M2N_RANK", 0, 1 << 20, &b.rank));
+  M2N_RETURN_IF_ERROR(ReadInt("M2N_WORLD_SIZE", 1, 1 << 20, &b.world_size));
   ReadString("M2N_MASTER_ADDR", &b.master_addr);
-  M2N_RETURN_IF_ERROR(ReadIntInto("M2N_MASTER_PORT", 1, 65535, &b.master_port));
+  M2N_RETURN_IF_ERROR(ReadInt("M2N_MASTER_PORT", 1, 65535, &b.master_port));
   ReadString("M2N_JOB_ID", &b.job_id);
   int64_t timeout_ms = b.timeout.count();
   M2N_RETURN_IF_ERROR(ReadInt("M2N_TIMEOUT_MS", 1, int64_t{1} << 40, &timeout_ms));
   b.timeout = std::chrono::milliseconds(timeout_ms);
-  M2N_RETURN_IF_ERROR(ReadIntInto("M2N_SENDERS", 1, 1 << 16, &o.num_senders));
-  M2N_RETURN_IF_ERROR(ReadIntInto("M2N_RECEIVERS", 1, 1 << 16, &o.num_receivers));
-  M2N_RETURN_IF_ERROR(ReadIntInto("M2N_SLOT_BYTES", 1, int64_t{1} << 32, &o.slot_bytes));
-  M2N_RETURN_IF_ERROR(ReadIntInto("M2N_SLOT_DEPTH", 1, 1024, &o.slot_depth));
+  M2N_RETURN_IF_ERROR(ReadInt("M2N_SENDERS", 1, 1 << 16, &o.num_senders));
+  M2N_RETURN_IF_ERROR(ReadInt("M2N_RECEIVERS", 1, 1 << 16, &o.num_receivers));
+  M2N_ASSIGN_OR_RETURN(o.slot_bytes, env::Size("M2N_SLOT_BYTES", 1, uint64_t{1} << 32, o.slot_bytes));
+  M2N_RETURN_IF_ERROR(ReadInt("M2N_SLOT_DEPTH", 1, 1024, &o.slot_depth));
   ReadString("M2N_TRANSPORT", &o.transport);
-  M2N_RETURN_IF_ERROR(ReadIntInto("M2N_SPIN_US", -1, 10'000'000, &o.spin_us));
-  M2N_RETURN_IF_ERROR(ReadIntInto("M2N_LIVENESS_CHECK_MS", 1, 3'600'000, &o.liveness_check_ms));
-  M2N_RETURN_IF_ERROR(ReadIntInto("M2N_CHECKSUM", 0, 1, &o.checksum));
+  M2N_RETURN_IF_ERROR(ReadInt("M2N_SPIN_US", -1, 10'000'000, &o.spin_us));
+  M2N_RETURN_IF_ERROR(ReadInt("M2N_LIVENESS_CHECK_MS", 1, 3'600'000, &o.liveness_check_ms));
+  M2N_ASSIGN_OR_RETURN(o.checksum, env::Bool("M2N_CHECKSUM", o.checksum));
   ReadString("M2N_NIC", &o.nic);
-  M2N_RETURN_IF_ERROR(ReadIntInto("M2N_PROXY_CORE", -1, CPU_SETSIZE - 1, &o.proxy_core));
+  M2N_RETURN_IF_ERROR(ReadInt("M2N_PROXY_CORE", -1, CPU_SETSIZE - 1, &o.proxy_core));
   M2N_RETURN_IF_ERROR(ReadLauncher(&b));
 
   if (b.master_addr.empty()) b.master_addr = "127.0.0.1";

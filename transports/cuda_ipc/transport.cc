@@ -7,6 +7,7 @@
 #include <cstring>
 #include <fstream>
 
+#include "src/base/env.h"
 #include "transports/cuda_ipc/cuda_status.h"
 
 namespace m2n::transport::cuda_ipc {
@@ -35,13 +36,11 @@ std::string HostIdentity() {
   return std::string(name) + "/" + boot;
 }
 
-int EnvInt(const char* name, int fallback, int low, int high) {
-  const char* text = std::getenv(name);
-  if (text == nullptr || *text == '\0') return fallback;
-  char* end = nullptr;
-  long v = std::strtol(text, &end, 10);
-  if (*end != '\0' || v < low || v > high) return fallback;
-  return static_cast<int>(v);
+// A cuda_ipc variable through the one environment reader: a bad value is an error, never the default.
+StatusOr<int> EnvInt(const char* name, int fallback, int low, int high) {
+  auto value = env::Int(name, low, high, fallback);
+  if (!value.ok()) return value.status().WithContext("cuda_ipc");
+  return static_cast<int>(*value);
 }
 
 }  // namespace
@@ -69,8 +68,10 @@ Status CudaIpcTransport::Init() {
   // A blocking stream: host-driven copies wait for work on the legacy default stream, e.g. the
   // cudaMemcpy that filled the buffer (which may return before its DMA lands).
   M2N_CUDA_RETURN_IF_ERROR(cudaStreamCreate(&copy_stream_), "cudaStreamCreate");
-  max_blocks_ = EnvInt("M2N_CUDA_IPC_MAX_BLOCKS", max_blocks_, 1, 1024);
-  block_bytes_ = static_cast<size_t>(EnvInt("M2N_CUDA_IPC_BLOCK_BYTES", static_cast<int>(block_bytes_), 1024, 1 << 30));
+  M2N_ASSIGN_OR_RETURN(max_blocks_, EnvInt("M2N_CUDA_IPC_MAX_BLOCKS", max_blocks_, 1, 1024));
+  M2N_ASSIGN_OR_RETURN(const int block_bytes,
+                       EnvInt("M2N_CUDA_IPC_BLOCK_BYTES", static_cast<int>(block_bytes_), 1024, 1 << 30));
+  block_bytes_ = static_cast<size_t>(block_bytes);
   uint32_t capacity = 16;
   while (capacity < static_cast<uint32_t>(2 * config_.max_unpolled + 2)) capacity *= 2;
   layout_ = MailboxLayout{config_.world_size, capacity};
@@ -88,14 +89,18 @@ Status CudaIpcTransport::Init() {
   M2N_CUDA_RETURN_IF_ERROR(cudaHostGetDevicePointer(&error_device, error, 0), "cudaHostGetDevicePointer");
   error_device_ = static_cast<unsigned long long*>(error_device);
   outbox_device_.assign(static_cast<size_t>(config_.world_size), nullptr);
-  if (EnvInt("M2N_CUDA_IPC_PROXY", 0, 0, 1) == 1) {
+  M2N_ASSIGN_OR_RETURN(const int use_proxy, EnvInt("M2N_CUDA_IPC_PROXY", 0, 0, 1));
+  if (use_proxy == 1) {
     CopyProxy::Options options;
-    options.max_blocks = EnvInt("M2N_CUDA_IPC_PROXY_BLOCKS", options.max_blocks, 1, 128);
-    options.block_bytes = static_cast<size_t>(
-        EnvInt("M2N_CUDA_IPC_PROXY_BLOCK_BYTES", static_cast<int>(options.block_bytes), 1024, 1 << 30));
-    options.idle = std::chrono::milliseconds(
-        EnvInt("M2N_CUDA_IPC_PROXY_IDLE_MS", static_cast<int>(options.idle.count()), 1, 60000));
-    options.doorbell = EnvInt("M2N_CUDA_IPC_PROXY_DOORBELL", 0, 0, 1) == 1;
+    M2N_ASSIGN_OR_RETURN(options.max_blocks, EnvInt("M2N_CUDA_IPC_PROXY_BLOCKS", options.max_blocks, 1, 128));
+    M2N_ASSIGN_OR_RETURN(const int proxy_block_bytes,
+                         EnvInt("M2N_CUDA_IPC_PROXY_BLOCK_BYTES", static_cast<int>(options.block_bytes), 1024, 1 << 30));
+    options.block_bytes = static_cast<size_t>(proxy_block_bytes);
+    M2N_ASSIGN_OR_RETURN(const int idle_ms,
+                         EnvInt("M2N_CUDA_IPC_PROXY_IDLE_MS", static_cast<int>(options.idle.count()), 1, 60000));
+    options.idle = std::chrono::milliseconds(idle_ms);
+    M2N_ASSIGN_OR_RETURN(const int doorbell, EnvInt("M2N_CUDA_IPC_PROXY_DOORBELL", 0, 0, 1));
+    options.doorbell = doorbell == 1;
     // Writes in flight are bounded by the credits (peers x slot_depth); the ring holds them all.
     while (options.capacity < static_cast<uint32_t>(config_.world_size * config_.slot_depth)) options.capacity *= 2;
     M2N_ASSIGN_OR_RETURN(proxy_, CopyProxy::Create(options));

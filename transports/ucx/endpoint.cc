@@ -8,6 +8,7 @@
 #include <string>
 #include <string_view>
 
+#include "src/base/env.h"
 #include "transports/ucx/memory.h"
 #include "transports/wire.h"
 
@@ -20,42 +21,25 @@ constexpr uint16_t kAddressVersion = 1;
 }  // namespace
 
 StatusOr<ErrMode> ErrModeFromEnv() {
-  const char* env = std::getenv("M2N_UCX_ERR_MODE");
-  const std::string_view value = env == nullptr ? "auto" : env;
-  if (value == "auto" || value.empty()) return ErrMode::kAuto;
+  const std::string value = env::String("M2N_UCX_ERR_MODE", "auto");
+  if (value == "auto") return ErrMode::kAuto;
   if (value == "peer") return ErrMode::kPeer;
   if (value == "none") return ErrMode::kNone;
-  return InvalidArgumentError("ucx: M2N_UCX_ERR_MODE=" + std::string(value) +
-                              " is not one of auto, peer, none");
+  return InvalidArgumentError("ucx: M2N_UCX_ERR_MODE=" + value + " is not one of auto, peer, none");
 }
 
 StatusOr<std::optional<size_t>> EagerMaxFromEnv() {
-  const char* env = std::getenv("M2N_UCX_EAGER_MAX");
-  const std::string_view value = env == nullptr ? "auto" : env;
-  if (value == "auto" || value.empty()) return std::optional<size_t>();
-  constexpr size_t kLimit = size_t{1} << 40;  // far above any slot; keeps the arithmetic exact
-  size_t bytes = 0;
-  size_t digits = 0;
-  while (digits < value.size() && value[digits] >= '0' && value[digits] <= '9' && bytes < kLimit)
-    bytes = bytes * 10 + static_cast<size_t>(value[digits++] - '0');
-  int shift = digits + 1 == value.size() ? -1 : 0;
-  if (shift < 0) {
-    switch (value[digits]) {
-      case 'k':
-      case 'K': shift = 10; break;
-      case 'm':
-      case 'M': shift = 20; break;
-      case 'g':
-      case 'G': shift = 30; break;
-      default: break;
-    }
-  }
-  const bool whole = digits == value.size() || (digits + 1 == value.size() && shift > 0);
-  if (digits == 0 || !whole || shift < 0 || bytes > (kLimit >> shift)) {
-    return InvalidArgumentError("ucx: M2N_UCX_EAGER_MAX=" + std::string(value) +
-                                " is not a size in bytes (K, M, G suffixes) or auto");
-  }
-  return std::optional<size_t>(bytes << shift);
+  if (env::String("M2N_UCX_EAGER_MAX", "auto") == "auto") return std::optional<size_t>();
+  constexpr uint64_t kLimit = uint64_t{1} << 40;  // far above any slot; keeps the arithmetic exact
+  auto bytes = env::Size("M2N_UCX_EAGER_MAX", 0, kLimit, 0);
+  if (!bytes.ok()) return bytes.status().WithContext("ucx");
+  return std::optional<size_t>(*bytes);
+}
+
+StatusOr<bool> DirectStoresFromEnv() {
+  auto direct = env::Bool("M2N_UCX_DIRECT", true);
+  if (!direct.ok()) return direct.status().WithContext("ucx");
+  return *direct;
 }
 
 bool EpUsesOnlyTcp(ucp_ep_h ep) {

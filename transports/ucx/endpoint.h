@@ -80,6 +80,8 @@ ucp_err_handling_mode_t ResolveErrMode(ErrMode setting, bool same_host);
 // M2N_UCX_EAGER_MAX (bytes, K/M/G suffixes: powers of 2): active-message writes up to this size
 // go eager to every peer; unset or "auto": nullopt (UCX decides, except on TCP, see transport.cc).
 StatusOr<std::optional<size_t>> EagerMaxFromEnv();
+// M2N_UCX_DIRECT (a boolean, default on): plain stores into a peer's mapped memory (transport.cc).
+StatusOr<bool> DirectStoresFromEnv();
 // The eager limit on endpoints whose every lane is TCP.
 inline constexpr size_t kTcpEagerMax = size_t{128} << 10;
 // Whether every transport lane UCX chose for `ep` is TCP (or `self`).

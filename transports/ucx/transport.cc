@@ -72,8 +72,7 @@ StatusOr<std::unique_ptr<Transport>> UcxTransport::Create(const Config& config) 
   std::unique_ptr<UcxTransport> t(new UcxTransport(config));
   M2N_ASSIGN_OR_RETURN(t->err_mode_, ErrModeFromEnv());
   M2N_ASSIGN_OR_RETURN(t->eager_setting_, EagerMaxFromEnv());
-  if (const char* env = std::getenv("M2N_UCX_DIRECT"))
-    t->direct_stores_ = std::string_view(env) != "0";
+  M2N_ASSIGN_OR_RETURN(t->direct_stores_, DirectStoresFromEnv());
   t->peer_index_.assign(config.world_size, -1);
   for (size_t i = 0; i < config.peers.size(); ++i) {
     const int peer = config.peers[i];

@@ -9,20 +9,16 @@
 #include <string>
 #include <vector>
 
+#include "src/base/env.h"
+
 namespace m2n::transport::verbs {
 namespace {
 
+// A verbs variable through the one environment reader, its error prefixed with the transport.
 StatusOr<int> ReadInt(const char* name, int min, int max, int fallback) {
-  const char* env = std::getenv(name);
-  if (env == nullptr || *env == '\0') return fallback;
-  char* end = nullptr;
-  errno = 0;
-  const long value = std::strtol(env, &end, 0);
-  if (errno != 0 || end == env || *end != '\0' || value < min || value > max) {
-    return InvalidArgumentError("verbs: " + std::string(name) + "=" + env + " is not an integer in [" +
-                                std::to_string(min) + ", " + std::to_string(max) + "]");
-  }
-  return static_cast<int>(value);
+  auto value = env::Int(name, min, max, fallback);
+  if (!value.ok()) return value.status().WithContext("verbs");
+  return static_cast<int>(*value);
 }
 
 std::string GidText(const ibv_gid& gid) {
@@ -74,7 +70,7 @@ std::string VerbError(std::string_view what, int err) {
 
 StatusOr<VerbsOptions> VerbsOptionsFromEnv() {
   VerbsOptions o;
-  if (const char* env = std::getenv("M2N_VERBS_DEVICE")) o.device = env;
+  o.device = env::String("M2N_VERBS_DEVICE", o.device);
   M2N_ASSIGN_OR_RETURN(o.port, ReadInt("M2N_VERBS_PORT", 0, 255, o.port));
   M2N_ASSIGN_OR_RETURN(o.gid_index, ReadInt("M2N_VERBS_GID_INDEX", -1, 1 << 16, o.gid_index));
   M2N_ASSIGN_OR_RETURN(o.timeout, ReadInt("M2N_VERBS_TIMEOUT", 0, 31, o.timeout));
@@ -93,8 +89,9 @@ StatusOr<VerbsOptions> VerbsOptionsFromEnv() {
                        ReadInt("M2N_VERBS_RATE_LIMIT_MBPS", 0, 1 << 30, o.rate_limit_mbps));
   M2N_ASSIGN_OR_RETURN(o.inline_bytes, ReadInt("M2N_VERBS_INLINE", 0, 1 << 16, o.inline_bytes));
   M2N_ASSIGN_OR_RETURN(o.signal_every, ReadInt("M2N_VERBS_SIGNAL_EVERY", 0, 1 << 16, o.signal_every));
-  M2N_ASSIGN_OR_RETURN(int verbose, ReadInt("M2N_VERBS_VERBOSE", 0, 1, 0));
-  o.verbose = verbose != 0;
+  auto verbose = env::Bool("M2N_VERBS_VERBOSE", false);
+  if (!verbose.ok()) return verbose.status().WithContext("verbs");
+  o.verbose = *verbose;
   return o;
 }
 
