@@ -1,38 +1,18 @@
+// m2n_perf's launch rules (launch.h) over m2n's launch kit (m2n/launch.h): the launcher's name for
+// the header, the exit status of a self-started job, and the re-exec under mpirun.
 #include "perftest/launch.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
-#include <charconv>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <optional>
 #include <string_view>
-#include <thread>
 #include <vector>
-
-extern char** environ;
 
 namespace m2n::perf {
 namespace {
-
-std::optional<int> IntVariable(const char* name) {
-  const char* value = std::getenv(name);
-  if (value == nullptr || *value == '\0') return std::nullopt;
-  int out = 0;
-  const char* end = value + std::strlen(value);
-  auto [ptr, ec] = std::from_chars(value, end, out);
-  if (ec != std::errc() || ptr != end) return std::nullopt;
-  return out;
-}
 
 bool IsSet(const char* name) {
   const char* value = std::getenv(name);
@@ -47,36 +27,6 @@ std::string SelfPath() {
   return path;
 }
 
-std::string DescribeEnd(int status) {
-  if (WIFEXITED(status)) return "exited with status " + std::to_string(WEXITSTATUS(status));
-  if (WIFSIGNALED(status)) {
-    const int sig = WTERMSIG(status);
-    return "was killed by signal " + std::to_string(sig) + " (" + strsignal(sig) + ")";
-  }
-  return "ended with wait status " + std::to_string(status);
-}
-
-// The environment of spawned rank `rank`: ours, minus any M2N_RANK-like leftovers, plus the job's.
-std::vector<std::string> RankEnvironment(int rank, int world, int port, const std::string& job_id) {
-  static constexpr std::string_view kReplaced[] = {"M2N_RANK=", "M2N_WORLD_SIZE=", "M2N_MASTER_ADDR=",
-                                                   "M2N_MASTER_PORT=", "M2N_JOB_ID=",
-                                                   "M2N_PERF_SPAWNED="};
-  std::vector<std::string> env;
-  for (char** e = environ; *e != nullptr; ++e) {
-    std::string_view entry(*e);
-    bool replaced = false;
-    for (std::string_view prefix : kReplaced) replaced = replaced || entry.rfind(prefix, 0) == 0;
-    if (!replaced) env.emplace_back(entry);
-  }
-  env.push_back("M2N_RANK=" + std::to_string(rank));
-  env.push_back("M2N_WORLD_SIZE=" + std::to_string(world));
-  env.push_back("M2N_MASTER_ADDR=127.0.0.1");
-  env.push_back("M2N_MASTER_PORT=" + std::to_string(port));
-  env.push_back("M2N_JOB_ID=" + job_id);
-  env.push_back(std::string(kSpawnedVariable) + "=1");
-  return env;
-}
-
 std::vector<char*> Pointers(std::vector<std::string>& strings) {
   std::vector<char*> out;
   for (auto& s : strings) out.push_back(s.data());
@@ -84,175 +34,79 @@ std::vector<char*> Pointers(std::vector<std::string>& strings) {
   return out;
 }
 
+std::string Name(LauncherKind kind, int world_size) {
+  switch (kind) {
+    case LauncherKind::kNone: return "";
+    case LauncherKind::kSelf:
+      return "m2n_perf (self-started, " + std::to_string(world_size) + " processes on this host)";
+    case LauncherKind::kM2nEnv: return "M2N_RANK / M2N_WORLD_SIZE";
+    case LauncherKind::kTorchrun: return "torchrun (RANK / WORLD_SIZE)";
+    case LauncherKind::kOpenMpi: return "mpirun (Open MPI)";
+    case LauncherKind::kPmi: return "mpiexec (PMI_RANK / PMI_SIZE)";
+    case LauncherKind::kSlurm: return "srun (Slurm)";
+  }
+  return "";
+}
+
+LauncherKind KindOf(Launcher launcher) {
+  switch (launcher) {
+    case Launcher::kNone: return LauncherKind::kNone;
+    case Launcher::kM2n: return IsSet(kSpawnedVariable) ? LauncherKind::kSelf : LauncherKind::kM2nEnv;
+    case Launcher::kTorchrun: return LauncherKind::kTorchrun;
+    case Launcher::kOpenMpi: return LauncherKind::kOpenMpi;
+    case Launcher::kPmi: return LauncherKind::kPmi;
+    case Launcher::kSlurm: return LauncherKind::kSlurm;
+  }
+  return LauncherKind::kNone;
+}
+
 }  // namespace
 
-bool UnderOpenMpi() { return IsSet("OMPI_COMM_WORLD_RANK"); }
-
-LauncherInfo DetectLauncher() {
+StatusOr<LauncherInfo> DetectLauncher() {
+  M2N_ASSIGN_OR_RETURN(const LaunchInfo launch, DetectLaunch());
   LauncherInfo info;
-  if (IsSet("M2N_RANK")) {
-    const bool self = IsSet(kSpawnedVariable);
-    info.kind = self ? LauncherKind::kSelf : LauncherKind::kM2nEnv;
-    info.world_size = IntVariable("M2N_WORLD_SIZE").value_or(-1);
-    if (self) {
-      info.name = "m2n_perf (self-started, " + std::to_string(info.world_size) +
-                  " processes on this host)";
-      info.local_size = info.world_size;
-    } else {
-      info.name = "M2N_RANK / M2N_WORLD_SIZE";
-    }
-  } else if (IsSet("RANK") && IsSet("WORLD_SIZE")) {
-    info.kind = LauncherKind::kTorchrun;
-    info.name = "torchrun (RANK / WORLD_SIZE)";
-    info.world_size = IntVariable("WORLD_SIZE").value_or(-1);
-    info.local_size = IntVariable("LOCAL_WORLD_SIZE").value_or(-1);
-  } else if (UnderOpenMpi()) {
-    info.kind = LauncherKind::kOpenMpi;
-    info.name = "mpirun (Open MPI)";
-    info.world_size = IntVariable("OMPI_COMM_WORLD_SIZE").value_or(-1);
-    info.local_size = IntVariable("OMPI_COMM_WORLD_LOCAL_SIZE").value_or(-1);
-  } else if (IsSet("SLURM_PROCID")) {
-    info.kind = LauncherKind::kSlurm;
-    info.name = "srun (Slurm)";
-    info.world_size = IntVariable("SLURM_NTASKS").value_or(-1);
-    // SLURM_NTASKS_PER_NODE is set only when the user asked for it; the node count always is.
-    const int nodes = IntVariable("SLURM_STEP_NUM_NODES").value_or(IntVariable("SLURM_NNODES").value_or(-1));
-    if (nodes > 1) info.multi_host = true;
-    info.local_size = IntVariable("SLURM_NTASKS_PER_NODE").value_or(-1);
-  }
-  if (info.local_size > 0 && info.world_size > 0 && info.local_size < info.world_size) {
-    info.multi_host = true;
-  }
+  info.kind = KindOf(launch.launcher);
+  info.world_size = launch.world_size;
+  info.local_size = launch.local_size;
+  info.multi_host = launch.multi_host();
+  info.name = Name(info.kind, info.world_size);
   return info;
 }
 
-StatusOr<int> PickFreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return InternalError(std::string("socket: ") + std::strerror(errno));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  socklen_t length = sizeof(addr);
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &length) != 0) {
-    std::string error = std::strerror(errno);
-    close(fd);
-    return InternalError("cannot find a free port on 127.0.0.1: " + error);
-  }
-  close(fd);
-  return static_cast<int>(ntohs(addr.sin_port));
-}
-
 int SpawnLocalJob(const PerfConfig& config, int argc, char** argv) {
-  const int world = config.senders + config.receivers;
-  auto port = PickFreePort();
-  if (!port.ok()) {
-    std::fprintf(stderr, "m2n_perf: %s\n", port.status().ToString().c_str());
+  SpawnOptions spawn{.args = std::vector<std::string>(argv, argv + argc),
+                     .num_ranks = config.senders + config.receivers,
+                     .env = {std::string(kSpawnedVariable) + "=1"},
+                     // A rank that found wrong bytes finished; the exit status says so.
+                     .wait = {.finished_codes = {kExitOk, kExitWrongData}}};
+  // The job id defaults to "m2n_perf-<pid>-<port>".
+  auto job = SpawnLocal(spawn, Deadline::After(std::chrono::seconds(config.run_timeout_s)));
+  if (!job.ok()) {
+    std::fprintf(stderr, "m2n_perf: %s\n", job.status().ToString().c_str());
     return kExitFailure;
   }
-  const std::string job_id = "m2n_perf-" + std::to_string(getpid()) + "-" + std::to_string(*port);
-  const std::string self = SelfPath();
-  std::vector<std::string> args(argv, argv + argc);
-  std::vector<char*> arg_pointers = Pointers(args);
-  std::fflush(nullptr);  // nothing buffered twice
-
-  const pid_t parent = getpid();
-  std::vector<pid_t> pids(static_cast<size_t>(world), -1);
-  std::vector<bool> running(static_cast<size_t>(world), false);
-  auto stop_all = [&](int signal) {
-    for (int r = 0; r < world; ++r) {
-      if (running[static_cast<size_t>(r)]) kill(pids[static_cast<size_t>(r)], signal);
-    }
-  };
-
-  int failures = 0;
-  bool usage_error = false;  // the first failure was a rank refusing its options (exit 2)
-  bool wrong_data = false;
-  for (int rank = 0; rank < world; ++rank) {
-    std::vector<std::string> env = RankEnvironment(rank, world, *port, job_id);
-    std::vector<char*> env_pointers = Pointers(env);
-    const pid_t pid = fork();
-    if (pid < 0) {
-      std::fprintf(stderr, "m2n_perf: fork for rank %d: %s\n", rank, std::strerror(errno));
-      ++failures;
-      break;
-    }
-    if (pid == 0) {
-      // The ranks die with the launcher, whatever kills it.
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (getppid() != parent) _exit(kExitFailure);
-      execve(self.c_str(), arg_pointers.data(), env_pointers.data());
-      std::fprintf(stderr, "m2n_perf: exec %s for rank %d: %s\n", self.c_str(), rank, std::strerror(errno));
-      _exit(127);
-    }
-    pids[static_cast<size_t>(rank)] = pid;
-    running[static_cast<size_t>(rank)] = true;
+  if (job->first_failure >= 0) {
+    const int rank = job->first_failure;
+    const RankExit& end = job->ranks[static_cast<size_t>(rank)];
+    const int others = job->running_at_failure;
+    std::fprintf(stderr, "m2n_perf: rank %d (%s) %s%s\n", rank, rank < config.senders ? "sender" : "receiver",
+                 end.Describe().c_str(),
+                 others > 0 ? ("; stopping the other " + std::to_string(others) + " rank(s)").c_str() : "");
+    return end.exit_code == kExitUsage ? kExitUsage : kExitFailure;
   }
-
-  using SteadyClock = std::chrono::steady_clock;
-  const auto deadline = SteadyClock::now() + std::chrono::seconds(config.run_timeout_s);
-  // After a failure or the run timeout: SIGKILL whoever is left at kill_at.
-  bool kill_pending = false;
-  SteadyClock::time_point kill_at{};
-  int alive = 0;
-  for (bool r : running) alive += r;
-  auto stop_soon = [&] {
-    stop_all(SIGTERM);
-    kill_pending = true;
-    kill_at = SteadyClock::now() + std::chrono::seconds(2);
-  };
-  if (failures > 0) stop_soon();
-  while (alive > 0) {
-    int status = 0;
-    const pid_t pid = waitpid(-1, &status, WNOHANG);
-    if (pid < 0) {
-      if (errno == EINTR) continue;
-      break;  // ECHILD: nobody left
+  if (job->timed_out) {
+    std::string left;
+    for (size_t r = 0; r < job->ranks.size(); ++r) {
+      if (job->ranks[r].running_at_stop) left += (left.empty() ? "" : ", ") + std::to_string(r);
     }
-    if (pid == 0) {
-      const auto now = SteadyClock::now();
-      if (kill_pending && now >= kill_at) {
-        stop_all(SIGKILL);
-        kill_pending = false;
-      }
-      if (failures == 0 && now >= deadline) {
-        std::string left;
-        for (int r = 0; r < world; ++r) {
-          if (running[static_cast<size_t>(r)]) left += (left.empty() ? "" : ", ") + std::to_string(r);
-        }
-        std::fprintf(stderr, "m2n_perf: rank(s) %s still running after %lld s (--run_timeout); stopping them\n",
-                     left.c_str(), static_cast<long long>(config.run_timeout_s));
-        ++failures;
-        stop_soon();
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      continue;
-    }
-    int rank = -1;
-    for (int r = 0; r < world; ++r) {
-      if (pids[static_cast<size_t>(r)] == pid) rank = r;
-    }
-    if (rank < 0) continue;
-    running[static_cast<size_t>(rank)] = false;
-    --alive;
-    const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == kExitOk;
-    const bool wrong = WIFEXITED(status) && WEXITSTATUS(status) == kExitWrongData;
-    if (ok) continue;
-    if (wrong) {
-      wrong_data = true;  // the rank finished; it found (or was told of) wrong bytes
-      continue;
-    }
-    if (failures++ == 0) {
-      usage_error = WIFEXITED(status) && WEXITSTATUS(status) == kExitUsage;
-      std::fprintf(stderr, "m2n_perf: rank %d (%s) %s%s\n", rank,
-                   rank < config.senders ? "sender" : "receiver", DescribeEnd(status).c_str(),
-                   alive > 0 ? ("; stopping the other " + std::to_string(alive) + " rank(s)").c_str() : "");
-      stop_soon();
-    }
+    std::fprintf(stderr, "m2n_perf: rank(s) %s still running after %lld s (--run_timeout); stopped them\n",
+                 left.c_str(), static_cast<long long>(config.run_timeout_s));
+    return kExitFailure;
   }
-  if (failures > 0) return usage_error ? kExitUsage : kExitFailure;
-  return wrong_data ? kExitWrongData : kExitOk;
+  for (const RankExit& end : job->ranks) {
+    if (end.exit_code == kExitWrongData) return kExitWrongData;
+  }
+  return kExitOk;
 }
 
 int ExecUnderMpirun(const PerfConfig& config, int argc, char** argv) {

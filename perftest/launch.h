@@ -1,13 +1,13 @@
 // How an m2n_perf process becomes a rank of a job:
 //   - started by a launcher (mpirun, torchrun, srun, or M2N_RANK set by hand): join that job;
-//   - started bare: spawn M+N copies of itself on this host (fork + exec of /proc/self/exe with
-//     M2N_RANK / M2N_WORLD_SIZE / M2N_MASTER_ADDR / M2N_MASTER_PORT / M2N_JOB_ID), wait for them with
-//     a bound, and stop them all as soon as one fails;
+//   - started bare: spawn M+N copies of itself on this host (m2n::SpawnLocal, m2n/launch.h), wait
+//     for them with a bound, and stop them all as soon as one fails;
 //   - started bare with --baseline mpi: exec mpirun with this same command line.
 #pragma once
 
 #include <string>
 
+#include "m2n/launch.h"
 #include "m2n/status.h"
 #include "perftest/cli.h"
 
@@ -19,6 +19,7 @@ enum class LauncherKind {
   kM2nEnv,    // M2N_RANK / M2N_WORLD_SIZE set by someone else
   kTorchrun,  // RANK / WORLD_SIZE
   kOpenMpi,   // OMPI_COMM_WORLD_RANK / _SIZE
+  kPmi,       // PMI_RANK / PMI_SIZE (MPICH's mpiexec)
   kSlurm,     // SLURM_PROCID / SLURM_NTASKS
 };
 
@@ -30,15 +31,12 @@ struct LauncherInfo {
   bool multi_host = false;  // the launcher says the job spans hosts
 };
 
-// Reads the launcher's variables, in ResolveOptions' order: M2N_*, torchrun, Open MPI, Slurm.
-LauncherInfo DetectLauncher();
-bool UnderOpenMpi();
+// What m2n::DetectLaunch found (ResolveOptions' order: M2N_*, torchrun, Open MPI, PMI, Slurm), named
+// for the header. A malformed launcher variable is an error naming it.
+StatusOr<LauncherInfo> DetectLauncher();
 
 // Set in the ranks m2n_perf spawns itself.
 inline constexpr const char* kSpawnedVariable = "M2N_PERF_SPAWNED";
-
-// A TCP port on 127.0.0.1 that was free a moment ago (the kernel's pick).
-StatusOr<int> PickFreePort();
 
 // Runs the job on this host: returns m2n_perf's exit status (0 ok, 1 wrong data, 3 failure).
 int SpawnLocalJob(const PerfConfig& config, int argc, char** argv);

@@ -569,7 +569,9 @@ int Main(int argc, char** argv) {
     std::fputs(Usage("m2n_perf").c_str(), stdout);
     return kExitOk;
   }
-  const LauncherInfo launcher = DetectLauncher();
+  auto detected = DetectLauncher();
+  if (!detected.ok()) return UsageError(detected.status().message());
+  const LauncherInfo launcher = std::move(detected).value();
   if (config.use_cuda && !M2N_PERF_WITH_CUDA) {
     return UsageError("--use_cuda: this m2n_perf was built without CUDA (CMake found no CUDA toolkit)");
   }
@@ -597,7 +599,7 @@ int Main(int argc, char** argv) {
       return UsageError("--baseline mpi: --maxbytes must be below 2G (MPI counts are int)");
     }
     if (launcher.kind == LauncherKind::kNone) return ExecUnderMpirun(config, argc, argv);
-    if (!UnderOpenMpi()) {
+    if (launcher.kind != LauncherKind::kOpenMpi) {
       return UsageError("--baseline mpi runs under Open MPI's mpirun, but this job was started by " +
                         launcher.name + "; start m2n_perf bare (it runs mpirun itself) or under mpirun");
     }

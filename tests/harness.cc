@@ -1,15 +1,11 @@
 #include "harness.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
-#include <thread>
+
+#include "m2n/launch.h"
 
 namespace m2n::testing {
 
@@ -27,16 +23,8 @@ Options TestOptions(int num_senders, int num_receivers, int rank, int port) {
 }
 
 int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  socklen_t len = sizeof addr;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
+  auto port = PickFreePort();
+  return port.ok() ? *port : -1;
 }
 
 std::vector<RankOutcome> RunRanks(int world_size, const std::function<int(int, int)>& body, int timeout_s) {
@@ -59,33 +47,17 @@ std::vector<RankOutcome> RunRanks(int world_size, const std::function<int(int, i
     }
     pids[r] = pid;
   }
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+  const Deadline deadline = Deadline::After(std::chrono::seconds(timeout_s));
   if (while_running) while_running(pids);
-  int running = world_size;
-  while (running > 0) {
-    for (int r = 0; r < world_size; ++r) {
-      if (pids[r] == 0) continue;
-      int status = 0;
-      pid_t done = waitpid(pids[r], &status, WNOHANG);
-      if (done == pids[r]) {
-        if (WIFEXITED(status)) outcomes[r].exit_code = WEXITSTATUS(status);
-        if (WIFSIGNALED(status)) outcomes[r].signal = WTERMSIG(status);
-        pids[r] = 0;
-        --running;
-      }
+  // Every rank runs to its end (a failing rank does not stop the others); stragglers are killed.
+  const JobExit job = WaitForJob(pids, {.stop_on_failure = false, .grace = std::chrono::milliseconds(0)}, deadline);
+  for (int r = 0; r < world_size; ++r) {
+    const RankExit& end = job.ranks[static_cast<size_t>(r)];
+    outcomes[r].timed_out = end.running_at_stop;
+    if (!end.running_at_stop) {
+      outcomes[r].exit_code = end.exit_code;
+      outcomes[r].signal = end.signal;
     }
-    if (running == 0) break;
-    if (std::chrono::steady_clock::now() > deadline) {
-      for (int r = 0; r < world_size; ++r) {
-        if (pids[r] == 0) continue;
-        kill(pids[r], SIGKILL);
-        waitpid(pids[r], nullptr, 0);
-        outcomes[r].timed_out = true;
-        pids[r] = 0;
-      }
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   return outcomes;
 }

@@ -273,8 +273,13 @@ int Main(int argc, char** argv) {
     return kExitOk;
   }
   const int world = p.collocated > 0 ? p.collocated : p.attention_workers + p.expert_workers;
-  if (LaunchedAsRank()) {
-    const int launched = LauncherWorldSize();
+  auto launch = m2n::DetectLaunch();
+  if (!launch.ok()) {
+    std::fprintf(stderr, "moe_pipeline: %s\n", launch.status().ToString().c_str());
+    return kExitUsage;
+  }
+  if (launch->launcher != m2n::Launcher::kNone) {
+    const int launched = launch->world_size;
     if (launched > 0 && launched != world) {
       std::fprintf(stderr, "moe_pipeline: this layout needs %d ranks, the launcher started %d\n", world, launched);
       return kExitUsage;

@@ -47,7 +47,7 @@ struct LaunchInfo {
   int local_rank = -1;
   int local_size = -1;
   int num_hosts = -1;        // Slurm's node count of the step
-  std::string master_addr;   // M2N_MASTER_ADDR, else torchrun's MASTER_ADDR
+  std::string master_addr{};   // M2N_MASTER_ADDR, else torchrun's MASTER_ADDR
   int master_port = 0;       // M2N_MASTER_PORT, else torchrun's MASTER_PORT
 
   // Whether the launcher says the job spans more than this host.
@@ -67,18 +67,25 @@ StatusOr<int> PickFreePort();
 
 // ---- Starting a job on this host ----
 
+// How a wait for a job's ranks treats their ends.
+struct WaitOptions {
+  // Exit codes that mean "this rank finished" (e.g. 1: it found wrong data and said so).
+  std::vector<int> finished_codes{0};
+  // Whether any other end stops the job: SIGTERM to the others, SIGKILL `grace` later. The
+  // deadline stops the job the same way in any case.
+  bool stop_on_failure = true;
+  std::chrono::milliseconds grace{2000};
+};
+
 struct SpawnOptions {
-  std::string program;            // the executable; empty: this program (/proc/self/exe)
-  std::vector<std::string> args;  // its argv, args[0] included
+  std::string program{};            // the executable; empty: this program (/proc/self/exe)
+  std::vector<std::string> args{};  // its argv, args[0] included
   int num_ranks = 0;              // M + N processes, ranks 0 .. num_ranks - 1
   // Added to every rank's environment (NAME=VALUE), after the job's own variables below.
-  std::vector<std::string> env;
-  std::string job_id;             // empty: "<program name>-<pid>-<port>"
+  std::vector<std::string> env{};
+  std::string job_id{};             // empty: "<program name>-<pid>-<port>"
   int master_port = 0;            // 0: PickFreePort()
-  // Exit codes that mean "this rank finished" (e.g. 1: it found wrong data and said so). Any other
-  // end stops the job: SIGTERM to the others, SIGKILL `grace` later.
-  std::vector<int> finished_codes = {0};
-  std::chrono::milliseconds grace{2000};
+  WaitOptions wait{};
 };
 
 // How one rank ended.
@@ -102,9 +109,13 @@ struct JobExit {
 // Starts `num_ranks` processes of `program`, each with this environment minus any job variables
 // it had, plus M2N_RANK, M2N_WORLD_SIZE, M2N_LOCAL_RANK, M2N_LOCAL_WORLD_SIZE, M2N_MASTER_ADDR
 // (127.0.0.1), M2N_MASTER_PORT and M2N_JOB_ID; each dies with this process (PR_SET_PDEATHSIG).
-// Waits until all have ended; at `deadline` (or at the first rank that fails) stops the rest and
-// waits for them too. An error only when the job could not be started (no port, fork failed:
-// the ranks started are killed first); how the ranks ended is in JobExit.
+// Then WaitForJob. An error only when the job could not be started (no port, fork failed: the
+// ranks started are killed first); how the ranks ended is in JobExit.
 StatusOr<JobExit> SpawnLocal(const SpawnOptions& options, Deadline deadline);
+
+// Waits for child processes of this one (pids[rank]) until all have ended; at `deadline` stops
+// those left (and, with stop_on_failure, at the first rank that fails) and waits for them too.
+// Polls each pid: the caller's other children are left alone.
+JobExit WaitForJob(const std::vector<pid_t>& pids, const WaitOptions& options, Deadline deadline);
 
 }  // namespace m2n

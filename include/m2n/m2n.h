@@ -3,6 +3,7 @@
 
 #include "m2n/deadline.h"
 #include "m2n/group.h"
+#include "m2n/launch.h"
 #include "m2n/memory.h"
 #include "m2n/options.h"
 #include "m2n/status.h"

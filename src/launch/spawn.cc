@@ -65,47 +65,98 @@ StatusOr<std::string> ProgramPath(const SpawnOptions& o) {
   return std::string(path, static_cast<size_t>(n));
 }
 
-// The ranks of a started job and the bounded wait for them.
+// The bounded wait for a job's ranks.
 class Job {
  public:
-  Job(const SpawnOptions& o, Deadline deadline) : o_(o), deadline_(deadline) {
-    exit_.ranks.resize(static_cast<size_t>(o.num_ranks));
-    ended_.resize(static_cast<size_t>(o.num_ranks), false);
+  Job(const std::vector<pid_t>& pids, const WaitOptions& o, Deadline deadline) : o_(o), deadline_(deadline) {
+    exit_.ranks.resize(pids.size());
+    for (size_t r = 0; r < pids.size(); ++r) exit_.ranks[r].pid = pids[r];
+    ended_.assign(pids.size(), false);
   }
 
-  Status Start(const std::string& program, int port, const std::string& job_id);
   JobExit Wait();
 
  private:
-  void Signal(int signal);
-  void StopSoon();
-  void Reap(int rank, int status);
+  int size() const { return static_cast<int>(exit_.ranks.size()); }
   bool Running(int rank) const {
     return exit_.ranks[static_cast<size_t>(rank)].pid > 0 && !ended_[static_cast<size_t>(rank)];
   }
+  void Signal(int signal);
+  void StopSoon();
+  void Reap(int rank, int status);
 
-  const SpawnOptions& o_;
+  const WaitOptions& o_;
   Deadline deadline_;
   JobExit exit_;
   std::vector<bool> ended_;
-  int alive_ = 0;
   bool stopping_ = false;
   Clock::time_point kill_at_{};
 };
 
-Status Job::Start(const std::string& program, int port, const std::string& job_id) {
-  std::vector<std::string> args = o_.args.empty() ? std::vector<std::string>{program} : o_.args;
+void Job::Signal(int signal) {
+  for (int rank = 0; rank < size(); ++rank) {
+    if (Running(rank)) kill(exit_.ranks[static_cast<size_t>(rank)].pid, signal);
+  }
+}
+
+void Job::StopSoon() {
+  for (int rank = 0; rank < size(); ++rank) exit_.ranks[static_cast<size_t>(rank)].running_at_stop = Running(rank);
+  Signal(SIGTERM);
+  stopping_ = true;
+  kill_at_ = Clock::now() + o_.grace;
+}
+
+void Job::Reap(int rank, int status) {
+  RankExit& r = exit_.ranks[static_cast<size_t>(rank)];
+  ended_[static_cast<size_t>(rank)] = true;
+  if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) r.signal = WTERMSIG(status);
+  const bool finished = WIFEXITED(status) && std::find(o_.finished_codes.begin(), o_.finished_codes.end(),
+                                                       r.exit_code) != o_.finished_codes.end();
+  if (finished || stopping_ || !o_.stop_on_failure) return;
+  exit_.first_failure = rank;
+  for (int other = 0; other < size(); ++other) exit_.running_at_failure += Running(other);
+  StopSoon();
+}
+
+// Polls each rank by its pid (not waitpid(-1): the caller's other children are not ours to reap).
+JobExit Job::Wait() {
+  for (;;) {
+    int alive = 0;
+    for (int rank = 0; rank < size(); ++rank) {
+      if (!Running(rank)) continue;
+      int status = 0;
+      const pid_t done = waitpid(exit_.ranks[static_cast<size_t>(rank)].pid, &status, WNOHANG);
+      if (done > 0) Reap(rank, status);
+      else if (done < 0 && errno != EINTR) Reap(rank, 0xff << 8);  // reaped elsewhere: exit status 255
+      else ++alive;
+    }
+    if (alive == 0) return exit_;
+    if (!stopping_ && deadline_.Expired()) {
+      exit_.timed_out = true;
+      StopSoon();
+    }
+    if (stopping_ && Clock::now() >= kill_at_) Signal(SIGKILL);
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
+// Forks and execs the ranks; on a failed fork kills those started and says why.
+StatusOr<std::vector<pid_t>> StartRanks(const SpawnOptions& o, const std::string& program, int port,
+                                        const std::string& job_id) {
+  std::vector<std::string> args = o.args.empty() ? std::vector<std::string>{program} : o.args;
   std::vector<char*> arg_pointers = Pointers(args);
   std::fflush(nullptr);  // nothing buffered twice
   const pid_t parent = getpid();
-  for (int rank = 0; rank < o_.num_ranks; ++rank) {
-    std::vector<std::string> env = RankEnvironment(o_, rank, port, job_id);
+  std::vector<pid_t> pids;
+  for (int rank = 0; rank < o.num_ranks; ++rank) {
+    std::vector<std::string> env = RankEnvironment(o, rank, port, job_id);
     std::vector<char*> env_pointers = Pointers(env);
     const pid_t pid = fork();
     if (pid < 0) {
       const int error = errno;
-      Signal(SIGKILL);
-      (void)Wait();
+      for (pid_t started : pids) kill(started, SIGKILL);
+      (void)WaitForJob(pids, {.grace = std::chrono::milliseconds(0)}, Deadline::After(std::chrono::seconds(10)));
       return InternalError("fork for rank " + std::to_string(rank) + ": " + std::strerror(error));
     }
     if (pid == 0) {
@@ -115,58 +166,9 @@ Status Job::Start(const std::string& program, int port, const std::string& job_i
       std::fprintf(stderr, "m2n: exec %s for rank %d: %s\n", program.c_str(), rank, std::strerror(errno));
       _exit(127);
     }
-    exit_.ranks[static_cast<size_t>(rank)].pid = pid;
-    ++alive_;
+    pids.push_back(pid);
   }
-  return OkStatus();
-}
-
-void Job::Signal(int signal) {
-  for (int rank = 0; rank < o_.num_ranks; ++rank) {
-    if (Running(rank)) kill(exit_.ranks[static_cast<size_t>(rank)].pid, signal);
-  }
-}
-
-void Job::StopSoon() {
-  for (int rank = 0; rank < o_.num_ranks; ++rank) exit_.ranks[static_cast<size_t>(rank)].running_at_stop = Running(rank);
-  Signal(SIGTERM);
-  stopping_ = true;
-  kill_at_ = Clock::now() + o_.grace;
-}
-
-void Job::Reap(int rank, int status) {
-  RankExit& r = exit_.ranks[static_cast<size_t>(rank)];
-  ended_[static_cast<size_t>(rank)] = true;
-  --alive_;
-  if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) r.signal = WTERMSIG(status);
-  const bool finished = WIFEXITED(status) && std::find(o_.finished_codes.begin(), o_.finished_codes.end(),
-                                                       r.exit_code) != o_.finished_codes.end();
-  if (finished || stopping_) return;
-  exit_.first_failure = rank;
-  exit_.running_at_failure = alive_;
-  StopSoon();
-}
-
-// Polls each rank by its pid (not waitpid(-1): the caller's other children are not ours to reap).
-JobExit Job::Wait() {
-  while (alive_ > 0) {
-    for (int rank = 0; rank < o_.num_ranks; ++rank) {
-      if (!Running(rank)) continue;
-      int status = 0;
-      const pid_t done = waitpid(exit_.ranks[static_cast<size_t>(rank)].pid, &status, WNOHANG);
-      if (done > 0) Reap(rank, status);
-      if (done < 0 && errno != EINTR) Reap(rank, 0xff << 8);  // reaped by someone else: exit status 255
-    }
-    if (alive_ == 0) break;
-    if (!stopping_ && deadline_.Expired()) {
-      exit_.timed_out = true;
-      StopSoon();
-    }
-    if (stopping_ && Clock::now() >= kill_at_) Signal(SIGKILL);
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return exit_;
+  return pids;
 }
 
 }  // namespace
@@ -191,9 +193,12 @@ StatusOr<JobExit> SpawnLocal(const SpawnOptions& options, Deadline deadline) {
     const std::string name = program.substr(program.rfind('/') + 1);
     job_id = name + "-" + std::to_string(getpid()) + "-" + std::to_string(port);
   }
-  Job job(options, deadline);
-  M2N_RETURN_IF_ERROR(job.Start(program, port, job_id));
-  return job.Wait();
+  M2N_ASSIGN_OR_RETURN(const std::vector<pid_t> pids, StartRanks(options, program, port, job_id));
+  return WaitForJob(pids, options.wait, deadline);
+}
+
+JobExit WaitForJob(const std::vector<pid_t>& pids, const WaitOptions& options, Deadline deadline) {
+  return Job(pids, options, deadline).Wait();
 }
 
 }  // namespace m2n

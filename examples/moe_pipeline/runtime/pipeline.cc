@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "compute/compute.h"
+#include "m2n/launch.h"
 #include "reference/reference.h"
 #include "runtime/wire.h"
 
@@ -51,12 +52,11 @@ std::string Where(const m2n::Group& g, const char* what) {
 
 }  // namespace
 
-// This process's index on its host: the launcher's local rank, else the global rank (one host).
+// This process's index on its host: m2n's local-rank rule (the launcher's local rank, else the
+// rank). A launcher variable that does not parse failed the process at start (moe_pipeline.cc).
 int LocalRank(const m2n::Group& g) {
-  for (const char* name : {"LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID"}) {
-    if (const char* v = std::getenv(name); v != nullptr && *v != '\0') return std::atoi(v);
-  }
-  return g.rank();
+  auto launch = m2n::DetectLaunch();
+  return m2n::LocalRank(launch.ok() ? *launch : m2n::LaunchInfo{}, g.rank());
 }
 
 // ---- Reports: a JSON string in chunks of one slot each ----

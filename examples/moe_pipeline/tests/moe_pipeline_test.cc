@@ -2,9 +2,6 @@
 // workers), real m2n transports (UCX shared memory here), real compute, and the pipeline's logits
 // compared with the single-process reference. Every run is bounded by `timeout`.
 #include <gtest/gtest.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -16,6 +13,7 @@
 #include <sstream>
 #include <string>
 
+#include "m2n/launch.h"
 #include "model/config.h"
 #include "model/json.h"
 #include "tests/temp_dir.h"
@@ -47,21 +45,10 @@ struct TempDir : moe::TempDir {
   TempDir() : moe::TempDir("moe_pipeline_test") {}
 };
 
-// A TCP port on 127.0.0.1 that was free a moment ago (the kernel's pick).
+// A TCP port on 127.0.0.1 that was free a moment ago (m2n's launch kit).
 int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return -1;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t length = sizeof(addr);
-  int port = -1;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &length) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  close(fd);
-  return port;
+  auto port = m2n::PickFreePort();
+  return port.ok() ? *port : -1;
 }
 
 Json ReadJson(const std::string& path) {
