@@ -100,13 +100,13 @@ struct Group::Impl {
   // the peer and for those it writes to us.
   std::vector<uint8_t> seed_out;
   std::vector<uint8_t> seed_in;
+  uint64_t next_cookie = 1;
+  uint64_t writes_in_flight = 0;                // data writes posted and not yet done
+  std::vector<uint32_t> peer_writes_in_flight;  // the same per peer, to name them in a timeout
   // Options::checksum: payload + trailer are staged here, one slot's worth per (peer, slot), and
   // written from here; a stage is reused only after its slot's ACK, when its write is long done.
   std::vector<std::byte> staging;
   std::unique_ptr<transport::Region> staging_region;
-  uint64_t next_cookie = 1;
-  uint64_t writes_in_flight = 0;                // data writes posted and not yet done
-  std::vector<uint32_t> peer_writes_in_flight;  // the same per peer, to name them in a timeout
 
   // Scratch reused by every call, so the data path does not allocate in steady state.
   struct Scratch {
