@@ -167,7 +167,8 @@ struct Group::Impl {
     return fatal;
   }
 
-  // setup.cc and create.cc: creation, in the order GroupFactory::Create calls them.
+  // Creation, in the order GroupFactory::Create (create.cc) calls them: setup.cc, but
+  // CreateTransport in transport_choice.cc.
   void SetRanks(const Options& resolved);
   Status CheckOptions() const;
   Status ConnectStore(Deadline deadline);
@@ -196,7 +197,7 @@ struct Group::Impl {
   StatusOr<size_t> CheckTrailer(int index, int slot, size_t written, uint64_t sequence);
   Status PostAck(int index, int slot);
 
-  // host_path.cc
+  // host_path.cc. MakeWrite: request i's write; CheckSends left its region in scratch.sources[i].
   Status CheckSends(std::span<const SendRequest> requests);
   transport::Write MakeWrite(const SendRequest& request, size_t i, int index, int slot, uint64_t sequence);
   Status PostBatch();
