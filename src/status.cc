@@ -1,4 +1,9 @@
+// Status: the names of the canonical codes, the text of a status, the error constructors, and the
+// abort of StatusOr::value() on an error.
 #include "m2n/status.h"
+
+#include <cstdio>
+#include <cstdlib>
 
 namespace m2n {
 
@@ -49,5 +54,15 @@ Status InternalError(std::string m) { return Status(StatusCode::kInternal, std::
 Status NotFoundError(std::string m) { return Status(StatusCode::kNotFound, std::move(m)); }
 Status OutOfRangeError(std::string m) { return Status(StatusCode::kOutOfRange, std::move(m)); }
 Status UnimplementedError(std::string m) { return Status(StatusCode::kUnimplemented, std::move(m)); }
+
+namespace internal {
+
+void StatusOrValueOnError(const Status& status) {
+  std::fprintf(stderr, "StatusOr::value() on an error: %s\n", status.ToString().c_str());
+  std::fflush(stderr);
+  std::abort();
+}
+
+}  // namespace internal
 
 }  // namespace m2n

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "fault_transport.h"
-#include "group_factory.h"
+#include "group/group_factory.h"
 #include "harness.h"
 #include "m2n/m2n.h"
 #include "transport_setup.h"

@@ -1,5 +1,5 @@
 // A fault-injecting transport decorator, for tests only: wraps the transport a Group created
-// (through GroupFactory, src/group_factory.h) and, by a plan, drops, delays, duplicates, reorders
+// (through GroupFactory, src/group/group_factory.h) and, by a plan, drops, delays, duplicates, reorders
 // or corrupts the immediates and ACKs this rank receives, corrupts payloads it sends, or fails its
 // posts. Everything else passes through to the real transport underneath, so the data path is
 // real: only what the plan names is disturbed.

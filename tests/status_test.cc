@@ -1,3 +1,4 @@
+// Status and StatusOr: codes, messages, context, the propagation macros, and value() on an error.
 #include "m2n/status.h"
 
 #include <gtest/gtest.h>
@@ -35,6 +36,15 @@ TEST(StatusTest, StatusOrCarriesValueOrError) {
   // An OK status without a value is itself an error, never a silent empty value.
   StatusOr<int> empty{OkStatus()};
   EXPECT_EQ(empty.status().code(), StatusCode::kInternal);
+}
+
+// value() on an error is a bug in the caller: it aborts, saying which error, as abseil's does.
+TEST(StatusDeathTest, ValueOnErrorAbortsWithTheStatus) {
+  EXPECT_DEATH((void)Half(3).value(), "StatusOr::value\\(\\) on an error: INVALID_ARGUMENT: 3 is odd");
+  const StatusOr<int> bad = Half(5);
+  EXPECT_DEATH((void)bad.value(), "StatusOr::value\\(\\) on an error: INVALID_ARGUMENT: 5 is odd");
+  StatusOr<int> also_bad = Half(7);
+  EXPECT_DEATH((void)also_bad.value(), "on an error: INVALID_ARGUMENT: 7 is odd");
 }
 
 TEST(StatusTest, MacrosPropagate) {

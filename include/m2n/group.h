@@ -157,7 +157,7 @@ class Group {
   struct Impl;
 
  private:
-  friend class GroupFactory;  // src/group_factory.h
+  friend class GroupFactory;  // src/group/group_factory.h
   explicit Group(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

@@ -1,4 +1,4 @@
-// The whole public surface of m2n.
+// The whole public surface of m2n: including this header includes every public header.
 #pragma once
 
 #include "m2n/deadline.h"
@@ -7,4 +7,5 @@
 #include "m2n/memory.h"
 #include "m2n/options.h"
 #include "m2n/status.h"
+#include "m2n/topology.h"
 #include "m2n/version.h"

@@ -16,9 +16,13 @@ std::string_view MemoryKindName(MemoryKind kind);
 
 class Group;
 
+// A default-constructed (or moved-from) MemoryRegion is an empty handle: valid() and the bool
+// conversion are false, data() is null, size() is 0, kind() is kHost, and destroying it does
+// nothing. It holds a place (a member, a vector element) until a region from
+// Group::RegisterMemory is moved into it.
 class MemoryRegion {
  public:
-  MemoryRegion() = default;
+  MemoryRegion() noexcept;  // out of line: users see Impl only as a name
   MemoryRegion(MemoryRegion&&) noexcept;
   MemoryRegion& operator=(MemoryRegion&&) noexcept;
   MemoryRegion(const MemoryRegion&) = delete;
@@ -26,6 +30,7 @@ class MemoryRegion {
   ~MemoryRegion();
 
   bool valid() const { return impl_ != nullptr; }
+  explicit operator bool() const { return valid(); }
   std::byte* data() const;
   size_t size() const;
   MemoryKind kind() const;

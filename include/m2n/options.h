@@ -4,7 +4,8 @@
 //   auto resolved = m2n::ResolveOptions(options);   // applies M2N_* variables and the launcher's
 //                                                   // rank / world size / master address
 //
-// The table of variables is kEnvironmentTable below and docs/configuration.md.
+// The table of variables is EnvironmentTable() below (one row per M2N_* variable) and
+// docs/configuration.md.
 #pragma once
 
 #include <chrono>

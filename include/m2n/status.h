@@ -70,7 +70,13 @@ Status NotFoundError(std::string message);
 Status OutOfRangeError(std::string message);
 Status UnimplementedError(std::string message);
 
-// A value or the Status saying why there is none.
+namespace internal {
+// Prints "StatusOr::value() on an error: <status>" to stderr and aborts.
+[[noreturn]] void StatusOrValueOnError(const Status& status);
+}  // namespace internal
+
+// A value or the Status saying why there is none. operator* and operator-> do not check: use them
+// only after ok().
 template <typename T>
 class [[nodiscard]] StatusOr {
  public:
@@ -81,9 +87,20 @@ class [[nodiscard]] StatusOr {
 
   bool ok() const { return status_.ok(); }
   const Status& status() const { return status_; }
-  T& value() & { return *value_; }
-  const T& value() const& { return *value_; }
-  T&& value() && { return std::move(*value_); }
+  // value() on an error aborts the process with the status in its message (as absl::StatusOr
+  // does): check ok() first, or use M2N_ASSIGN_OR_RETURN.
+  T& value() & {
+    if (!ok()) internal::StatusOrValueOnError(status_);
+    return *value_;
+  }
+  const T& value() const& {
+    if (!ok()) internal::StatusOrValueOnError(status_);
+    return *value_;
+  }
+  T&& value() && {
+    if (!ok()) internal::StatusOrValueOnError(status_);
+    return std::move(*value_);
+  }
   T& operator*() & { return *value_; }
   const T& operator*() const& { return *value_; }
   T* operator->() { return &*value_; }
