@@ -1087,6 +1087,12 @@ Status Group::Progress() {
   return impl_->Progress();
 }
 
+Status Group::CheckPeersAlive(Deadline deadline) {
+  M2N_RETURN_IF_ERROR(impl_->CheckOpen());
+  return impl_->CheckRanksAlive([] { return std::string("checking the peers' liveness (Group::CheckPeersAlive)"); },
+                                impl_->LivenessBound(deadline));
+}
+
 Status Group::Close(Deadline deadline) {
   if (impl_->closed) return FailedPreconditionError(impl_->me() + ": the group is already closed");
   return impl_->Teardown(deadline, /*clean=*/true);
