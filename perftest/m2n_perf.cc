@@ -15,7 +15,6 @@
 #include <memory>
 #include <span>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "m2n/m2n.h"
@@ -175,11 +174,11 @@ int Rank::Fail(const Status& status, int code) {
   std::fprintf(stderr, "m2n_perf %s: %s\n", who.c_str(), status.ToString().c_str());
   std::fflush(stderr);
   if (segment_) segment_->Abort();
-  // Rank 0 serves the bootstrap store, from which the other ranks learn which rank died: it stays
-  // up two liveness periods more, so that they name that rank, not only rank 0 that left.
-  if (group_ && group_->rank() == 0 && group_->world_size() > 1) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(2 * std::max(group_->options().liveness_check_ms, 10)));
-  }
+  // After a failure of the group itself (a dead rank, say), Close says goodbye, and on rank 0,
+  // which serves the store, keeps the store up until the other ranks have left: they learn from it
+  // which rank died rather than only that rank 0 went (docs/reliability.md). Any other failure
+  // leaves the group to its destructor, as before.
+  if (group_ && !group_->Progress().ok()) (void)group_->Close(Deadline::AfterMs(config_.timeout_ms));
 #if M2N_PERF_WITH_MPI
   if (mpi_) MpiAbort(code);
 #endif

@@ -660,6 +660,33 @@ std::string ReadFile(const std::string& path) {
   return text.str();
 }
 
+// How a process ended: its wait status, and how long after `since` (-1: not within the bound).
+struct Exit {
+  int status = -1;
+  double after_s = -1;
+};
+
+// Reaps `pids` as they end, until all have or `bound` after `since` (then it kills the rest).
+std::vector<Exit> WaitForExits(const std::vector<pid_t>& pids, std::chrono::steady_clock::time_point since,
+                               std::chrono::seconds bound) {
+  std::vector<Exit> exits(pids.size());
+  size_t left = pids.size();
+  while (left > 0 && std::chrono::steady_clock::now() < since + bound) {
+    for (size_t i = 0; i < pids.size(); ++i) {
+      if (exits[i].after_s >= 0 || waitpid(pids[i], &exits[i].status, WNOHANG) != pids[i]) continue;
+      exits[i].after_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
+      --left;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  for (size_t i = 0; i < pids.size(); ++i) {
+    if (exits[i].after_s >= 0) continue;
+    kill(pids[i], SIGKILL);
+    waitpid(pids[i], nullptr, 0);
+  }
+  return exits;
+}
+
 TEST(PerfEndToEndTest, RanksInTheHostBarrierNameAKilledRankPromptly) {
   // 2 x 2 under a torchrun-style launch, so no launcher stops the survivors: each must find out
   // itself. Rank 1 (a sender) is SIGKILLed in the latency loop of one tiny size with many
@@ -687,34 +714,20 @@ TEST(PerfEndToEndTest, RanksInTheHostBarrierNameAKilledRankPromptly) {
   if (ended_early) {
     for (pid_t pid : ranks) kill(pid, SIGKILL);
     for (pid_t pid : ranks) waitpid(pid, nullptr, 0);
-    FAIL() << "a rank ended before the sweep began:\n" << ReadFile(dir + "/rank0.err") << ReadFile(dir + "/rank1.err");
+    FAIL() << "a rank ended before the sweep began:\n"
+           << ReadFile(dir + "/rank0.err") << ReadFile(dir + "/rank1.err");
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   kill(ranks[1], SIGKILL);
   const auto killed_at = std::chrono::steady_clock::now();
-  std::vector<int> status(kWorld, -1);
-  std::vector<double> took_s(kWorld, -1);
-  for (int left = kWorld; left > 0 && std::chrono::steady_clock::now() < killed_at + std::chrono::seconds(30);) {
-    for (int r = 0; r < kWorld; ++r) {
-      if (took_s[r] >= 0 || waitpid(ranks[r], &status[r], WNOHANG) != ranks[r]) continue;
-      took_s[r] = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed_at).count();
-      --left;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  for (int r = 0; r < kWorld; ++r) {
-    if (took_s[r] < 0) {
-      kill(ranks[r], SIGKILL);
-      waitpid(ranks[r], nullptr, 0);
-    }
-  }
+  const std::vector<Exit> exits = WaitForExits(ranks, killed_at, std::chrono::seconds(30));
   for (int r : {0, 2, 3}) {
     const std::string err = ReadFile(dir + "/rank" + std::to_string(r) + ".err");
     SCOPED_TRACE("rank " + std::to_string(r) + " stderr:\n" + err);
-    ASSERT_GE(took_s[r], 0) << "still running 30 s after the kill";
-    EXPECT_LT(took_s[r], 10.0) << "--timeout_ms is " << kTimeoutMs;
-    EXPECT_TRUE(WIFEXITED(status[r]) && WEXITSTATUS(status[r]) != 0) << status[r];
-    // A survivor that failed first and left may be named beside rank 1 ("ranks 1, 2 died").
+    ASSERT_GE(exits[r].after_s, 0) << "still running 30 s after the kill";
+    EXPECT_LT(exits[r].after_s, 10.0) << "--timeout_ms is " << kTimeoutMs;
+    EXPECT_TRUE(WIFEXITED(exits[r].status) && WEXITSTATUS(exits[r].status) != 0) << exits[r].status;
+    // A survivor that failed and left before another asked may be named too ("ranks 1, 2 died").
     EXPECT_TRUE(std::regex_search(err, std::regex(R"(ranks? ([0-9]+, )*1(, [0-9]+)* died)")));
   }
   // Rank 0 was in the host barrier, which names who never came.

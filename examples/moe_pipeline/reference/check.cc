@@ -19,12 +19,8 @@ namespace {
 
 // What the check found over all requests so far.
 struct CheckTotals {
-  int compared = 0;
-  int failed = 0;
-  int64_t tokens = 0;
-  int64_t routings = 0;
-  int64_t followed = 0;
-  int64_t routing_errors = 0;
+  int compared = 0, failed = 0;                                          // requests
+  int64_t tokens = 0, routings = 0, followed = 0, routing_errors = 0;  // over all compared requests
   double max_error = 0;
   std::string first_failure;
 };
