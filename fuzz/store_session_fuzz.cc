@@ -1,6 +1,7 @@
-// Fuzzes the store server's request handling (src/bootstrap/tcp_store.cc) end to end: each input is
-// everything one connection sends to a live server, over a real loopback socket. The server's own
-// thread parses and answers; this side then closes its half and reads until the server closes.
+// Fuzzes the store server's request handling (src/bootstrap/tcp_store_server.cc) end to end: each
+// input is everything one connection sends to a live server, over a real loopback socket. The
+// server's own thread parses and answers; this side then closes its half and reads until the
+// server closes.
 //
 // The first input byte picks whether the bytes go after a valid HELLO of the job (so the fuzzer
 // reaches SET / GET / ADD / WAIT / DEAD_RANKS / GOODBYE without first finding the job id) or

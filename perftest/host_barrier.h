@@ -12,8 +12,14 @@
 //   rank opens it, without creating, and counts itself in; group_barrier; a rank that sees all
 //   world_size - 1 others counted is on one host with all of them. The answer is the same on every
 //   rank: a rank that cannot open the segment, or sees fewer, is not; rank 0 then removes the name.
+//
+// A rank that dies leaves the others spinning on a word it will never touch. So each rank also
+// notes in the segment how many barriers it entered (a waiting rank can name who never came), and
+// a waiting rank asks the group, as often as the group's own waits do, whether a rank died
+// (WatchLiveness): a dead rank is named at once, not after the whole deadline.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -47,8 +53,13 @@ class HostSegment {
   const std::string& why_not_shared() const { return why_not_shared_; }
   int rows() const { return rows_; }
 
+  // How Barrier notices a dead rank: `check` (Group::CheckPeersAlive) runs every `period` while it
+  // waits, when another rank aborted, and before a timeout; its error ends the wait.
+  void WatchLiveness(std::function<Status(Deadline)> check, std::chrono::milliseconds period);
+
   // Waits until every rank has arrived. `progress` runs between polls (an m2n rank keeps its ACKs
-  // moving). Fails with kAborted if another rank called Abort(), kDeadlineExceeded at `deadline`.
+  // moving). Fails with the liveness check's error (naming a dead rank), kAborted if another rank
+  // called Abort(), kDeadlineExceeded at `deadline`; each names the ranks that had not arrived.
   Status Barrier(Deadline deadline, const std::function<void()>& progress = {});
   // Tells ranks waiting in Barrier to give up (this rank failed).
   void Abort();
@@ -65,10 +76,22 @@ class HostSegment {
 
  private:
   HostSegment() = default;
+  // "rank 1" / "ranks 1, 3": those that have not entered this rank's current barrier.
+  std::string MissingRanks() const;
+  // The liveness check's error, said as the barrier's, or OK.
+  Status CheckLiveness(Deadline deadline) const;
+  // How a wait ends when another rank aborted, or at the deadline.
+  Status AbortedByOther() const;
+  Status TimedOut() const;
+
   Layout* layout_ = nullptr;
   size_t mapped_bytes_ = 0;
   int64_t* stamps_ = nullptr;
   uint64_t* wrong_ = nullptr;
+  int64_t* entered_ = nullptr;  // per rank: how many barriers it entered (atomic_ref)
+  int64_t barriers_ = 0;        // how many this rank entered
+  std::function<Status(Deadline)> liveness_;
+  std::chrono::milliseconds liveness_period_{200};
   int rank_ = 0;
   int world_size_ = 0;
   int rows_ = 0;

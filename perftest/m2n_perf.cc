@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <chrono>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -12,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -117,16 +119,36 @@ class Rank {
   int Run(int argc, char** argv);
 
  private:
+  // What the host sweep has gathered: rank 0's rows, the wrong bytes this rank knows of (its exit
+  // status), the sizes per sweep and the time of all sweeps.
+  struct Sweep {
+    std::vector<Row> rows;
+    uint64_t wrong = 0;
+    size_t sizes = 0;
+    double elapsed_s = 0;
+  };
+
   // Prints the error, tells the other ranks, and gives the exit status.
   int Fail(const Status& status, int code = kExitFailure);
   Status SetUpMpi(int* argc, char*** argv);
+  StatusOr<Options> ResolveRunOptions();
+  int CreateGroup(Options resolved);
   Status ChooseLatencyMode();
   RunInfo Describe() const;
+  BenchSetup MakeBenchSetup() const;
+  // The sweep on host memory, its steps, and its end.
+  int RunHost();
+  Status RunSweeps(Bench& bench, std::span<Exchange* const> exchanges, bool with_impl, Sweep& sweep);
+  Status RunSize(Bench& bench, std::span<Exchange* const> exchanges, bool with_impl, int pass,
+                 const std::vector<size_t>& sizes, size_t index, Sweep& sweep);
+  void NoteResult(const Bench& bench, std::string_view impl, bool with_impl, int pass, const SizeResult& result,
+                  Sweep& sweep);
+  int FinishHost(const RunInfo& info, Sweep& sweep);
   // --use_cuda: the sweep on device memory with the stream-ordered calls (gpu_bench.h).
   int RunGpu();
-  // The GPU sweep's rows, and its footer, JSON and close. `wrong`: what this rank saw.
-  void ReportSize(const RunInfo& info, bool with_impl, std::vector<Row>& rows, std::string_view impl,
-                  const SizeResult& result);
+  // Rank 0: one row of the table, kept for the footer and --json.
+  void ReportSize(bool with_impl, std::vector<Row>& rows, std::string_view impl, const SizeResult& result);
+  // The GPU sweep's footer, JSON and close. `wrong`: what this rank saw.
   int Finish(const RunInfo& info, const std::vector<Row>& rows, uint64_t wrong, double elapsed_s);
   // Rank 0, both sweeps: the footer and, with --json, the file.
   // `json`: write the --json file now (false: later, with the perftest rows).
@@ -152,6 +174,11 @@ int Rank::Fail(const Status& status, int code) {
   std::fprintf(stderr, "m2n_perf %s: %s\n", who.c_str(), status.ToString().c_str());
   std::fflush(stderr);
   if (segment_) segment_->Abort();
+  // After a failure of the group itself (a dead rank, say), Close says goodbye, and on rank 0,
+  // which serves the store, keeps the store up until the other ranks have left: they learn from it
+  // which rank died rather than only that rank 0 went (docs/reliability.md). Any other failure
+  // leaves the group to its destructor, as before.
+  if (group_ && !group_->Progress().ok()) (void)group_->Close(Deadline::AfterMs(config_.timeout_ms));
 #if M2N_PERF_WITH_MPI
   if (mpi_) MpiAbort(code);
 #endif
@@ -214,7 +241,11 @@ Status Rank::ChooseLatencyMode() {
   M2N_ASSIGN_OR_RETURN(segment_, HostSegment::Join(SegmentName(group_->options()), group_->rank(),
                                                    group_->world_size(),
                                                    config_.warmup_iters + config_.iters, barrier));
-  if (!segment_->shared()) {
+  if (segment_->shared()) {
+    // A rank that dies while the others wait in the host barrier is named as promptly as in Receive.
+    segment_->WatchLiveness([this](Deadline deadline) { return group_->CheckPeersAlive(deadline); },
+                            std::chrono::milliseconds(std::max(group_->options().liveness_check_ms, 10)));
+  } else {
     const std::string why = segment_->why_not_shared();
     segment_.reset();
     if (config_.latency_mode == LatencyMode::kOneWay) {
@@ -272,11 +303,21 @@ RunInfo Rank::Describe() const {
   return info;
 }
 
+// The steps of a run: the group (and MPI), then the sweep on host or device memory.
 int Rank::Run(int argc, char** argv) {
   if (config_.baseline == Baseline::kMpi) {
     if (Status s = SetUpMpi(&argc, &argv); !s.ok()) return Fail(s, kExitUsage);
   }
+  auto options = ResolveRunOptions();
+  if (!options.ok()) return Fail(options.status(), kExitUsage);
+  if (int code = CreateGroup(std::move(options).value()); code != kExitOk) return code;
+  if (config_.use_cuda) return RunGpu();
+  return RunHost();
+}
 
+// The flags as m2n Options, with M2N_* applied; rank 0 also opens the --json file, so that a bad
+// path fails before the run, not after it. Every error here is the user's to fix.
+StatusOr<Options> Rank::ResolveRunOptions() {
   Options options;
   options.num_senders = config_.senders;
   options.num_receivers = config_.receivers;
@@ -286,26 +327,28 @@ int Rank::Run(int argc, char** argv) {
   options.bootstrap.timeout = std::chrono::milliseconds(config_.timeout_ms);
   spin_ = ChooseSpin(config_, launcher_);
   if (spin_.spin_us >= 0) options.spin_us = spin_.spin_us;
-  auto resolved = ResolveOptions(options);
-  if (!resolved.ok()) return Fail(resolved.status(), kExitUsage);
-  rank_ = resolved->bootstrap.rank;
-  // Rank 0 opens the --json file now: a bad path fails before the run, not after it.
+  M2N_ASSIGN_OR_RETURN(Options resolved, ResolveOptions(options));
+  rank_ = resolved.bootstrap.rank;
   if (rank_ == 0 && !config_.json_path.empty()) {
     json_file_.open(config_.json_path, std::ios::trunc);
     if (!json_file_) {
-      return Fail(InvalidArgumentError("--json " + config_.json_path + ": cannot open for writing: " +
-                                       std::strerror(errno)),
-                  kExitUsage);
+      return InvalidArgumentError("--json " + config_.json_path + ": cannot open for writing: " +
+                                  std::strerror(errno));
     }
   }
+  return resolved;
+}
+
+// Creates the group and checks what the environment may have changed; kExitOk or Fail's code.
+int Rank::CreateGroup(Options resolved) {
 #if M2N_PERF_WITH_CUDA
   if (config_.use_cuda) {
     auto device = UseDeviceOfRank(rank_);
     if (!device.ok()) return Fail(device.status());
-    resolved->slot_memory = MemoryKind::kCuda;
+    resolved.slot_memory = MemoryKind::kCuda;
   }
 #endif
-  auto created = Group::Create(*resolved);
+  auto created = Group::Create(resolved);
   if (!created.ok()) {
     // A bad --transport or option value is the user's to fix: usage, not a run-time failure.
     const bool usage = created.status().code() == StatusCode::kInvalidArgument;
@@ -330,9 +373,10 @@ int Rank::Run(int argc, char** argv) {
   if (Status s = ChooseLatencyMode(); !s.ok()) {
     return Fail(s, s.code() == StatusCode::kInvalidArgument ? kExitUsage : kExitFailure);
   }
+  return kExitOk;
+}
 
-  if (config_.use_cuda) return RunGpu();
-
+BenchSetup Rank::MakeBenchSetup() const {
   BenchSetup setup;
   setup.config = config_;
   setup.rank = group_->rank();
@@ -340,111 +384,138 @@ int Rank::Run(int argc, char** argv) {
   setup.num_receivers = group_->num_receivers();
   setup.peers.assign(group_->peers().begin(), group_->peers().end());
   setup.segment = segment_.get();
+  return setup;
+}
+
+// The sweep on host memory: m2n, and MPI beside it with --baseline mpi.
+int Rank::RunHost() {
+  BenchSetup setup = MakeBenchSetup();
   setup.group_barrier = [this] { return group_->Barrier(Deadline::AfterMs(config_.timeout_ms)); };
   Bench bench(std::move(setup));
   auto region = group_->RegisterMemory(bench.send_memory().data(), bench.send_memory().size());
   if (!region.ok()) return Fail(region.status().WithContext("registering the send buffers"));
 
   M2nExchange m2n_exchange(*group_, config_.timeout_ms);
+  std::vector<Exchange*> exchanges = {&m2n_exchange};
   std::unique_ptr<Exchange> mpi_exchange;
 #if M2N_PERF_WITH_MPI
   if (mpi_) {
     mpi_exchange = std::make_unique<MpiExchange>(group_->peers(), config_.slot_depth,
                                                  std::max(config_.max_bytes, kMinSlotBytes),
                                                  config_.timeout_ms, group_->options().spin_us);
+    exchanges.push_back(mpi_exchange.get());
   }
 #endif
-
-  const bool report = group_->rank() == 0;
   const RunInfo info = Describe();
-  const bool with_impl = mpi_exchange != nullptr;
-  if (report) {
+  const bool with_impl = exchanges.size() > 1;
+  if (group_->rank() == 0) {
     PrintHeader(stdout, info);
     PrintTableHead(stdout, with_impl);
     std::fflush(stdout);
   }
+  Sweep sweep;
+  if (Status s = RunSweeps(bench, exchanges, with_impl, sweep); !s.ok()) return Fail(s);
+  return FinishHost(info, sweep);
+}
 
+// --soak: the sweep again and again; the table shows the first, each sweep has its own data.
+Status Rank::RunSweeps(Bench& bench, std::span<Exchange* const> exchanges, bool with_impl, Sweep& sweep) {
   const std::vector<size_t> sizes = SweepSizes(config_);
-  std::vector<Row> rows;
-  uint64_t wrong = 0;  // what this rank knows of: its exit status
-  // --soak: the sweep again and again; the table shows the first, each sweep has its own data.
+  sweep.sizes = sizes.size();
   const int sweeps = SoakSweeps(config_, group_->num_senders(), group_->num_receivers(), sizes.size());
   SoakMonitor soak(group_->rank(), sweeps,
                    MessagesPerSweep(config_, group_->num_senders(), group_->num_receivers(), sizes.size()));
   const int64_t start = NowNs();
-  for (int sweep = 0; sweep < sweeps; ++sweep) {
+  for (int pass = 0; pass < sweeps; ++pass) {
     for (size_t index = 0; index < sizes.size(); ++index) {
-      const size_t bytes = sizes[index];
-      const uint32_t size_index = static_cast<uint32_t>(static_cast<size_t>(sweep) * sizes.size() + index);
-      double seconds = 0;
-      std::vector<Exchange*> exchanges = {&m2n_exchange};
-      if (mpi_exchange) exchanges.push_back(mpi_exchange.get());
-      for (Exchange* exchange : exchanges) {
-        auto result = bench.RunSize(*exchange, bytes, size_index);
-        if (!result.ok()) return Fail(result.status());
-        wrong += result->wrong;
-        seconds += result->seconds;
-        if (sweep > 0) {
-          if (result->local_wrong > 0) {
-            std::fprintf(stderr, "m2n_perf rank %d: soak sweep %d: %llu wrong byte(s) at %zu B (%s)\n",
-                         group_->rank(), sweep + 1, static_cast<unsigned long long>(result->local_wrong),
-                         bytes, std::string(exchange->name()).c_str());
-          }
-          continue;
-        }
-        if (!bench.is_sender() || group_->rank() != 0) {
-          if (result->local_wrong > 0 && !bench.one_way()) {
-            std::fprintf(stderr, "m2n_perf rank %d: %llu wrong byte(s) at %zu B (%s)\n", group_->rank(),
-                         static_cast<unsigned long long>(result->local_wrong), bytes,
-                         std::string(exchange->name()).c_str());
-          }
-          continue;
-        }
-        Row row{.bytes = bytes,
-                .impl = std::string(exchange->name()),
-                .latency = result->latency,
-                .gbps = result->gbps,
-                .mmsg_per_s = result->mmsg_per_s,
-                .wrong = result->wrong};
-        PrintRow(stdout, row, with_impl);
-        rows.push_back(row);
-      }
-      if (report && sweep == 0) {
-        if (with_impl && rows.size() >= 2) PrintRatioRow(stdout, rows[rows.size() - 2], rows.back());
-        std::fflush(stdout);
-        if (seconds > 1.0) {
-          std::fprintf(stderr, "m2n_perf: %zu B done in %.1f s (%zu of %zu sizes)\n", bytes, seconds,
-                       index + 1, sizes.size());
-        }
-      }
+      M2N_RETURN_IF_ERROR(RunSize(bench, exchanges, with_impl, pass, sizes, index, sweep));
     }
-    if (config_.soak_messages > 0) soak.AfterSweep(stdout, sweep, wrong);
+    if (config_.soak_messages > 0) soak.AfterSweep(stdout, pass, sweep.wrong);
   }
-  const double elapsed_s = static_cast<double>(NowNs() - start) / 1e9;
-  if (config_.soak_messages > 0) soak.Finish(stdout, wrong, elapsed_s);
+  sweep.elapsed_s = static_cast<double>(NowNs() - start) / 1e9;
+  if (config_.soak_messages > 0) soak.Finish(stdout, sweep.wrong, sweep.elapsed_s);
+  return OkStatus();
+}
 
+// One size of sweep `pass` on every exchange; rank 0 prints its rows in the first sweep.
+Status Rank::RunSize(Bench& bench, std::span<Exchange* const> exchanges, bool with_impl, int pass,
+                     const std::vector<size_t>& sizes, size_t index, Sweep& sweep) {
+  const size_t bytes = sizes[index];
+  const uint32_t size_index = static_cast<uint32_t>(static_cast<size_t>(pass) * sizes.size() + index);
+  double seconds = 0;
+  for (Exchange* exchange : exchanges) {
+    M2N_ASSIGN_OR_RETURN(SizeResult result, bench.RunSize(*exchange, bytes, size_index));
+    sweep.wrong += result.wrong;
+    seconds += result.seconds;
+    NoteResult(bench, exchange->name(), with_impl, pass, result, sweep);
+  }
+  if (group_->rank() == 0 && pass == 0) {
+    if (with_impl && sweep.rows.size() >= 2) PrintRatioRow(stdout, sweep.rows[sweep.rows.size() - 2], sweep.rows.back());
+    std::fflush(stdout);
+    if (seconds > 1.0) {
+      std::fprintf(stderr, "m2n_perf: %zu B done in %.1f s (%zu of %zu sizes)\n", bytes, seconds, index + 1,
+                   sizes.size());
+    }
+  }
+  return OkStatus();
+}
+
+// Rank 0 prints the first sweep's row; any other rank says what wrong bytes it found itself.
+void Rank::NoteResult(const Bench& bench, std::string_view impl, bool with_impl, int pass,
+                      const SizeResult& result, Sweep& sweep) {
+  const auto local_wrong = static_cast<unsigned long long>(result.local_wrong);
+  if (pass > 0) {
+    if (result.local_wrong > 0) {
+      std::fprintf(stderr, "m2n_perf rank %d: soak sweep %d: %llu wrong byte(s) at %zu B (%s)\n", group_->rank(),
+                   pass + 1, local_wrong, result.bytes, std::string(impl).c_str());
+    }
+    return;
+  }
+  if (!bench.is_sender() || group_->rank() != 0) {
+    if (result.local_wrong > 0 && !bench.one_way()) {
+      std::fprintf(stderr, "m2n_perf rank %d: %llu wrong byte(s) at %zu B (%s)\n", group_->rank(), local_wrong,
+                   result.bytes, std::string(impl).c_str());
+    }
+    return;
+  }
+  ReportSize(with_impl, sweep.rows, impl, result);
+}
+
+// Rank 0's footer and --json; the close; with --baseline perftest, perftest's rows after it.
+int Rank::FinishHost(const RunInfo& info, Sweep& sweep) {
+  const bool report = group_->rank() == 0;
   const bool perftest = config_.baseline == Baseline::kPerftest;
   if (report) {
-    if (Status s = WriteFooterAndJson(info, rows, elapsed_s, sizes.size(), /*json=*/!perftest); !s.ok()) {
+    if (Status s = WriteFooterAndJson(info, sweep.rows, sweep.elapsed_s, sweep.sizes, /*json=*/!perftest); !s.ok()) {
       return Fail(s);
     }
   }
-
   if (Status s = group_->Close(Deadline::AfterMs(config_.timeout_ms)); !s.ok()) {
     return Fail(s.WithContext("closing the group"));
   }
   // perftest on the same device, once every m2n rank is done (nothing else competes for the cores);
   // its rows go into the --json file beside m2n's.
   if (report && perftest) {
-    auto baseline = ReportPerftestBaseline(config_, rows, stdout);
+    auto baseline = ReportPerftestBaseline(config_, sweep.rows, stdout);
     if (!baseline.ok()) return Fail(baseline.status());
-    rows.insert(rows.end(), baseline->begin(), baseline->end());
-    if (Status s = WriteJson(info, rows, elapsed_s); !s.ok()) return Fail(s);
+    sweep.rows.insert(sweep.rows.end(), baseline->begin(), baseline->end());
+    if (Status s = WriteJson(info, sweep.rows, sweep.elapsed_s); !s.ok()) return Fail(s);
   }
 #if M2N_PERF_WITH_MPI
   if (mpi_) MpiFinalize();
 #endif
-  return wrong > 0 ? kExitWrongData : kExitOk;
+  return sweep.wrong > 0 ? kExitWrongData : kExitOk;
+}
+
+void Rank::ReportSize(bool with_impl, std::vector<Row>& rows, std::string_view impl, const SizeResult& result) {
+  Row row{.bytes = result.bytes,
+          .impl = std::string(impl),
+          .latency = result.latency,
+          .gbps = result.gbps,
+          .mmsg_per_s = result.mmsg_per_s,
+          .wrong = result.wrong};
+  PrintRow(stdout, row, with_impl);
+  rows.push_back(row);
 }
 
 Status Rank::WriteFooterAndJson(const RunInfo& info, const std::vector<Row>& rows, double elapsed_s,
@@ -469,18 +540,6 @@ Status Rank::WriteJson(const RunInfo& info, const std::vector<Row>& rows, double
 }
 
 #if M2N_PERF_WITH_CUDA
-void Rank::ReportSize(const RunInfo& info, bool with_impl, std::vector<Row>& rows, std::string_view impl,
-                      const SizeResult& result) {
-  Row row{.bytes = result.bytes,
-          .impl = std::string(impl),
-          .latency = result.latency,
-          .gbps = result.gbps,
-          .mmsg_per_s = result.mmsg_per_s,
-          .wrong = result.wrong};
-  PrintRow(stdout, row, with_impl);
-  rows.push_back(row);
-}
-
 int Rank::Finish(const RunInfo& info, const std::vector<Row>& rows, uint64_t wrong, double elapsed_s) {
   if (group_->rank() == 0) {
     if (Status s = WriteFooterAndJson(info, rows, elapsed_s, SweepSizes(config_).size()); !s.ok()) {
@@ -501,14 +560,7 @@ int Rank::RunGpu() {
     return Fail(InvalidArgumentError("--use_cuda needs every rank on one host (CUDA IPC, one host clock)"),
                 kExitUsage);
   }
-  BenchSetup setup;
-  setup.config = config_;
-  setup.rank = group_->rank();
-  setup.num_senders = group_->num_senders();
-  setup.num_receivers = group_->num_receivers();
-  setup.peers.assign(group_->peers().begin(), group_->peers().end());
-  setup.segment = segment_.get();
-  auto bench = GpuBench::Create(std::move(setup));
+  auto bench = GpuBench::Create(MakeBenchSetup());
   if (!bench.ok()) return Fail(bench.status());
   auto region = group_->RegisterMemory((*bench)->send_memory().data(), (*bench)->send_memory().size(),
                                        MemoryKind::kCuda);
@@ -542,7 +594,7 @@ int Rank::RunGpu() {
       if (!result.ok()) return Fail(result.status());
       wrong += result->wrong;
       seconds += result->seconds;
-      if (report) ReportSize(info, with_impl, rows, exchange->name(), *result);
+      if (report) ReportSize(with_impl, rows, exchange->name(), *result);
     }
     if (report) {
       if (with_impl && rows.size() >= 2) PrintRatioRow(stdout, rows[rows.size() - 2], rows.back());

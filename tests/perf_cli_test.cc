@@ -12,6 +12,7 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <regex>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -22,6 +23,7 @@
 #include "perftest/bench.h"
 #include "perftest/cli.h"
 #include "perftest/host_barrier.h"
+#include "perftest/launch.h"
 #include "perftest/pattern.h"
 #include "perftest/report.h"
 #include "perftest/stats.h"
@@ -622,6 +624,120 @@ TEST(PerfEndToEndTest, AKilledRankStopsTheJobAndIsNamed) {
   EXPECT_NE(r.exit_code, 0) << Dump(r);
   EXPECT_NE(r.err.find("was killed by signal 9"), std::string::npos) << Dump(r);
   EXPECT_NE(r.err.find("stopping the other"), std::string::npos) << Dump(r);
+}
+
+// One rank of a torchrun-style job (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set for each rank,
+// no m2n_perf launcher above it), its stdout and stderr into files of `dir`.
+pid_t StartTorchrunRank(int rank, int world, int port, const std::string& dir, const std::vector<std::string>& args) {
+  const pid_t pid = fork();
+  if (pid != 0) return pid;
+  const std::string base = dir + "/rank" + std::to_string(rank);
+  const int out = open((base + ".out").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  const int err = open((base + ".err").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  if (out < 0 || err < 0) _exit(126);
+  dup2(out, 1);
+  dup2(err, 2);
+  for (const char* v : {"M2N_RANK", "M2N_WORLD_SIZE", "M2N_MASTER_PORT", "M2N_MASTER_ADDR", "M2N_JOB_ID",
+                        "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "SLURM_PROCID", "M2N_PERF_SPAWNED"}) {
+    unsetenv(v);
+  }
+  setenv("RANK", std::to_string(rank).c_str(), 1);
+  setenv("WORLD_SIZE", std::to_string(world).c_str(), 1);
+  setenv("LOCAL_WORLD_SIZE", std::to_string(world).c_str(), 1);
+  setenv("MASTER_ADDR", "127.0.0.1", 1);
+  setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
+  std::vector<char*> argv = {const_cast<char*>(M2N_PERF_BIN)};
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  execv(M2N_PERF_BIN, argv.data());
+  _exit(127);
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// How a process ended: its wait status, and how long after `since` (-1: not within the bound).
+struct Exit {
+  int status = -1;
+  double after_s = -1;
+};
+
+// Reaps `pids` as they end, until all have or `bound` after `since` (then it kills the rest).
+std::vector<Exit> WaitForExits(const std::vector<pid_t>& pids, std::chrono::steady_clock::time_point since,
+                               std::chrono::seconds bound) {
+  std::vector<Exit> exits(pids.size());
+  size_t left = pids.size();
+  while (left > 0 && std::chrono::steady_clock::now() < since + bound) {
+    for (size_t i = 0; i < pids.size(); ++i) {
+      if (exits[i].after_s >= 0 || waitpid(pids[i], &exits[i].status, WNOHANG) != pids[i]) continue;
+      exits[i].after_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
+      --left;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  for (size_t i = 0; i < pids.size(); ++i) {
+    if (exits[i].after_s >= 0) continue;
+    kill(pids[i], SIGKILL);
+    waitpid(pids[i], nullptr, 0);
+  }
+  return exits;
+}
+
+TEST(PerfEndToEndTest, RanksInTheHostBarrierNameAKilledRankPromptly) {
+  // 2 x 2 under a torchrun-style launch, so no launcher stops the survivors: each must find out
+  // itself. Rank 1 (a sender) is SIGKILLed in the latency loop of one tiny size with many
+  // iterations; rank 0, which never receives from it there, waits in the host barrier. Every
+  // survivor must name rank 1 and end long before --timeout_ms.
+  constexpr int kWorld = 4;
+  constexpr int kTimeoutMs = 60000;
+  auto port = PickFreePort();
+  ASSERT_TRUE(port.ok()) << port.status().ToString();
+  char dir_template[] = "/tmp/m2n_perf_kill.XXXXXX";
+  ASSERT_NE(mkdtemp(dir_template), nullptr);
+  const std::string dir = dir_template;
+  const std::vector<std::string> args = {"-b", "8", "-e", "8", "-n", "10000000", "--timeout_ms",
+                                         std::to_string(kTimeoutMs)};
+  std::vector<pid_t> ranks;
+  for (int r = 0; r < kWorld; ++r) ranks.push_back(StartTorchrunRank(r, kWorld, *port, dir, args));
+  // Rank 0 prints the table head when the measured loop starts.
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  bool ended_early = false;
+  while (ReadFile(dir + "/rank0.out").find("#wrong") == std::string::npos &&
+         std::chrono::steady_clock::now() < give_up && !ended_early) {
+    for (pid_t pid : ranks) ended_early |= waitpid(pid, nullptr, WNOHANG) == pid;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  if (ended_early) {
+    for (pid_t pid : ranks) kill(pid, SIGKILL);
+    for (pid_t pid : ranks) waitpid(pid, nullptr, 0);
+    FAIL() << "a rank ended before the sweep began:\n"
+           << ReadFile(dir + "/rank0.err") << ReadFile(dir + "/rank1.err");
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  kill(ranks[1], SIGKILL);
+  const auto killed_at = std::chrono::steady_clock::now();
+  const std::vector<Exit> exits = WaitForExits(ranks, killed_at, std::chrono::seconds(30));
+  for (int r : {0, 2, 3}) {
+    const std::string err = ReadFile(dir + "/rank" + std::to_string(r) + ".err");
+    SCOPED_TRACE("rank " + std::to_string(r) + " stderr:\n" + err);
+    ASSERT_GE(exits[r].after_s, 0) << "still running 30 s after the kill";
+    EXPECT_LT(exits[r].after_s, 10.0) << "--timeout_ms is " << kTimeoutMs;
+    EXPECT_TRUE(WIFEXITED(exits[r].status) && WEXITSTATUS(exits[r].status) != 0) << exits[r].status;
+    // A survivor that failed and left before another asked may be named too ("ranks 1, 2 died").
+    EXPECT_TRUE(std::regex_search(err, std::regex(R"(ranks? ([0-9]+, )*1(, [0-9]+)* died)")));
+  }
+  // Rank 0 was in the host barrier, which names who never came.
+  const std::string err0 = ReadFile(dir + "/rank0.err");
+  EXPECT_TRUE(std::regex_search(err0, std::regex(R"(host barrier: rank 0 was waiting for ranks? ([0-9]+, )*1\b)")))
+      << err0;
+  for (int r = 0; r < kWorld; ++r) {
+    for (const char* ext : {".out", ".err"}) std::remove((dir + "/rank" + std::to_string(r) + ext).c_str());
+  }
+  rmdir(dir.c_str());
 }
 
 TEST(PerfEndToEndTest, MpiBaselineRowsSitNextToM2n) {

@@ -142,6 +142,13 @@ class Group {
   // One round of progress without blocking: completions, arrivals, ACKs.
   Status Progress();
 
+  // Asks the bootstrap store now whether any rank of the group died, as the blocking calls do every
+  // Options::liveness_check_ms while they wait: kUnavailable naming the dead rank(s) (sticky, as
+  // there), or OK. Waits for the store's answer until `deadline` or one liveness period, whichever
+  // is first; an unanswered question is OK. For a caller that waits outside the group (on shared
+  // memory, say) and must notice a dead rank as promptly as Receive does; it paces its own calls.
+  Status CheckPeersAlive(Deadline deadline);
+
   // Waits until every peer has released this rank's messages and said goodbye, then disconnects.
   // After Close, every call returns kFailedPrecondition. Stream-ordered work of this group must
   // have completed (synchronize its streams) before Close.

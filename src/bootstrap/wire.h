@@ -32,6 +32,8 @@ inline constexpr uint32_t kMagic = 0x534E324Du;
 // Bump on any change to the layout of a header or body.
 inline constexpr uint16_t kVersion = 1;
 inline constexpr size_t kHeaderBytes = 12;
+// The u32 before every string, byte value and list.
+inline constexpr size_t kLengthBytes = 4;
 
 // Hard limits, checked by both the encoder (so this build never sends what a peer would refuse)
 // and the decoder (so a hostile length cannot make the server allocate without bound).
@@ -132,6 +134,9 @@ struct FrameHeader {
   MessageType type = MessageType::kHello;
   uint32_t body_bytes = 0;
 };
+
+// The codes an ERROR may carry: every non-OK code of status.h.
+bool IsKnownErrorCode(uint16_t raw);
 
 // The largest body a frame of `type` may announce; 0 for an unknown type.
 size_t MaxBodyBytes(MessageType type);

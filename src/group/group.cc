@@ -1,5 +1,5 @@
 // The Group's small public calls: what it is (rank, role, peers, options, counters), Barrier,
-// Progress and Abort. The larger jobs have files of their own (see impl.h).
+// Progress, CheckPeersAlive and Abort. The larger jobs have files of their own (see impl.h).
 #include "group/impl.h"
 
 namespace m2n {
@@ -28,6 +28,13 @@ Status Group::Progress() {
     if (!device.ok()) return impl_->Fail(device.WithContext(impl_->me()));
   }
   return impl_->Progress();
+}
+
+Status Group::CheckPeersAlive(Deadline deadline) {
+  M2N_RETURN_IF_ERROR(impl_->CheckOpen());
+  return impl_->CheckRanksAlive(
+      [] { return std::string("checking the peers' liveness (Group::CheckPeersAlive)"); },
+      impl_->LivenessBound(deadline));
 }
 
 void Group::Abort() { impl_->aborted.store(true, std::memory_order_release); }

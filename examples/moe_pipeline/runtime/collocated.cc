@@ -11,6 +11,9 @@
 #include <vector>
 
 #include "compute/compute.h"
+#include "reference/check.h"
+#include "runtime/fault.h"
+#include "runtime/report.h"
 #include "runtime/wire.h"
 #include "runtime/workload.h"
 #endif
@@ -73,7 +76,7 @@ class CollocatedRank {
     r.Set("iterations", Json::Number(static_cast<double>(iteration_)));
     r.Set("layers", Json::Number(c_.num_hidden_layers));
     SetWorkloadReport(r, *workload_, tbt_ms_, ttft_ms_);
-    if (o_.check) r.Set("check", CheckAgainstReference(o_, *workload_));
+    if (o_.check) r.Set("check", CheckAgainstReference(o_.config, o_.weights, o_.backend, *workload_));
     if (g_.rank() != 0) return SendReport(g_, 0, r.Dump(), report_buffer_.data(), report_buffer_.size(), o_);
     Json all = Json::Array();
     all.Push(std::move(r));
@@ -171,9 +174,7 @@ class CollocatedRank {
     M2N_RETURN_IF_ERROR(attention_->AttentionAndGate(mb, layer, &routing));
     // The gate's choice, for the check (a routing bug after this point is the check's to catch).
     M2N_RETURN_IF_ERROR(workload_->RecordRouting(plan, layer, c_.num_hidden_layers, routing));
-    if (o_.fault == "swap_experts") {
-      for (int& e : routing.expert) e = e == 0 ? 1 : e == 1 ? 0 : e;
-    }
+    InjectRoutingFault(o_, &routing);
     const int k = routing.top_k;
     const size_t hidden = static_cast<size_t>(c_.hidden_size);
     std::vector<int64_t> sizes(static_cast<size_t>(P_), 0);

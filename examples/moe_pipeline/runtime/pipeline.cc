@@ -1,3 +1,8 @@
+// The disaggregated pipeline's two workers (pipeline.h describes the schedule): the attention
+// worker, which serves requests and dispatches each layer's tokens to the expert workers, and the
+// expert worker, which runs its experts over every attention worker's tokens and sends the combines
+// back. The report transfer is runtime/report.cc's, the check reference/check.cc's, the injected
+// faults runtime/fault.cc's.
 #include "runtime/pipeline.h"
 
 #include <unistd.h>
@@ -15,7 +20,9 @@
 
 #include "compute/compute.h"
 #include "m2n/launch.h"
-#include "reference/reference.h"
+#include "reference/check.h"
+#include "runtime/fault.h"
+#include "runtime/report.h"
 #include "runtime/wire.h"
 
 namespace moe {
@@ -57,46 +64,6 @@ std::string Where(const m2n::Group& g, const char* what) {
 int LocalRank(const m2n::Group& g) {
   auto launch = m2n::DetectLaunch();
   return m2n::LocalRank(launch.ok() ? *launch : m2n::LaunchInfo{}, g.rank());
-}
-
-// ---- Reports: a JSON string in chunks of one slot each ----
-
-m2n::Status SendReport(m2n::Group& group, int peer, const std::string& text, std::byte* buffer, size_t slot_bytes,
-                       const PipelineOptions& o) {
-  const size_t chunk = slot_bytes - sizeof(Header);
-  size_t sent = 0;
-  do {
-    const size_t n = std::min(chunk, text.size() - sent);
-    Header h;
-    h.kind = static_cast<uint16_t>(MessageKind::kReport);
-    h.rows = static_cast<uint32_t>(n);
-    h.report_bytes = text.size();
-    std::memcpy(buffer, &h, sizeof(h));
-    std::memcpy(buffer + sizeof(h), text.data() + sent, n);
-    M2N_RETURN_IF_ERROR(group.Send({peer, buffer, sizeof(h) + n}, CallDeadline(o)));
-    sent += n;
-  } while (sent < text.size());
-  return m2n::OkStatus();
-}
-
-m2n::StatusOr<Json> ReceiveReport(m2n::Group& group, int peer, const PipelineOptions& o) {
-  std::string text;
-  uint64_t total = 0;
-  do {
-    // A report comes after its sender's reference check, which may take much longer than a step.
-    M2N_ASSIGN_OR_RETURN(m2n::Message m,
-                         group.Receive(peer, m2n::Deadline::After(std::chrono::seconds(10 * int64_t{o.timeout_s}))));
-    m2n::Status s = CheckMessage(m.data, m.length, peer, MessageKind::kReport, Header{});
-    const Header h = ReadHeader(m.data);
-    if (s.ok() && sizeof(Header) + h.rows != m.length) s = m2n::DataLossError("report chunk of bad length");
-    if (s.ok()) {
-      total = h.report_bytes;
-      text.append(reinterpret_cast<const char*>(m.data) + sizeof(Header), h.rows);
-    }
-    M2N_RETURN_IF_ERROR(group.Release(m));
-    M2N_RETURN_IF_ERROR(s);
-  } while (text.size() < total);
-  return Json::Parse(text, "report from rank " + std::to_string(peer));
 }
 
 m2n::StatusOr<ComputeOptions> MakeServingWorkload(const m2n::Group& g, const PipelineOptions& o,
@@ -211,7 +178,7 @@ class AttentionWorker {
     if (o_.progress && g_.rank() == 0 && tty_) std::fprintf(stderr, "\n");
 
     Json report = Report();
-    if (o_.check) report.Set("check", CheckAgainstReference(o_, *workload_));
+    if (o_.check) report.Set("check", CheckAgainstReference(o_.config, o_.weights, o_.backend, *workload_));
     M2N_RETURN_IF_ERROR(SendReport(g_, experts_[0], report.Dump(), send_[0], send_.slot_bytes, o_));
     if (g_.rank() != 0) return m2n::OkStatus();
     // Rank 0 gathers everyone's: the first expert worker forwards the attention workers' reports.
@@ -285,9 +252,7 @@ class AttentionWorker {
       // The gate's choice, for the check (a routing bug after this point is the check's to catch).
       M2N_RETURN_IF_ERROR(
           workload_->RecordRouting(plans_[static_cast<size_t>(mb)], layer, c_.num_hidden_layers, routing));
-      if (o_.fault == "swap_experts") {
-        for (int& e : routing.expert) e = e == 0 ? 1 : e == 1 ? 0 : e;
-      }
+      InjectRoutingFault(o_, &routing);
       const int N = static_cast<int>(experts_.size());
       for (int w = 0; w < N; ++w) {
         std::vector<int32_t>& rows = sent_rows_[static_cast<size_t>(mb)][static_cast<size_t>(w)];
@@ -397,72 +362,84 @@ class ExpertWorker {
     M2N_RETURN_IF_ERROR(g_.Barrier(CallDeadline(o_)));
     const auto start = Clock::now();
     std::vector<int> active(attention_);
-    std::vector<m2n::Message> got;
-    std::vector<ExpertInput> inputs;
-    std::vector<m2n::SendRequest> answers;
-    const int m = o_.workload.micro_batches, L = c_.num_hidden_layers;
     while (!active.empty()) {
-      got.resize(active.size());
-      {
-        Timed t(&wait_s_);
-        M2N_RETURN_IF_ERROR(g_.Receive(active, got, CallDeadline(o_)).WithContext(Where(g_, "dispatch")));
-      }
-      Header want;
-      want.iteration = static_cast<uint32_t>(round_ / (int64_t{m} * L));
-      want.layer = static_cast<uint16_t>(round_ / m % L);
-      want.micro_batch = static_cast<uint16_t>(round_ % m);
-      want.hidden = static_cast<uint32_t>(c_.hidden_size);
-      inputs.clear();
-      answers.clear();
-      std::vector<int> still;
-      int top_k = c_.num_experts_per_tok;
-      m2n::Status status;
-      {
-        Timed t(&compute_s_);
-        for (size_t i = 0; i < got.size() && status.ok(); ++i) {
-          const m2n::Message& msg = got[i];
-          if (msg.length >= sizeof(Header) && ReadHeader(msg.data).kind == static_cast<uint16_t>(MessageKind::kFinish)) {
-            continue;
-          }
-          still.push_back(active[i]);
-          status = CheckMessage(msg.data, msg.length, msg.peer, MessageKind::kDispatch, want);
-          if (!status.ok()) break;
-          const Header h = ReadHeader(msg.data);
-          if (h.top_k != top_k) {
-            status = m2n::DataLossError("dispatch from rank " + std::to_string(msg.peer) + " has top_k " +
-                                        std::to_string(h.top_k) + ", the model " + std::to_string(top_k));
-            break;
-          }
-          const DispatchLayout in(h.rows, h.top_k, h.hidden);
-          const CombineLayout out(h.rows, h.hidden);
-          std::byte* answer = send_[static_cast<size_t>(Index(msg.peer))];
-          Header a = h;
-          a.kind = static_cast<uint16_t>(MessageKind::kCombine);
-          std::memcpy(answer, &a, sizeof(a));
-          std::memcpy(answer + out.rows, msg.data + in.rows, size_t{h.rows} * 4);
-          inputs.push_back({static_cast<int>(h.rows), reinterpret_cast<const float*>(msg.data + in.x),
-                            reinterpret_cast<const int32_t*>(msg.data + in.experts),
-                            reinterpret_cast<const float*>(msg.data + in.weights),
-                            reinterpret_cast<float*>(answer + out.y)});
-          answers.push_back({msg.peer, answer, out.bytes});
-          rows_ += h.rows;
-        }
-        if (status.ok() && !inputs.empty()) status = experts_->Forward(want.layer, top_k, inputs);
-      }
-      if (status.ok() && !answers.empty()) {
-        Timed t(&send_s_);
-        status = g_.Send(answers, CallDeadline(o_)).WithContext(Where(g_, "combine"));
-      }
-      M2N_RETURN_IF_ERROR(g_.Release(got));
-      M2N_RETURN_IF_ERROR(status);
-      if (!inputs.empty()) ++round_;
-      // A worker dying mid-run: the others must fail by their deadlines, naming it.
-      if (o_.fault == "kill_expert" && g_.rank() == g_.num_senders() && round_ == 3) _exit(9);
-      active = std::move(still);
+      M2N_RETURN_IF_ERROR(ServeRound(active));
+      InjectExpertDeath(o_, g_, round_);
     }
     wall_s_ = Seconds(start, Clock::now());
+    return SendReports();
+  }
 
-    // Reports: the first expert worker forwards the attention workers' to rank 0.
+ private:
+  // One round: the next dispatch from each of `active` (those still running; a FINISH drops one),
+  // the experts over all their tokens, a combine back to each.
+  m2n::Status ServeRound(std::vector<int>& active) {
+    const int m = o_.workload.micro_batches, L = c_.num_hidden_layers;
+    got_.resize(active.size());
+    {
+      Timed t(&wait_s_);
+      M2N_RETURN_IF_ERROR(g_.Receive(active, got_, CallDeadline(o_)).WithContext(Where(g_, "dispatch")));
+    }
+    Header want;
+    want.iteration = static_cast<uint32_t>(round_ / (int64_t{m} * L));
+    want.layer = static_cast<uint16_t>(round_ / m % L);
+    want.micro_batch = static_cast<uint16_t>(round_ % m);
+    want.hidden = static_cast<uint32_t>(c_.hidden_size);
+    inputs_.clear();
+    answers_.clear();
+    std::vector<int> still;
+    m2n::Status status;
+    {
+      Timed t(&compute_s_);
+      for (size_t i = 0; i < got_.size() && status.ok(); ++i) {
+        const m2n::Message& msg = got_[i];
+        if (msg.length >= sizeof(Header) && ReadHeader(msg.data).kind == static_cast<uint16_t>(MessageKind::kFinish)) {
+          continue;
+        }
+        still.push_back(active[i]);
+        status = TakeDispatch(msg, want);
+      }
+      if (status.ok() && !inputs_.empty()) status = experts_->Forward(want.layer, c_.num_experts_per_tok, inputs_);
+    }
+    if (status.ok() && !answers_.empty()) {
+      Timed t(&send_s_);
+      status = g_.Send(answers_, CallDeadline(o_)).WithContext(Where(g_, "combine"));
+    }
+    M2N_RETURN_IF_ERROR(g_.Release(got_));
+    M2N_RETURN_IF_ERROR(status);
+    if (!inputs_.empty()) ++round_;
+    active = std::move(still);
+    return m2n::OkStatus();
+  }
+
+  // Checks one dispatch against `want`, writes its combine's header and expert ids, and queues its
+  // rows for the experts (inputs_) and its combine for the send (answers_).
+  m2n::Status TakeDispatch(const m2n::Message& msg, const Header& want) {
+    M2N_RETURN_IF_ERROR(CheckMessage(msg.data, msg.length, msg.peer, MessageKind::kDispatch, want));
+    const Header h = ReadHeader(msg.data);
+    const int top_k = c_.num_experts_per_tok;
+    if (h.top_k != top_k) {
+      return m2n::DataLossError("dispatch from rank " + std::to_string(msg.peer) + " has top_k " +
+                                std::to_string(h.top_k) + ", the model " + std::to_string(top_k));
+    }
+    const DispatchLayout in(h.rows, h.top_k, h.hidden);
+    const CombineLayout out(h.rows, h.hidden);
+    std::byte* answer = send_[static_cast<size_t>(Index(msg.peer))];
+    Header a = h;
+    a.kind = static_cast<uint16_t>(MessageKind::kCombine);
+    std::memcpy(answer, &a, sizeof(a));
+    std::memcpy(answer + out.rows, msg.data + in.rows, size_t{h.rows} * 4);
+    inputs_.push_back({static_cast<int>(h.rows), reinterpret_cast<const float*>(msg.data + in.x),
+                       reinterpret_cast<const int32_t*>(msg.data + in.experts),
+                       reinterpret_cast<const float*>(msg.data + in.weights),
+                       reinterpret_cast<float*>(answer + out.y)});
+    answers_.push_back({msg.peer, answer, out.bytes});
+    rows_ += h.rows;
+    return m2n::OkStatus();
+  }
+
+  // Reports: the first expert worker forwards the attention workers' to rank 0.
+  m2n::Status SendReports() {
     std::vector<Json> attention_reports;
     if (g_.rank() == g_.num_senders()) {
       for (int a : attention_) {
@@ -477,7 +454,6 @@ class ExpertWorker {
     return m2n::OkStatus();
   }
 
- private:
   m2n::Status SetUp() {
     const int worker = g_.rank() - g_.num_senders();
     for (int e = 0; e < c_.num_local_experts; ++e) {
@@ -518,111 +494,16 @@ class ExpertWorker {
   std::unique_ptr<ExpertCompute> experts_;
   std::vector<int> attention_;
   SendBuffers send_;  // one combine buffer per attention worker
+  // The current round's messages, expert inputs and combines (kept to reuse their memory).
+  std::vector<m2n::Message> got_;
+  std::vector<ExpertInput> inputs_;
+  std::vector<m2n::SendRequest> answers_;
   int64_t round_ = 0;
   int64_t rows_ = 0;
   double wall_s_ = 0, compute_s_ = 0, send_s_ = 0, wait_s_ = 0;
 };
 
 }  // namespace
-
-Json CheckAgainstReference(const PipelineOptions& o, const Workload& workload) {
-  const ModelConfig& c = o.config;
-  Json r = Json::Object();
-  auto precision = BackendPrecision(o.backend);
-  if (!precision.ok()) {
-    r.Set("passed", Json::Bool(false));
-    r.Set("error", Json::String(precision.status().ToString()));
-    return r;
-  }
-  const double tolerance = precision->tolerance;
-  auto reference = ReferenceModel::Load(c, o.weights, precision->bf16_weights);
-  if (!reference.ok()) {
-    r.Set("passed", Json::Bool(false));
-    r.Set("error", Json::String(reference.status().ToString()));
-    return r;
-  }
-  const auto start = Clock::now();
-  const size_t vocab = static_cast<size_t>(c.vocab_size);
-  int compared = 0, failed = 0;
-  int64_t tokens = 0, routings = 0, followed = 0, routing_errors = 0;
-  double max_error = 0;
-  std::string first_failure;
-  for (const Request& q : workload.requests()) {
-    const std::span<const int> seq(q.tokens.data(), q.tokens.size() - 1);  // the last token is never fed
-    // The reference follows the pipeline's routing where the two differ by a near-tie (reference/),
-    // so every output token stays comparable.
-    auto ref = reference->Forward(seq, q.input_len - 1, precision->tie_threshold, q.routing);
-    if (ref.ok() && ref->logits.size() != q.logits.size()) {
-      ref = m2n::InternalError("the pipeline recorded " + std::to_string(q.logits.size() / vocab) +
-                               " output tokens, the reference has " + std::to_string(ref->logits.size() / vocab));
-    }
-    if (!ref.ok()) {
-      ++failed;
-      if (first_failure.empty()) first_failure = "request " + std::to_string(q.id) + ": " + ref.status().ToString();
-      continue;
-    }
-    double request_error = 0;
-    int worst_token = 0;
-    const size_t outputs = q.logits.size() / vocab;
-    for (size_t t = 0; t < outputs; ++t) {
-      double diff = 0, scale = 0;
-      for (size_t v = 0; v < vocab; ++v) {
-        diff = std::max(diff, std::fabs(static_cast<double>(q.logits[t * vocab + v]) - ref->logits[t * vocab + v]));
-        scale = std::max(scale, std::fabs(static_cast<double>(ref->logits[t * vocab + v])));
-      }
-      const double e = diff / std::max(scale, 1e-30);
-      if (e > request_error) {
-        request_error = e;
-        worst_token = static_cast<int>(t);
-      }
-      ++tokens;
-    }
-    ++compared;
-    routings += ref->routings;
-    followed += ref->followed_near_ties;
-    routing_errors += static_cast<int64_t>(ref->routing_errors.size());
-    max_error = std::max(max_error, request_error);
-    if (request_error <= tolerance && ref->routing_errors.empty()) continue;
-    ++failed;
-    if (!first_failure.empty()) continue;
-    char buf[160];
-    first_failure = "request " + std::to_string(q.id);
-    if (request_error > tolerance) {
-      std::snprintf(buf, sizeof(buf), ": output token %d relative error %.3g > %.0e", worst_token, request_error,
-                    tolerance);
-      first_failure += buf;
-    }
-    if (!ref->routing_errors.empty()) {
-      const RoutingError& e = ref->routing_errors.front();
-      auto set = [](const std::vector<int>& experts) {
-        std::string s;
-        for (int x : experts) s += (s.empty() ? "{" : ", ") + std::to_string(x);
-        return s + "}";
-      };
-      std::snprintf(buf, sizeof(buf), ", a gate logit %.3g below the reference's k-th largest (near-tie threshold %.0e)",
-                    e.gap, precision->tie_threshold);
-      first_failure += (request_error > tolerance ? "; " : ": ") + std::to_string(ref->routing_errors.size()) +
-                       " routing errors, the first at position " +
-                       std::to_string(e.position) + " layer " + std::to_string(e.layer) + ": the pipeline chose " +
-                       set(e.pipeline) + ", the reference's top-" + std::to_string(e.reference.size()) + " is " +
-                       set(e.reference) + buf;
-    }
-  }
-  r.Set("passed", Json::Bool(failed == 0 && compared > 0));
-  r.Set("requests_compared", Json::Number(compared));
-  r.Set("requests_failed", Json::Number(failed));
-  r.Set("tokens_compared", Json::Number(static_cast<double>(tokens)));
-  r.Set("max_relative_error", Json::Number(max_error));
-  r.Set("tolerance", Json::Number(tolerance));
-  r.Set("routings_compared", Json::Number(static_cast<double>(routings)));
-  r.Set("routings_followed_near_tie", Json::Number(static_cast<double>(followed)));
-  r.Set("routing_errors", Json::Number(static_cast<double>(routing_errors)));
-  r.Set("tie_threshold", Json::Number(precision->tie_threshold));
-  r.Set("precision", Json::String(precision->what));
-  r.Set("seconds", Json::Number(Seconds(start, Clock::now())));
-  if (!first_failure.empty()) r.Set("first_failure", Json::String(first_failure));
-  return r;
-}
 
 size_t SlotBytesFor(const PipelineOptions& o) {
   const size_t dispatch = DispatchLayout(static_cast<size_t>(o.workload.max_tokens),

@@ -65,10 +65,6 @@ m2n::Status RunExpertWorker(m2n::Group& group, const PipelineOptions& options);
 // ---- Shared with the collocated baseline (runtime/collocated.h) ----
 m2n::Deadline CallDeadline(const PipelineOptions& options);  // the deadline of one m2n call
 int LocalRank(const m2n::Group& group);  // the launcher's local rank, else the global rank
-// A JSON report to `peer` in chunks of one slot, from `buffer` (registered, slot_bytes long).
-m2n::Status SendReport(m2n::Group& group, int peer, const std::string& text, std::byte* buffer, size_t slot_bytes,
-                       const PipelineOptions& options);
-m2n::StatusOr<Json> ReceiveReport(m2n::Group& group, int peer, const PipelineOptions& options);
 // A serving rank's workload (its own requests) into *workload, and the options of its compute
 // (attention, and the experts of a collocated rank) on the rank's local GPU.
 m2n::StatusOr<ComputeOptions> MakeServingWorkload(const m2n::Group& group, const PipelineOptions& options,
@@ -83,7 +79,5 @@ Json Samples(const std::vector<double>& values);  // a JSON array, rounded to 1e
 // A serving rank's report fields from its workload: requests, tokens, TBT and TTFT samples (ms).
 void SetWorkloadReport(Json& report, const Workload& workload, const std::vector<double>& tbt_ms,
                        const std::vector<double>& ttft_ms);
-// Every request's recorded logits against the reference forward over the same tokens.
-Json CheckAgainstReference(const PipelineOptions& options, const Workload& workload);
 
 }  // namespace moe

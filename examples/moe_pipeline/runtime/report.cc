@@ -1,9 +1,15 @@
+// The run's reports: their transfer to rank 0 in slot-sized chunks, and the summary rank 0 makes of
+// them (report.h says what each metric means).
 #include "runtime/report.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <vector>
+
+#include "runtime/wire.h"
 
 namespace moe {
 namespace {
@@ -212,6 +218,46 @@ Summary Summarize(const Json& reports, const PipelineOptions& o, const std::stri
     t += "check           not run (--no_check)\n";
   }
   return s;
+}
+
+// ---- Reports on the wire: a JSON string in chunks of one slot each ----
+
+m2n::Status SendReport(m2n::Group& group, int peer, const std::string& text, std::byte* buffer, size_t slot_bytes,
+                       const PipelineOptions& o) {
+  const size_t chunk = slot_bytes - sizeof(Header);
+  size_t sent = 0;
+  do {
+    const size_t n = std::min(chunk, text.size() - sent);
+    Header h;
+    h.kind = static_cast<uint16_t>(MessageKind::kReport);
+    h.rows = static_cast<uint32_t>(n);
+    h.report_bytes = text.size();
+    std::memcpy(buffer, &h, sizeof(h));
+    std::memcpy(buffer + sizeof(h), text.data() + sent, n);
+    M2N_RETURN_IF_ERROR(group.Send({peer, buffer, sizeof(h) + n}, CallDeadline(o)));
+    sent += n;
+  } while (sent < text.size());
+  return m2n::OkStatus();
+}
+
+m2n::StatusOr<Json> ReceiveReport(m2n::Group& group, int peer, const PipelineOptions& o) {
+  std::string text;
+  uint64_t total = 0;
+  do {
+    // A report comes after its sender's reference check, which may take much longer than a step.
+    M2N_ASSIGN_OR_RETURN(m2n::Message m,
+                         group.Receive(peer, m2n::Deadline::After(std::chrono::seconds(10 * int64_t{o.timeout_s}))));
+    m2n::Status s = CheckMessage(m.data, m.length, peer, MessageKind::kReport, Header{});
+    const Header h = ReadHeader(m.data);
+    if (s.ok() && sizeof(Header) + h.rows != m.length) s = m2n::DataLossError("report chunk of bad length");
+    if (s.ok()) {
+      total = h.report_bytes;
+      text.append(reinterpret_cast<const char*>(m.data) + sizeof(Header), h.rows);
+    }
+    M2N_RETURN_IF_ERROR(group.Release(m));
+    M2N_RETURN_IF_ERROR(s);
+  } while (text.size() < total);
+  return Json::Parse(text, "report from rank " + std::to_string(peer));
 }
 
 }  // namespace moe
