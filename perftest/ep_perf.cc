@@ -110,8 +110,9 @@ void PrintHeader(const EpPerfConfig& c, const Group& g) {
   std::printf("#   m2n: transport %s, slot_bytes %zu, slot_depth %d, spin_us %d\n",
               std::string(g.transport_name()).c_str(), g.options().slot_bytes, g.options().slot_depth,
               g.options().spin_us);
-  std::printf("#   MPI: %s, MPI_Ialltoall (counts) + MPI_Ialltoallv (rows), polled with sched_yield\n",
-              MpiVersion().c_str());
+  const char* pml = std::getenv("OMPI_MCA_pml");
+  std::printf("#   MPI: %s, pml %s, MPI_Ialltoall (counts) + MPI_Ialltoallv (rows), polled with sched_yield\n",
+              MpiVersion().c_str(), pml != nullptr ? pml : "Open MPI's choice (vader shared memory on one host)");
   std::printf("#   host %s, %ld online cores, %d ranks; -n %d, -w %d; time = last rank done - first rank start, us\n", host,
               sysconf(_SC_NPROCESSORS_ONLN), c.m + c.n, c.iterations, c.warmup);
   std::printf("#%6s %6s %5s %7s | %9s %9s %9s %9s | %9s %9s %9s %9s | %8s %6s\n", "tokens", "hidden", "top_k",
