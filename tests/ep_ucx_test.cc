@@ -1,5 +1,6 @@
-// The expert-parallel layer (m2n/ep.h) between real processes over UCX shared memory on this host:
-// each shape 1x1, 2x2, 3x1, 1x3, 2x3 in bf16 and fp32 runs a sequence of calls with every routing
+// The expert-parallel layer (m2n/ep.h) between real processes over UCX shared memory on this host
+// (and two cases over UCX TCP and over verbs, skipped without an RDMA device): each shape 1x1, 2x2,
+// 3x1, 1x3, 2x3 in bf16 and fp32 runs a sequence of calls with every routing
 // kind (random, all tokens to one expert, a token's experts on one rank, no tokens, the most tokens,
 // a rank that receives nothing), two calls in flight at a time (micro-batches); every expert rank
 // checks its rows and every attention rank its combined output against the plain reference
@@ -20,6 +21,8 @@ namespace m2n::testing {
 namespace {
 
 const TransportSetup kShm{"shm", "ucx", {{"UCX_TLS", "shm,self"}}};
+const TransportSetup kTcp{"tcp", "ucx", {{"UCX_TLS", "tcp,self"}, {"UCX_NET_DEVICES", "lo"}}};
+const TransportSetup kRc{"rc", "verbs", {}};  // skipped, with the reason, without an RDMA device
 constexpr int64_t kCallMs = 20000;
 
 const RoutingKind kSchedule[] = {RoutingKind::kRandom,    RoutingKind::kOneExpert,    RoutingKind::kSameRank,
@@ -32,8 +35,9 @@ struct Rank {
   std::unique_ptr<Group> group;
   std::unique_ptr<ExpertParallel> ep;
 };
-StatusOr<Rank> MakeRank(const EpCase& c, int rank, int port, size_t slot_bytes = 0) {
-  ApplySetup(kShm);
+StatusOr<Rank> MakeRank(const EpCase& c, int rank, int port, size_t slot_bytes = 0,
+                        const TransportSetup& setup = kShm) {
+  ApplySetup(setup);
   Options o = TestOptions(c.m, c.n, rank, port);
   M2N_ASSIGN_OR_RETURN(size_t need, ExpertParallel::SlotBytesNeeded(c.options, c.m, c.n));
   o.slot_bytes = slot_bytes > 0 ? slot_bytes : need;
@@ -108,8 +112,8 @@ int ExpertRank(const EpCase& c, ExpertParallel& ep, int rank) {
   return 0;
 }
 
-int DispatchAndCombine(const EpCase& c, int rank, int port) {
-  auto made = MakeRank(c, rank, port);
+int DispatchAndCombine(const TransportSetup& setup, const EpCase& c, int rank, int port) {
+  auto made = MakeRank(c, rank, port, 0, setup);
   CHILD_OK(made.status());
   const int code = rank < c.m ? AttentionRank(c, *made->ep, rank) : ExpertRank(c, *made->ep, rank);
   if (code != 0) return code;
@@ -124,34 +128,53 @@ EpCase MakeCase(int m, int n, DataType dtype, int experts, int top_k, std::vecto
   return c;
 }
 
-class EpTest : public ::testing::TestWithParam<EpCase> {
+struct EpRun {
+  TransportSetup setup;
+  EpCase c;
+};
+void PrintTo(const EpRun& run, std::ostream* os) {
+  *os << run.setup.transport << "_" << run.setup.name << "_" << EpCaseName(run.c);
+}
+
+class EpTest : public ::testing::TestWithParam<EpRun> {
  protected:
   void SetUp() override {
-    std::string reason = SkipReason(kShm);
+    std::string reason = SkipReason(GetParam().setup);
     if (!reason.empty()) GTEST_SKIP() << reason;
   }
 };
 
 TEST_P(EpTest, DispatchAndCombineEveryRoutingKind) {
-  const EpCase& c = GetParam();
-  auto outcomes = RunRanks(c.m + c.n, [&](int rank, int port) { return DispatchAndCombine(c, rank, port); }, 120);
+  const EpRun& run = GetParam();
+  const EpCase& c = run.c;
+  auto outcomes = RunRanks(
+      c.m + c.n, [&](int rank, int port) { return DispatchAndCombine(run.setup, c, rank, port); }, 120);
   EXPECT_EQ(DescribeFailures(outcomes), "");
 }
 
-std::vector<EpCase> Cases() {
-  std::vector<EpCase> cases;
+// Every shape in both dtypes over shared memory; two over TCP and over verbs (other transports, the
+// same layer: it uses only the Group API).
+std::vector<EpRun> Runs() {
+  std::vector<EpRun> runs;
   for (DataType dtype : {DataType::kBFloat16, DataType::kFloat32}) {
-    cases.push_back(MakeCase(1, 1, dtype, 4, 2));
-    cases.push_back(MakeCase(2, 2, dtype, 8, 2, {3, 2, 3, 2, 2, 3, 3, 2}));  // scattered
-    cases.push_back(MakeCase(3, 1, dtype, 8, 8));                            // every expert of every token
-    cases.push_back(MakeCase(1, 3, dtype, 4, 2, {1, 1, 3, 3}));              // rank 2 holds no expert
-    cases.push_back(MakeCase(2, 3, dtype, 8, 3, {4, 2, 4, 3, 2, 4, 4, 2}));
+    runs.push_back({kShm, MakeCase(1, 1, dtype, 4, 2)});
+    runs.push_back({kShm, MakeCase(2, 2, dtype, 8, 2, {3, 2, 3, 2, 2, 3, 3, 2})});  // scattered
+    runs.push_back({kShm, MakeCase(3, 1, dtype, 8, 8)});                            // every expert of every token
+    runs.push_back({kShm, MakeCase(1, 3, dtype, 4, 2, {1, 1, 3, 3})});              // rank 2 holds no expert
+    runs.push_back({kShm, MakeCase(2, 3, dtype, 8, 3, {4, 2, 4, 3, 2, 4, 4, 2})});
   }
-  return cases;
+  for (const TransportSetup& setup : {kTcp, kRc}) {
+    runs.push_back({setup, MakeCase(2, 3, DataType::kBFloat16, 8, 3, {4, 2, 4, 3, 2, 4, 4, 2})});
+    runs.push_back({setup, MakeCase(3, 1, DataType::kFloat32, 8, 8)});
+  }
+  return runs;
 }
 
-INSTANTIATE_TEST_SUITE_P(ucx_shm, EpTest, ::testing::ValuesIn(Cases()),
-                         [](const ::testing::TestParamInfo<EpCase>& info) { return EpCaseName(info.param); });
+INSTANTIATE_TEST_SUITE_P(transports, EpTest, ::testing::ValuesIn(Runs()),
+                         [](const ::testing::TestParamInfo<EpRun>& info) {
+                           return info.param.setup.transport + "_" + info.param.setup.name + "_" +
+                                  EpCaseName(info.param.c);
+                         });
 
 bool Contains(const Status& s, const std::string& text) { return s.message().find(text) != std::string::npos; }
 

@@ -1,7 +1,6 @@
 // m2n::ExpertParallel (m2n/ep.h): creating a layer (options checked against the group, send
 // buffers registered). The calls are in attention.cc and expert.cc; the routing, the message format
 // and the weighted sum are the pure functions of routing.h, layout.h and combine.h.
-#include <algorithm>
 #include <string>
 
 #include "ep/layer.h"
@@ -74,7 +73,6 @@ StatusOr<std::unique_ptr<ExpertParallel>> ExpertParallel::Create(Group& group, c
   impl->attention = group.role() == Role::kSender;
   if (!impl->attention) impl->receiver = group.rank() - group.num_senders();
   impl->peers.assign(group.peers().begin(), group.peers().end());
-  impl->layer.slot_bytes = std::max<size_t>(impl->layer.slot_bytes, ep::kSectionAlign);
   impl->send_memory.resize(impl->peers.size() * impl->layer.slot_bytes);
   auto region = group.RegisterMemory(impl->send_memory.data(), impl->send_memory.size());
   if (!region.ok()) return region.status().WithContext(impl->me() + ": registering the send buffers");
