@@ -30,6 +30,8 @@ const RoutingKind kSchedule[] = {RoutingKind::kRandom,    RoutingKind::kOneExper
                                  RoutingKind::kRandom,    RoutingKind::kMaxTokens};
 constexpr int kCalls = sizeof(kSchedule) / sizeof(kSchedule[0]);
 
+bool Contains(const Status& s, const std::string& text) { return s.message().find(text) != std::string::npos; }
+
 // A group sized for the case, and the layer on it.
 struct Rank {
   std::unique_ptr<Group> group;
@@ -58,6 +60,11 @@ int AttentionRank(const EpCase& c, ExpertParallel& ep, int rank) {
       CHILD_OK(ep.Dispatch(r.x.data(), r.tokens, r.ids, r.weights, Deadline::AfterMs(kCallMs)));
     }
     CHILD_CHECK(ep.calls_in_flight() == 2, "%d calls in flight", ep.calls_in_flight());
+    // A third would need a slot the expert ranks may not have released: refused, nothing sent.
+    const Routing& next = routings[size_t(call)];
+    Status third = ep.Dispatch(next.x.data(), next.tokens, next.ids, next.weights, Deadline::AfterMs(kCallMs));
+    CHILD_CHECK(third.code() == StatusCode::kFailedPrecondition && Contains(third, "2 calls are in flight"), "%s",
+                third.ToString().c_str());
     for (int i = call; i < call + 2; ++i) {
       const Routing& r = routings[size_t(i)];
       std::vector<std::byte> out(r.x.size());
@@ -175,8 +182,6 @@ INSTANTIATE_TEST_SUITE_P(transports, EpTest, ::testing::ValuesIn(Runs()),
                            return info.param.setup.transport + "_" + info.param.setup.name + "_" +
                                   EpCaseName(info.param.c);
                          });
-
-bool Contains(const Status& s, const std::string& text) { return s.message().find(text) != std::string::npos; }
 
 // 1 x 1: creation errors, bad calls (each named, nothing sent), then one good call still works.
 int BadCalls(int rank, int port) {

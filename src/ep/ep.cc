@@ -34,7 +34,7 @@ Status CheckOptions(const ExpertParallelOptions& o) {
   return OkStatus();
 }
 
-
+// Placement, format and slot bytes of a layer, checked.
 StatusOr<ep::Resolved> Resolve(const ExpertParallelOptions& o, int num_senders, int num_receivers) {
   ep::Resolved r;
   M2N_ASSIGN_OR_RETURN(r.placement, ep::MakePlacement(o.num_experts, o.placement, num_senders, num_receivers));
