@@ -52,12 +52,13 @@ struct Side {
 
 struct M2nSide : Side {
   ExpertParallel& ep;
+  bool attention;
   int64_t timeout_ms;
   const std::byte* y = nullptr;  // identity experts: y = the grouped rows
-  M2nSide(ExpertParallel& e, int64_t t) : ep(e), timeout_ms(t) {}
+  M2nSide(ExpertParallel& e, bool a, int64_t t) : ep(e), attention(a), timeout_ms(t) {}
   Status Dispatch(const RankRouting* r) override {
     const Deadline deadline = Deadline::AfterMs(timeout_ms);
-    if (r != nullptr) return ep.Dispatch(r->x.data(), r->tokens, r->ids, r->weights, deadline);
+    if (attention) return ep.Dispatch(r->x.data(), r->tokens, r->ids, r->weights, deadline);
     auto batch = ep.ReceiveDispatch(deadline);
     if (!batch.ok()) return batch.status();
     y = batch->x;
@@ -65,7 +66,7 @@ struct M2nSide : Side {
   }
   Status Combine(std::byte* out) override {
     const Deadline deadline = Deadline::AfterMs(timeout_ms);
-    return out != nullptr ? ep.ReceiveCombine(out, deadline) : ep.Combine(y, deadline);
+    return attention ? ep.ReceiveCombine(out, deadline) : ep.Combine(y, deadline);
   }
 };
 
@@ -133,7 +134,7 @@ StatusOr<int64_t> RunRow(const EpPerfConfig& c, const Shape& s, Group& g) {
   ExpertParallelOptions o{.num_experts = s.experts, .top_k = s.top_k, .hidden = s.hidden, .dtype = c.dtype,
                           .max_tokens = s.tokens, .placement = {}};
   M2N_ASSIGN_OR_RETURN(std::unique_ptr<ExpertParallel> ep, ExpertParallel::Create(g, o));
-  M2nSide m2n(*ep, c.timeout_ms);
+  M2nSide m2n(*ep, attention, c.timeout_ms);
   MpiSide mpi(c, s, g.rank());
   CallTimes m2n_times, mpi_times;
   std::vector<std::byte> m2n_out, mpi_out;
