@@ -2,6 +2,7 @@
 #pragma once
 
 #include "m2n/deadline.h"
+#include "m2n/ep.h"
 #include "m2n/group.h"
 #include "m2n/launch.h"
 #include "m2n/memory.h"

@@ -1,0 +1,132 @@
+// m2n::ExpertParallel: dispatch and combine of tokens between M attention ranks and N expert ranks,
+// on top of a Group (senders = attention ranks, receivers = expert ranks).
+//
+//   attention rank                                   expert rank
+//   Dispatch(x, topk_ids, topk_weights)  ------->    ReceiveDispatch() -> ExpertBatch: rows grouped
+//     each token once per expert rank that holds        by local expert, per-expert counts, where
+//     any of its top-k experts                           each row came from
+//                                                    (the caller runs its experts: a grouped GEMM)
+//   ReceiveCombine(out) <-------------------------   Combine(y): each expert's output rows back
+//     out[t] = sum_j topk_weights[t][j] * y_{expert j}(x[t]), in token order, accumulated in fp32
+//
+// Every call of one side is answered by one call of the other: each Dispatch sends exactly one
+// message to every expert rank (an empty one where no token goes), and each Combine one message to
+// every attention rank, so a receiver always knows when a call is complete. Calls are numbered;
+// every message carries its call number and a fingerprint of the options, and a mismatch (ranks
+// that disagree on the options or on the call sequence) is an error naming the rank.
+//
+// An attention rank may have up to slot_depth Dispatch calls whose combine it has not received yet
+// (micro-batches in flight); ReceiveCombine answers them in order.
+//
+// These calls are host-driven, on host memory, over any transport: the calling thread drives
+// progress as for Group (include/m2n/group.h), and every blocking call takes a Deadline. The
+// message format and the routing / layout / combine code are in src/ep/ (src/ep/README.md).
+//
+// Stream-ordered variants (device memory, CUDA-graph capturable; include/m2n/device.cuh) will be
+// added next to these, with the same options, message format and results:
+//   Status DispatchOnStream(const void* x, int tokens, const int32_t* topk_ids,
+//                           const float* topk_weights, Stream stream);
+//   Status ReceiveDispatchOnStream(DeviceExpertBatch* batch, Stream stream);
+//   Status CombineOnStream(const void* y, Stream stream);
+//   Status ReceiveCombineOnStream(void* out, Stream stream);
+// (the per-rank counts computed on the device; the host never waits for the GPU). They are not
+// part of this header yet.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "m2n/deadline.h"
+#include "m2n/group.h"
+#include "m2n/status.h"
+
+namespace m2n {
+
+// The element type of the token rows (x, the expert outputs y, the combined output).
+enum class DataType : uint16_t {
+  kFloat32 = 1,
+  kBFloat16 = 2,  // the top 16 bits of an IEEE float; converted with round-to-nearest-even
+};
+std::string_view DataTypeName(DataType dtype);
+size_t DataTypeBytes(DataType dtype);
+
+struct ExpertParallelOptions {
+  int num_experts = 0;
+  int top_k = 0;       // experts per token
+  int hidden = 0;      // elements per token row
+  DataType dtype = DataType::kBFloat16;
+  int max_tokens = 0;  // the most tokens one attention rank dispatches in one call
+  // placement[e]: the global rank of the expert rank that holds expert e (any map: an expert rank
+  // may hold none, a few, or experts that are not contiguous). Empty: contiguous blocks, expert e
+  // on expert rank e * N / num_experts. Every rank of the group must pass the same options.
+  std::vector<int> placement;
+};
+
+// Where one row of an ExpertBatch came from.
+struct ExpertRowSource {
+  int rank = -1;     // the attention rank that dispatched it
+  int token = -1;    // its token index in that rank's Dispatch call
+  int top_k_slot = -1;  // j: the row is for topk_ids[token][j]
+  float weight = 0;  // topk_weights[token][j] (applied by the attention rank in ReceiveCombine)
+};
+
+// What an expert rank received in one call; valid until its next ReceiveDispatch.
+struct ExpertBatch {
+  uint64_t call = 0;            // the call number, from 0
+  const std::byte* x = nullptr;  // [rows, hidden] rows of dtype, grouped by local expert
+  int rows = 0;
+  std::span<const int> experts;  // this rank's experts (global ids, ascending)
+  std::span<const int> counts;   // counts[l]: rows for experts[l]
+  std::span<const int> offsets;  // offsets[l]: the first row of experts[l]; offsets[L] == rows
+  std::span<const ExpertRowSource> sources;  // per row
+};
+
+class ExpertParallel {
+ public:
+  // The slot_bytes a Group needs for these options (the largest dispatch or combine message), so
+  // that the group can be created with it. Errors as Create's for bad options.
+  static StatusOr<size_t> SlotBytesNeeded(const ExpertParallelOptions& options, int num_senders,
+                                          int num_receivers);
+
+  // Checks the options against the group (kInvalidArgument naming the field: a placement that names
+  // a rank that is not an expert rank, slot_bytes too small, saying the size needed), registers the
+  // send buffers. Local only: it exchanges nothing with the peers. `group` must outlive this object
+  // and must not carry other messages while it is used.
+  static StatusOr<std::unique_ptr<ExpertParallel>> Create(Group& group, const ExpertParallelOptions& options);
+
+  ~ExpertParallel();
+  ExpertParallel(const ExpertParallel&) = delete;
+  ExpertParallel& operator=(const ExpertParallel&) = delete;
+
+  // ---- Attention rank (Group sender) ----
+  // x: [tokens, hidden] of dtype; topk_ids, topk_weights: [tokens, top_k]. tokens in
+  // [0, max_tokens]. Sends one message to every expert rank and returns once the payloads have
+  // left this rank's buffers (x may be reused). kInvalidArgument names a bad token / expert id.
+  Status Dispatch(const void* x, int tokens, std::span<const int32_t> topk_ids,
+                  std::span<const float> topk_weights, Deadline deadline);
+  // Waits for every expert rank's combine of the oldest Dispatch not yet combined and writes
+  // out[tokens, hidden] (dtype): the top-k weighted sum per token, accumulated in fp32 in top-k
+  // order (bf16 rounded once, at the end).
+  Status ReceiveCombine(void* out, Deadline deadline);
+  int calls_in_flight() const;  // Dispatch calls whose combine has not been received
+
+  // ---- Expert rank (Group receiver) ----
+  // Waits for the next call's message from every attention rank and groups their rows by local
+  // expert (copied out of the slots, which go back to their senders at once).
+  StatusOr<ExpertBatch> ReceiveDispatch(Deadline deadline);
+  // y: [rows, hidden] of dtype, in the order of the last ExpertBatch (y[i] = expert output of row i).
+  // Sends each attention rank its rows back.
+  Status Combine(const void* y, Deadline deadline);
+
+  struct Impl;
+
+ private:
+  explicit ExpertParallel(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace m2n
