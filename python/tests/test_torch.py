@@ -16,3 +16,8 @@ def test_cpu_tensors_2x2(run_ranks):
                     reason="needs 2 CUDA GPUs (one per rank)")
 def test_cuda_stream_ordered_1x1(run_ranks):
     run_ranks([HERE / "torch_ranks.py", "cuda"], world_size=2)
+
+
+def test_moe_alltoall_example(run_ranks):
+    out = run_ranks([HERE.parent / "examples" / "moe_alltoall.py"], world_size=4)
+    assert sum("checked" in o for o in out) == 2, out

@@ -33,6 +33,16 @@ mkdir -p "$work/pc-build"
 # shellcheck disable=SC2086  # the flags are words
 c++ -std=c++20 -O1 "$here/consumer.cc" -o "$work/pc-build/consumer" $flags -Wl,-rpath,"$prefix/lib"
 
+# A shared libm2n.so keeps the transports' libraries to itself: the consumer links libm2n alone.
+if [ -f "$prefix/lib/libm2n.so" ]; then
+  for binary in "$work/cmake-build/consumer" "$work/pc-build/consumer"; do
+    if readelf -d "$binary" | grep -E 'NEEDED.*(ucp|ucs|uct|ibverbs|hwloc|cudart)'; then
+      echo "install test: $binary links a transport's library itself; libm2n.so should hide them"
+      exit 1
+    fi
+  done
+fi
+
 # Runs BINARY as ranks 0..3 of a 2 x 2 job on a free port; fails when any rank fails or hangs.
 run_2x2() {
   local binary=$1 port pids=() rc=0
