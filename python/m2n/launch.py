@@ -46,9 +46,11 @@ def spawn(command: Sequence[str], world_size: int, timeout: float = 300.0,
     procs = [subprocess.Popen(list(command), env=rank_environment(r, world_size, port, env))
              for r in range(world_size)]
     deadline = time.monotonic() + timeout
-    while any(p.poll() is None for p in procs):
-        failed = any(p.returncode not in (None, 0) for p in procs)
-        if failed or time.monotonic() > deadline:
+    while True:
+        codes = [p.poll() for p in procs]  # every one, so that a failure anywhere is seen
+        if all(c is not None for c in codes):
+            break
+        if any(c not in (None, 0) for c in codes) or time.monotonic() > deadline:
             for p in procs:
                 if p.poll() is None:
                     p.kill()

@@ -3,6 +3,7 @@ option errors raised before any peer is needed."""
 
 import pickle
 import sys
+import time
 
 import pytest
 
@@ -52,10 +53,12 @@ def test_launch_environment():
 
 
 def test_launch_stops_the_others_when_one_fails():
+    start = time.monotonic()
     codes = m2n.launch.spawn([sys.executable, "-c",
                               "import os, sys, time; r = int(os.environ['M2N_RANK']);"
                               " sys.exit(3) if r == 1 else time.sleep(60)"], 3, timeout=30)
     assert codes[1] == 3 and codes[0] != 0 and codes[2] != 0, codes
+    assert time.monotonic() - start < 20, "the other ranks were not stopped when rank 1 failed"
     assert m2n.launch.main(["-n", "2", sys.executable, "-c", "pass"]) == 0
 
 

@@ -20,7 +20,7 @@ done
 ls "$prefix"/lib/libm2n.* > /dev/null
 
 # 1. CMake: find_package(m2n) from the prefix only.
-cmake -S "$here" -B "$work/cmake-build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+cmake -S "$here" -B "$work/cmake-build" -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_PREFIX_PATH="$prefix" > "$work/configure.log" || { cat "$work/configure.log"; exit 1; }
 cmake --build "$work/cmake-build" > "$work/build.log" || { cat "$work/build.log"; exit 1; }
 
