@@ -70,6 +70,7 @@ void Construct(PyGroup* self, const GroupArgs& a) {
   if (a.master_addr) o.bootstrap.master_addr = *a.master_addr;
   if (a.job_id) o.bootstrap.job_id = *a.job_id;
   o.bootstrap.timeout = std::chrono::milliseconds(static_cast<int64_t>(a.timeout * 1000));
+  // Everything that may raise (KindNamed above) happens before the GIL is let go.
   StatusOr<std::unique_ptr<Group>> created = InvalidArgumentError("unset");
   {
     nb::gil_scoped_release unlocked;
@@ -146,38 +147,44 @@ void BindHostCalls(nb::class_<PyGroup>& c) {
        }, nb::arg("buffer"), kRegisterDoc)
       .def("send", [](PyGroup& g, int peer, AnyArray data, double timeout) {
          Bytes b = BytesOf(data, "send");
+         Group& group = g.get();  // everything that may raise, before the GIL is let go
+         const Deadline deadline = DeadlineIn(timeout);
          Status s;
          {
            nb::gil_scoped_release unlocked;
-           s = g.get().Send(SendRequest{peer, b.data, b.size}, DeadlineIn(timeout));
+           s = group.Send(SendRequest{peer, b.data, b.size}, deadline);
          }
          Check(s);
        }, nb::arg("peer"), nb::arg("data"), nb::arg("timeout") = 60.0, kSendDoc)
       .def("send_many", [](PyGroup& g, const std::vector<std::tuple<int, AnyArray>>& items, double timeout) {
          std::vector<SendRequest> requests = RequestsOf(items);
+         Group& group = g.get();
+         const Deadline deadline = DeadlineIn(timeout);
          Status s;
          {
            nb::gil_scoped_release unlocked;
-           s = g.get().Send(requests, DeadlineIn(timeout));
+           s = group.Send(requests, deadline);
          }
          Check(s);
        }, nb::arg("requests"), nb::arg("timeout") = 60.0, kSendManyDoc)
       .def("receive", [](PyGroup& g, int peer, double timeout) {
          Group& group = g.get();
+         const Deadline deadline = DeadlineIn(timeout);
          StatusOr<Message> got = InvalidArgumentError("unset");
          {
            nb::gil_scoped_release unlocked;
-           got = group.Receive(peer, DeadlineIn(timeout));
+           got = group.Receive(peer, deadline);
          }
          return Wrap(g, Check(std::move(got)));
        }, nb::arg("peer"), nb::arg("timeout") = 60.0, kReceiveDoc)
       .def("receive_many", [](PyGroup& g, std::vector<int> peers, double timeout) {
          Group& group = g.get();
+         const Deadline deadline = DeadlineIn(timeout);
          std::vector<Message> out(peers.size());
          Status s;
          {
            nb::gil_scoped_release unlocked;
-           s = group.Receive(peers, out, DeadlineIn(timeout));
+           s = group.Receive(peers, out, deadline);
          }
          Check(s);
          return WrapAll(g, out);
@@ -219,10 +226,11 @@ void BindStreamCalls(nb::class_<PyGroup>& c) {
 void BindLifecycle(nb::class_<PyGroup>& c) {
   c.def("barrier", [](PyGroup& g, double timeout) {
          Group& group = g.get();
+         const Deadline deadline = DeadlineIn(timeout);
          Status s;
          {
            nb::gil_scoped_release unlocked;
-           s = group.Barrier(DeadlineIn(timeout));
+           s = group.Barrier(deadline);
          }
          Check(s);
        }, nb::arg("timeout") = 60.0, "Waits until every rank of the group calls barrier() (through the bootstrap store: set-up and tests, not per message).")
@@ -230,10 +238,11 @@ void BindLifecycle(nb::class_<PyGroup>& c) {
            "One round of progress without blocking: completions, arrivals, ACKs. A rank that neither sends nor receives for long calls it.")
       .def("close", [](PyGroup& g, double timeout) {
          if (!g.group) return;
+         const Deadline deadline = DeadlineIn(timeout);
          Status s;
          {
            nb::gil_scoped_release unlocked;
-           s = g.group->Close(DeadlineIn(timeout));
+           s = g.group->Close(deadline);
          }
          g.group.reset();
          Check(s);
@@ -245,10 +254,11 @@ void BindLifecycle(nb::class_<PyGroup>& c) {
          const bool raised = exc.size() > 0 && !exc[0].is_none();
          // Leaving by an exception: abort first, so that Close does not wait for peers.
          if (raised) g.group->Abort();
+         const Deadline deadline = DeadlineIn(60);
          Status s;
          {
            nb::gil_scoped_release unlocked;
-           s = g.group->Close(DeadlineIn(60));
+           s = g.group->Close(deadline);
          }
          g.group.reset();
          if (!raised) Check(s);

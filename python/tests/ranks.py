@@ -109,6 +109,7 @@ def bad_input(g: m2n.Group) -> None:
     e = expect_error(m2n.DeadlineExceededError, "", lambda: g.receive(peer, timeout=0.3))
     assert isinstance(e, TimeoutError) and time.monotonic() - start < 5
     assert g.try_receive(peer) is None
+    expect_error(m2n.InvalidArgumentError, "is negative", lambda: g.receive(peer, timeout=-1))
     region.deregister()
     expect_error(m2n.InvalidArgumentError, "is not inside memory registered",
                  lambda: g.send(peer, registered[:8], timeout=5))
@@ -140,6 +141,8 @@ def scenario_bad_input() -> None:
     g.abort()
     g.close(timeout=5)
     expect_error(m2n.FailedPreconditionError, "closed", lambda: g.rank)
+    expect_error(m2n.FailedPreconditionError, "closed", lambda: g.send(0, buf, timeout=1))
+    expect_error(m2n.FailedPreconditionError, "closed", lambda: g.receive(0, timeout=1))
 
 
 if __name__ == "__main__":
