@@ -95,13 +95,13 @@ std::vector<Message> MessagesOf(const std::vector<PyMessage*>& messages) {
   return out;
 }
 
-nb::object Wrap(PyGroup& g, const Message& message) {
-  return nb::cast(PyMessage{message, g.get().options().slot_memory, false, nb::find(&g)});
+PyMessage Wrap(PyGroup& g, const Message& message) {
+  return PyMessage{message, g.get().options().slot_memory, false, nb::find(&g)};
 }
 
-nb::list WrapAll(PyGroup& g, const std::vector<Message>& messages) {
-  nb::list out;
-  for (const Message& m : messages) out.append(Wrap(g, m));
+std::vector<PyMessage> WrapAll(PyGroup& g, const std::vector<Message>& messages) {
+  std::vector<PyMessage> out;
+  for (const Message& m : messages) out.push_back(Wrap(g, m));
   return out;
 }
 
@@ -189,9 +189,9 @@ void BindHostCalls(nb::class_<PyGroup>& c) {
          Check(s);
          return WrapAll(g, out);
        }, nb::arg("peers"), nb::arg("timeout") = 60.0, kReceiveManyDoc)
-      .def("try_receive", [](PyGroup& g, int peer) -> nb::object {
+      .def("try_receive", [](PyGroup& g, int peer) -> std::optional<PyMessage> {
          Message m;
-         if (!Check(g.get().TryReceive(peer, &m))) return nb::none();
+         if (!Check(g.get().TryReceive(peer, &m))) return std::nullopt;
          return Wrap(g, m);
        }, nb::arg("peer"), "The oldest unreceived message from `peer`, or None; never blocks.")
       .def("release", [](PyGroup& g, nb::handle messages) {
@@ -203,7 +203,8 @@ void BindHostCalls(nb::class_<PyGroup>& c) {
          }
          Check(g.get().Release(MessagesOf(list)));
          for (PyMessage* m : list) m->released = true;
-       }, nb::arg("messages"), kReleaseDoc);
+       }, nb::arg("messages"),
+       nb::sig("def release(self, messages: Message | collections.abc.Sequence[Message]) -> None"), kReleaseDoc);
 }
 
 void BindStreamCalls(nb::class_<PyGroup>& c) {
@@ -248,7 +249,7 @@ void BindLifecycle(nb::class_<PyGroup>& c) {
          Check(s);
        }, nb::arg("timeout") = 60.0, kCloseDoc)
       .def("abort", [](PyGroup& g) { if (g.group) g.group->Abort(); }, kAbortDoc)
-      .def("__enter__", [](nb::handle self) { return nb::borrow(self); })
+      .def("__enter__", [](PyGroup& g) -> PyGroup& { return g; }, nb::rv_policy::reference)
       .def("__exit__", [](PyGroup& g, nb::args exc) {
          if (!g.group) return;
          const bool raised = exc.size() > 0 && !exc[0].is_none();
@@ -287,7 +288,7 @@ void BindGroup(nb::module_& m) {
       .def_prop_ro("registered", [](const PyRegion& r) { return r.region.has_value(); })
       .def_ro("buffer", &PyRegion::buffer, "The registered array.")
       .def("deregister", [](PyRegion& r) { r.region.reset(); }, kDeregisterDoc)
-      .def("__enter__", [](nb::handle self) { return nb::borrow(self); })
+      .def("__enter__", [](PyRegion& r) -> PyRegion& { return r; }, nb::rv_policy::reference)
       .def("__exit__", [](PyRegion& r, nb::args) { r.region.reset(); });
 
   nb::class_<PyMessage>(m, "Message", kMessageDoc)
@@ -300,7 +301,7 @@ void BindGroup(nb::module_& m) {
       .def_prop_ro("data", [](nb::handle self) {
             PyMessage& x = Live(nb::cast<PyMessage&>(self));
             return ViewOf(x.message.data, x.message.length, x.kind, self);
-          }, kDataDoc)
+          }, nb::sig("def data(self) -> numpy.typing.NDArray[numpy.uint8]"), kDataDoc)
       .def("__len__", [](const PyMessage& x) { return x.message.length; })
       .def("__repr__", [](const PyMessage& x) {
             return "<m2n.Message from rank " + std::to_string(x.message.peer) + ", " +

@@ -68,3 +68,4 @@ def test_stubs_are_installed():
     assert (files / "py.typed").is_file()
     stub = (files / "_m2n.pyi").read_text()
     assert "class Group" in stub and "def receive_many" in stub
+    assert "def receive(self, peer: int, timeout: float = 60.0) -> Message" in stub
