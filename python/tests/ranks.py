@@ -110,6 +110,16 @@ def bad_input(g: m2n.Group) -> None:
     assert isinstance(e, TimeoutError) and time.monotonic() - start < 5
     assert g.try_receive(peer) is None
     expect_error(m2n.InvalidArgumentError, "is negative", lambda: g.receive(peer, timeout=-1))
+    # Stream-ordered calls: the stream is None, an int or anything with `cuda_stream`; on UCX the
+    # call itself is refused with the C++ message.
+    expect_error(m2n.InvalidArgumentError, "stream: expected None, an int",
+                 lambda: g.send_on_stream([(peer, registered[:8])], "stream 0"))
+
+    class FakeStream:
+        cuda_stream = 0
+
+    expect_error(m2n.UnimplementedError, "has no stream-ordered operations",
+                 lambda: g.send_on_stream([(peer, registered[:8])], FakeStream()))
     region.deregister()
     expect_error(m2n.InvalidArgumentError, "is not inside memory registered",
                  lambda: g.send(peer, registered[:8], timeout=5))
