@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The install / consumer test: installs a configured m2n build tree into a temporary prefix, builds
 # the consumer project of this folder against it twice (find_package(m2n) and pkg-config), and runs
-# each build as a 2 x 2 job on this host (ranks from M2N_* variables, UCX over shared memory).
+# each build as a 2 x 2 job on this host (ranks from M2N_* variables, UCX_TLS=shm,self unless set).
 #   tests/install/run.sh BUILD_DIR      e.g. build (static libm2n.a) or a -DBUILD_SHARED_LIBS=ON tree
 # Exit status 0 only when both builds link and every rank checked every byte.
 set -euo pipefail
@@ -49,7 +49,7 @@ run_2x2() {
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   for rank in 0 1 2 3; do
     M2N_RANK=$rank M2N_WORLD_SIZE=4 M2N_MASTER_ADDR=127.0.0.1 M2N_MASTER_PORT=$port \
-      M2N_TRANSPORT=ucx timeout 60 "$binary" & pids+=($!)
+      M2N_TRANSPORT=ucx UCX_TLS="${UCX_TLS:-shm,self}" timeout 60 "$binary" & pids+=($!)
   done
   for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
   return $rc
