@@ -166,8 +166,11 @@ void BindHostCalls(nb::class_<PyGroup>& c) {
            s = group.Send(requests, deadline);
          }
          Check(s);
-       }, nb::arg("requests"), nb::arg("timeout") = 60.0, kSendManyDoc)
-      .def("receive", [](PyGroup& g, int peer, double timeout) {
+       }, nb::arg("requests"), nb::arg("timeout") = 60.0, kSendManyDoc);
+}
+
+void BindReceiveCalls(nb::class_<PyGroup>& c) {
+  c.def("receive", [](PyGroup& g, int peer, double timeout) {
          Group& group = g.get();
          const Deadline deadline = DeadlineIn(timeout);
          StatusOr<Message> got = InvalidArgumentError("unset");
@@ -326,6 +329,7 @@ void BindGroup(nb::module_& m) {
       kInitDoc);
   BindGroupProperties(group);
   BindHostCalls(group);
+  BindReceiveCalls(group);
   BindStreamCalls(group);
   BindLifecycle(group);
 }
