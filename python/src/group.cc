@@ -39,6 +39,10 @@ PyMessage& Live(PyMessage& m) {
                                         " (slot " + std::to_string(m.message.slot) +
                                         ") was released: its slot may hold another message now"));
   }
+  if (nb::cast<PyGroup&>(m.group).group == nullptr) {
+    ThrowStatus(FailedPreconditionError("message from rank " + std::to_string(m.message.peer) +
+                                        ": its group is closed, and its slot with it"));
+  }
   return m;
 }
 

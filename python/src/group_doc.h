@@ -117,6 +117,6 @@ copy, valid until Group.release(). Reinterpret with .data.view(dtype).)";
 
 inline constexpr const char* kDataDoc =
     "The payload as a zero-copy uint8 view of the slot (numpy; torch for CUDA slots). Raises "
-    "m2n.FailedPreconditionError after release().";
+    "m2n.FailedPreconditionError after release() or once the group is closed.";
 
 }  // namespace m2n::python

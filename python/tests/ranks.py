@@ -126,19 +126,20 @@ def bad_input(g: m2n.Group) -> None:
 
 
 def scenario_bad_input() -> None:
-    """1 x 1: bad calls raise with the C++ message; release twice; a dead peer within the deadline."""
+    """1 x 1: bad calls raise with the C++ message; release twice; a dead peer within the deadline;
+    a message outliving its group."""
     g = make_group(1, 1)
     bad_input(g)
     g.barrier(timeout=20)  # nothing is sent before both sides checked their empty receives
     buf = np.arange(16, dtype=np.uint8)
     region = g.register(buf)
     if g.is_sender:
-        g.send(1, buf, timeout=10)
+        g.send_many([(1, buf[:8]), (1, buf[8:])], timeout=10)
         g.barrier(timeout=20)  # the receiver has checked release-twice
         sys.stdout.flush()
         os._exit(0)  # dies without a goodbye: the receiver must see it
-    msg = g.receive(0, timeout=10)
-    assert bytes(msg.data) == buf.tobytes()
+    msg, kept = g.receive_many([0, 0], timeout=10)
+    assert bytes(msg.data) == buf[:8].tobytes() and bytes(kept.data) == buf[8:].tobytes()
     g.release(msg)
     expect_error(m2n.FailedPreconditionError, "was released", lambda: msg.data)
     expect_error(m2n.FailedPreconditionError, "was released", lambda: g.release(msg))
@@ -151,6 +152,8 @@ def scenario_bad_input() -> None:
     g.abort()
     g.close(timeout=5)
     expect_error(m2n.FailedPreconditionError, "closed", lambda: g.rank)
+    # A message not released before close: its slot memory is gone, so its view is refused.
+    expect_error(m2n.FailedPreconditionError, "its group is closed", lambda: kept.data)
     expect_error(m2n.FailedPreconditionError, "closed", lambda: g.send(0, buf, timeout=1))
     expect_error(m2n.FailedPreconditionError, "closed", lambda: g.receive(0, timeout=1))
 
