@@ -6,25 +6,17 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <typeinfo>
 
 #include "transports/cuda_ipc/cuda_status.h"
+#include "transports/validate.h"
 
 namespace m2n::transport::cuda_ipc {
 namespace {
 
 constexpr uint32_t kAddressMagic = 0x6d32'6e41;  // "m2nA"
-
-// What a peer needs to reach us: the host (IPC works only on one), our mailbox and signal block.
-struct Address {
-  uint32_t magic = kAddressMagic;
-  int32_t rank = -1;
-  int32_t device = -1;
-  uint32_t capacity = 0;
-  char host[128] = {};
-  char mailbox[64] = {};
-  cudaIpcMemHandle_t signals = {};
-  uint64_t signal_bytes = 0;
-};
+// Bumped whenever Address changes; at byte 4, where the other transports keep theirs.
+constexpr uint32_t kAddressVersion = 2;
 
 // Host name and boot id: two ranks with equal ones share a kernel, hence shared memory and IPC.
 std::string HostIdentity() {
@@ -46,7 +38,24 @@ int EnvInt(const char* name, int fallback, int low, int high) {
 
 }  // namespace
 
-Status Probe() {
+// What a peer needs to reach us: the host (IPC works only on one), our mailbox and signal block.
+// device -1 and signal_bytes 0: a rank of a host-slot group without a CUDA device.
+struct Address {
+  uint32_t magic = kAddressMagic;
+  uint32_t version = kAddressVersion;
+  int32_t rank = -1;
+  int32_t for_rank = -1;  // the peer it was made for
+  int32_t max_unpolled = 0;
+  int32_t device = -1;
+  uint32_t capacity = 0;
+  char host[128] = {};
+  char mailbox[64] = {};
+  cudaIpcMemHandle_t signals = {};
+  uint64_t signal_bytes = 0;
+};
+
+// Whether a CUDA device is there and the runtime sees it.
+Status FindCudaDevice() {
   int count = 0;
   cudaError_t e = cudaGetDeviceCount(&count);
   if (e != cudaSuccess) {
@@ -56,6 +65,12 @@ Status Probe() {
   return OkStatus();
 }
 
+// Host slots need only POSIX shared memory; device slots need a GPU.
+Status Probe(MemoryKind slot_memory) {
+  if (slot_memory == MemoryKind::kHost) return OkStatus();
+  return FindCudaDevice();
+}
+
 StatusOr<std::unique_ptr<Transport>> CudaIpcTransport::Create(const Config& config) {
   std::unique_ptr<CudaIpcTransport> t(new CudaIpcTransport(config));
   M2N_RETURN_IF_ERROR(t->Init());
@@ -63,7 +78,28 @@ StatusOr<std::unique_ptr<Transport>> CudaIpcTransport::Create(const Config& conf
 }
 
 Status CudaIpcTransport::Init() {
+  if (config_.rank < 0 || config_.rank >= config_.world_size) {
+    return InvalidArgumentError("cuda_ipc: rank " + std::to_string(config_.rank) + " outside a world of " +
+                                std::to_string(config_.world_size));
+  }
   if (config_.slot_depth <= 0) config_.slot_depth = std::max(1, config_.max_unpolled);
+  uint32_t capacity = 16;
+  while (capacity < static_cast<uint32_t>(2 * config_.max_unpolled + 2)) capacity *= 2;
+  layout_ = MailboxLayout{config_.world_size, capacity};
+  M2N_ASSIGN_OR_RETURN(mailbox_, Mailbox::Create(layout_));
+  outboxes_.resize(static_cast<size_t>(config_.world_size));
+  remote_signals_.resize(static_cast<size_t>(config_.world_size));
+  outbox_device_.assign(static_cast<size_t>(config_.world_size), nullptr);
+  // A host-slot group runs on shared memory alone; without a GPU it never touches CUDA again, and
+  // Allocate / Register of device memory say why (no_cuda_).
+  if (config_.slot_memory == MemoryKind::kHost) {
+    no_cuda_ = FindCudaDevice();
+    if (!no_cuda_.ok()) return OkStatus();
+  }
+  return InitCuda();
+}
+
+Status CudaIpcTransport::InitCuda() {
   M2N_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device_), "cudaGetDevice");
   M2N_CUDA_RETURN_IF_ERROR(cudaFree(nullptr), "starting the CUDA runtime on GPU " + std::to_string(device_));
   // A blocking stream: host-driven copies wait for work on the legacy default stream, e.g. the
@@ -71,12 +107,6 @@ Status CudaIpcTransport::Init() {
   M2N_CUDA_RETURN_IF_ERROR(cudaStreamCreate(&copy_stream_), "cudaStreamCreate");
   max_blocks_ = EnvInt("M2N_CUDA_IPC_MAX_BLOCKS", max_blocks_, 1, 1024);
   block_bytes_ = static_cast<size_t>(EnvInt("M2N_CUDA_IPC_BLOCK_BYTES", static_cast<int>(block_bytes_), 1024, 1 << 30));
-  uint32_t capacity = 16;
-  while (capacity < static_cast<uint32_t>(2 * config_.max_unpolled + 2)) capacity *= 2;
-  layout_ = MailboxLayout{config_.world_size, capacity};
-  M2N_ASSIGN_OR_RETURN(mailbox_, Mailbox::Create(layout_));
-  outboxes_.resize(static_cast<size_t>(config_.world_size));
-  remote_signals_.resize(static_cast<size_t>(config_.world_size));
   const size_t signal_words = static_cast<size_t>(config_.world_size) * kNumSignalKinds *
                               static_cast<size_t>(config_.slot_depth);
   M2N_ASSIGN_OR_RETURN(signals_, DeviceAllocation::Create(signal_words * sizeof(unsigned long long)));
@@ -87,7 +117,6 @@ Status CudaIpcTransport::Init() {
   void* error_device = nullptr;
   M2N_CUDA_RETURN_IF_ERROR(cudaHostGetDevicePointer(&error_device, error, 0), "cudaHostGetDevicePointer");
   error_device_ = static_cast<unsigned long long*>(error_device);
-  outbox_device_.assign(static_cast<size_t>(config_.world_size), nullptr);
   if (EnvInt("M2N_CUDA_IPC_PROXY", 0, 0, 1) == 1) {
     CopyProxy::Options options;
     options.max_blocks = EnvInt("M2N_CUDA_IPC_PROXY_BLOCKS", options.max_blocks, 1, 128);
@@ -133,11 +162,11 @@ Capabilities CudaIpcTransport::capabilities() const {
   c.host_memory = true;
   c.cuda_memory = true;
   c.native_write_with_imm = false;
-  c.stream_ordered = true;
+  c.stream_ordered = no_cuda_.ok();
   return c;
 }
 
-std::string CudaIpcTransport::PeerName(int peer) const { return "rank " + std::to_string(peer); }
+std::string CudaIpcTransport::PeerName(int peer) const { return "peer rank " + std::to_string(peer); }
 
 Status CudaIpcTransport::CheckPeer(int peer, std::string_view what) const {
   if (peer < 0 || peer >= config_.world_size || !outboxes_[static_cast<size_t>(peer)]) {
@@ -148,48 +177,69 @@ Status CudaIpcTransport::CheckPeer(int peer, std::string_view what) const {
 }
 
 StatusOr<std::unique_ptr<Region>> CudaIpcTransport::Register(void* data, size_t size, MemoryKind kind) {
+  if (kind == MemoryKind::kCuda && !no_cuda_.ok()) {
+    return UnavailableError("cuda_ipc: device memory registered where " + no_cuda_.message());
+  }
   M2N_ASSIGN_OR_RETURN(auto region, IpcRegion::Register(data, size, kind));
   return std::unique_ptr<Region>(std::move(region));
 }
 
 StatusOr<std::unique_ptr<Region>> CudaIpcTransport::Allocate(size_t size, MemoryKind kind) {
+  if (kind == MemoryKind::kCuda && !no_cuda_.ok()) {
+    return UnavailableError("cuda_ipc: device memory allocated where " + no_cuda_.message());
+  }
   M2N_ASSIGN_OR_RETURN(auto region, IpcRegion::Allocate(size, kind));
   return std::unique_ptr<Region>(std::move(region));
 }
 
 StatusOr<Bytes> CudaIpcTransport::LocalAddress(int peer) {
+  if (peer < 0 || peer >= config_.world_size || peer == config_.rank) {
+    return InvalidArgumentError("cuda_ipc: rank " + std::to_string(config_.rank) + ": connection address for rank " +
+                                std::to_string(peer) + ", outside a world of " + std::to_string(config_.world_size));
+  }
   Address a;
   a.rank = config_.rank;
+  a.for_rank = peer;
+  a.max_unpolled = config_.max_unpolled;
   a.device = device_;
   a.capacity = layout_.capacity;
   std::snprintf(a.host, sizeof a.host, "%s", HostIdentity().c_str());
   std::snprintf(a.mailbox, sizeof a.mailbox, "%s", mailbox_->name().c_str());
-  a.signals = signals_->handle();
-  a.signal_bytes = signals_->size();
+  if (signals_) {
+    a.signals = signals_->handle();
+    a.signal_bytes = signals_->size();
+  }
   Bytes out(sizeof a);
   std::memcpy(out.data(), &a, sizeof a);
   return out;
 }
 
-Status CudaIpcTransport::Connect(int peer, std::span<const std::byte> remote_address) {
-  Address a;
-  if (remote_address.size() != sizeof a) {
-    return DataLossError("cuda_ipc: " + PeerName(peer) + " sent a connection address of " +
-                         std::to_string(remote_address.size()) + " bytes, expected " + std::to_string(sizeof a));
+// The checks of a peer's connection address before anything of it is used.
+Status CudaIpcTransport::CheckAddress(int peer, const Address& a) const {
+  if (a.magic != kAddressMagic) {
+    return DataLossError("cuda_ipc: " + PeerName(peer) + ": connection address is not an m2n cuda_ipc address");
   }
-  std::memcpy(&a, remote_address.data(), sizeof a);
-  a.host[sizeof a.host - 1] = '\0';
-  a.mailbox[sizeof a.mailbox - 1] = '\0';
-  if (a.magic != kAddressMagic || a.rank != peer || a.capacity != layout_.capacity) {
-    return DataLossError("cuda_ipc: the connection address of " + PeerName(peer) + " does not match this build");
+  if (a.version != kAddressVersion) {
+    return DataLossError("cuda_ipc: " + PeerName(peer) + ": connection address version " + std::to_string(a.version) +
+                         ", this build has version " + std::to_string(kAddressVersion));
+  }
+  if (a.rank != peer || a.for_rank != config_.rank) {
+    return InvalidArgumentError("cuda_ipc: " + PeerName(peer) + ": connection address made by rank " +
+                                std::to_string(a.rank) + " for rank " + std::to_string(a.for_rank) + ", not by rank " +
+                                std::to_string(peer) + " for rank " + std::to_string(config_.rank));
+  }
+  if (a.max_unpolled != config_.max_unpolled || a.capacity != layout_.capacity) {
+    return FailedPreconditionError("cuda_ipc: " + PeerName(peer) + " has max_unpolled " +
+                                   std::to_string(a.max_unpolled) + ", this rank " +
+                                   std::to_string(config_.max_unpolled) + " (the rings must match)");
   }
   if (HostIdentity() != a.host) {
     return UnavailableError("cuda_ipc: " + PeerName(peer) + " runs on another host (" + a.host +
                             "); CUDA IPC needs every rank of the group on one host");
   }
-  if (a.device == device_) {
-    // Allowed (several processes on one GPU, as in tests), but slower than one GPU per process.
-  } else {
+  // Both GPUs present and distinct: they must reach each other. One GPU shared by several processes
+  // is allowed (as in tests), but slower than one GPU per process.
+  if (a.device >= 0 && device_ >= 0 && a.device != device_) {
     int can = 0;
     M2N_CUDA_RETURN_IF_ERROR(cudaDeviceCanAccessPeer(&can, device_, a.device), "cudaDeviceCanAccessPeer");
     if (!can) {
@@ -197,23 +247,49 @@ Status CudaIpcTransport::Connect(int peer, std::span<const std::byte> remote_add
                               std::to_string(a.device) + " of " + PeerName(peer) + " (no NVLink or PCIe peer access)");
     }
   }
-  M2N_ASSIGN_OR_RETURN(outboxes_[static_cast<size_t>(peer)], Outbox::Open(a.mailbox, layout_, config_.rank));
-  if (proxy_) {
-    // The proxy kernel publishes immediates in this ring: map it for the GPU.
-    Outbox& box = *outboxes_[static_cast<size_t>(peer)];
-    M2N_CUDA_RETURN_IF_ERROR(cudaHostRegister(box.data(), box.size(), cudaHostRegisterMapped | cudaHostRegisterPortable),
-                             "cudaHostRegister (the immediate ring of " + PeerName(peer) + ")");
-    void* device = nullptr;
-    cudaError_t e = cudaHostGetDevicePointer(&device, box.data(), 0);
-    if (e != cudaSuccess) {
-      cudaHostUnregister(box.data());
-      return CudaStatus(e, "cudaHostGetDevicePointer (the immediate ring of " + PeerName(peer) + ")");
-    }
-    outbox_device_[static_cast<size_t>(peer)] = static_cast<std::byte*>(device);
+  return OkStatus();
+}
+
+Status CudaIpcTransport::Connect(int peer, std::span<const std::byte> remote_address) {
+  if (peer < 0 || peer >= config_.world_size ||
+      std::find(config_.peers.begin(), config_.peers.end(), peer) == config_.peers.end()) {
+    return InvalidArgumentError("cuda_ipc: rank " + std::to_string(config_.rank) + ": connect to rank " +
+                                std::to_string(peer) + ", which is not in Config::peers");
   }
+  if (outboxes_[static_cast<size_t>(peer)]) {
+    return FailedPreconditionError("cuda_ipc: " + PeerName(peer) + ": already connected");
+  }
+  Address a;
+  if (remote_address.size() != sizeof a) {
+    return DataLossError("cuda_ipc: " + PeerName(peer) + ": connection address of " +
+                         std::to_string(remote_address.size()) + " bytes, expected " + std::to_string(sizeof a));
+  }
+  std::memcpy(&a, remote_address.data(), sizeof a);
+  a.host[sizeof a.host - 1] = '\0';
+  a.mailbox[sizeof a.mailbox - 1] = '\0';
+  M2N_RETURN_IF_ERROR(CheckAddress(peer, a));
+  M2N_ASSIGN_OR_RETURN(outboxes_[static_cast<size_t>(peer)], Outbox::Open(a.mailbox, layout_, config_.rank));
+  if (proxy_) M2N_RETURN_IF_ERROR(MapRingForProxy(peer));
+  // A peer without a GPU has no signal block (a host-slot group): nothing stream-ordered goes there.
+  if (a.signal_bytes == 0 || !no_cuda_.ok()) return OkStatus();
   auto mapped = DeviceMapping::Open(a.signals, a.signal_bytes);
   if (!mapped.ok()) return mapped.status().WithContext("cuda_ipc: signal words of " + PeerName(peer));
   remote_signals_[static_cast<size_t>(peer)] = std::move(mapped).value();
+  return OkStatus();
+}
+
+// The proxy kernel publishes immediates in the peer's ring: map it for the GPU.
+Status CudaIpcTransport::MapRingForProxy(int peer) {
+  Outbox& box = *outboxes_[static_cast<size_t>(peer)];
+  M2N_CUDA_RETURN_IF_ERROR(cudaHostRegister(box.data(), box.size(), cudaHostRegisterMapped | cudaHostRegisterPortable),
+                           "cudaHostRegister (the immediate ring of " + PeerName(peer) + ")");
+  void* device = nullptr;
+  cudaError_t e = cudaHostGetDevicePointer(&device, box.data(), 0);
+  if (e != cudaSuccess) {
+    cudaHostUnregister(box.data());
+    return CudaStatus(e, "cudaHostGetDevicePointer (the immediate ring of " + PeerName(peer) + ")");
+  }
+  outbox_device_[static_cast<size_t>(peer)] = static_cast<std::byte*>(device);
   return OkStatus();
 }
 
@@ -224,47 +300,53 @@ StatusOr<std::unique_ptr<RemoteRegion>> CudaIpcTransport::UnpackRemoteKey(int pe
   return std::unique_ptr<RemoteRegion>(std::move(remote).value());
 }
 
-Status CudaIpcTransport::Post(std::span<const Write> writes) {
-  for (const Write& w : writes) {
-    M2N_RETURN_IF_ERROR(CheckPeer(w.peer, "a write"));
-    if (w.length > 0) {
-      if (w.local == nullptr || w.remote == nullptr) {
-        return InvalidArgumentError("cuda_ipc: a write of " + std::to_string(w.length) + " bytes without regions");
-      }
-      const auto* remote = static_cast<const IpcRemoteRegion*>(w.remote);
-      if (w.local_offset + w.length > w.local->size() || w.remote_offset + w.length > remote->size()) {
-        return InvalidArgumentError("cuda_ipc: a write of " + std::to_string(w.length) + " bytes to " +
-                                    PeerName(w.peer) + " runs past a region");
-      }
-      const std::byte* src = w.local->data() + w.local_offset;
-      std::byte* dst = remote->data() + w.remote_offset;
-      if (proxy_ && w.local->kind() == MemoryKind::kCuda && remote->kind() == MemoryKind::kCuda) {
-        M2N_RETURN_IF_ERROR(PostThroughProxy(w, src, dst));
-        continue;
-      }
-      if (w.local->kind() == MemoryKind::kHost && remote->kind() == MemoryKind::kHost) {
-        std::memcpy(dst, src, w.length);
-      } else {
-        // Host-driven writes of device memory: a convenience, not the fast path (that is
-        // SendOnStream). A device-to-device cudaMemcpy may return before the bytes land, so the
-        // copy goes on our own stream and is waited for before the immediate is pushed.
-        M2N_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, src, w.length, cudaMemcpyDefault, copy_stream_),
-                                 "cudaMemcpyAsync of " + std::to_string(w.length) + " bytes to " + PeerName(w.peer));
-        M2N_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(copy_stream_), "cudaStreamSynchronize (a write to " +
-                                                                          PeerName(w.peer) + ")");
-      }
-    }
-    // The immediate is pushed only after the payload is in place (release order in Push).
-    M2N_RETURN_IF_ERROR(outboxes_[static_cast<size_t>(w.peer)]->Push(w.lane, w.imm, w.length));
-    Completion c;
-    c.type = Completion::Type::kWriteDone;
-    c.peer = w.peer;
-    c.lane = w.lane;
-    c.cookie = w.cookie;
-    done_.push_back(std::move(c));
+Status CudaIpcTransport::Validate(const Write& w) const {
+  M2N_RETURN_IF_ERROR(CheckPeer(w.peer, "a write"));
+  if (w.lane != Lane::kData && w.lane != Lane::kAck) {
+    return InvalidArgumentError(WriteText(w, "cuda_ipc", " on lane " + std::to_string(static_cast<int>(w.lane))));
   }
+  if (w.length == 0) return OkStatus();
+  return ValidateWriteRegions(w, "cuda_ipc", typeid(IpcRegion), typeid(IpcRemoteRegion));
+}
+
+Status CudaIpcTransport::Post(std::span<const Write> writes) {
+  if (closed_) return FailedPreconditionError("cuda_ipc: rank " + std::to_string(config_.rank) + ": Post after Close");
+  // All or nothing for bad arguments: nothing is posted unless every write is valid.
+  for (const Write& w : writes) M2N_RETURN_IF_ERROR(Validate(w));
+  for (const Write& w : writes) M2N_RETURN_IF_ERROR(PostOne(w));
   // The batch's writes through the copy proxy go to the kernel together.
   if (proxy_) M2N_RETURN_IF_ERROR(proxy_->Publish());
+  return OkStatus();
+}
+
+Status CudaIpcTransport::PostOne(const Write& w) {
+  if (w.length > 0) {
+    const auto* remote = static_cast<const IpcRemoteRegion*>(w.remote);
+    const std::byte* src = w.local->data() + w.local_offset;
+    std::byte* dst = remote->data() + w.remote_offset;
+    if (proxy_ && w.local->kind() == MemoryKind::kCuda && remote->kind() == MemoryKind::kCuda) {
+      return PostThroughProxy(w, src, dst);
+    }
+    if (w.local->kind() == MemoryKind::kHost && remote->kind() == MemoryKind::kHost) {
+      std::memcpy(dst, src, w.length);
+    } else {
+      // Host-driven writes of device memory: a convenience, not the fast path (that is
+      // SendOnStream). A device-to-device cudaMemcpy may return before the bytes land, so the
+      // copy goes on our own stream and is waited for before the immediate is pushed.
+      M2N_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, src, w.length, cudaMemcpyDefault, copy_stream_),
+                               "cudaMemcpyAsync of " + std::to_string(w.length) + " bytes to " + PeerName(w.peer));
+      M2N_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(copy_stream_),
+                               "cudaStreamSynchronize (a write to " + PeerName(w.peer) + ")");
+    }
+  }
+  // The immediate is pushed only after the payload is in place (release order in Push).
+  M2N_RETURN_IF_ERROR(outboxes_[static_cast<size_t>(w.peer)]->Push(w.lane, w.imm, w.length));
+  Completion c;
+  c.type = Completion::Type::kWriteDone;
+  c.peer = w.peer;
+  c.lane = w.lane;
+  c.cookie = w.cookie;
+  done_.push_back(std::move(c));
   return OkStatus();
 }
 
@@ -361,6 +443,42 @@ const uint32_t* CudaIpcTransport::ArrivedLength(int peer, int slot) const {
   return reinterpret_cast<const uint32_t*>(LocalSignal(peer, kArrival, slot));
 }
 
+Status CudaIpcTransport::ValidateStreamWrite(const StreamWrite& w) const {
+  M2N_RETURN_IF_ERROR(CheckPeer(w.peer, "SendOnStream"));
+  if (w.slot < 0 || w.slot >= config_.slot_depth) {
+    return InvalidArgumentError("cuda_ipc: slot " + std::to_string(w.slot) + " outside [0, " +
+                                std::to_string(config_.slot_depth) + ")");
+  }
+  // typeid first: a region of another transport must not be static_cast to ours.
+  if (w.remote == nullptr || typeid(*w.remote) != typeid(IpcRemoteRegion) ||
+      static_cast<const IpcRemoteRegion*>(w.remote)->kind() != MemoryKind::kCuda) {
+    return FailedPreconditionError("cuda_ipc: the receive slots of " + PeerName(w.peer) +
+                                   " are not in device memory; stream-ordered sends need them there");
+  }
+  if (w.length == 0) {
+    if (RangeInside(w.remote_offset, 0, w.remote->size())) return OkStatus();
+    return InvalidArgumentError("cuda_ipc: a stream write to " + PeerName(w.peer) + " at remote offset " +
+                                std::to_string(w.remote_offset) + " outside the remote region of " +
+                                std::to_string(w.remote->size()) + " bytes");
+  }
+  if (w.local == nullptr || typeid(*w.local) != typeid(IpcRegion) || w.local->kind() != MemoryKind::kCuda) {
+    return InvalidArgumentError("cuda_ipc: SendOnStream needs a device-memory source registered here");
+  }
+  // The same rule as host-driven writes (validate.h), plus the 32-bit length of the arrival word.
+  Write as_write;
+  as_write.peer = w.peer;
+  as_write.local = w.local;
+  as_write.local_offset = w.local_offset;
+  as_write.remote = w.remote;
+  as_write.remote_offset = w.remote_offset;
+  as_write.length = w.length;
+  M2N_RETURN_IF_ERROR(ValidateWriteRegions(as_write, "cuda_ipc", typeid(IpcRegion), typeid(IpcRemoteRegion)));
+  if (w.length > 0xffffffffull) {
+    return InvalidArgumentError(WriteText(as_write, "cuda_ipc", " on a stream: more than 2^32-1 bytes"));
+  }
+  return OkStatus();
+}
+
 Status CudaIpcTransport::SendOnStream(std::span<const StreamWrite> writes, void* stream) {
   DeviceDeadline deadline{error_device_, static_cast<unsigned long long>(
                                              std::chrono::nanoseconds(config_.timeout).count())};
@@ -374,24 +492,8 @@ Status CudaIpcTransport::SendOnStream(std::span<const StreamWrite> writes, void*
     return OkStatus();
   };
   for (const StreamWrite& w : writes) {
-    M2N_RETURN_IF_ERROR(CheckPeer(w.peer, "SendOnStream"));
-    if (w.slot < 0 || w.slot >= config_.slot_depth) {
-      return InvalidArgumentError("cuda_ipc: slot " + std::to_string(w.slot) + " outside [0, " +
-                                  std::to_string(config_.slot_depth) + ")");
-    }
+    M2N_RETURN_IF_ERROR(ValidateStreamWrite(w));
     const auto* remote = static_cast<const IpcRemoteRegion*>(w.remote);
-    if (remote == nullptr || remote->kind() != MemoryKind::kCuda) {
-      return FailedPreconditionError("cuda_ipc: the receive slots of " + PeerName(w.peer) +
-                                     " are not in device memory; stream-ordered sends need them there");
-    }
-    if (w.length > 0 && (w.local == nullptr || w.local->kind() != MemoryKind::kCuda)) {
-      return InvalidArgumentError("cuda_ipc: SendOnStream needs a device-memory source");
-    }
-    if (w.length > 0xffffffffull || w.remote_offset + w.length > remote->size() ||
-        (w.length > 0 && w.local_offset + w.length > w.local->size())) {
-      return InvalidArgumentError("cuda_ipc: a stream write of " + std::to_string(w.length) + " bytes to " +
-                                  PeerName(w.peer) + " runs past a region");
-    }
     if (batch.count == kMaxStreamBatch) M2N_RETURN_IF_ERROR(launch());
     SendTask& t = batch.tasks[batch.count++];
     t.src = w.length > 0 ? w.local->data() + w.local_offset : nullptr;

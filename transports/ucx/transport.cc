@@ -8,6 +8,8 @@
 #include <typeinfo>
 #include <utility>
 
+#include "transports/validate.h"
+
 namespace m2n::transport::ucx {
 namespace {
 
@@ -261,34 +263,18 @@ Status UcxTransport::Validate(const Write& w) const {
   if (e->failure() != UCS_OK) return e->FailureStatus();
   if (w.length == 0) return OkStatus();
 
+  M2N_RETURN_IF_ERROR(
+      ValidateWriteRegions(w, "ucx", typeid(UcxRegion), typeid(UcxRemoteRegion)));
   // Messages are built only on failure: this runs for every write.
-  auto refuse = [&w](const std::string& why) {
-    return InvalidArgumentError(
-        PeerText(w.peer, "write of " + std::to_string(w.length) + " bytes" + why));
-  };
-  if (w.length > UINT32_MAX) return refuse(": more than 2^32-1 bytes");
-  if (w.local == nullptr || w.remote == nullptr) return refuse(" without a local or remote region");
-  // typeid first: a Region of some other transport must not be static_cast to ours.
-  if (typeid(*w.local) != typeid(UcxRegion) ||
-      static_cast<const UcxRegion*>(w.local)->owner() != ctx_.get()) {
-    return refuse(": local region not registered here");
-  }
-  if (typeid(*w.remote) != typeid(UcxRemoteRegion) ||
-      static_cast<const UcxRemoteRegion*>(w.remote)->owner() != ctx_.get()) {
-    return refuse(": remote region not unpacked here");
-  }
+  auto refuse = [&w](const std::string& why) { return InvalidArgumentError(WriteText(w, "ucx", why)); };
+  const auto* local = static_cast<const UcxRegion*>(w.local);
   const auto* remote = static_cast<const UcxRemoteRegion*>(w.remote);
+  if (local->owner() != ctx_.get()) return refuse(": local region not registered here");
+  if (remote->owner() != ctx_.get()) return refuse(": remote region not unpacked here");
   if (remote->peer() != w.peer) {
     return refuse(": remote region belongs to peer rank " + std::to_string(remote->peer()));
   }
-  if (w.local_offset > w.local->size() || w.length > w.local->size() - w.local_offset) {
-    return refuse(" at local offset " + std::to_string(w.local_offset) +
-                  " overruns the local region of " + std::to_string(w.local->size()) + " bytes");
-  }
-  if (w.remote_offset > remote->size() || w.length > remote->size() - w.remote_offset) {
-    return refuse(" at remote offset " + std::to_string(w.remote_offset) +
-                  " overruns the remote region of " + std::to_string(remote->size()) + " bytes");
-  }
+  if (w.length > UINT32_MAX) return refuse(": more than 2^32-1 bytes");
   return OkStatus();
 }
 
@@ -857,7 +843,8 @@ namespace m2n::transport {
 
 const TransportInfo& ucxTransportInfo() {
   // Preference 50: a portable fallback; transports on a NIC's verbs or a GPU fabric rank higher.
-  static const TransportInfo info{"ucx", 50, &ucx::Probe, &ucx::UcxTransport::Create};
+  // UCX does not place receive slots in CUDA memory, so the slots' kind does not change its probe.
+  static const TransportInfo info{"ucx", 50, [](MemoryKind) { return ucx::Probe(); }, &ucx::UcxTransport::Create};
   return info;
 }
 

@@ -13,6 +13,8 @@
 #include <typeinfo>
 #include <utility>
 
+#include "transports/validate.h"
+
 #if M2N_VERBS_WITH_CUDA
 #include "transports/verbs/cuda_driver.h"
 #endif
@@ -201,25 +203,12 @@ Status VerbsTransport::Validate(const Write& w) const {
   if (!e->failure().ok()) return e->failure();
   if (w.lane != Lane::kData && w.lane != Lane::kAck) return refuse(": unknown lane");
   if (w.length == 0) return OkStatus();
-  if (w.local == nullptr || w.remote == nullptr) return refuse(" of " + std::to_string(w.length) + " bytes has no region");
-  // A region of another transport (or another VerbsTransport) must not be static_cast to ours.
-  if (typeid(*w.local) != typeid(VerbsRegion) || static_cast<const VerbsRegion*>(w.local)->owner() != ctx_.get()) {
-    return refuse(": local region not registered here");
-  }
-  if (typeid(*w.remote) != typeid(VerbsRemoteRegion) ||
-      static_cast<const VerbsRemoteRegion*>(w.remote)->owner() != ctx_.get()) {
-    return refuse(": remote region not unpacked here");
-  }
+  M2N_RETURN_IF_ERROR(ValidateWriteRegions(w, "verbs", typeid(VerbsRegion), typeid(VerbsRemoteRegion)));
+  // A region of another VerbsTransport (another protection domain) is not ours either.
+  if (static_cast<const VerbsRegion*>(w.local)->owner() != ctx_.get()) return refuse(": local region not registered here");
   const auto* remote = static_cast<const VerbsRemoteRegion*>(w.remote);
+  if (remote->owner() != ctx_.get()) return refuse(": remote region not unpacked here");
   if (remote->peer() != w.peer) return refuse(": remote region belongs to peer rank " + std::to_string(remote->peer()));
-  if (w.local_offset > w.local->size() || w.length > w.local->size() - w.local_offset) {
-    return refuse(" at local offset " + std::to_string(w.local_offset) + " overruns the local region of " +
-                  std::to_string(w.local->size()) + " bytes");
-  }
-  if (w.remote_offset > remote->size() || w.length > remote->size() - w.remote_offset) {
-    return refuse(" at remote offset " + std::to_string(w.remote_offset) + " overruns the remote region of " +
-                  std::to_string(remote->size()) + " bytes");
-  }
   if (w.length > ctx_->port_attr().max_msg_sz || w.length > UINT32_MAX) {
     return refuse(" of " + std::to_string(w.length) + " bytes exceeds the port's largest message (" +
                   std::to_string(ctx_->port_attr().max_msg_sz) + " bytes)");
@@ -718,7 +707,9 @@ const TransportInfo& verbsTransportInfo() {
   // Preference 80: above ucx (50), the portable fallback: this is the native RDMA path. Probe
   // fails on a machine without an RDMA device, so "auto" goes on to ucx there. cuda_memory is
   // false although GPU slots work: "auto" with GPU slots should pick cuda_ipc on one host.
-  static const TransportInfo info{"verbs", 80, &verbs::Probe, &verbs::VerbsTransport::Create,
+  // The device and port decide; the slots' kind is checked when they are allocated.
+  static const TransportInfo info{"verbs", 80, [](MemoryKind) { return verbs::Probe(); },
+                                  &verbs::VerbsTransport::Create,
                                   /*cuda_memory=*/false, /*uses_nic=*/true};
   return info;
 }
