@@ -64,6 +64,8 @@ class VerbsTransport final : public Transport, public StreamOps {
   const Context& context() const { return *ctx_; }
 
  private:
+  // CQEs taken per ibv_poll_cq (poll.cc; Post and Close drain the queue in such steps too).
+  static constexpr int kPollBatch = 32;
   explicit VerbsTransport(const Config& config) : config_(config) {}
   std::string Who() const { return "verbs: rank " + std::to_string(config_.rank); }
   Endpoint* FindEndpoint(int peer) const;
