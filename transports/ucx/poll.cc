@@ -50,26 +50,31 @@ void UcxTransport::Refuse(Inbox* inbox, Status why) {
   refused_.emplace_back(inbox != nullptr ? inbox->peer() : -1, std::move(why));
 }
 
-void UcxTransport::Deliver(Lane lane, const void* header, size_t header_length, void* data,
-                           size_t length, uint64_t recv_attr) {
-  if (closed_) return;  // nobody will poll for it
-  AmHeader h;
-  if (header_length != sizeof(h)) {
+Inbox* UcxTransport::CheckSender(const void* header, size_t header_length, AmHeader* h) {
+  if (header_length != sizeof(*h)) {
     Refuse(nullptr,
            DataLossError("ucx: rank " + std::to_string(config_.rank) +
                          ": refused an active message with a " + std::to_string(header_length) +
                          "-byte header, not an m2n write"));
-    return;
+    return nullptr;
   }
-  std::memcpy(&h, header, sizeof(h));
-  if (h.src_rank < 0 || h.src_rank >= config_.world_size || peer_index_[h.src_rank] < 0) {
+  std::memcpy(h, header, sizeof(*h));
+  if (h->src_rank < 0 || h->src_rank >= config_.world_size || peer_index_[h->src_rank] < 0) {
     Refuse(nullptr, DataLossError("ucx: rank " + std::to_string(config_.rank) +
-                                  ": refused a write from rank " + std::to_string(h.src_rank) +
+                                  ": refused a write from rank " + std::to_string(h->src_rank) +
                                   ", which is not in Config::peers"));
-    return;
+    return nullptr;
   }
-  Inbox& inbox = inboxes_[peer_index_[h.src_rank]];
-  if (inbox.refused()) return;
+  return &inboxes_[peer_index_[h->src_rank]];
+}
+
+void UcxTransport::Deliver(Lane lane, const void* header, size_t header_length, void* data,
+                           size_t length, uint64_t recv_attr) {
+  if (closed_) return;  // nobody will poll for it
+  AmHeader h;
+  Inbox* const sender = CheckSender(header, header_length, &h);
+  if (sender == nullptr || sender->refused()) return;
+  Inbox& inbox = *sender;
   auto refuse = [&](const std::string& why) {
     Refuse(&inbox, DataLossError(PeerText(inbox.peer(), "refused a write: " + why)));
   };
@@ -96,36 +101,68 @@ void UcxTransport::Deliver(Lane lane, const void* header, size_t header_length, 
       refuse(std::string(text) + ", which is not inside memory registered here");
       return;
     }
-    auto* target = reinterpret_cast<std::byte*>(static_cast<uintptr_t>(h.address));
-    if ((recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0) {
-      // Rendezvous: UCX moves the payload straight into the target (an RDMA read where the wire
-      // has one); the entry waits until it has landed.
-      ucp_request_param_t param{};
-      param.op_attr_mask = UCP_OP_ATTR_FIELD_MEMH;
-      param.memh = region->memh;
-      ucs_status_ptr_t received =
-          ucp_am_recv_data_nbx(ctx_->worker(lane), data, target, length, &param);
-      if (UCS_PTR_IS_ERR(received)) {
-        Refuse(&inbox, UnavailableError(PeerText(
-                           inbox.peer(), "receive of a " + std::to_string(length) + "-byte write",
-                           UCS_PTR_STATUS(received))));
-        return;
-      }
-      if (received != nullptr) {
-        receiving_.push_back({received, &inbox, lane, slot, entry});
-        ++progress_[static_cast<int>(lane)].outstanding;
-        return;
-      }
-    } else {
-      std::memcpy(target, data, length);
-    }
+    if (!LandPayload(inbox, lane, *region, h.address, data, length, recv_attr, slot, entry)) return;
   }
   StoreEntry(slot, entry);
 }
 
+bool UcxTransport::LandPayload(Inbox& inbox, Lane lane, const Context::TrackedRegion& region, uint64_t address,
+                               void* data, size_t length, uint64_t recv_attr, RingEntry* slot,
+                               const RingEntry& entry) {
+  auto* target = reinterpret_cast<std::byte*>(static_cast<uintptr_t>(address));
+  if ((recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) == 0) {
+    std::memcpy(target, data, length);
+    return true;
+  }
+  // Rendezvous: UCX moves the payload straight into the target (an RDMA read where the wire
+  // has one); the entry waits until it has landed.
+  ucp_request_param_t param{};
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_MEMH;
+  param.memh = region.memh;
+  ucs_status_ptr_t received = ucp_am_recv_data_nbx(ctx_->worker(lane), data, target, length, &param);
+  if (UCS_PTR_IS_ERR(received)) {
+    Refuse(&inbox, UnavailableError(PeerText(inbox.peer(), "receive of a " + std::to_string(length) + "-byte write",
+                                             UCS_PTR_STATUS(received))));
+    return false;
+  }
+  if (received == nullptr) return true;
+  receiving_.push_back({received, &inbox, lane, slot, entry});
+  ++progress_[static_cast<int>(lane)].outstanding;
+  return false;
+}
+
+Completion& UcxTransport::Sink::Emit(Completion::Type type, int peer, Lane lane) {
+  Completion& c = out[n++];
+  c.type = type;
+  c.peer = peer;
+  c.lane = lane;
+  c.imm = 0;
+  c.length = 0;
+  c.cookie = 0;
+  c.error = Status();
+  return c;
+}
 
 StatusOr<size_t> UcxTransport::Poll(std::span<Completion> out) {
   if (closed_) return size_t{0};
+  ProgressWorkers();
+  Sink sink{out};
+  EmitFinishedWrites(sink);
+  while (failed_reported_ < failed_.size() && !sink.full()) {
+    Endpoint* e = failed_[failed_reported_++];
+    sink.Emit(Completion::Type::kError, e->peer(), Lane::kData).error = e->FailureStatus();
+  }
+  // Rendezvous payloads that have landed get their entries now, before the ring scan.
+  FinishReceives();
+  while (refused_reported_ < refused_.size() && !sink.full()) {
+    auto& [peer, why] = refused_[refused_reported_++];
+    sink.Emit(Completion::Type::kError, peer, Lane::kData).error = std::move(why);
+  }
+  ScanRings(sink);
+  return sink.n;
+}
+
+void UcxTransport::ProgressWorkers() {
   // UCX progress costs more than a ring scan (on TCP a system call per worker), and writes
   // between processes on one host land by plain stores that need none. So a lane's worker is
   // progressed on every poll only while it has work (requests of ours in flight on it, or its last
@@ -139,40 +176,28 @@ StatusOr<size_t> UcxTransport::Poll(std::span<Completion> out) {
       p.busy = ucp_worker_progress(ctx_->worker(lane)) > 0;
     }
   }
+}
 
-  size_t n = 0;
-  auto emit = [&](Completion::Type type, int peer, Lane lane) -> Completion& {
-    Completion& c = out[n++];
-    c.type = type;
-    c.peer = peer;
-    c.lane = lane;
-    c.imm = 0;
-    c.length = 0;
-    c.cookie = 0;
-    c.error = Status();
-    return c;
-  };
-
-  while (done_head_ < done_.size() && n < out.size()) {
+void UcxTransport::EmitFinishedWrites(Sink& sink) {
+  while (done_head_ < done_.size() && !sink.full()) {
     const DoneWrite& d = done_[done_head_++];
-    emit(Completion::Type::kWriteDone, d.peer, d.lane).cookie = d.cookie;
+    sink.Emit(Completion::Type::kWriteDone, d.peer, d.lane).cookie = d.cookie;
   }
   if (done_head_ == done_.size()) {
     done_.clear();
     done_head_ = 0;
   }
-
   size_t kept = 0;
   for (size_t i = 0; i < inflight_.size(); ++i) {
     PendingWrite* pw = inflight_[i];
     // Advance even when `out` is full: a deferred ring entry should not wait for room here.
     const bool finished = Advance(pw);
-    if (finished && n < out.size()) {
+    if (finished && !sink.full()) {
       const int peer = pw->endpoint->peer();
       if (pw->error == UCS_OK) {
-        emit(Completion::Type::kWriteDone, peer, pw->lane).cookie = pw->cookie;
+        sink.Emit(Completion::Type::kWriteDone, peer, pw->lane).cookie = pw->cookie;
       } else {
-        Completion& c = emit(Completion::Type::kError, peer, pw->lane);
+        Completion& c = sink.Emit(Completion::Type::kError, peer, pw->lane);
         c.cookie = pw->cookie;
         c.error = UnavailableError(PeerText(peer, pw->failed_step, pw->error));
       }
@@ -183,13 +208,9 @@ StatusOr<size_t> UcxTransport::Poll(std::span<Completion> out) {
     }
   }
   inflight_.resize(kept);
+}
 
-  while (failed_reported_ < failed_.size() && n < out.size()) {
-    Endpoint* e = failed_[failed_reported_++];
-    emit(Completion::Type::kError, e->peer(), Lane::kData).error = e->FailureStatus();
-  }
-
-  // Rendezvous payloads that have landed get their entries now, before the ring scan.
+void UcxTransport::FinishReceives() {
   size_t still_receiving = 0;
   for (const PendingReceive& pr : receiving_) {
     const ucs_status_t status = ucp_request_check_status(pr.request);
@@ -210,31 +231,27 @@ StatusOr<size_t> UcxTransport::Poll(std::span<Completion> out) {
     }
   }
   receiving_.resize(still_receiving);
+}
 
-  while (refused_reported_ < refused_.size() && n < out.size()) {
-    auto& [peer, why] = refused_[refused_reported_++];
-    emit(Completion::Type::kError, peer, Lane::kData).error = std::move(why);
-  }
-
+void UcxTransport::ScanRings(Sink& sink) {
   // ACK rings first: a credit return unblocks a sender, data only feeds a consumer. The start peer
   // rotates so a small `out` does not starve the last peers.
   const size_t peers = scanned_.size();
   for (Lane lane : {Lane::kAck, Lane::kData}) {
-    for (size_t k = 0; k < peers && n < out.size(); ++k) {
+    for (size_t k = 0; k < peers && !sink.full(); ++k) {
       // No modulo here: a 64-bit division costs more than the rest of an idle poll.
       size_t i = scan_start_ + k;
       if (i >= peers) i -= peers;
       Inbox* inbox = scanned_[i];
       RingEntry entry;
-      while (n < out.size() && inbox->TakeEntry(lane, &entry)) {
-        Completion& c = emit(Completion::Type::kImmediate, inbox->peer(), lane);
+      while (!sink.full() && inbox->TakeEntry(lane, &entry)) {
+        Completion& c = sink.Emit(Completion::Type::kImmediate, inbox->peer(), lane);
         c.imm = entry.imm;
         c.length = entry.length;
       }
     }
   }
   if (peers > 0 && ++scan_start_ >= peers) scan_start_ = 0;
-  return n;
 }
 
 

@@ -241,6 +241,22 @@ ucs_status_t UcxTransport::WaitAll(std::vector<void*>& requests, Deadline deadli
   return first_error;
 }
 
+size_t UcxTransport::DropUnreportedWrites() {
+  // Writes not reported yet stay unreported; their requests go back to UCX.
+  const size_t unconfirmed = inflight_.size();
+  for (PendingWrite* pw : inflight_) {
+    for (void* r : {pw->payload_request, pw->flush_request, pw->entry_request}) {
+      if (r != nullptr) ucp_request_free(r);
+    }
+    ReleasePending(pw);
+  }
+  inflight_.clear();
+  for (LaneProgress& p : progress_) p.outstanding = 0;
+  done_.clear();
+  done_head_ = 0;
+  return unconfirmed;
+}
+
 Status UcxTransport::Teardown(bool graceful, Deadline deadline) {
   closed_ = true;
   std::vector<void*> requests;
@@ -255,18 +271,7 @@ Status UcxTransport::Teardown(bool graceful, Deadline deadline) {
     }
     flush_status = WaitAll(requests, deadline);
   }
-  // Writes not reported yet stay unreported; their requests go back to UCX.
-  const size_t unconfirmed = inflight_.size();
-  for (PendingWrite* pw : inflight_) {
-    for (void* r : {pw->payload_request, pw->flush_request, pw->entry_request}) {
-      if (r != nullptr) ucp_request_free(r);
-    }
-    ReleasePending(pw);
-  }
-  inflight_.clear();
-  for (LaneProgress& p : progress_) p.outstanding = 0;
-  done_.clear();
-  done_head_ = 0;
+  const size_t unconfirmed = DropUnreportedWrites();
 
   // rkeys before their eps (StartClose does both); a flush that did not finish means force.
   const bool force = !graceful || flush_status != UCS_OK;

@@ -76,86 +76,96 @@ Status UcxTransport::PostOne(const Write& w) {
   // and stores complete at the peer on return, and everything below is cheap. Otherwise the write
   // is one active message (one network send for small writes, rendezvous for large ones).
   if (tx.ring_mapped == nullptr) return PostActiveMessage(w, e);
-  RingEntry* const ring = direct_stores_ ? tx.ring_mapped : nullptr;
 
   void* payload_request = nullptr;
   bool needs_flush = false;
-  if (w.length > 0) {
-    const auto* local = static_cast<const UcxRegion*>(w.local);
-    const auto* remote = static_cast<const UcxRemoteRegion*>(w.remote);
-    std::byte* const mapped = direct_stores_ ? remote->mapped(w.lane) : nullptr;
-    if (mapped != nullptr) {
-      // The peer's pages are mapped here (UCX's shared-memory transport attached them for the
-      // rkey), and UCX's own put to them would be this memcpy under a few call layers. Complete at
-      // the peer on return, so no fence or flush beyond the CPU's.
-      std::memcpy(mapped + w.remote_offset, local->data() + w.local_offset, w.length);
-      FenceAfterCopy(w.length);
-    } else {
-      ucp_request_param_t param{};
-      param.op_attr_mask = UCP_OP_ATTR_FIELD_MEMH;
-      param.memh = local->memh();
-      ucs_status_ptr_t put =
-          ucp_put_nbx(tx.ep, local->data() + w.local_offset, w.length,
-                      remote->address() + w.remote_offset, remote->rkey(w.lane), &param);
-      if (UCS_PTR_IS_ERR(put)) {
-        return UnavailableError(
-            PeerText(w.peer, "put of " + std::to_string(w.length) + " bytes", UCS_PTR_STATUS(put)));
-      }
-      payload_request = RequestOrNull(put);
-      // UCX 1.13's ucp_worker_fence only orders operations on one transport lane. Payload and
-      // entry take the same lane, or both complete at the peer on return, when both targets are
-      // mapped here (shared memory) or neither is (one network lane serves both rkeys). When only
-      // one is mapped (e.g. payload by active-message emulation of RMA, entry by memcpy), the
-      // payload must be complete at the peer before the entry goes: flush the ep first.
-      needs_flush = remote->direct(w.lane) != (tx.ring_mapped != nullptr);
-      if (!needs_flush) {
-        const ucs_status_t status = ucp_worker_fence(ctx_->worker(w.lane));
-        if (status != UCS_OK) {
-          if (payload_request != nullptr) ucp_request_free(payload_request);
-          return InternalError(PeerText(w.peer, "ucp_worker_fence", status));
-        }
-      }
-    }
-  }
+  if (w.length > 0) M2N_RETURN_IF_ERROR(PostPayload(w, tx, &payload_request, &needs_flush));
 
   uint32_t slot = 0;
   const RingEntry entry = e.NextEntry(w.lane, w.imm, static_cast<uint32_t>(w.length), &slot);
-
   if (!needs_flush && !tx.has_deferred()) {
-    bool entry_done = false;
-    if (ring != nullptr) {
-      StoreEntry(ring + slot, entry);
-      entry_done = true;
-    } else {
-      // The entry goes out from the stack if UCX can send it inline; otherwise it needs a record
-      // whose staging copy outlives the request.
-      ucp_request_param_t param{};
-      param.op_attr_mask = UCP_OP_ATTR_FLAG_FORCE_IMM_CMPL;
-      ucs_status_ptr_t put =
-          ucp_put_nbx(tx.ep, &entry, sizeof(entry),
-                      tx.ring_address + uint64_t{slot} * sizeof(RingEntry), tx.ring_rkey, &param);
-      entry_done = put == nullptr;
-      if (!entry_done && UCS_PTR_STATUS(put) != UCS_ERR_NO_RESOURCE) {
-        if (payload_request != nullptr) ucp_request_free(payload_request);
-        return UnavailableError(PeerText(w.peer, "put of a ring entry", UCS_PTR_STATUS(put)));
-      }
-    }
-    if (entry_done && payload_request == nullptr) {
-      done_.push_back({w.cookie, w.peer, w.lane});
-      return OkStatus();
-    }
-    if (entry_done) {
-      PendingWrite* pw = NewPending();
-      pw->endpoint = &e;
-      pw->lane = w.lane;
-      pw->cookie = w.cookie;
-      pw->payload_request = payload_request;
-      pw->entry_posted = true;
-      AddInflight(pw);
-      return OkStatus();
-    }
+    M2N_ASSIGN_OR_RETURN(const bool entry_done, PutEntryNow(w, tx, entry, slot, payload_request));
+    if (entry_done) return TrackPayload(w, e, payload_request);
   }
+  return DeferEntry(w, e, entry, slot, payload_request, needs_flush);
+}
 
+Status UcxTransport::PostPayload(const Write& w, Endpoint::TxLane& tx, void** payload_request,
+                                 bool* needs_flush) {
+  const auto* local = static_cast<const UcxRegion*>(w.local);
+  const auto* remote = static_cast<const UcxRemoteRegion*>(w.remote);
+  std::byte* const mapped = direct_stores_ ? remote->mapped(w.lane) : nullptr;
+  if (mapped != nullptr) {
+    // The peer's pages are mapped here (UCX's shared-memory transport attached them for the
+    // rkey), and UCX's own put to them would be this memcpy under a few call layers. Complete at
+    // the peer on return, so no fence or flush beyond the CPU's.
+    std::memcpy(mapped + w.remote_offset, local->data() + w.local_offset, w.length);
+    FenceAfterCopy(w.length);
+    return OkStatus();
+  }
+  ucp_request_param_t param{};
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_MEMH;
+  param.memh = local->memh();
+  ucs_status_ptr_t put = ucp_put_nbx(tx.ep, local->data() + w.local_offset, w.length,
+                                     remote->address() + w.remote_offset, remote->rkey(w.lane), &param);
+  if (UCS_PTR_IS_ERR(put)) {
+    return UnavailableError(PeerText(w.peer, "put of " + std::to_string(w.length) + " bytes", UCS_PTR_STATUS(put)));
+  }
+  *payload_request = RequestOrNull(put);
+  // UCX 1.13's ucp_worker_fence only orders operations on one transport lane. Payload and
+  // entry take the same lane, or both complete at the peer on return, when both targets are
+  // mapped here (shared memory) or neither is (one network lane serves both rkeys). When only
+  // one is mapped (e.g. payload by active-message emulation of RMA, entry by memcpy), the
+  // payload must be complete at the peer before the entry goes: flush the ep first.
+  *needs_flush = remote->direct(w.lane) != (tx.ring_mapped != nullptr);
+  if (*needs_flush) return OkStatus();
+  const ucs_status_t status = ucp_worker_fence(ctx_->worker(w.lane));
+  if (status != UCS_OK) {
+    if (*payload_request != nullptr) ucp_request_free(*payload_request);
+    return InternalError(PeerText(w.peer, "ucp_worker_fence", status));
+  }
+  return OkStatus();
+}
+
+StatusOr<bool> UcxTransport::PutEntryNow(const Write& w, Endpoint::TxLane& tx, const RingEntry& entry, uint32_t slot,
+                                         void* payload_request) {
+  RingEntry* const ring = direct_stores_ ? tx.ring_mapped : nullptr;
+  if (ring != nullptr) {
+    StoreEntry(ring + slot, entry);
+    return true;
+  }
+  // The entry goes out from the stack if UCX can send it inline; otherwise it needs a record
+  // whose staging copy outlives the request.
+  ucp_request_param_t param{};
+  param.op_attr_mask = UCP_OP_ATTR_FLAG_FORCE_IMM_CMPL;
+  ucs_status_ptr_t put = ucp_put_nbx(tx.ep, &entry, sizeof(entry),
+                                     tx.ring_address + uint64_t{slot} * sizeof(RingEntry), tx.ring_rkey, &param);
+  if (put == nullptr) return true;
+  if (UCS_PTR_STATUS(put) != UCS_ERR_NO_RESOURCE) {
+    if (payload_request != nullptr) ucp_request_free(payload_request);
+    return UnavailableError(PeerText(w.peer, "put of a ring entry", UCS_PTR_STATUS(put)));
+  }
+  return false;
+}
+
+Status UcxTransport::TrackPayload(const Write& w, Endpoint& e, void* payload_request) {
+  if (payload_request == nullptr) {
+    done_.push_back({w.cookie, w.peer, w.lane});
+    return OkStatus();
+  }
+  PendingWrite* pw = NewPending();
+  pw->endpoint = &e;
+  pw->lane = w.lane;
+  pw->cookie = w.cookie;
+  pw->payload_request = payload_request;
+  pw->entry_posted = true;
+  AddInflight(pw);
+  return OkStatus();
+}
+
+Status UcxTransport::DeferEntry(const Write& w, Endpoint& e, const RingEntry& entry, uint32_t slot,
+                                void* payload_request, bool needs_flush) {
+  Endpoint::TxLane& tx = e.tx(w.lane);
   PendingWrite* pw = NewPending();
   pw->endpoint = &e;
   pw->lane = w.lane;

@@ -58,44 +58,7 @@ void VerbsTransport::DrainCq(int budget) {
       break;
     }
     budget -= n;
-    for (int i = 0; i < n; ++i) {
-      const ibv_wc& wc = wcs[i];
-      QueuePair* q = FindQp(wc.qp_num);
-      if (q == nullptr) continue;  // a QP already destroyed
-      Endpoint& e = *q->endpoint;
-      const bool recv = (wc.wr_id & kRecvWrId) != 0;
-      if (wc.status != IBV_WC_SUCCESS) {
-        if (!recv) CompleteSends(*q, wc.wr_id);  // the pending writes are not reported as done...
-        // ...but as one error per peer; later CQEs of a failed QP are flushes of the same failure.
-        if (e.failure().ok()) {
-          e.set_failure(UnavailableError(PeerText(e.peer(), std::string(LaneName(q->lane)) + ": " +
-                                                                (recv ? "receive" : "write-with-imm") +
-                                                                " completion: " + WcText(wc))));
-          Emit(Completion::Type::kError, e.peer(), q->lane).error = e.failure();
-        }
-        continue;
-      }
-      if (!recv) {
-        CompleteSends(*q, wc.wr_id);
-        continue;
-      }
-      if (wc.opcode != IBV_WC_RECV_RDMA_WITH_IMM || (wc.wc_flags & IBV_WC_WITH_IMM) == 0) {
-        if (e.failure().ok()) {
-          e.set_failure(DataLossError(PeerText(e.peer(), std::string(LaneName(q->lane)) +
-                                                             ": a receive completion that is not a write with "
-                                                             "immediate (opcode " +
-                                                             std::to_string(wc.opcode) + ")")));
-          Emit(Completion::Type::kError, e.peer(), q->lane).error = e.failure();
-        }
-        continue;
-      }
-      Completion& c = Emit(Completion::Type::kImmediate, e.peer(), q->lane);
-      c.imm = ntohl(wc.imm_data);
-      c.length = wc.byte_len;
-      // Reposted in batches: the queue holds max_unpolled + 16 receive WRs, so up to
-      // kRepostBatch - 1 held back still leaves more than the caller can have unpolled.
-      if (++q->consumed_recvs == kRepostBatch) repost_.push_back(q);
-    }
+    for (int i = 0; i < n; ++i) TakeCompletion(wcs[i]);
     if (n < kPollBatch) break;
   }
   // Receive WRs go back before the immediates are handed out, so the peer never finds none.
@@ -108,6 +71,44 @@ void VerbsTransport::DrainCq(int budget) {
     }
   }
   repost_.clear();
+}
+
+void VerbsTransport::TakeCompletion(const ibv_wc& wc) {
+  QueuePair* q = FindQp(wc.qp_num);
+  if (q == nullptr) return;  // a QP already destroyed
+  Endpoint& e = *q->endpoint;
+  const bool recv = (wc.wr_id & kRecvWrId) != 0;
+  if (wc.status != IBV_WC_SUCCESS) {
+    if (!recv) CompleteSends(*q, wc.wr_id);  // the pending writes are not reported as done...
+    // ...but as one error per peer; later CQEs of a failed QP are flushes of the same failure.
+    if (e.failure().ok()) {
+      e.set_failure(UnavailableError(PeerText(e.peer(), std::string(LaneName(q->lane)) + ": " +
+                                                            (recv ? "receive" : "write-with-imm") +
+                                                            " completion: " + WcText(wc))));
+      Emit(Completion::Type::kError, e.peer(), q->lane).error = e.failure();
+    }
+    return;
+  }
+  if (!recv) {
+    CompleteSends(*q, wc.wr_id);
+    return;
+  }
+  if (wc.opcode != IBV_WC_RECV_RDMA_WITH_IMM || (wc.wc_flags & IBV_WC_WITH_IMM) == 0) {
+    if (e.failure().ok()) {
+      e.set_failure(DataLossError(PeerText(e.peer(), std::string(LaneName(q->lane)) +
+                                                         ": a receive completion that is not a write with "
+                                                         "immediate (opcode " +
+                                                         std::to_string(wc.opcode) + ")")));
+      Emit(Completion::Type::kError, e.peer(), q->lane).error = e.failure();
+    }
+    return;
+  }
+  Completion& c = Emit(Completion::Type::kImmediate, e.peer(), q->lane);
+  c.imm = ntohl(wc.imm_data);
+  c.length = wc.byte_len;
+  // Reposted in batches: the queue holds max_unpolled + 16 receive WRs, so up to
+  // kRepostBatch - 1 held back still leaves more than the caller can have unpolled.
+  if (++q->consumed_recvs == kRepostBatch) repost_.push_back(q);
 }
 
 StatusOr<size_t> VerbsTransport::Poll(std::span<Completion> out) {

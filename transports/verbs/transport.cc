@@ -58,34 +58,38 @@ StatusOr<std::unique_ptr<Transport>> VerbsTransport::Create(const Config& config
     t->ctx_ = std::move(ctx).value();
   }
 
+  M2N_RETURN_IF_ERROR(t->CreateQueues());
+  t->backlog_.reserve(256);
+  if (config.slot_memory == MemoryKind::kCuda) M2N_RETURN_IF_ERROR(t->InitStreamPath());
+  return std::unique_ptr<Transport>(std::move(t));
+}
+
+Status VerbsTransport::CreateQueues() {
   // Queue sizes. Receives: the caller keeps at most max_unpolled immediates unpolled per (peer,
   // lane) and Poll reposts what it consumed, so max_unpolled WRs would do; the rest is slack.
   // Sends: room for a few credit windows, with a signalled WR at least every signal_every so that
   // a full send queue always has a completion coming. The CQ holds every CQE that can be
   // outstanding: one per receive WR and per signalled send.
-  const auto& dev = t->ctx_->device_attr();
+  const auto& dev = ctx_->device_attr();
   const uint32_t max_wr = static_cast<uint32_t>(std::max(dev.max_qp_wr, 16));
-  const uint32_t unpolled = static_cast<uint32_t>(config.max_unpolled);
-  t->rq_depth_ = std::min(max_wr, unpolled + 16);
-  t->sq_depth_ = std::min(max_wr, std::max<uint32_t>(64, 2 * unpolled + 16));
-  t->signal_every_ = t->options_.signal_every > 0
-                         ? std::min<uint32_t>(t->options_.signal_every, t->sq_depth_ / 2)
-                         : std::max<uint32_t>(1, t->sq_depth_ / 4);
-  t->signal_every_ = std::max<uint32_t>(1, t->signal_every_);
-  const uint64_t cqes = std::max<uint64_t>(1, config.peers.size()) * kNumLanes * (t->sq_depth_ + t->rq_depth_) + 16;
+  const uint32_t unpolled = static_cast<uint32_t>(config_.max_unpolled);
+  rq_depth_ = std::min(max_wr, unpolled + 16);
+  sq_depth_ = std::min(max_wr, std::max<uint32_t>(64, 2 * unpolled + 16));
+  signal_every_ = options_.signal_every > 0 ? std::min<uint32_t>(options_.signal_every, sq_depth_ / 2)
+                                            : std::max<uint32_t>(1, sq_depth_ / 4);
+  signal_every_ = std::max<uint32_t>(1, signal_every_);
+  const uint64_t cqes = std::max<uint64_t>(1, config_.peers.size()) * kNumLanes * (sq_depth_ + rq_depth_) + 16;
   if (cqes > static_cast<uint64_t>(dev.max_cqe)) {
-    return InvalidArgumentError(who + ": " + std::to_string(config.peers.size()) + " peers with " +
-                                std::to_string(config.max_unpolled) + " slots each need a CQ of " +
-                                std::to_string(cqes) + " entries; " + t->ctx_->device_name() + " allows " +
+    return InvalidArgumentError(Who() + ": " + std::to_string(config_.peers.size()) + " peers with " +
+                                std::to_string(config_.max_unpolled) + " slots each need a CQ of " +
+                                std::to_string(cqes) + " entries; " + ctx_->device_name() + " allows " +
                                 std::to_string(dev.max_cqe));
   }
-  t->cq_ = ibv_create_cq(t->ctx_->device(), static_cast<int>(cqes), nullptr, nullptr, 0);
-  if (t->cq_ == nullptr) {
-    return UnavailableError(who + ": " + VerbError("ibv_create_cq(" + std::to_string(cqes) + " entries)", errno));
+  cq_ = ibv_create_cq(ctx_->device(), static_cast<int>(cqes), nullptr, nullptr, 0);
+  if (cq_ == nullptr) {
+    return UnavailableError(Who() + ": " + VerbError("ibv_create_cq(" + std::to_string(cqes) + " entries)", errno));
   }
-  t->backlog_.reserve(256);
-  if (config.slot_memory == MemoryKind::kCuda) M2N_RETURN_IF_ERROR(t->InitStreamPath());
-  return std::unique_ptr<Transport>(std::move(t));
+  return OkStatus();
 }
 
 VerbsTransport::~VerbsTransport() {

@@ -74,15 +74,40 @@ Status VerbsTransport::Post(std::span<const Write> writes) {
   return result;
 }
 
+namespace {
+
+// Small host payloads go inline: copied into the WQE by ibv_post_send, so no CQE is needed.
+bool Inlined(const QueuePair& q, const Write& w) {
+  return w.length == 0 || (w.length <= q.max_inline && w.local->kind() == MemoryKind::kHost);
+}
+
+// The work request of write number `seq` on its QP (wr_id): a write with immediate, one SGE.
+void FillWr(const Write& w, uint64_t seq, ibv_send_wr* wr, ibv_sge* sge) {
+  *wr = ibv_send_wr{};
+  wr->wr_id = seq;
+  wr->opcode = IBV_WR_RDMA_WRITE_WITH_IMM;
+  wr->imm_data = htonl(w.imm);
+  if (w.length == 0) return;
+  const auto* local = static_cast<const VerbsRegion*>(w.local);
+  const auto* remote = static_cast<const VerbsRemoteRegion*>(w.remote);
+  sge->addr = reinterpret_cast<uintptr_t>(local->data()) + w.local_offset;
+  sge->length = static_cast<uint32_t>(w.length);
+  sge->lkey = local->lkey();
+  wr->sg_list = sge;
+  wr->num_sge = 1;
+  wr->wr.rdma.remote_addr = remote->address() + w.remote_offset;
+  wr->wr.rdma.rkey = remote->rkey();
+}
+
+}  // namespace
+
 Status VerbsTransport::PostChain(QueuePair& q, std::span<const Write> writes) {
   std::vector<uint32_t>& chain = chains_[q.batch];
   if (chain.empty()) return OkStatus();
   // The last write whose kWriteDone waits for a CQE is signalled, so that it comes.
   size_t last_needing_cqe = chain.size();
   for (size_t k = 0; k < chain.size(); ++k) {
-    const Write& w = writes[chain[k]];
-    const bool inlined = w.length == 0 || (w.length <= q.max_inline && w.local->kind() == MemoryKind::kHost);
-    if (!inlined) last_needing_cqe = k;
+    if (!Inlined(q, writes[chain[k]])) last_needing_cqe = k;
   }
   ibv_send_wr* head = nullptr;
   ibv_send_wr* tail = nullptr;
@@ -90,23 +115,8 @@ Status VerbsTransport::PostChain(QueuePair& q, std::span<const Write> writes) {
   for (size_t k = 0; k < chain.size(); ++k, ++seq) {
     const Write& w = writes[chain[k]];
     ibv_send_wr& wr = wrs_[chain[k]];
-    ibv_sge& sge = sges_[chain[k]];
-    wr = ibv_send_wr{};
-    wr.wr_id = seq;
-    wr.opcode = IBV_WR_RDMA_WRITE_WITH_IMM;
-    wr.imm_data = htonl(w.imm);
-    if (w.length > 0) {
-      const auto* local = static_cast<const VerbsRegion*>(w.local);
-      const auto* remote = static_cast<const VerbsRemoteRegion*>(w.remote);
-      sge.addr = reinterpret_cast<uintptr_t>(local->data()) + w.local_offset;
-      sge.length = static_cast<uint32_t>(w.length);
-      sge.lkey = local->lkey();
-      wr.sg_list = &sge;
-      wr.num_sge = 1;
-      wr.wr.rdma.remote_addr = remote->address() + w.remote_offset;
-      wr.wr.rdma.rkey = remote->rkey();
-    }
-    const bool inlined = w.length == 0 || (w.length <= q.max_inline && w.local->kind() == MemoryKind::kHost);
+    FillWr(w, seq, &wr, &sges_[chain[k]]);
+    const bool inlined = Inlined(q, w);
     if (inlined && w.length > 0) wr.send_flags |= IBV_SEND_INLINE;
     ++q.unsignaled;
     if (k == last_needing_cqe || q.unsignaled >= signal_every_) {
