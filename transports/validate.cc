@@ -29,4 +29,15 @@ Status ValidateWriteRegions(const Write& w, std::string_view transport, const st
   return OkStatus();
 }
 
+Write AsWrite(const StreamWrite& w) {
+  Write as_write;
+  as_write.peer = w.peer;
+  as_write.local = w.local;
+  as_write.local_offset = w.local_offset;
+  as_write.remote = w.remote;
+  as_write.remote_offset = w.remote_offset;
+  as_write.length = w.length;
+  return as_write;
+}
+
 }  // namespace m2n::transport

@@ -33,4 +33,8 @@ std::string WriteText(const Write& w, std::string_view transport, std::string_vi
 Status ValidateWriteRegions(const Write& w, std::string_view transport, const std::type_info& local_type,
                             const std::type_info& remote_type);
 
+// The host-driven Write of the same bytes as a stream-ordered one, so that SendOnStream is held to
+// the same checks as Post.
+Write AsWrite(const StreamWrite& w);
+
 }  // namespace m2n::transport

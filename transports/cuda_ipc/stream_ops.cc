@@ -52,13 +52,7 @@ Status CudaIpcTransport::ValidateStreamWrite(const StreamWrite& w) const {
     return InvalidArgumentError("cuda_ipc: SendOnStream needs a device-memory source registered here");
   }
   // The same rule as host-driven writes (validate.h), plus the 32-bit length of the arrival word.
-  Write as_write;
-  as_write.peer = w.peer;
-  as_write.local = w.local;
-  as_write.local_offset = w.local_offset;
-  as_write.remote = w.remote;
-  as_write.remote_offset = w.remote_offset;
-  as_write.length = w.length;
+  const Write as_write = AsWrite(w);
   M2N_RETURN_IF_ERROR(ValidateWriteRegions(as_write, "cuda_ipc", typeid(IpcRegion), typeid(IpcRemoteRegion)));
   if (w.length > 0xffffffffull) {
     return InvalidArgumentError(WriteText(as_write, "cuda_ipc", " on a stream: more than 2^32-1 bytes"));

@@ -254,5 +254,4 @@ void UcxTransport::ScanRings(Sink& sink) {
   if (peers > 0 && ++scan_start_ >= peers) scan_start_ = 0;
 }
 
-
 }  // namespace m2n::transport::ucx

@@ -218,7 +218,6 @@ StatusOr<std::unique_ptr<RemoteRegion>> UcxTransport::UnpackRemoteKey(
   return std::unique_ptr<RemoteRegion>(std::move(region));
 }
 
-
 ucs_status_t UcxTransport::WaitAll(std::vector<void*>& requests, Deadline deadline) {
   ucs_status_t first_error = UCS_OK;
   for (;;) {

@@ -101,6 +101,8 @@ class UcxTransport final : public Transport {
   StatusOr<bool> PutEntryNow(const Write& w, Endpoint::TxLane& tx, const RingEntry& entry, uint32_t slot,
                              void* payload_request);
   Status TrackPayload(const Write& w, Endpoint& e, void* payload_request);
+  // A pending record for `w`, in flight from here on; the caller fills in the entry's part.
+  PendingWrite* Track(const Write& w, Endpoint& e, void* payload_request);
   Status DeferEntry(const Write& w, Endpoint& e, const RingEntry& entry, uint32_t slot, void* payload_request,
                     bool needs_flush);
   // A write to a peer whose ring is not mapped here: header and payload in one active message.

@@ -148,32 +148,31 @@ StatusOr<bool> UcxTransport::PutEntryNow(const Write& w, Endpoint::TxLane& tx, c
   return false;
 }
 
-Status UcxTransport::TrackPayload(const Write& w, Endpoint& e, void* payload_request) {
-  if (payload_request == nullptr) {
-    done_.push_back({w.cookie, w.peer, w.lane});
-    return OkStatus();
-  }
+UcxTransport::PendingWrite* UcxTransport::Track(const Write& w, Endpoint& e, void* payload_request) {
   PendingWrite* pw = NewPending();
   pw->endpoint = &e;
   pw->lane = w.lane;
   pw->cookie = w.cookie;
   pw->payload_request = payload_request;
-  pw->entry_posted = true;
   AddInflight(pw);
+  return pw;
+}
+
+Status UcxTransport::TrackPayload(const Write& w, Endpoint& e, void* payload_request) {
+  if (payload_request == nullptr) {
+    done_.push_back({w.cookie, w.peer, w.lane});
+    return OkStatus();
+  }
+  Track(w, e, payload_request)->entry_posted = true;
   return OkStatus();
 }
 
 Status UcxTransport::DeferEntry(const Write& w, Endpoint& e, const RingEntry& entry, uint32_t slot,
                                 void* payload_request, bool needs_flush) {
   Endpoint::TxLane& tx = e.tx(w.lane);
-  PendingWrite* pw = NewPending();
-  pw->endpoint = &e;
-  pw->lane = w.lane;
-  pw->cookie = w.cookie;
-  pw->payload_request = payload_request;
+  PendingWrite* pw = Track(w, e, payload_request);
   pw->slot = slot;
   pw->staging = entry;
-  AddInflight(pw);
   if (needs_flush) {
     ucp_request_param_t param{};
     ucs_status_ptr_t flush = ucp_ep_flush_nbx(tx.ep, &param);
@@ -242,7 +241,6 @@ Status UcxTransport::PostActiveMessage(const Write& w, Endpoint& e) {
   return OkStatus();
 }
 
-
 Status UcxTransport::PostEntry(PendingWrite* pw) {
   Endpoint::TxLane& tx = pw->endpoint->tx(pw->lane);
   pw->entry_posted = true;
@@ -284,7 +282,6 @@ bool UcxTransport::Advance(PendingWrite* pw) {
   return payload_done && entry_done;
 }
 
-
 UcxTransport::PendingWrite* UcxTransport::NewPending() {
   if (pending_free_.empty()) {
     pending_chunks_.push_back(std::make_unique<PendingWrite[]>(kPendingChunk));
@@ -305,6 +302,5 @@ void UcxTransport::AddInflight(PendingWrite* pw) {
   inflight_.push_back(pw);
   ++progress_[static_cast<int>(pw->lane)].outstanding;
 }
-
 
 }  // namespace m2n::transport::ucx

@@ -294,5 +294,4 @@ Status Endpoint::LimitRate(QueuePair& q, const VerbsOptions& options) {
   return OkStatus();
 }
 
-
 }  // namespace m2n::transport::verbs

@@ -33,7 +33,6 @@ Completion& VerbsTransport::Emit(Completion::Type type, int peer, Lane lane) {
   return c;
 }
 
-
 void VerbsTransport::CompleteSends(QueuePair& q, uint64_t through_seq) {
   if (through_seq + 1 > q.completed) q.completed = through_seq + 1;
   while (!q.pending.empty() && q.pending.front().seq <= through_seq) {
@@ -122,6 +121,5 @@ StatusOr<size_t> VerbsTransport::Poll(std::span<Completion> out) {
   }
   return n;
 }
-
 
 }  // namespace m2n::transport::verbs

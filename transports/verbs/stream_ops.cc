@@ -8,6 +8,7 @@
 #include <string>
 #include <utility>
 
+#include "transports/validate.h"
 #include "transports/verbs/transport.h"
 
 #if M2N_VERBS_WITH_CUDA
@@ -127,14 +128,7 @@ Status VerbsTransport::SendOnStream(std::span<const StreamWrite> writes, void* s
   for (const StreamWrite& w : writes) {
     M2N_RETURN_IF_ERROR(CheckStreamSlot(w.peer, w.slot, "SendOnStream"));
     // The same checks as a host-driven write of the same bytes.
-    Write as_write;
-    as_write.peer = w.peer;
-    as_write.local = w.local;
-    as_write.local_offset = w.local_offset;
-    as_write.remote = w.remote;
-    as_write.remote_offset = w.remote_offset;
-    as_write.length = w.length;
-    M2N_RETURN_IF_ERROR(Validate(as_write));
+    M2N_RETURN_IF_ERROR(Validate(AsWrite(w)));
     if (w.remote == nullptr) return InvalidArgumentError(PeerText(w.peer, "SendOnStream without the peer's slots"));
   }
 #if M2N_VERBS_WITH_CUDA
@@ -229,6 +223,5 @@ Status VerbsTransport::StreamError() {
   if (proxy_ == nullptr) return OkStatus();
   return proxy_->error();
 }
-
 
 }  // namespace m2n::transport::verbs

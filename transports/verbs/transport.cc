@@ -182,7 +182,6 @@ StatusOr<std::unique_ptr<RemoteRegion>> VerbsTransport::UnpackRemoteKey(int peer
   return std::unique_ptr<RemoteRegion>(std::move(remote));
 }
 
-
 void VerbsTransport::Teardown() {
   closed_ = true;
   proxy_.reset();  // the proxy thread uses the stream QPs: it stops first

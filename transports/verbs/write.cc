@@ -38,7 +38,6 @@ Status VerbsTransport::Validate(const Write& w) const {
   return OkStatus();
 }
 
-
 Status VerbsTransport::Post(std::span<const Write> writes) {
   if (closed_) return FailedPreconditionError(Who() + ": Post after Close");
   // All or nothing for bad arguments: nothing is posted unless every write is valid.
@@ -164,6 +163,5 @@ Status VerbsTransport::WaitForRoom(QueuePair& q) {
   }
   return OkStatus();
 }
-
 
 }  // namespace m2n::transport::verbs
