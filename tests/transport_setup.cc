@@ -22,7 +22,7 @@ std::string ProbeHere(const TransportSetup& setup) {
   ApplySetup(setup);
   for (const transport::TransportInfo& info : transport::RegisteredTransports()) {
     if (info.name != setup.transport) continue;
-    Status usable = info.probe();
+    Status usable = info.probe(MemoryKind::kHost);  // the suites use host slots
     if (usable.ok()) return "";
     return "the " + setup.transport + " transport cannot run here: " + usable.message();
   }

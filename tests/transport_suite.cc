@@ -1,6 +1,6 @@
 // The transport conformance suite (transport_suite.h): the harness that runs two ranks, and the
-// tests every transport must pass. Instantiated per transport by ucx_transport_test.cc and
-// verbs_transport_test.cc.
+// tests every transport must pass. Instantiated per transport by ucx_transport_test.cc,
+// verbs_transport_test.cc and cuda_ipc_transport_test.cc.
 #include "transport_suite.h"
 
 #include <poll.h>
@@ -164,6 +164,11 @@ std::string Connect(Rank& r, int max_unpolled) {
   return "";
 }
 
+StatusOr<std::unique_ptr<Region>> WriteTarget(Rank& r, std::vector<std::byte>& memory) {
+  if (r.registered_targets) return r.t->Register(memory.data(), memory.size(), MemoryKind::kHost);
+  return r.t->Allocate(memory.size(), MemoryKind::kHost);
+}
+
 std::string SwapKeys(Rank& r, const Region* region, std::unique_ptr<RemoteRegion>* remote) {
   Bytes mine;
   if (region != nullptr) {
@@ -240,6 +245,7 @@ std::string RunPair(const TransportCase& c, const Body& body, std::chrono::secon
       r.peer = 1 - rank;
       r.link = &link;
       r.transport = FindTransport(c.setup.transport);
+      r.registered_targets = c.registered_targets;
       std::string failure = body(r);
       std::string message = failure.empty() ? r.info : "rank " + std::to_string(rank) + ": " + failure;
       if (!message.empty() && write(pipe_fd[1], message.data(), message.size()) < 0) failure += "!";
@@ -341,8 +347,7 @@ TEST_P(TransportTest, WriteWithImmDeliversBytesThenImm) {
     } else {
       ASSIGN_OR_FAIL(auto allocated, r.t->Allocate(kMax + 2 * kOffset, MemoryKind::kHost));
       std::vector<std::byte> memory(kMax + 2 * kOffset);
-      ASSIGN_OR_FAIL(auto registered,
-                     r.t->Register(memory.data(), memory.size(), MemoryKind::kHost));
+      ASSIGN_OR_FAIL(auto registered, WriteTarget(r, memory));
       std::unique_ptr<RemoteRegion> none;
       REQUIRE_PASS(SwapKeys(r, allocated.get(), &none));
       REQUIRE_PASS(SwapKeys(r, registered.get(), &none));
@@ -404,8 +409,7 @@ TEST_P(TransportTest, ImmOrderPreservedOnLane) {
     } else {
       ASSIGN_OR_FAIL(auto allocated, r.t->Allocate(kDepth * kSlot, MemoryKind::kHost));
       std::vector<std::byte> memory(kDepth * kSlot);
-      ASSIGN_OR_FAIL(auto registered,
-                     r.t->Register(memory.data(), memory.size(), MemoryKind::kHost));
+      ASSIGN_OR_FAIL(auto registered, WriteTarget(r, memory));
       std::unique_ptr<RemoteRegion> none;
       REQUIRE_PASS(SwapKeys(r, allocated.get(), &none));
       REQUIRE_PASS(SwapKeys(r, registered.get(), &none));
@@ -459,7 +463,7 @@ TEST_P(TransportTest, AckLaneIndependentOfDataLane) {
       // Registered (not allocated) on purpose: with UCX on shm only these payloads need the
       // receiver's progress and a flush before their entries, the slow case for the data lane.
       std::vector<std::byte> memory(kDepth * kBig);
-      ASSIGN_OR_FAIL(auto region, r.t->Register(memory.data(), memory.size(), MemoryKind::kHost));
+      ASSIGN_OR_FAIL(auto region, WriteTarget(r, memory));
       std::unique_ptr<RemoteRegion> none;
       REQUIRE_PASS(SwapKeys(r, region.get(), &none));
       for (int i = 0; i < kDepth; ++i) {
@@ -556,7 +560,7 @@ TEST_P(TransportTest, OutOfBoundsWriteIsInvalidArgument) {
 
       struct Case {
         size_t local_offset, remote_offset, length;
-        const char* mention;
+        std::string mention;
       };
       const Case cases[] = {
           {0, 0, 1025, "remote region of 1024"},  // longer than the remote region
@@ -564,6 +568,11 @@ TEST_P(TransportTest, OutOfBoundsWriteIsInvalidArgument) {
           {4090, 0, 7, "local offset 4090"},      // runs off the local end
           {0, SIZE_MAX - 2, 8, "remote offset"},  // offset + length wraps around
           {SIZE_MAX, 0, 1, "local offset"},
+          // A huge length: offset + length wraps for any offset past 7 (validate.h).
+          {8, 0, SIZE_MAX - 7, "local region of 4096"},
+          {0, 8, SIZE_MAX - 7, "local region of 4096"},
+          {SIZE_MAX - 7, SIZE_MAX - 7, SIZE_MAX - 7, "local offset " + std::to_string(SIZE_MAX - 7)},
+          {16, SIZE_MAX - 7, 16, "remote offset " + std::to_string(SIZE_MAX - 7)},
       };
       for (const Case& c : cases) {
         Write w = MakeWrite(r, Lane::kData, local.get(), c.local_offset, remote.get(),
@@ -572,6 +581,8 @@ TEST_P(TransportTest, OutOfBoundsWriteIsInvalidArgument) {
         REQUIRE(s.code() == StatusCode::kInvalidArgument, s.ToString());
         REQUIRE(s.message().find(PeerText(r, 1)) != std::string::npos, s.message());
         REQUIRE(s.message().find(c.mention) != std::string::npos, s.message());
+        REQUIRE(s.message().find("write of " + std::to_string(c.length) + " bytes") != std::string::npos,
+                s.message());
       }
       Write no_region = MakeWrite(r, Lane::kData, nullptr, 0, remote.get(), 0, 8, 1, 1);
       REQUIRE(r.t->Post({&no_region, 1}).code() == StatusCode::kInvalidArgument);
@@ -592,7 +603,17 @@ TEST_P(TransportTest, OutOfBoundsWriteIsInvalidArgument) {
       ASSIGN_OR_FAIL(Bytes address, r.t->LocalAddress(1));
       Status twice = r.t->Connect(1, address);
       REQUIRE(twice.code() == StatusCode::kFailedPrecondition, twice.ToString());
-      ASSIGN_OR_FAIL(Bytes key, local->PackRemoteKey());
+      // A key to corrupt: of the registered region, or of an allocated one where registered memory
+      // cannot be a write target (and its PackRemoteKey says so).
+      std::unique_ptr<Region> allocated;
+      const Region* keyed = local.get();
+      if (!r.registered_targets) {
+        auto refused = local->PackRemoteKey();
+        REQUIRE(refused.status().code() == StatusCode::kUnimplemented, refused.status().ToString());
+        ASSIGN_OR_FAIL(allocated, r.t->Allocate(64, MemoryKind::kHost));
+        keyed = allocated.get();
+      }
+      ASSIGN_OR_FAIL(Bytes key, keyed->PackRemoteKey());
       key.resize(key.size() - 1);
       auto truncated = r.t->UnpackRemoteKey(1, key);
       REQUIRE(truncated.status().code() == StatusCode::kDataLoss, truncated.status().ToString());

@@ -98,6 +98,7 @@ struct Rank {
   std::vector<uint64_t> done;  // cookies of kWriteDone, in order seen
   std::vector<transport::Completion> errors;
   std::string info;  // a line the parent prints (benchmarks)
+  bool registered_targets = true;  // TransportCase::registered_targets
 };
 
 // The registered transport called `name`, or null when it is not compiled in.
@@ -120,6 +121,9 @@ std::string WaitDone(Rank& r, size_t count, Deadline deadline = Deadline::After(
 transport::Config PairConfig(const Rank& r, int max_unpolled);
 // Creates the transport and connects to the other rank through the link.
 std::string Connect(Rank& r, int max_unpolled);
+// A write target of `memory.size()` bytes: `memory` registered, or where the transport cannot export
+// registered memory (Rank::registered_targets false), a region it allocated.
+StatusOr<std::unique_ptr<transport::Region>> WriteTarget(Rank& r, std::vector<std::byte>& memory);
 // Sends the key of `region` (none: an empty message), receives the peer's and unpacks it if any.
 std::string SwapKeys(Rank& r, const transport::Region* region, std::unique_ptr<transport::RemoteRegion>* remote);
 // Both ranks arrive here before closing, so neither closes under the other's writes.
@@ -144,6 +148,10 @@ struct TransportCase {
   // What capabilities() must report; cuda_memory unset where the build decides it.
   bool native_write_with_imm = false;
   std::optional<bool> cuda_memory;
+  // Whether a peer can write into memory the caller registered, not only into memory the transport
+  // allocated; false: such a region's PackRemoteKey is UNIMPLEMENTED, and the tests write into
+  // allocated regions instead (cuda_ipc exports only its shared-memory segments).
+  bool registered_targets = true;
   // PeerExitIsReportedOrNeverHangs: variables that let the transport notice a dead peer within
   // the test's patience, and how long the dying rank keeps polling after its last immediate.
   std::vector<std::pair<std::string, std::string>> peer_exit_env;

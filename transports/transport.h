@@ -148,8 +148,10 @@ class Transport {
 struct TransportInfo {
   std::string_view name;
   int preference;  // higher is better for "auto"
-  // Whether it can run here and now (libraries load, devices exist); a reason when not.
-  Status (*probe)();
+  // Whether it can run here and now for a group whose receive slots are in `slot_memory` (libraries
+  // load, devices exist); a reason when not. cuda_ipc with host slots needs no GPU, with device
+  // slots it does.
+  Status (*probe)(MemoryKind slot_memory);
   StatusOr<std::unique_ptr<Transport>> (*create)(const Config& config);
   // Whether it can place receive slots in CUDA device memory (for "auto" with such slots).
   bool cuda_memory = false;

@@ -26,7 +26,7 @@ StatusOr<const transport::TransportInfo*> ChooseTransport(const std::string& wan
         reasons += "; " + std::string(info.name) + ": cannot place receive slots in CUDA memory";
         continue;
       }
-      Status usable = info.probe();
+      Status usable = info.probe(slots);
       if (usable.ok()) return &info;
       reasons += "; " + std::string(info.name) + ": " + usable.message();
     }
@@ -34,7 +34,7 @@ StatusOr<const transport::TransportInfo*> ChooseTransport(const std::string& wan
   }
   for (const auto& info : all) {
     if (info.name == wanted) {
-      Status usable = info.probe();
+      Status usable = info.probe(slots);
       if (!usable.ok()) return usable.WithContext("transport '" + wanted + "' is not usable here");
       return &info;
     }

@@ -220,6 +220,9 @@ __device__ void ProxyDispatch(const ProxyRing& ring) {
   }
 }
 
+// About 60 lines in one function on purpose: its three phases (warp 0 reads the descriptor, every
+// block copies its share, the last block publishes) meet at __syncthreads points and pass the
+// shared `fields` and `state` between them, which reads best in one place.
 __device__ void ProxyCopy(const ProxyRing& ring) {
   __shared__ unsigned long long fields[kNumProxyFields];
   __shared__ int state;  // 0: copy (if named), 1: skip (a lap behind), 2: end

@@ -1,3 +1,6 @@
+// CudaIpcTransport's host-driven side: creation (CUDA started only where a GPU is there or device
+// slots need one), memory, connecting peers, Post / Poll through the shared-memory rings, Close; and
+// cuda_ipcTransportInfo(). The stream-ordered operations are in stream_ops.cc.
 #include "transports/cuda_ipc/transport.h"
 
 #include <unistd.h>
@@ -6,26 +9,18 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <typeinfo>
 
 #include "src/base/env.h"
 #include "transports/cuda_ipc/cuda_status.h"
+#include "transports/validate.h"
 
 namespace m2n::transport::cuda_ipc {
 namespace {
 
 constexpr uint32_t kAddressMagic = 0x6d32'6e41;  // "m2nA"
-
-// What a peer needs to reach us: the host (IPC works only on one), our mailbox and signal block.
-struct Address {
-  uint32_t magic = kAddressMagic;
-  int32_t rank = -1;
-  int32_t device = -1;
-  uint32_t capacity = 0;
-  char host[128] = {};
-  char mailbox[64] = {};
-  cudaIpcMemHandle_t signals = {};
-  uint64_t signal_bytes = 0;
-};
+// Bumped whenever Address changes; at byte 4, where the other transports keep theirs.
+constexpr uint32_t kAddressVersion = 2;
 
 // Host name and boot id: two ranks with equal ones share a kernel, hence shared memory and IPC.
 std::string HostIdentity() {
@@ -45,7 +40,24 @@ StatusOr<int> EnvInt(const char* name, int fallback, int low, int high) {
 
 }  // namespace
 
-Status Probe() {
+// What a peer needs to reach us: the host (IPC works only on one), our mailbox and signal block.
+// device -1 and signal_bytes 0: a rank of a host-slot group without a CUDA device.
+struct Address {
+  uint32_t magic = kAddressMagic;
+  uint32_t version = kAddressVersion;
+  int32_t rank = -1;
+  int32_t for_rank = -1;  // the peer it was made for
+  int32_t max_unpolled = 0;
+  int32_t device = -1;
+  uint32_t capacity = 0;
+  char host[128] = {};
+  char mailbox[64] = {};
+  cudaIpcMemHandle_t signals = {};
+  uint64_t signal_bytes = 0;
+};
+
+// Whether a CUDA device is there and the runtime sees it.
+Status FindCudaDevice() {
   int count = 0;
   cudaError_t e = cudaGetDeviceCount(&count);
   if (e != cudaSuccess) {
@@ -55,6 +67,12 @@ Status Probe() {
   return OkStatus();
 }
 
+// Host slots need only POSIX shared memory; device slots need a GPU.
+Status Probe(MemoryKind slot_memory) {
+  if (slot_memory == MemoryKind::kHost) return OkStatus();
+  return FindCudaDevice();
+}
+
 StatusOr<std::unique_ptr<Transport>> CudaIpcTransport::Create(const Config& config) {
   std::unique_ptr<CudaIpcTransport> t(new CudaIpcTransport(config));
   M2N_RETURN_IF_ERROR(t->Init());
@@ -62,7 +80,28 @@ StatusOr<std::unique_ptr<Transport>> CudaIpcTransport::Create(const Config& conf
 }
 
 Status CudaIpcTransport::Init() {
+  if (config_.rank < 0 || config_.rank >= config_.world_size) {
+    return InvalidArgumentError("cuda_ipc: rank " + std::to_string(config_.rank) + " outside a world of " +
+                                std::to_string(config_.world_size));
+  }
   if (config_.slot_depth <= 0) config_.slot_depth = std::max(1, config_.max_unpolled);
+  uint32_t capacity = 16;
+  while (capacity < static_cast<uint32_t>(2 * config_.max_unpolled + 2)) capacity *= 2;
+  layout_ = MailboxLayout{config_.world_size, capacity};
+  M2N_ASSIGN_OR_RETURN(mailbox_, Mailbox::Create(layout_));
+  outboxes_.resize(static_cast<size_t>(config_.world_size));
+  remote_signals_.resize(static_cast<size_t>(config_.world_size));
+  outbox_device_.assign(static_cast<size_t>(config_.world_size), nullptr);
+  // A host-slot group runs on shared memory alone; without a GPU it never touches CUDA again, and
+  // Allocate / Register of device memory say why (no_cuda_).
+  if (config_.slot_memory == MemoryKind::kHost) {
+    no_cuda_ = FindCudaDevice();
+    if (!no_cuda_.ok()) return OkStatus();
+  }
+  return InitCuda();
+}
+
+Status CudaIpcTransport::InitCuda() {
   M2N_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device_), "cudaGetDevice");
   M2N_CUDA_RETURN_IF_ERROR(cudaFree(nullptr), "starting the CUDA runtime on GPU " + std::to_string(device_));
   // A blocking stream: host-driven copies wait for work on the legacy default stream, e.g. the
@@ -72,12 +111,6 @@ Status CudaIpcTransport::Init() {
   M2N_ASSIGN_OR_RETURN(const int block_bytes,
                        EnvInt("M2N_CUDA_IPC_BLOCK_BYTES", static_cast<int>(block_bytes_), 1024, 1 << 30));
   block_bytes_ = static_cast<size_t>(block_bytes);
-  uint32_t capacity = 16;
-  while (capacity < static_cast<uint32_t>(2 * config_.max_unpolled + 2)) capacity *= 2;
-  layout_ = MailboxLayout{config_.world_size, capacity};
-  M2N_ASSIGN_OR_RETURN(mailbox_, Mailbox::Create(layout_));
-  outboxes_.resize(static_cast<size_t>(config_.world_size));
-  remote_signals_.resize(static_cast<size_t>(config_.world_size));
   const size_t signal_words = static_cast<size_t>(config_.world_size) * kNumSignalKinds *
                               static_cast<size_t>(config_.slot_depth);
   M2N_ASSIGN_OR_RETURN(signals_, DeviceAllocation::Create(signal_words * sizeof(unsigned long long)));
@@ -88,7 +121,6 @@ Status CudaIpcTransport::Init() {
   void* error_device = nullptr;
   M2N_CUDA_RETURN_IF_ERROR(cudaHostGetDevicePointer(&error_device, error, 0), "cudaHostGetDevicePointer");
   error_device_ = static_cast<unsigned long long*>(error_device);
-  outbox_device_.assign(static_cast<size_t>(config_.world_size), nullptr);
   M2N_ASSIGN_OR_RETURN(const int use_proxy, EnvInt("M2N_CUDA_IPC_PROXY", 0, 0, 1));
   if (use_proxy == 1) {
     CopyProxy::Options options;
@@ -138,11 +170,11 @@ Capabilities CudaIpcTransport::capabilities() const {
   c.host_memory = true;
   c.cuda_memory = true;
   c.native_write_with_imm = false;
-  c.stream_ordered = true;
+  c.stream_ordered = no_cuda_.ok();
   return c;
 }
 
-std::string CudaIpcTransport::PeerName(int peer) const { return "rank " + std::to_string(peer); }
+std::string CudaIpcTransport::PeerName(int peer) const { return "peer rank " + std::to_string(peer); }
 
 Status CudaIpcTransport::CheckPeer(int peer, std::string_view what) const {
   if (peer < 0 || peer >= config_.world_size || !outboxes_[static_cast<size_t>(peer)]) {
@@ -153,48 +185,69 @@ Status CudaIpcTransport::CheckPeer(int peer, std::string_view what) const {
 }
 
 StatusOr<std::unique_ptr<Region>> CudaIpcTransport::Register(void* data, size_t size, MemoryKind kind) {
+  if (kind == MemoryKind::kCuda && !no_cuda_.ok()) {
+    return UnavailableError("cuda_ipc: device memory registered where " + no_cuda_.message());
+  }
   M2N_ASSIGN_OR_RETURN(auto region, IpcRegion::Register(data, size, kind));
   return std::unique_ptr<Region>(std::move(region));
 }
 
 StatusOr<std::unique_ptr<Region>> CudaIpcTransport::Allocate(size_t size, MemoryKind kind) {
+  if (kind == MemoryKind::kCuda && !no_cuda_.ok()) {
+    return UnavailableError("cuda_ipc: device memory allocated where " + no_cuda_.message());
+  }
   M2N_ASSIGN_OR_RETURN(auto region, IpcRegion::Allocate(size, kind));
   return std::unique_ptr<Region>(std::move(region));
 }
 
 StatusOr<Bytes> CudaIpcTransport::LocalAddress(int peer) {
+  if (peer < 0 || peer >= config_.world_size || peer == config_.rank) {
+    return InvalidArgumentError("cuda_ipc: rank " + std::to_string(config_.rank) + ": connection address for rank " +
+                                std::to_string(peer) + ", outside a world of " + std::to_string(config_.world_size));
+  }
   Address a;
   a.rank = config_.rank;
+  a.for_rank = peer;
+  a.max_unpolled = config_.max_unpolled;
   a.device = device_;
   a.capacity = layout_.capacity;
   std::snprintf(a.host, sizeof a.host, "%s", HostIdentity().c_str());
   std::snprintf(a.mailbox, sizeof a.mailbox, "%s", mailbox_->name().c_str());
-  a.signals = signals_->handle();
-  a.signal_bytes = signals_->size();
+  if (signals_) {
+    a.signals = signals_->handle();
+    a.signal_bytes = signals_->size();
+  }
   Bytes out(sizeof a);
   std::memcpy(out.data(), &a, sizeof a);
   return out;
 }
 
-Status CudaIpcTransport::Connect(int peer, std::span<const std::byte> remote_address) {
-  Address a;
-  if (remote_address.size() != sizeof a) {
-    return DataLossError("cuda_ipc: " + PeerName(peer) + " sent a connection address of " +
-                         std::to_string(remote_address.size()) + " bytes, expected " + std::to_string(sizeof a));
+// The checks of a peer's connection address before anything of it is used.
+Status CudaIpcTransport::CheckAddress(int peer, const Address& a) const {
+  if (a.magic != kAddressMagic) {
+    return DataLossError("cuda_ipc: " + PeerName(peer) + ": connection address is not an m2n cuda_ipc address");
   }
-  std::memcpy(&a, remote_address.data(), sizeof a);
-  a.host[sizeof a.host - 1] = '\0';
-  a.mailbox[sizeof a.mailbox - 1] = '\0';
-  if (a.magic != kAddressMagic || a.rank != peer || a.capacity != layout_.capacity) {
-    return DataLossError("cuda_ipc: the connection address of " + PeerName(peer) + " does not match this build");
+  if (a.version != kAddressVersion) {
+    return DataLossError("cuda_ipc: " + PeerName(peer) + ": connection address version " + std::to_string(a.version) +
+                         ", this build has version " + std::to_string(kAddressVersion));
+  }
+  if (a.rank != peer || a.for_rank != config_.rank) {
+    return InvalidArgumentError("cuda_ipc: " + PeerName(peer) + ": connection address made by rank " +
+                                std::to_string(a.rank) + " for rank " + std::to_string(a.for_rank) + ", not by rank " +
+                                std::to_string(peer) + " for rank " + std::to_string(config_.rank));
+  }
+  if (a.max_unpolled != config_.max_unpolled || a.capacity != layout_.capacity) {
+    return FailedPreconditionError("cuda_ipc: " + PeerName(peer) + " has max_unpolled " +
+                                   std::to_string(a.max_unpolled) + ", this rank " +
+                                   std::to_string(config_.max_unpolled) + " (the rings must match)");
   }
   if (HostIdentity() != a.host) {
     return UnavailableError("cuda_ipc: " + PeerName(peer) + " runs on another host (" + a.host +
                             "); CUDA IPC needs every rank of the group on one host");
   }
-  if (a.device == device_) {
-    // Allowed (several processes on one GPU, as in tests), but slower than one GPU per process.
-  } else {
+  // Both GPUs present and distinct: they must reach each other. One GPU shared by several processes
+  // is allowed (as in tests), but slower than one GPU per process.
+  if (a.device >= 0 && device_ >= 0 && a.device != device_) {
     int can = 0;
     M2N_CUDA_RETURN_IF_ERROR(cudaDeviceCanAccessPeer(&can, device_, a.device), "cudaDeviceCanAccessPeer");
     if (!can) {
@@ -202,23 +255,49 @@ Status CudaIpcTransport::Connect(int peer, std::span<const std::byte> remote_add
                               std::to_string(a.device) + " of " + PeerName(peer) + " (no NVLink or PCIe peer access)");
     }
   }
-  M2N_ASSIGN_OR_RETURN(outboxes_[static_cast<size_t>(peer)], Outbox::Open(a.mailbox, layout_, config_.rank));
-  if (proxy_) {
-    // The proxy kernel publishes immediates in this ring: map it for the GPU.
-    Outbox& box = *outboxes_[static_cast<size_t>(peer)];
-    M2N_CUDA_RETURN_IF_ERROR(cudaHostRegister(box.data(), box.size(), cudaHostRegisterMapped | cudaHostRegisterPortable),
-                             "cudaHostRegister (the immediate ring of " + PeerName(peer) + ")");
-    void* device = nullptr;
-    cudaError_t e = cudaHostGetDevicePointer(&device, box.data(), 0);
-    if (e != cudaSuccess) {
-      cudaHostUnregister(box.data());
-      return CudaStatus(e, "cudaHostGetDevicePointer (the immediate ring of " + PeerName(peer) + ")");
-    }
-    outbox_device_[static_cast<size_t>(peer)] = static_cast<std::byte*>(device);
+  return OkStatus();
+}
+
+Status CudaIpcTransport::Connect(int peer, std::span<const std::byte> remote_address) {
+  if (peer < 0 || peer >= config_.world_size ||
+      std::find(config_.peers.begin(), config_.peers.end(), peer) == config_.peers.end()) {
+    return InvalidArgumentError("cuda_ipc: rank " + std::to_string(config_.rank) + ": connect to rank " +
+                                std::to_string(peer) + ", which is not in Config::peers");
   }
+  if (outboxes_[static_cast<size_t>(peer)]) {
+    return FailedPreconditionError("cuda_ipc: " + PeerName(peer) + ": already connected");
+  }
+  Address a;
+  if (remote_address.size() != sizeof a) {
+    return DataLossError("cuda_ipc: " + PeerName(peer) + ": connection address of " +
+                         std::to_string(remote_address.size()) + " bytes, expected " + std::to_string(sizeof a));
+  }
+  std::memcpy(&a, remote_address.data(), sizeof a);
+  a.host[sizeof a.host - 1] = '\0';
+  a.mailbox[sizeof a.mailbox - 1] = '\0';
+  M2N_RETURN_IF_ERROR(CheckAddress(peer, a));
+  M2N_ASSIGN_OR_RETURN(outboxes_[static_cast<size_t>(peer)], Outbox::Open(a.mailbox, layout_, config_.rank));
+  if (proxy_) M2N_RETURN_IF_ERROR(MapRingForProxy(peer));
+  // A peer without a GPU has no signal block (a host-slot group): nothing stream-ordered goes there.
+  if (a.signal_bytes == 0 || !no_cuda_.ok()) return OkStatus();
   auto mapped = DeviceMapping::Open(a.signals, a.signal_bytes);
   if (!mapped.ok()) return mapped.status().WithContext("cuda_ipc: signal words of " + PeerName(peer));
   remote_signals_[static_cast<size_t>(peer)] = std::move(mapped).value();
+  return OkStatus();
+}
+
+// The proxy kernel publishes immediates in the peer's ring: map it for the GPU.
+Status CudaIpcTransport::MapRingForProxy(int peer) {
+  Outbox& box = *outboxes_[static_cast<size_t>(peer)];
+  M2N_CUDA_RETURN_IF_ERROR(cudaHostRegister(box.data(), box.size(), cudaHostRegisterMapped | cudaHostRegisterPortable),
+                           "cudaHostRegister (the immediate ring of " + PeerName(peer) + ")");
+  void* device = nullptr;
+  cudaError_t e = cudaHostGetDevicePointer(&device, box.data(), 0);
+  if (e != cudaSuccess) {
+    cudaHostUnregister(box.data());
+    return CudaStatus(e, "cudaHostGetDevicePointer (the immediate ring of " + PeerName(peer) + ")");
+  }
+  outbox_device_[static_cast<size_t>(peer)] = static_cast<std::byte*>(device);
   return OkStatus();
 }
 
@@ -229,47 +308,53 @@ StatusOr<std::unique_ptr<RemoteRegion>> CudaIpcTransport::UnpackRemoteKey(int pe
   return std::unique_ptr<RemoteRegion>(std::move(remote).value());
 }
 
-Status CudaIpcTransport::Post(std::span<const Write> writes) {
-  for (const Write& w : writes) {
-    M2N_RETURN_IF_ERROR(CheckPeer(w.peer, "a write"));
-    if (w.length > 0) {
-      if (w.local == nullptr || w.remote == nullptr) {
-        return InvalidArgumentError("cuda_ipc: a write of " + std::to_string(w.length) + " bytes without regions");
-      }
-      const auto* remote = static_cast<const IpcRemoteRegion*>(w.remote);
-      if (w.local_offset + w.length > w.local->size() || w.remote_offset + w.length > remote->size()) {
-        return InvalidArgumentError("cuda_ipc: a write of " + std::to_string(w.length) + " bytes to " +
-                                    PeerName(w.peer) + " runs past a region");
-      }
-      const std::byte* src = w.local->data() + w.local_offset;
-      std::byte* dst = remote->data() + w.remote_offset;
-      if (proxy_ && w.local->kind() == MemoryKind::kCuda && remote->kind() == MemoryKind::kCuda) {
-        M2N_RETURN_IF_ERROR(PostThroughProxy(w, src, dst));
-        continue;
-      }
-      if (w.local->kind() == MemoryKind::kHost && remote->kind() == MemoryKind::kHost) {
-        std::memcpy(dst, src, w.length);
-      } else {
-        // Host-driven writes of device memory: a convenience, not the fast path (that is
-        // SendOnStream). A device-to-device cudaMemcpy may return before the bytes land, so the
-        // copy goes on our own stream and is waited for before the immediate is pushed.
-        M2N_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, src, w.length, cudaMemcpyDefault, copy_stream_),
-                                 "cudaMemcpyAsync of " + std::to_string(w.length) + " bytes to " + PeerName(w.peer));
-        M2N_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(copy_stream_), "cudaStreamSynchronize (a write to " +
-                                                                          PeerName(w.peer) + ")");
-      }
-    }
-    // The immediate is pushed only after the payload is in place (release order in Push).
-    M2N_RETURN_IF_ERROR(outboxes_[static_cast<size_t>(w.peer)]->Push(w.lane, w.imm, w.length));
-    Completion c;
-    c.type = Completion::Type::kWriteDone;
-    c.peer = w.peer;
-    c.lane = w.lane;
-    c.cookie = w.cookie;
-    done_.push_back(std::move(c));
+Status CudaIpcTransport::Validate(const Write& w) const {
+  M2N_RETURN_IF_ERROR(CheckPeer(w.peer, "a write"));
+  if (w.lane != Lane::kData && w.lane != Lane::kAck) {
+    return InvalidArgumentError(WriteText(w, "cuda_ipc", " on lane " + std::to_string(static_cast<int>(w.lane))));
   }
+  if (w.length == 0) return OkStatus();
+  return ValidateWriteRegions(w, "cuda_ipc", typeid(IpcRegion), typeid(IpcRemoteRegion));
+}
+
+Status CudaIpcTransport::Post(std::span<const Write> writes) {
+  if (closed_) return FailedPreconditionError("cuda_ipc: rank " + std::to_string(config_.rank) + ": Post after Close");
+  // All or nothing for bad arguments: nothing is posted unless every write is valid.
+  for (const Write& w : writes) M2N_RETURN_IF_ERROR(Validate(w));
+  for (const Write& w : writes) M2N_RETURN_IF_ERROR(PostOne(w));
   // The batch's writes through the copy proxy go to the kernel together.
   if (proxy_) M2N_RETURN_IF_ERROR(proxy_->Publish());
+  return OkStatus();
+}
+
+Status CudaIpcTransport::PostOne(const Write& w) {
+  if (w.length > 0) {
+    const auto* remote = static_cast<const IpcRemoteRegion*>(w.remote);
+    const std::byte* src = w.local->data() + w.local_offset;
+    std::byte* dst = remote->data() + w.remote_offset;
+    if (proxy_ && w.local->kind() == MemoryKind::kCuda && remote->kind() == MemoryKind::kCuda) {
+      return PostThroughProxy(w, src, dst);
+    }
+    if (w.local->kind() == MemoryKind::kHost && remote->kind() == MemoryKind::kHost) {
+      std::memcpy(dst, src, w.length);
+    } else {
+      // Host-driven writes of device memory: a convenience, not the fast path (that is
+      // SendOnStream). A device-to-device cudaMemcpy may return before the bytes land, so the
+      // copy goes on our own stream and is waited for before the immediate is pushed.
+      M2N_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, src, w.length, cudaMemcpyDefault, copy_stream_),
+                               "cudaMemcpyAsync of " + std::to_string(w.length) + " bytes to " + PeerName(w.peer));
+      M2N_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(copy_stream_),
+                               "cudaStreamSynchronize (a write to " + PeerName(w.peer) + ")");
+    }
+  }
+  // The immediate is pushed only after the payload is in place (release order in Push).
+  M2N_RETURN_IF_ERROR(outboxes_[static_cast<size_t>(w.peer)]->Push(w.lane, w.imm, w.length));
+  Completion c;
+  c.type = Completion::Type::kWriteDone;
+  c.peer = w.peer;
+  c.lane = w.lane;
+  c.cookie = w.cookie;
+  done_.push_back(std::move(c));
   return OkStatus();
 }
 
@@ -343,129 +428,6 @@ Status CudaIpcTransport::Close(Deadline deadline) {
   for (auto& box : outboxes_) box.reset();
   for (auto& mapping : remote_signals_) mapping.reset();
   return OkStatus();
-}
-
-// ---------------------------------------------------------------------------------------------
-// Stream-ordered path.
-
-unsigned long long* CudaIpcTransport::LocalSignal(int peer, SignalKind kind, int slot) const {
-  auto* base = reinterpret_cast<unsigned long long*>(signals_->data());
-  return base + (static_cast<size_t>(peer) * kNumSignalKinds + kind) * static_cast<size_t>(config_.slot_depth) +
-         static_cast<size_t>(slot);
-}
-
-unsigned long long* CudaIpcTransport::RemoteSignal(int peer, SignalKind kind, int slot) const {
-  auto* base = reinterpret_cast<unsigned long long*>(remote_signals_[static_cast<size_t>(peer)]->data());
-  return base +
-         (static_cast<size_t>(config_.rank) * kNumSignalKinds + kind) * static_cast<size_t>(config_.slot_depth) +
-         static_cast<size_t>(slot);
-}
-
-const uint32_t* CudaIpcTransport::ArrivedLength(int peer, int slot) const {
-  // The low half of the little-endian arrival word.
-  return reinterpret_cast<const uint32_t*>(LocalSignal(peer, kArrival, slot));
-}
-
-Status CudaIpcTransport::SendOnStream(std::span<const StreamWrite> writes, void* stream) {
-  DeviceDeadline deadline{error_device_, static_cast<unsigned long long>(
-                                             std::chrono::nanoseconds(config_.timeout).count())};
-  SendBatch batch{};
-  auto launch = [&]() -> Status {
-    if (batch.count == 0) return OkStatus();
-    M2N_CUDA_RETURN_IF_ERROR(LaunchSend(batch, deadline, static_cast<cudaStream_t>(stream)),
-                             "launching the send kernel");
-    batch.count = 0;
-    batch.total_blocks = 0;
-    return OkStatus();
-  };
-  for (const StreamWrite& w : writes) {
-    M2N_RETURN_IF_ERROR(CheckPeer(w.peer, "SendOnStream"));
-    if (w.slot < 0 || w.slot >= config_.slot_depth) {
-      return InvalidArgumentError("cuda_ipc: slot " + std::to_string(w.slot) + " outside [0, " +
-                                  std::to_string(config_.slot_depth) + ")");
-    }
-    const auto* remote = static_cast<const IpcRemoteRegion*>(w.remote);
-    if (remote == nullptr || remote->kind() != MemoryKind::kCuda) {
-      return FailedPreconditionError("cuda_ipc: the receive slots of " + PeerName(w.peer) +
-                                     " are not in device memory; stream-ordered sends need them there");
-    }
-    if (w.length > 0 && (w.local == nullptr || w.local->kind() != MemoryKind::kCuda)) {
-      return InvalidArgumentError("cuda_ipc: SendOnStream needs a device-memory source");
-    }
-    if (w.length > 0xffffffffull || w.remote_offset + w.length > remote->size() ||
-        (w.length > 0 && w.local_offset + w.length > w.local->size())) {
-      return InvalidArgumentError("cuda_ipc: a stream write of " + std::to_string(w.length) + " bytes to " +
-                                  PeerName(w.peer) + " runs past a region");
-    }
-    if (batch.count == kMaxStreamBatch) M2N_RETURN_IF_ERROR(launch());
-    SendTask& t = batch.tasks[batch.count++];
-    t.src = w.length > 0 ? w.local->data() + w.local_offset : nullptr;
-    t.dst = remote->data() + w.remote_offset;
-    t.length = w.length;
-    t.remote_arrival = RemoteSignal(w.peer, kArrival, w.slot);
-    t.released = LocalSignal(w.peer, kReleased, w.slot);
-    t.generation = LocalSignal(w.peer, kGenSent, w.slot);
-    t.arrived_blocks = LocalSignal(w.peer, kArriveCount, w.slot);
-    const size_t blocks = std::clamp<size_t>((w.length + block_bytes_ - 1) / block_bytes_, 1,
-                                             static_cast<size_t>(max_blocks_));
-    t.first_block = batch.total_blocks;
-    t.num_blocks = static_cast<int>(blocks);
-    t.peer = w.peer;
-    t.slot = w.slot;
-    batch.total_blocks += t.num_blocks;
-  }
-  return launch();
-}
-
-Status CudaIpcTransport::WaitOnStream(std::span<const StreamSlot> slots, void* stream) {
-  DeviceDeadline deadline{error_device_, static_cast<unsigned long long>(
-                                             std::chrono::nanoseconds(config_.timeout).count())};
-  WaitBatch batch{};
-  for (size_t i = 0; i < slots.size(); ++i) {
-    const StreamSlot& s = slots[i];
-    M2N_RETURN_IF_ERROR(CheckPeer(s.peer, "WaitOnStream"));
-    batch.tasks[batch.count++] = WaitTask{LocalSignal(s.peer, kArrival, s.slot),
-                                          LocalSignal(s.peer, kGenReceived, s.slot), s.peer, s.slot};
-    if (batch.count == kMaxStreamBatch || i + 1 == slots.size()) {
-      M2N_CUDA_RETURN_IF_ERROR(LaunchWait(batch, deadline, static_cast<cudaStream_t>(stream)),
-                               "launching the wait kernel");
-      batch.count = 0;
-    }
-  }
-  return OkStatus();
-}
-
-Status CudaIpcTransport::ReleaseOnStream(std::span<const StreamSlot> slots, void* stream) {
-  ReleaseBatch batch{};
-  for (size_t i = 0; i < slots.size(); ++i) {
-    const StreamSlot& s = slots[i];
-    M2N_RETURN_IF_ERROR(CheckPeer(s.peer, "ReleaseOnStream"));
-    batch.tasks[batch.count++] = ReleaseTask{LocalSignal(s.peer, kGenReceived, s.slot),
-                                             RemoteSignal(s.peer, kReleased, s.slot)};
-    if (batch.count == kMaxStreamBatch || i + 1 == slots.size()) {
-      M2N_CUDA_RETURN_IF_ERROR(LaunchRelease(batch, static_cast<cudaStream_t>(stream)),
-                               "launching the release kernel");
-      batch.count = 0;
-    }
-  }
-  return OkStatus();
-}
-
-Status CudaIpcTransport::StreamError() {
-  if (!stream_error_.ok()) return stream_error_;
-  const unsigned long long code = *reinterpret_cast<volatile unsigned long long*>(error_host_);
-  if (code == 0) return OkStatus();
-  const int reason = static_cast<int>(code >> 56);
-  const int peer = static_cast<int>((code >> 24) & 0xffffffff);
-  const int slot = static_cast<int>(code & 0xffffff);
-  const std::string limit = std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(config_.timeout).count());
-  stream_error_ = DeadlineExceededError(
-      "cuda_ipc: a stream-ordered " +
-      std::string(reason == kCreditWait ? "send waited for " + PeerName(peer) + " to release slot "
-                                        : "receive waited for a message from " + PeerName(peer) + " in slot ") +
-      std::to_string(slot) + " longer than " + limit +
-      " ms on the GPU and gave up; work after it on the stream saw no valid data");
-  return stream_error_;
 }
 
 }  // namespace m2n::transport::cuda_ipc

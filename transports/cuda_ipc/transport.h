@@ -31,7 +31,12 @@
 namespace m2n::transport::cuda_ipc {
 
 // A CUDA device is there and the runtime starts.
-Status Probe();
+Status FindCudaDevice();
+// Whether a group with receive slots in `slot_memory` can run here: host slots need only POSIX
+// shared memory, device slots a CUDA device (FindCudaDevice).
+Status Probe(MemoryKind slot_memory);
+
+struct Address;  // a rank's connection address (transport.cc)
 
 class CudaIpcTransport final : public Transport, public StreamOps {
  public:
@@ -51,7 +56,8 @@ class CudaIpcTransport final : public Transport, public StreamOps {
   Status Post(std::span<const Write> writes) override;
   StatusOr<size_t> Poll(std::span<Completion> out) override;
   Status Close(Deadline deadline) override;
-  StreamOps* stream_ops() override { return this; }
+  // None without a CUDA device (a host-slot group): the stream-ordered path needs the signal block.
+  StreamOps* stream_ops() override { return no_cuda_.ok() ? this : nullptr; }
 
   // StreamOps
   Status SendOnStream(std::span<const StreamWrite> writes, void* stream) override;
@@ -63,13 +69,23 @@ class CudaIpcTransport final : public Transport, public StreamOps {
  private:
   explicit CudaIpcTransport(const Config& config) : config_(config) {}
   Status Init();
+  // The device, the signal block, the error word, the copy stream and the copy proxy.
+  Status InitCuda();
   std::string PeerName(int peer) const;
   // Signal word (peer, kind, slot) in our block, and in the peer's block the word of (us, kind, slot).
   unsigned long long* LocalSignal(int peer, SignalKind kind, int slot) const;
   unsigned long long* RemoteSignal(int peer, SignalKind kind, int slot) const;
   Status CheckPeer(int peer, std::string_view what) const;
+  Status CheckAddress(int peer, const Address& a) const;
+  Status MapRingForProxy(int peer);
+  // InvalidArgument for a write that must not go out (validate.h); checked for a whole batch first.
+  Status Validate(const Write& w) const;
+  Status PostOne(const Write& w);
+  Status ValidateStreamWrite(const StreamWrite& w) const;
 
   Config config_;
+  // Why this host-slot transport runs without CUDA (no device here); OK when CUDA is started.
+  Status no_cuda_;
   int device_ = -1;
   MailboxLayout layout_;
   std::unique_ptr<Mailbox> mailbox_;

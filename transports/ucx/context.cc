@@ -29,6 +29,18 @@ std::string PeerText(int peer, std::string_view what, ucs_status_t status) {
   return text;
 }
 
+bool Reap(void** request, ucs_status_t* error) {
+  if (*request == nullptr) return true;
+  const ucs_status_t status = ucp_request_check_status(*request);
+  if (status == UCS_INPROGRESS) return false;
+  if (status != UCS_OK && *error == UCS_OK) *error = status;
+  ucp_request_free(*request);
+  *request = nullptr;
+  return true;
+}
+
+void* RequestOrNull(ucs_status_ptr_t request) { return UCS_PTR_IS_PTR(request) ? request : nullptr; }
+
 StatusOr<std::shared_ptr<Context>> Context::Create(int rank, size_t estimated_eps) {
   std::shared_ptr<Context> ctx(new Context(rank));
   const std::string who = "rank " + std::to_string(rank);

@@ -66,4 +66,10 @@ std::string ErrorText(std::string_view what, ucs_status_t status);
 std::string PeerText(int peer, std::string_view what);
 std::string PeerText(int peer, std::string_view what, ucs_status_t status);
 
+// UCX requests (the write path and Close): true when *request is finished (and released); the
+// first failure lands in *error.
+bool Reap(void** request, ucs_status_t* error);
+// The request of a non-blocking call, or null when it finished (or failed) at once.
+void* RequestOrNull(ucs_status_ptr_t request);
+
 }  // namespace m2n::transport::ucx

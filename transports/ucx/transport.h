@@ -93,6 +93,18 @@ class UcxTransport final : public Transport {
   Endpoint* FindEndpoint(int peer) const;
   Status Validate(const Write& w) const;
   Status PostOne(const Write& w);
+  // PostOne's steps to a peer whose ring is mapped here: the payload (a memcpy into the mapped
+  // target, or a put: then whether the entry must wait for a flush); the entry at once when nothing
+  // waits ahead of it (false: UCX could not send it inline); the write finished or tracked until
+  // its payload request is; or the entry deferred behind a flush or earlier deferred entries.
+  Status PostPayload(const Write& w, Endpoint::TxLane& tx, void** payload_request, bool* needs_flush);
+  StatusOr<bool> PutEntryNow(const Write& w, Endpoint::TxLane& tx, const RingEntry& entry, uint32_t slot,
+                             void* payload_request);
+  Status TrackPayload(const Write& w, Endpoint& e, void* payload_request);
+  // A pending record for `w`, in flight from here on; the caller fills in the entry's part.
+  PendingWrite* Track(const Write& w, Endpoint& e, void* payload_request);
+  Status DeferEntry(const Write& w, Endpoint& e, const RingEntry& entry, uint32_t slot, void* payload_request,
+                    bool needs_flush);
   // A write to a peer whose ring is not mapped here: header and payload in one active message.
   Status PostActiveMessage(const Write& w, Endpoint& e);
   Status PostEntry(PendingWrite* pw);
@@ -102,10 +114,28 @@ class UcxTransport final : public Transport {
   // starts the rendezvous receive that will).
   void Deliver(Lane lane, const void* header, size_t header_length, void* data, size_t length,
                uint64_t recv_attr);
+  // Deliver's steps: the header and its sender (null: refused); the payload in place (memcpy), or
+  // a rendezvous receive started (false: the entry waits for it, or the write was refused).
+  Inbox* CheckSender(const void* header, size_t header_length, AmHeader* h);
+  bool LandPayload(Inbox& inbox, Lane lane, const Context::TrackedRegion& region, uint64_t address, void* data,
+                   size_t length, uint64_t recv_attr, RingEntry* slot, const RingEntry& entry);
   // Records that a peer (null: a sender that names no peer) sent a write that is refused: kError
   // from the next Poll, once per peer.
   void Refuse(Inbox* inbox, Status why);
   Status SetAmHandlers(bool enable);
+  // Where Poll writes completions: the caller's span and how much of it is used.
+  struct Sink {
+    std::span<Completion> out;
+    size_t n = 0;
+    bool full() const { return n == out.size(); }
+    Completion& Emit(Completion::Type type, int peer, Lane lane);
+  };
+  // Poll's steps: progress the workers that have work; report finished writes; land finished
+  // rendezvous receives; take immediates from the rings.
+  void ProgressWorkers();
+  void EmitFinishedWrites(Sink& sink);
+  void FinishReceives();
+  void ScanRings(Sink& sink);
   // Posts a deferred ring entry once its flush is done; true when the write is finished.
   bool Advance(PendingWrite* pw);
   PendingWrite* NewPending();
@@ -116,6 +146,8 @@ class UcxTransport final : public Transport {
   // them. Returns the first error status of a request or UCS_ERR_TIMED_OUT.
   ucs_status_t WaitAll(std::vector<void*>& requests, Deadline deadline);
   // Flushes (graceful) and closes every ep, frees every request, then drops endpoints and rings.
+  // Returns the writes in flight, unreported, to their pool (Close); how many there were.
+  size_t DropUnreportedWrites();
   Status Teardown(bool graceful, Deadline deadline);
 
   Config config_;

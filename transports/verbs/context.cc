@@ -118,32 +118,23 @@ StatusOr<ibv_mtu> MtuFromBytes(int bytes) {
                               " is not one of 256, 512, 1024, 2048, 4096");
 }
 
-StatusOr<std::shared_ptr<Context>> Context::Open(const VerbsOptions& options) {
-  DeviceList devices;
-  if (devices.list == nullptr) {
-    return UnavailableError(VerbError("ibv_get_device_list", errno));
-  }
-  if (devices.count == 0) {
-    return UnavailableError(
-        "verbs: no RDMA device here (ibv_get_device_list found none; is an RDMA driver loaded, "
-        "e.g. mlx5_ib, or a Soft-RoCE device added with `rdma link add rxe0 type rxe netdev eth0`?)");
-  }
-  std::shared_ptr<Context> ctx(new Context());
+// The device and port: the ones asked for, else the first device with an active port.
+Status Context::OpenDevice(ibv_device** list, int count, const VerbsOptions& options) {
   std::string tried;
   // The preferred device first (the topology's nearest NIC), then the rest in the system's order.
   std::vector<int> order;
-  for (int i = 0; i < devices.count; ++i) {
-    if (!options.preferred_device.empty() && options.preferred_device == ibv_get_device_name(devices.list[i])) {
+  for (int i = 0; i < count; ++i) {
+    if (!options.preferred_device.empty() && options.preferred_device == ibv_get_device_name(list[i])) {
       order.insert(order.begin(), i);
     } else {
       order.push_back(i);
     }
   }
   for (int i : order) {
-    const std::string name = ibv_get_device_name(devices.list[i]);
+    const std::string name = ibv_get_device_name(list[i]);
     if (!options.device.empty() && name != options.device) continue;
     tried += (tried.empty() ? "" : ", ") + name;
-    ibv_context* device = ibv_open_device(devices.list[i]);
+    ibv_context* device = ibv_open_device(list[i]);
     if (device == nullptr) {
       if (!options.device.empty()) return UnavailableError(VerbError("ibv_open_device(" + name + ")", errno));
       continue;
@@ -173,37 +164,40 @@ StatusOr<std::shared_ptr<Context>> Context::Open(const VerbsOptions& options) {
       }
       continue;
     }
-    ctx->device_ = device;
-    ctx->device_name_ = name;
-    ctx->device_attr_ = device_attr;
-    ctx->port_ = chosen;
-    ctx->port_attr_ = chosen_attr;
+    device_ = device;
+    device_name_ = name;
+    device_attr_ = device_attr;
+    port_ = chosen;
+    port_attr_ = chosen_attr;
     break;
   }
-  if (ctx->device_ == nullptr) {
+  if (device_ == nullptr) {
     if (!options.device.empty() && tried.empty()) {
       std::string all;
-      for (int i = 0; i < devices.count; ++i) all += std::string(i ? ", " : "") + ibv_get_device_name(devices.list[i]);
+      for (int i = 0; i < count; ++i) all += std::string(i ? ", " : "") + ibv_get_device_name(list[i]);
       return UnavailableError("verbs: device " + options.device + " (M2N_VERBS_DEVICE, or M2N_NIC / Options::nic) not found; devices here: " + all);
     }
     return UnavailableError("verbs: no device with an active port (tried " + tried + ")");
   }
+  return OkStatus();
+}
 
-  // The GID: the one asked for; else on RoCE a v2 GID of an IPv4 address, else any v2, else index 0.
-  const int port = ctx->port_;
+// The GID: the one asked for; else on RoCE a v2 GID of an IPv4 address, else any v2, else index 0.
+Status Context::ChooseGid(const VerbsOptions& options) {
+  const int port = port_;
   if (options.gid_index >= 0) {
-    if (options.gid_index >= ctx->port_attr_.gid_tbl_len) {
+    if (options.gid_index >= port_attr_.gid_tbl_len) {
       return InvalidArgumentError("verbs: M2N_VERBS_GID_INDEX=" + std::to_string(options.gid_index) + " but " +
-                                  ctx->device_name_ + " port " + std::to_string(port) + " has " +
-                                  std::to_string(ctx->port_attr_.gid_tbl_len) + " GIDs");
+                                  device_name_ + " port " + std::to_string(port) + " has " +
+                                  std::to_string(port_attr_.gid_tbl_len) + " GIDs");
     }
-    ctx->gid_index_ = options.gid_index;
-    ctx->gid_chosen_ = true;
-  } else if (ctx->ethernet()) {
+    gid_index_ = options.gid_index;
+    gid_chosen_ = true;
+  } else if (ethernet()) {
     int best = -1, best_rank = 0;
-    for (int i = 0; i < ctx->port_attr_.gid_tbl_len; ++i) {
+    for (int i = 0; i < port_attr_.gid_tbl_len; ++i) {
       ibv_gid_entry entry{};
-      if (ibv_query_gid_ex(ctx->device_, port, i, &entry, 0) != 0) continue;
+      if (ibv_query_gid_ex(device_, port, i, &entry, 0) != 0) continue;
       ibv_gid gid;
       std::memcpy(gid.raw, entry.gid.raw, sizeof gid.raw);
       if (IsZero(gid)) continue;
@@ -214,15 +208,32 @@ StatusOr<std::shared_ptr<Context>> Context::Open(const VerbsOptions& options) {
       }
     }
     if (best < 0) {
-      return UnavailableError("verbs: " + ctx->device_name_ + " port " + std::to_string(port) +
+      return UnavailableError("verbs: " + device_name_ + " port " + std::to_string(port) +
                               ": no usable GID (is the netdev up and addressed?)");
     }
-    ctx->gid_index_ = best;
+    gid_index_ = best;
   }
-  if (int err = ibv_query_gid(ctx->device_, static_cast<uint8_t>(port), ctx->gid_index_, &ctx->gid_); err != 0) {
-    return UnavailableError(VerbError("ibv_query_gid(" + ctx->device_name_ + ", index " +
-                                      std::to_string(ctx->gid_index_) + ")", err));
+  if (int err = ibv_query_gid(device_, static_cast<uint8_t>(port), gid_index_, &gid_); err != 0) {
+    return UnavailableError(VerbError("ibv_query_gid(" + device_name_ + ", index " +
+                                      std::to_string(gid_index_) + ")", err));
   }
+  return OkStatus();
+}
+
+StatusOr<std::shared_ptr<Context>> Context::Open(const VerbsOptions& options) {
+  DeviceList devices;
+  if (devices.list == nullptr) {
+    return UnavailableError(VerbError("ibv_get_device_list", errno));
+  }
+  if (devices.count == 0) {
+    return UnavailableError(
+        "verbs: no RDMA device here (ibv_get_device_list found none; is an RDMA driver loaded, "
+        "e.g. mlx5_ib, or a Soft-RoCE device added with `rdma link add rxe0 type rxe netdev eth0`?)");
+  }
+  std::shared_ptr<Context> ctx(new Context());
+  M2N_RETURN_IF_ERROR(ctx->OpenDevice(devices.list, devices.count, options));
+  M2N_RETURN_IF_ERROR(ctx->ChooseGid(options));
+  const int port = ctx->port_;
   ibv_gid_entry entry{};
   ctx->gid_type_ = ibv_query_gid_ex(ctx->device_, port, ctx->gid_index_, &entry, 0) == 0
                        ? GidTypeName(static_cast<ibv_gid_type>(entry.gid_type))

@@ -70,6 +70,9 @@ class Context {
   std::string Describe() const;
 
  private:
+  // Open's steps: the device and port, then the GID.
+  Status OpenDevice(ibv_device** list, int count, const VerbsOptions& options);
+  Status ChooseGid(const VerbsOptions& options);
   Context() = default;
   ibv_context* device_ = nullptr;
   ibv_pd* pd_ = nullptr;

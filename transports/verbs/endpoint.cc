@@ -31,7 +31,7 @@ const char* LaneName(Lane lane) { return lane == Lane::kData ? "data QP" : "ACK 
 
 const char* QpName(const QueuePair& q) {
   if (q.stream) return q.lane == Lane::kData ? "stream data QP" : "stream ACK QP";
-  return QpName(q);
+  return LaneName(q.lane);
 }
 
 Bytes EncodePeerAddress(const PeerAddress& a) {
@@ -215,73 +215,82 @@ Status Endpoint::Connect(const PeerAddress& remote, const VerbsOptions& options)
   }
 
   for (int lane = 0; lane < num_qps_; ++lane) {
-    QueuePair& q = qps_[lane];
-    const bool ack = q.lane == Lane::kAck;
-    const int traffic_class =
-        ack && options.ack_traffic_class >= 0 ? options.ack_traffic_class : options.traffic_class;
-    const int sl = ack && options.ack_service_level >= 0 ? options.ack_service_level : options.service_level;
-    auto fail = [&](const char* step, int err) {
-      return UnavailableError(PeerText(peer_, std::string("ibv_modify_qp(") + QpName(q) + " to " + step +
-                                                  "): " + std::strerror(err) + " (errno " + std::to_string(err) +
-                                                  ")"));
-    };
-
-    ibv_qp_attr attr{};
-    attr.qp_state = IBV_QPS_RTR;
-    attr.path_mtu = path_mtu;
-    attr.dest_qp_num = remote.qpn[lane];
-    attr.rq_psn = remote.psn[lane];
-    attr.max_dest_rd_atomic = static_cast<uint8_t>(std::max(1, options.max_rd_atomic));
-    attr.min_rnr_timer = static_cast<uint8_t>(options.min_rnr_timer);
-    attr.ah_attr.dlid = remote.lid;
-    attr.ah_attr.sl = static_cast<uint8_t>(sl);
-    attr.ah_attr.src_path_bits = 0;
-    attr.ah_attr.port_num = static_cast<uint8_t>(ctx_->port());
-    if (ctx_->global_routing()) {
-      attr.ah_attr.is_global = 1;
-      attr.ah_attr.grh.dgid = remote.gid;
-      attr.ah_attr.grh.sgid_index = static_cast<uint8_t>(ctx_->gid_index());
-      attr.ah_attr.grh.hop_limit = 64;
-      attr.ah_attr.grh.traffic_class = static_cast<uint8_t>(traffic_class);
-      attr.ah_attr.grh.flow_label = 0;
-    }
-    if (int err = ibv_modify_qp(q.qp, &attr,
-                                IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN | IBV_QP_RQ_PSN |
-                                    IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER);
-        err != 0) {
-      return fail("RTR", err);
-    }
-
-    attr = ibv_qp_attr{};
-    attr.qp_state = IBV_QPS_RTS;
-    attr.timeout = static_cast<uint8_t>(options.timeout);
-    attr.retry_cnt = static_cast<uint8_t>(options.retry_count);
-    attr.rnr_retry = static_cast<uint8_t>(options.rnr_retry);
-    attr.sq_psn = q.psn;
-    attr.max_rd_atomic = static_cast<uint8_t>(options.max_rd_atomic);
-    if (int err = ibv_modify_qp(q.qp, &attr,
-                                IBV_QP_STATE | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY | IBV_QP_SQ_PSN |
-                                    IBV_QP_MAX_QP_RD_ATOMIC);
-        err != 0) {
-      return fail("RTS", err);
-    }
-    // A per-QP rate limit applies to data only: ACKs are tiny and must never be held back.
-    if (options.rate_limit_mbps > 0 && !ack) {
-      ibv_qp_rate_limit_attr rate{};
-      rate.rate_limit = static_cast<uint32_t>(options.rate_limit_mbps) * 1000u;  // kbps
-      if (int err = ibv_modify_qp_rate_limit(q.qp, &rate); err != 0) {
-        const std::string text = PeerText(peer_, std::string("ibv_modify_qp_rate_limit(") +
-                                                     std::to_string(options.rate_limit_mbps) +
-                                                     " Mb/s, M2N_VERBS_RATE_LIMIT_MBPS): " + std::strerror(err) +
-                                                     " (errno " + std::to_string(err) + ")");
-        if (err == EOPNOTSUPP || err == ENOTSUP || err == EINVAL) {
-          return UnimplementedError(text + "; " + ctx_->device_name() + " has no per-QP rate limit");
-        }
-        return UnavailableError(text);
-      }
-    }
+    M2N_RETURN_IF_ERROR(ConnectQp(qps_[lane], lane, remote, path_mtu, options));
   }
   connected_ = true;
+  return OkStatus();
+}
+
+// One queue pair to RTR (the peer's QP number, PSN and path) and then RTS.
+Status Endpoint::ConnectQp(QueuePair& q, int lane, const PeerAddress& remote, ibv_mtu path_mtu,
+                           const VerbsOptions& options) {
+  const bool ack = q.lane == Lane::kAck;
+  const int traffic_class =
+      ack && options.ack_traffic_class >= 0 ? options.ack_traffic_class : options.traffic_class;
+  const int sl = ack && options.ack_service_level >= 0 ? options.ack_service_level : options.service_level;
+  auto fail = [&](const char* step, int err) {
+    return UnavailableError(PeerText(peer_, std::string("ibv_modify_qp(") + QpName(q) + " to " + step +
+                                                "): " + std::strerror(err) + " (errno " + std::to_string(err) +
+                                                ")"));
+  };
+
+  ibv_qp_attr attr{};
+  attr.qp_state = IBV_QPS_RTR;
+  attr.path_mtu = path_mtu;
+  attr.dest_qp_num = remote.qpn[lane];
+  attr.rq_psn = remote.psn[lane];
+  attr.max_dest_rd_atomic = static_cast<uint8_t>(std::max(1, options.max_rd_atomic));
+  attr.min_rnr_timer = static_cast<uint8_t>(options.min_rnr_timer);
+  attr.ah_attr.dlid = remote.lid;
+  attr.ah_attr.sl = static_cast<uint8_t>(sl);
+  attr.ah_attr.src_path_bits = 0;
+  attr.ah_attr.port_num = static_cast<uint8_t>(ctx_->port());
+  if (ctx_->global_routing()) {
+    attr.ah_attr.is_global = 1;
+    attr.ah_attr.grh.dgid = remote.gid;
+    attr.ah_attr.grh.sgid_index = static_cast<uint8_t>(ctx_->gid_index());
+    attr.ah_attr.grh.hop_limit = 64;
+    attr.ah_attr.grh.traffic_class = static_cast<uint8_t>(traffic_class);
+    attr.ah_attr.grh.flow_label = 0;
+  }
+  if (int err = ibv_modify_qp(q.qp, &attr,
+                              IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN | IBV_QP_RQ_PSN |
+                                  IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER);
+      err != 0) {
+    return fail("RTR", err);
+  }
+
+  attr = ibv_qp_attr{};
+  attr.qp_state = IBV_QPS_RTS;
+  attr.timeout = static_cast<uint8_t>(options.timeout);
+  attr.retry_cnt = static_cast<uint8_t>(options.retry_count);
+  attr.rnr_retry = static_cast<uint8_t>(options.rnr_retry);
+  attr.sq_psn = q.psn;
+  attr.max_rd_atomic = static_cast<uint8_t>(options.max_rd_atomic);
+  if (int err = ibv_modify_qp(q.qp, &attr,
+                              IBV_QP_STATE | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY | IBV_QP_SQ_PSN |
+                                  IBV_QP_MAX_QP_RD_ATOMIC);
+      err != 0) {
+    return fail("RTS", err);
+  }
+  // A per-QP rate limit applies to data only: ACKs are tiny and must never be held back.
+  if (options.rate_limit_mbps > 0 && !ack) return LimitRate(q, options);
+  return OkStatus();
+}
+
+Status Endpoint::LimitRate(QueuePair& q, const VerbsOptions& options) {
+  ibv_qp_rate_limit_attr rate{};
+  rate.rate_limit = static_cast<uint32_t>(options.rate_limit_mbps) * 1000u;  // kbps
+  if (int err = ibv_modify_qp_rate_limit(q.qp, &rate); err != 0) {
+    const std::string text = PeerText(peer_, std::string("ibv_modify_qp_rate_limit(") +
+                                                 std::to_string(options.rate_limit_mbps) +
+                                                 " Mb/s, M2N_VERBS_RATE_LIMIT_MBPS): " + std::strerror(err) +
+                                                 " (errno " + std::to_string(err) + ")");
+    if (err == EOPNOTSUPP || err == ENOTSUP || err == EINVAL) {
+      return UnimplementedError(text + "; " + ctx_->device_name() + " has no per-QP rate limit");
+    }
+    return UnavailableError(text);
+  }
   return OkStatus();
 }
 

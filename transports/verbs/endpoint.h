@@ -96,6 +96,9 @@ class Endpoint {
   PeerAddress Address(int rank, uint32_t max_unpolled) const;
   // Moves every QP to RTR and RTS towards the peer's `remote` half.
   Status Connect(const PeerAddress& remote, const VerbsOptions& options);
+  // Connect's steps per queue pair: RTR and RTS; the data QP's rate limit (M2N_VERBS_RATE_LIMIT_MBPS).
+  Status ConnectQp(QueuePair& q, int lane, const PeerAddress& remote, ibv_mtu path_mtu, const VerbsOptions& options);
+  Status LimitRate(QueuePair& q, const VerbsOptions& options);
 
   int peer() const { return peer_; }
   bool connected() const { return connected_; }

@@ -64,6 +64,8 @@ class VerbsTransport final : public Transport, public StreamOps {
   const Context& context() const { return *ctx_; }
 
  private:
+  // CQEs taken per ibv_poll_cq (poll.cc; Post and Close drain the queue in such steps too).
+  static constexpr int kPollBatch = 32;
   explicit VerbsTransport(const Config& config) : config_(config) {}
   std::string Who() const { return "verbs: rank " + std::to_string(config_.rank); }
   Endpoint* FindEndpoint(int peer) const;
@@ -73,6 +75,11 @@ class VerbsTransport final : public Transport, public StreamOps {
   Status PostChain(QueuePair& q, std::span<const Write> writes);
   // Polls the CQ until `q` has room for one more send, bounded by Config::timeout.
   Status WaitForRoom(QueuePair& q);
+  // The queue depths, the signalling interval and the completion queue, sized from max_unpolled
+  // and the device's limits.
+  Status CreateQueues();
+  // One CQE: a send completion (kWriteDone through wr_id), an immediate, or a peer's failure.
+  void TakeCompletion(const ibv_wc& wc);
   // Polls up to `budget` CQEs into backlog_; reposts the receive WRs they used up.
   void DrainCq(int budget);
   void CompleteSends(QueuePair& q, uint64_t through_seq);
