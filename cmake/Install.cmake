@@ -51,6 +51,7 @@ install(TARGETS m2n EXPORT m2nTargets
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
   RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/m2n DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+install(FILES ${PROJECT_BINARY_DIR}/include/m2n/version.h DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/m2n)
 install(EXPORT m2nTargets NAMESPACE m2n:: DESTINATION ${M2N_INSTALL_CMAKEDIR})
 
 # What the static archive needs from the consumer's link line, for the config file and m2n.pc.

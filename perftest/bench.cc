@@ -1,11 +1,11 @@
-#include "perftest/bench.h"
+#include "bench.h"
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
 
-#include "perftest/pattern.h"
+#include "pattern.h"
 
 namespace m2n::perf {
 namespace {

@@ -24,10 +24,10 @@
 #include <vector>
 
 #include "m2n/status.h"
-#include "perftest/cli.h"
-#include "perftest/exchange.h"
-#include "perftest/host_barrier.h"
-#include "perftest/stats.h"
+#include "cli.h"
+#include "exchange.h"
+#include "host_barrier.h"
+#include "stats.h"
 
 namespace m2n::perf {
 

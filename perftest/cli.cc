@@ -1,4 +1,4 @@
-#include "perftest/cli.h"
+#include "cli.h"
 
 #include <charconv>
 #include <cctype>

@@ -1,5 +1,5 @@
 // The MPI baseline of m2n_ep_perf (ep_mpi.h).
-#include "perftest/ep_mpi.h"
+#include "ep_mpi.h"
 
 // The C API only: Open MPI's C++ bindings are deprecated and warn under -Wextra.
 #define OMPI_SKIP_MPICXX 1

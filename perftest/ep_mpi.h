@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "m2n/status.h"
-#include "perftest/ep_perf.h"
+#include "ep_perf.h"
 
 namespace m2n::perf::ep {
 

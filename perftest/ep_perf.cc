@@ -20,9 +20,9 @@
 #include <vector>
 
 #include "m2n/m2n.h"
-#include "perftest/ep_mpi.h"
-#include "perftest/ep_perf.h"
-#include "perftest/stats.h"
+#include "ep_mpi.h"
+#include "ep_perf.h"
+#include "stats.h"
 
 namespace m2n::perf::ep {
 namespace {

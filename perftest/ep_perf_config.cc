@@ -6,7 +6,7 @@
 #include <random>
 #include <string>
 
-#include "perftest/ep_perf.h"
+#include "ep_perf.h"
 
 namespace m2n::perf::ep {
 namespace {

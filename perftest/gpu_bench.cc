@@ -1,4 +1,4 @@
-#include "perftest/gpu_bench.h"
+#include "gpu_bench.h"
 
 #include <cuda_runtime.h>
 
@@ -9,9 +9,9 @@
 #include <string_view>
 #include <utility>
 
-#include "perftest/gpu_pattern.h"
-#include "perftest/host_barrier.h"
-#include "perftest/pattern.h"
+#include "gpu_pattern.h"
+#include "host_barrier.h"
+#include "pattern.h"
 
 namespace m2n::perf {
 namespace {

@@ -24,7 +24,7 @@
 
 #include "m2n/group.h"
 #include "m2n/status.h"
-#include "perftest/bench.h"
+#include "bench.h"
 
 namespace m2n::perf {
 

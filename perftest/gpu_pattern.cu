@@ -1,4 +1,4 @@
-#include "perftest/gpu_pattern.h"
+#include "gpu_pattern.h"
 
 namespace m2n::perf {
 namespace {

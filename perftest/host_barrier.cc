@@ -1,4 +1,4 @@
-#include "perftest/host_barrier.h"
+#include "host_barrier.h"
 
 #include <fcntl.h>
 #include <sched.h>

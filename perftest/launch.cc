@@ -1,6 +1,6 @@
 // m2n_perf's launch rules (launch.h) over m2n's launch kit (m2n/launch.h): the launcher's name for
 // the header, the exit status of a self-started job, and the re-exec under mpirun.
-#include "perftest/launch.h"
+#include "launch.h"
 
 #include <unistd.h>
 

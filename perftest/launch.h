@@ -9,7 +9,7 @@
 
 #include "m2n/launch.h"
 #include "m2n/status.h"
-#include "perftest/cli.h"
+#include "cli.h"
 
 namespace m2n::perf {
 

@@ -1,4 +1,4 @@
-#include "perftest/m2n_exchange.h"
+#include "m2n_exchange.h"
 
 #include <string>
 

@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "m2n/group.h"
-#include "perftest/exchange.h"
+#include "exchange.h"
 
 namespace m2n::perf {
 

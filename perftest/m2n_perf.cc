@@ -19,22 +19,22 @@
 
 #include "m2n/m2n.h"
 #include "m2n/topology.h"
-#include "perftest/bench.h"
-#include "perftest/cli.h"
-#include "perftest/host_barrier.h"
-#include "perftest/launch.h"
-#include "perftest/m2n_exchange.h"
-#include "perftest/perftest_baseline.h"
-#include "perftest/report.h"
-#include "perftest/soak.h"
+#include "bench.h"
+#include "cli.h"
+#include "host_barrier.h"
+#include "launch.h"
+#include "m2n_exchange.h"
+#include "perftest_baseline.h"
+#include "report.h"
+#include "soak.h"
 #if M2N_PERF_WITH_MPI
-#include "perftest/mpi_baseline.h"
+#include "mpi_baseline.h"
 #endif
 #if M2N_PERF_WITH_CUDA
-#include "perftest/gpu_bench.h"
+#include "gpu_bench.h"
 #endif
 #if M2N_PERF_WITH_NCCL
-#include "perftest/nccl_baseline.h"
+#include "nccl_baseline.h"
 #endif
 
 namespace m2n::perf {

@@ -1,4 +1,4 @@
-#include "perftest/mpi_baseline.h"
+#include "mpi_baseline.h"
 
 // The C API only: Open MPI's C++ bindings are deprecated and warn under -Wextra.
 #define OMPI_SKIP_MPICXX 1

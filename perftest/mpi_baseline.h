@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "m2n/status.h"
-#include "perftest/exchange.h"
+#include "exchange.h"
 
 namespace m2n::perf {
 

@@ -1,4 +1,4 @@
-#include "perftest/nccl_baseline.h"
+#include "nccl_baseline.h"
 
 #include <cuda_runtime.h>
 #include <nccl.h>

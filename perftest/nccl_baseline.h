@@ -9,8 +9,8 @@
 #include <string>
 
 #include "m2n/status.h"
-#include "perftest/gpu_bench.h"
-#include "perftest/host_barrier.h"
+#include "gpu_bench.h"
+#include "host_barrier.h"
 
 namespace m2n::perf {
 

@@ -1,4 +1,4 @@
-#include "perftest/pattern.h"
+#include "pattern.h"
 
 #include <cstring>
 

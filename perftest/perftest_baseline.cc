@@ -1,4 +1,4 @@
-#include "perftest/perftest_baseline.h"
+#include "perftest_baseline.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>

@@ -17,8 +17,8 @@
 #include <vector>
 
 #include "m2n/status.h"
-#include "perftest/cli.h"
-#include "perftest/report.h"
+#include "cli.h"
+#include "report.h"
 
 namespace m2n::perf {
 

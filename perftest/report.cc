@@ -1,9 +1,9 @@
-#include "perftest/report.h"
+#include "report.h"
 
 #include <algorithm>
 #include <cmath>
 
-#include "perftest/cli.h"
+#include "cli.h"
 
 namespace m2n::perf {
 namespace {

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "m2n/status.h"
-#include "perftest/stats.h"
+#include "stats.h"
 
 namespace m2n::perf {
 

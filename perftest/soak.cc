@@ -1,10 +1,10 @@
-#include "perftest/soak.h"
+#include "soak.h"
 
 #include <unistd.h>
 
 #include <algorithm>
 
-#include "perftest/host_barrier.h"
+#include "host_barrier.h"
 
 namespace m2n::perf {
 namespace {

@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <cstdio>
 
-#include "perftest/cli.h"
+#include "cli.h"
 
 namespace m2n::perf {
 

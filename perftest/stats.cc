@@ -1,4 +1,4 @@
-#include "perftest/stats.h"
+#include "stats.h"
 
 #include <algorithm>
 #include <cmath>

@@ -16,7 +16,7 @@ packages=(
   libhwloc-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libopenmpi-dev openmpi-bin
-  clang libclang-rt-dev
+  clang libclang-rt-dev clang-format
   qemu-system-x86 busybox-static kmod cpio xz-utils
   rdma-core ibverbs-utils iproute2 perftest rdmacm-utils
 )

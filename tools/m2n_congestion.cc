@@ -4,7 +4,7 @@
 #include <cstring>
 #include <string>
 
-#include "tools/congestion/profile.h"
+#include "congestion/profile.h"
 
 namespace {
 

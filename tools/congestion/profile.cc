@@ -1,4 +1,4 @@
-#include "tools/congestion/profile.h"
+#include "profile.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>

@@ -118,6 +118,23 @@ StatusOr<ibv_mtu> MtuFromBytes(int bytes) {
                               " is not one of 256, 512, 1024, 2048, 4096");
 }
 
+namespace {
+
+// The port: the one asked for (`wanted` != 0) if active, else the first active one; 0 if none.
+int ActivePort(ibv_context* device, const ibv_device_attr& device_attr, int wanted, ibv_port_attr* out) {
+  for (int port = 1; port <= device_attr.phys_port_cnt; ++port) {
+    if (wanted != 0 && port != wanted) continue;
+    ibv_port_attr attr{};
+    if (ibv_query_port(device, static_cast<uint8_t>(port), &attr) != 0) continue;
+    if (attr.state != IBV_PORT_ACTIVE) continue;
+    *out = attr;
+    return port;
+  }
+  return 0;
+}
+
+}  // namespace
+
 // The device and port: the ones asked for, else the first device with an active port.
 Status Context::OpenDevice(ibv_device** list, int count, const VerbsOptions& options) {
   std::string tried;
@@ -144,18 +161,8 @@ Status Context::OpenDevice(ibv_device** list, int count, const VerbsOptions& opt
       ibv_close_device(device);
       return UnavailableError(VerbError("ibv_query_device(" + name + ")", err));
     }
-    // The port: the one asked for, or the first active one.
-    int chosen = 0;
     ibv_port_attr chosen_attr{};
-    for (int port = 1; port <= device_attr.phys_port_cnt; ++port) {
-      if (options.port != 0 && port != options.port) continue;
-      ibv_port_attr attr{};
-      if (ibv_query_port(device, static_cast<uint8_t>(port), &attr) != 0) continue;
-      if (attr.state != IBV_PORT_ACTIVE) continue;
-      chosen = port;
-      chosen_attr = attr;
-      break;
-    }
+    const int chosen = ActivePort(device, device_attr, options.port, &chosen_attr);
     if (chosen == 0) {
       ibv_close_device(device);
       if (!options.device.empty() || options.port != 0) {
