@@ -2,35 +2,36 @@
 
     python -m m2n.launch -n 4 python my_script.py      # ranks 0..3, like torchrun --nproc-per-node 4
 
-Each rank gets M2N_RANK, M2N_WORLD_SIZE, M2N_MASTER_ADDR (127.0.0.1) and M2N_MASTER_PORT (a free
-port), which m2n.Group reads. The exit status is the first failing rank's, and when one rank
-fails the others are stopped (they would otherwise wait for it until their timeouts). This
-belongs in the C++ launch kit (include/m2n/launch.h) once that lands; it should then call it.
+It is the C++ launch kit's spawner (m2n/launch.h SpawnLocal, bound as m2n._m2n.spawn_local), so
+Python and C++ jobs start by one rule: each rank gets M2N_RANK, M2N_WORLD_SIZE, M2N_MASTER_ADDR
+(127.0.0.1), M2N_MASTER_PORT (a free port) and M2N_LOCAL_*, which m2n.Group reads. The exit status
+is the first failing rank's, and when one rank fails the others are stopped (they would otherwise
+wait for it until their timeouts).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import socket
-import subprocess
+import shutil
 import sys
-import time
 from typing import Mapping, Sequence
+
+from m2n import _m2n
 
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (for the bootstrap store)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return _m2n.pick_free_port()
 
 
 def rank_environment(rank: int, world_size: int, port: int,
                      base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of `rank`: `base` (default os.environ) plus the M2N_* bootstrap variables."""
+    """The environment of `rank` as spawn() gives it, for starting a rank by hand (e.g. with its
+    output captured): `base` (default os.environ) plus the M2N_* bootstrap variables."""
     env = dict(os.environ if base is None else base)
     env.update(M2N_RANK=str(rank), M2N_WORLD_SIZE=str(world_size),
+               M2N_LOCAL_RANK=str(rank), M2N_LOCAL_WORLD_SIZE=str(world_size),
                M2N_MASTER_ADDR="127.0.0.1", M2N_MASTER_PORT=str(port))
     return env
 
@@ -39,23 +40,17 @@ def spawn(command: Sequence[str], world_size: int, timeout: float = 300.0,
           env: Mapping[str, str] | None = None) -> list[int]:
     """Runs `command` as ranks 0..world_size-1 and returns their exit codes (rank order).
 
-    A rank that fails (non-zero exit) stops the others; ranks still running after `timeout`
-    seconds are killed and get exit code -9.
+    `env` adds variables to every rank's environment (this process's own are inherited). A rank
+    that fails (non-zero exit) stops the others; ranks still running after `timeout` seconds are
+    stopped. A rank ended by a signal has exit code -signal, as in subprocess.
     """
-    port = free_port()
-    procs = [subprocess.Popen(list(command), env=rank_environment(r, world_size, port, env))
-             for r in range(world_size)]
-    deadline = time.monotonic() + timeout
-    while True:
-        codes = [p.poll() for p in procs]  # every one, so that a failure anywhere is seen
-        if all(c is not None for c in codes):
-            break
-        if any(c not in (None, 0) for c in codes) or time.monotonic() > deadline:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-        time.sleep(0.02)
-    return [p.wait() for p in procs]
+    if not command:
+        raise ValueError("m2n.launch.spawn: no command to run")
+    program = shutil.which(command[0])
+    if program is None:
+        raise FileNotFoundError(f"m2n.launch.spawn: {command[0]!r} is not an executable on PATH")
+    extra = [f"{k}={v}" for k, v in (env or {}).items()]
+    return _m2n.spawn_local(os.path.abspath(program), list(command), world_size, extra, timeout)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,7 @@
 #include <nanobind/stl/vector.h>
 
 #include "group.h"
+#include "launch.h"
 #include "m2n/m2n.h"
 
 namespace nb = nanobind;
@@ -22,4 +23,5 @@ NB_MODULE(_m2n, m) {
         return rows;
       }, "The M2N_* variables a Group reads: (name, option field, meaning) rows.");
   m2n::python::BindGroup(m);
+  m2n::python::BindLaunch(m);
 }

@@ -49,6 +49,7 @@ def test_errors_map_codes_and_pickle():
 def test_launch_environment():
     env = m2n.launch.rank_environment(3, 4, 12345, base={"PATH": "/bin"})
     assert env == {"PATH": "/bin", "M2N_RANK": "3", "M2N_WORLD_SIZE": "4",
+                   "M2N_LOCAL_RANK": "3", "M2N_LOCAL_WORLD_SIZE": "4",
                    "M2N_MASTER_ADDR": "127.0.0.1", "M2N_MASTER_PORT": "12345"}
 
 
@@ -69,3 +70,20 @@ def test_stubs_are_installed():
     stub = (files / "_m2n.pyi").read_text()
     assert "class Group" in stub and "def receive_many" in stub
     assert "def receive(self, peer: int, timeout: float = 60.0) -> Message" in stub
+
+
+def test_detect_launch_reads_the_launcher_and_names_a_bad_variable(monkeypatch):
+    for name in ("M2N_RANK", "RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PMI_RANK", "2")
+    monkeypatch.setenv("PMI_SIZE", "4")
+    info = m2n._m2n.detect_launch()
+    assert (info["rank"], info["world_size"]) == (2, 4), info
+    monkeypatch.setenv("PMI_RANK", "two")
+    with pytest.raises(m2n.Error, match="PMI_RANK"):
+        m2n._m2n.detect_launch()
+
+
+def test_spawn_refuses_a_missing_program():
+    with pytest.raises(FileNotFoundError, match="no-such-program"):
+        m2n.launch.spawn(["no-such-program-m2n"], 2)
