@@ -133,14 +133,19 @@ void Config(Writer& w) {
   const protocol::Fingerprint fp = {{"m2n_version", "0.1.0"},  {"world_size", "4"},
                                     {"num_senders", "2"},      {"num_receivers", "2"},
                                     {"slot_bytes", "4194304"}, {"slot_depth", "4"},
-                                    {"transport", "ucx"},      {"slot_memory", "host"}};
+                                    {"transport", "ucx"},      {"slot_memory", "host"},
+                                    {"checksum", "off"},       {"immediate_format", "2"}};
   protocol::Fingerprint other = fp;
   other[4].second = "8192";
+  // A build that encodes immediates another way (src/protocol/immediate.h kImmediateFormat).
+  protocol::Fingerprint other_format = fp;
+  other_format.back().second = "1";
   const std::string text = protocol::EncodeFingerprint(fp);
   w.Write(t, "one", ToBytes(text));
   w.Write(t, "two_equal", ToBytes(text + '\0' + text));
   w.Write(t, "two_differ", ToBytes(text + '\0' + protocol::EncodeFingerprint(other)));
   w.Write(t, "two_sizes", ToBytes(text + '\0' + "m2n_version=0.1.0\n"));
+  w.Write(t, "two_immediate_formats", ToBytes(text + '\0' + protocol::EncodeFingerprint(other_format)));
   w.Write(t, "bad_truncated", ToBytes(text.substr(0, text.size() - 3)));
   w.Write(t, "bad_no_field", ToBytes("=4\n"));
 }

@@ -1,6 +1,11 @@
 // The cuda_ipc transport below the Group: the conformance suite (transport_suite.h) on its
 // host-driven path with host memory (shared-memory segments and immediate rings), which needs no
-// GPU. Its stream-ordered and device-memory paths are tested in cuda_ipc_gpu_test.cc.
+// GPU. Its stream-ordered and device-memory paths are tested in cuda_ipc_gpu_test.cc. Below the
+// suite: keys and addresses whose declared sizes are larger than the memory they name (a forged or
+// stale peer), refused at once instead of mapped and crashed on (SIGBUS) at the first write.
+#include <algorithm>
+#include <cstring>
+
 #include "transport_suite.h"
 
 namespace m2n::testing {
@@ -18,6 +23,113 @@ const TransportCase kHost{.setup = {.name = "host", .transport = "cuda_ipc"},
                           .pingpong_iters = 20000};
 
 INSTANTIATE_TEST_SUITE_P(cuda_ipc, TransportTest, ::testing::Values(kHost), TransportCaseName);
+
+using transport::Bytes;
+using transport::Lane;
+using transport::RemoteRegion;
+using transport::Write;
+
+class CudaIpcForgedTest : public TransportTest {};
+INSTANTIATE_TEST_SUITE_P(cuda_ipc, CudaIpcForgedTest, ::testing::Values(kHost), TransportCaseName);
+
+// The offset of the first `value` (8 bytes, host order) in `bytes` at an 8-byte boundary, or npos.
+size_t FindWord(const Bytes& bytes, uint64_t value) {
+  for (size_t i = 0; i + sizeof value <= bytes.size(); i += sizeof value) {
+    if (std::memcmp(bytes.data() + i, &value, sizeof value) == 0) return i;
+  }
+  return std::string::npos;
+}
+
+// Overwrites the first shared-memory name in `bytes` (a key or an address) with `name`.
+std::string ReplaceSegmentName(Bytes& bytes, const std::string& name) {
+  const std::string prefix = "/m2n-cuda_ipc-";
+  auto at = std::search(bytes.begin(), bytes.end(), reinterpret_cast<const std::byte*>(prefix.data()),
+                        reinterpret_cast<const std::byte*>(prefix.data() + prefix.size()));
+  REQUIRE(at != bytes.end(), "no segment name in the bytes");
+  REQUIRE(static_cast<size_t>(bytes.end() - at) > name.size());
+  std::memcpy(&*at, name.c_str(), name.size() + 1);
+  return "";
+}
+
+// A key that declares 1 MiB of a 4 KiB segment. Before the check, Unpack mapped 1 MiB and a write
+// at 512 KiB killed the writer with SIGBUS (rank 0 "killed by signal 7"); now the key is refused,
+// naming the peer and both sizes, and the honest key still works.
+TEST_P(CudaIpcForgedTest, KeyLargerThanItsSegmentIsRefused) {
+  Body body = [](Rank& r) -> std::string {
+    REQUIRE_PASS(Connect(r, 4));
+    if (r.rank == 1) {
+      ASSIGN_OR_FAIL(auto slots, r.t->Allocate(4096, MemoryKind::kHost));
+      ASSIGN_OR_FAIL(Bytes honest, slots->PackRemoteKey());
+      Bytes forged = honest;
+      const size_t size_at = FindWord(forged, 4096);
+      REQUIRE(size_at != std::string::npos, "no size in the key");
+      const uint64_t declared = 1 << 20;
+      std::memcpy(forged.data() + size_at, &declared, sizeof declared);
+      REQUIRE(r.link->Send(forged) && r.link->Send(honest));
+      REQUIRE(r.link->Sync());
+    } else {
+      std::optional<Bytes> forged = r.link->Recv();
+      std::optional<Bytes> honest = r.link->Recv();
+      REQUIRE(forged && honest);
+      std::vector<std::byte> source(64, std::byte{7});
+      ASSIGN_OR_FAIL(auto local, r.t->Register(source.data(), source.size(), MemoryKind::kHost));
+      auto remote = r.t->UnpackRemoteKey(1, *forged);
+      if (remote.ok()) {  // the old behaviour: the write below dies
+        Write w = MakeWrite(r, Lane::kData, local.get(), 0, remote->get(), 512 << 10, 64, 1, 1);
+        REQUIRE_OK(r.t->Post({&w, 1}));
+        return "a key declaring 1 MiB of a 4 KiB segment was accepted and written";
+      }
+      const Status& s = remote.status();
+      REQUIRE(s.code() == StatusCode::kDataLoss, s.ToString());
+      for (const char* part : {"peer rank 1", "4096 bytes", "1048576"}) {
+        REQUIRE(s.message().find(part) != std::string::npos, s.message());
+      }
+      ASSIGN_OR_FAIL(auto good, r.t->UnpackRemoteKey(1, *honest));
+      REQUIRE(good->size() == 4096);
+      REQUIRE(r.link->Sync());
+    }
+    return CloseAfterSync(r);
+  };
+  EXPECT_EQ(RunPair(GetParam(), body), "");
+}
+
+// A connection address whose mailbox names a 64-byte segment: the rings of rank 1 lie far past
+// its end (max_unpolled 1024: 4096 entries a ring). Before the check, Connect mapped it and rank
+// 1's first immediate died with SIGBUS; now Connect refuses it, naming the peer.
+TEST_P(CudaIpcForgedTest, MailboxSmallerThanItsRingsIsRefused) {
+  Body body = [](Rank& r) -> std::string {
+    ASSIGN_OR_FAIL(r.t, r.transport->create(PairConfig(r, 1024)));
+    ASSIGN_OR_FAIL(Bytes address, r.t->LocalAddress(r.peer));
+    if (r.rank == 0) {
+      ASSIGN_OR_FAIL(auto tiny, r.t->Allocate(64, MemoryKind::kHost));
+      ASSIGN_OR_FAIL(Bytes key, tiny->PackRemoteKey());
+      const std::string prefix = "/m2n-cuda_ipc-";
+      const auto* text = reinterpret_cast<const char*>(key.data());
+      const std::string_view view(text, key.size());
+      const size_t at = view.find(prefix);
+      REQUIRE(at != std::string_view::npos, "no segment name in the key");
+      REQUIRE_PASS(ReplaceSegmentName(address, std::string(text + at)));
+      REQUIRE(r.link->Send(address));
+      REQUIRE(r.link->Sync());
+      return "";
+    }
+    std::optional<Bytes> forged = r.link->Recv();
+    REQUIRE(forged);
+    Status s = r.t->Connect(0, *forged);
+    if (s.ok()) {  // the old behaviour: the first immediate dies
+      Write w = MakeWrite(r, Lane::kData, nullptr, 0, nullptr, 0, 0, 1, 1);
+      REQUIRE_OK(r.t->Post({&w, 1}));
+      return "a mailbox of 64 bytes was accepted for rings of " + std::to_string(2 * 4096 * 32) + "+ bytes";
+    }
+    REQUIRE(s.code() == StatusCode::kDataLoss, s.ToString());
+    for (const char* part : {"peer rank 0", "has 64 bytes", "expected"}) {
+      REQUIRE(s.message().find(part) != std::string::npos, s.message());
+    }
+    REQUIRE(r.link->Sync());
+    return "";
+  };
+  EXPECT_EQ(RunPair(GetParam(), body), "");
+}
 
 }  // namespace
 }  // namespace m2n::testing

@@ -63,6 +63,54 @@ TEST(ImmediateTest, CheckCatchesCorruptionAndMisattribution) {
   EXPECT_EQ(DecodeImmediate(good, 3, 10).status().code(), StatusCode::kDataLoss);
 }
 
+// Readers that exercise the seed: the ends of the rank range, a block of 256 apart, and 263
+// (0x107, the CRC's own polynomial), whose pair with writer 0 had seed 0 in immediate format 1.
+const int kSampleReaders[] = {0, 1, 2, 254, 255, 256, 257, 263, 511, 4096, kMaxRanks - 256, kMaxRanks - 1};
+
+// A lost or zero-filled ring entry must never pass for a pair's first immediate (data, slot 0,
+// sequence 0). Every pair of ranks below 2048 (every seed many times over), and every writer up to
+// kMaxRanks with the sampled readers (the full 2^40 pairs would take hours; the seed depends on the
+// pair only through (writer + 2 * reader) mod 255, which these cover entirely).
+TEST(ImmediateTest, NoPairsFirstImmediateIsAllZeros) {
+  const Immediate first{ImmKind::kData, 0, 0};
+  for (int writer = 0; writer < 2048; ++writer) {
+    for (int reader = 0; reader < 2048; ++reader) {
+      ASSERT_NE(EncodeImmediate(first, writer, reader), 0u) << "writer " << writer << ", reader " << reader;
+    }
+  }
+  for (int writer = 0; writer < kMaxRanks; ++writer) {
+    for (int reader : kSampleReaders) {
+      ASSERT_NE(EncodeImmediate(first, writer, reader), 0u) << "writer " << writer << ", reader " << reader;
+      ASSERT_NE(EncodeImmediate(first, reader, writer), 0u) << "writer " << reader << ", reader " << writer;
+    }
+  }
+}
+
+// Writers 256 apart (what a rank truncated to 8 bits confuses) never share a seed, nor do readers,
+// so an immediate attributed to the wrong one of them always fails; nor do any 255 writers in a row.
+TEST(ImmediateTest, SeedsDifferForRanks256ApartAndForNeighbours) {
+  for (int reader : kSampleReaders) {
+    for (int writer = 0; writer + 256 < kMaxRanks; ++writer) {
+      ASSERT_NE(ImmediateSeed(writer, reader), ImmediateSeed(writer + 256, reader))
+          << "writers " << writer << " and " << writer + 256 << ", reader " << reader;
+      ASSERT_NE(ImmediateSeed(reader, writer), ImmediateSeed(reader, writer + 256))
+          << "writer " << reader << ", readers " << writer << " and " << writer + 256;
+    }
+    for (int start : {0, 7, 1000, kMaxRanks - 255}) {
+      std::vector<bool> seen(256, false);
+      for (int writer = start; writer < start + 255; ++writer) {
+        const uint8_t seed = ImmediateSeed(writer, reader);
+        ASSERT_FALSE(seen[seed]) << "writer " << writer << " repeats a seed among the 255 from " << start;
+        seen[seed] = true;
+      }
+    }
+  }
+  const uint32_t bits = EncodeImmediate({ImmKind::kData, 5, 9}, 300, 7);
+  EXPECT_EQ(DecodeImmediate(bits, 300 - 256, 7).status().code(), StatusCode::kDataLoss);
+  EXPECT_EQ(DecodeImmediate(bits, 300 + 256, 7).status().code(), StatusCode::kDataLoss);
+  EXPECT_EQ(DecodeImmediate(bits, 7, 300).status().code(), StatusCode::kDataLoss);
+}
+
 TEST(ChecksumTest, Crc32cMatchesKnownValuesInPiecesAndWhole) {
   const char* text = "123456789";
   EXPECT_EQ(Crc32c(text, 9), 0xE3069283u);  // the standard check value of CRC-32C

@@ -8,6 +8,7 @@
 #include "group/impl.h"
 #include "m2n/version.h"
 #include "protocol/config_check.h"
+#include "protocol/immediate.h"
 
 namespace m2n {
 
@@ -50,6 +51,8 @@ protocol::Fingerprint MakeFingerprint(const Options& options, int world, const s
       {"transport", transport},
       {"slot_memory", std::string(MemoryKindName(options.slot_memory))},
       {"checksum", std::string(options.checksum ? "on" : "off")},
+      // Wire formats a version string may not tell apart (two builds of one version).
+      {"immediate_format", std::to_string(protocol::kImmediateFormat)},
   };
 }
 

@@ -4,12 +4,14 @@
 //   bits 29..20  slot index, < 1024 (Options::slot_depth is capped to match)
 //   bits 19..8   sequence: how many immediates of this kind this writer sent this reader before,
 //                mod 4096
-//   bits  7..0   check: CRC-8 of the writer's rank, the reader's rank and bits 31..8
+//   bits  7..0   check: CRC-8 of bits 31..8, started from the seed of the (writer, reader) pair
 //
 // The writer's rank is not carried: the transport says which peer wrote (the connection it came
-// on), and the check binds the immediate to that (writer, reader) pair, so an immediate that is
-// corrupted (every error of up to 3 bits, 255 in 256 others) or attributed to the wrong rank fails
-// DecodeImmediate. The sequence lets the reader see a lost, duplicated or reordered immediate: a
+// on), and the seed binds the check to that (writer, reader) pair, so an immediate that is
+// corrupted (every error of up to 3 bits, 255 in 256 others) or attributed to a rank whose seed
+// differs fails DecodeImmediate. The seed is never 0 (no immediate encodes to all zeros) and is
+// distinct for writers fewer than 255 apart, or 256 apart, writing one reader (ImmediateSeed; what
+// 8 bits cannot separate is in docs/reliability.md). The sequence lets the reader see a lost, duplicated or reordered immediate: a
 // lost data immediate keeps its slot's credit at the writer, and a lost ACK keeps the slot, so at
 // most slot_depth (<= 1024 < 4096) immediates can go missing in a row and any gap shows.
 //
@@ -36,8 +38,16 @@ struct Immediate {
   uint32_t sequence = 0;  // mod kSequenceModulus
 };
 
-// The part of the check that depends only on the (writer, reader) pair: the CRC runs over the
-// ranks first, so the data path computes this once per peer and only 3 bytes per immediate.
+// The encoding above, compared between ranks when a group is created (the "immediate_format" of the
+// configuration fingerprint, src/group/setup.cc), so builds that encode differently refuse each
+// other. 1: the seed was the CRC-8 of the two ranks (0 for some pairs, e.g. writer 0, reader 263);
+// 2: the seed below.
+inline constexpr int kImmediateFormat = 2;
+
+// The CRC's initial state for the (writer, reader) pair: 1 + (writer + 2 * reader) mod 255. The
+// data path computes it once per peer and runs the CRC over 3 bytes per immediate. Never 0; for
+// one reader, writers that differ by less than 255 or by 256 get distinct seeds, and for one writer
+// readers likewise (2 is invertible mod 255); 0 <= writer, reader < kMaxRanks.
 uint8_t ImmediateSeed(int writer, int reader);
 
 // Precondition: 0 <= slot < kMaxSlots; seed == ImmediateSeed(writer, reader). The sequence is

@@ -1,7 +1,9 @@
 #include "transports/cuda_ipc/memory.h"
 
+#include <cuda.h>
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -25,6 +27,38 @@ struct PackedKey {
 };
 
 std::string SystemError(const std::string& what, int error) { return what + ": " + std::strerror(error); }
+
+// Memory a peer named that is smaller than the size it declared (or the layout needs): mapping it
+// would succeed, and the first copy past its real end would die (SIGBUS for a segment).
+Status TooSmall(const std::string& what, size_t real, size_t expected) {
+  return DataLossError("cuda_ipc: " + what + " has " + std::to_string(real) + " bytes, fewer than the " +
+                       std::to_string(expected) + " expected (a forged or stale key or address)");
+}
+
+// The bytes of the device allocation that `p` lies in, from cuMemGetAddressRange. The driver entry
+// point comes through the runtime, so the library does not link libcuda (hosts without a driver
+// still load it).
+StatusOr<size_t> AllocationBytes(const void* p) {
+  using GetAddressRange = CUresult (*)(CUdeviceptr * base, size_t * size, CUdeviceptr ptr);
+  void* entry = nullptr;
+  cudaDriverEntryPointQueryResult found{};
+#if CUDART_VERSION >= 12050
+  cudaError_t e = cudaGetDriverEntryPointByVersion("cuMemGetAddressRange", &entry, 12000, cudaEnableDefault, &found);
+#else
+  cudaError_t e = cudaGetDriverEntryPoint("cuMemGetAddressRange", &entry, cudaEnableDefault, &found);
+#endif
+  if (e != cudaSuccess || found != cudaDriverEntryPointSuccess || entry == nullptr) {
+    return CudaStatus(e != cudaSuccess ? e : cudaErrorSymbolNotFound, "looking up cuMemGetAddressRange");
+  }
+  CUdeviceptr base = 0;
+  size_t size = 0;
+  const CUresult r = reinterpret_cast<GetAddressRange>(entry)(&base, &size, reinterpret_cast<CUdeviceptr>(p));
+  if (r != CUDA_SUCCESS) {
+    return InternalError("cuda_ipc: cuMemGetAddressRange of a peer's mapping failed (CUresult " + std::to_string(r) + ")");
+  }
+  // The mapping starts at the allocation's base (cudaIpcOpenMemHandle maps it whole).
+  return size - (reinterpret_cast<CUdeviceptr>(p) - base);
+}
 
 }  // namespace
 
@@ -50,9 +84,21 @@ StatusOr<std::unique_ptr<SharedSegment>> SharedSegment::Create(size_t size) {
 }
 
 StatusOr<std::unique_ptr<SharedSegment>> SharedSegment::Open(const std::string& name, size_t size) {
+  if (size == 0) return DataLossError("cuda_ipc: a peer declared its shared-memory segment " + name + " empty");
   int fd = shm_open(name.c_str(), O_RDWR, 0);
   if (fd < 0) {
     return UnavailableError(SystemError("cuda_ipc: shm_open(" + name + ") of a peer (is it on this host?)", errno));
+  }
+  // The size comes from the peer; the segment's own is the one the kernel will honour.
+  struct stat st {};
+  if (fstat(fd, &st) != 0) {
+    int e = errno;
+    close(fd);
+    return UnavailableError(SystemError("cuda_ipc: fstat(" + name + ")", e));
+  }
+  if (static_cast<uint64_t>(st.st_size) < size) {
+    close(fd);
+    return TooSmall("shared-memory segment " + name, static_cast<size_t>(st.st_size), size);
   }
   void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   int e = errno;
@@ -85,6 +131,13 @@ StatusOr<std::unique_ptr<DeviceMapping>> DeviceMapping::Open(const cudaIpcMemHan
   void* p = nullptr;
   M2N_CUDA_RETURN_IF_ERROR(cudaIpcOpenMemHandle(&p, handle, cudaIpcMemLazyEnablePeerAccess),
                            "cudaIpcOpenMemHandle of a peer's " + std::to_string(size) + " bytes");
+  // The size comes from the peer; the allocation's own is the one the GPU will honour.
+  StatusOr<size_t> real = AllocationBytes(p);
+  Status checked = real.ok() && *real < size ? TooSmall("device allocation", *real, size) : real.status();
+  if (!checked.ok()) {
+    cudaIpcCloseMemHandle(p);
+    return checked;
+  }
   return std::unique_ptr<DeviceMapping>(new DeviceMapping(static_cast<std::byte*>(p)));
 }
 
@@ -154,6 +207,9 @@ StatusOr<std::unique_ptr<IpcRemoteRegion>> IpcRemoteRegion::Unpack(std::span<con
   }
   std::memcpy(&key, packed.data(), sizeof key);
   if (key.magic != kKeyMagic) return DataLossError("cuda_ipc: a remote key with a bad magic number");
+  if (key.kind != static_cast<uint32_t>(MemoryKind::kHost) && key.kind != static_cast<uint32_t>(MemoryKind::kCuda)) {
+    return DataLossError("cuda_ipc: a remote key of unknown memory kind " + std::to_string(key.kind));
+  }
   std::unique_ptr<IpcRemoteRegion> r(new IpcRemoteRegion);
   r->size_ = key.size;
   r->kind_ = static_cast<MemoryKind>(key.kind);

@@ -25,6 +25,8 @@ namespace m2n::transport::cuda_ipc {
 class SharedSegment {
  public:
   static StatusOr<std::unique_ptr<SharedSegment>> Create(size_t size);
+  // Maps `size` bytes of a peer's segment; refuses a segment smaller than that (fstat), since the
+  // size comes from the peer and a mapping past the end faults only when touched.
   static StatusOr<std::unique_ptr<SharedSegment>> Open(const std::string& name, size_t size);
   ~SharedSegment();
   SharedSegment(const SharedSegment&) = delete;
@@ -66,6 +68,7 @@ class DeviceAllocation {
 // A peer's exported device memory, opened here.
 class DeviceMapping {
  public:
+  // Opens the handle and refuses an allocation smaller than `size` (cuMemGetAddressRange).
   static StatusOr<std::unique_ptr<DeviceMapping>> Open(const cudaIpcMemHandle_t& handle, size_t size);
   ~DeviceMapping();
   DeviceMapping(const DeviceMapping&) = delete;

@@ -30,18 +30,31 @@ const uint32_t* CudaIpcTransport::ArrivedLength(int peer, int slot) const {
   return reinterpret_cast<const uint32_t*>(LocalSignal(peer, kArrival, slot));
 }
 
-Status CudaIpcTransport::ValidateStreamWrite(const StreamWrite& w) const {
-  M2N_RETURN_IF_ERROR(CheckPeer(w.peer, "SendOnStream"));
-  if (w.slot < 0 || w.slot >= config_.slot_depth) {
-    return InvalidArgumentError("cuda_ipc: slot " + std::to_string(w.slot) + " outside [0, " +
-                                std::to_string(config_.slot_depth) + ")");
+Status CudaIpcTransport::CheckStreamSlot(int peer, int slot, std::string_view what) const {
+  M2N_RETURN_IF_ERROR(CheckPeer(peer, what));
+  if (slot < 0 || slot >= config_.slot_depth) {
+    return InvalidArgumentError("cuda_ipc: slot " + std::to_string(slot) + " outside [0, " +
+                                std::to_string(config_.slot_depth) + ") in " + std::string(what) + " with " +
+                                PeerName(peer));
   }
+  return OkStatus();
+}
+
+Status CudaIpcTransport::CheckRemoteSignals(int peer, std::string_view what) const {
+  if (remote_signals_[static_cast<size_t>(peer)]) return OkStatus();
+  return FailedPreconditionError("cuda_ipc: " + std::string(what) + ": " + PeerName(peer) +
+                                 " has no signal words (no GPU there); stream-ordered operations need them");
+}
+
+Status CudaIpcTransport::ValidateStreamWrite(const StreamWrite& w) const {
+  M2N_RETURN_IF_ERROR(CheckStreamSlot(w.peer, w.slot, "SendOnStream"));
   // typeid first: a region of another transport must not be static_cast to ours.
   if (w.remote == nullptr || typeid(*w.remote) != typeid(IpcRemoteRegion) ||
       static_cast<const IpcRemoteRegion*>(w.remote)->kind() != MemoryKind::kCuda) {
     return FailedPreconditionError("cuda_ipc: the receive slots of " + PeerName(w.peer) +
                                    " are not in device memory; stream-ordered sends need them there");
   }
+  M2N_RETURN_IF_ERROR(CheckRemoteSignals(w.peer, "SendOnStream"));
   if (w.length == 0) {
     if (RangeInside(w.remote_offset, 0, w.remote->size())) return OkStatus();
     return InvalidArgumentError("cuda_ipc: a stream write to " + PeerName(w.peer) + " at remote offset " +
@@ -101,7 +114,7 @@ Status CudaIpcTransport::WaitOnStream(std::span<const StreamSlot> slots, void* s
   WaitBatch batch{};
   for (size_t i = 0; i < slots.size(); ++i) {
     const StreamSlot& s = slots[i];
-    M2N_RETURN_IF_ERROR(CheckPeer(s.peer, "WaitOnStream"));
+    M2N_RETURN_IF_ERROR(CheckStreamSlot(s.peer, s.slot, "WaitOnStream"));
     batch.tasks[batch.count++] = WaitTask{LocalSignal(s.peer, kArrival, s.slot),
                                           LocalSignal(s.peer, kGenReceived, s.slot), s.peer, s.slot};
     if (batch.count == kMaxStreamBatch || i + 1 == slots.size()) {
@@ -117,7 +130,8 @@ Status CudaIpcTransport::ReleaseOnStream(std::span<const StreamSlot> slots, void
   ReleaseBatch batch{};
   for (size_t i = 0; i < slots.size(); ++i) {
     const StreamSlot& s = slots[i];
-    M2N_RETURN_IF_ERROR(CheckPeer(s.peer, "ReleaseOnStream"));
+    M2N_RETURN_IF_ERROR(CheckStreamSlot(s.peer, s.slot, "ReleaseOnStream"));
+    M2N_RETURN_IF_ERROR(CheckRemoteSignals(s.peer, "ReleaseOnStream"));
     batch.tasks[batch.count++] = ReleaseTask{LocalSignal(s.peer, kGenReceived, s.slot),
                                              RemoteSignal(s.peer, kReleased, s.slot)};
     if (batch.count == kMaxStreamBatch || i + 1 == slots.size()) {

@@ -241,6 +241,15 @@ Status CudaIpcTransport::CheckAddress(int peer, const Address& a) const {
                                    std::to_string(a.max_unpolled) + ", this rank " +
                                    std::to_string(config_.max_unpolled) + " (the rings must match)");
   }
+  // RemoteSignal indexes our words in the peer's block: the block the peer declares must hold them
+  // (DeviceMapping::Open then checks the declaration against the real allocation).
+  const uint64_t needed = static_cast<uint64_t>(config_.world_size) * kNumSignalKinds *
+                          static_cast<uint64_t>(config_.slot_depth) * sizeof(unsigned long long);
+  if (a.signal_bytes != 0 && a.signal_bytes < needed) {
+    return DataLossError("cuda_ipc: " + PeerName(peer) + " declares a signal block of " +
+                         std::to_string(a.signal_bytes) + " bytes, fewer than the " + std::to_string(needed) +
+                         " its slots need");
+  }
   if (HostIdentity() != a.host) {
     return UnavailableError("cuda_ipc: " + PeerName(peer) + " runs on another host (" + a.host +
                             "); CUDA IPC needs every rank of the group on one host");
@@ -276,7 +285,9 @@ Status CudaIpcTransport::Connect(int peer, std::span<const std::byte> remote_add
   a.host[sizeof a.host - 1] = '\0';
   a.mailbox[sizeof a.mailbox - 1] = '\0';
   M2N_RETURN_IF_ERROR(CheckAddress(peer, a));
-  M2N_ASSIGN_OR_RETURN(outboxes_[static_cast<size_t>(peer)], Outbox::Open(a.mailbox, layout_, config_.rank));
+  auto outbox = Outbox::Open(a.mailbox, layout_, config_.rank);
+  if (!outbox.ok()) return outbox.status().WithContext("cuda_ipc: immediate rings of " + PeerName(peer));
+  outboxes_[static_cast<size_t>(peer)] = std::move(outbox).value();
   if (proxy_) M2N_RETURN_IF_ERROR(MapRingForProxy(peer));
   // A peer without a GPU has no signal block (a host-slot group): nothing stream-ordered goes there.
   if (a.signal_bytes == 0 || !no_cuda_.ok()) return OkStatus();

@@ -82,6 +82,10 @@ class CudaIpcTransport final : public Transport, public StreamOps {
   Status Validate(const Write& w) const;
   Status PostOne(const Write& w);
   Status ValidateStreamWrite(const StreamWrite& w) const;
+  // A connected peer and a slot inside [0, slot_depth), before LocalSignal / RemoteSignal index by
+  // them; and, before RemoteSignal, the peer's signal block mapped (it has none without a GPU).
+  Status CheckStreamSlot(int peer, int slot, std::string_view what) const;
+  Status CheckRemoteSignals(int peer, std::string_view what) const;
 
   Config config_;
   // Why this host-slot transport runs without CUDA (no device here); OK when CUDA is started.
