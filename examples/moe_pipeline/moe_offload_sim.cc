@@ -81,13 +81,15 @@ std::string ConfigPath(const std::string& name) {
 }
 
 void PrintRow(const Cli& cli, const moe::offload::SimResult& r, double fraction, double lru_hit) {
-  const double ratio = lru_hit > 0 ? r.stats.HitRate() / lru_hit : 0;
+  // LRU can hit nothing at all (a cache smaller than a cycle through the layers): "inf".
+  char ratio[16] = "   inf";
+  if (lru_hit > 0 || r.stats.HitRate() == 0) std::snprintf(ratio, sizeof(ratio), "%5.2fx", lru_hit > 0 ? r.stats.HitRate() / lru_hit : 0.0);
   const double gb = r.BytesPerToken() / 1e9;
   if (cli.markdown) {
-    std::printf("| %-9s | %3.0f%% (%3d) | %6.3f | %5.2fx | %8.2f | %6lld / %6lld |\n", r.policy.c_str(), fraction * 100, r.capacity,
+    std::printf("| %-9s | %3.0f%% (%3d) | %6.3f | %s | %8.2f | %6lld / %6lld |\n", r.policy.c_str(), fraction * 100, r.capacity,
                 r.stats.HitRate(), ratio, gb, static_cast<long long>(r.stats.prefetch_used), static_cast<long long>(r.stats.prefetches));
   } else {
-    std::printf("%-10s %5.0f%% %5d %8.3f %7.2fx %12.2f %10lld %10lld %10lld\n", r.policy.c_str(), fraction * 100, r.capacity,
+    std::printf("%-10s %5.0f%% %5d %8.3f %8s %12.2f %10lld %10lld %10lld\n", r.policy.c_str(), fraction * 100, r.capacity,
                 r.stats.HitRate(), ratio, gb, static_cast<long long>(r.stats.prefetches), static_cast<long long>(r.stats.prefetch_used),
                 static_cast<long long>(r.stats.prefetch_wasted));
   }

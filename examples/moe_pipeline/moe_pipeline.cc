@@ -16,6 +16,7 @@
 #include "compute/compute.h"
 #include "model/config.h"
 #include "model/weights.h"
+#include "offload/record.h"
 #include "runtime/collocated.h"
 #include "runtime/launch.h"
 #include "runtime/pipeline.h"
@@ -39,6 +40,8 @@ model
   --weights PATH        safetensors file or folder (Mixtral tensor names); default: seeded random
   --seed N              seed of the random weights and of the workload (default 1)
   --save_weights DIR    write the seeded model as a safetensors checkpoint and exit (--bf16: in bf16)
+  --trace OUT --prompts FILE  record the routing of FILE's text prompts (byte tokens) through the
+                        reference forward to the trace OUT (for moe_offload_sim) and exit
 workers and schedule
   -A, --attention N     attention worker processes (default 2)
   -E, --experts N       expert worker processes (default 2)
@@ -71,6 +74,7 @@ struct Cli {
   PipelineOptions pipeline;
   std::string json_path = "moe_pipeline.json";
   std::string save_weights;
+  std::string trace, prompts;  // --trace: record routing (offload/record.h) and exit
   bool bf16 = false;
   bool threads_set = false;
 };
@@ -118,6 +122,9 @@ m2n::StatusOr<Cli> ParseCli(int argc, char** argv) {
       cli.save_weights = v;
     } else if (a == "--bf16") {
       cli.bf16 = true;
+    } else if (a == "--trace" || a == "--prompts") {
+      M2N_ASSIGN_OR_RETURN(const char* v, value());
+      (a == "--trace" ? cli.trace : cli.prompts) = v;
     } else if (a == "-A" || a == "--attention") {
       M2N_RETURN_IF_ERROR(integer(1, 4096, &p.attention_workers));
     } else if (a == "-E" || a == "--experts") {
@@ -249,6 +256,26 @@ int RunRank(const Cli& cli) {
   return summary.check_ran && !summary.check_passed ? kExitCheckFailed : kExitOk;
 }
 
+// --trace OUT --prompts FILE: the routing of text prompts, for moe_offload_sim (README.md).
+int RecordRouting(const Cli& cli) {
+  if (cli.prompts.empty()) {
+    std::fprintf(stderr, "moe_pipeline: --trace needs --prompts FILE (KIND<TAB>0|1<TAB>TEXT lines)\n");
+    return kExitUsage;
+  }
+  auto prompts = offload::ReadPrompts(cli.prompts);
+  m2n::Status s = prompts.status();
+  if (prompts.ok()) {
+    auto trace = offload::RecordTrace(cli.pipeline.config, cli.pipeline.weights, *prompts, 32);
+    s = trace.ok() ? offload::WriteTrace(cli.trace, *trace) : trace.status();
+  }
+  if (!s.ok()) {
+    std::fprintf(stderr, "moe_pipeline: %s\n", s.ToString().c_str());
+    return kExitFailure;
+  }
+  std::printf("wrote the routing of %zu prompts to %s\n", prompts->size(), cli.trace.c_str());
+  return kExitOk;
+}
+
 int Main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "-h") == 0 || std::strcmp(argv[i], "--help") == 0) {
@@ -262,6 +289,7 @@ int Main(int argc, char** argv) {
     return kExitUsage;
   }
   const PipelineOptions& p = cli->pipeline;
+  if (!cli->trace.empty()) return RecordRouting(*cli);
   if (!cli->save_weights.empty()) {
     const int files = std::max(1, p.config.num_hidden_layers / 2);
     if (m2n::Status s = SaveSeededCheckpoint(p.config, p.weights.seed, cli->save_weights, files, cli->bf16); !s.ok()) {

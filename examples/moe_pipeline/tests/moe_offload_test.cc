@@ -13,6 +13,7 @@
 #include "model/weights.h"
 #include "offload/cache.h"
 #include "offload/map_store.h"
+#include "offload/record.h"
 #include "offload/sim.h"
 #include "offload/trace.h"
 #include "tests/temp_dir.h"
@@ -277,6 +278,43 @@ TEST(MoeOffload, OutputsWithOffloadingEqualOutputsWithout) {
   }
   EXPECT_GT((*cache)->stats().misses, 0);
   EXPECT_GT((*cache)->stats().hits, 0);
+}
+
+}  // namespace
+}  // namespace moe::offload
+
+namespace moe::offload {
+namespace {
+
+// moe_pipeline --trace: the committed trained model's routing of two text prompts.
+TEST(MoeOffload, RecordsTheTrainedModelsRouting) {
+  const std::string dir = std::string(MOE_PIPELINE_CONFIG_DIR) + "/..";
+  auto config = LoadModelConfig(dir + "/configs/mixtral-8x7b-tiny.json");
+  ASSERT_TRUE(config.ok());
+  moe::TempDir tmp("moe_offload_test");
+  {
+    std::FILE* f = std::fopen((tmp / "p.tsv").c_str(), "wb");
+    std::fputs("code\t0\tdef main():\\n    return 0\nlicence\t1\tPermission is hereby granted\n", f);
+    std::fclose(f);
+  }
+  auto prompts = ReadPrompts(tmp / "p.tsv");
+  ASSERT_TRUE(prompts.ok()) << prompts.status().ToString();
+  ASSERT_EQ(prompts->size(), 2u);
+  EXPECT_EQ((*prompts)[0].tokens.size(), 24u);  // "\n" unescaped
+  auto trace = RecordTrace(*config, WeightSource{.seed = 1, .checkpoint = dir + "/models/mixtral-8x7b-tiny.safetensors"}, *prompts, 32);
+  ASSERT_TRUE(trace.ok()) << trace.status().ToString();
+  ASSERT_EQ(trace->layers, 32);
+  const TraceRequest& q = trace->requests[1];
+  EXPECT_TRUE(q.held_out);
+  ASSERT_EQ(q.gates.size(), static_cast<size_t>(q.tokens) * 32 * 8);
+  float sum = 0;
+  for (int e = 0; e < 8; ++e) sum += q.gates[static_cast<size_t>(e)];
+  EXPECT_NEAR(sum, 1.0f, 1e-5f);
+  // The tiny test model has 2 layers: this trace is not its routing.
+  auto tiny = LoadModelConfig(dir + "/configs/tiny.json");
+  ASSERT_TRUE(tiny.ok());
+  EXPECT_FALSE(CheckTraceShape(*trace, {tiny->num_hidden_layers, tiny->num_local_experts, tiny->num_experts_per_tok, 1}, "t").ok());
+  EXPECT_FALSE(ReadPrompts(tmp / "missing.tsv").ok());
 }
 
 }  // namespace

@@ -250,12 +250,22 @@ def write_trace(path, cfg, seqs, model, gates, prompt_len):
             f.write(emb.tobytes() + g.astype("<f4").tobytes())
 
 
+def write_prompts(path, seqs):
+    """KIND<TAB>HELD_OUT<TAB>TEXT, bytes as latin-1 with \\, \\n, \\t escaped (offload/record.h)."""
+    with open(path, "wb") as f:
+        for kind, h, ids in seqs:
+            text = bytes(ids.astype(np.uint8)).replace(b"\\", b"\\\\").replace(b"\n", b"\\n").replace(b"\t", b"\\t")
+            f.write(kind.encode() + b"\t" + (b"1" if h else b"0") + b"\t" + text + b"\n")
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default=os.path.join(here, "..", "configs", "mixtral-8x7b-tiny.json"))
     ap.add_argument("--out", default="mixtral-8x7b-tiny.safetensors", help="model (bf16 safetensors)")
     ap.add_argument("--trace", default="mixtral-8x7b-tiny.trace", help="routing trace of every prompt")
+    ap.add_argument("--prompts", default="mixtral-8x7b-tiny.prompts",
+                    help="the prompts as text (moe_pipeline --trace OUT --prompts FILE re-records them in C++)")
     ap.add_argument("--train", type=int, default=32, help="training prompts per kind")
     ap.add_argument("--held_out", type=int, default=12, help="evaluation prompts per kind")
     ap.add_argument("--seq_len", type=int, default=96, help="bytes per prompt (the first 32 are its 'prompt')")
@@ -270,6 +280,7 @@ def main():
     model, gates = train(cfg, seqs, corpus, rng, args.verbose)
     save_safetensors(args.out, cfg, model)
     write_trace(args.trace, cfg, seqs, model, gates, 32)
+    write_prompts(args.prompts, seqs)
     print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e6:.2f} MB) and {args.trace}")
 
 
