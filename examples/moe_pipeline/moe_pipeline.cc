@@ -40,6 +40,8 @@ model
   --weights PATH        safetensors file or folder (Mixtral tensor names); default: seeded random
   --seed N              seed of the random weights and of the workload (default 1)
   --save_weights DIR    write the seeded model as a safetensors checkpoint and exit (--bf16: in bf16)
+  --offload POLICY      expert offloading on the expert workers: lru, frequency or fmoe (CPU backend;
+                        README.md "Expert offloading"); --gpu_experts C experts resident per worker
   --trace OUT --prompts FILE  record the routing of FILE's text prompts (byte tokens) through the
                         reference forward to the trace OUT (for moe_offload_sim) and exit
 workers and schedule
@@ -122,6 +124,11 @@ m2n::StatusOr<Cli> ParseCli(int argc, char** argv) {
       cli.save_weights = v;
     } else if (a == "--bf16") {
       cli.bf16 = true;
+    } else if (a == "--offload") {
+      M2N_ASSIGN_OR_RETURN(const char* v, value());
+      p.offload = v;
+    } else if (a == "--gpu_experts") {
+      M2N_RETURN_IF_ERROR(integer(1, 1 << 20, &p.gpu_experts));
     } else if (a == "--trace" || a == "--prompts") {
       M2N_ASSIGN_OR_RETURN(const char* v, value());
       (a == "--trace" ? cli.trace : cli.prompts) = v;
@@ -185,6 +192,12 @@ m2n::StatusOr<Cli> ParseCli(int argc, char** argv) {
       return m2n::InvalidArgumentError("--collocated needs NCCL and CUDA, which this build lacks");
     }
     if (p.backend != "cuda") return m2n::InvalidArgumentError("--collocated needs --backend cuda (NCCL moves GPU memory)");
+  }
+  if (p.offload.empty() != (p.gpu_experts == 0)) {
+    return m2n::InvalidArgumentError("--offload POLICY and --gpu_experts C go together");
+  }
+  if (!p.offload.empty() && (p.backend != "cpu" || p.collocated > 0)) {
+    return m2n::InvalidArgumentError("--offload runs on the CPU backend's expert workers for now (the GPU cache: README.md)");
   }
   M2N_RETURN_IF_ERROR(BackendPrecision(p.backend).status());
   p.config_path = config.find('/') == std::string::npos && config.find(".json") == std::string::npos
