@@ -83,7 +83,8 @@ std::string ConfigPath(const std::string& name) {
 void PrintRow(const Cli& cli, const moe::offload::SimResult& r, double fraction, double lru_hit) {
   // LRU can hit nothing at all (a cache smaller than a cycle through the layers): "inf".
   char ratio[16] = "   inf";
-  if (lru_hit > 0 || r.stats.HitRate() == 0) std::snprintf(ratio, sizeof(ratio), "%5.2fx", lru_hit > 0 ? r.stats.HitRate() / lru_hit : 0.0);
+  if (r.policy == "lru") std::snprintf(ratio, sizeof(ratio), " 1.00x");
+  else if (lru_hit > 0 || r.stats.HitRate() == 0) std::snprintf(ratio, sizeof(ratio), "%5.2fx", lru_hit > 0 ? r.stats.HitRate() / lru_hit : 0.0);
   const double gb = r.BytesPerToken() / 1e9;
   if (cli.markdown) {
     std::printf("| %-9s | %3.0f%% (%3d) | %6.3f | %s | %8.2f | %6lld / %6lld |\n", r.policy.c_str(), fraction * 100, r.capacity,

@@ -16,6 +16,7 @@
 #include "compute/compute.h"
 #include "model/config.h"
 #include "model/weights.h"
+#include "offload/policy.h"
 #include "offload/record.h"
 #include "runtime/collocated.h"
 #include "runtime/launch.h"
@@ -204,6 +205,14 @@ m2n::StatusOr<Cli> ParseCli(int argc, char** argv) {
                       ? std::string(MOE_PIPELINE_CONFIG_DIR) + "/" + config + ".json"
                       : config;
   M2N_ASSIGN_OR_RETURN(p.config, LoadModelConfig(p.config_path));
+  if (!p.offload.empty()) {  // a usage error here, not a failure in every expert worker
+    const offload::OffloadShape shape{p.config.num_hidden_layers, p.config.num_local_experts, p.config.num_experts_per_tok, 0};
+    M2N_RETURN_IF_ERROR(offload::MakePolicy(p.offload, shape).status());
+    if (p.gpu_experts < shape.top_k) {
+      return m2n::InvalidArgumentError("--gpu_experts " + std::to_string(p.gpu_experts) +
+                                       ": the cache must hold at least one layer's top-k (" + std::to_string(shape.top_k) + ")");
+    }
+  }
   if (!cli.threads_set) {
     const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     p.threads = std::max(1, cores / (p.collocated > 0 ? p.collocated : p.attention_workers + p.expert_workers));

@@ -213,5 +213,26 @@ TEST(MoePipeline, BadInputsAreUsageErrorsThatSayWhat) {
   EXPECT_EQ(run.exit_code, 2) << run.output;
 }
 
+// Expert offloading on the CPU expert workers: the trained tiny model served from a cache of 12
+// of each worker's 128 experts matches the reference; bad budgets and policies are usage errors.
+TEST(MoePipeline, OffloadedExpertsMatchTheReference) {
+  const std::string model = std::string(MOE_PIPELINE_CONFIG_DIR) + "/../models/mixtral-8x7b-tiny.safetensors";
+  for (const char* policy : {"lru", "fmoe"}) {
+    const Outcome run = RunPipeline("--config mixtral-8x7b-tiny --weights " + model + " -A 1 -E 2 --requests 2 --batch 2 "
+                                    "--input_len 12 --output_len 3 --json '' --offload " + policy + " --gpu_experts 12");
+    ASSERT_EQ(run.exit_code, 0) << run.output;
+    EXPECT_NE(run.output.find("check           PASS"), std::string::npos) << run.output;
+    EXPECT_NE(run.output.find(std::string("expert offload (") + policy + ", 12 resident)"), std::string::npos) << run.output;
+  }
+  Outcome run = RunPipeline("--offload lru --gpu_experts 1");
+  EXPECT_EQ(run.exit_code, 2) << run.output;
+  EXPECT_NE(run.output.find("at least one layer's top-k (2)"), std::string::npos) << run.output;
+  run = RunPipeline("--offload belady --gpu_experts 4");
+  EXPECT_EQ(run.exit_code, 2) << run.output;
+  EXPECT_NE(run.output.find("lru, frequency, fmoe"), std::string::npos) << run.output;
+  run = RunPipeline("--offload lru");
+  EXPECT_EQ(run.exit_code, 2) << run.output;
+}
+
 }  // namespace
 }  // namespace moe
