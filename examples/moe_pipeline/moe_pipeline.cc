@@ -18,6 +18,7 @@
 #include "model/weights.h"
 #include "offload/policy.h"
 #include "offload/record.h"
+#include "offload/sim.h"
 #include "runtime/collocated.h"
 #include "runtime/launch.h"
 #include "runtime/pipeline.h"
@@ -42,7 +43,8 @@ model
   --seed N              seed of the random weights and of the workload (default 1)
   --save_weights DIR    write the seeded model as a safetensors checkpoint and exit (--bf16: in bf16)
   --offload POLICY      expert offloading on the expert workers: lru, frequency or fmoe (CPU backend;
-                        README.md "Expert offloading"); --gpu_experts C experts resident per worker
+                        README.md "Expert offloading"); --gpu_experts C experts resident per worker;
+                        --offload_maps TRACE: history the policy learns from (fMoE's map store)
   --trace OUT --prompts FILE  record the routing of FILE's text prompts (byte tokens) through the
                         reference forward to the trace OUT (for moe_offload_sim) and exit
 workers and schedule
@@ -128,6 +130,9 @@ m2n::StatusOr<Cli> ParseCli(int argc, char** argv) {
     } else if (a == "--offload") {
       M2N_ASSIGN_OR_RETURN(const char* v, value());
       p.offload = v;
+    } else if (a == "--offload_maps") {
+      M2N_ASSIGN_OR_RETURN(const char* v, value());
+      p.offload_maps = v;
     } else if (a == "--gpu_experts") {
       M2N_RETURN_IF_ERROR(integer(1, 1 << 20, &p.gpu_experts));
     } else if (a == "--trace" || a == "--prompts") {
@@ -208,6 +213,10 @@ m2n::StatusOr<Cli> ParseCli(int argc, char** argv) {
   if (!p.offload.empty()) {  // a usage error here, not a failure in every expert worker
     const offload::OffloadShape shape{p.config.num_hidden_layers, p.config.num_local_experts, p.config.num_experts_per_tok, 0};
     M2N_RETURN_IF_ERROR(offload::MakePolicy(p.offload, shape).status());
+    if (!p.offload_maps.empty()) {
+      M2N_ASSIGN_OR_RETURN(const offload::Trace maps, offload::ReadTrace(p.offload_maps));
+      M2N_RETURN_IF_ERROR(offload::CheckTraceShape(maps, shape, "--offload_maps " + p.offload_maps));
+    }
     if (p.gpu_experts < shape.top_k) {
       return m2n::InvalidArgumentError("--gpu_experts " + std::to_string(p.gpu_experts) +
                                        ": the cache must hold at least one layer's top-k (" + std::to_string(shape.top_k) + ")");

@@ -7,6 +7,7 @@
 #include "compute/cpu/ops.h"
 #include "compute/cpu/thread_pool.h"
 #include "offload/cache.h"
+#include "offload/sim.h"
 
 namespace moe::offload {
 namespace {
@@ -29,6 +30,9 @@ class ShardArena final : public LoadBackend {
     return m2n::OkStatus();
   }
   const ExpertWeights& Slot(int slot) const { return arena_[static_cast<size_t>(slot)]; }
+  bool Holds(int expert) const {
+    return expert >= 0 && static_cast<size_t>(expert) < local_.size() && local_[static_cast<size_t>(expert)] >= 0;
+  }
   int& Local(int expert) {
     if (static_cast<size_t>(expert) >= local_.size()) local_.resize(static_cast<size_t>(expert) + 1, -1);
     return local_[static_cast<size_t>(expert)];
@@ -93,7 +97,10 @@ m2n::Status OffloadedExperts::Forward(int layer, int top_k, std::span<const Expe
   M2N_RETURN_IF_ERROR(cache_->Acquire(layer, chosen));
   for (int e : chosen) Run(arena_->Slot(cache_->SlotOf({layer, e})), uses[static_cast<size_t>(e)], inputs);
   cache_->Release(layer, chosen);
-  return cache_->Prefetch(policy_->Prefetch(layer));
+  // The policies know the model, not the split: this worker prefetches only the experts it holds.
+  std::vector<ExpertId> wanted = policy_->Prefetch(layer);
+  std::erase_if(wanted, [&](ExpertId id) { return !arena_->Holds(id.expert); });
+  return cache_->Prefetch(wanted);
 }
 
 // The CPU backend's expert step (compute/cpu/cpu_compute.cc), on the resident copy.
@@ -134,6 +141,14 @@ m2n::StatusOr<std::unique_ptr<ExpertCompute>> MakeOffloadedExperts(const ModelCo
   }
   auto policy = MakePolicy(offload.policy, shape);
   if (!policy.ok()) return policy.status();
+  if (!offload.maps.empty()) {
+    auto trace = ReadTrace(offload.maps);
+    if (!trace.ok()) return trace.status();
+    if (auto s = CheckTraceShape(*trace, shape, "--offload_maps " + offload.maps); !s.ok()) return s;
+    for (const TraceRequest& q : trace->requests) {
+      if (!q.held_out) (*policy)->Learn(q.embedding, q.tokens, q.gates);
+    }
+  }
   auto shard = LoadExpertShard(config, source, experts);
   if (!shard.ok()) return shard.status();
   auto arena = std::make_unique<ShardArena>(std::move(*shard), offload.gpu_experts);

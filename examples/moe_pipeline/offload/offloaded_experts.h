@@ -21,6 +21,7 @@ namespace moe::offload {
 struct OffloadOptions {
   std::string policy;   // empty: no offloading
   int gpu_experts = 0;  // C, per expert worker
+  std::string maps;     // a routing trace whose non-held-out requests the policy learns from (fMoE's maps)
 };
 
 m2n::StatusOr<std::unique_ptr<ExpertCompute>> MakeOffloadedExperts(const ModelConfig& config, const WeightSource& source,

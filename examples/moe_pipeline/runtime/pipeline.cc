@@ -466,7 +466,7 @@ class ExpertWorker {
     if (o_.offload.empty()) {
       M2N_ASSIGN_OR_RETURN(experts_, MakeExpertCompute(o_.backend, c_, o_.weights, held_, co));
     } else {
-      M2N_ASSIGN_OR_RETURN(experts_, offload::MakeOffloadedExperts(c_, o_.weights, held_, co, {o_.offload, o_.gpu_experts}));
+      M2N_ASSIGN_OR_RETURN(experts_, offload::MakeOffloadedExperts(c_, o_.weights, held_, co, {o_.offload, o_.gpu_experts, o_.offload_maps}));
     }
     attention_.assign(g_.peers().begin(), g_.peers().end());
     M2N_RETURN_IF_ERROR(send_.Register(g_, attention_.size()));

@@ -53,6 +53,7 @@ struct PipelineOptions {
   // Expert offloading on the expert workers (offload/offloaded_experts.h): a policy and C.
   std::string offload;
   int gpu_experts = 0;
+  std::string offload_maps;  // a routing trace the policy learns from
 };
 
 // Which expert worker holds global expert e.
