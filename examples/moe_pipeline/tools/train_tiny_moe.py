@@ -13,8 +13,9 @@ What is trained, honestly (numpy on CPU, about a minute, no torch needed):
     training text, layer by layer, so routing follows the text's structure as it flows through;
   * the LM head: ridge regression of the next byte on the final hidden state.
 Attention and expert weights are seeded random (numpy seed); the model is not trained end to end
-on a language-modelling loss (torch is not installed on the build machines; an end-to-end PyTorch
-trainer writing the same tensors is left to the GPU session, README.md "Expert offloading").
+on a language-modelling loss (torch is not installed on the build machines).
+tools/train_tiny_moe_torch.py is the end-to-end trainer for the GPU machine (not yet run); it
+reuses this file's text sampling, writer and numpy forward, so both write the same files.
 
 Outputs: the model as bf16 safetensors (tensor names of Mixtral checkpoints, the pipeline's
 --weights), and a routing trace (offload/trace.h) of every prompt, the held-out ones marked:
