@@ -16,6 +16,9 @@
 #include "compute/compute.h"
 #include "model/config.h"
 #include "model/weights.h"
+#include "offload/policy.h"
+#include "offload/record.h"
+#include "offload/sim.h"
 #include "runtime/collocated.h"
 #include "runtime/launch.h"
 #include "runtime/pipeline.h"
@@ -39,6 +42,11 @@ model
   --weights PATH        safetensors file or folder (Mixtral tensor names); default: seeded random
   --seed N              seed of the random weights and of the workload (default 1)
   --save_weights DIR    write the seeded model as a safetensors checkpoint and exit (--bf16: in bf16)
+  --offload POLICY      expert offloading on the expert workers: lru, frequency or fmoe (CPU backend;
+                        README.md "Expert offloading"); --gpu_experts C experts resident per worker;
+                        --offload_maps TRACE: history the policy learns from (fMoE's map store)
+  --trace OUT --prompts FILE  record the routing of FILE's text prompts (byte tokens) through the
+                        reference forward to the trace OUT (for moe_offload_sim) and exit
 workers and schedule
   -A, --attention N     attention worker processes (default 2)
   -E, --experts N       expert worker processes (default 2)
@@ -71,6 +79,7 @@ struct Cli {
   PipelineOptions pipeline;
   std::string json_path = "moe_pipeline.json";
   std::string save_weights;
+  std::string trace, prompts;  // --trace: record routing (offload/record.h) and exit
   bool bf16 = false;
   bool threads_set = false;
 };
@@ -118,6 +127,17 @@ m2n::StatusOr<Cli> ParseCli(int argc, char** argv) {
       cli.save_weights = v;
     } else if (a == "--bf16") {
       cli.bf16 = true;
+    } else if (a == "--offload") {
+      M2N_ASSIGN_OR_RETURN(const char* v, value());
+      p.offload = v;
+    } else if (a == "--offload_maps") {
+      M2N_ASSIGN_OR_RETURN(const char* v, value());
+      p.offload_maps = v;
+    } else if (a == "--gpu_experts") {
+      M2N_RETURN_IF_ERROR(integer(1, 1 << 20, &p.gpu_experts));
+    } else if (a == "--trace" || a == "--prompts") {
+      M2N_ASSIGN_OR_RETURN(const char* v, value());
+      (a == "--trace" ? cli.trace : cli.prompts) = v;
     } else if (a == "-A" || a == "--attention") {
       M2N_RETURN_IF_ERROR(integer(1, 4096, &p.attention_workers));
     } else if (a == "-E" || a == "--experts") {
@@ -179,11 +199,29 @@ m2n::StatusOr<Cli> ParseCli(int argc, char** argv) {
     }
     if (p.backend != "cuda") return m2n::InvalidArgumentError("--collocated needs --backend cuda (NCCL moves GPU memory)");
   }
+  if (p.offload.empty() != (p.gpu_experts == 0)) {
+    return m2n::InvalidArgumentError("--offload POLICY and --gpu_experts C go together");
+  }
+  if (!p.offload.empty() && (p.backend != "cpu" || p.collocated > 0)) {
+    return m2n::InvalidArgumentError("--offload runs on the CPU backend's expert workers for now (the GPU cache: README.md)");
+  }
   M2N_RETURN_IF_ERROR(BackendPrecision(p.backend).status());
   p.config_path = config.find('/') == std::string::npos && config.find(".json") == std::string::npos
                       ? std::string(MOE_PIPELINE_CONFIG_DIR) + "/" + config + ".json"
                       : config;
   M2N_ASSIGN_OR_RETURN(p.config, LoadModelConfig(p.config_path));
+  if (!p.offload.empty()) {  // a usage error here, not a failure in every expert worker
+    const offload::OffloadShape shape{p.config.num_hidden_layers, p.config.num_local_experts, p.config.num_experts_per_tok, 0};
+    M2N_RETURN_IF_ERROR(offload::MakePolicy(p.offload, shape).status());
+    if (!p.offload_maps.empty()) {
+      M2N_ASSIGN_OR_RETURN(const offload::Trace maps, offload::ReadTrace(p.offload_maps));
+      M2N_RETURN_IF_ERROR(offload::CheckTraceShape(maps, shape, "--offload_maps " + p.offload_maps));
+    }
+    if (p.gpu_experts < shape.top_k) {
+      return m2n::InvalidArgumentError("--gpu_experts " + std::to_string(p.gpu_experts) +
+                                       ": the cache must hold at least one layer's top-k (" + std::to_string(shape.top_k) + ")");
+    }
+  }
   if (!cli.threads_set) {
     const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     p.threads = std::max(1, cores / (p.collocated > 0 ? p.collocated : p.attention_workers + p.expert_workers));
@@ -249,6 +287,26 @@ int RunRank(const Cli& cli) {
   return summary.check_ran && !summary.check_passed ? kExitCheckFailed : kExitOk;
 }
 
+// --trace OUT --prompts FILE: the routing of text prompts, for moe_offload_sim (README.md).
+int RecordRouting(const Cli& cli) {
+  if (cli.prompts.empty()) {
+    std::fprintf(stderr, "moe_pipeline: --trace needs --prompts FILE (KIND<TAB>0|1<TAB>TEXT lines)\n");
+    return kExitUsage;
+  }
+  auto prompts = offload::ReadPrompts(cli.prompts);
+  m2n::Status s = prompts.status();
+  if (prompts.ok()) {
+    auto trace = offload::RecordTrace(cli.pipeline.config, cli.pipeline.weights, *prompts, 32);
+    s = trace.ok() ? offload::WriteTrace(cli.trace, *trace) : trace.status();
+  }
+  if (!s.ok()) {
+    std::fprintf(stderr, "moe_pipeline: %s\n", s.ToString().c_str());
+    return kExitFailure;
+  }
+  std::printf("wrote the routing of %zu prompts to %s\n", prompts->size(), cli.trace.c_str());
+  return kExitOk;
+}
+
 int Main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "-h") == 0 || std::strcmp(argv[i], "--help") == 0) {
@@ -262,6 +320,7 @@ int Main(int argc, char** argv) {
     return kExitUsage;
   }
   const PipelineOptions& p = cli->pipeline;
+  if (!cli->trace.empty()) return RecordRouting(*cli);
   if (!cli->save_weights.empty()) {
     const int files = std::max(1, p.config.num_hidden_layers / 2);
     if (m2n::Status s = SaveSeededCheckpoint(p.config, p.weights.seed, cli->save_weights, files, cli->bf16); !s.ok()) {

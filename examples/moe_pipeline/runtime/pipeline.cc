@@ -20,6 +20,7 @@
 
 #include "compute/compute.h"
 #include "m2n/launch.h"
+#include "offload/offloaded_experts.h"
 #include "reference/check.h"
 #include "runtime/fault.h"
 #include "runtime/report.h"
@@ -462,7 +463,11 @@ class ExpertWorker {
     ComputeOptions co{.threads = o_.threads, .micro_batches = o_.workload.micro_batches,
                       .max_tokens = o_.workload.max_tokens, .kv_slots = 0, .max_context = 0,
                       .local_rank = LocalRank(g_)};
-    M2N_ASSIGN_OR_RETURN(experts_, MakeExpertCompute(o_.backend, c_, o_.weights, held_, co));
+    if (o_.offload.empty()) {
+      M2N_ASSIGN_OR_RETURN(experts_, MakeExpertCompute(o_.backend, c_, o_.weights, held_, co));
+    } else {
+      M2N_ASSIGN_OR_RETURN(experts_, offload::MakeOffloadedExperts(c_, o_.weights, held_, co, {o_.offload, o_.gpu_experts, o_.offload_maps}));
+    }
     attention_.assign(g_.peers().begin(), g_.peers().end());
     M2N_RETURN_IF_ERROR(send_.Register(g_, attention_.size()));
     return m2n::OkStatus();

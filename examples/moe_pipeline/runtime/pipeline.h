@@ -50,6 +50,10 @@ struct PipelineOptions {
   // bug the check must catch); "kill_expert" ends the first expert worker after 3 rounds (the others
   // must fail by their deadlines, naming it).
   std::string fault;
+  // Expert offloading on the expert workers (offload/offloaded_experts.h): a policy and C.
+  std::string offload;
+  int gpu_experts = 0;
+  std::string offload_maps;  // a routing trace the policy learns from
 };
 
 // Which expert worker holds global expert e.

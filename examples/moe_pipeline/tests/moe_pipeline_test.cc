@@ -16,6 +16,7 @@
 #include "m2n/launch.h"
 #include "model/config.h"
 #include "model/json.h"
+#include "offload/trace.h"
 #include "tests/temp_dir.h"
 
 namespace moe {
@@ -210,6 +211,43 @@ TEST(MoePipeline, BadInputsAreUsageErrorsThatSayWhat) {
   EXPECT_NE(run.output.find("nothing-here"), std::string::npos) << run.output;
 
   run = RunPipeline("--input_len 8");
+  EXPECT_EQ(run.exit_code, 2) << run.output;
+}
+
+// Expert offloading on the CPU expert workers: the trained tiny model served from a cache of 12
+// of each worker's 128 experts matches the reference; bad budgets and policies are usage errors.
+TEST(MoePipeline, OffloadedExpertsMatchTheReference) {
+  const std::string model = std::string(MOE_PIPELINE_CONFIG_DIR) + "/../models/mixtral-8x7b-tiny.safetensors";
+  for (const char* policy : {"lru", "fmoe"}) {
+    const Outcome run = RunPipeline("--config mixtral-8x7b-tiny --weights " + model + " -A 1 -E 2 --requests 2 --batch 2 "
+                                    "--input_len 12 --output_len 3 --json '' --offload " + policy + " --gpu_experts 12");
+    ASSERT_EQ(run.exit_code, 0) << run.output;
+    EXPECT_NE(run.output.find("check           PASS"), std::string::npos) << run.output;
+    EXPECT_NE(run.output.find(std::string("expert offload (") + policy + ", 12 resident)"), std::string::npos) << run.output;
+  }
+  // fMoE with maps from a trace of the same shape: prefetches, still the reference's outputs.
+  TempDir dir;
+  offload::Trace maps{.layers = 32, .experts = 8, .top_k = 2, .embed_dim = 1, .requests = {}};
+  maps.requests.push_back({.kind = "k", .held_out = false, .tokens = 1, .embedding = {1.0f}, .gates = {}});
+  for (int i = 0; i < 32 * 8; ++i) maps.requests[0].gates.push_back(i % 8 < 4 ? 0.2f : 0.05f);
+  ASSERT_TRUE(offload::WriteTrace(dir / "maps.trace", maps).ok());
+  Outcome run = RunPipeline("--config mixtral-8x7b-tiny --weights " + model + " -A 1 -E 2 --requests 2 --batch 2 "
+                            "--input_len 12 --output_len 3 --json '' --offload fmoe --gpu_experts 12 --offload_maps " +
+                            (dir / "maps.trace"));
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_NE(run.output.find("check           PASS"), std::string::npos) << run.output;
+  EXPECT_EQ(run.output.find("prefetches 0 "), std::string::npos) << run.output;
+  // The same maps for the 2-layer tiny model: a trace from another shape.
+  run = RunPipeline("--offload fmoe --gpu_experts 4 --offload_maps " + (dir / "maps.trace"));
+  EXPECT_EQ(run.exit_code, 2) << run.output;
+  EXPECT_NE(run.output.find("another model's shape"), std::string::npos) << run.output;
+  run = RunPipeline("--offload lru --gpu_experts 1");
+  EXPECT_EQ(run.exit_code, 2) << run.output;
+  EXPECT_NE(run.output.find("at least one layer's top-k (2)"), std::string::npos) << run.output;
+  run = RunPipeline("--offload belady --gpu_experts 4");
+  EXPECT_EQ(run.exit_code, 2) << run.output;
+  EXPECT_NE(run.output.find("lru, frequency, fmoe"), std::string::npos) << run.output;
+  run = RunPipeline("--offload lru");
   EXPECT_EQ(run.exit_code, 2) << run.output;
 }
 

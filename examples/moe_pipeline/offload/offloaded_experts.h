@@ -1,0 +1,32 @@
+// The expert side with offloading (moe_pipeline --offload POLICY --gpu_experts C): the worker's
+// experts stay in a host copy, C of them are resident in a separate arena (standing for GPU memory
+// on CPU), and each layer's step acquires the experts its tokens were routed to through the expert
+// cache (cache.h), loading misses on demand, then prefetches what the policy asks for. The FFN runs
+// the CPU backend's kernels (compute/cpu/ops.h) on the resident copy, in the CPU backend's order,
+// so outputs are those without offloading; only residency differs.
+//
+// What the expert worker sees of routing is each token's top-k and their weights, not the full gate
+// distribution: the policies observe the normalized top-k weights averaged over the layer's tokens.
+#pragma once
+
+#include <memory>
+#include <span>
+#include <string>
+
+#include "compute/compute.h"
+#include "m2n/status.h"
+
+namespace moe::offload {
+
+struct OffloadOptions {
+  std::string policy;   // empty: no offloading
+  int gpu_experts = 0;  // C, per expert worker
+  std::string maps;     // a routing trace whose non-held-out requests the policy learns from (fMoE's maps)
+};
+
+m2n::StatusOr<std::unique_ptr<ExpertCompute>> MakeOffloadedExperts(const ModelConfig& config, const WeightSource& source,
+                                                                  std::span<const int> experts,
+                                                                  const ComputeOptions& compute,
+                                                                  const OffloadOptions& offload);
+
+}  // namespace moe::offload
