@@ -75,6 +75,7 @@ TEST_P(CudaIpcTransportTest, AbortEndsWaitForProxyRoom) {
     AbortToken abort;
     Config config = PairConfig(r, /*max_unpolled=*/200);  // room for 300 immediates in the peer's ring
     config.timeout = 20s;
+    config.slot_depth = 4;
     config.slot_memory = MemoryKind::kCuda;
     config.aborted = [abort] { return abort.aborted(); };
     ASSIGN_OR_FAIL(r.t, r.transport->create(config));

@@ -68,10 +68,10 @@ struct Message {
 
 // A shared abort flag: a copyable handle that every copy aborts alike, and that stays valid however
 // long it is kept, whatever happens to the Group. Group::abort_token() hands out the group's own;
-// Group::Create(options, token) makes a group that uses the caller's, so that Abort also ends
-// Create's waits (the store, the configuration check, the connection). Abort() is safe from any
-// thread at any time, before, during or after the Group's Create, calls, Close and destructor;
-// it never blocks. A token is meant for one group: a group created with an aborted token fails.
+// Group::Create(options, token) makes a group that uses the caller's, so that Abort also reaches
+// Create's waits. Abort() is safe from any thread at any time, before, during or after the
+// Group's Create, calls, Close and destructor; it never blocks. A token is meant for one group:
+// a group created with an aborted token fails.
 class AbortToken {
  public:
   AbortToken() : flag_(std::make_shared<std::atomic<bool>>(false)) {}
@@ -100,8 +100,10 @@ class Group {
   // kFailedPrecondition for a configuration that differs between ranks (reported on every rank),
   // kDeadlineExceeded / kUnavailable when the store or a peer cannot be reached.
   static StatusOr<std::unique_ptr<Group>> Create(const Options& options);
-  // The same, aborted by `abort`: an Abort before Create returns makes it return kAborted promptly
-  // (within a few polls of its waits), tearing down what it made; after, it is Group::Abort().
+  // The same, aborted by `abort`: an Abort before Create returns ends its waits (the barrier, the
+  // configuration check) within a few polls and makes it fail, kAborted or the error it had
+  // found, tearing down what it made; its reads of the store return by the options' timeout
+  // first (docs/reliability.md). After Create, the token is the group's: Group::Abort() sets it.
   static StatusOr<std::unique_ptr<Group>> Create(const Options& options, const AbortToken& abort);
 
   ~Group();  // closes with a short deadline if Close() was not called
