@@ -25,6 +25,11 @@ __global__ void Check(const uint8_t* data, const uint32_t* length, size_t expect
 
 __global__ void Increment(unsigned long long* counter) { ++*counter; }
 
+__global__ void OccupyUntil(const volatile unsigned* release) {
+  while (*release == 0) {
+  }
+}
+
 unsigned Blocks(size_t n) {
   size_t b = (n + 255) / 256;
   return static_cast<unsigned>(b < 1 ? 1 : b > 512 ? 512 : b);
@@ -43,6 +48,20 @@ cudaError_t LaunchCheck(const void* data, const uint32_t* length, size_t expecte
                         unsigned long long* wrong, cudaStream_t stream) {
   Check<<<Blocks(expected_length), 256, 0, stream>>>(static_cast<const uint8_t*>(data), length, expected_length,
                                                      source, destination, number, counter, wrong);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchOccupyUntil(const volatile unsigned* release, cudaStream_t stream) {
+  int device = 0;
+  cudaDeviceProp prop{};
+  cudaError_t e = cudaGetDevice(&device);
+  if (e == cudaSuccess) e = cudaGetDeviceProperties(&prop, device);
+  if (e != cudaSuccess) return e;
+  // Blocks of 1024 threads, as many as the SMs hold at once: no thread slot is left.
+  const int threads = 1024;
+  const int per_sm = prop.maxThreadsPerMultiProcessor / threads;
+  const unsigned blocks = static_cast<unsigned>(prop.multiProcessorCount * per_sm);
+  OccupyUntil<<<blocks, threads, 0, stream>>>(release);
   return cudaGetLastError();
 }
 

@@ -36,5 +36,8 @@ cudaError_t LaunchCheck(const void* data, const uint32_t* length, size_t expecte
                         unsigned long long* wrong, cudaStream_t stream);
 // ++*counter on the stream (graph replays count themselves).
 cudaError_t LaunchIncrement(unsigned long long* counter, cudaStream_t stream);
+// Fills every SM with threads that spin until *release (host-mapped memory) is not 0, so that no
+// other kernel runs meanwhile (a copy proxy that must not progress, in a test).
+cudaError_t LaunchOccupyUntil(const volatile unsigned* release, cudaStream_t stream);
 
 }  // namespace m2n::testing

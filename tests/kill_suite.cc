@@ -288,6 +288,60 @@ TEST_P(KillTest, AbortFromAnotherThreadEndsBlockedCallsAndCloseSucceeds) {
 
 namespace m2n::testing {
 
+// Abort during Close, from another thread: rank 1 (a receiver) sends rank 0 a message that rank 0
+// holds and never releases, then closes; its Close waits for that release until an Abort cuts it
+// short. Close then returns kAborted at once and rank 1 leaves without a goodbye, dropping its store
+// connection, so rank 0's blocked Receive fails naming rank 1 instead of waiting out its deadline.
+// A copy of the group's AbortToken stays safe to abort after the Group is gone.
+TEST_P(KillTest, AbortDuringCloseLeavesWithoutGoodbye) {
+  constexpr int kLongMs = 20000;
+  auto outcomes = RunRanks(2, [&](int rank, int port) {
+    ApplySetup(GetParam());
+    Options o = TestOptions(1, 1, rank, port);
+    o.liveness_check_ms = kLivenessCheckMs;
+    auto created = Group::Create(o);
+    CHILD_OK(created.status());
+    std::unique_ptr<Group> g = std::move(created).value();
+    if (rank == 0) {
+      auto held = g->Receive(1, Deadline::AfterMs(10000));  // held, never released
+      CHILD_OK(held.status());
+      auto start = Clock::now();
+      Status s = g->Receive(1, Deadline::AfterMs(kLongMs)).status();
+      const double ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+      CHILD_CHECK(s.code() == StatusCode::kUnavailable && NamesRank(s.message(), 1), "%s", s.ToString().c_str());
+      CHILD_CHECK(ms < 5000, "took %.0f ms to see rank 1 leave (deadline %d ms)", ms, kLongMs);
+      CHILD_OK(g->Close(Deadline::AfterMs(5000)));
+      return 0;
+    }
+    std::vector<std::byte> buffer(64, std::byte{7});
+    auto region = g->RegisterMemory(buffer.data(), buffer.size());
+    CHILD_OK(region.status());
+    CHILD_OK(g->Send(SendRequest{0, buffer.data(), buffer.size()}, Deadline::AfterMs(10000)));
+    AbortToken token = g->abort_token();
+    std::atomic<int64_t> aborted_at_ns{0};
+    std::thread aborter([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      aborted_at_ns.store(NowNs());
+      g->Abort();
+    });
+    Status s = g->Close(Deadline::AfterMs(kLongMs));
+    const double ms = static_cast<double>(NowNs() - aborted_at_ns.load()) / 1e6;
+    aborter.join();
+    CHILD_CHECK(s.code() == StatusCode::kAborted, "Close cut short by Abort: %s", s.ToString().c_str());
+    CHILD_CHECK(ms < 1000, "Close returned %.0f ms after Abort", ms);
+    *region = MemoryRegion();
+    g.reset();
+    token.Abort();  // the Group is gone; its token is not
+    CHILD_CHECK(token.aborted(), "token");
+    return 0;
+  }, 60);
+  EXPECT_EQ(DescribeFailures(outcomes), "");
+}
+
+}  // namespace m2n::testing
+
+namespace m2n::testing {
+
 // What the test process and the 3 ranks of a SIGSTOP test share (anonymous shared memory).
 struct StopProgress {
   std::atomic<int> ready;     // ranks past set-up; one more once the test has stopped its rank

@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -63,6 +64,10 @@ struct Config {
   bool nic_required = false;
   // The CPU a proxy thread is pinned to; -1: not pinned.
   int proxy_core = -1;
+  // Whether the owner aborted (Group::Abort, from any thread; cheap, safe to call at any time
+  // while the transport lives). A transport's own waits inside a call (room in a send queue or a
+  // proxy's ring) poll it and return kAborted; empty: nothing aborts them but their timeout.
+  std::function<bool()> aborted;
 };
 
 // Registered local memory. Destroying it deregisters it.

@@ -12,7 +12,9 @@
 // Completion model: the calling thread drives progress. Every blocking call (Send, Receive, Barrier,
 // Close) makes progress while it waits and returns by its Deadline. Between calls, nothing moves; a
 // rank that neither sends nor receives for long should call Progress(). A Group is used by one
-// thread at a time, except Abort(), which any thread may call at any time.
+// thread at a time, except Abort(), which any other thread may call while the Group object is
+// alive (not during or after its destructor); to abort from a thread that may outlive the Group,
+// or to abort Create itself, hold an AbortToken instead (below).
 //
 // Failures (docs/reliability.md): a group is one fault domain. When any rank of it dies, every
 // other rank's blocked or next blocking call fails with kUnavailable naming the dead rank; a
@@ -22,6 +24,7 @@
 #pragma once
 
 #include <cstddef>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -63,6 +66,22 @@ struct Message {
   const uint32_t* device_length = nullptr;
 };
 
+// A shared abort flag: a copyable handle that every copy aborts alike, and that stays valid however
+// long it is kept, whatever happens to the Group. Group::abort_token() hands out the group's own;
+// Group::Create(options, token) makes a group that uses the caller's, so that Abort also reaches
+// Create's waits. Abort() is safe from any thread at any time, before, during or after the
+// Group's Create, calls, Close and destructor; it never blocks. A token is meant for one group:
+// a group created with an aborted token fails.
+class AbortToken {
+ public:
+  AbortToken() : flag_(std::make_shared<std::atomic<bool>>(false)) {}
+  void Abort() const { flag_->store(true, std::memory_order_release); }
+  bool aborted() const { return flag_->load(std::memory_order_acquire); }
+
+ private:
+  std::shared_ptr<std::atomic<bool>> flag_;
+};
+
 // Counters since creation; cheap to read.
 struct GroupStats {
   uint64_t messages_sent = 0;
@@ -81,6 +100,11 @@ class Group {
   // kFailedPrecondition for a configuration that differs between ranks (reported on every rank),
   // kDeadlineExceeded / kUnavailable when the store or a peer cannot be reached.
   static StatusOr<std::unique_ptr<Group>> Create(const Options& options);
+  // The same, aborted by `abort`: an Abort before Create returns ends its waits (the barrier, the
+  // configuration check) within a few polls and makes it fail, kAborted or the error it had
+  // found, tearing down what it made; its reads of the store return by the options' timeout
+  // first (docs/reliability.md). After Create, the token is the group's: Group::Abort() sets it.
+  static StatusOr<std::unique_ptr<Group>> Create(const Options& options, const AbortToken& abort);
 
   ~Group();  // closes with a short deadline if Close() was not called
   Group(const Group&) = delete;
@@ -155,11 +179,16 @@ class Group {
   Status Close(Deadline deadline);
 
   // Makes every blocking call of this group, in any thread, return kAborted promptly (within a
-  // few polls), and every later call return kAborted too, except Close. Callable from any thread,
-  // at any time, any number of times; never blocks. Close after Abort tears down at once: it
-  // waits for no peer and says no goodbye, so the peers see this rank leave and fail their
-  // calls naming it (docs/reliability.md).
+  // few polls), and every later call return kAborted too, except Close. Callable from any thread
+  // while the Group object is alive, any number of times; never blocks. Not during or after the
+  // destructor (that is a use after free): a thread that may outlive the Group aborts through
+  // abort_token() instead. Close after Abort tears down at once: it waits for no peer and says no
+  // goodbye, so the peers see this rank leave and fail their calls naming it. Abort during Close
+  // cuts Close's waits short the same way, and that Close returns kAborted (docs/reliability.md).
   void Abort();
+  // The token Abort() sets (or the one passed to Create): keep a copy to abort safely from a
+  // thread whose calls may race with the Group's destruction.
+  AbortToken abort_token() const;
 
   struct Impl;
 

@@ -37,6 +37,7 @@ Status Group::CheckPeersAlive(Deadline deadline) {
       impl_->LivenessBound(deadline));
 }
 
-void Group::Abort() { impl_->aborted.store(true, std::memory_order_release); }
+void Group::Abort() { impl_->abort.Abort(); }
+AbortToken Group::abort_token() const { return impl_->abort; }
 
 }  // namespace m2n

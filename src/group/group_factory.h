@@ -17,7 +17,9 @@ using TransportWrapper =
 
 class GroupFactory {
  public:
-  static StatusOr<std::unique_ptr<Group>> Create(const Options& options, const TransportWrapper& wrap);
+  // `abort`: the group's abort flag (Group::Create(options, token)); by default a fresh one.
+  static StatusOr<std::unique_ptr<Group>> Create(const Options& options, const TransportWrapper& wrap,
+                                                 const AbortToken& abort = AbortToken());
 };
 
 }  // namespace m2n

@@ -138,8 +138,10 @@ struct Group::Impl {
 
   // ---- Lifetime ----
   Status fatal;  // sticky: once a peer or the protocol failed, every call returns it
-  // Group::Abort, from any thread: every wait checks it, and every later call returns kAborted.
-  std::atomic<bool> aborted{false};
+  // Group::Abort or the caller's token (Group::Create), from any thread: every wait checks it,
+  // the transport's own waits too (transport::Config::aborted), and every later call returns
+  // kAborted. Shared, so that an Abort through a kept token never touches a destroyed Group.
+  AbortToken abort;
   bool closed = false;
   int barrier_count = 0;
   GroupStats stats;
@@ -155,13 +157,14 @@ struct Group::Impl {
 
   Status CheckOpen() const {
     if (closed) return FailedPreconditionError(me() + ": the group is closed");
-    if (aborted.load(std::memory_order_acquire)) return AbortedStatus();
+    if (Aborted()) return AbortedStatus();
     return fatal;
   }
   Status AbortedStatus(const std::string& during = "") const {
     return AbortedError(me() + ": the group was aborted (Group::Abort)" + (during.empty() ? "" : " while " + during) +
                         "; close it");
   }
+  bool Aborted() const { return abort.aborted(); }
   Status Fail(Status status) {
     if (fatal.ok()) fatal = std::move(status);
     return fatal;
@@ -225,7 +228,8 @@ struct Group::Impl {
   // teardown.cc
   Status Teardown(Deadline deadline, bool clean);
   Status DrainForClose(Deadline deadline);
-  void LeaveCloseBarrier(Deadline deadline);
+  Status LeaveCloseBarrier(Deadline deadline);
+  bool AwaitCount(const std::string& key, Deadline deadline);
 
   // Waits, making progress, until done() or the deadline; `what` names the wait in errors.
   // Spins for spin_us after the last progress, then yields the core each round; every
@@ -240,7 +244,7 @@ struct Group::Impl {
       if (done()) return OkStatus();
       // Reading the clock costs as much as a poll: look at it every 16th round only.
       if (round % 16 != 15) continue;
-      if (aborted.load(std::memory_order_acquire)) return AbortedStatus(what());
+      if (Aborted()) return AbortedStatus(what());
       auto now = Clock::now();
       if (now >= deadline.time()) {
         M2N_RETURN_IF_ERROR(CheckRanksAlive(what, LastLivenessBound()));

@@ -34,14 +34,21 @@ Status Group::Impl::StoreFailure(const Status& error, const std::string& during)
 // reporting (a survivor's transport often fails only as a consequence: a peer that gave up on
 // the dead rank closed its connections), so the store is asked first. The transport may see a
 // death before the store's server does (a reset connection against that server's next poll), so
-// the store gets a short while, bounded by the liveness period, to confirm it.
+// the store gets a short while, bounded by the liveness period, to confirm it. That grace polls
+// Abort: each question to the store is bounded by kAbortPoll, so a stopped rank 0 holds it no
+// longer. After an Abort (a transport wait that saw it, too) the failure no longer matters.
 Status Group::Impl::TransportFailure(const Status& error, int peer) {
+  constexpr auto kAbortPoll = std::chrono::milliseconds(20);
   const auto until = Clock::now() + std::chrono::milliseconds(std::clamp(2 * options.liveness_check_ms, 20, 1000));
   for (;;) {
-    Status dead = DeadRanksStatus([] { return std::string("the transport failed"); }, Deadline::At(until));
+    if (Aborted()) return AbortedStatus("the transport reported: " + error.message());
+    const auto ask_by = std::min(until, Clock::now() + kAbortPoll);
+    Status dead = DeadRanksStatus([] { return std::string("the transport failed"); }, Deadline::At(ask_by));
     if (!dead.ok()) return Status(dead.code(), dead.message() + " (the transport reported: " + error.message() + ")");
-    if (peer < 0 || Clock::now() >= until) break;
-    usleep(2000);
+    // Without a peer named, one answer is enough; an unanswered question is asked again.
+    const bool answered = liveness.store_silent_since == Clock::time_point{};
+    if ((peer < 0 && answered) || Clock::now() >= until) break;
+    if (answered) usleep(2000);
   }
   std::string who = peer >= 0 ? "lost " + RankName(peer) + ": " : "";
   return Status(error.code(), me() + ": " + who + error.message());
@@ -112,7 +119,7 @@ Status Group::Impl::StoreBarrier(const std::string& name, Deadline deadline) {
   auto spin_until = Clock::now() + std::chrono::microseconds(options.spin_us);
   while (count < world) {
     M2N_RETURN_IF_ERROR(Progress());
-    if (aborted.load(std::memory_order_acquire)) return AbortedStatus(what());
+    if (Aborted()) return AbortedStatus(what());
     if (deadline.Expired()) {
       M2N_RETURN_IF_ERROR(CheckRanksAlive(what, LastLivenessBound()));
       return DeadlineExceededError(me() + ": barrier '" + name + "': " + std::to_string(count) + " of " +

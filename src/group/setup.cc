@@ -122,14 +122,11 @@ Status Group::Impl::AgreeOnConfiguration(const std::string& chosen_transport, De
   }
   if (agreed.ok()) return agreed;
   // Rank 0 serves the store: it stays until every rank has read every configuration, so that
-  // each one reports the mismatch rather than a vanished store.
+  // each one reports the mismatch rather than a vanished store. An Abort ends that wait and the
+  // rank leaves without a goodbye (the mismatch found is still what it reports).
   (void)store->Add("m2n/config-checked", 1);
-  while (rank == 0 && !deadline.Expired()) {
-    auto checked = store->Add("m2n/config-checked", 0);
-    if (!checked.ok() || *checked >= world) break;
-    usleep(1000);
-  }
-  (void)store->Goodbye();
+  const bool waited = rank != 0 || AwaitCount("m2n/config-checked", deadline);
+  if (waited && !Aborted()) (void)store->Goodbye();
   return agreed.WithContext(me());
 }
 

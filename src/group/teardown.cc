@@ -5,7 +5,8 @@
 // a failure (`fatal`) or an abort there is nobody worth waiting for: the transport is closed at
 // once and Close succeeds, since the failure was reported already. Only an abort leaves without a
 // goodbye: the peers, which may still be waiting on this rank, then see it gone and fail by name
-// instead of by timeout.
+// instead of by timeout. Every wait here polls Abort, so an Abort during Close (from another
+// thread) ends it promptly the same way.
 #include <unistd.h>
 
 #include "group/impl.h"
@@ -23,28 +24,31 @@ Status Group::Close(Deadline deadline) {
 
 Status Group::Impl::Teardown(Deadline deadline, bool clean) {
   closed = true;
-  const bool was_aborted = aborted.load(std::memory_order_acquire);
-  const bool failed = !fatal.ok() || was_aborted;
+  const bool aborted_before = Aborted();
+  const bool failed = !fatal.ok() || aborted_before;
   Status result;
   if (clean && !failed && core) {
     result = DrainForClose(deadline);
     if (result.ok()) result = StoreBarrier("close", deadline);
-    if (result.ok()) LeaveCloseBarrier(deadline);
+    if (result.ok()) result = LeaveCloseBarrier(deadline);
   }
+  // An Abort during the waits above cut them short: the rest goes as after an Abort before Close.
+  const bool aborted = Aborted();
   staging_region.reset();
   if (core && core->transport) {
     // After a failure nobody is owed a flush: the transport closes at once (forcing what is left).
-    Status s = core->transport->Close(failed ? Deadline::AfterMs(0) : deadline.Min(Deadline::AfterMs(2000)));
-    if (result.ok() && clean && !failed) result = s;
+    const bool at_once = failed || aborted;
+    Status s = core->transport->Close(at_once ? Deadline::AfterMs(0) : deadline.Min(Deadline::AfterMs(2000)));
+    if (result.ok() && clean && !at_once) result = s;
   }
   slots.reset();
   remote_slots.clear();
-  if (store && !was_aborted) {
-    if (clean || fatal.ok()) (void)store->Goodbye();
-  }
+  if (store && !aborted && (clean || fatal.ok())) (void)store->Goodbye();
   // An aborted rank drops its store connection now, not when the Group is destroyed: that is how
   // its peers learn that it left.
-  if (was_aborted) store.reset();
+  if (aborted) store.reset();
+  // A Close that Abort cut short says so: it did not wait for the peers.
+  if (clean && aborted && !aborted_before && result.ok()) result = AbortedStatus("closing");
   return result;
 }
 
@@ -66,14 +70,24 @@ Status Group::Impl::DrainForClose(Deadline deadline) {
 
 // Says this rank has left the close barrier. Rank 0 serves the store: it keeps it up until every
 // rank has left.
-void Group::Impl::LeaveCloseBarrier(Deadline deadline) {
+Status Group::Impl::LeaveCloseBarrier(Deadline deadline) {
   (void)store->Add("m2n/barrier/close-left", 1);
-  if (rank != 0) return;
+  if (rank != 0 || AwaitCount("m2n/barrier/close-left", deadline)) return OkStatus();
+  return AbortedStatus("closing: waiting for the other ranks to leave");
+}
+
+// Rank 0 serves the store, so before it leaves (and the store with it) it waits until counter
+// `key` says that every rank is done with the store, the deadline passes or the store fails (then
+// there is nobody to wait for), polling Abort: false when aborted. The counter is read through
+// the store rank 0 serves itself, so each read is answered at once.
+bool Group::Impl::AwaitCount(const std::string& key, Deadline deadline) {
   while (!deadline.Expired()) {
-    auto left = store->Add("m2n/barrier/close-left", 0);
-    if (!left.ok() || *left >= world) break;
+    if (Aborted()) return false;
+    auto count = store->Add(key, 0);
+    if (!count.ok() || *count >= world) break;
     usleep(200);
   }
+  return !Aborted();
 }
 
 }  // namespace m2n

@@ -53,6 +53,7 @@ Status Group::Impl::CreateTransport(const transport::TransportInfo& info, const 
   config.timeout = options.bootstrap.timeout;
   config.slot_depth = options.slot_depth;
   config.slot_memory = options.slot_memory;
+  config.aborted = [abort = abort] { return abort.aborted(); };  // a copy: the Core may outlive us
   if (info.uses_nic) {
     const Placement placement = ChoosePlacement(options);  // the NIC nearest to our GPU, a proxy core
     config.nic = placement.nic;

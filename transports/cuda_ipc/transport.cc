@@ -369,11 +369,17 @@ Status CudaIpcTransport::PostOne(const Write& w) {
   return OkStatus();
 }
 
+// A device-to-device write through the copy proxy: waits for room in its ring (the kernel serves
+// it), bounded by Config::timeout and ended early by the owner's Abort (Config::aborted).
 Status CudaIpcTransport::PostThroughProxy(const Write& w, const std::byte* src, std::byte* dst) {
   const Deadline deadline = Deadline::After(config_.timeout);
   if (!proxy_->HasRoom()) M2N_RETURN_IF_ERROR(proxy_->Publish());
   while (!proxy_->HasRoom()) {
     M2N_RETURN_IF_ERROR(proxy_->Completed().status());
+    if (config_.aborted && config_.aborted()) {
+      return AbortedError("cuda_ipc: aborted while a write to " + PeerName(w.peer) +
+                          " waited for room in the copy proxy's ring");
+    }
     if (deadline.Expired()) {
       return DeadlineExceededError("cuda_ipc: the copy proxy served no write for " +
                                    std::to_string(config_.timeout.count()) + " ms (a write to " +

@@ -149,11 +149,17 @@ Status VerbsTransport::PostChain(QueuePair& q, std::span<const Write> writes) {
   return OkStatus();
 }
 
+// A full send queue waits for the NIC (a peer not ready for receives, a congested link), bounded by
+// Config::timeout and ended early by the owner's Abort (Config::aborted).
 Status VerbsTransport::WaitForRoom(QueuePair& q) {
   const Deadline deadline = Deadline::After(config_.timeout);
   while (q.outstanding() >= q.sq_depth) {
     DrainCq(kPollBatch);
     if (!q.endpoint->failure().ok()) return q.endpoint->failure();
+    if (config_.aborted && config_.aborted()) {
+      return AbortedError(PeerText(q.endpoint->peer(), std::string(LaneName(q.lane)) +
+                                                           ": aborted while waiting for room in the send queue"));
+    }
     if (deadline.Expired()) {
       return UnavailableError(PeerText(q.endpoint->peer(), std::string(LaneName(q.lane)) + ": send queue of " +
                                                                std::to_string(q.sq_depth) +
