@@ -1,6 +1,8 @@
 // UcxTransport's receive side and completions: the active-message handler that lands a network
-// peer's write in place (checked against the regions handed out) and stores its ring entry, and
-// Poll, which progresses the workers, finishes pending writes and scans the rings for immediates.
+// peer's write in place (its sender known by the endpoint it came on, its target checked against
+// the blocks granted to that sender; a write before our Connect parked until then) and stores its
+// ring entry, and Poll, which progresses the workers, finishes pending writes and scans the rings
+// for immediates.
 #include <algorithm>
 #include <cstring>
 #include <string>
