@@ -26,6 +26,9 @@ class FaultTransport final : public transport::Transport {
   StatusOr<std::unique_ptr<transport::Region>> Register(void* data, size_t size, MemoryKind kind) override {
     return inner_->Register(data, size, kind);
   }
+  StatusOr<std::unique_ptr<transport::Region>> RegisterSource(void* data, size_t size, MemoryKind kind) override {
+    return inner_->RegisterSource(data, size, kind);
+  }
   StatusOr<std::unique_ptr<transport::Region>> Allocate(size_t size, MemoryKind kind) override {
     return inner_->Allocate(size, kind);
   }

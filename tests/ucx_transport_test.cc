@@ -1,15 +1,24 @@
 // The UCX transport below the Group: the conformance suite (transport_suite.h) on shared memory,
 // on TCP and on what UCX picks by itself, and the tests only UCX has: its active-message path
-// (eager and rendezvous writes, the receiver's check of write targets) and M2N_UCX_EAGER_MAX.
+// (eager and rendezvous writes, the receiver's check of write targets and of who sent a write,
+// keys that reach one peer's block, send buffers no peer may write), M2N_UCX_EAGER_MAX, and the
+// mode of UCX's shared memory.
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "transport_suite.h"
+#include "transports/ucx/endpoint.h"
 
 namespace m2n::testing {
 namespace {
@@ -249,6 +258,238 @@ TEST_P(UcxTransportTest, EagerMaxSettingIsChecked) {
     return "";
   };
   EXPECT_EQ(RunPair(GetParam(), body), "");
+}
+
+// Rank `rank` of a world of three, talking to rank `peer` alone.
+Config TrioConfig(int rank, int peer) {
+  Config config;
+  config.rank = rank;
+  config.world_size = 3;
+  config.peers = {peer};
+  config.max_unpolled = 4;
+  config.timeout = 10s;
+  return config;
+}
+
+// A process that is no connected peer of rank 1 (its own UCP worker, made here with raw UCP calls)
+// sends rank 1 two m2n writes whose header claims rank 2: one asking UCX for a reply endpoint, one
+// not. Rank 2 (the transport in r) keeps polling meanwhile.
+std::string SendAsStranger(Rank& r, std::span<const std::byte> receiver_address) {
+  ASSIGN_OR_FAIL(ucx::PeerAddress a, ucx::DecodePeerAddress(1, receiver_address));
+  ucp_config_t* config = nullptr;
+  REQUIRE(ucp_config_read(nullptr, nullptr, &config) == UCS_OK);
+  ucp_params_t params{};
+  params.field_mask = UCP_PARAM_FIELD_FEATURES;
+  params.features = UCP_FEATURE_AM;
+  ucp_context_h context = nullptr;
+  const ucs_status_t inited = ucp_init(&params, config, &context);
+  ucp_config_release(config);
+  REQUIRE(inited == UCS_OK);
+  ucp_worker_params_t wparams{};
+  ucp_worker_h worker = nullptr;
+  REQUIRE(ucp_worker_create(context, &wparams, &worker) == UCS_OK);
+  ucp_ep_params_t eparams{};
+  eparams.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS;
+  eparams.address = reinterpret_cast<const ucp_address_t*>(a.worker_address[0].data());
+  ucp_ep_h ep = nullptr;
+  REQUIRE(ucp_ep_create(worker, &eparams, &ep) == UCS_OK);
+  std::string failure;
+  for (uint32_t flags : {uint32_t{UCP_AM_SEND_FLAG_REPLY}, uint32_t{0}}) {
+    ucx::AmHeader h{};
+    h.imm = 77;
+    h.seq = 1;
+    h.src_rank = 2;
+    ucp_request_param_t p{};
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+    p.flags = flags | UCP_AM_SEND_FLAG_EAGER;
+    ucs_status_ptr_t request = ucp_am_send_nbx(ep, ucx::kAmWriteId, &h, sizeof(h), nullptr, 0, &p);
+    const Deadline deadline = Deadline::After(kWait);
+    while (UCS_PTR_IS_PTR(request) && ucp_request_check_status(request) == UCS_INPROGRESS) {
+      if (deadline.Expired()) {
+        failure = "the stranger's write did not complete";
+        break;
+      }
+      ucp_worker_progress(worker);
+      if (std::string f = Pump(r); !f.empty()) failure = f;
+    }
+    if (UCS_PTR_IS_PTR(request)) ucp_request_free(request);
+  }
+  REQUIRE(r.link->Send(Bytes(1)));  // sent; rank 1 says when it has judged them
+  Bytes judged;
+  while (!r.link->Readable()) {
+    ucp_worker_progress(worker);
+    REQUIRE_PASS(Pump(r));
+  }
+  REQUIRE(r.link->Recv().has_value());
+  ucp_request_param_t close{};
+  close.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+  close.flags = UCP_EP_CLOSE_FLAG_FORCE;
+  ucs_status_ptr_t closing = ucp_ep_close_nbx(ep, &close);
+  while (UCS_PTR_IS_PTR(closing) && ucp_request_check_status(closing) == UCS_INPROGRESS) ucp_worker_progress(worker);
+  if (UCS_PTR_IS_PTR(closing)) ucp_request_free(closing);
+  ucp_worker_destroy(worker);
+  ucp_cleanup(context);
+  return failure;
+}
+
+// The sender of an active message is the endpoint it came on, not the rank its header names: a
+// process that is not the connected rank 2 cannot write as rank 2. Refused (DATA_LOSS, once),
+// nothing delivered. (Shared memory has no handler to check; tcp only.)
+TEST_P(UcxTransportTest, ActiveMessageClaimingAnotherRankIsRefused) {
+  if (GetParam().setup.name != "tcp") {
+    GTEST_SKIP() << "the receiver checks who sent a write only on the active-message (network) path";
+  }
+  Body body = [](Rank& r) -> std::string {
+    // The pair's rank 0 is the job's rank 2 (and hosts the stranger); its rank 1 is rank 1.
+    const int me = r.rank == 0 ? 2 : 1;
+    const int other = r.rank == 0 ? 1 : 2;
+    ASSIGN_OR_FAIL(r.t, r.transport->create(TrioConfig(me, other)));
+    ASSIGN_OR_FAIL(Bytes mine, r.t->LocalAddress(other));
+    REQUIRE(r.link->Send(mine));
+    std::optional<Bytes> theirs = r.link->Recv();
+    REQUIRE(theirs.has_value());
+    REQUIRE_OK(r.t->Connect(other, *theirs));
+    if (r.rank == 0) {
+      REQUIRE_PASS(SendAsStranger(r, *theirs));
+    } else {
+      Bytes sent;
+      REQUIRE_PASS(RecvWhilePumping(r, &sent, /*allow_errors=*/true));
+      const Deadline deadline = Deadline::After(kWait);
+      while (r.errors.empty()) {
+        REQUIRE_PASS(Pump(r));
+        REQUIRE(r.imms[0].empty(), "a stranger's write was delivered as rank 2's");
+        REQUIRE(!deadline.Expired(), "no kError for a stranger's write");
+      }
+      const Deadline settle = Deadline::After(300ms);
+      while (!settle.Expired()) REQUIRE_PASS(Pump(r));
+      REQUIRE(r.imms[0].empty(), "a stranger's write was delivered as rank 2's");
+      REQUIRE(r.errors.size() == 1, "the refusal is reported once");
+      const Completion& e = r.errors.front();
+      REQUIRE(e.error.code() == StatusCode::kDataLoss, e.error.ToString());
+      REQUIRE(e.error.message().find("claiming rank 2") != std::string::npos, e.error.message());
+      REQUIRE(r.link->Send(Bytes(1)));
+    }
+    return CloseAfterSync(r);
+  };
+  EXPECT_EQ(RunPair(GetParam(), body, 60s), "");
+}
+
+// A key made for one peer's block (PackRemoteKeyFor) reaches that block only, and a send buffer
+// (RegisterSource) has no key and takes no write: rank 0 writes its own block, then forges its key
+// to reach `victim` (1: the block of another sender; 2: a send buffer of rank 1). The receiver
+// refuses that write (DATA_LOSS naming rank 0) and the bytes stay as they were. (tcp only: a writer
+// on shared memory stores through its own mapping.)
+TEST_P(UcxTransportTest, KeyReachesOnlyItsPeersBlockAndNoSendBuffer) {
+  if (GetParam().setup.name != "tcp") {
+    GTEST_SKIP() << "the receiver checks write targets only on the active-message (network) path";
+  }
+  static constexpr size_t kBlock = 4096;
+  for (int victim : {1, 2}) {
+    Body body = [victim](Rank& r) -> std::string {
+      REQUIRE_PASS(Connect(r, 4));
+      if (r.rank == 0) {
+        std::vector<std::byte> source(kBlock);
+        Fill(source.data(), source.size(), 3);
+        ASSIGN_OR_FAIL(auto local, r.t->RegisterSource(source.data(), source.size(), MemoryKind::kHost));
+        std::optional<Bytes> key = r.link->Recv();
+        std::optional<Bytes> target = r.link->Recv();
+        REQUIRE(key.has_value() && key->size() > 32 && target.has_value() && target->size() == 8);
+        ASSIGN_OR_FAIL(auto mine, r.t->UnpackRemoteKey(1, *key));
+        Write own = MakeWrite(r, Lane::kData, local.get(), 0, mine.get(), 0, 100, 1, 1);
+        REQUIRE_OK(r.t->Post({&own, 1}));
+        REQUIRE_PASS(WaitDone(r, 1));
+        // The packed key: magic, version, padding, address, size, rkey length, rkey.
+        std::memcpy(key->data() + 8, target->data(), 8);
+        ASSIGN_OR_FAIL(auto forged, r.t->UnpackRemoteKey(1, *key));
+        Write bad = MakeWrite(r, Lane::kData, local.get(), 0, forged.get(), 0, 100, 2, 2);
+        REQUIRE_OK(r.t->Post({&bad, 1}));
+        REQUIRE_PASS(WaitDone(r, 2));
+        Bytes done;
+        REQUIRE_PASS(RecvWhilePumping(r, &done));
+      } else {
+        ASSIGN_OR_FAIL(auto slots, r.t->Allocate(2 * kBlock, MemoryKind::kHost));
+        std::vector<std::byte> send_buffer(kBlock);
+        Fill(send_buffer.data(), send_buffer.size(), 9);
+        ASSIGN_OR_FAIL(auto sending, r.t->RegisterSource(send_buffer.data(), send_buffer.size(), MemoryKind::kHost));
+        auto no_key = sending->PackRemoteKey();
+        REQUIRE(no_key.status().code() == StatusCode::kFailedPrecondition, no_key.status().ToString());
+        ASSIGN_OR_FAIL(BlockKey key, slots->PackRemoteKeyFor(0, 0, kBlock));
+        REQUIRE(key.offset == 0);
+        (void)slots->PackRemoteKeyFor(2, kBlock, kBlock);  // another sender's block
+        const uint64_t target = victim == 1 ? reinterpret_cast<uintptr_t>(slots->data() + kBlock)
+                                            : reinterpret_cast<uintptr_t>(send_buffer.data());
+        Bytes target_bytes(8);
+        std::memcpy(target_bytes.data(), &target, 8);
+        REQUIRE(r.link->Send(key.key) && r.link->Send(target_bytes));
+        const Deadline deadline = Deadline::After(kWait);
+        while (r.errors.empty() || r.imms[0].empty()) {
+          REQUIRE_PASS(Pump(r));
+          REQUIRE(!deadline.Expired(), "no immediate for the write into its own block, or no kError for the other");
+        }
+        REQUIRE(r.imms[0].size() == 1 && r.imms[0].front().imm == 1, "only the write into its own block lands");
+        REQUIRE(FirstWrong(slots->data(), 100, 3) < 0, "the write into its own block");
+        r.imms[0].clear();
+        const Completion& e = r.errors.front();
+        REQUIRE(e.peer == 0 && e.error.code() == StatusCode::kDataLoss, e.error.ToString());
+        REQUIRE(e.error.message().find("not inside memory registered here for this peer") != std::string::npos,
+                e.error.message());
+        REQUIRE(r.imms[0].empty(), "a refused write was delivered");
+        for (size_t i = 0; i < kBlock; ++i) REQUIRE(slots->data()[kBlock + i] == std::byte{0}, "another block written");
+        REQUIRE(FirstWrong(send_buffer.data(), kBlock, 9) < 0, "the send buffer was written");
+        REQUIRE(r.link->Send(Bytes(1)));
+      }
+      REQUIRE(r.link->Sync());
+      (void)r.t->Close(Deadline::After(2s));
+      return "";
+    };
+    EXPECT_EQ(RunPair(GetParam(), body, 60s), "") << "victim " << victim;
+  }
+}
+
+// The shared memory UCX allocates for this process (slots, rings, its own FIFOs) is readable and
+// writable by the user alone: no System V segment made by this process and no /dev/shm file it
+// holds open has a group or other permission bit. UCX 1.13 puts System V (0660) first unless told
+// otherwise (context.cc).
+TEST(UcxSharedMemory, IsPrivateToTheUser) {
+  const transport::TransportInfo* info = FindTransport("ucx");
+  if (info == nullptr) GTEST_SKIP() << "ucx not built";
+  unsetenv("UCX_TLS");
+  unsetenv("UCX_ALLOC_PRIO");
+  Config config;
+  config.rank = 0;
+  config.world_size = 2;
+  config.peers = {1};
+  config.max_unpolled = 4;
+  auto t = info->create(config);
+  ASSERT_TRUE(t.ok()) << t.status().ToString();
+  auto slots = (*t)->Allocate(1 << 20, MemoryKind::kHost);
+  ASSERT_TRUE(slots.ok()) << slots.status().ToString();
+  int segments = 0;
+  std::ifstream sysv("/proc/sysvipc/shm");
+  std::string line;
+  std::getline(sysv, line);  // the header
+  while (std::getline(sysv, line)) {
+    std::istringstream fields(line);
+    long key = 0, id = 0, size = 0, cpid = 0;
+    std::string perms;
+    fields >> key >> id >> perms >> size >> cpid;
+    if (cpid != getpid()) continue;
+    ++segments;
+    EXPECT_EQ(std::stoul(perms, nullptr, 8) & 077, 0u) << "System V segment " << id << " has mode " << perms;
+  }
+  DIR* fds = opendir("/proc/self/fd");
+  ASSERT_NE(fds, nullptr);
+  while (dirent* d = readdir(fds)) {
+    const std::string fd = std::string("/proc/self/fd/") + d->d_name;
+    char target[512] = {};
+    if (readlink(fd.c_str(), target, sizeof target - 1) <= 0 || std::strncmp(target, "/dev/shm/", 9) != 0) continue;
+    struct stat st {};
+    if (stat(fd.c_str(), &st) != 0) continue;
+    ++segments;
+    EXPECT_EQ(st.st_mode & 077, 0u) << target << " has mode " << std::oct << (st.st_mode & 0777);
+  }
+  closedir(fds);
+  if (segments == 0) GTEST_SKIP() << "UCX allocated no shared memory here (no posix or sysv transport)";
 }
 
 INSTANTIATE_TEST_SUITE_P(ucx, UcxTransportTest, ::testing::Values(kShm, kTcp, kDefault), TransportCaseName);

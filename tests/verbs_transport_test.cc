@@ -2,6 +2,7 @@
 // pairs on the first RDMA device, and the tests only verbs has. Skipped, with the reason, where no
 // RDMA device is present; scripts/test-verbs-vm.sh runs it on Soft-RoCE inside a VM.
 #include <atomic>
+#include <cstring>
 #include <thread>
 
 #include "m2n/group.h"
@@ -73,6 +74,73 @@ TEST_P(VerbsTransportTest, AbortEndsWaitForRoom) {
     return "";
   };
   EXPECT_EQ(RunPair(GetParam(), body, 90s, {{"M2N_VERBS_RNR_RETRY", "7"}}), "");
+
+// A key made for one peer's block (PackRemoteKeyFor) reaches that block only, and a send buffer
+// (RegisterSource) takes no remote write: rank 0 writes its own block, then forges its key to reach
+// `victim` (1: the block of another sender; 2: a send buffer of rank 1). The NIC refuses that write
+// (kError at the writer: the block's rkey does not cover the target) and the bytes stay as they were.
+TEST_P(VerbsTransportTest, KeyReachesOnlyItsPeersBlockAndNoSendBuffer) {
+  static constexpr size_t kBlock = 4096;
+  for (int victim : {1, 2}) {
+    Body body = [victim](Rank& r) -> std::string {
+      REQUIRE_PASS(Connect(r, 4));
+      if (r.rank == 0) {
+        std::vector<std::byte> source(kBlock);
+        Fill(source.data(), source.size(), 3);
+        ASSIGN_OR_FAIL(auto local, r.t->RegisterSource(source.data(), source.size(), MemoryKind::kHost));
+        std::optional<Bytes> key = r.link->Recv();
+        std::optional<Bytes> target = r.link->Recv();
+        REQUIRE(key.has_value() && key->size() == 28 && target.has_value() && target->size() == 8);
+        ASSIGN_OR_FAIL(auto mine, r.t->UnpackRemoteKey(1, *key));
+        Write own = MakeWrite(r, Lane::kData, local.get(), 0, mine.get(), 0, 100, 1, 1);
+        REQUIRE_OK(r.t->Post({&own, 1}));
+        REQUIRE_PASS(WaitDone(r, 1));
+        // The packed key: magic, version, padding, address, size, rkey.
+        std::memcpy(key->data() + 8, target->data(), 8);
+        ASSIGN_OR_FAIL(auto forged, r.t->UnpackRemoteKey(1, *key));
+        Write bad = MakeWrite(r, Lane::kData, local.get(), 0, forged.get(), 0, 100, 2, 2);
+        REQUIRE_OK(r.t->Post({&bad, 1}));
+        const Deadline deadline = Deadline::After(kWait);
+        // The failed write's own kWriteDone may come too (the transport completes the sends up to
+        // a failed one); what counts is the kError, and that rank 1's bytes stay as they were.
+        while (r.errors.empty()) {
+          REQUIRE_PASS(Pump(r));
+          REQUIRE(!deadline.Expired(), "no kError for a write outside the key's block");
+        }
+        REQUIRE(r.errors.front().error.message().find("REM_ACCESS") != std::string::npos ||
+                    r.errors.front().error.message().find("remote access") != std::string::npos,
+                r.errors.front().error.ToString());
+        REQUIRE(r.link->Send(Bytes(1)));
+        REQUIRE(r.link->Recv().has_value());
+      } else {
+        ASSIGN_OR_FAIL(auto slots, r.t->Allocate(2 * kBlock, MemoryKind::kHost));
+        std::vector<std::byte> send_buffer(kBlock);
+        Fill(send_buffer.data(), send_buffer.size(), 9);
+        ASSIGN_OR_FAIL(auto sending, r.t->RegisterSource(send_buffer.data(), send_buffer.size(), MemoryKind::kHost));
+        auto no_key = sending->PackRemoteKey();
+        REQUIRE(no_key.status().code() == StatusCode::kFailedPrecondition, no_key.status().ToString());
+        ASSIGN_OR_FAIL(BlockKey key, slots->PackRemoteKeyFor(0, 0, kBlock));
+        REQUIRE(key.offset == 0);
+        ASSIGN_OR_FAIL(BlockKey other, slots->PackRemoteKeyFor(2, kBlock, kBlock));  // another sender's
+        REQUIRE(other.key != key.key);
+        const uint64_t target = victim == 1 ? reinterpret_cast<uintptr_t>(slots->data() + kBlock)
+                                            : reinterpret_cast<uintptr_t>(send_buffer.data());
+        Bytes target_bytes(8);
+        std::memcpy(target_bytes.data(), &target, 8);
+        REQUIRE(r.link->Send(key.key) && r.link->Send(target_bytes));
+        Bytes refused;
+        REQUIRE_PASS(RecvWhilePumping(r, &refused, /*allow_errors=*/true));
+        REQUIRE(!r.imms[0].empty() && r.imms[0].front().imm == 1, "the write into its own block");
+        REQUIRE(FirstWrong(slots->data(), 100, 3) < 0, "the write into its own block");
+        for (size_t i = 0; i < kBlock; ++i) REQUIRE(slots->data()[kBlock + i] == std::byte{0}, "another block written");
+        REQUIRE(FirstWrong(send_buffer.data(), kBlock, 9) < 0, "the send buffer was written");
+        REQUIRE(r.link->Send(Bytes(1)));
+      }
+      (void)r.t->Close(Deadline::After(2s));
+      return "";
+    };
+    EXPECT_EQ(RunPair(GetParam(), body, 60s), "") << "victim " << victim;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(verbs, VerbsTransportTest, ::testing::Values(kRc), TransportCaseName);

@@ -70,7 +70,19 @@ struct Config {
   std::function<bool()> aborted;
 };
 
+// A key that one peer alone may use, and where the block it was made for starts in the region the
+// key describes (UnpackRemoteKey there): 0 where the key reaches only the block.
+struct BlockKey {
+  Bytes key;
+  size_t offset = 0;
+};
+
 // Registered local memory. Destroying it deregisters it.
+//
+// Access: a peer may reach a region only through a key this side handed out. A region registered
+// as a local source (RegisterSource) has no key. PackRemoteKey grants every connected peer the
+// whole region; PackRemoteKeyFor grants one peer one block (the receive slots give each sender its
+// own), and a transport refuses that peer's writes anywhere else.
 class Region {
  public:
   virtual ~Region() = default;
@@ -79,6 +91,15 @@ class Region {
   virtual MemoryKind kind() const = 0;
   // What a peer needs to write into this region (UnpackRemoteKey there).
   virtual StatusOr<Bytes> PackRemoteKey() const = 0;
+  // What `peer` alone needs to write into [offset, offset + length) of this region, and nothing
+  // else of it. The default, for a transport that cannot narrow a key (cuda_ipc: an IPC handle
+  // maps the whole allocation), is the whole region's key, with the block at `offset` in it.
+  virtual StatusOr<BlockKey> PackRemoteKeyFor(int peer, size_t offset, size_t length) {
+    (void)peer;
+    (void)length;
+    M2N_ASSIGN_OR_RETURN(Bytes key, PackRemoteKey());
+    return BlockKey{std::move(key), offset};
+  }
 };
 
 // A peer's region, unpacked for writing into it.
@@ -124,8 +145,14 @@ class Transport {
   virtual std::string_view name() const = 0;
   virtual Capabilities capabilities() const = 0;
 
-  // Registers caller-owned memory.
+  // Registers caller-owned memory, which peers may write once this side packs them a key.
   virtual StatusOr<std::unique_ptr<Region>> Register(void* data, size_t size, MemoryKind kind) = 0;
+  // Registers caller-owned memory that is only ever the local source of writes (send buffers, a
+  // staging copy): no peer may read or write it, and its PackRemoteKey fails. The default, for a
+  // transport whose registrations give peers nothing until a key is packed, is Register.
+  virtual StatusOr<std::unique_ptr<Region>> RegisterSource(void* data, size_t size, MemoryKind kind) {
+    return Register(data, size, kind);
+  }
   // Allocates and registers memory the transport can write into fastest (receive slots).
   virtual StatusOr<std::unique_ptr<Region>> Allocate(size_t size, MemoryKind kind) = 0;
 

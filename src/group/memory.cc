@@ -38,7 +38,8 @@ StatusOr<MemoryRegion> Group::RegisterMemory(void* data, size_t size, MemoryKind
   if (overlaps) {
     return InvalidArgumentError(impl_->me() + ": RegisterMemory: the buffer overlaps a region already registered");
   }
-  auto region = impl_->core->transport->Register(data, size, kind);
+  // Send buffers are only ever the source of writes: no peer gets a key to them.
+  auto region = impl_->core->transport->RegisterSource(data, size, kind);
   if (!region.ok()) return region.status().WithContext(impl_->me() + ": RegisterMemory");
   auto handle = std::make_unique<MemoryRegion::Impl>();
   handle->core = impl_->core;

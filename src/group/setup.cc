@@ -28,6 +28,11 @@ Status PublishHost(bootstrap::Store& store, int rank) {
   return store.SetString("m2n/host/" + std::to_string(rank), HostName());
 }
 
+// Where `owner` publishes the key to its slot block for `peer`.
+std::string SlotKeyName(int owner, int peer) {
+  return "m2n/slots/" + std::to_string(owner) + "/" + std::to_string(peer);
+}
+
 StatusOr<int> AutoSpinUs(bootstrap::Store& store, int world, Deadline deadline) {
   const std::string host = HostName();
   int local = 0;
@@ -140,15 +145,24 @@ Status Group::Impl::Connect(Deadline deadline) {
   return StoreBarrier("connected", deadline);
 }
 
-// Our receive slots, and their remote key published for the peers.
+// Our receive slots, and for each peer a key that reaches only that peer's block of them: a sender
+// cannot write (or, where keys allow reads, read) another sender's messages. The value published
+// is the block's offset in the region the key describes (8 bytes, little-endian), then the key.
 Status Group::Impl::AllocateSlots() {
   if (options.slot_memory == MemoryKind::kCuda && !core->transport->capabilities().cuda_memory) {
     return InvalidArgumentError(me() + ": Options::slot_memory is cuda, but transport '" + transport_name +
                                 "' cannot place receive slots in CUDA memory");
   }
   M2N_ASSIGN_OR_RETURN(slots, core->transport->Allocate(block_bytes() * peers.size(), options.slot_memory));
-  M2N_ASSIGN_OR_RETURN(transport::Bytes slot_key, slots->PackRemoteKey());
-  return store->Set("m2n/slots/" + std::to_string(rank), slot_key);
+  for (size_t i = 0; i < peers.size(); ++i) {
+    auto key = slots->PackRemoteKeyFor(peers[i], block_bytes() * i, block_bytes());
+    if (!key.ok()) return key.status().WithContext(me() + ": slot key for " + RankName(peers[i]));
+    transport::Bytes value(sizeof(uint64_t));
+    for (size_t b = 0; b < sizeof(uint64_t); ++b) value[b] = std::byte(uint64_t{key->offset} >> (8 * b));
+    value.insert(value.end(), key->key.begin(), key->key.end());
+    M2N_RETURN_IF_ERROR(store->Set(SlotKeyName(rank, peers[i]), value));
+  }
+  return OkStatus();
 }
 
 // Publishes our transport address for each peer, then connects to each peer's address for us.
@@ -166,17 +180,25 @@ Status Group::Impl::ExchangeAddresses(Deadline deadline) {
   return OkStatus();
 }
 
-// Each peer's slot region, where our block in it starts, and our slot bookkeeping for the peer.
+// Each peer's key to our block of its slots, where the block starts in it, and our slot
+// bookkeeping for the peer.
 Status Group::Impl::ExchangeSlotKeys(Deadline deadline) {
   for (int peer : peers) {
-    M2N_ASSIGN_OR_RETURN(bootstrap::Bytes key, store->Get("m2n/slots/" + std::to_string(peer), deadline));
-    auto remote = core->transport->UnpackRemoteKey(peer, key);
+    M2N_ASSIGN_OR_RETURN(bootstrap::Bytes value, store->Get(SlotKeyName(peer, rank), deadline));
+    if (value.size() < sizeof(uint64_t)) {
+      return DataLossError(me() + ": slots of " + RankName(peer) + ": a " + std::to_string(value.size()) +
+                           "-byte key record");
+    }
+    uint64_t offset = 0;
+    for (size_t b = 0; b < sizeof(uint64_t); ++b) offset |= uint64_t(value[b]) << (8 * b);
+    auto remote = core->transport->UnpackRemoteKey(peer, std::span(value).subspan(sizeof(uint64_t)));
     if (!remote.ok()) return remote.status().WithContext(me() + ": slots of " + RankName(peer));
+    if (offset > (*remote)->size() || block_bytes() > (*remote)->size() - offset) {
+      return DataLossError(me() + ": slots of " + RankName(peer) + ": our block at " + std::to_string(offset) +
+                           " does not fit the " + std::to_string((*remote)->size()) + "-byte region of its key");
+    }
     remote_slots.push_back(std::move(remote).value());
-    // The peer's slot region holds one block per rank on our side, in ascending rank order; ranks
-    // on our side are contiguous, so our block index is our offset within our side.
-    int our_index = role == Role::kSender ? rank : rank - options.num_senders;
-    remote_block_offset.push_back(block_bytes() * static_cast<size_t>(our_index));
+    remote_block_offset.push_back(offset);
     receive.emplace_back(peer, options.slot_depth, options.slot_bytes);
     credits.emplace_back(peer, options.slot_depth);
   }
@@ -195,7 +217,7 @@ Status Group::Impl::PreparePeerState() {
   }
   if (options.checksum) {
     staging.resize(block_bytes() * peers.size());
-    auto staged = core->transport->Register(staging.data(), staging.size(), MemoryKind::kHost);
+    auto staged = core->transport->RegisterSource(staging.data(), staging.size(), MemoryKind::kHost);
     if (!staged.ok()) return staged.status().WithContext(me() + ": registering the checksum staging buffer");
     staging_region = std::move(staged).value();
   }

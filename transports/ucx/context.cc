@@ -1,6 +1,7 @@
 #include "transports/ucx/context.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 
 namespace m2n::transport::ucx {
@@ -41,6 +42,19 @@ bool Reap(void** request, ucs_status_t* error) {
 
 void* RequestOrNull(ucs_status_ptr_t request) { return UCS_PTR_IS_PTR(request) ? request : nullptr; }
 
+// UCX 1.13 allocates shared memory from System V first, mode 0660: every user of the group could
+// read and write the slots and rings. POSIX shared memory is 0600. Unless the user chose the
+// transports or the allocation order, leave System V out of both.
+ucs_status_t PreferPrivateSharedMemory(ucp_config_t* config) {
+  if (std::getenv("UCX_TLS") == nullptr) {
+    if (ucs_status_t s = ucp_config_modify(config, "TLS", "^sysv"); s != UCS_OK) return s;
+  }
+  if (std::getenv("UCX_ALLOC_PRIO") == nullptr) {
+    return ucp_config_modify(config, "ALLOC_PRIO", "md:posix,huge,thp,mmap,heap");
+  }
+  return UCS_OK;
+}
+
 StatusOr<std::shared_ptr<Context>> Context::Create(int rank, size_t estimated_eps) {
   std::shared_ptr<Context> ctx(new Context(rank));
   const std::string who = "rank " + std::to_string(rank);
@@ -49,6 +63,11 @@ StatusOr<std::shared_ptr<Context>> Context::Create(int rank, size_t estimated_ep
   ucp_config_t* config = nullptr;
   ucs_status_t status = ucp_config_read(nullptr, nullptr, &config);
   if (status != UCS_OK) return UnavailableError(ErrorText(who + ": ucp_config_read", status));
+  status = PreferPrivateSharedMemory(config);
+  if (status != UCS_OK) {
+    ucp_config_release(config);
+    return UnavailableError(ErrorText(who + ": ucp_config_modify", status));
+  }
 
   ucp_params_t params{};
   params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED |
@@ -85,23 +104,28 @@ StatusOr<std::shared_ptr<Context>> Context::Create(int rank, size_t estimated_ep
   return ctx;
 }
 
-void Context::TrackRegion(const TrackedRegion& region) {
-  auto at = std::upper_bound(regions_.begin(), regions_.end(), region.base,
+void Context::Grant(const TrackedRegion& block) {
+  for (const TrackedRegion& r : regions_) {
+    if (r.owner == block.owner && r.peer == block.peer && r.base == block.base && r.size == block.size) return;
+  }
+  auto at = std::upper_bound(regions_.begin(), regions_.end(), block.base,
                              [](uintptr_t base, const TrackedRegion& r) { return base < r.base; });
-  regions_.insert(at, region);
+  regions_.insert(at, block);
 }
 
-void Context::UntrackRegion(const void* owner) {
+void Context::Revoke(const void* owner) {
   std::erase_if(regions_, [owner](const TrackedRegion& r) { return r.owner == owner; });
 }
 
-const Context::TrackedRegion* Context::FindRegion(uint64_t address, size_t length) const {
-  // The last region starting at or below `address` is the candidate; regions the caller registered
-  // twice or nested may overlap, so look further down when it does not hold the whole target.
+const Context::TrackedRegion* Context::FindRegion(int peer, uint64_t address, size_t length) const {
+  // The last block starting at or below `address` is the candidate; blocks of other peers, and
+  // regions the caller registered twice or nested, may overlap or sit between, so look further
+  // down when it does not hold the whole target or is not the sender's.
   auto it = std::upper_bound(regions_.begin(), regions_.end(), address,
                              [](uint64_t a, const TrackedRegion& r) { return a < r.base; });
   while (it != regions_.begin()) {
     --it;
+    if (it->peer != kAnyPeer && it->peer != peer) continue;
     const uint64_t offset = address - it->base;
     if (offset <= it->size && length <= it->size - offset) return &*it;
   }

@@ -34,20 +34,24 @@ class Context {
   // The worker's address as ucp_ep_create takes it on the peer.
   const Bytes& worker_address(Lane lane) const { return addresses_[static_cast<int>(lane)]; }
 
-  // Local memory that peers may write into: every Region that Register or Allocate handed out,
-  // for as long as it lives. An active-message write names its target by address; the receiver
-  // copies or receives into it only when one tracked region holds the whole target, so a peer
-  // cannot make this process write outside the memory it offered.
+  // Local memory that peers may write into: the blocks of registered regions that a key packed
+  // here reaches (UcxRegion::PackRemoteKey, PackRemoteKeyFor), for as long as the region lives.
+  // An active-message write names its target by address; the receiver copies or receives into it
+  // only when a block granted to the write's sender (or to every peer) holds the whole target, so
+  // a peer cannot make this process write outside the memory offered to it: not another sender's
+  // slots, not a send buffer.
+  static constexpr int kAnyPeer = -1;
   struct TrackedRegion {
-    const void* owner;  // the UcxRegion, which untracks itself when destroyed
+    const void* owner;  // the UcxRegion, which revokes its grants when destroyed
+    int peer;           // the rank the block was granted to, or kAnyPeer
     uintptr_t base;
     size_t size;
     ucp_mem_h memh;
   };
-  void TrackRegion(const TrackedRegion& region);
-  void UntrackRegion(const void* owner);
-  // The tracked region holding all of [address, address + length) (length > 0), or null.
-  const TrackedRegion* FindRegion(uint64_t address, size_t length) const;
+  void Grant(const TrackedRegion& block);
+  void Revoke(const void* owner);
+  // A block granted to `peer` holding all of [address, address + length) (length > 0), or null.
+  const TrackedRegion* FindRegion(int peer, uint64_t address, size_t length) const;
 
  private:
   explicit Context(int rank) : rank_(rank) {}
@@ -56,8 +60,12 @@ class Context {
   ucp_context_h context_ = nullptr;
   std::array<ucp_worker_h, kNumLanes> workers_{};
   std::array<Bytes, kNumLanes> addresses_;
-  std::vector<TrackedRegion> regions_;  // sorted by base; few entries (slots, send buffers)
+  std::vector<TrackedRegion> regions_;  // sorted by base; an entry per granted block
 };
+
+// Makes UCX's shared memory private to the user (POSIX, 0600) unless UCX_TLS or UCX_ALLOC_PRIO
+// say otherwise; Context::Create applies it before ucp_init.
+ucs_status_t PreferPrivateSharedMemory(ucp_config_t* config);
 
 // "ucx: <what>: <ucs_status_string>", the shape of every message this transport writes; `what`
 // names the rank or peer rank and the operation.

@@ -14,8 +14,7 @@ constexpr uint16_t kKeyVersion = 1;
 }  // namespace
 
 StatusOr<std::unique_ptr<UcxRegion>> UcxRegion::Map(std::shared_ptr<Context> ctx, void* data,
-                                                    size_t size, bool allocate,
-                                                    bool peer_writable) {
+                                                    size_t size, bool allocate, Access access) {
   const std::string who = "rank " + std::to_string(ctx->rank());
   if (size == 0) return InvalidArgumentError("ucx: " + who + ": cannot register 0 bytes");
   if (!allocate && data == nullptr) {
@@ -24,10 +23,14 @@ StatusOr<std::unique_ptr<UcxRegion>> UcxRegion::Map(std::shared_ptr<Context> ctx
 
   ucp_mem_map_params_t params{};
   params.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
-                      UCP_MEM_MAP_PARAM_FIELD_FLAGS;
+                      UCP_MEM_MAP_PARAM_FIELD_FLAGS | UCP_MEM_MAP_PARAM_FIELD_PROT;
   params.address = allocate ? nullptr : data;
   params.length = size;
   params.flags = allocate ? UCP_MEM_MAP_ALLOCATE : 0;
+  // Without `prot` UCX grants remote read and write. No region here is ever read remotely; only
+  // receive targets and rings are written remotely.
+  params.prot = UCP_MEM_MAP_PROT_LOCAL_READ | UCP_MEM_MAP_PROT_LOCAL_WRITE |
+                (access == Access::kSource ? 0 : UCP_MEM_MAP_PROT_REMOTE_WRITE);
   ucp_mem_h memh = nullptr;
   ucs_status_t status = ucp_mem_map(ctx->context(), &params, &memh);
   if (status != UCS_OK) {
@@ -48,16 +51,11 @@ StatusOr<std::unique_ptr<UcxRegion>> UcxRegion::Map(std::shared_ptr<Context> ctx
   // UCX gives fresh shared memory, which is zero; heap fallbacks are not, and ring scans and tests
   // rely on a known start.
   if (allocate) std::memset(base, 0, size);
-  std::unique_ptr<UcxRegion> region(new UcxRegion(std::move(ctx), memh, base, size));
-  if (peer_writable) {
-    region->ctx_->TrackRegion({region.get(), reinterpret_cast<uintptr_t>(base), size, memh});
-    region->tracked_ = true;
-  }
-  return region;
+  return std::unique_ptr<UcxRegion>(new UcxRegion(std::move(ctx), memh, base, size, access));
 }
 
 UcxRegion::~UcxRegion() {
-  if (tracked_) ctx_->UntrackRegion(this);
+  if (granted_) ctx_->Revoke(this);
   ucp_mem_unmap(ctx_->context(), memh_);
 }
 
@@ -76,6 +74,33 @@ StatusOr<Bytes> UcxRegion::PackRkey() const {
 }
 
 StatusOr<Bytes> UcxRegion::PackRemoteKey() const {
+  if (access_ != Access::kTarget) {
+    return FailedPreconditionError("ucx: rank " + std::to_string(ctx_->rank()) +
+                                   ": a region registered as a local source has no remote key");
+  }
+  ctx_->Grant({this, Context::kAnyPeer, reinterpret_cast<uintptr_t>(data_), size_, memh_});
+  granted_ = true;
+  return PackKey(reinterpret_cast<uintptr_t>(data_), size_);
+}
+
+StatusOr<BlockKey> UcxRegion::PackRemoteKeyFor(int peer, size_t offset, size_t length) {
+  const std::string who = "ucx: rank " + std::to_string(ctx_->rank());
+  if (access_ != Access::kTarget) {
+    return FailedPreconditionError(who + ": a region registered as a local source has no remote key");
+  }
+  if (peer < 0 || length == 0 || offset > size_ || length > size_ - offset) {
+    return InvalidArgumentError(who + ": a key for rank " + std::to_string(peer) + " to [" +
+                                std::to_string(offset) + ", +" + std::to_string(length) +
+                                ") of a " + std::to_string(size_) + "-byte region");
+  }
+  const uintptr_t block = reinterpret_cast<uintptr_t>(data_) + offset;
+  ctx_->Grant({this, peer, block, length, memh_});
+  granted_ = true;
+  M2N_ASSIGN_OR_RETURN(Bytes key, PackKey(block, length));
+  return BlockKey{std::move(key), 0};
+}
+
+StatusOr<Bytes> UcxRegion::PackKey(uint64_t address, size_t size) const {
   M2N_ASSIGN_OR_RETURN(Bytes rkey, PackRkey());
   Bytes out;
   out.reserve(32 + rkey.size());
@@ -83,8 +108,8 @@ StatusOr<Bytes> UcxRegion::PackRemoteKey() const {
   w.Put<uint32_t>(kKeyMagic);
   w.Put<uint16_t>(kKeyVersion);
   w.Put<uint16_t>(0);
-  w.Put<uint64_t>(reinterpret_cast<uintptr_t>(data_));
-  w.Put<uint64_t>(size_);
+  w.Put<uint64_t>(address);
+  w.Put<uint64_t>(size);
   w.Put<uint64_t>(rkey.size());
   w.PutBytes(rkey);
   return out;

@@ -18,15 +18,20 @@
 
 namespace m2n::transport::ucx {
 
+// What peers may do with a region. kSource: nothing (mapped LOCAL_READ|LOCAL_WRITE, no key).
+// kTarget: peers may write what a key packed from it reaches (REMOTE_WRITE; never REMOTE_READ);
+// an active-message write is accepted only inside a block granted to its sender
+// (Context::Grant). kRing: the transport's own rings, written by RMA and by its handler only.
+enum class Access : uint8_t { kSource, kTarget, kRing };
+
 class UcxRegion final : public Region {
  public:
   // allocate=false maps the caller's [data, data+size). allocate=true lets UCX allocate (data is
-  // ignored) and zeroes it: UCX takes it from a shared-memory MD (sysv/posix) when one is enabled,
+  // ignored) and zeroes it: UCX takes it from a shared-memory MD (posix/sysv) when one is enabled,
   // so a peer on this host writes it with a plain memcpy instead of a copy through the kernel or an
-  // active message. peer_writable: a target for peers' active-message writes (Context::TrackRegion)
-  // until destroyed; the transport's own rings are not.
+  // active message. The memory protection UCX grants follows `access`.
   static StatusOr<std::unique_ptr<UcxRegion>> Map(std::shared_ptr<Context> ctx, void* data,
-                                                  size_t size, bool allocate, bool peer_writable);
+                                                  size_t size, bool allocate, Access access);
   ~UcxRegion() override;
   UcxRegion(const UcxRegion&) = delete;
   UcxRegion& operator=(const UcxRegion&) = delete;
@@ -34,22 +39,31 @@ class UcxRegion final : public Region {
   std::byte* data() const override { return data_; }
   size_t size() const override { return size_; }
   MemoryKind kind() const override { return MemoryKind::kHost; }
+  // Grants every peer the whole region (Access::kTarget only).
   StatusOr<Bytes> PackRemoteKey() const override;
+  // Grants `peer` [offset, offset + length): its active-message writes land only there. The key
+  // says that block's address and size; its UCX rkey is the whole mapping's (a shared-memory MD
+  // maps whole segments), which on one host reaches no more than the peer, a process of the same
+  // user, could reach anyway (README.md, "Access").
+  StatusOr<BlockKey> PackRemoteKeyFor(int peer, size_t offset, size_t length) override;
   // The bare ucp_rkey_pack bytes, as UnpackRkey takes them.
   StatusOr<Bytes> PackRkey() const;
 
   ucp_mem_h memh() const { return memh_; }
+  Access access() const { return access_; }
   const Context* owner() const { return ctx_.get(); }
 
  private:
-  UcxRegion(std::shared_ptr<Context> ctx, ucp_mem_h memh, std::byte* data, size_t size)
-      : ctx_(std::move(ctx)), memh_(memh), data_(data), size_(size) {}
+  UcxRegion(std::shared_ptr<Context> ctx, ucp_mem_h memh, std::byte* data, size_t size, Access access)
+      : ctx_(std::move(ctx)), memh_(memh), data_(data), size_(size), access_(access) {}
+  StatusOr<Bytes> PackKey(uint64_t address, size_t size) const;
 
   std::shared_ptr<Context> ctx_;
   ucp_mem_h memh_;
   std::byte* data_;
   size_t size_;
-  bool tracked_ = false;
+  Access access_;
+  mutable bool granted_ = false;  // some block was granted (Context::Grant): revoke when destroyed
 };
 
 class UcxRemoteRegion final : public RemoteRegion {

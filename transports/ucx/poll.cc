@@ -1,6 +1,8 @@
 // UcxTransport's receive side and completions: the active-message handler that lands a network
-// peer's write in place (checked against the regions handed out) and stores its ring entry, and
-// Poll, which progresses the workers, finishes pending writes and scans the rings for immediates.
+// peer's write in place (its sender known by the endpoint it came on, its target checked against
+// the blocks granted to that sender; a write before our Connect parked until then) and stores its
+// ring entry, and Poll, which progresses the workers, finishes pending writes and scans the rings
+// for immediates.
 #include <algorithm>
 #include <cstring>
 #include <string>
@@ -34,7 +36,7 @@ ucs_status_t UcxTransport::OnActiveMessage(void* arg, const void* header, size_t
                                            void* data, size_t length,
                                            const ucp_am_recv_param_t* param) {
   const auto* am = static_cast<const AmLane*>(arg);
-  am->transport->Deliver(am->lane, header, header_length, data, length, param->recv_attr);
+  am->transport->Deliver(am->lane, header, header_length, data, length, *param);
   // Eager data was copied; a rendezvous receive was started (UCX keeps its descriptor) or refused
   // (UCX then completes the sender's request without the data).
   return UCS_OK;
@@ -50,29 +52,49 @@ void UcxTransport::Refuse(Inbox* inbox, Status why) {
   refused_.emplace_back(inbox != nullptr ? inbox->peer() : -1, std::move(why));
 }
 
-Inbox* UcxTransport::CheckSender(const void* header, size_t header_length, AmHeader* h) {
+Inbox* UcxTransport::CheckSender(const void* header, size_t header_length, const ucp_am_recv_param_t& param,
+                                 AmHeader* h, bool* park) {
+  *park = false;
+  const std::string who = "ucx: rank " + std::to_string(config_.rank);
   if (header_length != sizeof(*h)) {
-    Refuse(nullptr,
-           DataLossError("ucx: rank " + std::to_string(config_.rank) +
-                         ": refused an active message with a " + std::to_string(header_length) +
-                         "-byte header, not an m2n write"));
+    Refuse(nullptr, DataLossError(who + ": refused an active message with a " + std::to_string(header_length) +
+                                  "-byte header, not an m2n write"));
     return nullptr;
   }
   std::memcpy(h, header, sizeof(*h));
-  if (h->src_rank < 0 || h->src_rank >= config_.world_size || peer_index_[h->src_rank] < 0) {
-    Refuse(nullptr, DataLossError("ucx: rank " + std::to_string(config_.rank) +
-                                  ": refused a write from rank " + std::to_string(h->src_rank) +
-                                  ", which is not in Config::peers"));
+  // Who sent it is the endpoint it came on: a peer cannot write as another by naming its rank.
+  auto from = (param.recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) != 0 ? ep_peer_.find(param.reply_ep)
+                                                                       : ep_peer_.end();
+  if (from == ep_peer_.end()) {
+    // Possibly the peer it names, before our Connect to it: known for sure only then.
+    const int claimed = h->src_rank;
+    *park = (param.recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) != 0 && claimed >= 0 &&
+            claimed < config_.world_size && peer_index_[claimed] >= 0 && endpoints_[peer_index_[claimed]] == nullptr;
+    if (*park) return nullptr;
+    Refuse(nullptr, DataLossError(who + ": refused a write claiming rank " + std::to_string(h->src_rank) +
+                                  " on an endpoint of no connected peer"));
     return nullptr;
   }
-  return &inboxes_[peer_index_[h->src_rank]];
+  Inbox* inbox = &inboxes_[peer_index_[from->second]];
+  if (h->src_rank != from->second) {
+    Refuse(inbox, DataLossError(PeerText(from->second, "refused a write claiming to come from rank " +
+                                                           std::to_string(h->src_rank))));
+    return nullptr;
+  }
+  return inbox;
 }
 
-void UcxTransport::Deliver(Lane lane, const void* header, size_t header_length, void* data,
-                           size_t length, uint64_t recv_attr) {
+void UcxTransport::Deliver(Lane lane, const void* header, size_t header_length, void* data, size_t length,
+                           const ucp_am_recv_param_t& param) {
   if (closed_) return;  // nobody will poll for it
+  const uint64_t recv_attr = param.recv_attr;
   AmHeader h;
-  Inbox* const sender = CheckSender(header, header_length, &h);
+  bool park = false;
+  Inbox* const sender = CheckSender(header, header_length, param, &h, &park);
+  if (park) {
+    Park(lane, h, data, length, param);
+    return;
+  }
   if (sender == nullptr || sender->refused()) return;
   Inbox& inbox = *sender;
   auto refuse = [&](const std::string& why) {
@@ -93,17 +115,82 @@ void UcxTransport::Deliver(Lane lane, const void* header, size_t header_length, 
   }
   const RingEntry entry{h.imm, h.length, h.seq, RingCheck(h.imm, h.length, h.seq)};
   if (length > 0) {
-    const Context::TrackedRegion* region = ctx_->FindRegion(h.address, length);
+    const Context::TrackedRegion* region = ctx_->FindRegion(inbox.peer(), h.address, length);
     if (region == nullptr) {
       char text[96];
       std::snprintf(text, sizeof(text), "%zu bytes to [0x%llx, +%zu)", length,
                     static_cast<unsigned long long>(h.address), length);
-      refuse(std::string(text) + ", which is not inside memory registered here");
+      refuse(std::string(text) + ", which is not inside memory registered here for this peer");
       return;
     }
     if (!LandPayload(inbox, lane, *region, h.address, data, length, recv_attr, slot, entry)) return;
   }
   StoreEntry(slot, entry);
+}
+
+void UcxTransport::Park(Lane lane, const AmHeader& h, void* data, size_t length, const ucp_am_recv_param_t& param) {
+  const std::string who = "ucx: rank " + std::to_string(config_.rank) + ": refused a write claiming rank " +
+                          std::to_string(h.src_rank) + " before this rank connected to it: ";
+  const auto waiting =
+      std::ranges::count_if(parked_, [&](const ParkedMessage& m) { return m.header.src_rank == h.src_rank; });
+  if (waiting >= static_cast<long>(config_.max_unpolled) * kNumLanes) {
+    Refuse(nullptr, DataLossError(who + "more writes than its credit"));
+    return;
+  }
+  if (h.length != length || (length > 0 && ctx_->FindRegion(h.src_rank, h.address, length) == nullptr)) {
+    Refuse(nullptr, DataLossError(who + "its target is not inside memory registered here for it"));
+    return;
+  }
+  ParkedMessage& m = parked_.emplace_back(ParkedMessage{lane, param.reply_ep, h, {}, nullptr});
+  const auto* bytes = static_cast<const std::byte*>(data);
+  if ((param.recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) == 0) {
+    m.bytes.assign(bytes, bytes + length);
+    return;
+  }
+  m.bytes.resize(length);
+  ucp_request_param_t none{};
+  ucs_status_ptr_t received = ucp_am_recv_data_nbx(ctx_->worker(lane), data, m.bytes.data(), length, &none);
+  if (UCS_PTR_IS_ERR(received)) {
+    parked_.pop_back();
+    Refuse(nullptr, UnavailableError(ErrorText(who + "receive", UCS_PTR_STATUS(received))));
+    return;
+  }
+  m.request = RequestOrNull(received);
+  if (m.request != nullptr) ++progress_[static_cast<int>(lane)].outstanding;
+}
+
+void UcxTransport::Unpark() {
+  std::vector<ParkedMessage> now;
+  std::erase_if(parked_, [&](ParkedMessage& m) {
+    if (m.request != nullptr) {
+      const ucs_status_t status = ucp_request_check_status(m.request);
+      if (status == UCS_INPROGRESS) return false;
+      ucp_request_free(m.request);
+      m.request = nullptr;
+      --progress_[static_cast<int>(m.lane)].outstanding;
+      if (status != UCS_OK) {
+        Refuse(nullptr, UnavailableError(ErrorText("ucx: rank " + std::to_string(config_.rank) +
+                                                       ": receive of a write before connecting", status)));
+        return true;
+      }
+    }
+    if (!ep_peer_.contains(m.ep)) return false;
+    now.push_back(std::move(m));
+    return true;
+  });
+  for (ParkedMessage& m : now) {
+    ucp_am_recv_param_t param{};
+    param.recv_attr = UCP_AM_RECV_ATTR_FIELD_REPLY_EP;
+    param.reply_ep = m.ep;
+    Deliver(m.lane, &m.header, sizeof(m.header), m.bytes.data(), m.bytes.size(), param);
+  }
+}
+
+void UcxTransport::DropParked() {
+  for (const ParkedMessage& m : parked_) {
+    if (m.request != nullptr) ucp_request_free(m.request);
+  }
+  parked_.clear();
 }
 
 bool UcxTransport::LandPayload(Inbox& inbox, Lane lane, const Context::TrackedRegion& region, uint64_t address,
@@ -146,6 +233,7 @@ Completion& UcxTransport::Sink::Emit(Completion::Type type, int peer, Lane lane)
 StatusOr<size_t> UcxTransport::Poll(std::span<Completion> out) {
   if (closed_) return size_t{0};
   ProgressWorkers();
+  if (!parked_.empty()) Unpark();
   Sink sink{out};
   EmitFinishedWrites(sink);
   while (failed_reported_ < failed_.size() && !sink.full()) {

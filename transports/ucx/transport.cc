@@ -70,7 +70,7 @@ StatusOr<std::unique_ptr<Transport>> UcxTransport::Create(const Config& config) 
   const size_t ring_bytes = std::max<size_t>(1, config.peers.size() * kNumLanes) *
                             config.max_unpolled * sizeof(RingEntry);
   M2N_ASSIGN_OR_RETURN(t->rings_, UcxRegion::Map(t->ctx_, nullptr, ring_bytes, /*allocate=*/true,
-                                                 /*peer_writable=*/false));
+                                                 Access::kRing));
   M2N_ASSIGN_OR_RETURN(t->ring_rkey_, t->rings_->PackRkey());
   t->inboxes_.reserve(config.peers.size());
   t->scanned_.reserve(config.peers.size());
@@ -100,6 +100,15 @@ Capabilities UcxTransport::capabilities() const {
 }
 
 StatusOr<std::unique_ptr<Region>> UcxTransport::Register(void* data, size_t size, MemoryKind kind) {
+  return MapCaller(data, size, kind, Access::kTarget);
+}
+
+StatusOr<std::unique_ptr<Region>> UcxTransport::RegisterSource(void* data, size_t size, MemoryKind kind) {
+  return MapCaller(data, size, kind, Access::kSource);
+}
+
+StatusOr<std::unique_ptr<Region>> UcxTransport::MapCaller(void* data, size_t size, MemoryKind kind,
+                                                          Access access) {
   if (kind == MemoryKind::kCuda) {
     return UnimplementedError("ucx transport: CUDA memory is not supported in this build");
   }
@@ -107,8 +116,7 @@ StatusOr<std::unique_ptr<Region>> UcxTransport::Register(void* data, size_t size
     return InvalidArgumentError("ucx: rank " + std::to_string(config_.rank) +
                                 ": unknown memory kind " + std::to_string(static_cast<int>(kind)));
   }
-  M2N_ASSIGN_OR_RETURN(auto region, UcxRegion::Map(ctx_, data, size, /*allocate=*/false,
-                                                   /*peer_writable=*/true));
+  M2N_ASSIGN_OR_RETURN(auto region, UcxRegion::Map(ctx_, data, size, /*allocate=*/false, access));
   return std::unique_ptr<Region>(std::move(region));
 }
 
@@ -121,7 +129,7 @@ StatusOr<std::unique_ptr<Region>> UcxTransport::Allocate(size_t size, MemoryKind
                                 ": unknown memory kind " + std::to_string(static_cast<int>(kind)));
   }
   M2N_ASSIGN_OR_RETURN(auto region, UcxRegion::Map(ctx_, nullptr, size, /*allocate=*/true,
-                                                   /*peer_writable=*/true));
+                                                   Access::kTarget));
   return std::unique_ptr<Region>(std::move(region));
 }
 
@@ -191,6 +199,10 @@ Status UcxTransport::Connect(int peer, std::span<const std::byte> remote_address
     data.eager_max = kTcpEagerMax;
   }
   connected_.push_back(endpoints_[index].get());
+  // Active messages name their sender by the endpoint they arrive on (UCX hands the handler our
+  // endpoint to the peer as reply_ep); UCX matches the peer's wire-up to the ep created here.
+  for (ucp_ep_h ep : endpoints_[index]->eps()) ep_peer_[ep] = peer;
+  Unpark();
   // While every peer is on this host, its writes land in our rings by plain stores and UCX has
   // little to do on an idle poll; progress it less often then (see Poll).
   bool all_mapped = true;
@@ -288,6 +300,7 @@ Status UcxTransport::Teardown(bool graceful, Deadline deadline) {
   (void)WaitAll(requests, close_deadline);
 
   // Receives still under way were purged with their eps; their requests go back to UCX.
+  DropParked();
   for (const PendingReceive& pr : receiving_) ucp_request_free(pr.request);
   receiving_.clear();
   refused_.clear();
@@ -296,6 +309,7 @@ Status UcxTransport::Teardown(bool graceful, Deadline deadline) {
   (void)SetAmHandlers(/*enable=*/false);
 
   connected_.clear();
+  ep_peer_.clear();
   scanned_.clear();
   endpoints_.clear();
   inboxes_.clear();

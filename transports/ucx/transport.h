@@ -15,6 +15,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <unordered_map>
 #include <vector>
 
 #include "m2n/deadline.h"
@@ -39,6 +40,7 @@ class UcxTransport final : public Transport {
   Capabilities capabilities() const override;
 
   StatusOr<std::unique_ptr<Region>> Register(void* data, size_t size, MemoryKind kind) override;
+  StatusOr<std::unique_ptr<Region>> RegisterSource(void* data, size_t size, MemoryKind kind) override;
   StatusOr<std::unique_ptr<Region>> Allocate(size_t size, MemoryKind kind) override;
 
   StatusOr<Bytes> LocalAddress(int peer) override;
@@ -77,6 +79,17 @@ class UcxTransport final : public Transport {
     RingEntry* slot;
     RingEntry entry;
   };
+  // An active message that came, before our Connect to the peer it names, on an endpoint not yet
+  // known to be that peer's. Its payload waits here (eager bytes copied, a rendezvous payload
+  // received into `bytes`) until Connect says whose endpoint it is; it is then delivered, or
+  // refused, as if it had come then.
+  struct ParkedMessage {
+    Lane lane;
+    ucp_ep_h ep;
+    AmHeader header;
+    Bytes bytes;
+    void* request = nullptr;  // the rendezvous receive into `bytes`, while under way
+  };
   // What the active-message handler of one worker needs.
   struct AmLane {
     UcxTransport* transport;
@@ -113,16 +126,28 @@ class UcxTransport final : public Transport {
   // Lands one active-message write: checks it, puts its payload in place, stores its entry (or
   // starts the rendezvous receive that will).
   void Deliver(Lane lane, const void* header, size_t header_length, void* data, size_t length,
-               uint64_t recv_attr);
+                       const ucp_am_recv_param_t& param);
+  // Keeps a message from a peer not connected yet (CheckSender), within what that peer could
+  // honestly send: its credit, and targets inside blocks granted to it.
+  void Park(Lane lane, const AmHeader& h, void* data, size_t length, const ucp_am_recv_param_t& param);
+  // Delivers the parked messages whose payload is here and whose endpoint is now a connected
+  // peer's (Connect, Poll); DropParked releases them all (Close, after the eps).
+  void Unpark();
+  void DropParked();
   // Deliver's steps: the header and its sender (null: refused); the payload in place (memcpy), or
   // a rendezvous receive started (false: the entry waits for it, or the write was refused).
-  Inbox* CheckSender(const void* header, size_t header_length, AmHeader* h);
+  // The sender is the peer whose endpoint the message arrived on (UCX's reply endpoint), never
+  // the rank the header names; a header naming another rank is refused.
+  // *park: it may come from the peer it names, which is not connected yet (Park).
+  Inbox* CheckSender(const void* header, size_t header_length, const ucp_am_recv_param_t& param, AmHeader* h,
+                     bool* park);
   bool LandPayload(Inbox& inbox, Lane lane, const Context::TrackedRegion& region, uint64_t address, void* data,
                    size_t length, uint64_t recv_attr, RingEntry* slot, const RingEntry& entry);
   // Records that a peer (null: a sender that names no peer) sent a write that is refused: kError
   // from the next Poll, once per peer.
   void Refuse(Inbox* inbox, Status why);
   Status SetAmHandlers(bool enable);
+  StatusOr<std::unique_ptr<Region>> MapCaller(void* data, size_t size, MemoryKind kind, Access access);
   // Where Poll writes completions: the caller's span and how much of it is used.
   struct Sink {
     std::span<Completion> out;
@@ -163,6 +188,8 @@ class UcxTransport final : public Transport {
   std::vector<Endpoint*> connected_;                  // in Connect order
   std::vector<Inbox> inboxes_;                        // by peer index, from Create on
   std::vector<Inbox*> scanned_;                       // connected peers' inboxes, for the ring scan
+  std::unordered_map<ucp_ep_h, int> ep_peer_;         // each connected peer's eps -> its rank
+  std::vector<ParkedMessage> parked_;
   std::vector<Endpoint*> failed_;                     // appended by UCX error callbacks
   size_t failed_reported_ = 0;
   Bytes ring_rkey_;

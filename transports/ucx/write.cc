@@ -207,13 +207,17 @@ Status UcxTransport::PostActiveMessage(const Write& w, Endpoint& e) {
     const auto* remote = static_cast<const UcxRemoteRegion*>(w.remote);
     pw->header.address = remote->address() + w.remote_offset;
     payload = local->data() + w.local_offset;
-    param.op_attr_mask = UCP_OP_ATTR_FIELD_MEMH;
-    param.memh = local->memh();
-    if (w.length <= tx.eager_max) {
-      param.op_attr_mask |= UCP_OP_ATTR_FIELD_FLAGS;
-      param.flags = UCP_AM_SEND_FLAG_EAGER;
+    // A source-only memh has no remote access, which a rendezvous that the receiver reads (RDMA
+    // read on InfiniBand) needs: UCX then registers the buffer for that read itself.
+    if (local->access() != Access::kSource) {
+      param.op_attr_mask = UCP_OP_ATTR_FIELD_MEMH;
+      param.memh = local->memh();
     }
+    if (w.length <= tx.eager_max) param.flags |= UCP_AM_SEND_FLAG_EAGER;
   }
+  // The receiver knows us by the endpoint this arrives on (the reply endpoint UCX hands it).
+  param.op_attr_mask |= UCP_OP_ATTR_FIELD_FLAGS;
+  param.flags |= UCP_AM_SEND_FLAG_REPLY;
   // Eager: the payload travels with the header and the receiver copies it into the target; the
   // request usually completes here (UCX copied it out), so the source is free at once and writes
   // overlap. Rendezvous: the receiver's handler has UCX move the payload straight into the target

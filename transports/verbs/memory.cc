@@ -18,14 +18,16 @@ namespace {
 
 constexpr uint32_t kKeyMagic = 0x4B4E324D;  // "M2NK"
 constexpr uint16_t kKeyVersion = 1;
-constexpr int kAccess = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE;
+// A region's own MR: local access only. Keys get MRs of their own with remote write (RemoteMr).
+constexpr int kLocalAccess = IBV_ACCESS_LOCAL_WRITE;
+constexpr int kRemoteAccess = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE;
 
 std::string PeerText(int peer, std::string_view what) {
   return "verbs: peer rank " + std::to_string(peer) + ": " + std::string(what);
 }
 
 #if M2N_VERBS_WITH_CUDA
-StatusOr<ibv_mr*> RegisterCuda(ibv_pd* pd, void* data, size_t size) {
+StatusOr<ibv_mr*> RegisterCuda(ibv_pd* pd, void* data, size_t size, int access) {
   M2N_ASSIGN_OR_RETURN(const CudaDriver* cuda, CudaDriver::Get());
   std::string why;
   const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
@@ -36,7 +38,7 @@ StatusOr<ibv_mr*> RegisterCuda(ibv_pd* pd, void* data, size_t size) {
                                                   CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD, 0);
   if (r == CUDA_SUCCESS) {
     ibv_mr* mr = ibv_reg_dmabuf_mr(pd, reinterpret_cast<uintptr_t>(data) - start, size,
-                                   reinterpret_cast<uintptr_t>(data), fd, kAccess);
+                                   reinterpret_cast<uintptr_t>(data), fd, access);
     const int err = errno;
     close(fd);
     if (mr != nullptr) return mr;
@@ -44,40 +46,46 @@ StatusOr<ibv_mr*> RegisterCuda(ibv_pd* pd, void* data, size_t size) {
   } else {
     why = cuda->Error("cuMemGetHandleForAddressRange(DMA_BUF_FD)", r);
   }
-  ibv_mr* mr = ibv_reg_mr(pd, data, size, kAccess);
+  ibv_mr* mr = ibv_reg_mr(pd, data, size, access);
   if (mr != nullptr) return mr;
   return UnavailableError("verbs: registering " + std::to_string(size) + " bytes of CUDA memory: " + why +
                           "; then " + VerbError("ibv_reg_mr (needs nvidia-peermem)", errno));
 }
 #endif
 
+StatusOr<ibv_mr*> RegisterRange(ibv_pd* pd, void* data, size_t size, MemoryKind kind, int access) {
+  if (kind == MemoryKind::kCuda) {
+#if M2N_VERBS_WITH_CUDA
+    return RegisterCuda(pd, data, size, access);
+#else
+    return UnimplementedError("verbs transport: CUDA memory needs a build with the CUDA toolkit found");
+#endif
+  }
+  ibv_mr* mr = ibv_reg_mr(pd, data, size, access);
+  if (mr == nullptr) {
+    return UnavailableError(VerbError("ibv_reg_mr of " + std::to_string(size) +
+                                      " bytes (is `ulimit -l` large enough?)", errno));
+  }
+  return mr;
+}
+
 }  // namespace
 
 bool CudaRegistrationBuilt() { return M2N_VERBS_WITH_CUDA != 0; }
 
 StatusOr<std::unique_ptr<VerbsRegion>> VerbsRegion::Register(std::shared_ptr<Context> ctx, void* data,
-                                                              size_t size, MemoryKind kind) {
+                                                              size_t size, MemoryKind kind, bool source) {
   if (data == nullptr || size == 0) {
     return InvalidArgumentError("verbs: Register needs a non-null buffer and size > 0");
   }
-  ibv_mr* mr = nullptr;
-  if (kind == MemoryKind::kHost) {
-    mr = ibv_reg_mr(ctx->pd(), data, size, kAccess);
-    if (mr == nullptr) {
-      return UnavailableError(VerbError("ibv_reg_mr of " + std::to_string(size) +
-                                        " bytes (is `ulimit -l` large enough?)", errno));
-    }
-  } else if (kind == MemoryKind::kCuda) {
-#if M2N_VERBS_WITH_CUDA
-    M2N_ASSIGN_OR_RETURN(mr, RegisterCuda(ctx->pd(), data, size));
-#else
-    return UnimplementedError("verbs transport: CUDA memory needs a build with the CUDA toolkit found");
-#endif
-  } else {
+  if (kind != MemoryKind::kHost && kind != MemoryKind::kCuda) {
     return InvalidArgumentError("verbs: unknown memory kind " + std::to_string(static_cast<int>(kind)));
   }
-  return std::unique_ptr<VerbsRegion>(
+  M2N_ASSIGN_OR_RETURN(ibv_mr * mr, RegisterRange(ctx->pd(), data, size, kind, kLocalAccess));
+  std::unique_ptr<VerbsRegion> region(
       new VerbsRegion(std::move(ctx), mr, static_cast<std::byte*>(data), size, kind, /*owned=*/false));
+  region->source_ = source;
+  return region;
 }
 
 StatusOr<std::unique_ptr<VerbsRegion>> VerbsRegion::Allocate(std::shared_ptr<Context> ctx, size_t size,
@@ -95,7 +103,7 @@ StatusOr<std::unique_ptr<VerbsRegion>> VerbsRegion::Allocate(std::shared_ptr<Con
       cuda->mem_free(device);
       return UnavailableError(cuda->Error("cuMemsetD8", r));
     }
-    auto mr = RegisterCuda(ctx->pd(), reinterpret_cast<void*>(device), size);
+    auto mr = RegisterCuda(ctx->pd(), reinterpret_cast<void*>(device), size, kLocalAccess);
     if (!mr.ok()) {
       cuda->mem_free(device);
       return mr.status();
@@ -114,7 +122,7 @@ StatusOr<std::unique_ptr<VerbsRegion>> VerbsRegion::Allocate(std::shared_ptr<Con
   void* data = std::aligned_alloc(page, rounded);
   if (data == nullptr) return UnavailableError("verbs: allocating " + std::to_string(size) + " bytes failed");
   std::memset(data, 0, rounded);
-  ibv_mr* mr = ibv_reg_mr(ctx->pd(), data, size, kAccess);
+  ibv_mr* mr = ibv_reg_mr(ctx->pd(), data, size, kLocalAccess);
   if (mr == nullptr) {
     const int err = errno;
     std::free(data);
@@ -126,6 +134,7 @@ StatusOr<std::unique_ptr<VerbsRegion>> VerbsRegion::Allocate(std::shared_ptr<Con
 }
 
 VerbsRegion::~VerbsRegion() {
+  for (ibv_mr* mr : remote_mrs_) ibv_dereg_mr(mr);
   if (mr_ != nullptr) ibv_dereg_mr(mr_);
   if (!owned_) return;
   if (kind_ == MemoryKind::kHost) {
@@ -137,16 +146,45 @@ VerbsRegion::~VerbsRegion() {
 #endif
 }
 
-StatusOr<Bytes> VerbsRegion::PackRemoteKey() const {
+StatusOr<const ibv_mr*> VerbsRegion::RemoteMr(size_t offset, size_t length) const {
+  if (source_) return FailedPreconditionError("verbs: a region registered as a local source has no remote key");
+  std::byte* start = data_ + offset;
+  for (const ibv_mr* mr : remote_mrs_) {
+    if (mr->addr == start && mr->length == length) return mr;
+  }
+  M2N_ASSIGN_OR_RETURN(ibv_mr * mr, RegisterRange(ctx_->pd(), start, length, kind_, kRemoteAccess));
+  remote_mrs_.push_back(mr);
+  return mr;
+}
+
+namespace {
+
+Bytes PackKey(const std::byte* address, size_t size, uint32_t rkey) {
   Bytes out;
   WireWriter w(out);
   w.Put<uint32_t>(kKeyMagic);
   w.Put<uint16_t>(kKeyVersion);
   w.Put<uint16_t>(0);
-  w.Put<uint64_t>(reinterpret_cast<uintptr_t>(data_));
-  w.Put<uint64_t>(size_);
-  w.Put<uint32_t>(mr_->rkey);
+  w.Put<uint64_t>(reinterpret_cast<uintptr_t>(address));
+  w.Put<uint64_t>(size);
+  w.Put<uint32_t>(rkey);
   return out;
+}
+
+}  // namespace
+
+StatusOr<Bytes> VerbsRegion::PackRemoteKey() const {
+  M2N_ASSIGN_OR_RETURN(const ibv_mr* mr, RemoteMr(0, size_));
+  return PackKey(data_, size_, mr->rkey);
+}
+
+StatusOr<BlockKey> VerbsRegion::PackRemoteKeyFor(int peer, size_t offset, size_t length) {
+  if (peer < 0 || length == 0 || offset > size_ || length > size_ - offset) {
+    return InvalidArgumentError("verbs: a key for rank " + std::to_string(peer) + " to [" + std::to_string(offset) +
+                                ", +" + std::to_string(length) + ") of a " + std::to_string(size_) + "-byte region");
+  }
+  M2N_ASSIGN_OR_RETURN(const ibv_mr* mr, RemoteMr(offset, length));
+  return BlockKey{PackKey(data_ + offset, length, mr->rkey), 0};
 }
 
 StatusOr<std::unique_ptr<VerbsRemoteRegion>> VerbsRemoteRegion::Unpack(const Context* owner, int peer,

@@ -1,6 +1,11 @@
 // Registered memory for the verbs transport: a Region is an ibv_mr (host memory by ibv_reg_mr,
 // CUDA memory by ibv_reg_dmabuf_mr on a dma-buf of the range); its packed key is (address, size,
 // rkey), which a peer's VerbsRemoteRegion holds for its writes.
+//
+// Access: the region's own MR grants local access only (IBV_ACCESS_LOCAL_WRITE), so a send buffer
+// or a staging copy can never be written by a peer. Remote write is granted by a second MR made
+// when a key is packed: over the whole region (PackRemoteKey) or over one peer's block
+// (PackRemoteKeyFor), so the NIC refuses a write through that key anywhere outside the block.
 #pragma once
 
 #include <infiniband/verbs.h>
@@ -9,6 +14,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <vector>
 
 #include "m2n/memory.h"
 #include "m2n/status.h"
@@ -19,9 +25,9 @@ namespace m2n::transport::verbs {
 
 class VerbsRegion final : public Region {
  public:
-  // Registers caller-owned memory.
+  // Registers caller-owned memory; a `source` region has no remote key.
   static StatusOr<std::unique_ptr<VerbsRegion>> Register(std::shared_ptr<Context> ctx, void* data,
-                                                         size_t size, MemoryKind kind);
+                                                         size_t size, MemoryKind kind, bool source = false);
   // Allocates zeroed memory and registers it; freed with the region. Host: page-aligned;
   // CUDA: cuMemAlloc in the current context, registered as Register does.
   static StatusOr<std::unique_ptr<VerbsRegion>> Allocate(std::shared_ptr<Context> ctx, size_t size,
@@ -34,6 +40,7 @@ class VerbsRegion final : public Region {
   size_t size() const override { return size_; }
   MemoryKind kind() const override { return kind_; }
   StatusOr<Bytes> PackRemoteKey() const override;
+  StatusOr<BlockKey> PackRemoteKeyFor(int peer, size_t offset, size_t length) override;
 
   uint32_t lkey() const { return mr_->lkey; }
   const Context* owner() const { return ctx_.get(); }
@@ -43,12 +50,17 @@ class VerbsRegion final : public Region {
               bool owned)
       : ctx_(std::move(ctx)), mr_(mr), data_(data), size_(size), kind_(kind), owned_(owned) {}
 
+  // An MR over [data_ + offset, +length) that peers may write, made once and kept until destroyed.
+  StatusOr<const ibv_mr*> RemoteMr(size_t offset, size_t length) const;
+
   std::shared_ptr<Context> ctx_;
   ibv_mr* mr_;
   std::byte* data_;
   size_t size_;
   MemoryKind kind_;
   bool owned_;  // data_ was allocated here
+  bool source_ = false;
+  mutable std::vector<ibv_mr*> remote_mrs_;
 };
 
 class VerbsRemoteRegion final : public RemoteRegion {

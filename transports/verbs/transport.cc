@@ -107,7 +107,13 @@ Capabilities VerbsTransport::capabilities() const {
 }
 
 StatusOr<std::unique_ptr<Region>> VerbsTransport::Register(void* data, size_t size, MemoryKind kind) {
-  auto region = VerbsRegion::Register(ctx_, data, size, kind);
+  auto region = VerbsRegion::Register(ctx_, data, size, kind, /*source=*/false);
+  if (!region.ok()) return region.status().WithContext(Who());
+  return std::unique_ptr<Region>(std::move(region).value());
+}
+
+StatusOr<std::unique_ptr<Region>> VerbsTransport::RegisterSource(void* data, size_t size, MemoryKind kind) {
+  auto region = VerbsRegion::Register(ctx_, data, size, kind, /*source=*/true);
   if (!region.ok()) return region.status().WithContext(Who());
   return std::unique_ptr<Region>(std::move(region).value());
 }

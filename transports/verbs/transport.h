@@ -39,6 +39,7 @@ class VerbsTransport final : public Transport, public StreamOps {
   Capabilities capabilities() const override;
 
   StatusOr<std::unique_ptr<Region>> Register(void* data, size_t size, MemoryKind kind) override;
+  StatusOr<std::unique_ptr<Region>> RegisterSource(void* data, size_t size, MemoryKind kind) override;
   StatusOr<std::unique_ptr<Region>> Allocate(size_t size, MemoryKind kind) override;
 
   StatusOr<Bytes> LocalAddress(int peer) override;
