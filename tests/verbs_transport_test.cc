@@ -74,6 +74,7 @@ TEST_P(VerbsTransportTest, AbortEndsWaitForRoom) {
     return "";
   };
   EXPECT_EQ(RunPair(GetParam(), body, 90s, {{"M2N_VERBS_RNR_RETRY", "7"}}), "");
+}
 
 // A key made for one peer's block (PackRemoteKeyFor) reaches that block only, and a send buffer
 // (RegisterSource) takes no remote write: rank 0 writes its own block, then forges its key to reach
