@@ -62,6 +62,9 @@ Bytes Frame(const wire::Message& message) {
   return *frame;
 }
 
+// A nonce or MAC-sized field of one repeated byte.
+Bytes Nonce(uint8_t fill) { return Bytes(wire::kNonceBytes, std::byte{fill}); }
+
 Bytes Concat(std::initializer_list<Bytes> parts) {
   Bytes out;
   for (const Bytes& p : parts) out.insert(out.end(), p.begin(), p.end());
@@ -70,8 +73,10 @@ Bytes Concat(std::initializer_list<Bytes> parts) {
 
 void StoreFrames(Writer& w) {
   const std::string t = "store_frame";
-  const wire::Hello hello{"m2n@127.0.0.1:29500", 1, 4};
+  const wire::Hello hello{"m2n@127.0.0.1:29500", 1, 4, Nonce(0x4e)};
   w.Write(t, "hello", Frame(hello));
+  w.Write(t, "challenge", Frame(wire::Challenge{Nonce(0x53), Nonce(0xa5)}));
+  w.Write(t, "proof", Frame(wire::Proof{Nonce(0x5a)}));
   w.Write(t, "hello_ok", Frame(wire::HelloOk{}));
   w.Write(t, "error", Frame(wire::ErrorReply{StatusCode::kDeadlineExceeded, "timed out; still missing: 'k'"}));
   w.Write(t, "ok", Frame(wire::OkReply{}));
@@ -91,7 +96,7 @@ void StoreFrames(Writer& w) {
   w.Write(t, "session_truncated", Bytes(session.begin(), session.end() - 5));
   // Bad ones: another version, an oversize length, a body longer than its fields, not m2n at all.
   Bytes version = Frame(hello);
-  version[4] = std::byte{2};
+  version[4] = std::byte{1};
   w.Write(t, "bad_version", version);
   Bytes oversize = Frame(wire::SetRequest{"k", ToBytes("v")});
   for (int i = 0; i < 4; ++i) oversize[8 + i] = std::byte{0xff};
@@ -103,7 +108,7 @@ void StoreFrames(Writer& w) {
   w.Write(t, "bad_http", ToBytes("GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"));
 }
 
-// A connection's bytes for store_session: byte 0 bit 0 set = after a HELLO of rank byte 1.
+// A connection's bytes for store_session: byte 0 bit 0 set = after the handshake of rank byte 1.
 void StoreSessions(Writer& w) {
   const std::string t = "store_session";
   auto after_hello = [](uint8_t rank, std::initializer_list<Bytes> frames) {
@@ -121,11 +126,37 @@ void StoreSessions(Writer& w) {
   w.Write(t, "wait_missing", after_hello(3, {Frame(wire::WaitRequest{{"a", "b"}, 50})}));
   w.Write(t, "get_held_then_close", after_hello(0, {Frame(wire::GetRequest{"never", 100000})}));
   w.Write(t, "dead_ranks_goodbye", after_hello(1, {Frame(wire::DeadRanksRequest{}), Frame(wire::Goodbye{})}));
-  w.Write(t, "second_hello", after_hello(1, {Frame(wire::Hello{"fuzz-job", 2, 4})}));
+  w.Write(t, "second_hello", after_hello(1, {Frame(wire::Hello{"fuzz-job", 2, 4, Nonce(1)})}));
+  w.Write(t, "second_proof", after_hello(1, {Frame(wire::Proof{Nonce(2)})}));
   w.Write(t, "server_only_type", after_hello(1, {Frame(wire::OkReply{})}));
-  w.Write(t, "stranger_hello_other_job", bare(Frame(wire::Hello{"other-job", 1, 4})));
+  w.Write(t, "stranger_hello_other_job", bare(Frame(wire::Hello{"other-job", 1, 4, Nonce(3)})));
   w.Write(t, "stranger_set", bare(Frame(wire::SetRequest{"k", ToBytes("v")})));
   w.Write(t, "stranger_noise", bare(ToBytes("GET / HTTP/1.1\r\n\r\n")));
+}
+
+// A connection's bytes for store_hello: byte 0 % 3 picks bare, after a HELLO of the job as rank
+// byte 1 % 6 - 1 (its PROOF is the fuzzer's), or after a HELLO of another job / world size.
+void StoreHellos(Writer& w) {
+  const std::string t = "store_hello";
+  auto start = [](uint8_t how, uint8_t rank, std::initializer_list<Bytes> frames) {
+    Bytes out{static_cast<std::byte>(how), static_cast<std::byte>(rank)};
+    for (const Bytes& f : frames) out.insert(out.end(), f.begin(), f.end());
+    return out;
+  };
+  const Bytes hello = Frame(wire::Hello{"fuzz-hello-job", 1, 4, Nonce(7)});
+  w.Write(t, "bare_hello_and_guessed_proof", start(0, 0, {hello, Frame(wire::Proof{Nonce(0)})}));
+  w.Write(t, "bare_proof_first", start(0, 0, {Frame(wire::Proof{Nonce(9)})}));
+  w.Write(t, "bare_set", start(0, 0, {Frame(wire::SetRequest{"m2n/addr/0/1", ToBytes("evil")})}));
+  w.Write(t, "wrong_proof", start(1, 2, {Frame(wire::Proof{Nonce(0)})}));
+  w.Write(t, "set_instead_of_proof", start(1, 3, {Frame(wire::SetRequest{"m2n/addr/1/0", ToBytes("evil")})}));
+  w.Write(t, "second_hello_instead_of_proof", start(1, 4, {hello}));
+  w.Write(t, "proof_then_requests", start(1, 1, {Frame(wire::Proof{Nonce(1)}), Frame(wire::GetRequest{"k", 0}),
+                                                 Frame(wire::Goodbye{})}));
+  w.Write(t, "rank_outside_world", start(1, 5, {}));
+  const Bytes proof = Frame(wire::Proof{Nonce(0)});
+  w.Write(t, "half_proof", start(1, 2, {Bytes(proof.begin(), proof.begin() + 20)}));
+  w.Write(t, "other_job", start(2, 1, {}));
+  w.Write(t, "other_world_size", start(2, 0, {}));
 }
 
 void Config(Writer& w) {
@@ -226,6 +257,7 @@ int main(int argc, char** argv) {
   m2n::Writer w{std::filesystem::path(argv[1])};
   m2n::StoreFrames(w);
   m2n::StoreSessions(w);
+  m2n::StoreHellos(w);
   m2n::Config(w);
   m2n::TransportWire(w);
   std::printf("%d seeds written under %s\n", w.written(), argv[1]);

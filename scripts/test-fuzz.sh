@@ -22,7 +22,7 @@ seconds=${FUZZ_SECONDS:-25}
 cc=${CC:-clang}
 cxx=${CXX:-clang++}
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(store_frame store_session config transport_wire)
+[ ${#targets[@]} -gt 0 ] || targets=(store_frame store_session store_hello config transport_wire)
 
 t_all=$(date +%s)
 if ! command -v "$cxx" >/dev/null; then

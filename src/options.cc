@@ -8,6 +8,7 @@
 #include <sstream>
 #include <string>
 
+#include "bootstrap/handshake.h"
 #include "m2n/launch.h"
 #include "src/base/env.h"
 
@@ -20,6 +21,8 @@ constexpr EnvironmentVariable kTable[] = {
     {"M2N_MASTER_ADDR", "bootstrap.master_addr", "host of rank 0's bootstrap store (127.0.0.1)"},
     {"M2N_MASTER_PORT", "bootstrap.master_port", "port of the bootstrap store (29517)"},
     {"M2N_JOB_ID", "bootstrap.job_id", "identity shared by the ranks of one job"},
+    {"M2N_JOB_KEY", "bootstrap.job_key", "secret shared by the ranks of one job, >= 16 bytes (none)"},
+    {"M2N_JOB_KEY_FILE", "bootstrap.job_key", "file holding the job key, readable by its owner only (none)"},
     {"M2N_TIMEOUT_MS", "bootstrap.timeout", "bound on group creation, in ms (30000)"},
     {"M2N_SENDERS", "num_senders", "M, the number of senders"},
     {"M2N_RECEIVERS", "num_receivers", "N, the number of receivers"},
@@ -43,13 +46,48 @@ Status ReadInt(const char* name, int64_t min, int64_t max, T* field) {
 
 void ReadString(const char* name, std::string* field) { *field = env::String(name, std::move(*field)); }
 
-// Fills what the code and the M2N_* variables left unset from the launcher's variables.
-Status ReadLauncher(BootstrapOptions* b) {
+// The job key: M2N_JOB_KEY, else the file M2N_JOB_KEY_FILE names, else the one set in code. Both
+// variables set is refused: which one the operator meant cannot be told.
+Status ReadJobKey(std::string* key) {
+  const bool from_variable = env::IsSet("M2N_JOB_KEY");
+  const bool from_file = env::IsSet("M2N_JOB_KEY_FILE");
+  if (from_variable && from_file) {
+    return InvalidArgumentError("options: both M2N_JOB_KEY and M2N_JOB_KEY_FILE are set; set one");
+  }
+  if (from_variable) *key = env::String("M2N_JOB_KEY", "");
+  if (from_file) {
+    M2N_ASSIGN_OR_RETURN(*key, bootstrap::ReadJobKeyFile(env::String("M2N_JOB_KEY_FILE", "")));
+  }
+  return bootstrap::CheckJobKey(*key, from_variable ? "M2N_JOB_KEY" : "Options::bootstrap.job_key");
+}
+
+// What the launcher calls this run, the same on all its ranks and different for another run, so
+// two jobs that share a master port get different default job ids and never join each other's
+// store. Empty where the launcher names no run (then set M2N_JOB_ID or a job key).
+std::string LauncherRunName(Launcher launcher) {
+  switch (launcher) {
+    case Launcher::kTorchrun:
+      return env::String("TORCHELASTIC_RUN_ID", "");
+    case Launcher::kOpenMpi:
+      return env::String("PMIX_NAMESPACE", env::String("OMPI_MCA_ess_base_jobid", ""));
+    case Launcher::kSlurm: {
+      const std::string job = env::String("SLURM_JOB_ID", "");
+      return job.empty() ? job : job + "." + env::String("SLURM_STEP_ID", "0");
+    }
+    default:
+      return "";
+  }
+}
+
+// Fills what the code and the M2N_* variables left unset from the launcher's variables, and says
+// what the launcher calls this run (LauncherRunName).
+Status ReadLauncher(BootstrapOptions* b, std::string* run_name) {
   M2N_ASSIGN_OR_RETURN(const LaunchInfo launch, DetectLaunch());
   if (b->rank < 0) b->rank = launch.rank;
   if (b->world_size < 0) b->world_size = launch.world_size;
   if (b->master_addr.empty()) b->master_addr = launch.master_addr;
   if (b->master_port == 0) b->master_port = launch.master_port;
+  *run_name = LauncherRunName(launch.launcher);
   return OkStatus();
 }
 
@@ -66,6 +104,7 @@ StatusOr<Options> ResolveOptions(const Options& in) {
   ReadString("M2N_MASTER_ADDR", &b.master_addr);
   M2N_RETURN_IF_ERROR(ReadInt("M2N_MASTER_PORT", 1, 65535, &b.master_port));
   ReadString("M2N_JOB_ID", &b.job_id);
+  M2N_RETURN_IF_ERROR(ReadJobKey(&b.job_key));
   int64_t timeout_ms = b.timeout.count();
   M2N_RETURN_IF_ERROR(ReadInt("M2N_TIMEOUT_MS", 1, int64_t{1} << 40, &timeout_ms));
   b.timeout = std::chrono::milliseconds(timeout_ms);
@@ -79,11 +118,14 @@ StatusOr<Options> ResolveOptions(const Options& in) {
   M2N_ASSIGN_OR_RETURN(o.checksum, env::Bool("M2N_CHECKSUM", o.checksum));
   ReadString("M2N_NIC", &o.nic);
   M2N_RETURN_IF_ERROR(ReadInt("M2N_PROXY_CORE", -1, CPU_SETSIZE - 1, &o.proxy_core));
-  M2N_RETURN_IF_ERROR(ReadLauncher(&b));
+  std::string run_name;
+  M2N_RETURN_IF_ERROR(ReadLauncher(&b, &run_name));
 
   if (b.master_addr.empty()) b.master_addr = "127.0.0.1";
   if (b.master_port == 0) b.master_port = 29517;
-  if (b.job_id.empty()) b.job_id = "m2n@" + b.master_addr + ":" + std::to_string(b.master_port);
+  if (b.job_id.empty()) {
+    b.job_id = "m2n@" + b.master_addr + ":" + std::to_string(b.master_port) + (run_name.empty() ? "" : "/" + run_name);
+  }
 
   // Shape checks that need no peer: the bootstrap cannot even start without them.
   if (o.num_senders <= 0 || o.num_receivers <= 0) {
@@ -124,6 +166,7 @@ std::string DescribeOptions(const Options& o) {
       << "transport          " << o.transport << "\n"
       << "master             " << o.bootstrap.master_addr << ":" << o.bootstrap.master_port << "\n"
       << "job id             " << o.bootstrap.job_id << "\n"
+      << "job key            " << (o.bootstrap.job_key.empty() ? "none" : "set (not shown)") << "\n"
       << "timeout            " << o.bootstrap.timeout.count() << " ms\n"
       << "spin               " << (o.spin_us < 0 ? std::string("auto") : std::to_string(o.spin_us) + " us")
       << "\n"

@@ -36,7 +36,7 @@ using wire::MessageType;
 
 TEST(TcpStoreClientTest, AnAnswerThatComesTooLateIsSkippedByTheNextCall) {
   FakeStore fake([](int fd) {
-    if (!ReadOneFrame(fd, 2000ms)) return;  // HELLO
+    if (!FakeHandshake(fd)) return;
     SendAll(fd, ValidFrame(wire::HelloOk{}));
     if (!ReadOneFrame(fd, 2000ms)) return;  // GET: answered long after the client gave up
     std::this_thread::sleep_for(std::chrono::milliseconds(100 + kStoreReplyGraceMs + 200));
@@ -57,14 +57,14 @@ TEST(TcpStoreClientTest, AnAnswerThatComesTooLateIsSkippedByTheNextCall) {
 
 TEST(TcpStoreClientTest, AStoreSpeakingAnotherVersionIsFailedPrecondition) {
   FakeStore fake([](int fd) {
-    if (!ReadOneFrame(fd, 2000ms)) return;
+    if (!FakeHandshake(fd)) return;
     Bytes answer = ValidFrame(wire::HelloOk{});
     answer[4] = std::byte{3};
     SendAll(fd, answer);
   });
   StatusOr<std::unique_ptr<Store>> client = ConnectRank(fake.port(), 1, 2);
   EXPECT_EQ(client.status().code(), StatusCode::kFailedPrecondition);
-  EXPECT_TRUE(Contains(client.status().message(), "peer speaks protocol version 3, this build speaks 1"))
+  EXPECT_TRUE(Contains(client.status().message(), "peer speaks protocol version 3, this build speaks 2"))
       << client.status().ToString();
 }
 

@@ -71,7 +71,7 @@ TEST(TcpStoreHardeningTest, AStrangerThatSaysNothingOrTooLittleIsClosedAfterTheH
   int truncated = RawConnect(server->port());
   ASSERT_GE(silent, 0);
   ASSERT_GE(truncated, 0);
-  Bytes half_hello = ValidFrame(wire::Hello{kJob, 1, 2});
+  Bytes half_hello = ValidFrame(wire::Hello{kJob, 1, 2, TestNonce()});
   half_hello.resize(half_hello.size() - 3);
   ASSERT_TRUE(SendAll(truncated, half_hello));
 
@@ -124,7 +124,7 @@ TEST(TcpStoreHardeningTest, AStrangersLargeRequestIsRefusedFromItsHeaderAlone) {
   // A HELLO that announces more than a HELLO may hold is refused from its header too.
   int fd = RawConnect(server->port());
   ASSERT_GE(fd, 0);
-  Bytes hello = ValidFrame(wire::Hello{kJob, 1, 2});
+  Bytes hello = ValidFrame(wire::Hello{kJob, 1, 2, TestNonce()});
   PutU32At(hello, 8, static_cast<uint32_t>(wire::MaxBodyBytes(MessageType::kHello) + 1));
   ASSERT_TRUE(SendAll(fd, std::span<const std::byte>(hello).first(wire::kHeaderBytes)));
   std::optional<wire::ErrorReply> error = RefusalOf(fd, 3000ms);
@@ -152,14 +152,14 @@ TEST(TcpStoreHardeningTest, ManyStrangersDoNotStallTheRanks) {
       case 0:
         break;  // silent
       case 1:
-        bytes = ValidFrame(wire::Hello{kJob, 1, kWorld});
+        bytes = ValidFrame(wire::Hello{kJob, 1, kWorld, TestNonce()});
         bytes.resize(bytes.size() / 2);
         break;
       case 2:
-        bytes = ValidFrame(wire::Hello{"another-job", i % kWorld, kWorld});
+        bytes = ValidFrame(wire::Hello{"another-job", i % kWorld, kWorld, TestNonce()});
         break;
       case 3:
-        bytes = ValidFrame(wire::Hello{kJob, 2, kWorld});
+        bytes = ValidFrame(wire::Hello{kJob, 2, kWorld, TestNonce()});
         bytes[4] = std::byte{7};
         break;
       case 4:
@@ -202,11 +202,8 @@ TEST(TcpStoreHardeningTest, AClientThatNeverReadsItsAnswersCannotGrowTheServerWi
   ASSERT_OK((*rank0)->Set("big", Bytes(kValue, std::byte{0x5a})));
 
   // Rank 1 by hand: HELLO, then 40 GETs of the 16 MiB value (640 MiB of answers) without reading.
-  int fd = RawConnect(server->port());
+  int fd = RawJoin(server->port(), 1, 2);
   ASSERT_GE(fd, 0);
-  ASSERT_TRUE(SendAll(fd, ValidFrame(wire::Hello{kJob, 1, 2})));
-  std::optional<Message> ok = ReadOneFrame(fd, 2000ms);
-  ASSERT_TRUE(ok.has_value() && std::holds_alternative<wire::HelloOk>(*ok));
   const size_t before = ResidentBytes();
   constexpr int kGets = 40;
   Bytes gets;
@@ -240,7 +237,7 @@ TEST(TcpStoreHardeningTest, AStoreAnnouncingAnOversizeOrTruncatedAnswerIsRefused
   {
     // The header alone is refused: the client does not wait for (or allocate) the body.
     FakeStore fake([](int fd) {
-      if (!ReadOneFrame(fd, 2000ms)) return;
+      if (!FakeHandshake(fd)) return;
       Bytes answer = ValidFrame(wire::HelloOk{});
       PutU32At(answer, 8, 1u << 20);
       SendAll(fd, answer);
@@ -256,7 +253,7 @@ TEST(TcpStoreHardeningTest, AStoreAnnouncingAnOversizeOrTruncatedAnswerIsRefused
   {
     // Half an answer, then the store goes: kUnavailable, not a hang or a partial value.
     FakeStore fake([](int fd) {
-      if (!ReadOneFrame(fd, 2000ms)) return;
+      if (!FakeHandshake(fd)) return;
       SendAll(fd, ValidFrame(wire::HelloOk{}));
       if (!ReadOneFrame(fd, 2000ms)) return;
       Bytes value = ValidFrame(wire::ValueReply{ToBytes("0123456789")});

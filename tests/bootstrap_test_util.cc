@@ -22,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "bootstrap/handshake.h"
 #include "bootstrap/store.h"
 #include "bootstrap/tcp_store.h"
 #include "bootstrap/wire.h"
@@ -67,6 +68,43 @@ TcpStoreOptions RankOptions(int port, int rank, int world_size, std::string job)
 
 StatusOr<std::unique_ptr<Store>> ConnectRank(int port, int rank, int world_size, int64_t timeout_ms) {
   return ConnectTcpStore(RankOptions(port, rank, world_size), Deadline::AfterMs(timeout_ms));
+}
+
+Bytes TestNonce() { return Bytes(wire::kNonceBytes, std::byte{0x4e}); }
+
+int RawJoin(int port, int rank, int world_size, const std::string& key, std::string job, std::string* refusal) {
+  int fd = RawConnect(port);
+  if (fd < 0) return -1;
+  const Bytes nonce = TestNonce();
+  auto fail = [&](const std::optional<Message>& answer) {
+    if (refusal != nullptr && answer && std::holds_alternative<wire::ErrorReply>(*answer)) {
+      *refusal = std::get<wire::ErrorReply>(*answer).text;
+    }
+    close(fd);
+    return -1;
+  };
+  if (!SendAll(fd, ValidFrame(wire::Hello{job, rank, world_size, nonce}))) return fail(std::nullopt);
+  std::optional<Message> answer = ReadOneFrame(fd, 5000ms);
+  if (!answer || !std::holds_alternative<wire::Challenge>(*answer)) return fail(answer);
+  const auto& challenge = std::get<wire::Challenge>(*answer);
+  const auto key_bytes = std::as_bytes(std::span(key));
+  const Sha256Digest mac =
+      HandshakeMac(HandshakeRole::kRank, key_bytes, job, rank, world_size, nonce, challenge.nonce);
+  if (!SendAll(fd, ValidFrame(wire::Proof{Bytes(mac.begin(), mac.end())}))) return fail(std::nullopt);
+  answer = ReadOneFrame(fd, 5000ms);
+  if (!answer || !std::holds_alternative<wire::HelloOk>(*answer)) return fail(answer);
+  return fd;
+}
+
+bool FakeHandshake(int fd) {
+  std::optional<Message> hello = ReadOneFrame(fd, 2000ms);
+  if (!hello || !std::holds_alternative<wire::Hello>(*hello)) return false;
+  const auto& h = std::get<wire::Hello>(*hello);
+  const Bytes store_nonce(wire::kNonceBytes, std::byte{0x53});
+  const Sha256Digest mac = HandshakeMac(HandshakeRole::kStore, {}, h.job_id, h.rank, h.world_size, h.nonce, store_nonce);
+  if (!SendAll(fd, ValidFrame(wire::Challenge{store_nonce, Bytes(mac.begin(), mac.end())}))) return false;
+  std::optional<Message> proof = ReadOneFrame(fd, 2000ms);
+  return proof && std::holds_alternative<wire::Proof>(*proof);
 }
 
 int RawConnect(int port) {

@@ -44,6 +44,15 @@ void PutU32At(Bytes& frame, size_t at, uint32_t v);
 
 inline constexpr char kJob[] = "test-job";
 
+// A handshake nonce of the right size (a test's HELLO needs one; the store does not check it is
+// random, only the rank's own handshake makes it so).
+Bytes TestNonce();
+// The whole handshake over a raw socket to 127.0.0.1:port as `rank` with `key`: HELLO, the store's
+// CHALLENGE checked, PROOF. The socket on HELLO_OK, else -1 (and `*refusal` holds what the store
+// said, if it said anything).
+int RawJoin(int port, int rank, int world_size, const std::string& key = "", std::string job = kJob,
+            std::string* refusal = nullptr);
+
 TcpStoreOptions RankOptions(int port, int rank, int world_size, std::string job = kJob);
 StatusOr<std::unique_ptr<Store>> ConnectRank(int port, int rank, int world_size, int64_t timeout_ms = 5000);
 
@@ -66,6 +75,10 @@ std::optional<wire::Message> ReadOneFrame(int fd, std::chrono::milliseconds time
 // What every rank of the set/get/add/wait/barrier tests does, in a thread or a process.
 // Returns 0 on success, else the number of the step that failed.
 int RankWorkload(Store& store, int rank, int world_size);
+
+// A FakeStore script's side of the handshake with no key: reads the HELLO, answers a CHALLENGE
+// whose MAC checks, reads the PROOF. False if either did not come within 2 s.
+bool FakeHandshake(int fd);
 
 // A store on 127.0.0.1 that accepts one connection (within 5 s) and runs `script` on it, on a
 // thread of its own; the destructor waits for the script.

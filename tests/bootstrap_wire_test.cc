@@ -39,7 +39,7 @@ using wire::MessageType;
 std::vector<Message> OneOfEachType() {
   Bytes binary = {std::byte{0}, std::byte{0xff}, std::byte{0x80}, std::byte{0}, std::byte{7}};
   return {
-      wire::Hello{"job-42", 3, 8},
+      wire::Hello{"job-42", 3, 8, TestNonce()},
       wire::HelloOk{},
       wire::ErrorReply{StatusCode::kDeadlineExceeded, "timed out; still missing: 'k'"},
       wire::OkReply{},
@@ -52,12 +52,14 @@ std::vector<Message> OneOfEachType() {
       wire::DeadRanksRequest{},
       wire::RanksReply{{0, 5, 2'000'000}},
       wire::Goodbye{},
+      wire::Challenge{TestNonce(), Bytes(wire::kMacBytes, std::byte{0xab})},
+      wire::Proof{Bytes(wire::kMacBytes, std::byte{0xcd})},
   };
 }
 
 TEST(WireTest, EveryTypeRoundTrips) {
   std::vector<Message> messages = OneOfEachType();
-  ASSERT_EQ(messages.size(), 13u);
+  ASSERT_EQ(messages.size(), 15u);
   for (const Message& message : messages) {
     StatusOr<Bytes> frame = wire::EncodeFrame(message);
     ASSERT_OK(frame.status());
@@ -70,8 +72,8 @@ TEST(WireTest, EveryTypeRoundTrips) {
 TEST(WireTest, HeaderIsLittleEndianAndPacked) {
   StatusOr<Bytes> frame = wire::EncodeFrame(wire::GetRequest{"k", 0x0102030405060708});
   ASSERT_OK(frame.status());
-  // magic 'M2NS', version 1, type GET (6), body = u32 1 + "k" + i64.
-  const std::vector<uint8_t> expected = {'M', '2', 'N', 'S', 1, 0, 6, 0, 13, 0, 0, 0, 1,
+  // magic 'M2NS', version 2, type GET (6), body = u32 1 + "k" + i64.
+  const std::vector<uint8_t> expected = {'M', '2', 'N', 'S', 2, 0, 6, 0, 13, 0, 0, 0, 1,
                                          0,   0,   0,   'k', 8, 7, 6, 5, 4,  3, 2, 1};
   ASSERT_EQ(frame->size(), expected.size());
   for (size_t i = 0; i < expected.size(); ++i) {
@@ -90,15 +92,15 @@ TEST(WireTest, RejectsBadMagic) {
 }
 
 TEST(WireTest, RejectsOtherVersionWithAClearMessage) {
-  Bytes frame = ValidFrame(wire::Hello{"j", 0, 1});
-  frame[4] = std::byte{2};
+  Bytes frame = ValidFrame(wire::Hello{"j", 0, 1, TestNonce()});
+  frame[4] = std::byte{1};
   StatusOr<wire::FrameHeader> header = wire::DecodeHeader(frame);
   EXPECT_EQ(header.status().code(), StatusCode::kFailedPrecondition);
-  EXPECT_EQ(header.status().message(), "bootstrap: peer speaks protocol version 2, this build speaks 1");
+  EXPECT_EQ(header.status().message(), "bootstrap: peer speaks protocol version 1, this build speaks 2");
 }
 
 TEST(WireTest, RejectsUnknownType) {
-  for (uint16_t type : {uint16_t{0}, uint16_t{14}, uint16_t{0xffff}}) {
+  for (uint16_t type : {uint16_t{0}, uint16_t{16}, uint16_t{0xffff}}) {
     Bytes frame = ValidFrame(wire::OkReply{});
     frame[6] = static_cast<std::byte>(type);
     frame[7] = static_cast<std::byte>(type >> 8);
@@ -184,7 +186,7 @@ TEST(WireTest, EncoderRefusesWhatTheDecoderWouldReject) {
   EXPECT_EQ(wire::EncodeFrame(wire::GetRequest{std::string(1025, 'k'), 0}).status().code(),
             StatusCode::kInvalidArgument);
   EXPECT_OK(wire::EncodeFrame(wire::GetRequest{std::string(1024, 'k'), 0}).status());
-  EXPECT_EQ(wire::EncodeFrame(wire::Hello{std::string(1025, 'j'), 0, 1}).status().code(),
+  EXPECT_EQ(wire::EncodeFrame(wire::Hello{std::string(1025, 'j'), 0, 1, TestNonce()}).status().code(),
             StatusCode::kInvalidArgument);
   EXPECT_EQ(wire::EncodeFrame(wire::WaitRequest{std::vector<std::string>(wire::kMaxWaitKeys + 1, "k"), 0})
                 .status()

@@ -108,7 +108,8 @@ struct JobExit {
 
 // Starts `num_ranks` processes of `program`, each with this environment minus any job variables
 // it had, plus M2N_RANK, M2N_WORLD_SIZE, M2N_LOCAL_RANK, M2N_LOCAL_WORLD_SIZE, M2N_MASTER_ADDR
-// (127.0.0.1), M2N_MASTER_PORT and M2N_JOB_ID; each dies with this process (PR_SET_PDEATHSIG).
+// (127.0.0.1), M2N_MASTER_PORT, M2N_JOB_ID and a fresh random M2N_JOB_KEY (unless options.env sets
+// M2N_JOB_KEY or M2N_JOB_KEY_FILE); each dies with this process (PR_SET_PDEATHSIG).
 // Then WaitForJob. An error only when the job could not be started (no port, fork failed: the
 // ranks started are killed first); how the ranks ended is in JobExit.
 StatusOr<JobExit> SpawnLocal(const SpawnOptions& options, Deadline deadline);

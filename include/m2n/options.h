@@ -31,6 +31,11 @@ struct BootstrapOptions {
   // Ranks of one job share this; a rank of another job is refused by the store. Default: derived
   // from the master address and port.
   std::string job_id;
+  // The job's secret, the same on every rank (at least 16 bytes; M2N_JOB_KEY or M2N_JOB_KEY_FILE):
+  // the store and each rank prove to each other that they hold it when a rank connects, without
+  // sending it, so nobody without it can join the job or pose as its store (docs/security.md).
+  // Empty: no key; the store then binds loopback unless told otherwise, and warns if it is.
+  std::string job_key;
   // How long group creation may take in all: connecting to the store, exchanging addresses.
   std::chrono::milliseconds timeout{30000};
 };

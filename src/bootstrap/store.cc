@@ -58,6 +58,38 @@ StatusOr<int64_t> AddToCounter(const std::string& key, const Bytes* value, int64
   return count + delta;
 }
 
+int KeyOwner(const std::string& key) {
+  constexpr std::string_view kPrefix = "m2n/";
+  if (key.rfind(kPrefix, 0) != 0) return -1;
+  const size_t name_end = key.find('/', kPrefix.size());
+  if (name_end == std::string::npos || name_end == kPrefix.size()) return -1;
+  const size_t rank_begin = name_end + 1;
+  size_t rank_end = key.find('/', rank_begin);
+  if (rank_end == std::string::npos) rank_end = key.size();
+  const size_t digits = rank_end - rank_begin;
+  if (digits == 0 || digits > 7 || (digits > 1 && key[rank_begin] == '0')) return -1;
+  int rank = 0;
+  for (size_t i = rank_begin; i < rank_end; ++i) {
+    if (key[i] < '0' || key[i] > '9') return -1;
+    rank = rank * 10 + (key[i] - '0');
+  }
+  return rank;
+}
+
+Status CheckWriter(int rank, const std::string& key, bool is_set) {
+  if (key.rfind("m2n/", 0) != 0) return OkStatus();
+  const int owner = KeyOwner(key);
+  if (owner == rank) return OkStatus();
+  if (owner < 0 && !is_set) return OkStatus();  // a shared counter
+  const std::string op = is_set ? "SET" : "ADD to";
+  if (owner < 0) {
+    return FailedPreconditionError("rank " + std::to_string(rank) + " may not " + op + " '" + key +
+                                   "': a shared counter is changed by ADD only");
+  }
+  return FailedPreconditionError("rank " + std::to_string(rank) + " may not " + op + " '" + key +
+                                 "': it belongs to rank " + std::to_string(owner));
+}
+
 Bytes CounterBytes(int64_t count) {
   std::string text = std::to_string(count);
   auto bytes = std::as_bytes(std::span<const char>(text.data(), text.size()));

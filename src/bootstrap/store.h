@@ -56,6 +56,14 @@ struct TcpStoreOptions {
   int rank = -1;
   int world_size = 0;
   std::string job_id;      // a client of another job is refused
+  // The job's secret (at least kMinJobKeyBytes, handshake.h), the same on every rank and never
+  // sent: the store and each rank prove they hold it in the HELLO handshake. Empty: no key; then
+  // only the job id is checked, and a store bound beyond loopback warns once (docs/security.md).
+  std::string job_key;
+  // Serving side: connections that have not finished the handshake, at most; one more is closed
+  // as soon as it is accepted, so strangers cannot use up the store's file descriptors. The
+  // store allows at least world_size of them, so a whole job can connect at once.
+  int max_unauthenticated = 64;
   // Bounds the calls that take no deadline (Set, Add, DeadRanks, Goodbye): the store answers them
   // at once, so running out of this means the store or the network is stuck.
   std::chrono::milliseconds request_timeout{30000};

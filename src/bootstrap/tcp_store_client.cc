@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "bootstrap/handshake.h"
 #include "bootstrap/socket.h"
 #include "bootstrap/store_rules.h"
 #include "bootstrap/tcp_store.h"
@@ -44,6 +45,19 @@ class TcpStore final : public Store {
   int serving_port() const { return server_ ? server_->port() : -1; }
 
  private:
+  // Connects and runs the handshake (handshake.h), again while the store closes the connection
+  // unanswered (it does so while too many strangers are in their handshake), until `deadline`.
+  Status Join(const TcpStoreOptions& options, Deadline deadline, int64_t timeout_ms);
+  // HELLO, the store's CHALLENGE checked, PROOF, HELLO_OK.
+  Status Handshake(const TcpStoreOptions& options, Deadline deadline);
+  // Forgets a connection the store closed, so Join may try again.
+  void Reset() {
+    broken_ = OkStatus();
+    fd_.Reset();
+    in_.clear();
+    unanswered_ = 0;
+  }
+
   TcpStore(const TcpStoreOptions& options, std::string address)
       : address_(std::move(address)), rank_(options.rank), request_timeout_(options.request_timeout) {}
 
@@ -67,6 +81,8 @@ class TcpStore final : public Store {
 
   std::unique_ptr<StoreServer> server_;  // first member: destroyed after the connection below
   const std::string address_;            // "host:port" of the store
+  std::string host_;
+  int port_ = 0;
   const int rank_;
   const std::chrono::milliseconds request_timeout_;
 
@@ -103,7 +119,7 @@ Status CheckClientOptions(const TcpStoreOptions& options) {
     return InvalidArgumentError("bootstrap: a job id of " + std::to_string(options.job_id.size()) +
                                 " bytes exceeds the maximum of " + std::to_string(wire::kMaxJobIdBytes));
   }
-  return OkStatus();
+  return CheckJobKey(options.job_key, "TcpStoreOptions::job_key");
 }
 
 // The master may not be up yet: retry, backing off, until the deadline (`timeout_ms` from the
@@ -141,19 +157,51 @@ StatusOr<std::unique_ptr<TcpStore>> TcpStore::Connect(const TcpStoreOptions& opt
   }
   std::unique_ptr<TcpStore> store(new TcpStore(options, FormatAddress(host, port)));
   store->server_ = std::move(server);
-  M2N_ASSIGN_OR_RETURN(store->fd_, ConnectWithRetries(host, port, deadline, timeout_ms));
-
-  const std::string what = "HELLO";
-  M2N_ASSIGN_OR_RETURN(
-      Message answer,
-      store->Call(wire::Hello{options.job_id, options.rank, options.world_size}, deadline, what));
-  if (std::holds_alternative<wire::ErrorReply>(answer)) {
-    const auto& error = std::get<wire::ErrorReply>(answer);
-    return Status(error.code, "bootstrap: the store at " + store->address_ + " refused rank " +
-                                  std::to_string(options.rank) + ": " + error.text);
-  }
-  if (!std::holds_alternative<wire::HelloOk>(answer)) return store->Unexpected(answer, what);
+  store->host_ = host;
+  store->port_ = port;
+  M2N_RETURN_IF_ERROR(store->Join(options, deadline, timeout_ms));
   return store;
+}
+
+Status TcpStore::Join(const TcpStoreOptions& options, Deadline deadline, int64_t timeout_ms) {
+  std::chrono::milliseconds backoff = kConnectBackoffMin;
+  for (;;) {
+    M2N_ASSIGN_OR_RETURN(fd_, ConnectWithRetries(host_, port_, deadline, timeout_ms));
+    Status joined = Handshake(options, deadline);
+    if (joined.code() != StatusCode::kUnavailable || deadline.Expired()) return joined;
+    Reset();
+    std::this_thread::sleep_for(std::min<Clock::duration>(backoff, deadline.time() - Clock::now()));
+    backoff = std::min(backoff * 2, kConnectBackoffMax);
+  }
+}
+
+Status TcpStore::Handshake(const TcpStoreOptions& options, Deadline deadline) {
+  const std::string who = "rank " + std::to_string(options.rank) + " of job '" + options.job_id +
+                          "' (world size is " + std::to_string(options.world_size) + ")";
+  auto refused = [&](const wire::ErrorReply& error) {
+    return Break(Status(error.code, "bootstrap: the store at " + address_ + " refused " + who + ": " + error.text));
+  };
+  const auto key = std::as_bytes(std::span(options.job_key));
+  M2N_ASSIGN_OR_RETURN(Bytes nonce, NewNonce());
+  M2N_ASSIGN_OR_RETURN(Message answer,
+                       Call(wire::Hello{options.job_id, options.rank, options.world_size, nonce}, deadline, "HELLO"));
+  if (auto* error = std::get_if<wire::ErrorReply>(&answer)) return refused(*error);
+  auto* challenge = std::get_if<wire::Challenge>(&answer);
+  if (challenge == nullptr) return Unexpected(answer, "HELLO");
+  // The store proves it holds the key first, so a rank never sends its proof to an impostor.
+  const Sha256Digest store_mac = HandshakeMac(HandshakeRole::kStore, key, options.job_id, options.rank,
+                                              options.world_size, nonce, challenge->nonce);
+  if (!ConstantTimeEqual(store_mac, challenge->mac)) {
+    return Break(FailedPreconditionError(
+        "bootstrap: the store at " + address_ + " did not prove it holds the job key of " + who +
+        ": one of the two has a job key (M2N_JOB_KEY / M2N_JOB_KEY_FILE) the other lacks, or another one"));
+  }
+  const Sha256Digest mac = HandshakeMac(HandshakeRole::kRank, key, options.job_id, options.rank,
+                                        options.world_size, nonce, challenge->nonce);
+  M2N_ASSIGN_OR_RETURN(answer, Call(wire::Proof{Bytes(mac.begin(), mac.end())}, deadline, "PROOF"));
+  if (auto* error = std::get_if<wire::ErrorReply>(&answer)) return refused(*error);
+  if (!std::holds_alternative<wire::HelloOk>(answer)) return Unexpected(answer, "PROOF");
+  return OkStatus();
 }
 
 StatusOr<Message> TcpStore::Call(const Message& request, Deadline deadline, const std::string& what) {

@@ -1,6 +1,7 @@
 // The TCP store's server: a poll()-driven thread on rank 0 (or in a launcher) that holds the
 // job's keys, answers every rank, holds GETs and WAITs until their keys appear and keeps the set
-// of dead ranks. Behaviour: tcp_store.h; wire format: wire.h.
+// of dead ranks. Behaviour: tcp_store.h; wire format: wire.h; the server's side of the HELLO
+// handshake: tcp_store_server_handshake.cc.
 #include "bootstrap/tcp_store_server.h"
 
 #include <fcntl.h>
@@ -18,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "bootstrap/handshake.h"
 #include "bootstrap/store_rules.h"
 
 namespace m2n::bootstrap {
@@ -58,6 +60,11 @@ Status CheckServerOptions(const TcpStoreOptions& options) {
     return InvalidArgumentError("bootstrap: a job id of " + std::to_string(options.job_id.size()) +
                                 " bytes exceeds the maximum of " + std::to_string(wire::kMaxJobIdBytes));
   }
+  if (options.max_unauthenticated < 1) {
+    return InvalidArgumentError("bootstrap: the store's max_unauthenticated must be at least 1, not " +
+                                std::to_string(options.max_unauthenticated));
+  }
+  M2N_RETURN_IF_ERROR(CheckJobKey(options.job_key, "TcpStoreOptions::job_key"));
   if (options.hello_timeout <= std::chrono::milliseconds::zero()) {
     return InvalidArgumentError("bootstrap: the store's hello_timeout must be positive, not " +
                                 std::to_string(options.hello_timeout.count()) + " ms");
@@ -69,9 +76,17 @@ Status CheckServerOptions(const TcpStoreOptions& options) {
 
 StatusOr<std::unique_ptr<StoreServer>> StoreServer::Start(const TcpStoreOptions& options) {
   M2N_RETURN_IF_ERROR(CheckServerOptions(options));
-  std::unique_ptr<StoreServer> server(new StoreServer(options.job_id, options.world_size, options.hello_timeout));
+  std::unique_ptr<StoreServer> server(new StoreServer(options));
   M2N_ASSIGN_OR_RETURN(server->listen_fd_, Listen(options.host, options.port));
   M2N_ASSIGN_OR_RETURN(server->port_, BoundPort(server->listen_fd_.get()));
+  if (options.job_key.empty() && !IsLoopbackHost(options.host)) {
+    std::fprintf(stderr,
+                 "m2n bootstrap: WARNING: the store listens on %s without a job key: anyone who can reach "
+                 "that address and knows the job id (by default m2n@<master>:<port>) can join as a rank, "
+                 "read and overwrite the job's connection addresses and memory keys. Set the same "
+                 "M2N_JOB_KEY (or M2N_JOB_KEY_FILE) on every rank; see docs/security.md.\n",
+                 FormatAddress(options.host.empty() ? "0.0.0.0" : options.host, server->port_).c_str());
+  }
 
   int pipe_fds[2];
   if (pipe2(pipe_fds, O_NONBLOCK | O_CLOEXEC) != 0) {
@@ -218,7 +233,8 @@ void StoreServer::ExpireAndFlush() {
     if (c->dead) continue;
     // A stranger that connects and says nothing (or too little) holds a socket until now only.
     if (c->rank < 0 && !c->closing && now >= c->hello_by) {
-      Refuse(*c, DeadlineExceededError("no HELLO within " + std::to_string(hello_timeout_.count()) +
+      Refuse(*c, DeadlineExceededError(std::string(c->challenged ? "no PROOF" : "no HELLO") + " within " +
+                                       std::to_string(hello_timeout_.count()) +
                                        " ms of connecting (" + std::to_string(c->in.size()) +
                                        " bytes received)"));
     }
@@ -238,6 +254,11 @@ void StoreServer::AcceptAll() {
         accept_paused_until_ = Clock::now() + kAcceptPause;
       }
       return;  // EAGAIN: no more waiting
+    }
+    // Over the bound, closed at once: strangers cannot use up the descriptors the ranks need.
+    if (CountStrangers() >= max_unauthenticated_) {
+      close(fd);
+      continue;
     }
     SetNoDelay(fd);
     connections_.push_back(std::make_unique<Connection>(UniqueFd(fd)));
@@ -290,8 +311,10 @@ bool StoreServer::HandleFrames(Connection& c) {
       Refuse(c, header.status());
       break;
     }
-    if (c.rank < 0 && header->type != MessageType::kHello) {
-      Refuse(c, FailedPreconditionError("expected HELLO first, got " + wire::MessageTypeName(header->type)));
+    const MessageType expected = c.challenged ? MessageType::kProof : MessageType::kHello;
+    if (c.rank < 0 && header->type != expected) {
+      Refuse(c, FailedPreconditionError("expected " + wire::MessageTypeName(expected) + (c.challenged ? "" : " first") +
+                                        ", got " + wire::MessageTypeName(header->type)));
       break;
     }
     const size_t frame_bytes = wire::kHeaderBytes + header->body_bytes;
@@ -310,43 +333,39 @@ bool StoreServer::HandleFrames(Connection& c) {
 }
 
 void StoreServer::Handle(Connection& c, Message message) {
+  if (c.rank < 0) return HandleStranger(c, std::move(message));
+  if (HandleRequest(c, message)) return;
   const MessageType type = wire::TypeOf(message);
-  if (c.rank < 0) {
-    if (type != MessageType::kHello) {
-      Refuse(c, FailedPreconditionError("expected HELLO first, got " + wire::MessageTypeName(type)));
-      return;
-    }
-    HandleHello(c, std::get<wire::Hello>(message));
-    return;
+  if (type == MessageType::kHello || type == MessageType::kProof) {
+    return Refuse(c, FailedPreconditionError("rank " + std::to_string(c.rank) + " sent a second " +
+                                             wire::MessageTypeName(type)));
   }
-  switch (type) {
-    case MessageType::kSet: {
-      auto& m = std::get<wire::SetRequest>(message);
-      if (Status s = CheckKey(m.key); !s.ok()) return SendError(c, s);
-      values_[m.key] = std::move(m.value);
-      return Send(c, wire::OkReply{});
-    }
+  Refuse(c, InvalidArgumentError("a client sent " + wire::MessageTypeName(type) + ", which only the store sends"));
+}
+
+// The requests of an accepted rank. Returns false for a type a rank may not send.
+bool StoreServer::HandleRequest(Connection& c, Message& message) {
+  switch (wire::TypeOf(message)) {
+    case MessageType::kSet:
+      HandleSet(c, std::get<wire::SetRequest>(message));
+      return true;
     case MessageType::kGet:
     case MessageType::kWait:
-      return Hold(c, std::move(message));
+      Hold(c, std::move(message));
+      return true;
     case MessageType::kAdd:
-      return HandleAdd(c, std::get<wire::AddRequest>(message));
+      HandleAdd(c, std::get<wire::AddRequest>(message));
+      return true;
     case MessageType::kDeadRanks:
-      return Send(c, wire::RanksReply{std::vector<int32_t>(dead_ranks_.begin(), dead_ranks_.end())});
+      Send(c, wire::RanksReply{std::vector<int32_t>(dead_ranks_.begin(), dead_ranks_.end())});
+      return true;
     case MessageType::kGoodbye:
       if (!c.said_goodbye) SetActive(c.rank, false);
       c.said_goodbye = true;
-      return Send(c, wire::OkReply{});
-    case MessageType::kHello:
-      return Refuse(c, FailedPreconditionError("rank " + std::to_string(c.rank) + " sent a second HELLO"));
-    case MessageType::kHelloOk:
-    case MessageType::kError:
-    case MessageType::kOk:
-    case MessageType::kValue:
-    case MessageType::kInt:
-    case MessageType::kRanks:
-      return Refuse(c, InvalidArgumentError("a client sent " + wire::MessageTypeName(type) +
-                                            ", which only the store sends"));
+      Send(c, wire::OkReply{});
+      return true;
+    default:
+      return false;
   }
 }
 
@@ -372,36 +391,21 @@ void StoreServer::Hold(Connection& c, Message message) {
   TryAnswer(c);  // most requests find their keys at once
 }
 
+void StoreServer::HandleSet(Connection& c, wire::SetRequest& m) {
+  if (Status s = CheckKey(m.key); !s.ok()) return SendError(c, s);
+  if (Status w = CheckWriter(c.rank, m.key, /*is_set=*/true); !w.ok()) return SendError(c, w);
+  values_[m.key] = std::move(m.value);
+  Send(c, wire::OkReply{});
+}
+
 void StoreServer::HandleAdd(Connection& c, const wire::AddRequest& m) {
   if (Status s = CheckKey(m.key); !s.ok()) return SendError(c, s);
+  if (Status w = CheckWriter(c.rank, m.key, /*is_set=*/false); !w.ok()) return SendError(c, w);
   auto it = values_.find(m.key);
   StatusOr<int64_t> count = AddToCounter(m.key, it == values_.end() ? nullptr : &it->second, m.delta);
   if (!count.ok()) return SendError(c, count.status());
   values_[m.key] = CounterBytes(*count);
   Send(c, wire::IntReply{*count});
-}
-
-void StoreServer::HandleHello(Connection& c, const wire::Hello& hello) {
-  const std::string who = "rank " + std::to_string(hello.rank) + " of job '" + hello.job_id + "'";
-  if (hello.job_id != job_id_) {
-    return Refuse(c, FailedPreconditionError(who + " is not part of job '" + job_id_ + "'"));
-  }
-  if (hello.world_size != world_size_) {
-    return Refuse(
-        c, FailedPreconditionError(who + " says the world size is " + std::to_string(hello.world_size) +
-                                   ", but the store serves a world of " + std::to_string(world_size_)));
-  }
-  if (hello.rank < 0 || hello.rank >= world_size_) {
-    return Refuse(c, InvalidArgumentError(who + " is outside [0, " + std::to_string(world_size_) + ")"));
-  }
-  if (connected_ranks_.contains(hello.rank)) {
-    return Refuse(c, FailedPreconditionError(
-                         who + " is already connected to the store (two processes with one rank?)"));
-  }
-  c.rank = hello.rank;
-  connected_ranks_.insert(hello.rank);
-  SetActive(hello.rank, true);
-  Send(c, wire::HelloOk{});
 }
 
 // Answers the request held on `c` if its keys are all there, or if its time is up. Returns whether

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -46,8 +47,13 @@ class StoreServer final : public TcpStoreServer {
     Bytes in;   // bytes read and not yet consumed as frames
     Bytes out;  // bytes to write, from out_pos on
     size_t out_pos = 0;
-    int rank = -1;  // set by an accepted HELLO
-    Clock::time_point hello_by;  // a stranger still without a HELLO by then is refused
+    int rank = -1;  // set by an accepted PROOF: until then the connection is a stranger
+    // Between an accepted HELLO and its PROOF: the claimed rank and both nonces.
+    bool challenged = false;
+    int claimed_rank = -1;
+    Bytes rank_nonce;
+    Bytes store_nonce;
+    Clock::time_point hello_by;  // a stranger still without a handshake by then is refused
     bool said_goodbye = false;
     bool peer_closed = false;  // EOF or a read error: handle what is buffered, then close
     bool closing = false;      // refused: close once `out` is written or at close_by
@@ -56,14 +62,19 @@ class StoreServer final : public TcpStoreServer {
     std::optional<HeldRequest> held;  // at most one: a connection's requests are answered in order
   };
 
-  StoreServer(std::string job_id, int world_size, std::chrono::milliseconds hello_timeout)
-      : job_id_(std::move(job_id)), world_size_(world_size), hello_timeout_(hello_timeout) {}
+  explicit StoreServer(const TcpStoreOptions& options)
+      : job_id_(options.job_id),
+        job_key_(options.job_key),
+        world_size_(options.world_size),
+        hello_timeout_(options.hello_timeout),
+        max_unauthenticated_(static_cast<size_t>(std::max(options.max_unauthenticated, options.world_size))) {}
 
   // How many bytes of `c` may sit unhandled: one HELLO for a stranger, one largest frame for a rank.
   static size_t ReadLimit(const Connection& c) {
     // Before its HELLO is accepted, a connection is a stranger: no more than one HELLO frame of it
     // is buffered, and any other type is refused from the header alone (HandleFrames), so a
     // stranger cannot make the server hold a large body.
+    static_assert(wire::kMacBytes <= wire::kNonceBytes, "a PROOF must fit a stranger's read limit");
     return c.rank < 0 ? wire::kHeaderBytes + wire::MaxBodyBytes(wire::MessageType::kHello) : wire::kMaxFrameBytes;
   }
   static size_t Unsent(const Connection& c) { return c.out.size() - c.out_pos; }
@@ -79,7 +90,12 @@ class StoreServer final : public TcpStoreServer {
   bool HandleFrames(Connection& c);
   void Handle(Connection& c, wire::Message message);
   void HandleHello(Connection& c, const wire::Hello& hello);
+  void HandleProof(Connection& c, const wire::Proof& proof);
+  void HandleStranger(Connection& c, wire::Message message);
+  bool HandleRequest(Connection& c, wire::Message& message);
+  size_t CountStrangers() const;
   void Hold(Connection& c, wire::Message message);
+  void HandleSet(Connection& c, wire::SetRequest& m);
   void HandleAdd(Connection& c, const wire::AddRequest& m);
   bool TryAnswer(Connection& c);
   void Send(Connection& c, const wire::Message& message);
@@ -89,8 +105,10 @@ class StoreServer final : public TcpStoreServer {
   void SetActive(int rank, bool active);
 
   const std::string job_id_;
+  const std::string job_key_;
   const int world_size_;
   const std::chrono::milliseconds hello_timeout_;
+  const size_t max_unauthenticated_;
   int port_ = 0;
   UniqueFd listen_fd_;
   UniqueFd wake_read_;  // a byte written to wake_write_ stops the thread

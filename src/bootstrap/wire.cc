@@ -10,7 +10,9 @@ namespace m2n::bootstrap::wire {
 namespace {
 
 // Body limits per type, from the field limits: a string costs its length prefix plus its bytes.
-constexpr size_t kMaxHelloBody = kLengthBytes + kMaxJobIdBytes + 4 + 4;
+constexpr size_t kMaxHelloBody = kLengthBytes + kMaxJobIdBytes + 4 + 4 + kLengthBytes + kNonceBytes;
+constexpr size_t kChallengeBody = kLengthBytes + kNonceBytes + kLengthBytes + kMacBytes;
+constexpr size_t kProofBody = kLengthBytes + kMacBytes;
 constexpr size_t kMaxErrorBody = 2 + kLengthBytes + kMaxErrorTextBytes;
 constexpr size_t kMaxSetBody = kLengthBytes + kMaxKeyBytes + kLengthBytes + kMaxValueBytes;
 constexpr size_t kMaxKeyAndI64Body = kLengthBytes + kMaxKeyBytes + 8;
@@ -46,6 +48,12 @@ void PutString(Bytes& out, std::string_view s) {
 Status TooLong(std::string_view what, size_t size, size_t max) {
   return InvalidArgumentError("bootstrap: " + std::string(what) + " of " + std::to_string(size) +
                               " bytes exceeds the maximum of " + std::to_string(max));
+}
+
+Status ExactSize(std::string_view what, size_t size, size_t want) {
+  if (size == want) return OkStatus();
+  return InvalidArgumentError("bootstrap: a " + std::string(what) + " of " + std::to_string(size) +
+                              " bytes; it must be " + std::to_string(want));
 }
 
 template <class... Fs>
@@ -106,6 +114,10 @@ std::string MessageTypeName(MessageType type) {
       return "RANKS";
     case MessageType::kGoodbye:
       return "GOODBYE";
+    case MessageType::kChallenge:
+      return "CHALLENGE";
+    case MessageType::kProof:
+      return "PROOF";
   }
   return "UNKNOWN(" + std::to_string(static_cast<uint16_t>(type)) + ")";
 }
@@ -125,6 +137,8 @@ MessageType TypeOf(const Message& message) {
                         [](const DeadRanksRequest&) { return MessageType::kDeadRanks; },
                         [](const RanksReply&) { return MessageType::kRanks; },
                         [](const Goodbye&) { return MessageType::kGoodbye; },
+                        [](const Challenge&) { return MessageType::kChallenge; },
+                        [](const Proof&) { return MessageType::kProof; },
                     },
                     message);
 }
@@ -133,6 +147,10 @@ size_t MaxBodyBytes(MessageType type) {
   switch (type) {
     case MessageType::kHello:
       return kMaxHelloBody;
+    case MessageType::kChallenge:
+      return kChallengeBody;
+    case MessageType::kProof:
+      return kProofBody;
     case MessageType::kError:
       return kMaxErrorBody;
     case MessageType::kSet:
@@ -164,9 +182,14 @@ Status CheckLimits(const Message& message) {
   return std::visit(
       Overloaded{
           [](const Hello& m) {
-            return m.job_id.size() > kMaxJobIdBytes ? TooLong("job id", m.job_id.size(), kMaxJobIdBytes)
-                                                    : OkStatus();
+            if (m.job_id.size() > kMaxJobIdBytes) return TooLong("job id", m.job_id.size(), kMaxJobIdBytes);
+            return ExactSize("nonce", m.nonce.size(), kNonceBytes);
           },
+          [](const Challenge& m) {
+            M2N_RETURN_IF_ERROR(ExactSize("nonce", m.nonce.size(), kNonceBytes));
+            return ExactSize("mac", m.mac.size(), kMacBytes);
+          },
+          [](const Proof& m) { return ExactSize("mac", m.mac.size(), kMacBytes); },
           [](const ErrorReply& m) {
             if (!IsKnownErrorCode(static_cast<uint16_t>(m.code))) {
               return InvalidArgumentError("bootstrap: an ERROR must carry a known, non-OK code");
@@ -218,7 +241,13 @@ void PutBody(const Message& message, Bytes& body) {
                    PutString(body, m.job_id);
                    PutI32(body, m.rank);
                    PutI32(body, m.world_size);
+                   PutBytes(body, m.nonce);
                  },
+                 [&](const Challenge& m) {
+                   PutBytes(body, m.nonce);
+                   PutBytes(body, m.mac);
+                 },
+                 [&](const Proof& m) { PutBytes(body, m.mac); },
                  [&](const ErrorReply& m) {
                    PutU16(body, static_cast<uint16_t>(m.code));
                    PutString(body, m.text);

@@ -30,7 +30,8 @@ namespace m2n::bootstrap::wire {
 // The bytes 'M' '2' 'N' 'S' in wire order, read as a little-endian u32.
 inline constexpr uint32_t kMagic = 0x534E324Du;
 // Bump on any change to the layout of a header or body.
-inline constexpr uint16_t kVersion = 1;
+// 2: HELLO carries a nonce, and CHALLENGE and PROOF complete it (handshake.h).
+inline constexpr uint16_t kVersion = 2;
 inline constexpr size_t kHeaderBytes = 12;
 // The u32 before every string, byte value and list.
 inline constexpr size_t kLengthBytes = 4;
@@ -43,6 +44,9 @@ inline constexpr size_t kMaxJobIdBytes = 1024;
 inline constexpr size_t kMaxErrorTextBytes = size_t{64} << 10;
 inline constexpr size_t kMaxWaitKeys = 4096;
 inline constexpr size_t kMaxRanks = size_t{1} << 20;
+// The handshake's nonces and MACs (HMAC-SHA256): exactly this long, or the body is kDataLoss.
+inline constexpr size_t kNonceBytes = 32;
+inline constexpr size_t kMacBytes = 32;
 // The largest frame of any type (a SET of the largest key and value); a reader never needs to
 // buffer more than this for one frame.
 inline constexpr size_t kMaxFrameBytes = kHeaderBytes + 4 + kMaxKeyBytes + 4 + kMaxValueBytes;
@@ -62,6 +66,8 @@ enum class MessageType : uint16_t {
   kDeadRanks = 11,
   kRanks = 12,  // the answer to DEAD_RANKS
   kGoodbye = 13,
+  kChallenge = 14,  // server -> client: the store's nonce and its proof that it holds the job key
+  kProof = 15,      // client -> server: the rank's proof that it holds the job key
 };
 
 // "HELLO", "SET", ...; "UNKNOWN(n)" for a value outside the enum.
@@ -71,7 +77,20 @@ struct Hello {
   std::string job_id;
   int32_t rank = -1;
   int32_t world_size = 0;
+  Bytes nonce;  // kNonceBytes, fresh for each connection
   bool operator==(const Hello&) const = default;
+};
+// The answer to a HELLO that names this job: a fresh store nonce, and the store's MAC over both
+// nonces, the job id, the rank and the world size (handshake.h).
+struct Challenge {
+  Bytes nonce;
+  Bytes mac;
+  bool operator==(const Challenge&) const = default;
+};
+// The rank's MAC over the same fields, answered by HELLO_OK or a refusal.
+struct Proof {
+  Bytes mac;
+  bool operator==(const Proof&) const = default;
 };
 struct HelloOk {
   bool operator==(const HelloOk&) const = default;
@@ -126,7 +145,8 @@ struct Goodbye {
 };
 
 using Message = std::variant<Hello, HelloOk, ErrorReply, OkReply, SetRequest, GetRequest, ValueReply,
-                             AddRequest, IntReply, WaitRequest, DeadRanksRequest, RanksReply, Goodbye>;
+                             AddRequest, IntReply, WaitRequest, DeadRanksRequest, RanksReply, Goodbye,
+                             Challenge, Proof>;
 
 MessageType TypeOf(const Message& message);
 

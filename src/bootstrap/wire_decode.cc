@@ -11,7 +11,7 @@ namespace {
 
 bool IsKnownType(uint16_t raw) {
   return raw >= static_cast<uint16_t>(MessageType::kHello) &&
-         raw <= static_cast<uint16_t>(MessageType::kGoodbye);
+         raw <= static_cast<uint16_t>(MessageType::kProof);
 }
 
 uint16_t LoadU16(const std::byte* p) {
@@ -81,6 +81,13 @@ class BodyReader {
     if (p != nullptr) out->assign(p, p + n);
     return p != nullptr;
   }
+  // A byte field that must be exactly `size` long (a nonce, a MAC).
+  bool Fixed(const char* field, size_t size, Bytes* out) {
+    if (!Blob(field, size, out)) return false;
+    if (out->size() == size) return true;
+    Fail(std::string(field) + " of " + std::to_string(out->size()) + " bytes; it must be " + std::to_string(size));
+    return false;
+  }
   bool String(const char* field, size_t max, std::string* out) {
     size_t n = 0;
     if (!Count(field, max, 0, &n)) return false;  // Take() checks the bytes
@@ -127,6 +134,7 @@ Hello ReadHello(BodyReader& r) {
   r.String("job_id", kMaxJobIdBytes, &m.job_id);
   r.I32("rank", &m.rank);
   r.I32("world_size", &m.world_size);
+  r.Fixed("nonce", kNonceBytes, &m.nonce);
   return m;
 }
 
@@ -270,6 +278,19 @@ StatusOr<Message> DecodeBody(MessageType type, std::span<const std::byte> body) 
     case MessageType::kGoodbye:
       message = Goodbye{};
       break;
+    case MessageType::kChallenge: {
+      Challenge m;
+      r.Fixed("nonce", kNonceBytes, &m.nonce);
+      r.Fixed("mac", kMacBytes, &m.mac);
+      message = std::move(m);
+      break;
+    }
+    case MessageType::kProof: {
+      Proof m;
+      r.Fixed("mac", kMacBytes, &m.mac);
+      message = std::move(m);
+      break;
+    }
     default:
       return DataLossError("bootstrap: unknown message type " + std::to_string(static_cast<uint16_t>(type)));
   }

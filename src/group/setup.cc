@@ -100,6 +100,7 @@ Status Group::Impl::ConnectStore(Deadline deadline) {
   store_options.rank = b.rank;
   store_options.world_size = b.world_size;
   store_options.job_id = b.job_id;
+  store_options.job_key = b.job_key;
   auto connected = bootstrap::ConnectTcpStore(store_options, deadline);
   if (!connected.ok()) return connected.status().WithContext(me());
   store = std::move(connected).value();

@@ -2,6 +2,7 @@
 // variables, then one bounded wait that stops everyone at the deadline or at the first failure.
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,10 +19,38 @@ extern char** environ;
 namespace m2n {
 namespace {
 
-// The variables SpawnLocal sets: a rank's inherited ones would name another job.
+// The variables SpawnLocal sets: a rank's inherited ones would name another job (or hold its key).
 constexpr std::string_view kJobVariables[] = {"M2N_RANK=",        "M2N_WORLD_SIZE=",  "M2N_LOCAL_RANK=",
                                               "M2N_LOCAL_WORLD_SIZE=", "M2N_MASTER_ADDR=", "M2N_MASTER_PORT=",
-                                              "M2N_JOB_ID="};
+                                              "M2N_JOB_ID=",      "M2N_JOB_KEY=",     "M2N_JOB_KEY_FILE="};
+
+// Whether the caller gives the job its key itself (SpawnOptions::env).
+bool CallerSetsKey(const SpawnOptions& o) {
+  return std::any_of(o.env.begin(), o.env.end(), [](const std::string& e) {
+    return e.starts_with("M2N_JOB_KEY=") || e.starts_with("M2N_JOB_KEY_FILE=");
+  });
+}
+
+// 32 random bytes as hex: a job key nobody else on the host can guess (the store's handshake,
+// docs/security.md). It reaches the ranks only through their environment, which
+// /proc/<pid>/environ shows to this user alone.
+StatusOr<std::string> NewJobKey() {
+  unsigned char bytes[32];
+  size_t got = 0;
+  while (got < sizeof(bytes)) {
+    ssize_t n = getrandom(bytes + got, sizeof(bytes) - got, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return InternalError(std::string("SpawnLocal: getrandom for the job key: ") + std::strerror(errno));
+    got += static_cast<size_t>(n);
+  }
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string key;
+  for (unsigned char b : bytes) {
+    key += kDigits[b >> 4];
+    key += kDigits[b & 15];
+  }
+  return key;
+}
 
 bool Replaced(std::string_view entry, const std::vector<std::string>& extra) {
   for (std::string_view prefix : kJobVariables) {
@@ -34,7 +63,8 @@ bool Replaced(std::string_view entry, const std::vector<std::string>& extra) {
   return false;
 }
 
-std::vector<std::string> RankEnvironment(const SpawnOptions& o, int rank, int port, const std::string& job_id) {
+std::vector<std::string> RankEnvironment(const SpawnOptions& o, int rank, int port, const std::string& job_id,
+                                         const std::string& job_key) {
   std::vector<std::string> env;
   for (char** e = environ; *e != nullptr; ++e) {
     if (!Replaced(*e, o.env)) env.emplace_back(*e);
@@ -46,6 +76,7 @@ std::vector<std::string> RankEnvironment(const SpawnOptions& o, int rank, int po
                         "M2N_JOB_ID=" + job_id}) {
     env.push_back(std::move(v));
   }
+  if (!job_key.empty()) env.push_back("M2N_JOB_KEY=" + job_key);
   env.insert(env.end(), o.env.begin(), o.env.end());
   return env;
 }
@@ -143,14 +174,14 @@ JobExit Job::Wait() {
 
 // Forks and execs the ranks; on a failed fork kills those started and says why.
 StatusOr<std::vector<pid_t>> StartRanks(const SpawnOptions& o, const std::string& program, int port,
-                                        const std::string& job_id) {
+                                        const std::string& job_id, const std::string& job_key) {
   std::vector<std::string> args = o.args.empty() ? std::vector<std::string>{program} : o.args;
   std::vector<char*> arg_pointers = Pointers(args);
   std::fflush(nullptr);  // nothing buffered twice
   const pid_t parent = getpid();
   std::vector<pid_t> pids;
   for (int rank = 0; rank < o.num_ranks; ++rank) {
-    std::vector<std::string> env = RankEnvironment(o, rank, port, job_id);
+    std::vector<std::string> env = RankEnvironment(o, rank, port, job_id, job_key);
     std::vector<char*> env_pointers = Pointers(env);
     const pid_t pid = fork();
     if (pid < 0) {
@@ -193,7 +224,11 @@ StatusOr<JobExit> SpawnLocal(const SpawnOptions& options, Deadline deadline) {
     const std::string name = program.substr(program.rfind('/') + 1);
     job_id = name + "-" + std::to_string(getpid()) + "-" + std::to_string(port);
   }
-  M2N_ASSIGN_OR_RETURN(const std::vector<pid_t> pids, StartRanks(options, program, port, job_id));
+  std::string job_key;
+  if (!CallerSetsKey(options)) {
+    M2N_ASSIGN_OR_RETURN(job_key, NewJobKey());
+  }
+  M2N_ASSIGN_OR_RETURN(const std::vector<pid_t> pids, StartRanks(options, program, port, job_id, job_key));
   return WaitForJob(pids, options.wait, deadline);
 }
 
