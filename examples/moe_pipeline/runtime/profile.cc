@@ -16,6 +16,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 constexpr int kRepeats = 5;  // per point: the median, after one warm-up
+constexpr int kMaxExpertsHeld = 8;  // experts timed together (all of a small model's)
 
 double MedianMs(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -69,25 +70,26 @@ m2n::Status TimeAttention(AttentionCompute& a, const ModelConfig& c, int batch, 
   return m2n::OkStatus();
 }
 
-// One expert (expert 0) over `tokens` tokens routed to it alone: per-layer time, median.
-m2n::Status TimeExpert(ExpertCompute& e, const ModelConfig& c, int tokens, double* layer_ms) {
-  const int k = c.num_experts_per_tok;
-  std::vector<float> x(static_cast<size_t>(tokens) * c.hidden_size, 0.01f);
+// `held` experts, each over `tokens` tokens of its own (so that their weights stream from memory as
+// in the pipeline, not from a cache that one expert would fit): per-layer time per expert, median.
+m2n::Status TimeExperts(ExpertCompute& e, const ModelConfig& c, int held, int tokens, double* layer_ms) {
+  const int k = c.num_experts_per_tok, rows = held * tokens;
+  std::vector<float> x(static_cast<size_t>(rows) * c.hidden_size, 0.01f);
   std::vector<float> out(x.size());
-  std::vector<int32_t> expert(static_cast<size_t>(tokens) * k, -1);
+  std::vector<int32_t> expert(static_cast<size_t>(rows) * k, -1);
   std::vector<float> weight(expert.size(), 0.0f);
-  for (int t = 0; t < tokens; ++t) {
-    expert[static_cast<size_t>(t) * k] = 0;
-    weight[static_cast<size_t>(t) * k] = 1.0f;
+  for (int r = 0; r < rows; ++r) {
+    expert[static_cast<size_t>(r) * k] = r / tokens;
+    weight[static_cast<size_t>(r) * k] = 1.0f;
   }
-  const ExpertInput input{tokens, x.data(), expert.data(), weight.data(), out.data()};
+  const ExpertInput input{rows, x.data(), expert.data(), weight.data(), out.data()};
   std::vector<double> ms;
   for (int r = 0; r <= kRepeats; ++r) {
     const auto t0 = Clock::now();
     for (int l = 0; l < c.num_hidden_layers; ++l) {
       M2N_RETURN_IF_ERROR(e.Forward(l, k, std::span<const ExpertInput>(&input, 1)));
     }
-    if (r > 0) ms.push_back(Since(t0) / c.num_hidden_layers);
+    if (r > 0) ms.push_back(Since(t0) / c.num_hidden_layers / held);
   }
   *layer_ms = MedianMs(ms);
   return m2n::OkStatus();
@@ -140,20 +142,22 @@ m2n::Status SweepAttention(const PipelineOptions& o, Json* points, Json* heads, 
   return m2n::OkStatus();
 }
 
-m2n::Status SweepExperts(const PipelineOptions& o, Json* points) {
+m2n::Status SweepExperts(const PipelineOptions& o, Json* points, int* held_count) {
   const ModelConfig& c = o.config;
-  const int held[] = {0};
+  std::vector<int> held;
+  for (int e = 0; e < std::min(c.num_local_experts, kMaxExpertsHeld); ++e) held.push_back(e);
+  *held_count = static_cast<int>(held.size());
   const ComputeOptions co{.threads = o.threads, .micro_batches = 1, .max_tokens = o.workload.max_tokens,
                           .kv_slots = 1, .max_context = 1, .local_rank = 0};
   M2N_ASSIGN_OR_RETURN(auto experts, MakeExpertCompute(o.backend, c, o.weights, held, co));
   for (int t : Powers(1, 2, o.workload.max_tokens)) {
     double ms = 0;
-    M2N_RETURN_IF_ERROR(TimeExpert(*experts, c, t, &ms));
+    M2N_RETURN_IF_ERROR(TimeExperts(*experts, c, *held_count, t, &ms));
     Json p = Json::Object();
     p.Set("tokens", Json::Number(t));
     p.Set("ms_per_layer", Round(ms));
     points->Push(std::move(p));
-    if (o.progress) std::fprintf(stderr, "profile: one expert, %d tokens: %.4f ms/layer\n", t, ms);
+    if (o.progress) std::fprintf(stderr, "profile: %d tokens per expert: %.4f ms/layer per expert\n", t, ms);
   }
   return m2n::OkStatus();
 }
@@ -164,7 +168,8 @@ m2n::Status WriteComputeProfile(const PipelineOptions& o, const std::string& pat
   Json attention = Json::Array(), heads = Json::Array(), experts = Json::Array();
   std::string compute_name;
   M2N_RETURN_IF_ERROR(SweepAttention(o, &attention, &heads, &compute_name));
-  M2N_RETURN_IF_ERROR(SweepExperts(o, &experts));
+  int held = 0;
+  M2N_RETURN_IF_ERROR(SweepExperts(o, &experts, &held));
   M2N_ASSIGN_OR_RETURN(Precision precision, BackendPrecision(o.backend));
   char host[256] = {};
   gethostname(host, sizeof(host) - 1);
@@ -181,6 +186,7 @@ m2n::Status WriteComputeProfile(const PipelineOptions& o, const std::string& pat
   j.Set("repeats", Json::Number(kRepeats));
   j.Set("attention", std::move(attention));
   j.Set("head", std::move(heads));
+  j.Set("experts_held", Json::Number(held));
   j.Set("expert", std::move(experts));
   std::ofstream out(path);
   out << j.Dump(2) << "\n";

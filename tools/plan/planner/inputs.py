@@ -35,20 +35,22 @@ def load_json(path):
         raise InputError(path, None, f"not JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
 
 
-def _number(obj, path, name, positive=True, required=True, default=None, integer=False):
+def _number(obj, path, name, positive=True, required=True, default=None, integer=False, where=""):
+    """obj[name] checked; `where` prefixes the field in errors ("gpus.H100.")."""
+    field_name = where + name
     if name not in obj or obj[name] is None:
         if required:
-            raise InputError(path, name, "missing")
+            raise InputError(path, field_name, "missing")
         return default
     v = obj[name]
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise InputError(path, name, f"must be a number, got {json.dumps(v)}")
+        raise InputError(path, field_name, f"must be a number, got {json.dumps(v)}")
     if integer and v != int(v):
-        raise InputError(path, name, f"must be an integer, got {v}")
+        raise InputError(path, field_name, f"must be an integer, got {v}")
     if positive and v <= 0:
-        raise InputError(path, name, f"must be > 0, got {v}")
+        raise InputError(path, field_name, f"must be > 0, got {v}")
     if not positive and v < 0:
-        raise InputError(path, name, f"must be >= 0, got {v}")
+        raise InputError(path, field_name, f"must be >= 0, got {v}")
     return int(v) if integer else float(v)
 
 
@@ -167,17 +169,12 @@ def load_catalogue(path):
         where = f"gpus.{name}"
         if not isinstance(g, dict):
             raise InputError(path, where, "must be an object")
-        v = {}
-        for f in _GPU_FIELDS:
-            if f not in g:
-                raise InputError(path, f"{where}.{f}", "missing")
-            v[f] = _number(g, path, f, positive=(f != "price_per_hour"))
-            if f == "price_per_hour" and v[f] < 0:
-                raise InputError(path, f"{where}.{f}", f"must be >= 0, got {v[f]}")
+        v = {f: _number(g, path, f, positive=(f != "price_per_hour"), where=where + ".") for f in _GPU_FIELDS}
         out[name] = Gpu(name=name, memory_bytes=v["memory_gb"] * 1e9, hbm_bytes_per_s=v["hbm_gb_per_s"] * 1e9,
                         flops=v["bf16_tflops"] * 1e12, nvlink_bytes_per_s=v["nvlink_gb_per_s"] * 1e9,
                         nic_bytes_per_s=v["nic_gb_per_s"] * 1e9, price_per_hour=v["price_per_hour"],
-                        dtype_bytes=int(_number(g, path, "dtype_bytes", required=False, default=2, integer=True)),
+                        dtype_bytes=_number(g, path, "dtype_bytes", required=False, default=2, integer=True,
+                                            where=where + "."),
                         backend=str(g.get("backend", "cuda")), source=str(g.get("source", "")))
     return out
 
@@ -201,7 +198,7 @@ def load_cluster(path, catalogue):
     for name, n in gpus.items():
         if name not in catalogue:
             raise InputError(path, f"gpus.{name}", f"not in the catalogue (has {', '.join(sorted(catalogue))})")
-        counts[name] = _number(gpus, path, name, positive=False, integer=True)
+        counts[name] = _number(gpus, path, name, positive=False, integer=True, where="gpus.")
     return Cluster(path=path, node_size=node, gpus=counts)
 
 
@@ -230,14 +227,14 @@ def load_comm_curve(path):
     for i, r in enumerate(rows):
         if not isinstance(r, dict) or r.get("impl") != "m2n":
             continue
-        b = _number(r, path, "bytes", integer=True)
-        p50 = _number(r, path, "p50_us")
+        b = _number(r, path, "bytes", integer=True, where=f"rows[{i}].")
+        p50 = _number(r, path, "p50_us", where=f"rows[{i}].")
         pts.append((b, p50 * 1e-6))
     if not pts:
         raise InputError(path, "rows", "no m2n rows")
     pts.sort()
-    return CommCurve(path=path, senders=_number(cfg, path, "senders", integer=True),
-                     receivers=_number(cfg, path, "receivers", integer=True),
+    return CommCurve(path=path, senders=_number(cfg, path, "senders", integer=True, where="config."),
+                     receivers=_number(cfg, path, "receivers", integer=True, where="config."),
                      transport=str(cfg.get("transport", "")), points=pts)
 
 
@@ -274,7 +271,7 @@ def load_compute_profile(path, model, device):
         for i, r in enumerate(rows):
             if not isinstance(r, dict):
                 raise InputError(path, f"{name}[{i}]", "must be an object")
-            out.append(tuple(_number(r, path, k) for k in keys))
+            out.append(tuple(_number(r, path, k, where=f"{name}[{i}].") for k in keys))
         return out
 
     att = [(b, c, ms * 1e-3) for b, c, ms in table("attention", ("batch", "context", "ms_per_layer"))]

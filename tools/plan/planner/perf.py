@@ -258,9 +258,10 @@ def terms(s, p, tokens_a, context, tokens_head=None):
     return t_a, t_e, t_c, t_head
 
 
-def iteration_time(s, m, layers, t_a, t_e, t_c, t_head):
-    """(period per layer, iteration time, attention-side occupancy per micro-batch)."""
-    occ_a = t_a + (2 * t_c if s.comm == "staged" else 0.0)
+def iteration_time(comm, m, layers, t_a, t_e, t_c, t_head):
+    """(period per layer, iteration time, attention-side occupancy per micro-batch); comm is
+    "staged" or "overlapped" (module doc)."""
+    occ_a = t_a + (2 * t_c if comm == "staged" else 0.0)
     cycle = t_a + t_e + 2 * t_c
     period = max(m * occ_a, m * t_e, cycle)
     t_f = max(occ_a, t_e)
@@ -295,7 +296,7 @@ def evaluate(s, p):
     tokens = b + pf
     ctx = (b * s.lengths.decode_context + pf * s.lengths.mean_input / 2) / tokens
     e.t_a, e.t_e, e.t_c, e.t_head = terms(s, p, tokens, ctx, tokens_head=b)
-    e.period, e.t_iter, occ_a = iteration_time(s, p.m, L, e.t_a.seconds, e.t_e.seconds, e.t_c.seconds,
+    e.period, e.t_iter, occ_a = iteration_time(s.comm, p.m, L, e.t_a.seconds, e.t_e.seconds, e.t_c.seconds,
                                                e.t_head.seconds)
     e.tbt_p50 = e.t_iter
     e.tbt_p99 = e.t_iter
@@ -304,7 +305,7 @@ def evaluate(s, p):
         mu = p.batch / s.lengths.mean_output
         pf99 = (mu + 2.33 * math.sqrt(mu)) * s.lengths.mean_input / (p.n_a * p.m)
         ta, te, tc, th = terms(s, p, b + pf99, (b * s.lengths.decode_context + pf99 * s.lengths.mean_input / 2) / (b + pf99), b)
-        e.tbt_p99 = iteration_time(s, p.m, L, ta.seconds, te.seconds, tc.seconds, th.seconds)[1]
+        e.tbt_p99 = iteration_time(s.comm, p.m, L, ta.seconds, te.seconds, tc.seconds, th.seconds)[1]
     e.tokens_per_s = p.batch / e.t_iter
     e.per_gpu = e.tokens_per_s / p.gpus
     ga, ge = s.catalogue[p.attn_gpu], s.catalogue[p.exp_gpu]
@@ -350,7 +351,7 @@ def predict_run(s, p, input_len, output_len, requests, max_tokens):
             a, e_, c, h = terms(s, p, mb.tokens, mb.mean_context, tokens_head=mb.tokens)
             ta, te, tc, th = ta + a.seconds, te + e_.seconds, tc + c.seconds, th + h.seconds
         n = len(it.micro_batches)
-        t_iter = iteration_time(s, p.m, s.model.layers, ta / n, te / n, tc / n, th / n)[1]
+        t_iter = iteration_time(s.comm, p.m, s.model.layers, ta / n, te / n, tc / n, th / n)[1]
         total += t_iter
         samples += [t_iter] * it.decode_tokens_out
         sums = [sums[0] + ta, sums[1] + te, sums[2] + tc, sums[3] + n]

@@ -69,7 +69,7 @@ def largest_batch(s, plan_of, limit, lo=1, hi=1 << 20):
         return Outcome(best=best, binding="the batch search's upper bound")
     lo_ok, hi_bad = step_hi, hi
     bad = None
-    while hi_bad - lo_ok > max(1, lo_ok // 64):   # to within ~1.5%
+    while hi_bad - lo_ok > 1:
         mid = (lo_ok + hi_bad) // 2
         e = evaluate(s, plan_of(mid))
         if meets(e, limit):

@@ -1,0 +1,101 @@
+"""The planner against real runs.
+
+h200: the project's 4 x H200 runs (docs/PERFORMANCE.md, "MoE pipeline (examples/moe_pipeline) on
+      4 x H200": Mixtral-8x7B shapes, 2 attention + 2 expert GPUs, fixed lengths 64 / 32, one wave
+      of requests, messages staged through host memory). From each run's measured T_a and T_e,
+      and T_c fitted on the m = 1 runs' M2N time (M2N = T_e + 2 T_c when m = 1: the attention
+      worker waits for the experts and both transfers) as a + b x (tokens per micro-batch), the
+      model (iteration formula, comm "staged", the workload replay for the number of iterations)
+      predicts decode tokens/s per GPU. The m = 3 runs' M2N figures are not used.
+cpu:  reads the JSON files of moe_pipeline runs and the planner's predictions of them, and prints
+      the table (docs/PERFORMANCE.md, "Deployment planner"); tools/plan/validate-cpu.sh runs both.
+
+  python3 -m planner.validate h200
+  python3 -m planner.validate cpu RUN_DIR
+"""
+
+import json
+import os
+import sys
+
+from planner.perf import iteration_time
+from planner.workload import replay_fixed
+
+# docs/PERFORMANCE.md, 4 x H200 table: (global batch, m, tok/s per GPU, TBT p50 ms, T_a ms, T_e ms, M2N ms/layer)
+H200_ROWS = [
+    (64, 1, 169.7, 45.7, 0.82, 1.00, 1.54),
+    (64, 3, 175.1, 58.4, 0.48, 0.70, 1.24),
+    (256, 1, 203.4, 177.7, 1.54, 1.45, 2.72),
+    (256, 3, 311.3, 103.8, 0.98, 1.05, 1.84),
+    (1024, 1, 227.8, 349.6, 3.32, 2.79, 5.97),
+    (1024, 3, 396.0, 259.3, 2.39, 2.08, 4.17),
+]
+H200_LAYERS, H200_GPUS, H200_ATTENTION, H200_IN, H200_OUT = 32, 4, 2, 64, 32
+
+
+def fit_line(points):
+    """Least-squares a + b x through (x, y) points."""
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    b = sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else 0.0
+    return my - b * mx, b
+
+
+def h200_table():
+    """[(batch, m, measured, predicted, ratio, T_c ms, iterations)] for the six runs."""
+    tokens = lambda batch, m: batch / H200_ATTENTION / m       # per attention worker's micro-batch
+    a, b = fit_line([(tokens(B, m), (m2n - te) / 2) for B, m, _, _, _, te, m2n in H200_ROWS if m == 1])
+    out = []
+    for B, m, measured, _, ta, te, _ in H200_ROWS:
+        tc = a + b * tokens(B, m)
+        per_worker = B // H200_ATTENTION
+        its = replay_fixed(per_worker, per_worker, H200_IN, H200_OUT, m, max(256, per_worker))
+        t_iter = iteration_time("staged", m, H200_LAYERS, ta * 1e-3, te * 1e-3, tc * 1e-3, 0.0)[1]
+        predicted = B * H200_OUT / (len(its) * t_iter) / H200_GPUS
+        out.append((B, m, measured, predicted, predicted / measured, tc, len(its)))
+    return out
+
+
+def print_h200():
+    print("| global batch | m | measured tok/s per GPU | predicted | predicted / measured | T_c ms (fitted) | iterations |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for B, m, meas, pred, r, tc, n in h200_table():
+        print(f"| {B} | {m} | {meas:.1f} | {pred:.1f} | {r:.3f} | {tc:.3f} | {n} |")
+
+
+def cpu_table(run_dir):
+    """Rows from RUN_DIR/*.run.json (moe_pipeline --json) and *.pred.json (m2n_plan --plan ... --json)."""
+    rows = []
+    for name in sorted(os.listdir(run_dir)):
+        if not name.endswith(".run.json"):
+            continue
+        tag = name[:-len(".run.json")]
+        run = json.load(open(os.path.join(run_dir, name)))
+        pred = json.load(open(os.path.join(run_dir, tag + ".pred.json")))
+        rows.append((run["micro_batches"], run["batch_per_attention_worker"], run["decode_tokens_per_s"],
+                     pred["tokens_per_s"], run["tbt_p50_ms"], pred["tbt_p50_ms"], run["t_a_ms"], run["t_e_ms"]))
+    rows.sort()
+    print("| m | batch | measured tok/s | predicted tok/s | error | measured TBT p50 ms | predicted TBT p50 ms | error | measured T_a / T_e ms |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    worst_tps = worst_tbt = 0.0
+    for m, b, mt, pt, mtbt, ptbt, ta, te in rows:
+        et, eb = pt / mt - 1, ptbt / mtbt - 1
+        worst_tps, worst_tbt = max(worst_tps, abs(et)), max(worst_tbt, abs(eb))
+        print(f"| {m} | {b} | {mt:.1f} | {pt:.1f} | {et:+.1%} | {mtbt:.2f} | {ptbt:.2f} | {eb:+.1%} | {ta:.3f} / {te:.3f} |")
+    best_measured = max(rows, key=lambda r: r[2])
+    best_predicted = max(rows, key=lambda r: r[3])
+    print(f"\nworst error: tokens/s {worst_tps:.1%}, TBT p50 {worst_tbt:.1%}; predicted best m = {best_predicted[0]}, "
+          f"batch {best_predicted[1]}: measured {best_predicted[2]:.1f} tok/s, {best_predicted[2] / best_measured[2]:.1%} "
+          f"of the measured best (m = {best_measured[0]}, batch {best_measured[1]}, {best_measured[2]:.1f} tok/s)")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 2 and sys.argv[1] == "h200":
+        print_h200()
+    elif len(sys.argv) >= 3 and sys.argv[1] == "cpu":
+        cpu_table(sys.argv[2])
+    else:
+        print(__doc__)
+        sys.exit(2)
