@@ -10,8 +10,11 @@ h200: the project's 4 x H200 runs (docs/PERFORMANCE.md, "MoE pipeline (examples/
 cpu:  reads the JSON files of moe_pipeline runs and the planner's predictions of them, and prints
       the table (docs/PERFORMANCE.md, "Deployment planner"); tools/plan/validate-cpu.sh runs both.
 
+scale: plans for 64 to 1024 GPUs (docs/planning.md), with the M2N group each implies.
+
   python3 -m planner.validate h200
   python3 -m planner.validate cpu RUN_DIR
+  python3 -m planner.validate scale [GPU type (H200)] [TBT ms (150)]
 """
 
 import json
@@ -91,9 +94,42 @@ def cpu_table(run_dir):
           f"of the measured best (m = {best_measured[0]}, batch {best_measured[1]}, {best_measured[2]:.1f} tok/s)")
 
 
+def scale_table(gpu="H200", tbt_ms=150.0, sizes=(64, 128, 256, 512, 1024),
+                models=("mixtral-8x22b", "deepseek-v3-like")):
+    """On `size` GPUs of one type: the best plan per GPU that fits (a unit), repeated as many times
+    as the GPUs allow (independent copies: each its own M2N group). A model with few experts stops
+    scaling one unit early (its expert side cannot grow), hence units."""
+    from planner import cli, perf, search
+    print(f"| model | GPUs | units x GPUs | attention per unit | experts per unit | m | global batch per unit "
+          f"| tok/s per GPU | TBT p50 ms | M2N group: senders x receivers (GPUs) | bytes per pair per "
+          f"micro-batch | T_a / T_e / T_c ms | binds |")
+    print("|---|---:|---|---|---|---:|---:|---:|---:|---|---:|---|---|")
+    for model in models:
+        for n in sizes:
+            args = cli.parse_args(["--model", model, "--gpus", f"{gpu}={n}", "--min_gpus", str(n // 16),
+                                   "--tbt_ms", str(tbt_ms)])
+            s, cluster = cli.build_setting(args)
+            found, _, reasons = search.search(s, cli.space_of(args, s, cluster), search.Limit(tbt_ms / 1e3))
+            if not found:
+                print(f"| {model} | {n} | - | no plan: {reasons} | | | | | | | | | |")
+                continue
+            best = max(o.best.per_gpu for o in found)
+            # Among plans within 1% of the best per GPU, the largest unit (fewest groups).
+            o = max((o for o in found if o.best.per_gpu >= 0.99 * best), key=lambda o: o.best.plan.gpus)
+            e, p = o.best, o.best.plan
+            b = p.batch / (p.n_a * p.m)
+            msg = perf.HEADER_BYTES + b * perf.share_of_worker(s.model, p.n_e) * perf.row_bytes(s)
+            print(f"| {model} | {n} | {n // p.gpus} x {p.gpus} | {p.n_a} x TP{p.tp_a} | {p.n_e} x TP{p.tp_e} | {p.m} | {p.batch} | "
+                  f"{e.per_gpu:.0f} | {e.tbt_p50 * 1e3:.1f} | {p.n_a} x {p.n_e} "
+                  f"({p.n_a * p.tp_a} x {p.n_e * p.tp_e}) | {msg / 1e3:.0f} kB | {e.t_a.seconds * 1e3:.2f} / "
+                  f"{e.t_e.seconds * 1e3:.2f} / {e.t_c.seconds * 1e3:.2f} | {o.binding.split(' (')[0]} |")
+
+
 if __name__ == "__main__":
     if len(sys.argv) >= 2 and sys.argv[1] == "h200":
         print_h200()
+    elif len(sys.argv) >= 2 and sys.argv[1] == "scale":
+        scale_table(*(sys.argv[2:3] or ["H200"]), *(float(x) for x in sys.argv[3:4]))
     elif len(sys.argv) >= 3 and sys.argv[1] == "cpu":
         cpu_table(sys.argv[2])
     else:
