@@ -59,7 +59,8 @@ def explain(s, o, model_arg):
         f"  period {ms(e.period):>9} ms per layer = max(m T_a{'+2T_c' if s.comm == 'staged' else ''}, m T_e, "
         f"T_a + T_e + 2 T_c); iteration {ms(e.t_iter)} ms over {s.model.layers} layers",
         f"  balance T_a / T_e = {c['balance T_a/T_e']:.2f}; T_c < T_f: {'yes' if c['T_c < T_f'] else 'NO'}; "
-        f"m >= 2 (1 + T_c / T_f): {'yes' if c['m >= 2(1 + T_c/T_f)'] else 'NO'} (needs m >= {c['m needed']})",
+        f"m >= 2 (1 + T_c / T_f): {'yes' if c['m >= 2(1 + T_c/T_f)'] else 'no'} (m >= {c['m needed']}; "
+        f"sufficient for balanced sides, the period above is exact for unbalanced ones)",
         f"  memory per attention GPU {e.memory_a / 1e9:.1f} GB of {ga.memory_bytes * (1 - MEMORY_RESERVE) / 1e9:.1f} "
         f"usable; per expert GPU {e.memory_e / 1e9:.1f} GB of {ge.memory_bytes * (1 - MEMORY_RESERVE) / 1e9:.1f}",
         f"  throughput {e.tokens_per_s:,.0f} tokens/s: {e.per_gpu:.1f} per GPU, {e.per_dollar:,.0f} per dollar; "
