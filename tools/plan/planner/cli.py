@@ -190,7 +190,7 @@ def run_search(args, s, cluster, limit):
         print(f"# best mixed ({mb.best.plan.kind()}) vs best homogeneous ({hb.best.plan.kind()}): "
               f"{mb.best.per_dollar / hb.best.per_dollar:.2f}x per dollar, "
               f"{mb.best.per_gpu / hb.best.per_gpu:.2f}x per GPU")
-    for i, o in enumerate(found[:min(args.top, 3)]):
+    for i, o in enumerate(found[:args.top]):
         print(f"# {i + 1}: {report.command(s, o.best, args.model)}")
     if args.explain:
         print("\n" + report.explain(s, found[0], args.model))
