@@ -159,7 +159,8 @@ def run_plan(args, s, limit):
         if args.json:
             with open(args.json, "w") as fh:
                 json.dump({"tokens_per_s": pr.tokens_per_s, "tbt_p50_ms": pr.tbt_p50 * 1e3,
-                           "iterations": pr.iterations, "seconds": pr.seconds}, fh, indent=2)
+                           "iterations": pr.iterations, "seconds": pr.seconds, "t_a_ms": pr.t_a * 1e3,
+                           "t_e_ms": pr.t_e * 1e3, "t_c_ms": pr.t_c * 1e3}, fh, indent=2)
     return 0
 
 

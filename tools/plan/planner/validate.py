@@ -77,16 +77,19 @@ def cpu_table(run_dir):
         tag = name[:-len(".run.json")]
         run = json.load(open(os.path.join(run_dir, name)))
         pred = json.load(open(os.path.join(run_dir, tag + ".pred.json")))
+        iters = next((w["iterations"] for w in run.get("workers", []) if w.get("role") == "attention"), None)
         rows.append((run["micro_batches"], run["batch_per_attention_worker"], run["decode_tokens_per_s"],
-                     pred["tokens_per_s"], run["tbt_p50_ms"], pred["tbt_p50_ms"], run["t_a_ms"], run["t_e_ms"]))
+                     pred["tokens_per_s"], run["tbt_p50_ms"], pred["tbt_p50_ms"], run["t_a_ms"], run["t_e_ms"],
+                     iters, pred["iterations"], pred.get("t_a_ms", 0.0), pred.get("t_e_ms", 0.0)))
     rows.sort()
-    print("| m | batch | measured tok/s | predicted tok/s | error | measured TBT p50 ms | predicted TBT p50 ms | error | measured T_a / T_e ms |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| m | batch | measured tok/s | predicted tok/s | error | measured TBT p50 ms | predicted TBT p50 ms "
+          "| error | T_a / T_e ms measured | predicted | iterations measured / replayed |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     worst_tps = worst_tbt = 0.0
-    for m, b, mt, pt, mtbt, ptbt, ta, te in rows:
+    for m, b, mt, pt, mtbt, ptbt, ta, te, it_m, it_p, pta, pte in rows:
         et, eb = pt / mt - 1, ptbt / mtbt - 1
         worst_tps, worst_tbt = max(worst_tps, abs(et)), max(worst_tbt, abs(eb))
-        print(f"| {m} | {b} | {mt:.1f} | {pt:.1f} | {et:+.1%} | {mtbt:.2f} | {ptbt:.2f} | {eb:+.1%} | {ta:.3f} / {te:.3f} |")
+        print(f"| {m} | {b} | {mt:.1f} | {pt:.1f} | {et:+.1%} | {mtbt:.2f} | {ptbt:.2f} | {eb:+.1%} | {ta:.3f} / {te:.3f} | {pta:.3f} / {pte:.3f} | {it_m} / {it_p} |")
     best_measured = max(rows, key=lambda r: r[2])
     best_predicted = max(rows, key=lambda r: r[3])
     print(f"\nworst error: tokens/s {worst_tps:.1%}, TBT p50 {worst_tbt:.1%}; predicted best m = {best_predicted[0]}, "
