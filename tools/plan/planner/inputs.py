@@ -213,16 +213,20 @@ class CommCurve:
     points: list        # [(bytes, p50 seconds)], ascending
 
 
-def load_comm_curve(path):
+def _tool_output(path, tool, what, sections):
+    """A JSON file written by `tool` (its "tool" field), with `sections` {name: type} present."""
     j = load_json(path)
-    if not isinstance(j, dict) or j.get("tool") != "m2n_perf":
-        raise InputError(path, "tool", 'not an m2n_perf --json file (expected "tool": "m2n_perf")')
-    cfg = j.get("config")
-    if not isinstance(cfg, dict):
-        raise InputError(path, "config", "missing")
-    rows = j.get("rows")
-    if not isinstance(rows, list):
-        raise InputError(path, "rows", "missing")
+    if not isinstance(j, dict) or j.get("tool") != tool:
+        raise InputError(path, "tool", f'not {what} (expected "tool": "{tool}")')
+    for name, kind in sections.items():
+        if not isinstance(j.get(name), kind):
+            raise InputError(path, name, "missing")
+    return j
+
+
+def load_comm_curve(path):
+    j = _tool_output(path, "m2n_perf", "an m2n_perf --json file", {"config": dict, "rows": list})
+    cfg, rows = j["config"], j["rows"]
     pts = []
     for i, r in enumerate(rows):
         if not isinstance(r, dict) or r.get("impl") != "m2n":
@@ -251,12 +255,8 @@ class ComputeProfile:
 
 def load_compute_profile(path, model, device):
     """A moe_pipeline --profile file; its model shape must be `model`'s."""
-    j = load_json(path)
-    if not isinstance(j, dict) or j.get("tool") != "moe_pipeline --profile":
-        raise InputError(path, "tool", 'not a moe_pipeline --profile file (expected "tool": "moe_pipeline --profile")')
-    shape = j.get("model")
-    if not isinstance(shape, dict):
-        raise InputError(path, "model", "missing")
+    j = _tool_output(path, "moe_pipeline --profile", "a moe_pipeline --profile file", {"model": dict})
+    shape = j["model"]
     for k, want in model.shape().items():
         if shape.get(k) != want:
             raise InputError(path, f"model.{k}",
