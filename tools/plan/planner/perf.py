@@ -217,7 +217,6 @@ class Estimate:
     memory_a: float = 0.0           # bytes per attention GPU
     memory_e: float = 0.0
     fits: bool = True
-    notes: list = field(default_factory=list)
     conditions: dict = field(default_factory=dict)
 
 
