@@ -75,3 +75,10 @@ class Heterogeneous(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class ParetoFront(unittest.TestCase):
+    def test_front_keeps_only_unbeaten_points(self):
+        import pareto   # tools/plan/pareto.py: matplotlib is imported only to draw
+        pts = [(10, 5, "a"), (20, 9, "b"), (20, 7, "c"), (30, 9, "d"), (15, 4, "e"), (40, 12, "f")]
+        self.assertEqual([p[2] for p in pareto.pareto(pts)], ["a", "b", "f"])
