@@ -22,6 +22,7 @@
 #include "runtime/collocated.h"
 #include "runtime/launch.h"
 #include "runtime/pipeline.h"
+#include "runtime/profile.h"
 #include "runtime/report.h"
 
 #ifndef MOE_PIPELINE_CONFIG_DIR
@@ -47,6 +48,9 @@ model
                         --offload_maps TRACE: history the policy learns from (fMoE's map store)
   --trace OUT --prompts FILE  record the routing of FILE's text prompts (byte tokens) through the
                         reference forward to the trace OUT (for moe_offload_sim) and exit
+  --profile FILE        time the backend's compute (attention against batch and context up to
+                        --max_tokens / --max_context, one expert against its tokens), write JSON for
+                        the planner (tools/plan/m2n_plan) and exit; no workers are started
 workers and schedule
   -A, --attention N     attention worker processes (default 2)
   -E, --experts N       expert worker processes (default 2)
@@ -80,6 +84,7 @@ struct Cli {
   std::string json_path = "moe_pipeline.json";
   std::string save_weights;
   std::string trace, prompts;  // --trace: record routing (offload/record.h) and exit
+  std::string profile;  // --profile: the compute sweep's JSON file (runtime/profile.h)
   bool bf16 = false;
   bool threads_set = false;
 };
@@ -125,6 +130,9 @@ m2n::StatusOr<Cli> ParseCli(int argc, char** argv) {
     } else if (a == "--save_weights") {
       M2N_ASSIGN_OR_RETURN(const char* v, value());
       cli.save_weights = v;
+    } else if (a == "--profile") {
+      M2N_ASSIGN_OR_RETURN(const char* v, value());
+      cli.profile = v;
     } else if (a == "--bf16") {
       cli.bf16 = true;
     } else if (a == "--offload") {
@@ -329,6 +337,15 @@ int Main(int argc, char** argv) {
     }
     std::printf("wrote %s (%s, seed %llu) to %s\n", p.config.name.c_str(), cli->bf16 ? "bf16" : "fp32",
                 static_cast<unsigned long long>(p.weights.seed), cli->save_weights.c_str());
+    return kExitOk;
+  }
+  if (!cli->profile.empty()) {
+    if (m2n::Status s = WriteComputeProfile(p, cli->profile); !s.ok()) {
+      std::fprintf(stderr, "moe_pipeline: %s\n", s.ToString().c_str());
+      return s.code() == m2n::StatusCode::kInvalidArgument ? kExitUsage : kExitFailure;
+    }
+    std::printf("compute profile of %s on %s written to %s\n", p.config.name.c_str(), p.backend.c_str(),
+                cli->profile.c_str());
     return kExitOk;
   }
   const int world = p.collocated > 0 ? p.collocated : p.attention_workers + p.expert_workers;
