@@ -18,7 +18,7 @@ namespace {
 
 struct Peer {
   std::unique_ptr<Group> group;  // rank 0 (sender), this process
-  pid_t child = -1;              // rank 1 (receiver)
+  pid_t child = -1;  // rank 1 (receiver)
 };
 Peer* peer = nullptr;
 

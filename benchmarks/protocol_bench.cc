@@ -31,7 +31,8 @@ BENCHMARK(BM_ImmediateEncode);
 void BM_ImmediateDecode(benchmark::State& state) {
   const uint8_t seed = ImmediateSeed(3, 7);
   std::vector<uint32_t> bits;
-  for (uint32_t s = 0; s < 256; ++s) bits.push_back(EncodeImmediate({ImmKind::kData, int(s & 15), s}, seed));
+  for (uint32_t s = 0; s < 256; ++s)
+    bits.push_back(EncodeImmediate({ImmKind::kData, int(s & 15), s}, seed));
   size_t i = 0;
   for (auto _ : state) {
     auto imm = DecodeImmediate(bits[i++ & 255], 3, 7, seed);
@@ -94,7 +95,8 @@ BENCHMARK(BM_Crc32c)->Arg(1 << 10)->Arg(64 << 10);
 void BM_StatusError(benchmark::State& state) {
   int rank = 3;
   for (auto _ : state) {
-    Status s = DeadlineExceededError("no message from rank " + std::to_string(rank) + " within 5000 ms");
+    Status s =
+        DeadlineExceededError("no message from rank " + std::to_string(rank) + " within 5000 ms");
     Status wrapped = s.WithContext("receive");
     benchmark::DoNotOptimize(wrapped.code());
   }

@@ -1,7 +1,7 @@
 // Micro-benchmark of the UCX transport's emulated immediate (transports/ucx/endpoint.h): the writer
-// publishes a 16-byte RingEntry (seq stored last, release) and the reader polls it (acquire, check).
-// Both sides run on one thread here: the figure is the instructions and the cache-hot memory
-// traffic, not the cross-core transfer (m2n_perf measures that).
+// publishes a 16-byte RingEntry (seq stored last, release) and the reader polls it (acquire,
+// check). Both sides run on one thread here: the figure is the instructions and the cache-hot
+// memory traffic, not the cross-core transfer (m2n_perf measures that).
 #include <benchmark/benchmark.h>
 
 #include <array>
@@ -20,7 +20,8 @@ void BM_RingPublishPoll(benchmark::State& state) {
   uint32_t seq = 1;
   for (auto _ : state) {
     const uint32_t imm = 0x00123400u | (seq & 0xff);
-    StoreEntry(&data_ring[(seq - 1) % kEntries], RingEntry{imm, 1024, seq, RingCheck(imm, 1024, seq)});
+    StoreEntry(&data_ring[(seq - 1) % kEntries],
+               RingEntry{imm, 1024, seq, RingCheck(imm, 1024, seq)});
     RingEntry got;
     benchmark::DoNotOptimize(inbox.TakeEntry(Lane::kData, &got));
     ++seq;

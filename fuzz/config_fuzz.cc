@@ -37,7 +37,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (!agreed.ok()) {
       M2N_FUZZ_CHECK(agreed.code() == m2n::StatusCode::kFailedPrecondition);
       // One entry per differing field plus one per rank whose field count differs, each bounded.
-      M2N_FUZZ_CHECK(agreed.message().size() < 1024 + 512 * (decoded[0].size() + decoded[1].size()));
+      M2N_FUZZ_CHECK(agreed.message().size() <
+                     1024 + 512 * (decoded[0].size() + decoded[1].size()));
     }
   }
   return 0;

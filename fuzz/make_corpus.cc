@@ -1,6 +1,7 @@
 // Writes the seed corpora under fuzz/corpus/<target>/ from the real encoders, so the seeds are
 // frames and addresses this build actually sends (plus a few classic bad ones). Run it after a
-// format changes:  cmake --build build --target fuzz_make_corpus && build/fuzz/fuzz_make_corpus fuzz/corpus
+// format changes:  cmake --build build --target fuzz_make_corpus && build/fuzz/fuzz_make_corpus
+// fuzz/corpus
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
@@ -37,7 +38,8 @@ class Writer {
   void Write(const std::string& target, const std::string& name, const Bytes& bytes) {
     fs::create_directories(root_ / target);
     std::ofstream out(root_ / target / name, std::ios::binary | std::ios::trunc);
-    out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+    out.write(reinterpret_cast<const char*>(bytes.data()),
+              static_cast<std::streamsize>(bytes.size()));
     if (!out) {
       std::fprintf(stderr, "cannot write %s/%s\n", target.c_str(), name.c_str());
       ok_ = false;
@@ -78,7 +80,8 @@ void StoreFrames(Writer& w) {
   w.Write(t, "challenge", Frame(wire::Challenge{Nonce(0x53), Nonce(0xa5)}));
   w.Write(t, "proof", Frame(wire::Proof{Nonce(0x5a)}));
   w.Write(t, "hello_ok", Frame(wire::HelloOk{}));
-  w.Write(t, "error", Frame(wire::ErrorReply{StatusCode::kDeadlineExceeded, "timed out; still missing: 'k'"}));
+  w.Write(t, "error",
+          Frame(wire::ErrorReply{StatusCode::kDeadlineExceeded, "timed out; still missing: 'k'"}));
   w.Write(t, "ok", Frame(wire::OkReply{}));
   w.Write(t, "set", Frame(wire::SetRequest{"m2n/addr/0/2", ToBytes("address bytes")}));
   w.Write(t, "get", Frame(wire::GetRequest{"m2n/slots/2", 30000}));
@@ -121,11 +124,15 @@ void StoreSessions(Writer& w) {
     out.insert(out.end(), bytes.begin(), bytes.end());
     return out;
   };
-  w.Write(t, "set_get", after_hello(1, {Frame(wire::SetRequest{"k", ToBytes("v")}), Frame(wire::GetRequest{"k", 0})}));
-  w.Write(t, "add_add", after_hello(2, {Frame(wire::AddRequest{"n", 1}), Frame(wire::AddRequest{"n", -3})}));
+  w.Write(t, "set_get",
+          after_hello(
+              1, {Frame(wire::SetRequest{"k", ToBytes("v")}), Frame(wire::GetRequest{"k", 0})}));
+  w.Write(t, "add_add",
+          after_hello(2, {Frame(wire::AddRequest{"n", 1}), Frame(wire::AddRequest{"n", -3})}));
   w.Write(t, "wait_missing", after_hello(3, {Frame(wire::WaitRequest{{"a", "b"}, 50})}));
   w.Write(t, "get_held_then_close", after_hello(0, {Frame(wire::GetRequest{"never", 100000})}));
-  w.Write(t, "dead_ranks_goodbye", after_hello(1, {Frame(wire::DeadRanksRequest{}), Frame(wire::Goodbye{})}));
+  w.Write(t, "dead_ranks_goodbye",
+          after_hello(1, {Frame(wire::DeadRanksRequest{}), Frame(wire::Goodbye{})}));
   w.Write(t, "second_hello", after_hello(1, {Frame(wire::Hello{"fuzz-job", 2, 4, Nonce(1)})}));
   w.Write(t, "second_proof", after_hello(1, {Frame(wire::Proof{Nonce(2)})}));
   w.Write(t, "server_only_type", after_hello(1, {Frame(wire::OkReply{})}));
@@ -148,10 +155,13 @@ void StoreHellos(Writer& w) {
   w.Write(t, "bare_proof_first", start(0, 0, {Frame(wire::Proof{Nonce(9)})}));
   w.Write(t, "bare_set", start(0, 0, {Frame(wire::SetRequest{"m2n/addr/0/1", ToBytes("evil")})}));
   w.Write(t, "wrong_proof", start(1, 2, {Frame(wire::Proof{Nonce(0)})}));
-  w.Write(t, "set_instead_of_proof", start(1, 3, {Frame(wire::SetRequest{"m2n/addr/1/0", ToBytes("evil")})}));
+  w.Write(t, "set_instead_of_proof",
+          start(1, 3, {Frame(wire::SetRequest{"m2n/addr/1/0", ToBytes("evil")})}));
   w.Write(t, "second_hello_instead_of_proof", start(1, 4, {hello}));
-  w.Write(t, "proof_then_requests", start(1, 1, {Frame(wire::Proof{Nonce(1)}), Frame(wire::GetRequest{"k", 0}),
-                                                 Frame(wire::Goodbye{})}));
+  w.Write(t, "proof_then_requests",
+          start(1, 1,
+                {Frame(wire::Proof{Nonce(1)}), Frame(wire::GetRequest{"k", 0}),
+                 Frame(wire::Goodbye{})}));
   w.Write(t, "rank_outside_world", start(1, 5, {}));
   const Bytes proof = Frame(wire::Proof{Nonce(0)});
   w.Write(t, "half_proof", start(1, 2, {Bytes(proof.begin(), proof.begin() + 20)}));
@@ -176,7 +186,8 @@ void Config(Writer& w) {
   w.Write(t, "two_equal", ToBytes(text + '\0' + text));
   w.Write(t, "two_differ", ToBytes(text + '\0' + protocol::EncodeFingerprint(other)));
   w.Write(t, "two_sizes", ToBytes(text + '\0' + "m2n_version=0.1.0\n"));
-  w.Write(t, "two_immediate_formats", ToBytes(text + '\0' + protocol::EncodeFingerprint(other_format)));
+  w.Write(t, "two_immediate_formats",
+          ToBytes(text + '\0' + protocol::EncodeFingerprint(other_format)));
   w.Write(t, "bad_truncated", ToBytes(text.substr(0, text.size() - 3)));
   w.Write(t, "bad_no_field", ToBytes("=4\n"));
 }
@@ -207,7 +218,8 @@ void TransportWire(Writer& w) {
     a.host = host;
     a.ring_rkey = rkey;
     for (auto& lane : a.worker_address) lane = worker;
-    for (size_t i = 0; i < a.ring_address.size(); ++i) a.ring_address[i] = 0x7f0000001000 + 4096 * i;
+    for (size_t i = 0; i < a.ring_address.size(); ++i)
+      a.ring_address[i] = 0x7f0000001000 + 4096 * i;
     const Bytes encoded = transport::ucx::EncodePeerAddress(a);
     w.Write(t, "ucx_address", tagged(1, encoded));
     w.Write(t, "ucx_address_truncated", tagged(1, Bytes(encoded.begin(), encoded.end() - 7)));

@@ -35,7 +35,8 @@ void DecodeAsStream(std::span<const std::byte> stream) {
     M2N_FUZZ_CHECK(header->body_bytes <= MaxBodyBytes(header->type));
     const size_t frame_bytes = kHeaderBytes + header->body_bytes;
     if (stream.size() < frame_bytes) return;  // a reader waits for the rest
-    StatusOr<Message> message = DecodeBody(header->type, stream.subspan(kHeaderBytes, header->body_bytes));
+    StatusOr<Message> message =
+        DecodeBody(header->type, stream.subspan(kHeaderBytes, header->body_bytes));
     if (!message.ok()) return;
     M2N_FUZZ_CHECK(TypeOf(*message) == header->type);
     CheckRoundTrip(*message, stream.first(frame_bytes));

@@ -54,7 +54,8 @@ inline int Connect(int port) {
     close(fd);
     usleep(1000);
   }
-  std::fprintf(stderr, "store fuzz: cannot connect to the store on port %d: %s\n", port, std::strerror(last_errno));
+  std::fprintf(stderr, "store fuzz: cannot connect to the store on port %d: %s\n", port,
+               std::strerror(last_errno));
   std::abort();
 }
 
@@ -73,7 +74,8 @@ inline Bytes ReadUntilClosed(int fd) {
   Bytes in;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kReadBoundMs);
   for (;;) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
     M2N_FUZZ_CHECK(left.count() > 0);  // the server did not close a connection whose peer had
     pollfd p{fd, POLLIN, 0};
     if (poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
@@ -92,7 +94,8 @@ inline std::vector<wire::Message> CheckAnswers(std::span<const std::byte> in) {
     M2N_FUZZ_CHECK(header.ok());
     const size_t frame_bytes = wire::kHeaderBytes + header->body_bytes;
     if (in.size() < frame_bytes) break;
-    StatusOr<wire::Message> m = wire::DecodeBody(header->type, in.subspan(wire::kHeaderBytes, header->body_bytes));
+    StatusOr<wire::Message> m =
+        wire::DecodeBody(header->type, in.subspan(wire::kHeaderBytes, header->body_bytes));
     M2N_FUZZ_CHECK(m.ok());
     answers.push_back(std::move(*m));
     in = in.subspan(frame_bytes);
@@ -114,7 +117,8 @@ inline std::optional<wire::Message> ReadFrame(int fd) {
         return std::move(*m);
       }
     }
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
     M2N_FUZZ_CHECK(left.count() > 0);
     pollfd p{fd, POLLIN, 0};
     if (poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
@@ -133,24 +137,25 @@ inline Bytes Encode(const wire::Message& m) {
 
 // Sends a HELLO of (job, rank, world_size) and returns the store's answer to it, checking that a
 // CHALLENGE carries the store's true MAC under `key`.
-inline std::optional<wire::Message> SayHello(int fd, const std::string& job, int rank, int world_size,
-                                            const std::string& key, const Bytes& nonce) {
+inline std::optional<wire::Message> SayHello(int fd, const std::string& job, int rank,
+                                             int world_size, const std::string& key,
+                                             const Bytes& nonce) {
   SendAll(fd, Encode(wire::Hello{job, rank, world_size, nonce}));
   std::optional<wire::Message> answer = ReadFrame(fd);
   if (answer && std::holds_alternative<wire::Challenge>(*answer)) {
     const auto& c = std::get<wire::Challenge>(*answer);
-    const Sha256Digest mac = HandshakeMac(HandshakeRole::kStore, std::as_bytes(std::span(key)), job, rank,
-                                          world_size, nonce, c.nonce);
+    const Sha256Digest mac = HandshakeMac(HandshakeRole::kStore, std::as_bytes(std::span(key)), job,
+                                          rank, world_size, nonce, c.nonce);
     M2N_FUZZ_CHECK(ConstantTimeEqual(mac, c.mac));  // the store proves it holds the key
   }
   return answer;
 }
 
 // The rank's PROOF for `challenge`.
-inline Bytes ProofFrame(const wire::Challenge& challenge, const std::string& job, int rank, int world_size,
-                        const std::string& key, const Bytes& nonce) {
-  const Sha256Digest mac = HandshakeMac(HandshakeRole::kRank, std::as_bytes(std::span(key)), job, rank, world_size,
-                                        nonce, challenge.nonce);
+inline Bytes ProofFrame(const wire::Challenge& challenge, const std::string& job, int rank,
+                        int world_size, const std::string& key, const Bytes& nonce) {
+  const Sha256Digest mac = HandshakeMac(HandshakeRole::kRank, std::as_bytes(std::span(key)), job,
+                                        rank, world_size, nonce, challenge.nonce);
   return Encode(wire::Proof{Bytes(mac.begin(), mac.end())});
 }
 

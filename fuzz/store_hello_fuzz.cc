@@ -55,7 +55,8 @@ void CheckARealRankStillJoins(int port) {
   options.world_size = kWorld;
   options.job_id = kJob;
   options.job_key = kKey;
-  StatusOr<std::unique_ptr<Store>> rank = ConnectTcpStore(options, Deadline::AfterMs(fuzz::kReadBoundMs));
+  StatusOr<std::unique_ptr<Store>> rank =
+      ConnectTcpStore(options, Deadline::AfterMs(fuzz::kReadBoundMs));
   M2N_FUZZ_CHECK(rank.ok());
   StatusOr<std::vector<int>> dead = (*rank)->DeadRanks();
   M2N_FUZZ_CHECK(dead.ok() && dead->empty());
@@ -77,8 +78,8 @@ bool Start(int fd, uint8_t how, uint8_t rank_byte) {
     }
     default: {
       const bool other_job = rank_byte & 1;
-      std::optional<wire::Message> answer =
-          fuzz::SayHello(fd, other_job ? "fuzz-other-job" : kJob, 1, other_job ? kWorld : kWorld + 1, kKey, nonce);
+      std::optional<wire::Message> answer = fuzz::SayHello(
+          fd, other_job ? "fuzz-other-job" : kJob, 1, other_job ? kWorld : kWorld + 1, kKey, nonce);
       M2N_FUZZ_CHECK(answer && std::holds_alternative<wire::ErrorReply>(*answer));
       M2N_FUZZ_CHECK(std::get<wire::ErrorReply>(*answer).text == kHelloRefused);
       return false;

@@ -54,7 +54,8 @@ void Join(int fd, int rank) {
   const Bytes nonce(wire::kNonceBytes, std::byte{0x17});
   std::optional<wire::Message> challenge = fuzz::SayHello(fd, kJob, rank, kWorld, kKey, nonce);
   M2N_FUZZ_CHECK(challenge && std::holds_alternative<wire::Challenge>(*challenge));
-  fuzz::SendAll(fd, fuzz::ProofFrame(std::get<wire::Challenge>(*challenge), kJob, rank, kWorld, kKey, nonce));
+  fuzz::SendAll(
+      fd, fuzz::ProofFrame(std::get<wire::Challenge>(*challenge), kJob, rank, kWorld, kKey, nonce));
   std::optional<wire::Message> ok = fuzz::ReadFrame(fd);
   M2N_FUZZ_CHECK(ok && std::holds_alternative<wire::HelloOk>(*ok));
 }

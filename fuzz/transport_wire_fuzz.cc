@@ -33,7 +33,8 @@ void FuzzReader(std::span<const std::byte> bytes) {
   std::span<const std::byte> run = r.GetBytes(n);
   if (r.ok()) {
     M2N_FUZZ_CHECK(run.size() == n);
-    M2N_FUZZ_CHECK(run.data() >= bytes.data() && run.data() + run.size() <= bytes.data() + bytes.size());
+    M2N_FUZZ_CHECK(run.data() >= bytes.data() &&
+                   run.data() + run.size() <= bytes.data() + bytes.size());
   }
   M2N_FUZZ_CHECK(r.consumed() <= r.size());
   // Once failed, it stays failed.

@@ -37,9 +37,8 @@ Bench::Bench(BenchSetup setup) : setup_(std::move(setup)) {
 Bench::~Bench() { std::free(memory_); }
 
 std::byte* Bench::Buffer(size_t peer_index, int variant) const {
-  return memory_ +
-         (peer_index * static_cast<size_t>(variants_) + static_cast<size_t>(variant)) *
-             setup_.config.max_bytes;
+  return memory_ + (peer_index * static_cast<size_t>(variants_) + static_cast<size_t>(variant)) *
+                       setup_.config.max_bytes;
 }
 
 std::byte* Bench::Control() const { return memory_ + memory_bytes_ - 4096; }
@@ -75,9 +74,10 @@ Exchange::Source Bench::StreamSource() const {
 Exchange::Sink Bench::StreamSink(uint32_t size_index) {
   return [this, size_index](int msg, int peer_index, std::span<std::byte> data) {
     if (!setup_.config.check) return;
-    const uint64_t tag = PatternTag(size_index, kPhaseStream, static_cast<uint32_t>(msg % variants_));
-    wrong_ += CountWrongBytes(data, PatternSeed(setup_.peers[static_cast<size_t>(peer_index)],
-                                                setup_.rank, tag));
+    const uint64_t tag =
+        PatternTag(size_index, kPhaseStream, static_cast<uint32_t>(msg % variants_));
+    wrong_ += CountWrongBytes(
+        data, PatternSeed(setup_.peers[static_cast<size_t>(peer_index)], setup_.rank, tag));
   };
 }
 
@@ -113,7 +113,8 @@ Status Bench::RunOneWay(Exchange& exchange, size_t bytes, uint32_t size_index, S
     if (is_sender()) {
       for (size_t i = 0; i < setup_.peers.size(); ++i) {
         sources_[i] = Buffer(i, 0);
-        if (config.check) FillPattern({Buffer(i, 0), bytes}, PatternSeed(rank, setup_.peers[i], tag));
+        if (config.check)
+          FillPattern({Buffer(i, 0), bytes}, PatternSeed(rank, setup_.peers[i], tag));
       }
     }
     M2N_RETURN_IF_ERROR(barrier());
@@ -145,7 +146,8 @@ Status Bench::RunOneWay(Exchange& exchange, size_t bytes, uint32_t size_index, S
   // Nobody writes the segment again until every rank, rank 0 included, reaches the next barrier.
   for (int r = 0; r < world; ++r) result.wrong += segment.wrong(r);
   if (rank != 0) return OkStatus();
-  SummarizeOneWay(segment, senders, setup_.num_receivers, config.warmup_iters, config.iters, bytes, result);
+  SummarizeOneWay(segment, senders, setup_.num_receivers, config.warmup_iters, config.iters, bytes,
+                  result);
   return OkStatus();
 }
 

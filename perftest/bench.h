@@ -2,19 +2,19 @@
 // a latency phase and then a bandwidth phase, the same clock, barrier and data check for both.
 //
 // One-way mode (every rank on one host):
-//   per iteration: senders fill their buffers; every rank passes the host barrier; each sender stamps
-//   its start and sends one message to every receiver in one batch; each receiver receives one from
-//   every sender and stamps its finish; then, untimed, checks and releases. Latency of the iteration
-//   = max(receiver finish) - min(sender start), computed by rank 0 from the host segment.
+//   per iteration: senders fill their buffers; every rank passes the host barrier; each sender
+//   stamps its start and sends one message to every receiver in one batch; each receiver receives
+//   one from every sender and stamps its finish; then, untimed, checks and releases. Latency of the
+//   iteration = max(receiver finish) - min(sender start), computed by rank 0 from the host segment.
 //   bandwidth: host barrier; senders stream `iters` messages to every receiver back to back;
 //   receivers receive, check and release each. GB/s = M*N*bytes*iters / (last receiver done - first
 //   sender start).
 // Round-trip mode (ranks on several hosts, no common clock):
-//   Group::Barrier once per size; per iteration each sender times, on its own clock, sending to every
-//   receiver and receiving one same-size reply from each (a receiver replies once it has the
+//   Group::Barrier once per size; per iteration each sender times, on its own clock, sending to
+//   every receiver and receiving one same-size reply from each (a receiver replies once it has the
 //   messages of all senders); latency = round trip / 2. Bandwidth: each sender streams, then waits
-//   for an 8-byte "done" from every receiver, which also carries that receiver's #wrong; rank 0's own
-//   elapsed time gives GB/s. Rank 0 reports its own figures.
+//   for an 8-byte "done" from every receiver, which also carries that receiver's #wrong; rank 0's
+//   own elapsed time gives GB/s. Rank 0 reports its own figures.
 #pragma once
 
 #include <cstddef>
@@ -36,19 +36,19 @@ struct BenchSetup {
   int rank = 0;
   int num_senders = 0;
   int num_receivers = 0;
-  std::vector<int> peers;          // the other side, ascending
+  std::vector<int> peers;  // the other side, ascending
   HostSegment* segment = nullptr;  // one-way mode: shared by all ranks; null: round-trip mode
   std::function<Status()> group_barrier;  // round-trip mode: once per size
 };
 
 struct SizeResult {
   size_t bytes = 0;
-  LatencySummary latency;   // rank 0's view (one-way: whole job; round-trip: its own)
-  double gbps = 0;          // GB/s, GB = 1e9 bytes, aggregate over all M*N pairs
-  double mmsg_per_s = 0;    // millions of messages per second, aggregate
-  uint64_t wrong = 0;       // wrong bytes rank 0 knows of (one-way: every rank's)
-  uint64_t local_wrong = 0; // wrong bytes this rank found
-  double seconds = 0;       // wall time of the size on this rank
+  LatencySummary latency;  // rank 0's view (one-way: whole job; round-trip: its own)
+  double gbps = 0;  // GB/s, GB = 1e9 bytes, aggregate over all M*N pairs
+  double mmsg_per_s = 0;  // millions of messages per second, aggregate
+  uint64_t wrong = 0;  // wrong bytes rank 0 knows of (one-way: every rank's)
+  uint64_t local_wrong = 0;  // wrong bytes this rank found
+  double seconds = 0;  // wall time of the size on this rank
 };
 
 class Bench {
@@ -93,8 +93,8 @@ class Bench {
 int StreamVariants(int slot_depth);
 
 // Rank 0, one-way mode: the latency of each measured iteration (max receiver stamp - min sender
-// stamp in `segment`) and the streaming bandwidth from the stream start / done stamps, into `result`.
-// Shared by the host-driven and the GPU benchmarks.
+// stamp in `segment`) and the streaming bandwidth from the stream start / done stamps, into
+// `result`. Shared by the host-driven and the GPU benchmarks.
 void SummarizeOneWay(HostSegment& segment, int senders, int receivers, int warmup_iters, int iters,
                      size_t bytes, SizeResult& result);
 

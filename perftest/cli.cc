@@ -28,7 +28,8 @@ std::optional<T> ParseInteger(std::string_view text) {
   return value;
 }
 
-StatusOr<int64_t> ParseBounded(std::string_view flag, std::string_view text, int64_t lo, int64_t hi) {
+StatusOr<int64_t> ParseBounded(std::string_view flag, std::string_view text, int64_t lo,
+                               int64_t hi) {
   auto value = ParseInteger<int64_t>(text);
   if (!value || *value < lo || *value > hi) {
     return BadValue(flag, text,
@@ -45,13 +46,13 @@ struct Flag {
 };
 
 constexpr Flag kFlags[] = {
-    {'b', "minbytes", true},      {'e', "maxbytes", true},    {'f', "stepfactor", true},
-    {'n', "iters", true},         {'w', "warmup_iters", true}, {'M', "senders", true},
-    {'N', "receivers", true},     {0, "transport", true},     {'c', "check", false},
-    {0, "no-check", false},       {'d', "slot_depth", true},  {0, "json", true},
-    {0, "baseline", true},        {0, "latency_mode", true},  {0, "timeout_ms", true},
-    {0, "run_timeout", true},     {'h', "help", false},       {0, "inject-corruption", false},
-    {0, "spin_us", true},         {0, "use_cuda", false},     {0, "soak", true},
+    {'b', "minbytes", true},  {'e', "maxbytes", true},     {'f', "stepfactor", true},
+    {'n', "iters", true},     {'w', "warmup_iters", true}, {'M', "senders", true},
+    {'N', "receivers", true}, {0, "transport", true},      {'c', "check", false},
+    {0, "no-check", false},   {'d', "slot_depth", true},   {0, "json", true},
+    {0, "baseline", true},    {0, "latency_mode", true},   {0, "timeout_ms", true},
+    {0, "run_timeout", true}, {'h', "help", false},        {0, "inject-corruption", false},
+    {0, "spin_us", true},     {0, "use_cuda", false},      {0, "soak", true},
 };
 
 const Flag* FindLong(std::string_view name) {
@@ -160,17 +161,20 @@ Status Apply(const Flag& flag, std::string_view value, PerfConfig& config) {
 Status Validate(const PerfConfig& config) {
   if (config.min_bytes > config.max_bytes) {
     return InvalidArgumentError("--minbytes (" + FormatSize(config.min_bytes) +
-                                ") is larger than --maxbytes (" + FormatSize(config.max_bytes) + ")");
+                                ") is larger than --maxbytes (" + FormatSize(config.max_bytes) +
+                                ")");
   }
   if (config.senders + config.receivers > kMaxRanks) {
-    return InvalidArgumentError("--senders + --receivers must be at most " + std::to_string(kMaxRanks));
+    return InvalidArgumentError("--senders + --receivers must be at most " +
+                                std::to_string(kMaxRanks));
   }
   // Each rank keeps one timestamp per rank per iteration in the host segment.
   const uint64_t stamps = static_cast<uint64_t>(config.iters + config.warmup_iters) *
                           static_cast<uint64_t>(config.senders + config.receivers) * 8;
   if (stamps > (uint64_t{1} << 30)) {
-    return InvalidArgumentError("(--iters + --warmup_iters) x ranks is too large: the timestamp table "
-                                "would exceed 1 GiB; lower --iters");
+    return InvalidArgumentError(
+        "(--iters + --warmup_iters) x ranks is too large: the timestamp table "
+        "would exceed 1 GiB; lower --iters");
   }
   return OkStatus();
 }
@@ -179,9 +183,12 @@ Status Validate(const PerfConfig& config) {
 
 std::string_view LatencyModeName(LatencyMode mode) {
   switch (mode) {
-    case LatencyMode::kAuto: return "auto";
-    case LatencyMode::kOneWay: return "oneway";
-    case LatencyMode::kRoundTrip: return "roundtrip";
+    case LatencyMode::kAuto:
+      return "auto";
+    case LatencyMode::kOneWay:
+      return "oneway";
+    case LatencyMode::kRoundTrip:
+      return "roundtrip";
   }
   return "?";
 }
@@ -196,10 +203,17 @@ StatusOr<size_t> ParseSize(std::string_view text) {
   int shift = 0;
   if (suffix.size() == 1) {
     switch (std::tolower(static_cast<unsigned char>(suffix[0]))) {
-      case 'k': shift = 10; break;
-      case 'm': shift = 20; break;
-      case 'g': shift = 30; break;
-      default: return InvalidArgumentError("a size with suffix K, M or G (powers of 2)");
+      case 'k':
+        shift = 10;
+        break;
+      case 'm':
+        shift = 20;
+        break;
+      case 'g':
+        shift = 30;
+        break;
+      default:
+        return InvalidArgumentError("a size with suffix K, M or G (powers of 2)");
     }
   } else if (!suffix.empty()) {
     return InvalidArgumentError("a size with suffix K, M or G (powers of 2)");
@@ -288,8 +302,10 @@ std::string Usage(std::string_view program) {
   std::string u;
   u += "Usage: " + std::string(program) + " [flags]\n";
   u += "M senders x N receivers: per iteration every sender sends one message to every receiver.\n";
-  u += "Without a launcher it starts M+N local processes itself; under mpirun, torchrun or srun it\n";
-  u += "joins that job (M+N must equal the job's size; without -M/-N the job is split in half).\n\n";
+  u += "Without a launcher it starts M+N local processes itself; under mpirun, torchrun or srun "
+       "it\n";
+  u +=
+      "joins that job (M+N must equal the job's size; without -M/-N the job is split in half).\n\n";
   u += "Sizes (SIZE accepts K, M, G suffixes: powers of 2):\n";
   u += "  -b, --minbytes SIZE      smallest message (default " + FormatSize(d.min_bytes) + ")\n";
   u += "  -e, --maxbytes SIZE      largest message, also the slot size (default " +
@@ -301,30 +317,40 @@ std::string Usage(std::string_view program) {
   u += "                           bandwidth phase (default " + std::to_string(d.iters) + ")\n";
   u += "  -w, --warmup_iters N     unmeasured iterations per size (default " +
        std::to_string(d.warmup_iters) + ")\n";
-  u += "      --soak N             repeat the sweep until N messages (sender to receiver, all pairs)\n";
-  u += "                           have gone; the table shows the first sweep; prints progress, the\n";
-  u += "                           total #wrong and each rank's resident memory (default: one sweep)\n";
+  u += "      --soak N             repeat the sweep until N messages (sender to receiver, all "
+       "pairs)\n";
+  u += "                           have gone; the table shows the first sweep; prints progress, "
+       "the\n";
+  u += "                           total #wrong and each rank's resident memory (default: one "
+       "sweep)\n";
   u += "Shape and library:\n";
-  u += "  -M, --senders N          senders, ranks [0, M) (default " + std::to_string(d.senders) + ")\n";
+  u += "  -M, --senders N          senders, ranks [0, M) (default " + std::to_string(d.senders) +
+       ")\n";
   u += "  -N, --receivers N        receivers, ranks [M, M+N) (default " +
        std::to_string(d.receivers) + ")\n";
   u += "      --transport NAME     m2n transport, or 'auto' for the best one usable (default " +
        d.transport + ")\n";
   u += "  -d, --slot_depth N       receive slots per peer, i.e. credits (default " +
        std::to_string(d.slot_depth) + ")\n";
-  u += "      --spin_us N|auto     how long a waiting rank spins before yielding the core, for m2n\n";
-  u += "                           and MPI alike; auto: 0 when this host has more ranks than usable\n";
-  u += "                           cores, else m2n's default (default auto; M2N_SPIN_US overrides)\n";
+  u += "      --spin_us N|auto     how long a waiting rank spins before yielding the core, for "
+       "m2n\n";
+  u += "                           and MPI alike; auto: 0 when this host has more ranks than "
+       "usable\n";
+  u += "                           cores, else m2n's default (default auto; M2N_SPIN_US "
+       "overrides)\n";
   u += "Checking and output:\n";
   u += "  -c, --check              check every received byte (default: on)\n";
   u += "      --no-check           do not check received data\n";
   u += "      --json FILE          also write the results as JSON to FILE\n";
-  u += "      --baseline mpi       also measure MPI Isend/Irecv in the same run (re-executes under\n";
+  u += "      --baseline mpi       also measure MPI Isend/Irecv in the same run (re-executes "
+       "under\n";
   u += "                           mpirun when not already under it)\n";
   u += "      --baseline nccl      with --use_cuda: also measure NCCL grouped ncclSend/ncclRecv\n";
   u += "      --baseline perftest  after the sweep, ib_write_lat / ib_write_bw on the same RDMA\n";
-  u += "                           device, per size, with m2n/perftest ratios (perftest_baseline.h)\n";
-  u += "      --use_cuda           device buffers and m2n's stream-ordered calls, one process per\n";
+  u += "                           device, per size, with m2n/perftest ratios "
+       "(perftest_baseline.h)\n";
+  u +=
+      "      --use_cuda           device buffers and m2n's stream-ordered calls, one process per\n";
   u += "                           GPU (rank r on GPU r mod the GPUs), every rank on one host\n";
   u += "      --latency_mode MODE  auto: oneway when all ranks share a host, else roundtrip;\n";
   u += "                           oneway: last receiver done - first sender start (one host);\n";
@@ -336,7 +362,8 @@ std::string Usage(std::string_view program) {
        std::to_string(d.run_timeout_s) + ")\n";
   u += "  -h, --help               this text\n\n";
   u += "Exit status: 0 success, 1 wrong bytes received, 2 bad usage, 3 run-time failure.\n";
-  u += "Environment: M2N_* variables override options (see docs/configuration.md); UCX_TLS selects\n";
+  u += "Environment: M2N_* variables override options (see docs/configuration.md); UCX_TLS "
+       "selects\n";
   u += "UCX transports, e.g. UCX_TLS=posix,sysv,self (shared memory) or UCX_TLS=tcp,self.\n";
   return u;
 }

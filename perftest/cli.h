@@ -23,7 +23,7 @@ struct PerfConfig {
   size_t min_bytes = 8;
   size_t max_bytes = size_t{4} << 20;
   uint64_t step_factor = 2;  // sizes min, min*f, min*f^2, ... <= max
-  int iters = 500;           // measured iterations per size (latency), messages per pair (bandwidth)
+  int iters = 500;  // measured iterations per size (latency), messages per pair (bandwidth)
   int warmup_iters = 50;
   // --soak N: repeat the sweep until at least N sender-to-receiver messages have gone (0: once).
   uint64_t soak_messages = 0;
@@ -43,7 +43,7 @@ struct PerfConfig {
   // -1 (auto): 0 when this host's ranks outnumber its usable cores, else the library's default.
   int spin_us = -1;
   int64_t timeout_ms = 30000;  // bound on every blocking call of a rank
-  int64_t run_timeout_s = 600; // bound on a self-spawned job as a whole
+  int64_t run_timeout_s = 600;  // bound on a self-spawned job as a whole
   bool help = false;
   // Test only (not in --help): the first receiver flips one byte of a message it received, once per
   // size and implementation, before it checks the data, so tests can see #wrong > 0 fail the run.

@@ -72,7 +72,8 @@ MpiExpertParallel::MpiExpertParallel(const EpPerfConfig& config, const Shape& sh
     : config_(config), shape_(shape), rank_(rank), world_(config.m + config.n) {
   row_bytes_ = size_t(shape.hidden) * DataTypeBytes(config.dtype);
   record_bytes_ = 4 + size_t(shape.top_k) * 8 + row_bytes_;  // token, ids, weights, x
-  for (auto* v : {&send_rows_, &recv_rows_, &send_bytes_, &recv_bytes_, &send_at_, &recv_at_, &pair_count_}) {
+  for (auto* v :
+       {&send_rows_, &recv_rows_, &send_bytes_, &recv_bytes_, &send_at_, &recv_at_, &pair_count_}) {
     v->assign(size_t(world_), 0);
   }
 }
@@ -143,7 +144,8 @@ void MpiExpertParallel::Group() {
     for (int r = 0; r < recv_rows_[size_t(s)]; ++r) {
       const std::byte* rec = recv_.data() + size_t(recv_at_[size_t(s)]) + size_t(r) * record_bytes_;
       for (int j = 0; j < k; ++j) {
-        if (const int32_t id = id_at(rec, j); id >= 0) ++offsets[size_t(id - first) + 1], ++send_rows_[size_t(s)];
+        if (const int32_t id = id_at(rec, j); id >= 0)
+          ++offsets[size_t(id - first) + 1], ++send_rows_[size_t(s)];
       }
     }
   }
@@ -174,11 +176,15 @@ void MpiExpertParallel::Group() {
 
 Status MpiExpertParallel::Dispatch(const RankRouting* routing) {
   routing_ = routing;
-  if (routing != nullptr) Pack(*routing);
-  else std::fill(send_rows_.begin(), send_rows_.end(), 0), std::fill(send_bytes_.begin(), send_bytes_.end(), 0);
+  if (routing != nullptr)
+    Pack(*routing);
+  else
+    std::fill(send_rows_.begin(), send_rows_.end(), 0),
+        std::fill(send_bytes_.begin(), send_bytes_.end(), 0);
   MPI_Request request;
-  M2N_RETURN_IF_ERROR(Check(MPI_Ialltoall(send_rows_.data(), 1, MPI_INT, recv_rows_.data(), 1, MPI_INT,
-                                          MPI_COMM_WORLD, &request), "MPI_Ialltoall"));
+  M2N_RETURN_IF_ERROR(Check(MPI_Ialltoall(send_rows_.data(), 1, MPI_INT, recv_rows_.data(), 1,
+                                          MPI_INT, MPI_COMM_WORLD, &request),
+                            "MPI_Ialltoall"));
   M2N_RETURN_IF_ERROR(Wait(&request, config_.timeout_ms, "the count exchange (MPI_Ialltoall)"));
   size_t at = 0;
   for (int s = 0; s < world_; ++s) {
@@ -188,9 +194,10 @@ Status MpiExpertParallel::Dispatch(const RankRouting* routing) {
   }
   recv_.resize(std::max<size_t>(at, 1));
   send_.resize(std::max<size_t>(send_.size(), 1));
-  M2N_RETURN_IF_ERROR(Check(MPI_Ialltoallv(send_.data(), send_bytes_.data(), send_at_.data(), MPI_BYTE, recv_.data(),
-                                           recv_bytes_.data(), recv_at_.data(), MPI_BYTE, MPI_COMM_WORLD, &request),
-                            "MPI_Ialltoallv"));
+  M2N_RETURN_IF_ERROR(Check(
+      MPI_Ialltoallv(send_.data(), send_bytes_.data(), send_at_.data(), MPI_BYTE, recv_.data(),
+                     recv_bytes_.data(), recv_at_.data(), MPI_BYTE, MPI_COMM_WORLD, &request),
+      "MPI_Ialltoallv"));
   M2N_RETURN_IF_ERROR(Wait(&request, config_.timeout_ms, "the dispatch (MPI_Ialltoallv)"));
   if (routing == nullptr) Group();
   return OkStatus();
@@ -213,9 +220,10 @@ Status MpiExpertParallel::Combine(std::byte* out) {
     recv_.resize(std::max<size_t>(at, 1));
   }
   MPI_Request request;
-  M2N_RETURN_IF_ERROR(Check(MPI_Ialltoallv(send_.data(), send_bytes_.data(), send_at_.data(), MPI_BYTE, recv_.data(),
-                                           recv_bytes_.data(), recv_at_.data(), MPI_BYTE, MPI_COMM_WORLD, &request),
-                            "MPI_Ialltoallv"));
+  M2N_RETURN_IF_ERROR(Check(
+      MPI_Ialltoallv(send_.data(), send_bytes_.data(), send_at_.data(), MPI_BYTE, recv_.data(),
+                     recv_bytes_.data(), recv_at_.data(), MPI_BYTE, MPI_COMM_WORLD, &request),
+      "MPI_Ialltoallv"));
   M2N_RETURN_IF_ERROR(Wait(&request, config_.timeout_ms, "the combine (MPI_Ialltoallv)"));
   if (routing_ != nullptr) WeightedSum(out);
   return OkStatus();
@@ -229,11 +237,13 @@ void MpiExpertParallel::WeightedSum(std::byte* out) const {
     for (int j = 0; j < k; ++j) {
       const size_t at = size_t(t * k + j);
       const int d = OwnerRank(config_, shape_, routing_->ids[at]);
-      const std::byte* y = recv_.data() + size_t(recv_at_[size_t(d)]) + size_t(pair_index_[at]) * row_bytes_;
+      const std::byte* y =
+          recv_.data() + size_t(recv_at_[size_t(d)]) + size_t(pair_index_[at]) * row_bytes_;
       const float w = routing_->weights[at];
       for (int i = 0; i < hidden; ++i) sum[size_t(i)] += w * Load(y, i, config_.dtype);
     }
-    for (int i = 0; i < hidden; ++i) Store(sum[size_t(i)], i, config_.dtype, out + size_t(t) * row_bytes_);
+    for (int i = 0; i < hidden; ++i)
+      Store(sum[size_t(i)], i, config_.dtype, out + size_t(t) * row_bytes_);
   }
 }
 
@@ -249,18 +259,22 @@ void MpiAbort(int code) {
   std::abort();  // MPI_Abort does not return; this tells the compiler so
 }
 Status MpiBarrier() { return Check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); }
-Status MpiBroadcastInt(int* value) { return Check(MPI_Bcast(value, 1, MPI_INT, 0, MPI_COMM_WORLD), "MPI_Bcast"); }
+Status MpiBroadcastInt(int* value) {
+  return Check(MPI_Bcast(value, 1, MPI_INT, 0, MPI_COMM_WORLD), "MPI_Bcast");
+}
 
 Status MpiReduceOnRankZero(std::vector<double>& values, bool max) {
   std::vector<double> reduced(values.size());
-  M2N_RETURN_IF_ERROR(Check(MPI_Reduce(values.data(), reduced.data(), int(values.size()), MPI_DOUBLE,
-                                       max ? MPI_MAX : MPI_MIN, 0, MPI_COMM_WORLD), "MPI_Reduce"));
+  M2N_RETURN_IF_ERROR(Check(MPI_Reduce(values.data(), reduced.data(), int(values.size()),
+                                       MPI_DOUBLE, max ? MPI_MAX : MPI_MIN, 0, MPI_COMM_WORLD),
+                            "MPI_Reduce"));
   values = std::move(reduced);
   return OkStatus();
 }
 
 Status MpiSum(int64_t* value) {
-  return Check(MPI_Allreduce(MPI_IN_PLACE, value, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
+  return Check(MPI_Allreduce(MPI_IN_PLACE, value, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD),
+               "MPI_Allreduce");
 }
 
 std::string MpiVersion() {

@@ -42,7 +42,7 @@ class MpiExpertParallel {
   std::vector<int> send_rows_, recv_rows_, send_bytes_, recv_bytes_, send_at_, recv_at_;
   std::vector<std::byte> send_, recv_;
   std::vector<int32_t> pair_index_;  // attention: per (t, j), its row in its owner's combine answer
-  std::vector<int> pair_count_;      // attention: per world rank, pairs it answers
+  std::vector<int> pair_count_;  // attention: per world rank, pairs it answers
   // Expert rank: grouped rows, and for each the byte offset of its answer in send_ (combine).
   std::vector<std::byte> grouped_;
   std::vector<size_t> answer_at_;

@@ -2,9 +2,10 @@
 // attention rank, hidden, top-k, experts), dispatch and combine time per call of
 // m2n::ExpertParallel and of the MPI baseline (ep_mpi.h) in the same mpirun job, p50 / p99 over the
 // iterations. Each phase starts after an MPI_Barrier, so the phases are timed apart, and lasts from
-// the first rank's start to the last rank's end on the host's steady clock (one host only), and #diff counts the tokens whose combined output differs between m2n
-// and MPI. Started bare, it runs itself under `mpirun -np M+N --oversubscribe`. Uses only
-// include/m2n/ and perftest's own code. Usage: perftest/README.md.
+// the first rank's start to the last rank's end on the host's steady clock (one host only), and
+// #diff counts the tokens whose combined output differs between m2n and MPI. Started bare, it runs
+// itself under `mpirun -np M+N --oversubscribe`. Uses only include/m2n/ and perftest's own code.
+// Usage: perftest/README.md.
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
@@ -28,7 +29,9 @@ namespace m2n::perf::ep {
 namespace {
 
 double NowUs() {
-  return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  return std::chrono::duration<double, std::micro>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
 }
 
 int FreePort() {
@@ -79,8 +82,9 @@ struct MpiSide : Side {
 
 // Warmup + iterations of one side; per iteration this rank's phase times, and the output of the
 // first timed iteration into *first_out (attention ranks).
-Status RunSide(const EpPerfConfig& c, const Shape& s, bool attention, const std::vector<RankRouting>& routings,
-               Side& side, CallTimes* times, std::vector<std::byte>* first_out) {
+Status RunSide(const EpPerfConfig& c, const Shape& s, bool attention,
+               const std::vector<RankRouting>& routings, Side& side, CallTimes* times,
+               std::vector<std::byte>* first_out) {
   std::vector<std::byte> out(size_t(s.tokens) * size_t(s.hidden) * DataTypeBytes(c.dtype));
   for (int i = 0; i < c.warmup + c.iterations; ++i) {
     const RankRouting* routing = attention ? &routings[size_t(i) % routings.size()] : nullptr;
@@ -105,20 +109,28 @@ Status RunSide(const EpPerfConfig& c, const Shape& s, bool attention, const std:
 void PrintHeader(const EpPerfConfig& c, const Group& g) {
   char host[256] = "?";
   gethostname(host, sizeof host - 1);
-  std::printf("# m2n_ep_perf: expert-parallel dispatch / combine per call, m2n::ExpertParallel vs MPI\n");
-  std::printf("#   M = %d attention ranks, N = %d expert ranks, %s, identity experts, contiguous placement\n", c.m,
-              c.n, std::string(DataTypeName(c.dtype)).c_str());
+  std::printf(
+      "# m2n_ep_perf: expert-parallel dispatch / combine per call, m2n::ExpertParallel vs MPI\n");
+  std::printf(
+      "#   M = %d attention ranks, N = %d expert ranks, %s, identity experts, contiguous "
+      "placement\n",
+      c.m, c.n, std::string(DataTypeName(c.dtype)).c_str());
   std::printf("#   m2n: transport %s, slot_bytes %zu, slot_depth %d, spin_us %d\n",
-              std::string(g.transport_name()).c_str(), g.options().slot_bytes, g.options().slot_depth,
-              g.options().spin_us);
+              std::string(g.transport_name()).c_str(), g.options().slot_bytes,
+              g.options().slot_depth, g.options().spin_us);
   const char* pml = std::getenv("OMPI_MCA_pml");
-  std::printf("#   MPI: %s, pml %s, MPI_Ialltoall (counts) + MPI_Ialltoallv (rows), polled with sched_yield\n",
-              MpiVersion().c_str(), pml != nullptr ? pml : "Open MPI's choice (vader shared memory on one host)");
-  std::printf("#   host %s, %ld online cores, %d ranks; -n %d, -w %d; time = last rank done - first rank start, us\n", host,
-              sysconf(_SC_NPROCESSORS_ONLN), c.m + c.n, c.iterations, c.warmup);
-  std::printf("#%6s %6s %5s %7s | %9s %9s %9s %9s | %9s %9s %9s %9s | %8s %6s\n", "tokens", "hidden", "top_k",
-              "experts", "m2n d p50", "d p99", "c p50", "c p99", "MPI d p50", "d p99", "c p50", "c p99",
-              "m2n/MPI", "#diff");
+  std::printf(
+      "#   MPI: %s, pml %s, MPI_Ialltoall (counts) + MPI_Ialltoallv (rows), polled with "
+      "sched_yield\n",
+      MpiVersion().c_str(),
+      pml != nullptr ? pml : "Open MPI's choice (vader shared memory on one host)");
+  std::printf(
+      "#   host %s, %ld online cores, %d ranks; -n %d, -w %d; time = last rank done - first rank "
+      "start, us\n",
+      host, sysconf(_SC_NPROCESSORS_ONLN), c.m + c.n, c.iterations, c.warmup);
+  std::printf("#%6s %6s %5s %7s | %9s %9s %9s %9s | %9s %9s %9s %9s | %8s %6s\n", "tokens",
+              "hidden", "top_k", "experts", "m2n d p50", "d p99", "c p50", "c p99", "MPI d p50",
+              "d p99", "c p50", "c p99", "m2n/MPI", "#diff");
 }
 
 std::vector<double> Spans(const std::vector<double>& start, const std::vector<double>& end) {
@@ -130,9 +142,14 @@ std::vector<double> Spans(const std::vector<double>& start, const std::vector<do
 // One row: both sides, the slowest rank's samples onto rank 0, printed there. Returns #diff.
 StatusOr<int64_t> RunRow(const EpPerfConfig& c, const Shape& s, Group& g) {
   const bool attention = g.role() == Role::kSender;
-  const std::vector<RankRouting> routings = attention ? MakeRoutings(c, s, g.rank(), 4) : std::vector<RankRouting>{};
-  ExpertParallelOptions o{.num_experts = s.experts, .top_k = s.top_k, .hidden = s.hidden, .dtype = c.dtype,
-                          .max_tokens = s.tokens, .placement = {}};
+  const std::vector<RankRouting> routings =
+      attention ? MakeRoutings(c, s, g.rank(), 4) : std::vector<RankRouting>{};
+  ExpertParallelOptions o{.num_experts = s.experts,
+                          .top_k = s.top_k,
+                          .hidden = s.hidden,
+                          .dtype = c.dtype,
+                          .max_tokens = s.tokens,
+                          .placement = {}};
   M2N_ASSIGN_OR_RETURN(std::unique_ptr<ExpertParallel> ep, ExpertParallel::Create(g, o));
   M2nSide m2n(*ep, attention, c.timeout_ms);
   MpiSide mpi(c, s, g.rank());
@@ -143,7 +160,8 @@ StatusOr<int64_t> RunRow(const EpPerfConfig& c, const Shape& s, Group& g) {
   const size_t row_bytes = size_t(s.hidden) * DataTypeBytes(c.dtype);
   int64_t diff = 0;
   for (size_t t = 0; t < m2n_out.size() / row_bytes && attention; ++t) {
-    diff += std::memcmp(m2n_out.data() + t * row_bytes, mpi_out.data() + t * row_bytes, row_bytes) != 0;
+    diff +=
+        std::memcmp(m2n_out.data() + t * row_bytes, mpi_out.data() + t * row_bytes, row_bytes) != 0;
   }
   M2N_RETURN_IF_ERROR(MpiSum(&diff));
   for (CallTimes* t : {&m2n_times, &mpi_times}) {
@@ -157,9 +175,11 @@ StatusOr<int64_t> RunRow(const EpPerfConfig& c, const Shape& s, Group& g) {
     const LatencySummary mc = Summarize(Spans(m2n_times.combine_start, m2n_times.combine_end));
     const LatencySummary pd = Summarize(Spans(mpi_times.dispatch_start, mpi_times.dispatch_end));
     const LatencySummary pc = Summarize(Spans(mpi_times.combine_start, mpi_times.combine_end));
-    std::printf(" %6d %6d %5d %7d | %9.1f %9.1f %9.1f %9.1f | %9.1f %9.1f %9.1f %9.1f | %8.2f %6lld\n", s.tokens,
-                s.hidden, s.top_k, s.experts, md.p50_us, md.p99_us, mc.p50_us, mc.p99_us, pd.p50_us, pd.p99_us,
-                pc.p50_us, pc.p99_us, (md.p50_us + mc.p50_us) / (pd.p50_us + pc.p50_us), (long long)diff);
+    std::printf(
+        " %6d %6d %5d %7d | %9.1f %9.1f %9.1f %9.1f | %9.1f %9.1f %9.1f %9.1f | %8.2f %6lld\n",
+        s.tokens, s.hidden, s.top_k, s.experts, md.p50_us, md.p99_us, mc.p50_us, mc.p99_us,
+        pd.p50_us, pd.p99_us, pc.p50_us, pc.p99_us,
+        (md.p50_us + mc.p50_us) / (pd.p50_us + pc.p50_us), (long long)diff);
     std::fflush(stdout);
   }
   return diff;
@@ -178,8 +198,12 @@ StatusOr<std::unique_ptr<Group>> CreateGroup(const EpPerfConfig& c, int rank) {
   o.slot_depth = 2;
   o.slot_bytes = 0;
   for (const Shape& s : Shapes(c)) {
-    ExpertParallelOptions e{.num_experts = s.experts, .top_k = s.top_k, .hidden = s.hidden, .dtype = c.dtype,
-                            .max_tokens = s.tokens, .placement = {}};
+    ExpertParallelOptions e{.num_experts = s.experts,
+                            .top_k = s.top_k,
+                            .hidden = s.hidden,
+                            .dtype = c.dtype,
+                            .max_tokens = s.tokens,
+                            .placement = {}};
     M2N_ASSIGN_OR_RETURN(size_t need, ExpertParallel::SlotBytesNeeded(e, c.m, c.n));
     o.slot_bytes = std::max(o.slot_bytes, need);
   }
@@ -190,7 +214,8 @@ StatusOr<std::unique_ptr<Group>> CreateGroup(const EpPerfConfig& c, int rank) {
 // Started bare: the same command line under mpirun (as root too: a container's user).
 int ExecUnderMpirun(const EpPerfConfig& c, int argc, char** argv) {
   char self[4096] = {};
-  if (readlink("/proc/self/exe", self, sizeof self - 1) <= 0) std::snprintf(self, sizeof self, "%s", argv[0]);
+  if (readlink("/proc/self/exe", self, sizeof self - 1) <= 0)
+    std::snprintf(self, sizeof self, "%s", argv[0]);
   const std::string np = std::to_string(c.m + c.n);
   std::vector<const char*> args = {"mpirun", "-np", np.c_str(), "--oversubscribe"};
   if (geteuid() == 0) args.push_back("--allow-run-as-root");
@@ -199,7 +224,8 @@ int ExecUnderMpirun(const EpPerfConfig& c, int argc, char** argv) {
   args.push_back(nullptr);
   std::fflush(nullptr);
   execvp("mpirun", const_cast<char* const*>(args.data()));
-  std::fprintf(stderr, "m2n_ep_perf: cannot start mpirun (apt-get install openmpi-bin): %s\n", std::strerror(errno));
+  std::fprintf(stderr, "m2n_ep_perf: cannot start mpirun (apt-get install openmpi-bin): %s\n",
+               std::strerror(errno));
   return 3;
 }
 
@@ -214,8 +240,8 @@ int Run(int argc, char** argv) {
   int rank = 0, world = 0;
   Status s = MpiStart(&argc, &argv, &rank, &world);
   if (s.ok() && world != c.m + c.n) {
-    s = InvalidArgumentError("the MPI job has " + std::to_string(world) + " ranks; -M + -N = " +
-                             std::to_string(c.m + c.n));
+    s = InvalidArgumentError("the MPI job has " + std::to_string(world) +
+                             " ranks; -M + -N = " + std::to_string(c.m + c.n));
   }
   std::unique_ptr<Group> group;
   if (s.ok()) {

@@ -16,8 +16,9 @@ namespace m2n::perf::ep {
 
 struct EpPerfConfig {
   int m = 2, n = 2;  // attention ranks [0, m), expert ranks [m, m + n)
-  std::vector<int> tokens = {8, 16, 32, 64};  // per attention rank per call (the 64..512 / 8)
-  std::vector<int> hidden = {512, 896};       // the 4096 and 7168 / 8
+  std::vector<int> tokens = {8, 16, 32,
+                             64};  // per attention rank per call (the 64..512 / 8)
+  std::vector<int> hidden = {512, 896};  // the 4096 and 7168 / 8
   std::vector<int> top_k = {2, 8};
   std::vector<int> experts = {8, 64};
   DataType dtype = DataType::kBFloat16;
@@ -41,7 +42,8 @@ struct RankRouting {
   std::vector<int32_t> ids;  // [tokens, top_k], distinct experts per token, uniform
   std::vector<float> weights;
 };
-std::vector<RankRouting> MakeRoutings(const EpPerfConfig& config, const Shape& shape, int rank, int count);
+std::vector<RankRouting> MakeRoutings(const EpPerfConfig& config, const Shape& shape, int rank,
+                                      int count);
 
 // Expert e's rank: contiguous blocks, as ExpertParallelOptions with an empty placement.
 inline int OwnerRank(const EpPerfConfig& c, const Shape& s, int expert) {

@@ -15,7 +15,8 @@ StatusOr<int> ParseInt(const std::string& flag, const std::string& text, int min
   char* end = nullptr;
   const long v = std::strtol(text.c_str(), &end, 10);
   if (text.empty() || *end != '\0' || v < min || v > (1 << 30)) {
-    return InvalidArgumentError(flag + " " + text + ": expected an integer >= " + std::to_string(min));
+    return InvalidArgumentError(flag + " " + text +
+                                ": expected an integer >= " + std::to_string(min));
   }
   return int(v);
 }
@@ -38,21 +39,34 @@ StatusOr<EpPerfConfig> ParseEpPerfArgs(int argc, char** argv) {
   EpPerfConfig c;
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
-    if (i + 1 >= argc) return InvalidArgumentError(flag + ": unknown flag or missing value (see perftest/README.md)");
+    if (i + 1 >= argc)
+      return InvalidArgumentError(flag +
+                                  ": unknown flag or missing value (see perftest/README.md)");
     const std::string value = argv[++i];
-    if (flag == "-M") { M2N_ASSIGN_OR_RETURN(c.m, ParseInt(flag, value, 1)); }
-    else if (flag == "-N") { M2N_ASSIGN_OR_RETURN(c.n, ParseInt(flag, value, 1)); }
-    else if (flag == "--tokens") { M2N_ASSIGN_OR_RETURN(c.tokens, ParseList(flag, value, 0)); }
-    else if (flag == "--hidden") { M2N_ASSIGN_OR_RETURN(c.hidden, ParseList(flag, value, 1)); }
-    else if (flag == "--top_k") { M2N_ASSIGN_OR_RETURN(c.top_k, ParseList(flag, value, 1)); }
-    else if (flag == "--experts") { M2N_ASSIGN_OR_RETURN(c.experts, ParseList(flag, value, 1)); }
-    else if (flag == "-n") { M2N_ASSIGN_OR_RETURN(c.iterations, ParseInt(flag, value, 1)); }
-    else if (flag == "-w") { M2N_ASSIGN_OR_RETURN(c.warmup, ParseInt(flag, value, 0)); }
-    else if (flag == "--timeout_ms") { M2N_ASSIGN_OR_RETURN(int ms, ParseInt(flag, value, 1)); c.timeout_ms = ms; }
-    else if (flag == "--dtype" && (value == "bf16" || value == "fp32")) {
+    if (flag == "-M") {
+      M2N_ASSIGN_OR_RETURN(c.m, ParseInt(flag, value, 1));
+    } else if (flag == "-N") {
+      M2N_ASSIGN_OR_RETURN(c.n, ParseInt(flag, value, 1));
+    } else if (flag == "--tokens") {
+      M2N_ASSIGN_OR_RETURN(c.tokens, ParseList(flag, value, 0));
+    } else if (flag == "--hidden") {
+      M2N_ASSIGN_OR_RETURN(c.hidden, ParseList(flag, value, 1));
+    } else if (flag == "--top_k") {
+      M2N_ASSIGN_OR_RETURN(c.top_k, ParseList(flag, value, 1));
+    } else if (flag == "--experts") {
+      M2N_ASSIGN_OR_RETURN(c.experts, ParseList(flag, value, 1));
+    } else if (flag == "-n") {
+      M2N_ASSIGN_OR_RETURN(c.iterations, ParseInt(flag, value, 1));
+    } else if (flag == "-w") {
+      M2N_ASSIGN_OR_RETURN(c.warmup, ParseInt(flag, value, 0));
+    } else if (flag == "--timeout_ms") {
+      M2N_ASSIGN_OR_RETURN(int ms, ParseInt(flag, value, 1));
+      c.timeout_ms = ms;
+    } else if (flag == "--dtype" && (value == "bf16" || value == "fp32")) {
       c.dtype = value == "bf16" ? DataType::kBFloat16 : DataType::kFloat32;
     } else {
-      return InvalidArgumentError(flag + " " + value + ": unknown flag or bad value (see perftest/README.md)");
+      return InvalidArgumentError(flag + " " + value +
+                                  ": unknown flag or bad value (see perftest/README.md)");
     }
   }
   return c;
@@ -76,7 +90,8 @@ std::vector<RankRouting> MakeRoutings(const EpPerfConfig& c, const Shape& s, int
   const size_t row_bytes = size_t(s.hidden) * DataTypeBytes(c.dtype);
   std::vector<int> experts(size_t(s.experts));
   for (int i = 0; i < count; ++i) {
-    std::mt19937 rng(uint32_t(rank * 7919 + i * 104729 + s.tokens * 31 + s.hidden * 17 + s.top_k * 13 + s.experts));
+    std::mt19937 rng(uint32_t(rank * 7919 + i * 104729 + s.tokens * 31 + s.hidden * 17 +
+                              s.top_k * 13 + s.experts));
     RankRouting& r = routings[size_t(i)];
     r.tokens = s.tokens;
     r.x.resize(size_t(s.tokens) * row_bytes);
@@ -86,8 +101,10 @@ std::vector<RankRouting> MakeRoutings(const EpPerfConfig& c, const Shape& s, int
       uint32_t bits;
       std::memcpy(&bits, &v, 4);
       const uint16_t top = uint16_t(bits >> 16);
-      if (c.dtype == DataType::kFloat32) std::memcpy(r.x.data() + e * 4, &v, 4);
-      else std::memcpy(r.x.data() + e * 2, &top, 2);
+      if (c.dtype == DataType::kFloat32)
+        std::memcpy(r.x.data() + e * 4, &v, 4);
+      else
+        std::memcpy(r.x.data() + e * 2, &top, 2);
     }
     for (int t = 0; t < s.tokens; ++t) {
       std::iota(experts.begin(), experts.end(), 0);

@@ -1,6 +1,6 @@
 // One implementation of the M-to-N exchange under measurement: m2n itself, or the MPI baseline.
-// The driver (bench.h) owns the buffers, the data pattern, the clock and the check; an Exchange only
-// moves messages, so both implementations are timed by the same code.
+// The driver (bench.h) owns the buffers, the data pattern, the clock and the check; an Exchange
+// only moves messages, so both implementations are timed by the same code.
 //
 // Peers are the ranks on the other side, ascending (Group::peers()). Every blocking call is bounded
 // by the timeout the Exchange was made with, per call.

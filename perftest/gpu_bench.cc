@@ -21,7 +21,8 @@ constexpr uint32_t kPhaseStream = 3;
 
 Status Cuda(cudaError_t e, const char* what) {
   if (e == cudaSuccess) return OkStatus();
-  return InternalError(std::string("CUDA: ") + what + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
+  return InternalError(std::string("CUDA: ") + what + ": " + cudaGetErrorName(e) + " (" +
+                       cudaGetErrorString(e) + ")");
 }
 
 cudaStream_t AsStream(void* s) { return static_cast<cudaStream_t>(s); }
@@ -29,7 +30,9 @@ cudaStream_t AsStream(void* s) { return static_cast<cudaStream_t>(s); }
 class M2nGpuExchange final : public GpuExchange {
  public:
   explicit M2nGpuExchange(Group& group)
-      : group_(group), peers_(group.peers().begin(), group.peers().end()), requests_(peers_.size()),
+      : group_(group),
+        peers_(group.peers().begin(), group.peers().end()),
+        requests_(peers_.size()),
         received_(peers_.size()) {
     for (size_t i = 0; i < peers_.size(); ++i) requests_[i].peer = peers_[i];
   }
@@ -64,7 +67,9 @@ class M2nGpuExchange final : public GpuExchange {
 class M2nHostGpuExchange final : public GpuExchange {
  public:
   explicit M2nHostGpuExchange(Group& group)
-      : group_(group), peers_(group.peers().begin(), group.peers().end()), requests_(peers_.size()),
+      : group_(group),
+        peers_(group.peers().begin(), group.peers().end()),
+        requests_(peers_.size()),
         received_(peers_.size()) {
     for (size_t i = 0; i < peers_.size(); ++i) requests_[i].peer = peers_[i];
   }
@@ -82,7 +87,8 @@ class M2nHostGpuExchange final : public GpuExchange {
     return OkStatus();
   }
   Status Release(void* stream) override {
-    M2N_RETURN_IF_ERROR(Cuda(cudaStreamSynchronize(AsStream(stream)), "cudaStreamSynchronize (before Release)"));
+    M2N_RETURN_IF_ERROR(
+        Cuda(cudaStreamSynchronize(AsStream(stream)), "cudaStreamSynchronize (before Release)"));
     return group_.Release(received_);
   }
   bool ReceiveCompletesOnHost() const override { return true; }
@@ -111,7 +117,8 @@ void TraceSlowest(HostSegment& segment, int senders, int world, int warmup, int 
   }
   std::partial_sort(all.begin(), all.begin() + std::min<size_t>(3, all.size()), all.end(),
                     [](const auto& a, const auto& b) { return a.first > b.first; });
-  std::fprintf(stderr, "m2n_perf: slowest %.*s %zu B:", static_cast<int>(impl.size()), impl.data(), bytes);
+  std::fprintf(stderr, "m2n_perf: slowest %.*s %zu B:", static_cast<int>(impl.size()), impl.data(),
+               bytes);
   for (size_t i = 0; i < std::min<size_t>(3, all.size()); ++i) {
     std::fprintf(stderr, " #%d %.1f us", all[i].second, all[i].first);
   }
@@ -131,13 +138,15 @@ StatusOr<int> UseDeviceOfRank(int rank) {
 
 std::unique_ptr<GpuExchange> MakeM2nGpuExchange(Group& group) {
   const char* path = std::getenv("M2N_PERF_GPU_PATH");
-  if (path != nullptr && std::string_view(path) == "host") return std::make_unique<M2nHostGpuExchange>(group);
+  if (path != nullptr && std::string_view(path) == "host")
+    return std::make_unique<M2nHostGpuExchange>(group);
   return std::make_unique<M2nGpuExchange>(group);
 }
 
 StatusOr<std::unique_ptr<GpuBench>> GpuBench::Create(BenchSetup setup) {
   if (setup.segment == nullptr) {
-    return InvalidArgumentError("--use_cuda needs every rank on one host (one-way latency, CUDA IPC)");
+    return InvalidArgumentError(
+        "--use_cuda needs every rank on one host (one-way latency, CUDA IPC)");
   }
   std::unique_ptr<GpuBench> b(new GpuBench(std::move(setup)));
   b->variants_ = StreamVariants(b->setup_.config.slot_depth);
@@ -149,7 +158,8 @@ StatusOr<std::unique_ptr<GpuBench>> GpuBench::Create(BenchSetup setup) {
   M2N_RETURN_IF_ERROR(Cuda(cudaMalloc(&p, sizeof(unsigned long long)), "cudaMalloc (counter)"));
   b->wrong_device_ = static_cast<unsigned long long*>(p);
   cudaStream_t stream = nullptr;
-  M2N_RETURN_IF_ERROR(Cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate"));
+  M2N_RETURN_IF_ERROR(
+      Cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate"));
   b->stream_ = stream;
   b->sources_.resize(peers);
   b->views_.resize(peers);
@@ -194,8 +204,8 @@ StatusOr<SizeResult> GpuBench::RunSize(GpuExchange& exchange, size_t bytes, uint
     result = timed;
   }
   if (!status.ok()) {
-    return status.WithContext(std::string(exchange.name()) + ", " + std::to_string(bytes) + " B, rank " +
-                              std::to_string(setup_.rank));
+    return status.WithContext(std::string(exchange.name()) + ", " + std::to_string(bytes) +
+                              " B, rank " + std::to_string(setup_.rank));
   }
   result.seconds = static_cast<double>(NowNs() - start) / 1e9;
   return result;
@@ -211,7 +221,8 @@ Status GpuBench::Run(GpuExchange& exchange, size_t bytes, uint32_t size_index, S
   cudaStream_t stream = AsStream(stream_);
   auto barrier = [&] { return segment.Barrier(Deadline::AfterMs(config.timeout_ms)); };
   auto sync = [&] { return Cuda(cudaStreamSynchronize(stream), "cudaStreamSynchronize"); };
-  M2N_RETURN_IF_ERROR(Cuda(cudaMemsetAsync(wrong_device_, 0, sizeof(unsigned long long), stream), "cudaMemsetAsync"));
+  M2N_RETURN_IF_ERROR(Cuda(cudaMemsetAsync(wrong_device_, 0, sizeof(unsigned long long), stream),
+                           "cudaMemsetAsync"));
   M2N_RETURN_IF_ERROR(sync());
 
   // Latency.
@@ -221,8 +232,10 @@ Status GpuBench::Run(GpuExchange& exchange, size_t bytes, uint32_t size_index, S
       for (size_t i = 0; i < setup_.peers.size(); ++i) {
         sources_[i] = Buffer(i, 0);
         if (config.check) {
-          M2N_RETURN_IF_ERROR(Cuda(FillPatternAsync(Buffer(i, 0), bytes, PatternSeed(rank, setup_.peers[i], tag), stream),
-                                   "fill kernel"));
+          M2N_RETURN_IF_ERROR(
+              Cuda(FillPatternAsync(Buffer(i, 0), bytes, PatternSeed(rank, setup_.peers[i], tag),
+                                    stream),
+                   "fill kernel"));
         }
       }
       M2N_RETURN_IF_ERROR(sync());
@@ -241,9 +254,10 @@ Status GpuBench::Run(GpuExchange& exchange, size_t bytes, uint32_t size_index, S
       segment.stamp(it, rank) = NowNs();
       if (config.check) {
         for (size_t i = 0; i < views_.size(); ++i) {
-          M2N_RETURN_IF_ERROR(Cuda(CountWrongAsync(views_[i], bytes, PatternSeed(setup_.peers[i], rank, tag),
-                                                   wrong_device_, stream),
-                                   "check kernel"));
+          M2N_RETURN_IF_ERROR(
+              Cuda(CountWrongAsync(views_[i], bytes, PatternSeed(setup_.peers[i], rank, tag),
+                                   wrong_device_, stream),
+                   "check kernel"));
         }
       }
       M2N_RETURN_IF_ERROR(exchange.Release(stream));
@@ -256,8 +270,9 @@ Status GpuBench::Run(GpuExchange& exchange, size_t bytes, uint32_t size_index, S
     for (size_t i = 0; i < setup_.peers.size() && config.check; ++i) {
       for (int v = 0; v < variants_; ++v) {
         const uint64_t tag = PatternTag(size_index, kPhaseStream, static_cast<uint32_t>(v));
-        M2N_RETURN_IF_ERROR(Cuda(FillPatternAsync(Buffer(i, v), bytes, PatternSeed(rank, setup_.peers[i], tag), stream),
-                                 "fill kernel"));
+        M2N_RETURN_IF_ERROR(Cuda(
+            FillPatternAsync(Buffer(i, v), bytes, PatternSeed(rank, setup_.peers[i], tag), stream),
+            "fill kernel"));
       }
     }
     M2N_RETURN_IF_ERROR(sync());
@@ -274,11 +289,13 @@ Status GpuBench::Run(GpuExchange& exchange, size_t bytes, uint32_t size_index, S
     for (int msg = 0; msg < config.iters; ++msg) {
       M2N_RETURN_IF_ERROR(exchange.Receive(bytes, views_, stream));
       if (config.check) {
-        const uint64_t tag = PatternTag(size_index, kPhaseStream, static_cast<uint32_t>(msg % variants_));
+        const uint64_t tag =
+            PatternTag(size_index, kPhaseStream, static_cast<uint32_t>(msg % variants_));
         for (size_t i = 0; i < views_.size(); ++i) {
-          M2N_RETURN_IF_ERROR(Cuda(CountWrongAsync(views_[i], bytes, PatternSeed(setup_.peers[i], rank, tag),
-                                                   wrong_device_, stream),
-                                   "check kernel"));
+          M2N_RETURN_IF_ERROR(
+              Cuda(CountWrongAsync(views_[i], bytes, PatternSeed(setup_.peers[i], rank, tag),
+                                   wrong_device_, stream),
+                   "check kernel"));
         }
       }
       M2N_RETURN_IF_ERROR(exchange.Release(stream));
@@ -287,15 +304,18 @@ Status GpuBench::Run(GpuExchange& exchange, size_t bytes, uint32_t size_index, S
     segment.stream_done(rank) = NowNs();
   }
   unsigned long long wrong = 0;
-  M2N_RETURN_IF_ERROR(Cuda(cudaMemcpy(&wrong, wrong_device_, sizeof wrong, cudaMemcpyDeviceToHost), "cudaMemcpy"));
+  M2N_RETURN_IF_ERROR(
+      Cuda(cudaMemcpy(&wrong, wrong_device_, sizeof wrong, cudaMemcpyDeviceToHost), "cudaMemcpy"));
   result.local_wrong = wrong;
   segment.wrong(rank) = wrong;
   M2N_RETURN_IF_ERROR(barrier());
 
   for (int r = 0; r < world; ++r) result.wrong += segment.wrong(r);
   if (rank == 0) {
-    SummarizeOneWay(segment, senders, setup_.num_receivers, config.warmup_iters, config.iters, bytes, result);
-    TraceSlowest(segment, senders, world, config.warmup_iters, config.iters, bytes, exchange.name());
+    SummarizeOneWay(segment, senders, setup_.num_receivers, config.warmup_iters, config.iters,
+                    bytes, result);
+    TraceSlowest(segment, senders, world, config.warmup_iters, config.iters, bytes,
+                 exchange.name());
   }
   // Rank 0 reads the segment before anyone writes the next size's stamps.
   return barrier();

@@ -8,11 +8,11 @@
 // barrier and checked by a consumer kernel after the stamp, both untimed in the latency phase.
 // Bandwidth: senders enqueue `iters` sends to every peer back to back; receivers enqueue, per
 // message, the receive, the check kernel and the release; GB/s = M*N*bytes*iters / (last receiver
-// done - first sender start). m2n and the NCCL baseline (nccl_baseline.h) run through this same code.
-// The first size of each implementation runs one extra, untimed pass first (one-time costs).
-// M2N_PERF_GPU_PATH=host: m2n's host-driven Send / Receive instead of the stream-ordered calls (with
-// M2N_CUDA_IPC_PROXY=1, the cuda_ipc copy proxy moves the payload). M2N_PERF_TRACE_MAX=1: the three
-// slowest iterations of each size go to stderr.
+// done - first sender start). m2n and the NCCL baseline (nccl_baseline.h) run through this same
+// code. The first size of each implementation runs one extra, untimed pass first (one-time costs).
+// M2N_PERF_GPU_PATH=host: m2n's host-driven Send / Receive instead of the stream-ordered calls
+// (with M2N_CUDA_IPC_PROXY=1, the cuda_ipc copy proxy moves the payload). M2N_PERF_TRACE_MAX=1: the
+// three slowest iterations of each size go to stderr.
 #pragma once
 
 #include <cstddef>

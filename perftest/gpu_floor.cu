@@ -5,13 +5,16 @@
 // receiving host knowing that the payload is in GPU 1's memory.
 //   launch+sync        one GPU: host launches an empty kernel and synchronizes its stream
 //   launch call        the cudaLaunchKernel call alone
-//   flag               A's host launches a kernel that stores a flag into GPU 1 (release store); B's
+//   flag               A's host launches a kernel that stores a flag into GPU 1 (release store);
+//   B's
 //                      kernel, launched after the barrier, spins on it; B's host synchronizes its
 //                      stream: the floor of SendOnStream + ReceiveOnStream for an empty message
 //   flag+4KB           the same with 4 KB copied before the flag (512 threads, 16-byte stores)
-//   put->host          A's launched kernel copies 4 KB and then stores the flag into host memory that
+//   put->host          A's launched kernel copies 4 KB and then stores the flag into host memory
+//   that
 //                      B's host polls (no receiving kernel, no stream synchronize)
-//   put->wait->host    A's launched kernel as in flag+4KB; B's waiting kernel, once it sees the flag,
+//   put->wait->host    A's launched kernel as in flag+4KB; B's waiting kernel, once it sees the
+//   flag,
 //                      stores a word in host memory that B's host polls instead of synchronizing
 //   proxy->host        a persistent kernel on GPU 0 polls a doorbell in host memory; A's host rings
 //                      it (one store); the kernel copies 4 KB and stores the flag into host memory
@@ -20,7 +23,8 @@
 //   ... x2             two blocks: block 0 polls and hands the message to block 1 through device
 //                      memory; each copies half, the last to finish raises the flag (the hand-over
 //                      and the count that m2n's proxy makes)
-//   proxy->wait        the same proxy, but the flag goes to GPU 1 where B's waiting kernel spins and
+//   proxy->wait        the same proxy, but the flag goes to GPU 1 where B's waiting kernel spins
+//   and
 //                      B's host synchronizes (stream-ordered receive, launch-free send)
 //   memop->proxy       A's host enqueues cuStreamWriteValue32 of the doorbell on a stream (a
 //                      stream-ordered trigger: it runs after the producer's kernels) instead of
@@ -42,17 +46,18 @@
 
 namespace {
 
-#define CHECK(call)                                                                               \
-  do {                                                                                            \
-    cudaError_t e_ = (call);                                                                      \
-    if (e_ != cudaSuccess) {                                                                      \
+#define CHECK(call)                                                                              \
+  do {                                                                                           \
+    cudaError_t e_ = (call);                                                                     \
+    if (e_ != cudaSuccess) {                                                                     \
       std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                               \
-    }                                                                                             \
+      std::exit(1);                                                                              \
+    }                                                                                            \
   } while (0)
 
 int64_t Now() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
       .count();
 }
 
@@ -81,8 +86,9 @@ __device__ __forceinline__ void CopyShare(const uint4* src, uint4* dst, int vect
 }
 
 // Copies, then raises `flag` once every block is done (the last block to count itself).
-__device__ __forceinline__ void CopyThenFlag(const uint4* src, uint4* dst, int vectors, unsigned long long* count,
-                                             unsigned long long* flag, unsigned long long value) {
+__device__ __forceinline__ void CopyThenFlag(const uint4* src, uint4* dst, int vectors,
+                                             unsigned long long* count, unsigned long long* flag,
+                                             unsigned long long value) {
   CopyShare(src, dst, vectors);
   __syncthreads();
   if (threadIdx.x == 0) {
@@ -94,13 +100,14 @@ __device__ __forceinline__ void CopyThenFlag(const uint4* src, uint4* dst, int v
   }
 }
 
-__global__ void Put(const uint4* src, uint4* dst, int vectors, unsigned long long* count, unsigned long long* flag,
-                    unsigned long long value) {
+__global__ void Put(const uint4* src, uint4* dst, int vectors, unsigned long long* count,
+                    unsigned long long* flag, unsigned long long value) {
   CopyThenFlag(src, dst, vectors, count, flag, value);
 }
 
 // Spins until *flag >= value (bounded: 2 s), then stores `value` into *host (if not null).
-__global__ void WaitFlag(const unsigned long long* flag, unsigned long long value, unsigned long long* host) {
+__global__ void WaitFlag(const unsigned long long* flag, unsigned long long value,
+                         unsigned long long* host) {
   const unsigned long long start = GlobalTimerNs();
   while (LoadAcquire(flag) < value) {
     if (GlobalTimerNs() - start > 2'000'000'000ull) break;
@@ -109,13 +116,14 @@ __global__ void WaitFlag(const unsigned long long* flag, unsigned long long valu
 }
 
 // A persistent sender: block 0 polls the doorbell (host memory); doorbell value k means "send
-// message k": every block copies its share, then the last raises *flag = base + k. Block 0 hands the
-// value to the other blocks through `relay` (device memory), so one warp reads over PCIe, as in
+// message k": every block copies its share, then the last raises *flag = base + k. Block 0 hands
+// the value to the other blocks through `relay` (device memory), so one warp reads over PCIe, as in
 // m2n's copy proxy. `wide`: that warp reads 22 8-byte words per round (two descriptors' worth, as
 // m2n's proxy polls) instead of one. Stops at kStop or after 5 s without a message.
 constexpr unsigned kStop = 0xffffffffu;
-__global__ void Proxy(const unsigned* doorbell, const uint4* src, uint4* dst, int vectors, unsigned long long* count,
-                      unsigned long long* flag, unsigned long long base, unsigned* relay, int wide) {
+__global__ void Proxy(const unsigned* doorbell, const uint4* src, uint4* dst, int vectors,
+                      unsigned long long* count, unsigned long long* flag, unsigned long long base,
+                      unsigned* relay, int wide) {
   __shared__ unsigned seen;
   unsigned done = 0;
   for (;;) {
@@ -128,7 +136,8 @@ __global__ void Proxy(const unsigned* doorbell, const uint4* src, uint4* dst, in
         for (;;) {
           unsigned long long w = 0;
           if (lane == 0 || (wide && lane < 22)) w = LoadAcquire(words + lane);
-          v = static_cast<unsigned>(__shfl_sync(0xffffffffu, w, 0));  // the doorbell: low half of word 0
+          v = static_cast<unsigned>(
+              __shfl_sync(0xffffffffu, w, 0));  // the doorbell: low half of word 0
           if (v != done) break;
           const int idle = lane == 0 && GlobalTimerNs() - start > 5'000'000'000ull;
           if (__any_sync(0xffffffffu, idle)) {
@@ -162,7 +171,9 @@ struct Stats {
 };
 Stats Summarize(std::vector<double> us) {
   std::sort(us.begin(), us.end());
-  auto at = [&](double p) { return us[std::min(us.size() - 1, static_cast<size_t>(p * us.size()))]; };
+  auto at = [&](double p) {
+    return us[std::min(us.size() - 1, static_cast<size_t>(p * us.size()))];
+  };
   return {at(0.5), at(0.99), us.back()};
 }
 void Report(const char* what, std::vector<double> us) {
@@ -187,9 +198,7 @@ struct Barrier {
   }
 };
 
-uint64_t LoadHost(const unsigned long long* p) {
-  return __atomic_load_n(p, __ATOMIC_ACQUIRE);
-}
+uint64_t LoadHost(const unsigned long long* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 
 // Spins until the host word reaches `value`; false after 2 s.
 bool SpinHost(const unsigned long long* word, unsigned long long value) {
@@ -259,14 +268,15 @@ int main(int argc, char** argv) {
   void* host_words = nullptr;
   CHECK(cudaHostAlloc(&host_words, 4096, cudaHostAllocPortable | cudaHostAllocMapped));
   std::memset(host_words, 0, 4096);
-  auto* host_flag = static_cast<unsigned long long*>(host_words);            // written by a GPU
-  auto* doorbell = reinterpret_cast<unsigned*>(static_cast<char*>(host_words) + 256);  // read by GPU 0
+  auto* host_flag = static_cast<unsigned long long*>(host_words);  // written by a GPU
+  auto* doorbell =
+      reinterpret_cast<unsigned*>(static_cast<char*>(host_words) + 256);  // read by GPU 0
   StreamWriteValue32 write_value = nullptr;
   {
     cudaDriverEntryPointQueryResult found{};
     void* fn = nullptr;
-    if (cudaGetDriverEntryPointByVersion("cuStreamWriteValue32", &fn, 12000, cudaEnableDefault, &found) ==
-            cudaSuccess &&
+    if (cudaGetDriverEntryPointByVersion("cuStreamWriteValue32", &fn, 12000, cudaEnableDefault,
+                                         &found) == cudaSuccess &&
         found == cudaDriverEntryPointSuccess) {
       write_value = reinterpret_cast<StreamWriteValue32>(fn);
       // One trial on host memory: stream memory operations may be unsupported or turned off.
@@ -275,7 +285,8 @@ int main(int argc, char** argv) {
       CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
       const CUresult r = write_value(s, reinterpret_cast<CUdeviceptr>(host_flag + 16), 1, 0);
       if (r != CUDA_SUCCESS || cudaStreamSynchronize(s) != cudaSuccess) {
-        std::printf("cuStreamWriteValue32 on host memory failed (CUresult %d): no memop rows\n", static_cast<int>(r));
+        std::printf("cuStreamWriteValue32 on host memory failed (CUresult %d): no memop rows\n",
+                    static_cast<int>(r));
         write_value = nullptr;
       }
       CHECK(cudaStreamDestroy(s));
@@ -286,7 +297,8 @@ int main(int argc, char** argv) {
 
   enum class Send { kLaunch, kProxyStore, kProxyMemop };
   enum class Receive { kKernelSync, kHostPoll, kKernelHostPoll };
-  auto run = [&](const char* name, Send send, Receive receive, int bytes, int blocks, bool wide = false) {
+  auto run = [&](const char* name, Send send, Receive receive, int bytes, int blocks,
+                 bool wide = false) {
     base += 10'000'000;
     const int vectors = bytes / 16;
     // The flag goes to host memory when B's host polls it directly, else to GPU 1.
@@ -303,8 +315,8 @@ int main(int argc, char** argv) {
       if (proxy) {
         __atomic_store_n(doorbell, 0, __ATOMIC_RELEASE);
         CHECK(cudaMemsetAsync(relay, 0, sizeof *relay, proxy_stream));
-        Proxy<<<blocks, 512, 0, proxy_stream>>>(doorbell, source, landing, vectors, count, target, base, relay,
-                                                 wide ? 1 : 0);
+        Proxy<<<blocks, 512, 0, proxy_stream>>>(doorbell, source, landing, vectors, count, target,
+                                                base, relay, wide ? 1 : 0);
         CHECK(cudaGetLastError());
       }
       for (int i = 0; i < iters + warm; ++i) {
@@ -315,7 +327,8 @@ int main(int argc, char** argv) {
         } else if (send == Send::kProxyStore) {
           __atomic_store_n(doorbell, static_cast<unsigned>(i + 1), __ATOMIC_RELEASE);
         } else {
-          if (write_value(s, reinterpret_cast<CUdeviceptr>(doorbell), static_cast<cuuint32_t>(i + 1), 0) != CUDA_SUCCESS) {
+          if (write_value(s, reinterpret_cast<CUdeviceptr>(doorbell),
+                          static_cast<cuuint32_t>(i + 1), 0) != CUDA_SUCCESS) {
             std::fprintf(stderr, "cuStreamWriteValue32 failed\n");
             std::exit(1);
           }
@@ -378,7 +391,8 @@ int main(int argc, char** argv) {
     std::vector<double> api;
     for (int i = 0; i < iters; ++i) {
       int64_t t0 = Now();
-      if (write_value(s, reinterpret_cast<CUdeviceptr>(host_flag + 8), static_cast<cuuint32_t>(i), 0) != CUDA_SUCCESS) {
+      if (write_value(s, reinterpret_cast<CUdeviceptr>(host_flag + 8), static_cast<cuuint32_t>(i),
+                      0) != CUDA_SUCCESS) {
         std::fprintf(stderr, "cuStreamWriteValue32 failed\n");
         return 1;
       }

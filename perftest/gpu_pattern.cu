@@ -21,12 +21,14 @@ __device__ __forceinline__ int DifferentBytes(unsigned long long a, unsigned lon
 __global__ void FillKernel(unsigned char* data, size_t bytes, unsigned long long seed) {
   const size_t words = (bytes + 7) / 8;
   const bool aligned = (reinterpret_cast<uintptr_t>(data) & 7) == 0;
-  for (size_t j = blockIdx.x * blockDim.x + threadIdx.x; j < words; j += size_t{gridDim.x} * blockDim.x) {
+  for (size_t j = blockIdx.x * blockDim.x + threadIdx.x; j < words;
+       j += size_t{gridDim.x} * blockDim.x) {
     const unsigned long long w = Word(seed, j);
     if (aligned && 8 * j + 8 <= bytes) {
       reinterpret_cast<unsigned long long*>(data)[j] = w;
     } else {
-      for (size_t b = 0; b < 8 && 8 * j + b < bytes; ++b) data[8 * j + b] = static_cast<unsigned char>(w >> (8 * b));
+      for (size_t b = 0; b < 8 && 8 * j + b < bytes; ++b)
+        data[8 * j + b] = static_cast<unsigned char>(w >> (8 * b));
     }
   }
 }
@@ -36,14 +38,16 @@ __global__ void CountKernel(const unsigned char* data, size_t bytes, unsigned lo
   const size_t words = (bytes + 7) / 8;
   const bool aligned = (reinterpret_cast<uintptr_t>(data) & 7) == 0;
   unsigned long long mine = 0;
-  for (size_t j = blockIdx.x * blockDim.x + threadIdx.x; j < words; j += size_t{gridDim.x} * blockDim.x) {
+  for (size_t j = blockIdx.x * blockDim.x + threadIdx.x; j < words;
+       j += size_t{gridDim.x} * blockDim.x) {
     unsigned long long want = Word(seed, j);
     unsigned long long got = 0;
     if (aligned && 8 * j + 8 <= bytes) {
       got = reinterpret_cast<const unsigned long long*>(data)[j];
     } else {
       size_t b = 0;
-      for (; b < 8 && 8 * j + b < bytes; ++b) got |= static_cast<unsigned long long>(data[8 * j + b]) << (8 * b);
+      for (; b < 8 && 8 * j + b < bytes; ++b)
+        got |= static_cast<unsigned long long>(data[8 * j + b]) << (8 * b);
       if (b < 8) want &= (~0ull) >> (64 - 8 * b);
     }
     if (got != want) mine += DifferentBytes(got, want);
@@ -65,10 +69,11 @@ cudaError_t FillPatternAsync(void* data, size_t bytes, uint64_t seed, cudaStream
   return cudaGetLastError();
 }
 
-cudaError_t CountWrongAsync(const void* data, size_t bytes, uint64_t seed, unsigned long long* wrong,
-                            cudaStream_t stream) {
+cudaError_t CountWrongAsync(const void* data, size_t bytes, uint64_t seed,
+                            unsigned long long* wrong, cudaStream_t stream) {
   if (bytes == 0) return cudaSuccess;
-  CountKernel<<<Blocks(bytes), 256, 0, stream>>>(static_cast<const unsigned char*>(data), bytes, seed, wrong);
+  CountKernel<<<Blocks(bytes), 256, 0, stream>>>(static_cast<const unsigned char*>(data), bytes,
+                                                 seed, wrong);
   return cudaGetLastError();
 }
 

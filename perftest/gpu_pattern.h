@@ -12,7 +12,7 @@ namespace m2n::perf {
 
 cudaError_t FillPatternAsync(void* data, size_t bytes, uint64_t seed, cudaStream_t stream);
 // Adds the number of bytes of `data` that differ from the pattern to *wrong (device memory).
-cudaError_t CountWrongAsync(const void* data, size_t bytes, uint64_t seed, unsigned long long* wrong,
-                            cudaStream_t stream);
+cudaError_t CountWrongAsync(const void* data, size_t bytes, uint64_t seed,
+                            unsigned long long* wrong, cudaStream_t stream);
 
 }  // namespace m2n::perf

@@ -18,10 +18,10 @@ namespace m2n::perf {
 // shared between processes. Each hot word gets its own cache line.
 struct HostSegment::Layout {
   alignas(64) std::atomic<uint32_t> attached;  // ranks other than 0 that opened the segment
-  alignas(64) std::atomic<uint32_t> arrived;   // ranks in the current barrier
-  alignas(64) std::atomic<uint32_t> sense;     // flips when the last rank arrives
-  alignas(64) std::atomic<uint32_t> aborted;   // 1 + the rank that aborted first; 0: none
-  alignas(64) std::byte blob[256];             // rank 0's bytes for all (e.g. an NCCL unique id)
+  alignas(64) std::atomic<uint32_t> arrived;  // ranks in the current barrier
+  alignas(64) std::atomic<uint32_t> sense;  // flips when the last rank arrives
+  alignas(64) std::atomic<uint32_t> aborted;  // 1 + the rank that aborted first; 0: none
+  alignas(64) std::byte blob[256];  // rank 0's bytes for all (e.g. an NCCL unique id)
   uint32_t world_size;
   uint32_t rows;
   // Followed by int64 stamps[rows + 2][world_size] (the last two rows: stream start, stream done),
@@ -48,9 +48,9 @@ int64_t NowNs() {
   return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
 }
 
-StatusOr<std::unique_ptr<HostSegment>> HostSegment::Join(const std::string& name, int rank,
-                                                         int world_size, int rows,
-                                                         const std::function<Status()>& group_barrier) {
+StatusOr<std::unique_ptr<HostSegment>> HostSegment::Join(
+    const std::string& name, int rank, int world_size, int rows,
+    const std::function<Status()>& group_barrier) {
   std::unique_ptr<HostSegment> segment(new HostSegment());
   segment->rank_ = rank;
   segment->world_size_ = world_size;
@@ -112,18 +112,21 @@ StatusOr<std::unique_ptr<HostSegment>> HostSegment::Join(const std::string& name
     if (segment->shared_) {
       auto* base = reinterpret_cast<std::byte*>(segment->layout_) + sizeof(Layout);
       segment->stamps_ = reinterpret_cast<int64_t*>(base);
-      segment->wrong_ = reinterpret_cast<uint64_t*>(segment->stamps_ + (static_cast<size_t>(rows) + 2) * world_size);
+      segment->wrong_ = reinterpret_cast<uint64_t*>(segment->stamps_ +
+                                                    (static_cast<size_t>(rows) + 2) * world_size);
       segment->entered_ = segment->stamps_ + (static_cast<size_t>(rows) + 3) * world_size;
     }
   }
   if (rank == 0) shm_unlink(name.c_str());  // every rank that will map it has; no leak on a crash
-  // An unshared segment is a valid answer (round-trip mode needs none); keep the reason for messages.
+  // An unshared segment is a valid answer (round-trip mode needs none); keep the reason for
+  // messages.
   if (!segment->shared_) {
-    segment->why_not_shared_ = !error.empty() ? error
-                               : segment->layout_ == nullptr
-                                   ? "rank 0's segment " + name + " is not visible from rank " + std::to_string(rank)
-                                   : "only " + std::to_string(segment->layout_->attached.load()) + " of " +
-                                         std::to_string(world_size - 1) + " other ranks mapped " + name;
+    segment->why_not_shared_ =
+        !error.empty() ? error
+        : segment->layout_ == nullptr
+            ? "rank 0's segment " + name + " is not visible from rank " + std::to_string(rank)
+            : "only " + std::to_string(segment->layout_->attached.load()) + " of " +
+                  std::to_string(world_size - 1) + " other ranks mapped " + name;
   }
   return segment;
 }
@@ -132,7 +135,8 @@ HostSegment::~HostSegment() {
   if (layout_ != nullptr) munmap(layout_, mapped_bytes_);
 }
 
-void HostSegment::WatchLiveness(std::function<Status(Deadline)> check, std::chrono::milliseconds period) {
+void HostSegment::WatchLiveness(std::function<Status(Deadline)> check,
+                                std::chrono::milliseconds period) {
   liveness_ = std::move(check);
   liveness_period_ = period;
 }
@@ -170,7 +174,8 @@ std::string HostSegment::MissingRanks() const {
   std::string ranks;
   int count = 0;
   for (int r = 0; r < world_size_; ++r) {
-    if (std::atomic_ref<int64_t>(entered_[r]).load(std::memory_order_acquire) >= barriers_) continue;
+    if (std::atomic_ref<int64_t>(entered_[r]).load(std::memory_order_acquire) >= barriers_)
+      continue;
     ranks += (count++ == 0 ? "" : ", ") + std::to_string(r);
   }
   return (count == 1 ? "rank " : "ranks ") + ranks;
@@ -188,22 +193,25 @@ Status HostSegment::AbortedByOther() const {
   // The rank that aborted may have done so because a rank died: that is the news worth giving.
   M2N_RETURN_IF_ERROR(CheckLiveness(Deadline::After(liveness_period_)));
   const uint32_t by = layout_->aborted.load(std::memory_order_acquire);
-  return AbortedError("host barrier: rank " + std::to_string(by - 1) + " failed (rank " + std::to_string(rank_) +
-                      " was waiting for " + MissingRanks() + ")");
+  return AbortedError("host barrier: rank " + std::to_string(by - 1) + " failed (rank " +
+                      std::to_string(rank_) + " was waiting for " + MissingRanks() + ")");
 }
 
 Status HostSegment::TimedOut() const {
   // A wait that ran out because a rank died says so (as the group's own waits do).
-  M2N_RETURN_IF_ERROR(CheckLiveness(Deadline::After(std::min(liveness_period_, std::chrono::milliseconds(100)))));
-  return DeadlineExceededError("host barrier: rank " + std::to_string(rank_) + " waited for " + MissingRanks() +
-                               " (" + std::to_string(world_size_ - layout_->arrived.load()) + " of " +
-                               std::to_string(world_size_) + " ranks) until the deadline (--timeout_ms)");
+  M2N_RETURN_IF_ERROR(
+      CheckLiveness(Deadline::After(std::min(liveness_period_, std::chrono::milliseconds(100)))));
+  return DeadlineExceededError(
+      "host barrier: rank " + std::to_string(rank_) + " waited for " + MissingRanks() + " (" +
+      std::to_string(world_size_ - layout_->arrived.load()) + " of " + std::to_string(world_size_) +
+      " ranks) until the deadline (--timeout_ms)");
 }
 
 void HostSegment::Abort() {
   if (layout_ == nullptr) return;
   uint32_t none = 0;  // the first rank to abort is the one named
-  layout_->aborted.compare_exchange_strong(none, static_cast<uint32_t>(rank_) + 1, std::memory_order_acq_rel);
+  layout_->aborted.compare_exchange_strong(none, static_cast<uint32_t>(rank_) + 1,
+                                           std::memory_order_acq_rel);
 }
 
 int64_t& HostSegment::stamp(int row, int rank) {

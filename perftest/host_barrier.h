@@ -39,8 +39,8 @@ class HostSegment {
   // `name` identifies the job ("/m2n_perf.<job>"); rows: iterations per size kept in the table.
   // Returns a segment that is `shared()` only if every rank reached it. Never fails for lack of
   // shared memory: it then returns an unshared segment (round-trip mode needs none).
-  static StatusOr<std::unique_ptr<HostSegment>> Join(const std::string& name, int rank, int world_size,
-                                                     int rows,
+  static StatusOr<std::unique_ptr<HostSegment>> Join(const std::string& name, int rank,
+                                                     int world_size, int rows,
                                                      const std::function<Status()>& group_barrier);
   ~HostSegment();
   HostSegment(const HostSegment&) = delete;
@@ -89,7 +89,7 @@ class HostSegment {
   int64_t* stamps_ = nullptr;
   uint64_t* wrong_ = nullptr;
   int64_t* entered_ = nullptr;  // per rank: how many barriers it entered (atomic_ref)
-  int64_t barriers_ = 0;        // how many this rank entered
+  int64_t barriers_ = 0;  // how many this rank entered
   std::function<Status(Deadline)> liveness_;
   std::chrono::milliseconds liveness_period_{200};
   int rank_ = 0;

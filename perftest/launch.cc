@@ -36,26 +36,38 @@ std::vector<char*> Pointers(std::vector<std::string>& strings) {
 
 std::string Name(LauncherKind kind, int world_size) {
   switch (kind) {
-    case LauncherKind::kNone: return "";
+    case LauncherKind::kNone:
+      return "";
     case LauncherKind::kSelf:
       return "m2n_perf (self-started, " + std::to_string(world_size) + " processes on this host)";
-    case LauncherKind::kM2nEnv: return "M2N_RANK / M2N_WORLD_SIZE";
-    case LauncherKind::kTorchrun: return "torchrun (RANK / WORLD_SIZE)";
-    case LauncherKind::kOpenMpi: return "mpirun (Open MPI)";
-    case LauncherKind::kPmi: return "mpiexec (PMI_RANK / PMI_SIZE)";
-    case LauncherKind::kSlurm: return "srun (Slurm)";
+    case LauncherKind::kM2nEnv:
+      return "M2N_RANK / M2N_WORLD_SIZE";
+    case LauncherKind::kTorchrun:
+      return "torchrun (RANK / WORLD_SIZE)";
+    case LauncherKind::kOpenMpi:
+      return "mpirun (Open MPI)";
+    case LauncherKind::kPmi:
+      return "mpiexec (PMI_RANK / PMI_SIZE)";
+    case LauncherKind::kSlurm:
+      return "srun (Slurm)";
   }
   return "";
 }
 
 LauncherKind KindOf(Launcher launcher) {
   switch (launcher) {
-    case Launcher::kNone: return LauncherKind::kNone;
-    case Launcher::kM2n: return IsSet(kSpawnedVariable) ? LauncherKind::kSelf : LauncherKind::kM2nEnv;
-    case Launcher::kTorchrun: return LauncherKind::kTorchrun;
-    case Launcher::kOpenMpi: return LauncherKind::kOpenMpi;
-    case Launcher::kPmi: return LauncherKind::kPmi;
-    case Launcher::kSlurm: return LauncherKind::kSlurm;
+    case Launcher::kNone:
+      return LauncherKind::kNone;
+    case Launcher::kM2n:
+      return IsSet(kSpawnedVariable) ? LauncherKind::kSelf : LauncherKind::kM2nEnv;
+    case Launcher::kTorchrun:
+      return LauncherKind::kTorchrun;
+    case Launcher::kOpenMpi:
+      return LauncherKind::kOpenMpi;
+    case Launcher::kPmi:
+      return LauncherKind::kPmi;
+    case Launcher::kSlurm:
+      return LauncherKind::kSlurm;
   }
   return LauncherKind::kNone;
 }
@@ -89,9 +101,10 @@ int SpawnLocalJob(const PerfConfig& config, int argc, char** argv) {
     const int rank = job->first_failure;
     const RankExit& end = job->ranks[static_cast<size_t>(rank)];
     const int others = job->running_at_failure;
-    std::fprintf(stderr, "m2n_perf: rank %d (%s) %s%s\n", rank, rank < config.senders ? "sender" : "receiver",
-                 end.Describe().c_str(),
-                 others > 0 ? ("; stopping the other " + std::to_string(others) + " rank(s)").c_str() : "");
+    std::fprintf(
+        stderr, "m2n_perf: rank %d (%s) %s%s\n", rank,
+        rank < config.senders ? "sender" : "receiver", end.Describe().c_str(),
+        others > 0 ? ("; stopping the other " + std::to_string(others) + " rank(s)").c_str() : "");
     return end.exit_code == kExitUsage ? kExitUsage : kExitFailure;
   }
   if (job->timed_out) {
@@ -99,7 +112,8 @@ int SpawnLocalJob(const PerfConfig& config, int argc, char** argv) {
     for (size_t r = 0; r < job->ranks.size(); ++r) {
       if (job->ranks[r].running_at_stop) left += (left.empty() ? "" : ", ") + std::to_string(r);
     }
-    std::fprintf(stderr, "m2n_perf: rank(s) %s still running after %lld s (--run_timeout); stopped them\n",
+    std::fprintf(stderr,
+                 "m2n_perf: rank(s) %s still running after %lld s (--run_timeout); stopped them\n",
                  left.c_str(), static_cast<long long>(config.run_timeout_s));
     return kExitFailure;
   }
@@ -124,7 +138,8 @@ int ExecUnderMpirun(const PerfConfig& config, int argc, char** argv) {
   if (!IsSet("M2N_JOB_ID")) {
     setenv("M2N_JOB_ID", ("m2n_perf-mpi-" + std::to_string(getpid())).c_str(), 1);
   }
-  std::vector<std::string> args = {"mpirun", "--oversubscribe", "-np", std::to_string(world),
+  std::vector<std::string> args = {"mpirun",    "--oversubscribe",
+                                   "-np",       std::to_string(world),
                                    "--timeout", std::to_string(config.run_timeout_s)};
   if (geteuid() == 0) args.push_back("--allow-run-as-root");  // Open MPI refuses root otherwise
   // UCX_TLS picks m2n's transports; let it pick MPI's too, through Open MPI's UCX PML (whose
@@ -146,10 +161,11 @@ int ExecUnderMpirun(const PerfConfig& config, int argc, char** argv) {
   std::vector<char*> pointers = Pointers(args);
   std::fflush(nullptr);
   execvp("mpirun", pointers.data());
-  std::fprintf(stderr,
-               "m2n_perf: --baseline mpi: cannot run mpirun: %s\n"
-               "  install Open MPI (apt-get install openmpi-bin) or start m2n_perf under mpirun yourself\n",
-               std::strerror(errno));
+  std::fprintf(
+      stderr,
+      "m2n_perf: --baseline mpi: cannot run mpirun: %s\n"
+      "  install Open MPI (apt-get install openmpi-bin) or start m2n_perf under mpirun yourself\n",
+      std::strerror(errno));
   return kExitFailure;
 }
 

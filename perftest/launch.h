@@ -14,25 +14,25 @@
 namespace m2n::perf {
 
 enum class LauncherKind {
-  kNone,      // no launcher variables: m2n_perf starts the job itself
-  kSelf,      // a rank m2n_perf started
-  kM2nEnv,    // M2N_RANK / M2N_WORLD_SIZE set by someone else
+  kNone,  // no launcher variables: m2n_perf starts the job itself
+  kSelf,  // a rank m2n_perf started
+  kM2nEnv,  // M2N_RANK / M2N_WORLD_SIZE set by someone else
   kTorchrun,  // RANK / WORLD_SIZE
-  kOpenMpi,   // OMPI_COMM_WORLD_RANK / _SIZE
-  kPmi,       // PMI_RANK / PMI_SIZE (MPICH's mpiexec)
-  kSlurm,     // SLURM_PROCID / SLURM_NTASKS
+  kOpenMpi,  // OMPI_COMM_WORLD_RANK / _SIZE
+  kPmi,  // PMI_RANK / PMI_SIZE (MPICH's mpiexec)
+  kSlurm,  // SLURM_PROCID / SLURM_NTASKS
 };
 
 struct LauncherInfo {
   LauncherKind kind = LauncherKind::kNone;
-  std::string name;     // for the header: "mpirun (Open MPI)", ...
+  std::string name;  // for the header: "mpirun (Open MPI)", ...
   int world_size = -1;  // -1: the launcher does not say
   int local_size = -1;  // ranks on this host, -1: the launcher does not say
   bool multi_host = false;  // the launcher says the job spans hosts
 };
 
-// What m2n::DetectLaunch found (ResolveOptions' order: M2N_*, torchrun, Open MPI, PMI, Slurm), named
-// for the header. A malformed launcher variable is an error naming it.
+// What m2n::DetectLaunch found (ResolveOptions' order: M2N_*, torchrun, Open MPI, PMI, Slurm),
+// named for the header. A malformed launcher variable is an error naming it.
 StatusOr<LauncherInfo> DetectLauncher();
 
 // Set in the ranks m2n_perf spawns itself.

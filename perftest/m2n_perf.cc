@@ -74,9 +74,11 @@ StatusOr<PerfConfig> FitShape(PerfConfig config, const LauncherInfo& launcher) {
 
 std::string SegmentName(const Options& options) {
   std::string id = options.bootstrap.job_id;
-  if (id.empty()) id = options.bootstrap.master_addr + "_" + std::to_string(options.bootstrap.master_port);
+  if (id.empty())
+    id = options.bootstrap.master_addr + "_" + std::to_string(options.bootstrap.master_port);
   std::string name = "/m2n_perf.";
-  for (char c : id.substr(0, 200)) name += std::isalnum(static_cast<unsigned char>(c)) || c == '-' ? c : '_';
+  for (char c : id.substr(0, 200))
+    name += std::isalnum(static_cast<unsigned char>(c)) || c == '-' ? c : '_';
   return name;
 }
 
@@ -114,7 +116,8 @@ std::string HostName() {
 // One rank of the job.
 class Rank {
  public:
-  Rank(PerfConfig config, LauncherInfo launcher) : config_(std::move(config)), launcher_(std::move(launcher)) {}
+  Rank(PerfConfig config, LauncherInfo launcher)
+      : config_(std::move(config)), launcher_(std::move(launcher)) {}
 
   int Run(int argc, char** argv);
 
@@ -138,22 +141,24 @@ class Rank {
   BenchSetup MakeBenchSetup() const;
   // The sweep on host memory, its steps, and its end.
   int RunHost();
-  Status RunSweeps(Bench& bench, std::span<Exchange* const> exchanges, bool with_impl, Sweep& sweep);
+  Status RunSweeps(Bench& bench, std::span<Exchange* const> exchanges, bool with_impl,
+                   Sweep& sweep);
   Status RunSize(Bench& bench, std::span<Exchange* const> exchanges, bool with_impl, int pass,
                  const std::vector<size_t>& sizes, size_t index, Sweep& sweep);
-  void NoteResult(const Bench& bench, std::string_view impl, bool with_impl, int pass, const SizeResult& result,
-                  Sweep& sweep);
+  void NoteResult(const Bench& bench, std::string_view impl, bool with_impl, int pass,
+                  const SizeResult& result, Sweep& sweep);
   int FinishHost(const RunInfo& info, Sweep& sweep);
   // --use_cuda: the sweep on device memory with the stream-ordered calls (gpu_bench.h).
   int RunGpu();
   // Rank 0: one row of the table, kept for the footer and --json.
-  void ReportSize(bool with_impl, std::vector<Row>& rows, std::string_view impl, const SizeResult& result);
+  void ReportSize(bool with_impl, std::vector<Row>& rows, std::string_view impl,
+                  const SizeResult& result);
   // The GPU sweep's footer, JSON and close. `wrong`: what this rank saw.
   int Finish(const RunInfo& info, const std::vector<Row>& rows, uint64_t wrong, double elapsed_s);
   // Rank 0, both sweeps: the footer and, with --json, the file.
   // `json`: write the --json file now (false: later, with the perftest rows).
-  Status WriteFooterAndJson(const RunInfo& info, const std::vector<Row>& rows, double elapsed_s, size_t sizes,
-                            bool json = true);
+  Status WriteFooterAndJson(const RunInfo& info, const std::vector<Row>& rows, double elapsed_s,
+                            size_t sizes, bool json = true);
   Status WriteJson(const RunInfo& info, const std::vector<Row>& rows, double elapsed_s);
 
   PerfConfig config_;
@@ -178,7 +183,8 @@ int Rank::Fail(const Status& status, int code) {
   // which serves the store, keeps the store up until the other ranks have left: they learn from it
   // which rank died rather than only that rank 0 went (docs/reliability.md). Any other failure
   // leaves the group to its destructor, as before.
-  if (group_ && !group_->Progress().ok()) (void)group_->Close(Deadline::AfterMs(config_.timeout_ms));
+  if (group_ && !group_->Progress().ok())
+    (void)group_->Close(Deadline::AfterMs(config_.timeout_ms));
 #if M2N_PERF_WITH_MPI
   if (mpi_) MpiAbort(code);
 #endif
@@ -192,13 +198,15 @@ Status Rank::SetUpMpi(int* argc, char*** argv) {
   mpi_library_ = MpiLibraryVersion();
   // Which of Open MPI's point-to-point layers carries the baseline: UCX_TLS applies only to "ucx".
   const char* pml = std::getenv("OMPI_MCA_pml");
-  mpi_library_ += pml != nullptr ? std::string(", pml ") + pml + (std::string(pml) == "ucx" ? " (UCX_TLS applies)" : "")
+  mpi_library_ += pml != nullptr ? std::string(", pml ") + pml +
+                                       (std::string(pml) == "ucx" ? " (UCX_TLS applies)" : "")
                                  : ", default pml (UCX_TLS does not apply)";
   const int world = config_.senders + config_.receivers;
   if (MpiWorldSize() != world) {
-    return InvalidArgumentError("the MPI job has " + std::to_string(MpiWorldSize()) + " ranks, -M " +
-                                std::to_string(config_.senders) + " -N " +
-                                std::to_string(config_.receivers) + " need " + std::to_string(world));
+    return InvalidArgumentError("the MPI job has " + std::to_string(MpiWorldSize()) +
+                                " ranks, -M " + std::to_string(config_.senders) + " -N " +
+                                std::to_string(config_.receivers) + " need " +
+                                std::to_string(world));
   }
   // Under an mpirun someone else started, nobody told the ranks where the m2n store is: rank 0
   // offers a free port on its host.
@@ -242,9 +250,11 @@ Status Rank::ChooseLatencyMode() {
                                                    group_->world_size(),
                                                    config_.warmup_iters + config_.iters, barrier));
   if (segment_->shared()) {
-    // A rank that dies while the others wait in the host barrier is named as promptly as in Receive.
-    segment_->WatchLiveness([this](Deadline deadline) { return group_->CheckPeersAlive(deadline); },
-                            std::chrono::milliseconds(std::max(group_->options().liveness_check_ms, 10)));
+    // A rank that dies while the others wait in the host barrier is named as promptly as in
+    // Receive.
+    segment_->WatchLiveness(
+        [this](Deadline deadline) { return group_->CheckPeersAlive(deadline); },
+        std::chrono::milliseconds(std::max(group_->options().liveness_check_ms, 10)));
   } else {
     const std::string why = segment_->why_not_shared();
     segment_.reset();
@@ -279,10 +289,12 @@ RunInfo Rank::Describe() const {
   } else {
     info.latency_mode = "roundtrip";
     info.latency_rule = std::string("rank 0's own round trip to all receivers / 2 (") +
-                        (forced_round_trip_ ? "--latency_mode roundtrip" : "ranks span hosts") + ")";
+                        (forced_round_trip_ ? "--latency_mode roundtrip" : "ranks span hosts") +
+                        ")";
   }
-  info.spin = std::to_string(group_->options().spin_us) + " us before yielding the core (" + spin_.why + ")";
-  info.baseline = mpi_                                         ? "mpi"
+  info.spin = std::to_string(group_->options().spin_us) + " us before yielding the core (" +
+              spin_.why + ")";
+  info.baseline = mpi_                                      ? "mpi"
                   : config_.baseline == Baseline::kNccl     ? "nccl"
                   : config_.baseline == Baseline::kPerftest ? "perftest"
                                                             : "none";
@@ -294,12 +306,15 @@ RunInfo Rank::Describe() const {
                std::to_string(group_->world_size()) + " ranks)";
   }
   info.mpi_library = mpi_library_;
-  // Rank 0's placement (the others' follows the same rule for their GPU) and the machine's topology.
+  // Rank 0's placement (the others' follows the same rule for their GPU) and the machine's
+  // topology.
   info.topology = DescribeTopology();
   const Placement placement = ChoosePlacement(group_->options());
-  info.placement = "NIC " + (placement.nic.empty() ? std::string("(the transport's choice)") : placement.nic) +
-                   ", proxy core " + (placement.proxy_core < 0 ? std::string("(none)") : std::to_string(placement.proxy_core)) +
-                   ": " + placement.reason;
+  info.placement =
+      "NIC " + (placement.nic.empty() ? std::string("(the transport's choice)") : placement.nic) +
+      ", proxy core " +
+      (placement.proxy_core < 0 ? std::string("(none)") : std::to_string(placement.proxy_core)) +
+      ": " + placement.reason;
   return info;
 }
 
@@ -332,8 +347,8 @@ StatusOr<Options> Rank::ResolveRunOptions() {
   if (rank_ == 0 && !config_.json_path.empty()) {
     json_file_.open(config_.json_path, std::ios::trunc);
     if (!json_file_) {
-      return InvalidArgumentError("--json " + config_.json_path + ": cannot open for writing: " +
-                                  std::strerror(errno));
+      return InvalidArgumentError("--json " + config_.json_path +
+                                  ": cannot open for writing: " + std::strerror(errno));
     }
   }
   return resolved;
@@ -352,7 +367,8 @@ int Rank::CreateGroup(Options resolved) {
   if (!created.ok()) {
     // A bad --transport or option value is the user's to fix: usage, not a run-time failure.
     const bool usage = created.status().code() == StatusCode::kInvalidArgument;
-    return Fail(created.status().WithContext("creating the m2n group"), usage ? kExitUsage : kExitFailure);
+    return Fail(created.status().WithContext("creating the m2n group"),
+                usage ? kExitUsage : kExitFailure);
   }
   group_ = std::move(created).value();
   // M2N_SLOT_BYTES and friends may have overridden the flags: the group's values are the truth.
@@ -419,12 +435,15 @@ int Rank::RunHost() {
 }
 
 // --soak: the sweep again and again; the table shows the first, each sweep has its own data.
-Status Rank::RunSweeps(Bench& bench, std::span<Exchange* const> exchanges, bool with_impl, Sweep& sweep) {
+Status Rank::RunSweeps(Bench& bench, std::span<Exchange* const> exchanges, bool with_impl,
+                       Sweep& sweep) {
   const std::vector<size_t> sizes = SweepSizes(config_);
   sweep.sizes = sizes.size();
-  const int sweeps = SoakSweeps(config_, group_->num_senders(), group_->num_receivers(), sizes.size());
-  SoakMonitor soak(group_->rank(), sweeps,
-                   MessagesPerSweep(config_, group_->num_senders(), group_->num_receivers(), sizes.size()));
+  const int sweeps =
+      SoakSweeps(config_, group_->num_senders(), group_->num_receivers(), sizes.size());
+  SoakMonitor soak(
+      group_->rank(), sweeps,
+      MessagesPerSweep(config_, group_->num_senders(), group_->num_receivers(), sizes.size()));
   const int64_t start = NowNs();
   for (int pass = 0; pass < sweeps; ++pass) {
     for (size_t index = 0; index < sizes.size(); ++index) {
@@ -441,7 +460,8 @@ Status Rank::RunSweeps(Bench& bench, std::span<Exchange* const> exchanges, bool 
 Status Rank::RunSize(Bench& bench, std::span<Exchange* const> exchanges, bool with_impl, int pass,
                      const std::vector<size_t>& sizes, size_t index, Sweep& sweep) {
   const size_t bytes = sizes[index];
-  const uint32_t size_index = static_cast<uint32_t>(static_cast<size_t>(pass) * sizes.size() + index);
+  const uint32_t size_index =
+      static_cast<uint32_t>(static_cast<size_t>(pass) * sizes.size() + index);
   double seconds = 0;
   for (Exchange* exchange : exchanges) {
     M2N_ASSIGN_OR_RETURN(SizeResult result, bench.RunSize(*exchange, bytes, size_index));
@@ -450,11 +470,12 @@ Status Rank::RunSize(Bench& bench, std::span<Exchange* const> exchanges, bool wi
     NoteResult(bench, exchange->name(), with_impl, pass, result, sweep);
   }
   if (group_->rank() == 0 && pass == 0) {
-    if (with_impl && sweep.rows.size() >= 2) PrintRatioRow(stdout, sweep.rows[sweep.rows.size() - 2], sweep.rows.back());
+    if (with_impl && sweep.rows.size() >= 2)
+      PrintRatioRow(stdout, sweep.rows[sweep.rows.size() - 2], sweep.rows.back());
     std::fflush(stdout);
     if (seconds > 1.0) {
-      std::fprintf(stderr, "m2n_perf: %zu B done in %.1f s (%zu of %zu sizes)\n", bytes, seconds, index + 1,
-                   sizes.size());
+      std::fprintf(stderr, "m2n_perf: %zu B done in %.1f s (%zu of %zu sizes)\n", bytes, seconds,
+                   index + 1, sizes.size());
     }
   }
   return OkStatus();
@@ -466,15 +487,15 @@ void Rank::NoteResult(const Bench& bench, std::string_view impl, bool with_impl,
   const auto local_wrong = static_cast<unsigned long long>(result.local_wrong);
   if (pass > 0) {
     if (result.local_wrong > 0) {
-      std::fprintf(stderr, "m2n_perf rank %d: soak sweep %d: %llu wrong byte(s) at %zu B (%s)\n", group_->rank(),
-                   pass + 1, local_wrong, result.bytes, std::string(impl).c_str());
+      std::fprintf(stderr, "m2n_perf rank %d: soak sweep %d: %llu wrong byte(s) at %zu B (%s)\n",
+                   group_->rank(), pass + 1, local_wrong, result.bytes, std::string(impl).c_str());
     }
     return;
   }
   if (!bench.is_sender() || group_->rank() != 0) {
     if (result.local_wrong > 0 && !bench.one_way()) {
-      std::fprintf(stderr, "m2n_perf rank %d: %llu wrong byte(s) at %zu B (%s)\n", group_->rank(), local_wrong,
-                   result.bytes, std::string(impl).c_str());
+      std::fprintf(stderr, "m2n_perf rank %d: %llu wrong byte(s) at %zu B (%s)\n", group_->rank(),
+                   local_wrong, result.bytes, std::string(impl).c_str());
     }
     return;
   }
@@ -486,7 +507,9 @@ int Rank::FinishHost(const RunInfo& info, Sweep& sweep) {
   const bool report = group_->rank() == 0;
   const bool perftest = config_.baseline == Baseline::kPerftest;
   if (report) {
-    if (Status s = WriteFooterAndJson(info, sweep.rows, sweep.elapsed_s, sweep.sizes, /*json=*/!perftest); !s.ok()) {
+    if (Status s =
+            WriteFooterAndJson(info, sweep.rows, sweep.elapsed_s, sweep.sizes, /*json=*/!perftest);
+        !s.ok()) {
       return Fail(s);
     }
   }
@@ -507,7 +530,8 @@ int Rank::FinishHost(const RunInfo& info, Sweep& sweep) {
   return sweep.wrong > 0 ? kExitWrongData : kExitOk;
 }
 
-void Rank::ReportSize(bool with_impl, std::vector<Row>& rows, std::string_view impl, const SizeResult& result) {
+void Rank::ReportSize(bool with_impl, std::vector<Row>& rows, std::string_view impl,
+                      const SizeResult& result) {
   Row row{.bytes = result.bytes,
           .impl = std::string(impl),
           .latency = result.latency,
@@ -519,7 +543,7 @@ void Rank::ReportSize(bool with_impl, std::vector<Row>& rows, std::string_view i
 }
 
 Status Rank::WriteFooterAndJson(const RunInfo& info, const std::vector<Row>& rows, double elapsed_s,
-                               size_t sizes, bool json) {
+                                size_t sizes, bool json) {
   uint64_t total_wrong = 0;
   for (const Row& row : rows) total_wrong += row.wrong;
   PrintFooter(stdout, total_wrong, elapsed_s, sizes);
@@ -540,7 +564,8 @@ Status Rank::WriteJson(const RunInfo& info, const std::vector<Row>& rows, double
 }
 
 #if M2N_PERF_WITH_CUDA
-int Rank::Finish(const RunInfo& info, const std::vector<Row>& rows, uint64_t wrong, double elapsed_s) {
+int Rank::Finish(const RunInfo& info, const std::vector<Row>& rows, uint64_t wrong,
+                 double elapsed_s) {
   if (group_->rank() == 0) {
     if (Status s = WriteFooterAndJson(info, rows, elapsed_s, SweepSizes(config_).size()); !s.ok()) {
       return Fail(s);
@@ -557,20 +582,22 @@ int Rank::Finish(const RunInfo& info, const std::vector<Row>& rows, uint64_t wro
 int Rank::RunGpu() {
 #if M2N_PERF_WITH_CUDA
   if (!segment_) {
-    return Fail(InvalidArgumentError("--use_cuda needs every rank on one host (CUDA IPC, one host clock)"),
-                kExitUsage);
+    return Fail(
+        InvalidArgumentError("--use_cuda needs every rank on one host (CUDA IPC, one host clock)"),
+        kExitUsage);
   }
   auto bench = GpuBench::Create(MakeBenchSetup());
   if (!bench.ok()) return Fail(bench.status());
-  auto region = group_->RegisterMemory((*bench)->send_memory().data(), (*bench)->send_memory().size(),
-                                       MemoryKind::kCuda);
+  auto region = group_->RegisterMemory((*bench)->send_memory().data(),
+                                       (*bench)->send_memory().size(), MemoryKind::kCuda);
   if (!region.ok()) return Fail(region.status().WithContext("registering the device send buffers"));
   std::vector<std::unique_ptr<GpuExchange>> exchanges;
   exchanges.push_back(MakeM2nGpuExchange(*group_));
 #if M2N_PERF_WITH_NCCL
   if (config_.baseline == Baseline::kNccl) {
     auto nccl = MakeNcclExchange(*segment_, group_->rank(), group_->world_size(), group_->peers(),
-                                 config_.slot_depth, std::max(config_.max_bytes, kMinSlotBytes), config_.timeout_ms);
+                                 config_.slot_depth, std::max(config_.max_bytes, kMinSlotBytes),
+                                 config_.timeout_ms);
     if (!nccl.ok()) return Fail(nccl.status().WithContext("setting up the NCCL baseline"));
     exchanges.push_back(std::move(nccl).value());
   }
@@ -600,8 +627,8 @@ int Rank::RunGpu() {
       if (with_impl && rows.size() >= 2) PrintRatioRow(stdout, rows[rows.size() - 2], rows.back());
       std::fflush(stdout);
       if (seconds > 1.0) {
-        std::fprintf(stderr, "m2n_perf: %zu B done in %.1f s (%zu of %zu sizes)\n", sizes[index], seconds,
-                     index + 1, sizes.size());
+        std::fprintf(stderr, "m2n_perf: %zu B done in %.1f s (%zu of %zu sizes)\n", sizes[index],
+                     seconds, index + 1, sizes.size());
       }
     }
   }
@@ -625,16 +652,20 @@ int Main(int argc, char** argv) {
   if (!detected.ok()) return UsageError(detected.status().message());
   const LauncherInfo launcher = std::move(detected).value();
   if (config.use_cuda && !M2N_PERF_WITH_CUDA) {
-    return UsageError("--use_cuda: this m2n_perf was built without CUDA (CMake found no CUDA toolkit)");
+    return UsageError(
+        "--use_cuda: this m2n_perf was built without CUDA (CMake found no CUDA toolkit)");
   }
   if (config.baseline == Baseline::kNccl) {
     if (!config.use_cuda) return UsageError("--baseline nccl measures GPUs: add --use_cuda");
     if (!M2N_PERF_WITH_NCCL) {
-      return UsageError("--baseline nccl: this m2n_perf was built without NCCL (CMake found no nccl.h / libnccl)");
+      return UsageError(
+          "--baseline nccl: this m2n_perf was built without NCCL (CMake found no nccl.h / "
+          "libnccl)");
     }
   }
   if (config.use_cuda && config.baseline == Baseline::kPerftest) {
-    return UsageError("--baseline perftest measures host memory (ib_write_lat / ib_write_bw): drop --use_cuda");
+    return UsageError(
+        "--baseline perftest measures host memory (ib_write_lat / ib_write_bw): drop --use_cuda");
   }
   if (config.use_cuda && config.baseline == Baseline::kMpi) {
     return UsageError("--use_cuda takes --baseline nccl, not mpi");
@@ -652,8 +683,9 @@ int Main(int argc, char** argv) {
     }
     if (launcher.kind == LauncherKind::kNone) return ExecUnderMpirun(config, argc, argv);
     if (launcher.kind != LauncherKind::kOpenMpi) {
-      return UsageError("--baseline mpi runs under Open MPI's mpirun, but this job was started by " +
-                        launcher.name + "; start m2n_perf bare (it runs mpirun itself) or under mpirun");
+      return UsageError(
+          "--baseline mpi runs under Open MPI's mpirun, but this job was started by " +
+          launcher.name + "; start m2n_perf bare (it runs mpirun itself) or under mpirun");
     }
 #endif
   }

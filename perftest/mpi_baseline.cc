@@ -38,9 +38,9 @@ Status WaitAll(std::span<MPI_Request> requests, int64_t timeout_ms, int spin_us,
   bool spinning = spin_us > 0;
   for (uint64_t polls = 0;; ++polls) {
     int done = 0;
-    M2N_RETURN_IF_ERROR(Check(MPI_Testall(static_cast<int>(requests.size()), requests.data(), &done,
-                                          MPI_STATUSES_IGNORE),
-                              what));
+    M2N_RETURN_IF_ERROR(Check(
+        MPI_Testall(static_cast<int>(requests.size()), requests.data(), &done, MPI_STATUSES_IGNORE),
+        what));
     if (done) return OkStatus();
     if (spinning && (polls & 15) == 15) spinning = Clock::now() < spin_until;
     if (!spinning) sched_yield();
@@ -90,8 +90,8 @@ std::string MpiLibraryVersion() {
   return version;
 }
 
-MpiExchange::MpiExchange(std::span<const int> peers, int depth, size_t max_bytes, int64_t timeout_ms,
-                         int spin_us)
+MpiExchange::MpiExchange(std::span<const int> peers, int depth, size_t max_bytes,
+                         int64_t timeout_ms, int spin_us)
     : peers_(peers.begin(), peers.end()),
       depth_(depth),
       max_bytes_(max_bytes),
@@ -110,7 +110,8 @@ MpiExchange::~MpiExchange() {
 }
 
 std::byte* MpiExchange::ReceiveBuffer(size_t peer_index, int slot) {
-  return receive_memory_ + (peer_index * static_cast<size_t>(depth_) + static_cast<size_t>(slot)) * max_bytes_;
+  return receive_memory_ +
+         (peer_index * static_cast<size_t>(depth_) + static_cast<size_t>(slot)) * max_bytes_;
 }
 
 Status MpiExchange::SendToPeers(std::span<const std::byte* const> data, size_t bytes) {
@@ -135,8 +136,8 @@ Status MpiExchange::ReceiveFromPeers(size_t bytes, std::span<std::span<std::byte
   return OkStatus();
 }
 
-// Window of depth_ outstanding sends per peer: message msg to peer i reuses request slot msg % depth
-// once the message depth_ before it has completed.
+// Window of depth_ outstanding sends per peer: message msg to peer i reuses request slot msg %
+// depth once the message depth_ before it has completed.
 Status MpiExchange::StreamSend(size_t bytes, int count, const Source& source) {
   auto& all = requests_->all;
   for (int msg = 0; msg < count; ++msg) {
@@ -144,9 +145,10 @@ Status MpiExchange::StreamSend(size_t bytes, int count, const Source& source) {
     for (size_t i = 0; i < peers_.size(); ++i) {
       MPI_Request& request = all[i * static_cast<size_t>(depth_) + static_cast<size_t>(slot)];
       M2N_RETURN_IF_ERROR(WaitAll({&request, 1}, timeout_ms_, spin_us_, "MPI_Isend window"));
-      M2N_RETURN_IF_ERROR(Check(MPI_Isend(source(msg, static_cast<int>(i)), static_cast<int>(bytes),
-                                          MPI_BYTE, peers_[i], kTagStream, MPI_COMM_WORLD, &request),
-                                "MPI_Isend"));
+      M2N_RETURN_IF_ERROR(
+          Check(MPI_Isend(source(msg, static_cast<int>(i)), static_cast<int>(bytes), MPI_BYTE,
+                          peers_[i], kTagStream, MPI_COMM_WORLD, &request),
+                "MPI_Isend"));
     }
   }
   return WaitAll(all, timeout_ms_, spin_us_, "MPI_Isend stream");
@@ -157,9 +159,10 @@ Status MpiExchange::StreamReceive(size_t bytes, int count, const Sink& sink) {
   auto& all = requests_->all;
   auto post = [&](int msg, size_t i) {
     const int slot = msg % depth_;
-    return Check(MPI_Irecv(ReceiveBuffer(i, slot), static_cast<int>(bytes), MPI_BYTE, peers_[i],
-                           kTagStream, MPI_COMM_WORLD, &all[i * static_cast<size_t>(depth_) + slot]),
-                 "MPI_Irecv");
+    return Check(
+        MPI_Irecv(ReceiveBuffer(i, slot), static_cast<int>(bytes), MPI_BYTE, peers_[i], kTagStream,
+                  MPI_COMM_WORLD, &all[i * static_cast<size_t>(depth_) + slot]),
+        "MPI_Irecv");
   };
   for (int msg = 0; msg < std::min(count, depth_); ++msg) {
     for (size_t i = 0; i < peers_.size(); ++i) M2N_RETURN_IF_ERROR(post(msg, i));

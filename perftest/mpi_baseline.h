@@ -33,7 +33,8 @@ class MpiExchange : public Exchange {
   // `peers` as Group::peers(); MPI ranks must equal m2n ranks. Receive buffers: peers x depth x
   // max_bytes, allocated here.
   // spin_us: as Options::spin_us, so that MPI waits like m2n does.
-  MpiExchange(std::span<const int> peers, int depth, size_t max_bytes, int64_t timeout_ms, int spin_us);
+  MpiExchange(std::span<const int> peers, int depth, size_t max_bytes, int64_t timeout_ms,
+              int spin_us);
   ~MpiExchange() override;
 
   std::string_view name() const override { return "MPI"; }

@@ -11,13 +11,19 @@ namespace {
 
 Status Nccl(ncclResult_t r, const char* what) {
   if (r == ncclSuccess) return OkStatus();
-  return InternalError(std::string("NCCL: ") + what + ": " + ncclGetErrorString(r) + " (" + ncclGetLastError(nullptr) + ")");
+  return InternalError(std::string("NCCL: ") + what + ": " + ncclGetErrorString(r) + " (" +
+                       ncclGetLastError(nullptr) + ")");
 }
 
 class NcclExchange final : public GpuExchange {
  public:
-  NcclExchange(ncclComm_t comm, std::span<const int> peers, int depth, size_t max_bytes, std::byte* buffers)
-      : comm_(comm), peers_(peers.begin(), peers.end()), depth_(depth), max_bytes_(max_bytes), buffers_(buffers),
+  NcclExchange(ncclComm_t comm, std::span<const int> peers, int depth, size_t max_bytes,
+               std::byte* buffers)
+      : comm_(comm),
+        peers_(peers.begin(), peers.end()),
+        depth_(depth),
+        max_bytes_(max_bytes),
+        buffers_(buffers),
         next_(peers_.size(), 0) {}
   ~NcclExchange() override {
     ncclCommDestroy(comm_);
@@ -28,7 +34,8 @@ class NcclExchange final : public GpuExchange {
   Status Send(std::span<const std::byte* const> data, size_t bytes, void* stream) override {
     M2N_RETURN_IF_ERROR(Nccl(ncclGroupStart(), "ncclGroupStart"));
     for (size_t i = 0; i < peers_.size(); ++i) {
-      ncclResult_t r = ncclSend(data[i], bytes, ncclUint8, peers_[i], comm_, static_cast<cudaStream_t>(stream));
+      ncclResult_t r =
+          ncclSend(data[i], bytes, ncclUint8, peers_[i], comm_, static_cast<cudaStream_t>(stream));
       if (r != ncclSuccess) {
         (void)ncclGroupEnd();
         return Nccl(r, "ncclSend");
@@ -40,8 +47,11 @@ class NcclExchange final : public GpuExchange {
   Status Receive(size_t bytes, std::span<std::byte*> views, void* stream) override {
     M2N_RETURN_IF_ERROR(Nccl(ncclGroupStart(), "ncclGroupStart"));
     for (size_t i = 0; i < peers_.size(); ++i) {
-      views[i] = buffers_ + (i * static_cast<size_t>(depth_) + next_[i]++ % static_cast<size_t>(depth_)) * max_bytes_;
-      ncclResult_t r = ncclRecv(views[i], bytes, ncclUint8, peers_[i], comm_, static_cast<cudaStream_t>(stream));
+      views[i] =
+          buffers_ +
+          (i * static_cast<size_t>(depth_) + next_[i]++ % static_cast<size_t>(depth_)) * max_bytes_;
+      ncclResult_t r =
+          ncclRecv(views[i], bytes, ncclUint8, peers_[i], comm_, static_cast<cudaStream_t>(stream));
       if (r != ncclSuccess) {
         (void)ncclGroupEnd();
         return Nccl(r, "ncclRecv");
@@ -83,7 +93,8 @@ StatusOr<std::unique_ptr<GpuExchange>> MakeNcclExchange(HostSegment& segment, in
   cudaError_t e = cudaMalloc(&buffers, bytes);
   if (e != cudaSuccess) {
     ncclCommDestroy(comm);
-    return InternalError(std::string("CUDA: cudaMalloc (NCCL receive buffers): ") + cudaGetErrorString(e));
+    return InternalError(std::string("CUDA: cudaMalloc (NCCL receive buffers): ") +
+                         cudaGetErrorString(e));
   }
   cudaMemset(buffers, 0, bytes);
   return std::unique_ptr<GpuExchange>(
@@ -93,7 +104,8 @@ StatusOr<std::unique_ptr<GpuExchange>> MakeNcclExchange(HostSegment& segment, in
 std::string NcclVersion() {
   int v = 0;
   ncclGetVersion(&v);
-  return "NCCL " + std::to_string(v / 10000) + "." + std::to_string(v / 100 % 100) + "." + std::to_string(v % 100);
+  return "NCCL " + std::to_string(v / 10000) + "." + std::to_string(v / 100 % 100) + "." +
+         std::to_string(v % 100);
 }
 
 }  // namespace m2n::perf

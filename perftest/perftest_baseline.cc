@@ -78,7 +78,8 @@ bool Listening(int port) {
       std::istringstream fields(line);
       std::string slot, local, remote, state;
       fields >> slot >> local >> remote >> state;
-      if (state == "0A" && local.size() >= 5 && local.compare(local.size() - 5, 5, hex) == 0) return true;
+      if (state == "0A" && local.size() >= 5 && local.compare(local.size() - 5, 5, hex) == 0)
+        return true;
     }
   }
   return false;
@@ -118,7 +119,9 @@ Child Start(const std::vector<std::string>& argv) {
 // Reads output and reaps; kills the child at the deadline. True when it exited 0.
 bool Finish(Child& child, SteadyClock::time_point deadline) {
   for (;;) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - SteadyClock::now()).count();
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - SteadyClock::now())
+            .count();
     if (left <= 0) {
       kill(child.pid, SIGKILL);
       child.output += "\n(killed: no result within the time limit)";
@@ -163,13 +166,24 @@ std::string Tail(const std::string& text) {
 }
 
 // Runs one tool's server and client at `bytes`; the client's output.
-StatusOr<std::string> RunPair(const PerftestSetup& setup, const std::string& tool, size_t bytes, int iters,
-                              const std::vector<std::string>& extra) {
+StatusOr<std::string> RunPair(const PerftestSetup& setup, const std::string& tool, size_t bytes,
+                              int iters, const std::vector<std::string>& extra) {
   const auto deadline = SteadyClock::now() + std::chrono::milliseconds(setup.timeout_ms);
   const int port = FreeTcpPort();
-  std::vector<std::string> argv = {tool, "-d", setup.device, "-i", std::to_string(setup.port), "-x",
-                                   std::to_string(setup.gid_index), "-s", std::to_string(bytes), "-n",
-                                   std::to_string(iters), "-p", std::to_string(port), "-F"};
+  std::vector<std::string> argv = {tool,
+                                   "-d",
+                                   setup.device,
+                                   "-i",
+                                   std::to_string(setup.port),
+                                   "-x",
+                                   std::to_string(setup.gid_index),
+                                   "-s",
+                                   std::to_string(bytes),
+                                   "-n",
+                                   std::to_string(iters),
+                                   "-p",
+                                   std::to_string(port),
+                                   "-F"};
   argv.insert(argv.end(), extra.begin(), extra.end());
   Child server = Start(argv);
   if (server.pid < 0) return InternalError("perftest baseline: starting " + tool + " failed");
@@ -191,9 +205,10 @@ StatusOr<std::string> RunPair(const PerftestSetup& setup, const std::string& too
     close(server.fd);
   }
   if (!client_ok || !server_ok) {
-    return UnavailableError("perftest baseline: " + tool + " at " + std::to_string(bytes) + " B on " + setup.device +
-                            " GID " + std::to_string(setup.gid_index) + " failed; client said: " +
-                            Tail(client.output) + (server_ok ? "" : "; server said: " + Tail(server.output)));
+    return UnavailableError("perftest baseline: " + tool + " at " + std::to_string(bytes) +
+                            " B on " + setup.device + " GID " + std::to_string(setup.gid_index) +
+                            " failed; client said: " + Tail(client.output) +
+                            (server_ok ? "" : "; server said: " + Tail(server.output)));
   }
   return client.output;
 }
@@ -221,7 +236,9 @@ StatusOr<PerftestSetup> ResolvePerftestSetup(const PerfConfig& config) {
     if (wanted != nullptr && *wanted != '\0' && device != wanted) continue;
     for (const std::string& port : ListDir(root + "/" + device + "/ports")) {
       if (wanted_port != nullptr && *wanted_port != '\0' && port != wanted_port) continue;
-      if (ReadLine(root + "/" + device + "/ports/" + port + "/state").find("ACTIVE") == std::string::npos) continue;
+      if (ReadLine(root + "/" + device + "/ports/" + port + "/state").find("ACTIVE") ==
+          std::string::npos)
+        continue;
       setup.device = device;
       setup.port = std::atoi(port.c_str());
       break;
@@ -229,13 +246,14 @@ StatusOr<PerftestSetup> ResolvePerftestSetup(const PerfConfig& config) {
     if (!setup.device.empty()) break;
   }
   if (setup.device.empty()) {
-    return UnavailableError("--baseline perftest: no RDMA device with an active port" +
-                            (devices.empty() ? std::string(" (/sys/class/infiniband is empty)")
-                                             : " among " + devices) +
-                            (wanted != nullptr ? std::string(" matching M2N_VERBS_DEVICE=") + wanted : ""));
+    return UnavailableError(
+        "--baseline perftest: no RDMA device with an active port" +
+        (devices.empty() ? std::string(" (/sys/class/infiniband is empty)") : " among " + devices) +
+        (wanted != nullptr ? std::string(" matching M2N_VERBS_DEVICE=") + wanted : ""));
   }
   const std::string port_dir = root + "/" + setup.device + "/ports/" + std::to_string(setup.port);
-  if (const char* gid = std::getenv("M2N_VERBS_GID_INDEX"); gid != nullptr && *gid != '\0' && std::atoi(gid) >= 0) {
+  if (const char* gid = std::getenv("M2N_VERBS_GID_INDEX");
+      gid != nullptr && *gid != '\0' && std::atoi(gid) >= 0) {
     setup.gid_index = std::atoi(gid);
   } else if (ReadLine(port_dir + "/link_layer") == "Ethernet") {
     // As the verbs transport chooses: RoCE v2 of an IPv4 address, else RoCE v2, else anything.
@@ -251,7 +269,8 @@ StatusOr<PerftestSetup> ResolvePerftestSetup(const PerfConfig& config) {
         best = std::atoi(index.c_str());
       }
     }
-    if (best < 0) return UnavailableError("--baseline perftest: " + setup.device + " has no usable GID");
+    if (best < 0)
+      return UnavailableError("--baseline perftest: " + setup.device + " has no usable GID");
     setup.gid_index = best;
   }
   setup.gid = ReadLine(port_dir + "/gids/" + std::to_string(setup.gid_index));
@@ -265,35 +284,43 @@ StatusOr<Row> RunPerftestSize(const PerftestSetup& setup, size_t bytes) {
   M2N_ASSIGN_OR_RETURN(std::string lat, RunPair(setup, "ib_write_lat", bytes, setup.iters, {}));
   // #bytes #iterations t_min t_max t_typical t_avg t_stdev 99% 99.9%
   const std::vector<double> l = ResultLine(lat, bytes);
-  if (l.size() < 8) return DataLossError("perftest baseline: no result line in ib_write_lat's output: " + Tail(lat));
+  if (l.size() < 8)
+    return DataLossError("perftest baseline: no result line in ib_write_lat's output: " +
+                         Tail(lat));
   row.latency.max_us = l[3];
   row.latency.p50_us = l[4];
   row.latency.mean_us = l[5];
   row.latency.p99_us = l[7];
   row.latency.samples = static_cast<int>(l[1]);
   // Bandwidth: as many iterations as -n, but no more than 64 MB a size (Soft-RoCE moves ~50 MB/s).
-  const int bw_iters = static_cast<int>(std::clamp<size_t>((size_t{64} << 20) / std::max<size_t>(bytes, 1), 5,
-                                                           static_cast<size_t>(setup.iters)));
-  M2N_ASSIGN_OR_RETURN(std::string bw, RunPair(setup, "ib_write_bw", bytes, bw_iters, {"--report_gbits"}));
+  const int bw_iters = static_cast<int>(std::clamp<size_t>(
+      (size_t{64} << 20) / std::max<size_t>(bytes, 1), 5, static_cast<size_t>(setup.iters)));
+  M2N_ASSIGN_OR_RETURN(std::string bw,
+                       RunPair(setup, "ib_write_bw", bytes, bw_iters, {"--report_gbits"}));
   // #bytes #iterations BW_peak[Gb/sec] BW_average[Gb/sec] MsgRate[Mpps]
   const std::vector<double> b = ResultLine(bw, bytes);
-  if (b.size() < 5) return DataLossError("perftest baseline: no result line in ib_write_bw's output: " + Tail(bw));
+  if (b.size() < 5)
+    return DataLossError("perftest baseline: no result line in ib_write_bw's output: " + Tail(bw));
   row.gbps = b[3] / 8.0;
   row.mmsg_per_s = b[4];
   return row;
 }
 
-StatusOr<std::vector<Row>> ReportPerftestBaseline(const PerfConfig& config, const std::vector<Row>& m2n_rows,
+StatusOr<std::vector<Row>> ReportPerftestBaseline(const PerfConfig& config,
+                                                  const std::vector<Row>& m2n_rows,
                                                   std::FILE* out) {
-  if (config.use_cuda) return InvalidArgumentError("--baseline perftest measures host memory: drop --use_cuda");
+  if (config.use_cuda)
+    return InvalidArgumentError("--baseline perftest measures host memory: drop --use_cuda");
   M2N_ASSIGN_OR_RETURN(PerftestSetup setup, ResolvePerftestSetup(config));
-  std::fprintf(out,
-               "# baseline perftest: ib_write_lat / ib_write_bw, RC, 1 QP, %s port %d GID[%d] %s, %d iterations "
-               "(bw: <= 64 MB a size), client to %s\n"
-               "#   perftest p50 = t_typical (median round trip / 2), p99 = 99%% percentile, max = t_max; "
-               "GB/s = BW average; one pair, whatever M x N\n",
-               setup.device.c_str(), setup.port, setup.gid_index, setup.gid.c_str(), setup.iters,
-               setup.address.c_str());
+  std::fprintf(
+      out,
+      "# baseline perftest: ib_write_lat / ib_write_bw, RC, 1 QP, %s port %d GID[%d] %s, %d "
+      "iterations "
+      "(bw: <= 64 MB a size), client to %s\n"
+      "#   perftest p50 = t_typical (median round trip / 2), p99 = 99%% percentile, max = t_max; "
+      "GB/s = BW average; one pair, whatever M x N\n",
+      setup.device.c_str(), setup.port, setup.gid_index, setup.gid.c_str(), setup.iters,
+      setup.address.c_str());
   PrintTableHead(out, /*with_impl=*/true);
   std::vector<Row> rows;
   for (const Row& m2n : m2n_rows) {

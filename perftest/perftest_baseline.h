@@ -23,11 +23,11 @@
 namespace m2n::perf {
 
 struct PerftestSetup {
-  std::string device;       // e.g. rxe0, mlx5_0
+  std::string device;  // e.g. rxe0, mlx5_0
   int port = 1;
   int gid_index = 0;
-  std::string gid;          // for the header, from sysfs
-  std::string address;      // where the client finds the server (M2N_PERFTEST_ADDR, default 127.0.0.1)
+  std::string gid;  // for the header, from sysfs
+  std::string address;  // where the client finds the server (M2N_PERFTEST_ADDR, default 127.0.0.1)
   int iters = 1000;
   int64_t timeout_ms = 30000;
 };
@@ -43,7 +43,7 @@ StatusOr<Row> RunPerftestSize(const PerftestSetup& setup, size_t bytes);
 // After m2n's sweep (rank 0, group closed): a header line, then per size of `m2n_rows` the m2n row,
 // the perftest row and their ratio; returns the perftest rows (for --json). Errors name the tool,
 // the size and its output.
-StatusOr<std::vector<Row>> ReportPerftestBaseline(const PerfConfig& config, const std::vector<Row>& m2n_rows,
-                                                  std::FILE* out);
+StatusOr<std::vector<Row>> ReportPerftestBaseline(const PerfConfig& config,
+                                                  const std::vector<Row>& m2n_rows, std::FILE* out);
 
 }  // namespace m2n::perf

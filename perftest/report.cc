@@ -8,7 +8,6 @@
 namespace m2n::perf {
 namespace {
 
-
 std::string Format(const char* format, auto... args) {
   char buffer[512];
   std::snprintf(buffer, sizeof(buffer), format, args...);
@@ -30,7 +29,8 @@ class Box {
       if (line.empty()) {
         std::fprintf(out, "%s\n", rule.c_str());
       } else {
-        std::fprintf(out, "| %s%s |\n", line.c_str(), std::string(width - line.size(), ' ').c_str());
+        std::fprintf(out, "| %s%s |\n", line.c_str(),
+                     std::string(width - line.size(), ' ').c_str());
       }
     }
   }
@@ -53,10 +53,18 @@ std::string JsonString(const std::string& s) {
   std::string out = "\"";
   for (char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (static_cast<unsigned char>(c) < 0x20) {
           out += Format("\\u%04x", static_cast<unsigned>(c));
@@ -81,14 +89,15 @@ void PrintHeader(std::FILE* out, const RunInfo& info) {
   box.Line("", "m2n_perf: M senders x N receivers, one message per pair per iteration");
   box.Rule();
   box.Line("m2n", info.version);
-  box.Line("shape", Format("%d x %d: senders rank %s, receivers rank %s", info.senders, info.receivers,
-                           RankRange(0, info.senders).c_str(),
+  box.Line("shape", Format("%d x %d: senders rank %s, receivers rank %s", info.senders,
+                           info.receivers, RankRange(0, info.senders).c_str(),
                            RankRange(info.senders, info.receivers).c_str()));
   box.Line("transport", info.transport + (info.transport_requested == info.transport
                                               ? std::string()
                                               : " (requested " + info.transport_requested + ")"));
   box.Line("UCX_TLS", info.ucx_tls.empty() ? "(not set)" : info.ucx_tls);
-  box.Line("slots", Format("%d x %zu B per peer (depth x bytes)", info.slot_depth, info.slot_bytes));
+  box.Line("slots",
+           Format("%d x %zu B per peer (depth x bytes)", info.slot_depth, info.slot_bytes));
   box.Line("sizes", FormatSize(info.min_bytes) + " .. " + FormatSize(info.max_bytes) + " B, x" +
                         std::to_string(info.step_factor));
   box.Line("iterations", Format("%d + %d warmup per size; bandwidth: %d messages per pair",
@@ -103,11 +112,12 @@ void PrintHeader(std::FILE* out, const RunInfo& info) {
     box.Line(i == 0 ? "topology" : "", (i == 0 ? "" : std::string(12, ' ')) + info.topology[i]);
   }
   if (!info.placement.empty()) box.Line("placement", info.placement);
-  box.Line("baseline", info.baseline == "mpi"    ? "MPI Isend/Irecv, " + info.mpi_library
-                       : info.baseline == "nccl" ? "grouped ncclSend/ncclRecv, " + info.nccl_library
-                       : info.baseline == "perftest"
-                           ? std::string("ib_write_lat / ib_write_bw on the same device, after the sweep")
-                           : std::string("none"));
+  box.Line("baseline",
+           info.baseline == "mpi"    ? "MPI Isend/Irecv, " + info.mpi_library
+           : info.baseline == "nccl" ? "grouped ncclSend/ncclRecv, " + info.nccl_library
+           : info.baseline == "perftest"
+               ? std::string("ib_write_lat / ib_write_bw on the same device, after the sweep")
+               : std::string("none"));
   box.Line("units", "us = 1e-6 s; GB/s = 1e9 B/s, all pairs together; Mmsg/s likewise");
   box.Rule();
   box.Print(out);
@@ -133,7 +143,8 @@ void PrintRatioRow(std::FILE* out, const Row& m2n, const Row& mpi) {
   std::fprintf(out, "%12zu %-8s %10s %10s %10s %10s\n", m2n.bytes, ("m2n/" + mpi.impl).c_str(),
                Ratio(m2n.latency.p50_us, mpi.latency.p50_us).c_str(),
                Ratio(m2n.latency.p99_us, mpi.latency.p99_us).c_str(),
-               Ratio(m2n.latency.max_us, mpi.latency.max_us).c_str(), Ratio(m2n.gbps, mpi.gbps).c_str());
+               Ratio(m2n.latency.max_us, mpi.latency.max_us).c_str(),
+               Ratio(m2n.gbps, mpi.gbps).c_str());
 }
 
 void PrintFooter(std::FILE* out, uint64_t total_wrong, double elapsed_s, size_t sizes) {
@@ -161,27 +172,33 @@ std::string FormatJson(const RunInfo& info, const std::vector<Row>& rows, uint64
   j += "    \"check\": " + std::string(info.check ? "true" : "false") + ",\n";
   j += "    \"host\": " + JsonString(info.host) + ",\n";
   j += "    \"launcher\": " + JsonString(info.launcher) + ",\n";
-  j += "    \"ucx_tls\": " + (info.ucx_tls.empty() ? std::string("null") : JsonString(info.ucx_tls)) + ",\n";
+  j += "    \"ucx_tls\": " +
+       (info.ucx_tls.empty() ? std::string("null") : JsonString(info.ucx_tls)) + ",\n";
   j += "    \"latency_mode\": " + JsonString(info.latency_mode) + ",\n";
   j += "    \"latency_rule\": " + JsonString(info.latency_rule) + ",\n";
   j += "    \"spin\": " + JsonString(info.spin) + ",\n";
   j += "    \"baseline\": " + JsonString(info.baseline) + ",\n";
-  j += "    \"mpi_library\": " + (info.mpi_library.empty() ? std::string("null") : JsonString(info.mpi_library)) + ",\n";
-  j += "    \"nccl_library\": " + (info.nccl_library.empty() ? std::string("null") : JsonString(info.nccl_library)) + ",\n";
+  j += "    \"mpi_library\": " +
+       (info.mpi_library.empty() ? std::string("null") : JsonString(info.mpi_library)) + ",\n";
+  j += "    \"nccl_library\": " +
+       (info.nccl_library.empty() ? std::string("null") : JsonString(info.nccl_library)) + ",\n";
   j += "    \"gpu\": " + (info.gpu.empty() ? std::string("null") : JsonString(info.gpu)) + ",\n";
   j += "    \"topology\": [";
-  for (size_t i = 0; i < info.topology.size(); ++i) j += (i ? ", " : "") + JsonString(info.topology[i]);
+  for (size_t i = 0; i < info.topology.size(); ++i)
+    j += (i ? ", " : "") + JsonString(info.topology[i]);
   j += "],\n";
   j += "    \"placement\": " + JsonString(info.placement) + "\n";
   j += "  },\n  \"rows\": [\n";
   for (size_t i = 0; i < rows.size(); ++i) {
     const Row& r = rows[i];
     j += "    {\"bytes\": " + std::to_string(r.bytes) + ", \"impl\": " + JsonString(r.impl) +
-         ", \"p50_us\": " + JsonNumber(r.latency.p50_us) + ", \"p99_us\": " +
-         JsonNumber(r.latency.p99_us) + ", \"max_us\": " + JsonNumber(r.latency.max_us) +
-         ", \"mean_us\": " + JsonNumber(r.latency.mean_us) + ", \"samples\": " +
-         std::to_string(r.latency.samples) + ", \"gb_per_s\": " + JsonNumber(r.gbps) +
-         ", \"mmsg_per_s\": " + JsonNumber(r.mmsg_per_s) + ", \"wrong\": " + std::to_string(r.wrong) + "}";
+         ", \"p50_us\": " + JsonNumber(r.latency.p50_us) +
+         ", \"p99_us\": " + JsonNumber(r.latency.p99_us) +
+         ", \"max_us\": " + JsonNumber(r.latency.max_us) +
+         ", \"mean_us\": " + JsonNumber(r.latency.mean_us) +
+         ", \"samples\": " + std::to_string(r.latency.samples) +
+         ", \"gb_per_s\": " + JsonNumber(r.gbps) + ", \"mmsg_per_s\": " + JsonNumber(r.mmsg_per_s) +
+         ", \"wrong\": " + std::to_string(r.wrong) + "}";
     j += i + 1 < rows.size() ? ",\n" : "\n";
   }
   j += "  ],\n  \"ratios\": [";
@@ -191,7 +208,8 @@ std::string FormatJson(const RunInfo& info, const std::vector<Row>& rows, uint64
   for (size_t i = 0; i < rows.size(); ++i) {
     const Row& a = rows[i];
     if (a.impl != "m2n") continue;
-    auto match = std::find_if(rows.begin(), rows.end(), [&](const Row& r) { return r.impl != "m2n" && r.bytes == a.bytes; });
+    auto match = std::find_if(rows.begin(), rows.end(),
+                              [&](const Row& r) { return r.impl != "m2n" && r.bytes == a.bytes; });
     if (match == rows.end()) continue;
     const Row& b = *match;
     auto ratio = [](double x, double y) { return y > 0 ? JsonNumber(x / y) : std::string("null"); };

@@ -13,10 +13,10 @@
 namespace m2n::perf {
 
 struct RunInfo {
-  std::string version;            // m2n's
+  std::string version;  // m2n's
   int senders = 0;
   int receivers = 0;
-  std::string transport;          // the one the Group chose
+  std::string transport;  // the one the Group chose
   std::string transport_requested;
   size_t slot_bytes = 0;
   int slot_depth = 0;
@@ -26,18 +26,18 @@ struct RunInfo {
   int iters = 0;
   int warmup_iters = 0;
   bool check = true;
-  std::string host;               // rank 0's host name
+  std::string host;  // rank 0's host name
   std::string launcher;
-  std::string ucx_tls;            // empty: not set
-  std::string latency_mode;       // "oneway" or "roundtrip"
-  std::string latency_rule;       // one line: what a latency sample is
-  std::string spin;               // the waits' spin-then-yield policy
-  std::string baseline;           // "none" or "mpi"
-  std::string mpi_library;        // with the baseline: MPI_Get_library_version
-  std::string nccl_library;       // with --baseline nccl: "NCCL 2.28.3"
-  std::string gpu;                // --use_cuda: the GPUs and how ranks map to them; empty: host memory
+  std::string ucx_tls;  // empty: not set
+  std::string latency_mode;  // "oneway" or "roundtrip"
+  std::string latency_rule;  // one line: what a latency sample is
+  std::string spin;  // the waits' spin-then-yield policy
+  std::string baseline;  // "none" or "mpi"
+  std::string mpi_library;  // with the baseline: MPI_Get_library_version
+  std::string nccl_library;  // with --baseline nccl: "NCCL 2.28.3"
+  std::string gpu;  // --use_cuda: the GPUs and how ranks map to them; empty: host memory
   std::vector<std::string> topology;  // m2n::DescribeTopology(): a summary, then a line per GPU
-  std::string placement;          // rank 0's NIC and proxy core, and why
+  std::string placement;  // rank 0's NIC and proxy core, and why
 };
 
 struct Row {

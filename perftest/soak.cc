@@ -15,14 +15,17 @@ double Mib(size_t bytes) { return static_cast<double>(bytes) / (1 << 20); }
 
 uint64_t MessagesPerSweep(const PerfConfig& config, int senders, int receivers, size_t sizes) {
   const uint64_t pairs = static_cast<uint64_t>(senders) * static_cast<uint64_t>(receivers);
-  const uint64_t per_size = static_cast<uint64_t>(config.warmup_iters) + 2 * static_cast<uint64_t>(config.iters);
+  const uint64_t per_size =
+      static_cast<uint64_t>(config.warmup_iters) + 2 * static_cast<uint64_t>(config.iters);
   return pairs * per_size * sizes;
 }
 
 int SoakSweeps(const PerfConfig& config, int senders, int receivers, size_t sizes) {
   if (config.soak_messages == 0) return 1;
-  const uint64_t per_sweep = std::max<uint64_t>(1, MessagesPerSweep(config, senders, receivers, sizes));
-  return static_cast<int>(std::max<uint64_t>(1, (config.soak_messages + per_sweep - 1) / per_sweep));
+  const uint64_t per_sweep =
+      std::max<uint64_t>(1, MessagesPerSweep(config, senders, receivers, sizes));
+  return static_cast<int>(
+      std::max<uint64_t>(1, (config.soak_messages + per_sweep - 1) / per_sweep));
 }
 
 size_t ResidentBytes() {
@@ -51,10 +54,11 @@ void SoakMonitor::AfterSweep(std::FILE* out, int sweep, uint64_t wrong) {
   const bool last = sweep + 1 == sweeps_;
   if (!last && static_cast<double>(now - last_print_ns_) / 1e9 < every_s_) return;
   last_print_ns_ = now;
-  std::fprintf(out, "# soak: sweep %d of %d, %llu messages, #wrong %llu, rank 0 RSS %.1f MiB, %.0f s\n",
-               sweep + 1, sweeps_, static_cast<unsigned long long>(messages_per_sweep_ * (sweep + 1)),
-               static_cast<unsigned long long>(wrong), Mib(ResidentBytes()),
-               static_cast<double>(now - start_ns_) / 1e9);
+  std::fprintf(
+      out, "# soak: sweep %d of %d, %llu messages, #wrong %llu, rank 0 RSS %.1f MiB, %.0f s\n",
+      sweep + 1, sweeps_, static_cast<unsigned long long>(messages_per_sweep_ * (sweep + 1)),
+      static_cast<unsigned long long>(wrong), Mib(ResidentBytes()),
+      static_cast<double>(now - start_ns_) / 1e9);
   std::fflush(out);
 }
 
@@ -67,9 +71,10 @@ void SoakMonitor::Finish(std::FILE* out, uint64_t wrong, double elapsed_s) const
                rank_, Mib(rss_start_), Mib(rss_first_), Mib(end),
                (static_cast<double>(end) - static_cast<double>(rss_first_)) / (1 << 20));
   if (rank_ == 0) {
-    std::fprintf(out, "# soak: %llu messages in %d sweeps, %.1f s, #wrong %llu\n",
-                 static_cast<unsigned long long>(messages_per_sweep_ * static_cast<uint64_t>(sweeps_)),
-                 sweeps_, elapsed_s, static_cast<unsigned long long>(wrong));
+    std::fprintf(
+        out, "# soak: %llu messages in %d sweeps, %.1f s, #wrong %llu\n",
+        static_cast<unsigned long long>(messages_per_sweep_ * static_cast<uint64_t>(sweeps_)),
+        sweeps_, elapsed_s, static_cast<unsigned long long>(wrong));
   }
   std::fflush(out);
 }

@@ -23,8 +23,8 @@ LatencySummary Summarize(std::vector<double> samples_us) {
   summary.p50_us = Percentile(samples_us, 50);
   summary.p99_us = Percentile(samples_us, 99);
   summary.max_us = samples_us.back();
-  summary.mean_us =
-      std::accumulate(samples_us.begin(), samples_us.end(), 0.0) / static_cast<double>(samples_us.size());
+  summary.mean_us = std::accumulate(samples_us.begin(), samples_us.end(), 0.0) /
+                    static_cast<double>(samples_us.size());
   return summary;
 }
 

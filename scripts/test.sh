@@ -18,6 +18,8 @@ stamp() { echo "[test.sh] $1: $(( $(date +%s) - t0 )) s since start"; }
 
 scripts/install-deps.sh
 stamp "dependencies"
+# The sources match .clang-format (scripts/format.sh applies it).
+scripts/format.sh --check
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DM2N_WERROR=ON
 cmake --build "$build" -j "$jobs"
 stamp "build"

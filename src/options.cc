@@ -21,22 +21,28 @@ constexpr EnvironmentVariable kTable[] = {
     {"M2N_MASTER_ADDR", "bootstrap.master_addr", "host of rank 0's bootstrap store (127.0.0.1)"},
     {"M2N_MASTER_PORT", "bootstrap.master_port", "port of the bootstrap store (29517)"},
     {"M2N_JOB_ID", "bootstrap.job_id", "identity shared by the ranks of one job"},
-    {"M2N_JOB_KEY", "bootstrap.job_key", "secret shared by the ranks of one job, >= 16 bytes (none)"},
-    {"M2N_JOB_KEY_FILE", "bootstrap.job_key", "file holding the job key, readable by its owner only (none)"},
+    {"M2N_JOB_KEY", "bootstrap.job_key",
+     "secret shared by the ranks of one job, >= 16 bytes (none)"},
+    {"M2N_JOB_KEY_FILE", "bootstrap.job_key",
+     "file holding the job key, readable by its owner only (none)"},
     {"M2N_TIMEOUT_MS", "bootstrap.timeout", "bound on group creation, in ms (30000)"},
     {"M2N_SENDERS", "num_senders", "M, the number of senders"},
     {"M2N_RECEIVERS", "num_receivers", "N, the number of receivers"},
     {"M2N_SLOT_BYTES", "slot_bytes", "bytes per receive slot = largest message (1 MiB)"},
     {"M2N_SLOT_DEPTH", "slot_depth", "receive slots per peer = credits per peer (4)"},
     {"M2N_TRANSPORT", "transport", "auto, or a transport name (ucx, ...)"},
-    {"M2N_SPIN_US", "spin_us", "how long an idle wait spins before yielding the core, in us; -1: auto (-1)"},
-    {"M2N_LIVENESS_CHECK_MS", "liveness_check_ms", "how often a blocked call checks for dead peers (200)"},
+    {"M2N_SPIN_US", "spin_us",
+     "how long an idle wait spins before yielding the core, in us; -1: auto (-1)"},
+    {"M2N_LIVENESS_CHECK_MS", "liveness_check_ms",
+     "how often a blocked call checks for dead peers (200)"},
     {"M2N_CHECKSUM", "checksum", "1: check every payload on arrival (CRC-32C trailer); 0: off (0)"},
     {"M2N_NIC", "nic", "RDMA NIC a NIC transport must use (nearest to the GPU, from the topology)"},
-    {"M2N_PROXY_CORE", "proxy_core", "CPU a transport's proxy thread is pinned to; -1: from the topology (-1)"},
+    {"M2N_PROXY_CORE", "proxy_core",
+     "CPU a transport's proxy thread is pinned to; -1: from the topology (-1)"},
 };
 
-// Reads an integer variable over *field; absent leaves it untouched. A bad value names the variable.
+// Reads an integer variable over *field; absent leaves it untouched. A bad value names the
+// variable.
 template <typename T>
 Status ReadInt(const char* name, int64_t min, int64_t max, T* field) {
   M2N_ASSIGN_OR_RETURN(int64_t value, env::Int(name, min, max, static_cast<int64_t>(*field)));
@@ -44,7 +50,9 @@ Status ReadInt(const char* name, int64_t min, int64_t max, T* field) {
   return OkStatus();
 }
 
-void ReadString(const char* name, std::string* field) { *field = env::String(name, std::move(*field)); }
+void ReadString(const char* name, std::string* field) {
+  *field = env::String(name, std::move(*field));
+}
 
 // The job key: M2N_JOB_KEY, else the file M2N_JOB_KEY_FILE names, else the one set in code. Both
 // variables set is refused: which one the operator meant cannot be told.
@@ -110,7 +118,8 @@ StatusOr<Options> ResolveOptions(const Options& in) {
   b.timeout = std::chrono::milliseconds(timeout_ms);
   M2N_RETURN_IF_ERROR(ReadInt("M2N_SENDERS", 1, 1 << 16, &o.num_senders));
   M2N_RETURN_IF_ERROR(ReadInt("M2N_RECEIVERS", 1, 1 << 16, &o.num_receivers));
-  M2N_ASSIGN_OR_RETURN(o.slot_bytes, env::Size("M2N_SLOT_BYTES", 1, uint64_t{1} << 32, o.slot_bytes));
+  M2N_ASSIGN_OR_RETURN(o.slot_bytes,
+                       env::Size("M2N_SLOT_BYTES", 1, uint64_t{1} << 32, o.slot_bytes));
   M2N_RETURN_IF_ERROR(ReadInt("M2N_SLOT_DEPTH", 1, 1024, &o.slot_depth));
   ReadString("M2N_TRANSPORT", &o.transport);
   M2N_RETURN_IF_ERROR(ReadInt("M2N_SPIN_US", -1, 10'000'000, &o.spin_us));
@@ -124,26 +133,31 @@ StatusOr<Options> ResolveOptions(const Options& in) {
   if (b.master_addr.empty()) b.master_addr = "127.0.0.1";
   if (b.master_port == 0) b.master_port = 29517;
   if (b.job_id.empty()) {
-    b.job_id = "m2n@" + b.master_addr + ":" + std::to_string(b.master_port) + (run_name.empty() ? "" : "/" + run_name);
+    b.job_id = "m2n@" + b.master_addr + ":" + std::to_string(b.master_port) +
+               (run_name.empty() ? "" : "/" + run_name);
   }
 
   // Shape checks that need no peer: the bootstrap cannot even start without them.
   if (o.num_senders <= 0 || o.num_receivers <= 0) {
-    return InvalidArgumentError("options: num_senders (M) and num_receivers (N) must be >= 1, got M=" +
-                                std::to_string(o.num_senders) + " N=" + std::to_string(o.num_receivers) +
-                                " (set them in Options or M2N_SENDERS / M2N_RECEIVERS)");
+    return InvalidArgumentError(
+        "options: num_senders (M) and num_receivers (N) must be >= 1, got M=" +
+        std::to_string(o.num_senders) + " N=" + std::to_string(o.num_receivers) +
+        " (set them in Options or M2N_SENDERS / M2N_RECEIVERS)");
   }
   if (b.world_size < 0) {
-    return InvalidArgumentError("options: no world size: set Options::bootstrap.world_size, M2N_WORLD_SIZE, "
-                                "or launch with torchrun / mpirun / srun");
+    return InvalidArgumentError(
+        "options: no world size: set Options::bootstrap.world_size, M2N_WORLD_SIZE, "
+        "or launch with torchrun / mpirun / srun");
   }
   if (b.rank < 0) {
-    return InvalidArgumentError("options: no rank: set Options::bootstrap.rank, M2N_RANK, "
-                                "or launch with torchrun / mpirun / srun");
+    return InvalidArgumentError(
+        "options: no rank: set Options::bootstrap.rank, M2N_RANK, "
+        "or launch with torchrun / mpirun / srun");
   }
   if (b.world_size != o.num_senders + o.num_receivers) {
-    return InvalidArgumentError("options: world size " + std::to_string(b.world_size) + " != M + N = " +
-                                std::to_string(o.num_senders) + " + " + std::to_string(o.num_receivers));
+    return InvalidArgumentError("options: world size " + std::to_string(b.world_size) +
+                                " != M + N = " + std::to_string(o.num_senders) + " + " +
+                                std::to_string(o.num_receivers));
   }
   if (b.rank >= b.world_size) {
     return InvalidArgumentError("options: rank " + std::to_string(b.rank) + " is outside [0, " +
@@ -168,13 +182,13 @@ std::string DescribeOptions(const Options& o) {
       << "job id             " << o.bootstrap.job_id << "\n"
       << "job key            " << (o.bootstrap.job_key.empty() ? "none" : "set (not shown)") << "\n"
       << "timeout            " << o.bootstrap.timeout.count() << " ms\n"
-      << "spin               " << (o.spin_us < 0 ? std::string("auto") : std::to_string(o.spin_us) + " us")
-      << "\n"
+      << "spin               "
+      << (o.spin_us < 0 ? std::string("auto") : std::to_string(o.spin_us) + " us") << "\n"
       << "liveness check     " << o.liveness_check_ms << " ms\n"
       << "checksum           " << (o.checksum ? "on" : "off") << "\n"
       << "nic                " << (o.nic.empty() ? std::string("auto (topology)") : o.nic) << "\n"
-      << "proxy core         " << (o.proxy_core < 0 ? std::string("auto (topology)") : std::to_string(o.proxy_core))
-      << "\n";
+      << "proxy core         "
+      << (o.proxy_core < 0 ? std::string("auto (topology)") : std::to_string(o.proxy_core)) << "\n";
   return out.str();
 }
 

@@ -121,8 +121,10 @@ TEST(AbortTest, EndsConfigurationMismatchWaitInCreate) {
   const auto start = Clock::now();
   AbortLater abort(token, 200ms);
   rank0.join();
-  EXPECT_EQ(created.status().code(), StatusCode::kFailedPrecondition) << created.status().ToString();
-  EXPECT_NE(created.status().message().find("slot_bytes"), std::string::npos) << created.status().ToString();
+  EXPECT_EQ(created.status().code(), StatusCode::kFailedPrecondition)
+      << created.status().ToString();
+  EXPECT_NE(created.status().message().find("slot_bytes"), std::string::npos)
+      << created.status().ToString();
   EXPECT_LT(MsSince(abort.at()), kPromptlyMs);
   EXPECT_LT(MsSince(start), 3000.0) << "bound of the wait: 20000 ms";
 }

@@ -18,11 +18,15 @@
 namespace m2n::testing {
 namespace {
 
-bool Contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+bool Contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
 
 }  // namespace
 
-std::string SetupName(const ::testing::TestParamInfo<TransportSetup>& info) { return info.param.name; }
+std::string SetupName(const ::testing::TestParamInfo<TransportSetup>& info) {
+  return info.param.name;
+}
 
 void BadInputTest::SetUp() {
   std::string reason = SkipReason(GetParam());
@@ -38,7 +42,8 @@ TEST_P(BadInputTest, WrongRankOrWorldSizeIsRefusedBeforeAnyConnection) {
   o.bootstrap.world_size = 3;
   g = Group::Create(o);
   EXPECT_EQ(g.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_TRUE(Contains(g.status().message(), "world size 3 != M + N = 2 + 2")) << g.status().message();
+  EXPECT_TRUE(Contains(g.status().message(), "world size 3 != M + N = 2 + 2"))
+      << g.status().message();
 }
 
 TEST_P(BadInputTest, UnregisteredBufferOversizeMessageAndWrongPeerSendNothing) {
@@ -54,21 +59,24 @@ TEST_P(BadInputTest, UnregisteredBufferOversizeMessageAndWrongPeerSendNothing) {
       auto region = g.RegisterMemory(registered.data(), registered.size());
       CHILD_OK(region.status());
       Status s = g.Send({2, unregistered.data(), unregistered.size()}, Deadline::AfterMs(5000));
-      CHILD_CHECK(s.code() == StatusCode::kInvalidArgument && Contains(s.message(), "not inside memory registered"),
+      CHILD_CHECK(s.code() == StatusCode::kInvalidArgument &&
+                      Contains(s.message(), "not inside memory registered"),
                   "%s", s.ToString().c_str());
       // A buffer that starts inside a region but runs past its end is not registered either.
       s = g.Send({2, registered.data() + 2000, 100}, Deadline::AfterMs(5000));
       CHILD_CHECK(s.code() == StatusCode::kInvalidArgument, "%s", s.ToString().c_str());
       s = g.Send({2, registered.data(), 1025}, Deadline::AfterMs(5000));
-      CHILD_CHECK(s.code() == StatusCode::kInvalidArgument &&
-                      Contains(s.message(), "1025 bytes to rank 2 is larger than a slot (1024 bytes"),
-                  "%s", s.ToString().c_str());
+      CHILD_CHECK(
+          s.code() == StatusCode::kInvalidArgument &&
+              Contains(s.message(), "1025 bytes to rank 2 is larger than a slot (1024 bytes"),
+          "%s", s.ToString().c_str());
       s = g.Send({1, registered.data(), 8}, Deadline::AfterMs(5000));
-      CHILD_CHECK(s.code() == StatusCode::kInvalidArgument && Contains(s.message(), "own side"), "%s",
-                  s.ToString().c_str());
+      CHILD_CHECK(s.code() == StatusCode::kInvalidArgument && Contains(s.message(), "own side"),
+                  "%s", s.ToString().c_str());
       s = g.Send({7, registered.data(), 8}, Deadline::AfterMs(5000));
-      CHILD_CHECK(s.code() == StatusCode::kInvalidArgument && Contains(s.message(), "outside [0, 3)"), "%s",
-                  s.ToString().c_str());
+      CHILD_CHECK(
+          s.code() == StatusCode::kInvalidArgument && Contains(s.message(), "outside [0, 3)"), "%s",
+          s.ToString().c_str());
       // A batch with one bad request sends none of it.
       std::vector<SendRequest> batch = {{2, registered.data(), 8}, {2, unregistered.data(), 8}};
       s = g.Send(batch, Deadline::AfterMs(5000));
@@ -79,15 +87,16 @@ TEST_P(BadInputTest, UnregisteredBufferOversizeMessageAndWrongPeerSendNothing) {
     if (rank == 2) {
       auto m = g.Receive(0, Deadline::AfterMs(10000));
       CHILD_OK(m.status());
-      CHILD_CHECK(m->length == 16 && m->data[0] == std::byte{7} && m->data[15] == std::byte{7}, "length %zu",
-                  m->length);
+      CHILD_CHECK(m->length == 16 && m->data[0] == std::byte{7} && m->data[15] == std::byte{7},
+                  "length %zu", m->length);
       CHILD_OK(g.Release(*m));
       // Nothing else arrived: the refused sends left no trace.
       Message extra;
       auto more = g.TryReceive(0, &extra);
       CHILD_CHECK(more.ok() && !*more, "an unexpected second message arrived");
       Status s = g.Receive(2, Deadline::AfterMs(100)).status();
-      CHILD_CHECK(s.code() == StatusCode::kInvalidArgument, "receive from self: %s", s.ToString().c_str());
+      CHILD_CHECK(s.code() == StatusCode::kInvalidArgument, "receive from self: %s",
+                  s.ToString().c_str());
     }
     CHILD_OK(g.Close(Deadline::AfterMs(10000)));
     return 0;
@@ -116,12 +125,14 @@ TEST_P(BadInputTest, SlotReleasedTwiceIsRefused) {
       CHILD_OK(first.status());
       CHILD_OK(g.Release(*first));
       Status twice = g.Release(*first);
-      CHILD_CHECK(twice.code() == StatusCode::kFailedPrecondition && Contains(twice.message(), "already released"),
+      CHILD_CHECK(twice.code() == StatusCode::kFailedPrecondition &&
+                      Contains(twice.message(), "already released"),
                   "%s", twice.ToString().c_str());
       // The slot was reused by the second message; the stale release must not have freed it.
       auto second = g.Receive(0, Deadline::AfterMs(10000));
       CHILD_OK(second.status());
-      CHILD_CHECK(second->data[0] == std::byte{1} && second->sequence == 1, "second message corrupted");
+      CHILD_CHECK(second->data[0] == std::byte{1} && second->sequence == 1,
+                  "second message corrupted");
       Status stale = g.Release(*first);
       CHILD_CHECK(stale.code() == StatusCode::kFailedPrecondition, "%s", stale.ToString().c_str());
       CHILD_OK(g.Release(*second));
@@ -140,8 +151,9 @@ TEST_P(BadInputTest, ConfigurationDifferingBetweenRanksIsReportedOnEveryRank) {
     auto created = Group::Create(o);
     CHILD_CHECK(created.status().code() == StatusCode::kFailedPrecondition, "%s",
                 created.status().ToString().c_str());
-    CHILD_CHECK(Contains(created.status().message(), "slot_bytes is 4096 on rank 0 but 8192 on rank 2"), "%s",
-                created.status().message().c_str());
+    CHILD_CHECK(
+        Contains(created.status().message(), "slot_bytes is 4096 on rank 0 but 8192 on rank 2"),
+        "%s", created.status().message().c_str());
     return 0;
   });
   EXPECT_EQ(DescribeFailures(outcomes), "");
@@ -154,8 +166,9 @@ TEST_P(BadInputTest, TransportDifferingBetweenRanksIsReportedOnEveryRank) {
     auto created = Group::Create(TestOptions(1, 1, rank, port));
     CHILD_CHECK(created.status().code() == StatusCode::kFailedPrecondition, "%s",
                 created.status().ToString().c_str());
-    CHILD_CHECK(Contains(created.status().message(), "transport is " + GetParam().transport +
-                                                     " on rank 0 but <unknown transport 'carrier-pigeon'"),
+    CHILD_CHECK(Contains(created.status().message(),
+                         "transport is " + GetParam().transport +
+                             " on rank 0 but <unknown transport 'carrier-pigeon'"),
                 "%s", created.status().message().c_str());
     return 0;
   });
@@ -171,7 +184,8 @@ TEST_P(BadInputTest, UnreachableMasterTimesOutNamingIt) {
   auto g = Group::Create(o);
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EXPECT_EQ(g.status().code(), StatusCode::kDeadlineExceeded) << g.status().ToString();
-  EXPECT_TRUE(Contains(g.status().message(), "127.0.0.1:" + std::to_string(port))) << g.status().message();
+  EXPECT_TRUE(Contains(g.status().message(), "127.0.0.1:" + std::to_string(port)))
+      << g.status().message();
   EXPECT_LT(seconds, 3.0);
 }
 
@@ -179,49 +193,53 @@ TEST_P(BadInputTest, UnreachableMasterTimesOutNamingIt) {
 // credits to it, reports rank 2 dead; then the sender exits too, and receiver rank 1, waiting for
 // the sender, reports one of them. Every survivor errs by name within the bound, none hangs.
 TEST_P(BadInputTest, PeerThatExitsMidRunIsReportedByRank) {
-  auto outcomes = RunRanks(3, [&](int rank, int port) {
-    ApplySetup(GetParam());
-    Options o = TestOptions(1, 2, rank, port);
-    o.slot_depth = 2;
-    auto created = Group::Create(o);
-    CHILD_OK(created.status());
-    Group& g = **created;
-    std::vector<std::byte> buffer(64);
-    auto region = g.RegisterMemory(buffer.data(), buffer.size());
-    CHILD_OK(region.status());
-    if (rank == 2) {
-      auto m = g.Receive(0, Deadline::AfterMs(10000));
-      CHILD_OK(m.status());
-      _exit(0);  // gone, without Close and without releasing
-    }
-    if (rank == 0) {
-      Status s;
-      auto start = std::chrono::steady_clock::now();
-      for (int i = 0; i < 100 && s.ok(); ++i) {
-        std::vector<SendRequest> both = {{1, buffer.data(), 8}, {2, buffer.data(), 8}};
-        s = g.Send(both, Deadline::AfterMs(10000));
-      }
-      double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      CHILD_CHECK(s.code() == StatusCode::kUnavailable && Contains(s.message(), "rank 2"), "%s",
-                  s.ToString().c_str());
-      CHILD_CHECK(seconds < 5.0, "took %.1f s to notice", seconds);
-      fprintf(stderr, "rank 0 saw: %s\n", s.ToString().c_str());
-      _exit(0);  // leave without Close: rank 1 must notice this too
-    }
-    // rank 1: receives, releasing, until the sender disappears.
-    Status s;
-    while (s.ok()) {
-      auto m = g.Receive(0, Deadline::AfterMs(10000));
-      s = m.status();
-      if (s.ok()) s = g.Release(*m);
-    }
-    // A group is one fault domain: rank 1 may first see rank 2 (the root cause) or rank 0 gone.
-    CHILD_CHECK(s.code() == StatusCode::kUnavailable &&
-                    (Contains(s.message(), "rank 2 died") || Contains(s.message(), "rank 0 died")),
-                "%s", s.ToString().c_str());
-    fprintf(stderr, "rank 1 saw: %s\n", s.ToString().c_str());
-    return 0;
-  }, 60);
+  auto outcomes = RunRanks(
+      3,
+      [&](int rank, int port) {
+        ApplySetup(GetParam());
+        Options o = TestOptions(1, 2, rank, port);
+        o.slot_depth = 2;
+        auto created = Group::Create(o);
+        CHILD_OK(created.status());
+        Group& g = **created;
+        std::vector<std::byte> buffer(64);
+        auto region = g.RegisterMemory(buffer.data(), buffer.size());
+        CHILD_OK(region.status());
+        if (rank == 2) {
+          auto m = g.Receive(0, Deadline::AfterMs(10000));
+          CHILD_OK(m.status());
+          _exit(0);  // gone, without Close and without releasing
+        }
+        if (rank == 0) {
+          Status s;
+          auto start = std::chrono::steady_clock::now();
+          for (int i = 0; i < 100 && s.ok(); ++i) {
+            std::vector<SendRequest> both = {{1, buffer.data(), 8}, {2, buffer.data(), 8}};
+            s = g.Send(both, Deadline::AfterMs(10000));
+          }
+          double seconds =
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+          CHILD_CHECK(s.code() == StatusCode::kUnavailable && Contains(s.message(), "rank 2"), "%s",
+                      s.ToString().c_str());
+          CHILD_CHECK(seconds < 5.0, "took %.1f s to notice", seconds);
+          fprintf(stderr, "rank 0 saw: %s\n", s.ToString().c_str());
+          _exit(0);  // leave without Close: rank 1 must notice this too
+        }
+        // rank 1: receives, releasing, until the sender disappears.
+        Status s;
+        while (s.ok()) {
+          auto m = g.Receive(0, Deadline::AfterMs(10000));
+          s = m.status();
+          if (s.ok()) s = g.Release(*m);
+        }
+        // A group is one fault domain: rank 1 may first see rank 2 (the root cause) or rank 0 gone.
+        CHILD_CHECK(s.code() == StatusCode::kUnavailable && (Contains(s.message(), "rank 2 died") ||
+                                                             Contains(s.message(), "rank 0 died")),
+                    "%s", s.ToString().c_str());
+        fprintf(stderr, "rank 1 saw: %s\n", s.ToString().c_str());
+        return 0;
+      },
+      60);
   EXPECT_EQ(DescribeFailures(outcomes), "");
 }
 

@@ -5,7 +5,8 @@ namespace m2n::testing {
 namespace {
 
 INSTANTIATE_TEST_SUITE_P(ucx, BadInputTest,
-                         ::testing::Values(TransportSetup{"shm", "ucx", {{"UCX_TLS", "shm,self"}}}), SetupName);
+                         ::testing::Values(TransportSetup{"shm", "ucx", {{"UCX_TLS", "shm,self"}}}),
+                         SetupName);
 
 }  // namespace
 }  // namespace m2n::testing

@@ -5,7 +5,8 @@
 namespace m2n::testing {
 namespace {
 
-INSTANTIATE_TEST_SUITE_P(verbs, BadInputTest, ::testing::Values(TransportSetup{"rc", "verbs", {}}), SetupName);
+INSTANTIATE_TEST_SUITE_P(verbs, BadInputTest, ::testing::Values(TransportSetup{"rc", "verbs", {}}),
+                         SetupName);
 
 }  // namespace
 }  // namespace m2n::testing

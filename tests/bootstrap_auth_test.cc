@@ -40,7 +40,8 @@ Options TwoRanks() {
   return o;
 }
 
-TcpStoreOptions KeyedOptions(int port, int rank, int world_size, std::string key, std::string job = kJob) {
+TcpStoreOptions KeyedOptions(int port, int rank, int world_size, std::string key,
+                             std::string job = kJob) {
   TcpStoreOptions options = RankOptions(port, rank, world_size, std::move(job));
   options.job_key = std::move(key);
   return options;
@@ -54,8 +55,10 @@ std::unique_ptr<Store> Serve(int world_size, std::string key, std::string job = 
   return store.ok() ? std::move(*store) : nullptr;
 }
 
-StatusOr<std::unique_ptr<Store>> Join(int port, int rank, int world_size, std::string key, int64_t ms = 3000) {
-  return ConnectTcpStore(KeyedOptions(port, rank, world_size, std::move(key)), Deadline::AfterMs(ms));
+StatusOr<std::unique_ptr<Store>> Join(int port, int rank, int world_size, std::string key,
+                                      int64_t ms = 3000) {
+  return ConnectTcpStore(KeyedOptions(port, rank, world_size, std::move(key)),
+                         Deadline::AfterMs(ms));
 }
 
 // The ERROR a raw HELLO of `job` as `rank` gets, or "" when it is challenged instead.
@@ -65,7 +68,8 @@ std::string RefusalOfHello(int port, const std::string& job, int rank, int world
   EXPECT_TRUE(SendAll(fd, ValidFrame(wire::Hello{job, rank, world_size, TestNonce()})));
   std::optional<Message> answer = ReadOneFrame(fd, 2000ms);
   close(fd);
-  if (answer && std::holds_alternative<wire::ErrorReply>(*answer)) return std::get<wire::ErrorReply>(*answer).text;
+  if (answer && std::holds_alternative<wire::ErrorReply>(*answer))
+    return std::get<wire::ErrorReply>(*answer).text;
   EXPECT_TRUE(answer && std::holds_alternative<wire::Challenge>(*answer));
   return "";
 }
@@ -92,14 +96,14 @@ TEST(StoreAuthTest, RanksWithTheJobKeyJoinAndWork) {
 }
 
 TEST(StoreAuthTest, AWrongOrMissingKeyIsRefusedInBothDirections) {
-  for (const auto& [store_key, rank_key] : {std::pair<std::string, std::string>{kKey, kOtherKey},
-                                            {kKey, ""},
-                                            {"", kKey}}) {
+  for (const auto& [store_key, rank_key] :
+       {std::pair<std::string, std::string>{kKey, kOtherKey}, {kKey, ""}, {"", kKey}}) {
     std::unique_ptr<Store> rank0 = Serve(2, store_key);
     ASSERT_NE(rank0, nullptr);
     StatusOr<std::unique_ptr<Store>> rank1 = Join(TcpStorePort(*rank0), 1, 2, rank_key);
     EXPECT_EQ(rank1.status().code(), StatusCode::kFailedPrecondition) << rank1.status().ToString();
-    EXPECT_TRUE(Contains(rank1.status().message(), "did not prove it holds the job key")) << rank1.status().ToString();
+    EXPECT_TRUE(Contains(rank1.status().message(), "did not prove it holds the job key"))
+        << rank1.status().ToString();
     EXPECT_FALSE(Contains(rank1.status().message(), "0123456789abcdef")) << "a key in a message";
     std::this_thread::sleep_for(100ms);
     EXPECT_TRUE(rank0->DeadRanks()->empty()) << "a refused rank marked dead";
@@ -144,7 +148,8 @@ TEST(StoreAuthTest, AStrangerThatHellosAsARankAndDropsMarksNoRankDead) {
     std::this_thread::sleep_for(200ms);
     StatusOr<std::vector<int>> dead = rank0->DeadRanks();
     ASSERT_OK(dead.status());
-    EXPECT_TRUE(dead->empty()) << "key '" << key << "': rank " << dead->front() << " marked dead by a stranger";
+    EXPECT_TRUE(dead->empty()) << "key '" << key << "': rank " << dead->front()
+                               << " marked dead by a stranger";
     // And the real ranks join as if nothing happened.
     StatusOr<std::unique_ptr<Store>> rank1 = Join(port, 1, 3, key);
     StatusOr<std::unique_ptr<Store>> rank2 = Join(port, 2, 3, key);
@@ -166,10 +171,12 @@ TEST(StoreAuthTest, EachRankSetsOnlyItsOwnKeys) {
   EXPECT_OK(one.Add("m2n/barrier/connected", 1).status());
   EXPECT_OK(one.Add("m2n/config-checked", 1).status());
   // Not another rank's, nor a counter by SET, nor a key no rank owns.
-  for (const char* key : {"m2n/addr/0/1", "m2n/slots/2", "m2n/config/0", "m2n/barrier/connected", "m2n/host/01"}) {
+  for (const char* key :
+       {"m2n/addr/0/1", "m2n/slots/2", "m2n/config/0", "m2n/barrier/connected", "m2n/host/01"}) {
     Status s = one.SetString(key, "redirected");
     EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition) << key << ": " << s.ToString();
-    EXPECT_TRUE(Contains(s.message(), "rank 1 may not SET '" + std::string(key) + "'")) << s.ToString();
+    EXPECT_TRUE(Contains(s.message(), "rank 1 may not SET '" + std::string(key) + "'"))
+        << s.ToString();
   }
   StatusOr<int64_t> add = one.Add("m2n/slots/0", 1);
   EXPECT_EQ(add.status().code(), StatusCode::kFailedPrecondition);
@@ -225,11 +232,11 @@ TEST(StoreAuthTest, TwoJobsOnOnePortNeverMix) {
   std::unique_ptr<Store> a0 = Serve(2, kKey, "m2n@127.0.0.1:29517");
   ASSERT_NE(a0, nullptr);
   const int port = TcpStorePort(*a0);
-  StatusOr<std::unique_ptr<Store>> b1 =
-      ConnectTcpStore(KeyedOptions(port, 1, 2, kOtherKey, "m2n@127.0.0.1:29517"), Deadline::AfterMs(2000));
+  StatusOr<std::unique_ptr<Store>> b1 = ConnectTcpStore(
+      KeyedOptions(port, 1, 2, kOtherKey, "m2n@127.0.0.1:29517"), Deadline::AfterMs(2000));
   EXPECT_EQ(b1.status().code(), StatusCode::kFailedPrecondition) << b1.status().ToString();
-  StatusOr<std::unique_ptr<Store>> a1 =
-      ConnectTcpStore(KeyedOptions(port, 1, 2, kKey, "m2n@127.0.0.1:29517"), Deadline::AfterMs(2000));
+  StatusOr<std::unique_ptr<Store>> a1 = ConnectTcpStore(
+      KeyedOptions(port, 1, 2, kKey, "m2n@127.0.0.1:29517"), Deadline::AfterMs(2000));
   EXPECT_OK(a1.status());
 
   // Without keys: two torchrun runs on one master port get different default job ids.
@@ -240,7 +247,9 @@ TEST(StoreAuthTest, TwoJobsOnOnePortNeverMix) {
     setenv("MASTER_PORT", "29517", 1);
     setenv("TORCHELASTIC_RUN_ID", run, 1);
     StatusOr<Options> o = ResolveOptions(TwoRanks());
-    for (const char* v : {"RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"}) unsetenv(v);
+    for (const char* v :
+         {"RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"})
+      unsetenv(v);
     EXPECT_TRUE(o.ok()) << o.status().ToString();
     return o.ok() ? o->bootstrap.job_id : std::string();
   };
@@ -251,14 +260,17 @@ TEST(StoreAuthTest, TwoJobsOnOnePortNeverMix) {
   ASSERT_NE(keyless, nullptr);
   StatusOr<std::unique_ptr<Store>> other_run = ConnectTcpStore(
       RankOptions(TcpStorePort(*keyless), 1, 2, job_id_of("run-b")), Deadline::AfterMs(2000));
-  EXPECT_EQ(other_run.status().code(), StatusCode::kFailedPrecondition) << other_run.status().ToString();
+  EXPECT_EQ(other_run.status().code(), StatusCode::kFailedPrecondition)
+      << other_run.status().ToString();
 }
 
-// The key's sources through ResolveOptions: M2N_JOB_KEY, a file only its owner can read, never both.
+// The key's sources through ResolveOptions: M2N_JOB_KEY, a file only its owner can read, never
+// both.
 class JobKeyOptionsTest : public ::testing::Test {
  protected:
   void TearDown() override {
-    for (const char* v : {"M2N_JOB_KEY", "M2N_JOB_KEY_FILE", "M2N_RANK", "M2N_WORLD_SIZE"}) unsetenv(v);
+    for (const char* v : {"M2N_JOB_KEY", "M2N_JOB_KEY_FILE", "M2N_RANK", "M2N_WORLD_SIZE"})
+      unsetenv(v);
     if (!path_.empty()) unlink(path_.c_str());
   }
   StatusOr<Options> Resolve() {
@@ -304,13 +316,15 @@ TEST_F(JobKeyOptionsTest, AFileOthersCanReadAShortKeyOrBothSourcesAreRefused) {
   setenv("M2N_JOB_KEY", kKey, 1);
   o = Resolve();
   EXPECT_EQ(o.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_TRUE(Contains(o.status().message(), "both M2N_JOB_KEY and M2N_JOB_KEY_FILE")) << o.status().ToString();
+  EXPECT_TRUE(Contains(o.status().message(), "both M2N_JOB_KEY and M2N_JOB_KEY_FILE"))
+      << o.status().ToString();
 
   unsetenv("M2N_JOB_KEY_FILE");
   setenv("M2N_JOB_KEY", "secret", 1);
   o = Resolve();
   EXPECT_EQ(o.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_TRUE(Contains(o.status().message(), "M2N_JOB_KEY is 6 bytes; it must be at least 16")) << o.status().ToString();
+  EXPECT_TRUE(Contains(o.status().message(), "M2N_JOB_KEY is 6 bytes; it must be at least 16"))
+      << o.status().ToString();
 }
 
 TEST(StoreAuthTest, AKeylessStoreBoundBeyondLoopbackWarnsOnce) {
@@ -336,10 +350,11 @@ TEST(StoreAuthTest, SpawnLocalGivesEachJobAFreshKeyUnlessTheCallerSetsOne) {
   // Each rank checks its key: 64 hex digits, the same on every rank (one file per rank compared).
   const std::string dir = ::testing::TempDir();
   const std::string tag = dir + "m2n_spawn_key_" + std::to_string(getpid());
-  const std::string script = "test ${#M2N_JOB_KEY} -eq 64 && printf %s \"$M2N_JOB_KEY\" > " + tag + ".$M2N_RANK";
+  const std::string script =
+      "test ${#M2N_JOB_KEY} -eq 64 && printf %s \"$M2N_JOB_KEY\" > " + tag + ".$M2N_RANK";
   setenv("M2N_JOB_KEY", "inherited-key-of-another-job", 1);
-  StatusOr<JobExit> job = SpawnLocal({.program = "/bin/sh", .args = {"sh", "-c", script}, .num_ranks = 2},
-                                     Deadline::After(10s));
+  StatusOr<JobExit> job = SpawnLocal(
+      {.program = "/bin/sh", .args = {"sh", "-c", script}, .num_ranks = 2}, Deadline::After(10s));
   unsetenv("M2N_JOB_KEY");
   ASSERT_OK(job.status());
   for (const RankExit& r : job->ranks) EXPECT_EQ(r.exit_code, 0) << r.Describe();

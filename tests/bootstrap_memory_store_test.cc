@@ -34,7 +34,6 @@ using namespace std::chrono_literals;
 using wire::Message;
 using wire::MessageType;
 
-
 TEST(InMemoryStoreTest, SetGetAddWait) {
   std::unique_ptr<Store> store = NewInMemoryStore();
   ASSERT_OK(store->SetString("a", "alpha"));
@@ -88,7 +87,8 @@ TEST(InMemoryStoreTest, ThreadsCountWaitAndMeetAtBarriers) {
       }
       if (!store->SetString("done/" + std::to_string(t), "1").ok()) ++failures;
       for (int round = 0; round < 3; ++round) {
-        if (!store->Barrier("round" + std::to_string(round), kThreads, Deadline::AfterMs(10000)).ok())
+        if (!store->Barrier("round" + std::to_string(round), kThreads, Deadline::AfterMs(10000))
+                 .ok())
           ++failures;
       }
     });

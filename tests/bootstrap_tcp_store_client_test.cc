@@ -64,7 +64,8 @@ TEST(TcpStoreClientTest, AStoreSpeakingAnotherVersionIsFailedPrecondition) {
   });
   StatusOr<std::unique_ptr<Store>> client = ConnectRank(fake.port(), 1, 2);
   EXPECT_EQ(client.status().code(), StatusCode::kFailedPrecondition);
-  EXPECT_TRUE(Contains(client.status().message(), "peer speaks protocol version 3, this build speaks 2"))
+  EXPECT_TRUE(
+      Contains(client.status().message(), "peer speaks protocol version 3, this build speaks 2"))
       << client.status().ToString();
 }
 

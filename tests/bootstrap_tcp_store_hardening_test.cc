@@ -35,9 +35,9 @@ using namespace std::chrono_literals;
 using wire::Message;
 using wire::MessageType;
 
-
 // A standalone server for `world_size` ranks of kJob whose strangers get `hello_timeout`.
-std::unique_ptr<TcpStoreServer> StartServer(int world_size, std::chrono::milliseconds hello_timeout) {
+std::unique_ptr<TcpStoreServer> StartServer(int world_size,
+                                            std::chrono::milliseconds hello_timeout) {
   TcpStoreOptions options = RankOptions(0, 0, world_size);
   options.hello_timeout = hello_timeout;
   StatusOr<std::unique_ptr<TcpStoreServer>> server = StartTcpStoreServer(options);
@@ -79,13 +79,15 @@ TEST(TcpStoreHardeningTest, AStrangerThatSaysNothingOrTooLittleIsClosedAfterTheH
   std::optional<wire::ErrorReply> silent_error = RefusalOf(silent, 3000ms);
   ASSERT_TRUE(silent_error.has_value()) << "the silent stranger is still connected after 3 s";
   EXPECT_EQ(silent_error->code, StatusCode::kDeadlineExceeded);
-  EXPECT_TRUE(Contains(silent_error->text, "no HELLO within 300 ms of connecting (0 bytes received)"))
+  EXPECT_TRUE(
+      Contains(silent_error->text, "no HELLO within 300 ms of connecting (0 bytes received)"))
       << silent_error->text;
   EXPECT_GE(MsSince(start), 250);
   std::optional<wire::ErrorReply> truncated_error = RefusalOf(truncated, 3000ms);
   ASSERT_TRUE(truncated_error.has_value());
   EXPECT_TRUE(Contains(truncated_error->text, "no HELLO within 300 ms")) << truncated_error->text;
-  EXPECT_TRUE(Contains(truncated_error->text, std::to_string(half_hello.size()) + " bytes received"))
+  EXPECT_TRUE(
+      Contains(truncated_error->text, std::to_string(half_hello.size()) + " bytes received"))
       << truncated_error->text;
   close(silent);
   close(truncated);
@@ -111,13 +113,15 @@ TEST(TcpStoreHardeningTest, AStrangersLargeRequestIsRefusedFromItsHeaderAlone) {
     ASSERT_GE(fd, 0);
     Bytes header = ValidFrame(wire::HelloOk{});
     header[6] = static_cast<std::byte>(static_cast<uint16_t>(type));
-    PutU32At(header, 8, static_cast<uint32_t>(std::min<size_t>(size_t{60} << 20, wire::MaxBodyBytes(type))));
+    PutU32At(header, 8,
+             static_cast<uint32_t>(std::min<size_t>(size_t{60} << 20, wire::MaxBodyBytes(type))));
     ASSERT_TRUE(SendAll(fd, header));
     auto start = Clock::now();
     std::optional<wire::ErrorReply> error = RefusalOf(fd, 3000ms);
     ASSERT_TRUE(error.has_value()) << wire::MessageTypeName(type);
     EXPECT_EQ(error->code, StatusCode::kFailedPrecondition);
-    EXPECT_TRUE(Contains(error->text, "expected HELLO first, got " + wire::MessageTypeName(type))) << error->text;
+    EXPECT_TRUE(Contains(error->text, "expected HELLO first, got " + wire::MessageTypeName(type)))
+        << error->text;
     EXPECT_LT(MsSince(start), 2000) << "refused at once, not after the HELLO timeout";
     close(fd);
   }
@@ -246,7 +250,8 @@ TEST(TcpStoreHardeningTest, AStoreAnnouncingAnOversizeOrTruncatedAnswerIsRefused
     auto start = Clock::now();
     StatusOr<std::unique_ptr<Store>> client = ConnectRank(fake.port(), 1, 2, /*timeout_ms=*/2000);
     EXPECT_EQ(client.status().code(), StatusCode::kDataLoss) << client.status().ToString();
-    EXPECT_TRUE(Contains(client.status().message(), "HELLO_OK body of 1048576 bytes exceeds the maximum of 0"))
+    EXPECT_TRUE(Contains(client.status().message(),
+                         "HELLO_OK body of 1048576 bytes exceeds the maximum of 0"))
         << client.status().ToString();
     EXPECT_LT(MsSince(start), 1500);
   }

@@ -129,13 +129,13 @@ class Pipe {
 };
 
 // The child's side of a check: prints what failed and says so by exit code.
-#define CHILD_CHECK(cond, code)                                                                         \
-  do {                                                                                                  \
-    if (!(cond)) {                                                                                      \
-      std::fprintf(stderr, "child %d: check failed: %s (line %d)\n", static_cast<int>(getpid()), #cond, \
-                   __LINE__);                                                                           \
-      return code;                                                                                      \
-    }                                                                                                   \
+#define CHILD_CHECK(cond, code)                                                                  \
+  do {                                                                                           \
+    if (!(cond)) {                                                                               \
+      std::fprintf(stderr, "child %d: check failed: %s (line %d)\n", static_cast<int>(getpid()), \
+                   #cond, __LINE__);                                                             \
+      return code;                                                                               \
+    }                                                                                            \
   } while (0)
 
 // ---------------------------------------------------------------------------------------------
@@ -180,7 +180,8 @@ TEST(TcpStoreTest, ClientsInForkedProcesses) {
       int port = port_pipe->ReadInt(10000ms);
       CHILD_CHECK(port > 0, 10);
       StatusOr<std::unique_ptr<Store>> store = ConnectRank(port, rank, kWorld);
-      if (!store.ok()) std::fprintf(stderr, "child rank %d: %s\n", rank, store.status().ToString().c_str());
+      if (!store.ok())
+        std::fprintf(stderr, "child rank %d: %s\n", rank, store.status().ToString().c_str());
       CHILD_CHECK(store.ok(), 11);
       int step = RankWorkload(**store, rank, kWorld);
       CHILD_CHECK(step == 0, 20 + step);
@@ -192,7 +193,8 @@ TEST(TcpStoreTest, ClientsInForkedProcesses) {
   ASSERT_NE(rank0, nullptr);
   for (auto& pipe : ports) ASSERT_TRUE(pipe->WriteInt(TcpStorePort(*rank0)));
   EXPECT_EQ(RankWorkload(*rank0, 0, kWorld), 0);
-  for (size_t i = 0; i < children.size(); ++i) EXPECT_EQ(children[i]->Join(20000ms), 0) << "rank " << i + 1;
+  for (size_t i = 0; i < children.size(); ++i)
+    EXPECT_EQ(children[i]->Join(20000ms), 0) << "rank " << i + 1;
   StatusOr<std::vector<int>> dead = rank0->DeadRanks();
   ASSERT_OK(dead.status());
   EXPECT_TRUE(dead->empty()) << "ranks that said goodbye are not dead";
@@ -381,20 +383,24 @@ TEST(TcpStoreTest, RefusesAnotherJobAWrongWorldSizeAndADuplicateRank) {
       ConnectTcpStore(RankOptions(port, 1, 3, "other-job"), Deadline::AfterMs(2000));
   EXPECT_EQ(stranger.status().code(), StatusCode::kFailedPrecondition);
   // The refusal names what the client sent, never the store's own job id (docs/security.md).
-  EXPECT_TRUE(Contains(stranger.status().message(), "refused rank 1 of job 'other-job'")) << stranger.status().ToString();
-  EXPECT_TRUE(Contains(stranger.status().message(), "the job id, the world size or the job key differs"))
+  EXPECT_TRUE(Contains(stranger.status().message(), "refused rank 1 of job 'other-job'"))
+      << stranger.status().ToString();
+  EXPECT_TRUE(
+      Contains(stranger.status().message(), "the job id, the world size or the job key differs"))
       << stranger.status().ToString();
   EXPECT_FALSE(Contains(stranger.status().message(), "test-job")) << stranger.status().ToString();
 
   StatusOr<std::unique_ptr<Store>> wrong_size = ConnectRank(port, 1, 4);
   EXPECT_EQ(wrong_size.status().code(), StatusCode::kFailedPrecondition);
-  EXPECT_TRUE(Contains(wrong_size.status().message(), "world size is 4")) << wrong_size.status().ToString();
+  EXPECT_TRUE(Contains(wrong_size.status().message(), "world size is 4"))
+      << wrong_size.status().ToString();
 
   StatusOr<std::unique_ptr<Store>> first = ConnectRank(port, 1, 3);
   ASSERT_OK(first.status());
   StatusOr<std::unique_ptr<Store>> second = ConnectRank(port, 1, 3);
   EXPECT_EQ(second.status().code(), StatusCode::kFailedPrecondition);
-  EXPECT_TRUE(Contains(second.status().message(), "already connected")) << second.status().ToString();
+  EXPECT_TRUE(Contains(second.status().message(), "already connected"))
+      << second.status().ToString();
 
   // Closed (with a goodbye), the rank may connect again.
   ASSERT_OK((*first)->Goodbye());
@@ -476,7 +482,8 @@ TEST(TcpStoreTest, GarbageFromStrangersDoesNotDisturbARealClient) {
   getter.join();
   EXPECT_EQ(*(*rank1)->Add("still-works", 1), 1);
   EXPECT_TRUE(rank0->DeadRanks()->empty());
-  EXPECT_EQ((*rank1)->GetString("k", Deadline::AfterMs(0)).status().code(), StatusCode::kDeadlineExceeded)
+  EXPECT_EQ((*rank1)->GetString("k", Deadline::AfterMs(0)).status().code(),
+            StatusCode::kDeadlineExceeded)
       << "no stranger's SET got through";
   close(silent);
 }
@@ -501,8 +508,8 @@ TEST(TcpStoreTest, ServerGoneIsUnavailable) {
   EXPECT_LT(MsSince(start), 1000) << "the serving store's destructor is bounded";
   getter.join();
 
-  const std::string expected =
-      "bootstrap: the store at 127.0.0.1:" + std::to_string(port) + " (rank 0) closed the connection";
+  const std::string expected = "bootstrap: the store at 127.0.0.1:" + std::to_string(port) +
+                               " (rank 0) closed the connection";
   Status set = (*rank1)->SetString("k", "v");
   EXPECT_EQ(set.code(), StatusCode::kUnavailable);
   EXPECT_EQ(set.message().substr(0, expected.size()), expected) << set.ToString();
@@ -546,7 +553,8 @@ TEST(TcpStoreTest, StandaloneServerAndABusyPort) {
   options.port = port;
   StatusOr<std::unique_ptr<TcpStoreServer>> twin = StartTcpStoreServer(options);
   EXPECT_EQ(twin.status().code(), StatusCode::kUnavailable);
-  EXPECT_TRUE(Contains(twin.status().message(), "Address already in use")) << twin.status().ToString();
+  EXPECT_TRUE(Contains(twin.status().message(), "Address already in use"))
+      << twin.status().ToString();
 }
 
 // A fake store that answers by a script, to check the client against answers a real store never

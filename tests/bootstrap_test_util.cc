@@ -66,13 +66,15 @@ TcpStoreOptions RankOptions(int port, int rank, int world_size, std::string job)
   return options;
 }
 
-StatusOr<std::unique_ptr<Store>> ConnectRank(int port, int rank, int world_size, int64_t timeout_ms) {
+StatusOr<std::unique_ptr<Store>> ConnectRank(int port, int rank, int world_size,
+                                             int64_t timeout_ms) {
   return ConnectTcpStore(RankOptions(port, rank, world_size), Deadline::AfterMs(timeout_ms));
 }
 
 Bytes TestNonce() { return Bytes(wire::kNonceBytes, std::byte{0x4e}); }
 
-int RawJoin(int port, int rank, int world_size, const std::string& key, std::string job, std::string* refusal) {
+int RawJoin(int port, int rank, int world_size, const std::string& key, std::string job,
+            std::string* refusal) {
   int fd = RawConnect(port);
   if (fd < 0) return -1;
   const Bytes nonce = TestNonce();
@@ -83,14 +85,16 @@ int RawJoin(int port, int rank, int world_size, const std::string& key, std::str
     close(fd);
     return -1;
   };
-  if (!SendAll(fd, ValidFrame(wire::Hello{job, rank, world_size, nonce}))) return fail(std::nullopt);
+  if (!SendAll(fd, ValidFrame(wire::Hello{job, rank, world_size, nonce})))
+    return fail(std::nullopt);
   std::optional<Message> answer = ReadOneFrame(fd, 5000ms);
   if (!answer || !std::holds_alternative<wire::Challenge>(*answer)) return fail(answer);
   const auto& challenge = std::get<wire::Challenge>(*answer);
   const auto key_bytes = std::as_bytes(std::span(key));
   const Sha256Digest mac =
       HandshakeMac(HandshakeRole::kRank, key_bytes, job, rank, world_size, nonce, challenge.nonce);
-  if (!SendAll(fd, ValidFrame(wire::Proof{Bytes(mac.begin(), mac.end())}))) return fail(std::nullopt);
+  if (!SendAll(fd, ValidFrame(wire::Proof{Bytes(mac.begin(), mac.end())})))
+    return fail(std::nullopt);
   answer = ReadOneFrame(fd, 5000ms);
   if (!answer || !std::holds_alternative<wire::HelloOk>(*answer)) return fail(answer);
   return fd;
@@ -101,8 +105,10 @@ bool FakeHandshake(int fd) {
   if (!hello || !std::holds_alternative<wire::Hello>(*hello)) return false;
   const auto& h = std::get<wire::Hello>(*hello);
   const Bytes store_nonce(wire::kNonceBytes, std::byte{0x53});
-  const Sha256Digest mac = HandshakeMac(HandshakeRole::kStore, {}, h.job_id, h.rank, h.world_size, h.nonce, store_nonce);
-  if (!SendAll(fd, ValidFrame(wire::Challenge{store_nonce, Bytes(mac.begin(), mac.end())}))) return false;
+  const Sha256Digest mac =
+      HandshakeMac(HandshakeRole::kStore, {}, h.job_id, h.rank, h.world_size, h.nonce, store_nonce);
+  if (!SendAll(fd, ValidFrame(wire::Challenge{store_nonce, Bytes(mac.begin(), mac.end())})))
+    return false;
   std::optional<Message> proof = ReadOneFrame(fd, 2000ms);
   return proof && std::holds_alternative<wire::Proof>(*proof);
 }
@@ -182,7 +188,8 @@ int RankWorkload(Store& store, int rank, int world_size) {
   for (int r = 0; r < world_size; ++r) keys.push_back("addr/" + std::to_string(r));
   if (!store.Wait(keys, Deadline::AfterMs(10000)).ok()) return 3;
   for (int r = 0; r < world_size; ++r) {
-    StatusOr<std::string> address = store.GetString("addr/" + std::to_string(r), Deadline::AfterMs(10000));
+    StatusOr<std::string> address =
+        store.GetString("addr/" + std::to_string(r), Deadline::AfterMs(10000));
     if (!address.ok() || *address != "address-of-" + std::to_string(r)) return 4;
   }
   if (!store.Barrier("after-exchange", world_size, Deadline::AfterMs(10000)).ok()) return 5;

@@ -19,7 +19,6 @@
 #include "bootstrap/store.h"
 #include "bootstrap/wire.h"
 
-
 #define ASSERT_OK(expr)                                    \
   do {                                                     \
     const ::m2n::Status assert_ok_ = (expr);               \
@@ -54,7 +53,8 @@ int RawJoin(int port, int rank, int world_size, const std::string& key = "", std
             std::string* refusal = nullptr);
 
 TcpStoreOptions RankOptions(int port, int rank, int world_size, std::string job = kJob);
-StatusOr<std::unique_ptr<Store>> ConnectRank(int port, int rank, int world_size, int64_t timeout_ms = 5000);
+StatusOr<std::unique_ptr<Store>> ConnectRank(int port, int rank, int world_size,
+                                             int64_t timeout_ms = 5000);
 
 // A plain blocking socket to 127.0.0.1:port, to play a stranger; -1 on failure.
 int RawConnect(int port);

@@ -1,6 +1,6 @@
 // WireTest: the bootstrap store's wire codec (src/bootstrap/wire.h): every type round trips, and
-// bad magic, versions, types, sizes, truncations and trailing bytes are refused with a clear status;
-// random and mutated input never crashes.
+// bad magic, versions, types, sizes, truncations and trailing bytes are refused with a clear
+// status; random and mutated input never crashes.
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -34,7 +34,6 @@ namespace {
 using namespace std::chrono_literals;
 using wire::Message;
 using wire::MessageType;
-
 
 std::vector<Message> OneOfEachType() {
   Bytes binary = {std::byte{0}, std::byte{0xff}, std::byte{0x80}, std::byte{0}, std::byte{7}};
@@ -81,8 +80,6 @@ TEST(WireTest, HeaderIsLittleEndianAndPacked) {
   }
 }
 
-
-
 TEST(WireTest, RejectsBadMagic) {
   Bytes frame = ValidFrame(wire::OkReply{});
   frame[0] = std::byte{'X'};
@@ -96,7 +93,8 @@ TEST(WireTest, RejectsOtherVersionWithAClearMessage) {
   frame[4] = std::byte{1};
   StatusOr<wire::FrameHeader> header = wire::DecodeHeader(frame);
   EXPECT_EQ(header.status().code(), StatusCode::kFailedPrecondition);
-  EXPECT_EQ(header.status().message(), "bootstrap: peer speaks protocol version 1, this build speaks 2");
+  EXPECT_EQ(header.status().message(),
+            "bootstrap: peer speaks protocol version 1, this build speaks 2");
 }
 
 TEST(WireTest, RejectsUnknownType) {
@@ -106,7 +104,8 @@ TEST(WireTest, RejectsUnknownType) {
     frame[7] = static_cast<std::byte>(type >> 8);
     StatusOr<Message> decoded = wire::DecodeFrame(frame);
     EXPECT_EQ(decoded.status().code(), StatusCode::kDataLoss);
-    EXPECT_TRUE(Contains(decoded.status().message(), "unknown message type " + std::to_string(type)))
+    EXPECT_TRUE(
+        Contains(decoded.status().message(), "unknown message type " + std::to_string(type)))
         << decoded.status().ToString();
   }
 }
@@ -115,9 +114,11 @@ TEST(WireTest, RejectsOversizedBodyFromTheHeaderAlone) {
   // A header announcing 4 GiB must be refused before anyone waits for (or allocates) the body.
   Bytes frame = ValidFrame(wire::SetRequest{"k", ToBytes("v")});
   PutU32At(frame, 8, 0xffffffffu);
-  StatusOr<wire::FrameHeader> header = wire::DecodeHeader(std::span(frame).first(wire::kHeaderBytes));
+  StatusOr<wire::FrameHeader> header =
+      wire::DecodeHeader(std::span(frame).first(wire::kHeaderBytes));
   EXPECT_EQ(header.status().code(), StatusCode::kDataLoss);
-  EXPECT_TRUE(Contains(header.status().message(), "exceeds the maximum")) << header.status().ToString();
+  EXPECT_TRUE(Contains(header.status().message(), "exceeds the maximum"))
+      << header.status().ToString();
 
   // Each type has its own bound: an INT is 8 bytes, nothing more.
   Bytes integer = ValidFrame(wire::IntReply{1});
@@ -139,7 +140,8 @@ TEST(WireTest, RejectsOversizedFieldsInsideTheBody) {
   PutU32At(wait, wire::kHeaderBytes, 4000);
   decoded = wire::DecodeFrame(wait);
   EXPECT_EQ(decoded.status().code(), StatusCode::kDataLoss);
-  EXPECT_TRUE(Contains(decoded.status().message(), "truncated WAIT body")) << decoded.status().ToString();
+  EXPECT_TRUE(Contains(decoded.status().message(), "truncated WAIT body"))
+      << decoded.status().ToString();
 }
 
 TEST(WireTest, EveryTruncationIsDataLossNamingWhatWasShort) {
@@ -167,9 +169,11 @@ TEST(WireTest, RejectsTrailingBytes) {
   // An extra byte inside a body: the body decoder finds it.
   Bytes get = ValidFrame(wire::GetRequest{"k", 1});
   get.push_back(std::byte{0});
-  StatusOr<Message> decoded = wire::DecodeBody(MessageType::kGet, std::span(get).subspan(wire::kHeaderBytes));
+  StatusOr<Message> decoded =
+      wire::DecodeBody(MessageType::kGet, std::span(get).subspan(wire::kHeaderBytes));
   EXPECT_EQ(decoded.status().code(), StatusCode::kDataLoss);
-  EXPECT_TRUE(Contains(decoded.status().message(), "1 unexpected bytes")) << decoded.status().ToString();
+  EXPECT_TRUE(Contains(decoded.status().message(), "1 unexpected bytes"))
+      << decoded.status().ToString();
 }
 
 TEST(WireTest, ErrorCarriesOnlyKnownNonOkCodes) {
@@ -186,14 +190,17 @@ TEST(WireTest, EncoderRefusesWhatTheDecoderWouldReject) {
   EXPECT_EQ(wire::EncodeFrame(wire::GetRequest{std::string(1025, 'k'), 0}).status().code(),
             StatusCode::kInvalidArgument);
   EXPECT_OK(wire::EncodeFrame(wire::GetRequest{std::string(1024, 'k'), 0}).status());
-  EXPECT_EQ(wire::EncodeFrame(wire::Hello{std::string(1025, 'j'), 0, 1, TestNonce()}).status().code(),
-            StatusCode::kInvalidArgument);
-  EXPECT_EQ(wire::EncodeFrame(wire::WaitRequest{std::vector<std::string>(wire::kMaxWaitKeys + 1, "k"), 0})
-                .status()
-                .code(),
-            StatusCode::kInvalidArgument);
-  EXPECT_EQ(wire::EncodeFrame(wire::SetRequest{"k", Bytes(wire::kMaxValueBytes + 1)}).status().code(),
-            StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      wire::EncodeFrame(wire::Hello{std::string(1025, 'j'), 0, 1, TestNonce()}).status().code(),
+      StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      wire::EncodeFrame(wire::WaitRequest{std::vector<std::string>(wire::kMaxWaitKeys + 1, "k"), 0})
+          .status()
+          .code(),
+      StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      wire::EncodeFrame(wire::SetRequest{"k", Bytes(wire::kMaxValueBytes + 1)}).status().code(),
+      StatusCode::kInvalidArgument);
   // The largest legal frame round-trips.
   StatusOr<Bytes> largest =
       wire::EncodeFrame(wire::SetRequest{std::string(1024, 'k'), Bytes(wire::kMaxValueBytes)});
@@ -220,7 +227,8 @@ TEST(WireTest, RandomAndMutatedInputNeverCrashes) {
     }
     StatusOr<Message> decoded = wire::DecodeFrame(input);
     if (decoded.ok()) {
-      // Whatever decodes must encode back to the same bytes: the format has one spelling per message.
+      // Whatever decodes must encode back to the same bytes: the format has one spelling per
+      // message.
       StatusOr<Bytes> again = wire::EncodeFrame(*decoded);
       ASSERT_OK(again.status());
       EXPECT_EQ(*again, input);

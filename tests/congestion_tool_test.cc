@@ -89,8 +89,10 @@ TEST_F(CongestionToolTest, DryRunShowsChangesAndWritesNothing) {
   const std::string text = FormatPlan(*plan, /*applied=*/false);
   const std::string np3 = (root_ / "sys/class/net/eth2/ecn/roce_np/enable/3").string();
   EXPECT_NE(text.find(np3 + ": 0 -> 1\n"), std::string::npos) << text;
-  EXPECT_NE(text.find((cc_ / "rp_time_reset").string() + ": 300 -> 600\n"), std::string::npos) << text;
-  EXPECT_NE(text.find((cc_ / "np_cnp_dscp").string() + ": = 48 (unchanged)\n"), std::string::npos) << text;
+  EXPECT_NE(text.find((cc_ / "rp_time_reset").string() + ": 300 -> 600\n"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find((cc_ / "np_cnp_dscp").string() + ": = 48 (unchanged)\n"), std::string::npos)
+      << text;
   EXPECT_NE(text.find("5 file(s), 4 to change (dry run"), std::string::npos) << text;
   EXPECT_EQ(ReadFile(np3), "0\n");
   EXPECT_EQ(ReadFile(cc_ / "rp_time_reset"), "300\n");
@@ -131,15 +133,17 @@ TEST_F(CongestionToolTest, MissingFileIsNamed) {
   auto plan = Plan(*p, root_.string());
   ASSERT_FALSE(plan.ok());
   EXPECT_EQ(plan.status().code(), StatusCode::kNotFound);
-  EXPECT_NE(plan.status().message().find((cc_ / "rp_hai_rate").string() + " does not exist on this NIC"),
-            std::string::npos)
+  EXPECT_NE(
+      plan.status().message().find((cc_ / "rp_hai_rate").string() + " does not exist on this NIC"),
+      std::string::npos)
       << plan.status().ToString();
 
   auto no_if = ParseProfile("interface = eth9\necn.np.priorities = 3\n", "t");
   ASSERT_TRUE(no_if.ok());
   auto plan2 = Plan(*no_if, root_.string());
   ASSERT_FALSE(plan2.ok());
-  EXPECT_NE(plan2.status().message().find("sys/class/net/eth9/ecn/roce_np/enable/3"), std::string::npos)
+  EXPECT_NE(plan2.status().message().find("sys/class/net/eth9/ecn/roce_np/enable/3"),
+            std::string::npos)
       << plan2.status().ToString();
 }
 
@@ -150,9 +154,11 @@ TEST_F(CongestionToolTest, BadProfilesNameTheLine) {
   } cases[] = {
       {"interface = eth2\nspeed = 100\n", "t:2: unknown key 'speed'"},
       {"interface = eth2\ndcqcn.rp_bogus = 1\n", "t:2: unknown DCQCN parameter 'rp_bogus'"},
-      {"interface = eth2\ndcqcn.rp_ai_rate = fast\n", "t:2: dcqcn.rp_ai_rate = 'fast' is not an unsigned"},
+      {"interface = eth2\ndcqcn.rp_ai_rate = fast\n",
+       "t:2: dcqcn.rp_ai_rate = 'fast' is not an unsigned"},
       {"interface = eth2\ndcqcn.rp_ai_rate = -1\n", "is not an unsigned"},
-      {"interface = eth2\necn.np.priorities = 8\n", "t:2: ecn.np.priorities: priority '8' is not in 0..7"},
+      {"interface = eth2\necn.np.priorities = 8\n",
+       "t:2: ecn.np.priorities: priority '8' is not in 0..7"},
       {"interface = eth2\ninterface = eth3\n", "t:2: interface is set twice"},
       {"interface\n", "t:1: expected 'key = value'"},
       {"ecn.rp.priorities = 3\n", "ecn.* needs 'interface"},
@@ -187,7 +193,8 @@ TEST_F(CongestionToolTest, PermissionDeniedNamesFileAndErrno) {
       ::close(fds[0]);
       if (::setgid(65534) != 0 || ::setuid(65534) != 0) ::_exit(3);
       const Status child = Apply(*plan);
-      const std::string msg = std::to_string(static_cast<int>(child.code())) + " " + child.message();
+      const std::string msg =
+          std::to_string(static_cast<int>(child.code())) + " " + child.message();
       ssize_t ignored = ::write(fds[1], msg.data(), msg.size());
       (void)ignored;
       ::_exit(0);
@@ -224,7 +231,8 @@ TEST_F(CongestionToolTest, ShippedProfileParses) {
 TEST_F(CongestionToolTest, BinaryDryRunAndApply) {
   const fs::path conf = root_ / "p.conf";
   WriteFile(conf, kProfile);
-  const std::string base = std::string(M2N_CONGESTION_BIN) + " --root " + root_.string() + " " + conf.string();
+  const std::string base =
+      std::string(M2N_CONGESTION_BIN) + " --root " + root_.string() + " " + conf.string();
   auto run = [](const std::string& cmd, std::string* out) {
     FILE* f = ::popen((cmd + " 2>&1").c_str(), "r");
     if (f == nullptr) return -1;

@@ -25,14 +25,14 @@
 namespace m2n {
 namespace {
 
+using testing::AskInChild;
 using testing::DescribeFailures;
+using testing::DeviceBuffer;
 using testing::LaunchCheck;
 using testing::LaunchFill;
 using testing::LaunchIncrement;
-using testing::RunRanks;
-using testing::AskInChild;
-using testing::DeviceBuffer;
 using testing::NoCudaDevice;
+using testing::RunRanks;
 
 #define SKIP_WITHOUT_GPU() SKIP_IF_MISSING(NoGpuReason())
 
@@ -58,14 +58,16 @@ int StreamPayloadRank(int m, int n, int rank, int port) {
   auto created = Group::Create(o);
   CHILD_OK(created.status());
   Group& g = **created;
-  CHILD_CHECK(g.transport_name() == "cuda_ipc", "transport %s", std::string(g.transport_name()).c_str());
+  CHILD_CHECK(g.transport_name() == "cuda_ipc", "transport %s",
+              std::string(g.transport_name()).c_str());
   return testing::StreamPayloadRank(g, rank, sizes, 3, /*check_fields=*/true);
 }
 
 TEST_P(StreamPayload, BothDirectionsAllSizes) {
   SKIP_WITHOUT_GPU();
   auto [m, n] = GetParam();
-  auto outcomes = RunRanks(m + n, [&](int rank, int port) { return StreamPayloadRank(m, n, rank, port); });
+  auto outcomes =
+      RunRanks(m + n, [&](int rank, int port) { return StreamPayloadRank(m, n, rank, port); });
   EXPECT_EQ(DescribeFailures(outcomes), "");
 }
 
@@ -126,8 +128,8 @@ TEST(CudaIpc, GraphCapture) {
     } else {
       captured = g.ReceiveOnStream(peers, got, stream);
       for (size_t i = 0; i < peers.size() && captured.ok(); ++i) {
-        CUDA_CHILD_OK(LaunchCheck(got[i].data, got[i].device_length, kBytes, peers[i], rank, 7, counter,
-                                  counter + 1, stream));
+        CUDA_CHILD_OK(LaunchCheck(got[i].data, got[i].device_length, kBytes, peers[i], rank, 7,
+                                  counter, counter + 1, stream));
       }
       if (captured.ok()) captured = g.ReleaseOnStream(got, stream);
     }
@@ -158,7 +160,8 @@ TEST(CudaIpc, BadInput) {
   SKIP_WITHOUT_GPU();
   auto outcomes = RunRanks(2, [&](int rank, int port) {
     Options o = GpuOptions(1, 1, rank, port, 4096, 2);
-    o.bootstrap.timeout = std::chrono::milliseconds(3000);  // bounds the receiver's last device wait
+    o.bootstrap.timeout =
+        std::chrono::milliseconds(3000);  // bounds the receiver's last device wait
     auto created = Group::Create(o);
     CHILD_OK(created.status());
     Group& g = **created;
@@ -177,10 +180,12 @@ TEST(CudaIpc, BadInput) {
     CHILD_OK(device_region.status());
     if (g.role() == Role::kSender) {
       Status s = g.SendOnStream(std::vector<SendRequest>{{peer, host.data(), 16}}, stream);
-      CHILD_CHECK(s.code() == StatusCode::kInvalidArgument && s.message().find("host memory") != std::string::npos,
+      CHILD_CHECK(s.code() == StatusCode::kInvalidArgument &&
+                      s.message().find("host memory") != std::string::npos,
                   "host source: %s", s.ToString().c_str());
       s = g.SendOnStream(std::vector<SendRequest>{{peer, device.bytes() + 4096, 16}}, stream);
-      CHILD_CHECK(s.code() == StatusCode::kInvalidArgument && s.message().find("not inside memory registered") != std::string::npos,
+      CHILD_CHECK(s.code() == StatusCode::kInvalidArgument &&
+                      s.message().find("not inside memory registered") != std::string::npos,
                   "unregistered: %s", s.ToString().c_str());
       s = g.SendOnStream(std::vector<SendRequest>{{peer, device.data, 5000}}, stream);
       CHILD_CHECK(s.code() == StatusCode::kInvalidArgument, "too long: %s", s.ToString().c_str());
@@ -189,19 +194,22 @@ TEST(CudaIpc, BadInput) {
       CHILD_CHECK(s.code() == StatusCode::kInvalidArgument, "3 > depth: %s", s.ToString().c_str());
       CHILD_OK(g.SendOnStream(std::vector<SendRequest>{{peer, device.data, 16}}, stream));
       s = g.Send(SendRequest{peer, host.data(), 16}, Deadline::AfterMs(1000));
-      CHILD_CHECK(s.code() == StatusCode::kFailedPrecondition, "mixing paths: %s", s.ToString().c_str());
+      CHILD_CHECK(s.code() == StatusCode::kFailedPrecondition, "mixing paths: %s",
+                  s.ToString().c_str());
     } else {
       std::vector<Message> got(1);
       CHILD_OK(g.ReceiveOnStream(std::vector<int>{peer}, got, stream));
       CHILD_OK(g.ReleaseOnStream(got, stream));
       Status s = g.ReleaseOnStream(got, stream);
-      CHILD_CHECK(s.code() == StatusCode::kFailedPrecondition, "double release: %s", s.ToString().c_str());
+      CHILD_CHECK(s.code() == StatusCode::kFailedPrecondition, "double release: %s",
+                  s.ToString().c_str());
       std::vector<Message> two(2);
       CHILD_OK(g.ReceiveOnStream(std::vector<int>{peer}, {&two[0], 1}, stream));
       CHILD_OK(g.ReceiveOnStream(std::vector<int>{peer}, {&two[1], 1}, stream));
       std::vector<Message> third(1);
       s = g.ReceiveOnStream(std::vector<int>{peer}, third, stream);
-      CHILD_CHECK(s.code() == StatusCode::kFailedPrecondition && s.message().find("release it") != std::string::npos,
+      CHILD_CHECK(s.code() == StatusCode::kFailedPrecondition &&
+                      s.message().find("release it") != std::string::npos,
                   "receive into a held slot: %s", s.ToString().c_str());
       CHILD_OK(g.ReleaseOnStream(two, stream));
     }
@@ -231,7 +239,8 @@ TEST(CudaIpc, DeviceWaitTimeout) {
     CHILD_OK(g.ReceiveOnStream(std::vector<int>{g.peers()[0]}, got, stream));
     CUDA_CHILD_OK(cudaStreamSynchronize(stream));  // returns once the device wait gives up
     Status s = g.Progress();
-    CHILD_CHECK(s.code() == StatusCode::kDeadlineExceeded && s.message().find("gave up") != std::string::npos,
+    CHILD_CHECK(s.code() == StatusCode::kDeadlineExceeded &&
+                    s.message().find("gave up") != std::string::npos,
                 "%s", s.ToString().c_str());
     return 0;
   });
@@ -268,8 +277,9 @@ TEST_P(HostPath, SendReceiveRelease) {
     std::vector<int> peers(g.peers().begin(), g.peers().end());
     std::vector<std::byte> host(65536);
     DeviceBuffer device(65536);
-    auto region = kind == MemoryKind::kCuda ? g.RegisterMemory(device.data, 65536, MemoryKind::kCuda)
-                                            : g.RegisterMemory(host.data(), host.size());
+    auto region = kind == MemoryKind::kCuda
+                      ? g.RegisterMemory(device.data, 65536, MemoryKind::kCuda)
+                      : g.RegisterMemory(host.data(), host.size());
     CHILD_OK(region.status());
     for (int k = 0; k < 50; ++k) {
       const size_t size = 1 + static_cast<size_t>(k) * 1301 % 65536;
@@ -306,10 +316,12 @@ TEST_P(HostPath, SendReceiveRelease) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Slots, HostPath,
-                         ::testing::Values(HostPathCase{MemoryKind::kHost, false}, HostPathCase{MemoryKind::kCuda, false},
+                         ::testing::Values(HostPathCase{MemoryKind::kHost, false},
+                                           HostPathCase{MemoryKind::kCuda, false},
                                            HostPathCase{MemoryKind::kCuda, true}),
                          [](const ::testing::TestParamInfo<HostPathCase>& info) {
-                           return std::string(MemoryKindName(info.param.kind)) + (info.param.proxy ? "_proxy" : "");
+                           return std::string(MemoryKindName(info.param.kind)) +
+                                  (info.param.proxy ? "_proxy" : "");
                          });
 
 }  // namespace

@@ -55,8 +55,9 @@ size_t FindWord(const Bytes& bytes, uint64_t value) {
 // Overwrites the first shared-memory name in `bytes` (a key or an address) with `name`.
 std::string ReplaceSegmentName(Bytes& bytes, const std::string& name) {
   const std::string prefix = "/m2n-cuda_ipc-";
-  auto at = std::search(bytes.begin(), bytes.end(), reinterpret_cast<const std::byte*>(prefix.data()),
-                        reinterpret_cast<const std::byte*>(prefix.data() + prefix.size()));
+  auto at =
+      std::search(bytes.begin(), bytes.end(), reinterpret_cast<const std::byte*>(prefix.data()),
+                  reinterpret_cast<const std::byte*>(prefix.data() + prefix.size()));
   REQUIRE(at != bytes.end(), "no segment name in the bytes");
   REQUIRE(static_cast<size_t>(bytes.end() - at) > name.size());
   std::memcpy(&*at, name.c_str(), name.size() + 1);
@@ -131,7 +132,8 @@ TEST_P(CudaIpcForgedTest, MailboxSmallerThanItsRingsIsRefused) {
     if (s.ok()) {  // the old behaviour: the first immediate dies
       Write w = MakeWrite(r, Lane::kData, nullptr, 0, nullptr, 0, 0, 1, 1);
       REQUIRE_OK(r.t->Post({&w, 1}));
-      return "a mailbox of 64 bytes was accepted for rings of " + std::to_string(2 * 4096 * 32) + "+ bytes";
+      return "a mailbox of 64 bytes was accepted for rings of " + std::to_string(2 * 4096 * 32) +
+             "+ bytes";
     }
     REQUIRE(s.code() == StatusCode::kDataLoss, s.ToString());
     for (const char* part : {"peer rank 0", "has 64 bytes", "expected"}) {
@@ -156,15 +158,19 @@ std::string PostIntoStalledProxy(Rank& r, const AbortToken& abort, const RemoteR
   REQUIRE(cudaMalloc(&source, 4096) == cudaSuccess, "cudaMalloc");
   ASSIGN_OR_FAIL(auto local, r.t->Register(source, 4096, MemoryKind::kCuda));
   unsigned* release = nullptr;
-  REQUIRE(cudaHostAlloc(reinterpret_cast<void**>(&release), sizeof *release, cudaHostAllocMapped) == cudaSuccess);
+  REQUIRE(cudaHostAlloc(reinterpret_cast<void**>(&release), sizeof *release, cudaHostAllocMapped) ==
+          cudaSuccess);
   *release = 0;
   unsigned* release_device = nullptr;
-  REQUIRE(cudaHostGetDevicePointer(reinterpret_cast<void**>(&release_device), release, 0) == cudaSuccess);
+  REQUIRE(cudaHostGetDevicePointer(reinterpret_cast<void**>(&release_device), release, 0) ==
+          cudaSuccess);
   cudaStream_t stream = nullptr;
   REQUIRE(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess);
-  REQUIRE(LaunchOccupyUntil(release_device, stream) == cudaSuccess, "the kernel that holds every SM");
+  REQUIRE(LaunchOccupyUntil(release_device, stream) == cudaSuccess,
+          "the kernel that holds every SM");
   std::vector<Write> batch;
-  for (uint32_t i = 0; i < 300; ++i) batch.push_back(MakeWrite(r, Lane::kData, local.get(), 0, &remote, 0, 64, i, i));
+  for (uint32_t i = 0; i < 300; ++i)
+    batch.push_back(MakeWrite(r, Lane::kData, local.get(), 0, &remote, 0, 64, i, i));
   Clock::time_point aborted_at;
   std::thread aborter([&] {
     std::this_thread::sleep_for(300ms);
@@ -173,11 +179,13 @@ std::string PostIntoStalledProxy(Rank& r, const AbortToken& abort, const RemoteR
   });
   Status s = r.t->Post(batch);
   aborter.join();
-  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - aborted_at).count();
+  const auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - aborted_at).count();
   *reinterpret_cast<volatile unsigned*>(release) = 1;
   REQUIRE(cudaStreamSynchronize(stream) == cudaSuccess, "the spinning kernel did not end");
   REQUIRE(s.code() == StatusCode::kAborted, s.ToString());
-  REQUIRE(ms < 1000, "Post returned " + std::to_string(ms) + " ms after Abort (its bound: 20000 ms)");
+  REQUIRE(ms < 1000,
+          "Post returned " + std::to_string(ms) + " ms after Abort (its bound: 20000 ms)");
   (void)r.t->Close(Deadline::AfterMs(2000));
   return "";
 }
@@ -186,7 +194,8 @@ TEST_P(CudaIpcTransportTest, AbortEndsWaitForProxyRoom) {
   SKIP_IF_MISSING(AskInChild(NoCudaDevice));
   Body body = [](Rank& r) -> std::string {
     AbortToken abort;
-    Config config = PairConfig(r, /*max_unpolled=*/200);  // room for 300 immediates in the peer's ring
+    Config config =
+        PairConfig(r, /*max_unpolled=*/200);  // room for 300 immediates in the peer's ring
     config.timeout = 20s;
     config.slot_depth = 4;
     config.slot_memory = MemoryKind::kCuda;
@@ -216,11 +225,13 @@ TEST_P(CudaIpcTransportTest, AbortEndsWaitForProxyRoom) {
 }
 #else
 TEST_P(CudaIpcTransportTest, AbortEndsWaitForProxyRoom) {
-  GTEST_SKIP() << "built without CUDA: needs a GPU and the CUDA test kernels (tests/cuda_test_kernels.cu)";
+  GTEST_SKIP()
+      << "built without CUDA: needs a GPU and the CUDA test kernels (tests/cuda_test_kernels.cu)";
 }
 #endif
 
-INSTANTIATE_TEST_SUITE_P(cuda_ipc, CudaIpcTransportTest, ::testing::Values(kHost), TransportCaseName);
+INSTANTIATE_TEST_SUITE_P(cuda_ipc, CudaIpcTransportTest, ::testing::Values(kHost),
+                         TransportCaseName);
 
 }  // namespace
 }  // namespace m2n::testing

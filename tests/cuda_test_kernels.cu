@@ -3,21 +3,24 @@
 namespace m2n::testing {
 namespace {
 
-__global__ void Fill(uint8_t* data, size_t n, uint32_t source, uint32_t destination, uint64_t number,
-                     const unsigned long long* counter) {
+__global__ void Fill(uint8_t* data, size_t n, uint32_t source, uint32_t destination,
+                     uint64_t number, const unsigned long long* counter) {
   const uint64_t k = number + (counter != nullptr ? *counter : 0);
-  for (size_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += size_t{gridDim.x} * blockDim.x) {
+  for (size_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += size_t{gridDim.x} * blockDim.x) {
     data[i] = GpuPatternByte(source, destination, k, i);
   }
 }
 
-__global__ void Check(const uint8_t* data, const uint32_t* length, size_t expected_length, uint32_t source,
-                      uint32_t destination, uint64_t number, const unsigned long long* counter,
-                      unsigned long long* wrong) {
+__global__ void Check(const uint8_t* data, const uint32_t* length, size_t expected_length,
+                      uint32_t source, uint32_t destination, uint64_t number,
+                      const unsigned long long* counter, unsigned long long* wrong) {
   const uint64_t k = number + (counter != nullptr ? *counter : 0);
   unsigned long long mine = 0;
-  if (blockIdx.x == 0 && threadIdx.x == 0 && length != nullptr && *length != expected_length) mine += 1ull << 40;
-  for (size_t i = blockIdx.x * blockDim.x + threadIdx.x; i < expected_length; i += size_t{gridDim.x} * blockDim.x) {
+  if (blockIdx.x == 0 && threadIdx.x == 0 && length != nullptr && *length != expected_length)
+    mine += 1ull << 40;
+  for (size_t i = blockIdx.x * blockDim.x + threadIdx.x; i < expected_length;
+       i += size_t{gridDim.x} * blockDim.x) {
     mine += data[i] != GpuPatternByte(source, destination, k, i);
   }
   if (mine != 0) atomicAdd(wrong, mine);
@@ -39,15 +42,18 @@ unsigned Blocks(size_t n) {
 
 cudaError_t LaunchFill(void* data, size_t n, uint32_t source, uint32_t destination, uint64_t number,
                        const unsigned long long* counter, cudaStream_t stream) {
-  Fill<<<Blocks(n), 256, 0, stream>>>(static_cast<uint8_t*>(data), n, source, destination, number, counter);
+  Fill<<<Blocks(n), 256, 0, stream>>>(static_cast<uint8_t*>(data), n, source, destination, number,
+                                      counter);
   return cudaGetLastError();
 }
 
-cudaError_t LaunchCheck(const void* data, const uint32_t* length, size_t expected_length, uint32_t source,
-                        uint32_t destination, uint64_t number, const unsigned long long* counter,
-                        unsigned long long* wrong, cudaStream_t stream) {
-  Check<<<Blocks(expected_length), 256, 0, stream>>>(static_cast<const uint8_t*>(data), length, expected_length,
-                                                     source, destination, number, counter, wrong);
+cudaError_t LaunchCheck(const void* data, const uint32_t* length, size_t expected_length,
+                        uint32_t source, uint32_t destination, uint64_t number,
+                        const unsigned long long* counter, unsigned long long* wrong,
+                        cudaStream_t stream) {
+  Check<<<Blocks(expected_length), 256, 0, stream>>>(static_cast<const uint8_t*>(data), length,
+                                                     expected_length, source, destination, number,
+                                                     counter, wrong);
   return cudaGetLastError();
 }
 

@@ -42,7 +42,8 @@ TEST(Env, AbsentOrEmptyGivesTheDefault) {
 }
 
 TEST(Env, Integers) {
-  for (auto [text, value] : {std::pair{"0", 0}, {"42", 42}, {"-1", -1}, {"007", 7}, {"0x10", 16}, {"0XfF", 255}}) {
+  for (auto [text, value] :
+       {std::pair{"0", 0}, {"42", 42}, {"-1", -1}, {"007", 7}, {"0x10", 16}, {"0XfF", 255}}) {
     setenv(kName, text, 1);
     auto parsed = env::Int(kName, -5, 1000, 3);
     ASSERT_TRUE(parsed.ok()) << text << ": " << parsed.status().ToString();
@@ -58,13 +59,17 @@ TEST(Env, Integers) {
     setenv(kName, outside, 1);
     auto parsed = env::Int(kName, -5, 1000, 3);
     ExpectNamed(parsed.status(), kName, outside);
-    EXPECT_NE(parsed.status().message().find("is outside [-5, 1000]"), std::string::npos) << outside;
+    EXPECT_NE(parsed.status().message().find("is outside [-5, 1000]"), std::string::npos)
+        << outside;
   }
 }
 
 TEST(Env, Sizes) {
-  for (auto [text, value] : {std::pair{"0", uint64_t{0}}, {"65536", uint64_t{65536}}, {"64K", uint64_t{64} << 10},
-                             {"4m", uint64_t{4} << 20}, {"2G", uint64_t{2} << 30}}) {
+  for (auto [text, value] : {std::pair{"0", uint64_t{0}},
+                             {"65536", uint64_t{65536}},
+                             {"64K", uint64_t{64} << 10},
+                             {"4m", uint64_t{4} << 20},
+                             {"2G", uint64_t{2} << 30}}) {
     setenv(kName, text, 1);
     auto parsed = env::Size(kName, 0, uint64_t{1} << 40, 1);
     ASSERT_TRUE(parsed.ok()) << text << ": " << parsed.status().ToString();

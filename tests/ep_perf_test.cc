@@ -30,10 +30,13 @@ PerfRun RunPerf(const std::string& args) {
 }
 
 TEST(EpPerf, TinySweepAgreesWithMpi) {
-  if (std::system("command -v mpirun > /dev/null 2>&1") != 0) GTEST_SKIP() << "mpirun is not in PATH";
+  if (std::system("command -v mpirun > /dev/null 2>&1") != 0)
+    GTEST_SKIP() << "mpirun is not in PATH";
   for (const char* dtype : {"bf16", "fp32"}) {
-    const PerfRun r = RunPerf(std::string("-M 2 -N 1 --tokens 0,5 --hidden 16 --top_k 1,2 --experts 3 -n 5 -w 1 --dtype ") +
-                          dtype);
+    const PerfRun r = RunPerf(
+        std::string(
+            "-M 2 -N 1 --tokens 0,5 --hidden 16 --top_k 1,2 --experts 3 -n 5 -w 1 --dtype ") +
+        dtype);
     ASSERT_EQ(r.exit_code, 0) << r.out;
     int rows = 0;
     std::istringstream lines(r.out);

@@ -24,11 +24,11 @@ int ExpertOwner(const EpCase& c, int expert);
 
 // What one attention rank dispatches in one call.
 enum class RoutingKind {
-  kRandom,      // random tokens in [1, max_tokens], distinct top-k experts per token
-  kOneExpert,   // every token's first expert is the same one
-  kSameRank,    // every token's experts all on one expert rank (where one holds >= top_k experts)
-  kNoTokens,    // tokens = 0
-  kMaxTokens,   // tokens = max_tokens
+  kRandom,  // random tokens in [1, max_tokens], distinct top-k experts per token
+  kOneExpert,  // every token's first expert is the same one
+  kSameRank,  // every token's experts all on one expert rank (where one holds >= top_k experts)
+  kNoTokens,  // tokens = 0
+  kMaxTokens,  // tokens = max_tokens
   kSkipLastRank,  // no token to the last expert rank (where the others hold >= top_k experts)
 };
 const char* RoutingKindName(RoutingKind kind);
@@ -54,7 +54,8 @@ struct ExpectedRow {
 };
 // Per local expert of expert rank `rank` (ascending global id), its rows: attention ranks
 // ascending, then tokens ascending, then top-k slots ascending. routings[a]: rank a's call.
-std::vector<std::vector<ExpectedRow>> ExpectedRows(const EpCase& c, int rank, const std::vector<Routing>& routings);
+std::vector<std::vector<ExpectedRow>> ExpectedRows(const EpCase& c, int rank,
+                                                   const std::vector<Routing>& routings);
 
 // out[tokens, hidden] of dtype: sum over j in order of weight * ApplyExpert(expert j, x[t]),
 // accumulated in fp32, rounded once.

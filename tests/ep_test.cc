@@ -19,14 +19,20 @@ using ep::DispatchPlan;
 using ep::Format;
 using ep::Placement;
 
-EpCase MakeCase(int m, int n, DataType dtype, int experts, int top_k, std::vector<int> placement = {}) {
+EpCase MakeCase(int m, int n, DataType dtype, int experts, int top_k,
+                std::vector<int> placement = {}) {
   EpCase c{m, n, {}};
-  c.options = {.num_experts = experts, .top_k = top_k, .hidden = 5, .dtype = dtype, .max_tokens = 11,
+  c.options = {.num_experts = experts,
+               .top_k = top_k,
+               .hidden = 5,
+               .dtype = dtype,
+               .max_tokens = 11,
                .placement = std::move(placement)};
   return c;
 }
 
-// The shapes of the issue, each with a placement of its own (contiguous, scattered, a rank with none).
+// The shapes of the issue, each with a placement of its own (contiguous, scattered, a rank with
+// none).
 std::vector<EpCase> AllCases() {
   std::vector<EpCase> cases;
   for (DataType dtype : {DataType::kBFloat16, DataType::kFloat32}) {
@@ -40,18 +46,21 @@ std::vector<EpCase> AllCases() {
   return cases;
 }
 
-const RoutingKind kKinds[] = {RoutingKind::kRandom,   RoutingKind::kOneExpert, RoutingKind::kSameRank,
-                              RoutingKind::kNoTokens, RoutingKind::kMaxTokens, RoutingKind::kSkipLastRank};
+const RoutingKind kKinds[] = {RoutingKind::kRandom,    RoutingKind::kOneExpert,
+                              RoutingKind::kSameRank,  RoutingKind::kNoTokens,
+                              RoutingKind::kMaxTokens, RoutingKind::kSkipLastRank};
 
 // Expert rank d's side of one call: read, group, check against the reference, apply the experts,
 // write the combines into combines[a].
 void ExpertSide(const EpCase& c, const Placement& p, const Format& f, int d, uint32_t call,
-                const std::vector<std::vector<std::byte>>& dispatches, const std::vector<Routing>& routings,
+                const std::vector<std::vector<std::byte>>& dispatches,
+                const std::vector<Routing>& routings,
                 std::vector<std::vector<std::byte>>& combines) {
   std::vector<ep::DispatchView> views;
   std::vector<ep::ReceivedRows> received;
   for (int a = 0; a < c.m; ++a) {
-    auto v = ep::ReadDispatch(f, call, a, dispatches[size_t(a)].data(), dispatches[size_t(a)].size());
+    auto v =
+        ep::ReadDispatch(f, call, a, dispatches[size_t(a)].data(), dispatches[size_t(a)].size());
     ASSERT_TRUE(v.ok()) << v.status().ToString();
     views.push_back(*v);
     received.push_back({a, v->rows, v->expert});
@@ -63,7 +72,8 @@ void ExpertSide(const EpCase& c, const Placement& p, const Format& f, int d, uin
   const auto want = ExpectedRows(c, c.m + d, routings);
   ASSERT_EQ(want.size(), p.experts_of[size_t(d)].size());
   for (size_t l = 0; l < want.size(); ++l) {
-    ASSERT_EQ(g.offsets[l + 1] - g.offsets[l], int(want[l].size())) << "expert " << p.experts_of[size_t(d)][l];
+    ASSERT_EQ(g.offsets[l + 1] - g.offsets[l], int(want[l].size()))
+        << "expert " << p.experts_of[size_t(d)][l];
     for (size_t i = 0; i < want[l].size(); ++i) {
       const size_t row = size_t(g.offsets[l]) + i;
       const ExpectedRow& w = want[l][i];
@@ -73,12 +83,14 @@ void ExpertSide(const EpCase& c, const Placement& p, const Format& f, int d, uin
       EXPECT_EQ(g.slot[row], w.slot);
       EXPECT_EQ(v.weight[size_t(g.row[row]) * size_t(f.top_k) + size_t(g.slot[row])], w.weight);
       EXPECT_EQ(CompareRows(c, x.data() + row * f.row_bytes(), w.x, 1), "");
-      ApplyExpert(c, p.experts_of[size_t(d)][l], x.data() + row * f.row_bytes(), y.data() + row * f.row_bytes());
+      ApplyExpert(c, p.experts_of[size_t(d)][l], x.data() + row * f.row_bytes(),
+                  y.data() + row * f.row_bytes());
     }
   }
   for (int a = 0; a < c.m; ++a) {
     combines[size_t(a)].resize(ep::CombineLayout(f, size_t(g.pair_count[size_t(a)])).bytes);
-    EXPECT_EQ(ep::WriteCombine(f, call, g, a, y.data(), combines[size_t(a)].data()), combines[size_t(a)].size());
+    EXPECT_EQ(ep::WriteCombine(f, call, g, a, y.data(), combines[size_t(a)].data()),
+              combines[size_t(a)].size());
   }
 }
 
@@ -88,13 +100,16 @@ void RoundTrip(const EpCase& c, RoutingKind kind, uint32_t call) {
   auto placement = ep::MakePlacement(c.options.num_experts, c.options.placement, c.m, c.n);
   ASSERT_TRUE(placement.ok()) << placement.status().ToString();
   const Placement& p = *placement;
-  const Format f{c.options.dtype, c.options.hidden, c.options.top_k, ep::OptionsFingerprint(c.options, p)};
+  const Format f{c.options.dtype, c.options.hidden, c.options.top_k,
+                 ep::OptionsFingerprint(c.options, p)};
   const size_t slot = ep::SlotBytesNeeded(f, c.options.max_tokens, p.max_local_experts);
   std::vector<Routing> routings;
   std::vector<DispatchPlan> plans(size_t(c.m));
   // dispatches[d][a]: a's message to d; combines[a][d]: d's answer to a.
-  std::vector<std::vector<std::vector<std::byte>>> dispatches(size_t(c.n), std::vector<std::vector<std::byte>>(size_t(c.m)));
-  std::vector<std::vector<std::vector<std::byte>>> combines(size_t(c.m), std::vector<std::vector<std::byte>>(size_t(c.n)));
+  std::vector<std::vector<std::vector<std::byte>>> dispatches(
+      size_t(c.n), std::vector<std::vector<std::byte>>(size_t(c.m)));
+  std::vector<std::vector<std::vector<std::byte>>> combines(
+      size_t(c.m), std::vector<std::vector<std::byte>>(size_t(c.n)));
   for (int a = 0; a < c.m; ++a) {
     routings.push_back(MakeRouting(c, kind, a, call));
     const Routing& r = routings.back();
@@ -102,7 +117,8 @@ void RoundTrip(const EpCase& c, RoutingKind kind, uint32_t call) {
     for (int d = 0; d < c.n; ++d) {
       std::vector<std::byte>& msg = dispatches[size_t(d)][size_t(a)];
       msg.resize(slot);
-      msg.resize(ep::WriteDispatch(f, call, p, plans[size_t(a)], d, r.x.data(), r.ids, r.weights, msg.data()));
+      msg.resize(ep::WriteDispatch(f, call, p, plans[size_t(a)], d, r.x.data(), r.ids, r.weights,
+                                   msg.data()));
       ASSERT_LE(msg.size(), slot);
     }
   }
@@ -116,14 +132,16 @@ void RoundTrip(const EpCase& c, RoutingKind kind, uint32_t call) {
     for (int d = 0; d < c.n; ++d) {
       const auto& msg = combines[size_t(a)][size_t(d)];
       ASSERT_LE(msg.size(), slot);
-      auto read = ep::ReadCombine(f, call, c.m + d, plans[size_t(a)].pair_count[size_t(d)], msg.data(), msg.size());
+      auto read = ep::ReadCombine(f, call, c.m + d, plans[size_t(a)].pair_count[size_t(d)],
+                                  msg.data(), msg.size());
       ASSERT_TRUE(read.ok()) << read.status().ToString();
       y.push_back(*read);
     }
     const Routing& r = routings[size_t(a)];
     std::vector<std::byte> out(r.x.size());
     ep::WeightedSum(f, p, plans[size_t(a)], r.ids, r.weights, y, out.data());
-    EXPECT_EQ(CompareRows(c, out.data(), ExpectedOutput(c, r).data(), r.tokens), "") << "attention rank " << a;
+    EXPECT_EQ(CompareRows(c, out.data(), ExpectedOutput(c, r).data(), r.tokens), "")
+        << "attention rank " << a;
   }
 }
 
@@ -137,8 +155,8 @@ TEST(EpRoundTrip, EveryShapeDtypeAndRoutingKind) {
 
 TEST(EpRoundTrip, LargerRandomShapes) {
   for (int seed = 0; seed < 20; ++seed) {
-    EpCase c = MakeCase(1 + seed % 4, 1 + seed / 4 % 4, seed % 2 ? DataType::kFloat32 : DataType::kBFloat16,
-                        1 + seed % 16, 1, {});
+    EpCase c = MakeCase(1 + seed % 4, 1 + seed / 4 % 4,
+                        seed % 2 ? DataType::kFloat32 : DataType::kBFloat16, 1 + seed % 16, 1, {});
     c.options.top_k = 1 + seed % c.options.num_experts;
     c.options.hidden = 1 + seed * 7;
     c.options.max_tokens = 1 + seed * 3;
@@ -176,13 +194,15 @@ TEST(EpPlacement, NamesANonExpertRank) {
   EXPECT_NE(p.status().message().find("placement[2] = 1 is not an expert rank"), std::string::npos)
       << p.status().message();
   const std::vector<int> short_map = {2, 2};
-  EXPECT_NE(ep::MakePlacement(4, short_map, 2, 2).status().message().find("one per expert (4)"), std::string::npos);
+  EXPECT_NE(ep::MakePlacement(4, short_map, 2, 2).status().message().find("one per expert (4)"),
+            std::string::npos);
 }
 
 TEST(EpRouting, ATokenGoesOncePerRankWithItsPairsInOrder) {
   auto p = ep::MakePlacement(4, {}, 1, 2);  // experts 0, 1 on rank 1; 2, 3 on rank 2
   ASSERT_TRUE(p.ok());
-  const std::vector<int32_t> ids = {1, 0, 2, 1, 3, 2};  // token 0: both on rank 1; 1: one each; 2: both on rank 2
+  const std::vector<int32_t> ids = {
+      1, 0, 2, 1, 3, 2};  // token 0: both on rank 1; 1: one each; 2: both on rank 2
   DispatchPlan plan;
   ASSERT_TRUE(ep::PlanDispatch(*p, 3, 2, ids, &plan).ok());
   EXPECT_EQ(plan.rows(0), 2);
@@ -199,25 +219,32 @@ TEST(EpRouting, NamesAnExpertIdOutOfRange) {
   const std::vector<int32_t> ids = {0, 1, 9, 2};
   Status s = ep::PlanDispatch(*p, 2, 2, ids, &plan);
   EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(s.message().find("topk_ids[1][0] = 9 is not an expert id in [0, 8)"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("topk_ids[1][0] = 9 is not an expert id in [0, 8)"), std::string::npos)
+      << s.message();
   const std::vector<int32_t> negative = {-1, 1};
   EXPECT_FALSE(ep::PlanDispatch(*p, 1, 2, negative, &plan).ok());
 }
 
 TEST(EpLayout, SlotBytesAndTheirError) {
-  const ExpertParallelOptions o{.num_experts = 8, .top_k = 2, .hidden = 64, .dtype = DataType::kBFloat16,
-                                .max_tokens = 16, .placement = {}};
+  const ExpertParallelOptions o{.num_experts = 8,
+                                .top_k = 2,
+                                .hidden = 64,
+                                .dtype = DataType::kBFloat16,
+                                .max_tokens = 16,
+                                .placement = {}};
   auto need = ExpertParallel::SlotBytesNeeded(o, 2, 2);
   ASSERT_TRUE(need.ok());
-  // dispatch of 16 rows: header 32 + tokens 64 + ids 128 + weights 128 = 352 -> 384, + 16 x 128 B of x
-  // combine of 32 pairs: 64 + 32 x 128 = 4160, the larger.
+  // dispatch of 16 rows: header 32 + tokens 64 + ids 128 + weights 128 = 352 -> 384, + 16 x 128 B
+  // of x combine of 32 pairs: 64 + 32 x 128 = 4160, the larger.
   EXPECT_EQ(*need, 4160u);
   ExpertParallelOptions bad = o;
   bad.top_k = 9;
-  EXPECT_NE(ExpertParallel::SlotBytesNeeded(bad, 2, 2).status().message().find("top_k is 9"), std::string::npos);
+  EXPECT_NE(ExpertParallel::SlotBytesNeeded(bad, 2, 2).status().message().find("top_k is 9"),
+            std::string::npos);
   bad = o;
   bad.placement = {0, 2, 2, 2, 3, 3, 3, 3};
-  EXPECT_NE(ExpertParallel::SlotBytesNeeded(bad, 2, 2).status().message().find("placement[0] = 0"), std::string::npos);
+  EXPECT_NE(ExpertParallel::SlotBytesNeeded(bad, 2, 2).status().message().find("placement[0] = 0"),
+            std::string::npos);
 }
 
 TEST(EpLayout, ReadingChecksTheHeader) {
@@ -229,19 +256,25 @@ TEST(EpLayout, ReadingChecksTheHeader) {
   DispatchPlan plan;
   ASSERT_TRUE(ep::PlanDispatch(*p, r.tokens, 1, r.ids, &plan).ok());
   std::vector<std::byte> msg(ep::SlotBytesNeeded(f, c.options.max_tokens, 2));
-  const size_t length = ep::WriteDispatch(f, 7, *p, plan, 0, r.x.data(), r.ids, r.weights, msg.data());
+  const size_t length =
+      ep::WriteDispatch(f, 7, *p, plan, 0, r.x.data(), r.ids, r.weights, msg.data());
   EXPECT_TRUE(ep::ReadDispatch(f, 7, 0, msg.data(), length).ok());
   Status s = ep::ReadDispatch(f, 6, 0, msg.data(), length).status();
   EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
-  EXPECT_NE(s.message().find("the dispatch from rank 0 is for call 7, this rank expects call 6"), std::string::npos)
+  EXPECT_NE(s.message().find("the dispatch from rank 0 is for call 7, this rank expects call 6"),
+            std::string::npos)
       << s.message();
   Format other = f;
   other.config ^= 1;
-  EXPECT_NE(ep::ReadDispatch(other, 7, 0, msg.data(), length).status().message().find("other expert-parallel options"),
+  EXPECT_NE(ep::ReadDispatch(other, 7, 0, msg.data(), length)
+                .status()
+                .message()
+                .find("other expert-parallel options"),
             std::string::npos);
   s = ep::ReadDispatch(f, 7, 0, msg.data(), length - 4).status();
   EXPECT_EQ(s.code(), StatusCode::kDataLoss);
-  EXPECT_EQ(ep::ReadCombine(f, 7, 0, 0, msg.data(), length).status().code(), StatusCode::kDataLoss);  // a dispatch
+  EXPECT_EQ(ep::ReadCombine(f, 7, 0, 0, msg.data(), length).status().code(),
+            StatusCode::kDataLoss);  // a dispatch
 }
 
 TEST(EpRouting, GroupingNamesARowForAnotherRanksExpert) {
@@ -252,7 +285,8 @@ TEST(EpRouting, GroupingNamesARowForAnotherRanksExpert) {
   ep::ExpertGrouping g;
   Status s = ep::GroupByExpert(*p, 0, 2, {&rows, 1}, &g);
   EXPECT_EQ(s.code(), StatusCode::kDataLoss);
-  EXPECT_NE(s.message().find("from rank 0 routes a row to expert 3"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("from rank 0 routes a row to expert 3"), std::string::npos)
+      << s.message();
 }
 
 }  // namespace

@@ -48,7 +48,9 @@ void PrintTo(const FaultCase& c, std::ostream* os) { *os << c.name; }
 
 size_t SizeOf(int i) { return 1 + (static_cast<size_t>(i) * 97) % kSlotBytes; }
 
-bool Contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+bool Contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
 
 int RunRank(const FaultCase& c, int rank, int port) {
   ApplySetup(kShm);
@@ -83,19 +85,20 @@ int RunRank(const FaultCase& c, int rank, int port) {
       s = m.status();
       if (!s.ok()) break;
       // The one property no fault may break: what is delivered is the right message, once.
-      CHILD_CHECK(m->sequence == static_cast<uint64_t>(i) && m->length == SizeOf(i), "message %d: got number %llu, %zu bytes",
-                  i, (unsigned long long)m->sequence, m->length);
+      CHILD_CHECK(m->sequence == static_cast<uint64_t>(i) && m->length == SizeOf(i),
+                  "message %d: got number %llu, %zu bytes", i, (unsigned long long)m->sequence,
+                  m->length);
       size_t wrong = CountWrong(m->data, m->length, 0, 1, i);
       CHILD_CHECK(wrong == 0, "message %d: %zu wrong bytes delivered", i, wrong);
       ++delivered;
       s = g.Release(*m);
     }
   }
-  fprintf(stderr, "[%s] rank %d: %d delivered, %llu faults fired: %s\n", c.name.c_str(), rank, delivered,
-          (unsigned long long)counts.total(), s.ToString().c_str());
+  fprintf(stderr, "[%s] rank %d: %d delivered, %llu faults fired: %s\n", c.name.c_str(), rank,
+          delivered, (unsigned long long)counts.total(), s.ToString().c_str());
   if (rank == 1 && c.delivered_at_most >= 0) {
-    CHILD_CHECK(delivered <= c.delivered_at_most, "%d messages delivered, at most %d expected", delivered,
-                c.delivered_at_most);
+    CHILD_CHECK(delivered <= c.delivered_at_most, "%d messages delivered, at most %d expected",
+                delivered, c.delivered_at_most);
   }
   if (c.code == StatusCode::kOk && !c.any_error) {
     CHILD_OK(s);
@@ -104,7 +107,8 @@ int RunRank(const FaultCase& c, int rank, int port) {
     return 0;
   }
   if (c.any_error) {
-    CHILD_CHECK(s.ok() || s.code() == StatusCode::kDataLoss || s.code() == StatusCode::kUnavailable ||
+    CHILD_CHECK(s.ok() || s.code() == StatusCode::kDataLoss ||
+                    s.code() == StatusCode::kUnavailable ||
                     s.code() == StatusCode::kDeadlineExceeded,
                 "unexpected error: %s", s.ToString().c_str());
   } else {
@@ -125,48 +129,92 @@ int RunRank(const FaultCase& c, int rank, int port) {
   return 0;
 }
 
-FaultPlan One(Fault fault, Lane lane, int64_t nth) { return FaultPlan{{FaultRule{fault, lane, -1, nth}}}; }
+FaultPlan One(Fault fault, Lane lane, int64_t nth) {
+  return FaultPlan{{FaultRule{fault, lane, -1, nth}}};
+}
 
 std::vector<FaultCase> Cases() {
   std::vector<FaultCase> cases;
   auto add = [&](FaultCase c) { cases.push_back(std::move(c)); };
   // Immediates of data: the receiver sees the gap, the repeat, the swap or the damage.
-  add({.name = "dropped_data_immediate", .faulty_rank = 1, .plan = One(Fault::kDrop, Lane::kData, 5),
-       .code = StatusCode::kDataLoss, .says = "message from rank 0 out of sequence: expected number 5",
+  add({.name = "dropped_data_immediate",
+       .faulty_rank = 1,
+       .plan = One(Fault::kDrop, Lane::kData, 5),
+       .code = StatusCode::kDataLoss,
+       .says = "message from rank 0 out of sequence: expected number 5",
        .delivered_at_most = 5});
-  add({.name = "duplicated_data_immediate", .faulty_rank = 1, .plan = One(Fault::kDuplicate, Lane::kData, 5),
-       .code = StatusCode::kDataLoss, .says = "message from rank 0 out of sequence: expected number 6",
+  add({.name = "duplicated_data_immediate",
+       .faulty_rank = 1,
+       .plan = One(Fault::kDuplicate, Lane::kData, 5),
+       .code = StatusCode::kDataLoss,
+       .says = "message from rank 0 out of sequence: expected number 6",
        .delivered_at_most = 6});
-  add({.name = "reordered_data_immediates", .faulty_rank = 1, .plan = One(Fault::kReorder, Lane::kData, 5),
-       .code = StatusCode::kDataLoss, .says = "message from rank 0 out of sequence: expected number 5",
+  add({.name = "reordered_data_immediates",
+       .faulty_rank = 1,
+       .plan = One(Fault::kReorder, Lane::kData, 5),
+       .code = StatusCode::kDataLoss,
+       .says = "message from rank 0 out of sequence: expected number 5",
        .delivered_at_most = 5});
-  add({.name = "corrupted_data_immediate", .faulty_rank = 1, .plan = One(Fault::kCorrupt, Lane::kData, 5),
-       .code = StatusCode::kDataLoss, .says = "from rank 0 fails its check", .delivered_at_most = 5});
+  add({.name = "corrupted_data_immediate",
+       .faulty_rank = 1,
+       .plan = One(Fault::kCorrupt, Lane::kData, 5),
+       .code = StatusCode::kDataLoss,
+       .says = "from rank 0 fails its check",
+       .delivered_at_most = 5});
   // ACKs: the sender sees them.
-  add({.name = "dropped_ack", .faulty_rank = 0, .plan = One(Fault::kDrop, Lane::kAck, 3),
-       .code = StatusCode::kDataLoss, .says = "ACK from rank 1 out of sequence: expected number 3"});
-  add({.name = "duplicated_ack", .faulty_rank = 0, .plan = One(Fault::kDuplicate, Lane::kAck, 3),
-       .code = StatusCode::kDataLoss, .says = "ACK from rank 1 out of sequence: expected number 4"});
-  add({.name = "reordered_acks", .faulty_rank = 0, .plan = One(Fault::kReorder, Lane::kAck, 3),
-       .code = StatusCode::kDataLoss, .says = "ACK from rank 1 out of sequence: expected number 3"});
-  add({.name = "corrupted_ack", .faulty_rank = 0, .plan = One(Fault::kCorrupt, Lane::kAck, 3),
-       .code = StatusCode::kDataLoss, .says = "from rank 1 fails its check"});
+  add({.name = "dropped_ack",
+       .faulty_rank = 0,
+       .plan = One(Fault::kDrop, Lane::kAck, 3),
+       .code = StatusCode::kDataLoss,
+       .says = "ACK from rank 1 out of sequence: expected number 3"});
+  add({.name = "duplicated_ack",
+       .faulty_rank = 0,
+       .plan = One(Fault::kDuplicate, Lane::kAck, 3),
+       .code = StatusCode::kDataLoss,
+       .says = "ACK from rank 1 out of sequence: expected number 4"});
+  add({.name = "reordered_acks",
+       .faulty_rank = 0,
+       .plan = One(Fault::kReorder, Lane::kAck, 3),
+       .code = StatusCode::kDataLoss,
+       .says = "ACK from rank 1 out of sequence: expected number 3"});
+  add({.name = "corrupted_ack",
+       .faulty_rank = 0,
+       .plan = One(Fault::kCorrupt, Lane::kAck, 3),
+       .code = StatusCode::kDataLoss,
+       .says = "from rank 1 fails its check"});
   // Posts that fail: the error of the transport, naming the peer.
-  add({.name = "failed_data_post", .faulty_rank = 0, .plan = One(Fault::kFailPost, Lane::kData, 10),
-       .code = StatusCode::kUnavailable, .says = "posting a write to rank 1 on the data lane failed",
+  add({.name = "failed_data_post",
+       .faulty_rank = 0,
+       .plan = One(Fault::kFailPost, Lane::kData, 10),
+       .code = StatusCode::kUnavailable,
+       .says = "posting a write to rank 1 on the data lane failed",
        .delivered_at_most = 10});
-  add({.name = "failed_ack_post", .faulty_rank = 1, .plan = One(Fault::kFailPost, Lane::kAck, 3),
-       .code = StatusCode::kUnavailable, .says = "posting a write to rank 0 on the ACK lane failed",
+  add({.name = "failed_ack_post",
+       .faulty_rank = 1,
+       .plan = One(Fault::kFailPost, Lane::kAck, 3),
+       .code = StatusCode::kUnavailable,
+       .says = "posting a write to rank 0 on the ACK lane failed",
        .delivered_at_most = 4});
   // A payload damaged on the way: the checksum option catches it; the message is not delivered.
-  add({.name = "corrupted_payload_with_checksum", .faulty_rank = 0, .plan = One(Fault::kCorruptPayload, Lane::kData, 5),
-       .checksum = true, .reporting_rank = 1, .code = StatusCode::kDataLoss, .says = "message 5 from rank 0", .delivered_at_most = 5});
+  add({.name = "corrupted_payload_with_checksum",
+       .faulty_rank = 0,
+       .plan = One(Fault::kCorruptPayload, Lane::kData, 5),
+       .checksum = true,
+       .reporting_rank = 1,
+       .code = StatusCode::kDataLoss,
+       .says = "message 5 from rank 0",
+       .delivered_at_most = 5});
   // What the protocol must carry through unchanged: delays (order kept), with and without checksum.
   FaultPlan delays{{FaultRule{Fault::kDelay, Lane::kData, -1, -1, 0.3, 2000},
-                    FaultRule{Fault::kDelay, Lane::kAck, -1, -1, 0.3, 2000}}, 7};
+                    FaultRule{Fault::kDelay, Lane::kAck, -1, -1, 0.3, 2000}},
+                   7};
   add({.name = "delayed_immediates_and_acks", .faulty_rank = 1, .plan = delays, .messages = 200});
   add({.name = "delayed_acks_at_sender", .faulty_rank = 0, .plan = delays, .messages = 200});
-  add({.name = "checksum_without_faults", .faulty_rank = 1, .plan = {}, .checksum = true, .messages = 200});
+  add({.name = "checksum_without_faults",
+       .faulty_rank = 1,
+       .plan = {},
+       .checksum = true,
+       .messages = 200});
   // Everything at once, at random: never a wrong or duplicated delivery, never a hang.
   for (uint64_t seed = 1; seed <= 4; ++seed) {
     FaultPlan chaos{{FaultRule{Fault::kDrop, Lane::kData, -1, -1, 0.01},
@@ -178,8 +226,13 @@ std::vector<FaultCase> Cases() {
                      FaultRule{Fault::kCorrupt, Lane::kAck, -1, -1, 0.01},
                      FaultRule{Fault::kCorruptPayload, Lane::kData, -1, -1, 0.01}},
                     seed};
-    add({.name = "random_faults_seed" + std::to_string(seed), .faulty_rank = -1,
-         .plan = chaos, .checksum = true, .messages = 300, .call_timeout_ms = 1000, .any_error = true});
+    add({.name = "random_faults_seed" + std::to_string(seed),
+         .faulty_rank = -1,
+         .plan = chaos,
+         .checksum = true,
+         .messages = 300,
+         .call_timeout_ms = 1000,
+         .any_error = true});
   }
   return cases;
 }
@@ -194,7 +247,8 @@ class FaultTest : public ::testing::TestWithParam<FaultCase> {
 
 TEST_P(FaultTest, NeverDeliversWrongDataAndReportsWhatItCannotDeliver) {
   const FaultCase& c = GetParam();
-  auto outcomes = RunRanks(2, [&](int rank, int port) { return RunRank(c, rank, port); }, 60);
+  auto outcomes = RunRanks(
+      2, [&](int rank, int port) { return RunRank(c, rank, port); }, 60);
   EXPECT_EQ(DescribeFailures(outcomes), "");
 }
 
@@ -206,12 +260,15 @@ TEST(FaultChecksumOptionTest, RefusesSlotsInDeviceMemory) {
   o.slot_memory = MemoryKind::kCuda;
   auto g = Group::Create(o);
   EXPECT_EQ(g.status().code(), StatusCode::kInvalidArgument) << g.status().ToString();
-  EXPECT_TRUE(Contains(g.status().message(), "Options::checksum needs receive slots in host memory"))
+  EXPECT_TRUE(
+      Contains(g.status().message(), "Options::checksum needs receive slots in host memory"))
       << g.status().message();
 }
 
 INSTANTIATE_TEST_SUITE_P(ucx, FaultTest, ::testing::ValuesIn(Cases()),
-                         [](const ::testing::TestParamInfo<FaultCase>& info) { return info.param.name; });
+                         [](const ::testing::TestParamInfo<FaultCase>& info) {
+                           return info.param.name;
+                         });
 
 }  // namespace
 }  // namespace m2n::testing

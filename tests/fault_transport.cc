@@ -18,24 +18,31 @@ bool ActsOnArrival(Fault f) { return f != Fault::kCorruptPayload && f != Fault::
 class FaultTransport final : public transport::Transport {
  public:
   FaultTransport(std::unique_ptr<transport::Transport> inner, FaultPlan plan, FaultCounts* counts)
-      : inner_(std::move(inner)), plan_(std::move(plan)), counts_(counts), rng_(plan_.seed),
+      : inner_(std::move(inner)),
+        plan_(std::move(plan)),
+        counts_(counts),
+        rng_(plan_.seed),
         matched_(plan_.rules.size(), 0) {}
 
   std::string_view name() const override { return inner_->name(); }
   transport::Capabilities capabilities() const override { return inner_->capabilities(); }
-  StatusOr<std::unique_ptr<transport::Region>> Register(void* data, size_t size, MemoryKind kind) override {
+  StatusOr<std::unique_ptr<transport::Region>> Register(void* data, size_t size,
+                                                        MemoryKind kind) override {
     return inner_->Register(data, size, kind);
   }
-  StatusOr<std::unique_ptr<transport::Region>> RegisterSource(void* data, size_t size, MemoryKind kind) override {
+  StatusOr<std::unique_ptr<transport::Region>> RegisterSource(void* data, size_t size,
+                                                              MemoryKind kind) override {
     return inner_->RegisterSource(data, size, kind);
   }
   StatusOr<std::unique_ptr<transport::Region>> Allocate(size_t size, MemoryKind kind) override {
     return inner_->Allocate(size, kind);
   }
   StatusOr<transport::Bytes> LocalAddress(int peer) override { return inner_->LocalAddress(peer); }
-  Status Connect(int peer, std::span<const std::byte> address) override { return inner_->Connect(peer, address); }
-  StatusOr<std::unique_ptr<transport::RemoteRegion>> UnpackRemoteKey(int peer,
-                                                                    std::span<const std::byte> packed) override {
+  Status Connect(int peer, std::span<const std::byte> address) override {
+    return inner_->Connect(peer, address);
+  }
+  StatusOr<std::unique_ptr<transport::RemoteRegion>> UnpackRemoteKey(
+      int peer, std::span<const std::byte> packed) override {
     return inner_->UnpackRemoteKey(peer, packed);
   }
   transport::StreamOps* stream_ops() override { return inner_->stream_ops(); }
@@ -43,13 +50,16 @@ class FaultTransport final : public transport::Transport {
   Status Post(std::span<const transport::Write> writes) override {
     posting_.assign(writes.begin(), writes.end());
     for (transport::Write& w : posting_) {
-      if (const FaultRule* rule = Fire(w.lane, w.peer, [](Fault f) { return f == Fault::kFailPost; })) {
+      if (const FaultRule* rule =
+              Fire(w.lane, w.peer, [](Fault f) { return f == Fault::kFailPost; })) {
         (void)rule;
-        return UnavailableError("fault injection: posting a write to rank " + std::to_string(w.peer) + " on the " +
+        return UnavailableError("fault injection: posting a write to rank " +
+                                std::to_string(w.peer) + " on the " +
                                 (w.lane == Lane::kAck ? "ACK" : "data") + " lane failed");
       }
       if (w.length == 0 || w.local == nullptr || w.local->kind() != MemoryKind::kHost) continue;
-      if (Fire(w.lane, w.peer, [](Fault f) { return f == Fault::kCorruptPayload; }) == nullptr) continue;
+      if (Fire(w.lane, w.peer, [](Fault f) { return f == Fault::kCorruptPayload; }) == nullptr)
+        continue;
       // Send a damaged copy instead; the copy lives until Close (a test sends few of them).
       auto copy = std::make_unique<std::vector<std::byte>>(w.length);
       std::memcpy(copy->data(), w.local->data() + w.local_offset, w.length);
@@ -96,8 +106,9 @@ class FaultTransport final : public transport::Transport {
       const FaultRule& rule = plan_.rules[r];
       if (!kind(rule.fault) || rule.lane != lane || (rule.peer >= 0 && rule.peer != peer)) continue;
       const int64_t index = matched_[r]++;
-      const bool fires = rule.nth >= 0 ? index == rule.nth
-                                       : std::uniform_real_distribution<double>(0, 1)(rng_) < rule.probability;
+      const bool fires =
+          rule.nth >= 0 ? index == rule.nth
+                        : std::uniform_real_distribution<double>(0, 1)(rng_) < rule.probability;
       if (!fires) continue;
       if (counts_ != nullptr) ++counts_->fired[static_cast<int>(rule.fault)];
       return &rule;
@@ -105,7 +116,9 @@ class FaultTransport final : public transport::Transport {
     return nullptr;
   }
 
-  static size_t Stream(const Completion& c) { return static_cast<size_t>(c.peer) * 2 + static_cast<size_t>(c.lane); }
+  static size_t Stream(const Completion& c) {
+    return static_cast<size_t>(c.peer) * 2 + static_cast<size_t>(c.lane);
+  }
 
   void Arrive(Completion c, std::chrono::steady_clock::time_point now) {
     if (c.type != Completion::Type::kImmediate) {
@@ -176,20 +189,29 @@ class FaultTransport final : public transport::Transport {
   std::deque<Completion> ready_;
   std::vector<std::deque<Held>> holding_;
   std::map<size_t, Completion> swap_after_;
-  std::vector<std::pair<std::unique_ptr<std::vector<std::byte>>, std::unique_ptr<transport::Region>>> bounce_;
+  std::vector<
+      std::pair<std::unique_ptr<std::vector<std::byte>>, std::unique_ptr<transport::Region>>>
+      bounce_;
 };
 
 }  // namespace
 
 std::string FaultName(Fault fault) {
   switch (fault) {
-    case Fault::kDrop: return "drop";
-    case Fault::kDelay: return "delay";
-    case Fault::kDuplicate: return "duplicate";
-    case Fault::kReorder: return "reorder";
-    case Fault::kCorrupt: return "corrupt";
-    case Fault::kCorruptPayload: return "corrupt_payload";
-    case Fault::kFailPost: return "fail_post";
+    case Fault::kDrop:
+      return "drop";
+    case Fault::kDelay:
+      return "delay";
+    case Fault::kDuplicate:
+      return "duplicate";
+    case Fault::kReorder:
+      return "reorder";
+    case Fault::kCorrupt:
+      return "corrupt";
+    case Fault::kCorruptPayload:
+      return "corrupt_payload";
+    case Fault::kFailPost:
+      return "fail_post";
   }
   return "?";
 }
@@ -200,8 +222,8 @@ uint64_t FaultCounts::total() const {
   return sum;
 }
 
-std::unique_ptr<transport::Transport> WrapWithFaults(std::unique_ptr<transport::Transport> inner, FaultPlan plan,
-                                                     FaultCounts* counts) {
+std::unique_ptr<transport::Transport> WrapWithFaults(std::unique_ptr<transport::Transport> inner,
+                                                     FaultPlan plan, FaultCounts* counts) {
   return std::make_unique<FaultTransport>(std::move(inner), std::move(plan), counts);
 }
 

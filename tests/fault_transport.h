@@ -1,8 +1,8 @@
 // A fault-injecting transport decorator, for tests only: wraps the transport a Group created
-// (through GroupFactory, src/group/group_factory.h) and, by a plan, drops, delays, duplicates, reorders
-// or corrupts the immediates and ACKs this rank receives, corrupts payloads it sends, or fails its
-// posts. Everything else passes through to the real transport underneath, so the data path is
-// real: only what the plan names is disturbed.
+// (through GroupFactory, src/group/group_factory.h) and, by a plan, drops, delays, duplicates,
+// reorders or corrupts the immediates and ACKs this rank receives, corrupts payloads it sends, or
+// fails its posts. Everything else passes through to the real transport underneath, so the data
+// path is real: only what the plan names is disturbed.
 //
 // Faults on immediates act where they arrive (Poll): what a lossy or buggy network or NIC would
 // hand the protocol. Payload corruption acts where a write leaves (Post): the write goes from a
@@ -19,13 +19,13 @@
 namespace m2n::testing {
 
 enum class Fault {
-  kDrop,            // the immediate never arrives
-  kDelay,           // it and everything after it on its (peer, lane) arrive delay_us later, in order
-  kDuplicate,       // it arrives twice
-  kReorder,         // it arrives after the next immediate of its (peer, lane)
-  kCorrupt,         // one bit of it is flipped
+  kDrop,  // the immediate never arrives
+  kDelay,  // it and everything after it on its (peer, lane) arrive delay_us later, in order
+  kDuplicate,  // it arrives twice
+  kReorder,  // it arrives after the next immediate of its (peer, lane)
+  kCorrupt,  // one bit of it is flipped
   kCorruptPayload,  // a posted data write's payload is damaged (one byte flipped)
-  kFailPost,        // Post fails
+  kFailPost,  // Post fails
 };
 std::string FaultName(Fault fault);
 
@@ -54,7 +54,7 @@ struct FaultCounts {
 };
 
 // `counts` (may be null) must outlive the returned transport.
-std::unique_ptr<transport::Transport> WrapWithFaults(std::unique_ptr<transport::Transport> inner, FaultPlan plan,
-                                                     FaultCounts* counts);
+std::unique_ptr<transport::Transport> WrapWithFaults(std::unique_ptr<transport::Transport> inner,
+                                                     FaultPlan plan, FaultCounts* counts);
 
 }  // namespace m2n::testing

@@ -24,7 +24,8 @@ std::string AskInChild(const std::function<std::string()>& question) {
   close(fds[1]);
   std::string why;
   char buffer[512];
-  for (ssize_t n; (n = read(fds[0], buffer, sizeof buffer)) > 0;) why.append(buffer, static_cast<size_t>(n));
+  for (ssize_t n; (n = read(fds[0], buffer, sizeof buffer)) > 0;)
+    why.append(buffer, static_cast<size_t>(n));
   close(fds[0]);
   int status = 0;
   waitpid(pid, &status, 0);
@@ -39,7 +40,8 @@ std::string NoCudaDevice() {
                           : std::string();
 }
 
-Options DeviceSlotOptions(const char* transport, int m, int n, int rank, int port, size_t slot_bytes, int depth) {
+Options DeviceSlotOptions(const char* transport, int m, int n, int rank, int port,
+                          size_t slot_bytes, int depth) {
   int count = 1;
   cudaGetDeviceCount(&count);
   cudaSetDevice(rank % count);
@@ -67,7 +69,8 @@ int FinishTrial(Group& g, cudaStream_t stream, const DeviceBuffer& wrong, const 
 
 }  // namespace
 
-int StreamPayloadRank(Group& g, int rank, const std::vector<size_t>& sizes, int rounds, bool check_fields) {
+int StreamPayloadRank(Group& g, int rank, const std::vector<size_t>& sizes, int rounds,
+                      bool check_fields) {
   std::vector<int> peers(g.peers().begin(), g.peers().end());
   DeviceBuffer buffer(sizes.back() * peers.size());
   DeviceBuffer wrong(sizeof(unsigned long long));
@@ -93,11 +96,12 @@ int StreamPayloadRank(Group& g, int rank, const std::vector<size_t>& sizes, int 
     std::vector<Message> got(peers.size());
     M2N_RETURN_IF_ERROR(g.ReceiveOnStream(peers, got, stream));
     for (size_t i = 0; i < peers.size(); ++i) {
-      if (check_fields && (got[i].peer != peers[i] || got[i].length != 0 || got[i].device_length == nullptr)) {
+      if (check_fields &&
+          (got[i].peer != peers[i] || got[i].length != 0 || got[i].device_length == nullptr)) {
         return InternalError("bad message fields");
       }
-      if (LaunchCheck(got[i].data, got[i].device_length, size, peers[i], rank, number, nullptr, counter, stream) !=
-          cudaSuccess) {
+      if (LaunchCheck(got[i].data, got[i].device_length, size, peers[i], rank, number, nullptr,
+                      counter, stream) != cudaSuccess) {
         return InternalError("check kernel");
       }
     }
@@ -122,7 +126,9 @@ int StreamPayloadRank(Group& g, int rank, const std::vector<size_t>& sizes, int 
 }
 
 int CreditPressureRank(Group& g, int rank, int messages, size_t max_bytes, bool check_slots) {
-  auto size_of = [max_bytes](int k) { return static_cast<size_t>(1 + (static_cast<size_t>(k) * 37) % max_bytes); };
+  auto size_of = [max_bytes](int k) {
+    return static_cast<size_t>(1 + (static_cast<size_t>(k) * 37) % max_bytes);
+  };
   std::vector<int> peers(g.peers().begin(), g.peers().end());
   DeviceBuffer buffer(max_bytes * peers.size() * 3);
   DeviceBuffer wrong(sizeof(unsigned long long));
@@ -149,8 +155,8 @@ int CreditPressureRank(Group& g, int rank, int messages, size_t max_bytes, bool 
       CHILD_OK(g.ReceiveOnStream(peers, got, stream));
       for (size_t i = 0; i < peers.size(); ++i) {
         if (check_slots) CHILD_CHECK(got[i].slot == k % 2, "message %d in slot %d", k, got[i].slot);
-        CUDA_CHILD_OK(LaunchCheck(got[i].data, got[i].device_length, size_of(k), peers[i], rank, k, nullptr,
-                                  static_cast<unsigned long long*>(wrong.data), stream));
+        CUDA_CHILD_OK(LaunchCheck(got[i].data, got[i].device_length, size_of(k), peers[i], rank, k,
+                                  nullptr, static_cast<unsigned long long*>(wrong.data), stream));
       }
       CHILD_OK(g.ReleaseOnStream(got, stream));
     }

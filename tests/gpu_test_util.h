@@ -21,8 +21,8 @@
   } while (0)
 
 // Skips the test, saying why, when `why` (the missing hardware) is not empty.
-#define SKIP_IF_MISSING(why)                                      \
-  do {                                                            \
+#define SKIP_IF_MISSING(why)                                           \
+  do {                                                                 \
     if (std::string why_ = (why); !why_.empty()) GTEST_SKIP() << why_; \
   } while (0)
 
@@ -37,7 +37,8 @@ std::string NoCudaDevice();
 
 // Selects rank's GPU (rank mod the GPUs) and makes options for a group over `transport` with
 // device slots.
-Options DeviceSlotOptions(const char* transport, int m, int n, int rank, int port, size_t slot_bytes, int depth);
+Options DeviceSlotOptions(const char* transport, int m, int n, int rank, int port,
+                          size_t slot_bytes, int depth);
 
 // Device memory of `bytes`, freed at scope end.
 struct DeviceBuffer {
@@ -53,7 +54,8 @@ struct DeviceBuffer {
 // `sizes` (the last the largest), dispatch and combine, a producer kernel feeding every send and a
 // consumer kernel checking every receive. `check_fields`: also checks each received message's
 // host-side fields (peer, length 0, a device-side length). A rank's exit code (0: passed).
-int StreamPayloadRank(Group& g, int rank, const std::vector<size_t>& sizes, int rounds, bool check_fields);
+int StreamPayloadRank(Group& g, int rank, const std::vector<size_t>& sizes, int rounds,
+                      bool check_fields);
 
 // One rank of the credit-pressure trial on group `g` (2 x 2, depth 2): `messages` messages per pair
 // of 1 B to `max_bytes`, the senders enqueuing all at once, the receivers starting 300 ms late.

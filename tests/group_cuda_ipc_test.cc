@@ -9,12 +9,13 @@ namespace {
 const TransportSetup kHost{"host", "cuda_ipc", {}};
 
 INSTANTIATE_TEST_SUITE_P(cuda_ipc, GroupTest,
-                         ::testing::Values(GroupCase{kHost, 1, 1}, GroupCase{kHost, 2, 2}, GroupCase{kHost, 3, 2},
-                                           GroupCase{kHost, 1, 4}),
+                         ::testing::Values(GroupCase{kHost, 1, 1}, GroupCase{kHost, 2, 2},
+                                           GroupCase{kHost, 3, 2}, GroupCase{kHost, 1, 4}),
                          GroupCaseName);
 
 INSTANTIATE_TEST_SUITE_P(cuda_ipc, GroupCreditTest,
-                         ::testing::Values(GroupCase{kHost, 1, 1}, GroupCase{kHost, 2, 2}), GroupCaseName);
+                         ::testing::Values(GroupCase{kHost, 1, 1}, GroupCase{kHost, 2, 2}),
+                         GroupCaseName);
 
 }  // namespace
 }  // namespace m2n::testing

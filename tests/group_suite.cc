@@ -44,8 +44,8 @@ int ExchangeBothDirections(const TransportSetup& setup, int m, int n, int rank, 
         Status s = g.Receive(peers, got, Deadline::AfterMs(20000));
         CHILD_CHECK(s.ok(), "%s", s.ToString().c_str());
         for (size_t i = 0; i < peers.size(); ++i) {
-          CHILD_CHECK(got[i].peer == peers[i] && got[i].length == size, "peer %d length %zu", got[i].peer,
-                      got[i].length);
+          CHILD_CHECK(got[i].peer == peers[i] && got[i].length == size, "peer %d length %zu",
+                      got[i].peer, got[i].length);
           size_t wrong = CountWrong(got[i].data, size, peers[i], rank, number);
           CHILD_CHECK(wrong == 0, "%zu wrong bytes of %zu from rank %d", wrong, size, peers[i]);
         }
@@ -84,7 +84,9 @@ int CreditPressure(const TransportSetup& setup, int m, int n, int rank, int port
   CHILD_OK(created.status());
   Group& g = **created;
   std::vector<int> peers(g.peers().begin(), g.peers().end());
-  auto size_of = [&](int src, int dst, int i) { return size_t(1 + (i * 131 + src * 7 + dst) % kMax); };
+  auto size_of = [&](int src, int dst, int i) {
+    return size_t(1 + (i * 131 + src * 7 + dst) % kMax);
+  };
   if (g.role() == Role::kSender) {
     std::vector<std::byte> buffer(kMax * peers.size());
     auto region = g.RegisterMemory(buffer.data(), buffer.size());
@@ -106,7 +108,8 @@ int CreditPressure(const TransportSetup& setup, int m, int n, int rank, int port
       for (int peer : peers) {
         auto got = g.Receive(peer, Deadline::AfterMs(20000));
         CHILD_OK(got.status());
-        CHILD_CHECK(got->sequence == uint64_t(i), "sequence %llu, expected %d", (unsigned long long)got->sequence, i);
+        CHILD_CHECK(got->sequence == uint64_t(i), "sequence %llu, expected %d",
+                    (unsigned long long)got->sequence, i);
         size_t size = size_of(peer, rank, i);
         CHILD_CHECK(got->length == size, "length %zu, expected %zu", got->length, size);
         size_t wrong = CountWrong(got->data, size, peer, rank, i);
@@ -128,7 +131,8 @@ int CreditPressure(const TransportSetup& setup, int m, int n, int rank, int port
 }  // namespace
 
 std::string GroupCaseName(const ::testing::TestParamInfo<GroupCase>& info) {
-  return info.param.setup.name + "_" + std::to_string(info.param.senders) + "x" + std::to_string(info.param.receivers);
+  return info.param.setup.name + "_" + std::to_string(info.param.senders) + "x" +
+         std::to_string(info.param.receivers);
 }
 
 void GroupTest::SetUp() {
@@ -153,7 +157,10 @@ TEST_P(GroupCreditTest, ManyMessagesUnderCreditPressure) {
   const GroupCase& c = GetParam();
   auto outcomes = RunRanks(
       c.senders + c.receivers,
-      [&](int rank, int port) { return CreditPressure(c.setup, c.senders, c.receivers, rank, port); }, 240);
+      [&](int rank, int port) {
+        return CreditPressure(c.setup, c.senders, c.receivers, rank, port);
+      },
+      240);
   EXPECT_EQ(DescribeFailures(outcomes), "");
 }
 

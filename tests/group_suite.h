@@ -2,7 +2,8 @@
 // 1 B to 4 MB, credit pressure. The tests are defined once (group_suite.cc); each transport's file
 // instantiates them with its setups:
 //
-//   INSTANTIATE_TEST_SUITE_P(ucx, GroupTest, ::testing::Values(GroupCase{shm, 1, 1}, ...), GroupCaseName);
+//   INSTANTIATE_TEST_SUITE_P(ucx, GroupTest, ::testing::Values(GroupCase{shm, 1, 1}, ...),
+//   GroupCaseName);
 #pragma once
 
 #include <gtest/gtest.h>

@@ -9,12 +9,13 @@ namespace {
 const TransportSetup kRc{"rc", "verbs", {}};
 
 INSTANTIATE_TEST_SUITE_P(verbs, GroupTest,
-                         ::testing::Values(GroupCase{kRc, 1, 1}, GroupCase{kRc, 2, 2}, GroupCase{kRc, 3, 2},
-                                           GroupCase{kRc, 1, 4}),
+                         ::testing::Values(GroupCase{kRc, 1, 1}, GroupCase{kRc, 2, 2},
+                                           GroupCase{kRc, 3, 2}, GroupCase{kRc, 1, 4}),
                          GroupCaseName);
 
 INSTANTIATE_TEST_SUITE_P(verbs, GroupCreditTest,
-                         ::testing::Values(GroupCase{kRc, 1, 1}, GroupCase{kRc, 2, 2}), GroupCaseName);
+                         ::testing::Values(GroupCase{kRc, 1, 1}, GroupCase{kRc, 2, 2}),
+                         GroupCaseName);
 
 }  // namespace
 }  // namespace m2n::testing

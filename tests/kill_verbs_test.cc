@@ -6,7 +6,8 @@
 namespace m2n::testing {
 namespace {
 
-INSTANTIATE_TEST_SUITE_P(verbs, KillTest, ::testing::Values(TransportSetup{"rc", "verbs", {}}), KillSetupName);
+INSTANTIATE_TEST_SUITE_P(verbs, KillTest, ::testing::Values(TransportSetup{"rc", "verbs", {}}),
+                         KillSetupName);
 
 }  // namespace
 }  // namespace m2n::testing

@@ -20,13 +20,33 @@ using std::chrono::seconds;
 class LaunchTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    for (const char* name :
-         {"M2N_RANK", "M2N_WORLD_SIZE", "M2N_LOCAL_RANK", "M2N_LOCAL_WORLD_SIZE", "M2N_MASTER_ADDR",
-          "M2N_MASTER_PORT", "M2N_JOB_ID", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
-          "MASTER_PORT", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
-          "OMPI_COMM_WORLD_LOCAL_SIZE", "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS",
-          "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE", "SLURM_STEP_NUM_NODES",
-          "SLURM_NNODES"}) {
+    for (const char* name : {"M2N_RANK",
+                             "M2N_WORLD_SIZE",
+                             "M2N_LOCAL_RANK",
+                             "M2N_LOCAL_WORLD_SIZE",
+                             "M2N_MASTER_ADDR",
+                             "M2N_MASTER_PORT",
+                             "M2N_JOB_ID",
+                             "RANK",
+                             "WORLD_SIZE",
+                             "LOCAL_RANK",
+                             "LOCAL_WORLD_SIZE",
+                             "MASTER_ADDR",
+                             "MASTER_PORT",
+                             "OMPI_COMM_WORLD_RANK",
+                             "OMPI_COMM_WORLD_SIZE",
+                             "OMPI_COMM_WORLD_LOCAL_RANK",
+                             "OMPI_COMM_WORLD_LOCAL_SIZE",
+                             "PMI_RANK",
+                             "PMI_SIZE",
+                             "MPI_LOCALRANKID",
+                             "MPI_LOCALNRANKS",
+                             "SLURM_PROCID",
+                             "SLURM_NTASKS",
+                             "SLURM_LOCALID",
+                             "SLURM_NTASKS_PER_NODE",
+                             "SLURM_STEP_NUM_NODES",
+                             "SLURM_NNODES"}) {
       unsetenv(name);
     }
   }
@@ -54,13 +74,15 @@ struct Case {
 };
 
 TEST_F(LaunchTest, EachLaunchersVariables) {
-  for (const Case& c : {Case{Launcher::kM2n, "M2N_RANK", "M2N_WORLD_SIZE", "M2N_LOCAL_RANK", "M2N_LOCAL_WORLD_SIZE"},
-                        Case{Launcher::kTorchrun, "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"},
-                        Case{Launcher::kOpenMpi, "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
-                             "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"},
-                        Case{Launcher::kPmi, "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"},
-                        Case{Launcher::kSlurm, "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID",
-                             "SLURM_NTASKS_PER_NODE"}}) {
+  for (const Case& c :
+       {Case{Launcher::kM2n, "M2N_RANK", "M2N_WORLD_SIZE", "M2N_LOCAL_RANK",
+             "M2N_LOCAL_WORLD_SIZE"},
+        Case{Launcher::kTorchrun, "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"},
+        Case{Launcher::kOpenMpi, "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
+             "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"},
+        Case{Launcher::kPmi, "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"},
+        Case{Launcher::kSlurm, "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID",
+             "SLURM_NTASKS_PER_NODE"}}) {
     SetUp();
     setenv(c.rank, "5", 1);
     setenv(c.size, "8", 1);
@@ -124,8 +146,8 @@ TEST_F(LaunchTest, SlurmHostsAndUnevenTasksPerNode) {
 }
 
 TEST_F(LaunchTest, BadValueNamesTheVariable) {
-  for (const char* name : {"M2N_RANK", "WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "PMI_RANK", "PMI_SIZE",
-                           "SLURM_PROCID", "SLURM_LOCALID", "MASTER_PORT"}) {
+  for (const char* name : {"M2N_RANK", "WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "PMI_RANK",
+                           "PMI_SIZE", "SLURM_PROCID", "SLURM_LOCALID", "MASTER_PORT"}) {
     SetUp();
     // A local variable is read once a launcher is found, and another launcher's too.
     if (std::string(name).find("LOCAL") != std::string::npos) setenv("RANK", "0", 1);
@@ -139,7 +161,8 @@ TEST_F(LaunchTest, BadValueNamesTheVariable) {
   SetUp();
   setenv("PMI_RANK", "-1", 1);
   auto info = DetectLaunch();
-  EXPECT_NE(info.status().message().find("PMI_RANK=-1 is outside"), std::string::npos) << info.status().message();
+  EXPECT_NE(info.status().message().find("PMI_RANK=-1 is outside"), std::string::npos)
+      << info.status().message();
 }
 
 TEST_F(LaunchTest, PicksAFreePort) {
@@ -155,9 +178,11 @@ SpawnOptions Shell(int ranks, const std::string& script) {
 
 // Each rank sees its own job variables; every exit is collected.
 TEST_F(LaunchTest, SpawnsRanksAndCollectsTheirExits) {
-  SpawnOptions o = Shell(3, "test \"$M2N_WORLD_SIZE\" = 3 && test \"$M2N_LOCAL_RANK\" = \"$M2N_RANK\" && "
-                            "test -n \"$M2N_MASTER_PORT\" && test \"$M2N_JOB_ID\" = job-7 && "
-                            "test \"$EXTRA\" = yes && exit $((M2N_RANK * 10))");
+  SpawnOptions o =
+      Shell(3,
+            "test \"$M2N_WORLD_SIZE\" = 3 && test \"$M2N_LOCAL_RANK\" = \"$M2N_RANK\" && "
+            "test -n \"$M2N_MASTER_PORT\" && test \"$M2N_JOB_ID\" = job-7 && "
+            "test \"$EXTRA\" = yes && exit $((M2N_RANK * 10))");
   o.job_id = "job-7";
   o.env = {"EXTRA=yes"};
   o.wait.finished_codes = {0, 10, 20};
@@ -189,7 +214,8 @@ TEST_F(LaunchTest, AFailureStopsTheOthers) {
 
 // A rank that ignores SIGTERM and hangs is killed at the deadline plus the grace.
 TEST_F(LaunchTest, AHangingRankIsKilledAtTheDeadline) {
-  SpawnOptions o = Shell(2, "if [ \"$M2N_RANK\" = 1 ]; then trap '' TERM; while :; do sleep 1; done; fi; exit 0");
+  SpawnOptions o = Shell(
+      2, "if [ \"$M2N_RANK\" = 1 ]; then trap '' TERM; while :; do sleep 1; done; fi; exit 0");
   o.wait.grace = milliseconds(200);
   const auto start = Clock::now();
   auto job = SpawnLocal(o, Deadline::After(milliseconds(500)));
@@ -203,7 +229,8 @@ TEST_F(LaunchTest, AHangingRankIsKilledAtTheDeadline) {
 }
 
 TEST_F(LaunchTest, AProgramThatCannotRunFailsItsRank) {
-  auto job = SpawnLocal({.program = "/nonexistent/m2n-test", .num_ranks = 1}, Deadline::After(seconds(30)));
+  auto job = SpawnLocal({.program = "/nonexistent/m2n-test", .num_ranks = 1},
+                        Deadline::After(seconds(30)));
   ASSERT_TRUE(job.ok()) << job.status().ToString();
   EXPECT_EQ(job->first_failure, 0);
   EXPECT_EQ(job->ranks[0].exit_code, 127);

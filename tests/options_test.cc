@@ -14,8 +14,9 @@ namespace {
 class OptionsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    for (const char* name : {"RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "OMPI_COMM_WORLD_RANK",
-                             "OMPI_COMM_WORLD_SIZE", "PMI_RANK", "PMI_SIZE", "SLURM_PROCID", "SLURM_NTASKS"}) {
+    for (const char* name :
+         {"RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "OMPI_COMM_WORLD_RANK",
+          "OMPI_COMM_WORLD_SIZE", "PMI_RANK", "PMI_SIZE", "SLURM_PROCID", "SLURM_NTASKS"}) {
       unsetenv(name);
     }
     for (const EnvironmentVariable& v : EnvironmentTable()) unsetenv(std::string(v.name).c_str());
@@ -90,11 +91,13 @@ TEST_F(OptionsTest, WrongRankOrWorldSize) {
   o.bootstrap.rank = 4;
   auto r = ResolveOptions(o);
   EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(r.status().message().find("rank 4 is outside [0, 4)"), std::string::npos) << r.status().message();
+  EXPECT_NE(r.status().message().find("rank 4 is outside [0, 4)"), std::string::npos)
+      << r.status().message();
   o.bootstrap.rank = 0;
   o.bootstrap.world_size = 5;
   r = ResolveOptions(o);
-  EXPECT_NE(r.status().message().find("world size 5 != M + N"), std::string::npos) << r.status().message();
+  EXPECT_NE(r.status().message().find("world size 5 != M + N"), std::string::npos)
+      << r.status().message();
   o.bootstrap.world_size = -1;
   r = ResolveOptions(o);
   EXPECT_NE(r.status().message().find("no world size"), std::string::npos);

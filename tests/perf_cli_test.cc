@@ -46,7 +46,8 @@ TEST(PerfCliTest, ParseSizeAcceptsSuffixesAsPowersOfTwo) {
 }
 
 TEST(PerfCliTest, ParseSizeRejectsBadValues) {
-  for (const char* bad : {"", "K", "-1", "1.5K", "4X", "4KB", "0", "0K", " 8", "8 ", "5G", "99999999999999999999"}) {
+  for (const char* bad :
+       {"", "K", "-1", "1.5K", "4X", "4KB", "0", "0K", " 8", "8 ", "5G", "99999999999999999999"}) {
     auto parsed = ParseSize(bad);
     EXPECT_FALSE(parsed.ok()) << "'" << bad << "' was accepted";
     if (!parsed.ok()) {
@@ -69,10 +70,21 @@ TEST(PerfCliTest, DefaultsCoverAtLeastEightBytesToFourMegabytes) {
 }
 
 TEST(PerfCliTest, ParsesEveryFlagInBothSpellings) {
-  auto config = Parse({"-b", "8", "-e", "64K", "-f", "4", "-n", "20", "-w", "3", "-M", "1", "-N", "2",
-                       "--transport", "ucx", "--no-check", "-d", "8", "--json", "/tmp/x.json",
-                       "--baseline", "mpi", "--latency_mode", "roundtrip", "--timeout_ms", "5000",
-                       "--run_timeout", "60"});
+  auto config = Parse({"-b",          "8",
+                       "-e",          "64K",
+                       "-f",          "4",
+                       "-n",          "20",
+                       "-w",          "3",
+                       "-M",          "1",
+                       "-N",          "2",
+                       "--transport", "ucx",
+                       "--no-check",  "-d",
+                       "8",           "--json",
+                       "/tmp/x.json", "--baseline",
+                       "mpi",         "--latency_mode",
+                       "roundtrip",   "--timeout_ms",
+                       "5000",        "--run_timeout",
+                       "60"});
   ASSERT_TRUE(config.ok()) << config.status().ToString();
   EXPECT_EQ(config->min_bytes, 8u);
   EXPECT_EQ(config->max_bytes, 65536u);
@@ -92,9 +104,9 @@ TEST(PerfCliTest, ParsesEveryFlagInBothSpellings) {
   EXPECT_EQ(config->timeout_ms, 5000);
   EXPECT_EQ(config->run_timeout_s, 60);
 
-  auto joined = Parse({"--minbytes=1K", "--maxbytes=2M", "--stepfactor=8", "--iters=7",
-                       "--warmup_iters=0", "--senders=3", "--receivers=5", "--slot_depth=2", "-c",
-                       "-b16"});
+  auto joined =
+      Parse({"--minbytes=1K", "--maxbytes=2M", "--stepfactor=8", "--iters=7", "--warmup_iters=0",
+             "--senders=3", "--receivers=5", "--slot_depth=2", "-c", "-b16"});
   ASSERT_TRUE(joined.ok()) << joined.status().ToString();
   EXPECT_EQ(joined->min_bytes, 16u);  // the last one wins
   EXPECT_EQ(joined->max_bytes, size_t{2} << 20);
@@ -110,11 +122,26 @@ TEST(PerfCliTest, ParsesEveryFlagInBothSpellings) {
 
 TEST(PerfCliTest, RejectsBadFlagsAndValues) {
   const std::vector<std::vector<std::string>> bad = {
-      {"--bogus"},         {"-z"},                {"-b"},                   {"-b", "1.5K"},
-      {"-e", "0"},         {"-b", "1M", "-e", "1K"}, {"-n", "0"},           {"-n", "x"},
-      {"-w", "-1"},        {"-M", "0"},           {"-N", "-2"},             {"-f", "1"},
-      {"-d", "0"},         {"--baseline", "gloo"}, {"--latency_mode", "x"}, {"--json"},
-      {"--transport="},    {"stray"},             {"--no-check=1"},         {"--timeout_ms", "0"},
+      {"--bogus"},
+      {"-z"},
+      {"-b"},
+      {"-b", "1.5K"},
+      {"-e", "0"},
+      {"-b", "1M", "-e", "1K"},
+      {"-n", "0"},
+      {"-n", "x"},
+      {"-w", "-1"},
+      {"-M", "0"},
+      {"-N", "-2"},
+      {"-f", "1"},
+      {"-d", "0"},
+      {"--baseline", "gloo"},
+      {"--latency_mode", "x"},
+      {"--json"},
+      {"--transport="},
+      {"stray"},
+      {"--no-check=1"},
+      {"--timeout_ms", "0"},
   };
   for (const auto& args : bad) {
     auto config = Parse(args);
@@ -136,10 +163,30 @@ TEST(PerfCliTest, HelpListsEveryPublicFlag) {
   ASSERT_TRUE(config.ok());
   EXPECT_TRUE(config->help);
   const std::string usage = Usage("m2n_perf");
-  for (const char* flag : {"--minbytes", "--maxbytes", "--stepfactor", "--iters", "--warmup_iters",
-                           "--senders", "--receivers", "--transport", "--check", "--no-check",
-                           "--slot_depth", "--json", "--baseline", "--latency_mode", "--timeout_ms",
-                           "--run_timeout", "--help", "-b,", "-e,", "-f,", "-n,", "-w,", "-M,", "-N,",
+  for (const char* flag : {"--minbytes",
+                           "--maxbytes",
+                           "--stepfactor",
+                           "--iters",
+                           "--warmup_iters",
+                           "--senders",
+                           "--receivers",
+                           "--transport",
+                           "--check",
+                           "--no-check",
+                           "--slot_depth",
+                           "--json",
+                           "--baseline",
+                           "--latency_mode",
+                           "--timeout_ms",
+                           "--run_timeout",
+                           "--help",
+                           "-b,",
+                           "-e,",
+                           "-f,",
+                           "-n,",
+                           "-w,",
+                           "-M,",
+                           "-N,",
                            "-d,"}) {
     EXPECT_NE(usage.find(flag), std::string::npos) << flag;
   }
@@ -205,7 +252,7 @@ TEST(PerfStatsTest, NearestRankPercentiles) {
 TEST(PerfStatsTest, SummarizeSortsAndKeepsTheMaximum) {
   std::vector<double> samples;
   for (int i = 200; i >= 1; --i) samples.push_back(i);  // descending on purpose
-  samples.push_back(1e6);                                // one outlier
+  samples.push_back(1e6);  // one outlier
   LatencySummary s = Summarize(samples);
   EXPECT_EQ(s.samples, 201);
   EXPECT_EQ(s.p50_us, 101);  // ceil(100.5) = 101st of 1..200, 1e6
@@ -251,9 +298,10 @@ TEST(PerfPatternTest, OtherPairsIterationsAndShiftsDoNotPass) {
   std::vector<std::byte> buf(size);
   FillPattern(buf, seed);
   // Wrong source, destination, iteration, size or phase: nearly every byte is wrong.
-  for (uint64_t other : {PatternSeed(1, 0, tag), PatternSeed(0, 2, tag), PatternSeed(2, 1, tag),
-                         PatternSeed(0, 1, PatternTag(3, 1, 6)), PatternSeed(0, 1, PatternTag(4, 1, 5)),
-                         PatternSeed(0, 1, PatternTag(3, 2, 5))}) {
+  for (uint64_t other :
+       {PatternSeed(1, 0, tag), PatternSeed(0, 2, tag), PatternSeed(2, 1, tag),
+        PatternSeed(0, 1, PatternTag(3, 1, 6)), PatternSeed(0, 1, PatternTag(4, 1, 5)),
+        PatternSeed(0, 1, PatternTag(3, 2, 5))}) {
     ASSERT_NE(other, seed);
     EXPECT_GT(CountWrongBytes(buf, other), size * 9 / 10);
   }
@@ -290,10 +338,18 @@ TEST(PerfReportTest, RowsAndJson) {
   info.host = "h\"ost";
   info.latency_mode = "oneway";
   info.baseline = "mpi";
-  Row m2n{.bytes = 4096, .impl = "m2n", .latency = {.p50_us = 10, .p99_us = 20, .max_us = 30},
-          .gbps = 2, .mmsg_per_s = 0.5, .wrong = 0};
-  Row mpi{.bytes = 4096, .impl = "MPI", .latency = {.p50_us = 20, .p99_us = 40, .max_us = 50},
-          .gbps = 1, .mmsg_per_s = 0.25, .wrong = 0};
+  Row m2n{.bytes = 4096,
+          .impl = "m2n",
+          .latency = {.p50_us = 10, .p99_us = 20, .max_us = 30},
+          .gbps = 2,
+          .mmsg_per_s = 0.5,
+          .wrong = 0};
+  Row mpi{.bytes = 4096,
+          .impl = "MPI",
+          .latency = {.p50_us = 20, .p99_us = 40, .max_us = 50},
+          .gbps = 1,
+          .mmsg_per_s = 0.25,
+          .wrong = 0};
   const std::string row = FormatRow(m2n, false);
   EXPECT_NE(row.find("4096"), std::string::npos);
   EXPECT_NE(row.find("10.00"), std::string::npos);
@@ -312,17 +368,27 @@ TEST(PerfReportTest, RowsAndJson) {
 TEST(PerfReportTest, PerftestRowsAndTopologyInJson) {
   RunInfo info;
   info.baseline = "perftest";
-  info.topology = {"hwloc 2.9.0 (this host): 1 package(s)", "GPU 0000:18:00.0 -> mlx5_0 (PCIe switch, 2 PCI hops)"};
+  info.topology = {"hwloc 2.9.0 (this host): 1 package(s)",
+                   "GPU 0000:18:00.0 -> mlx5_0 (PCIe switch, 2 PCI hops)"};
   info.placement = "NIC mlx5_0, proxy core 3: why";
   auto row = [](size_t bytes, const char* impl, double p50) {
-    return Row{.bytes = bytes, .impl = impl, .latency = {.p50_us = p50, .p99_us = p50, .max_us = p50}, .gbps = 1};
+    return Row{.bytes = bytes,
+               .impl = impl,
+               .latency = {.p50_us = p50, .p99_us = p50, .max_us = p50},
+               .gbps = 1};
   };
-  const std::string json =
-      FormatJson(info, {row(8, "m2n", 12), row(64, "m2n", 15), row(8, "perftest", 10), row(64, "perftest", 10)}, 0, 1);
-  EXPECT_NE(json.find("{\"bytes\": 8, \"p50\": 1.2, \"baseline\": \"perftest\""), std::string::npos) << json;
-  EXPECT_NE(json.find("{\"bytes\": 64, \"p50\": 1.5, \"baseline\": \"perftest\""), std::string::npos) << json;
+  const std::string json = FormatJson(
+      info,
+      {row(8, "m2n", 12), row(64, "m2n", 15), row(8, "perftest", 10), row(64, "perftest", 10)}, 0,
+      1);
+  EXPECT_NE(json.find("{\"bytes\": 8, \"p50\": 1.2, \"baseline\": \"perftest\""), std::string::npos)
+      << json;
+  EXPECT_NE(json.find("{\"bytes\": 64, \"p50\": 1.5, \"baseline\": \"perftest\""),
+            std::string::npos)
+      << json;
   EXPECT_NE(json.find("\"impl\": \"perftest\""), std::string::npos) << json;
-  EXPECT_NE(json.find("\"placement\": \"NIC mlx5_0, proxy core 3: why\""), std::string::npos) << json;
+  EXPECT_NE(json.find("\"placement\": \"NIC mlx5_0, proxy core 3: why\""), std::string::npos)
+      << json;
   EXPECT_NE(json.find("-> mlx5_0 (PCIe switch"), std::string::npos) << json;
   char* text = nullptr;
   size_t size = 0;
@@ -401,7 +467,8 @@ struct RunResult {
 
 // Runs m2n_perf bare (no launcher variables), bounded by `timeout`; kills its process group after.
 // `while_running`, if given, runs on its own thread with the launcher's pid while the run lasts.
-RunResult RunPerf(const std::vector<std::string>& args, std::chrono::seconds timeout = std::chrono::seconds(120),
+RunResult RunPerf(const std::vector<std::string>& args,
+                  std::chrono::seconds timeout = std::chrono::seconds(120),
                   const std::vector<std::string>& env = {},
                   const std::function<void(pid_t)>& while_running = nullptr) {
   RunResult result;
@@ -414,9 +481,9 @@ RunResult RunPerf(const std::vector<std::string>& args, std::chrono::seconds tim
     dup2(err_pipe[1], 2);
     close(out_pipe[0]);
     close(err_pipe[0]);
-    for (const char* v : {"M2N_RANK", "M2N_WORLD_SIZE", "M2N_MASTER_PORT", "M2N_JOB_ID", "RANK",
-                          "WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "SLURM_PROCID",
-                          "M2N_PERF_SPAWNED"}) {
+    for (const char* v :
+         {"M2N_RANK", "M2N_WORLD_SIZE", "M2N_MASTER_PORT", "M2N_JOB_ID", "RANK", "WORLD_SIZE",
+          "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "SLURM_PROCID", "M2N_PERF_SPAWNED"}) {
       unsetenv(v);
     }
     for (const auto& e : env) putenv(const_cast<char*>(e.c_str()));
@@ -534,7 +601,9 @@ TEST(PerfEndToEndTest, JsonHasTheSameRows) {
   const std::string text = json.str();
   EXPECT_NE(text.find("\"rows\""), std::string::npos) << text;
   size_t rows = 0;
-  for (size_t at = text.find("\"bytes\""); at != std::string::npos; at = text.find("\"bytes\"", at + 1)) ++rows;
+  for (size_t at = text.find("\"bytes\""); at != std::string::npos;
+       at = text.find("\"bytes\"", at + 1))
+    ++rows;
   EXPECT_EQ(rows, 3u) << text;  // 1K, 4K, 16K
   EXPECT_NE(text.find("\"senders\": 2"), std::string::npos);
   EXPECT_NE(text.find("\"total_wrong\": 0"), std::string::npos);
@@ -584,7 +653,8 @@ TEST(PerfEndToEndTest, BadUsageExitsTwoWithAHint) {
 }
 
 TEST(PerfEndToEndTest, AnUnknownTransportIsBadUsageBeforeAnyRankStarts) {
-  RunResult r = RunPerf(With(kSmall, {"--transport", "no-such-transport"}), std::chrono::seconds(30));
+  RunResult r =
+      RunPerf(With(kSmall, {"--transport", "no-such-transport"}), std::chrono::seconds(30));
   EXPECT_FALSE(r.timed_out) << Dump(r);
   EXPECT_EQ(r.exit_code, 2) << "a bad --transport is bad usage\n" << Dump(r);
   EXPECT_NE(r.err.find("no-such-transport"), std::string::npos) << Dump(r);
@@ -628,7 +698,8 @@ TEST(PerfEndToEndTest, AKilledRankStopsTheJobAndIsNamed) {
 
 // One rank of a torchrun-style job (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set for each rank,
 // no m2n_perf launcher above it), its stdout and stderr into files of `dir`.
-pid_t StartTorchrunRank(int rank, int world, int port, const std::string& dir, const std::vector<std::string>& args) {
+pid_t StartTorchrunRank(int rank, int world, int port, const std::string& dir,
+                        const std::vector<std::string>& args) {
   const pid_t pid = fork();
   if (pid != 0) return pid;
   const std::string base = dir + "/rank" + std::to_string(rank);
@@ -637,8 +708,9 @@ pid_t StartTorchrunRank(int rank, int world, int port, const std::string& dir, c
   if (out < 0 || err < 0) _exit(126);
   dup2(out, 1);
   dup2(err, 2);
-  for (const char* v : {"M2N_RANK", "M2N_WORLD_SIZE", "M2N_MASTER_PORT", "M2N_MASTER_ADDR", "M2N_JOB_ID",
-                        "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "SLURM_PROCID", "M2N_PERF_SPAWNED"}) {
+  for (const char* v :
+       {"M2N_RANK", "M2N_WORLD_SIZE", "M2N_MASTER_PORT", "M2N_MASTER_ADDR", "M2N_JOB_ID",
+        "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "SLURM_PROCID", "M2N_PERF_SPAWNED"}) {
     unsetenv(v);
   }
   setenv("RANK", std::to_string(rank).c_str(), 1);
@@ -667,14 +739,16 @@ struct Exit {
 };
 
 // Reaps `pids` as they end, until all have or `bound` after `since` (then it kills the rest).
-std::vector<Exit> WaitForExits(const std::vector<pid_t>& pids, std::chrono::steady_clock::time_point since,
+std::vector<Exit> WaitForExits(const std::vector<pid_t>& pids,
+                               std::chrono::steady_clock::time_point since,
                                std::chrono::seconds bound) {
   std::vector<Exit> exits(pids.size());
   size_t left = pids.size();
   while (left > 0 && std::chrono::steady_clock::now() < since + bound) {
     for (size_t i = 0; i < pids.size(); ++i) {
       if (exits[i].after_s >= 0 || waitpid(pids[i], &exits[i].status, WNOHANG) != pids[i]) continue;
-      exits[i].after_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
+      exits[i].after_s =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
       --left;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -699,8 +773,8 @@ TEST(PerfEndToEndTest, RanksInTheHostBarrierNameAKilledRankPromptly) {
   char dir_template[] = "/tmp/m2n_perf_kill.XXXXXX";
   ASSERT_NE(mkdtemp(dir_template), nullptr);
   const std::string dir = dir_template;
-  const std::vector<std::string> args = {"-b", "8", "-e", "8", "-n", "10000000", "--timeout_ms",
-                                         std::to_string(kTimeoutMs)};
+  const std::vector<std::string> args = {
+      "-b", "8", "-e", "8", "-n", "10000000", "--timeout_ms", std::to_string(kTimeoutMs)};
   std::vector<pid_t> ranks;
   for (int r = 0; r < kWorld; ++r) ranks.push_back(StartTorchrunRank(r, kWorld, *port, dir, args));
   // Rank 0 prints the table head when the measured loop starts.
@@ -732,10 +806,12 @@ TEST(PerfEndToEndTest, RanksInTheHostBarrierNameAKilledRankPromptly) {
   }
   // Rank 0 was in the host barrier, which names who never came.
   const std::string err0 = ReadFile(dir + "/rank0.err");
-  EXPECT_TRUE(std::regex_search(err0, std::regex(R"(host barrier: rank 0 was waiting for ranks? ([0-9]+, )*1\b)")))
+  EXPECT_TRUE(std::regex_search(
+      err0, std::regex(R"(host barrier: rank 0 was waiting for ranks? ([0-9]+, )*1\b)")))
       << err0;
   for (int r = 0; r < kWorld; ++r) {
-    for (const char* ext : {".out", ".err"}) std::remove((dir + "/rank" + std::to_string(r) + ext).c_str());
+    for (const char* ext : {".out", ".err"})
+      std::remove((dir + "/rank" + std::to_string(r) + ext).c_str());
   }
   rmdir(dir.c_str());
 }

@@ -29,7 +29,8 @@ TEST(ImmediateTest, RoundTripsEveryField) {
     }
   }
   // The sequence wraps: message 4096 carries 0.
-  auto wrapped = DecodeImmediate(EncodeImmediate({ImmKind::kData, 3, kSequenceModulus + 2}, 1, 2), 1, 2);
+  auto wrapped =
+      DecodeImmediate(EncodeImmediate({ImmKind::kData, 3, kSequenceModulus + 2}, 1, 2), 1, 2);
   ASSERT_TRUE(wrapped.ok());
   EXPECT_EQ(wrapped->sequence, 2u);
 }
@@ -39,7 +40,8 @@ TEST(ImmediateTest, RejectsUnknownKind) {
   uint32_t bits = EncodeImmediate({static_cast<ImmKind>(3), 0, 0}, 0, 1);
   auto bad = DecodeImmediate(bits, 0, 1);
   EXPECT_EQ(bad.status().code(), StatusCode::kDataLoss);
-  EXPECT_NE(bad.status().message().find("unknown kind"), std::string::npos) << bad.status().message();
+  EXPECT_NE(bad.status().message().find("unknown kind"), std::string::npos)
+      << bad.status().message();
 }
 
 // Every flip of one, two or three bits fails the check, and so does an immediate read as coming
@@ -65,7 +67,8 @@ TEST(ImmediateTest, CheckCatchesCorruptionAndMisattribution) {
 
 // Readers that exercise the seed: the ends of the rank range, a block of 256 apart, and 263
 // (0x107, the CRC's own polynomial), whose pair with writer 0 had seed 0 in immediate format 1.
-const int kSampleReaders[] = {0, 1, 2, 254, 255, 256, 257, 263, 511, 4096, kMaxRanks - 256, kMaxRanks - 1};
+const int kSampleReaders[] = {
+    0, 1, 2, 254, 255, 256, 257, 263, 511, 4096, kMaxRanks - 256, kMaxRanks - 1};
 
 // A lost or zero-filled ring entry must never pass for a pair's first immediate (data, slot 0,
 // sequence 0). Every pair of ranks below 2048 (every seed many times over), and every writer up to
@@ -75,19 +78,23 @@ TEST(ImmediateTest, NoPairsFirstImmediateIsAllZeros) {
   const Immediate first{ImmKind::kData, 0, 0};
   for (int writer = 0; writer < 2048; ++writer) {
     for (int reader = 0; reader < 2048; ++reader) {
-      ASSERT_NE(EncodeImmediate(first, writer, reader), 0u) << "writer " << writer << ", reader " << reader;
+      ASSERT_NE(EncodeImmediate(first, writer, reader), 0u)
+          << "writer " << writer << ", reader " << reader;
     }
   }
   for (int writer = 0; writer < kMaxRanks; ++writer) {
     for (int reader : kSampleReaders) {
-      ASSERT_NE(EncodeImmediate(first, writer, reader), 0u) << "writer " << writer << ", reader " << reader;
-      ASSERT_NE(EncodeImmediate(first, reader, writer), 0u) << "writer " << reader << ", reader " << writer;
+      ASSERT_NE(EncodeImmediate(first, writer, reader), 0u)
+          << "writer " << writer << ", reader " << reader;
+      ASSERT_NE(EncodeImmediate(first, reader, writer), 0u)
+          << "writer " << reader << ", reader " << writer;
     }
   }
 }
 
 // Writers 256 apart (what a rank truncated to 8 bits confuses) never share a seed, nor do readers,
-// so an immediate attributed to the wrong one of them always fails; nor do any 255 writers in a row.
+// so an immediate attributed to the wrong one of them always fails; nor do any 255 writers in a
+// row.
 TEST(ImmediateTest, SeedsDifferForRanks256ApartAndForNeighbours) {
   for (int reader : kSampleReaders) {
     for (int writer = 0; writer + 256 < kMaxRanks; ++writer) {
@@ -100,7 +107,8 @@ TEST(ImmediateTest, SeedsDifferForRanks256ApartAndForNeighbours) {
       std::vector<bool> seen(256, false);
       for (int writer = start; writer < start + 255; ++writer) {
         const uint8_t seed = ImmediateSeed(writer, reader);
-        ASSERT_FALSE(seen[seed]) << "writer " << writer << " repeats a seed among the 255 from " << start;
+        ASSERT_FALSE(seen[seed]) << "writer " << writer << " repeats a seed among the 255 from "
+                                 << start;
         seen[seed] = true;
       }
     }
@@ -219,12 +227,15 @@ TEST(ConfigCheckTest, EqualConfigsPass) {
 }
 
 TEST(ConfigCheckTest, MismatchNamesFieldValuesAndRanks) {
-  Status s = CheckFingerprints({Config("4096"), Config("4096"), Config("8192"), Config("8192", "tcp")});
+  Status s =
+      CheckFingerprints({Config("4096"), Config("4096"), Config("8192"), Config("8192", "tcp")});
   EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
-  EXPECT_NE(s.message().find("slot_bytes is 4096 on rank 0 but 8192 on rank 2 (and differs on 1 more rank(s))"),
+  EXPECT_NE(s.message().find(
+                "slot_bytes is 4096 on rank 0 but 8192 on rank 2 (and differs on 1 more rank(s))"),
             std::string::npos)
       << s.message();
-  EXPECT_NE(s.message().find("transport is ucx on rank 0 but tcp on rank 3"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("transport is ucx on rank 0 but tcp on rank 3"), std::string::npos)
+      << s.message();
 }
 
 TEST(ConfigCheckTest, EncodingRoundTripsAndRejectsGarbage) {

@@ -50,7 +50,8 @@ PerfRun RunPerf(const std::vector<std::string>& args, std::chrono::seconds bound
   const auto deadline = std::chrono::steady_clock::now() + bound;
   int status = 0;
   bool exited = false;
-  while (!(exited = waitpid(pid, &status, WNOHANG) == pid) && std::chrono::steady_clock::now() < deadline) {
+  while (!(exited = waitpid(pid, &status, WNOHANG) == pid) &&
+         std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(20ms);
   }
   if (!exited) {
@@ -86,8 +87,9 @@ std::vector<RankMemory> ParseRankMemory(const std::string& out) {
   std::vector<RankMemory> ranks;
   for (const std::string& line : Lines(out)) {
     RankMemory r;
-    if (std::sscanf(line.c_str(), "# soak rank %d: RSS start %lf MiB, after sweep 1 %lf MiB, end %lf MiB", &r.rank,
-                    &r.start_mib, &r.first_mib, &r.end_mib) == 4) {
+    if (std::sscanf(line.c_str(),
+                    "# soak rank %d: RSS start %lf MiB, after sweep 1 %lf MiB, end %lf MiB",
+                    &r.rank, &r.start_mib, &r.first_mib, &r.end_mib) == 4) {
       ranks.push_back(r);
     }
   }
@@ -95,11 +97,12 @@ std::vector<RankMemory> ParseRankMemory(const std::string& out) {
 }
 
 // "# soak: <messages> messages in <sweeps> sweeps, <s> s, #wrong <n>"
-bool ParseTotals(const std::string& out, unsigned long long* messages, int* sweeps, unsigned long long* wrong) {
+bool ParseTotals(const std::string& out, unsigned long long* messages, int* sweeps,
+                 unsigned long long* wrong) {
   for (const std::string& line : Lines(out)) {
     double seconds = 0;
-    if (std::sscanf(line.c_str(), "# soak: %llu messages in %d sweeps, %lf s, #wrong %llu", messages, sweeps,
-                    &seconds, wrong) == 4) {
+    if (std::sscanf(line.c_str(), "# soak: %llu messages in %d sweeps, %lf s, #wrong %llu",
+                    messages, sweeps, &seconds, wrong) == 4) {
       return true;
     }
   }
@@ -111,9 +114,9 @@ using ::m2n::testing::kSanitized;
 TEST(SoakTest, ShortSoakMovesEveryMessageIntactAndMemoryStaysFlat) {
   // 2 x 2, 8 B .. 16 KB: 12 sizes x 4 pairs x (5 + 2 x 200) = 19440 messages a sweep.
   const unsigned long long kAsked = 400000;
-  PerfRun run = RunPerf({"-M", "2", "-N", "2", "-b", "8", "-e", "16K", "-n", "200", "-w", "5", "--soak",
-                     std::to_string(kAsked)},
-                    240s);
+  PerfRun run = RunPerf({"-M", "2", "-N", "2", "-b", "8", "-e", "16K", "-n", "200", "-w", "5",
+                         "--soak", std::to_string(kAsked)},
+                        240s);
   ASSERT_EQ(run.exit_code, 0) << run.output;
   unsigned long long messages = 0, wrong = 1;
   int sweeps = 0;
@@ -135,9 +138,9 @@ TEST(SoakTest, ShortSoakMovesEveryMessageIntactAndMemoryStaysFlat) {
 
 TEST(SoakTest, SoakCountsWrongBytesInEverySweepAndFails) {
   // The test-only corruption flips one byte per size in every sweep: 4 sizes x 3 sweeps.
-  PerfRun run = RunPerf({"-M", "1", "-N", "2", "-b", "8", "-e", "64", "-n", "20", "-w", "2", "--soak", "700",
-                     "--inject-corruption"},
-                    120s);
+  PerfRun run = RunPerf({"-M", "1", "-N", "2", "-b", "8", "-e", "64", "-n", "20", "-w", "2",
+                         "--soak", "700", "--inject-corruption"},
+                        120s);
   EXPECT_EQ(run.exit_code, 1) << run.output;
   unsigned long long messages = 0, wrong = 0;
   int sweeps = 0;

@@ -40,7 +40,8 @@ TEST(StatusTest, StatusOrCarriesValueOrError) {
 
 // value() on an error is a bug in the caller: it aborts, saying which error, as abseil's does.
 TEST(StatusDeathTest, ValueOnErrorAbortsWithTheStatus) {
-  EXPECT_DEATH((void)Half(3).value(), "StatusOr::value\\(\\) on an error: INVALID_ARGUMENT: 3 is odd");
+  EXPECT_DEATH((void)Half(3).value(),
+               "StatusOr::value\\(\\) on an error: INVALID_ARGUMENT: 3 is odd");
   const StatusOr<int> bad = Half(5);
   EXPECT_DEATH((void)bad.value(), "StatusOr::value\\(\\) on an error: INVALID_ARGUMENT: 5 is odd");
   StatusOr<int> also_bad = Half(7);

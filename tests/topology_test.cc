@@ -19,38 +19,45 @@ std::string Core(int pu) {
   std::snprintf(mask, sizeof mask, "0x%08x", 1u << pu);
   const std::string set = std::string(" cpuset=\"") + mask + "\" complete_cpuset=\"" + mask + "\"";
   return "<object type=\"Core\" os_index=\"" + std::to_string(pu) + "\"" + set + Gp() + ">" +
-         "<object type=\"PU\" os_index=\"" + std::to_string(pu) + "\"" + set + Gp() + "/></object>\n";
+         "<object type=\"PU\" os_index=\"" + std::to_string(pu) + "\"" + set + Gp() +
+         "/></object>\n";
 }
 
 std::string PciDev(const std::string& bus, const std::string& type, const std::string& osdev = "",
                    int osdev_type = 0) {
-  std::string s = "<object type=\"PCIDev\"" + Gp() + " pci_busid=\"" + bus + "\" pci_type=\"" + type +
-                  "\" pci_link_speed=\"0.000000\"";
+  std::string s = "<object type=\"PCIDev\"" + Gp() + " pci_busid=\"" + bus + "\" pci_type=\"" +
+                  type + "\" pci_link_speed=\"0.000000\"";
   if (osdev.empty()) return s + "/>\n";
   return s + "><object type=\"OSDev\"" + Gp() + " name=\"" + osdev + "\" osdev_type=\"" +
          std::to_string(osdev_type) + "\"/></object>\n";
 }
-std::string Gpu(const std::string& bus, const std::string& cuda) { return PciDev(bus, "0302 [10de:2330] [10de:16c1] a1", cuda, 5); }
-std::string Nic(const std::string& bus, const std::string& name) { return PciDev(bus, "0207 [15b3:101b] [15b3:0007] 00", name, 3); }
+std::string Gpu(const std::string& bus, const std::string& cuda) {
+  return PciDev(bus, "0302 [10de:2330] [10de:16c1] a1", cuda, 5);
+}
+std::string Nic(const std::string& bus, const std::string& name) {
+  return PciDev(bus, "0207 [15b3:101b] [15b3:0007] 00", name, 3);
+}
 
 // A PCI-to-PCI bridge (root port or switch port) leading to buses [lo, hi].
-std::string PciBridge(const std::string& bus, int depth, const std::string& range, const std::string& children) {
-  return "<object type=\"Bridge\"" + Gp() + " bridge_type=\"1-1\" depth=\"" + std::to_string(depth) +
-         "\" bridge_pci=\"0000:[" + range + "]\" pci_busid=\"" + bus +
-         "\" pci_type=\"0604 [8086:2030] [0000:0000] 00\" pci_link_speed=\"0.000000\">\n" + children + "</object>\n";
+std::string PciBridge(const std::string& bus, int depth, const std::string& range,
+                      const std::string& children) {
+  return "<object type=\"Bridge\"" + Gp() + " bridge_type=\"1-1\" depth=\"" +
+         std::to_string(depth) + "\" bridge_pci=\"0000:[" + range + "]\" pci_busid=\"" + bus +
+         "\" pci_type=\"0604 [8086:2030] [0000:0000] 00\" pci_link_speed=\"0.000000\">\n" +
+         children + "</object>\n";
 }
 std::string HostBridge(const std::string& range, const std::string& children) {
-  return "<object type=\"Bridge\"" + Gp() + " bridge_type=\"0-1\" depth=\"0\" bridge_pci=\"0000:[" + range + "]\">\n" +
-         children + "</object>\n";
+  return "<object type=\"Bridge\"" + Gp() + " bridge_type=\"0-1\" depth=\"0\" bridge_pci=\"0000:[" +
+         range + "]\">\n" + children + "</object>\n";
 }
 
 std::string Package(int index, const std::string& mask, const std::string& inside) {
   const std::string nodeset = index == 0 ? "0x00000001" : "0x00000002";
-  const std::string sets = " cpuset=\"" + mask + "\" complete_cpuset=\"" + mask + "\" nodeset=\"" + nodeset +
-                           "\" complete_nodeset=\"" + nodeset + "\"";
-  return "<object type=\"Package\" os_index=\"" + std::to_string(index) + "\"" + sets + Gp() + ">\n" +
-         "<object type=\"NUMANode\" os_index=\"" + std::to_string(index) + "\"" + sets + Gp() +
-         " local_memory=\"1073741824\"/>\n" + inside + "</object>\n";
+  const std::string sets = " cpuset=\"" + mask + "\" complete_cpuset=\"" + mask + "\" nodeset=\"" +
+                           nodeset + "\" complete_nodeset=\"" + nodeset + "\"";
+  return "<object type=\"Package\" os_index=\"" + std::to_string(index) + "\"" + sets + Gp() +
+         ">\n" + "<object type=\"NUMANode\" os_index=\"" + std::to_string(index) + "\"" + sets +
+         Gp() + " local_memory=\"1073741824\"/>\n" + inside + "</object>\n";
 }
 
 // Two sockets, four cores each (PUs 0-3, 4-7).
@@ -58,36 +65,43 @@ std::string Package(int index, const std::string& mask, const std::string& insid
 //               -> GPU 18:00.0 (cuda0), NIC 19:00.0 (mlx5_0)
 //             host bridge 00 -> root port 00:02.0 -> GPU 2a:00.0 (cuda1), no NIC near it
 //   socket 1: host bridge 80 -> root port 80:01.0 -> switch (up 91:00.0, down 92:00-02.0)
-//               -> GPU 9a:00.0 (cuda2), GPU 9b:00.0 (cuda3), NIC 9c:00.0 (mlx5_1), NIC 9d:00.0 (mlx5_2)
+//               -> GPU 9a:00.0 (cuda2), GPU 9b:00.0 (cuda3), NIC 9c:00.0 (mlx5_1), NIC 9d:00.0
+//               (mlx5_2)
 std::string TwoSocketXml() {
   next_gp = 100;
   const std::string socket0_io = HostBridge(
       "00-3f",
-      PciBridge("0000:00:01.0", 1, "16-19",
-                PciBridge("0000:16:00.0", 2, "17-19",
-                          PciBridge("0000:17:00.0", 3, "18-18", Gpu("0000:18:00.0", "cuda0")) +
-                              PciBridge("0000:17:01.0", 3, "19-19", Nic("0000:19:00.0", "mlx5_0")))) +
+      PciBridge(
+          "0000:00:01.0", 1, "16-19",
+          PciBridge("0000:16:00.0", 2, "17-19",
+                    PciBridge("0000:17:00.0", 3, "18-18", Gpu("0000:18:00.0", "cuda0")) +
+                        PciBridge("0000:17:01.0", 3, "19-19", Nic("0000:19:00.0", "mlx5_0")))) +
           PciBridge("0000:00:02.0", 1, "2a-2a", Gpu("0000:2a:00.0", "cuda1")));
   const std::string socket1_io = HostBridge(
-      "80-bf", PciBridge("0000:80:01.0", 1, "91-9d",
-                         PciBridge("0000:91:00.0", 2, "92-9d",
-                                   PciBridge("0000:92:00.0", 3, "9a-9b",
-                                             Gpu("0000:9a:00.0", "cuda2") + Gpu("0000:9b:00.0", "cuda3")) +
-                                       PciBridge("0000:92:01.0", 3, "9c-9d",
-                                                 Nic("0000:9c:00.0", "mlx5_1") + Nic("0000:9d:00.0", "mlx5_2")))));
+      "80-bf",
+      PciBridge(
+          "0000:80:01.0", 1, "91-9d",
+          PciBridge("0000:91:00.0", 2, "92-9d",
+                    PciBridge("0000:92:00.0", 3, "9a-9b",
+                              Gpu("0000:9a:00.0", "cuda2") + Gpu("0000:9b:00.0", "cuda3")) +
+                        PciBridge("0000:92:01.0", 3, "9c-9d",
+                                  Nic("0000:9c:00.0", "mlx5_1") + Nic("0000:9d:00.0", "mlx5_2")))));
   return "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!DOCTYPE topology SYSTEM \"hwloc2.dtd\">\n"
          "<topology version=\"2.0\">\n"
-         "<object type=\"Machine\" os_index=\"0\" cpuset=\"0x000000ff\" complete_cpuset=\"0x000000ff\" "
+         "<object type=\"Machine\" os_index=\"0\" cpuset=\"0x000000ff\" "
+         "complete_cpuset=\"0x000000ff\" "
          "allowed_cpuset=\"0x000000ff\" nodeset=\"0x00000003\" complete_nodeset=\"0x00000003\" "
          "allowed_nodeset=\"0x00000003\" gp_index=\"1\">\n" +
          Package(0, "0x0000000f", Core(0) + Core(1) + Core(2) + Core(3) + socket0_io) +
-         Package(1, "0x000000f0", Core(4) + Core(5) + Core(6) + Core(7) + socket1_io) + "</object>\n</topology>\n";
+         Package(1, "0x000000f0", Core(4) + Core(5) + Core(6) + Core(7) + socket1_io) +
+         "</object>\n</topology>\n";
 }
 
 class TopologyXml : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!HwlocBuilt()) GTEST_SKIP() << "this build has no hwloc (libhwloc-dev): the XML loader is absent";
+    if (!HwlocBuilt())
+      GTEST_SKIP() << "this build has no hwloc (libhwloc-dev): the XML loader is absent";
     auto m = LoadMachineXml(TwoSocketXml());
     ASSERT_TRUE(m.ok()) << m.status().ToString();
     machine = std::move(m).value();

@@ -26,7 +26,8 @@ std::string ProbeHere(const TransportSetup& setup) {
     if (usable.ok()) return "";
     return "the " + setup.transport + " transport cannot run here: " + usable.message();
   }
-  return "the " + setup.transport + " transport is not compiled into this build (see the configure summary)";
+  return "the " + setup.transport +
+         " transport is not compiled into this build (see the configure summary)";
 }
 
 }  // namespace
@@ -51,7 +52,8 @@ std::string SkipReason(const TransportSetup& setup) {
   close(fds[0]);
   int status = 0;
   waitpid(pid, &status, 0);
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) return "the probe of " + setup.transport + " crashed";
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    return "the probe of " + setup.transport + " crashed";
   return reason;
 }
 

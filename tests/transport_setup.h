@@ -12,7 +12,7 @@
 namespace m2n::testing {
 
 struct TransportSetup {
-  std::string name;       // in test names: "shm", "tcp", "rc"
+  std::string name;  // in test names: "shm", "tcp", "rc"
   std::string transport;  // M2N_TRANSPORT: "ucx", "verbs"
   std::vector<std::pair<std::string, std::string>> env = {};
   // Per-pair message count of the credit-pressure test (slower transports run fewer).
@@ -21,7 +21,9 @@ struct TransportSetup {
   std::vector<std::string> unset = {};
 };
 
-inline void PrintTo(const TransportSetup& setup, std::ostream* os) { *os << setup.transport << "_" << setup.name; }
+inline void PrintTo(const TransportSetup& setup, std::ostream* os) {
+  *os << setup.transport << "_" << setup.name;
+}
 
 // Sets M2N_TRANSPORT and the setup's variables, less its `unset` ones, in this process (a rank,
 // before Group::Create).

@@ -92,9 +92,15 @@ std::string Pump(Rank& r) {
   for (size_t i = 0; i < n; ++i) {
     const Completion& c = r.buffer[i];
     switch (c.type) {
-      case Completion::Type::kWriteDone: r.done.push_back(c.cookie); break;
-      case Completion::Type::kImmediate: r.imms[static_cast<int>(c.lane)].push_back(c); break;
-      case Completion::Type::kError: r.errors.push_back(c); break;
+      case Completion::Type::kWriteDone:
+        r.done.push_back(c.cookie);
+        break;
+      case Completion::Type::kImmediate:
+        r.imms[static_cast<int>(c.lane)].push_back(c);
+        break;
+      case Completion::Type::kError:
+        r.errors.push_back(c);
+        break;
     }
   }
   return "";
@@ -110,7 +116,8 @@ std::string RecvWhilePumping(Rank& r, Bytes* out, bool allow_errors) {
       return "";
     }
     REQUIRE_PASS(Pump(r));
-    if (!allow_errors && !r.errors.empty()) return "unexpected kError: " + r.errors.front().error.ToString();
+    if (!allow_errors && !r.errors.empty())
+      return "unexpected kError: " + r.errors.front().error.ToString();
   }
   return Where(__FILE__, __LINE__) + "no message from the peer within the wait";
 }
@@ -125,7 +132,8 @@ std::string WaitImm(Rank& r, Lane lane, Completion* out, Deadline deadline) {
   while (q.empty()) {
     REQUIRE_PASS(Pump(r));
     REQUIRE_PASS(NoErrors(r, __FILE__, __LINE__));
-    REQUIRE(!deadline.Expired(), "waiting for an immediate on lane " + std::to_string(static_cast<int>(lane)));
+    REQUIRE(!deadline.Expired(),
+            "waiting for an immediate on lane " + std::to_string(static_cast<int>(lane)));
   }
   *out = q.front();
   q.pop_front();
@@ -136,8 +144,8 @@ std::string WaitDone(Rank& r, size_t count, Deadline deadline) {
   while (r.done.size() < count) {
     REQUIRE_PASS(Pump(r));
     REQUIRE_PASS(NoErrors(r, __FILE__, __LINE__));
-    REQUIRE(!deadline.Expired(),
-            "waiting for " + std::to_string(count) + " kWriteDone, have " + std::to_string(r.done.size()));
+    REQUIRE(!deadline.Expired(), "waiting for " + std::to_string(count) + " kWriteDone, have " +
+                                     std::to_string(r.done.size()));
   }
   return "";
 }
@@ -206,8 +214,9 @@ int64_t FirstWrong(const std::byte* p, size_t n, uint64_t seed) {
   return -1;
 }
 
-Write MakeWrite(const Rank& r, Lane lane, const Region* local, size_t local_offset, const RemoteRegion* remote,
-                size_t remote_offset, size_t length, uint32_t imm, uint64_t cookie) {
+Write MakeWrite(const Rank& r, Lane lane, const Region* local, size_t local_offset,
+                const RemoteRegion* remote, size_t remote_offset, size_t length, uint32_t imm,
+                uint64_t cookie) {
   Write w;
   w.peer = r.peer;
   w.lane = lane;
@@ -221,10 +230,13 @@ Write MakeWrite(const Rank& r, Lane lane, const Region* local, size_t local_offs
   return w;
 }
 
-std::string TransportCaseName(const ::testing::TestParamInfo<TransportCase>& info) { return info.param.setup.name; }
+std::string TransportCaseName(const ::testing::TestParamInfo<TransportCase>& info) {
+  return info.param.setup.name;
+}
 
 std::string RunPair(const TransportCase& c, const Body& body, std::chrono::seconds limit,
-                    const std::vector<std::pair<std::string, std::string>>& env, std::string* info) {
+                    const std::vector<std::pair<std::string, std::string>>& env,
+                    std::string* info) {
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) return "socketpair failed";
   std::array<int, 2> result_fd{};
@@ -247,7 +259,8 @@ std::string RunPair(const TransportCase& c, const Body& body, std::chrono::secon
       r.transport = FindTransport(c.setup.transport);
       r.registered_targets = c.registered_targets;
       std::string failure = body(r);
-      std::string message = failure.empty() ? r.info : "rank " + std::to_string(rank) + ": " + failure;
+      std::string message =
+          failure.empty() ? r.info : "rank " + std::to_string(rank) + ": " + failure;
       if (!message.empty() && write(pipe_fd[1], message.data(), message.size()) < 0) failure += "!";
       // The transport is torn down by the destructor of r here if the body did not close it.
       r.t.reset();
@@ -265,7 +278,8 @@ std::string RunPair(const TransportCase& c, const Body& body, std::chrono::secon
   bool killed = false;
   while (!(reaped[0] && reaped[1])) {
     for (int rank = 0; rank < 2; ++rank) {
-      if (!reaped[rank] && waitpid(pid[rank], &status[rank], WNOHANG) == pid[rank]) reaped[rank] = true;
+      if (!reaped[rank] && waitpid(pid[rank], &status[rank], WNOHANG) == pid[rank])
+        reaped[rank] = true;
     }
     const bool one_failed = (reaped[0] && status[0] != 0) || (reaped[1] && status[1] != 0);
     if (!killed && (deadline.Expired() || one_failed)) {
@@ -296,7 +310,8 @@ std::string RunPair(const TransportCase& c, const Body& body, std::chrono::secon
     if (!message.empty()) {
       failures += message;
     } else if (WIFSIGNALED(s)) {
-      failures += "rank " + std::to_string(rank) + " killed by signal " + std::to_string(WTERMSIG(s)) +
+      failures += "rank " + std::to_string(rank) + " killed by signal " +
+                  std::to_string(WTERMSIG(s)) +
                   (deadline.Expired() ? " (run exceeded its time limit)" : "");
     } else {
       failures += "rank " + std::to_string(rank) + " exited " + std::to_string(WEXITSTATUS(s));
@@ -564,14 +579,15 @@ TEST_P(TransportTest, OutOfBoundsWriteIsInvalidArgument) {
       };
       const Case cases[] = {
           {0, 0, 1025, "remote region of 1024"},  // longer than the remote region
-          {0, 1000, 25, "remote offset 1000"},    // runs off the remote end
-          {4090, 0, 7, "local offset 4090"},      // runs off the local end
+          {0, 1000, 25, "remote offset 1000"},  // runs off the remote end
+          {4090, 0, 7, "local offset 4090"},  // runs off the local end
           {0, SIZE_MAX - 2, 8, "remote offset"},  // offset + length wraps around
           {SIZE_MAX, 0, 1, "local offset"},
           // A huge length: offset + length wraps for any offset past 7 (validate.h).
           {8, 0, SIZE_MAX - 7, "local region of 4096"},
           {0, 8, SIZE_MAX - 7, "local region of 4096"},
-          {SIZE_MAX - 7, SIZE_MAX - 7, SIZE_MAX - 7, "local offset " + std::to_string(SIZE_MAX - 7)},
+          {SIZE_MAX - 7, SIZE_MAX - 7, SIZE_MAX - 7,
+           "local offset " + std::to_string(SIZE_MAX - 7)},
           {16, SIZE_MAX - 7, 16, "remote offset " + std::to_string(SIZE_MAX - 7)},
       };
       for (const Case& c : cases) {
@@ -581,7 +597,8 @@ TEST_P(TransportTest, OutOfBoundsWriteIsInvalidArgument) {
         REQUIRE(s.code() == StatusCode::kInvalidArgument, s.ToString());
         REQUIRE(s.message().find(PeerText(r, 1)) != std::string::npos, s.message());
         REQUIRE(s.message().find(c.mention) != std::string::npos, s.message());
-        REQUIRE(s.message().find("write of " + std::to_string(c.length) + " bytes") != std::string::npos,
+        REQUIRE(s.message().find("write of " + std::to_string(c.length) + " bytes") !=
+                    std::string::npos,
                 s.message());
       }
       Write no_region = MakeWrite(r, Lane::kData, nullptr, 0, remote.get(), 0, 8, 1, 1);
@@ -625,12 +642,14 @@ TEST_P(TransportTest, OutOfBoundsWriteIsInvalidArgument) {
       const Capabilities caps = r.t->capabilities();
       auto cuda = r.t->Allocate(4096, MemoryKind::kCuda);
       if (!caps.cuda_memory || !cuda.ok()) {
-        const StatusCode want = caps.cuda_memory ? StatusCode::kUnavailable : StatusCode::kUnimplemented;
+        const StatusCode want =
+            caps.cuda_memory ? StatusCode::kUnavailable : StatusCode::kUnimplemented;
         REQUIRE(cuda.status().code() == want, cuda.status().ToString());
       }
       if (!caps.cuda_memory) {
         auto registered = r.t->Register(source.data(), source.size(), MemoryKind::kCuda);
-        REQUIRE(registered.status().code() == StatusCode::kUnimplemented, registered.status().ToString());
+        REQUIRE(registered.status().code() == StatusCode::kUnimplemented,
+                registered.status().ToString());
       }
       REQUIRE(caps.native_write_with_imm == expected.native_write_with_imm);
       REQUIRE(!expected.cuda_memory || caps.cuda_memory == *expected.cuda_memory);
@@ -653,7 +672,8 @@ TEST_P(TransportTest, OutOfBoundsWriteIsInvalidArgument) {
 // them for whom.
 TEST_P(TransportTest, BadConnectionAddressIsRefused) {
   Body body = [](Rank& r) -> std::string {
-    Config config = PairConfig(r, 4 + r.rank);  // max_unpolled deliberately different on the two ranks
+    Config config =
+        PairConfig(r, 4 + r.rank);  // max_unpolled deliberately different on the two ranks
     config.world_size = 3;
     config.peers = {r.peer, 2};
     ASSIGN_OR_FAIL(r.t, r.transport->create(config));
@@ -767,11 +787,13 @@ TEST_P(TransportTest, PeerExitIsReportedOrNeverHangs) {
 
 // Not a correctness test: the round trip (write-with-imm there, write-with-imm back) between
 // transport-allocated regions, as each transport's README.md quotes it.
-// M2N_<TRANSPORT>_PINGPONG_ITERS (M2N_UCX_PINGPONG_ITERS, M2N_VERBS_PINGPONG_ITERS) overrides the count.
+// M2N_<TRANSPORT>_PINGPONG_ITERS (M2N_UCX_PINGPONG_ITERS, M2N_VERBS_PINGPONG_ITERS) overrides the
+// count.
 TEST_P(TransportTest, PingPongLatency) {
   static constexpr size_t kSizes[] = {8, 4096, 65536};
   std::string iters_variable = "M2N_" + GetParam().setup.transport + "_PINGPONG_ITERS";
-  for (char& ch : iters_variable) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+  for (char& ch : iters_variable)
+    ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
   Body body = [default_iters = GetParam().pingpong_iters, iters_variable](Rank& r) -> std::string {
     int iters = default_iters;
     if (const char* env = std::getenv(iters_variable.c_str())) iters = std::max(1, std::atoi(env));
@@ -824,8 +846,8 @@ TEST_P(TransportTest, PingPongLatency) {
   };
   std::string info;
   EXPECT_EQ(RunPair(GetParam(), body, 120s, {}, &info), "");
-  std::printf("[%s] write-with-imm ping-pong between allocated regions\n%s", GetParam().setup.name.c_str(),
-              info.c_str());
+  std::printf("[%s] write-with-imm ping-pong between allocated regions\n%s",
+              GetParam().setup.name.c_str(), info.c_str());
   RecordProperty("pingpong", info);
 }
 

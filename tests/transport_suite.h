@@ -1,13 +1,15 @@
 // The transport conformance suite: one transport below the Group, in two real processes (one fork
-// per rank), connection bytes and remote keys exchanged over a socketpair. What every transport must
-// do is tested once (transport_suite.cc); each transport's file instantiates it with its setups and
-// keeps the tests only that transport has:
+// per rank), connection bytes and remote keys exchanged over a socketpair. What every transport
+// must do is tested once (transport_suite.cc); each transport's file instantiates it with its
+// setups and keeps the tests only that transport has:
 //
-//   INSTANTIATE_TEST_SUITE_P(ucx, TransportTest, ::testing::Values(TransportCase{...}, ...), TransportCaseName);
+//   INSTANTIATE_TEST_SUITE_P(ucx, TransportTest, ::testing::Values(TransportCase{...}, ...),
+//   TransportCaseName);
 //
 // Each rank runs in a child forked before any transport object exists; a child reports a failure as
-// text through a pipe and its exit code, the parent bounds the whole run and kills stragglers. Inside
-// a child, gtest assertions would not reach the parent, hence the REQUIRE macros that return text.
+// text through a pipe and its exit code, the parent bounds the whole run and kills stragglers.
+// Inside a child, gtest assertions would not reach the parent, hence the REQUIRE macros that return
+// text.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -45,14 +47,16 @@ const Status& AsStatus(const StatusOr<T>& s) {
   return s.status();
 }
 
-#define REQUIRE(cond, ...)                                                                           \
-  do {                                                                                               \
-    if (!(cond)) return Where(__FILE__, __LINE__) + "failed: " #cond " " + std::string(__VA_ARGS__); \
+#define REQUIRE(cond, ...)                                                                \
+  do {                                                                                    \
+    if (!(cond))                                                                          \
+      return Where(__FILE__, __LINE__) + "failed: " #cond " " + std::string(__VA_ARGS__); \
   } while (0)
-#define REQUIRE_OK(expr)                                                                             \
-  do {                                                                                               \
-    const auto& r_ = (expr);                                                                         \
-    if (!AsStatus(r_).ok()) return Where(__FILE__, __LINE__) + #expr ": " + AsStatus(r_).ToString(); \
+#define REQUIRE_OK(expr)                                                       \
+  do {                                                                         \
+    const auto& r_ = (expr);                                                   \
+    if (!AsStatus(r_).ok())                                                    \
+      return Where(__FILE__, __LINE__) + #expr ": " + AsStatus(r_).ToString(); \
   } while (0)
 #define REQUIRE_PASS(expr)      \
   do {                          \
@@ -94,7 +98,8 @@ struct Rank {
   const transport::TransportInfo* transport = nullptr;  // the one under test
   std::unique_ptr<transport::Transport> t;
   std::vector<transport::Completion> buffer = std::vector<transport::Completion>(64);
-  std::array<std::deque<transport::Completion>, transport::kNumLanes> imms;  // arrived, not yet taken
+  std::array<std::deque<transport::Completion>, transport::kNumLanes>
+      imms;  // arrived, not yet taken
   std::vector<uint64_t> done;  // cookies of kWriteDone, in order seen
   std::vector<transport::Completion> errors;
   std::string info;  // a line the parent prints (benchmarks)
@@ -121,11 +126,12 @@ std::string WaitDone(Rank& r, size_t count, Deadline deadline = Deadline::After(
 transport::Config PairConfig(const Rank& r, int max_unpolled);
 // Creates the transport and connects to the other rank through the link.
 std::string Connect(Rank& r, int max_unpolled);
-// A write target of `memory.size()` bytes: `memory` registered, or where the transport cannot export
-// registered memory (Rank::registered_targets false), a region it allocated.
+// A write target of `memory.size()` bytes: `memory` registered, or where the transport cannot
+// export registered memory (Rank::registered_targets false), a region it allocated.
 StatusOr<std::unique_ptr<transport::Region>> WriteTarget(Rank& r, std::vector<std::byte>& memory);
 // Sends the key of `region` (none: an empty message), receives the peer's and unpacks it if any.
-std::string SwapKeys(Rank& r, const transport::Region* region, std::unique_ptr<transport::RemoteRegion>* remote);
+std::string SwapKeys(Rank& r, const transport::Region* region,
+                     std::unique_ptr<transport::RemoteRegion>* remote);
 // Both ranks arrive here before closing, so neither closes under the other's writes.
 std::string CloseAfterSync(Rank& r);
 
@@ -135,9 +141,9 @@ void Fill(std::byte* p, size_t n, uint64_t seed);
 // Index of the first wrong byte, or -1.
 int64_t FirstWrong(const std::byte* p, size_t n, uint64_t seed);
 
-transport::Write MakeWrite(const Rank& r, transport::Lane lane, const transport::Region* local, size_t local_offset,
-                           const transport::RemoteRegion* remote, size_t remote_offset, size_t length, uint32_t imm,
-                           uint64_t cookie);
+transport::Write MakeWrite(const Rank& r, transport::Lane lane, const transport::Region* local,
+                           size_t local_offset, const transport::RemoteRegion* remote,
+                           size_t remote_offset, size_t length, uint32_t imm, uint64_t cookie);
 
 // ---- Running two ranks. ----
 
@@ -167,9 +173,11 @@ std::string TransportCaseName(const ::testing::TestParamInfo<TransportCase>& inf
 using Body = std::function<std::string(Rank&)>;
 
 // Runs body(rank 0) and body(rank 1) in two children, each with the case's setup applied and then
-// `env`; returns the failure text ("" = pass) and appends what rank 0 reported in Rank::info to *info.
+// `env`; returns the failure text ("" = pass) and appends what rank 0 reported in Rank::info to
+// *info.
 std::string RunPair(const TransportCase& c, const Body& body, std::chrono::seconds limit = 90s,
-                    const std::vector<std::pair<std::string, std::string>>& env = {}, std::string* info = nullptr);
+                    const std::vector<std::pair<std::string, std::string>>& env = {},
+                    std::string* info = nullptr);
 
 // The suite's fixture; a transport's own tests derive theirs from it. Skips, with the reason, a
 // case whose transport cannot run here.

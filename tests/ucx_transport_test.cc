@@ -42,11 +42,15 @@ TransportCase Ucx(TransportSetup setup, int pingpong_iters) {
 // shm: shared memory only, so registered (not UCX-allocated) targets take UCX's active-message RMA
 // emulation and the flush-before-entry path. default: what a user gets (cma for registered targets
 // here). TCP round trips are ~100x slower and noisy on a 2-core box; fewer of them say as much.
-const TransportCase kShm = Ucx({.name = "shm", .transport = "ucx", .env = {{"UCX_TLS", "posix,sysv,self"}}}, 20000);
-const TransportCase kTcp = Ucx({.name = "tcp", .transport = "ucx", .env = {{"UCX_TLS", "tcp,self"}}}, 2000);
-const TransportCase kDefault = Ucx({.name = "default", .transport = "ucx", .unset = {"UCX_TLS"}}, 20000);
+const TransportCase kShm =
+    Ucx({.name = "shm", .transport = "ucx", .env = {{"UCX_TLS", "posix,sysv,self"}}}, 20000);
+const TransportCase kTcp =
+    Ucx({.name = "tcp", .transport = "ucx", .env = {{"UCX_TLS", "tcp,self"}}}, 2000);
+const TransportCase kDefault =
+    Ucx({.name = "default", .transport = "ucx", .unset = {"UCX_TLS"}}, 20000);
 
-INSTANTIATE_TEST_SUITE_P(ucx, TransportTest, ::testing::Values(kShm, kTcp, kDefault), TransportCaseName);
+INSTANTIATE_TEST_SUITE_P(ucx, TransportTest, ::testing::Values(kShm, kTcp, kDefault),
+                         TransportCaseName);
 
 class UcxTransportTest : public TransportTest {};
 
@@ -325,7 +329,8 @@ std::string SendAsStranger(Rank& r, std::span<const std::byte> receiver_address)
   close.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
   close.flags = UCP_EP_CLOSE_FLAG_FORCE;
   ucs_status_ptr_t closing = ucp_ep_close_nbx(ep, &close);
-  while (UCS_PTR_IS_PTR(closing) && ucp_request_check_status(closing) == UCS_INPROGRESS) ucp_worker_progress(worker);
+  while (UCS_PTR_IS_PTR(closing) && ucp_request_check_status(closing) == UCS_INPROGRESS)
+    ucp_worker_progress(worker);
   if (UCS_PTR_IS_PTR(closing)) ucp_request_free(closing);
   ucp_worker_destroy(worker);
   ucp_cleanup(context);
@@ -337,7 +342,8 @@ std::string SendAsStranger(Rank& r, std::span<const std::byte> receiver_address)
 // nothing delivered. (Shared memory has no handler to check; tcp only.)
 TEST_P(UcxTransportTest, ActiveMessageClaimingAnotherRankIsRefused) {
   if (GetParam().setup.name != "tcp") {
-    GTEST_SKIP() << "the receiver checks who sent a write only on the active-message (network) path";
+    GTEST_SKIP()
+        << "the receiver checks who sent a write only on the active-message (network) path";
   }
   Body body = [](Rank& r) -> std::string {
     // The pair's rank 0 is the job's rank 2 (and hosts the stranger); its rank 1 is rank 1.
@@ -390,7 +396,8 @@ TEST_P(UcxTransportTest, KeyReachesOnlyItsPeersBlockAndNoSendBuffer) {
       if (r.rank == 0) {
         std::vector<std::byte> source(kBlock);
         Fill(source.data(), source.size(), 3);
-        ASSIGN_OR_FAIL(auto local, r.t->RegisterSource(source.data(), source.size(), MemoryKind::kHost));
+        ASSIGN_OR_FAIL(auto local,
+                       r.t->RegisterSource(source.data(), source.size(), MemoryKind::kHost));
         std::optional<Bytes> key = r.link->Recv();
         std::optional<Bytes> target = r.link->Recv();
         REQUIRE(key.has_value() && key->size() > 32 && target.has_value() && target->size() == 8);
@@ -410,9 +417,11 @@ TEST_P(UcxTransportTest, KeyReachesOnlyItsPeersBlockAndNoSendBuffer) {
         ASSIGN_OR_FAIL(auto slots, r.t->Allocate(2 * kBlock, MemoryKind::kHost));
         std::vector<std::byte> send_buffer(kBlock);
         Fill(send_buffer.data(), send_buffer.size(), 9);
-        ASSIGN_OR_FAIL(auto sending, r.t->RegisterSource(send_buffer.data(), send_buffer.size(), MemoryKind::kHost));
+        ASSIGN_OR_FAIL(auto sending, r.t->RegisterSource(send_buffer.data(), send_buffer.size(),
+                                                         MemoryKind::kHost));
         auto no_key = sending->PackRemoteKey();
-        REQUIRE(no_key.status().code() == StatusCode::kFailedPrecondition, no_key.status().ToString());
+        REQUIRE(no_key.status().code() == StatusCode::kFailedPrecondition,
+                no_key.status().ToString());
         ASSIGN_OR_FAIL(BlockKey key, slots->PackRemoteKeyFor(0, 0, kBlock));
         REQUIRE(key.offset == 0);
         (void)slots->PackRemoteKeyFor(2, kBlock, kBlock);  // another sender's block
@@ -424,17 +433,21 @@ TEST_P(UcxTransportTest, KeyReachesOnlyItsPeersBlockAndNoSendBuffer) {
         const Deadline deadline = Deadline::After(kWait);
         while (r.errors.empty() || r.imms[0].empty()) {
           REQUIRE_PASS(Pump(r));
-          REQUIRE(!deadline.Expired(), "no immediate for the write into its own block, or no kError for the other");
+          REQUIRE(!deadline.Expired(),
+                  "no immediate for the write into its own block, or no kError for the other");
         }
-        REQUIRE(r.imms[0].size() == 1 && r.imms[0].front().imm == 1, "only the write into its own block lands");
+        REQUIRE(r.imms[0].size() == 1 && r.imms[0].front().imm == 1,
+                "only the write into its own block lands");
         REQUIRE(FirstWrong(slots->data(), 100, 3) < 0, "the write into its own block");
         r.imms[0].clear();
         const Completion& e = r.errors.front();
         REQUIRE(e.peer == 0 && e.error.code() == StatusCode::kDataLoss, e.error.ToString());
-        REQUIRE(e.error.message().find("not inside memory registered here for this peer") != std::string::npos,
+        REQUIRE(e.error.message().find("not inside memory registered here for this peer") !=
+                    std::string::npos,
                 e.error.message());
         REQUIRE(r.imms[0].empty(), "a refused write was delivered");
-        for (size_t i = 0; i < kBlock; ++i) REQUIRE(slots->data()[kBlock + i] == std::byte{0}, "another block written");
+        for (size_t i = 0; i < kBlock; ++i)
+          REQUIRE(slots->data()[kBlock + i] == std::byte{0}, "another block written");
         REQUIRE(FirstWrong(send_buffer.data(), kBlock, 9) < 0, "the send buffer was written");
         REQUIRE(r.link->Send(Bytes(1)));
       }
@@ -475,24 +488,29 @@ TEST(UcxSharedMemory, IsPrivateToTheUser) {
     fields >> key >> id >> perms >> size >> cpid;
     if (cpid != getpid()) continue;
     ++segments;
-    EXPECT_EQ(std::stoul(perms, nullptr, 8) & 077, 0u) << "System V segment " << id << " has mode " << perms;
+    EXPECT_EQ(std::stoul(perms, nullptr, 8) & 077, 0u)
+        << "System V segment " << id << " has mode " << perms;
   }
   DIR* fds = opendir("/proc/self/fd");
   ASSERT_NE(fds, nullptr);
   while (dirent* d = readdir(fds)) {
     const std::string fd = std::string("/proc/self/fd/") + d->d_name;
     char target[512] = {};
-    if (readlink(fd.c_str(), target, sizeof target - 1) <= 0 || std::strncmp(target, "/dev/shm/", 9) != 0) continue;
+    if (readlink(fd.c_str(), target, sizeof target - 1) <= 0 ||
+        std::strncmp(target, "/dev/shm/", 9) != 0)
+      continue;
     struct stat st {};
     if (stat(fd.c_str(), &st) != 0) continue;
     ++segments;
     EXPECT_EQ(st.st_mode & 077, 0u) << target << " has mode " << std::oct << (st.st_mode & 0777);
   }
   closedir(fds);
-  if (segments == 0) GTEST_SKIP() << "UCX allocated no shared memory here (no posix or sysv transport)";
+  if (segments == 0)
+    GTEST_SKIP() << "UCX allocated no shared memory here (no posix or sysv transport)";
 }
 
-INSTANTIATE_TEST_SUITE_P(ucx, UcxTransportTest, ::testing::Values(kShm, kTcp, kDefault), TransportCaseName);
+INSTANTIATE_TEST_SUITE_P(ucx, UcxTransportTest, ::testing::Values(kShm, kTcp, kDefault),
+                         TransportCaseName);
 
 }  // namespace
 }  // namespace m2n::testing

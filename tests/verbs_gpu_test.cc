@@ -4,7 +4,8 @@
 // there are fewer GPUs than ranks). Needs a CUDA device and an RDMA NIC on one machine; skipped,
 // saying why, elsewhere (the proxy alone is tested in the Soft-RoCE VM: verbs_stream_test.cc).
 //   StreamPayload: 1x1 and 2x2, 1 B to 1 MB, dispatch and combine, producer and consumer kernels.
-//   CreditPressure: 100 messages per pair through 2 slots, the sender enqueuing all of them at once.
+//   CreditPressure: 100 messages per pair through 2 slots, the sender enqueuing all of them at
+//   once.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -20,10 +21,10 @@
 namespace m2n {
 namespace {
 
-using testing::DescribeFailures;
-using testing::RunRanks;
 using testing::AskInChild;
+using testing::DescribeFailures;
 using testing::NoCudaDevice;
+using testing::RunRanks;
 
 // Why this machine cannot run the test ("" when it can), asked once.
 std::string MissingHardware() {
@@ -53,14 +54,16 @@ int StreamPayloadRank(int m, int n, int rank, int port) {
   auto created = Group::Create(VerbsGpuOptions(m, n, rank, port, sizes.back(), 2));
   CHILD_OK(created.status());
   Group& g = **created;
-  CHILD_CHECK(g.transport_name() == "verbs", "transport %s", std::string(g.transport_name()).c_str());
+  CHILD_CHECK(g.transport_name() == "verbs", "transport %s",
+              std::string(g.transport_name()).c_str());
   return testing::StreamPayloadRank(g, rank, sizes, 2, /*check_fields=*/false);
 }
 
 TEST_P(VerbsStreamPayload, BothDirections) {
   SKIP_WITHOUT_GPU_AND_NIC();
   auto [m, n] = GetParam();
-  auto outcomes = RunRanks(m + n, [&](int rank, int port) { return StreamPayloadRank(m, n, rank, port); });
+  auto outcomes =
+      RunRanks(m + n, [&](int rank, int port) { return StreamPayloadRank(m, n, rank, port); });
   EXPECT_EQ(DescribeFailures(outcomes), "");
 }
 

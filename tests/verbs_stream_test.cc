@@ -39,13 +39,16 @@ struct Side {
     if (stream_cq != nullptr) ibv_destroy_cq(stream_cq);
   }
   uint32_t Load(StreamWord kind, int slot, int depth) {
-    return std::atomic_ref<uint32_t>(words[StreamProxy::WordIndex(kind, 1, depth, 0, slot)]).load(std::memory_order_acquire);
+    return std::atomic_ref<uint32_t>(words[StreamProxy::WordIndex(kind, 1, depth, 0, slot)])
+        .load(std::memory_order_acquire);
   }
   void Store(StreamWord kind, int slot, int depth, uint32_t value) {
-    std::atomic_ref<uint32_t>(words[StreamProxy::WordIndex(kind, 1, depth, 0, slot)]).store(value, std::memory_order_release);
+    std::atomic_ref<uint32_t>(words[StreamProxy::WordIndex(kind, 1, depth, 0, slot)])
+        .store(value, std::memory_order_release);
   }
   // What cuStreamWaitValue32(GEQ) does, bounded for the test.
-  bool WaitFor(StreamWord kind, int slot, int depth, uint32_t generation, std::chrono::milliseconds limit) {
+  bool WaitFor(StreamWord kind, int slot, int depth, uint32_t generation,
+               std::chrono::milliseconds limit) {
     const auto deadline = Clock::now() + limit;
     while (static_cast<int32_t>(Load(kind, slot, depth) - generation) < 0) {
       if (Clock::now() > deadline) return false;
@@ -82,7 +85,8 @@ class StreamProxyTest : public ::testing::TestWithParam<int> {
       s.words.assign(StreamProxy::WordCount(1, depth), 0);
     }
     for (int i = 0; i < 2; ++i) {
-      const PeerAddress remote = side_[1 - i].endpoint->Address(1 - i, static_cast<uint32_t>(depth));
+      const PeerAddress remote =
+          side_[1 - i].endpoint->Address(1 - i, static_cast<uint32_t>(depth));
       ASSERT_TRUE(side_[i].endpoint->Connect(remote, options_).ok());
     }
     for (int i = 0; i < 2; ++i) {
@@ -90,8 +94,8 @@ class StreamProxyTest : public ::testing::TestWithParam<int> {
       settings.slot_depth = depth;
       settings.timeout = timeout;
       if (i == 1) settings.flush = [this] { flushes_.fetch_add(1); };
-      auto proxy = StreamProxy::Start(side_[i].stream_cq, {{1 - i, side_[i].endpoint.get()}}, side_[i].words.data(),
-                                      settings);
+      auto proxy = StreamProxy::Start(side_[i].stream_cq, {{1 - i, side_[i].endpoint.get()}},
+                                      side_[i].words.data(), settings);
       ASSERT_TRUE(proxy.ok()) << proxy.status().ToString();
       side_[i].proxy = std::move(proxy).value();
     }
@@ -163,7 +167,8 @@ TEST_P(StreamProxyTest, Messages) {
     const uint32_t generation = s.proxy->QueueSend(0, slot, d);
     s.Store(kReady, slot, kDepth, generation);
     // The stream is held until the write completed: only then may the source be reused.
-    ASSERT_TRUE(s.WaitFor(kSent, slot, kDepth, generation, std::chrono::seconds(20))) << "message " << n;
+    ASSERT_TRUE(s.WaitFor(kSent, slot, kDepth, generation, std::chrono::seconds(20)))
+        << "message " << n;
   }
   receiver.join();
   EXPECT_EQ(wrong.load(), 0);
@@ -188,7 +193,8 @@ TEST_P(StreamProxyTest, CreditTimeout) {
   for (int n = 0; n < 2; ++n) {
     const uint32_t generation = s.proxy->QueueSend(0, 0, d);
     s.Store(kReady, 0, 1, generation);
-    ASSERT_TRUE(s.WaitFor(kSent, 0, 1, generation, std::chrono::seconds(10))) << "send " << n << " never let go";
+    ASSERT_TRUE(s.WaitFor(kSent, 0, 1, generation, std::chrono::seconds(10)))
+        << "send " << n << " never let go";
   }
   const Status e = s.proxy->error();
   EXPECT_EQ(e.code(), StatusCode::kDeadlineExceeded) << e.ToString();
@@ -202,7 +208,8 @@ TEST_P(StreamProxyTest, ArrivalTimeout) {
   Side& r = side_[1];
   const uint32_t generation = r.proxy->NextWait(0, 1);
   r.Store(kWaiting, 1, 2, generation);
-  ASSERT_TRUE(r.WaitFor(kArrived, 1, 2, generation, std::chrono::seconds(10))) << "the wait never let go";
+  ASSERT_TRUE(r.WaitFor(kArrived, 1, 2, generation, std::chrono::seconds(10)))
+      << "the wait never let go";
   const Status e = r.proxy->error();
   EXPECT_EQ(e.code(), StatusCode::kDeadlineExceeded) << e.ToString();
   EXPECT_NE(e.message().find("peer rank 0"), std::string::npos) << e.ToString();

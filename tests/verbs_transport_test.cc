@@ -30,9 +30,10 @@ class VerbsTransportTest : public TransportTest {};
 // GPUDirect RDMA: CUDA memory is registered through a dma-buf (ibv_reg_dmabuf_mr). Needs a GPU,
 // its driver and an RDMA NIC on one machine; skipped elsewhere, with the reason.
 TEST_P(VerbsTransportTest, CudaMemoryRegistersThroughDmaBuf) {
-  GTEST_SKIP() << "needs a CUDA device, the NVIDIA driver (libcuda.so.1) and an RDMA NIC together: "
-                  "tests/verbs_gpu_test.cc allocates and registers device memory through the Group there "
-                  "(its receive slots by Allocate(kCuda), its send buffers by Register(kCuda))";
+  GTEST_SKIP()
+      << "needs a CUDA device, the NVIDIA driver (libcuda.so.1) and an RDMA NIC together: "
+         "tests/verbs_gpu_test.cc allocates and registers device memory through the Group there "
+         "(its receive slots by Allocate(kCuda), its send buffers by Register(kCuda))";
 }
 
 // A send queue that stays full holds Post in WaitForRoom until Config::timeout; the owner's Abort
@@ -57,7 +58,8 @@ TEST_P(VerbsTransportTest, AbortEndsWaitForRoom) {
       return "";
     }
     std::vector<Write> batch;
-    for (uint32_t i = 0; i < 1000; ++i) batch.push_back(MakeWrite(r, Lane::kData, nullptr, 0, nullptr, 0, 0, i, i));
+    for (uint32_t i = 0; i < 1000; ++i)
+      batch.push_back(MakeWrite(r, Lane::kData, nullptr, 0, nullptr, 0, 0, i, i));
     Clock::time_point aborted_at;
     std::thread aborter([&] {
       std::this_thread::sleep_for(300ms);
@@ -66,9 +68,11 @@ TEST_P(VerbsTransportTest, AbortEndsWaitForRoom) {
     });
     Status s = r.t->Post(batch);
     aborter.join();
-    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - aborted_at).count();
+    const auto ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - aborted_at).count();
     REQUIRE(s.code() == StatusCode::kAborted, s.ToString());
-    REQUIRE(ms < 1000, "Post returned " + std::to_string(ms) + " ms after Abort (its bound: 20000 ms)");
+    REQUIRE(ms < 1000,
+            "Post returned " + std::to_string(ms) + " ms after Abort (its bound: 20000 ms)");
     REQUIRE(r.link->Send(Bytes(1)));
     (void)r.t->Close(Deadline::AfterMs(0));
     return "";
@@ -79,7 +83,8 @@ TEST_P(VerbsTransportTest, AbortEndsWaitForRoom) {
 // A key made for one peer's block (PackRemoteKeyFor) reaches that block only, and a send buffer
 // (RegisterSource) takes no remote write: rank 0 writes its own block, then forges its key to reach
 // `victim` (1: the block of another sender; 2: a send buffer of rank 1). The NIC refuses that write
-// (kError at the writer: the block's rkey does not cover the target) and the bytes stay as they were.
+// (kError at the writer: the block's rkey does not cover the target) and the bytes stay as they
+// were.
 TEST_P(VerbsTransportTest, KeyReachesOnlyItsPeersBlockAndNoSendBuffer) {
   static constexpr size_t kBlock = 4096;
   for (int victim : {1, 2}) {
@@ -88,7 +93,8 @@ TEST_P(VerbsTransportTest, KeyReachesOnlyItsPeersBlockAndNoSendBuffer) {
       if (r.rank == 0) {
         std::vector<std::byte> source(kBlock);
         Fill(source.data(), source.size(), 3);
-        ASSIGN_OR_FAIL(auto local, r.t->RegisterSource(source.data(), source.size(), MemoryKind::kHost));
+        ASSIGN_OR_FAIL(auto local,
+                       r.t->RegisterSource(source.data(), source.size(), MemoryKind::kHost));
         std::optional<Bytes> key = r.link->Recv();
         std::optional<Bytes> target = r.link->Recv();
         REQUIRE(key.has_value() && key->size() == 28 && target.has_value() && target->size() == 8);
@@ -117,12 +123,15 @@ TEST_P(VerbsTransportTest, KeyReachesOnlyItsPeersBlockAndNoSendBuffer) {
         ASSIGN_OR_FAIL(auto slots, r.t->Allocate(2 * kBlock, MemoryKind::kHost));
         std::vector<std::byte> send_buffer(kBlock);
         Fill(send_buffer.data(), send_buffer.size(), 9);
-        ASSIGN_OR_FAIL(auto sending, r.t->RegisterSource(send_buffer.data(), send_buffer.size(), MemoryKind::kHost));
+        ASSIGN_OR_FAIL(auto sending, r.t->RegisterSource(send_buffer.data(), send_buffer.size(),
+                                                         MemoryKind::kHost));
         auto no_key = sending->PackRemoteKey();
-        REQUIRE(no_key.status().code() == StatusCode::kFailedPrecondition, no_key.status().ToString());
+        REQUIRE(no_key.status().code() == StatusCode::kFailedPrecondition,
+                no_key.status().ToString());
         ASSIGN_OR_FAIL(BlockKey key, slots->PackRemoteKeyFor(0, 0, kBlock));
         REQUIRE(key.offset == 0);
-        ASSIGN_OR_FAIL(BlockKey other, slots->PackRemoteKeyFor(2, kBlock, kBlock));  // another sender's
+        ASSIGN_OR_FAIL(BlockKey other,
+                       slots->PackRemoteKeyFor(2, kBlock, kBlock));  // another sender's
         REQUIRE(other.key != key.key);
         const uint64_t target = victim == 1 ? reinterpret_cast<uintptr_t>(slots->data() + kBlock)
                                             : reinterpret_cast<uintptr_t>(send_buffer.data());
@@ -133,7 +142,8 @@ TEST_P(VerbsTransportTest, KeyReachesOnlyItsPeersBlockAndNoSendBuffer) {
         REQUIRE_PASS(RecvWhilePumping(r, &refused, /*allow_errors=*/true));
         REQUIRE(!r.imms[0].empty() && r.imms[0].front().imm == 1, "the write into its own block");
         REQUIRE(FirstWrong(slots->data(), 100, 3) < 0, "the write into its own block");
-        for (size_t i = 0; i < kBlock; ++i) REQUIRE(slots->data()[kBlock + i] == std::byte{0}, "another block written");
+        for (size_t i = 0; i < kBlock; ++i)
+          REQUIRE(slots->data()[kBlock + i] == std::byte{0}, "another block written");
         REQUIRE(FirstWrong(send_buffer.data(), kBlock, 9) < 0, "the send buffer was written");
         REQUIRE(r.link->Send(Bytes(1)));
       }

@@ -1,8 +1,8 @@
 // The transport boundary: the only thing src/ knows about a transport.
 //
-// A transport moves bytes by one operation, a one-sided write with an immediate: `length` bytes from
-// a local registered region into a remote registered region, followed by a 32-bit immediate that the
-// peer sees as a Completion only after the written bytes are visible to it (RDMA
+// A transport moves bytes by one operation, a one-sided write with an immediate: `length` bytes
+// from a local registered region into a remote registered region, followed by a 32-bit immediate
+// that the peer sees as a Completion only after the written bytes are visible to it (RDMA
 // IBV_WR_RDMA_WRITE_WITH_IMM semantics; emulated where the hardware lacks it). A zero-length write
 // carries only its immediate. Writes go on a Lane: kData for payload, kAck for credit returns,
 // which a transport must keep from queueing behind data (its own endpoint, QP or service level).
@@ -125,7 +125,7 @@ struct Completion {
   enum class Type : uint8_t {
     kWriteDone,  // a Write of ours left its source buffer: `cookie`, `peer`, `lane`
     kImmediate,  // a peer's write landed: `peer`, `lane`, `imm`, `length` (bytes written)
-    kError,      // `peer` (or -1) failed: `error` says how
+    kError,  // `peer` (or -1) failed: `error` says how
   };
   Type type = Type::kWriteDone;
   int peer = -1;
@@ -150,7 +150,8 @@ class Transport {
   // Registers caller-owned memory that is only ever the local source of writes (send buffers, a
   // staging copy): no peer may read or write it, and its PackRemoteKey fails. The default, for a
   // transport whose registrations give peers nothing until a key is packed, is Register.
-  virtual StatusOr<std::unique_ptr<Region>> RegisterSource(void* data, size_t size, MemoryKind kind) {
+  virtual StatusOr<std::unique_ptr<Region>> RegisterSource(void* data, size_t size,
+                                                           MemoryKind kind) {
     return Register(data, size, kind);
   }
   // Allocates and registers memory the transport can write into fastest (receive slots).

@@ -5,26 +5,31 @@ namespace m2n::transport {
 
 std::string WriteText(const Write& w, std::string_view transport, std::string_view why) {
   std::string text(transport);
-  text += ": peer rank " + std::to_string(w.peer) + ": write of " + std::to_string(w.length) + " bytes";
+  text +=
+      ": peer rank " + std::to_string(w.peer) + ": write of " + std::to_string(w.length) + " bytes";
   text += why;
   return text;
 }
 
-Status ValidateWriteRegions(const Write& w, std::string_view transport, const std::type_info& local_type,
-                            const std::type_info& remote_type) {
+Status ValidateWriteRegions(const Write& w, std::string_view transport,
+                            const std::type_info& local_type, const std::type_info& remote_type) {
   // Messages are built only on failure: this runs for every write.
-  auto refuse = [&](std::string_view why) { return InvalidArgumentError(WriteText(w, transport, why)); };
+  auto refuse = [&](std::string_view why) {
+    return InvalidArgumentError(WriteText(w, transport, why));
+  };
   if (w.local == nullptr || w.remote == nullptr) return refuse(" without a local or remote region");
   // typeid first: a Region of some other transport must not be static_cast to ours.
-  if (typeid(*w.local) != local_type) return refuse(": local region not registered by this transport");
-  if (typeid(*w.remote) != remote_type) return refuse(": remote region not unpacked by this transport");
+  if (typeid(*w.local) != local_type)
+    return refuse(": local region not registered by this transport");
+  if (typeid(*w.remote) != remote_type)
+    return refuse(": remote region not unpacked by this transport");
   if (!RangeInside(w.local_offset, w.length, w.local->size())) {
-    return refuse(" at local offset " + std::to_string(w.local_offset) + " overruns the local region of " +
-                  std::to_string(w.local->size()) + " bytes");
+    return refuse(" at local offset " + std::to_string(w.local_offset) +
+                  " overruns the local region of " + std::to_string(w.local->size()) + " bytes");
   }
   if (!RangeInside(w.remote_offset, w.length, w.remote->size())) {
-    return refuse(" at remote offset " + std::to_string(w.remote_offset) + " overruns the remote region of " +
-                  std::to_string(w.remote->size()) + " bytes");
+    return refuse(" at remote offset " + std::to_string(w.remote_offset) +
+                  " overruns the remote region of " + std::to_string(w.remote->size()) + " bytes");
   }
   return OkStatus();
 }

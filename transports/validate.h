@@ -1,11 +1,11 @@
 // The one check, shared by every transport, that a write lies inside its regions.
 //
-// A Write names a local region, a remote region, two offsets and a length, all from the caller. Before
-// a transport turns them into pointers (memcpy, ucp_put, an RDMA SGE) it must know that both regions
-// are its own kind (a region of another transport must not be static_cast to this one's) and that
-// [offset, offset + length) lies inside each of them. The test is written as
-// `length <= size && offset <= size - length`, never as `offset + length > size`, which wraps for a
-// huge offset or length and lets the write through.
+// A Write names a local region, a remote region, two offsets and a length, all from the caller.
+// Before a transport turns them into pointers (memcpy, ucp_put, an RDMA SGE) it must know that both
+// regions are its own kind (a region of another transport must not be static_cast to this one's)
+// and that [offset, offset + length) lies inside each of them. The test is written as `length <=
+// size && offset <= size - length`, never as `offset + length > size`, which wraps for a huge
+// offset or length and lets the write through.
 #pragma once
 
 #include <cstddef>
@@ -27,11 +27,11 @@ constexpr bool RangeInside(size_t offset, size_t length, size_t size) {
 std::string WriteText(const Write& w, std::string_view transport, std::string_view why);
 
 // For a write of w.length > 0 bytes: InvalidArgument unless it names both regions, the local one of
-// type `local_type` and the remote one of type `remote_type` (the transport's own classes), and lies
-// inside both. The message names the transport, the peer, the offset, the length and the region's
-// size. After OK, static_cast of w.local and w.remote to those types is safe.
-Status ValidateWriteRegions(const Write& w, std::string_view transport, const std::type_info& local_type,
-                            const std::type_info& remote_type);
+// type `local_type` and the remote one of type `remote_type` (the transport's own classes), and
+// lies inside both. The message names the transport, the peer, the offset, the length and the
+// region's size. After OK, static_cast of w.local and w.remote to those types is safe.
+Status ValidateWriteRegions(const Write& w, std::string_view transport,
+                            const std::type_info& local_type, const std::type_info& remote_type);
 
 // The host-driven Write of the same bytes as a stream-ordered one, so that SendOnStream is held to
 // the same checks as Post.

@@ -52,12 +52,18 @@ m2n::StatusOr<Cli> ParseCli(int argc, char** argv) {
     }
     if (i + 1 >= argc) return m2n::InvalidArgumentError(a + " needs a value");
     const std::string v = argv[++i];
-    if (a == "--trace") cli.trace = v;
-    else if (a == "--config") cli.config = v;
-    else if (a == "--dtype_bytes") cli.dtype_bytes = std::atoi(v.c_str());
-    else if (a == "--policies") cli.policies = Split(v);
-    else if (a == "--distance") cli.fmoe.distance = std::atoi(v.c_str());
-    else if (a == "--store") cli.fmoe.store_capacity = std::atoi(v.c_str());
+    if (a == "--trace")
+      cli.trace = v;
+    else if (a == "--config")
+      cli.config = v;
+    else if (a == "--dtype_bytes")
+      cli.dtype_bytes = std::atoi(v.c_str());
+    else if (a == "--policies")
+      cli.policies = Split(v);
+    else if (a == "--distance")
+      cli.fmoe.distance = std::atoi(v.c_str());
+    else if (a == "--store")
+      cli.fmoe.store_capacity = std::atoi(v.c_str());
     else if (a == "--fractions") {
       cli.fractions.clear();
       for (const std::string& f : Split(v)) cli.fractions.push_back(std::atof(f.c_str()));
@@ -67,7 +73,8 @@ m2n::StatusOr<Cli> ParseCli(int argc, char** argv) {
   }
   if (cli.trace.empty()) return m2n::InvalidArgumentError("--trace FILE is required");
   if (cli.dtype_bytes <= 0 || cli.fmoe.distance < 1 || cli.fmoe.store_capacity < 1) {
-    return m2n::InvalidArgumentError("--dtype_bytes, --distance and --store need positive integers");
+    return m2n::InvalidArgumentError(
+        "--dtype_bytes, --distance and --store need positive integers");
   }
   for (double f : cli.fractions) {
     if (!(f > 0 && f <= 1)) return m2n::InvalidArgumentError("--fractions: each in (0, 1]");
@@ -83,15 +90,21 @@ std::string ConfigPath(const std::string& name) {
 void PrintRow(const Cli& cli, const moe::offload::SimResult& r, double fraction, double lru_hit) {
   // LRU can hit nothing at all (a cache smaller than a cycle through the layers): "inf".
   char ratio[16] = "   inf";
-  if (r.policy == "lru") std::snprintf(ratio, sizeof(ratio), " 1.00x");
-  else if (lru_hit > 0 || r.stats.HitRate() == 0) std::snprintf(ratio, sizeof(ratio), "%5.2fx", lru_hit > 0 ? r.stats.HitRate() / lru_hit : 0.0);
+  if (r.policy == "lru")
+    std::snprintf(ratio, sizeof(ratio), " 1.00x");
+  else if (lru_hit > 0 || r.stats.HitRate() == 0)
+    std::snprintf(ratio, sizeof(ratio), "%5.2fx", lru_hit > 0 ? r.stats.HitRate() / lru_hit : 0.0);
   const double gb = r.BytesPerToken() / 1e9;
   if (cli.markdown) {
-    std::printf("| %-9s | %3.0f%% (%3d) | %6.3f | %s | %8.2f | %6lld / %6lld |\n", r.policy.c_str(), fraction * 100, r.capacity,
-                r.stats.HitRate(), ratio, gb, static_cast<long long>(r.stats.prefetch_used), static_cast<long long>(r.stats.prefetches));
+    std::printf("| %-9s | %3.0f%% (%3d) | %6.3f | %s | %8.2f | %6lld / %6lld |\n", r.policy.c_str(),
+                fraction * 100, r.capacity, r.stats.HitRate(), ratio, gb,
+                static_cast<long long>(r.stats.prefetch_used),
+                static_cast<long long>(r.stats.prefetches));
   } else {
-    std::printf("%-10s %5.0f%% %5d %8.3f %8s %12.2f %10lld %10lld %10lld\n", r.policy.c_str(), fraction * 100, r.capacity,
-                r.stats.HitRate(), ratio, gb, static_cast<long long>(r.stats.prefetches), static_cast<long long>(r.stats.prefetch_used),
+    std::printf("%-10s %5.0f%% %5d %8.3f %8s %12.2f %10lld %10lld %10lld\n", r.policy.c_str(),
+                fraction * 100, r.capacity, r.stats.HitRate(), ratio, gb,
+                static_cast<long long>(r.stats.prefetches),
+                static_cast<long long>(r.stats.prefetch_used),
                 static_cast<long long>(r.stats.prefetch_wasted));
   }
 }
@@ -100,20 +113,26 @@ int Run(const Cli& cli) {
   auto config = moe::LoadModelConfig(ConfigPath(cli.config));
   auto trace = moe::offload::ReadTrace(cli.trace);
   if (!config.ok() || !trace.ok()) {
-    std::fprintf(stderr, "moe_offload_sim: %s\n", (config.ok() ? trace.status() : config.status()).ToString().c_str());
+    std::fprintf(stderr, "moe_offload_sim: %s\n",
+                 (config.ok() ? trace.status() : config.status()).ToString().c_str());
     return 3;
   }
-  const moe::offload::OffloadShape shape{config->num_hidden_layers, config->num_local_experts, config->num_experts_per_tok,
-                                         3LL * config->hidden_size * config->intermediate_size * cli.dtype_bytes};
+  const moe::offload::OffloadShape shape{
+      config->num_hidden_layers, config->num_local_experts, config->num_experts_per_tok,
+      3LL * config->hidden_size * config->intermediate_size * cli.dtype_bytes};
   int held_out = 0;
   for (const auto& q : trace->requests) held_out += q.held_out ? q.tokens : 0;
-  std::printf("# %s: %zu requests, %d held-out tokens; experts of %s, %.1f MB each\n", cli.trace.c_str(), trace->requests.size(),
-              held_out, config->name.c_str(), static_cast<double>(shape.expert_bytes) / 1e6);
+  std::printf("# %s: %zu requests, %d held-out tokens; experts of %s, %.1f MB each\n",
+              cli.trace.c_str(), trace->requests.size(), held_out, config->name.c_str(),
+              static_cast<double>(shape.expert_bytes) / 1e6);
   if (cli.markdown) {
-    std::printf("| policy | resident (experts) | hit rate | vs LRU | GB moved / token | prefetches used / issued |\n");
+    std::printf(
+        "| policy | resident (experts) | hit rate | vs LRU | GB moved / token | prefetches used / "
+        "issued |\n");
     std::printf("|---|---|---|---|---|---|\n");
   } else {
-    std::printf("%-10s %6s %5s %8s %8s %12s %10s %10s %10s\n", "policy", "frac", "C", "hit", "vs_lru", "GB/token", "prefetch", "used", "wasted");
+    std::printf("%-10s %6s %5s %8s %8s %12s %10s %10s %10s\n", "policy", "frac", "C", "hit",
+                "vs_lru", "GB/token", "prefetch", "used", "wasted");
   }
   for (double f : cli.fractions) {
     const int capacity = std::max(shape.top_k, static_cast<int>(f * shape.total() + 0.5));
@@ -142,7 +161,8 @@ int main(int argc, char** argv) {
   }
   auto cli = ParseCli(argc, argv);
   if (!cli.ok()) {
-    std::fprintf(stderr, "moe_offload_sim: %s\nRun 'moe_offload_sim --help' for usage.\n", cli.status().ToString().c_str());
+    std::fprintf(stderr, "moe_offload_sim: %s\nRun 'moe_offload_sim --help' for usage.\n",
+                 cli.status().ToString().c_str());
     return 2;
   }
   return Run(*cli);

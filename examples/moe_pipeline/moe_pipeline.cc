@@ -94,8 +94,8 @@ m2n::StatusOr<int> ParseInt(const std::string& flag, const char* text, int lo, i
   const char* end = text + std::strlen(text);
   auto [p, ec] = std::from_chars(text, end, v);
   if (ec != std::errc() || p != end || v < lo || v > hi) {
-    return m2n::InvalidArgumentError(flag + " needs an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) +
-                                     "], got \"" + text + "\"");
+    return m2n::InvalidArgumentError(flag + " needs an integer in [" + std::to_string(lo) + ", " +
+                                     std::to_string(hi) + "], got \"" + text + "\"");
   }
   return v;
 }
@@ -190,7 +190,8 @@ m2n::StatusOr<Cli> ParseCli(int argc, char** argv) {
       M2N_ASSIGN_OR_RETURN(const char* v, value());
       p.fault = v;
       if (p.fault != "swap_experts" && p.fault != "kill_expert") {
-        return m2n::InvalidArgumentError("--fault: unknown fault \"" + p.fault + "\" (swap_experts, kill_expert)");
+        return m2n::InvalidArgumentError("--fault: unknown fault \"" + p.fault +
+                                         "\" (swap_experts, kill_expert)");
       }
     } else {
       return m2n::InvalidArgumentError("unknown argument \"" + a + "\"");
@@ -205,13 +206,15 @@ m2n::StatusOr<Cli> ParseCli(int argc, char** argv) {
     if (!CollocatedAvailable()) {
       return m2n::InvalidArgumentError("--collocated needs NCCL and CUDA, which this build lacks");
     }
-    if (p.backend != "cuda") return m2n::InvalidArgumentError("--collocated needs --backend cuda (NCCL moves GPU memory)");
+    if (p.backend != "cuda")
+      return m2n::InvalidArgumentError("--collocated needs --backend cuda (NCCL moves GPU memory)");
   }
   if (p.offload.empty() != (p.gpu_experts == 0)) {
     return m2n::InvalidArgumentError("--offload POLICY and --gpu_experts C go together");
   }
   if (!p.offload.empty() && (p.backend != "cpu" || p.collocated > 0)) {
-    return m2n::InvalidArgumentError("--offload runs on the CPU backend's expert workers for now (the GPU cache: README.md)");
+    return m2n::InvalidArgumentError(
+        "--offload runs on the CPU backend's expert workers for now (the GPU cache: README.md)");
   }
   M2N_RETURN_IF_ERROR(BackendPrecision(p.backend).status());
   p.config_path = config.find('/') == std::string::npos && config.find(".json") == std::string::npos
@@ -219,20 +222,24 @@ m2n::StatusOr<Cli> ParseCli(int argc, char** argv) {
                       : config;
   M2N_ASSIGN_OR_RETURN(p.config, LoadModelConfig(p.config_path));
   if (!p.offload.empty()) {  // a usage error here, not a failure in every expert worker
-    const offload::OffloadShape shape{p.config.num_hidden_layers, p.config.num_local_experts, p.config.num_experts_per_tok, 0};
+    const offload::OffloadShape shape{p.config.num_hidden_layers, p.config.num_local_experts,
+                                      p.config.num_experts_per_tok, 0};
     M2N_RETURN_IF_ERROR(offload::MakePolicy(p.offload, shape).status());
     if (!p.offload_maps.empty()) {
       M2N_ASSIGN_OR_RETURN(const offload::Trace maps, offload::ReadTrace(p.offload_maps));
-      M2N_RETURN_IF_ERROR(offload::CheckTraceShape(maps, shape, "--offload_maps " + p.offload_maps));
+      M2N_RETURN_IF_ERROR(
+          offload::CheckTraceShape(maps, shape, "--offload_maps " + p.offload_maps));
     }
     if (p.gpu_experts < shape.top_k) {
       return m2n::InvalidArgumentError("--gpu_experts " + std::to_string(p.gpu_experts) +
-                                       ": the cache must hold at least one layer's top-k (" + std::to_string(shape.top_k) + ")");
+                                       ": the cache must hold at least one layer's top-k (" +
+                                       std::to_string(shape.top_k) + ")");
     }
   }
   if (!cli.threads_set) {
     const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-    p.threads = std::max(1, cores / (p.collocated > 0 ? p.collocated : p.attention_workers + p.expert_workers));
+    p.threads = std::max(
+        1, cores / (p.collocated > 0 ? p.collocated : p.attention_workers + p.expert_workers));
   }
   return cli;
 }
@@ -259,7 +266,10 @@ int RunRank(const Cli& cli) {
   const int rank = resolved->bootstrap.rank;
   const bool attention = rank < p.attention_workers;
   const std::string who = "rank " + std::to_string(rank) + " (" +
-                          (p.collocated > 0 ? "collocated" : attention ? "attention" : "expert") + " worker)";
+                          (p.collocated > 0 ? "collocated"
+                           : attention      ? "attention"
+                                            : "expert") +
+                          " worker)";
   auto group = m2n::Group::Create(*resolved);
   if (!group.ok()) {
     std::fprintf(stderr, "moe_pipeline: %s: %s\n", who.c_str(), group.status().ToString().c_str());
@@ -298,7 +308,8 @@ int RunRank(const Cli& cli) {
 // --trace OUT --prompts FILE: the routing of text prompts, for moe_offload_sim (README.md).
 int RecordRouting(const Cli& cli) {
   if (cli.prompts.empty()) {
-    std::fprintf(stderr, "moe_pipeline: --trace needs --prompts FILE (KIND<TAB>0|1<TAB>TEXT lines)\n");
+    std::fprintf(stderr,
+                 "moe_pipeline: --trace needs --prompts FILE (KIND<TAB>0|1<TAB>TEXT lines)\n");
     return kExitUsage;
   }
   auto prompts = offload::ReadPrompts(cli.prompts);
@@ -324,19 +335,23 @@ int Main(int argc, char** argv) {
   }
   auto cli = ParseCli(argc, argv);
   if (!cli.ok()) {
-    std::fprintf(stderr, "moe_pipeline: %s\nRun 'moe_pipeline --help' for usage.\n", cli.status().ToString().c_str());
+    std::fprintf(stderr, "moe_pipeline: %s\nRun 'moe_pipeline --help' for usage.\n",
+                 cli.status().ToString().c_str());
     return kExitUsage;
   }
   const PipelineOptions& p = cli->pipeline;
   if (!cli->trace.empty()) return RecordRouting(*cli);
   if (!cli->save_weights.empty()) {
     const int files = std::max(1, p.config.num_hidden_layers / 2);
-    if (m2n::Status s = SaveSeededCheckpoint(p.config, p.weights.seed, cli->save_weights, files, cli->bf16); !s.ok()) {
+    if (m2n::Status s =
+            SaveSeededCheckpoint(p.config, p.weights.seed, cli->save_weights, files, cli->bf16);
+        !s.ok()) {
       std::fprintf(stderr, "moe_pipeline: %s\n", s.ToString().c_str());
       return kExitFailure;
     }
-    std::printf("wrote %s (%s, seed %llu) to %s\n", p.config.name.c_str(), cli->bf16 ? "bf16" : "fp32",
-                static_cast<unsigned long long>(p.weights.seed), cli->save_weights.c_str());
+    std::printf("wrote %s (%s, seed %llu) to %s\n", p.config.name.c_str(),
+                cli->bf16 ? "bf16" : "fp32", static_cast<unsigned long long>(p.weights.seed),
+                cli->save_weights.c_str());
     return kExitOk;
   }
   if (!cli->profile.empty()) {
@@ -344,8 +359,8 @@ int Main(int argc, char** argv) {
       std::fprintf(stderr, "moe_pipeline: %s\n", s.ToString().c_str());
       return s.code() == m2n::StatusCode::kInvalidArgument ? kExitUsage : kExitFailure;
     }
-    std::printf("compute profile of %s on %s written to %s\n", p.config.name.c_str(), p.backend.c_str(),
-                cli->profile.c_str());
+    std::printf("compute profile of %s on %s written to %s\n", p.config.name.c_str(),
+                p.backend.c_str(), cli->profile.c_str());
     return kExitOk;
   }
   const int world = p.collocated > 0 ? p.collocated : p.attention_workers + p.expert_workers;
@@ -357,12 +372,14 @@ int Main(int argc, char** argv) {
   if (launch->launcher != m2n::Launcher::kNone) {
     const int launched = launch->world_size;
     if (launched > 0 && launched != world) {
-      std::fprintf(stderr, "moe_pipeline: this layout needs %d ranks, the launcher started %d\n", world, launched);
+      std::fprintf(stderr, "moe_pipeline: this layout needs %d ranks, the launcher started %d\n",
+                   world, launched);
       return kExitUsage;
     }
     return RunRank(*cli);
   }
-  return SpawnLocalJob(world, p.collocated > 0 ? world : p.attention_workers, p.timeout_s, argc, argv);
+  return SpawnLocalJob(world, p.collocated > 0 ? world : p.attention_workers, p.timeout_s, argc,
+                       argv);
 }
 
 }  // namespace

@@ -11,7 +11,9 @@ using Clock = std::chrono::steady_clock;
 class Deadline {
  public:
   // A deadline `timeout` from now.
-  static Deadline After(std::chrono::nanoseconds timeout) { return Deadline(Clock::now() + timeout); }
+  static Deadline After(std::chrono::nanoseconds timeout) {
+    return Deadline(Clock::now() + timeout);
+  }
   static Deadline AfterMs(int64_t ms) { return After(std::chrono::milliseconds(ms)); }
   static Deadline At(Clock::time_point at) { return Deadline(at); }
 

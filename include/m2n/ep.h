@@ -56,8 +56,8 @@ size_t DataTypeBytes(DataType dtype);
 
 struct ExpertParallelOptions {
   int num_experts = 0;
-  int top_k = 0;       // experts per token
-  int hidden = 0;      // elements per token row
+  int top_k = 0;  // experts per token
+  int hidden = 0;  // elements per token row
   DataType dtype = DataType::kBFloat16;
   int max_tokens = 0;  // the most tokens one attention rank dispatches in one call
   // placement[e]: the global rank of the expert rank that holds expert e (any map: an expert rank
@@ -68,19 +68,19 @@ struct ExpertParallelOptions {
 
 // Where one row of an ExpertBatch came from.
 struct ExpertRowSource {
-  int rank = -1;     // the attention rank that dispatched it
-  int token = -1;    // its token index in that rank's Dispatch call
+  int rank = -1;  // the attention rank that dispatched it
+  int token = -1;  // its token index in that rank's Dispatch call
   int top_k_slot = -1;  // j: the row is for topk_ids[token][j]
   float weight = 0;  // topk_weights[token][j] (applied by the attention rank in ReceiveCombine)
 };
 
 // What an expert rank received in one call; valid until its next ReceiveDispatch.
 struct ExpertBatch {
-  uint64_t call = 0;            // the call number, from 0
+  uint64_t call = 0;  // the call number, from 0
   const std::byte* x = nullptr;  // [rows, hidden] rows of dtype, grouped by local expert
   int rows = 0;
   std::span<const int> experts;  // this rank's experts (global ids, ascending)
-  std::span<const int> counts;   // counts[l]: rows for experts[l]
+  std::span<const int> counts;  // counts[l]: rows for experts[l]
   std::span<const int> offsets;  // offsets[l]: the first row of experts[l]; offsets[L] == rows
   std::span<const ExpertRowSource> sources;  // per row
 };
@@ -96,7 +96,8 @@ class ExpertParallel {
   // a rank that is not an expert rank, slot_bytes too small, saying the size needed), registers the
   // send buffers. Local only: it exchanges nothing with the peers. `group` must outlive this object
   // and must not carry other messages while it is used.
-  static StatusOr<std::unique_ptr<ExpertParallel>> Create(Group& group, const ExpertParallelOptions& options);
+  static StatusOr<std::unique_ptr<ExpertParallel>> Create(Group& group,
+                                                          const ExpertParallelOptions& options);
 
   ~ExpertParallel();
   ExpertParallel(const ExpertParallel&) = delete;
@@ -118,8 +119,8 @@ class ExpertParallel {
   // Waits for the next call's message from every attention rank and groups their rows by local
   // expert (copied out of the slots, which go back to their senders at once).
   StatusOr<ExpertBatch> ReceiveDispatch(Deadline deadline);
-  // y: [rows, hidden] of dtype, in the order of the last ExpertBatch (y[i] = expert output of row i).
-  // Sends each attention rank its rows back.
+  // y: [rows, hidden] of dtype, in the order of the last ExpertBatch (y[i] = expert output of row
+  // i). Sends each attention rank its rows back.
   Status Combine(const void* y, Deadline deadline);
 
   struct Impl;

@@ -1,18 +1,18 @@
 // m2n::Group: a persistent group of M senders and N receivers.
 //
 // Created once (bootstrap, configuration check, connect, register, exchange keys), reused for every
-// call, closed once. Each rank exposes registered receive slots for every peer on the other side, so
-// messages flow both ways: senders -> receivers (dispatch) and receivers -> senders (combine).
+// call, closed once. Each rank exposes registered receive slots for every peer on the other side,
+// so messages flow both ways: senders -> receivers (dispatch) and receivers -> senders (combine).
 //
 // A Send writes the payload straight into a free slot of the peer by a one-sided write and signals
-// it with an immediate (sender, slot, length): RDMA write-with-immediate, emulated by transports that
-// lack it. The peer sees a Message that points into that slot; Release() hands the slot back to the
-// sender by an ACK on the ACK lane, a channel of its own, never queued behind data.
+// it with an immediate (sender, slot, length): RDMA write-with-immediate, emulated by transports
+// that lack it. The peer sees a Message that points into that slot; Release() hands the slot back
+// to the sender by an ACK on the ACK lane, a channel of its own, never queued behind data.
 //
-// Completion model: the calling thread drives progress. Every blocking call (Send, Receive, Barrier,
-// Close) makes progress while it waits and returns by its Deadline. Between calls, nothing moves; a
-// rank that neither sends nor receives for long should call Progress(). A Group is used by one
-// thread at a time, except Abort(), which any other thread may call while the Group object is
+// Completion model: the calling thread drives progress. Every blocking call (Send, Receive,
+// Barrier, Close) makes progress while it waits and returns by its Deadline. Between calls, nothing
+// moves; a rank that neither sends nor receives for long should call Progress(). A Group is used by
+// one thread at a time, except Abort(), which any other thread may call while the Group object is
 // alive (not during or after its destructor); to abort from a thread that may outlive the Group,
 // or to abort Create itself, hold an AbortToken instead (below).
 //
@@ -56,11 +56,11 @@ struct SendRequest {
 
 // A received message: a view of the receive slot it landed in, valid until Release().
 struct Message {
-  int peer = -1;            // the rank that sent it
-  int slot = -1;            // the slot it occupies, in [0, slot_depth)
+  int peer = -1;  // the rank that sent it
+  int slot = -1;  // the slot it occupies, in [0, slot_depth)
   size_t length = 0;
   std::byte* data = nullptr;
-  uint64_t sequence = 0;    // per (peer -> this rank) count of messages, from 0
+  uint64_t sequence = 0;  // per (peer -> this rank) count of messages, from 0
   // Stream-ordered receives only (ReceiveOnStream): the host does not know the length, so `length`
   // is 0 and this device address holds it, valid in stream order after the receive.
   const uint32_t* device_length = nullptr;
@@ -122,7 +122,8 @@ class Group {
   GroupStats stats() const;
 
   // Registers [data, data + size) for sending. The region must outlive its use in Send.
-  StatusOr<MemoryRegion> RegisterMemory(void* data, size_t size, MemoryKind kind = MemoryKind::kHost);
+  StatusOr<MemoryRegion> RegisterMemory(void* data, size_t size,
+                                        MemoryKind kind = MemoryKind::kHost);
 
   // Posts every request, each into a free slot of its peer, waiting for credits where a peer has
   // none, and returns once every payload has left its source buffer (the buffer may be reused).
@@ -160,7 +161,8 @@ class Group {
   // done (the consumer kernel that read them).
   Status ReleaseOnStream(std::span<const Message> messages, Stream stream);
 
-  // All ranks of the group; through the bootstrap store (slow path: set-up and tests, not per message).
+  // All ranks of the group; through the bootstrap store (slow path: set-up and tests, not per
+  // message).
   Status Barrier(Deadline deadline);
 
   // One round of progress without blocking: completions, arrivals, ACKs.

@@ -26,12 +26,12 @@
 namespace m2n {
 
 enum class Launcher {
-  kNone,      // no launcher variable: nobody started this process as a rank
-  kM2n,       // M2N_RANK, set by hand or by SpawnLocal
+  kNone,  // no launcher variable: nobody started this process as a rank
+  kM2n,  // M2N_RANK, set by hand or by SpawnLocal
   kTorchrun,  // RANK
-  kOpenMpi,   // OMPI_COMM_WORLD_RANK
-  kPmi,       // PMI_RANK (MPICH / Hydra, Intel MPI)
-  kSlurm,     // SLURM_PROCID
+  kOpenMpi,  // OMPI_COMM_WORLD_RANK
+  kPmi,  // PMI_RANK (MPICH / Hydra, Intel MPI)
+  kSlurm,  // SLURM_PROCID
 };
 // "M2N_RANK", "torchrun", "Open MPI", "PMI", "Slurm", or "none".
 std::string_view LauncherName(Launcher launcher);
@@ -46,9 +46,9 @@ struct LaunchInfo {
   // SLURM_LOCALID and the matching sizes). Use LocalRank() for the rule with its fallback.
   int local_rank = -1;
   int local_size = -1;
-  int num_hosts = -1;        // Slurm's node count of the step
-  std::string master_addr{};   // M2N_MASTER_ADDR, else torchrun's MASTER_ADDR
-  int master_port = 0;       // M2N_MASTER_PORT, else torchrun's MASTER_PORT
+  int num_hosts = -1;  // Slurm's node count of the step
+  std::string master_addr{};  // M2N_MASTER_ADDR, else torchrun's MASTER_ADDR
+  int master_port = 0;  // M2N_MASTER_PORT, else torchrun's MASTER_PORT
 
   // Whether the launcher says the job spans more than this host.
   bool multi_host() const;
@@ -78,22 +78,23 @@ struct WaitOptions {
 };
 
 struct SpawnOptions {
-  std::string program{};            // the executable; empty: this program (/proc/self/exe)
+  std::string program{};  // the executable; empty: this program (/proc/self/exe)
   std::vector<std::string> args{};  // its argv, args[0] included
-  int num_ranks = 0;              // M + N processes, ranks 0 .. num_ranks - 1
+  int num_ranks = 0;  // M + N processes, ranks 0 .. num_ranks - 1
   // Added to every rank's environment (NAME=VALUE), after the job's own variables below.
   std::vector<std::string> env{};
-  std::string job_id{};             // empty: "<program name>-<pid>-<port>"
-  int master_port = 0;            // 0: PickFreePort()
+  std::string job_id{};  // empty: "<program name>-<pid>-<port>"
+  int master_port = 0;  // 0: PickFreePort()
   WaitOptions wait{};
 };
 
 // How one rank ended.
 struct RankExit {
   pid_t pid = -1;
-  int exit_code = -1;    // when it exited
-  int signal = 0;        // the signal that ended it, if any
-  bool running_at_stop = false;  // still running when the job was stopped (deadline or another's failure)
+  int exit_code = -1;  // when it exited
+  int signal = 0;  // the signal that ended it, if any
+  bool running_at_stop =
+      false;  // still running when the job was stopped (deadline or another's failure)
 
   // "exited with status 3", "was killed by signal 9 (Killed)".
   std::string Describe() const;
@@ -101,9 +102,9 @@ struct RankExit {
 
 struct JobExit {
   std::vector<RankExit> ranks;  // by rank
-  int first_failure = -1;       // the rank whose end stopped the job; -1: none did
-  int running_at_failure = 0;   // how many ranks were still running when it did
-  bool timed_out = false;       // the deadline passed with ranks running; they were stopped
+  int first_failure = -1;  // the rank whose end stopped the job; -1: none did
+  int running_at_failure = 0;  // how many ranks were still running when it did
+  bool timed_out = false;  // the deadline passed with ranks running; they were stopped
 };
 
 // Starts `num_ranks` processes of `program`, each with this environment minus any job variables

@@ -27,7 +27,7 @@ struct BootstrapOptions {
   int rank = -1;
   int world_size = -1;
   std::string master_addr;  // host running the TCP store (rank 0); default 127.0.0.1
-  int master_port = 0;      // default 29517
+  int master_port = 0;  // default 29517
   // Ranks of one job share this; a rank of another job is refused by the store. Default: derived
   // from the master address and port.
   std::string job_id;
@@ -41,12 +41,13 @@ struct BootstrapOptions {
 };
 
 struct Options {
-  // M senders hold ranks [0, M); N receivers hold ranks [M, M + N). M + N must equal the world size.
+  // M senders hold ranks [0, M); N receivers hold ranks [M, M + N). M + N must equal the world
+  // size.
   int num_senders = 0;
   int num_receivers = 0;
-  // Each rank exposes, for every peer on the other side, `slot_depth` receive slots of `slot_bytes`.
-  // A message may be at most slot_bytes long; a sender may have at most slot_depth messages to one
-  // receiver that the receiver has not released (its credits).
+  // Each rank exposes, for every peer on the other side, `slot_depth` receive slots of
+  // `slot_bytes`. A message may be at most slot_bytes long; a sender may have at most slot_depth
+  // messages to one receiver that the receiver has not released (its credits).
   size_t slot_bytes = size_t{1} << 20;
   int slot_depth = 4;
   // "auto" picks the best transport built and usable here; or a name from AvailableTransports().

@@ -5,7 +5,8 @@
 //   kInvalidArgument    the caller passed something wrong; retrying the same call fails again.
 //   kFailedPrecondition the system is not in a state for this call (e.g. mismatched configuration
 //                       between ranks, a slot released twice); fix the state first.
-//   kUnavailable        a peer or the bootstrap store cannot be reached or died; the group is unusable,
+//   kUnavailable        a peer or the bootstrap store cannot be reached or died; the group is
+//   unusable,
 //                       recreate it.
 //   kDeadlineExceeded   the call's deadline passed before it could finish; it may be retried.
 //   kAborted            the group was aborted; close it.
@@ -82,7 +83,8 @@ class [[nodiscard]] StatusOr {
  public:
   StatusOr(T value) : value_(std::move(value)) {}  // NOLINT: implicit by design, as absl::StatusOr
   StatusOr(Status status) : status_(std::move(status)) {  // NOLINT
-    if (status_.ok()) status_ = InternalError("StatusOr constructed from an OK status without a value");
+    if (status_.ok())
+      status_ = InternalError("StatusOr constructed from an OK status without a value");
   }
 
   bool ok() const { return status_.ok(); }
@@ -114,10 +116,10 @@ class [[nodiscard]] StatusOr {
 }  // namespace m2n
 
 // Returns early from the enclosing function with the status of `expr` if it is not OK.
-#define M2N_RETURN_IF_ERROR(expr)                 \
-  do {                                            \
-    ::m2n::Status m2n_status_ = (expr);           \
-    if (!m2n_status_.ok()) return m2n_status_;    \
+#define M2N_RETURN_IF_ERROR(expr)              \
+  do {                                         \
+    ::m2n::Status m2n_status_ = (expr);        \
+    if (!m2n_status_.ok()) return m2n_status_; \
   } while (0)
 
 #define M2N_CONCAT_INNER_(a, b) a##b

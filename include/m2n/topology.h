@@ -13,11 +13,11 @@
 namespace m2n {
 
 struct Placement {
-  std::string gpu;          // PCI bus id of this process's GPU; empty: none (host-memory slots)
-  std::string nic;          // RDMA device (e.g. mlx5_0); empty: the transport picks its own
+  std::string gpu;  // PCI bus id of this process's GPU; empty: none (host-memory slots)
+  std::string nic;  // RDMA device (e.g. mlx5_0); empty: the transport picks its own
   bool nic_from_options = false;  // Options::nic / M2N_NIC named it (a must, not a preference)
-  int proxy_core = -1;      // CPU (OS index) for a proxy thread; -1: not pinned
-  std::string reason;       // one line: what was chosen and why
+  int proxy_core = -1;  // CPU (OS index) for a proxy thread; -1: not pinned
+  std::string reason;  // one line: what was chosen and why
 };
 
 // The placement for this process under `options` (resolved: ResolveOptions). The GPU is the

@@ -24,10 +24,10 @@ Bytes BytesOf(const AnyArray& array, const char* what) {
   int64_t expected = 1;
   for (size_t d = array.ndim(); d-- > 0;) {
     if (array.shape(d) != 1 && array.stride(d) != expected) {
-      ThrowStatus(InvalidArgumentError(std::string(what) +
-                                       ": the array is not contiguous (dimension " + std::to_string(d) +
-                                       " has stride " + std::to_string(array.stride(d)) +
-                                       "); m2n sends one run of bytes: pass a contiguous array"));
+      ThrowStatus(InvalidArgumentError(
+          std::string(what) + ": the array is not contiguous (dimension " + std::to_string(d) +
+          " has stride " + std::to_string(array.stride(d)) +
+          "); m2n sends one run of bytes: pass a contiguous array"));
     }
     expected *= static_cast<int64_t>(array.shape(d));
   }
@@ -44,9 +44,10 @@ Stream StreamOf(nb::handle stream) {
     handle = attribute;
   }
   if (!nb::isinstance<nb::int_>(handle)) {
-    ThrowStatus(InvalidArgumentError("stream: expected None, an int (cudaStream_t) or an object with "
-                                     "`cuda_stream` (torch.cuda.Stream), got " +
-                                     std::string(nb::type_name(stream.type()).c_str())));
+    ThrowStatus(
+        InvalidArgumentError("stream: expected None, an int (cudaStream_t) or an object with "
+                             "`cuda_stream` (torch.cuda.Stream), got " +
+                             std::string(nb::type_name(stream.type()).c_str())));
   }
   return reinterpret_cast<Stream>(nb::cast<uintptr_t>(handle));
 }
@@ -58,7 +59,8 @@ nb::object ViewOf(std::byte* data, size_t size, MemoryKind kind, nb::handle owne
   }
   // Device slots live on the device that was current when the Group was created (Options::
   // slot_memory); torch says which one that is.
-  const int device_id = nb::cast<int>(nb::module_::import_("torch").attr("cuda").attr("current_device")());
+  const int device_id =
+      nb::cast<int>(nb::module_::import_("torch").attr("cuda").attr("current_device")());
   return nb::cast(nb::ndarray<nb::pytorch, uint8_t, nb::ndim<1>>(
       data, 1, shape, owner, nullptr, nb::dtype<uint8_t>(), nb::device::cuda::value, device_id));
 }

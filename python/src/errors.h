@@ -1,6 +1,7 @@
 // m2n::Status to Python: an error Status becomes an exception of m2n.errors (m2n.Error and one
 // subclass per code, e.g. m2n.DeadlineExceededError, also a TimeoutError), carrying .code and
-// .message. The classes are Python (python/m2n/errors.py) so that users can subclass and pickle them.
+// .message. The classes are Python (python/m2n/errors.py) so that users can subclass and pickle
+// them.
 #pragma once
 
 #include <utility>

@@ -15,13 +15,17 @@ NB_MODULE(_m2n, m) {
   m.attr("__version__") = m2n::kVersionString;
   m.def("available_transports", &m2n::AvailableTransports,
         "Names of the transports compiled into this build, best first (\"ucx\", ...).");
-  m.def("environment_table", [] {
+  m.def(
+      "environment_table",
+      [] {
         nb::list rows;
         for (const m2n::EnvironmentVariable& v : m2n::EnvironmentTable()) {
-          rows.append(nb::make_tuple(std::string(v.name), std::string(v.field), std::string(v.meaning)));
+          rows.append(
+              nb::make_tuple(std::string(v.name), std::string(v.field), std::string(v.meaning)));
         }
         return rows;
-      }, "The M2N_* variables a Group reads: (name, option field, meaning) rows.");
+      },
+      "The M2N_* variables a Group reads: (name, option field, meaning) rows.");
   m2n::python::BindGroup(m);
   m2n::python::BindLaunch(m);
 }

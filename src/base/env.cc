@@ -20,8 +20,8 @@ Status NotA(const char* name, const std::string& text, const char* what) {
 
 template <typename T>
 Status Outside(const char* name, const std::string& text, T min, T max) {
-  return InvalidArgumentError(std::string(name) + "=" + text + " is outside [" + std::to_string(min) + ", " +
-                              std::to_string(max) + "]");
+  return InvalidArgumentError(std::string(name) + "=" + text + " is outside [" +
+                              std::to_string(min) + ", " + std::to_string(max) + "]");
 }
 
 std::string Lower(std::string_view text) {
@@ -50,23 +50,38 @@ StatusOr<int64_t> ParseInt(const char* name, const std::string& text, int64_t mi
   uint64_t magnitude = 0;
   const char* end = digits.data() + digits.size();
   auto [stop, ec] = std::from_chars(digits.data(), end, magnitude, base);
-  if (digits.empty() || ec == std::errc::invalid_argument || stop != end) return NotA(name, text, "an integer");
-  constexpr uint64_t kLimit = uint64_t{1} << 62;  // far beyond any range asked for; keeps the negation exact
-  if (ec == std::errc::result_out_of_range || magnitude > kLimit) return Outside(name, text, min, max);
-  const int64_t value = negative ? -static_cast<int64_t>(magnitude) : static_cast<int64_t>(magnitude);
+  if (digits.empty() || ec == std::errc::invalid_argument || stop != end)
+    return NotA(name, text, "an integer");
+  constexpr uint64_t kLimit = uint64_t{1}
+                              << 62;  // far beyond any range asked for; keeps the negation exact
+  if (ec == std::errc::result_out_of_range || magnitude > kLimit)
+    return Outside(name, text, min, max);
+  const int64_t value =
+      negative ? -static_cast<int64_t>(magnitude) : static_cast<int64_t>(magnitude);
   if (value < min || value > max) return Outside(name, text, min, max);
   return value;
 }
 
-StatusOr<uint64_t> ParseSize(const char* name, const std::string& text, uint64_t min, uint64_t max) {
+StatusOr<uint64_t> ParseSize(const char* name, const std::string& text, uint64_t min,
+                             uint64_t max) {
   std::string_view digits(text);
   int shift = 0;
   if (!digits.empty()) {
     switch (digits.back()) {
-      case 'k': case 'K': shift = 10; break;
-      case 'm': case 'M': shift = 20; break;
-      case 'g': case 'G': shift = 30; break;
-      default: break;
+      case 'k':
+      case 'K':
+        shift = 10;
+        break;
+      case 'm':
+      case 'M':
+        shift = 20;
+        break;
+      case 'g':
+      case 'G':
+        shift = 30;
+        break;
+      default:
+        break;
     }
     if (shift > 0) digits.remove_suffix(1);
   }
@@ -76,7 +91,8 @@ StatusOr<uint64_t> ParseSize(const char* name, const std::string& text, uint64_t
   if (digits.empty() || ec == std::errc::invalid_argument || stop != end) {
     return NotA(name, text, "a size in bytes (digits, optionally with a K, M or G suffix)");
   }
-  if (ec == std::errc::result_out_of_range || count > (max >> shift)) return Outside(name, text, min, max);
+  if (ec == std::errc::result_out_of_range || count > (max >> shift))
+    return Outside(name, text, min, max);
   const uint64_t bytes = count << shift;
   if (bytes < min) return Outside(name, text, min, max);
   return bytes;

@@ -36,8 +36,9 @@ inline constexpr size_t kMinJobKeyBytes = 16;
 // kNonceBytes from the kernel's random source (getrandom). kInternal if it fails.
 StatusOr<Bytes> NewNonce();
 
-Sha256Digest HandshakeMac(HandshakeRole role, std::span<const std::byte> key, const std::string& job_id,
-                          int rank, int world_size, std::span<const std::byte> rank_nonce,
+Sha256Digest HandshakeMac(HandshakeRole role, std::span<const std::byte> key,
+                          const std::string& job_id, int rank, int world_size,
+                          std::span<const std::byte> rank_nonce,
                           std::span<const std::byte> store_nonce);
 
 // The key in the file at `path`, trailing newlines dropped. Refused (kFailedPrecondition naming

@@ -28,13 +28,16 @@ constexpr size_t kBlockBytes = 64;
 
 // FIPS 180-4 5.3.3: the initial hash value.
 Sha256::Sha256()
-    : state_{0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19} {}
+    : state_{0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+             0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19} {}
 
 void Sha256::Compress(const std::byte* block) {
   uint32_t w[64];
   for (int t = 0; t < 16; ++t) {
-    w[t] = std::to_integer<uint32_t>(block[4 * t]) << 24 | std::to_integer<uint32_t>(block[4 * t + 1]) << 16 |
-           std::to_integer<uint32_t>(block[4 * t + 2]) << 8 | std::to_integer<uint32_t>(block[4 * t + 3]);
+    w[t] = std::to_integer<uint32_t>(block[4 * t]) << 24 |
+           std::to_integer<uint32_t>(block[4 * t + 1]) << 16 |
+           std::to_integer<uint32_t>(block[4 * t + 2]) << 8 |
+           std::to_integer<uint32_t>(block[4 * t + 3]);
   }
   for (int t = 16; t < 64; ++t) {
     const uint32_t s0 = Rotr(w[t - 15], 7) ^ Rotr(w[t - 15], 18) ^ (w[t - 15] >> 3);
@@ -44,7 +47,8 @@ void Sha256::Compress(const std::byte* block) {
   uint32_t a = state_[0], b = state_[1], c = state_[2], d = state_[3];
   uint32_t e = state_[4], f = state_[5], g = state_[6], h = state_[7];
   for (int t = 0; t < 64; ++t) {
-    const uint32_t t1 = h + (Rotr(e, 6) ^ Rotr(e, 11) ^ Rotr(e, 25)) + ((e & f) ^ (~e & g)) + kRound[t] + w[t];
+    const uint32_t t1 =
+        h + (Rotr(e, 6) ^ Rotr(e, 11) ^ Rotr(e, 25)) + ((e & f) ^ (~e & g)) + kRound[t] + w[t];
     const uint32_t t2 = (Rotr(a, 2) ^ Rotr(a, 13) ^ Rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
     h = g;
     g = f;
@@ -91,7 +95,8 @@ Sha256Digest Sha256::Finish() {
   Update(length);
   Sha256Digest digest;
   for (int i = 0; i < 8; ++i) {
-    for (int j = 0; j < 4; ++j) digest[4 * i + j] = static_cast<std::byte>(state_[i] >> (24 - 8 * j));
+    for (int j = 0; j < 4; ++j)
+      digest[4 * i + j] = static_cast<std::byte>(state_[i] >> (24 - 8 * j));
   }
   return digest;
 }

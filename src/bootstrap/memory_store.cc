@@ -42,7 +42,8 @@ class InMemoryStore final : public Store {
     {
       std::lock_guard lock(mu_);
       auto it = values_.find(key);
-      M2N_ASSIGN_OR_RETURN(count, AddToCounter(key, it == values_.end() ? nullptr : &it->second, delta));
+      M2N_ASSIGN_OR_RETURN(count,
+                           AddToCounter(key, it == values_.end() ? nullptr : &it->second, delta));
       values_[key] = CounterBytes(count);
     }
     changed_.notify_all();
@@ -63,8 +64,8 @@ class InMemoryStore final : public Store {
     for (const std::string& key : keys) {
       if (!values_.contains(key)) missing.push_back(key);
     }
-    return DeadlineExceededError("bootstrap: still missing from the in-memory store at the deadline: " +
-                                 QuoteKeys(missing));
+    return DeadlineExceededError(
+        "bootstrap: still missing from the in-memory store at the deadline: " + QuoteKeys(missing));
   }
 
   using Store::DeadRanks;

@@ -16,7 +16,8 @@ namespace m2n::bootstrap {
 
 std::string ErrnoText(int err) {
   char buf[256];
-  // The GNU strerror_r: returns a pointer that may or may not be `buf`. Thread-safe, unlike strerror.
+  // The GNU strerror_r: returns a pointer that may or may not be `buf`. Thread-safe, unlike
+  // strerror.
   return strerror_r(err, buf, sizeof(buf));
 }
 
@@ -25,7 +26,9 @@ std::string FormatAddress(const std::string& host, int port) {
   return host + ":" + std::to_string(port);
 }
 
-bool IsWildcard(const std::string& host) { return host.empty() || host == "0.0.0.0" || host == "::"; }
+bool IsWildcard(const std::string& host) {
+  return host.empty() || host == "0.0.0.0" || host == "::";
+}
 
 std::string LocalHostFor(const std::string& host) {
   if (host == "::") return "::1";
@@ -49,8 +52,9 @@ StatusOr<AddrInfoPtr> Resolve(const std::string& host, int port, bool passive) {
   hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
   const std::string service = std::to_string(port);
   addrinfo* result = nullptr;
-  int rc = getaddrinfo(passive && IsWildcard(host) ? (host == "::" ? "::" : "0.0.0.0") : host.c_str(),
-                       service.c_str(), &hints, &result);
+  int rc =
+      getaddrinfo(passive && IsWildcard(host) ? (host == "::" ? "::" : "0.0.0.0") : host.c_str(),
+                  service.c_str(), &hints, &result);
   if (rc != 0) {
     return UnavailableError(std::string("cannot resolve '") + host +
                             "': " + (rc == EAI_SYSTEM ? ErrnoText(errno) : gai_strerror(rc)));
@@ -58,14 +62,16 @@ StatusOr<AddrInfoPtr> Resolve(const std::string& host, int port, bool passive) {
   return AddrInfoPtr(result);
 }
 
-StatusOr<UniqueFd> TryConnect(const std::string& host, int port, Deadline deadline, std::string* last_error) {
+StatusOr<UniqueFd> TryConnect(const std::string& host, int port, Deadline deadline,
+                              std::string* last_error) {
   StatusOr<AddrInfoPtr> resolved = Resolve(host, port, /*passive=*/false);
   if (!resolved.ok()) {
     *last_error = resolved.status().message();
     return resolved.status();
   }
   for (addrinfo* ai = resolved->get(); ai != nullptr; ai = ai->ai_next) {
-    UniqueFd fd(socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol));
+    UniqueFd fd(
+        socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol));
     if (!fd.valid()) {
       *last_error = "socket: " + ErrnoText(errno);
       continue;
@@ -100,10 +106,12 @@ StatusOr<UniqueFd> TryConnect(const std::string& host, int port, Deadline deadli
 StatusOr<UniqueFd> Listen(const std::string& host, int port) {
   const std::string where = FormatAddress(host, port);
   StatusOr<AddrInfoPtr> resolved = Resolve(host, port, /*passive=*/true);
-  if (!resolved.ok()) return resolved.status().WithContext("bootstrap: cannot serve the store on " + where);
+  if (!resolved.ok())
+    return resolved.status().WithContext("bootstrap: cannot serve the store on " + where);
   std::string last_error = "no address";
   for (addrinfo* ai = resolved->get(); ai != nullptr; ai = ai->ai_next) {
-    UniqueFd fd(socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol));
+    UniqueFd fd(
+        socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol));
     if (!fd.valid()) {
       last_error = "socket: " + ErrnoText(errno);
       continue;

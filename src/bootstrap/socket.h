@@ -64,12 +64,14 @@ struct AddrInfoDeleter {
 };
 using AddrInfoPtr = std::unique_ptr<addrinfo, AddrInfoDeleter>;
 
-// getaddrinfo for a stream socket; `passive`: for bind(), where a wildcard host means every interface.
+// getaddrinfo for a stream socket; `passive`: for bind(), where a wildcard host means every
+// interface.
 StatusOr<AddrInfoPtr> Resolve(const std::string& host, int port, bool passive);
 
 // One non-blocking connect() to each address of `host`, bounded by `deadline`. On failure,
 // `last_error` says why ("Connection refused").
-StatusOr<UniqueFd> TryConnect(const std::string& host, int port, Deadline deadline, std::string* last_error);
+StatusOr<UniqueFd> TryConnect(const std::string& host, int port, Deadline deadline,
+                              std::string* last_error);
 
 // A non-blocking listening socket on the first address of host:port that binds (SO_REUSEADDR);
 // kUnavailable naming the address and the last error when none does.

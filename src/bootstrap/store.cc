@@ -25,7 +25,8 @@ Status CheckKey(const std::string& key) {
 Status CheckValue(std::span<const std::byte> value) {
   if (value.size() > wire::kMaxValueBytes) {
     return InvalidArgumentError("bootstrap: a store value of " + std::to_string(value.size()) +
-                                " bytes exceeds the maximum of " + std::to_string(wire::kMaxValueBytes));
+                                " bytes exceeds the maximum of " +
+                                std::to_string(wire::kMaxValueBytes));
   }
   return OkStatus();
 }
@@ -33,7 +34,8 @@ Status CheckValue(std::span<const std::byte> value) {
 Status CheckWaitKeys(std::span<const std::string> keys) {
   if (keys.size() > wire::kMaxWaitKeys) {
     return InvalidArgumentError("bootstrap: a Wait on " + std::to_string(keys.size()) +
-                                " keys exceeds the maximum of " + std::to_string(wire::kMaxWaitKeys));
+                                " keys exceeds the maximum of " +
+                                std::to_string(wire::kMaxWaitKeys));
   }
   for (const std::string& key : keys) M2N_RETURN_IF_ERROR(CheckKey(key));
   return OkStatus();
@@ -52,8 +54,8 @@ StatusOr<int64_t> AddToCounter(const std::string& key, const Bytes* value, int64
   }
   if ((delta > 0 && count > std::numeric_limits<int64_t>::max() - delta) ||
       (delta < 0 && count < std::numeric_limits<int64_t>::min() - delta)) {
-    return OutOfRangeError("bootstrap: Add of " + std::to_string(delta) + " to counter '" + key + "' (" +
-                           std::to_string(count) + ") overflows int64");
+    return OutOfRangeError("bootstrap: Add of " + std::to_string(delta) + " to counter '" + key +
+                           "' (" + std::to_string(count) + ") overflows int64");
   }
   return count + delta;
 }
@@ -132,9 +134,10 @@ Status Store::Barrier(const std::string& name, int world_size, Deadline deadline
 
   M2N_ASSIGN_OR_RETURN(int64_t arrived, Add(counter, 1));
   if (arrived > world_size) {
-    return FailedPreconditionError("bootstrap: barrier '" + name + "' reached by " + std::to_string(arrived) +
-                                   " ranks but the world size is " + std::to_string(world_size) +
-                                   " (a barrier name used twice, or ranks that disagree on the world size)");
+    return FailedPreconditionError(
+        "bootstrap: barrier '" + name + "' reached by " + std::to_string(arrived) +
+        " ranks but the world size is " + std::to_string(world_size) +
+        " (a barrier name used twice, or ranks that disagree on the world size)");
   }
   if (arrived == world_size) M2N_RETURN_IF_ERROR(SetString(done, "1"));
 

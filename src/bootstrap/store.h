@@ -36,7 +36,9 @@ class Store {
   // answer, when it comes, is dropped, and the connection stays usable.
   virtual StatusOr<std::vector<int>> DeadRanks(Deadline deadline) = 0;
   // The same, bounded by the store's own request timeout only.
-  StatusOr<std::vector<int>> DeadRanks() { return DeadRanks(Deadline::At(Clock::time_point::max())); }
+  StatusOr<std::vector<int>> DeadRanks() {
+    return DeadRanks(Deadline::At(Clock::time_point::max()));
+  }
   // Says goodbye: a clean exit, so this rank is not reported dead. On the rank that serves the TCP
   // store it then waits (bounded by TcpStoreOptions::request_timeout) until every other connected
   // rank has said goodbye or gone, so destroying that store next cuts nobody off mid-request.
@@ -51,11 +53,11 @@ class Store {
 
 struct TcpStoreOptions {
   std::string host = "127.0.0.1";
-  int port = 0;            // rank 0 listens here (0: any free port; see TcpStorePort())
-  bool serve = false;      // true on rank 0: run the server in a thread of this process
+  int port = 0;  // rank 0 listens here (0: any free port; see TcpStorePort())
+  bool serve = false;  // true on rank 0: run the server in a thread of this process
   int rank = -1;
   int world_size = 0;
-  std::string job_id;      // a client of another job is refused
+  std::string job_id;  // a client of another job is refused
   // The job's secret (at least kMinJobKeyBytes, handshake.h), the same on every rank and never
   // sent: the store and each rank prove they hold it in the HELLO handshake. Empty: no key; then
   // only the job id is checked, and a store bound beyond loopback warns once (docs/security.md).

@@ -16,9 +16,9 @@
 // is not done within TcpStoreOptions::hello_timeout, and closes a new stranger at once while
 // TcpStoreOptions::max_unauthenticated others are still in their handshake. A stranger that
 // drops mid-handshake leaves no trace: no rank is marked dead for it. An accepted rank may SET
-// only its own keys (CheckWriter, store_rules.h). A connection that does not read its answers stops being read once
-// one largest frame of answers waits for it. So each connection costs at most one largest frame
-// each way, and none can stall the others.
+// only its own keys (CheckWriter, store_rules.h). A connection that does not read its answers stops
+// being read once one largest frame of answers waits for it. So each connection costs at most one
+// largest frame each way, and none can stall the others.
 #pragma once
 
 #include <memory>
@@ -38,8 +38,8 @@ class TcpStoreServer {
 
 // Binds options.host:options.port (SO_REUSEADDR; an empty host or "0.0.0.0" means every interface)
 // and starts serving; with no job key and a host other than loopback it warns once on stderr,
-// naming the risk and M2N_JOB_KEY. Serves the job options.job_id of options.world_size ranks. options.rank and
-// options.serve are not used. kUnavailable when the address cannot be bound.
+// naming the risk and M2N_JOB_KEY. Serves the job options.job_id of options.world_size ranks.
+// options.rank and options.serve are not used. kUnavailable when the address cannot be bound.
 StatusOr<std::unique_ptr<TcpStoreServer>> StartTcpStoreServer(const TcpStoreOptions& options);
 
 }  // namespace m2n::bootstrap

@@ -32,7 +32,8 @@ constexpr std::chrono::milliseconds kConnectBackoffMax = 200ms;
 
 class TcpStore final : public Store {
  public:
-  static StatusOr<std::unique_ptr<TcpStore>> Connect(const TcpStoreOptions& options, Deadline deadline);
+  static StatusOr<std::unique_ptr<TcpStore>> Connect(const TcpStoreOptions& options,
+                                                     Deadline deadline);
 
   Status Set(const std::string& key, std::span<const std::byte> value) override;
   StatusOr<Bytes> Get(const std::string& key, Deadline deadline) override;
@@ -59,7 +60,9 @@ class TcpStore final : public Store {
   }
 
   TcpStore(const TcpStoreOptions& options, std::string address)
-      : address_(std::move(address)), rank_(options.rank), request_timeout_(options.request_timeout) {}
+      : address_(std::move(address)),
+        rank_(options.rank),
+        request_timeout_(options.request_timeout) {}
 
   // Sends `request` and returns the store's answer (an ERROR answer included), all by `deadline`.
   // `what` names the request in messages ("SET 'key'").
@@ -71,8 +74,8 @@ class TcpStore final : public Store {
   // The connection cannot be used again; every later call returns `why`.
   Status Break(Status why);
   Status StoreClosed(const std::string& detail) {
-    return UnavailableError("bootstrap: the store at " + address_ + " (rank 0) closed the connection" +
-                            detail);
+    return UnavailableError("bootstrap: the store at " + address_ +
+                            " (rank 0) closed the connection" + detail);
   }
   // The failure that `answer`, which is not the one `what` expects, stands for: the store's ERROR,
   // or a protocol violation that ends the connection.
@@ -80,7 +83,7 @@ class TcpStore final : public Store {
   std::string Prefix() const { return "bootstrap: rank " + std::to_string(rank_) + ": "; }
 
   std::unique_ptr<StoreServer> server_;  // first member: destroyed after the connection below
-  const std::string address_;            // "host:port" of the store
+  const std::string address_;  // "host:port" of the store
   std::string host_;
   int port_ = 0;
   const int rank_;
@@ -101,8 +104,8 @@ Status CheckClientOptions(const TcpStoreOptions& options) {
                                 " (it must be at least 1)");
   }
   if (options.rank < 0 || options.rank >= options.world_size) {
-    return InvalidArgumentError("bootstrap: rank " + std::to_string(options.rank) + " is outside [0, " +
-                                std::to_string(options.world_size) + ")");
+    return InvalidArgumentError("bootstrap: rank " + std::to_string(options.rank) +
+                                " is outside [0, " + std::to_string(options.world_size) + ")");
   }
   if (options.serve && options.rank != 0) {
     return InvalidArgumentError("bootstrap: rank " + std::to_string(options.rank) +
@@ -117,14 +120,16 @@ Status CheckClientOptions(const TcpStoreOptions& options) {
   }
   if (options.job_id.size() > wire::kMaxJobIdBytes) {
     return InvalidArgumentError("bootstrap: a job id of " + std::to_string(options.job_id.size()) +
-                                " bytes exceeds the maximum of " + std::to_string(wire::kMaxJobIdBytes));
+                                " bytes exceeds the maximum of " +
+                                std::to_string(wire::kMaxJobIdBytes));
   }
   return CheckJobKey(options.job_key, "TcpStoreOptions::job_key");
 }
 
 // The master may not be up yet: retry, backing off, until the deadline (`timeout_ms` from the
 // caller's start, for the message).
-StatusOr<UniqueFd> ConnectWithRetries(const std::string& host, int port, Deadline deadline, int64_t timeout_ms) {
+StatusOr<UniqueFd> ConnectWithRetries(const std::string& host, int port, Deadline deadline,
+                                      int64_t timeout_ms) {
   std::string last_error = "none";
   std::chrono::milliseconds backoff = kConnectBackoffMin;
   for (;;) {
@@ -132,16 +137,17 @@ StatusOr<UniqueFd> ConnectWithRetries(const std::string& host, int port, Deadlin
     if (fd.ok()) return fd;
     const auto left = deadline.time() - Clock::now();
     if (left <= Clock::duration::zero()) {
-      return DeadlineExceededError("bootstrap: could not reach the store at " + FormatAddress(host, port) +
-                                   " within " + std::to_string(timeout_ms) + " ms (last error: " + last_error +
-                                   ")");
+      return DeadlineExceededError(
+          "bootstrap: could not reach the store at " + FormatAddress(host, port) + " within " +
+          std::to_string(timeout_ms) + " ms (last error: " + last_error + ")");
     }
     std::this_thread::sleep_for(std::min<Clock::duration>(backoff, left));
     backoff = std::min(backoff * 2, kConnectBackoffMax);
   }
 }
 
-StatusOr<std::unique_ptr<TcpStore>> TcpStore::Connect(const TcpStoreOptions& options, Deadline deadline) {
+StatusOr<std::unique_ptr<TcpStore>> TcpStore::Connect(const TcpStoreOptions& options,
+                                                      Deadline deadline) {
   // Rounded up, so a deadline made "500 ms from now" a moment ago still reads as 500 ms.
   const int64_t timeout_ms = std::max<int64_t>(
       0, std::chrono::ceil<std::chrono::milliseconds>(deadline.time() - Clock::now()).count());
@@ -179,22 +185,26 @@ Status TcpStore::Handshake(const TcpStoreOptions& options, Deadline deadline) {
   const std::string who = "rank " + std::to_string(options.rank) + " of job '" + options.job_id +
                           "' (world size is " + std::to_string(options.world_size) + ")";
   auto refused = [&](const wire::ErrorReply& error) {
-    return Break(Status(error.code, "bootstrap: the store at " + address_ + " refused " + who + ": " + error.text));
+    return Break(Status(
+        error.code, "bootstrap: the store at " + address_ + " refused " + who + ": " + error.text));
   };
   const auto key = std::as_bytes(std::span(options.job_key));
   M2N_ASSIGN_OR_RETURN(Bytes nonce, NewNonce());
   M2N_ASSIGN_OR_RETURN(Message answer,
-                       Call(wire::Hello{options.job_id, options.rank, options.world_size, nonce}, deadline, "HELLO"));
+                       Call(wire::Hello{options.job_id, options.rank, options.world_size, nonce},
+                            deadline, "HELLO"));
   if (auto* error = std::get_if<wire::ErrorReply>(&answer)) return refused(*error);
   auto* challenge = std::get_if<wire::Challenge>(&answer);
   if (challenge == nullptr) return Unexpected(answer, "HELLO");
   // The store proves it holds the key first, so a rank never sends its proof to an impostor.
-  const Sha256Digest store_mac = HandshakeMac(HandshakeRole::kStore, key, options.job_id, options.rank,
-                                              options.world_size, nonce, challenge->nonce);
+  const Sha256Digest store_mac =
+      HandshakeMac(HandshakeRole::kStore, key, options.job_id, options.rank, options.world_size,
+                   nonce, challenge->nonce);
   if (!ConstantTimeEqual(store_mac, challenge->mac)) {
-    return Break(FailedPreconditionError(
-        "bootstrap: the store at " + address_ + " did not prove it holds the job key of " + who +
-        ": one of the two has a job key (M2N_JOB_KEY / M2N_JOB_KEY_FILE) the other lacks, or another one"));
+    return Break(FailedPreconditionError("bootstrap: the store at " + address_ +
+                                         " did not prove it holds the job key of " + who +
+                                         ": one of the two has a job key (M2N_JOB_KEY / "
+                                         "M2N_JOB_KEY_FILE) the other lacks, or another one"));
   }
   const Sha256Digest mac = HandshakeMac(HandshakeRole::kRank, key, options.job_id, options.rank,
                                         options.world_size, nonce, challenge->nonce);
@@ -204,7 +214,8 @@ Status TcpStore::Handshake(const TcpStoreOptions& options, Deadline deadline) {
   return OkStatus();
 }
 
-StatusOr<Message> TcpStore::Call(const Message& request, Deadline deadline, const std::string& what) {
+StatusOr<Message> TcpStore::Call(const Message& request, Deadline deadline,
+                                 const std::string& what) {
   if (!broken_.ok()) return broken_;
   // Answers owed to earlier callers who gave up come first on the stream.
   while (unanswered_ > 0) {
@@ -231,13 +242,15 @@ Status TcpStore::SendFrame(const Bytes& frame, Deadline deadline, const std::str
     }
     const int err = n < 0 ? errno : EPIPE;
     if (err == EINTR) continue;
-    if (err != EAGAIN && err != EWOULDBLOCK) return Break(StoreClosed(" (send: " + ErrnoText(err) + ")"));
+    if (err != EAGAIN && err != EWOULDBLOCK)
+      return Break(StoreClosed(" (send: " + ErrnoText(err) + ")"));
     pollfd p{fd_.get(), POLLOUT, 0};
     int ready = poll(&p, 1, PollTimeoutMs(deadline.time()));
-    if (ready < 0 && errno != EINTR) return Break(InternalError(Prefix() + "poll: " + ErrnoText(errno)));
+    if (ready < 0 && errno != EINTR)
+      return Break(InternalError(Prefix() + "poll: " + ErrnoText(errno)));
     if (ready == 0) {
-      Status late =
-          DeadlineExceededError(Prefix() + "the store at " + address_ + " did not take " + what + " in time");
+      Status late = DeadlineExceededError(Prefix() + "the store at " + address_ + " did not take " +
+                                          what + " in time");
       if (sent == 0) return late;
       // Half a frame is on the wire: the stream cannot be put back in step.
       (void)Break(UnavailableError(Prefix() + "the connection to the store at " + address_ +
@@ -253,15 +266,18 @@ StatusOr<Message> TcpStore::ReadFrame(Deadline deadline, const std::string& what
     if (in_.size() >= wire::kHeaderBytes) {
       StatusOr<wire::FrameHeader> header = wire::DecodeHeader(in_);
       if (!header.ok()) {
-        return Break(header.status().WithContext(Prefix() + "bad answer from the store at " + address_));
+        return Break(
+            header.status().WithContext(Prefix() + "bad answer from the store at " + address_));
       }
       const size_t frame_bytes = wire::kHeaderBytes + header->body_bytes;
       if (in_.size() >= frame_bytes) {
         StatusOr<Message> message = wire::DecodeBody(
-            header->type, std::span<const std::byte>(in_).subspan(wire::kHeaderBytes, header->body_bytes));
+            header->type,
+            std::span<const std::byte>(in_).subspan(wire::kHeaderBytes, header->body_bytes));
         in_.erase(in_.begin(), in_.begin() + static_cast<ptrdiff_t>(frame_bytes));
         if (!message.ok()) {
-          return Break(message.status().WithContext(Prefix() + "bad answer from the store at " + address_));
+          return Break(
+              message.status().WithContext(Prefix() + "bad answer from the store at " + address_));
         }
         return message;
       }
@@ -273,8 +289,8 @@ StatusOr<Message> TcpStore::ReadFrame(Deadline deadline, const std::string& what
       return Break(InternalError(Prefix() + "poll: " + ErrnoText(errno)));
     }
     if (ready == 0) {
-      return DeadlineExceededError(Prefix() + "no answer from the store at " + address_ + " to " + what +
-                                   " by the deadline");
+      return DeadlineExceededError(Prefix() + "no answer from the store at " + address_ + " to " +
+                                   what + " by the deadline");
     }
     const size_t old_size = in_.size();
     in_.resize(old_size + kReadChunk);
@@ -297,10 +313,11 @@ Status TcpStore::Break(Status why) {
 Status TcpStore::Unexpected(const Message& answer, const std::string& what) {
   if (std::holds_alternative<wire::ErrorReply>(answer)) {
     const auto& error = std::get<wire::ErrorReply>(answer);
-    return Status(error.code, Prefix() + what + " failed at the store at " + address_ + ": " + error.text);
+    return Status(error.code,
+                  Prefix() + what + " failed at the store at " + address_ + ": " + error.text);
   }
-  return Break(DataLossError(Prefix() + "the store at " + address_ + " answered " + what + " with " +
-                             wire::MessageTypeName(wire::TypeOf(answer))));
+  return Break(DataLossError(Prefix() + "the store at " + address_ + " answered " + what +
+                             " with " + wire::MessageTypeName(wire::TypeOf(answer))));
 }
 
 Status TcpStore::Set(const std::string& key, std::span<const std::byte> value) {
@@ -308,8 +325,9 @@ Status TcpStore::Set(const std::string& key, std::span<const std::byte> value) {
   M2N_RETURN_IF_ERROR(CheckValue(value));
   std::lock_guard lock(mu_);
   const std::string what = "SET '" + key + "'";
-  M2N_ASSIGN_OR_RETURN(Message answer, Call(wire::SetRequest{key, Bytes(value.begin(), value.end())},
-                                            Deadline::After(request_timeout_), what));
+  M2N_ASSIGN_OR_RETURN(Message answer,
+                       Call(wire::SetRequest{key, Bytes(value.begin(), value.end())},
+                            Deadline::After(request_timeout_), what));
   if (!std::holds_alternative<wire::OkReply>(answer)) return Unexpected(answer, what);
   return OkStatus();
 }
@@ -320,8 +338,10 @@ StatusOr<Bytes> TcpStore::Get(const std::string& key, Deadline deadline) {
   const std::string what = "GET '" + key + "'";
   // The store times the request out itself at `deadline` and says so; the grace lets that answer
   // (which names the missing key) arrive instead of a bare local timeout.
-  const Deadline answer_by = Deadline::At(deadline.time() + std::chrono::milliseconds(kStoreReplyGraceMs));
-  M2N_ASSIGN_OR_RETURN(Message answer, Call(wire::GetRequest{key, deadline.RemainingMs()}, answer_by, what));
+  const Deadline answer_by =
+      Deadline::At(deadline.time() + std::chrono::milliseconds(kStoreReplyGraceMs));
+  M2N_ASSIGN_OR_RETURN(Message answer,
+                       Call(wire::GetRequest{key, deadline.RemainingMs()}, answer_by, what));
   if (auto* value = std::get_if<wire::ValueReply>(&answer)) return std::move(value->value);
   return Unexpected(answer, what);
 }
@@ -340,11 +360,12 @@ Status TcpStore::Wait(std::span<const std::string> keys, Deadline deadline) {
   M2N_RETURN_IF_ERROR(CheckWaitKeys(keys));
   std::lock_guard lock(mu_);
   const std::string what = "WAIT for " + QuoteKeys(keys);
-  const Deadline answer_by = Deadline::At(deadline.time() + std::chrono::milliseconds(kStoreReplyGraceMs));
-  M2N_ASSIGN_OR_RETURN(
-      Message answer,
-      Call(wire::WaitRequest{std::vector<std::string>(keys.begin(), keys.end()), deadline.RemainingMs()},
-           answer_by, what));
+  const Deadline answer_by =
+      Deadline::At(deadline.time() + std::chrono::milliseconds(kStoreReplyGraceMs));
+  M2N_ASSIGN_OR_RETURN(Message answer,
+                       Call(wire::WaitRequest{std::vector<std::string>(keys.begin(), keys.end()),
+                                              deadline.RemainingMs()},
+                            answer_by, what));
   if (!std::holds_alternative<wire::OkReply>(answer)) return Unexpected(answer, what);
   return OkStatus();
 }
@@ -373,7 +394,8 @@ Status TcpStore::Goodbye() {
 
 }  // namespace
 
-StatusOr<std::unique_ptr<Store>> ConnectTcpStore(const TcpStoreOptions& options, Deadline deadline) {
+StatusOr<std::unique_ptr<Store>> ConnectTcpStore(const TcpStoreOptions& options,
+                                                 Deadline deadline) {
   M2N_ASSIGN_OR_RETURN(std::unique_ptr<TcpStore> store, TcpStore::Connect(options, deadline));
   return std::unique_ptr<Store>(std::move(store));
 }

@@ -58,11 +58,13 @@ Status CheckServerOptions(const TcpStoreOptions& options) {
   }
   if (options.job_id.size() > wire::kMaxJobIdBytes) {
     return InvalidArgumentError("bootstrap: a job id of " + std::to_string(options.job_id.size()) +
-                                " bytes exceeds the maximum of " + std::to_string(wire::kMaxJobIdBytes));
+                                " bytes exceeds the maximum of " +
+                                std::to_string(wire::kMaxJobIdBytes));
   }
   if (options.max_unauthenticated < 1) {
-    return InvalidArgumentError("bootstrap: the store's max_unauthenticated must be at least 1, not " +
-                                std::to_string(options.max_unauthenticated));
+    return InvalidArgumentError(
+        "bootstrap: the store's max_unauthenticated must be at least 1, not " +
+        std::to_string(options.max_unauthenticated));
   }
   M2N_RETURN_IF_ERROR(CheckJobKey(options.job_key, "TcpStoreOptions::job_key"));
   if (options.hello_timeout <= std::chrono::milliseconds::zero()) {
@@ -80,12 +82,13 @@ StatusOr<std::unique_ptr<StoreServer>> StoreServer::Start(const TcpStoreOptions&
   M2N_ASSIGN_OR_RETURN(server->listen_fd_, Listen(options.host, options.port));
   M2N_ASSIGN_OR_RETURN(server->port_, BoundPort(server->listen_fd_.get()));
   if (options.job_key.empty() && !IsLoopbackHost(options.host)) {
-    std::fprintf(stderr,
-                 "m2n bootstrap: WARNING: the store listens on %s without a job key: anyone who can reach "
-                 "that address and knows the job id (by default m2n@<master>:<port>) can join as a rank, "
-                 "read and overwrite the job's connection addresses and memory keys. Set the same "
-                 "M2N_JOB_KEY (or M2N_JOB_KEY_FILE) on every rank; see docs/security.md.\n",
-                 FormatAddress(options.host.empty() ? "0.0.0.0" : options.host, server->port_).c_str());
+    std::fprintf(
+        stderr,
+        "m2n bootstrap: WARNING: the store listens on %s without a job key: anyone who can reach "
+        "that address and knows the job id (by default m2n@<master>:<port>) can join as a rank, "
+        "read and overwrite the job's connection addresses and memory keys. Set the same "
+        "M2N_JOB_KEY (or M2N_JOB_KEY_FILE) on every rank; see docs/security.md.\n",
+        FormatAddress(options.host.empty() ? "0.0.0.0" : options.host, server->port_).c_str());
   }
 
   int pipe_fds[2];
@@ -178,7 +181,8 @@ Clock::time_point StoreServer::FillPollSet(std::vector<pollfd>& fds) {
     // A full buffer is not read further until its frames are handled, nor is a connection that
     // does not read its answers; that bounds the memory a connection can take to one largest
     // frame each way (one HELLO in, for a stranger).
-    if (!c->closing && !c->peer_closed && c->in.size() < ReadLimit(*c) && Unsent(*c) <= kMaxUnsentBytes) {
+    if (!c->closing && !c->peer_closed && c->in.size() < ReadLimit(*c) &&
+        Unsent(*c) <= kMaxUnsentBytes) {
       events |= POLLIN;
     }
     if (c->out_pos < c->out.size()) events |= POLLOUT;
@@ -233,8 +237,8 @@ void StoreServer::ExpireAndFlush() {
     if (c->dead) continue;
     // A stranger that connects and says nothing (or too little) holds a socket until now only.
     if (c->rank < 0 && !c->closing && now >= c->hello_by) {
-      Refuse(*c, DeadlineExceededError(std::string(c->challenged ? "no PROOF" : "no HELLO") + " within " +
-                                       std::to_string(hello_timeout_.count()) +
+      Refuse(*c, DeadlineExceededError(std::string(c->challenged ? "no PROOF" : "no HELLO") +
+                                       " within " + std::to_string(hello_timeout_.count()) +
                                        " ms of connecting (" + std::to_string(c->in.size()) +
                                        " bytes received)"));
     }
@@ -292,7 +296,7 @@ void StoreServer::Flush(Connection& c) {
     }
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;  // POLLOUT takes over
-    c.dead = true;                                                   // EPIPE / ECONNRESET: the peer is gone
+    c.dead = true;  // EPIPE / ECONNRESET: the peer is gone
     return;
   }
   c.out.clear();
@@ -313,14 +317,16 @@ bool StoreServer::HandleFrames(Connection& c) {
     }
     const MessageType expected = c.challenged ? MessageType::kProof : MessageType::kHello;
     if (c.rank < 0 && header->type != expected) {
-      Refuse(c, FailedPreconditionError("expected " + wire::MessageTypeName(expected) + (c.challenged ? "" : " first") +
-                                        ", got " + wire::MessageTypeName(header->type)));
+      Refuse(c, FailedPreconditionError("expected " + wire::MessageTypeName(expected) +
+                                        (c.challenged ? "" : " first") + ", got " +
+                                        wire::MessageTypeName(header->type)));
       break;
     }
     const size_t frame_bytes = wire::kHeaderBytes + header->body_bytes;
     if (c.in.size() < frame_bytes || c.held || Unsent(c) > kMaxUnsentBytes) break;
     StatusOr<Message> message = wire::DecodeBody(
-        header->type, std::span<const std::byte>(c.in).subspan(wire::kHeaderBytes, header->body_bytes));
+        header->type,
+        std::span<const std::byte>(c.in).subspan(wire::kHeaderBytes, header->body_bytes));
     c.in.erase(c.in.begin(), c.in.begin() + static_cast<ptrdiff_t>(frame_bytes));
     consumed = true;
     if (!message.ok()) {
@@ -340,7 +346,8 @@ void StoreServer::Handle(Connection& c, Message message) {
     return Refuse(c, FailedPreconditionError("rank " + std::to_string(c.rank) + " sent a second " +
                                              wire::MessageTypeName(type)));
   }
-  Refuse(c, InvalidArgumentError("a client sent " + wire::MessageTypeName(type) + ", which only the store sends"));
+  Refuse(c, InvalidArgumentError("a client sent " + wire::MessageTypeName(type) +
+                                 ", which only the store sends"));
 }
 
 // The requests of an accepted rank. Returns false for a type a rank may not send.
@@ -386,7 +393,8 @@ void StoreServer::Hold(Connection& c, Message message) {
   for (const std::string& key : held.keys) {
     if (Status s = CheckKey(key); !s.ok()) return SendError(c, s);
   }
-  held.deadline = Clock::now() + std::chrono::milliseconds(std::clamp<int64_t>(timeout_ms, 0, kMaxHeldRequestMs));
+  held.deadline = Clock::now() +
+                  std::chrono::milliseconds(std::clamp<int64_t>(timeout_ms, 0, kMaxHeldRequestMs));
   c.held = std::move(held);
   TryAnswer(c);  // most requests find their keys at once
 }
@@ -402,7 +410,8 @@ void StoreServer::HandleAdd(Connection& c, const wire::AddRequest& m) {
   if (Status s = CheckKey(m.key); !s.ok()) return SendError(c, s);
   if (Status w = CheckWriter(c.rank, m.key, /*is_set=*/false); !w.ok()) return SendError(c, w);
   auto it = values_.find(m.key);
-  StatusOr<int64_t> count = AddToCounter(m.key, it == values_.end() ? nullptr : &it->second, m.delta);
+  StatusOr<int64_t> count =
+      AddToCounter(m.key, it == values_.end() ? nullptr : &it->second, m.delta);
   if (!count.ok()) return SendError(c, count.status());
   values_[m.key] = CounterBytes(*count);
   Send(c, wire::IntReply{*count});
@@ -435,7 +444,8 @@ void StoreServer::Send(Connection& c, const Message& message) {
   StatusOr<Bytes> frame = wire::EncodeFrame(message);
   if (!frame.ok()) {
     // Only a bug can get here: every field was checked on the way in.
-    return Refuse(c, InternalError("the store could not encode its answer: " + frame.status().message()));
+    return Refuse(
+        c, InternalError("the store could not encode its answer: " + frame.status().message()));
   }
   if (c.out.empty()) {
     c.out = std::move(*frame);

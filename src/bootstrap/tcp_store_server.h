@@ -44,7 +44,7 @@ class StoreServer final : public TcpStoreServer {
   struct Connection {
     explicit Connection(UniqueFd f) : fd(std::move(f)) {}
     UniqueFd fd;
-    Bytes in;   // bytes read and not yet consumed as frames
+    Bytes in;  // bytes read and not yet consumed as frames
     Bytes out;  // bytes to write, from out_pos on
     size_t out_pos = 0;
     int rank = -1;  // set by an accepted PROOF: until then the connection is a stranger
@@ -56,9 +56,9 @@ class StoreServer final : public TcpStoreServer {
     Clock::time_point hello_by;  // a stranger still without a handshake by then is refused
     bool said_goodbye = false;
     bool peer_closed = false;  // EOF or a read error: handle what is buffered, then close
-    bool closing = false;      // refused: close once `out` is written or at close_by
+    bool closing = false;  // refused: close once `out` is written or at close_by
     Clock::time_point close_by;
-    bool dead = false;                // to be closed at the end of this pass of the loop
+    bool dead = false;  // to be closed at the end of this pass of the loop
     std::optional<HeldRequest> held;  // at most one: a connection's requests are answered in order
   };
 
@@ -67,15 +67,18 @@ class StoreServer final : public TcpStoreServer {
         job_key_(options.job_key),
         world_size_(options.world_size),
         hello_timeout_(options.hello_timeout),
-        max_unauthenticated_(static_cast<size_t>(std::max(options.max_unauthenticated, options.world_size))) {}
+        max_unauthenticated_(
+            static_cast<size_t>(std::max(options.max_unauthenticated, options.world_size))) {}
 
-  // How many bytes of `c` may sit unhandled: one HELLO for a stranger, one largest frame for a rank.
+  // How many bytes of `c` may sit unhandled: one HELLO for a stranger, one largest frame for a
+  // rank.
   static size_t ReadLimit(const Connection& c) {
     // Before its HELLO is accepted, a connection is a stranger: no more than one HELLO frame of it
     // is buffered, and any other type is refused from the header alone (HandleFrames), so a
     // stranger cannot make the server hold a large body.
     static_assert(wire::kMacBytes <= wire::kNonceBytes, "a PROOF must fit a stranger's read limit");
-    return c.rank < 0 ? wire::kHeaderBytes + wire::MaxBodyBytes(wire::MessageType::kHello) : wire::kMaxFrameBytes;
+    return c.rank < 0 ? wire::kHeaderBytes + wire::MaxBodyBytes(wire::MessageType::kHello)
+                      : wire::kMaxFrameBytes;
   }
   static size_t Unsent(const Connection& c) { return c.out.size() - c.out_pos; }
 

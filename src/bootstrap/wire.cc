@@ -21,9 +21,9 @@ constexpr size_t kMaxWaitBody = kLengthBytes + kMaxWaitKeys * (kLengthBytes + kM
 constexpr size_t kMaxRanksBody = kLengthBytes + kMaxRanks * 4;
 static_assert(kMaxSetBody <= UINT32_MAX, "a body length must fit the header's u32");
 static_assert(kHeaderBytes + kMaxSetBody == kMaxFrameBytes);
-static_assert(kMaxWaitBody <= kMaxSetBody && kMaxRanksBody <= kMaxSetBody && kMaxErrorBody <= kMaxSetBody,
+static_assert(kMaxWaitBody <= kMaxSetBody && kMaxRanksBody <= kMaxSetBody &&
+                  kMaxErrorBody <= kMaxSetBody,
               "SET must be the largest frame");
-
 
 void PutU16(Bytes& out, uint16_t v) {
   out.push_back(static_cast<std::byte>(v));
@@ -182,7 +182,8 @@ Status CheckLimits(const Message& message) {
   return std::visit(
       Overloaded{
           [](const Hello& m) {
-            if (m.job_id.size() > kMaxJobIdBytes) return TooLong("job id", m.job_id.size(), kMaxJobIdBytes);
+            if (m.job_id.size() > kMaxJobIdBytes)
+              return TooLong("job id", m.job_id.size(), kMaxJobIdBytes);
             return ExactSize("nonce", m.nonce.size(), kNonceBytes);
           },
           [](const Challenge& m) {
@@ -200,23 +201,28 @@ Status CheckLimits(const Message& message) {
           },
           [](const SetRequest& m) {
             if (m.key.size() > kMaxKeyBytes) return TooLong("key", m.key.size(), kMaxKeyBytes);
-            return m.value.size() > kMaxValueBytes ? TooLong("value", m.value.size(), kMaxValueBytes)
-                                                   : OkStatus();
+            return m.value.size() > kMaxValueBytes
+                       ? TooLong("value", m.value.size(), kMaxValueBytes)
+                       : OkStatus();
           },
           [](const GetRequest& m) {
-            return m.key.size() > kMaxKeyBytes ? TooLong("key", m.key.size(), kMaxKeyBytes) : OkStatus();
+            return m.key.size() > kMaxKeyBytes ? TooLong("key", m.key.size(), kMaxKeyBytes)
+                                               : OkStatus();
           },
           [](const AddRequest& m) {
-            return m.key.size() > kMaxKeyBytes ? TooLong("key", m.key.size(), kMaxKeyBytes) : OkStatus();
+            return m.key.size() > kMaxKeyBytes ? TooLong("key", m.key.size(), kMaxKeyBytes)
+                                               : OkStatus();
           },
           [](const ValueReply& m) {
-            return m.value.size() > kMaxValueBytes ? TooLong("value", m.value.size(), kMaxValueBytes)
-                                                   : OkStatus();
+            return m.value.size() > kMaxValueBytes
+                       ? TooLong("value", m.value.size(), kMaxValueBytes)
+                       : OkStatus();
           },
           [](const WaitRequest& m) {
             if (m.keys.size() > kMaxWaitKeys) {
               return InvalidArgumentError("bootstrap: a WAIT of " + std::to_string(m.keys.size()) +
-                                          " keys exceeds the maximum of " + std::to_string(kMaxWaitKeys));
+                                          " keys exceeds the maximum of " +
+                                          std::to_string(kMaxWaitKeys));
             }
             for (const std::string& key : m.keys) {
               if (key.size() > kMaxKeyBytes) return TooLong("key", key.size(), kMaxKeyBytes);
@@ -225,8 +231,9 @@ Status CheckLimits(const Message& message) {
           },
           [](const RanksReply& m) {
             return m.ranks.size() > kMaxRanks
-                       ? InvalidArgumentError("bootstrap: a RANKS list of " + std::to_string(m.ranks.size()) +
-                                              " exceeds the maximum of " + std::to_string(kMaxRanks))
+                       ? InvalidArgumentError(
+                             "bootstrap: a RANKS list of " + std::to_string(m.ranks.size()) +
+                             " exceeds the maximum of " + std::to_string(kMaxRanks))
                        : OkStatus();
           },
           [](const auto&) { return OkStatus(); },
@@ -279,7 +286,6 @@ void PutBody(const Message& message, Bytes& body) {
                  [](const auto&) {},
              },
              message);
-
 }
 
 }  // namespace
@@ -291,7 +297,8 @@ StatusOr<Bytes> EncodeFrame(const Message& message) {
   // The header goes first with a zero length, patched once the body is written, and the buffer is
   // sized for a large value up front, so a 64 MiB value is copied once.
   size_t large = 0;
-  if (const auto* set = std::get_if<SetRequest>(&message)) large = set->key.size() + set->value.size();
+  if (const auto* set = std::get_if<SetRequest>(&message))
+    large = set->key.size() + set->value.size();
   if (const auto* value = std::get_if<ValueReply>(&message)) large = value->value.size();
   Bytes frame;
   frame.reserve(kHeaderBytes + 2 * kLengthBytes + large + 64);

@@ -53,10 +53,10 @@ inline constexpr size_t kMaxFrameBytes = kHeaderBytes + 4 + kMaxKeyBytes + 4 + k
 
 // Values are part of the protocol: never renumber, only add.
 enum class MessageType : uint16_t {
-  kHello = 1,    // client -> server: who I am
+  kHello = 1,  // client -> server: who I am
   kHelloOk = 2,  // server -> client: accepted
-  kError = 3,    // server -> client: a request (or HELLO) failed
-  kOk = 4,       // server -> client: SET / WAIT / GOODBYE done
+  kError = 3,  // server -> client: a request (or HELLO) failed
+  kOk = 4,  // server -> client: SET / WAIT / GOODBYE done
   kSet = 5,
   kGet = 6,
   kValue = 7,  // the answer to GET
@@ -67,7 +67,7 @@ enum class MessageType : uint16_t {
   kRanks = 12,  // the answer to DEAD_RANKS
   kGoodbye = 13,
   kChallenge = 14,  // server -> client: the store's nonce and its proof that it holds the job key
-  kProof = 15,      // client -> server: the rank's proof that it holds the job key
+  kProof = 15,  // client -> server: the rank's proof that it holds the job key
 };
 
 // "HELLO", "SET", ...; "UNKNOWN(n)" for a value outside the enum.
@@ -144,9 +144,9 @@ struct Goodbye {
   bool operator==(const Goodbye&) const = default;
 };
 
-using Message = std::variant<Hello, HelloOk, ErrorReply, OkReply, SetRequest, GetRequest, ValueReply,
-                             AddRequest, IntReply, WaitRequest, DeadRanksRequest, RanksReply, Goodbye,
-                             Challenge, Proof>;
+using Message = std::variant<Hello, HelloOk, ErrorReply, OkReply, SetRequest, GetRequest,
+                             ValueReply, AddRequest, IntReply, WaitRequest, DeadRanksRequest,
+                             RanksReply, Goodbye, Challenge, Proof>;
 
 MessageType TypeOf(const Message& message);
 

@@ -15,7 +15,8 @@ bool IsKnownType(uint16_t raw) {
 }
 
 uint16_t LoadU16(const std::byte* p) {
-  return static_cast<uint16_t>(std::to_integer<uint16_t>(p[0]) | std::to_integer<uint16_t>(p[1]) << 8);
+  return static_cast<uint16_t>(std::to_integer<uint16_t>(p[0]) | std::to_integer<uint16_t>(p[1])
+                                                                     << 8);
 }
 uint32_t LoadU32(const std::byte* p) {
   uint32_t v = 0;
@@ -66,9 +67,10 @@ class BodyReader {
     }
     size_t left = body_.size() - pos_;
     if (size_t{n} * min_item_bytes > left) {
-      status_ = DataLossError("bootstrap: truncated " + MessageTypeName(type_) + " body: " + field + " " +
-                              std::to_string(n) + " needs at least " + std::to_string(n * min_item_bytes) +
-                              " bytes but only " + std::to_string(left) + " remain");
+      status_ = DataLossError("bootstrap: truncated " + MessageTypeName(type_) + " body: " + field +
+                              " " + std::to_string(n) + " needs at least " +
+                              std::to_string(n * min_item_bytes) + " bytes but only " +
+                              std::to_string(left) + " remain");
       return false;
     }
     *out = n;
@@ -85,7 +87,8 @@ class BodyReader {
   bool Fixed(const char* field, size_t size, Bytes* out) {
     if (!Blob(field, size, out)) return false;
     if (out->size() == size) return true;
-    Fail(std::string(field) + " of " + std::to_string(out->size()) + " bytes; it must be " + std::to_string(size));
+    Fail(std::string(field) + " of " + std::to_string(out->size()) + " bytes; it must be " +
+         std::to_string(size));
     return false;
   }
   bool String(const char* field, size_t max, std::string* out) {
@@ -109,9 +112,9 @@ class BodyReader {
     if (!status_.ok()) return nullptr;
     size_t left = body_.size() - pos_;
     if (n > left) {
-      status_ =
-          DataLossError("bootstrap: truncated " + MessageTypeName(type_) + " body: '" + field + "' needs " +
-                        std::to_string(n) + " bytes but only " + std::to_string(left) + " remain");
+      status_ = DataLossError("bootstrap: truncated " + MessageTypeName(type_) + " body: '" +
+                              field + "' needs " + std::to_string(n) + " bytes but only " +
+                              std::to_string(left) + " remain");
       return nullptr;
     }
     const std::byte* p = body_.data() + pos_;
@@ -119,7 +122,8 @@ class BodyReader {
     return p;
   }
   void Fail(const std::string& what) {
-    if (status_.ok()) status_ = DataLossError("bootstrap: bad " + MessageTypeName(type_) + " body: " + what);
+    if (status_.ok())
+      status_ = DataLossError("bootstrap: bad " + MessageTypeName(type_) + " body: " + what);
   }
 
   MessageType type_;
@@ -194,13 +198,12 @@ RanksReply ReadRanks(BodyReader& r) {
   return m;
 }
 
-
 }  // namespace
 
 StatusOr<FrameHeader> DecodeHeader(std::span<const std::byte> bytes) {
   if (bytes.size() < kHeaderBytes) {
-    return DataLossError("bootstrap: truncated frame header: " + std::to_string(bytes.size()) + " of " +
-                         std::to_string(kHeaderBytes) + " bytes");
+    return DataLossError("bootstrap: truncated frame header: " + std::to_string(bytes.size()) +
+                         " of " + std::to_string(kHeaderBytes) + " bytes");
   }
   uint32_t magic = LoadU32(bytes.data());
   if (magic != kMagic) {
@@ -211,8 +214,9 @@ StatusOr<FrameHeader> DecodeHeader(std::span<const std::byte> bytes) {
   }
   uint16_t version = LoadU16(bytes.data() + 4);
   if (version != kVersion) {
-    return FailedPreconditionError("bootstrap: peer speaks protocol version " + std::to_string(version) +
-                                   ", this build speaks " + std::to_string(kVersion));
+    return FailedPreconditionError("bootstrap: peer speaks protocol version " +
+                                   std::to_string(version) + ", this build speaks " +
+                                   std::to_string(kVersion));
   }
   uint16_t raw_type = LoadU16(bytes.data() + 6);
   if (!IsKnownType(raw_type)) {
@@ -292,7 +296,8 @@ StatusOr<Message> DecodeBody(MessageType type, std::span<const std::byte> body) 
       break;
     }
     default:
-      return DataLossError("bootstrap: unknown message type " + std::to_string(static_cast<uint16_t>(type)));
+      return DataLossError("bootstrap: unknown message type " +
+                           std::to_string(static_cast<uint16_t>(type)));
   }
   M2N_RETURN_IF_ERROR(r.Finish());
   return message;
@@ -302,9 +307,9 @@ StatusOr<Message> DecodeFrame(std::span<const std::byte> frame) {
   M2N_ASSIGN_OR_RETURN(FrameHeader header, DecodeHeader(frame));
   std::span<const std::byte> rest = frame.subspan(kHeaderBytes);
   if (rest.size() < header.body_bytes) {
-    return DataLossError("bootstrap: truncated " + MessageTypeName(header.type) + " frame: body of " +
-                         std::to_string(header.body_bytes) + " bytes announced, " +
-                         std::to_string(rest.size()) + " present");
+    return DataLossError("bootstrap: truncated " + MessageTypeName(header.type) +
+                         " frame: body of " + std::to_string(header.body_bytes) +
+                         " bytes announced, " + std::to_string(rest.size()) + " present");
   }
   if (rest.size() > header.body_bytes) {
     return DataLossError("bootstrap: " + std::to_string(rest.size() - header.body_bytes) +

@@ -23,9 +23,11 @@ void WeightedSum(const Format& f, const Placement& placement, const DispatchPlan
       const float w = topk_weights[at];
       // One loop per type, so that each vectorizes.
       if (f.dtype == DataType::kFloat32) {
-        for (int i = 0; i < hidden; ++i) sum[size_t(i)] += w * LoadElement(y, i, DataType::kFloat32);
+        for (int i = 0; i < hidden; ++i)
+          sum[size_t(i)] += w * LoadElement(y, i, DataType::kFloat32);
       } else {
-        for (int i = 0; i < hidden; ++i) sum[size_t(i)] += w * LoadElement(y, i, DataType::kBFloat16);
+        for (int i = 0; i < hidden; ++i)
+          sum[size_t(i)] += w * LoadElement(y, i, DataType::kBFloat16);
       }
     }
     for (int i = 0; i < hidden; ++i) StoreElement(sum[size_t(i)], i, f.dtype, out + t * row_bytes);

@@ -13,7 +13,8 @@ namespace m2n::ep {
 
 // out[t] = sum over j = 0 .. top_k-1 of topk_weights[t][j] * y(t, j), accumulated in fp32 in that
 // order and converted to f.dtype once; y(t, j) is row plan.pair_index[t*k+j] of combine_y[owner of
-// topk_ids[t][j]] (the y sections of the combine messages, one per expert rank). out: [tokens, hidden].
+// topk_ids[t][j]] (the y sections of the combine messages, one per expert rank). out: [tokens,
+// hidden].
 void WeightedSum(const Format& f, const Placement& placement, const DispatchPlan& plan,
                  std::span<const int32_t> topk_ids, std::span<const float> topk_weights,
                  std::span<const std::byte* const> combine_y, std::byte* out);

@@ -21,7 +21,8 @@ inline float BFloat16ToFloat(uint16_t value) {
 inline uint16_t FloatToBFloat16(float f) {
   uint32_t bits;
   std::memcpy(&bits, &f, sizeof bits);
-  if ((bits & 0x7F800000u) == 0x7F800000u && (bits & 0x007FFFFFu) != 0) return uint16_t((bits >> 16) | 0x0040u);
+  if ((bits & 0x7F800000u) == 0x7F800000u && (bits & 0x007FFFFFu) != 0)
+    return uint16_t((bits >> 16) | 0x0040u);
   bits += 0x7FFFu + ((bits >> 16) & 1u);
   return uint16_t(bits >> 16);
 }

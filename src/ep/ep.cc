@@ -9,8 +9,10 @@ namespace m2n {
 
 std::string_view DataTypeName(DataType dtype) {
   switch (dtype) {
-    case DataType::kFloat32: return "fp32";
-    case DataType::kBFloat16: return "bf16";
+    case DataType::kFloat32:
+      return "fp32";
+    case DataType::kBFloat16:
+      return "bf16";
   }
   return "unknown";
 }
@@ -21,8 +23,8 @@ namespace {
 
 Status CheckOptions(const ExpertParallelOptions& o) {
   auto bad = [](const char* field, int value, const char* rule) {
-    return InvalidArgumentError(std::string("ExpertParallelOptions::") + field + " is " + std::to_string(value) +
-                                ", must be " + rule);
+    return InvalidArgumentError(std::string("ExpertParallelOptions::") + field + " is " +
+                                std::to_string(value) + ", must be " + rule);
   };
   if (o.top_k < 1 || o.top_k > o.num_experts) return bad("top_k", o.top_k, "in [1, num_experts]");
   if (o.top_k > 0xFFFF) return bad("top_k", o.top_k, "< 65536");
@@ -37,7 +39,8 @@ Status CheckOptions(const ExpertParallelOptions& o) {
 // Placement, format and slot bytes of a layer, checked.
 StatusOr<ep::Resolved> Resolve(const ExpertParallelOptions& o, int num_senders, int num_receivers) {
   ep::Resolved r;
-  M2N_ASSIGN_OR_RETURN(r.placement, ep::MakePlacement(o.num_experts, o.placement, num_senders, num_receivers));
+  M2N_ASSIGN_OR_RETURN(r.placement,
+                       ep::MakePlacement(o.num_experts, o.placement, num_senders, num_receivers));
   M2N_RETURN_IF_ERROR(CheckOptions(o));
   r.format = ep::Format{o.dtype, o.hidden, o.top_k, ep::OptionsFingerprint(o, r.placement)};
   r.slot_bytes = ep::SlotBytesNeeded(r.format, o.max_tokens, r.placement.max_local_experts);
@@ -46,13 +49,14 @@ StatusOr<ep::Resolved> Resolve(const ExpertParallelOptions& o, int num_senders, 
 
 }  // namespace
 
-StatusOr<size_t> ExpertParallel::SlotBytesNeeded(const ExpertParallelOptions& options, int num_senders,
-                                                 int num_receivers) {
+StatusOr<size_t> ExpertParallel::SlotBytesNeeded(const ExpertParallelOptions& options,
+                                                 int num_senders, int num_receivers) {
   M2N_ASSIGN_OR_RETURN(ep::Resolved r, Resolve(options, num_senders, num_receivers));
   return r.slot_bytes;
 }
 
-StatusOr<std::unique_ptr<ExpertParallel>> ExpertParallel::Create(Group& group, const ExpertParallelOptions& options) {
+StatusOr<std::unique_ptr<ExpertParallel>> ExpertParallel::Create(
+    Group& group, const ExpertParallelOptions& options) {
   auto impl = std::make_unique<Impl>(group, options);
   auto resolved = Resolve(options, group.num_senders(), group.num_receivers());
   if (!resolved.ok()) return resolved.status().WithContext(impl->me());
@@ -60,14 +64,17 @@ StatusOr<std::unique_ptr<ExpertParallel>> ExpertParallel::Create(Group& group, c
   const size_t have = group.options().slot_bytes;
   if (have < impl->layer.slot_bytes) {
     return InvalidArgumentError(
-        impl->me() + ": the group's slot_bytes " + std::to_string(have) + " cannot hold the largest message; " +
-        "these options need slot_bytes >= " + std::to_string(impl->layer.slot_bytes) + " (max_tokens " +
-        std::to_string(options.max_tokens) + ", hidden " + std::to_string(options.hidden) + ", top_k " +
-        std::to_string(options.top_k) + ", " + std::string(DataTypeName(options.dtype)) +
+        impl->me() + ": the group's slot_bytes " + std::to_string(have) +
+        " cannot hold the largest message; " +
+        "these options need slot_bytes >= " + std::to_string(impl->layer.slot_bytes) +
+        " (max_tokens " + std::to_string(options.max_tokens) + ", hidden " +
+        std::to_string(options.hidden) + ", top_k " + std::to_string(options.top_k) + ", " +
+        std::string(DataTypeName(options.dtype)) +
         "; ExpertParallel::SlotBytesNeeded computes it)");
   }
   if (group.options().slot_memory != MemoryKind::kHost) {
-    return InvalidArgumentError(impl->me() + ": the host-driven expert-parallel calls need slots in host memory "
+    return InvalidArgumentError(impl->me() +
+                                ": the host-driven expert-parallel calls need slots in host memory "
                                 "(Options::slot_memory = kHost); the device path is not built yet");
   }
   impl->attention = group.role() == Role::kSender;
@@ -75,7 +82,8 @@ StatusOr<std::unique_ptr<ExpertParallel>> ExpertParallel::Create(Group& group, c
   impl->peers.assign(group.peers().begin(), group.peers().end());
   impl->send_memory.resize(impl->peers.size() * impl->layer.slot_bytes);
   auto region = group.RegisterMemory(impl->send_memory.data(), impl->send_memory.size());
-  if (!region.ok()) return region.status().WithContext(impl->me() + ": registering the send buffers");
+  if (!region.ok())
+    return region.status().WithContext(impl->me() + ": registering the send buffers");
   impl->send_region.emplace(std::move(*region));
   return std::unique_ptr<ExpertParallel>(new ExpertParallel(std::move(impl)));
 }

@@ -29,7 +29,8 @@ void DescribeRows(ExpertParallel::Impl& impl, std::span<const ep::DispatchView> 
   for (size_t i = 0; i < impl.sources.size(); ++i) {
     const ep::DispatchView& v = views[size_t(g.message[i])];
     const size_t row = size_t(g.row[i]);
-    impl.sources[i] = ExpertRowSource{v.source, v.token[row], g.slot[i], v.weight[row * k + size_t(g.slot[i])]};
+    impl.sources[i] =
+        ExpertRowSource{v.source, v.token[row], g.slot[i], v.weight[row * k + size_t(g.slot[i])]};
   }
   impl.counts.resize(g.offsets.size() - 1);
   for (size_t l = 0; l < impl.counts.size(); ++l) impl.counts[l] = g.offsets[l + 1] - g.offsets[l];
@@ -41,7 +42,8 @@ StatusOr<ExpertBatch> ExpertParallel::ReceiveDispatch(Deadline deadline) {
   Impl& impl = *impl_;
   if (impl.attention) return impl.WrongSide("ReceiveDispatch", false);
   if (impl.combine_due) {
-    return FailedPreconditionError(impl.me() + ": ReceiveDispatch: call " + std::to_string(impl.next_call - 1) +
+    return FailedPreconditionError(impl.me() + ": ReceiveDispatch: call " +
+                                   std::to_string(impl.next_call - 1) +
                                    " has not been combined; call Combine first");
   }
   M2N_RETURN_IF_ERROR(impl.ReceiveAll("ReceiveDispatch", impl.next_call, deadline));
@@ -50,7 +52,8 @@ StatusOr<ExpertBatch> ExpertParallel::ReceiveDispatch(Deadline deadline) {
   if (s.ok()) {
     std::vector<ep::ReceivedRows> rows;
     for (const ep::DispatchView& v : views) rows.push_back({v.source, v.rows, v.expert});
-    s = ep::GroupByExpert(impl.layer.placement, impl.receiver, impl.options.top_k, rows, &impl.grouping);
+    s = ep::GroupByExpert(impl.layer.placement, impl.receiver, impl.options.top_k, rows,
+                          &impl.grouping);
   }
   if (s.ok()) {
     impl.grouped_x.resize(size_t(impl.grouping.rows()) * impl.layer.format.row_bytes());
@@ -76,9 +79,11 @@ Status ExpertParallel::Combine(const void* y, Deadline deadline) {
   Impl& impl = *impl_;
   if (impl.attention) return impl.WrongSide("Combine", false);
   if (!impl.combine_due) {
-    return FailedPreconditionError(impl.me() + ": Combine: no received dispatch is waiting for its combine");
+    return FailedPreconditionError(impl.me() +
+                                   ": Combine: no received dispatch is waiting for its combine");
   }
-  if (impl.grouping.rows() > 0 && y == nullptr) return InvalidArgumentError(impl.me() + ": Combine: y is null");
+  if (impl.grouping.rows() > 0 && y == nullptr)
+    return InvalidArgumentError(impl.me() + ": Combine: y is null");
   const uint32_t call = impl.next_call - 1;
   impl.requests.clear();
   for (size_t m = 0; m < impl.peers.size(); ++m) {

@@ -52,12 +52,16 @@ struct ExpertParallel::Impl {
 
   Impl(Group& g, const ExpertParallelOptions& o) : group(g), options(o) {}
   std::string me() const { return "expert-parallel rank " + std::to_string(group.rank()); }
-  std::byte* send_slot(size_t peer_index) { return send_memory.data() + peer_index * layer.slot_bytes; }
+  std::byte* send_slot(size_t peer_index) {
+    return send_memory.data() + peer_index * layer.slot_bytes;
+  }
   Status WrongSide(const char* call, bool want_attention) const {
     return FailedPreconditionError(me() + ": " + call + " is for " +
-                                   (want_attention ? "attention ranks (group senders)" : "expert ranks (group "
-                                                                                         "receivers)") +
-                                   ", and this rank is " + (attention ? "an attention rank" : "an expert rank"));
+                                   (want_attention ? "attention ranks (group senders)"
+                                                   : "expert ranks (group "
+                                                     "receivers)") +
+                                   ", and this rank is " +
+                                   (attention ? "an attention rank" : "an expert rank"));
   }
   Status SendAll(const char* what, uint32_t call, Deadline deadline) {
     Status s = group.Send(requests, deadline);

@@ -57,27 +57,32 @@ void WriteHeader(const Format& f, MessageKind kind, uint32_t call, size_t rows, 
 }
 
 // Checks a header against what the receiver expects; *rows receives its row count.
-Status CheckHeader(const Format& f, MessageKind kind, uint32_t call, int source, const std::byte* data,
-                   size_t length, uint32_t* rows) {
+Status CheckHeader(const Format& f, MessageKind kind, uint32_t call, int source,
+                   const std::byte* data, size_t length, uint32_t* rows) {
   const char* what = kind == MessageKind::kDispatch ? "dispatch" : "combine";
   const std::string from = std::string("the ") + what + " from rank " + std::to_string(source);
   Header h;
   if (length < sizeof h) {
-    return DataLossError(from + " is " + std::to_string(length) + " bytes, shorter than its header");
+    return DataLossError(from + " is " + std::to_string(length) +
+                         " bytes, shorter than its header");
   }
   std::memcpy(&h, data, sizeof h);
   if (h.magic != kMagic || h.kind != uint16_t(kind)) {
-    return DataLossError(from + " is not an expert-parallel " + what + " message (magic " + std::to_string(h.magic) +
-                         ", kind " + std::to_string(h.kind) + "): does the group carry other messages?");
+    return DataLossError(from + " is not an expert-parallel " + what + " message (magic " +
+                         std::to_string(h.magic) + ", kind " + std::to_string(h.kind) +
+                         "): does the group carry other messages?");
   }
   if (h.config != f.config || h.dtype != uint16_t(f.dtype) || h.hidden != uint32_t(f.hidden) ||
       h.top_k != uint16_t(f.top_k)) {
-    return FailedPreconditionError(from + " was written with other expert-parallel options (num_experts, top_k, "
-                                   "hidden, dtype or placement differ from this rank's)");
+    return FailedPreconditionError(
+        from +
+        " was written with other expert-parallel options (num_experts, top_k, "
+        "hidden, dtype or placement differ from this rank's)");
   }
   if (h.call != call) {
-    return FailedPreconditionError(from + " is for call " + std::to_string(h.call) + ", this rank expects call " +
-                                   std::to_string(call) + " (the ranks' call sequences differ)");
+    return FailedPreconditionError(from + " is for call " + std::to_string(h.call) +
+                                   ", this rank expects call " + std::to_string(call) +
+                                   " (the ranks' call sequences differ)");
   }
   *rows = h.rows;
   return OkStatus();
@@ -85,8 +90,9 @@ Status CheckHeader(const Format& f, MessageKind kind, uint32_t call, int source,
 
 }  // namespace
 
-size_t WriteDispatch(const Format& f, uint32_t call, const Placement& placement, const DispatchPlan& plan, int d,
-                     const std::byte* x, std::span<const int32_t> topk_ids, std::span<const float> topk_weights,
+size_t WriteDispatch(const Format& f, uint32_t call, const Placement& placement,
+                     const DispatchPlan& plan, int d, const std::byte* x,
+                     std::span<const int32_t> topk_ids, std::span<const float> topk_weights,
                      std::byte* msg) {
   const size_t rows = size_t(plan.rows(d)), k = size_t(f.top_k), row_bytes = f.row_bytes();
   const DispatchLayout layout(f, rows);
@@ -108,14 +114,15 @@ size_t WriteDispatch(const Format& f, uint32_t call, const Placement& placement,
   return layout.bytes;
 }
 
-StatusOr<DispatchView> ReadDispatch(const Format& f, uint32_t call, int source, const std::byte* data, size_t length) {
+StatusOr<DispatchView> ReadDispatch(const Format& f, uint32_t call, int source,
+                                    const std::byte* data, size_t length) {
   uint32_t rows = 0;
   M2N_RETURN_IF_ERROR(CheckHeader(f, MessageKind::kDispatch, call, source, data, length, &rows));
   const DispatchLayout layout(f, rows);
   if (layout.bytes != length) {
-    return DataLossError("the dispatch from rank " + std::to_string(source) + " says " + std::to_string(rows) +
-                         " rows (" + std::to_string(layout.bytes) + " bytes) but is " + std::to_string(length) +
-                         " bytes long");
+    return DataLossError("the dispatch from rank " + std::to_string(source) + " says " +
+                         std::to_string(rows) + " rows (" + std::to_string(layout.bytes) +
+                         " bytes) but is " + std::to_string(length) + " bytes long");
   }
   DispatchView v;
   v.source = source;
@@ -127,8 +134,8 @@ StatusOr<DispatchView> ReadDispatch(const Format& f, uint32_t call, int source, 
   return v;
 }
 
-void GatherRows(const Format& f, const ExpertGrouping& grouping, std::span<const DispatchView> messages,
-                std::byte* out) {
+void GatherRows(const Format& f, const ExpertGrouping& grouping,
+                std::span<const DispatchView> messages, std::byte* out) {
   const size_t row_bytes = f.row_bytes();
   for (size_t i = 0; i < grouping.row.size(); ++i) {
     const DispatchView& m = messages[size_t(grouping.message[i])];
@@ -136,27 +143,29 @@ void GatherRows(const Format& f, const ExpertGrouping& grouping, std::span<const
   }
 }
 
-size_t WriteCombine(const Format& f, uint32_t call, const ExpertGrouping& grouping, int m, const std::byte* y,
-                    std::byte* msg) {
+size_t WriteCombine(const Format& f, uint32_t call, const ExpertGrouping& grouping, int m,
+                    const std::byte* y, std::byte* msg) {
   const size_t pairs = size_t(grouping.pair_count[size_t(m)]), row_bytes = f.row_bytes();
   const CombineLayout layout(f, pairs);
   WriteHeader(f, MessageKind::kCombine, call, pairs, msg);
   for (size_t i = 0; i < grouping.row.size(); ++i) {
     if (grouping.message[i] != m) continue;
-    std::memcpy(msg + layout.y + size_t(grouping.pair[i]) * row_bytes, y + i * row_bytes, row_bytes);
+    std::memcpy(msg + layout.y + size_t(grouping.pair[i]) * row_bytes, y + i * row_bytes,
+                row_bytes);
   }
   return layout.bytes;
 }
 
-StatusOr<const std::byte*> ReadCombine(const Format& f, uint32_t call, int source, int pairs, const std::byte* data,
-                                       size_t length) {
+StatusOr<const std::byte*> ReadCombine(const Format& f, uint32_t call, int source, int pairs,
+                                       const std::byte* data, size_t length) {
   uint32_t rows = 0;
   M2N_RETURN_IF_ERROR(CheckHeader(f, MessageKind::kCombine, call, source, data, length, &rows));
   const CombineLayout layout(f, rows);
   if (rows != uint32_t(pairs) || layout.bytes != length) {
-    return DataLossError("the combine from rank " + std::to_string(source) + " holds " + std::to_string(rows) +
-                         " rows in " + std::to_string(length) + " bytes; this rank dispatched " +
-                         std::to_string(pairs) + " (token, expert) pairs to it");
+    return DataLossError("the combine from rank " + std::to_string(source) + " holds " +
+                         std::to_string(rows) + " rows in " + std::to_string(length) +
+                         " bytes; this rank dispatched " + std::to_string(pairs) +
+                         " (token, expert) pairs to it");
   }
   return data + layout.y;
 }

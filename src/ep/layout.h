@@ -24,7 +24,8 @@
 namespace m2n::ep {
 
 inline constexpr uint32_t kMagic = 0x3150454D;  // "MEP1"
-inline constexpr size_t kSectionAlign = 64;     // rows start on a cache line (and a GPU's 128-bit loads)
+inline constexpr size_t kSectionAlign =
+    64;  // rows start on a cache line (and a GPU's 128-bit loads)
 
 enum class MessageKind : uint16_t { kDispatch = 1, kCombine = 2 };
 
@@ -33,7 +34,7 @@ struct Header {
   uint16_t kind = 0;
   uint16_t dtype = 0;
   uint32_t config = 0;  // Format::config of the writer
-  uint32_t call = 0;    // the call number, mod 2^32
+  uint32_t call = 0;  // the call number, mod 2^32
   uint32_t rows = 0;
   uint32_t hidden = 0;
   uint16_t top_k = 0;
@@ -72,8 +73,9 @@ size_t SlotBytesNeeded(const Format& f, int max_tokens, int max_local_experts);
 
 // Writes the dispatch message to expert rank d into msg; returns its length. x: [tokens, hidden];
 // topk_ids, topk_weights: [tokens, top_k], as given to PlanDispatch.
-size_t WriteDispatch(const Format& f, uint32_t call, const Placement& placement, const DispatchPlan& plan, int d,
-                     const std::byte* x, std::span<const int32_t> topk_ids, std::span<const float> topk_weights,
+size_t WriteDispatch(const Format& f, uint32_t call, const Placement& placement,
+                     const DispatchPlan& plan, int d, const std::byte* x,
+                     std::span<const int32_t> topk_ids, std::span<const float> topk_weights,
                      std::byte* msg);
 
 // A received dispatch message's sections.
@@ -86,18 +88,19 @@ struct DispatchView {
   const std::byte* x = nullptr;
 };
 // Checks the header (kind, format, call) and the length; errors name the sender and the field.
-StatusOr<DispatchView> ReadDispatch(const Format& f, uint32_t call, int source, const std::byte* data, size_t length);
+StatusOr<DispatchView> ReadDispatch(const Format& f, uint32_t call, int source,
+                                    const std::byte* data, size_t length);
 
 // Copies every grouped row's x out of the messages into out[rows, hidden] (grouped order).
-void GatherRows(const Format& f, const ExpertGrouping& grouping, std::span<const DispatchView> messages,
-                std::byte* out);
+void GatherRows(const Format& f, const ExpertGrouping& grouping,
+                std::span<const DispatchView> messages, std::byte* out);
 
 // Writes the combine message back to the sender of grouping's message m from y[rows, hidden]
 // (grouped order); returns its length.
-size_t WriteCombine(const Format& f, uint32_t call, const ExpertGrouping& grouping, int m, const std::byte* y,
-                    std::byte* msg);
+size_t WriteCombine(const Format& f, uint32_t call, const ExpertGrouping& grouping, int m,
+                    const std::byte* y, std::byte* msg);
 // Checks a combine message from `source` that must hold `pairs` rows; returns its y section.
-StatusOr<const std::byte*> ReadCombine(const Format& f, uint32_t call, int source, int pairs, const std::byte* data,
-                                       size_t length);
+StatusOr<const std::byte*> ReadCombine(const Format& f, uint32_t call, int source, int pairs,
+                                       const std::byte* data, size_t length);
 
 }  // namespace m2n::ep

@@ -6,15 +6,19 @@
 
 namespace m2n::ep {
 
-StatusOr<Placement> MakePlacement(int num_experts, std::span<const int> ranks, int num_senders, int num_receivers) {
+StatusOr<Placement> MakePlacement(int num_experts, std::span<const int> ranks, int num_senders,
+                                  int num_receivers) {
   if (num_senders < 1 || num_receivers < 1) {
-    return InvalidArgumentError("expert parallelism needs at least one attention rank (sender) and one expert "
-                                "rank (receiver); the group has " + std::to_string(num_senders) + " and " +
-                                std::to_string(num_receivers));
+    return InvalidArgumentError(
+        "expert parallelism needs at least one attention rank (sender) and one expert "
+        "rank (receiver); the group has " +
+        std::to_string(num_senders) + " and " + std::to_string(num_receivers));
   }
-  if (num_experts < 1) return InvalidArgumentError("num_experts is " + std::to_string(num_experts) + ", must be >= 1");
+  if (num_experts < 1)
+    return InvalidArgumentError("num_experts is " + std::to_string(num_experts) + ", must be >= 1");
   if (!ranks.empty() && ranks.size() != size_t(num_experts)) {
-    return InvalidArgumentError("placement has " + std::to_string(ranks.size()) + " entries; it needs one per expert (" +
+    return InvalidArgumentError("placement has " + std::to_string(ranks.size()) +
+                                " entries; it needs one per expert (" +
                                 std::to_string(num_experts) + ") or none (contiguous blocks)");
   }
   Placement p;
@@ -29,10 +33,10 @@ StatusOr<Placement> MakePlacement(int num_experts, std::span<const int> ranks, i
     if (!ranks.empty()) {
       const int rank = ranks[size_t(e)];
       if (rank < num_senders || rank >= num_senders + num_receivers) {
-        return InvalidArgumentError("placement[" + std::to_string(e) + "] = " + std::to_string(rank) +
-                                    " is not an expert rank: expert ranks are the receivers, [" +
-                                    std::to_string(num_senders) + ", " + std::to_string(num_senders + num_receivers) +
-                                    ")");
+        return InvalidArgumentError(
+            "placement[" + std::to_string(e) + "] = " + std::to_string(rank) +
+            " is not an expert rank: expert ranks are the receivers, [" +
+            std::to_string(num_senders) + ", " + std::to_string(num_senders + num_receivers) + ")");
       }
       d = rank - num_senders;
     }
@@ -40,23 +44,26 @@ StatusOr<Placement> MakePlacement(int num_experts, std::span<const int> ranks, i
     p.local_index[size_t(e)] = int(p.experts_of[size_t(d)].size());
     p.experts_of[size_t(d)].push_back(e);  // ascending, as e ascends
   }
-  for (const auto& experts : p.experts_of) p.max_local_experts = std::max(p.max_local_experts, int(experts.size()));
+  for (const auto& experts : p.experts_of)
+    p.max_local_experts = std::max(p.max_local_experts, int(experts.size()));
   return p;
 }
 
-Status PlanDispatch(const Placement& placement, int tokens, int top_k, std::span<const int32_t> topk_ids,
-                    DispatchPlan* plan) {
+Status PlanDispatch(const Placement& placement, int tokens, int top_k,
+                    std::span<const int32_t> topk_ids, DispatchPlan* plan) {
   const int n = placement.num_receivers;
   const size_t pairs = size_t(tokens) * size_t(top_k);
   if (topk_ids.size() != pairs) {
-    return InvalidArgumentError("topk_ids has " + std::to_string(topk_ids.size()) + " entries; tokens x top_k = " +
-                                std::to_string(tokens) + " x " + std::to_string(top_k) + " = " + std::to_string(pairs));
+    return InvalidArgumentError("topk_ids has " + std::to_string(topk_ids.size()) +
+                                " entries; tokens x top_k = " + std::to_string(tokens) + " x " +
+                                std::to_string(top_k) + " = " + std::to_string(pairs));
   }
   for (size_t i = 0; i < pairs; ++i) {
     if (topk_ids[i] < 0 || topk_ids[i] >= placement.num_experts) {
-      return InvalidArgumentError("topk_ids[" + std::to_string(i / size_t(top_k)) + "][" +
-                                  std::to_string(i % size_t(top_k)) + "] = " + std::to_string(topk_ids[i]) +
-                                  " is not an expert id in [0, " + std::to_string(placement.num_experts) + ")");
+      return InvalidArgumentError(
+          "topk_ids[" + std::to_string(i / size_t(top_k)) + "][" +
+          std::to_string(i % size_t(top_k)) + "] = " + std::to_string(topk_ids[i]) +
+          " is not an expert id in [0, " + std::to_string(placement.num_experts) + ")");
     }
   }
   plan->tokens = tokens;
@@ -96,9 +103,11 @@ namespace {
 
 // The local index of `expert` on `receiver`, or why a row from `source` may not name it.
 StatusOr<int> LocalExpert(const Placement& placement, int receiver, int source, int32_t expert) {
-  if (expert < 0 || expert >= placement.num_experts || placement.owner[size_t(expert)] != receiver) {
-    return DataLossError("the dispatch from rank " + std::to_string(source) + " routes a row to expert " +
-                         std::to_string(expert) + ", which this expert rank does not hold (do all ranks pass the "
+  if (expert < 0 || expert >= placement.num_experts ||
+      placement.owner[size_t(expert)] != receiver) {
+    return DataLossError("the dispatch from rank " + std::to_string(source) +
+                         " routes a row to expert " + std::to_string(expert) +
+                         ", which this expert rank does not hold (do all ranks pass the "
                          "same placement?)");
   }
   return placement.local_index[size_t(expert)];
@@ -106,8 +115,8 @@ StatusOr<int> LocalExpert(const Placement& placement, int receiver, int source, 
 
 }  // namespace
 
-Status GroupByExpert(const Placement& placement, int receiver, int top_k, std::span<const ReceivedRows> messages,
-                     ExpertGrouping* grouping) {
+Status GroupByExpert(const Placement& placement, int receiver, int top_k,
+                     std::span<const ReceivedRows> messages, ExpertGrouping* grouping) {
   const size_t local = placement.experts_of[size_t(receiver)].size();
   std::vector<int> counts(local, 0);
   for (const ReceivedRows& m : messages) {

@@ -13,15 +13,15 @@ Status Group::Impl::ValidPeer(int peer, std::string_view what) const {
                         ? "outside [0, " + std::to_string(world) + ")"
                         : "on this rank's own side (" + std::string(RoleName(role)) + "s talk to " +
                               (role == Role::kSender ? "receivers" : "senders") + " only)";
-  return InvalidArgumentError(me() + ": " + std::string(what) + " to/from rank " + std::to_string(peer) +
-                              ", which is " + why);
+  return InvalidArgumentError(me() + ": " + std::string(what) + " to/from rank " +
+                              std::to_string(peer) + ", which is " + why);
 }
 
 Status Group::Impl::CheckSendLength(const SendRequest& r) const {
   if (r.length <= options.slot_bytes) return OkStatus();
-  return InvalidArgumentError(me() + ": message of " + std::to_string(r.length) + " bytes to " + RankName(r.peer) +
-                              " is larger than a slot (" + std::to_string(options.slot_bytes) +
-                              " bytes, Options::slot_bytes)");
+  return InvalidArgumentError(me() + ": message of " + std::to_string(r.length) + " bytes to " +
+                              RankName(r.peer) + " is larger than a slot (" +
+                              std::to_string(options.slot_bytes) + " bytes, Options::slot_bytes)");
 }
 
 // Rejects a batch that names one peer more than slot_depth times.
@@ -31,7 +31,8 @@ Status Group::Impl::CheckPerPeerCount(std::span<const int> peers_in_batch, std::
   for (int peer : peers_in_batch) {
     int index = IndexOfPeer(peer);
     auto it = std::find_if(count.begin(), count.end(), [&](auto& n) { return n.first == index; });
-    if (it == count.end()) count.emplace_back(index, 1);
+    if (it == count.end())
+      count.emplace_back(index, 1);
     else if (++it->second > static_cast<size_t>(options.slot_depth)) {
       return InvalidArgumentError(me() + ": " + std::string(call) + " names " + RankName(peer) +
                                   " more than slot_depth (" + std::to_string(options.slot_depth) +
@@ -45,10 +46,10 @@ Status Group::Impl::CheckPerPeerCount(std::span<const int> peers_in_batch, std::
 Status Group::Impl::UsePath(DataPath path) {
   if (data_path == DataPath::kUnset) data_path = path;
   if (data_path == path) return OkStatus();
-  return FailedPreconditionError(
-      me() + ": this group already moves its messages with the " +
-      (data_path == DataPath::kHost ? "host-driven Send / Receive" : "stream-ordered *OnStream calls") +
-      "; one group uses one of the two");
+  return FailedPreconditionError(me() + ": this group already moves its messages with the " +
+                                 (data_path == DataPath::kHost ? "host-driven Send / Receive"
+                                                               : "stream-ordered *OnStream calls") +
+                                 "; one group uses one of the two");
 }
 
 }  // namespace m2n

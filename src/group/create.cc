@@ -13,7 +13,8 @@ StatusOr<std::unique_ptr<Group>> Group::Create(const Options& requested, const A
   return GroupFactory::Create(requested, nullptr, abort);
 }
 
-StatusOr<std::unique_ptr<Group>> GroupFactory::Create(const Options& requested, const TransportWrapper& wrap,
+StatusOr<std::unique_ptr<Group>> GroupFactory::Create(const Options& requested,
+                                                      const TransportWrapper& wrap,
                                                       const AbortToken& abort) {
   M2N_ASSIGN_OR_RETURN(Options options, ResolveOptions(requested));
   Deadline deadline = Deadline::After(options.bootstrap.timeout);
@@ -26,7 +27,8 @@ StatusOr<std::unique_ptr<Group>> GroupFactory::Create(const Options& requested, 
   // The choice is checked with the configuration: a rank that has no usable transport still
   // publishes (the reason, as its transport name), so the others report the mismatch too.
   auto chosen = ChooseTransport(options.transport, options.slot_memory);
-  std::string transport_name = chosen.ok() ? std::string((*chosen)->name) : "<" + chosen.status().message() + ">";
+  std::string transport_name =
+      chosen.ok() ? std::string((*chosen)->name) : "<" + chosen.status().message() + ">";
   M2N_RETURN_IF_ERROR(impl->AgreeOnConfiguration(transport_name, deadline));
   if (!chosen.ok()) return chosen.status().WithContext(impl->me());
   impl->transport_name = transport_name;

@@ -18,7 +18,8 @@ using TransportWrapper =
 class GroupFactory {
  public:
   // `abort`: the group's abort flag (Group::Create(options, token)); by default a fresh one.
-  static StatusOr<std::unique_ptr<Group>> Create(const Options& options, const TransportWrapper& wrap,
+  static StatusOr<std::unique_ptr<Group>> Create(const Options& options,
+                                                 const TransportWrapper& wrap,
                                                  const AbortToken& abort = AbortToken());
 };
 

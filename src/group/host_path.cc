@@ -22,16 +22,18 @@ Status Group::Impl::CheckSends(std::span<const SendRequest> requests) {
     M2N_ASSIGN_OR_RETURN(MemoryRegion::Impl * region, FindRegion(r.data, r.length));
     sources[i] = region->region.get();
     if (options.checksum && sources[i]->kind() != MemoryKind::kHost) {
-      return InvalidArgumentError(me() + ": send to " + RankName(r.peer) +
-                                  ": with Options::checksum the payload must be in host memory (the CPU "
-                                  "computes its checksum)");
+      return InvalidArgumentError(
+          me() + ": send to " + RankName(r.peer) +
+          ": with Options::checksum the payload must be in host memory (the CPU "
+          "computes its checksum)");
     }
   }
   return OkStatus();
 }
 
 // The write of request `i` (peer index `index`) into `slot` of the peer, numbered `sequence`.
-transport::Write Group::Impl::MakeWrite(const SendRequest& r, size_t i, int index, int slot, uint64_t sequence) {
+transport::Write Group::Impl::MakeWrite(const SendRequest& r, size_t i, int index, int slot,
+                                        uint64_t sequence) {
   const transport::Region* source = scratch.sources[i];
   transport::Write w;
   w.peer = r.peer;
@@ -43,17 +45,19 @@ transport::Write Group::Impl::MakeWrite(const SendRequest& r, size_t i, int inde
   w.length = r.length;
   if (options.checksum) {
     // Payload and trailer go in one write from the stage of this (peer, slot).
-    const size_t offset = static_cast<size_t>(index) * block_bytes() + static_cast<size_t>(slot) * slot_stride();
+    const size_t offset =
+        static_cast<size_t>(index) * block_bytes() + static_cast<size_t>(slot) * slot_stride();
     std::byte* stage = staging.data() + offset;
     if (r.length > 0) std::memcpy(stage, r.data, r.length);
-    const uint32_t trailer[2] = {static_cast<uint32_t>(r.length), TrailerCrc(stage, r.length, sequence, rank)};
+    const uint32_t trailer[2] = {static_cast<uint32_t>(r.length),
+                                 TrailerCrc(stage, r.length, sequence, rank)};
     std::memcpy(stage + r.length, trailer, sizeof trailer);
     w.local = staging_region.get();
     w.local_offset = offset;
     w.length = r.length + kTrailerBytes;
   }
-  w.imm = protocol::EncodeImmediate({protocol::ImmKind::kData, slot, static_cast<uint32_t>(sequence)},
-                                    seed_out[index]);
+  w.imm = protocol::EncodeImmediate(
+      {protocol::ImmKind::kData, slot, static_cast<uint32_t>(sequence)}, seed_out[index]);
   w.cookie = next_cookie++;
   return w;
 }
@@ -76,12 +80,15 @@ std::string Group::Impl::WritesInFlightText() const {
   std::string who;
   for (size_t i = 0; i < peers.size(); ++i) {
     if (peer_writes_in_flight[i] == 0) continue;
-    who += (who.empty() ? "" : ", ") + RankName(peers[i]) + ": " + std::to_string(peer_writes_in_flight[i]);
+    who += (who.empty() ? "" : ", ") + RankName(peers[i]) + ": " +
+           std::to_string(peer_writes_in_flight[i]);
   }
   return who.empty() ? text : text + " (to " + who + ")";
 }
 
-Status Group::Send(const SendRequest& request, Deadline deadline) { return Send({&request, 1}, deadline); }
+Status Group::Send(const SendRequest& request, Deadline deadline) {
+  return Send({&request, 1}, deadline);
+}
 
 Status Group::Send(std::span<const SendRequest> requests, Deadline deadline) {
   Impl& g = *impl_;
@@ -96,10 +103,12 @@ Status Group::Send(std::span<const SendRequest> requests, Deadline deadline) {
     if (credit.available() == 0) {
       ++g.stats.credit_waits;
       M2N_RETURN_IF_ERROR(g.PostBatch());
-      M2N_RETURN_IF_ERROR(g.WaitUntil([&] { return credit.available() > 0; }, deadline, [&] {
-        return "waiting for a free slot at " + RankName(r.peer) + " (all " + std::to_string(credit.depth()) +
-               " slots hold messages it has not released)";
-      }));
+      M2N_RETURN_IF_ERROR(g.WaitUntil([&] { return credit.available() > 0; }, deadline,
+                                      [&] {
+                                        return "waiting for a free slot at " + RankName(r.peer) +
+                                               " (all " + std::to_string(credit.depth()) +
+                                               " slots hold messages it has not released)";
+                                      }));
     }
     int slot = credit.Take();
     const uint64_t sequence = g.data_posted[index]++;
@@ -136,8 +145,9 @@ Status Group::Receive(std::span<const int> peers, std::span<Message> out, Deadli
   M2N_RETURN_IF_ERROR(g.CheckOpen());
   M2N_RETURN_IF_ERROR(g.UsePath(Impl::DataPath::kHost));
   if (out.size() != peers.size()) {
-    return InvalidArgumentError(g.me() + ": Receive needs one output per peer (" + std::to_string(peers.size()) +
-                                " peers, " + std::to_string(out.size()) + " outputs)");
+    return InvalidArgumentError(g.me() + ": Receive needs one output per peer (" +
+                                std::to_string(peers.size()) + " peers, " +
+                                std::to_string(out.size()) + " outputs)");
   }
   // How many messages each peer must have queued; nothing is taken until all are there, so a
   // timeout leaves every message in place.
@@ -147,8 +157,10 @@ Status Group::Receive(std::span<const int> peers, std::span<Message> out, Deadli
     M2N_RETURN_IF_ERROR(g.ValidPeer(peer, "receive"));
     int index = g.IndexOfPeer(peer);
     auto it = std::find_if(need.begin(), need.end(), [&](auto& n) { return n.first == index; });
-    if (it == need.end()) need.emplace_back(index, 1);
-    else ++it->second;
+    if (it == need.end())
+      need.emplace_back(index, 1);
+    else
+      ++it->second;
   }
   auto all_there = [&] {
     for (auto& [index, count] : need) {

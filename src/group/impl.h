@@ -53,7 +53,8 @@ constexpr uint64_t kAckCookie = uint64_t{1} << 63;
 
 // The transport named by Options::transport ("auto": the first usable one that can hold `slots`);
 // transport_choice.cc.
-StatusOr<const transport::TransportInfo*> ChooseTransport(const std::string& wanted, MemoryKind slots);
+StatusOr<const transport::TransportInfo*> ChooseTransport(const std::string& wanted,
+                                                          MemoryKind slots);
 
 // Registered memory (memory.cc). The Core is shared by the Group and every MemoryRegion, so a
 // region that outlives its Group still deregisters against a live transport.
@@ -78,7 +79,7 @@ struct Group::Impl {
   int rank = -1;
   int world = 0;
   Role role = Role::kSender;
-  std::vector<int> peers;       // the other side, ascending
+  std::vector<int> peers;  // the other side, ascending
   std::vector<int> peer_index;  // rank -> index into peers, -1 for the same side
   std::string transport_name;
   std::unique_ptr<bootstrap::Store> store;
@@ -101,7 +102,7 @@ struct Group::Impl {
   std::vector<uint8_t> seed_out;
   std::vector<uint8_t> seed_in;
   uint64_t next_cookie = 1;
-  uint64_t writes_in_flight = 0;                // data writes posted and not yet done
+  uint64_t writes_in_flight = 0;  // data writes posted and not yet done
   std::vector<uint32_t> peer_writes_in_flight;  // the same per peer, to name them in a timeout
   // Options::checksum: payload + trailer are staged here, one slot's worth per (peer, slot), and
   // written from here; a stage is reused only after its slot's ACK, when its write is long done.
@@ -126,8 +127,8 @@ struct Group::Impl {
     std::vector<uint64_t> received;
     std::vector<uint64_t> held;
     std::vector<transport::StreamWrite> writes;  // scratch
-    std::vector<transport::StreamSlot> slots;    // scratch
-    std::vector<int> peers;                      // scratch
+    std::vector<transport::StreamSlot> slots;  // scratch
+    std::vector<int> peers;  // scratch
   } stream;
 
   // ---- Liveness (liveness.cc) ----
@@ -150,7 +151,8 @@ struct Group::Impl {
   size_t slot_stride() const { return options.slot_bytes + (options.checksum ? kTrailerBytes : 0); }
   size_t block_bytes() const { return slot_stride() * static_cast<size_t>(options.slot_depth); }
   std::byte* SlotData(int index, int slot) const {
-    return slots->data() + static_cast<size_t>(index) * block_bytes() + static_cast<size_t>(slot) * slot_stride();
+    return slots->data() + static_cast<size_t>(index) * block_bytes() +
+           static_cast<size_t>(slot) * slot_stride();
   }
   std::string me() const { return RankName(rank) + " (" + std::string(RoleName(role)) + ")"; }
   int IndexOfPeer(int peer) const { return peer >= 0 && peer < world ? peer_index[peer] : -1; }
@@ -161,8 +163,8 @@ struct Group::Impl {
     return fatal;
   }
   Status AbortedStatus(const std::string& during = "") const {
-    return AbortedError(me() + ": the group was aborted (Group::Abort)" + (during.empty() ? "" : " while " + during) +
-                        "; close it");
+    return AbortedError(me() + ": the group was aborted (Group::Abort)" +
+                        (during.empty() ? "" : " while " + during) + "; close it");
   }
   bool Aborted() const { return abort.aborted(); }
   Status Fail(Status status) {
@@ -196,13 +198,15 @@ struct Group::Impl {
   Status Progress();
   Status OnImmediate(const transport::Completion& c);
   Status OnAck(int index, const protocol::Immediate& imm, int peer);
-  Status CheckSequence(const protocol::Immediate& imm, uint64_t expected, int peer, std::string_view what);
+  Status CheckSequence(const protocol::Immediate& imm, uint64_t expected, int peer,
+                       std::string_view what);
   StatusOr<size_t> CheckTrailer(int index, int slot, size_t written, uint64_t sequence);
   Status PostAck(int index, int slot);
 
   // host_path.cc. MakeWrite: request i's write; CheckSends left its region in scratch.sources[i].
   Status CheckSends(std::span<const SendRequest> requests);
-  transport::Write MakeWrite(const SendRequest& request, size_t i, int index, int slot, uint64_t sequence);
+  transport::Write MakeWrite(const SendRequest& request, size_t i, int index, int slot,
+                             uint64_t sequence);
   Status PostBatch();
   std::string WritesInFlightText() const;
 
@@ -250,7 +254,8 @@ struct Group::Impl {
         M2N_RETURN_IF_ERROR(CheckRanksAlive(what, LastLivenessBound()));
         return DeadlineExceededError(me() + ": timed out " + what() + StoreSilence());
       }
-      if (LivenessCheckDue(now)) M2N_RETURN_IF_ERROR(CheckRanksAlive(what, LivenessBound(deadline)));
+      if (LivenessCheckDue(now))
+        M2N_RETURN_IF_ERROR(CheckRanksAlive(what, LivenessBound(deadline)));
       if (now >= spin_until) sched_yield();
     }
   }

@@ -24,7 +24,8 @@ std::string JoinRanks(const std::vector<int>& ranks) {
 // means rank 0 is.
 Status Group::Impl::StoreFailure(const Status& error, const std::string& during) const {
   if (rank != 0 && error.code() == StatusCode::kUnavailable) {
-    return UnavailableError(me() + ": rank 0 died or is unreachable (it serves the bootstrap store: " +
+    return UnavailableError(me() +
+                            ": rank 0 died or is unreachable (it serves the bootstrap store: " +
                             error.message() + ") while " + during);
   }
   return error.WithContext(me() + " while " + during);
@@ -39,12 +40,16 @@ Status Group::Impl::StoreFailure(const Status& error, const std::string& during)
 // longer. After an Abort (a transport wait that saw it, too) the failure no longer matters.
 Status Group::Impl::TransportFailure(const Status& error, int peer) {
   constexpr auto kAbortPoll = std::chrono::milliseconds(20);
-  const auto until = Clock::now() + std::chrono::milliseconds(std::clamp(2 * options.liveness_check_ms, 20, 1000));
+  const auto until =
+      Clock::now() + std::chrono::milliseconds(std::clamp(2 * options.liveness_check_ms, 20, 1000));
   for (;;) {
     if (Aborted()) return AbortedStatus("the transport reported: " + error.message());
     const auto ask_by = std::min(until, Clock::now() + kAbortPoll);
-    Status dead = DeadRanksStatus([] { return std::string("the transport failed"); }, Deadline::At(ask_by));
-    if (!dead.ok()) return Status(dead.code(), dead.message() + " (the transport reported: " + error.message() + ")");
+    Status dead =
+        DeadRanksStatus([] { return std::string("the transport failed"); }, Deadline::At(ask_by));
+    if (!dead.ok())
+      return Status(dead.code(),
+                    dead.message() + " (the transport reported: " + error.message() + ")");
     // Without a peer named, one answer is enough; an unanswered question is asked again.
     const bool answered = liveness.store_silent_since == Clock::time_point{};
     if ((peer < 0 && answered) || Clock::now() >= until) break;
@@ -69,7 +74,8 @@ Status Group::Impl::DeadRanksStatus(const WaitText& what, Deadline check_by) {
   if (!store) return OkStatus();
   auto dead = store->DeadRanks(check_by);
   if (!dead.ok() && dead.status().code() == StatusCode::kDeadlineExceeded) {
-    if (liveness.store_silent_since == Clock::time_point{}) liveness.store_silent_since = Clock::now();
+    if (liveness.store_silent_since == Clock::time_point{})
+      liveness.store_silent_since = Clock::now();
     return OkStatus();
   }
   if (!dead.ok()) return StoreFailure(dead.status(), what());
@@ -80,8 +86,8 @@ Status Group::Impl::DeadRanksStatus(const WaitText& what, Deadline check_by) {
   }
   if (gone.empty()) return OkStatus();
   return UnavailableError(me() + ": " + (gone.size() == 1 ? "rank " : "ranks ") + JoinRanks(gone) +
-                          " died" +
-                          " (bootstrap connection closed without a goodbye) while " + what());
+                          " died" + " (bootstrap connection closed without a goodbye) while " +
+                          what());
 }
 
 // How long one liveness question may wait for the store's answer: a stopped or stalled rank 0
@@ -102,10 +108,11 @@ Deadline Group::Impl::LastLivenessBound() const {
 // rank 0 is stopped, not because of the peers it waited on.
 std::string Group::Impl::StoreSilence() const {
   if (liveness.store_silent_since == Clock::time_point{}) return "";
-  const auto ms =
-      std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - liveness.store_silent_since).count();
-  return "; the bootstrap store on rank 0 has not answered a liveness check for " + std::to_string(ms) +
-         " ms either (rank 0 stopped or overloaded?)";
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() -
+                                                                        liveness.store_silent_since)
+                      .count();
+  return "; the bootstrap store on rank 0 has not answered a liveness check for " +
+         std::to_string(ms) + " ms either (rank 0 stopped or overloaded?)";
 }
 
 // A barrier through the store that keeps the transport moving while it waits, so that peers
@@ -122,8 +129,9 @@ Status Group::Impl::StoreBarrier(const std::string& name, Deadline deadline) {
     if (Aborted()) return AbortedStatus(what());
     if (deadline.Expired()) {
       M2N_RETURN_IF_ERROR(CheckRanksAlive(what, LastLivenessBound()));
-      return DeadlineExceededError(me() + ": barrier '" + name + "': " + std::to_string(count) + " of " +
-                                   std::to_string(world) + " ranks arrived by the deadline");
+      return DeadlineExceededError(me() + ": barrier '" + name + "': " + std::to_string(count) +
+                                   " of " + std::to_string(world) +
+                                   " ranks arrived by the deadline");
     }
     auto now = Clock::now();
     if (LivenessCheckDue(now)) M2N_RETURN_IF_ERROR(CheckRanksAlive(what, LivenessBound(deadline)));

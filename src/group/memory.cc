@@ -7,7 +7,9 @@
 
 namespace m2n {
 
-std::string_view MemoryKindName(MemoryKind kind) { return kind == MemoryKind::kHost ? "host" : "cuda"; }
+std::string_view MemoryKindName(MemoryKind kind) {
+  return kind == MemoryKind::kHost ? "host" : "cuda";
+}
 
 MemoryRegion::Impl::~Impl() {
   if (core) core->regions.erase(reinterpret_cast<uintptr_t>(region->data()));
@@ -25,7 +27,8 @@ MemoryKind MemoryRegion::kind() const { return impl_ ? impl_->region->kind() : M
 StatusOr<MemoryRegion> Group::RegisterMemory(void* data, size_t size, MemoryKind kind) {
   M2N_RETURN_IF_ERROR(impl_->CheckOpen());
   if (data == nullptr || size == 0) {
-    return InvalidArgumentError(impl_->me() + ": RegisterMemory needs a non-null buffer and size > 0");
+    return InvalidArgumentError(impl_->me() +
+                                ": RegisterMemory needs a non-null buffer and size > 0");
   }
   auto address = reinterpret_cast<uintptr_t>(data);
   auto& regions = impl_->core->regions;
@@ -36,7 +39,8 @@ StatusOr<MemoryRegion> Group::RegisterMemory(void* data, size_t size, MemoryKind
     overlaps = prev->first + prev->second->region->size() > address;
   }
   if (overlaps) {
-    return InvalidArgumentError(impl_->me() + ": RegisterMemory: the buffer overlaps a region already registered");
+    return InvalidArgumentError(
+        impl_->me() + ": RegisterMemory: the buffer overlaps a region already registered");
   }
   // Send buffers are only ever the source of writes: no peer gets a key to them.
   auto region = impl_->core->transport->RegisterSource(data, size, kind);

@@ -2,7 +2,8 @@
 // and what each completion means. A data immediate announces a message in one of our slots (its
 // sequence number and, with Options::checksum, its trailer are checked before anyone sees it); an
 // ACK immediate hands a slot of the peer back to us as a credit; a finished write ends a Send's
-// wait. Releasing a message posts its ACK (PostAck). Immediates are encoded by protocol/immediate.h.
+// wait. Releasing a message posts its ACK (PostAck). Immediates are encoded by
+// protocol/immediate.h.
 #include <cstdio>
 #include <cstring>
 
@@ -45,7 +46,8 @@ Status Group::Impl::OnImmediate(const Completion& c) {
   }
   auto decoded = protocol::DecodeImmediate(c.imm, c.peer, rank, seed_in[index]);
   if (!decoded.ok()) {
-    return Fail(decoded.status().WithContext(me() + ": on the " + std::string(LaneName(c.lane)) + " lane"));
+    return Fail(
+        decoded.status().WithContext(me() + ": on the " + std::string(LaneName(c.lane)) + " lane"));
   }
   const protocol::Immediate& imm = *decoded;
   bool ack_lane = c.lane == Lane::kAck;
@@ -85,10 +87,11 @@ Status Group::Impl::CheckSequence(const protocol::Immediate& imm, uint64_t expec
   const uint32_t want = static_cast<uint32_t>(expected % protocol::kSequenceModulus);
   if (imm.sequence == want) return OkStatus();
   return Fail(DataLossError(
-      me() + ": " + std::string(what) + " from " + RankName(peer) + " out of sequence: expected number " +
-      std::to_string(expected) + " (" + std::to_string(want) + " mod " +
-      std::to_string(protocol::kSequenceModulus) + "), got " + std::to_string(imm.sequence) + " mod " +
-      std::to_string(protocol::kSequenceModulus) + " (slot " + std::to_string(imm.slot) +
+      me() + ": " + std::string(what) + " from " + RankName(peer) +
+      " out of sequence: expected number " + std::to_string(expected) + " (" +
+      std::to_string(want) + " mod " + std::to_string(protocol::kSequenceModulus) + "), got " +
+      std::to_string(imm.sequence) + " mod " + std::to_string(protocol::kSequenceModulus) +
+      " (slot " + std::to_string(imm.slot) +
       "): an immediate was lost, duplicated or reordered on the way; nothing of it was delivered"));
 }
 
@@ -97,20 +100,23 @@ Status Group::Impl::CheckSequence(const protocol::Immediate& imm, uint64_t expec
 StatusOr<size_t> Group::Impl::CheckTrailer(int index, int slot, size_t written, uint64_t sequence) {
   const int peer = peers[index];
   auto bad = [&](const std::string& why) {
-    return Fail(DataLossError(me() + ": message " + std::to_string(sequence) + " from " + RankName(peer) +
-                              " (slot " + std::to_string(slot) + ", " + std::to_string(written) +
-                              " bytes written) " + why));
+    return Fail(DataLossError(me() + ": message " + std::to_string(sequence) + " from " +
+                              RankName(peer) + " (slot " + std::to_string(slot) + ", " +
+                              std::to_string(written) + " bytes written) " + why));
   };
-  if (slot >= options.slot_depth) return bad("names a slot outside [0, " + std::to_string(options.slot_depth) + ")");
+  if (slot >= options.slot_depth)
+    return bad("names a slot outside [0, " + std::to_string(options.slot_depth) + ")");
   if (written < kTrailerBytes || written > slot_stride()) {
-    return bad("cannot hold a payload and its " + std::to_string(kTrailerBytes) + "-byte checksum trailer");
+    return bad("cannot hold a payload and its " + std::to_string(kTrailerBytes) +
+               "-byte checksum trailer");
   }
   const size_t length = written - kTrailerBytes;
   const std::byte* data = SlotData(index, slot);
   uint32_t trailer[2];
   std::memcpy(trailer, data + length, sizeof trailer);
   if (trailer[0] != length) {
-    return bad("has a trailer for " + std::to_string(trailer[0]) + " payload bytes, not " + std::to_string(length));
+    return bad("has a trailer for " + std::to_string(trailer[0]) + " payload bytes, not " +
+               std::to_string(length));
   }
   const uint32_t crc = TrailerCrc(data, length, sequence, peer);
   if (trailer[1] != crc) {
@@ -128,8 +134,8 @@ Status Group::Impl::PostAck(int index, int slot) {
   transport::Write w;
   w.peer = peer;
   w.lane = Lane::kAck;
-  w.imm = protocol::EncodeImmediate({protocol::ImmKind::kAck, slot, static_cast<uint32_t>(acks_posted[index])},
-                                    seed_out[index]);
+  w.imm = protocol::EncodeImmediate(
+      {protocol::ImmKind::kAck, slot, static_cast<uint32_t>(acks_posted[index])}, seed_out[index]);
   w.cookie = kAckCookie | next_cookie++;
   Status s = core->transport->Post({&w, 1});
   if (!s.ok()) return Fail(TransportFailure(s, peer));

@@ -37,7 +37,8 @@ StatusOr<int> AutoSpinUs(bootstrap::Store& store, int world, Deadline deadline) 
   const std::string host = HostName();
   int local = 0;
   for (int r = 0; r < world; ++r) {
-    M2N_ASSIGN_OR_RETURN(std::string other, store.GetString("m2n/host/" + std::to_string(r), deadline));
+    M2N_ASSIGN_OR_RETURN(std::string other,
+                         store.GetString("m2n/host/" + std::to_string(r), deadline));
     local += other == host;
   }
   long cores = sysconf(_SC_NPROCESSORS_ONLN);
@@ -45,7 +46,8 @@ StatusOr<int> AutoSpinUs(bootstrap::Store& store, int world, Deadline deadline) 
 }
 
 // What every rank must agree on; `transport` is the chosen one's name, or why none was.
-protocol::Fingerprint MakeFingerprint(const Options& options, int world, const std::string& transport) {
+protocol::Fingerprint MakeFingerprint(const Options& options, int world,
+                                      const std::string& transport) {
   return {
       {"m2n_version", kVersionString},
       {"world_size", std::to_string(world)},
@@ -80,13 +82,15 @@ void Group::Impl::SetRanks(const Options& resolved) {
 // The checks ResolveOptions cannot make alone: they need the role, or the protocol's limits.
 Status Group::Impl::CheckOptions() const {
   if (options.checksum && options.slot_memory != MemoryKind::kHost) {
-    return InvalidArgumentError(me() + ": Options::checksum needs receive slots in host memory (the CPU "
+    return InvalidArgumentError(me() +
+                                ": Options::checksum needs receive slots in host memory (the CPU "
                                 "computes the checksum); slot_memory is " +
                                 std::string(MemoryKindName(options.slot_memory)));
   }
   if (world > protocol::kMaxRanks || options.slot_depth > protocol::kMaxSlots) {
-    return InvalidArgumentError("options: at most " + std::to_string(protocol::kMaxRanks) + " ranks and " +
-                                std::to_string(protocol::kMaxSlots) + " slots per peer");
+    return InvalidArgumentError("options: at most " + std::to_string(protocol::kMaxRanks) +
+                                " ranks and " + std::to_string(protocol::kMaxSlots) +
+                                " slots per peer");
   }
   return OkStatus();
 }
@@ -112,14 +116,16 @@ Status Group::Impl::ConnectStore(Deadline deadline) {
 // spin_us = -1 is resolved here, from the host names every rank published.
 Status Group::Impl::AgreeOnConfiguration(const std::string& chosen_transport, Deadline deadline) {
   M2N_RETURN_IF_ERROR(PublishHost(*store, rank));
-  M2N_RETURN_IF_ERROR(store->SetString("m2n/config/" + std::to_string(rank),
-                                       protocol::EncodeFingerprint(MakeFingerprint(options, world, chosen_transport))));
+  M2N_RETURN_IF_ERROR(store->SetString(
+      "m2n/config/" + std::to_string(rank),
+      protocol::EncodeFingerprint(MakeFingerprint(options, world, chosen_transport))));
   std::vector<protocol::Fingerprint> all(world);
   for (int r = 0; r < world; ++r) {
     auto text = store->GetString("m2n/config/" + std::to_string(r), deadline);
     if (!text.ok()) return text.status().WithContext(me() + ": configuration of " + RankName(r));
     auto decoded = protocol::DecodeFingerprint(*text);
-    if (!decoded.ok()) return decoded.status().WithContext(me() + ": configuration of " + RankName(r));
+    if (!decoded.ok())
+      return decoded.status().WithContext(me() + ": configuration of " + RankName(r));
     all[r] = std::move(decoded).value();
   }
   Status agreed = protocol::CheckFingerprints(all);
@@ -151,15 +157,17 @@ Status Group::Impl::Connect(Deadline deadline) {
 // is the block's offset in the region the key describes (8 bytes, little-endian), then the key.
 Status Group::Impl::AllocateSlots() {
   if (options.slot_memory == MemoryKind::kCuda && !core->transport->capabilities().cuda_memory) {
-    return InvalidArgumentError(me() + ": Options::slot_memory is cuda, but transport '" + transport_name +
-                                "' cannot place receive slots in CUDA memory");
+    return InvalidArgumentError(me() + ": Options::slot_memory is cuda, but transport '" +
+                                transport_name + "' cannot place receive slots in CUDA memory");
   }
-  M2N_ASSIGN_OR_RETURN(slots, core->transport->Allocate(block_bytes() * peers.size(), options.slot_memory));
+  M2N_ASSIGN_OR_RETURN(
+      slots, core->transport->Allocate(block_bytes() * peers.size(), options.slot_memory));
   for (size_t i = 0; i < peers.size(); ++i) {
     auto key = slots->PackRemoteKeyFor(peers[i], block_bytes() * i, block_bytes());
     if (!key.ok()) return key.status().WithContext(me() + ": slot key for " + RankName(peers[i]));
     transport::Bytes value(sizeof(uint64_t));
-    for (size_t b = 0; b < sizeof(uint64_t); ++b) value[b] = std::byte(uint64_t{key->offset} >> (8 * b));
+    for (size_t b = 0; b < sizeof(uint64_t); ++b)
+      value[b] = std::byte(uint64_t{key->offset} >> (8 * b));
     value.insert(value.end(), key->key.begin(), key->key.end());
     M2N_RETURN_IF_ERROR(store->Set(SlotKeyName(rank, peers[i]), value));
   }
@@ -170,11 +178,13 @@ Status Group::Impl::AllocateSlots() {
 Status Group::Impl::ExchangeAddresses(Deadline deadline) {
   for (int peer : peers) {
     M2N_ASSIGN_OR_RETURN(transport::Bytes address, core->transport->LocalAddress(peer));
-    M2N_RETURN_IF_ERROR(store->Set("m2n/addr/" + std::to_string(rank) + "/" + std::to_string(peer), address));
+    M2N_RETURN_IF_ERROR(
+        store->Set("m2n/addr/" + std::to_string(rank) + "/" + std::to_string(peer), address));
   }
   for (int peer : peers) {
-    M2N_ASSIGN_OR_RETURN(bootstrap::Bytes address,
-                         store->Get("m2n/addr/" + std::to_string(peer) + "/" + std::to_string(rank), deadline));
+    M2N_ASSIGN_OR_RETURN(
+        bootstrap::Bytes address,
+        store->Get("m2n/addr/" + std::to_string(peer) + "/" + std::to_string(rank), deadline));
     Status s = core->transport->Connect(peer, address);
     if (!s.ok()) return s.WithContext(me() + ": connecting to " + RankName(peer));
   }
@@ -187,16 +197,18 @@ Status Group::Impl::ExchangeSlotKeys(Deadline deadline) {
   for (int peer : peers) {
     M2N_ASSIGN_OR_RETURN(bootstrap::Bytes value, store->Get(SlotKeyName(peer, rank), deadline));
     if (value.size() < sizeof(uint64_t)) {
-      return DataLossError(me() + ": slots of " + RankName(peer) + ": a " + std::to_string(value.size()) +
-                           "-byte key record");
+      return DataLossError(me() + ": slots of " + RankName(peer) + ": a " +
+                           std::to_string(value.size()) + "-byte key record");
     }
     uint64_t offset = 0;
     for (size_t b = 0; b < sizeof(uint64_t); ++b) offset |= uint64_t(value[b]) << (8 * b);
-    auto remote = core->transport->UnpackRemoteKey(peer, std::span(value).subspan(sizeof(uint64_t)));
+    auto remote =
+        core->transport->UnpackRemoteKey(peer, std::span(value).subspan(sizeof(uint64_t)));
     if (!remote.ok()) return remote.status().WithContext(me() + ": slots of " + RankName(peer));
     if (offset > (*remote)->size() || block_bytes() > (*remote)->size() - offset) {
-      return DataLossError(me() + ": slots of " + RankName(peer) + ": our block at " + std::to_string(offset) +
-                           " does not fit the " + std::to_string((*remote)->size()) + "-byte region of its key");
+      return DataLossError(me() + ": slots of " + RankName(peer) + ": our block at " +
+                           std::to_string(offset) + " does not fit the " +
+                           std::to_string((*remote)->size()) + "-byte region of its key");
     }
     remote_slots.push_back(std::move(remote).value());
     remote_block_offset.push_back(offset);
@@ -218,8 +230,10 @@ Status Group::Impl::PreparePeerState() {
   }
   if (options.checksum) {
     staging.resize(block_bytes() * peers.size());
-    auto staged = core->transport->RegisterSource(staging.data(), staging.size(), MemoryKind::kHost);
-    if (!staged.ok()) return staged.status().WithContext(me() + ": registering the checksum staging buffer");
+    auto staged =
+        core->transport->RegisterSource(staging.data(), staging.size(), MemoryKind::kHost);
+    if (!staged.ok())
+      return staged.status().WithContext(me() + ": registering the checksum staging buffer");
     staging_region = std::move(staged).value();
   }
   stream.sent.assign(peers.size(), 0);

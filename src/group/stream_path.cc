@@ -13,12 +13,14 @@ StatusOr<transport::StreamOps*> Group::Impl::StreamPath(std::string_view call) {
   M2N_RETURN_IF_ERROR(CheckOpen());
   transport::StreamOps* ops = core->transport->stream_ops();
   if (ops == nullptr) {
-    return UnimplementedError(me() + ": " + std::string(call) + ": transport '" + transport_name +
-                              "' has no stream-ordered operations (a GPU transport such as cuda_ipc has)");
+    return UnimplementedError(
+        me() + ": " + std::string(call) + ": transport '" + transport_name +
+        "' has no stream-ordered operations (a GPU transport such as cuda_ipc has)");
   }
   if (options.slot_memory != MemoryKind::kCuda) {
-    return FailedPreconditionError(me() + ": " + std::string(call) +
-                                   " needs receive slots in device memory (Options::slot_memory = kCuda)");
+    return FailedPreconditionError(
+        me() + ": " + std::string(call) +
+        " needs receive slots in device memory (Options::slot_memory = kCuda)");
   }
   M2N_RETURN_IF_ERROR(UsePath(DataPath::kStream));
   Status device = ops->StreamError();
@@ -42,9 +44,10 @@ Status Group::SendOnStream(std::span<const SendRequest> requests, Stream stream)
       M2N_ASSIGN_OR_RETURN(MemoryRegion::Impl * region, g.FindRegion(r.data, r.length));
       source = region->region.get();
       if (source->kind() != MemoryKind::kCuda) {
-        return InvalidArgumentError(g.me() + ": SendOnStream to " + RankName(r.peer) +
-                                    ": the buffer is registered as host memory; stream-ordered sends "
-                                    "take device memory (RegisterMemory(..., MemoryKind::kCuda))");
+        return InvalidArgumentError(
+            g.me() + ": SendOnStream to " + RankName(r.peer) +
+            ": the buffer is registered as host memory; stream-ordered sends "
+            "take device memory (RegisterMemory(..., MemoryKind::kCuda))");
       }
     }
     transport::StreamWrite w;
@@ -73,8 +76,8 @@ Status Group::ReceiveOnStream(std::span<const int> peers, std::span<Message> out
   M2N_ASSIGN_OR_RETURN(transport::StreamOps * ops, g.StreamPath("ReceiveOnStream"));
   if (out.size() != peers.size()) {
     return InvalidArgumentError(g.me() + ": ReceiveOnStream needs one output per peer (" +
-                                std::to_string(peers.size()) + " peers, " + std::to_string(out.size()) +
-                                " outputs)");
+                                std::to_string(peers.size()) + " peers, " +
+                                std::to_string(out.size()) + " outputs)");
   }
   for (int peer : peers) M2N_RETURN_IF_ERROR(g.ValidPeer(peer, "receive"));
   M2N_RETURN_IF_ERROR(g.CheckPerPeerCount(peers, "ReceiveOnStream"));
@@ -101,7 +104,8 @@ Status Group::ReceiveOnStream(std::span<const int> peers, std::span<Message> out
     int slot = static_cast<int>(sequence % depth);
     g.stream.held[index * depth + static_cast<uint64_t>(slot)] = sequence + 1;
     slots.push_back({peers[i], slot});
-    out[i] = Message{peers[i], slot, 0, g.SlotData(index, slot), sequence, ops->ArrivedLength(peers[i], slot)};
+    out[i] = Message{
+        peers[i], slot, 0, g.SlotData(index, slot), sequence, ops->ArrivedLength(peers[i], slot)};
     ++g.stats.messages_received;
   }
   Status s = ops->WaitOnStream(slots, stream);
@@ -119,11 +123,13 @@ Status Group::ReleaseOnStream(std::span<const Message> messages, Stream stream) 
     int index = g.IndexOfPeer(m.peer);
     bool held = m.slot >= 0 && static_cast<uint64_t>(m.slot) < depth &&
                 g.stream.held[index * depth + static_cast<uint64_t>(m.slot)] == m.sequence + 1;
-    for (size_t j = 0; j < i && held; ++j) held = !(messages[j].peer == m.peer && messages[j].slot == m.slot);
+    for (size_t j = 0; j < i && held; ++j)
+      held = !(messages[j].peer == m.peer && messages[j].slot == m.slot);
     if (!held) {
-      return FailedPreconditionError(g.me() + ": ReleaseOnStream: message " + std::to_string(m.sequence) +
-                                     " from " + RankName(m.peer) + " in slot " + std::to_string(m.slot) +
-                                     " is not held (released already, or not from ReceiveOnStream)");
+      return FailedPreconditionError(
+          g.me() + ": ReleaseOnStream: message " + std::to_string(m.sequence) + " from " +
+          RankName(m.peer) + " in slot " + std::to_string(m.slot) +
+          " is not held (released already, or not from ReceiveOnStream)");
     }
   }
   auto& slots = g.stream.slots;

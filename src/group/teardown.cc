@@ -38,7 +38,8 @@ Status Group::Impl::Teardown(Deadline deadline, bool clean) {
   if (core && core->transport) {
     // After a failure nobody is owed a flush: the transport closes at once (forcing what is left).
     const bool at_once = failed || aborted;
-    Status s = core->transport->Close(at_once ? Deadline::AfterMs(0) : deadline.Min(Deadline::AfterMs(2000)));
+    Status s = core->transport->Close(at_once ? Deadline::AfterMs(0)
+                                              : deadline.Min(Deadline::AfterMs(2000)));
     if (result.ok() && clean && !at_once) result = s;
   }
   slots.reset();
@@ -56,7 +57,8 @@ Status Group::Impl::Teardown(Deadline deadline, bool clean) {
 // waits until every peer has released ours and our last writes are done.
 Status Group::Impl::DrainForClose(Deadline deadline) {
   for (size_t i = 0; i < receive.size(); ++i) {
-    for (int slot : receive[i].ReleaseAll()) M2N_RETURN_IF_ERROR(PostAck(static_cast<int>(i), slot));
+    for (int slot : receive[i].ReleaseAll())
+      M2N_RETURN_IF_ERROR(PostAck(static_cast<int>(i), slot));
   }
   return WaitUntil(
       [&] {

@@ -12,12 +12,14 @@ std::vector<std::string> AvailableTransports() {
   return names;
 }
 
-StatusOr<const transport::TransportInfo*> ChooseTransport(const std::string& wanted, MemoryKind slots) {
+StatusOr<const transport::TransportInfo*> ChooseTransport(const std::string& wanted,
+                                                          MemoryKind slots) {
   auto all = transport::RegisteredTransports();
   std::string names;
   for (const auto& info : all) names += (names.empty() ? "" : ", ") + std::string(info.name);
   if (all.empty()) {
-    return UnavailableError("no transport was compiled into this build of m2n (see the configure summary)");
+    return UnavailableError(
+        "no transport was compiled into this build of m2n (see the configure summary)");
   }
   if (wanted == "auto") {
     std::string reasons;
@@ -44,7 +46,8 @@ StatusOr<const transport::TransportInfo*> ChooseTransport(const std::string& wan
 
 // Creates the chosen transport, passes it through `wrap` (the tests' fault injection; none in
 // Group::Create) and makes it the Core that the Group and its memory regions share.
-Status Group::Impl::CreateTransport(const transport::TransportInfo& info, const TransportWrapper& wrap) {
+Status Group::Impl::CreateTransport(const transport::TransportInfo& info,
+                                    const TransportWrapper& wrap) {
   transport::Config config;
   config.rank = rank;
   config.world_size = world;
@@ -55,7 +58,8 @@ Status Group::Impl::CreateTransport(const transport::TransportInfo& info, const 
   config.slot_memory = options.slot_memory;
   config.aborted = [abort = abort] { return abort.aborted(); };  // a copy: the Core may outlive us
   if (info.uses_nic) {
-    const Placement placement = ChoosePlacement(options);  // the NIC nearest to our GPU, a proxy core
+    const Placement placement =
+        ChoosePlacement(options);  // the NIC nearest to our GPU, a proxy core
     config.nic = placement.nic;
     config.nic_required = placement.nic_from_options;
     config.proxy_core = placement.proxy_core;

@@ -28,8 +28,8 @@ struct LauncherVariables {
 constexpr LauncherVariables kLaunchers[] = {
     {Launcher::kM2n, "M2N_RANK", "M2N_WORLD_SIZE", "M2N_LOCAL_RANK", "M2N_LOCAL_WORLD_SIZE"},
     {Launcher::kTorchrun, "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"},
-    {Launcher::kOpenMpi, "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
-     "OMPI_COMM_WORLD_LOCAL_SIZE"},
+    {Launcher::kOpenMpi, "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
+     "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"},
     {Launcher::kPmi, "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"},
     // SLURM_NTASKS_PER_NODE is read apart: it is set only on request, and not always a number.
     {Launcher::kSlurm, "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", nullptr},
@@ -49,7 +49,8 @@ Status ReadFirst(std::initializer_list<const char*> names, int64_t min, int64_t 
 // Slurm's tasks per node: "4", or "2(x3),1" for uneven layouts, which says nothing about this
 // host: only a plain number is a local size.
 int SlurmTasksPerNode() {
-  auto value = env::ParseInt("SLURM_NTASKS_PER_NODE", env::String("SLURM_NTASKS_PER_NODE", "?"), 1, kMaxRanks);
+  auto value = env::ParseInt("SLURM_NTASKS_PER_NODE", env::String("SLURM_NTASKS_PER_NODE", "?"), 1,
+                             kMaxRanks);
   return value.ok() ? static_cast<int>(*value) : -1;
 }
 
@@ -58,11 +59,13 @@ Status ReadLocal(const LauncherVariables& own, LaunchInfo* info) {
   M2N_RETURN_IF_ERROR(ReadFirst({own.local_rank}, 0, kMaxRanks, &info->local_rank));
   M2N_RETURN_IF_ERROR(ReadFirst({own.local_size}, 1, kMaxRanks, &info->local_size));
   for (const LauncherVariables& l : kLaunchers) {
-    if (info->local_rank < 0) M2N_RETURN_IF_ERROR(ReadFirst({l.local_rank}, 0, kMaxRanks, &info->local_rank));
+    if (info->local_rank < 0)
+      M2N_RETURN_IF_ERROR(ReadFirst({l.local_rank}, 0, kMaxRanks, &info->local_rank));
   }
   if (info->launcher == Launcher::kSlurm) {
     if (info->local_size < 0) info->local_size = SlurmTasksPerNode();
-    M2N_RETURN_IF_ERROR(ReadFirst({"SLURM_STEP_NUM_NODES", "SLURM_NNODES"}, 1, kMaxRanks, &info->num_hosts));
+    M2N_RETURN_IF_ERROR(
+        ReadFirst({"SLURM_STEP_NUM_NODES", "SLURM_NNODES"}, 1, kMaxRanks, &info->num_hosts));
   }
   return OkStatus();
 }
@@ -71,12 +74,18 @@ Status ReadLocal(const LauncherVariables& own, LaunchInfo* info) {
 
 std::string_view LauncherName(Launcher launcher) {
   switch (launcher) {
-    case Launcher::kNone: return "none";
-    case Launcher::kM2n: return "M2N_RANK";
-    case Launcher::kTorchrun: return "torchrun";
-    case Launcher::kOpenMpi: return "Open MPI";
-    case Launcher::kPmi: return "PMI";
-    case Launcher::kSlurm: return "Slurm";
+    case Launcher::kNone:
+      return "none";
+    case Launcher::kM2n:
+      return "M2N_RANK";
+    case Launcher::kTorchrun:
+      return "torchrun";
+    case Launcher::kOpenMpi:
+      return "Open MPI";
+    case Launcher::kPmi:
+      return "PMI";
+    case Launcher::kSlurm:
+      return "Slurm";
   }
   return "?";
 }
@@ -95,7 +104,8 @@ StatusOr<LaunchInfo> DetectLaunch() {
       info.launcher = l.launcher;
       M2N_RETURN_IF_ERROR(ReadFirst({l.rank}, 0, kMaxRanks, &info.rank));
     }
-    if (info.world_size < 0) M2N_RETURN_IF_ERROR(ReadFirst({l.size}, 1, kMaxRanks, &info.world_size));
+    if (info.world_size < 0)
+      M2N_RETURN_IF_ERROR(ReadFirst({l.size}, 1, kMaxRanks, &info.world_size));
   }
   if (own != nullptr) M2N_RETURN_IF_ERROR(ReadLocal(*own, &info));
   info.master_addr = env::String("M2N_MASTER_ADDR", env::String("MASTER_ADDR", ""));
@@ -103,11 +113,14 @@ StatusOr<LaunchInfo> DetectLaunch() {
   return info;
 }
 
-int LocalRank(const LaunchInfo& info, int rank) { return info.local_rank >= 0 ? info.local_rank : rank; }
+int LocalRank(const LaunchInfo& info, int rank) {
+  return info.local_rank >= 0 ? info.local_rank : rank;
+}
 
 StatusOr<int> PickFreePort() {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return InternalError(std::string("cannot find a free port: socket: ") + std::strerror(errno));
+  if (fd < 0)
+    return InternalError(std::string("cannot find a free port: socket: ") + std::strerror(errno));
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);

@@ -20,9 +20,10 @@ namespace m2n {
 namespace {
 
 // The variables SpawnLocal sets: a rank's inherited ones would name another job (or hold its key).
-constexpr std::string_view kJobVariables[] = {"M2N_RANK=",        "M2N_WORLD_SIZE=",  "M2N_LOCAL_RANK=",
-                                              "M2N_LOCAL_WORLD_SIZE=", "M2N_MASTER_ADDR=", "M2N_MASTER_PORT=",
-                                              "M2N_JOB_ID=",      "M2N_JOB_KEY=",     "M2N_JOB_KEY_FILE="};
+constexpr std::string_view kJobVariables[] = {
+    "M2N_RANK=",        "M2N_WORLD_SIZE=",  "M2N_LOCAL_RANK=", "M2N_LOCAL_WORLD_SIZE=",
+    "M2N_MASTER_ADDR=", "M2N_MASTER_PORT=", "M2N_JOB_ID=",     "M2N_JOB_KEY=",
+    "M2N_JOB_KEY_FILE="};
 
 // Whether the caller gives the job its key itself (SpawnOptions::env).
 bool CallerSetsKey(const SpawnOptions& o) {
@@ -40,7 +41,9 @@ StatusOr<std::string> NewJobKey() {
   while (got < sizeof(bytes)) {
     ssize_t n = getrandom(bytes + got, sizeof(bytes) - got, 0);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return InternalError(std::string("SpawnLocal: getrandom for the job key: ") + std::strerror(errno));
+    if (n <= 0)
+      return InternalError(std::string("SpawnLocal: getrandom for the job key: ") +
+                           std::strerror(errno));
     got += static_cast<size_t>(n);
   }
   static constexpr char kDigits[] = "0123456789abcdef";
@@ -63,8 +66,8 @@ bool Replaced(std::string_view entry, const std::vector<std::string>& extra) {
   return false;
 }
 
-std::vector<std::string> RankEnvironment(const SpawnOptions& o, int rank, int port, const std::string& job_id,
-                                         const std::string& job_key) {
+std::vector<std::string> RankEnvironment(const SpawnOptions& o, int rank, int port,
+                                         const std::string& job_id, const std::string& job_key) {
   std::vector<std::string> env;
   for (char** e = environ; *e != nullptr; ++e) {
     if (!Replaced(*e, o.env)) env.emplace_back(*e);
@@ -72,8 +75,8 @@ std::vector<std::string> RankEnvironment(const SpawnOptions& o, int rank, int po
   const std::string ranks = std::to_string(o.num_ranks);
   for (std::string v : {"M2N_RANK=" + std::to_string(rank), "M2N_WORLD_SIZE=" + ranks,
                         "M2N_LOCAL_RANK=" + std::to_string(rank), "M2N_LOCAL_WORLD_SIZE=" + ranks,
-                        std::string("M2N_MASTER_ADDR=127.0.0.1"), "M2N_MASTER_PORT=" + std::to_string(port),
-                        "M2N_JOB_ID=" + job_id}) {
+                        std::string("M2N_MASTER_ADDR=127.0.0.1"),
+                        "M2N_MASTER_PORT=" + std::to_string(port), "M2N_JOB_ID=" + job_id}) {
     env.push_back(std::move(v));
   }
   if (!job_key.empty()) env.push_back("M2N_JOB_KEY=" + job_key);
@@ -99,7 +102,8 @@ StatusOr<std::string> ProgramPath(const SpawnOptions& o) {
 // The bounded wait for a job's ranks.
 class Job {
  public:
-  Job(const std::vector<pid_t>& pids, const WaitOptions& o, Deadline deadline) : o_(o), deadline_(deadline) {
+  Job(const std::vector<pid_t>& pids, const WaitOptions& o, Deadline deadline)
+      : o_(o), deadline_(deadline) {
     exit_.ranks.resize(pids.size());
     for (size_t r = 0; r < pids.size(); ++r) exit_.ranks[r].pid = pids[r];
     ended_.assign(pids.size(), false);
@@ -131,7 +135,8 @@ void Job::Signal(int signal) {
 }
 
 void Job::StopSoon() {
-  for (int rank = 0; rank < size(); ++rank) exit_.ranks[static_cast<size_t>(rank)].running_at_stop = Running(rank);
+  for (int rank = 0; rank < size(); ++rank)
+    exit_.ranks[static_cast<size_t>(rank)].running_at_stop = Running(rank);
   Signal(SIGTERM);
   stopping_ = true;
   kill_at_ = Clock::now() + o_.grace;
@@ -142,8 +147,9 @@ void Job::Reap(int rank, int status) {
   ended_[static_cast<size_t>(rank)] = true;
   if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
   if (WIFSIGNALED(status)) r.signal = WTERMSIG(status);
-  const bool finished = WIFEXITED(status) && std::find(o_.finished_codes.begin(), o_.finished_codes.end(),
-                                                       r.exit_code) != o_.finished_codes.end();
+  const bool finished =
+      WIFEXITED(status) && std::find(o_.finished_codes.begin(), o_.finished_codes.end(),
+                                     r.exit_code) != o_.finished_codes.end();
   if (finished || stopping_ || !o_.stop_on_failure) return;
   exit_.first_failure = rank;
   for (int other = 0; other < size(); ++other) exit_.running_at_failure += Running(other);
@@ -158,9 +164,12 @@ JobExit Job::Wait() {
       if (!Running(rank)) continue;
       int status = 0;
       const pid_t done = waitpid(exit_.ranks[static_cast<size_t>(rank)].pid, &status, WNOHANG);
-      if (done > 0) Reap(rank, status);
-      else if (done < 0 && errno != EINTR) Reap(rank, 0xff << 8);  // reaped elsewhere: exit status 255
-      else ++alive;
+      if (done > 0)
+        Reap(rank, status);
+      else if (done < 0 && errno != EINTR)
+        Reap(rank, 0xff << 8);  // reaped elsewhere: exit status 255
+      else
+        ++alive;
     }
     if (alive == 0) return exit_;
     if (!stopping_ && deadline_.Expired()) {
@@ -187,14 +196,16 @@ StatusOr<std::vector<pid_t>> StartRanks(const SpawnOptions& o, const std::string
     if (pid < 0) {
       const int error = errno;
       for (pid_t started : pids) kill(started, SIGKILL);
-      (void)WaitForJob(pids, {.grace = std::chrono::milliseconds(0)}, Deadline::After(std::chrono::seconds(10)));
+      (void)WaitForJob(pids, {.grace = std::chrono::milliseconds(0)},
+                       Deadline::After(std::chrono::seconds(10)));
       return InternalError("fork for rank " + std::to_string(rank) + ": " + std::strerror(error));
     }
     if (pid == 0) {
       prctl(PR_SET_PDEATHSIG, SIGKILL);  // the ranks die with the launcher, whatever kills it
       if (getppid() != parent) _exit(127);
       execve(program.c_str(), arg_pointers.data(), env_pointers.data());
-      std::fprintf(stderr, "m2n: exec %s for rank %d: %s\n", program.c_str(), rank, std::strerror(errno));
+      std::fprintf(stderr, "m2n: exec %s for rank %d: %s\n", program.c_str(), rank,
+                   std::strerror(errno));
       _exit(127);
     }
     pids.push_back(pid);
@@ -205,14 +216,16 @@ StatusOr<std::vector<pid_t>> StartRanks(const SpawnOptions& o, const std::string
 }  // namespace
 
 std::string RankExit::Describe() const {
-  if (signal != 0) return "was killed by signal " + std::to_string(signal) + " (" + strsignal(signal) + ")";
+  if (signal != 0)
+    return "was killed by signal " + std::to_string(signal) + " (" + strsignal(signal) + ")";
   if (exit_code >= 0) return "exited with status " + std::to_string(exit_code);
   return "did not start";
 }
 
 StatusOr<JobExit> SpawnLocal(const SpawnOptions& options, Deadline deadline) {
   if (options.num_ranks < 1) {
-    return InvalidArgumentError("SpawnLocal: num_ranks " + std::to_string(options.num_ranks) + " < 1");
+    return InvalidArgumentError("SpawnLocal: num_ranks " + std::to_string(options.num_ranks) +
+                                " < 1");
   }
   M2N_ASSIGN_OR_RETURN(const std::string program, ProgramPath(options));
   int port = options.master_port;
@@ -228,7 +241,8 @@ StatusOr<JobExit> SpawnLocal(const SpawnOptions& options, Deadline deadline) {
   if (!CallerSetsKey(options)) {
     M2N_ASSIGN_OR_RETURN(job_key, NewJobKey());
   }
-  M2N_ASSIGN_OR_RETURN(const std::vector<pid_t> pids, StartRanks(options, program, port, job_id, job_key));
+  M2N_ASSIGN_OR_RETURN(const std::vector<pid_t> pids,
+                       StartRanks(options, program, port, job_id, job_key));
   return WaitForJob(pids, options.wait, deadline);
 }
 

@@ -67,8 +67,8 @@ Status CheckFingerprints(const std::vector<Fingerprint>& fingerprints) {
   for (size_t r = 1; r < fingerprints.size(); ++r) {
     const Fingerprint& fp = fingerprints[r];
     if (fp.size() != ref.size()) {
-      add("rank " + std::to_string(r) + " sent " + std::to_string(fp.size()) + " fields, rank 0 sent " +
-          std::to_string(ref.size()) + " (different m2n versions?)");
+      add("rank " + std::to_string(r) + " sent " + std::to_string(fp.size()) +
+          " fields, rank 0 sent " + std::to_string(ref.size()) + " (different m2n versions?)");
     }
   }
   for (size_t f = 0; f < ref.size(); ++f) {
@@ -85,8 +85,8 @@ Status CheckFingerprints(const std::vector<Fingerprint>& fingerprints) {
         for (size_t q = r + 1; q < fingerprints.size(); ++q) {
           if (f < fingerprints[q].size() && fingerprints[q][f].second != ref[f].second) ++others;
         }
-        add(Shown(ref[f].first) + " is " + Shown(ref[f].second) + " on rank 0 but " + Shown(fp[f].second) + " on rank " +
-            std::to_string(r) +
+        add(Shown(ref[f].first) + " is " + Shown(ref[f].second) + " on rank 0 but " +
+            Shown(fp[f].second) + " on rank " + std::to_string(r) +
             (others > 0 ? " (and differs on " + std::to_string(others) + " more rank(s))" : ""));
         break;
       }

@@ -18,14 +18,16 @@ constexpr std::array<uint8_t, 256> kCrc8Table = [] {
   std::array<uint8_t, 256> table{};
   for (int i = 0; i < 256; ++i) {
     uint8_t crc = static_cast<uint8_t>(i);
-    for (int bit = 0; bit < 8; ++bit) crc = static_cast<uint8_t>((crc & 0x80) ? (crc << 1) ^ 0x07 : crc << 1);
+    for (int bit = 0; bit < 8; ++bit)
+      crc = static_cast<uint8_t>((crc & 0x80) ? (crc << 1) ^ 0x07 : crc << 1);
     table[i] = crc;
   }
   return table;
 }();
 
 uint8_t Crc8(uint8_t crc, uint32_t word, int bytes) {
-  for (int b = bytes - 1; b >= 0; --b) crc = kCrc8Table[crc ^ static_cast<uint8_t>(word >> (8 * b))];
+  for (int b = bytes - 1; b >= 0; --b)
+    crc = kCrc8Table[crc ^ static_cast<uint8_t>(word >> (8 * b))];
   return crc;
 }
 
@@ -47,9 +49,10 @@ uint8_t ImmediateSeed(int writer, int reader) {
 }
 
 uint32_t EncodeImmediate(const Immediate& imm, uint8_t seed) {
-  const uint32_t upper = (static_cast<uint32_t>(imm.kind) << (kKindShift - kSequenceShift)) |
-                         ((static_cast<uint32_t>(imm.slot) & kSlotMask) << (kSlotShift - kSequenceShift)) |
-                         (imm.sequence & kSequenceMask);
+  const uint32_t upper =
+      (static_cast<uint32_t>(imm.kind) << (kKindShift - kSequenceShift)) |
+      ((static_cast<uint32_t>(imm.slot) & kSlotMask) << (kSlotShift - kSequenceShift)) |
+      (imm.sequence & kSequenceMask);
   return (upper << kSequenceShift) | Crc8(seed, upper, 3);
 }
 
@@ -62,8 +65,8 @@ StatusOr<Immediate> DecodeImmediate(uint32_t bits, int writer, int reader, uint8
   }
   const uint32_t kind = bits >> kKindShift;
   if (kind > static_cast<uint32_t>(ImmKind::kAck)) {
-    return DataLossError("immediate " + Hex(bits) + " from rank " + std::to_string(writer) + " has unknown kind " +
-                         std::to_string(kind));
+    return DataLossError("immediate " + Hex(bits) + " from rank " + std::to_string(writer) +
+                         " has unknown kind " + std::to_string(kind));
   }
   Immediate imm;
   imm.kind = static_cast<ImmKind>(kind);
@@ -73,8 +76,8 @@ StatusOr<Immediate> DecodeImmediate(uint32_t bits, int writer, int reader, uint8
 }
 
 std::string ToString(const Immediate& imm) {
-  return std::string(imm.kind == ImmKind::kData ? "data" : "ack") + "(slot " + std::to_string(imm.slot) +
-         ", sequence " + std::to_string(imm.sequence) + ")";
+  return std::string(imm.kind == ImmKind::kData ? "data" : "ack") + "(slot " +
+         std::to_string(imm.slot) + ", sequence " + std::to_string(imm.sequence) + ")";
 }
 
 }  // namespace m2n::protocol

@@ -11,9 +11,10 @@
 // corrupted (every error of up to 3 bits, 255 in 256 others) or attributed to a rank whose seed
 // differs fails DecodeImmediate. The seed is never 0 (no immediate encodes to all zeros) and is
 // distinct for writers fewer than 255 apart, or 256 apart, writing one reader (ImmediateSeed; what
-// 8 bits cannot separate is in docs/reliability.md). The sequence lets the reader see a lost, duplicated or reordered immediate: a
-// lost data immediate keeps its slot's credit at the writer, and a lost ACK keeps the slot, so at
-// most slot_depth (<= 1024 < 4096) immediates can go missing in a row and any gap shows.
+// 8 bits cannot separate is in docs/reliability.md). The sequence lets the reader see a lost,
+// duplicated or reordered immediate: a lost data immediate keeps its slot's credit at the writer,
+// and a lost ACK keeps the slot, so at most slot_depth (<= 1024 < 4096) immediates can go missing
+// in a row and any gap shows.
 //
 // The length travels beside the immediate (the verbs byte_len of the completion; the ring entry in
 // emulation), so the receiver sees (sender, slot, length) for every message.

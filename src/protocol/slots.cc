@@ -7,15 +7,17 @@ ReceiveSlots::ReceiveSlots(int peer, int depth, size_t slot_bytes)
 
 Status ReceiveSlots::OnArrival(int slot, size_t length) {
   if (slot < 0 || slot >= static_cast<int>(state_.size())) {
-    return DataLossError("rank " + std::to_string(peer_) + " wrote into slot " + std::to_string(slot) +
-                         ", outside [0, " + std::to_string(state_.size()) + ")");
+    return DataLossError("rank " + std::to_string(peer_) + " wrote into slot " +
+                         std::to_string(slot) + ", outside [0, " + std::to_string(state_.size()) +
+                         ")");
   }
   if (length > slot_bytes_) {
     return DataLossError("rank " + std::to_string(peer_) + " wrote " + std::to_string(length) +
                          " bytes into a slot of " + std::to_string(slot_bytes_));
   }
   if (state_[slot] != State::kFree) {
-    return DataLossError("rank " + std::to_string(peer_) + " wrote into slot " + std::to_string(slot) +
+    return DataLossError("rank " + std::to_string(peer_) + " wrote into slot " +
+                         std::to_string(slot) +
                          ", which still holds an unreleased message (a credit was violated)");
   }
   state_[slot] = State::kArrived;
@@ -76,8 +78,8 @@ int Credits::Take() {
 
 Status Credits::OnAck(int slot) {
   if (slot < 0 || slot >= static_cast<int>(busy_.size()) || !busy_[slot]) {
-    return DataLossError("rank " + std::to_string(peer_) + " acknowledged slot " + std::to_string(slot) +
-                         ", which holds no message of ours");
+    return DataLossError("rank " + std::to_string(peer_) + " acknowledged slot " +
+                         std::to_string(slot) + ", which holds no message of ours");
   }
   busy_[slot] = false;
   ++available_;

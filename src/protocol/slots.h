@@ -1,10 +1,10 @@
 // Slot and credit accounting, one object per peer. Pure logic: no transport, no clock, so it is
 // unit tested directly (tests/protocol_test.cc).
 //
-// Receiver side (ReceiveSlots): the peer writes into our slots. Each slot is free, arrived (written,
-// waiting for Receive), or delivered (handed to the user, waiting for Release). Arrivals are
-// delivered in the order they landed. A write into a slot that is not free, or a release of a slot
-// that is not delivered (or of an older message that used the slot before), is refused.
+// Receiver side (ReceiveSlots): the peer writes into our slots. Each slot is free, arrived
+// (written, waiting for Receive), or delivered (handed to the user, waiting for Release). Arrivals
+// are delivered in the order they landed. A write into a slot that is not free, or a release of a
+// slot that is not delivered (or of an older message that used the slot before), is refused.
 //
 // Sender side (Credits): one credit per free slot at the peer. Sending takes a credit (a slot); the
 // peer's ACK for that slot gives it back. An ACK for a slot that was not in use is refused.

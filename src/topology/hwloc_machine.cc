@@ -38,10 +38,12 @@ std::vector<int> Cpus(hwloc_const_cpuset_t set) {
 int PackageOf(hwloc_topology_t t, hwloc_obj_t obj) {
   if (obj == nullptr || obj->cpuset == nullptr || hwloc_bitmap_iszero(obj->cpuset)) return -1;
   if (obj->type == HWLOC_OBJ_PACKAGE) return static_cast<int>(obj->os_index);
-  if (hwloc_obj_t p = hwloc_get_ancestor_obj_by_type(t, HWLOC_OBJ_PACKAGE, obj)) return static_cast<int>(p->os_index);
+  if (hwloc_obj_t p = hwloc_get_ancestor_obj_by_type(t, HWLOC_OBJ_PACKAGE, obj))
+    return static_cast<int>(p->os_index);
   // Attached above the packages (a Group, the Machine): the one package covering it, if any.
   hwloc_obj_t found = nullptr;
-  for (hwloc_obj_t p = nullptr; (p = hwloc_get_next_obj_by_type(t, HWLOC_OBJ_PACKAGE, p)) != nullptr;) {
+  for (hwloc_obj_t p = nullptr;
+       (p = hwloc_get_next_obj_by_type(t, HWLOC_OBJ_PACKAGE, p)) != nullptr;) {
     if (hwloc_bitmap_isincluded(obj->cpuset, p->cpuset)) found = p;
   }
   return found != nullptr ? static_cast<int>(found->os_index) : -1;
@@ -49,14 +51,15 @@ int PackageOf(hwloc_topology_t t, hwloc_obj_t obj) {
 
 // The NUMA node holding `obj` (a normal object) when it is exactly one, else -1.
 int NumaOf(hwloc_obj_t obj) {
-  if (obj == nullptr || obj->nodeset == nullptr || hwloc_bitmap_weight(obj->nodeset) != 1) return -1;
+  if (obj == nullptr || obj->nodeset == nullptr || hwloc_bitmap_weight(obj->nodeset) != 1)
+    return -1;
   return hwloc_bitmap_first(obj->nodeset);
 }
 
 std::string BusId(const hwloc_obj_t pci) {
   char text[32];
-  std::snprintf(text, sizeof text, "%04x:%02x:%02x.%x", pci->attr->pcidev.domain, pci->attr->pcidev.bus,
-                pci->attr->pcidev.dev, pci->attr->pcidev.func);
+  std::snprintf(text, sizeof text, "%04x:%02x:%02x.%x", pci->attr->pcidev.domain,
+                pci->attr->pcidev.bus, pci->attr->pcidev.dev, pci->attr->pcidev.func);
   return text;
 }
 
@@ -64,9 +67,11 @@ PciDevice Describe(hwloc_topology_t t, hwloc_obj_t pci, std::string name) {
   PciDevice d;
   d.bus_id = BusId(pci);
   d.name = std::move(name);
-  for (hwloc_obj_t up = pci->parent; up != nullptr && up->type == HWLOC_OBJ_BRIDGE; up = up->parent) {
+  for (hwloc_obj_t up = pci->parent; up != nullptr && up->type == HWLOC_OBJ_BRIDGE;
+       up = up->parent) {
     d.bridges.insert(d.bridges.begin(), up->gp_index);
-    d.switch_port.insert(d.switch_port.begin(), up->attr->bridge.upstream_type == HWLOC_OBJ_BRIDGE_PCI);
+    d.switch_port.insert(d.switch_port.begin(),
+                         up->attr->bridge.upstream_type == HWLOC_OBJ_BRIDGE_PCI);
   }
   hwloc_obj_t local = hwloc_get_non_io_ancestor_obj(t, pci);
   if (local != nullptr) {
@@ -84,7 +89,8 @@ StatusOr<Machine> Load(hwloc_topology_t t, const std::string& source) {
   m.numa_nodes = hwloc_get_nbobjs_by_type(t, HWLOC_OBJ_NUMANODE);
   hwloc_const_cpuset_t allowed = hwloc_topology_get_allowed_cpuset(t);
   // Cores (or PUs where the topology has no cores): the first allowed PU of each.
-  const hwloc_obj_type_t unit = hwloc_get_nbobjs_by_type(t, HWLOC_OBJ_CORE) > 0 ? HWLOC_OBJ_CORE : HWLOC_OBJ_PU;
+  const hwloc_obj_type_t unit =
+      hwloc_get_nbobjs_by_type(t, HWLOC_OBJ_CORE) > 0 ? HWLOC_OBJ_CORE : HWLOC_OBJ_PU;
   for (hwloc_obj_t core = nullptr; (core = hwloc_get_next_obj_by_type(t, unit, core)) != nullptr;) {
     hwloc_bitmap_t usable = hwloc_bitmap_alloc();
     hwloc_bitmap_and(usable, core->cpuset, allowed);
@@ -94,8 +100,10 @@ StatusOr<Machine> Load(hwloc_topology_t t, const std::string& source) {
     Core c;
     c.pu = pu;
     c.package = PackageOf(t, core);
-    for (hwloc_obj_t node = nullptr; (node = hwloc_get_next_obj_by_type(t, HWLOC_OBJ_NUMANODE, node)) != nullptr;) {
-      if (hwloc_bitmap_isincluded(core->cpuset, node->cpuset)) c.numa = static_cast<int>(node->os_index);
+    for (hwloc_obj_t node = nullptr;
+         (node = hwloc_get_next_obj_by_type(t, HWLOC_OBJ_NUMANODE, node)) != nullptr;) {
+      if (hwloc_bitmap_isincluded(core->cpuset, node->cpuset))
+        c.numa = static_cast<int>(node->os_index);
     }
     m.cores.push_back(c);
   }
@@ -117,7 +125,9 @@ StatusOr<Machine> Load(hwloc_topology_t t, const std::string& source) {
                      (cls == kClassDisplayVga && (vendor == kVendorNvidia || vendor == kVendorAmd));
     if (gpu) m.gpus.push_back(Describe(t, pci, gpu_name));
   }
-  auto by_bus = [](const PciDevice& a, const PciDevice& b) { return a.bus_id < b.bus_id || (a.bus_id == b.bus_id && a.name < b.name); };
+  auto by_bus = [](const PciDevice& a, const PciDevice& b) {
+    return a.bus_id < b.bus_id || (a.bus_id == b.bus_id && a.name < b.name);
+  };
   std::sort(m.gpus.begin(), m.gpus.end(), by_bus);
   std::sort(m.nics.begin(), m.nics.end(), by_bus);
   return m;
@@ -135,7 +145,8 @@ Status Prepare(Handle& h) {
   hwloc_topology_set_cache_types_filter(h.topology, HWLOC_TYPE_FILTER_KEEP_NONE);
   hwloc_topology_set_icache_types_filter(h.topology, HWLOC_TYPE_FILTER_KEEP_NONE);
 #if HWLOC_API_VERSION >= 0x00020800
-  hwloc_topology_set_flags(h.topology, HWLOC_TOPOLOGY_FLAG_NO_DISTANCES | HWLOC_TOPOLOGY_FLAG_NO_MEMATTRS |
+  hwloc_topology_set_flags(h.topology, HWLOC_TOPOLOGY_FLAG_NO_DISTANCES |
+                                           HWLOC_TOPOLOGY_FLAG_NO_MEMATTRS |
                                            HWLOC_TOPOLOGY_FLAG_NO_CPUKINDS);
 #endif
   return OkStatus();
@@ -155,7 +166,8 @@ StatusOr<Machine> LoadThisMachine() {
     (void)hwloc_topology_set_components(h.topology, HWLOC_TOPOLOGY_COMPONENTS_FLAG_BLACKLIST, name);
   }
   if (hwloc_topology_load(h.topology) != 0) {
-    return UnavailableError(std::string("topology: hwloc_topology_load (this host): ") + std::strerror(errno));
+    return UnavailableError(std::string("topology: hwloc_topology_load (this host): ") +
+                            std::strerror(errno));
   }
   return Load(h.topology, "this host");
 }
@@ -164,11 +176,14 @@ StatusOr<Machine> LoadMachineXml(std::string_view xml) {
   Handle h;
   M2N_RETURN_IF_ERROR(Prepare(h));
   const std::string text(xml);  // hwloc wants the terminating NUL counted
-  if (hwloc_topology_set_xmlbuffer(h.topology, text.c_str(), static_cast<int>(text.size() + 1)) != 0) {
-    return InvalidArgumentError(std::string("topology: hwloc_topology_set_xmlbuffer: ") + std::strerror(errno));
+  if (hwloc_topology_set_xmlbuffer(h.topology, text.c_str(), static_cast<int>(text.size() + 1)) !=
+      0) {
+    return InvalidArgumentError(std::string("topology: hwloc_topology_set_xmlbuffer: ") +
+                                std::strerror(errno));
   }
   if (hwloc_topology_load(h.topology) != 0) {
-    return InvalidArgumentError(std::string("topology: hwloc cannot load the XML topology: ") + std::strerror(errno));
+    return InvalidArgumentError(std::string("topology: hwloc cannot load the XML topology: ") +
+                                std::strerror(errno));
   }
   return Load(h.topology, "XML");
 }

@@ -7,7 +7,8 @@ bool HwlocBuilt() { return false; }
 
 StatusOr<Machine> LoadThisMachine() {
   return UnimplementedError(
-      "topology: this build has no hwloc (apt-get install libhwloc-dev and reconfigure); the transports "
+      "topology: this build has no hwloc (apt-get install libhwloc-dev and reconfigure); the "
+      "transports "
       "choose their NIC themselves");
 }
 

@@ -33,8 +33,9 @@ std::string CurrentGpuBusId() {
   void* context = nullptr;
   int device = -1;
   char text[64] = {};
-  if (get_current != nullptr && get_device != nullptr && get_bus_id != nullptr && get_current(&context) == 0 &&
-      context != nullptr && get_device(&device) == 0 && get_bus_id(text, sizeof text, device) == 0) {
+  if (get_current != nullptr && get_device != nullptr && get_bus_id != nullptr &&
+      get_current(&context) == 0 && context != nullptr && get_device(&device) == 0 &&
+      get_bus_id(text, sizeof text, device) == 0) {
     bus_id = text;
   }
   dlclose(lib);
@@ -63,11 +64,13 @@ Placement ChoosePlacement(const Options& options) {
     p.reason = machine.status().message();
   } else {
     const int index = gpu.empty() ? -1 : topology::FindGpu(*machine, gpu);
-    const topology::Choice c =
-        index >= 0 ? topology::ChooseForGpu(*machine, index) : topology::ChooseForCpus(*machine, AllowedCpus());
+    const topology::Choice c = index >= 0 ? topology::ChooseForGpu(*machine, index)
+                                          : topology::ChooseForCpus(*machine, AllowedCpus());
     if (c.nic >= 0) p.nic = machine->nics[c.nic].name;
     p.proxy_core = c.proxy_pu;
-    p.reason = (!gpu.empty() && index < 0 ? "GPU " + gpu + " is not in the topology; " : std::string()) + c.why;
+    p.reason =
+        (!gpu.empty() && index < 0 ? "GPU " + gpu + " is not in the topology; " : std::string()) +
+        c.why;
     if (index >= 0) p.gpu = machine->gpus[index].bus_id;
   }
   if (!options.nic.empty()) {
@@ -77,7 +80,8 @@ Placement ChoosePlacement(const Options& options) {
   }
   if (options.proxy_core >= 0) {
     p.proxy_core = options.proxy_core;
-    p.reason += "; proxy core " + std::to_string(options.proxy_core) + " from Options::proxy_core / M2N_PROXY_CORE";
+    p.reason += "; proxy core " + std::to_string(options.proxy_core) +
+                " from Options::proxy_core / M2N_PROXY_CORE";
   }
   return p;
 }

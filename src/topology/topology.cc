@@ -73,18 +73,24 @@ int NicFor(const Machine& m, int gpu, Path* path) {
 
 const char* PathName(PathType type) {
   switch (type) {
-    case PathType::kPciSwitch: return "PCIe switch";
-    case PathType::kHostBridge: return "host bridge";
-    case PathType::kNumaNode: return "NUMA node";
-    case PathType::kPackage: return "package";
-    case PathType::kSystem: return "across packages";
+    case PathType::kPciSwitch:
+      return "PCIe switch";
+    case PathType::kHostBridge:
+      return "host bridge";
+    case PathType::kNumaNode:
+      return "NUMA node";
+    case PathType::kPackage:
+      return "package";
+    case PathType::kSystem:
+      return "across packages";
   }
   return "?";
 }
 
 Path PathBetween(const PciDevice& a, const PciDevice& b) {
   size_t common = 0;
-  while (common < a.bridges.size() && common < b.bridges.size() && a.bridges[common] == b.bridges[common]) {
+  while (common < a.bridges.size() && common < b.bridges.size() &&
+         a.bridges[common] == b.bridges[common]) {
     ++common;
   }
   Path p;
@@ -120,13 +126,15 @@ Choice ChooseForGpu(const Machine& m, int gpu) {
     size_t ordinal = 0;
     for (int other = 0; other < gpu; ++other) {
       const int other_nic = NicFor(m, other, nullptr);
-      if (ProxyCandidates(m, m.gpus[other], other_nic >= 0 ? &m.nics[other_nic] : nullptr) == cores) ++ordinal;
+      if (ProxyCandidates(m, m.gpus[other], other_nic >= 0 ? &m.nics[other_nic] : nullptr) == cores)
+        ++ordinal;
     }
     c.proxy_pu = m.cores[cores[cores.size() - 1 - ordinal % cores.size()]].pu;
   }
-  c.why = "GPU " + g.bus_id + (nic != nullptr ? " -> " + nic->name + " (" + PathName(c.path) + ", " +
-                                                    std::to_string(path.hops) + " PCI hops)"
-                                              : std::string(" -> no RDMA NIC in the topology"));
+  c.why = "GPU " + g.bus_id +
+          (nic != nullptr ? " -> " + nic->name + " (" + PathName(c.path) + ", " +
+                                std::to_string(path.hops) + " PCI hops)"
+                          : std::string(" -> no RDMA NIC in the topology"));
   if (c.proxy_pu >= 0) c.why += ", proxy core " + std::to_string(c.proxy_pu);
   return c;
 }
@@ -154,8 +162,9 @@ Choice ChooseForCpus(const Machine& m, const std::vector<int>& cpus) {
   if (c.nic >= 0) {
     const PciDevice& nic = m.nics[c.nic];
     c.path = best_overlap > 0 ? PathType::kNumaNode : PathType::kSystem;
-    c.why = "no GPU: " + nic.name + (best_overlap > 0 ? " (local to this process's CPUs)"
-                                                       : " (none is local to this process's CPUs)");
+    c.why = "no GPU: " + nic.name +
+            (best_overlap > 0 ? " (local to this process's CPUs)"
+                              : " (none is local to this process's CPUs)");
   } else {
     c.why = "no GPU, no RDMA NIC in the topology";
   }
@@ -176,13 +185,17 @@ int FindGpu(const Machine& m, std::string_view bus_id) {
 
 std::vector<std::string> Describe(const Machine& m) {
   std::vector<std::string> lines;
-  lines.push_back(m.source + ": " + std::to_string(m.packages) + " package(s), " + std::to_string(m.numa_nodes) +
-                  " NUMA node(s), " + std::to_string(m.cores.size()) + " usable core(s), " +
-                  std::to_string(m.gpus.size()) + " GPU(s), " + std::to_string(m.nics.size()) + " RDMA NIC(s)");
-  for (size_t i = 0; i < m.gpus.size(); ++i) lines.push_back(ChooseForGpu(m, static_cast<int>(i)).why);
+  lines.push_back(m.source + ": " + std::to_string(m.packages) + " package(s), " +
+                  std::to_string(m.numa_nodes) + " NUMA node(s), " +
+                  std::to_string(m.cores.size()) + " usable core(s), " +
+                  std::to_string(m.gpus.size()) + " GPU(s), " + std::to_string(m.nics.size()) +
+                  " RDMA NIC(s)");
+  for (size_t i = 0; i < m.gpus.size(); ++i)
+    lines.push_back(ChooseForGpu(m, static_cast<int>(i)).why);
   if (m.gpus.empty()) {
     for (const PciDevice& nic : m.nics) {
-      lines.push_back("NIC " + nic.name + " " + nic.bus_id + ", NUMA node " + std::to_string(nic.numa));
+      lines.push_back("NIC " + nic.name + " " + nic.bus_id + ", NUMA node " +
+                      std::to_string(nic.numa));
     }
   }
   return lines;

@@ -19,26 +19,26 @@ namespace m2n::topology {
 // How far apart two PCI devices are, nearest first (NCCL's PIX/PXB, PHB, NODE, SYS, with the
 // socket step split out).
 enum class PathType : uint8_t {
-  kPciSwitch = 0,   // below a common PCIe switch (PCI-to-PCI bridges only)
+  kPciSwitch = 0,  // below a common PCIe switch (PCI-to-PCI bridges only)
   kHostBridge = 1,  // below a common host bridge (root complex), no common switch
-  kNumaNode = 2,    // different host bridges of one NUMA node
-  kPackage = 3,     // different NUMA nodes of one package
-  kSystem = 4,      // different packages (the inter-socket link)
+  kNumaNode = 2,  // different host bridges of one NUMA node
+  kPackage = 3,  // different NUMA nodes of one package
+  kSystem = 4,  // different packages (the inter-socket link)
 };
 const char* PathName(PathType type);
 
 struct PciDevice {
-  std::string bus_id;              // "0000:17:00.0", lower case
-  std::string name;                // NIC: the RDMA device (mlx5_0); GPU: its OS device (cuda0) or ""
-  std::vector<uint64_t> bridges;   // the bridges above it, host bridge first (hwloc gp_index)
-  std::vector<bool> switch_port;   // parallel to bridges: a PCI-to-PCI bridge (a switch port)
-  int numa = -1;                   // OS index of its NUMA node; -1: unknown
-  int package = -1;                // OS index of its package; -1: unknown
-  std::vector<int> cpus;           // OS indices of the PUs local to it, ascending
+  std::string bus_id;  // "0000:17:00.0", lower case
+  std::string name;  // NIC: the RDMA device (mlx5_0); GPU: its OS device (cuda0) or ""
+  std::vector<uint64_t> bridges;  // the bridges above it, host bridge first (hwloc gp_index)
+  std::vector<bool> switch_port;  // parallel to bridges: a PCI-to-PCI bridge (a switch port)
+  int numa = -1;  // OS index of its NUMA node; -1: unknown
+  int package = -1;  // OS index of its package; -1: unknown
+  std::vector<int> cpus;  // OS indices of the PUs local to it, ascending
 };
 
 struct Core {
-  int pu = -1;       // OS index of the core's first PU (what a thread is pinned to)
+  int pu = -1;  // OS index of the core's first PU (what a thread is pinned to)
   int numa = -1;
   int package = -1;
 };
@@ -46,10 +46,10 @@ struct Core {
 struct Machine {
   std::vector<PciDevice> gpus;  // PCI order
   std::vector<PciDevice> nics;  // PCI order
-  std::vector<Core> cores;      // usable cores (allowed to this process), hwloc order
+  std::vector<Core> cores;  // usable cores (allowed to this process), hwloc order
   int packages = 0;
   int numa_nodes = 0;
-  std::string source;           // "hwloc 2.9.0 (this host)", "hwloc 2.9.0 (XML)"
+  std::string source;  // "hwloc 2.9.0 (this host)", "hwloc 2.9.0 (XML)"
 };
 
 // Whether this build has hwloc.
@@ -67,11 +67,11 @@ struct Path {
 Path PathBetween(const PciDevice& a, const PciDevice& b);
 
 struct Choice {
-  int gpu = -1;       // index into Machine::gpus; -1: none (a CPU-only rank)
-  int nic = -1;       // index into Machine::nics; -1: no NIC found
+  int gpu = -1;  // index into Machine::gpus; -1: none (a CPU-only rank)
+  int nic = -1;  // index into Machine::nics; -1: no NIC found
   int proxy_pu = -1;  // OS index of the PU for the proxy thread; -1: none
   PathType path = PathType::kSystem;  // GPU (or CPUs) to NIC
-  std::string why;    // one line
+  std::string why;  // one line
 };
 
 // For Machine::gpus[gpu]: the NIC on the shortest path (fewest bridges among equals); GPUs with

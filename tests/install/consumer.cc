@@ -52,7 +52,8 @@ int main() {
       if (m.length != kBytes) return Fail("Receive", m2n::DataLossError("wrong length"));
       for (size_t k = 0; k < kBytes; ++k) {
         if (m.data[k] != Expected(m.peer, rank, k)) {
-          std::fprintf(stderr, "consumer: rank %d: byte %zu from rank %d is wrong\n", rank, k, m.peer);
+          std::fprintf(stderr, "consumer: rank %d: byte %zu from rank %d is wrong\n", rank, k,
+                       m.peer);
           return 1;
         }
       }

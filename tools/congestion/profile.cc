@@ -27,7 +27,9 @@ bool ParseUint(std::string_view s, unsigned long long max, unsigned long long* o
   return ec == std::errc() && end == s.data() + s.size() && *out <= max;
 }
 
-std::string ErrnoText(int err) { return std::string(std::strerror(err)) + " (errno " + std::to_string(err) + ")"; }
+std::string ErrnoText(int err) {
+  return std::string(std::strerror(err)) + " (errno " + std::to_string(err) + ")";
+}
 
 // "3,4" or "3 4" -> {3, 4}; priorities are 802.1p values 0..7.
 StatusOr<std::vector<int>> ParsePriorities(std::string_view value, const std::string& where) {
@@ -41,7 +43,8 @@ StatusOr<std::vector<int>> ParsePriorities(std::string_view value, const std::st
     if (!ParseUint(item, 7, &p)) {
       return InvalidArgumentError(where + ": priority '" + item + "' is not in 0..7");
     }
-    if (std::find(out.begin(), out.end(), static_cast<int>(p)) == out.end()) out.push_back(static_cast<int>(p));
+    if (std::find(out.begin(), out.end(), static_cast<int>(p)) == out.end())
+      out.push_back(static_cast<int>(p));
   }
   if (out.empty()) return InvalidArgumentError(where + ": no priority given (a list of 0..7)");
   return out;
@@ -78,8 +81,9 @@ StatusOr<std::string> PciOf(const std::string& root, const std::string& interfac
   char target[4096];
   const ssize_t n = ::readlink(link.c_str(), target, sizeof(target) - 1);
   if (n < 0) {
-    return NotFoundError("dcqcn: cannot find the PCI address of interface " + interface + ": readlink " + link +
-                         ": " + ErrnoText(errno) + "; set pci = <domain:bus:dev.fn> in the profile");
+    return NotFoundError("dcqcn: cannot find the PCI address of interface " + interface +
+                         ": readlink " + link + ": " + ErrnoText(errno) +
+                         "; set pci = <domain:bus:dev.fn> in the profile");
   }
   std::string_view t(target, static_cast<size_t>(n));
   const size_t slash = t.find_last_of('/');
@@ -89,12 +93,26 @@ StatusOr<std::string> PciOf(const std::string& root, const std::string& interfac
 }  // namespace
 
 const std::vector<std::string_view>& KnownDcqcnParameters() {
-  static const std::vector<std::string_view> kNames = {
-      "rp_clamp_tgt_rate", "rp_clamp_tgt_rate_ati", "rp_time_reset", "rp_byte_reset",
-      "rp_threshold", "rp_ai_rate", "rp_max_rate", "rp_hai_rate", "rp_min_dec_fac", "rp_min_rate",
-      "rp_rate_to_set_on_first_cnp", "rp_dce_tcp_g", "rp_dce_tcp_rtt", "rp_rate_reduce_monitor_period",
-      "rp_initial_alpha_value", "rp_gd", "np_min_time_between_cnps", "np_cnp_dscp", "np_cnp_prio_mode",
-      "np_cnp_prio"};
+  static const std::vector<std::string_view> kNames = {"rp_clamp_tgt_rate",
+                                                       "rp_clamp_tgt_rate_ati",
+                                                       "rp_time_reset",
+                                                       "rp_byte_reset",
+                                                       "rp_threshold",
+                                                       "rp_ai_rate",
+                                                       "rp_max_rate",
+                                                       "rp_hai_rate",
+                                                       "rp_min_dec_fac",
+                                                       "rp_min_rate",
+                                                       "rp_rate_to_set_on_first_cnp",
+                                                       "rp_dce_tcp_g",
+                                                       "rp_dce_tcp_rtt",
+                                                       "rp_rate_reduce_monitor_period",
+                                                       "rp_initial_alpha_value",
+                                                       "rp_gd",
+                                                       "np_min_time_between_cnps",
+                                                       "np_cnp_dscp",
+                                                       "np_cnp_prio_mode",
+                                                       "np_cnp_prio"};
   return kNames;
 }
 
@@ -109,13 +127,15 @@ StatusOr<Profile> ParseProfile(std::string_view text, std::string source) {
     std::string_view line = text.substr(pos, eol - pos);
     pos = eol + 1;
     ++line_no;
-    if (const size_t hash = line.find('#'); hash != std::string_view::npos) line = line.substr(0, hash);
+    if (const size_t hash = line.find('#'); hash != std::string_view::npos)
+      line = line.substr(0, hash);
     line = Trim(line);
     if (line.empty()) continue;
     const std::string where = p.source + ":" + std::to_string(line_no);
     const size_t eq = line.find('=');
     if (eq == std::string_view::npos) {
-      return InvalidArgumentError(where + ": expected 'key = value', got '" + std::string(line) + "'");
+      return InvalidArgumentError(where + ": expected 'key = value', got '" + std::string(line) +
+                                  "'");
     }
     const std::string key(Trim(line.substr(0, eq)));
     const std::string value(Trim(line.substr(eq + 1)));
@@ -125,10 +145,12 @@ StatusOr<Profile> ParseProfile(std::string_view text, std::string source) {
     seen.push_back(key);
     if (value.empty()) return InvalidArgumentError(where + ": " + key + " has no value");
     if (key == "interface") {
-      if (value.find('/') != std::string::npos) return InvalidArgumentError(where + ": bad interface name '" + value + "'");
+      if (value.find('/') != std::string::npos)
+        return InvalidArgumentError(where + ": bad interface name '" + value + "'");
       p.interface = value;
     } else if (key == "pci") {
-      if (value.find('/') != std::string::npos) return InvalidArgumentError(where + ": bad PCI address '" + value + "'");
+      if (value.find('/') != std::string::npos)
+        return InvalidArgumentError(where + ": bad PCI address '" + value + "'");
       p.pci = value;
     } else if (key == "ecn.np.priorities") {
       M2N_ASSIGN_OR_RETURN(p.np_priorities, ParsePriorities(value, where + ": " + key));
@@ -143,19 +165,22 @@ StatusOr<Profile> ParseProfile(std::string_view text, std::string source) {
       }
       unsigned long long v = 0;
       if (!ParseUint(value, 0xffffffffULL, &v)) {
-        return InvalidArgumentError(where + ": " + key + " = '" + value + "' is not an unsigned 32-bit integer");
+        return InvalidArgumentError(where + ": " + key + " = '" + value +
+                                    "' is not an unsigned 32-bit integer");
       }
       p.dcqcn.push_back({param, std::to_string(v), line_no});
     } else {
-      return InvalidArgumentError(where + ": unknown key '" + key +
-                                  "' (known: interface, pci, ecn.np.priorities, ecn.rp.priorities, dcqcn.<param>)");
+      return InvalidArgumentError(
+          where + ": unknown key '" + key +
+          "' (known: interface, pci, ecn.np.priorities, ecn.rp.priorities, dcqcn.<param>)");
     }
   }
   if ((!p.np_priorities.empty() || !p.rp_priorities.empty()) && p.interface.empty()) {
     return InvalidArgumentError(p.source + ": ecn.* needs 'interface = <netdev>'");
   }
   if (!p.dcqcn.empty() && p.pci.empty() && p.interface.empty()) {
-    return InvalidArgumentError(p.source + ": dcqcn.* needs 'interface = <netdev>' or 'pci = <address>'");
+    return InvalidArgumentError(p.source +
+                                ": dcqcn.* needs 'interface = <netdev>' or 'pci = <address>'");
   }
   return p;
 }
@@ -173,19 +198,20 @@ StatusOr<std::vector<Change>> Plan(const Profile& profile, const std::string& ro
   while (root.size() > 1 && root.back() == '/') root.pop_back();
   if (root == "/") root.clear();
   std::vector<Change> changes;
-  const auto add = [&](std::string key, std::string path, std::string wanted, const std::string& what) -> Status {
+  const auto add = [&](std::string key, std::string path, std::string wanted,
+                       const std::string& what) -> Status {
     M2N_RETURN_IF_ERROR(NeedFile(path, key, what));
     changes.push_back({std::move(key), path, ReadCurrent(path), std::move(wanted)});
     return OkStatus();
   };
   const std::string ecn = root + "/sys/class/net/" + profile.interface + "/ecn/";
   for (int prio : profile.np_priorities) {
-    M2N_RETURN_IF_ERROR(add("ecn.np.priorities", ecn + "roce_np/enable/" + std::to_string(prio), "1",
-                            "no RoCE ECN notification-point control for this interface"));
+    M2N_RETURN_IF_ERROR(add("ecn.np.priorities", ecn + "roce_np/enable/" + std::to_string(prio),
+                            "1", "no RoCE ECN notification-point control for this interface"));
   }
   for (int prio : profile.rp_priorities) {
-    M2N_RETURN_IF_ERROR(add("ecn.rp.priorities", ecn + "roce_rp/enable/" + std::to_string(prio), "1",
-                            "no RoCE ECN reaction-point control for this interface"));
+    M2N_RETURN_IF_ERROR(add("ecn.rp.priorities", ecn + "roce_rp/enable/" + std::to_string(prio),
+                            "1", "no RoCE ECN reaction-point control for this interface"));
   }
   if (!profile.dcqcn.empty()) {
     std::string pci = profile.pci;
@@ -209,7 +235,8 @@ Status Apply(const std::vector<Change>& changes) {
     const int fd = ::open(c.path.c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC);
     if (fd < 0) {
       const int err = errno;
-      const std::string msg = c.key + ": cannot open " + c.path + " for writing: " + ErrnoText(err) + done;
+      const std::string msg =
+          c.key + ": cannot open " + c.path + " for writing: " + ErrnoText(err) + done;
       return err == EACCES || err == EPERM ? FailedPreconditionError(msg) : UnavailableError(msg);
     }
     const std::string data = c.wanted + "\n";

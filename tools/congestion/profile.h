@@ -21,9 +21,9 @@
 namespace m2n::congestion {
 
 struct Setting {
-  std::string key;    // as written in the profile, e.g. "dcqcn.rp_ai_rate"
+  std::string key;  // as written in the profile, e.g. "dcqcn.rp_ai_rate"
   std::string value;  // normalized, e.g. "5"
-  int line = 0;       // 1-based line in the profile
+  int line = 0;  // 1-based line in the profile
 };
 
 struct Profile {

@@ -33,7 +33,8 @@ std::optional<Immediate> Mailbox::Take(int writer, Lane lane) {
   return out;
 }
 
-StatusOr<std::unique_ptr<Outbox>> Outbox::Open(const std::string& name, MailboxLayout layout, int me) {
+StatusOr<std::unique_ptr<Outbox>> Outbox::Open(const std::string& name, MailboxLayout layout,
+                                               int me) {
   auto box = std::make_unique<Outbox>();
   box->layout_ = layout;
   box->me_ = me;
@@ -51,7 +52,8 @@ StatusOr<Outbox::Reserved> Outbox::Reserve(Lane lane, uint32_t imm, uint64_t len
   uint64_t& next = next_[static_cast<size_t>(lane)];
   RingHeader* header = Header(segment_->data(), layout_, me_, lane);
   if (next - header->consumed.load(std::memory_order_acquire) >= layout_.capacity) {
-    return InternalError("cuda_ipc: the peer's immediate ring is full (" + std::to_string(layout_.capacity) +
+    return InternalError("cuda_ipc: the peer's immediate ring is full (" +
+                         std::to_string(layout_.capacity) +
                          " entries unread): more writes in flight than the credits allow");
   }
   RingEntry& e = Entries(segment_->data(), layout_, me_, lane)[next & (layout_.capacity - 1)];

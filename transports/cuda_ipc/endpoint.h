@@ -73,7 +73,8 @@ class Mailbox {
 class Outbox {
  public:
   // Maps `name` (the peer's Mailbox) and finds the rings this rank (`me`) writes.
-  static StatusOr<std::unique_ptr<Outbox>> Open(const std::string& name, MailboxLayout layout, int me);
+  static StatusOr<std::unique_ptr<Outbox>> Open(const std::string& name, MailboxLayout layout,
+                                                int me);
   // Pushes one immediate; fails if the peer has not consumed enough (never with correct credits).
   Status Push(Lane lane, uint32_t imm, uint64_t length);
   // Fills the next entry but leaves it unpublished: the caller (the copy proxy, on the GPU) stores

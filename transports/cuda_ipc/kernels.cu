@@ -49,7 +49,8 @@ __device__ bool WaitFor(const unsigned long long* word, Pred pred, DeviceDeadlin
 
 // Copies [src, src + n) to dst with the block's threads: 16-byte accesses, four loads in flight
 // before their stores, when both ends are 16-byte aligned.
-__device__ __forceinline__ void CopyBlock(const std::byte* src, std::byte* dst, unsigned long long n) {
+__device__ __forceinline__ void CopyBlock(const std::byte* src, std::byte* dst,
+                                          unsigned long long n) {
   const unsigned long long t = threadIdx.x;
   const unsigned long long step = blockDim.x;
   unsigned long long done = 0;
@@ -93,8 +94,9 @@ __global__ void SendKernel(Tasks<N> tasks, int count, DeviceDeadline deadline) {
     generation = *reinterpret_cast<volatile unsigned long long*>(task.generation) + 1;
     const unsigned long long want = generation - 1;
     // The credit: the peer released this slot's previous message.
-    go = WaitFor(task.released, [want](unsigned long long v) { return v >= want; }, deadline, kCreditWait,
-                 task.peer, task.slot);
+    go = WaitFor(
+        task.released, [want](unsigned long long v) { return v >= want; }, deadline, kCreditWait,
+        task.peer, task.slot);
   }
   __syncthreads();
   if (!go) return;
@@ -109,8 +111,9 @@ __global__ void SendKernel(Tasks<N> tasks, int count, DeviceDeadline deadline) {
   __syncthreads();
   if (threadIdx.x == 0) {
     __threadfence_system();
-    const bool last = task.num_blocks == 1 ||
-                      atomicAdd(task.arrived_blocks, 1ull) == static_cast<unsigned long long>(task.num_blocks - 1);
+    const bool last =
+        task.num_blocks == 1 || atomicAdd(task.arrived_blocks, 1ull) ==
+                                    static_cast<unsigned long long>(task.num_blocks - 1);
     if (last) {
       if (task.num_blocks > 1) {
         __threadfence_system();
@@ -133,8 +136,9 @@ __global__ void WaitKernel(Waits<N> waits, int count, DeviceDeadline deadline) {
   if (k >= count) return;
   const WaitTask& task = waits.wait[k];
   const unsigned long long want = *task.generation + 1;
-  if (WaitFor(task.arrival, [want](unsigned long long v) { return (v >> 32) >= want; }, deadline,
-              kArrivalWait, task.peer, task.slot)) {
+  if (WaitFor(
+          task.arrival, [want](unsigned long long v) { return (v >> 32) >= want; }, deadline,
+          kArrivalWait, task.peer, task.slot)) {
     *task.generation = want;
   }
 }
@@ -163,7 +167,8 @@ __device__ __forceinline__ unsigned long long LoadRelaxedGpu(const unsigned long
 }
 
 __device__ void ProxyDispatch(const ProxyRing& ring) {
-  static_assert(kNumProxyFields < 16 && kNumProxyFields < kProxyEndWord, "two descriptors per warp read");
+  static_assert(kNumProxyFields < 16 && kNumProxyFields < kProxyEndWord,
+                "two descriptors per warp read");
   const int lane = static_cast<int>(threadIdx.x);
   const unsigned long long mask = ring.capacity - 1;
   const int field = lane < 16 ? lane : lane - 16;
@@ -202,7 +207,8 @@ __device__ void ProxyDispatch(const ProxyRing& ring) {
       } else if (lane == 31) {
         w = *reinterpret_cast<const volatile unsigned long long*>(ring.stop);
       }
-      const unsigned invalid = __ballot_sync(0xffffffffu, reads && static_cast<unsigned>(w >> 32) != want);
+      const unsigned invalid =
+          __ballot_sync(0xffffffffu, reads && static_cast<unsigned>(w >> 32) != want);
       if ((invalid & 0xffffu) == 0) {
         count = (invalid >> 16) == 0 ? 2 : 1;
         break;
@@ -212,10 +218,13 @@ __device__ void ProxyDispatch(const ProxyRing& ring) {
       if (__any_sync(0xffffffffu, quit)) end = true;
     }
     if (end) {
-      if (lane == 0) StoreRelaxedGpu(ring.mirror + (i & mask) * kProxyWords + kProxyEndWord, kProxyEndMark | (i + 1));
+      if (lane == 0)
+        StoreRelaxedGpu(ring.mirror + (i & mask) * kProxyWords + kProxyEndWord,
+                        kProxyEndMark | (i + 1));
       return;
     }
-    if (reads && (lane < 16 || count == 2)) StoreRelaxedGpu(ring.mirror + slot * kProxyWords + field, w);
+    if (reads && (lane < 16 || count == 2))
+      StoreRelaxedGpu(ring.mirror + slot * kProxyWords + field, w);
     i += static_cast<unsigned long long>(count);
   }
 }
@@ -256,7 +265,8 @@ __device__ void ProxyCopy(const ProxyRing& ring) {
     if (state == 2) return;
     const auto field = [&](int lo) { return fields[lo] | (fields[lo + 1] << 32); };
     const int blocks = state == 0 ? static_cast<int>(fields[kProxyBlocks]) : 0;
-    const int first = static_cast<int>(fields[kProxyFirstBlock] % static_cast<unsigned long long>(workers));
+    const int first =
+        static_cast<int>(fields[kProxyFirstBlock] % static_cast<unsigned long long>(workers));
     const int share_index = (worker - first + workers) % workers;
     if (blocks > 0 && share_index < blocks) {
       const unsigned long long length = fields[kProxyLength];
@@ -271,14 +281,15 @@ __device__ void ProxyCopy(const ProxyRing& ring) {
       __syncthreads();
       if (threadIdx.x == 0) {
         __threadfence_system();
-        const bool last =
-            blocks == 1 || atomicAdd(ring.counts + slot, 1ull) == static_cast<unsigned long long>(blocks - 1);
+        const bool last = blocks == 1 || atomicAdd(ring.counts + slot, 1ull) ==
+                                             static_cast<unsigned long long>(blocks - 1);
         if (last) {
           if (blocks > 1) {
             ring.counts[slot] = 0;
             __threadfence_system();
           }
-          StoreRelease(reinterpret_cast<unsigned long long*>(field(kProxyEntryLo)), field(kProxyValueLo));
+          StoreRelease(reinterpret_cast<unsigned long long*>(field(kProxyEntryLo)),
+                       field(kProxyValueLo));
           StoreRelease(ring.done + slot, i + 1);
         }
       }

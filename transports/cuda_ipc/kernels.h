@@ -15,9 +15,9 @@ inline constexpr int kMaxStreamBatch = 32;
 // Signal words, one 64-bit word per (peer rank, kind, slot) in each rank's signal block (device
 // memory, exported by CUDA IPC). kArrival and kReleased are written by the peer; the rest are ours.
 enum SignalKind : int {
-  kArrival = 0,      // (generation << 32) | length of the last message the peer put in our slot
-  kReleased = 1,     // the generation of our last message the peer released in its slot
-  kGenSent = 2,      // generation of our last message into the peer's slot
+  kArrival = 0,  // (generation << 32) | length of the last message the peer put in our slot
+  kReleased = 1,  // the generation of our last message the peer released in its slot
+  kGenSent = 2,  // generation of our last message into the peer's slot
   kGenReceived = 3,  // generation of the last message we waited for in our slot
   kArriveCount = 4,  // blocks of the message being sent that have finished (reset by the last)
   kNumSignalKinds = 5,
@@ -28,12 +28,12 @@ enum WaitReason : unsigned long long { kCreditWait = 1, kArrivalWait = 2 };
 
 struct SendTask {
   const std::byte* src;
-  std::byte* dst;                       // in the peer's slot, mapped here
+  std::byte* dst;  // in the peer's slot, mapped here
   unsigned long long length;
-  unsigned long long* remote_arrival;   // the peer's kArrival word of (us, slot)
-  const unsigned long long* released;   // our kReleased word of (peer, slot)
-  unsigned long long* generation;       // our kGenSent word of (peer, slot)
-  unsigned long long* arrived_blocks;   // our kArriveCount word of (peer, slot)
+  unsigned long long* remote_arrival;  // the peer's kArrival word of (us, slot)
+  const unsigned long long* released;  // our kReleased word of (peer, slot)
+  unsigned long long* generation;  // our kGenSent word of (peer, slot)
+  unsigned long long* arrived_blocks;  // our kArriveCount word of (peer, slot)
   int first_block;
   int num_blocks;
   int peer;
@@ -47,7 +47,7 @@ struct SendBatch {
 
 struct WaitTask {
   const unsigned long long* arrival;  // our kArrival word of (peer, slot)
-  unsigned long long* generation;     // our kGenReceived word of (peer, slot)
+  unsigned long long* generation;  // our kGenReceived word of (peer, slot)
   int peer;
   int slot;
 };
@@ -58,7 +58,7 @@ struct WaitBatch {
 
 struct ReleaseTask {
   const unsigned long long* generation;  // our kGenReceived word of (peer, slot)
-  unsigned long long* remote_released;   // the peer's kReleased word of (us, slot)
+  unsigned long long* remote_released;  // the peer's kReleased word of (us, slot)
 };
 struct ReleaseBatch {
   ReleaseTask tasks[kMaxStreamBatch];
@@ -84,13 +84,17 @@ cudaError_t LaunchRelease(const ReleaseBatch& batch, cudaStream_t stream);
 // (sequence << 32) | 32 bits of a field, with sequence = (index + 1) mod 2^32, so a word is valid
 // on its own (an 8-byte store is atomic) and the kernel needs one round of reads over PCIe.
 enum ProxyField : int {
-  kProxySrcLo, kProxySrcHi,      // device address to copy from
-  kProxyDstLo, kProxyDstHi,      // device address to copy to (a peer's slot, mapped here)
-  kProxyLength,                  // bytes
-  kProxyBlocks,                  // copy blocks that share it, 1 .. the copy blocks
-  kProxyFirstBlock,              // the first of them (they wrap around), 0 .. copy blocks - 1
-  kProxyEntryLo, kProxyEntryHi,  // device address of the peer's immediate-ring sequence word
-  kProxyValueLo, kProxyValueHi,  // the sequence value to store there once the payload is in place
+  kProxySrcLo,
+  kProxySrcHi,  // device address to copy from
+  kProxyDstLo,
+  kProxyDstHi,  // device address to copy to (a peer's slot, mapped here)
+  kProxyLength,  // bytes
+  kProxyBlocks,  // copy blocks that share it, 1 .. the copy blocks
+  kProxyFirstBlock,  // the first of them (they wrap around), 0 .. copy blocks - 1
+  kProxyEntryLo,
+  kProxyEntryHi,  // device address of the peer's immediate-ring sequence word
+  kProxyValueLo,
+  kProxyValueHi,  // the sequence value to store there once the payload is in place
   kNumProxyFields,
 };
 inline constexpr int kProxyWords = 16;  // words per descriptor (the fields, padded)
@@ -99,15 +103,15 @@ inline constexpr unsigned long long kProxyEndMark = 1ull << 63;  // in a mirror 
 
 struct ProxyRing {
   const unsigned long long* descriptors;  // host memory: capacity x kProxyWords
-  unsigned long long* done;               // host memory: done[i % capacity] = i + 1 once i is complete
-  const unsigned long long* stop;         // host memory: non-zero ends the kernel
-  unsigned long long* ended;              // host memory: set to 1 once every block has ended
-  const unsigned long long* posted;       // host memory: descriptors written; null: poll the ring itself
-  unsigned long long* mirror;             // device: capacity x kProxyWords, the dispatcher -> copy blocks
-  unsigned long long* counts;             // device: capacity counters, then one of ended blocks
-  unsigned long long first;               // index of the first descriptor this launch serves
-  unsigned long long idle_ns;             // ends after this long without a descriptor
-  unsigned capacity;                      // a power of two
+  unsigned long long* done;  // host memory: done[i % capacity] = i + 1 once i is complete
+  const unsigned long long* stop;  // host memory: non-zero ends the kernel
+  unsigned long long* ended;  // host memory: set to 1 once every block has ended
+  const unsigned long long* posted;  // host memory: descriptors written; null: poll the ring itself
+  unsigned long long* mirror;  // device: capacity x kProxyWords, the dispatcher -> copy blocks
+  unsigned long long* counts;  // device: capacity counters, then one of ended blocks
+  unsigned long long first;  // index of the first descriptor this launch serves
+  unsigned long long idle_ns;  // ends after this long without a descriptor
+  unsigned capacity;  // a power of two
 };
 
 // Starts the proxy on `stream`: a dispatcher block and `copy_blocks` copy blocks; `mirror` and

@@ -26,13 +26,16 @@ struct PackedKey {
   cudaIpcMemHandle_t handle = {};
 };
 
-std::string SystemError(const std::string& what, int error) { return what + ": " + std::strerror(error); }
+std::string SystemError(const std::string& what, int error) {
+  return what + ": " + std::strerror(error);
+}
 
 // Memory a peer named that is smaller than the size it declared (or the layout needs): mapping it
 // would succeed, and the first copy past its real end would die (SIGBUS for a segment).
 Status TooSmall(const std::string& what, size_t real, size_t expected) {
-  return DataLossError("cuda_ipc: " + what + " has " + std::to_string(real) + " bytes, fewer than the " +
-                       std::to_string(expected) + " expected (a forged or stale key or address)");
+  return DataLossError("cuda_ipc: " + what + " has " + std::to_string(real) +
+                       " bytes, fewer than the " + std::to_string(expected) +
+                       " expected (a forged or stale key or address)");
 }
 
 // The bytes of the device allocation that `p` lies in, from cuMemGetAddressRange. The driver entry
@@ -43,18 +46,23 @@ StatusOr<size_t> AllocationBytes(const void* p) {
   void* entry = nullptr;
   cudaDriverEntryPointQueryResult found{};
 #if CUDART_VERSION >= 12050
-  cudaError_t e = cudaGetDriverEntryPointByVersion("cuMemGetAddressRange", &entry, 12000, cudaEnableDefault, &found);
+  cudaError_t e = cudaGetDriverEntryPointByVersion("cuMemGetAddressRange", &entry, 12000,
+                                                   cudaEnableDefault, &found);
 #else
-  cudaError_t e = cudaGetDriverEntryPoint("cuMemGetAddressRange", &entry, cudaEnableDefault, &found);
+  cudaError_t e =
+      cudaGetDriverEntryPoint("cuMemGetAddressRange", &entry, cudaEnableDefault, &found);
 #endif
   if (e != cudaSuccess || found != cudaDriverEntryPointSuccess || entry == nullptr) {
-    return CudaStatus(e != cudaSuccess ? e : cudaErrorSymbolNotFound, "looking up cuMemGetAddressRange");
+    return CudaStatus(e != cudaSuccess ? e : cudaErrorSymbolNotFound,
+                      "looking up cuMemGetAddressRange");
   }
   CUdeviceptr base = 0;
   size_t size = 0;
-  const CUresult r = reinterpret_cast<GetAddressRange>(entry)(&base, &size, reinterpret_cast<CUdeviceptr>(p));
+  const CUresult r =
+      reinterpret_cast<GetAddressRange>(entry)(&base, &size, reinterpret_cast<CUdeviceptr>(p));
   if (r != CUDA_SUCCESS) {
-    return InternalError("cuda_ipc: cuMemGetAddressRange of a peer's mapping failed (CUresult " + std::to_string(r) + ")");
+    return InternalError("cuda_ipc: cuMemGetAddressRange of a peer's mapping failed (CUresult " +
+                         std::to_string(r) + ")");
   }
   // The mapping starts at the allocation's base (cudaIpcOpenMemHandle maps it whole).
   return size - (reinterpret_cast<CUdeviceptr>(p) - base);
@@ -71,7 +79,8 @@ StatusOr<std::unique_ptr<SharedSegment>> SharedSegment::Create(size_t size) {
     int e = errno;
     close(fd);
     shm_unlink(name.c_str());
-    return UnavailableError(SystemError("cuda_ipc: ftruncate(" + name + ", " + std::to_string(size) + ")", e));
+    return UnavailableError(
+        SystemError("cuda_ipc: ftruncate(" + name + ", " + std::to_string(size) + ")", e));
   }
   void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   int e = errno;
@@ -80,14 +89,17 @@ StatusOr<std::unique_ptr<SharedSegment>> SharedSegment::Create(size_t size) {
     shm_unlink(name.c_str());
     return UnavailableError(SystemError("cuda_ipc: mmap(" + name + ")", e));
   }
-  return std::unique_ptr<SharedSegment>(new SharedSegment(name, static_cast<std::byte*>(p), size, true));
+  return std::unique_ptr<SharedSegment>(
+      new SharedSegment(name, static_cast<std::byte*>(p), size, true));
 }
 
 StatusOr<std::unique_ptr<SharedSegment>> SharedSegment::Open(const std::string& name, size_t size) {
-  if (size == 0) return DataLossError("cuda_ipc: a peer declared its shared-memory segment " + name + " empty");
+  if (size == 0)
+    return DataLossError("cuda_ipc: a peer declared its shared-memory segment " + name + " empty");
   int fd = shm_open(name.c_str(), O_RDWR, 0);
   if (fd < 0) {
-    return UnavailableError(SystemError("cuda_ipc: shm_open(" + name + ") of a peer (is it on this host?)", errno));
+    return UnavailableError(
+        SystemError("cuda_ipc: shm_open(" + name + ") of a peer (is it on this host?)", errno));
   }
   // The size comes from the peer; the segment's own is the one the kernel will honour.
   struct stat st {};
@@ -104,7 +116,8 @@ StatusOr<std::unique_ptr<SharedSegment>> SharedSegment::Open(const std::string& 
   int e = errno;
   close(fd);
   if (p == MAP_FAILED) return UnavailableError(SystemError("cuda_ipc: mmap(" + name + ")", e));
-  return std::unique_ptr<SharedSegment>(new SharedSegment(name, static_cast<std::byte*>(p), size, false));
+  return std::unique_ptr<SharedSegment>(
+      new SharedSegment(name, static_cast<std::byte*>(p), size, false));
 }
 
 SharedSegment::~SharedSegment() {
@@ -122,18 +135,21 @@ StatusOr<std::unique_ptr<DeviceAllocation>> DeviceAllocation::Create(size_t size
     cudaFree(p);
     return s;
   }
-  return std::unique_ptr<DeviceAllocation>(new DeviceAllocation(static_cast<std::byte*>(p), size, handle));
+  return std::unique_ptr<DeviceAllocation>(
+      new DeviceAllocation(static_cast<std::byte*>(p), size, handle));
 }
 
 DeviceAllocation::~DeviceAllocation() { cudaFree(data_); }
 
-StatusOr<std::unique_ptr<DeviceMapping>> DeviceMapping::Open(const cudaIpcMemHandle_t& handle, size_t size) {
+StatusOr<std::unique_ptr<DeviceMapping>> DeviceMapping::Open(const cudaIpcMemHandle_t& handle,
+                                                             size_t size) {
   void* p = nullptr;
   M2N_CUDA_RETURN_IF_ERROR(cudaIpcOpenMemHandle(&p, handle, cudaIpcMemLazyEnablePeerAccess),
                            "cudaIpcOpenMemHandle of a peer's " + std::to_string(size) + " bytes");
   // The size comes from the peer; the allocation's own is the one the GPU will honour.
   StatusOr<size_t> real = AllocationBytes(p);
-  Status checked = real.ok() && *real < size ? TooSmall("device allocation", *real, size) : real.status();
+  Status checked =
+      real.ok() && *real < size ? TooSmall("device allocation", *real, size) : real.status();
   if (!checked.ok()) {
     cudaIpcCloseMemHandle(p);
     return checked;
@@ -165,15 +181,18 @@ StatusOr<std::unique_ptr<IpcRegion>> IpcRegion::Register(void* data, size_t size
       if (e != cudaSuccess) (void)cudaGetLastError();
       char text[32];
       snprintf(text, sizeof text, "%p", data);
-      return InvalidArgumentError(std::string("cuda_ipc: ") + text +
-                                  " was registered as MemoryKind::kCuda but is not device memory (" +
-                                  (e != cudaSuccess ? cudaGetErrorString(e) : "cudaPointerGetAttributes says host or managed memory") +
-                                  ")");
+      return InvalidArgumentError(
+          std::string("cuda_ipc: ") + text +
+          " was registered as MemoryKind::kCuda but is not device memory (" +
+          (e != cudaSuccess ? cudaGetErrorString(e)
+                            : "cudaPointerGetAttributes says host or managed memory") +
+          ")");
     }
     int current = -1;
     M2N_CUDA_RETURN_IF_ERROR(cudaGetDevice(&current), "cudaGetDevice");
     if (attributes.device != current) {
-      return InvalidArgumentError("cuda_ipc: device memory of GPU " + std::to_string(attributes.device) +
+      return InvalidArgumentError("cuda_ipc: device memory of GPU " +
+                                  std::to_string(attributes.device) +
                                   " registered by a group on GPU " + std::to_string(current) +
                                   " (call cudaSetDevice before Group::Create)");
     }
@@ -187,7 +206,8 @@ StatusOr<std::unique_ptr<IpcRegion>> IpcRegion::Register(void* data, size_t size
 
 StatusOr<Bytes> IpcRegion::PackRemoteKey() const {
   if (!segment_ && !device_) {
-    return UnimplementedError("cuda_ipc: only memory the transport allocated can be written by peers");
+    return UnimplementedError(
+        "cuda_ipc: only memory the transport allocated can be written by peers");
   }
   PackedKey key;
   key.kind = static_cast<uint32_t>(kind_);
@@ -199,16 +219,21 @@ StatusOr<Bytes> IpcRegion::PackRemoteKey() const {
   return out;
 }
 
-StatusOr<std::unique_ptr<IpcRemoteRegion>> IpcRemoteRegion::Unpack(std::span<const std::byte> packed) {
+StatusOr<std::unique_ptr<IpcRemoteRegion>> IpcRemoteRegion::Unpack(
+    std::span<const std::byte> packed) {
   PackedKey key;
   if (packed.size() != sizeof key) {
-    return DataLossError("cuda_ipc: a remote key of " + std::to_string(packed.size()) + " bytes, expected " +
-                         std::to_string(sizeof key) + " (another transport or build?)");
+    return DataLossError("cuda_ipc: a remote key of " + std::to_string(packed.size()) +
+                         " bytes, expected " + std::to_string(sizeof key) +
+                         " (another transport or build?)");
   }
   std::memcpy(&key, packed.data(), sizeof key);
-  if (key.magic != kKeyMagic) return DataLossError("cuda_ipc: a remote key with a bad magic number");
-  if (key.kind != static_cast<uint32_t>(MemoryKind::kHost) && key.kind != static_cast<uint32_t>(MemoryKind::kCuda)) {
-    return DataLossError("cuda_ipc: a remote key of unknown memory kind " + std::to_string(key.kind));
+  if (key.magic != kKeyMagic)
+    return DataLossError("cuda_ipc: a remote key with a bad magic number");
+  if (key.kind != static_cast<uint32_t>(MemoryKind::kHost) &&
+      key.kind != static_cast<uint32_t>(MemoryKind::kCuda)) {
+    return DataLossError("cuda_ipc: a remote key of unknown memory kind " +
+                         std::to_string(key.kind));
   }
   std::unique_ptr<IpcRemoteRegion> r(new IpcRemoteRegion);
   r->size_ = key.size;

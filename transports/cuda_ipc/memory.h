@@ -1,11 +1,10 @@
 // Memory of the cuda_ipc transport.
-//   Device memory that peers write (receive slots, the signal words): cudaMalloc'd, exported once by
-//   a CUDA IPC handle that every peer on the host opens (cudaIpcOpenMemHandle); a write is then a
-//   plain store or copy into the mapping, over NVLink or PCIe peer to peer.
-//   Host memory that peers write (receive slots of a host-memory group, the immediate rings): a
-//   POSIX shared-memory segment that every peer maps.
-//   Registered send memory (caller's): device memory is checked to be device memory; host memory is
-//   taken as it is. Neither is exported.
+//   Device memory that peers write (receive slots, the signal words): cudaMalloc'd, exported once
+//   by a CUDA IPC handle that every peer on the host opens (cudaIpcOpenMemHandle); a write is then
+//   a plain store or copy into the mapping, over NVLink or PCIe peer to peer. Host memory that
+//   peers write (receive slots of a host-memory group, the immediate rings): a POSIX shared-memory
+//   segment that every peer maps. Registered send memory (caller's): device memory is checked to be
+//   device memory; host memory is taken as it is. Neither is exported.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -69,7 +68,8 @@ class DeviceAllocation {
 class DeviceMapping {
  public:
   // Opens the handle and refuses an allocation smaller than `size` (cuMemGetAddressRange).
-  static StatusOr<std::unique_ptr<DeviceMapping>> Open(const cudaIpcMemHandle_t& handle, size_t size);
+  static StatusOr<std::unique_ptr<DeviceMapping>> Open(const cudaIpcMemHandle_t& handle,
+                                                       size_t size);
   ~DeviceMapping();
   DeviceMapping(const DeviceMapping&) = delete;
   DeviceMapping& operator=(const DeviceMapping&) = delete;

@@ -11,15 +11,21 @@ namespace {
 
 // The host's side of a word the GPU reads or writes: 8-byte atomic accesses (x86 and the PCIe
 // reads of the GPU see an aligned 8-byte store whole).
-void StoreWord(unsigned long long* word, unsigned long long value) { __atomic_store_n(word, value, __ATOMIC_RELEASE); }
-unsigned long long LoadWord(const unsigned long long* word) { return __atomic_load_n(word, __ATOMIC_ACQUIRE); }
+void StoreWord(unsigned long long* word, unsigned long long value) {
+  __atomic_store_n(word, value, __ATOMIC_RELEASE);
+}
+unsigned long long LoadWord(const unsigned long long* word) {
+  return __atomic_load_n(word, __ATOMIC_ACQUIRE);
+}
 
 }  // namespace
 
 StatusOr<std::unique_ptr<CopyProxy>> CopyProxy::Create(const Options& options) {
-  if (options.capacity == 0 || (options.capacity & (options.capacity - 1)) != 0 || options.max_blocks < 1) {
+  if (options.capacity == 0 || (options.capacity & (options.capacity - 1)) != 0 ||
+      options.max_blocks < 1) {
     return InvalidArgumentError("cuda_ipc: copy proxy ring of " + std::to_string(options.capacity) +
-                                " descriptors and " + std::to_string(options.max_blocks) + " blocks");
+                                " descriptors and " + std::to_string(options.max_blocks) +
+                                " blocks");
   }
   std::unique_ptr<CopyProxy> p(new CopyProxy(options));
   const size_t cap = options.capacity;
@@ -37,7 +43,8 @@ StatusOr<std::unique_ptr<CopyProxy>> CopyProxy::Create(const Options& options) {
   p->ended_ = p->stop_ + 8;
   p->posted_ = p->ended_ + 8;
   void* host_device = nullptr;
-  M2N_CUDA_RETURN_IF_ERROR(cudaHostGetDevicePointer(&host_device, host, 0), "cudaHostGetDevicePointer (copy proxy)");
+  M2N_CUDA_RETURN_IF_ERROR(cudaHostGetDevicePointer(&host_device, host, 0),
+                           "cudaHostGetDevicePointer (copy proxy)");
   auto* base = static_cast<unsigned long long*>(host_device);
   p->device_bytes_ = (cap * kProxyWords + cap + 1) * sizeof(unsigned long long);
   void* device = nullptr;
@@ -54,7 +61,8 @@ StatusOr<std::unique_ptr<CopyProxy>> CopyProxy::Create(const Options& options) {
   p->ring_.mirror = p->device_;
   p->ring_.counts = p->device_ + cap * kProxyWords;
   p->ring_.capacity = options.capacity;
-  p->ring_.idle_ns = static_cast<unsigned long long>(std::chrono::nanoseconds(options.idle).count());
+  p->ring_.idle_ns =
+      static_cast<unsigned long long>(std::chrono::nanoseconds(options.idle).count());
   return p;
 }
 
@@ -72,10 +80,12 @@ Status CopyProxy::Launch() {
   // The last launch (if any) has ended, or ends before this one starts (same stream): the mirror
   // and the counters it leaves are cleared in stream order.
   StoreWord(ended_, 0);
-  M2N_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(device_, 0, device_bytes_, stream_), "cudaMemsetAsync (copy proxy)");
+  M2N_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(device_, 0, device_bytes_, stream_),
+                           "cudaMemsetAsync (copy proxy)");
   ProxyRing ring = ring_;
   ring.first = completed_;
-  M2N_CUDA_RETURN_IF_ERROR(LaunchProxy(ring, options_.max_blocks, stream_), "launching the copy proxy kernel");
+  M2N_CUDA_RETURN_IF_ERROR(LaunchProxy(ring, options_.max_blocks, stream_),
+                           "launching the copy proxy kernel");
   running_ = true;
   return OkStatus();
 }
@@ -83,12 +93,15 @@ Status CopyProxy::Launch() {
 StatusOr<uint64_t> CopyProxy::Stage(const std::byte* src, std::byte* dst, uint64_t length,
                                     unsigned long long* entry, uint64_t value) {
   if (!HasRoom()) return InternalError("cuda_ipc: copy proxy ring full");
-  if (length > 0xffffffffull) return InvalidArgumentError("cuda_ipc: a proxied write of more than 4 GiB");
+  if (length > 0xffffffffull)
+    return InvalidArgumentError("cuda_ipc: a proxied write of more than 4 GiB");
   const uint64_t index = enqueued_;
   const uint64_t blocks =
       std::clamp<uint64_t>((length + options_.block_bytes - 1) / options_.block_bytes, 1,
                            static_cast<uint64_t>(options_.max_blocks));
-  const auto address = [](const void* p) { return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(p)); };
+  const auto address = [](const void* p) {
+    return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(p));
+  };
   Staged& d = staged_.emplace_back();
   d.index = index;
   d.fields[kProxySrcLo] = address(src) & 0xffffffffull;

@@ -33,9 +33,10 @@ namespace m2n::transport::cuda_ipc {
 class CopyProxy {
  public:
   struct Options {
-    int max_blocks = 32;             // M2N_CUDA_IPC_PROXY_BLOCKS: copy blocks (plus one dispatcher)
-    size_t block_bytes = 16 << 10;   // M2N_CUDA_IPC_PROXY_BLOCK_BYTES: bytes per block before another
-    uint32_t capacity = 256;         // descriptors in the ring, a power of two
+    int max_blocks = 32;  // M2N_CUDA_IPC_PROXY_BLOCKS: copy blocks (plus one dispatcher)
+    size_t block_bytes =
+        16 << 10;  // M2N_CUDA_IPC_PROXY_BLOCK_BYTES: bytes per block before another
+    uint32_t capacity = 256;  // descriptors in the ring, a power of two
     std::chrono::milliseconds idle{20};  // M2N_CUDA_IPC_PROXY_IDLE_MS
     // M2N_CUDA_IPC_PROXY_DOORBELL=1: the kernel polls one word (descriptors written) and reads
     // descriptors once it moved, instead of polling the descriptors themselves (11 words each).
@@ -49,11 +50,12 @@ class CopyProxy {
 
   // Whether the ring has room for another descriptor (call Completed() to make room).
   bool HasRoom() const { return enqueued_ - completed_ < options_.capacity; }
-  // Stages a copy of `length` bytes from `src` to `dst` (device addresses); once the payload is there
-  // the kernel stores `value` into `*entry` (a device address; the peer's ring in host memory).
-  // Returns the descriptor's index. Needs HasRoom(). Publish() hands the staged copies to the kernel.
-  StatusOr<uint64_t> Stage(const std::byte* src, std::byte* dst, uint64_t length, unsigned long long* entry,
-                           uint64_t value);
+  // Stages a copy of `length` bytes from `src` to `dst` (device addresses); once the payload is
+  // there the kernel stores `value` into `*entry` (a device address; the peer's ring in host
+  // memory). Returns the descriptor's index. Needs HasRoom(). Publish() hands the staged copies to
+  // the kernel.
+  StatusOr<uint64_t> Stage(const std::byte* src, std::byte* dst, uint64_t length,
+                           unsigned long long* entry, uint64_t value);
   Status Publish();
   // How many descriptors are complete, in order (those below the answer). Launches the kernel again
   // if it ended with descriptors pending.
@@ -70,10 +72,10 @@ class CopyProxy {
 
   Options options_;
   cudaStream_t stream_ = nullptr;
-  unsigned long long* host_ = nullptr;    // pinned: descriptors, done words, stop, ended
+  unsigned long long* host_ = nullptr;  // pinned: descriptors, done words, stop, ended
   unsigned long long* device_ = nullptr;  // mirror and counters
   size_t device_bytes_ = 0;
-  ProxyRing ring_{};                      // device addresses
+  ProxyRing ring_{};  // device addresses
   unsigned long long* descriptors_ = nullptr;  // host addresses of the same words
   unsigned long long* done_ = nullptr;
   unsigned long long* stop_ = nullptr;

@@ -14,14 +14,18 @@ namespace m2n::transport::cuda_ipc {
 
 unsigned long long* CudaIpcTransport::LocalSignal(int peer, SignalKind kind, int slot) const {
   auto* base = reinterpret_cast<unsigned long long*>(signals_->data());
-  return base + (static_cast<size_t>(peer) * kNumSignalKinds + kind) * static_cast<size_t>(config_.slot_depth) +
+  return base +
+         (static_cast<size_t>(peer) * kNumSignalKinds + kind) *
+             static_cast<size_t>(config_.slot_depth) +
          static_cast<size_t>(slot);
 }
 
 unsigned long long* CudaIpcTransport::RemoteSignal(int peer, SignalKind kind, int slot) const {
-  auto* base = reinterpret_cast<unsigned long long*>(remote_signals_[static_cast<size_t>(peer)]->data());
+  auto* base =
+      reinterpret_cast<unsigned long long*>(remote_signals_[static_cast<size_t>(peer)]->data());
   return base +
-         (static_cast<size_t>(config_.rank) * kNumSignalKinds + kind) * static_cast<size_t>(config_.slot_depth) +
+         (static_cast<size_t>(config_.rank) * kNumSignalKinds + kind) *
+             static_cast<size_t>(config_.slot_depth) +
          static_cast<size_t>(slot);
 }
 
@@ -34,16 +38,17 @@ Status CudaIpcTransport::CheckStreamSlot(int peer, int slot, std::string_view wh
   M2N_RETURN_IF_ERROR(CheckPeer(peer, what));
   if (slot < 0 || slot >= config_.slot_depth) {
     return InvalidArgumentError("cuda_ipc: slot " + std::to_string(slot) + " outside [0, " +
-                                std::to_string(config_.slot_depth) + ") in " + std::string(what) + " with " +
-                                PeerName(peer));
+                                std::to_string(config_.slot_depth) + ") in " + std::string(what) +
+                                " with " + PeerName(peer));
   }
   return OkStatus();
 }
 
 Status CudaIpcTransport::CheckRemoteSignals(int peer, std::string_view what) const {
   if (remote_signals_[static_cast<size_t>(peer)]) return OkStatus();
-  return FailedPreconditionError("cuda_ipc: " + std::string(what) + ": " + PeerName(peer) +
-                                 " has no signal words (no GPU there); stream-ordered operations need them");
+  return FailedPreconditionError(
+      "cuda_ipc: " + std::string(what) + ": " + PeerName(peer) +
+      " has no signal words (no GPU there); stream-ordered operations need them");
 }
 
 Status CudaIpcTransport::ValidateStreamWrite(const StreamWrite& w) const {
@@ -51,24 +56,30 @@ Status CudaIpcTransport::ValidateStreamWrite(const StreamWrite& w) const {
   // typeid first: a region of another transport must not be static_cast to ours.
   if (w.remote == nullptr || typeid(*w.remote) != typeid(IpcRemoteRegion) ||
       static_cast<const IpcRemoteRegion*>(w.remote)->kind() != MemoryKind::kCuda) {
-    return FailedPreconditionError("cuda_ipc: the receive slots of " + PeerName(w.peer) +
-                                   " are not in device memory; stream-ordered sends need them there");
+    return FailedPreconditionError(
+        "cuda_ipc: the receive slots of " + PeerName(w.peer) +
+        " are not in device memory; stream-ordered sends need them there");
   }
   M2N_RETURN_IF_ERROR(CheckRemoteSignals(w.peer, "SendOnStream"));
   if (w.length == 0) {
     if (RangeInside(w.remote_offset, 0, w.remote->size())) return OkStatus();
-    return InvalidArgumentError("cuda_ipc: a stream write to " + PeerName(w.peer) + " at remote offset " +
-                                std::to_string(w.remote_offset) + " outside the remote region of " +
+    return InvalidArgumentError("cuda_ipc: a stream write to " + PeerName(w.peer) +
+                                " at remote offset " + std::to_string(w.remote_offset) +
+                                " outside the remote region of " +
                                 std::to_string(w.remote->size()) + " bytes");
   }
-  if (w.local == nullptr || typeid(*w.local) != typeid(IpcRegion) || w.local->kind() != MemoryKind::kCuda) {
-    return InvalidArgumentError("cuda_ipc: SendOnStream needs a device-memory source registered here");
+  if (w.local == nullptr || typeid(*w.local) != typeid(IpcRegion) ||
+      w.local->kind() != MemoryKind::kCuda) {
+    return InvalidArgumentError(
+        "cuda_ipc: SendOnStream needs a device-memory source registered here");
   }
   // The same rule as host-driven writes (validate.h), plus the 32-bit length of the arrival word.
   const Write as_write = AsWrite(w);
-  M2N_RETURN_IF_ERROR(ValidateWriteRegions(as_write, "cuda_ipc", typeid(IpcRegion), typeid(IpcRemoteRegion)));
+  M2N_RETURN_IF_ERROR(
+      ValidateWriteRegions(as_write, "cuda_ipc", typeid(IpcRegion), typeid(IpcRemoteRegion)));
   if (w.length > 0xffffffffull) {
-    return InvalidArgumentError(WriteText(as_write, "cuda_ipc", " on a stream: more than 2^32-1 bytes"));
+    return InvalidArgumentError(
+        WriteText(as_write, "cuda_ipc", " on a stream: more than 2^32-1 bytes"));
   }
   return OkStatus();
 }
@@ -115,8 +126,9 @@ Status CudaIpcTransport::WaitOnStream(std::span<const StreamSlot> slots, void* s
   for (size_t i = 0; i < slots.size(); ++i) {
     const StreamSlot& s = slots[i];
     M2N_RETURN_IF_ERROR(CheckStreamSlot(s.peer, s.slot, "WaitOnStream"));
-    batch.tasks[batch.count++] = WaitTask{LocalSignal(s.peer, kArrival, s.slot),
-                                          LocalSignal(s.peer, kGenReceived, s.slot), s.peer, s.slot};
+    batch.tasks[batch.count++] =
+        WaitTask{LocalSignal(s.peer, kArrival, s.slot), LocalSignal(s.peer, kGenReceived, s.slot),
+                 s.peer, s.slot};
     if (batch.count == kMaxStreamBatch || i + 1 == slots.size()) {
       M2N_CUDA_RETURN_IF_ERROR(LaunchWait(batch, deadline, static_cast<cudaStream_t>(stream)),
                                "launching the wait kernel");
@@ -150,11 +162,13 @@ Status CudaIpcTransport::StreamError() {
   const int reason = static_cast<int>(code >> 56);
   const int peer = static_cast<int>((code >> 24) & 0xffffffff);
   const int slot = static_cast<int>(code & 0xffffff);
-  const std::string limit = std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(config_.timeout).count());
+  const std::string limit = std::to_string(
+      std::chrono::duration_cast<std::chrono::milliseconds>(config_.timeout).count());
   stream_error_ = DeadlineExceededError(
       "cuda_ipc: a stream-ordered " +
-      std::string(reason == kCreditWait ? "send waited for " + PeerName(peer) + " to release slot "
-                                        : "receive waited for a message from " + PeerName(peer) + " in slot ") +
+      std::string(reason == kCreditWait
+                      ? "send waited for " + PeerName(peer) + " to release slot "
+                      : "receive waited for a message from " + PeerName(peer) + " in slot ") +
       std::to_string(slot) + " longer than " + limit +
       " ms on the GPU and gave up; work after it on the stream saw no valid data");
   return stream_error_;

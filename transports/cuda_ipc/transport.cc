@@ -1,6 +1,6 @@
 // CudaIpcTransport's host-driven side: creation (CUDA started only where a GPU is there or device
-// slots need one), memory, connecting peers, Post / Poll through the shared-memory rings, Close; and
-// cuda_ipcTransportInfo(). The stream-ordered operations are in stream_ops.cc.
+// slots need one), memory, connecting peers, Post / Poll through the shared-memory rings, Close;
+// and cuda_ipcTransportInfo(). The stream-ordered operations are in stream_ops.cc.
 #include "transports/cuda_ipc/transport.h"
 
 #include <unistd.h>
@@ -31,7 +31,8 @@ std::string HostIdentity() {
   return std::string(name) + "/" + boot;
 }
 
-// A cuda_ipc variable through the one environment reader: a bad value is an error, never the default.
+// A cuda_ipc variable through the one environment reader: a bad value is an error, never the
+// default.
 StatusOr<int> EnvInt(const char* name, int fallback, int low, int high) {
   auto value = env::Int(name, low, high, fallback);
   if (!value.ok()) return value.status().WithContext("cuda_ipc");
@@ -61,7 +62,8 @@ Status FindCudaDevice() {
   int count = 0;
   cudaError_t e = cudaGetDeviceCount(&count);
   if (e != cudaSuccess) {
-    return UnavailableError(std::string("no CUDA device usable: cudaGetDeviceCount: ") + cudaGetErrorString(e));
+    return UnavailableError(std::string("no CUDA device usable: cudaGetDeviceCount: ") +
+                            cudaGetErrorString(e));
   }
   if (count == 0) return UnavailableError("no CUDA device");
   return OkStatus();
@@ -81,8 +83,8 @@ StatusOr<std::unique_ptr<Transport>> CudaIpcTransport::Create(const Config& conf
 
 Status CudaIpcTransport::Init() {
   if (config_.rank < 0 || config_.rank >= config_.world_size) {
-    return InvalidArgumentError("cuda_ipc: rank " + std::to_string(config_.rank) + " outside a world of " +
-                                std::to_string(config_.world_size));
+    return InvalidArgumentError("cuda_ipc: rank " + std::to_string(config_.rank) +
+                                " outside a world of " + std::to_string(config_.world_size));
   }
   if (config_.slot_depth <= 0) config_.slot_depth = std::max(1, config_.max_unpolled);
   uint32_t capacity = 16;
@@ -103,38 +105,47 @@ Status CudaIpcTransport::Init() {
 
 Status CudaIpcTransport::InitCuda() {
   M2N_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device_), "cudaGetDevice");
-  M2N_CUDA_RETURN_IF_ERROR(cudaFree(nullptr), "starting the CUDA runtime on GPU " + std::to_string(device_));
+  M2N_CUDA_RETURN_IF_ERROR(cudaFree(nullptr),
+                           "starting the CUDA runtime on GPU " + std::to_string(device_));
   // A blocking stream: host-driven copies wait for work on the legacy default stream, e.g. the
   // cudaMemcpy that filled the buffer (which may return before its DMA lands).
   M2N_CUDA_RETURN_IF_ERROR(cudaStreamCreate(&copy_stream_), "cudaStreamCreate");
   M2N_ASSIGN_OR_RETURN(max_blocks_, EnvInt("M2N_CUDA_IPC_MAX_BLOCKS", max_blocks_, 1, 1024));
-  M2N_ASSIGN_OR_RETURN(const int block_bytes,
-                       EnvInt("M2N_CUDA_IPC_BLOCK_BYTES", static_cast<int>(block_bytes_), 1024, 1 << 30));
+  M2N_ASSIGN_OR_RETURN(
+      const int block_bytes,
+      EnvInt("M2N_CUDA_IPC_BLOCK_BYTES", static_cast<int>(block_bytes_), 1024, 1 << 30));
   block_bytes_ = static_cast<size_t>(block_bytes);
   const size_t signal_words = static_cast<size_t>(config_.world_size) * kNumSignalKinds *
                               static_cast<size_t>(config_.slot_depth);
-  M2N_ASSIGN_OR_RETURN(signals_, DeviceAllocation::Create(signal_words * sizeof(unsigned long long)));
+  M2N_ASSIGN_OR_RETURN(signals_,
+                       DeviceAllocation::Create(signal_words * sizeof(unsigned long long)));
   void* error = nullptr;
-  M2N_CUDA_RETURN_IF_ERROR(cudaHostAlloc(&error, 64, cudaHostAllocMapped), "cudaHostAlloc (error word)");
+  M2N_CUDA_RETURN_IF_ERROR(cudaHostAlloc(&error, 64, cudaHostAllocMapped),
+                           "cudaHostAlloc (error word)");
   error_host_ = static_cast<unsigned long long*>(error);
   *error_host_ = 0;
   void* error_device = nullptr;
-  M2N_CUDA_RETURN_IF_ERROR(cudaHostGetDevicePointer(&error_device, error, 0), "cudaHostGetDevicePointer");
+  M2N_CUDA_RETURN_IF_ERROR(cudaHostGetDevicePointer(&error_device, error, 0),
+                           "cudaHostGetDevicePointer");
   error_device_ = static_cast<unsigned long long*>(error_device);
   M2N_ASSIGN_OR_RETURN(const int use_proxy, EnvInt("M2N_CUDA_IPC_PROXY", 0, 0, 1));
   if (use_proxy == 1) {
     CopyProxy::Options options;
-    M2N_ASSIGN_OR_RETURN(options.max_blocks, EnvInt("M2N_CUDA_IPC_PROXY_BLOCKS", options.max_blocks, 1, 128));
+    M2N_ASSIGN_OR_RETURN(options.max_blocks,
+                         EnvInt("M2N_CUDA_IPC_PROXY_BLOCKS", options.max_blocks, 1, 128));
     M2N_ASSIGN_OR_RETURN(const int proxy_block_bytes,
-                         EnvInt("M2N_CUDA_IPC_PROXY_BLOCK_BYTES", static_cast<int>(options.block_bytes), 1024, 1 << 30));
+                         EnvInt("M2N_CUDA_IPC_PROXY_BLOCK_BYTES",
+                                static_cast<int>(options.block_bytes), 1024, 1 << 30));
     options.block_bytes = static_cast<size_t>(proxy_block_bytes);
-    M2N_ASSIGN_OR_RETURN(const int idle_ms,
-                         EnvInt("M2N_CUDA_IPC_PROXY_IDLE_MS", static_cast<int>(options.idle.count()), 1, 60000));
+    M2N_ASSIGN_OR_RETURN(
+        const int idle_ms,
+        EnvInt("M2N_CUDA_IPC_PROXY_IDLE_MS", static_cast<int>(options.idle.count()), 1, 60000));
     options.idle = std::chrono::milliseconds(idle_ms);
     M2N_ASSIGN_OR_RETURN(const int doorbell, EnvInt("M2N_CUDA_IPC_PROXY_DOORBELL", 0, 0, 1));
     options.doorbell = doorbell == 1;
     // Writes in flight are bounded by the credits (peers x slot_depth); the ring holds them all.
-    while (options.capacity < static_cast<uint32_t>(config_.world_size * config_.slot_depth)) options.capacity *= 2;
+    while (options.capacity < static_cast<uint32_t>(config_.world_size * config_.slot_depth))
+      options.capacity *= 2;
     M2N_ASSIGN_OR_RETURN(proxy_, CopyProxy::Create(options));
   }
   return OkStatus();
@@ -142,7 +153,8 @@ Status CudaIpcTransport::InitCuda() {
 
 void CudaIpcTransport::UnregisterOutboxes() {
   for (size_t peer = 0; peer < outbox_device_.size(); ++peer) {
-    if (outbox_device_[peer] != nullptr && outboxes_[peer]) cudaHostUnregister(outboxes_[peer]->data());
+    if (outbox_device_[peer] != nullptr && outboxes_[peer])
+      cudaHostUnregister(outboxes_[peer]->data());
     outbox_device_[peer] = nullptr;
   }
 }
@@ -174,17 +186,20 @@ Capabilities CudaIpcTransport::capabilities() const {
   return c;
 }
 
-std::string CudaIpcTransport::PeerName(int peer) const { return "peer rank " + std::to_string(peer); }
+std::string CudaIpcTransport::PeerName(int peer) const {
+  return "peer rank " + std::to_string(peer);
+}
 
 Status CudaIpcTransport::CheckPeer(int peer, std::string_view what) const {
   if (peer < 0 || peer >= config_.world_size || !outboxes_[static_cast<size_t>(peer)]) {
-    return InvalidArgumentError("cuda_ipc: " + std::string(what) + " to rank " + std::to_string(peer) +
-                                ", which is not connected");
+    return InvalidArgumentError("cuda_ipc: " + std::string(what) + " to rank " +
+                                std::to_string(peer) + ", which is not connected");
   }
   return OkStatus();
 }
 
-StatusOr<std::unique_ptr<Region>> CudaIpcTransport::Register(void* data, size_t size, MemoryKind kind) {
+StatusOr<std::unique_ptr<Region>> CudaIpcTransport::Register(void* data, size_t size,
+                                                             MemoryKind kind) {
   if (kind == MemoryKind::kCuda && !no_cuda_.ok()) {
     return UnavailableError("cuda_ipc: device memory registered where " + no_cuda_.message());
   }
@@ -202,8 +217,9 @@ StatusOr<std::unique_ptr<Region>> CudaIpcTransport::Allocate(size_t size, Memory
 
 StatusOr<Bytes> CudaIpcTransport::LocalAddress(int peer) {
   if (peer < 0 || peer >= config_.world_size || peer == config_.rank) {
-    return InvalidArgumentError("cuda_ipc: rank " + std::to_string(config_.rank) + ": connection address for rank " +
-                                std::to_string(peer) + ", outside a world of " + std::to_string(config_.world_size));
+    return InvalidArgumentError("cuda_ipc: rank " + std::to_string(config_.rank) +
+                                ": connection address for rank " + std::to_string(peer) +
+                                ", outside a world of " + std::to_string(config_.world_size));
   }
   Address a;
   a.rank = config_.rank;
@@ -225,21 +241,24 @@ StatusOr<Bytes> CudaIpcTransport::LocalAddress(int peer) {
 // The checks of a peer's connection address before anything of it is used.
 Status CudaIpcTransport::CheckAddress(int peer, const Address& a) const {
   if (a.magic != kAddressMagic) {
-    return DataLossError("cuda_ipc: " + PeerName(peer) + ": connection address is not an m2n cuda_ipc address");
+    return DataLossError("cuda_ipc: " + PeerName(peer) +
+                         ": connection address is not an m2n cuda_ipc address");
   }
   if (a.version != kAddressVersion) {
-    return DataLossError("cuda_ipc: " + PeerName(peer) + ": connection address version " + std::to_string(a.version) +
-                         ", this build has version " + std::to_string(kAddressVersion));
+    return DataLossError("cuda_ipc: " + PeerName(peer) + ": connection address version " +
+                         std::to_string(a.version) + ", this build has version " +
+                         std::to_string(kAddressVersion));
   }
   if (a.rank != peer || a.for_rank != config_.rank) {
-    return InvalidArgumentError("cuda_ipc: " + PeerName(peer) + ": connection address made by rank " +
-                                std::to_string(a.rank) + " for rank " + std::to_string(a.for_rank) + ", not by rank " +
+    return InvalidArgumentError("cuda_ipc: " + PeerName(peer) +
+                                ": connection address made by rank " + std::to_string(a.rank) +
+                                " for rank " + std::to_string(a.for_rank) + ", not by rank " +
                                 std::to_string(peer) + " for rank " + std::to_string(config_.rank));
   }
   if (a.max_unpolled != config_.max_unpolled || a.capacity != layout_.capacity) {
-    return FailedPreconditionError("cuda_ipc: " + PeerName(peer) + " has max_unpolled " +
-                                   std::to_string(a.max_unpolled) + ", this rank " +
-                                   std::to_string(config_.max_unpolled) + " (the rings must match)");
+    return FailedPreconditionError(
+        "cuda_ipc: " + PeerName(peer) + " has max_unpolled " + std::to_string(a.max_unpolled) +
+        ", this rank " + std::to_string(config_.max_unpolled) + " (the rings must match)");
   }
   // RemoteSignal indexes our words in the peer's block: the block the peer declares must hold them
   // (DeviceMapping::Open then checks the declaration against the real allocation).
@@ -247,8 +266,8 @@ Status CudaIpcTransport::CheckAddress(int peer, const Address& a) const {
                           static_cast<uint64_t>(config_.slot_depth) * sizeof(unsigned long long);
   if (a.signal_bytes != 0 && a.signal_bytes < needed) {
     return DataLossError("cuda_ipc: " + PeerName(peer) + " declares a signal block of " +
-                         std::to_string(a.signal_bytes) + " bytes, fewer than the " + std::to_string(needed) +
-                         " its slots need");
+                         std::to_string(a.signal_bytes) + " bytes, fewer than the " +
+                         std::to_string(needed) + " its slots need");
   }
   if (HostIdentity() != a.host) {
     return UnavailableError("cuda_ipc: " + PeerName(peer) + " runs on another host (" + a.host +
@@ -258,10 +277,12 @@ Status CudaIpcTransport::CheckAddress(int peer, const Address& a) const {
   // is allowed (as in tests), but slower than one GPU per process.
   if (a.device >= 0 && device_ >= 0 && a.device != device_) {
     int can = 0;
-    M2N_CUDA_RETURN_IF_ERROR(cudaDeviceCanAccessPeer(&can, device_, a.device), "cudaDeviceCanAccessPeer");
+    M2N_CUDA_RETURN_IF_ERROR(cudaDeviceCanAccessPeer(&can, device_, a.device),
+                             "cudaDeviceCanAccessPeer");
     if (!can) {
       return UnavailableError("cuda_ipc: GPU " + std::to_string(device_) + " cannot access GPU " +
-                              std::to_string(a.device) + " of " + PeerName(peer) + " (no NVLink or PCIe peer access)");
+                              std::to_string(a.device) + " of " + PeerName(peer) +
+                              " (no NVLink or PCIe peer access)");
     }
   }
   return OkStatus();
@@ -270,8 +291,9 @@ Status CudaIpcTransport::CheckAddress(int peer, const Address& a) const {
 Status CudaIpcTransport::Connect(int peer, std::span<const std::byte> remote_address) {
   if (peer < 0 || peer >= config_.world_size ||
       std::find(config_.peers.begin(), config_.peers.end(), peer) == config_.peers.end()) {
-    return InvalidArgumentError("cuda_ipc: rank " + std::to_string(config_.rank) + ": connect to rank " +
-                                std::to_string(peer) + ", which is not in Config::peers");
+    return InvalidArgumentError("cuda_ipc: rank " + std::to_string(config_.rank) +
+                                ": connect to rank " + std::to_string(peer) +
+                                ", which is not in Config::peers");
   }
   if (outboxes_[static_cast<size_t>(peer)]) {
     return FailedPreconditionError("cuda_ipc: " + PeerName(peer) + ": already connected");
@@ -279,20 +301,24 @@ Status CudaIpcTransport::Connect(int peer, std::span<const std::byte> remote_add
   Address a;
   if (remote_address.size() != sizeof a) {
     return DataLossError("cuda_ipc: " + PeerName(peer) + ": connection address of " +
-                         std::to_string(remote_address.size()) + " bytes, expected " + std::to_string(sizeof a));
+                         std::to_string(remote_address.size()) + " bytes, expected " +
+                         std::to_string(sizeof a));
   }
   std::memcpy(&a, remote_address.data(), sizeof a);
   a.host[sizeof a.host - 1] = '\0';
   a.mailbox[sizeof a.mailbox - 1] = '\0';
   M2N_RETURN_IF_ERROR(CheckAddress(peer, a));
   auto outbox = Outbox::Open(a.mailbox, layout_, config_.rank);
-  if (!outbox.ok()) return outbox.status().WithContext("cuda_ipc: immediate rings of " + PeerName(peer));
+  if (!outbox.ok())
+    return outbox.status().WithContext("cuda_ipc: immediate rings of " + PeerName(peer));
   outboxes_[static_cast<size_t>(peer)] = std::move(outbox).value();
   if (proxy_) M2N_RETURN_IF_ERROR(MapRingForProxy(peer));
-  // A peer without a GPU has no signal block (a host-slot group): nothing stream-ordered goes there.
+  // A peer without a GPU has no signal block (a host-slot group): nothing stream-ordered goes
+  // there.
   if (a.signal_bytes == 0 || !no_cuda_.ok()) return OkStatus();
   auto mapped = DeviceMapping::Open(a.signals, a.signal_bytes);
-  if (!mapped.ok()) return mapped.status().WithContext("cuda_ipc: signal words of " + PeerName(peer));
+  if (!mapped.ok())
+    return mapped.status().WithContext("cuda_ipc: signal words of " + PeerName(peer));
   remote_signals_[static_cast<size_t>(peer)] = std::move(mapped).value();
   return OkStatus();
 }
@@ -300,8 +326,9 @@ Status CudaIpcTransport::Connect(int peer, std::span<const std::byte> remote_add
 // The proxy kernel publishes immediates in the peer's ring: map it for the GPU.
 Status CudaIpcTransport::MapRingForProxy(int peer) {
   Outbox& box = *outboxes_[static_cast<size_t>(peer)];
-  M2N_CUDA_RETURN_IF_ERROR(cudaHostRegister(box.data(), box.size(), cudaHostRegisterMapped | cudaHostRegisterPortable),
-                           "cudaHostRegister (the immediate ring of " + PeerName(peer) + ")");
+  M2N_CUDA_RETURN_IF_ERROR(
+      cudaHostRegister(box.data(), box.size(), cudaHostRegisterMapped | cudaHostRegisterPortable),
+      "cudaHostRegister (the immediate ring of " + PeerName(peer) + ")");
   void* device = nullptr;
   cudaError_t e = cudaHostGetDevicePointer(&device, box.data(), 0);
   if (e != cudaSuccess) {
@@ -312,7 +339,8 @@ Status CudaIpcTransport::MapRingForProxy(int peer) {
   return OkStatus();
 }
 
-StatusOr<std::unique_ptr<RemoteRegion>> CudaIpcTransport::UnpackRemoteKey(int peer, std::span<const std::byte> packed) {
+StatusOr<std::unique_ptr<RemoteRegion>> CudaIpcTransport::UnpackRemoteKey(
+    int peer, std::span<const std::byte> packed) {
   M2N_RETURN_IF_ERROR(CheckPeer(peer, "unpacking a key"));
   auto remote = IpcRemoteRegion::Unpack(packed);
   if (!remote.ok()) return remote.status().WithContext("cuda_ipc: memory of " + PeerName(peer));
@@ -322,14 +350,17 @@ StatusOr<std::unique_ptr<RemoteRegion>> CudaIpcTransport::UnpackRemoteKey(int pe
 Status CudaIpcTransport::Validate(const Write& w) const {
   M2N_RETURN_IF_ERROR(CheckPeer(w.peer, "a write"));
   if (w.lane != Lane::kData && w.lane != Lane::kAck) {
-    return InvalidArgumentError(WriteText(w, "cuda_ipc", " on lane " + std::to_string(static_cast<int>(w.lane))));
+    return InvalidArgumentError(
+        WriteText(w, "cuda_ipc", " on lane " + std::to_string(static_cast<int>(w.lane))));
   }
   if (w.length == 0) return OkStatus();
   return ValidateWriteRegions(w, "cuda_ipc", typeid(IpcRegion), typeid(IpcRemoteRegion));
 }
 
 Status CudaIpcTransport::Post(std::span<const Write> writes) {
-  if (closed_) return FailedPreconditionError("cuda_ipc: rank " + std::to_string(config_.rank) + ": Post after Close");
+  if (closed_)
+    return FailedPreconditionError("cuda_ipc: rank " + std::to_string(config_.rank) +
+                                   ": Post after Close");
   // All or nothing for bad arguments: nothing is posted unless every write is valid.
   for (const Write& w : writes) M2N_RETURN_IF_ERROR(Validate(w));
   for (const Write& w : writes) M2N_RETURN_IF_ERROR(PostOne(w));
@@ -352,8 +383,9 @@ Status CudaIpcTransport::PostOne(const Write& w) {
       // Host-driven writes of device memory: a convenience, not the fast path (that is
       // SendOnStream). A device-to-device cudaMemcpy may return before the bytes land, so the
       // copy goes on our own stream and is waited for before the immediate is pushed.
-      M2N_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, src, w.length, cudaMemcpyDefault, copy_stream_),
-                               "cudaMemcpyAsync of " + std::to_string(w.length) + " bytes to " + PeerName(w.peer));
+      M2N_CUDA_RETURN_IF_ERROR(
+          cudaMemcpyAsync(dst, src, w.length, cudaMemcpyDefault, copy_stream_),
+          "cudaMemcpyAsync of " + std::to_string(w.length) + " bytes to " + PeerName(w.peer));
       M2N_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(copy_stream_),
                                "cudaStreamSynchronize (a write to " + PeerName(w.peer) + ")");
     }
@@ -389,7 +421,8 @@ Status CudaIpcTransport::PostThroughProxy(const Write& w, const std::byte* src, 
   Outbox& box = *outboxes_[static_cast<size_t>(w.peer)];
   M2N_ASSIGN_OR_RETURN(Outbox::Reserved entry, box.Reserve(w.lane, w.imm, w.length));
   auto* sequence = reinterpret_cast<unsigned long long*>(
-      outbox_device_[static_cast<size_t>(w.peer)] + (reinterpret_cast<std::byte*>(entry.sequence) - box.data()));
+      outbox_device_[static_cast<size_t>(w.peer)] +
+      (reinterpret_cast<std::byte*>(entry.sequence) - box.data()));
   auto index = proxy_->Stage(src, dst, w.length, sequence, entry.value);
   if (!index.ok()) return index.status().WithContext("cuda_ipc: a write to " + PeerName(w.peer));
   Completion c;
@@ -409,7 +442,8 @@ StatusOr<size_t> CudaIpcTransport::Poll(std::span<Completion> out) {
   }
   if (!proxied_.empty()) {
     auto completed = proxy_->Completed();
-    if (!completed.ok()) return completed.status().WithContext("cuda_ipc: writes through the copy proxy");
+    if (!completed.ok())
+      return completed.status().WithContext("cuda_ipc: writes through the copy proxy");
     while (n < out.size() && !proxied_.empty() && proxied_.front().index < *completed) {
       out[n++] = std::move(proxied_.front().done);
       proxied_.pop_front();
@@ -454,7 +488,8 @@ namespace m2n::transport {
 const TransportInfo& cuda_ipcTransportInfo() {
   // Preference 40: below UCX for "auto" with host slots (UCX spans hosts); with device slots
   // (Options::slot_memory = kCuda) "auto" skips transports without cuda_memory.
-  static const TransportInfo info{"cuda_ipc", 40, &cuda_ipc::Probe, &cuda_ipc::CudaIpcTransport::Create,
+  static const TransportInfo info{"cuda_ipc", 40, &cuda_ipc::Probe,
+                                  &cuda_ipc::CudaIpcTransport::Create,
                                   /*cuda_memory=*/true};
   return info;
 }

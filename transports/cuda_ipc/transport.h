@@ -51,7 +51,8 @@ class CudaIpcTransport final : public Transport, public StreamOps {
 
   StatusOr<Bytes> LocalAddress(int peer) override;
   Status Connect(int peer, std::span<const std::byte> remote_address) override;
-  StatusOr<std::unique_ptr<RemoteRegion>> UnpackRemoteKey(int peer, std::span<const std::byte> packed) override;
+  StatusOr<std::unique_ptr<RemoteRegion>> UnpackRemoteKey(
+      int peer, std::span<const std::byte> packed) override;
 
   Status Post(std::span<const Write> writes) override;
   StatusOr<size_t> Poll(std::span<Completion> out) override;
@@ -72,7 +73,8 @@ class CudaIpcTransport final : public Transport, public StreamOps {
   // The device, the signal block, the error word, the copy stream and the copy proxy.
   Status InitCuda();
   std::string PeerName(int peer) const;
-  // Signal word (peer, kind, slot) in our block, and in the peer's block the word of (us, kind, slot).
+  // Signal word (peer, kind, slot) in our block, and in the peer's block the word of (us, kind,
+  // slot).
   unsigned long long* LocalSignal(int peer, SignalKind kind, int slot) const;
   unsigned long long* RemoteSignal(int peer, SignalKind kind, int slot) const;
   Status CheckPeer(int peer, std::string_view what) const;
@@ -93,10 +95,10 @@ class CudaIpcTransport final : public Transport, public StreamOps {
   int device_ = -1;
   MailboxLayout layout_;
   std::unique_ptr<Mailbox> mailbox_;
-  std::vector<std::unique_ptr<Outbox>> outboxes_;               // by rank
-  std::unique_ptr<DeviceAllocation> signals_;                    // ours
+  std::vector<std::unique_ptr<Outbox>> outboxes_;  // by rank
+  std::unique_ptr<DeviceAllocation> signals_;  // ours
   std::vector<std::unique_ptr<DeviceMapping>> remote_signals_;  // by rank
-  unsigned long long* error_host_ = nullptr;                     // host-mapped error word
+  unsigned long long* error_host_ = nullptr;  // host-mapped error word
   unsigned long long* error_device_ = nullptr;
   Status stream_error_;
   std::deque<Completion> done_;
@@ -112,7 +114,7 @@ class CudaIpcTransport final : public Transport, public StreamOps {
   std::deque<Proxied> proxied_;
   Status PostThroughProxy(const Write& w, const std::byte* src, std::byte* dst);
   void UnregisterOutboxes();
-  int max_blocks_ = 32;          // M2N_CUDA_IPC_MAX_BLOCKS: blocks per message at most
+  int max_blocks_ = 32;  // M2N_CUDA_IPC_MAX_BLOCKS: blocks per message at most
   size_t block_bytes_ = 64 << 10;  // M2N_CUDA_IPC_BLOCK_BYTES: bytes per block before another
   bool closed_ = false;
 };

@@ -40,7 +40,9 @@ bool Reap(void** request, ucs_status_t* error) {
   return true;
 }
 
-void* RequestOrNull(ucs_status_ptr_t request) { return UCS_PTR_IS_PTR(request) ? request : nullptr; }
+void* RequestOrNull(ucs_status_ptr_t request) {
+  return UCS_PTR_IS_PTR(request) ? request : nullptr;
+}
 
 // UCX 1.13 allocates shared memory from System V first, mode 0660: every user of the group could
 // read and write the slots and rings. POSIX shared memory is 0600. Unless the user chose the
@@ -106,7 +108,9 @@ StatusOr<std::shared_ptr<Context>> Context::Create(int rank, size_t estimated_ep
 
 void Context::Grant(const TrackedRegion& block) {
   for (const TrackedRegion& r : regions_) {
-    if (r.owner == block.owner && r.peer == block.peer && r.base == block.base && r.size == block.size) return;
+    if (r.owner == block.owner && r.peer == block.peer && r.base == block.base &&
+        r.size == block.size)
+      return;
   }
   auto at = std::upper_bound(regions_.begin(), regions_.end(), block.base,
                              [](uintptr_t base, const TrackedRegion& r) { return base < r.base; });

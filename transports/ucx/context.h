@@ -43,7 +43,7 @@ class Context {
   static constexpr int kAnyPeer = -1;
   struct TrackedRegion {
     const void* owner;  // the UcxRegion, which revokes its grants when destroyed
-    int peer;           // the rank the block was granted to, or kAnyPeer
+    int peer;  // the rank the block was granted to, or kAnyPeer
     uintptr_t base;
     size_t size;
     ucp_mem_h memh;

@@ -80,9 +80,12 @@ bool EpUsesOnlyTcp(ucp_ep_h ep) {
 
 ucp_err_handling_mode_t ResolveErrMode(ErrMode setting, bool same_host) {
   switch (setting) {
-    case ErrMode::kPeer: return UCP_ERR_HANDLING_MODE_PEER;
-    case ErrMode::kNone: return UCP_ERR_HANDLING_MODE_NONE;
-    case ErrMode::kAuto: break;
+    case ErrMode::kPeer:
+      return UCP_ERR_HANDLING_MODE_PEER;
+    case ErrMode::kNone:
+      return UCP_ERR_HANDLING_MODE_NONE;
+    case ErrMode::kAuto:
+      break;
   }
   // UCX 1.13's shared-memory transports (posix, sysv) cannot detect a dead peer, so PEER mode
   // would exclude them and move a same-host pair onto cma/tcp, many times slower. Off-host

@@ -57,7 +57,7 @@ struct AmHeader {
   uint64_t address;  // where the payload goes in the receiver's memory (unused when length is 0)
   uint32_t imm;
   uint32_t length;  // must equal the active message's payload length
-  uint32_t seq;     // the write's place on (writer, lane), as RingEntry::seq
+  uint32_t seq;  // the write's place on (writer, lane), as RingEntry::seq
   int32_t src_rank;
 };
 static_assert(sizeof(AmHeader) == 24);
@@ -115,7 +115,7 @@ class Endpoint {
   struct TxLane {
     ucp_ep_h ep = nullptr;
     ucp_rkey_h ring_rkey = nullptr;
-    uint64_t ring_address = 0;         // entry 0 of our ring at the peer
+    uint64_t ring_address = 0;  // entry 0 of our ring at the peer
     RingEntry* ring_mapped = nullptr;  // our ring at the peer, where mapped here (shared memory)
     uint32_t next_seq = 1;
     uint32_t next_slot = 0;

@@ -86,7 +86,8 @@ StatusOr<Bytes> UcxRegion::PackRemoteKey() const {
 StatusOr<BlockKey> UcxRegion::PackRemoteKeyFor(int peer, size_t offset, size_t length) {
   const std::string who = "ucx: rank " + std::to_string(ctx_->rank());
   if (access_ != Access::kTarget) {
-    return FailedPreconditionError(who + ": a region registered as a local source has no remote key");
+    return FailedPreconditionError(who +
+                                   ": a region registered as a local source has no remote key");
   }
   if (peer < 0 || length == 0 || offset > size_ || length > size_ - offset) {
     return InvalidArgumentError(who + ": a key for rank " + std::to_string(peer) + " to [" +

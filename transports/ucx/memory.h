@@ -54,7 +54,8 @@ class UcxRegion final : public Region {
   const Context* owner() const { return ctx_.get(); }
 
  private:
-  UcxRegion(std::shared_ptr<Context> ctx, ucp_mem_h memh, std::byte* data, size_t size, Access access)
+  UcxRegion(std::shared_ptr<Context> ctx, ucp_mem_h memh, std::byte* data, size_t size,
+            Access access)
       : ctx_(std::move(ctx)), memh_(memh), data_(data), size_(size), access_(access) {}
   StatusOr<Bytes> PackKey(uint64_t address, size_t size) const;
 

@@ -52,40 +52,45 @@ void UcxTransport::Refuse(Inbox* inbox, Status why) {
   refused_.emplace_back(inbox != nullptr ? inbox->peer() : -1, std::move(why));
 }
 
-Inbox* UcxTransport::CheckSender(const void* header, size_t header_length, const ucp_am_recv_param_t& param,
-                                 AmHeader* h, bool* park) {
+Inbox* UcxTransport::CheckSender(const void* header, size_t header_length,
+                                 const ucp_am_recv_param_t& param, AmHeader* h, bool* park) {
   *park = false;
   const std::string who = "ucx: rank " + std::to_string(config_.rank);
   if (header_length != sizeof(*h)) {
-    Refuse(nullptr, DataLossError(who + ": refused an active message with a " + std::to_string(header_length) +
-                                  "-byte header, not an m2n write"));
+    Refuse(nullptr,
+           DataLossError(who + ": refused an active message with a " +
+                         std::to_string(header_length) + "-byte header, not an m2n write"));
     return nullptr;
   }
   std::memcpy(h, header, sizeof(*h));
   // Who sent it is the endpoint it came on: a peer cannot write as another by naming its rank.
-  auto from = (param.recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) != 0 ? ep_peer_.find(param.reply_ep)
-                                                                       : ep_peer_.end();
+  auto from = (param.recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) != 0
+                  ? ep_peer_.find(param.reply_ep)
+                  : ep_peer_.end();
   if (from == ep_peer_.end()) {
     // Possibly the peer it names, before our Connect to it: known for sure only then.
     const int claimed = h->src_rank;
     *park = (param.recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) != 0 && claimed >= 0 &&
-            claimed < config_.world_size && peer_index_[claimed] >= 0 && endpoints_[peer_index_[claimed]] == nullptr;
+            claimed < config_.world_size && peer_index_[claimed] >= 0 &&
+            endpoints_[peer_index_[claimed]] == nullptr;
     if (*park) return nullptr;
-    Refuse(nullptr, DataLossError(who + ": refused a write claiming rank " + std::to_string(h->src_rank) +
-                                  " on an endpoint of no connected peer"));
+    Refuse(nullptr,
+           DataLossError(who + ": refused a write claiming rank " + std::to_string(h->src_rank) +
+                         " on an endpoint of no connected peer"));
     return nullptr;
   }
   Inbox* inbox = &inboxes_[peer_index_[from->second]];
   if (h->src_rank != from->second) {
-    Refuse(inbox, DataLossError(PeerText(from->second, "refused a write claiming to come from rank " +
-                                                           std::to_string(h->src_rank))));
+    Refuse(inbox,
+           DataLossError(PeerText(from->second, "refused a write claiming to come from rank " +
+                                                    std::to_string(h->src_rank))));
     return nullptr;
   }
   return inbox;
 }
 
-void UcxTransport::Deliver(Lane lane, const void* header, size_t header_length, void* data, size_t length,
-                           const ucp_am_recv_param_t& param) {
+void UcxTransport::Deliver(Lane lane, const void* header, size_t header_length, void* data,
+                           size_t length, const ucp_am_recv_param_t& param) {
   if (closed_) return;  // nobody will poll for it
   const uint64_t recv_attr = param.recv_attr;
   AmHeader h;
@@ -128,16 +133,19 @@ void UcxTransport::Deliver(Lane lane, const void* header, size_t header_length, 
   StoreEntry(slot, entry);
 }
 
-void UcxTransport::Park(Lane lane, const AmHeader& h, void* data, size_t length, const ucp_am_recv_param_t& param) {
-  const std::string who = "ucx: rank " + std::to_string(config_.rank) + ": refused a write claiming rank " +
-                          std::to_string(h.src_rank) + " before this rank connected to it: ";
-  const auto waiting =
-      std::ranges::count_if(parked_, [&](const ParkedMessage& m) { return m.header.src_rank == h.src_rank; });
+void UcxTransport::Park(Lane lane, const AmHeader& h, void* data, size_t length,
+                        const ucp_am_recv_param_t& param) {
+  const std::string who = "ucx: rank " + std::to_string(config_.rank) +
+                          ": refused a write claiming rank " + std::to_string(h.src_rank) +
+                          " before this rank connected to it: ";
+  const auto waiting = std::ranges::count_if(
+      parked_, [&](const ParkedMessage& m) { return m.header.src_rank == h.src_rank; });
   if (waiting >= static_cast<long>(config_.max_unpolled) * kNumLanes) {
     Refuse(nullptr, DataLossError(who + "more writes than its credit"));
     return;
   }
-  if (h.length != length || (length > 0 && ctx_->FindRegion(h.src_rank, h.address, length) == nullptr)) {
+  if (h.length != length ||
+      (length > 0 && ctx_->FindRegion(h.src_rank, h.address, length) == nullptr)) {
     Refuse(nullptr, DataLossError(who + "its target is not inside memory registered here for it"));
     return;
   }
@@ -149,7 +157,8 @@ void UcxTransport::Park(Lane lane, const AmHeader& h, void* data, size_t length,
   }
   m.bytes.resize(length);
   ucp_request_param_t none{};
-  ucs_status_ptr_t received = ucp_am_recv_data_nbx(ctx_->worker(lane), data, m.bytes.data(), length, &none);
+  ucs_status_ptr_t received =
+      ucp_am_recv_data_nbx(ctx_->worker(lane), data, m.bytes.data(), length, &none);
   if (UCS_PTR_IS_ERR(received)) {
     parked_.pop_back();
     Refuse(nullptr, UnavailableError(ErrorText(who + "receive", UCS_PTR_STATUS(received))));
@@ -170,7 +179,8 @@ void UcxTransport::Unpark() {
       --progress_[static_cast<int>(m.lane)].outstanding;
       if (status != UCS_OK) {
         Refuse(nullptr, UnavailableError(ErrorText("ucx: rank " + std::to_string(config_.rank) +
-                                                       ": receive of a write before connecting", status)));
+                                                       ": receive of a write before connecting",
+                                                   status)));
         return true;
       }
     }
@@ -193,9 +203,9 @@ void UcxTransport::DropParked() {
   parked_.clear();
 }
 
-bool UcxTransport::LandPayload(Inbox& inbox, Lane lane, const Context::TrackedRegion& region, uint64_t address,
-                               void* data, size_t length, uint64_t recv_attr, RingEntry* slot,
-                               const RingEntry& entry) {
+bool UcxTransport::LandPayload(Inbox& inbox, Lane lane, const Context::TrackedRegion& region,
+                               uint64_t address, void* data, size_t length, uint64_t recv_attr,
+                               RingEntry* slot, const RingEntry& entry) {
   auto* target = reinterpret_cast<std::byte*>(static_cast<uintptr_t>(address));
   if ((recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) == 0) {
     std::memcpy(target, data, length);
@@ -206,10 +216,12 @@ bool UcxTransport::LandPayload(Inbox& inbox, Lane lane, const Context::TrackedRe
   ucp_request_param_t param{};
   param.op_attr_mask = UCP_OP_ATTR_FIELD_MEMH;
   param.memh = region.memh;
-  ucs_status_ptr_t received = ucp_am_recv_data_nbx(ctx_->worker(lane), data, target, length, &param);
+  ucs_status_ptr_t received =
+      ucp_am_recv_data_nbx(ctx_->worker(lane), data, target, length, &param);
   if (UCS_PTR_IS_ERR(received)) {
-    Refuse(&inbox, UnavailableError(PeerText(inbox.peer(), "receive of a " + std::to_string(length) + "-byte write",
-                                             UCS_PTR_STATUS(received))));
+    Refuse(&inbox, UnavailableError(PeerText(
+                       inbox.peer(), "receive of a " + std::to_string(length) + "-byte write",
+                       UCS_PTR_STATUS(received))));
     return false;
   }
   if (received == nullptr) return true;

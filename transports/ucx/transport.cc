@@ -69,8 +69,8 @@ StatusOr<std::unique_ptr<Transport>> UcxTransport::Create(const Config& config) 
   // entries with a plain store.
   const size_t ring_bytes = std::max<size_t>(1, config.peers.size() * kNumLanes) *
                             config.max_unpolled * sizeof(RingEntry);
-  M2N_ASSIGN_OR_RETURN(t->rings_, UcxRegion::Map(t->ctx_, nullptr, ring_bytes, /*allocate=*/true,
-                                                 Access::kRing));
+  M2N_ASSIGN_OR_RETURN(
+      t->rings_, UcxRegion::Map(t->ctx_, nullptr, ring_bytes, /*allocate=*/true, Access::kRing));
   M2N_ASSIGN_OR_RETURN(t->ring_rkey_, t->rings_->PackRkey());
   t->inboxes_.reserve(config.peers.size());
   t->scanned_.reserve(config.peers.size());
@@ -103,7 +103,8 @@ StatusOr<std::unique_ptr<Region>> UcxTransport::Register(void* data, size_t size
   return MapCaller(data, size, kind, Access::kTarget);
 }
 
-StatusOr<std::unique_ptr<Region>> UcxTransport::RegisterSource(void* data, size_t size, MemoryKind kind) {
+StatusOr<std::unique_ptr<Region>> UcxTransport::RegisterSource(void* data, size_t size,
+                                                               MemoryKind kind) {
   return MapCaller(data, size, kind, Access::kSource);
 }
 
@@ -128,8 +129,8 @@ StatusOr<std::unique_ptr<Region>> UcxTransport::Allocate(size_t size, MemoryKind
     return InvalidArgumentError("ucx: rank " + std::to_string(config_.rank) +
                                 ": unknown memory kind " + std::to_string(static_cast<int>(kind)));
   }
-  M2N_ASSIGN_OR_RETURN(auto region, UcxRegion::Map(ctx_, nullptr, size, /*allocate=*/true,
-                                                   Access::kTarget));
+  M2N_ASSIGN_OR_RETURN(auto region,
+                       UcxRegion::Map(ctx_, nullptr, size, /*allocate=*/true, Access::kTarget));
   return std::unique_ptr<Region>(std::move(region));
 }
 
@@ -207,9 +208,11 @@ Status UcxTransport::Connect(int peer, std::span<const std::byte> remote_address
   // little to do on an idle poll; progress it less often then (see Poll).
   bool all_mapped = true;
   for (Endpoint* e : connected_) {
-    all_mapped = all_mapped && e->tx(Lane::kData).ring_mapped != nullptr && e->tx(Lane::kAck).ring_mapped != nullptr;
+    all_mapped = all_mapped && e->tx(Lane::kData).ring_mapped != nullptr &&
+                 e->tx(Lane::kAck).ring_mapped != nullptr;
   }
-  idle_progress_period_ = all_mapped && direct_stores_ ? kIdleProgressPeriodMapped : kIdleProgressPeriod;
+  idle_progress_period_ =
+      all_mapped && direct_stores_ ? kIdleProgressPeriodMapped : kIdleProgressPeriod;
   scanned_.push_back(&inboxes_[index]);
   return OkStatus();
 }
@@ -341,9 +344,9 @@ namespace m2n::transport {
 const TransportInfo& ucxTransportInfo() {
   // Preference 50: a portable fallback; transports on a NIC's verbs or a GPU fabric rank higher.
   // UCX does not place receive slots in CUDA memory, so the slots' kind does not change its probe.
-  static const TransportInfo info{"ucx", 50, [](MemoryKind) { return ucx::Probe(); }, &ucx::UcxTransport::Create};
+  static const TransportInfo info{"ucx", 50, [](MemoryKind) { return ucx::Probe(); },
+                                  &ucx::UcxTransport::Create};
   return info;
 }
 
 }  // namespace m2n::transport
-

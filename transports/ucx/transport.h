@@ -40,7 +40,8 @@ class UcxTransport final : public Transport {
   Capabilities capabilities() const override;
 
   StatusOr<std::unique_ptr<Region>> Register(void* data, size_t size, MemoryKind kind) override;
-  StatusOr<std::unique_ptr<Region>> RegisterSource(void* data, size_t size, MemoryKind kind) override;
+  StatusOr<std::unique_ptr<Region>> RegisterSource(void* data, size_t size,
+                                                   MemoryKind kind) override;
   StatusOr<std::unique_ptr<Region>> Allocate(size_t size, MemoryKind kind) override;
 
   StatusOr<Bytes> LocalAddress(int peer) override;
@@ -67,9 +68,9 @@ class UcxTransport final : public Transport {
     uint64_t ticket = 0;  // place among the lane's deferred entries
     ucs_status_t error = UCS_OK;
     const char* failed_step = nullptr;
-    uint32_t slot = 0;    // of the entry in our ring at the peer
+    uint32_t slot = 0;  // of the entry in our ring at the peer
     RingEntry staging{};  // the entry's source buffer: UCX may read it until entry_request is done
-    AmHeader header{};    // an active-message write's header: UCX reads it until it completes
+    AmHeader header{};  // an active-message write's header: UCX reads it until it completes
   };
   // A rendezvous payload on its way into our memory; its entry is stored once it has landed.
   struct PendingReceive {
@@ -110,14 +111,15 @@ class UcxTransport final : public Transport {
   // target, or a put: then whether the entry must wait for a flush); the entry at once when nothing
   // waits ahead of it (false: UCX could not send it inline); the write finished or tracked until
   // its payload request is; or the entry deferred behind a flush or earlier deferred entries.
-  Status PostPayload(const Write& w, Endpoint::TxLane& tx, void** payload_request, bool* needs_flush);
-  StatusOr<bool> PutEntryNow(const Write& w, Endpoint::TxLane& tx, const RingEntry& entry, uint32_t slot,
-                             void* payload_request);
+  Status PostPayload(const Write& w, Endpoint::TxLane& tx, void** payload_request,
+                     bool* needs_flush);
+  StatusOr<bool> PutEntryNow(const Write& w, Endpoint::TxLane& tx, const RingEntry& entry,
+                             uint32_t slot, void* payload_request);
   Status TrackPayload(const Write& w, Endpoint& e, void* payload_request);
   // A pending record for `w`, in flight from here on; the caller fills in the entry's part.
   PendingWrite* Track(const Write& w, Endpoint& e, void* payload_request);
-  Status DeferEntry(const Write& w, Endpoint& e, const RingEntry& entry, uint32_t slot, void* payload_request,
-                    bool needs_flush);
+  Status DeferEntry(const Write& w, Endpoint& e, const RingEntry& entry, uint32_t slot,
+                    void* payload_request, bool needs_flush);
   // A write to a peer whose ring is not mapped here: header and payload in one active message.
   Status PostActiveMessage(const Write& w, Endpoint& e);
   Status PostEntry(PendingWrite* pw);
@@ -126,10 +128,11 @@ class UcxTransport final : public Transport {
   // Lands one active-message write: checks it, puts its payload in place, stores its entry (or
   // starts the rendezvous receive that will).
   void Deliver(Lane lane, const void* header, size_t header_length, void* data, size_t length,
-                       const ucp_am_recv_param_t& param);
+               const ucp_am_recv_param_t& param);
   // Keeps a message from a peer not connected yet (CheckSender), within what that peer could
   // honestly send: its credit, and targets inside blocks granted to it.
-  void Park(Lane lane, const AmHeader& h, void* data, size_t length, const ucp_am_recv_param_t& param);
+  void Park(Lane lane, const AmHeader& h, void* data, size_t length,
+            const ucp_am_recv_param_t& param);
   // Delivers the parked messages whose payload is here and whose endpoint is now a connected
   // peer's (Connect, Poll); DropParked releases them all (Close, after the eps).
   void Unpark();
@@ -139,15 +142,17 @@ class UcxTransport final : public Transport {
   // The sender is the peer whose endpoint the message arrived on (UCX's reply endpoint), never
   // the rank the header names; a header naming another rank is refused.
   // *park: it may come from the peer it names, which is not connected yet (Park).
-  Inbox* CheckSender(const void* header, size_t header_length, const ucp_am_recv_param_t& param, AmHeader* h,
-                     bool* park);
-  bool LandPayload(Inbox& inbox, Lane lane, const Context::TrackedRegion& region, uint64_t address, void* data,
-                   size_t length, uint64_t recv_attr, RingEntry* slot, const RingEntry& entry);
+  Inbox* CheckSender(const void* header, size_t header_length, const ucp_am_recv_param_t& param,
+                     AmHeader* h, bool* park);
+  bool LandPayload(Inbox& inbox, Lane lane, const Context::TrackedRegion& region, uint64_t address,
+                   void* data, size_t length, uint64_t recv_attr, RingEntry* slot,
+                   const RingEntry& entry);
   // Records that a peer (null: a sender that names no peer) sent a write that is refused: kError
   // from the next Poll, once per peer.
   void Refuse(Inbox* inbox, Status why);
   Status SetAmHandlers(bool enable);
-  StatusOr<std::unique_ptr<Region>> MapCaller(void* data, size_t size, MemoryKind kind, Access access);
+  StatusOr<std::unique_ptr<Region>> MapCaller(void* data, size_t size, MemoryKind kind,
+                                              Access access);
   // Where Poll writes completions: the caller's span and how much of it is used.
   struct Sink {
     std::span<Completion> out;
@@ -183,14 +188,14 @@ class UcxTransport final : public Transport {
   bool direct_stores_ = true;
   std::shared_ptr<Context> ctx_;  // first member: destroyed last
   std::unique_ptr<UcxRegion> rings_;
-  std::vector<int> peer_index_;                       // rank -> index into config_.peers, or -1
+  std::vector<int> peer_index_;  // rank -> index into config_.peers, or -1
   std::vector<std::unique_ptr<Endpoint>> endpoints_;  // by peer index; null until Connect
-  std::vector<Endpoint*> connected_;                  // in Connect order
-  std::vector<Inbox> inboxes_;                        // by peer index, from Create on
-  std::vector<Inbox*> scanned_;                       // connected peers' inboxes, for the ring scan
-  std::unordered_map<ucp_ep_h, int> ep_peer_;         // each connected peer's eps -> its rank
+  std::vector<Endpoint*> connected_;  // in Connect order
+  std::vector<Inbox> inboxes_;  // by peer index, from Create on
+  std::vector<Inbox*> scanned_;  // connected peers' inboxes, for the ring scan
+  std::unordered_map<ucp_ep_h, int> ep_peer_;  // each connected peer's eps -> its rank
   std::vector<ParkedMessage> parked_;
-  std::vector<Endpoint*> failed_;                     // appended by UCX error callbacks
+  std::vector<Endpoint*> failed_;  // appended by UCX error callbacks
   size_t failed_reported_ = 0;
   Bytes ring_rkey_;
 

@@ -44,10 +44,11 @@ Status UcxTransport::Validate(const Write& w) const {
   if (e->failure() != UCS_OK) return e->FailureStatus();
   if (w.length == 0) return OkStatus();
 
-  M2N_RETURN_IF_ERROR(
-      ValidateWriteRegions(w, "ucx", typeid(UcxRegion), typeid(UcxRemoteRegion)));
+  M2N_RETURN_IF_ERROR(ValidateWriteRegions(w, "ucx", typeid(UcxRegion), typeid(UcxRemoteRegion)));
   // Messages are built only on failure: this runs for every write.
-  auto refuse = [&w](const std::string& why) { return InvalidArgumentError(WriteText(w, "ucx", why)); };
+  auto refuse = [&w](const std::string& why) {
+    return InvalidArgumentError(WriteText(w, "ucx", why));
+  };
   const auto* local = static_cast<const UcxRegion*>(w.local);
   const auto* remote = static_cast<const UcxRemoteRegion*>(w.remote);
   if (local->owner() != ctx_.get()) return refuse(": local region not registered here");
@@ -106,10 +107,12 @@ Status UcxTransport::PostPayload(const Write& w, Endpoint::TxLane& tx, void** pa
   ucp_request_param_t param{};
   param.op_attr_mask = UCP_OP_ATTR_FIELD_MEMH;
   param.memh = local->memh();
-  ucs_status_ptr_t put = ucp_put_nbx(tx.ep, local->data() + w.local_offset, w.length,
-                                     remote->address() + w.remote_offset, remote->rkey(w.lane), &param);
+  ucs_status_ptr_t put =
+      ucp_put_nbx(tx.ep, local->data() + w.local_offset, w.length,
+                  remote->address() + w.remote_offset, remote->rkey(w.lane), &param);
   if (UCS_PTR_IS_ERR(put)) {
-    return UnavailableError(PeerText(w.peer, "put of " + std::to_string(w.length) + " bytes", UCS_PTR_STATUS(put)));
+    return UnavailableError(
+        PeerText(w.peer, "put of " + std::to_string(w.length) + " bytes", UCS_PTR_STATUS(put)));
   }
   *payload_request = RequestOrNull(put);
   // UCX 1.13's ucp_worker_fence only orders operations on one transport lane. Payload and
@@ -127,7 +130,8 @@ Status UcxTransport::PostPayload(const Write& w, Endpoint::TxLane& tx, void** pa
   return OkStatus();
 }
 
-StatusOr<bool> UcxTransport::PutEntryNow(const Write& w, Endpoint::TxLane& tx, const RingEntry& entry, uint32_t slot,
+StatusOr<bool> UcxTransport::PutEntryNow(const Write& w, Endpoint::TxLane& tx,
+                                         const RingEntry& entry, uint32_t slot,
                                          void* payload_request) {
   RingEntry* const ring = direct_stores_ ? tx.ring_mapped : nullptr;
   if (ring != nullptr) {
@@ -138,8 +142,9 @@ StatusOr<bool> UcxTransport::PutEntryNow(const Write& w, Endpoint::TxLane& tx, c
   // whose staging copy outlives the request.
   ucp_request_param_t param{};
   param.op_attr_mask = UCP_OP_ATTR_FLAG_FORCE_IMM_CMPL;
-  ucs_status_ptr_t put = ucp_put_nbx(tx.ep, &entry, sizeof(entry),
-                                     tx.ring_address + uint64_t{slot} * sizeof(RingEntry), tx.ring_rkey, &param);
+  ucs_status_ptr_t put =
+      ucp_put_nbx(tx.ep, &entry, sizeof(entry),
+                  tx.ring_address + uint64_t{slot} * sizeof(RingEntry), tx.ring_rkey, &param);
   if (put == nullptr) return true;
   if (UCS_PTR_STATUS(put) != UCS_ERR_NO_RESOURCE) {
     if (payload_request != nullptr) ucp_request_free(payload_request);
@@ -148,7 +153,8 @@ StatusOr<bool> UcxTransport::PutEntryNow(const Write& w, Endpoint::TxLane& tx, c
   return false;
 }
 
-UcxTransport::PendingWrite* UcxTransport::Track(const Write& w, Endpoint& e, void* payload_request) {
+UcxTransport::PendingWrite* UcxTransport::Track(const Write& w, Endpoint& e,
+                                                void* payload_request) {
   PendingWrite* pw = NewPending();
   pw->endpoint = &e;
   pw->lane = w.lane;

@@ -18,26 +18,28 @@ namespace m2n::transport::verbs {
 
 // Everything M2N_VERBS_* can set. Fields left at their "auto" value are found by Context::Open.
 struct VerbsOptions {
-  std::string device;   // M2N_VERBS_DEVICE: e.g. mlx5_0, rxe0; empty: first device with an active port
+  std::string
+      device;  // M2N_VERBS_DEVICE: e.g. mlx5_0, rxe0; empty: first device with an active port
   // Tried first when `device` is empty: the NIC nearest to the rank's GPU (Config::nic).
   std::string preferred_device;
-  int port = 0;         // M2N_VERBS_PORT: 1-based; 0: first active port
-  int gid_index = -1;   // M2N_VERBS_GID_INDEX: -1: a RoCE v2 IPv4-mapped GID, else RoCE v2, else 0
+  int port = 0;  // M2N_VERBS_PORT: 1-based; 0: first active port
+  int gid_index = -1;  // M2N_VERBS_GID_INDEX: -1: a RoCE v2 IPv4-mapped GID, else RoCE v2, else 0
   // Queue pair settings (docs/congestion.md says what to set them to and why).
-  int timeout = 18;        // M2N_VERBS_TIMEOUT: local ACK timeout, 4.096 us * 2^timeout (18: ~1.07 s)
-  int retry_count = 7;     // M2N_VERBS_RETRY_COUNT: retransmissions before a send fails (0..7)
-  int rnr_retry = 7;       // M2N_VERBS_RNR_RETRY: receiver-not-ready retries (7: forever)
+  int timeout = 18;  // M2N_VERBS_TIMEOUT: local ACK timeout, 4.096 us * 2^timeout (18: ~1.07 s)
+  int retry_count = 7;  // M2N_VERBS_RETRY_COUNT: retransmissions before a send fails (0..7)
+  int rnr_retry = 7;  // M2N_VERBS_RNR_RETRY: receiver-not-ready retries (7: forever)
   int min_rnr_timer = 12;  // M2N_VERBS_MIN_RNR_TIMER: RNR NAK delay code (12: 0.64 ms)
-  int traffic_class = 0;   // M2N_VERBS_TRAFFIC_CLASS: data QPs' IP traffic class (DSCP << 2 | ECN)
+  int traffic_class = 0;  // M2N_VERBS_TRAFFIC_CLASS: data QPs' IP traffic class (DSCP << 2 | ECN)
   int ack_traffic_class = -1;  // M2N_VERBS_ACK_TRAFFIC_CLASS: ACK QPs'; -1: same as data
-  int service_level = 0;       // M2N_VERBS_SL: data QPs' service level (InfiniBand) / priority
+  int service_level = 0;  // M2N_VERBS_SL: data QPs' service level (InfiniBand) / priority
   int ack_service_level = -1;  // M2N_VERBS_ACK_SL: ACK QPs'; -1: same as data
-  int mtu = 0;             // M2N_VERBS_MTU: path MTU in bytes (256..4096); 0: the port's active MTU
-  int max_rd_atomic = 1;   // M2N_VERBS_MAX_RD_ATOMIC: outstanding RDMA reads / atomics per QP
-  int rate_limit_mbps = 0; // M2N_VERBS_RATE_LIMIT_MBPS: per-QP rate limit where the NIC has it; 0: off
+  int mtu = 0;  // M2N_VERBS_MTU: path MTU in bytes (256..4096); 0: the port's active MTU
+  int max_rd_atomic = 1;  // M2N_VERBS_MAX_RD_ATOMIC: outstanding RDMA reads / atomics per QP
+  int rate_limit_mbps =
+      0;  // M2N_VERBS_RATE_LIMIT_MBPS: per-QP rate limit where the NIC has it; 0: off
   int inline_bytes = 256;  // M2N_VERBS_INLINE: largest payload sent inline (capped by the device)
-  int signal_every = 0;    // M2N_VERBS_SIGNAL_EVERY: signal one send in this many; 0: auto
-  bool verbose = false;    // M2N_VERBS_VERBOSE=1: print the device, port and GID chosen
+  int signal_every = 0;  // M2N_VERBS_SIGNAL_EVERY: signal one send in this many; 0: auto
+  bool verbose = false;  // M2N_VERBS_VERBOSE=1: print the device, port and GID chosen
 };
 
 // Reads M2N_VERBS_*; errors name the variable and the bad value.

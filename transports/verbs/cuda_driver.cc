@@ -11,7 +11,8 @@ bool Find(void* lib, Fn* fn, const char* versioned, const char* plain, std::stri
   void* p = versioned != nullptr ? dlsym(lib, versioned) : nullptr;
   if (p == nullptr) p = dlsym(lib, plain);
   *fn = reinterpret_cast<Fn>(p);
-  if (p == nullptr && missing != nullptr) *missing += std::string(missing->empty() ? "" : ", ") + plain;
+  if (p == nullptr && missing != nullptr)
+    *missing += std::string(missing->empty() ? "" : ", ") + plain;
   return p != nullptr;
 }
 
@@ -19,7 +20,8 @@ StatusOr<const CudaDriver*> Load() {
   static CudaDriver driver;
   void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
   if (lib == nullptr) {
-    return UnavailableError("verbs: CUDA memory: libcuda.so.1 (the NVIDIA driver) cannot be loaded here");
+    return UnavailableError(
+        "verbs: CUDA memory: libcuda.so.1 (the NVIDIA driver) cannot be loaded here");
   }
   std::string missing;
   CudaDriver& d = driver;
@@ -33,13 +35,15 @@ StatusOr<const CudaDriver*> Load() {
   Find(lib, &d.memset_d8, "cuMemsetD8_v2", "cuMemsetD8", &missing);
   Find(lib, &d.mem_host_register, "cuMemHostRegister_v2", "cuMemHostRegister", &missing);
   Find(lib, &d.mem_host_unregister, nullptr, "cuMemHostUnregister", &missing);
-  Find(lib, &d.mem_host_get_device_pointer, "cuMemHostGetDevicePointer_v2", "cuMemHostGetDevicePointer", &missing);
+  Find(lib, &d.mem_host_get_device_pointer, "cuMemHostGetDevicePointer_v2",
+       "cuMemHostGetDevicePointer", &missing);
   Find(lib, &d.get_handle_for_address_range, nullptr, "cuMemGetHandleForAddressRange", &missing);
   Find(lib, &d.stream_write_value32, "cuStreamWriteValue32_v2", "cuStreamWriteValue32", &missing);
   Find(lib, &d.stream_wait_value32, "cuStreamWaitValue32_v2", "cuStreamWaitValue32", &missing);
   Find(lib, &d.flush_gpudirect_rdma_writes, nullptr, "cuFlushGPUDirectRDMAWrites", nullptr);
   if (!missing.empty()) {
-    return UnavailableError("verbs: the NVIDIA driver's libcuda.so.1 lacks " + missing + " (driver too old?)");
+    return UnavailableError("verbs: the NVIDIA driver's libcuda.so.1 lacks " + missing +
+                            " (driver too old?)");
   }
   return &driver;
 }
@@ -53,10 +57,12 @@ StatusOr<const CudaDriver*> CudaDriver::Get() {
 
 std::string CudaDriver::Error(std::string_view what, CUresult result) const {
   const char* text = nullptr;
-  if (get_error_string == nullptr || get_error_string(result, &text) != CUDA_SUCCESS || text == nullptr) {
+  if (get_error_string == nullptr || get_error_string(result, &text) != CUDA_SUCCESS ||
+      text == nullptr) {
     text = "unknown CUDA error";
   }
-  return "verbs: " + std::string(what) + ": CUresult " + std::to_string(static_cast<int>(result)) + " (" + text + ")";
+  return "verbs: " + std::string(what) + ": CUresult " + std::to_string(static_cast<int>(result)) +
+         " (" + text + ")";
 }
 
 }  // namespace m2n::transport::verbs

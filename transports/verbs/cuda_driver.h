@@ -28,8 +28,8 @@ struct CudaDriver {
   CUresult (*stream_write_value32)(CUstream, CUdeviceptr, cuuint32_t, unsigned int) = nullptr;
   CUresult (*stream_wait_value32)(CUstream, CUdeviceptr, cuuint32_t, unsigned int) = nullptr;
   // Optional (CUDA >= 11.3): null where the driver lacks it.
-  CUresult (*flush_gpudirect_rdma_writes)(CUflushGPUDirectRDMAWritesTarget, CUflushGPUDirectRDMAWritesScope) =
-      nullptr;
+  CUresult (*flush_gpudirect_rdma_writes)(CUflushGPUDirectRDMAWritesTarget,
+                                          CUflushGPUDirectRDMAWritesScope) = nullptr;
 
   // The driver, or the reason it cannot be used ("libcuda.so.1 cannot be loaded here", a missing
   // entry point).

@@ -14,7 +14,9 @@ namespace {
 constexpr uint32_t kAddressMagic = 0x564E324D;  // "M2NV"
 constexpr uint16_t kAddressVersion = 2;
 // magic, version, QPs, src, dst, max_unpolled, link layer, mtu, lid, gid, (qpn, psn) per QP
-constexpr size_t AddressBytes(int qps) { return 4 + 2 + 2 + 4 + 4 + 4 + 1 + 1 + 2 + 16 + static_cast<size_t>(qps) * 8; }
+constexpr size_t AddressBytes(int qps) {
+  return 4 + 2 + 2 + 4 + 4 + 4 + 1 + 1 + 2 + 16 + static_cast<size_t>(qps) * 8;
+}
 
 uint32_t RandomPsn() {
   static std::mt19937 rng(std::random_device{}());
@@ -65,14 +67,16 @@ StatusOr<PeerAddress> DecodePeerAddress(int peer, std::span<const std::byte> byt
                                             " bytes is not a verbs address"));
   }
   if (version != kAddressVersion || (lanes != kNumLanes && lanes != kMaxQps)) {
-    return DataLossError(PeerText(peer, "connection address has format version " + std::to_string(version) +
-                                            " with " + std::to_string(lanes) + " QPs; this build reads version " +
-                                            std::to_string(kAddressVersion) + " with " +
-                                            std::to_string(kNumLanes) + " or " + std::to_string(kMaxQps)));
+    return DataLossError(
+        PeerText(peer, "connection address has format version " + std::to_string(version) +
+                           " with " + std::to_string(lanes) + " QPs; this build reads version " +
+                           std::to_string(kAddressVersion) + " with " + std::to_string(kNumLanes) +
+                           " or " + std::to_string(kMaxQps)));
   }
   if (bytes.size() != AddressBytes(lanes)) {
     return DataLossError(PeerText(peer, "connection address is " + std::to_string(bytes.size()) +
-                                            " bytes, expected " + std::to_string(AddressBytes(lanes))));
+                                            " bytes, expected " +
+                                            std::to_string(AddressBytes(lanes))));
   }
   PeerAddress a;
   a.src_rank = r.Get<int32_t>();
@@ -90,14 +94,15 @@ StatusOr<PeerAddress> DecodePeerAddress(int peer, std::span<const std::byte> byt
   if (!r.ok()) return DataLossError(PeerText(peer, "connection address is truncated"));
   // A range check, not MtuBytes(): a byte outside ibv_mtu's values must not be cast to it.
   if (a.mtu < IBV_MTU_256 || a.mtu > IBV_MTU_4096) {
-    return DataLossError(PeerText(peer, "connection address has MTU code " + std::to_string(a.mtu)));
+    return DataLossError(
+        PeerText(peer, "connection address has MTU code " + std::to_string(a.mtu)));
   }
   return a;
 }
 
-StatusOr<std::unique_ptr<Endpoint>> Endpoint::Create(Context* ctx, ibv_cq* cq, ibv_cq* stream_cq, int peer,
-                                                     const VerbsOptions& options, uint32_t sq_depth,
-                                                     uint32_t rq_depth) {
+StatusOr<std::unique_ptr<Endpoint>> Endpoint::Create(Context* ctx, ibv_cq* cq, ibv_cq* stream_cq,
+                                                     int peer, const VerbsOptions& options,
+                                                     uint32_t sq_depth, uint32_t rq_depth) {
   std::unique_ptr<Endpoint> e(new Endpoint(ctx, peer));
   e->num_qps_ = stream_cq != nullptr ? kMaxQps : kNumLanes;
   for (int index = 0; index < e->num_qps_; ++index) {
@@ -129,10 +134,10 @@ StatusOr<std::unique_ptr<Endpoint>> Endpoint::Create(Context* ctx, ibv_cq* cq, i
       }
       const int err = errno;
       if (want_inline == 0) {
-        return UnavailableError(PeerText(peer, std::string("ibv_create_qp (") + QpName(q) + ", " +
-                                                   std::to_string(sq_depth) + " send / " +
-                                                   std::to_string(rq_depth) + " receive WRs): " +
-                                                   std::strerror(err) + " (errno " + std::to_string(err) + ")"));
+        return UnavailableError(PeerText(
+            peer, std::string("ibv_create_qp (") + QpName(q) + ", " + std::to_string(sq_depth) +
+                      " send / " + std::to_string(rq_depth) + " receive WRs): " +
+                      std::strerror(err) + " (errno " + std::to_string(err) + ")"));
       }
       want_inline /= 2;
       if (want_inline < 16) want_inline = 0;
@@ -142,10 +147,12 @@ StatusOr<std::unique_ptr<Endpoint>> Endpoint::Create(Context* ctx, ibv_cq* cq, i
     attr.pkey_index = 0;
     attr.port_num = static_cast<uint8_t>(ctx->port());
     attr.qp_access_flags = IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_LOCAL_WRITE;
-    if (int err = ibv_modify_qp(q.qp, &attr, IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS);
+    if (int err = ibv_modify_qp(
+            q.qp, &attr, IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS);
         err != 0) {
-      return UnavailableError(PeerText(peer, std::string("ibv_modify_qp(") + QpName(q) + " to INIT): " +
-                                                 std::strerror(err) + " (errno " + std::to_string(err) + ")"));
+      return UnavailableError(PeerText(peer, std::string("ibv_modify_qp(") + QpName(q) +
+                                                 " to INIT): " + std::strerror(err) + " (errno " +
+                                                 std::to_string(err) + ")"));
     }
     // Receives go up before the peer can write: a write-with-imm consumes one.
     M2N_RETURN_IF_ERROR(e->PostReceives(q, rq_depth));
@@ -190,9 +197,9 @@ Status Endpoint::PostReceives(QueuePair& q, uint32_t count) {
     }
     ibv_recv_wr* bad = nullptr;
     if (int err = ibv_post_recv(q.qp, wrs, &bad); err != 0) {
-      return UnavailableError(PeerText(peer_, std::string("ibv_post_recv (") + QpName(q) + ", " +
-                                                  std::to_string(n) + " WRs): " + std::strerror(err) +
-                                                  " (errno " + std::to_string(err) + ")"));
+      return UnavailableError(PeerText(
+          peer_, std::string("ibv_post_recv (") + QpName(q) + ", " + std::to_string(n) +
+                     " WRs): " + std::strerror(err) + " (errno " + std::to_string(err) + ")"));
     }
     count -= n;
   }
@@ -202,16 +209,20 @@ Status Endpoint::PostReceives(QueuePair& q, uint32_t count) {
 Status Endpoint::Connect(const PeerAddress& remote, const VerbsOptions& options) {
   if (remote.link_layer != ctx_->port_attr().link_layer) {
     return FailedPreconditionError(PeerText(
-        peer_, std::string("its port is ") + (remote.link_layer == IBV_LINK_LAYER_ETHERNET ? "Ethernet (RoCE)" : "InfiniBand") +
-                   ", ours (" + ctx_->Describe() + ") is not: both sides must be on one fabric"));
+        peer_,
+        std::string("its port is ") +
+            (remote.link_layer == IBV_LINK_LAYER_ETHERNET ? "Ethernet (RoCE)" : "InfiniBand") +
+            ", ours (" + ctx_->Describe() + ") is not: both sides must be on one fabric"));
   }
-  int mtu_bytes = std::min(MtuBytes(ctx_->port_attr().active_mtu), MtuBytes(static_cast<ibv_mtu>(remote.mtu)));
+  int mtu_bytes =
+      std::min(MtuBytes(ctx_->port_attr().active_mtu), MtuBytes(static_cast<ibv_mtu>(remote.mtu)));
   if (options.mtu != 0) mtu_bytes = std::min(mtu_bytes, options.mtu);
   M2N_ASSIGN_OR_RETURN(ibv_mtu path_mtu, MtuFromBytes(mtu_bytes));
   if (remote.num_qps != num_qps_) {
-    return FailedPreconditionError(PeerText(
-        peer_, std::string("the stream-ordered path (GPU slots) is set up on ") + (num_qps_ > remote.num_qps ? "this side" : "its side") +
-                   " only: every rank needs Options::slot_memory = kCuda, or none"));
+    return FailedPreconditionError(
+        PeerText(peer_, std::string("the stream-ordered path (GPU slots) is set up on ") +
+                            (num_qps_ > remote.num_qps ? "this side" : "its side") +
+                            " only: every rank needs Options::slot_memory = kCuda, or none"));
   }
 
   for (int lane = 0; lane < num_qps_; ++lane) {
@@ -227,11 +238,12 @@ Status Endpoint::ConnectQp(QueuePair& q, int lane, const PeerAddress& remote, ib
   const bool ack = q.lane == Lane::kAck;
   const int traffic_class =
       ack && options.ack_traffic_class >= 0 ? options.ack_traffic_class : options.traffic_class;
-  const int sl = ack && options.ack_service_level >= 0 ? options.ack_service_level : options.service_level;
+  const int sl =
+      ack && options.ack_service_level >= 0 ? options.ack_service_level : options.service_level;
   auto fail = [&](const char* step, int err) {
-    return UnavailableError(PeerText(peer_, std::string("ibv_modify_qp(") + QpName(q) + " to " + step +
-                                                "): " + std::strerror(err) + " (errno " + std::to_string(err) +
-                                                ")"));
+    return UnavailableError(PeerText(peer_, std::string("ibv_modify_qp(") + QpName(q) + " to " +
+                                                step + "): " + std::strerror(err) + " (errno " +
+                                                std::to_string(err) + ")"));
   };
 
   ibv_qp_attr attr{};
@@ -254,8 +266,8 @@ Status Endpoint::ConnectQp(QueuePair& q, int lane, const PeerAddress& remote, ib
     attr.ah_attr.grh.flow_label = 0;
   }
   if (int err = ibv_modify_qp(q.qp, &attr,
-                              IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN | IBV_QP_RQ_PSN |
-                                  IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER);
+                              IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN |
+                                  IBV_QP_RQ_PSN | IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER);
       err != 0) {
     return fail("RTR", err);
   }
@@ -268,8 +280,8 @@ Status Endpoint::ConnectQp(QueuePair& q, int lane, const PeerAddress& remote, ib
   attr.sq_psn = q.psn;
   attr.max_rd_atomic = static_cast<uint8_t>(options.max_rd_atomic);
   if (int err = ibv_modify_qp(q.qp, &attr,
-                              IBV_QP_STATE | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY | IBV_QP_SQ_PSN |
-                                  IBV_QP_MAX_QP_RD_ATOMIC);
+                              IBV_QP_STATE | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY |
+                                  IBV_QP_SQ_PSN | IBV_QP_MAX_QP_RD_ATOMIC);
       err != 0) {
     return fail("RTS", err);
   }
@@ -282,10 +294,10 @@ Status Endpoint::LimitRate(QueuePair& q, const VerbsOptions& options) {
   ibv_qp_rate_limit_attr rate{};
   rate.rate_limit = static_cast<uint32_t>(options.rate_limit_mbps) * 1000u;  // kbps
   if (int err = ibv_modify_qp_rate_limit(q.qp, &rate); err != 0) {
-    const std::string text = PeerText(peer_, std::string("ibv_modify_qp_rate_limit(") +
-                                                 std::to_string(options.rate_limit_mbps) +
-                                                 " Mb/s, M2N_VERBS_RATE_LIMIT_MBPS): " + std::strerror(err) +
-                                                 " (errno " + std::to_string(err) + ")");
+    const std::string text = PeerText(
+        peer_, std::string("ibv_modify_qp_rate_limit(") + std::to_string(options.rate_limit_mbps) +
+                   " Mb/s, M2N_VERBS_RATE_LIMIT_MBPS): " + std::strerror(err) + " (errno " +
+                   std::to_string(err) + ")");
     if (err == EOPNOTSUPP || err == ENOTSUP || err == EINVAL) {
       return UnimplementedError(text + "; " + ctx_->device_name() + " has no per-QP rate limit");
     }

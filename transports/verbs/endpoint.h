@@ -31,7 +31,7 @@ struct PeerAddress {
   int dst_rank = -1;  // for whom
   uint32_t max_unpolled = 0;
   uint8_t link_layer = 0;  // IBV_LINK_LAYER_*
-  uint8_t mtu = 0;         // ibv_mtu: the sender's active (or configured) MTU
+  uint8_t mtu = 0;  // ibv_mtu: the sender's active (or configured) MTU
   uint16_t lid = 0;
   ibv_gid gid{};
   int num_qps = kNumLanes;  // kNumLanes, or kMaxQps with the stream path
@@ -70,13 +70,13 @@ struct QueuePair {
   uint32_t sq_depth = 0;
   uint32_t rq_depth = 0;
   uint32_t max_inline = 0;
-  uint64_t posted = 0;       // sends posted; the next one's wr_id
-  uint64_t completed = 0;    // sends known complete (through a signalled CQE)
+  uint64_t posted = 0;  // sends posted; the next one's wr_id
+  uint64_t completed = 0;  // sends known complete (through a signalled CQE)
   uint64_t last_signaled = 0;  // seq + 1 of the last signalled send; 0: none
-  uint32_t unsignaled = 0;   // sends since the last signalled one
+  uint32_t unsignaled = 0;  // sends since the last signalled one
   std::deque<PendingSend> pending;  // kWriteDone not yet reported, in post order
-  uint32_t consumed_recvs = 0;      // receive WRs used up since the last repost
-  int batch = -1;                   // index of its chain in the Post being built, or -1
+  uint32_t consumed_recvs = 0;  // receive WRs used up since the last repost
+  int batch = -1;  // index of its chain in the Post being built, or -1
 
   uint64_t outstanding() const { return posted - completed; }
 };
@@ -85,9 +85,9 @@ class Endpoint {
  public:
   // Creates the QPs in INIT with their receive WRs posted: two on `cq`, and two more on
   // `stream_cq` unless it is null; `inline_bytes` is a request, capped by what the device accepts.
-  static StatusOr<std::unique_ptr<Endpoint>> Create(Context* ctx, ibv_cq* cq, ibv_cq* stream_cq, int peer,
-                                                    const VerbsOptions& options, uint32_t sq_depth,
-                                                    uint32_t rq_depth);
+  static StatusOr<std::unique_ptr<Endpoint>> Create(Context* ctx, ibv_cq* cq, ibv_cq* stream_cq,
+                                                    int peer, const VerbsOptions& options,
+                                                    uint32_t sq_depth, uint32_t rq_depth);
   ~Endpoint();
   Endpoint(const Endpoint&) = delete;
   Endpoint& operator=(const Endpoint&) = delete;
@@ -96,8 +96,10 @@ class Endpoint {
   PeerAddress Address(int rank, uint32_t max_unpolled) const;
   // Moves every QP to RTR and RTS towards the peer's `remote` half.
   Status Connect(const PeerAddress& remote, const VerbsOptions& options);
-  // Connect's steps per queue pair: RTR and RTS; the data QP's rate limit (M2N_VERBS_RATE_LIMIT_MBPS).
-  Status ConnectQp(QueuePair& q, int lane, const PeerAddress& remote, ibv_mtu path_mtu, const VerbsOptions& options);
+  // Connect's steps per queue pair: RTR and RTS; the data QP's rate limit
+  // (M2N_VERBS_RATE_LIMIT_MBPS).
+  Status ConnectQp(QueuePair& q, int lane, const PeerAddress& remote, ibv_mtu path_mtu,
+                   const VerbsOptions& options);
   Status LimitRate(QueuePair& q, const VerbsOptions& options);
 
   int peer() const { return peer_; }

@@ -48,8 +48,8 @@ StatusOr<ibv_mr*> RegisterCuda(ibv_pd* pd, void* data, size_t size, int access) 
   }
   ibv_mr* mr = ibv_reg_mr(pd, data, size, access);
   if (mr != nullptr) return mr;
-  return UnavailableError("verbs: registering " + std::to_string(size) + " bytes of CUDA memory: " + why +
-                          "; then " + VerbError("ibv_reg_mr (needs nvidia-peermem)", errno));
+  return UnavailableError("verbs: registering " + std::to_string(size) + " bytes of CUDA memory: " +
+                          why + "; then " + VerbError("ibv_reg_mr (needs nvidia-peermem)", errno));
 }
 #endif
 
@@ -58,13 +58,14 @@ StatusOr<ibv_mr*> RegisterRange(ibv_pd* pd, void* data, size_t size, MemoryKind 
 #if M2N_VERBS_WITH_CUDA
     return RegisterCuda(pd, data, size, access);
 #else
-    return UnimplementedError("verbs transport: CUDA memory needs a build with the CUDA toolkit found");
+    return UnimplementedError(
+        "verbs transport: CUDA memory needs a build with the CUDA toolkit found");
 #endif
   }
   ibv_mr* mr = ibv_reg_mr(pd, data, size, access);
   if (mr == nullptr) {
-    return UnavailableError(VerbError("ibv_reg_mr of " + std::to_string(size) +
-                                      " bytes (is `ulimit -l` large enough?)", errno));
+    return UnavailableError(VerbError(
+        "ibv_reg_mr of " + std::to_string(size) + " bytes (is `ulimit -l` large enough?)", errno));
   }
   return mr;
 }
@@ -73,23 +74,25 @@ StatusOr<ibv_mr*> RegisterRange(ibv_pd* pd, void* data, size_t size, MemoryKind 
 
 bool CudaRegistrationBuilt() { return M2N_VERBS_WITH_CUDA != 0; }
 
-StatusOr<std::unique_ptr<VerbsRegion>> VerbsRegion::Register(std::shared_ptr<Context> ctx, void* data,
-                                                              size_t size, MemoryKind kind, bool source) {
+StatusOr<std::unique_ptr<VerbsRegion>> VerbsRegion::Register(std::shared_ptr<Context> ctx,
+                                                             void* data, size_t size,
+                                                             MemoryKind kind, bool source) {
   if (data == nullptr || size == 0) {
     return InvalidArgumentError("verbs: Register needs a non-null buffer and size > 0");
   }
   if (kind != MemoryKind::kHost && kind != MemoryKind::kCuda) {
-    return InvalidArgumentError("verbs: unknown memory kind " + std::to_string(static_cast<int>(kind)));
+    return InvalidArgumentError("verbs: unknown memory kind " +
+                                std::to_string(static_cast<int>(kind)));
   }
   M2N_ASSIGN_OR_RETURN(ibv_mr * mr, RegisterRange(ctx->pd(), data, size, kind, kLocalAccess));
-  std::unique_ptr<VerbsRegion> region(
-      new VerbsRegion(std::move(ctx), mr, static_cast<std::byte*>(data), size, kind, /*owned=*/false));
+  std::unique_ptr<VerbsRegion> region(new VerbsRegion(
+      std::move(ctx), mr, static_cast<std::byte*>(data), size, kind, /*owned=*/false));
   region->source_ = source;
   return region;
 }
 
-StatusOr<std::unique_ptr<VerbsRegion>> VerbsRegion::Allocate(std::shared_ptr<Context> ctx, size_t size,
-                                                              MemoryKind kind) {
+StatusOr<std::unique_ptr<VerbsRegion>> VerbsRegion::Allocate(std::shared_ptr<Context> ctx,
+                                                             size_t size, MemoryKind kind) {
   if (size == 0) return InvalidArgumentError("verbs: Allocate needs size > 0");
   if (kind == MemoryKind::kCuda) {
 #if M2N_VERBS_WITH_CUDA
@@ -97,7 +100,8 @@ StatusOr<std::unique_ptr<VerbsRegion>> VerbsRegion::Allocate(std::shared_ptr<Con
     M2N_ASSIGN_OR_RETURN(const CudaDriver* cuda, CudaDriver::Get());
     CUdeviceptr device = 0;
     if (CUresult r = cuda->mem_alloc(&device, size); r != CUDA_SUCCESS) {
-      return UnavailableError(cuda->Error("cuMemAlloc of " + std::to_string(size) + " bytes (is a CUDA device current?)", r));
+      return UnavailableError(cuda->Error(
+          "cuMemAlloc of " + std::to_string(size) + " bytes (is a CUDA device current?)", r));
     }
     if (CUresult r = cuda->memset_d8(device, 0, size); r != CUDA_SUCCESS) {
       cuda->mem_free(device);
@@ -108,29 +112,33 @@ StatusOr<std::unique_ptr<VerbsRegion>> VerbsRegion::Allocate(std::shared_ptr<Con
       cuda->mem_free(device);
       return mr.status();
     }
-    return std::unique_ptr<VerbsRegion>(new VerbsRegion(std::move(ctx), *mr, reinterpret_cast<std::byte*>(device),
-                                                        size, MemoryKind::kCuda, /*owned=*/true));
+    return std::unique_ptr<VerbsRegion>(new VerbsRegion(std::move(ctx), *mr,
+                                                        reinterpret_cast<std::byte*>(device), size,
+                                                        MemoryKind::kCuda, /*owned=*/true));
 #else
-    return UnimplementedError("verbs transport: CUDA memory needs a build with the CUDA toolkit found");
+    return UnimplementedError(
+        "verbs transport: CUDA memory needs a build with the CUDA toolkit found");
 #endif
   }
   if (kind != MemoryKind::kHost) {
-    return InvalidArgumentError("verbs: unknown memory kind " + std::to_string(static_cast<int>(kind)));
+    return InvalidArgumentError("verbs: unknown memory kind " +
+                                std::to_string(static_cast<int>(kind)));
   }
   const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   const size_t rounded = (size + page - 1) / page * page;
   void* data = std::aligned_alloc(page, rounded);
-  if (data == nullptr) return UnavailableError("verbs: allocating " + std::to_string(size) + " bytes failed");
+  if (data == nullptr)
+    return UnavailableError("verbs: allocating " + std::to_string(size) + " bytes failed");
   std::memset(data, 0, rounded);
   ibv_mr* mr = ibv_reg_mr(ctx->pd(), data, size, kLocalAccess);
   if (mr == nullptr) {
     const int err = errno;
     std::free(data);
-    return UnavailableError(VerbError("ibv_reg_mr of " + std::to_string(size) +
-                                      " bytes (is `ulimit -l` large enough?)", err));
+    return UnavailableError(VerbError(
+        "ibv_reg_mr of " + std::to_string(size) + " bytes (is `ulimit -l` large enough?)", err));
   }
-  return std::unique_ptr<VerbsRegion>(
-      new VerbsRegion(std::move(ctx), mr, static_cast<std::byte*>(data), size, MemoryKind::kHost, /*owned=*/true));
+  return std::unique_ptr<VerbsRegion>(new VerbsRegion(
+      std::move(ctx), mr, static_cast<std::byte*>(data), size, MemoryKind::kHost, /*owned=*/true));
 }
 
 VerbsRegion::~VerbsRegion() {
@@ -142,12 +150,15 @@ VerbsRegion::~VerbsRegion() {
     return;
   }
 #if M2N_VERBS_WITH_CUDA
-  if (auto cuda = CudaDriver::Get(); cuda.ok()) (*cuda)->mem_free(reinterpret_cast<CUdeviceptr>(data_));
+  if (auto cuda = CudaDriver::Get(); cuda.ok())
+    (*cuda)->mem_free(reinterpret_cast<CUdeviceptr>(data_));
 #endif
 }
 
 StatusOr<const ibv_mr*> VerbsRegion::RemoteMr(size_t offset, size_t length) const {
-  if (source_) return FailedPreconditionError("verbs: a region registered as a local source has no remote key");
+  if (source_)
+    return FailedPreconditionError(
+        "verbs: a region registered as a local source has no remote key");
   std::byte* start = data_ + offset;
   for (const ibv_mr* mr : remote_mrs_) {
     if (mr->addr == start && mr->length == length) return mr;
@@ -180,15 +191,16 @@ StatusOr<Bytes> VerbsRegion::PackRemoteKey() const {
 
 StatusOr<BlockKey> VerbsRegion::PackRemoteKeyFor(int peer, size_t offset, size_t length) {
   if (peer < 0 || length == 0 || offset > size_ || length > size_ - offset) {
-    return InvalidArgumentError("verbs: a key for rank " + std::to_string(peer) + " to [" + std::to_string(offset) +
-                                ", +" + std::to_string(length) + ") of a " + std::to_string(size_) + "-byte region");
+    return InvalidArgumentError("verbs: a key for rank " + std::to_string(peer) + " to [" +
+                                std::to_string(offset) + ", +" + std::to_string(length) +
+                                ") of a " + std::to_string(size_) + "-byte region");
   }
   M2N_ASSIGN_OR_RETURN(const ibv_mr* mr, RemoteMr(offset, length));
   return BlockKey{PackKey(data_ + offset, length, mr->rkey), 0};
 }
 
-StatusOr<std::unique_ptr<VerbsRemoteRegion>> VerbsRemoteRegion::Unpack(const Context* owner, int peer,
-                                                                         std::span<const std::byte> packed) {
+StatusOr<std::unique_ptr<VerbsRemoteRegion>> VerbsRemoteRegion::Unpack(
+    const Context* owner, int peer, std::span<const std::byte> packed) {
   WireReader r(packed);
   const auto magic = r.Get<uint32_t>();
   const auto version = r.Get<uint16_t>();
@@ -201,11 +213,13 @@ StatusOr<std::unique_ptr<VerbsRemoteRegion>> VerbsRemoteRegion::Unpack(const Con
                                             " bytes is not a verbs key (expected 28)"));
   }
   if (magic != kKeyMagic || version != kKeyVersion) {
-    return DataLossError(PeerText(peer, "remote key has magic " + std::to_string(magic) + " version " +
-                                            std::to_string(version) + ", expected version " +
-                                            std::to_string(kKeyVersion) + " of this build"));
+    return DataLossError(PeerText(peer, "remote key has magic " + std::to_string(magic) +
+                                            " version " + std::to_string(version) +
+                                            ", expected version " + std::to_string(kKeyVersion) +
+                                            " of this build"));
   }
-  return std::unique_ptr<VerbsRemoteRegion>(new VerbsRemoteRegion(owner, peer, address, size, rkey));
+  return std::unique_ptr<VerbsRemoteRegion>(
+      new VerbsRemoteRegion(owner, peer, address, size, rkey));
 }
 
 }  // namespace m2n::transport::verbs

@@ -27,7 +27,8 @@ class VerbsRegion final : public Region {
  public:
   // Registers caller-owned memory; a `source` region has no remote key.
   static StatusOr<std::unique_ptr<VerbsRegion>> Register(std::shared_ptr<Context> ctx, void* data,
-                                                         size_t size, MemoryKind kind, bool source = false);
+                                                         size_t size, MemoryKind kind,
+                                                         bool source = false);
   // Allocates zeroed memory and registers it; freed with the region. Host: page-aligned;
   // CUDA: cuMemAlloc in the current context, registered as Register does.
   static StatusOr<std::unique_ptr<VerbsRegion>> Allocate(std::shared_ptr<Context> ctx, size_t size,
@@ -46,8 +47,8 @@ class VerbsRegion final : public Region {
   const Context* owner() const { return ctx_.get(); }
 
  private:
-  VerbsRegion(std::shared_ptr<Context> ctx, ibv_mr* mr, std::byte* data, size_t size, MemoryKind kind,
-              bool owned)
+  VerbsRegion(std::shared_ptr<Context> ctx, ibv_mr* mr, std::byte* data, size_t size,
+              MemoryKind kind, bool owned)
       : ctx_(std::move(ctx)), mr_(mr), data_(data), size_(size), kind_(kind), owned_(owned) {}
 
   // An MR over [data_ + offset, +length) that peers may write, made once and kept until destroyed.

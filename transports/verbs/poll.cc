@@ -19,8 +19,8 @@ constexpr uint32_t kRepostBatch = 8;
 std::string WcText(const ibv_wc& wc) {
   char vendor[32];
   std::snprintf(vendor, sizeof vendor, "0x%x", wc.vendor_err);
-  return std::string(ibv_wc_status_str(wc.status)) + " (status " + std::to_string(wc.status) + ", vendor_err " +
-         vendor + ")";
+  return std::string(ibv_wc_status_str(wc.status)) + " (status " + std::to_string(wc.status) +
+         ", vendor_err " + vendor + ")";
 }
 
 }  // namespace
@@ -36,7 +36,8 @@ Completion& VerbsTransport::Emit(Completion::Type type, int peer, Lane lane) {
 void VerbsTransport::CompleteSends(QueuePair& q, uint64_t through_seq) {
   if (through_seq + 1 > q.completed) q.completed = through_seq + 1;
   while (!q.pending.empty() && q.pending.front().seq <= through_seq) {
-    Emit(Completion::Type::kWriteDone, q.endpoint->peer(), q.lane).cookie = q.pending.front().cookie;
+    Emit(Completion::Type::kWriteDone, q.endpoint->peer(), q.lane).cookie =
+        q.pending.front().cookie;
     q.pending.pop_front();
   }
 }
@@ -50,7 +51,8 @@ void VerbsTransport::DrainCq(int budget) {
         // The CQ itself failed (overrun, device gone): every peer is lost.
         for (auto& e : endpoints_) {
           if (e == nullptr || !e->failure().ok()) continue;
-          e->set_failure(UnavailableError(PeerText(e->peer(), "ibv_poll_cq failed (CQ overrun or device error)")));
+          e->set_failure(UnavailableError(
+              PeerText(e->peer(), "ibv_poll_cq failed (CQ overrun or device error)")));
           Emit(Completion::Type::kError, e->peer(), Lane::kData).error = e->failure();
         }
       }
@@ -94,10 +96,11 @@ void VerbsTransport::TakeCompletion(const ibv_wc& wc) {
   }
   if (wc.opcode != IBV_WC_RECV_RDMA_WITH_IMM || (wc.wc_flags & IBV_WC_WITH_IMM) == 0) {
     if (e.failure().ok()) {
-      e.set_failure(DataLossError(PeerText(e.peer(), std::string(LaneName(q->lane)) +
-                                                         ": a receive completion that is not a write with "
-                                                         "immediate (opcode " +
-                                                         std::to_string(wc.opcode) + ")")));
+      e.set_failure(
+          DataLossError(PeerText(e.peer(), std::string(LaneName(q->lane)) +
+                                               ": a receive completion that is not a write with "
+                                               "immediate (opcode " +
+                                               std::to_string(wc.opcode) + ")")));
       Emit(Completion::Type::kError, e.peer(), q->lane).error = e.failure();
     }
     return;
@@ -114,7 +117,8 @@ StatusOr<size_t> VerbsTransport::Poll(std::span<Completion> out) {
   if (closed_) return size_t{0};
   if (backlog_.size() - backlog_head_ < out.size()) DrainCq(static_cast<int>(out.size()));
   size_t n = 0;
-  while (n < out.size() && backlog_head_ < backlog_.size()) out[n++] = std::move(backlog_[backlog_head_++]);
+  while (n < out.size() && backlog_head_ < backlog_.size())
+    out[n++] = std::move(backlog_[backlog_head_++]);
   if (backlog_head_ == backlog_.size()) {
     backlog_.clear();
     backlog_head_ = 0;

@@ -39,24 +39,26 @@ StreamProxy::StreamProxy(ibv_cq* cq, std::vector<Peer> peers, uint32_t* words, S
   waiting_since_.assign(cells, {});
   for (size_t i = 0; i < peers_.size(); ++i) {
     for (Lane lane : {Lane::kData, Lane::kAck}) {
-      qp_index_.push_back({peers_[i].endpoint->stream_qp(lane).qp->qp_num, {static_cast<int>(i), lane}});
+      qp_index_.push_back(
+          {peers_[i].endpoint->stream_qp(lane).qp->qp_num, {static_cast<int>(i), lane}});
     }
   }
   std::sort(qp_index_.begin(), qp_index_.end());
 }
 
-StatusOr<std::unique_ptr<StreamProxy>> StreamProxy::Start(ibv_cq* cq, std::vector<Peer> peers, uint32_t* words,
-                                                          Settings settings) {
+StatusOr<std::unique_ptr<StreamProxy>> StreamProxy::Start(ibv_cq* cq, std::vector<Peer> peers,
+                                                          uint32_t* words, Settings settings) {
   if (settings.slot_depth < 1 || settings.slot_depth > (1 << 16)) {
-    return InvalidArgumentError("verbs: stream path: slot depth " + std::to_string(settings.slot_depth) +
-                                " outside [1, 65536]");
+    return InvalidArgumentError("verbs: stream path: slot depth " +
+                                std::to_string(settings.slot_depth) + " outside [1, 65536]");
   }
   for (const Peer& p : peers) {
     if (p.endpoint == nullptr || p.endpoint->num_qps() != kMaxQps || !p.endpoint->connected()) {
       return FailedPreconditionError(PeerText(p.rank, "stream path: no connected stream QPs"));
     }
   }
-  std::unique_ptr<StreamProxy> proxy(new StreamProxy(cq, std::move(peers), words, std::move(settings)));
+  std::unique_ptr<StreamProxy> proxy(
+      new StreamProxy(cq, std::move(peers), words, std::move(settings)));
   proxy->thread_ = std::thread(&StreamProxy::Run, proxy.get());
   return proxy;
 }
@@ -116,7 +118,8 @@ void StreamProxy::Run() {
   }
 }
 
-Status StreamProxy::PostWrite(QueuePair& q, uint64_t wr_id, const StreamDescriptor* d, uint32_t imm) {
+Status StreamProxy::PostWrite(QueuePair& q, uint64_t wr_id, const StreamDescriptor* d,
+                              uint32_t imm) {
   ibv_send_wr wr{};
   ibv_sge sge{};
   wr.wr_id = wr_id;
@@ -136,8 +139,9 @@ Status StreamProxy::PostWrite(QueuePair& q, uint64_t wr_id, const StreamDescript
   }
   ibv_send_wr* bad = nullptr;
   if (int err = ibv_post_send(q.qp, &wr, &bad); err != 0) {
-    return UnavailableError(PeerText(q.endpoint->peer(), std::string("ibv_post_send (") + QpName(q) + "): " +
-                                                             std::strerror(err) + " (errno " + std::to_string(err) + ")"));
+    return UnavailableError(PeerText(
+        q.endpoint->peer(), std::string("ibv_post_send (") + QpName(q) + "): " +
+                                std::strerror(err) + " (errno " + std::to_string(err) + ")"));
   }
   return OkStatus();
 }
@@ -151,8 +155,9 @@ bool StreamProxy::PollCompletions() {
   }
   for (int i = 0; i < n; ++i) {
     const ibv_wc& wc = wcs[i];
-    auto it = std::lower_bound(qp_index_.begin(), qp_index_.end(), wc.qp_num,
-                               [](const auto& entry, uint32_t qp_num) { return entry.first < qp_num; });
+    auto it =
+        std::lower_bound(qp_index_.begin(), qp_index_.end(), wc.qp_num,
+                         [](const auto& entry, uint32_t qp_num) { return entry.first < qp_num; });
     if (it == qp_index_.end() || it->first != wc.qp_num) continue;
     const int p = it->second.first;
     const Lane lane = it->second.second;
@@ -160,12 +165,13 @@ bool StreamProxy::PollCompletions() {
     const bool recv = (wc.wr_id & kRecvWrId) != 0;
     const bool data_send = !recv && (wc.wr_id & kAckWrId) == 0;
     if (wc.status != IBV_WC_SUCCESS) {
-      Fail(UnavailableError(PeerText(peers_[static_cast<size_t>(p)].rank,
-                                     std::string(QpName(q)) + ": " + (recv ? "receive" : "write-with-imm") +
-                                         " completion: " + ibv_wc_status_str(wc.status) + " (status " +
-                                         std::to_string(wc.status) + ")")));
+      Fail(UnavailableError(PeerText(
+          peers_[static_cast<size_t>(p)].rank,
+          std::string(QpName(q)) + ": " + (recv ? "receive" : "write-with-imm") + " completion: " +
+              ibv_wc_status_str(wc.status) + " (status " + std::to_string(wc.status) + ")")));
       // The stream waiting for this send goes on; StreamError tells the caller.
-      if (data_send) Store(kSent, static_cast<size_t>(wc.wr_id >> 32), static_cast<uint32_t>(wc.wr_id));
+      if (data_send)
+        Store(kSent, static_cast<size_t>(wc.wr_id >> 32), static_cast<uint32_t>(wc.wr_id));
       continue;
     }
     if (data_send) {
@@ -175,11 +181,14 @@ bool StreamProxy::PollCompletions() {
     if (!recv) continue;  // an ACK of ours went out
     if (Status s = q.endpoint->PostReceives(q, 1); !s.ok()) Fail(s);
     const uint32_t slot = ntohl(wc.imm_data);
-    if (wc.opcode != IBV_WC_RECV_RDMA_WITH_IMM || slot >= static_cast<uint32_t>(settings_.slot_depth)) {
+    if (wc.opcode != IBV_WC_RECV_RDMA_WITH_IMM ||
+        slot >= static_cast<uint32_t>(settings_.slot_depth)) {
       Fail(DataLossError(PeerText(peers_[static_cast<size_t>(p)].rank,
-                                  std::string(QpName(q)) + ": a completion that is not a write-with-imm to a slot "
-                                                           "(opcode " + std::to_string(wc.opcode) + ", slot " +
-                                      std::to_string(slot) + ")")));
+                                  std::string(QpName(q)) +
+                                      ": a completion that is not a write-with-imm to a slot "
+                                      "(opcode " +
+                                      std::to_string(wc.opcode) + ", slot " + std::to_string(slot) +
+                                      ")")));
       continue;
     }
     const size_t cell = Cell(p, static_cast<int>(slot));
@@ -219,8 +228,9 @@ bool StreamProxy::PostReadySends() {
       {
         std::lock_guard<std::mutex> lock(queue_mutex_);
         if (queued_[cell].empty()) {
-          Fail(InternalError(PeerText(peers_[p].rank, "stream path: slot " + std::to_string(slot) +
-                                                          " was made ready with no write queued for it")));
+          Fail(InternalError(
+              PeerText(peers_[p].rank, "stream path: slot " + std::to_string(slot) +
+                                           " was made ready with no write queued for it")));
           taken_[cell] = generation;
           Store(kSent, cell, generation);
           continue;
@@ -233,15 +243,17 @@ bool StreamProxy::PostReadySends() {
       taken_[cell] = generation;
       busy = true;
       if (!credit) {
-        Fail(DeadlineExceededError(PeerText(
-            peers_[p].rank, "a stream-ordered send waited for the peer to release slot " + std::to_string(slot) +
-                                " longer than " + std::to_string(settings_.timeout.count()) +
-                                " ms and gave up; its stream went on without sending")));
+        Fail(DeadlineExceededError(
+            PeerText(peers_[p].rank, "a stream-ordered send waited for the peer to release slot " +
+                                         std::to_string(slot) + " longer than " +
+                                         std::to_string(settings_.timeout.count()) +
+                                         " ms and gave up; its stream went on without sending")));
         Store(kSent, cell, generation);
         continue;
       }
       const uint64_t wr_id = (static_cast<uint64_t>(cell) << 32) | generation;
-      if (Status s = PostWrite(peers_[p].endpoint->stream_qp(Lane::kData), wr_id, &d, static_cast<uint32_t>(slot));
+      if (Status s = PostWrite(peers_[p].endpoint->stream_qp(Lane::kData), wr_id, &d,
+                               static_cast<uint32_t>(slot));
           !s.ok()) {
         Fail(s);
         Store(kSent, cell, generation);
@@ -289,8 +301,9 @@ void StreamProxy::CheckWaits() {
         waiting_since_[cell] = now;
       } else if (now - waiting_since_[cell] >= settings_.timeout) {
         Fail(DeadlineExceededError(PeerText(
-            peers_[p].rank, "a stream-ordered receive waited for a message in slot " + std::to_string(slot) +
-                                " longer than " + std::to_string(settings_.timeout.count()) +
+            peers_[p].rank, "a stream-ordered receive waited for a message in slot " +
+                                std::to_string(slot) + " longer than " +
+                                std::to_string(settings_.timeout.count()) +
                                 " ms and gave up; work after it on the stream saw no valid data")));
         arrivals_[cell] = waiting;
         Store(kArrived, cell, waiting);

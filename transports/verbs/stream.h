@@ -39,12 +39,12 @@
 namespace m2n::transport::verbs {
 
 enum StreamWord : int {
-  kReady = 0,    // GPU: generation of the last send whose payload is ready
-  kSent = 1,     // proxy: generation of the last send that completed
+  kReady = 0,  // GPU: generation of the last send whose payload is ready
+  kSent = 1,  // proxy: generation of the last send that completed
   kWaiting = 2,  // GPU: generation the receiving stream waits for
   kArrived = 3,  // proxy: generation of the last message that arrived (and was flushed)
-  kLength = 4,   // proxy: byte count of the last message that arrived
-  kFreed = 5,    // GPU: generation of the last message released
+  kLength = 4,  // proxy: byte count of the last message that arrived
+  kFreed = 5,  // GPU: generation of the last message released
   kNumStreamWords = 6,
 };
 
@@ -66,14 +66,14 @@ class StreamProxy {
   struct Settings {
     int slot_depth = 1;
     std::chrono::milliseconds timeout{30000};
-    int proxy_core = -1;            // pinned there when >= 0
+    int proxy_core = -1;  // pinned there when >= 0
     std::function<void()> on_start;  // on the proxy thread first (e.g. make a CUDA context current)
-    std::function<void()> flush;     // after an arrival, before kArrived is raised; may be empty
+    std::function<void()> flush;  // after an arrival, before kArrived is raised; may be empty
   };
 
   // `words` holds WordCount() zeroed words that outlive the proxy. Starts the thread.
-  static StatusOr<std::unique_ptr<StreamProxy>> Start(ibv_cq* cq, std::vector<Peer> peers, uint32_t* words,
-                                                      Settings settings);
+  static StatusOr<std::unique_ptr<StreamProxy>> Start(ibv_cq* cq, std::vector<Peer> peers,
+                                                      uint32_t* words, Settings settings);
   ~StreamProxy();  // stops the thread
   StreamProxy(const StreamProxy&) = delete;
   StreamProxy& operator=(const StreamProxy&) = delete;
@@ -83,14 +83,17 @@ class StreamProxy {
   }
   // Offset of (kind, peer index, slot) in the words.
   static size_t WordIndex(StreamWord kind, size_t peers, int slot_depth, int peer_index, int slot) {
-    return (static_cast<size_t>(kind) * peers + static_cast<size_t>(peer_index)) * static_cast<size_t>(slot_depth) +
+    return (static_cast<size_t>(kind) * peers + static_cast<size_t>(peer_index)) *
+               static_cast<size_t>(slot_depth) +
            static_cast<size_t>(slot);
   }
 
   // Host side, at enqueue time (one thread): the generation the stream operation uses.
   uint32_t QueueSend(int peer_index, int slot, const StreamDescriptor& descriptor);
   uint32_t NextWait(int peer_index, int slot) { return ++wait_generation_[Cell(peer_index, slot)]; }
-  uint32_t NextRelease(int peer_index, int slot) { return ++release_generation_[Cell(peer_index, slot)]; }
+  uint32_t NextRelease(int peer_index, int slot) {
+    return ++release_generation_[Cell(peer_index, slot)];
+  }
 
   // The first failure (a bad completion, a wait that timed out); OK otherwise.
   Status error() const;
@@ -98,7 +101,8 @@ class StreamProxy {
  private:
   StreamProxy(ibv_cq* cq, std::vector<Peer> peers, uint32_t* words, Settings settings);
   size_t Cell(int peer_index, int slot) const {
-    return static_cast<size_t>(peer_index) * static_cast<size_t>(settings_.slot_depth) + static_cast<size_t>(slot);
+    return static_cast<size_t>(peer_index) * static_cast<size_t>(settings_.slot_depth) +
+           static_cast<size_t>(slot);
   }
   uint32_t Load(StreamWord kind, size_t cell) const;
   void Store(StreamWord kind, size_t cell, uint32_t value);
@@ -115,7 +119,8 @@ class StreamProxy {
   std::vector<Peer> peers_;
   uint32_t* words_;
   Settings settings_;
-  std::vector<std::pair<uint32_t, std::pair<int, Lane>>> qp_index_;  // qp_num -> (peer index, lane), sorted
+  std::vector<std::pair<uint32_t, std::pair<int, Lane>>>
+      qp_index_;  // qp_num -> (peer index, lane), sorted
 
   // Host side (enqueue thread).
   std::vector<uint32_t> send_generation_;
@@ -128,10 +133,10 @@ class StreamProxy {
   std::atomic<uint64_t> queued_count_{0};
 
   // Proxy thread only.
-  std::vector<uint32_t> taken_;      // generation of the last send posted (or given up)
-  std::vector<uint32_t> credits_;    // ACKs received: uses of the slot the peer released
-  std::vector<uint32_t> arrivals_;   // messages arrived
-  std::vector<uint32_t> acked_;      // ACKs sent
+  std::vector<uint32_t> taken_;  // generation of the last send posted (or given up)
+  std::vector<uint32_t> credits_;  // ACKs received: uses of the slot the peer released
+  std::vector<uint32_t> arrivals_;  // messages arrived
+  std::vector<uint32_t> acked_;  // ACKs sent
   std::vector<std::chrono::steady_clock::time_point> stalled_since_;  // a send without credit
   std::vector<std::chrono::steady_clock::time_point> waiting_since_;  // a stream waiting for data
 

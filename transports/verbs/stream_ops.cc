@@ -24,8 +24,9 @@ Status VerbsTransport::InitStreamPath() {
   const CudaDriver* cuda = *driver;
   CUcontext context = nullptr;
   if (cuda->ctx_get_current(&context) != CUDA_SUCCESS || context == nullptr) {
-    return FailedPreconditionError(Who() + ": GPU slots: no CUDA context is current on this thread "
-                                           "(cudaSetDevice before Group::Create)");
+    return FailedPreconditionError(Who() +
+                                   ": GPU slots: no CUDA context is current on this thread "
+                                   "(cudaSetDevice before Group::Create)");
   }
   cuda_context_ = context;
   CUdevice device = 0;
@@ -33,12 +34,13 @@ Status VerbsTransport::InitStreamPath() {
     return UnavailableError(cuda->Error("cuCtxGetDevice", r));
   }
   // Making the NIC's writes visible to the GPU: at the stream's wait where the GPU can flush remote
-  // writes itself, else from the proxy (cuFlushGPUDirectRDMAWrites), else not needed or not possible
-  // (the platform orders them; README.md says which).
+  // writes itself, else from the proxy (cuFlushGPUDirectRDMAWrites), else not needed or not
+  // possible (the platform orders them; README.md says which).
   int can_flush = 0;
   int flush_options = 0;
   (void)cuda->device_get_attribute(&can_flush, CU_DEVICE_ATTRIBUTE_CAN_FLUSH_REMOTE_WRITES, device);
-  (void)cuda->device_get_attribute(&flush_options, CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_FLUSH_WRITES_OPTIONS, device);
+  (void)cuda->device_get_attribute(
+      &flush_options, CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_FLUSH_WRITES_OPTIONS, device);
   if (can_flush != 0) {
     stream_wait_flags_ = CU_STREAM_WAIT_VALUE_FLUSH;
   } else if ((flush_options & CU_FLUSH_GPU_DIRECT_RDMA_WRITES_OPTION_HOST) != 0 &&
@@ -50,22 +52,27 @@ Status VerbsTransport::InitStreamPath() {
       std::max<uint64_t>(1, config_.peers.size()) * kNumLanes * (sq_depth_ + rq_depth_) + 16;
   stream_cq_ = ibv_create_cq(ctx_->device(), static_cast<int>(cqes), nullptr, nullptr, 0);
   if (stream_cq_ == nullptr) {
-    return UnavailableError(Who() + ": " + VerbError("ibv_create_cq(stream path, " + std::to_string(cqes) + " entries)", errno));
+    return UnavailableError(
+        Who() + ": " +
+        VerbError("ibv_create_cq(stream path, " + std::to_string(cqes) + " entries)", errno));
   }
   stream_word_count_ = StreamProxy::WordCount(config_.peers.size(), config_.slot_depth);
   const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   const size_t bytes = (stream_word_count_ * sizeof(uint32_t) + page - 1) / page * page;
   stream_words_ = static_cast<uint32_t*>(std::aligned_alloc(page, bytes));
-  if (stream_words_ == nullptr) return UnavailableError(Who() + ": allocating the stream path's words failed");
+  if (stream_words_ == nullptr)
+    return UnavailableError(Who() + ": allocating the stream path's words failed");
   std::memset(stream_words_, 0, bytes);
-  if (CUresult r = cuda->mem_host_register(stream_words_, bytes, CU_MEMHOSTREGISTER_DEVICEMAP | CU_MEMHOSTREGISTER_PORTABLE);
+  if (CUresult r = cuda->mem_host_register(
+          stream_words_, bytes, CU_MEMHOSTREGISTER_DEVICEMAP | CU_MEMHOSTREGISTER_PORTABLE);
       r != CUDA_SUCCESS) {
     std::free(stream_words_);
     stream_words_ = nullptr;
     return UnavailableError(cuda->Error("cuMemHostRegister of the stream path's words", r));
   }
   CUdeviceptr device_words = 0;
-  if (CUresult r = cuda->mem_host_get_device_pointer(&device_words, stream_words_, 0); r != CUDA_SUCCESS) {
+  if (CUresult r = cuda->mem_host_get_device_pointer(&device_words, stream_words_, 0);
+      r != CUDA_SUCCESS) {
     return UnavailableError(cuda->Error("cuMemHostGetDevicePointer of the stream path's words", r));
   }
   stream_words_device_ = device_words;
@@ -80,7 +87,8 @@ Status VerbsTransport::StartProxy() {
 #if M2N_VERBS_WITH_CUDA
   M2N_ASSIGN_OR_RETURN(const CudaDriver* cuda, CudaDriver::Get());
   std::vector<StreamProxy::Peer> peers;
-  for (size_t i = 0; i < config_.peers.size(); ++i) peers.push_back({config_.peers[i], endpoints_[i].get()});
+  for (size_t i = 0; i < config_.peers.size(); ++i)
+    peers.push_back({config_.peers[i], endpoints_[i].get()});
   StreamProxy::Settings settings;
   settings.slot_depth = config_.slot_depth;
   settings.timeout = config_.timeout;
@@ -105,23 +113,26 @@ Status VerbsTransport::StartProxy() {
 Status VerbsTransport::CheckStreamSlot(int peer, int slot, std::string_view call) const {
   if (closed_) return FailedPreconditionError(Who() + ": " + std::string(call) + " after Close");
   if (stream_cq_ == nullptr) {
-    return FailedPreconditionError(Who() + ": " + std::string(call) + " needs GPU slots (Config::slot_memory)");
+    return FailedPreconditionError(Who() + ": " + std::string(call) +
+                                   " needs GPU slots (Config::slot_memory)");
   }
   Endpoint* e = FindEndpoint(peer);
   if (e == nullptr || !e->connected()) {
-    return InvalidArgumentError(Who() + ": " + std::string(call) + " to rank " + std::to_string(peer) +
-                                ", which is not connected");
+    return InvalidArgumentError(Who() + ": " + std::string(call) + " to rank " +
+                                std::to_string(peer) + ", which is not connected");
   }
   if (slot < 0 || slot >= config_.slot_depth) {
-    return InvalidArgumentError(PeerText(peer, std::string(call) + ": slot " + std::to_string(slot) + " outside [0, " +
+    return InvalidArgumentError(PeerText(peer, std::string(call) + ": slot " +
+                                                   std::to_string(slot) + " outside [0, " +
                                                    std::to_string(config_.slot_depth) + ")"));
   }
   return OkStatus();
 }
 
 uint64_t VerbsTransport::DeviceWord(StreamWord kind, int peer, int slot) const {
-  return stream_words_device_ + sizeof(uint32_t) * StreamProxy::WordIndex(kind, config_.peers.size(),
-                                                                          config_.slot_depth, peer_index_[peer], slot);
+  return stream_words_device_ +
+         sizeof(uint32_t) * StreamProxy::WordIndex(kind, config_.peers.size(), config_.slot_depth,
+                                                   peer_index_[peer], slot);
 }
 
 Status VerbsTransport::SendOnStream(std::span<const StreamWrite> writes, void* stream) {
@@ -129,7 +140,8 @@ Status VerbsTransport::SendOnStream(std::span<const StreamWrite> writes, void* s
     M2N_RETURN_IF_ERROR(CheckStreamSlot(w.peer, w.slot, "SendOnStream"));
     // The same checks as a host-driven write of the same bytes.
     M2N_RETURN_IF_ERROR(Validate(AsWrite(w)));
-    if (w.remote == nullptr) return InvalidArgumentError(PeerText(w.peer, "SendOnStream without the peer's slots"));
+    if (w.remote == nullptr)
+      return InvalidArgumentError(PeerText(w.peer, "SendOnStream without the peer's slots"));
   }
 #if M2N_VERBS_WITH_CUDA
   M2N_RETURN_IF_ERROR(StartProxy());
@@ -150,9 +162,11 @@ Status VerbsTransport::SendOnStream(std::span<const StreamWrite> writes, void* s
     d.rkey = remote->rkey();
     d.length = static_cast<uint32_t>(w.length);
     generations[i] = proxy_->QueueSend(peer_index_[w.peer], w.slot, d);
-    if (CUresult r = cuda->stream_write_value32(s, DeviceWord(kReady, w.peer, w.slot), generations[i], 0);
+    if (CUresult r =
+            cuda->stream_write_value32(s, DeviceWord(kReady, w.peer, w.slot), generations[i], 0);
         r != CUDA_SUCCESS) {
-      return InternalError(cuda->Error("cuStreamWriteValue32 (SendOnStream to rank " + std::to_string(w.peer) + ")", r));
+      return InternalError(cuda->Error(
+          "cuStreamWriteValue32 (SendOnStream to rank " + std::to_string(w.peer) + ")", r));
     }
   }
   for (size_t i = 0; i < writes.size(); ++i) {
@@ -160,7 +174,8 @@ Status VerbsTransport::SendOnStream(std::span<const StreamWrite> writes, void* s
     if (CUresult r = cuda->stream_wait_value32(s, DeviceWord(kSent, w.peer, w.slot), generations[i],
                                                CU_STREAM_WAIT_VALUE_GEQ);
         r != CUDA_SUCCESS) {
-      return InternalError(cuda->Error("cuStreamWaitValue32 (SendOnStream to rank " + std::to_string(w.peer) + ")", r));
+      return InternalError(cuda->Error(
+          "cuStreamWaitValue32 (SendOnStream to rank " + std::to_string(w.peer) + ")", r));
     }
   }
   return OkStatus();
@@ -170,7 +185,8 @@ Status VerbsTransport::SendOnStream(std::span<const StreamWrite> writes, void* s
 }
 
 Status VerbsTransport::WaitOnStream(std::span<const StreamSlot> slots, void* stream) {
-  for (const StreamSlot& slot : slots) M2N_RETURN_IF_ERROR(CheckStreamSlot(slot.peer, slot.slot, "WaitOnStream"));
+  for (const StreamSlot& slot : slots)
+    M2N_RETURN_IF_ERROR(CheckStreamSlot(slot.peer, slot.slot, "WaitOnStream"));
 #if M2N_VERBS_WITH_CUDA
   M2N_RETURN_IF_ERROR(StartProxy());
   M2N_ASSIGN_OR_RETURN(const CudaDriver* cuda, CudaDriver::Get());
@@ -178,14 +194,15 @@ Status VerbsTransport::WaitOnStream(std::span<const StreamSlot> slots, void* str
   for (const StreamSlot& slot : slots) {
     const uint32_t generation = proxy_->NextWait(peer_index_[slot.peer], slot.slot);
     // kWaiting tells the proxy since when the stream waits (its bound); then the wait itself.
-    CUresult r = cuda->stream_write_value32(s, DeviceWord(kWaiting, slot.peer, slot.slot), generation,
-                                            CU_STREAM_WRITE_VALUE_NO_MEMORY_BARRIER);
+    CUresult r = cuda->stream_write_value32(s, DeviceWord(kWaiting, slot.peer, slot.slot),
+                                            generation, CU_STREAM_WRITE_VALUE_NO_MEMORY_BARRIER);
     if (r == CUDA_SUCCESS) {
       r = cuda->stream_wait_value32(s, DeviceWord(kArrived, slot.peer, slot.slot), generation,
                                     CU_STREAM_WAIT_VALUE_GEQ | stream_wait_flags_);
     }
     if (r != CUDA_SUCCESS) {
-      return InternalError(cuda->Error("stream wait (WaitOnStream from rank " + std::to_string(slot.peer) + ")", r));
+      return InternalError(
+          cuda->Error("stream wait (WaitOnStream from rank " + std::to_string(slot.peer) + ")", r));
     }
   }
   return OkStatus();
@@ -195,7 +212,8 @@ Status VerbsTransport::WaitOnStream(std::span<const StreamSlot> slots, void* str
 }
 
 Status VerbsTransport::ReleaseOnStream(std::span<const StreamSlot> slots, void* stream) {
-  for (const StreamSlot& slot : slots) M2N_RETURN_IF_ERROR(CheckStreamSlot(slot.peer, slot.slot, "ReleaseOnStream"));
+  for (const StreamSlot& slot : slots)
+    M2N_RETURN_IF_ERROR(CheckStreamSlot(slot.peer, slot.slot, "ReleaseOnStream"));
 #if M2N_VERBS_WITH_CUDA
   M2N_RETURN_IF_ERROR(StartProxy());
   M2N_ASSIGN_OR_RETURN(const CudaDriver* cuda, CudaDriver::Get());
@@ -203,9 +221,11 @@ Status VerbsTransport::ReleaseOnStream(std::span<const StreamSlot> slots, void* 
   for (const StreamSlot& slot : slots) {
     const uint32_t generation = proxy_->NextRelease(peer_index_[slot.peer], slot.slot);
     // With a memory barrier (the default): the consumer's reads of the slot are done first.
-    if (CUresult r = cuda->stream_write_value32(s, DeviceWord(kFreed, slot.peer, slot.slot), generation, 0);
+    if (CUresult r =
+            cuda->stream_write_value32(s, DeviceWord(kFreed, slot.peer, slot.slot), generation, 0);
         r != CUDA_SUCCESS) {
-      return InternalError(cuda->Error("cuStreamWriteValue32 (ReleaseOnStream to rank " + std::to_string(slot.peer) + ")", r));
+      return InternalError(cuda->Error(
+          "cuStreamWriteValue32 (ReleaseOnStream to rank " + std::to_string(slot.peer) + ")", r));
     }
   }
   return OkStatus();
@@ -215,7 +235,9 @@ Status VerbsTransport::ReleaseOnStream(std::span<const StreamSlot> slots, void* 
 }
 
 const uint32_t* VerbsTransport::ArrivedLength(int peer, int slot) const {
-  if (stream_cq_ == nullptr || FindEndpoint(peer) == nullptr || slot < 0 || slot >= config_.slot_depth) return nullptr;
+  if (stream_cq_ == nullptr || FindEndpoint(peer) == nullptr || slot < 0 ||
+      slot >= config_.slot_depth)
+    return nullptr;
   return reinterpret_cast<const uint32_t*>(DeviceWord(kLength, peer, slot));
 }
 

@@ -1,5 +1,6 @@
 // VerbsTransport's life: creation, memory, connecting peers, Close; and verbsTransportInfo(). The
-// write path is in write.cc, completions in poll.cc, the stream-ordered operations in stream_ops.cc.
+// write path is in write.cc, completions in poll.cc, the stream-ordered operations in
+// stream_ops.cc.
 #include "transports/verbs/transport.h"
 
 #include <unistd.h>
@@ -26,19 +27,20 @@ constexpr int kMaxUnpolledLimit = 1 << 16;
 StatusOr<std::unique_ptr<Transport>> VerbsTransport::Create(const Config& config) {
   const std::string who = "verbs: rank " + std::to_string(config.rank);
   if (config.world_size <= 0 || config.rank < 0 || config.rank >= config.world_size) {
-    return InvalidArgumentError(who + ": rank outside a world of " + std::to_string(config.world_size));
+    return InvalidArgumentError(who + ": rank outside a world of " +
+                                std::to_string(config.world_size));
   }
   if (config.max_unpolled < 1 || config.max_unpolled > kMaxUnpolledLimit) {
-    return InvalidArgumentError(who + ": max_unpolled " + std::to_string(config.max_unpolled) + " outside [1, " +
-                                std::to_string(kMaxUnpolledLimit) + "]");
+    return InvalidArgumentError(who + ": max_unpolled " + std::to_string(config.max_unpolled) +
+                                " outside [1, " + std::to_string(kMaxUnpolledLimit) + "]");
   }
   std::unique_ptr<VerbsTransport> t(new VerbsTransport(config));
   t->peer_index_.assign(config.world_size, -1);
   for (size_t i = 0; i < config.peers.size(); ++i) {
     const int peer = config.peers[i];
     if (peer < 0 || peer >= config.world_size) {
-      return InvalidArgumentError(who + ": peer rank " + std::to_string(peer) + " outside a world of " +
-                                  std::to_string(config.world_size));
+      return InvalidArgumentError(who + ": peer rank " + std::to_string(peer) +
+                                  " outside a world of " + std::to_string(config.world_size));
     }
     if (t->peer_index_[peer] >= 0) {
       return InvalidArgumentError(who + ": peer rank " + std::to_string(peer) + " listed twice");
@@ -75,19 +77,22 @@ Status VerbsTransport::CreateQueues() {
   const uint32_t unpolled = static_cast<uint32_t>(config_.max_unpolled);
   rq_depth_ = std::min(max_wr, unpolled + 16);
   sq_depth_ = std::min(max_wr, std::max<uint32_t>(64, 2 * unpolled + 16));
-  signal_every_ = options_.signal_every > 0 ? std::min<uint32_t>(options_.signal_every, sq_depth_ / 2)
-                                            : std::max<uint32_t>(1, sq_depth_ / 4);
+  signal_every_ = options_.signal_every > 0
+                      ? std::min<uint32_t>(options_.signal_every, sq_depth_ / 2)
+                      : std::max<uint32_t>(1, sq_depth_ / 4);
   signal_every_ = std::max<uint32_t>(1, signal_every_);
-  const uint64_t cqes = std::max<uint64_t>(1, config_.peers.size()) * kNumLanes * (sq_depth_ + rq_depth_) + 16;
+  const uint64_t cqes =
+      std::max<uint64_t>(1, config_.peers.size()) * kNumLanes * (sq_depth_ + rq_depth_) + 16;
   if (cqes > static_cast<uint64_t>(dev.max_cqe)) {
-    return InvalidArgumentError(Who() + ": " + std::to_string(config_.peers.size()) + " peers with " +
-                                std::to_string(config_.max_unpolled) + " slots each need a CQ of " +
-                                std::to_string(cqes) + " entries; " + ctx_->device_name() + " allows " +
-                                std::to_string(dev.max_cqe));
+    return InvalidArgumentError(Who() + ": " + std::to_string(config_.peers.size()) +
+                                " peers with " + std::to_string(config_.max_unpolled) +
+                                " slots each need a CQ of " + std::to_string(cqes) + " entries; " +
+                                ctx_->device_name() + " allows " + std::to_string(dev.max_cqe));
   }
   cq_ = ibv_create_cq(ctx_->device(), static_cast<int>(cqes), nullptr, nullptr, 0);
   if (cq_ == nullptr) {
-    return UnavailableError(Who() + ": " + VerbError("ibv_create_cq(" + std::to_string(cqes) + " entries)", errno));
+    return UnavailableError(
+        Who() + ": " + VerbError("ibv_create_cq(" + std::to_string(cqes) + " entries)", errno));
   }
   return OkStatus();
 }
@@ -106,13 +111,15 @@ Capabilities VerbsTransport::capabilities() const {
   return caps;
 }
 
-StatusOr<std::unique_ptr<Region>> VerbsTransport::Register(void* data, size_t size, MemoryKind kind) {
+StatusOr<std::unique_ptr<Region>> VerbsTransport::Register(void* data, size_t size,
+                                                           MemoryKind kind) {
   auto region = VerbsRegion::Register(ctx_, data, size, kind, /*source=*/false);
   if (!region.ok()) return region.status().WithContext(Who());
   return std::unique_ptr<Region>(std::move(region).value());
 }
 
-StatusOr<std::unique_ptr<Region>> VerbsTransport::RegisterSource(void* data, size_t size, MemoryKind kind) {
+StatusOr<std::unique_ptr<Region>> VerbsTransport::RegisterSource(void* data, size_t size,
+                                                                 MemoryKind kind) {
   auto region = VerbsRegion::Register(ctx_, data, size, kind, /*source=*/true);
   if (!region.ok()) return region.status().WithContext(Who());
   return std::unique_ptr<Region>(std::move(region).value());
@@ -144,15 +151,16 @@ StatusOr<Bytes> VerbsTransport::LocalAddress(int peer) {
   auto& endpoint = endpoints_[peer_index_[peer]];
   if (endpoint == nullptr) {
     // The QPs exist from here on: their numbers are what the peer needs.
-    M2N_ASSIGN_OR_RETURN(endpoint, Endpoint::Create(ctx_.get(), cq_, stream_cq_, peer, options_, sq_depth_,
-                                                    rq_depth_));
+    M2N_ASSIGN_OR_RETURN(endpoint, Endpoint::Create(ctx_.get(), cq_, stream_cq_, peer, options_,
+                                                    sq_depth_, rq_depth_));
     for (int lane = 0; lane < kNumLanes; ++lane) {
       QueuePair& q = endpoint->qp(static_cast<Lane>(lane));
       qp_by_num_.emplace_back(q.qp->qp_num, &q);
     }
     std::sort(qp_by_num_.begin(), qp_by_num_.end());
   }
-  return EncodePeerAddress(endpoint->Address(config_.rank, static_cast<uint32_t>(config_.max_unpolled)));
+  return EncodePeerAddress(
+      endpoint->Address(config_.rank, static_cast<uint32_t>(config_.max_unpolled)));
 }
 
 Status VerbsTransport::Connect(int peer, std::span<const std::byte> remote_address) {
@@ -163,23 +171,26 @@ Status VerbsTransport::Connect(int peer, std::span<const std::byte> remote_addre
   }
   Endpoint* e = FindEndpoint(peer);
   if (e == nullptr) {
-    return FailedPreconditionError(PeerText(peer, "Connect before LocalAddress: the peer cannot know our QPs"));
+    return FailedPreconditionError(
+        PeerText(peer, "Connect before LocalAddress: the peer cannot know our QPs"));
   }
   if (e->connected()) return FailedPreconditionError(PeerText(peer, "connected twice"));
   M2N_ASSIGN_OR_RETURN(PeerAddress a, DecodePeerAddress(peer, remote_address));
   if (a.src_rank != peer || a.dst_rank != config_.rank) {
-    return InvalidArgumentError(PeerText(peer, "connection address was made by rank " + std::to_string(a.src_rank) +
-                                                   " for rank " + std::to_string(a.dst_rank) + ", not for rank " +
-                                                   std::to_string(config_.rank)));
+    return InvalidArgumentError(PeerText(
+        peer, "connection address was made by rank " + std::to_string(a.src_rank) + " for rank " +
+                  std::to_string(a.dst_rank) + ", not for rank " + std::to_string(config_.rank)));
   }
   if (a.max_unpolled != static_cast<uint32_t>(config_.max_unpolled)) {
-    return FailedPreconditionError(PeerText(peer, "max_unpolled " + std::to_string(a.max_unpolled) + " there, " +
-                                                      std::to_string(config_.max_unpolled) + " here"));
+    return FailedPreconditionError(
+        PeerText(peer, "max_unpolled " + std::to_string(a.max_unpolled) + " there, " +
+                           std::to_string(config_.max_unpolled) + " here"));
   }
   return e->Connect(a, options_);
 }
 
-StatusOr<std::unique_ptr<RemoteRegion>> VerbsTransport::UnpackRemoteKey(int peer, std::span<const std::byte> packed) {
+StatusOr<std::unique_ptr<RemoteRegion>> VerbsTransport::UnpackRemoteKey(
+    int peer, std::span<const std::byte> packed) {
   if (peer < 0 || peer >= config_.world_size || peer_index_[peer] < 0) {
     return InvalidArgumentError(Who() + ": remote key of rank " + std::to_string(peer) +
                                 ", which is not in Config::peers");
@@ -251,9 +262,12 @@ const TransportInfo& verbsTransportInfo() {
   // fails on a machine without an RDMA device, so "auto" goes on to ucx there. cuda_memory is
   // false although GPU slots work: "auto" with GPU slots should pick cuda_ipc on one host.
   // The device and port decide; the slots' kind is checked when they are allocated.
-  static const TransportInfo info{"verbs", 80, [](MemoryKind) { return verbs::Probe(); },
+  static const TransportInfo info{"verbs",
+                                  80,
+                                  [](MemoryKind) { return verbs::Probe(); },
                                   &verbs::VerbsTransport::Create,
-                                  /*cuda_memory=*/false, /*uses_nic=*/true};
+                                  /*cuda_memory=*/false,
+                                  /*uses_nic=*/true};
   return info;
 }
 

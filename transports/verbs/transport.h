@@ -39,12 +39,14 @@ class VerbsTransport final : public Transport, public StreamOps {
   Capabilities capabilities() const override;
 
   StatusOr<std::unique_ptr<Region>> Register(void* data, size_t size, MemoryKind kind) override;
-  StatusOr<std::unique_ptr<Region>> RegisterSource(void* data, size_t size, MemoryKind kind) override;
+  StatusOr<std::unique_ptr<Region>> RegisterSource(void* data, size_t size,
+                                                   MemoryKind kind) override;
   StatusOr<std::unique_ptr<Region>> Allocate(size_t size, MemoryKind kind) override;
 
   StatusOr<Bytes> LocalAddress(int peer) override;
   Status Connect(int peer, std::span<const std::byte> remote_address) override;
-  StatusOr<std::unique_ptr<RemoteRegion>> UnpackRemoteKey(int peer, std::span<const std::byte> packed) override;
+  StatusOr<std::unique_ptr<RemoteRegion>> UnpackRemoteKey(
+      int peer, std::span<const std::byte> packed) override;
 
   Status Post(std::span<const Write> writes) override;
   StatusOr<size_t> Poll(std::span<Completion> out) override;
@@ -99,10 +101,10 @@ class VerbsTransport final : public Transport, public StreamOps {
   uint32_t sq_depth_ = 0;
   uint32_t rq_depth_ = 0;
   uint32_t signal_every_ = 1;
-  std::vector<int> peer_index_;                       // rank -> index into config_.peers, or -1
+  std::vector<int> peer_index_;  // rank -> index into config_.peers, or -1
   std::vector<std::unique_ptr<Endpoint>> endpoints_;  // by peer index; made by LocalAddress
   std::vector<std::pair<uint32_t, QueuePair*>> qp_by_num_;  // sorted by QP number
-  std::vector<Completion> backlog_;                   // completions not yet handed out
+  std::vector<Completion> backlog_;  // completions not yet handed out
   size_t backlog_head_ = 0;
   // Scratch for Post: per-QP chains of write indices, and the WRs themselves.
   std::vector<QueuePair*> touched_;
@@ -114,12 +116,12 @@ class VerbsTransport final : public Transport, public StreamOps {
 
   // Stream path (GPU slots only).
   ibv_cq* stream_cq_ = nullptr;
-  uint32_t* stream_words_ = nullptr;       // host memory, registered with CUDA
+  uint32_t* stream_words_ = nullptr;  // host memory, registered with CUDA
   size_t stream_word_count_ = 0;
-  uint64_t stream_words_device_ = 0;       // its device address (CUdeviceptr)
-  unsigned stream_wait_flags_ = 0;         // CU_STREAM_WAIT_VALUE_FLUSH where the GPU has it
-  bool host_flush_ = false;                // else cuFlushGPUDirectRDMAWrites from the proxy
-  void* cuda_context_ = nullptr;           // CUcontext current at Create
+  uint64_t stream_words_device_ = 0;  // its device address (CUdeviceptr)
+  unsigned stream_wait_flags_ = 0;  // CU_STREAM_WAIT_VALUE_FLUSH where the GPU has it
+  bool host_flush_ = false;  // else cuFlushGPUDirectRDMAWrites from the proxy
+  void* cuda_context_ = nullptr;  // CUcontext current at Create
   std::unique_ptr<StreamProxy> proxy_;
   Status stream_error_;
 };

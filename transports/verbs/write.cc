@@ -16,23 +16,29 @@ namespace m2n::transport::verbs {
 
 Status VerbsTransport::Validate(const Write& w) const {
   auto refuse = [&](const std::string& why) {
-    return InvalidArgumentError(PeerText(w.peer, std::string("write on the ") + LaneName(w.lane) + why));
+    return InvalidArgumentError(
+        PeerText(w.peer, std::string("write on the ") + LaneName(w.lane) + why));
   };
   Endpoint* e = FindEndpoint(w.peer);
   if (e == nullptr || !e->connected()) {
-    return InvalidArgumentError(Who() + ": write to rank " + std::to_string(w.peer) + ", which is not connected");
+    return InvalidArgumentError(Who() + ": write to rank " + std::to_string(w.peer) +
+                                ", which is not connected");
   }
   if (!e->failure().ok()) return e->failure();
   if (w.lane != Lane::kData && w.lane != Lane::kAck) return refuse(": unknown lane");
   if (w.length == 0) return OkStatus();
-  M2N_RETURN_IF_ERROR(ValidateWriteRegions(w, "verbs", typeid(VerbsRegion), typeid(VerbsRemoteRegion)));
+  M2N_RETURN_IF_ERROR(
+      ValidateWriteRegions(w, "verbs", typeid(VerbsRegion), typeid(VerbsRemoteRegion)));
   // A region of another VerbsTransport (another protection domain) is not ours either.
-  if (static_cast<const VerbsRegion*>(w.local)->owner() != ctx_.get()) return refuse(": local region not registered here");
+  if (static_cast<const VerbsRegion*>(w.local)->owner() != ctx_.get())
+    return refuse(": local region not registered here");
   const auto* remote = static_cast<const VerbsRemoteRegion*>(w.remote);
   if (remote->owner() != ctx_.get()) return refuse(": remote region not unpacked here");
-  if (remote->peer() != w.peer) return refuse(": remote region belongs to peer rank " + std::to_string(remote->peer()));
+  if (remote->peer() != w.peer)
+    return refuse(": remote region belongs to peer rank " + std::to_string(remote->peer()));
   if (w.length > ctx_->port_attr().max_msg_sz || w.length > UINT32_MAX) {
-    return refuse(" of " + std::to_string(w.length) + " bytes exceeds the port's largest message (" +
+    return refuse(" of " + std::to_string(w.length) +
+                  " bytes exceeds the port's largest message (" +
                   std::to_string(ctx_->port_attr().max_msg_sz) + " bytes)");
   }
   return OkStatus();
@@ -129,17 +135,20 @@ Status VerbsTransport::PostChain(QueuePair& q, std::span<const Write> writes) {
     } else {
       q.pending.push_back({seq, w.cookie});
     }
-    if (tail != nullptr) tail->next = &wr;
-    else head = &wr;
+    if (tail != nullptr)
+      tail->next = &wr;
+    else
+      head = &wr;
     tail = &wr;
   }
   ibv_send_wr* bad = nullptr;
   const int err = ibv_post_send(q.qp, head, &bad);
   const int peer = q.endpoint->peer();
   if (err != 0) {
-    Status s = UnavailableError(PeerText(peer, std::string("ibv_post_send (") + LaneName(q.lane) + ", " +
-                                                   std::to_string(chain.size()) + " WRs): " + std::strerror(err) +
-                                                   " (errno " + std::to_string(err) + ")"));
+    Status s = UnavailableError(PeerText(peer, std::string("ibv_post_send (") + LaneName(q.lane) +
+                                                   ", " + std::to_string(chain.size()) +
+                                                   " WRs): " + std::strerror(err) + " (errno " +
+                                                   std::to_string(err) + ")"));
     q.endpoint->set_failure(s);
     chain.clear();
     return s;
@@ -157,14 +166,15 @@ Status VerbsTransport::WaitForRoom(QueuePair& q) {
     DrainCq(kPollBatch);
     if (!q.endpoint->failure().ok()) return q.endpoint->failure();
     if (config_.aborted && config_.aborted()) {
-      return AbortedError(PeerText(q.endpoint->peer(), std::string(LaneName(q.lane)) +
-                                                           ": aborted while waiting for room in the send queue"));
+      return AbortedError(PeerText(
+          q.endpoint->peer(),
+          std::string(LaneName(q.lane)) + ": aborted while waiting for room in the send queue"));
     }
     if (deadline.Expired()) {
-      return UnavailableError(PeerText(q.endpoint->peer(), std::string(LaneName(q.lane)) + ": send queue of " +
-                                                               std::to_string(q.sq_depth) +
-                                                               " WRs still full after " +
-                                                               std::to_string(config_.timeout.count()) + " ms"));
+      return UnavailableError(
+          PeerText(q.endpoint->peer(), std::string(LaneName(q.lane)) + ": send queue of " +
+                                           std::to_string(q.sq_depth) + " WRs still full after " +
+                                           std::to_string(config_.timeout.count()) + " ms"));
     }
   }
   return OkStatus();

@@ -30,7 +30,8 @@ m2n::StatusOr<Precision> BackendPrecision(const std::string& backend) {
   if (backend == "cuda") return Precision{3e-2, 5e-2, true, "bf16"};
   std::string list;
   for (const std::string& b : AvailableBackends()) list += (list.empty() ? "" : ", ") + b;
-  return m2n::InvalidArgumentError("compute backend \"" + backend + "\" is not built here (available: " + list + ")");
+  return m2n::InvalidArgumentError("compute backend \"" + backend +
+                                   "\" is not built here (available: " + list + ")");
 }
 
 namespace {
@@ -40,15 +41,15 @@ m2n::Status CheckBackend(const std::string& backend) {
   }
   std::string list;
   for (const std::string& b : AvailableBackends()) list += (list.empty() ? "" : ", ") + b;
-  return m2n::InvalidArgumentError("compute backend \"" + backend + "\" is not built here (available: " + list +
-                                   (backend == "cuda" ? "; configure with the CUDA toolkit present" : "") + ")");
+  return m2n::InvalidArgumentError(
+      "compute backend \"" + backend + "\" is not built here (available: " + list +
+      (backend == "cuda" ? "; configure with the CUDA toolkit present" : "") + ")");
 }
 }  // namespace
 
-m2n::StatusOr<std::unique_ptr<AttentionCompute>> MakeAttentionCompute(const std::string& backend,
-                                                                      const ModelConfig& config,
-                                                                      const WeightSource& source,
-                                                                      const ComputeOptions& options) {
+m2n::StatusOr<std::unique_ptr<AttentionCompute>> MakeAttentionCompute(
+    const std::string& backend, const ModelConfig& config, const WeightSource& source,
+    const ComputeOptions& options) {
   M2N_RETURN_IF_ERROR(CheckBackend(backend));
 #if MOE_WITH_CUDA
   if (backend == "cuda") return cuda::MakeCudaAttention(config, source, options);
@@ -58,7 +59,8 @@ m2n::StatusOr<std::unique_ptr<AttentionCompute>> MakeAttentionCompute(const std:
 }
 
 m2n::StatusOr<std::unique_ptr<ExpertCompute>> MakeExpertCompute(const std::string& backend,
-                                                                const ModelConfig& config, const WeightSource& source,
+                                                                const ModelConfig& config,
+                                                                const WeightSource& source,
                                                                 std::span<const int> experts,
                                                                 const ComputeOptions& options) {
   M2N_RETURN_IF_ERROR(CheckBackend(backend));

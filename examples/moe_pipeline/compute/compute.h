@@ -35,17 +35,18 @@ struct TokenRef {
 // experts in descending probability.
 struct Routing {
   int top_k = 0;
-  std::vector<int> expert;    // [tokens * top_k]
+  std::vector<int> expert;  // [tokens * top_k]
   std::vector<float> weight;  // [tokens * top_k]
 };
 
 struct ComputeOptions {
-  int threads = 1;         // compute threads of this process
-  int micro_batches = 1;   // m
-  int max_tokens = 0;      // per micro-batch
-  int kv_slots = 0;        // requests in flight at once (KV-cache slots)
-  int max_context = 0;     // positions per KV-cache slot
-  int local_rank = 0;      // this process's index among the job's processes on this host (picks its GPU)
+  int threads = 1;  // compute threads of this process
+  int micro_batches = 1;  // m
+  int max_tokens = 0;  // per micro-batch
+  int kv_slots = 0;  // requests in flight at once (KV-cache slots)
+  int max_context = 0;  // positions per KV-cache slot
+  int local_rank =
+      0;  // this process's index among the job's processes on this host (picks its GPU)
 };
 
 class AttentionCompute {
@@ -55,14 +56,15 @@ class AttentionCompute {
   // Micro-batch `mb` starts a forward pass over `tokens` (at most max_tokens): embeds them.
   virtual m2n::Status Begin(int mb, std::span<const TokenRef> tokens) = 0;
   // Layer `layer` up to the experts: RMSNorm, Q/K/V, RoPE, KV-cache append, grouped-query attention
-  // over the cache (causal: a token sees positions <= its own of its request), o-proj, residual add,
-  // post-attention RMSNorm (the experts' input), gate, softmax and top-k into `routing`.
+  // over the cache (causal: a token sees positions <= its own of its request), o-proj, residual
+  // add, post-attention RMSNorm (the experts' input), gate, softmax and top-k into `routing`.
   virtual m2n::Status AttentionAndGate(int mb, int layer, Routing* routing) = 0;
   // Token gather: dst[i] = experts' input of token rows[i] ([rows.size(), hidden] floats).
   virtual m2n::Status GatherRows(int mb, std::span<const int32_t> rows, float* dst) = 0;
   // Combine: residual of token rows[i] += src[i] (the experts already applied the gate weights).
   virtual m2n::Status ScatterAddRows(int mb, std::span<const int32_t> rows, const float* src) = 0;
-  // Final RMSNorm and LM head: out[i] = logits of token rows[i] ([rows.size(), vocab] floats, host).
+  // Final RMSNorm and LM head: out[i] = logits of token rows[i] ([rows.size(), vocab] floats,
+  // host).
   virtual m2n::Status Logits(int mb, std::span<const int32_t> rows, float* out) = 0;
 };
 
@@ -70,10 +72,10 @@ class AttentionCompute {
 // id, weight) pairs, -1 where the expert lives on another worker. The result goes to out.
 struct ExpertInput {
   int rows = 0;
-  const float* x = nullptr;        // [rows, hidden]
+  const float* x = nullptr;  // [rows, hidden]
   const int32_t* expert = nullptr;  // [rows, top_k]
-  const float* weight = nullptr;    // [rows, top_k]
-  float* out = nullptr;            // [rows, hidden]: sum over this worker's experts of weight * FFN(x)
+  const float* weight = nullptr;  // [rows, top_k]
+  float* out = nullptr;  // [rows, hidden]: sum over this worker's experts of weight * FFN(x)
 };
 
 // Walks every (input, row, top-k pair) of `inputs` routed to an expert, in that order, calling
@@ -111,10 +113,11 @@ class ExpertCompute {
 
 // How closely a backend's outputs follow the fp32 reference, for the check.
 struct Precision {
-  double tolerance;       // max |pipeline - reference| / max |reference| over a token's logits
-  double tie_threshold;   // gate-logit gap below which a token's routing may differ (see reference/)
-  bool bf16_weights;      // the backend rounds weights to bf16: so does the reference it is checked against
-  const char* what;       // "fp32", "bf16"
+  double tolerance;  // max |pipeline - reference| / max |reference| over a token's logits
+  double tie_threshold;  // gate-logit gap below which a token's routing may differ (see reference/)
+  bool bf16_weights;  // the backend rounds weights to bf16: so does the reference it is checked
+                      // against
+  const char* what;  // "fp32", "bf16"
 };
 
 // Backends: "cpu" (always), "cuda" (when built with CUDA). Each loads its own weights from
@@ -124,12 +127,12 @@ std::vector<std::string> AvailableBackends();
 // "auto": "cuda" when built and a GPU is visible, else "cpu"; other names are returned as they are.
 std::string ResolveBackend(const std::string& name);
 m2n::StatusOr<Precision> BackendPrecision(const std::string& backend);
-m2n::StatusOr<std::unique_ptr<AttentionCompute>> MakeAttentionCompute(const std::string& backend,
-                                                                      const ModelConfig& config,
-                                                                      const WeightSource& source,
-                                                                      const ComputeOptions& options);
+m2n::StatusOr<std::unique_ptr<AttentionCompute>> MakeAttentionCompute(
+    const std::string& backend, const ModelConfig& config, const WeightSource& source,
+    const ComputeOptions& options);
 m2n::StatusOr<std::unique_ptr<ExpertCompute>> MakeExpertCompute(const std::string& backend,
-                                                                const ModelConfig& config, const WeightSource& source,
+                                                                const ModelConfig& config,
+                                                                const WeightSource& source,
                                                                 std::span<const int> experts,
                                                                 const ComputeOptions& options);
 

@@ -15,11 +15,11 @@ struct ModelConfig {
   int hidden_size = 0;
   int num_attention_heads = 0;
   int num_key_value_heads = 0;  // grouped-query attention: heads share KV heads in groups
-  int head_dim = 0;             // default hidden_size / num_attention_heads
+  int head_dim = 0;  // default hidden_size / num_attention_heads
   int num_hidden_layers = 0;
   int num_local_experts = 0;
   int num_experts_per_tok = 0;  // top-k
-  int intermediate_size = 0;    // of one expert
+  int intermediate_size = 0;  // of one expert
   int vocab_size = 0;
   int max_position_embeddings = 4096;
   double rms_norm_eps = 1e-5;

@@ -25,13 +25,14 @@ class Parser {
   m2n::Status Error(const std::string& what) const {
     int line = 1;
     for (size_t i = 0; i < pos_ && i < text_.size(); ++i) line += text_[i] == '\n';
-    return m2n::InvalidArgumentError(std::string(what_) + ": bad JSON at byte " + std::to_string(pos_) +
-                                     " (line " + std::to_string(line) + "): " + what);
+    return m2n::InvalidArgumentError(std::string(what_) + ": bad JSON at byte " +
+                                     std::to_string(pos_) + " (line " + std::to_string(line) +
+                                     "): " + what);
   }
 
   void SkipSpace() {
-    while (pos_ < text_.size() && (text_[pos_] == ' ' || text_[pos_] == '\n' || text_[pos_] == '\t' ||
-                                   text_[pos_] == '\r')) {
+    while (pos_ < text_.size() && (text_[pos_] == ' ' || text_[pos_] == '\n' ||
+                                   text_[pos_] == '\t' || text_[pos_] == '\r')) {
       ++pos_;
     }
   }
@@ -55,9 +56,18 @@ class Parser {
       *out = Json::String(std::move(s));
       return m2n::OkStatus();
     }
-    if (Consume("true")) { *out = Json::Bool(true); return m2n::OkStatus(); }
-    if (Consume("false")) { *out = Json::Bool(false); return m2n::OkStatus(); }
-    if (Consume("null")) { *out = Json(); return m2n::OkStatus(); }
+    if (Consume("true")) {
+      *out = Json::Bool(true);
+      return m2n::OkStatus();
+    }
+    if (Consume("false")) {
+      *out = Json::Bool(false);
+      return m2n::OkStatus();
+    }
+    if (Consume("null")) {
+      *out = Json();
+      return m2n::OkStatus();
+    }
     if (c == '-' || (c >= '0' && c <= '9')) return ParseNumber(out);
     return Error(std::string("unexpected character '") + c + "'");
   }
@@ -98,12 +108,26 @@ class Parser {
       if (pos_ >= text_.size()) break;
       const char e = text_[pos_++];
       switch (e) {
-        case '"': case '\\': case '/': out->push_back(e); break;
-        case 'b': out->push_back('\b'); break;
-        case 'f': out->push_back('\f'); break;
-        case 'n': out->push_back('\n'); break;
-        case 'r': out->push_back('\r'); break;
-        case 't': out->push_back('\t'); break;
+        case '"':
+        case '\\':
+        case '/':
+          out->push_back(e);
+          break;
+        case 'b':
+          out->push_back('\b');
+          break;
+        case 'f':
+          out->push_back('\f');
+          break;
+        case 'n':
+          out->push_back('\n');
+          break;
+        case 'r':
+          out->push_back('\r');
+          break;
+        case 't':
+          out->push_back('\t');
+          break;
         case 'u': {
           if (pos_ + 4 > text_.size()) return Error("short \\u escape");
           const std::string hex(text_.substr(pos_, 4));
@@ -125,7 +149,8 @@ class Parser {
           }
           break;
         }
-        default: return Error(std::string("bad escape '\\") + e + "'");
+        default:
+          return Error(std::string("bad escape '\\") + e + "'");
       }
     }
     return Error("unterminated string");
@@ -135,14 +160,23 @@ class Parser {
     ++pos_;
     *out = Json::Array();
     SkipSpace();
-    if (pos_ < text_.size() && text_[pos_] == ']') { ++pos_; return m2n::OkStatus(); }
+    if (pos_ < text_.size() && text_[pos_] == ']') {
+      ++pos_;
+      return m2n::OkStatus();
+    }
     while (true) {
       Json item;
       M2N_RETURN_IF_ERROR(ParseValue(&item, depth + 1));
       out->Push(std::move(item));
       SkipSpace();
-      if (pos_ < text_.size() && text_[pos_] == ',') { ++pos_; continue; }
-      if (pos_ < text_.size() && text_[pos_] == ']') { ++pos_; return m2n::OkStatus(); }
+      if (pos_ < text_.size() && text_[pos_] == ',') {
+        ++pos_;
+        continue;
+      }
+      if (pos_ < text_.size() && text_[pos_] == ']') {
+        ++pos_;
+        return m2n::OkStatus();
+      }
       return Error("expected ',' or ']' in an array");
     }
   }
@@ -151,22 +185,33 @@ class Parser {
     ++pos_;
     *out = Json::Object();
     SkipSpace();
-    if (pos_ < text_.size() && text_[pos_] == '}') { ++pos_; return m2n::OkStatus(); }
+    if (pos_ < text_.size() && text_[pos_] == '}') {
+      ++pos_;
+      return m2n::OkStatus();
+    }
     while (true) {
       SkipSpace();
-      if (pos_ >= text_.size() || text_[pos_] != '"') return Error("expected a quoted key in an object");
+      if (pos_ >= text_.size() || text_[pos_] != '"')
+        return Error("expected a quoted key in an object");
       std::string key;
       M2N_RETURN_IF_ERROR(ParseString(&key));
       SkipSpace();
-      if (pos_ >= text_.size() || text_[pos_] != ':') return Error("expected ':' after key \"" + key + "\"");
+      if (pos_ >= text_.size() || text_[pos_] != ':')
+        return Error("expected ':' after key \"" + key + "\"");
       ++pos_;
       Json value;
       M2N_RETURN_IF_ERROR(ParseValue(&value, depth + 1));
       if (out->Find(key) != nullptr) return Error("duplicate key \"" + key + "\"");
       out->Set(key, std::move(value));
       SkipSpace();
-      if (pos_ < text_.size() && text_[pos_] == ',') { ++pos_; continue; }
-      if (pos_ < text_.size() && text_[pos_] == '}') { ++pos_; return m2n::OkStatus(); }
+      if (pos_ < text_.size() && text_[pos_] == ',') {
+        ++pos_;
+        continue;
+      }
+      if (pos_ < text_.size() && text_[pos_] == '}') {
+        ++pos_;
+        return m2n::OkStatus();
+      }
       return Error("expected ',' or '}' in an object");
     }
   }
@@ -180,11 +225,21 @@ void AppendEscaped(std::string* out, const std::string& s) {
   out->push_back('"');
   for (char c : s) {
     switch (c) {
-      case '"': *out += "\\\""; break;
-      case '\\': *out += "\\\\"; break;
-      case '\n': *out += "\\n"; break;
-      case '\t': *out += "\\t"; break;
-      case '\r': *out += "\\r"; break;
+      case '"':
+        *out += "\\\"";
+        break;
+      case '\\':
+        *out += "\\\\";
+        break;
+      case '\n':
+        *out += "\\n";
+        break;
+      case '\t':
+        *out += "\\t";
+        break;
+      case '\r':
+        *out += "\\r";
+        break;
       default:
         if (static_cast<unsigned char>(c) < 0x20) {
           char buf[8];
@@ -200,11 +255,34 @@ void AppendEscaped(std::string* out, const std::string& s) {
 
 }  // namespace
 
-Json Json::Bool(bool b) { Json j; j.type_ = Type::kBool; j.bool_ = b; return j; }
-Json Json::Number(double d) { Json j; j.type_ = Type::kNumber; j.number_ = d; return j; }
-Json Json::String(std::string s) { Json j; j.type_ = Type::kString; j.string_ = std::move(s); return j; }
-Json Json::Array() { Json j; j.type_ = Type::kArray; return j; }
-Json Json::Object() { Json j; j.type_ = Type::kObject; return j; }
+Json Json::Bool(bool b) {
+  Json j;
+  j.type_ = Type::kBool;
+  j.bool_ = b;
+  return j;
+}
+Json Json::Number(double d) {
+  Json j;
+  j.type_ = Type::kNumber;
+  j.number_ = d;
+  return j;
+}
+Json Json::String(std::string s) {
+  Json j;
+  j.type_ = Type::kString;
+  j.string_ = std::move(s);
+  return j;
+}
+Json Json::Array() {
+  Json j;
+  j.type_ = Type::kArray;
+  return j;
+}
+Json Json::Object() {
+  Json j;
+  j.type_ = Type::kObject;
+  return j;
+}
 
 m2n::StatusOr<Json> Json::Parse(std::string_view text, std::string_view what) {
   return Parser(text, what).ParseDocument();
@@ -241,10 +319,17 @@ void Json::DumpTo(std::string* out, int indent, int depth) const {
     out->append(static_cast<size_t>(indent * d), ' ');
   };
   switch (type_) {
-    case Type::kNull: *out += "null"; break;
-    case Type::kBool: *out += bool_ ? "true" : "false"; break;
+    case Type::kNull:
+      *out += "null";
+      break;
+    case Type::kBool:
+      *out += bool_ ? "true" : "false";
+      break;
     case Type::kNumber: {
-      if (!std::isfinite(number_)) { *out += "null"; break; }
+      if (!std::isfinite(number_)) {
+        *out += "null";
+        break;
+      }
       char buf[32];
       if (number_ == std::floor(number_) && std::fabs(number_) < 1e15) {
         std::snprintf(buf, sizeof(buf), "%.0f", number_);
@@ -254,7 +339,9 @@ void Json::DumpTo(std::string* out, int indent, int depth) const {
       *out += buf;
       break;
     }
-    case Type::kString: AppendEscaped(out, string_); break;
+    case Type::kString:
+      AppendEscaped(out, string_);
+      break;
     case Type::kArray: {
       out->push_back('[');
       for (size_t i = 0; i < items_.size(); ++i) {

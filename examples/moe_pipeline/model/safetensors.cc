@@ -30,8 +30,9 @@ m2n::Status ReadFully(int fd, void* data, size_t size, uint64_t offset, const st
     const ssize_t n = pread(fd, p, size, static_cast<off_t>(offset));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
-      return m2n::DataLossError(path + ": short read at byte " + std::to_string(offset) +
-                                (n < 0 ? std::string(": ") + std::strerror(errno) : std::string(" (end of file)")));
+      return m2n::DataLossError(
+          path + ": short read at byte " + std::to_string(offset) +
+          (n < 0 ? std::string(": ") + std::strerror(errno) : std::string(" (end of file)")));
     }
     p += n;
     size -= static_cast<size_t>(n);
@@ -44,7 +45,8 @@ m2n::StatusOr<Dtype> ParseDtype(const std::string& s, const std::string& where) 
   if (s == "F32") return Dtype::kF32;
   if (s == "BF16") return Dtype::kBF16;
   if (s == "F16") return Dtype::kF16;
-  return m2n::InvalidArgumentError(where + ": dtype \"" + s + "\" is not supported (F32, BF16, F16)");
+  return m2n::InvalidArgumentError(where + ": dtype \"" + s +
+                                   "\" is not supported (F32, BF16, F16)");
 }
 
 bool EndsWith(const std::string& s, const std::string& tail) {
@@ -55,9 +57,12 @@ bool EndsWith(const std::string& s, const std::string& tail) {
 
 const char* DtypeName(Dtype dtype) {
   switch (dtype) {
-    case Dtype::kF32: return "F32";
-    case Dtype::kBF16: return "BF16";
-    case Dtype::kF16: return "F16";
+    case Dtype::kF32:
+      return "F32";
+    case Dtype::kBF16:
+      return "BF16";
+    case Dtype::kF16:
+      return "F16";
   }
   return "?";
 }
@@ -92,7 +97,10 @@ float F16ToFloat(uint16_t h) {
     bits = sign;
   } else {  // subnormal: normalize
     exponent = 113;
-    while ((mantissa & 0x400u) == 0) { mantissa <<= 1; --exponent; }
+    while ((mantissa & 0x400u) == 0) {
+      mantissa <<= 1;
+      --exponent;
+    }
     bits = sign | (exponent << 23) | ((mantissa & 0x3FFu) << 13);
   }
   float f;
@@ -118,21 +126,24 @@ m2n::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std:
   if (fstat(fd, &st) != 0) return m2n::InternalError("fstat " + path + ": " + std::strerror(errno));
   const uint64_t size = static_cast<uint64_t>(st.st_size);
   if (size < 8) {
-    return m2n::DataLossError(path + ": " + std::to_string(size) + " bytes, too short for a safetensors header");
+    return m2n::DataLossError(path + ": " + std::to_string(size) +
+                              " bytes, too short for a safetensors header");
   }
   unsigned char length_bytes[8];
   M2N_RETURN_IF_ERROR(ReadFully(fd, length_bytes, 8, 0, path));
   uint64_t header_bytes = 0;
   for (int i = 7; i >= 0; --i) header_bytes = (header_bytes << 8) | length_bytes[i];
   if (header_bytes > kMaxHeaderBytes || header_bytes > size - 8) {
-    return m2n::DataLossError(path + ": header length " + std::to_string(header_bytes) + " does not fit the file of " +
-                              std::to_string(size) + " bytes (not a safetensors file, or truncated)");
+    return m2n::DataLossError(path + ": header length " + std::to_string(header_bytes) +
+                              " does not fit the file of " + std::to_string(size) +
+                              " bytes (not a safetensors file, or truncated)");
   }
   std::string header(header_bytes, '\0');
   M2N_RETURN_IF_ERROR(ReadFully(fd, header.data(), header.size(), 8, path));
   auto json = Json::Parse(header, path + " (safetensors header)");
   if (!json.ok()) return m2n::DataLossError(json.status().message());
-  if (!json->is_object()) return m2n::DataLossError(path + ": the safetensors header is not a JSON object");
+  if (!json->is_object())
+    return m2n::DataLossError(path + ": the safetensors header is not a JSON object");
   const uint64_t data_start = 8 + header_bytes;
   const uint64_t data_bytes = size - data_start;
   for (const auto& [name, entry] : json->members()) {
@@ -141,8 +152,8 @@ m2n::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std:
     const Json* dtype = entry.Find("dtype");
     const Json* shape = entry.Find("shape");
     const Json* offsets = entry.Find("data_offsets");
-    if (dtype == nullptr || !dtype->is_string() || shape == nullptr || !shape->is_array() || offsets == nullptr ||
-        !offsets->is_array() || offsets->items().size() != 2) {
+    if (dtype == nullptr || !dtype->is_string() || shape == nullptr || !shape->is_array() ||
+        offsets == nullptr || !offsets->is_array() || offsets->items().size() != 2) {
       return m2n::DataLossError(where + ": needs \"dtype\", \"shape\" and two \"data_offsets\"");
     }
     TensorInfo info;
@@ -164,9 +175,9 @@ m2n::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std:
     info.end = data_start + static_cast<uint64_t>(e);
     const uint64_t want = static_cast<uint64_t>(info.elements()) * DtypeBytes(info.dtype);
     if (info.end - info.begin != want) {
-      return m2n::DataLossError(where + ": " + std::to_string(info.end - info.begin) + " bytes for shape " +
-                                ShapeString(info.shape) + " of " + DtypeName(info.dtype) + " (" +
-                                std::to_string(want) + " expected)");
+      return m2n::DataLossError(where + ": " + std::to_string(info.end - info.begin) +
+                                " bytes for shape " + ShapeString(info.shape) + " of " +
+                                DtypeName(info.dtype) + " (" + std::to_string(want) + " expected)");
     }
     file->tensors_.emplace(name, std::move(info));
   }
@@ -180,8 +191,9 @@ const TensorInfo* SafetensorsFile::Find(const std::string& name) const {
 
 m2n::Status SafetensorsFile::ReadFloat(const TensorInfo& info, std::span<float> out) const {
   if (static_cast<int64_t>(out.size()) != info.elements()) {
-    return m2n::InvalidArgumentError(path_ + ": tensor \"" + info.name + "\" has " + std::to_string(info.elements()) +
-                                     " elements, the buffer " + std::to_string(out.size()));
+    return m2n::InvalidArgumentError(path_ + ": tensor \"" + info.name + "\" has " +
+                                     std::to_string(info.elements()) + " elements, the buffer " +
+                                     std::to_string(out.size()));
   }
   if (info.dtype == Dtype::kF32) {
     return ReadFully(fd_, out.data(), out.size() * 4, info.begin, path_);
@@ -212,13 +224,16 @@ m2n::StatusOr<Checkpoint> Checkpoint::Open(const std::string& path) {
         return m2n::InvalidArgumentError(index_path + ": no \"weight_map\" object");
       }
       for (const auto& [name, file] : map->members()) {
-        if (!file.is_string()) return m2n::InvalidArgumentError(index_path + ": \"" + name + "\" maps to a non-string");
-        if (std::find(files.begin(), files.end(), file.as_string()) == files.end()) files.push_back(file.as_string());
+        if (!file.is_string())
+          return m2n::InvalidArgumentError(index_path + ": \"" + name + "\" maps to a non-string");
+        if (std::find(files.begin(), files.end(), file.as_string()) == files.end())
+          files.push_back(file.as_string());
       }
       for (auto& f : files) f = path + "/" + f;
     } else {
       DIR* dir = opendir(path.c_str());
-      if (dir == nullptr) return m2n::NotFoundError("weights " + path + ": " + std::strerror(errno));
+      if (dir == nullptr)
+        return m2n::NotFoundError("weights " + path + ": " + std::strerror(errno));
       while (dirent* e = readdir(dir)) {
         const std::string name = e->d_name;
         if (EndsWith(name, ".safetensors")) files.push_back(path + "/" + name);
@@ -226,7 +241,8 @@ m2n::StatusOr<Checkpoint> Checkpoint::Open(const std::string& path) {
       closedir(dir);
       std::sort(files.begin(), files.end());
     }
-    if (files.empty()) return m2n::NotFoundError("weights " + path + ": no .safetensors files in the folder");
+    if (files.empty())
+      return m2n::NotFoundError("weights " + path + ": no .safetensors files in the folder");
   } else {
     files.push_back(path);
   }
@@ -245,7 +261,8 @@ m2n::StatusOr<Checkpoint> Checkpoint::Open(const std::string& path) {
   return checkpoint;
 }
 
-m2n::Status Checkpoint::Read(const std::string& name, std::span<const int64_t> shape, std::span<float> out) const {
+m2n::Status Checkpoint::Read(const std::string& name, std::span<const int64_t> shape,
+                             std::span<float> out) const {
   auto it = where_.find(name);
   if (it == where_.end()) {
     return m2n::NotFoundError("weights " + path_ + ": tensor \"" + name + "\" is missing (" +
@@ -254,12 +271,14 @@ m2n::Status Checkpoint::Read(const std::string& name, std::span<const int64_t> s
   const TensorInfo& info = *it->second->Find(name);
   if (!std::equal(info.shape.begin(), info.shape.end(), shape.begin(), shape.end())) {
     return m2n::InvalidArgumentError(it->second->path() + ": tensor \"" + name + "\" has shape " +
-                                     ShapeString(info.shape) + ", the config needs " + ShapeString(shape));
+                                     ShapeString(info.shape) + ", the config needs " +
+                                     ShapeString(shape));
   }
   return it->second->ReadFloat(info, out);
 }
 
-m2n::Status WriteSafetensors(const std::string& path, std::span<const TensorToWrite> tensors, Dtype dtype) {
+m2n::Status WriteSafetensors(const std::string& path, std::span<const TensorToWrite> tensors,
+                             Dtype dtype) {
   Json header = Json::Object();
   uint64_t offset = 0;
   for (const TensorToWrite& t : tensors) {
@@ -270,14 +289,16 @@ m2n::Status WriteSafetensors(const std::string& path, std::span<const TensorToWr
       shape.Push(Json::Number(static_cast<double>(d)));
     }
     if (n != static_cast<int64_t>(t.data.size())) {
-      return m2n::InvalidArgumentError("WriteSafetensors: tensor \"" + t.name + "\" of shape " + ShapeString(t.shape) +
-                                       " given " + std::to_string(t.data.size()) + " values");
+      return m2n::InvalidArgumentError("WriteSafetensors: tensor \"" + t.name + "\" of shape " +
+                                       ShapeString(t.shape) + " given " +
+                                       std::to_string(t.data.size()) + " values");
     }
     const uint64_t bytes = static_cast<uint64_t>(n) * DtypeBytes(dtype);
     Json entry = Json::Object();
     entry.Set("dtype", Json::String(DtypeName(dtype)));
     entry.Set("shape", std::move(shape));
-    entry.Set("data_offsets", Json::Array().Push(Json::Number(static_cast<double>(offset)))
+    entry.Set("data_offsets", Json::Array()
+                                  .Push(Json::Number(static_cast<double>(offset)))
                                   .Push(Json::Number(static_cast<double>(offset + bytes))));
     header.Set(t.name, std::move(entry));
     offset += bytes;
@@ -288,18 +309,22 @@ m2n::Status WriteSafetensors(const std::string& path, std::span<const TensorToWr
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   if (!out) return m2n::InternalError("cannot write " + path + ": " + std::strerror(errno));
   unsigned char length[8];
-  for (int i = 0; i < 8; ++i) length[i] = static_cast<unsigned char>((uint64_t{text.size()} >> (8 * i)) & 0xFF);
+  for (int i = 0; i < 8; ++i)
+    length[i] = static_cast<unsigned char>((uint64_t{text.size()} >> (8 * i)) & 0xFF);
   out.write(reinterpret_cast<const char*>(length), 8);
   out.write(text.data(), static_cast<std::streamsize>(text.size()));
   for (const TensorToWrite& t : tensors) {
     if (dtype == Dtype::kF32) {
-      out.write(reinterpret_cast<const char*>(t.data.data()), static_cast<std::streamsize>(t.data.size() * 4));
+      out.write(reinterpret_cast<const char*>(t.data.data()),
+                static_cast<std::streamsize>(t.data.size() * 4));
     } else if (dtype == Dtype::kBF16) {
       std::vector<uint16_t> raw(t.data.size());
       for (size_t i = 0; i < raw.size(); ++i) raw[i] = FloatToBf16(t.data[i]);
-      out.write(reinterpret_cast<const char*>(raw.data()), static_cast<std::streamsize>(raw.size() * 2));
+      out.write(reinterpret_cast<const char*>(raw.data()),
+                static_cast<std::streamsize>(raw.size() * 2));
     } else {
-      return m2n::UnimplementedError("WriteSafetensors: writing F16 is not supported (F32 or BF16)");
+      return m2n::UnimplementedError(
+          "WriteSafetensors: writing F16 is not supported (F32 or BF16)");
     }
   }
   out.close();

@@ -1,5 +1,6 @@
 // safetensors files: an 8-byte little-endian header length, a JSON header
-//   {"name": {"dtype": "BF16", "shape": [rows, cols], "data_offsets": [begin, end]}, ..., "__metadata__": {...}}
+//   {"name": {"dtype": "BF16", "shape": [rows, cols], "data_offsets": [begin, end]}, ...,
+//   "__metadata__": {...}}
 // and the tensors' bytes (offsets relative to the end of the header). A checkpoint is a folder of
 // such files, with model.safetensors.index.json ({"weight_map": {"name": "file"}}) when there are
 // several, as public MoE checkpoints are laid out.
@@ -60,7 +61,8 @@ class Checkpoint {
   static m2n::StatusOr<Checkpoint> Open(const std::string& path);
   // Reads `name` into `out`, which must have the expected shape; errors name the tensor, file and
   // both shapes.
-  m2n::Status Read(const std::string& name, std::span<const int64_t> shape, std::span<float> out) const;
+  m2n::Status Read(const std::string& name, std::span<const int64_t> shape,
+                   std::span<float> out) const;
   size_t tensor_count() const { return where_.size(); }
   const std::string& path() const { return path_; }
 
@@ -76,6 +78,7 @@ struct TensorToWrite {
   std::span<const float> data;
 };
 // Writes one safetensors file, converting to `dtype`.
-m2n::Status WriteSafetensors(const std::string& path, std::span<const TensorToWrite> tensors, Dtype dtype);
+m2n::Status WriteSafetensors(const std::string& path, std::span<const TensorToWrite> tensors,
+                             Dtype dtype);
 
 }  // namespace moe

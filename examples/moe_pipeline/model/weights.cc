@@ -61,16 +61,21 @@ class Source {
 }  // namespace
 
 std::string WeightSource::Describe() const {
-  return checkpoint.empty() ? "seeded random (seed " + std::to_string(seed) + ")" : "safetensors " + checkpoint;
+  return checkpoint.empty() ? "seeded random (seed " + std::to_string(seed) + ")"
+                            : "safetensors " + checkpoint;
 }
 
 std::string ExpertTensorName(int layer, int expert, const char* which) {
-  return LayerPrefix(layer) + "block_sparse_moe.experts." + std::to_string(expert) + "." + which + ".weight";
+  return LayerPrefix(layer) + "block_sparse_moe.experts." + std::to_string(expert) + "." + which +
+         ".weight";
 }
 
-uint64_t SeededKey(uint64_t seed, const std::string& name) { return SplitMix(seed ^ NameHash(name)); }
+uint64_t SeededKey(uint64_t seed, const std::string& name) {
+  return SplitMix(seed ^ NameHash(name));
+}
 
-void FillSeeded(uint64_t seed, const std::string& name, float scale, bool is_norm, std::span<float> out) {
+void FillSeeded(uint64_t seed, const std::string& name, float scale, bool is_norm,
+                std::span<float> out) {
   const uint64_t key = SeededKey(seed, name);
   for (size_t i = 0; i < out.size(); ++i) {
     // Uniform in [-1, 1) from the top 24 bits.
@@ -103,7 +108,8 @@ std::vector<TensorSpec> AllTensors(const ModelConfig& c) {
   return t;
 }
 
-void SeededParameters(const std::string& name, std::span<const int64_t> shape, float* scale, bool* is_norm) {
+void SeededParameters(const std::string& name, std::span<const int64_t> shape, float* scale,
+                      bool* is_norm) {
   *is_norm = shape.size() == 1;
   if (name == "model.embed_tokens.weight") {
     *scale = 1.0f;
@@ -120,7 +126,8 @@ void SeededKind(const TensorSpec& spec, float* scale, bool* is_norm) {
 }
 }  // namespace
 
-m2n::StatusOr<AttentionWeights> LoadAttentionWeights(const ModelConfig& c, const WeightSource& source) {
+m2n::StatusOr<AttentionWeights> LoadAttentionWeights(const ModelConfig& c,
+                                                     const WeightSource& source) {
   M2N_ASSIGN_OR_RETURN(Source s, Source::Open(source));
   AttentionWeights w;
   const int64_t h = c.hidden_size;
@@ -141,7 +148,8 @@ m2n::StatusOr<AttentionWeights> LoadAttentionWeights(const ModelConfig& c, const
     M2N_RETURN_IF_ERROR(get(p + "self_attn.v_proj.weight", {c.kv_dim(), h}, &lw.wv));
     M2N_RETURN_IF_ERROR(get(p + "self_attn.o_proj.weight", {h, c.q_dim()}, &lw.wo));
     M2N_RETURN_IF_ERROR(get(p + "post_attention_layernorm.weight", {h}, &lw.post_norm));
-    M2N_RETURN_IF_ERROR(get(p + "block_sparse_moe.gate.weight", {c.num_local_experts, h}, &lw.gate));
+    M2N_RETURN_IF_ERROR(
+        get(p + "block_sparse_moe.gate.weight", {c.num_local_experts, h}, &lw.gate));
   }
   M2N_RETURN_IF_ERROR(get("model.norm.weight", {h}, &w.final_norm));
   M2N_RETURN_IF_ERROR(get("lm_head.weight", {c.vocab_size, h}, &w.lm_head));
@@ -158,28 +166,34 @@ m2n::StatusOr<ExpertShard> LoadExpertShard(const ModelConfig& c, const WeightSou
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     for (int e : experts) {
       if (e < 0 || e >= c.num_local_experts) {
-        return m2n::InvalidArgumentError("expert " + std::to_string(e) + " does not exist (the model has " +
+        return m2n::InvalidArgumentError("expert " + std::to_string(e) +
+                                         " does not exist (the model has " +
                                          std::to_string(c.num_local_experts) + ")");
       }
       ExpertWeights ew;
-      M2N_RETURN_IF_ERROR(s.Get(ExpertTensorName(l, e, "w1"), {inter, h}, LinearScale(h), false, &ew.w1));
-      M2N_RETURN_IF_ERROR(s.Get(ExpertTensorName(l, e, "w3"), {inter, h}, LinearScale(h), false, &ew.w3));
-      M2N_RETURN_IF_ERROR(s.Get(ExpertTensorName(l, e, "w2"), {h, inter}, LinearScale(inter), false, &ew.w2));
+      M2N_RETURN_IF_ERROR(
+          s.Get(ExpertTensorName(l, e, "w1"), {inter, h}, LinearScale(h), false, &ew.w1));
+      M2N_RETURN_IF_ERROR(
+          s.Get(ExpertTensorName(l, e, "w3"), {inter, h}, LinearScale(h), false, &ew.w3));
+      M2N_RETURN_IF_ERROR(
+          s.Get(ExpertTensorName(l, e, "w2"), {h, inter}, LinearScale(inter), false, &ew.w2));
       shard.layers[static_cast<size_t>(l)].push_back(std::move(ew));
     }
   }
   return shard;
 }
 
-m2n::Status SaveSeededCheckpoint(const ModelConfig& config, uint64_t seed, const std::string& folder, int files,
-                                 bool bf16) {
+m2n::Status SaveSeededCheckpoint(const ModelConfig& config, uint64_t seed,
+                                 const std::string& folder, int files, bool bf16) {
   if (files < 1) return m2n::InvalidArgumentError("SaveSeededCheckpoint: files must be >= 1");
   mkdir(folder.c_str(), 0755);
   const std::vector<TensorSpec> all = AllTensors(config);
   Json weight_map = Json::Object();
-  const size_t per_file = (all.size() + static_cast<size_t>(files) - 1) / static_cast<size_t>(files);
+  const size_t per_file =
+      (all.size() + static_cast<size_t>(files) - 1) / static_cast<size_t>(files);
   for (int f = 0; f < files; ++f) {
-    const size_t from = static_cast<size_t>(f) * per_file, to = std::min(all.size(), from + per_file);
+    const size_t from = static_cast<size_t>(f) * per_file,
+                 to = std::min(all.size(), from + per_file);
     if (from >= to) break;
     char name[64];
     std::snprintf(name, sizeof(name), "model-%05d-of-%05d.safetensors", f + 1, files);
@@ -196,7 +210,8 @@ m2n::Status SaveSeededCheckpoint(const ModelConfig& config, uint64_t seed, const
       tensors.push_back({all[i].name, all[i].shape, data[i - from]});
       weight_map.Set(all[i].name, Json::String(name));
     }
-    M2N_RETURN_IF_ERROR(WriteSafetensors(folder + "/" + name, tensors, bf16 ? Dtype::kBF16 : Dtype::kF32));
+    M2N_RETURN_IF_ERROR(
+        WriteSafetensors(folder + "/" + name, tensors, bf16 ? Dtype::kBF16 : Dtype::kF32));
   }
   Json index = Json::Object();
   index.Set("metadata", Json::Object());

@@ -3,10 +3,10 @@
 // worker holds its share of every layer's experts. All fp32, row-major, [out, in] like PyTorch's
 // nn.Linear (y = x W^T).
 //
-// Tensor names are those of Mixtral checkpoints (model.layers.{l}.block_sparse_moe.experts.{e}.w1...).
-// Seeded weights are counter based: element i of tensor `name` is a function of (seed, name, i)
-// only, so a worker generates just its share, and a GPU backend can generate the same values in a
-// kernel.
+// Tensor names are those of Mixtral checkpoints
+// (model.layers.{l}.block_sparse_moe.experts.{e}.w1...). Seeded weights are counter based: element
+// i of tensor `name` is a function of (seed, name, i) only, so a worker generates just its share,
+// and a GPU backend can generate the same values in a kernel.
 #pragma once
 
 #include <cstdint>
@@ -22,19 +22,19 @@ namespace moe {
 
 struct AttentionLayerWeights {
   std::vector<float> input_norm;  // [hidden]
-  std::vector<float> wq;          // [q_dim, hidden]
-  std::vector<float> wk;          // [kv_dim, hidden]
-  std::vector<float> wv;          // [kv_dim, hidden]
-  std::vector<float> wo;          // [hidden, q_dim]
-  std::vector<float> post_norm;   // [hidden]
-  std::vector<float> gate;        // [experts, hidden]
+  std::vector<float> wq;  // [q_dim, hidden]
+  std::vector<float> wk;  // [kv_dim, hidden]
+  std::vector<float> wv;  // [kv_dim, hidden]
+  std::vector<float> wo;  // [hidden, q_dim]
+  std::vector<float> post_norm;  // [hidden]
+  std::vector<float> gate;  // [experts, hidden]
 };
 
 struct AttentionWeights {
   std::vector<float> embed;  // [vocab, hidden]
   std::vector<AttentionLayerWeights> layers;
   std::vector<float> final_norm;  // [hidden]
-  std::vector<float> lm_head;     // [vocab, hidden]
+  std::vector<float> lm_head;  // [vocab, hidden]
 };
 
 struct ExpertWeights {
@@ -44,7 +44,7 @@ struct ExpertWeights {
 };
 
 struct ExpertShard {
-  std::vector<int> experts;                       // global expert ids held, ascending
+  std::vector<int> experts;  // global expert ids held, ascending
   std::vector<std::vector<ExpertWeights>> layers;  // [layer][index into experts]
 };
 
@@ -65,17 +65,21 @@ std::string ExpertTensorName(int layer, int expert, const char* which);  // whic
 
 // Fills `out` with the seeded values of tensor `name` (a norm weight when is_norm): element i is
 // a function of (SeededKey(seed, name), i) only (the GPU backend generates the same values).
-void FillSeeded(uint64_t seed, const std::string& name, float scale, bool is_norm, std::span<float> out);
+void FillSeeded(uint64_t seed, const std::string& name, float scale, bool is_norm,
+                std::span<float> out);
 uint64_t SeededKey(uint64_t seed, const std::string& name);
 // The scale and kind the seeded init gives a tensor of this name and shape.
-void SeededParameters(const std::string& name, std::span<const int64_t> shape, float* scale, bool* is_norm);
+void SeededParameters(const std::string& name, std::span<const int64_t> shape, float* scale,
+                      bool* is_norm);
 
-m2n::StatusOr<AttentionWeights> LoadAttentionWeights(const ModelConfig& config, const WeightSource& source);
+m2n::StatusOr<AttentionWeights> LoadAttentionWeights(const ModelConfig& config,
+                                                     const WeightSource& source);
 m2n::StatusOr<ExpertShard> LoadExpertShard(const ModelConfig& config, const WeightSource& source,
                                            std::span<const int> experts);
 
-// Writes the seeded model as a safetensors checkpoint folder (`files` files + an index), in `dtype`.
-m2n::Status SaveSeededCheckpoint(const ModelConfig& config, uint64_t seed, const std::string& folder, int files,
-                                 bool bf16);
+// Writes the seeded model as a safetensors checkpoint folder (`files` files + an index), in
+// `dtype`.
+m2n::Status SaveSeededCheckpoint(const ModelConfig& config, uint64_t seed,
+                                 const std::string& folder, int files, bool bf16);
 
 }  // namespace moe

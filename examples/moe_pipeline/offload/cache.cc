@@ -32,28 +32,37 @@ m2n::Status HostArena::Load(ExpertId id, int slot) {
 std::string CacheStats::Describe() const {
   return "hits " + std::to_string(hits) + ", misses " + std::to_string(misses) + ", prefetches " +
          std::to_string(prefetches) + " (used " + std::to_string(prefetch_used) + ", wasted " +
-         std::to_string(prefetch_wasted) + "), evictions " + std::to_string(evictions) + ", bytes moved " +
-         std::to_string(bytes_moved);
+         std::to_string(prefetch_wasted) + "), evictions " + std::to_string(evictions) +
+         ", bytes moved " + std::to_string(bytes_moved);
 }
 
-m2n::StatusOr<std::unique_ptr<ExpertCache>> ExpertCache::Create(const OffloadShape& shape, int capacity,
-                                                                 OffloadPolicy* policy, LoadBackend* backend) {
+m2n::StatusOr<std::unique_ptr<ExpertCache>> ExpertCache::Create(const OffloadShape& shape,
+                                                                int capacity, OffloadPolicy* policy,
+                                                                LoadBackend* backend) {
   if (shape.layers <= 0 || shape.experts <= 0 || shape.top_k <= 0 || shape.top_k > shape.experts) {
-    return m2n::InvalidArgumentError("expert cache: bad shape (" + std::to_string(shape.layers) + " layers, " +
-                                     std::to_string(shape.experts) + " experts, top-" + std::to_string(shape.top_k) + ")");
+    return m2n::InvalidArgumentError("expert cache: bad shape (" + std::to_string(shape.layers) +
+                                     " layers, " + std::to_string(shape.experts) +
+                                     " experts, top-" + std::to_string(shape.top_k) + ")");
   }
   if (capacity < shape.top_k || capacity > shape.total()) {
-    return m2n::InvalidArgumentError("--gpu_experts " + std::to_string(capacity) + ": the cache must hold at least one layer's top-k (" +
+    return m2n::InvalidArgumentError("--gpu_experts " + std::to_string(capacity) +
+                                     ": the cache must hold at least one layer's top-k (" +
                                      std::to_string(shape.top_k) + ") and at most every expert (" +
                                      std::to_string(shape.total()) + ")");
   }
   return std::unique_ptr<ExpertCache>(new ExpertCache(shape, capacity, policy, backend));
 }
 
-ExpertCache::ExpertCache(const OffloadShape& shape, int capacity, OffloadPolicy* policy, LoadBackend* backend)
-    : shape_(shape), capacity_(capacity), policy_(policy), backend_(backend),
-      slot_of_(static_cast<size_t>(shape.total()), -1), expert_in_(static_cast<size_t>(capacity), -1),
-      pins_(static_cast<size_t>(shape.total()), 0), last_use_(static_cast<size_t>(shape.total()), 0),
+ExpertCache::ExpertCache(const OffloadShape& shape, int capacity, OffloadPolicy* policy,
+                         LoadBackend* backend)
+    : shape_(shape),
+      capacity_(capacity),
+      policy_(policy),
+      backend_(backend),
+      slot_of_(static_cast<size_t>(shape.total()), -1),
+      expert_in_(static_cast<size_t>(capacity), -1),
+      pins_(static_cast<size_t>(shape.total()), 0),
+      last_use_(static_cast<size_t>(shape.total()), 0),
       prefetched_(static_cast<size_t>(shape.total()), 0) {}
 
 int ExpertCache::FindSlot(double keep, int64_t round) {
@@ -94,8 +103,8 @@ m2n::Status ExpertCache::Acquire(int layer, std::span<const int> experts) {
   ++clock_;
   for (int e : experts) {
     if (layer < 0 || layer >= shape_.layers || e < 0 || e >= shape_.experts) {
-      return m2n::InvalidArgumentError("expert cache: expert (" + std::to_string(layer) + ", " + std::to_string(e) +
-                                       ") outside the shape");
+      return m2n::InvalidArgumentError("expert cache: expert (" + std::to_string(layer) + ", " +
+                                       std::to_string(e) + ") outside the shape");
     }
     const ExpertId id{layer, e};
     const size_t u = static_cast<size_t>(shape_.Index(id));
@@ -108,8 +117,9 @@ m2n::Status ExpertCache::Acquire(int layer, std::span<const int> experts) {
       policy_->Missed(id);
       const int slot = FindSlot(-1, 0);
       if (slot < 0) {
-        return m2n::FailedPreconditionError("expert cache: all " + std::to_string(capacity_) +
-                                           " slots pinned; a step needs more experts than --gpu_experts holds");
+        return m2n::FailedPreconditionError(
+            "expert cache: all " + std::to_string(capacity_) +
+            " slots pinned; a step needs more experts than --gpu_experts holds");
       }
       if (auto s = LoadInto(id, slot, false); !s.ok()) return s;
     }
@@ -149,12 +159,15 @@ m2n::Status ExpertCache::CheckInvariants() const {
     const int e = expert_in_[static_cast<size_t>(s)];
     if (e < 0) continue;
     ++resident;
-    if (slot_of_[static_cast<size_t>(e)] != s) return m2n::InternalError("expert cache: slot map out of step");
+    if (slot_of_[static_cast<size_t>(e)] != s)
+      return m2n::InternalError("expert cache: slot map out of step");
   }
   for (size_t u = 0; u < pins_.size(); ++u) {
-    if (pins_[u] > 0 && slot_of_[u] < 0) return m2n::InternalError("expert cache: a pinned expert is not resident");
+    if (pins_[u] > 0 && slot_of_[u] < 0)
+      return m2n::InternalError("expert cache: a pinned expert is not resident");
   }
-  if (resident != resident_ || resident_ > capacity_) return m2n::InternalError("expert cache: over budget");
+  if (resident != resident_ || resident_ > capacity_)
+    return m2n::InternalError("expert cache: over budget");
   return m2n::OkStatus();
 }
 

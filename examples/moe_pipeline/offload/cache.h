@@ -50,7 +50,9 @@ struct CacheStats {
   int64_t hits = 0, misses = 0;
   int64_t prefetches = 0, prefetch_used = 0, prefetch_wasted = 0;
   int64_t evictions = 0, bytes_moved = 0;
-  double HitRate() const { return hits + misses > 0 ? static_cast<double>(hits) / static_cast<double>(hits + misses) : 0; }
+  double HitRate() const {
+    return hits + misses > 0 ? static_cast<double>(hits) / static_cast<double>(hits + misses) : 0;
+  }
   std::string Describe() const;
 };
 
@@ -58,7 +60,8 @@ class ExpertCache {
  public:
   // Fails when `capacity` cannot hold one layer's top-k (a step could never run).
   static m2n::StatusOr<std::unique_ptr<ExpertCache>> Create(const OffloadShape& shape, int capacity,
-                                                            OffloadPolicy* policy, LoadBackend* backend);
+                                                            OffloadPolicy* policy,
+                                                            LoadBackend* backend);
 
   // Makes `experts` of `layer` resident (loading the misses on demand) and pins them.
   m2n::Status Acquire(int layer, std::span<const int> experts);
@@ -77,7 +80,8 @@ class ExpertCache {
 
  private:
   ExpertCache(const OffloadShape& shape, int capacity, OffloadPolicy* policy, LoadBackend* backend);
-  // A slot for a newcomer valued `keep` (or unconditionally when keep < 0): a free one or a victim's.
+  // A slot for a newcomer valued `keep` (or unconditionally when keep < 0): a free one or a
+  // victim's.
   int FindSlot(double keep, int64_t round);
   m2n::Status LoadInto(ExpertId id, int slot, bool prefetch);
 
@@ -85,11 +89,12 @@ class ExpertCache {
   int capacity_;
   OffloadPolicy* policy_;
   LoadBackend* backend_;
-  std::vector<int> slot_of_;        // per expert: its slot, or -1
-  std::vector<int> expert_in_;      // per slot: the expert index, or -1
-  std::vector<int> pins_;           // per expert
-  std::vector<int64_t> last_use_;   // per expert
-  std::vector<int64_t> prefetched_;  // per expert: the Prefetch round that loaded it and is unused, or 0
+  std::vector<int> slot_of_;  // per expert: its slot, or -1
+  std::vector<int> expert_in_;  // per slot: the expert index, or -1
+  std::vector<int> pins_;  // per expert
+  std::vector<int64_t> last_use_;  // per expert
+  std::vector<int64_t>
+      prefetched_;  // per expert: the Prefetch round that loaded it and is unused, or 0
   int resident_ = 0;
   int64_t clock_ = 0, round_ = 0;
   CacheStats stats_;

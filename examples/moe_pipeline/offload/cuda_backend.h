@@ -16,13 +16,14 @@ namespace moe::offload {
 
 class CudaCopyBackend final : public LoadBackend {
  public:
-  static m2n::StatusOr<std::unique_ptr<CudaCopyBackend>> Create(const OffloadShape& shape, int slots);
+  static m2n::StatusOr<std::unique_ptr<CudaCopyBackend>> Create(const OffloadShape& shape,
+                                                                int slots);
   ~CudaCopyBackend() override;
   CudaCopyBackend(const CudaCopyBackend&) = delete;
   CudaCopyBackend& operator=(const CudaCopyBackend&) = delete;
 
-  std::span<std::byte> Host(ExpertId id);   // pinned; fill before serving
-  void* Slot(int slot) const;               // device memory of one slot
+  std::span<std::byte> Host(ExpertId id);  // pinned; fill before serving
+  void* Slot(int slot) const;  // device memory of one slot
   m2n::Status Load(ExpertId id, int slot) override;
   // Makes `stream` (a cudaStream_t) wait for the last load into `slot`; no host wait.
   m2n::Status WaitOn(int slot, void* stream);
@@ -38,7 +39,7 @@ class CudaCopyBackend final : public LoadBackend {
   std::byte* host_ = nullptr;
   std::byte* device_ = nullptr;
   void* copy_stream_ = nullptr;
-  std::unique_ptr<void*[]> events_;       // per slot: its last load done
+  std::unique_ptr<void*[]> events_;  // per slot: its last load done
   std::unique_ptr<void*[]> read_events_;  // per slot: the last step reading it done
 };
 

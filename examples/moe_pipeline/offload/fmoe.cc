@@ -24,14 +24,18 @@ struct Candidate {
 class FmoePolicy final : public OffloadPolicy {
  public:
   FmoePolicy(const OffloadShape& shape, const FmoeOptions& options)
-      : shape_(shape), options_(options), store_(options.store_capacity, shape.layers, shape.experts),
-        trajectory_(store_), counts_(static_cast<size_t>(shape.total()), 0.0) {}
+      : shape_(shape),
+        options_(options),
+        store_(options.store_capacity, shape.layers, shape.experts),
+        trajectory_(store_),
+        counts_(static_cast<size_t>(shape.total()), 0.0) {}
 
   std::string name() const override { return "fmoe"; }
 
   void Learn(std::span<const float> embedding, int tokens, std::span<const float> gates) override {
     const size_t per_token = static_cast<size_t>(shape_.total());
-    for (int t = 0; t < tokens; ++t) store_.Add(embedding, gates.subspan(static_cast<size_t>(t) * per_token, per_token));
+    for (int t = 0; t < tokens; ++t)
+      store_.Add(embedding, gates.subspan(static_cast<size_t>(t) * per_token, per_token));
   }
   void BeginRequest(std::span<const float> embedding) override {
     embedding_.assign(embedding.begin(), embedding.end());
@@ -70,13 +74,15 @@ class FmoePolicy final : public OffloadPolicy {
 
 std::vector<ExpertId> FmoePolicy::Prefetch(int layer) {
   if (store_.size() == 0 || layer == miss_layer_) return {};
-  const MapMatch match = layer < options_.semantic_layers ? store_.SearchSemantic(embedding_) : trajectory_.Best();
+  const MapMatch match =
+      layer < options_.semantic_layers ? store_.SearchSemantic(embedding_) : trajectory_.Best();
   if (match.map.empty()) return {};
   predicted_ = match.map;
   const double delta = std::clamp(1.0 - match.similarity, 0.0, 1.0);
   std::vector<Candidate> candidates;
   // Layers past the last are the next iteration's first ones (decode goes on).
-  for (int d = 1; d <= options_.distance; ++d) Choose((layer + d) % shape_.layers, d, delta, &candidates);
+  for (int d = 1; d <= options_.distance; ++d)
+    Choose((layer + d) % shape_.layers, d, delta, &candidates);
   std::stable_sort(candidates.begin(), candidates.end(),
                    [](const Candidate& a, const Candidate& b) { return a.priority > b.priority; });
   std::vector<ExpertId> out;
@@ -100,7 +106,8 @@ void FmoePolicy::Choose(int target, int ahead, double delta, std::vector<Candida
 
 }  // namespace
 
-std::unique_ptr<OffloadPolicy> MakeFmoePolicy(const OffloadShape& shape, const FmoeOptions& options) {
+std::unique_ptr<OffloadPolicy> MakeFmoePolicy(const OffloadShape& shape,
+                                              const FmoeOptions& options) {
   return std::make_unique<FmoePolicy>(shape, options);
 }
 

@@ -21,13 +21,16 @@ class FrequencyPolicy final : public OffloadPolicy {
     // A past request's activations: top-k of each token and layer.
     for (int t = 0; t < tokens; ++t) {
       for (int l = 0; l < shape_.layers; ++l) {
-        const float* p = gates.data() + (static_cast<size_t>(t) * shape_.layers + l) * shape_.experts;
+        const float* p =
+            gates.data() + (static_cast<size_t>(t) * shape_.layers + l) * shape_.experts;
         for (int e : TopK(p)) history_[shape_.Index({l, e})] += 1.0;
       }
     }
     Normalize();
   }
-  void BeginRequest(std::span<const float>) override { std::fill(request_.begin(), request_.end(), 0.0); }
+  void BeginRequest(std::span<const float>) override {
+    std::fill(request_.begin(), request_.end(), 0.0);
+  }
   void BeginIteration() override {}
   void ObserveGate(int layer, std::span<const float>, std::span<const int> chosen) override {
     for (int e : chosen) request_[shape_.Index({layer, e})] += 1.0;
@@ -38,7 +41,9 @@ class FrequencyPolicy final : public OffloadPolicy {
       const int target = (layer + d) % shape_.layers;
       std::vector<int> order(static_cast<size_t>(shape_.experts));
       std::iota(order.begin(), order.end(), 0);
-      std::sort(order.begin(), order.end(), [&](int a, int b) { return Score({target, a}) > Score({target, b}); });
+      std::sort(order.begin(), order.end(), [&](int a, int b) {
+        return Score({target, a}) > Score({target, b});
+      });
       for (int i = 0; i < shape_.top_k; ++i) out.push_back({target, order[static_cast<size_t>(i)]});
     }
     return out;
@@ -56,7 +61,8 @@ class FrequencyPolicy final : public OffloadPolicy {
   std::vector<int> TopK(const float* p) const {
     std::vector<int> order(static_cast<size_t>(shape_.experts));
     std::iota(order.begin(), order.end(), 0);
-    std::partial_sort(order.begin(), order.begin() + shape_.top_k, order.end(), [&](int a, int b) { return p[a] > p[b]; });
+    std::partial_sort(order.begin(), order.begin() + shape_.top_k, order.end(),
+                      [&](int a, int b) { return p[a] > p[b]; });
     order.resize(static_cast<size_t>(shape_.top_k));
     return order;
   }

@@ -12,7 +12,9 @@ class LruPolicy final : public OffloadPolicy {
   void BeginIteration() override {}
   void ObserveGate(int, std::span<const float>, std::span<const int>) override {}
   std::vector<ExpertId> Prefetch(int) override { return {}; }
-  double KeepScore(ExpertId, int64_t last_use) const override { return static_cast<double>(last_use); }
+  double KeepScore(ExpertId, int64_t last_use) const override {
+    return static_cast<double>(last_use);
+  }
 };
 
 }  // namespace
@@ -21,12 +23,14 @@ std::unique_ptr<OffloadPolicy> MakeLruPolicy() { return std::make_unique<LruPoli
 
 const char* PolicyNames() { return "lru, frequency, fmoe"; }
 
-m2n::StatusOr<std::unique_ptr<OffloadPolicy>> MakePolicy(const std::string& name, const OffloadShape& shape,
+m2n::StatusOr<std::unique_ptr<OffloadPolicy>> MakePolicy(const std::string& name,
+                                                         const OffloadShape& shape,
                                                          const FmoeOptions& fmoe) {
   if (name == "lru") return MakeLruPolicy();
   if (name == "frequency") return MakeFrequencyPolicy(shape, fmoe.distance);
   if (name == "fmoe") return MakeFmoePolicy(shape, fmoe);
-  return m2n::InvalidArgumentError("--offload: unknown policy \"" + name + "\" (" + PolicyNames() + ")");
+  return m2n::InvalidArgumentError("--offload: unknown policy \"" + name + "\" (" + PolicyNames() +
+                                   ")");
 }
 
 }  // namespace moe::offload

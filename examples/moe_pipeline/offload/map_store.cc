@@ -33,7 +33,8 @@ void MapStore::Rescan(int i) {
   for (int j = 0; j < size(); ++j) {
     if (j == i) continue;
     const double s = MapCosine(j, maps_[static_cast<size_t>(i)], norms_[static_cast<size_t>(i)]);
-    if (s > nearest_sim_[static_cast<size_t>(i)]) nearest_sim_[static_cast<size_t>(i)] = s, nearest_[static_cast<size_t>(i)] = j;
+    if (s > nearest_sim_[static_cast<size_t>(i)])
+      nearest_sim_[static_cast<size_t>(i)] = s, nearest_[static_cast<size_t>(i)] = j;
   }
 }
 
@@ -50,14 +51,17 @@ void MapStore::Add(std::span<const float> embedding, std::span<const float> map)
   if (size() >= capacity_) {
     int victim = 0;
     for (int j = 1; j < size(); ++j) {
-      if (nearest_sim_[static_cast<size_t>(j)] > nearest_sim_[static_cast<size_t>(victim)]) victim = j;
+      if (nearest_sim_[static_cast<size_t>(j)] > nearest_sim_[static_cast<size_t>(victim)])
+        victim = j;
     }
     ++replaced_;
     // The newcomer is itself the most redundant: the store already knows this routing.
-    if (best >= 0 && sim[static_cast<size_t>(best)] >= nearest_sim_[static_cast<size_t>(victim)]) return;
+    if (best >= 0 && sim[static_cast<size_t>(best)] >= nearest_sim_[static_cast<size_t>(victim)])
+      return;
     slot = victim;
   } else {
-    maps_.emplace_back(), embeddings_.emplace_back(), norms_.push_back(0), nearest_sim_.push_back(-2), nearest_.push_back(-1);
+    maps_.emplace_back(), embeddings_.emplace_back(), norms_.push_back(0),
+        nearest_sim_.push_back(-2), nearest_.push_back(-1);
   }
   const size_t s = static_cast<size_t>(slot);
   maps_[s].assign(map.begin(), map.end());
@@ -80,7 +84,8 @@ MapMatch MapStore::SearchSemantic(std::span<const float> embedding) const {
   if (maps_.empty()) return out;
   std::vector<double> sim(maps_.size());
   double best = -2;
-  for (size_t i = 0; i < maps_.size(); ++i) best = std::max(best, sim[i] = Cosine(embeddings_[i], embedding));
+  for (size_t i = 0; i < maps_.size(); ++i)
+    best = std::max(best, sim[i] = Cosine(embeddings_[i], embedding));
   out.similarity = best;
   out.map.assign(static_cast<size_t>(map_size()), 0.0f);
   int ties = 0;

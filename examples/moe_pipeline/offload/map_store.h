@@ -14,13 +14,14 @@
 namespace moe::offload {
 
 struct MapMatch {
-  double similarity = 0;   // cosine in [-1, 1]; 0 when the store is empty
+  double similarity = 0;  // cosine in [-1, 1]; 0 when the store is empty
   std::vector<float> map;  // [layers][experts]; empty when the store is empty
 };
 
 class MapStore {
  public:
-  MapStore(int capacity, int layers, int experts) : capacity_(capacity), layers_(layers), experts_(experts) {}
+  MapStore(int capacity, int layers, int experts)
+      : capacity_(capacity), layers_(layers), experts_(experts) {}
 
   void Add(std::span<const float> embedding, std::span<const float> map);
   // The best match by prompt embedding; the maps that tie with it (the same prompt) are averaged.
@@ -40,9 +41,9 @@ class MapStore {
   int capacity_, layers_, experts_;
   int replaced_ = 0;
   std::vector<std::vector<float>> maps_, embeddings_;
-  std::vector<double> norms_;         // of each map
-  std::vector<double> nearest_sim_;   // each map's cosine to its most similar other map
-  std::vector<int> nearest_;          // and which one
+  std::vector<double> norms_;  // of each map
+  std::vector<double> nearest_sim_;  // each map's cosine to its most similar other map
+  std::vector<int> nearest_;  // and which one
 };
 
 // The trajectory search of one iteration: Observe each layer's distribution as it comes, then Best.

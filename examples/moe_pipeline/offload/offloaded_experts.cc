@@ -20,21 +20,27 @@ using cpu::ThreadPool;
 // ExpertWeights; a load copies one expert's three matrices.
 class ShardArena final : public LoadBackend {
  public:
-  ShardArena(ExpertShard host, int slots) : host_(std::move(host)), arena_(static_cast<size_t>(slots)), local_(64, -1) {
+  ShardArena(ExpertShard host, int slots)
+      : host_(std::move(host)), arena_(static_cast<size_t>(slots)), local_(64, -1) {
     for (size_t i = 0; i < host_.experts.size(); ++i) Local(host_.experts[i]) = static_cast<int>(i);
   }
   m2n::Status Load(ExpertId id, int slot) override {
     const int le = Local(id.expert);
-    if (le < 0) return m2n::InternalError("offload: expert " + std::to_string(id.expert) + " is not this worker's");
-    arena_[static_cast<size_t>(slot)] = host_.layers[static_cast<size_t>(id.layer)][static_cast<size_t>(le)];
+    if (le < 0)
+      return m2n::InternalError("offload: expert " + std::to_string(id.expert) +
+                                " is not this worker's");
+    arena_[static_cast<size_t>(slot)] =
+        host_.layers[static_cast<size_t>(id.layer)][static_cast<size_t>(le)];
     return m2n::OkStatus();
   }
   const ExpertWeights& Slot(int slot) const { return arena_[static_cast<size_t>(slot)]; }
   bool Holds(int expert) const {
-    return expert >= 0 && static_cast<size_t>(expert) < local_.size() && local_[static_cast<size_t>(expert)] >= 0;
+    return expert >= 0 && static_cast<size_t>(expert) < local_.size() &&
+           local_[static_cast<size_t>(expert)] >= 0;
   }
   int& Local(int expert) {
-    if (static_cast<size_t>(expert) >= local_.size()) local_.resize(static_cast<size_t>(expert) + 1, -1);
+    if (static_cast<size_t>(expert) >= local_.size())
+      local_.resize(static_cast<size_t>(expert) + 1, -1);
     return local_[static_cast<size_t>(expert)];
   }
 
@@ -46,15 +52,22 @@ class ShardArena final : public LoadBackend {
 
 class OffloadedExperts final : public ExpertCompute {
  public:
-  OffloadedExperts(const ModelConfig& c, std::unique_ptr<ShardArena> arena, std::unique_ptr<OffloadPolicy> policy,
-                   std::unique_ptr<ExpertCache> cache, std::vector<int> all, int threads)
-      : c_(c), arena_(std::move(arena)), policy_(std::move(policy)), cache_(std::move(cache)), all_(std::move(all)), pool_(threads) {
+  OffloadedExperts(const ModelConfig& c, std::unique_ptr<ShardArena> arena,
+                   std::unique_ptr<OffloadPolicy> policy, std::unique_ptr<ExpertCache> cache,
+                   std::vector<int> all, int threads)
+      : c_(c),
+        arena_(std::move(arena)),
+        policy_(std::move(policy)),
+        cache_(std::move(cache)),
+        all_(std::move(all)),
+        pool_(threads) {
     policy_->BeginRequest({});
   }
   ~OffloadedExperts() override {
     cache_->Finish();
-    std::fprintf(stderr, "[moe_pipeline] expert offload (%s, %d resident): %s, hit rate %.3f\n", policy_->name().c_str(),
-                 cache_->capacity(), cache_->stats().Describe().c_str(), cache_->stats().HitRate());
+    std::fprintf(stderr, "[moe_pipeline] expert offload (%s, %d resident): %s, hit rate %.3f\n",
+                 policy_->name().c_str(), cache_->capacity(), cache_->stats().Describe().c_str(),
+                 cache_->stats().HitRate());
   }
   std::string name() const override { return "cpu+offload(" + policy_->name() + ")"; }
   m2n::Status Forward(int layer, int top_k, std::span<const ExpertInput> inputs) override;
@@ -76,15 +89,18 @@ class OffloadedExperts final : public ExpertCompute {
 };
 
 m2n::Status OffloadedExperts::Forward(int layer, int top_k, std::span<const ExpertInput> inputs) {
-  if (layer < 0 || layer >= c_.num_hidden_layers) return m2n::InvalidArgumentError("layer " + std::to_string(layer) + " out of range");
+  if (layer < 0 || layer >= c_.num_hidden_layers)
+    return m2n::InvalidArgumentError("layer " + std::to_string(layer) + " out of range");
   const int h = c_.hidden_size;
   std::vector<std::vector<Use>> uses(static_cast<size_t>(c_.num_local_experts));
   std::vector<float> probs(static_cast<size_t>(c_.num_local_experts), 0.0f);
-  for (const ExpertInput& x : inputs) std::fill(x.out, x.out + static_cast<size_t>(x.rows) * h, 0.0f);
-  M2N_RETURN_IF_ERROR(ForEachRoutedRow(inputs, top_k, c_.num_local_experts, all_, [&](size_t in, int r, int e, float weight) {
-    uses[static_cast<size_t>(e)].push_back({static_cast<int>(in), r, weight});
-    probs[static_cast<size_t>(e)] += weight;
-  }));
+  for (const ExpertInput& x : inputs)
+    std::fill(x.out, x.out + static_cast<size_t>(x.rows) * h, 0.0f);
+  M2N_RETURN_IF_ERROR(ForEachRoutedRow(
+      inputs, top_k, c_.num_local_experts, all_, [&](size_t in, int r, int e, float weight) {
+        uses[static_cast<size_t>(e)].push_back({static_cast<int>(in), r, weight});
+        probs[static_cast<size_t>(e)] += weight;
+      }));
   std::vector<int> chosen;
   float total = 0;
   for (int e = 0; e < c_.num_local_experts; ++e) {
@@ -95,7 +111,8 @@ m2n::Status OffloadedExperts::Forward(int layer, int top_k, std::span<const Expe
   if (layer == 0) policy_->BeginIteration();
   policy_->ObserveGate(layer, probs, chosen);
   M2N_RETURN_IF_ERROR(cache_->Acquire(layer, chosen));
-  for (int e : chosen) Run(arena_->Slot(cache_->SlotOf({layer, e})), uses[static_cast<size_t>(e)], inputs);
+  for (int e : chosen)
+    Run(arena_->Slot(cache_->SlotOf({layer, e})), uses[static_cast<size_t>(e)], inputs);
   cache_->Release(layer, chosen);
   // The policies know the model, not the split: this worker prefetches only the experts it holds.
   std::vector<ExpertId> wanted = policy_->Prefetch(layer);
@@ -104,12 +121,14 @@ m2n::Status OffloadedExperts::Forward(int layer, int top_k, std::span<const Expe
 }
 
 // The CPU backend's expert step (compute/cpu/cpu_compute.cc), on the resident copy.
-void OffloadedExperts::Run(const ExpertWeights& w, const std::vector<Use>& u, std::span<const ExpertInput> inputs) {
+void OffloadedExperts::Run(const ExpertWeights& w, const std::vector<Use>& u,
+                           std::span<const ExpertInput> inputs) {
   const int h = c_.hidden_size, inter = c_.intermediate_size, n = static_cast<int>(u.size());
   x_.resize(static_cast<size_t>(n) * h);
   for (int i = 0; i < n; ++i) {
     const ExpertInput& in = inputs[static_cast<size_t>(u[static_cast<size_t>(i)].input)];
-    std::memcpy(&x_[static_cast<size_t>(i) * h], in.x + static_cast<size_t>(u[static_cast<size_t>(i)].row) * h,
+    std::memcpy(&x_[static_cast<size_t>(i) * h],
+                in.x + static_cast<size_t>(u[static_cast<size_t>(i)].row) * h,
                 static_cast<size_t>(h) * sizeof(float));
   }
   h1_.resize(static_cast<size_t>(n) * inter);
@@ -128,23 +147,27 @@ void OffloadedExperts::Run(const ExpertWeights& w, const std::vector<Use>& u, st
 
 }  // namespace
 
-m2n::StatusOr<std::unique_ptr<ExpertCompute>> MakeOffloadedExperts(const ModelConfig& config, const WeightSource& source,
-                                                                  std::span<const int> experts,
-                                                                  const ComputeOptions& compute,
-                                                                  const OffloadOptions& offload) {
-  const OffloadShape shape{config.num_hidden_layers, config.num_local_experts, config.num_experts_per_tok,
-                           3LL * config.hidden_size * config.intermediate_size * static_cast<int64_t>(sizeof(float))};
+m2n::StatusOr<std::unique_ptr<ExpertCompute>> MakeOffloadedExperts(const ModelConfig& config,
+                                                                   const WeightSource& source,
+                                                                   std::span<const int> experts,
+                                                                   const ComputeOptions& compute,
+                                                                   const OffloadOptions& offload) {
+  const OffloadShape shape{
+      config.num_hidden_layers, config.num_local_experts, config.num_experts_per_tok,
+      3LL * config.hidden_size * config.intermediate_size * static_cast<int64_t>(sizeof(float))};
   const int held = config.num_hidden_layers * static_cast<int>(experts.size());
   if (offload.gpu_experts > held) {
-    return m2n::InvalidArgumentError("--gpu_experts " + std::to_string(offload.gpu_experts) + ": this worker holds only " +
-                                     std::to_string(held) + " experts");
+    return m2n::InvalidArgumentError("--gpu_experts " + std::to_string(offload.gpu_experts) +
+                                     ": this worker holds only " + std::to_string(held) +
+                                     " experts");
   }
   auto policy = MakePolicy(offload.policy, shape);
   if (!policy.ok()) return policy.status();
   if (!offload.maps.empty()) {
     auto trace = ReadTrace(offload.maps);
     if (!trace.ok()) return trace.status();
-    if (auto s = CheckTraceShape(*trace, shape, "--offload_maps " + offload.maps); !s.ok()) return s;
+    if (auto s = CheckTraceShape(*trace, shape, "--offload_maps " + offload.maps); !s.ok())
+      return s;
     for (const TraceRequest& q : trace->requests) {
       if (!q.held_out) (*policy)->Learn(q.embedding, q.tokens, q.gates);
     }
@@ -156,8 +179,9 @@ m2n::StatusOr<std::unique_ptr<ExpertCompute>> MakeOffloadedExperts(const ModelCo
   if (!cache.ok()) return cache.status();
   std::vector<int> all(static_cast<size_t>(config.num_local_experts));
   for (int e = 0; e < config.num_local_experts; ++e) all[static_cast<size_t>(e)] = e;
-  return std::unique_ptr<ExpertCompute>(std::make_unique<OffloadedExperts>(config, std::move(arena), std::move(*policy),
-                                                                           std::move(*cache), std::move(all), compute.threads));
+  return std::unique_ptr<ExpertCompute>(
+      std::make_unique<OffloadedExperts>(config, std::move(arena), std::move(*policy),
+                                         std::move(*cache), std::move(all), compute.threads));
 }
 
 }  // namespace moe::offload

@@ -19,14 +19,16 @@
 namespace moe::offload {
 
 struct OffloadOptions {
-  std::string policy;   // empty: no offloading
+  std::string policy;  // empty: no offloading
   int gpu_experts = 0;  // C, per expert worker
-  std::string maps;     // a routing trace whose non-held-out requests the policy learns from (fMoE's maps)
+  std::string
+      maps;  // a routing trace whose non-held-out requests the policy learns from (fMoE's maps)
 };
 
-m2n::StatusOr<std::unique_ptr<ExpertCompute>> MakeOffloadedExperts(const ModelConfig& config, const WeightSource& source,
-                                                                  std::span<const int> experts,
-                                                                  const ComputeOptions& compute,
-                                                                  const OffloadOptions& offload);
+m2n::StatusOr<std::unique_ptr<ExpertCompute>> MakeOffloadedExperts(const ModelConfig& config,
+                                                                   const WeightSource& source,
+                                                                   std::span<const int> experts,
+                                                                   const ComputeOptions& compute,
+                                                                   const OffloadOptions& offload);
 
 }  // namespace moe::offload

@@ -2,7 +2,8 @@
 // experts do not all fit its device, a cache of C experts (cache.h) keeps the ones a policy values
 // and loads the rest from the host copy. A policy sees what the gates decide, layer by layer, and
 // answers two questions: what to bring in ahead of need (Prefetch) and what to give up first
-// (KeepScore). The cache does the loading and the accounting, so every policy is measured the same way.
+// (KeepScore). The cache does the loading and the accounting, so every policy is measured the same
+// way.
 //
 // Policies: "lru" (on demand, least recently used goes: a plain offloading runtime), "frequency"
 // (MoE-Infinity-style: per-request activation counts), "fmoe" (FineMoE: expert maps matched by
@@ -38,8 +39,8 @@ struct OffloadShape {
 // Tuning of the fMoE policy; the defaults are FineMoE's.
 struct FmoeOptions {
   int store_capacity = 1024;  // expert maps kept
-  int semantic_layers = 1;    // layers matched by prompt semantics; trajectory beyond
-  int distance = 3;           // prefetch distance in layers (FineMoE: 3-6)
+  int semantic_layers = 1;  // layers matched by prompt semantics; trajectory beyond
+  int distance = 3;  // prefetch distance in layers (FineMoE: 3-6)
 };
 
 class OffloadPolicy {
@@ -53,8 +54,10 @@ class OffloadPolicy {
   }
   virtual void BeginRequest(std::span<const float> embedding) = 0;
   virtual void BeginIteration() = 0;
-  // Layer `layer`'s gate ran: its full distribution (averaged over the batch) and the chosen experts.
-  virtual void ObserveGate(int layer, std::span<const float> probs, std::span<const int> chosen) = 0;
+  // Layer `layer`'s gate ran: its full distribution (averaged over the batch) and the chosen
+  // experts.
+  virtual void ObserveGate(int layer, std::span<const float> probs,
+                           std::span<const int> chosen) = 0;
   // The cache missed `id` while serving layer id.layer (fMoE pauses prefetching on a miss).
   virtual void Missed(ExpertId id) { (void)id; }
   // What to load ahead, most urgent first; `layer` is the layer just served (-1: iteration start).
@@ -65,11 +68,13 @@ class OffloadPolicy {
 };
 
 // "lru", "frequency" or "fmoe"; anything else is an InvalidArgument naming the choices.
-m2n::StatusOr<std::unique_ptr<OffloadPolicy>> MakePolicy(const std::string& name, const OffloadShape& shape,
+m2n::StatusOr<std::unique_ptr<OffloadPolicy>> MakePolicy(const std::string& name,
+                                                         const OffloadShape& shape,
                                                          const FmoeOptions& fmoe = {});
 std::unique_ptr<OffloadPolicy> MakeLruPolicy();
 std::unique_ptr<OffloadPolicy> MakeFrequencyPolicy(const OffloadShape& shape, int distance);
-std::unique_ptr<OffloadPolicy> MakeFmoePolicy(const OffloadShape& shape, const FmoeOptions& options);
+std::unique_ptr<OffloadPolicy> MakeFmoePolicy(const OffloadShape& shape,
+                                              const FmoeOptions& options);
 const char* PolicyNames();  // "lru, frequency, fmoe"
 
 }  // namespace moe::offload

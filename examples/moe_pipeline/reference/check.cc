@@ -19,7 +19,7 @@ namespace {
 
 // What the check found over all requests so far.
 struct CheckTotals {
-  int compared = 0, failed = 0;                                          // requests
+  int compared = 0, failed = 0;  // requests
   int64_t tokens = 0, routings = 0, followed = 0, routing_errors = 0;  // over all compared requests
   double max_error = 0;
   std::string first_failure;
@@ -39,7 +39,8 @@ double WorstError(const Request& q, const ReferenceOutput& ref, size_t vocab, in
   for (size_t t = 0; t < outputs; ++t) {
     double diff = 0, scale = 0;
     for (size_t v = 0; v < vocab; ++v) {
-      diff = std::max(diff, std::fabs(static_cast<double>(q.logits[t * vocab + v]) - ref.logits[t * vocab + v]));
+      diff = std::max(diff, std::fabs(static_cast<double>(q.logits[t * vocab + v]) -
+                                      ref.logits[t * vocab + v]));
       scale = std::max(scale, std::fabs(static_cast<double>(ref.logits[t * vocab + v])));
     }
     const double e = diff / std::max(scale, 1e-30);
@@ -58,37 +59,42 @@ std::string ExpertSet(const std::vector<int>& experts) {
 }
 
 // Why request `q` failed: its worst token's error and / or its first routing error.
-std::string DescribeFailure(const Request& q, double request_error, int worst_token, const ReferenceOutput& ref,
-                            const Precision& precision) {
+std::string DescribeFailure(const Request& q, double request_error, int worst_token,
+                            const ReferenceOutput& ref, const Precision& precision) {
   char buf[160];
   std::string failure = "request " + std::to_string(q.id);
   const bool error_too_large = request_error > precision.tolerance;
   if (error_too_large) {
-    std::snprintf(buf, sizeof(buf), ": output token %d relative error %.3g > %.0e", worst_token, request_error,
-                  precision.tolerance);
+    std::snprintf(buf, sizeof(buf), ": output token %d relative error %.3g > %.0e", worst_token,
+                  request_error, precision.tolerance);
     failure += buf;
   }
   if (!ref.routing_errors.empty()) {
     const RoutingError& e = ref.routing_errors.front();
-    std::snprintf(buf, sizeof(buf), ", a gate logit %.3g below the reference's k-th largest (near-tie threshold %.0e)",
-                  e.gap, precision.tie_threshold);
+    std::snprintf(
+        buf, sizeof(buf),
+        ", a gate logit %.3g below the reference's k-th largest (near-tie threshold %.0e)", e.gap,
+        precision.tie_threshold);
     failure += (error_too_large ? "; " : ": ") + std::to_string(ref.routing_errors.size()) +
                " routing errors, the first at position " + std::to_string(e.position) + " layer " +
-               std::to_string(e.layer) + ": the pipeline chose " + ExpertSet(e.pipeline) + ", the reference's top-" +
-               std::to_string(e.reference.size()) + " is " + ExpertSet(e.reference) + buf;
+               std::to_string(e.layer) + ": the pipeline chose " + ExpertSet(e.pipeline) +
+               ", the reference's top-" + std::to_string(e.reference.size()) + " is " +
+               ExpertSet(e.reference) + buf;
   }
   return failure;
 }
 
-void CheckRequest(const ReferenceModel& reference, const Precision& precision, const Request& q, size_t vocab,
-                  CheckTotals& totals) {
-  const std::span<const int> seq(q.tokens.data(), q.tokens.size() - 1);  // the last token is never fed
+void CheckRequest(const ReferenceModel& reference, const Precision& precision, const Request& q,
+                  size_t vocab, CheckTotals& totals) {
+  const std::span<const int> seq(q.tokens.data(),
+                                 q.tokens.size() - 1);  // the last token is never fed
   // The reference follows the pipeline's routing where the two differ by a near-tie (reference/),
   // so every output token stays comparable.
   auto ref = reference.Forward(seq, q.input_len - 1, precision.tie_threshold, q.routing);
   if (ref.ok() && ref->logits.size() != q.logits.size()) {
     ref = m2n::InternalError("the pipeline recorded " + std::to_string(q.logits.size() / vocab) +
-                             " output tokens, the reference has " + std::to_string(ref->logits.size() / vocab));
+                             " output tokens, the reference has " +
+                             std::to_string(ref->logits.size() / vocab));
   }
   if (!ref.ok()) {
     ++totals.failed;
@@ -114,8 +120,8 @@ void CheckRequest(const ReferenceModel& reference, const Precision& precision, c
 
 }  // namespace
 
-Json CheckAgainstReference(const ModelConfig& config, const WeightSource& weights, const std::string& backend,
-                           const Workload& workload) {
+Json CheckAgainstReference(const ModelConfig& config, const WeightSource& weights,
+                           const std::string& backend, const Workload& workload) {
   auto precision = BackendPrecision(backend);
   if (!precision.ok()) return Failed(precision.status());
   auto reference = ReferenceModel::Load(config, weights, precision->bf16_weights);
@@ -137,7 +143,9 @@ Json CheckAgainstReference(const ModelConfig& config, const WeightSource& weight
   r.Set("routing_errors", Json::Number(static_cast<double>(t.routing_errors)));
   r.Set("tie_threshold", Json::Number(precision->tie_threshold));
   r.Set("precision", Json::String(precision->what));
-  r.Set("seconds", Json::Number(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()));
+  r.Set("seconds",
+        Json::Number(
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()));
   if (!t.first_failure.empty()) r.Set("first_failure", Json::String(t.first_failure));
   return r;
 }

@@ -16,7 +16,7 @@ namespace moe {
 // "tolerance", "routings_compared", "routings_followed_near_tie", "routing_errors",
 // "tie_threshold", "precision", "seconds", "first_failure" (when one failed)}, or {"passed": false,
 // "error"} when the reference cannot run. `backend`: the compute backend that made the outputs.
-Json CheckAgainstReference(const ModelConfig& config, const WeightSource& weights, const std::string& backend,
-                           const Workload& workload);
+Json CheckAgainstReference(const ModelConfig& config, const WeightSource& weights,
+                           const std::string& backend, const Workload& workload);
 
 }  // namespace moe

@@ -22,7 +22,8 @@ std::vector<double> MatVec(const std::vector<float>& w, const std::vector<double
   return y;
 }
 
-std::vector<double> Norm(const std::vector<double>& x, const std::vector<float>& weight, double eps) {
+std::vector<double> Norm(const std::vector<double>& x, const std::vector<float>& weight,
+                         double eps) {
   double ss = 0;
   for (double v : x) ss += v * v;
   const double scale = 1.0 / std::sqrt(ss / static_cast<double>(x.size()) + eps);
@@ -47,8 +48,8 @@ void Rotate(std::vector<double>* x, int heads, int d, int position, double theta
 
 }  // namespace
 
-m2n::StatusOr<ReferenceModel> ReferenceModel::Load(const ModelConfig& config, const WeightSource& source,
-                                                   bool bf16_weights) {
+m2n::StatusOr<ReferenceModel> ReferenceModel::Load(const ModelConfig& config,
+                                                   const WeightSource& source, bool bf16_weights) {
   ReferenceModel model;
   model.config_ = config;
   M2N_ASSIGN_OR_RETURN(model.attention_, LoadAttentionWeights(config, source));
@@ -76,7 +77,8 @@ m2n::StatusOr<ReferenceModel> ReferenceModel::Load(const ModelConfig& config, co
 }
 
 m2n::StatusOr<ReferenceOutput> ReferenceModel::Forward(std::span<const int> tokens, int first_logit,
-                                                       double tie_threshold, std::span<const int32_t> routing) const {
+                                                       double tie_threshold,
+                                                       std::span<const int32_t> routing) const {
   const ModelConfig& c = config_;
   const int L = c.num_hidden_layers, H = c.hidden_size, d = c.head_dim;
   const int heads = c.num_attention_heads, kv_heads = c.num_key_value_heads;
@@ -86,19 +88,24 @@ m2n::StatusOr<ReferenceOutput> ReferenceModel::Forward(std::span<const int> toke
                                      " tokens, logits from " + std::to_string(first_logit) + ")");
   }
   const int k_top = c.num_experts_per_tok, E = c.num_local_experts;
-  if (!routing.empty() && routing.size() != tokens.size() * static_cast<size_t>(L) * static_cast<size_t>(k_top)) {
-    return m2n::InvalidArgumentError("reference: the pipeline's routing has " + std::to_string(routing.size()) +
-                                     " expert ids, want " + std::to_string(tokens.size()) + " positions x " +
+  if (!routing.empty() &&
+      routing.size() != tokens.size() * static_cast<size_t>(L) * static_cast<size_t>(k_top)) {
+    return m2n::InvalidArgumentError("reference: the pipeline's routing has " +
+                                     std::to_string(routing.size()) + " expert ids, want " +
+                                     std::to_string(tokens.size()) + " positions x " +
                                      std::to_string(L) + " layers x top-" + std::to_string(k_top));
   }
   ReferenceOutput result;
   // keys[layer][position] = the rotated keys of every KV head; values likewise.
-  std::vector<std::vector<std::vector<double>>> keys(static_cast<size_t>(L)), values(static_cast<size_t>(L));
+  std::vector<std::vector<std::vector<double>>> keys(static_cast<size_t>(L)),
+      values(static_cast<size_t>(L));
   for (size_t pos = 0; pos < tokens.size(); ++pos) {
     const int token = tokens[pos];
-    if (token < 0 || token >= c.vocab_size) return m2n::InvalidArgumentError("reference: token out of range");
+    if (token < 0 || token >= c.vocab_size)
+      return m2n::InvalidArgumentError("reference: token out of range");
     std::vector<double> x(static_cast<size_t>(H));
-    for (int i = 0; i < H; ++i) x[static_cast<size_t>(i)] = attention_.embed[static_cast<size_t>(token) * H + i];
+    for (int i = 0; i < H; ++i)
+      x[static_cast<size_t>(i)] = attention_.embed[static_cast<size_t>(token) * H + i];
     for (int l = 0; l < L; ++l) {
       const AttentionLayerWeights& w = attention_.layers[static_cast<size_t>(l)];
       const std::vector<double> normed = Norm(x, w.input_norm, c.rms_norm_eps);
@@ -116,7 +123,9 @@ m2n::StatusOr<ReferenceOutput> ReferenceModel::Forward(std::span<const int> toke
         double top = -1e300;
         for (size_t p = 0; p <= pos; ++p) {
           double s = 0;
-          for (int i = 0; i < d; ++i) s += q[static_cast<size_t>(h * d + i)] * keys[static_cast<size_t>(l)][p][static_cast<size_t>(kvh * d + i)];
+          for (int i = 0; i < d; ++i)
+            s += q[static_cast<size_t>(h * d + i)] *
+                 keys[static_cast<size_t>(l)][p][static_cast<size_t>(kvh * d + i)];
           score[p] = s / std::sqrt(static_cast<double>(d));
           top = std::max(top, score[p]);
         }
@@ -124,7 +133,9 @@ m2n::StatusOr<ReferenceOutput> ReferenceModel::Forward(std::span<const int> toke
         for (double& s : score) sum += (s = std::exp(s - top));
         for (size_t p = 0; p <= pos; ++p) {
           for (int i = 0; i < d; ++i) {
-            attended[static_cast<size_t>(h * d + i)] += score[p] / sum * values[static_cast<size_t>(l)][p][static_cast<size_t>(kvh * d + i)];
+            attended[static_cast<size_t>(h * d + i)] +=
+                score[p] / sum *
+                values[static_cast<size_t>(l)][p][static_cast<size_t>(kvh * d + i)];
           }
         }
       }
@@ -141,15 +152,19 @@ m2n::StatusOr<ReferenceOutput> ReferenceModel::Forward(std::span<const int> toke
       for (double& p : prob) p /= sum;
       std::vector<int> order(prob.size());
       std::iota(order.begin(), order.end(), 0);
-      std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return prob[static_cast<size_t>(a)] > prob[static_cast<size_t>(b)]; });
+      std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
+        return prob[static_cast<size_t>(a)] > prob[static_cast<size_t>(b)];
+      });
       // The experts this token goes to: the reference's top-k, or the pipeline's where they differ
       // by a near-tie.
       std::vector<int> chosen_experts(order.begin(), order.begin() + k_top);
       ++result.routings;
       if (!routing.empty()) {
-        const size_t at = (pos * static_cast<size_t>(L) + static_cast<size_t>(l)) * static_cast<size_t>(k_top);
-        std::vector<int> theirs(routing.begin() + static_cast<std::ptrdiff_t>(at),
-                                routing.begin() + static_cast<std::ptrdiff_t>(at + static_cast<size_t>(k_top)));
+        const size_t at =
+            (pos * static_cast<size_t>(L) + static_cast<size_t>(l)) * static_cast<size_t>(k_top);
+        std::vector<int> theirs(
+            routing.begin() + static_cast<std::ptrdiff_t>(at),
+            routing.begin() + static_cast<std::ptrdiff_t>(at + static_cast<size_t>(k_top)));
         std::vector<int> sorted_theirs = theirs, sorted_ours = chosen_experts;
         std::sort(sorted_theirs.begin(), sorted_theirs.end());
         std::sort(sorted_ours.begin(), sorted_ours.end());
@@ -157,19 +172,22 @@ m2n::StatusOr<ReferenceOutput> ReferenceModel::Forward(std::span<const int> toke
             std::adjacent_find(sorted_theirs.begin(), sorted_theirs.end()) != sorted_theirs.end()) {
           std::string ids;
           for (int e : theirs) ids += (ids.empty() ? "" : ", ") + std::to_string(e);
-          return m2n::InvalidArgumentError("reference: the pipeline's routing at position " + std::to_string(pos) +
-                                           ", layer " + std::to_string(l) + " is not " + std::to_string(k_top) +
-                                           " distinct experts of " + std::to_string(E) + ": {" + ids + "}");
+          return m2n::InvalidArgumentError(
+              "reference: the pipeline's routing at position " + std::to_string(pos) + ", layer " +
+              std::to_string(l) + " is not " + std::to_string(k_top) + " distinct experts of " +
+              std::to_string(E) + ": {" + ids + "}");
         }
         if (sorted_theirs != sorted_ours) {
-          const double kth = gate_logits[static_cast<size_t>(order[static_cast<size_t>(k_top - 1)])];
+          const double kth =
+              gate_logits[static_cast<size_t>(order[static_cast<size_t>(k_top - 1)])];
           double lowest = kth;
           for (int e : theirs) lowest = std::min(lowest, gate_logits[static_cast<size_t>(e)]);
           if (kth - lowest <= tie_threshold) {
             ++result.followed_near_ties;
             chosen_experts = theirs;
           } else {
-            result.routing_errors.push_back({static_cast<int>(pos), l, theirs, chosen_experts, kth - lowest});
+            result.routing_errors.push_back(
+                {static_cast<int>(pos), l, theirs, chosen_experts, kth - lowest});
           }
         }
       }
@@ -186,7 +204,8 @@ m2n::StatusOr<ReferenceOutput> ReferenceModel::Forward(std::span<const int> toke
         std::vector<double> a(g.size());
         for (size_t i = 0; i < g.size(); ++i) a[i] = g[i] / (1.0 + std::exp(-g[i])) * u[i];
         const std::vector<double> y = MatVec(ew.w2, a, H);
-        for (int i = 0; i < H; ++i) moe[static_cast<size_t>(i)] += weight * y[static_cast<size_t>(i)];
+        for (int i = 0; i < H; ++i)
+          moe[static_cast<size_t>(i)] += weight * y[static_cast<size_t>(i)];
       }
       for (int i = 0; i < H; ++i) x[static_cast<size_t>(i)] += moe[static_cast<size_t>(i)];
     }

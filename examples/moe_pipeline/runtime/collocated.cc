@@ -25,7 +25,8 @@ namespace moe {
 bool CollocatedAvailable() { return false; }
 
 m2n::Status RunCollocatedRank(m2n::Group&, const PipelineOptions&, Json*) {
-  return m2n::UnimplementedError("the collocated baseline needs NCCL and CUDA; this build has neither");
+  return m2n::UnimplementedError(
+      "the collocated baseline needs NCCL and CUDA; this build has neither");
 }
 
 #else
@@ -33,7 +34,9 @@ m2n::Status RunCollocatedRank(m2n::Group&, const PipelineOptions&, Json*) {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
 
 m2n::Status Cuda(cudaError_t e, const char* what) {
   if (e == cudaSuccess) return m2n::OkStatus();
@@ -48,7 +51,8 @@ m2n::Status Nccl(ncclResult_t r, const char* what) {
 
 class CollocatedRank {
  public:
-  CollocatedRank(m2n::Group& g, const PipelineOptions& o) : g_(g), o_(o), c_(o.config), P_(g.world_size()) {}
+  CollocatedRank(m2n::Group& g, const PipelineOptions& o)
+      : g_(g), o_(o), c_(o.config), P_(g.world_size()) {}
 
   ~CollocatedRank() {
     if (comm_ != nullptr) ncclCommDestroy(comm_);
@@ -76,8 +80,10 @@ class CollocatedRank {
     r.Set("iterations", Json::Number(static_cast<double>(iteration_)));
     r.Set("layers", Json::Number(c_.num_hidden_layers));
     SetWorkloadReport(r, *workload_, tbt_ms_, ttft_ms_);
-    if (o_.check) r.Set("check", CheckAgainstReference(o_.config, o_.weights, o_.backend, *workload_));
-    if (g_.rank() != 0) return SendReport(g_, 0, r.Dump(), report_buffer_.data(), report_buffer_.size(), o_);
+    if (o_.check)
+      r.Set("check", CheckAgainstReference(o_.config, o_.weights, o_.backend, *workload_));
+    if (g_.rank() != 0)
+      return SendReport(g_, 0, r.Dump(), report_buffer_.data(), report_buffer_.size(), o_);
     Json all = Json::Array();
     all.Push(std::move(r));
     for (int peer : g_.peers()) {
@@ -115,7 +121,8 @@ class CollocatedRank {
       const bool ok = m.length == sizeof(id);
       if (ok) std::memcpy(&id, m.data, sizeof(id));
       M2N_RETURN_IF_ERROR(g_.Release(m));
-      if (!ok) return m2n::DataLossError("collocated: the NCCL id from rank 0 has the wrong length");
+      if (!ok)
+        return m2n::DataLossError("collocated: the NCCL id from rank 0 has the wrong length");
     }
     int devices = 0;
     MOE_CUDA_OK(cudaGetDeviceCount(&devices));
@@ -142,7 +149,8 @@ class CollocatedRank {
     {
       const auto t = Clock::now();
       plans = workload_->NextIteration(Seconds(start_, Clock::now()));
-      for (int i = 0; i < m; ++i) M2N_RETURN_IF_ERROR(attention_->Begin(i, plans[static_cast<size_t>(i)].tokens));
+      for (int i = 0; i < m; ++i)
+        M2N_RETURN_IF_ERROR(attention_->Begin(i, plans[static_cast<size_t>(i)].tokens));
       compute_s_ += Seconds(t, Clock::now());
     }
     for (int i = 0; i < m; ++i) {
@@ -159,7 +167,8 @@ class CollocatedRank {
     compute_s_ += Seconds(t, Clock::now());
     ++iteration_;
     // Every rank runs the same number of iterations (the all-to-all needs every rank): a finished
-    // rank goes on with empty micro-batches until all are done, which one more tiny all-to-all says.
+    // rank goes on with empty micro-batches until all are done, which one more tiny all-to-all
+    // says.
     const int64_t mine = workload_->finished() ? 1 : 0;
     std::vector<int64_t> flags(static_cast<size_t>(P_), mine), theirs(static_cast<size_t>(P_), 0);
     M2N_RETURN_IF_ERROR(ExchangeSizes(flags, &theirs));
@@ -181,8 +190,10 @@ class CollocatedRank {
     for (int p = 0; p < P_; ++p) {
       std::vector<int32_t>& rows = sent_rows_[static_cast<size_t>(p)];
       std::byte* msg = send_host_.data() + static_cast<size_t>(p) * slot_;
-      const DispatchLayout layout = WriteDispatch(routing, p, P_, c_.hidden_size, iteration_, layer, mb, &rows, msg);
-      M2N_RETURN_IF_ERROR(attention_->GatherRows(mb, rows, reinterpret_cast<float*>(msg + layout.x)));
+      const DispatchLayout layout =
+          WriteDispatch(routing, p, P_, c_.hidden_size, iteration_, layer, mb, &rows, msg);
+      M2N_RETURN_IF_ERROR(
+          attention_->GatherRows(mb, rows, reinterpret_cast<float*>(msg + layout.x)));
       sizes[static_cast<size_t>(p)] = static_cast<int64_t>(layout.bytes);
     }
     const auto t1 = Clock::now();
@@ -202,8 +213,8 @@ class CollocatedRank {
     std::vector<int64_t> answer_sizes(static_cast<size_t>(P_), 0);
     for (int p = 0; p < P_; ++p) {
       const std::byte* msg = recv_host_.data() + static_cast<size_t>(p) * slot_;
-      M2N_RETURN_IF_ERROR(CheckMessage(msg, static_cast<size_t>(received[static_cast<size_t>(p)]), p,
-                                       MessageKind::kDispatch, want));
+      M2N_RETURN_IF_ERROR(CheckMessage(msg, static_cast<size_t>(received[static_cast<size_t>(p)]),
+                                       p, MessageKind::kDispatch, want));
       const Header h = ReadHeader(msg);
       const DispatchLayout in(h.rows, h.top_k, h.hidden);
       const CombineLayout out(h.rows, h.hidden);
@@ -214,7 +225,8 @@ class CollocatedRank {
       std::memcpy(answer + out.rows, msg + in.rows, size_t{h.rows} * 4);
       inputs.push_back({static_cast<int>(h.rows), reinterpret_cast<const float*>(msg + in.x),
                         reinterpret_cast<const int32_t*>(msg + in.experts),
-                        reinterpret_cast<const float*>(msg + in.weights), reinterpret_cast<float*>(answer + out.y)});
+                        reinterpret_cast<const float*>(msg + in.weights),
+                        reinterpret_cast<float*>(answer + out.y)});
       answer_sizes[static_cast<size_t>(p)] = static_cast<int64_t>(out.bytes);
     }
     M2N_RETURN_IF_ERROR(experts_->Forward(layer, k, inputs));
@@ -230,8 +242,10 @@ class CollocatedRank {
                                        MessageKind::kCombine, want));
       const std::vector<int32_t>& rows = sent_rows_[static_cast<size_t>(p)];
       const CombineLayout layout(rows.size(), hidden);
-      if (ReadHeader(msg).rows != rows.size()) return m2n::DataLossError("collocated: a combine of the wrong size");
-      M2N_RETURN_IF_ERROR(attention_->ScatterAddRows(mb, rows, reinterpret_cast<const float*>(msg + layout.y)));
+      if (ReadHeader(msg).rows != rows.size())
+        return m2n::DataLossError("collocated: a combine of the wrong size");
+      M2N_RETURN_IF_ERROR(
+          attention_->ScatterAddRows(mb, rows, reinterpret_cast<const float*>(msg + layout.y)));
     }
     compute_s_ += Seconds(t4, Clock::now());
     return m2n::OkStatus();
@@ -240,7 +254,8 @@ class CollocatedRank {
   // One int64 to and from every rank.
   m2n::Status ExchangeSizes(const std::vector<int64_t>& out, std::vector<int64_t>* in) {
     auto* d = static_cast<int64_t*>(sizes_dev_);
-    MOE_CUDA_OK(cudaMemcpyAsync(d, out.data(), sizeof(int64_t) * out.size(), cudaMemcpyHostToDevice, stream_));
+    MOE_CUDA_OK(cudaMemcpyAsync(d, out.data(), sizeof(int64_t) * out.size(), cudaMemcpyHostToDevice,
+                                stream_));
     MOE_NCCL_OK(ncclGroupStart());
     for (int p = 0; p < P_; ++p) {
       MOE_NCCL_OK(ncclSend(d + p, 1, ncclInt64, p, comm_, stream_));
@@ -248,8 +263,8 @@ class CollocatedRank {
     }
     MOE_NCCL_OK(ncclGroupEnd());
     in->assign(static_cast<size_t>(P_), 0);
-    MOE_CUDA_OK(cudaMemcpyAsync(in->data(), d + P_, sizeof(int64_t) * static_cast<size_t>(P_), cudaMemcpyDeviceToHost,
-                                stream_));
+    MOE_CUDA_OK(cudaMemcpyAsync(in->data(), d + P_, sizeof(int64_t) * static_cast<size_t>(P_),
+                                cudaMemcpyDeviceToHost, stream_));
     return Cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
   }
 
@@ -260,21 +275,25 @@ class CollocatedRank {
     auto* send = static_cast<char*>(send_dev_);
     auto* recv = static_cast<char*>(recv_dev_);
     for (int p = 0; p < P_; ++p) {
-      MOE_CUDA_OK(cudaMemcpyAsync(send + static_cast<size_t>(p) * slot_, out.data() + static_cast<size_t>(p) * slot_,
-                                  static_cast<size_t>(sizes[static_cast<size_t>(p)]), cudaMemcpyHostToDevice, stream_));
+      MOE_CUDA_OK(cudaMemcpyAsync(
+          send + static_cast<size_t>(p) * slot_, out.data() + static_cast<size_t>(p) * slot_,
+          static_cast<size_t>(sizes[static_cast<size_t>(p)]), cudaMemcpyHostToDevice, stream_));
     }
     MOE_NCCL_OK(ncclGroupStart());
     for (int p = 0; p < P_; ++p) {
-      MOE_NCCL_OK(ncclSend(send + static_cast<size_t>(p) * slot_, static_cast<size_t>(sizes[static_cast<size_t>(p)]),
-                           ncclChar, p, comm_, stream_));
+      MOE_NCCL_OK(ncclSend(send + static_cast<size_t>(p) * slot_,
+                           static_cast<size_t>(sizes[static_cast<size_t>(p)]), ncclChar, p, comm_,
+                           stream_));
       MOE_NCCL_OK(ncclRecv(recv + static_cast<size_t>(p) * slot_,
-                           static_cast<size_t>((*in_sizes)[static_cast<size_t>(p)]), ncclChar, p, comm_, stream_));
+                           static_cast<size_t>((*in_sizes)[static_cast<size_t>(p)]), ncclChar, p,
+                           comm_, stream_));
     }
     MOE_NCCL_OK(ncclGroupEnd());
     for (int p = 0; p < P_; ++p) {
-      MOE_CUDA_OK(cudaMemcpyAsync(in->data() + static_cast<size_t>(p) * slot_, recv + static_cast<size_t>(p) * slot_,
-                                  static_cast<size_t>((*in_sizes)[static_cast<size_t>(p)]), cudaMemcpyDeviceToHost,
-                                  stream_));
+      MOE_CUDA_OK(cudaMemcpyAsync(in->data() + static_cast<size_t>(p) * slot_,
+                                  recv + static_cast<size_t>(p) * slot_,
+                                  static_cast<size_t>((*in_sizes)[static_cast<size_t>(p)]),
+                                  cudaMemcpyDeviceToHost, stream_));
     }
     return Cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
   }
@@ -296,7 +315,7 @@ class CollocatedRank {
   void* sizes_dev_ = nullptr;
   size_t slot_ = 0;
   std::vector<std::byte> send_host_, recv_host_, answer_host_, back_host_;
-  std::vector<std::vector<int32_t>> sent_rows_;
+  std::vector<std::vector<int32_t> > sent_rows_;
   std::vector<float> logits_;
   Clock::time_point start_;
   int64_t iteration_ = 0;

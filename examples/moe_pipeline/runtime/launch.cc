@@ -15,7 +15,8 @@ int SpawnLocalJob(int world, int attention_workers, int timeout_s, int argc, cha
                                 // A rank whose check failed finished; the exit status says so.
                                 .wait = {.finished_codes = {kExitOk, kExitCheckFailed}}};
   // Room for set-up and the reference check (whose report is awaited 10 x timeout_s).
-  auto job = m2n::SpawnLocal(spawn, m2n::Deadline::After(std::chrono::seconds(12 * int64_t{timeout_s})));
+  auto job =
+      m2n::SpawnLocal(spawn, m2n::Deadline::After(std::chrono::seconds(12 * int64_t{timeout_s})));
   if (!job.ok()) {
     std::fprintf(stderr, "moe_pipeline: %s\n", job.status().ToString().c_str());
     return kExitFailure;
@@ -29,8 +30,10 @@ int SpawnLocalJob(int world, int attention_workers, int timeout_s, int argc, cha
     return end.exit_code == kExitUsage ? kExitUsage : kExitFailure;
   }
   if (job->timed_out) {
-    std::fprintf(stderr, "moe_pipeline: the job was still running after %lld s (12 x --timeout_s); stopped it\n",
-                 12 * static_cast<long long>(timeout_s));
+    std::fprintf(
+        stderr,
+        "moe_pipeline: the job was still running after %lld s (12 x --timeout_s); stopped it\n",
+        12 * static_cast<long long>(timeout_s));
     return kExitFailure;
   }
   for (const m2n::RankExit& end : job->ranks) {

@@ -11,7 +11,8 @@ namespace moe {
 
 // Exit statuses.
 inline constexpr int kExitOk = 0;
-inline constexpr int kExitCheckFailed = 1;  // the pipeline ran; its outputs differ from the reference
+inline constexpr int kExitCheckFailed =
+    1;  // the pipeline ran; its outputs differ from the reference
 inline constexpr int kExitUsage = 2;
 inline constexpr int kExitFailure = 3;
 

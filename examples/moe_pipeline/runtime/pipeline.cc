@@ -30,7 +30,9 @@ namespace moe {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-double Seconds(Clock::time_point from, Clock::time_point to) { return std::chrono::duration<double>(to - from).count(); }
+double Seconds(Clock::time_point from, Clock::time_point to) {
+  return std::chrono::duration<double>(to - from).count();
+}
 
 // Accumulates the seconds of a scope into *sum.
 class Timed {
@@ -49,7 +51,9 @@ constexpr size_t kMinSlotBytes = size_t{64} << 10;  // report chunks
 
 }  // namespace
 
-m2n::Deadline CallDeadline(const PipelineOptions& o) { return m2n::Deadline::After(std::chrono::seconds(o.timeout_s)); }
+m2n::Deadline CallDeadline(const PipelineOptions& o) {
+  return m2n::Deadline::After(std::chrono::seconds(o.timeout_s));
+}
 
 namespace {
 
@@ -71,21 +75,27 @@ m2n::StatusOr<ComputeOptions> MakeServingWorkload(const m2n::Group& g, const Pip
                                                   std::unique_ptr<Workload>* workload) {
   const ModelConfig& c = o.config;
   const int max_context = MaxContext(o.workload, c.max_position_embeddings);
-  M2N_ASSIGN_OR_RETURN(Workload w, Workload::Create(o.workload, g.rank(), c.vocab_size, max_context));
+  M2N_ASSIGN_OR_RETURN(Workload w,
+                       Workload::Create(o.workload, g.rank(), c.vocab_size, max_context));
   *workload = std::make_unique<Workload>(std::move(w));
-  ComputeOptions co{.threads = o.threads, .micro_batches = o.workload.micro_batches,
-                    .max_tokens = o.workload.max_tokens, .kv_slots = o.workload.batch,
-                    .max_context = max_context, .local_rank = LocalRank(g)};
+  ComputeOptions co{.threads = o.threads,
+                    .micro_batches = o.workload.micro_batches,
+                    .max_tokens = o.workload.max_tokens,
+                    .kv_slots = o.workload.batch,
+                    .max_context = max_context,
+                    .local_rank = LocalRank(g)};
   return co;
 }
 
-DispatchLayout WriteDispatch(const Routing& routing, int w, int workers, int hidden, int64_t iteration, int layer,
-                             int mb, std::vector<int32_t>* rows, std::byte* msg) {
+DispatchLayout WriteDispatch(const Routing& routing, int w, int workers, int hidden,
+                             int64_t iteration, int layer, int mb, std::vector<int32_t>* rows,
+                             std::byte* msg) {
   const int k = routing.top_k, tokens = static_cast<int>(routing.expert.size()) / std::max(k, 1);
   rows->clear();
   for (int t = 0; t < tokens; ++t) {
     bool mine = false;
-    for (int j = 0; j < k; ++j) mine = mine || ExpertOwner(routing.expert[static_cast<size_t>(t * k + j)], workers) == w;
+    for (int j = 0; j < k; ++j)
+      mine = mine || ExpertOwner(routing.expert[static_cast<size_t>(t * k + j)], workers) == w;
     if (mine) rows->push_back(t);
   }
   const DispatchLayout layout(rows->size(), static_cast<size_t>(k), static_cast<size_t>(hidden));
@@ -179,7 +189,8 @@ class AttentionWorker {
     if (o_.progress && g_.rank() == 0 && tty_) std::fprintf(stderr, "\n");
 
     Json report = Report();
-    if (o_.check) report.Set("check", CheckAgainstReference(o_.config, o_.weights, o_.backend, *workload_));
+    if (o_.check)
+      report.Set("check", CheckAgainstReference(o_.config, o_.weights, o_.backend, *workload_));
     M2N_RETURN_IF_ERROR(SendReport(g_, experts_[0], report.Dump(), send_[0], send_.slot_bytes, o_));
     if (g_.rank() != 0) return m2n::OkStatus();
     // Rank 0 gathers everyone's: the first expert worker forwards the attention workers' reports.
@@ -221,7 +232,8 @@ class AttentionWorker {
     {
       Timed t(&compute_s_);
       plans = workload_->NextIteration(Seconds(start_, Clock::now()));
-      for (int i = 0; i < m; ++i) M2N_RETURN_IF_ERROR(compute_->Begin(i, plans[static_cast<size_t>(i)].tokens));
+      for (int i = 0; i < m; ++i)
+        M2N_RETURN_IF_ERROR(compute_->Begin(i, plans[static_cast<size_t>(i)].tokens));
     }
     for (int l = 0; l < L; ++l) {
       for (int i = 0; i < m; ++i) {
@@ -251,15 +263,17 @@ class AttentionWorker {
       Timed t(&compute_s_);
       M2N_RETURN_IF_ERROR(compute_->AttentionAndGate(mb, layer, &routing));
       // The gate's choice, for the check (a routing bug after this point is the check's to catch).
-      M2N_RETURN_IF_ERROR(
-          workload_->RecordRouting(plans_[static_cast<size_t>(mb)], layer, c_.num_hidden_layers, routing));
+      M2N_RETURN_IF_ERROR(workload_->RecordRouting(plans_[static_cast<size_t>(mb)], layer,
+                                                   c_.num_hidden_layers, routing));
       InjectRoutingFault(o_, &routing);
       const int N = static_cast<int>(experts_.size());
       for (int w = 0; w < N; ++w) {
         std::vector<int32_t>& rows = sent_rows_[static_cast<size_t>(mb)][static_cast<size_t>(w)];
         std::byte* msg = send_[static_cast<size_t>(w)];
-        const DispatchLayout layout = WriteDispatch(routing, w, N, c_.hidden_size, iteration_, layer, mb, &rows, msg);
-        M2N_RETURN_IF_ERROR(compute_->GatherRows(mb, rows, reinterpret_cast<float*>(msg + layout.x)));
+        const DispatchLayout layout =
+            WriteDispatch(routing, w, N, c_.hidden_size, iteration_, layer, mb, &rows, msg);
+        M2N_RETURN_IF_ERROR(
+            compute_->GatherRows(mb, rows, reinterpret_cast<float*>(msg + layout.x)));
         requests_[static_cast<size_t>(w)] = {experts_[static_cast<size_t>(w)], msg, layout.bytes};
         rows_dispatched_ += static_cast<int64_t>(rows.size());
       }
@@ -271,7 +285,8 @@ class AttentionWorker {
   m2n::Status ReceiveCombine(int mb, int layer) {
     {
       Timed t(&wait_s_);
-      M2N_RETURN_IF_ERROR(g_.Receive(experts_, combines_, CallDeadline(o_)).WithContext(Where(g_, "combine")));
+      M2N_RETURN_IF_ERROR(
+          g_.Receive(experts_, combines_, CallDeadline(o_)).WithContext(Where(g_, "combine")));
     }
     Timed t(&compute_s_);
     Header want;
@@ -288,13 +303,16 @@ class AttentionWorker {
       const std::vector<int32_t>& sent = sent_rows_[static_cast<size_t>(mb)][w];
       const CombineLayout layout(h.rows, h.hidden);
       if (h.rows != sent.size() ||
-          (!sent.empty() && std::memcmp(msg.data + layout.rows, sent.data(), sent.size() * 4) != 0)) {
-        status = m2n::DataLossError("combine from rank " + std::to_string(msg.peer) + " answers other tokens than " +
-                                    "were dispatched to it (" + std::to_string(h.rows) + " rows, " +
+          (!sent.empty() &&
+           std::memcmp(msg.data + layout.rows, sent.data(), sent.size() * 4) != 0)) {
+        status = m2n::DataLossError("combine from rank " + std::to_string(msg.peer) +
+                                    " answers other tokens than " + "were dispatched to it (" +
+                                    std::to_string(h.rows) + " rows, " +
                                     std::to_string(sent.size()) + " sent)");
         break;
       }
-      status = compute_->ScatterAddRows(mb, sent, reinterpret_cast<const float*>(msg.data + layout.y));
+      status =
+          compute_->ScatterAddRows(mb, sent, reinterpret_cast<const float*>(msg.data + layout.y));
     }
     M2N_RETURN_IF_ERROR(g_.Release(combines_));
     return status;
@@ -305,13 +323,14 @@ class AttentionWorker {
     if (now < next_progress_s_ && !workload_->finished()) return;
     next_progress_s_ = now + 1.0;
     // One line rewritten in place on a terminal; a line per second in a log.
-    std::fprintf(stderr,
-                 "%s[moe_pipeline] %5.1f s  attention rank 0: %d/%zu requests done, %lld tokens generated "
-                 "(%.0f tok/s), iteration %lld%s",
-                 tty_ ? "\r" : "", now, workload_->finished_count(), workload_->requests().size(),
-                 static_cast<long long>(workload_->generated_tokens()),
-                 static_cast<double>(workload_->generated_tokens()) / std::max(now, 1e-9),
-                 static_cast<long long>(iteration_), tty_ ? "   " : "\n");
+    std::fprintf(
+        stderr,
+        "%s[moe_pipeline] %5.1f s  attention rank 0: %d/%zu requests done, %lld tokens generated "
+        "(%.0f tok/s), iteration %lld%s",
+        tty_ ? "\r" : "", now, workload_->finished_count(), workload_->requests().size(),
+        static_cast<long long>(workload_->generated_tokens()),
+        static_cast<double>(workload_->generated_tokens()) / std::max(now, 1e-9),
+        static_cast<long long>(iteration_), tty_ ? "   " : "\n");
   }
 
   Json Report() const {
@@ -379,7 +398,8 @@ class ExpertWorker {
     got_.resize(active.size());
     {
       Timed t(&wait_s_);
-      M2N_RETURN_IF_ERROR(g_.Receive(active, got_, CallDeadline(o_)).WithContext(Where(g_, "dispatch")));
+      M2N_RETURN_IF_ERROR(
+          g_.Receive(active, got_, CallDeadline(o_)).WithContext(Where(g_, "dispatch")));
     }
     Header want;
     want.iteration = static_cast<uint32_t>(round_ / (int64_t{m} * L));
@@ -394,13 +414,15 @@ class ExpertWorker {
       Timed t(&compute_s_);
       for (size_t i = 0; i < got_.size() && status.ok(); ++i) {
         const m2n::Message& msg = got_[i];
-        if (msg.length >= sizeof(Header) && ReadHeader(msg.data).kind == static_cast<uint16_t>(MessageKind::kFinish)) {
+        if (msg.length >= sizeof(Header) &&
+            ReadHeader(msg.data).kind == static_cast<uint16_t>(MessageKind::kFinish)) {
           continue;
         }
         still.push_back(active[i]);
         status = TakeDispatch(msg, want);
       }
-      if (status.ok() && !inputs_.empty()) status = experts_->Forward(want.layer, c_.num_experts_per_tok, inputs_);
+      if (status.ok() && !inputs_.empty())
+        status = experts_->Forward(want.layer, c_.num_experts_per_tok, inputs_);
     }
     if (status.ok() && !answers_.empty()) {
       Timed t(&send_s_);
@@ -448,7 +470,8 @@ class ExpertWorker {
         attention_reports.push_back(std::move(r));
       }
     }
-    M2N_RETURN_IF_ERROR(SendReport(g_, attention_[0], Report().Dump(), send_[0], send_.slot_bytes, o_));
+    M2N_RETURN_IF_ERROR(
+        SendReport(g_, attention_[0], Report().Dump(), send_[0], send_.slot_bytes, o_));
     for (const Json& r : attention_reports) {
       M2N_RETURN_IF_ERROR(SendReport(g_, attention_[0], r.Dump(), send_[0], send_.slot_bytes, o_));
     }
@@ -460,13 +483,18 @@ class ExpertWorker {
     for (int e = 0; e < c_.num_local_experts; ++e) {
       if (ExpertOwner(e, g_.num_receivers()) == worker) held_.push_back(e);
     }
-    ComputeOptions co{.threads = o_.threads, .micro_batches = o_.workload.micro_batches,
-                      .max_tokens = o_.workload.max_tokens, .kv_slots = 0, .max_context = 0,
+    ComputeOptions co{.threads = o_.threads,
+                      .micro_batches = o_.workload.micro_batches,
+                      .max_tokens = o_.workload.max_tokens,
+                      .kv_slots = 0,
+                      .max_context = 0,
                       .local_rank = LocalRank(g_)};
     if (o_.offload.empty()) {
       M2N_ASSIGN_OR_RETURN(experts_, MakeExpertCompute(o_.backend, c_, o_.weights, held_, co));
     } else {
-      M2N_ASSIGN_OR_RETURN(experts_, offload::MakeOffloadedExperts(c_, o_.weights, held_, co, {o_.offload, o_.gpu_experts, o_.offload_maps}));
+      M2N_ASSIGN_OR_RETURN(
+          experts_, offload::MakeOffloadedExperts(c_, o_.weights, held_, co,
+                                                  {o_.offload, o_.gpu_experts, o_.offload_maps}));
     }
     attention_.assign(g_.peers().begin(), g_.peers().end());
     M2N_RETURN_IF_ERROR(send_.Register(g_, attention_.size()));
@@ -513,7 +541,8 @@ class ExpertWorker {
 size_t SlotBytesFor(const PipelineOptions& o) {
   const size_t dispatch = DispatchLayout(static_cast<size_t>(o.workload.max_tokens),
                                          static_cast<size_t>(o.config.num_experts_per_tok),
-                                         static_cast<size_t>(o.config.hidden_size)).bytes;
+                                         static_cast<size_t>(o.config.hidden_size))
+                              .bytes;
   return std::max(AlignUp(dispatch), kMinSlotBytes);
 }
 

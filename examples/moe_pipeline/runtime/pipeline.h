@@ -1,8 +1,8 @@
 // The two kinds of worker and the ping-pong schedule between them, over one m2n::Group:
 // attention workers are the senders (ranks [0, A)), expert workers the receivers ([A, A + E)).
 //
-// Per decode iteration, an attention worker cuts its in-flight tokens into m micro-batches and runs,
-// for each layer l and micro-batch i in turn:
+// Per decode iteration, an attention worker cuts its in-flight tokens into m micro-batches and
+// runs, for each layer l and micro-batch i in turn:
 //     receive the combine of (l - 1, i) and add it to i's residual          (N -> M)
 //     attention + gate + top-k of (l, i)
 //     dispatch (l, i): one message per expert worker with its tokens         (M -> N)
@@ -39,16 +39,16 @@ struct PipelineOptions {
   std::string backend = "auto";  // resolved by ResolveBackend before the run
   int attention_workers = 2;
   int expert_workers = 2;
-  int collocated = 0;        // > 0: the collocated baseline on this many processes (runtime/collocated.h)
+  int collocated = 0;  // > 0: the collocated baseline on this many processes (runtime/collocated.h)
   WorkloadOptions workload;
-  int threads = 1;           // compute threads per process
+  int threads = 1;  // compute threads per process
   std::string transport = "auto";
-  int timeout_s = 120;       // every m2n call's deadline
-  bool check = true;         // compare with the reference
-  bool progress = true;      // a progress line on stderr every second
+  int timeout_s = 120;  // every m2n call's deadline
+  bool check = true;  // compare with the reference
+  bool progress = true;  // a progress line on stderr every second
   // Fault injection: "swap_experts" routes every token of expert 0 to expert 1 and back (a routing
-  // bug the check must catch); "kill_expert" ends the first expert worker after 3 rounds (the others
-  // must fail by their deadlines, naming it).
+  // bug the check must catch); "kill_expert" ends the first expert worker after 3 rounds (the
+  // others must fail by their deadlines, naming it).
   std::string fault;
   // Expert offloading on the expert workers (offload/offloaded_experts.h): a policy and C.
   std::string offload;
@@ -71,14 +71,16 @@ m2n::Deadline CallDeadline(const PipelineOptions& options);  // the deadline of 
 int LocalRank(const m2n::Group& group);  // the launcher's local rank, else the global rank
 // A serving rank's workload (its own requests) into *workload, and the options of its compute
 // (attention, and the experts of a collocated rank) on the rank's local GPU.
-m2n::StatusOr<ComputeOptions> MakeServingWorkload(const m2n::Group& group, const PipelineOptions& options,
+m2n::StatusOr<ComputeOptions> MakeServingWorkload(const m2n::Group& group,
+                                                  const PipelineOptions& options,
                                                   std::unique_ptr<Workload>* workload);
 // Expert worker `w` of `workers` holds the experts e with ExpertOwner(e, workers) == w. Its
 // dispatch of micro-batch `mb` at `layer`: the tokens routed to any of its experts into *rows, and
 // into msg the header, those rows, their top-k expert ids (-1 for another worker's) and gate
 // weights. The tokens' hidden states (at the layout's x) are the caller's to gather.
-DispatchLayout WriteDispatch(const Routing& routing, int w, int workers, int hidden, int64_t iteration, int layer,
-                             int mb, std::vector<int32_t>* rows, std::byte* msg);
+DispatchLayout WriteDispatch(const Routing& routing, int w, int workers, int hidden,
+                             int64_t iteration, int layer, int mb, std::vector<int32_t>* rows,
+                             std::byte* msg);
 Json Samples(const std::vector<double>& values);  // a JSON array, rounded to 1e-3
 // A serving rank's report fields from its workload: requests, tokens, TBT and TTFT samples (ms).
 void SetWorkloadReport(Json& report, const Workload& workload, const std::vector<double>& tbt_ms,

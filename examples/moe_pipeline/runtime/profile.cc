@@ -23,7 +23,9 @@ double MedianMs(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-double Since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
+double Since(Clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
 
 std::vector<int> Powers(int from, int factor, int upto) {
   std::vector<int> v;
@@ -35,8 +37,8 @@ Json Round(double ms) { return Json::Number(std::round(ms * 1e4) / 1e4); }
 
 // One attention micro-batch of `batch` decode tokens at position context - 1: per-layer time
 // (attention + gate, gather, scatter-add) and head time (embedding + LM head), medians.
-m2n::Status TimeAttention(AttentionCompute& a, const ModelConfig& c, int batch, int context, double* layer_ms,
-                          double* head_ms) {
+m2n::Status TimeAttention(AttentionCompute& a, const ModelConfig& c, int batch, int context,
+                          double* layer_ms, double* head_ms) {
   std::vector<TokenRef> tokens;
   std::vector<int32_t> rows;
   for (int i = 0; i < batch; ++i) {
@@ -72,7 +74,8 @@ m2n::Status TimeAttention(AttentionCompute& a, const ModelConfig& c, int batch, 
 
 // `held` experts, each over `tokens` tokens of its own (so that their weights stream from memory as
 // in the pipeline, not from a cache that one expert would fit): per-layer time per expert, median.
-m2n::Status TimeExperts(ExpertCompute& e, const ModelConfig& c, int held, int tokens, double* layer_ms) {
+m2n::Status TimeExperts(ExpertCompute& e, const ModelConfig& c, int held, int tokens,
+                        double* layer_ms) {
   const int k = c.num_experts_per_tok, rows = held * tokens;
   std::vector<float> x(static_cast<size_t>(rows) * c.hidden_size, 0.01f);
   std::vector<float> out(x.size());
@@ -110,7 +113,8 @@ Json ModelJson(const ModelConfig& c) {
   return m;
 }
 
-m2n::Status SweepAttention(const PipelineOptions& o, Json* points, Json* heads, std::string* compute_name) {
+m2n::Status SweepAttention(const PipelineOptions& o, Json* points, Json* heads,
+                           std::string* compute_name) {
   const ModelConfig& c = o.config;
   const std::vector<int> batches = Powers(1, 2, o.workload.max_tokens);
   const int max_batch = batches.back();
@@ -118,8 +122,12 @@ m2n::Status SweepAttention(const PipelineOptions& o, Json* points, Json* heads, 
   std::vector<int> contexts = Powers(64, 4, max_context);
   if (contexts.empty()) contexts.push_back(max_context);
   for (int context : contexts) {
-    const ComputeOptions co{.threads = o.threads, .micro_batches = 1, .max_tokens = max_batch,
-                            .kv_slots = max_batch, .max_context = context, .local_rank = 0};
+    const ComputeOptions co{.threads = o.threads,
+                            .micro_batches = 1,
+                            .max_tokens = max_batch,
+                            .kv_slots = max_batch,
+                            .max_context = context,
+                            .local_rank = 0};
     M2N_ASSIGN_OR_RETURN(auto attention, MakeAttentionCompute(o.backend, c, o.weights, co));
     *compute_name = attention->name();
     for (int b : batches) {
@@ -136,7 +144,9 @@ m2n::Status SweepAttention(const PipelineOptions& o, Json* points, Json* heads, 
         h.Set("ms", Round(head_ms));
         heads->Push(std::move(h));
       }
-      if (o.progress) std::fprintf(stderr, "profile: attention batch %d context %d: %.4f ms/layer\n", b, context, layer_ms);
+      if (o.progress)
+        std::fprintf(stderr, "profile: attention batch %d context %d: %.4f ms/layer\n", b, context,
+                     layer_ms);
     }
   }
   return m2n::OkStatus();
@@ -147,8 +157,12 @@ m2n::Status SweepExperts(const PipelineOptions& o, Json* points, int* held_count
   std::vector<int> held;
   for (int e = 0; e < std::min(c.num_local_experts, kMaxExpertsHeld); ++e) held.push_back(e);
   *held_count = static_cast<int>(held.size());
-  const ComputeOptions co{.threads = o.threads, .micro_batches = 1, .max_tokens = o.workload.max_tokens,
-                          .kv_slots = 1, .max_context = 1, .local_rank = 0};
+  const ComputeOptions co{.threads = o.threads,
+                          .micro_batches = 1,
+                          .max_tokens = o.workload.max_tokens,
+                          .kv_slots = 1,
+                          .max_context = 1,
+                          .local_rank = 0};
   M2N_ASSIGN_OR_RETURN(auto experts, MakeExpertCompute(o.backend, c, o.weights, held, co));
   for (int t : Powers(1, 2, o.workload.max_tokens)) {
     double ms = 0;
@@ -157,7 +171,8 @@ m2n::Status SweepExperts(const PipelineOptions& o, Json* points, int* held_count
     p.Set("tokens", Json::Number(t));
     p.Set("ms_per_layer", Round(ms));
     points->Push(std::move(p));
-    if (o.progress) std::fprintf(stderr, "profile: %d tokens per expert: %.4f ms/layer per expert\n", t, ms);
+    if (o.progress)
+      std::fprintf(stderr, "profile: %d tokens per expert: %.4f ms/layer per expert\n", t, ms);
   }
   return m2n::OkStatus();
 }

@@ -13,8 +13,8 @@
 //              (once per iteration, not per layer);
 //   expert:    time per layer per expert, with up to 8 experts held and each given `tokens`
 //              tokens (gather, SwiGLU GEMM chain, weighted scatter; several experts so that their
-//              weights stream from memory as in the pipeline: the pipeline's T_e is the sum over the
-//              experts a worker holds), tokens in powers of 2 up to --max_tokens.
+//              weights stream from memory as in the pipeline: the pipeline's T_e is the sum over
+//              the experts a worker holds), tokens in powers of 2 up to --max_tokens.
 #pragma once
 
 #include <string>

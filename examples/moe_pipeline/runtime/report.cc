@@ -41,7 +41,8 @@ Summary Summarize(const Json& reports, const PipelineOptions& o, const std::stri
   std::vector<double> tbt, ttft;
   double generated = 0, prefill = 0, serving_s = 0, requests = 0, input = 0, output = 0;
   double attn_busy = 0, attn_idle = 0, attn_m2n_per_layer = 0, exp_busy = 0, exp_idle = 0;
-  double t_a = 0, t_e = 0;  // compute per (layer, micro-batch) on each side, the ping-pong model's T_a, T_e
+  double t_a = 0,
+         t_e = 0;  // compute per (layer, micro-batch) on each side, the ping-pong model's T_a, T_e
   int attention = 0, experts = 0;
   bool any_collocated = false;
   bool check_all = true, any_check = false;
@@ -52,7 +53,8 @@ Summary Summarize(const Json& reports, const PipelineOptions& o, const std::stri
   Json workers = Json::Array();
   std::string backend = o.backend;  // as the first worker describes it
   if (!reports.items().empty()) {
-    if (const Json* b = reports.items()[0].Find("backend"); b != nullptr && b->is_string()) backend = b->as_string();
+    if (const Json* b = reports.items()[0].Find("backend"); b != nullptr && b->is_string())
+      backend = b->as_string();
   }
   for (const Json& r : reports.items()) {
     const std::string role = r.Find("role") != nullptr ? r.Find("role")->as_string() : "";
@@ -101,7 +103,8 @@ Summary Summarize(const Json& reports, const PipelineOptions& o, const std::stri
         tie_threshold = std::max(tie_threshold, Num(*check, "tie_threshold"));
         for (const char* key : {"first_failure", "error"}) {
           if (const Json* f = check->Find(key); f != nullptr && first_failure.empty()) {
-            first_failure = "rank " + std::to_string(static_cast<int>(Num(r, "rank"))) + ": " + f->as_string();
+            first_failure =
+                "rank " + std::to_string(static_cast<int>(Num(r, "rank"))) + ": " + f->as_string();
           }
         }
       }
@@ -133,7 +136,8 @@ Summary Summarize(const Json& reports, const PipelineOptions& o, const std::stri
   j.Set("weights", Json::String(o.weights.Describe()));
   j.Set("backend", Json::String(backend));
   j.Set("transport", Json::String(transport));
-  j.Set("mode", Json::String(any_collocated ? "collocated (NCCL all-to-all)" : "disaggregated (m2n)"));
+  j.Set("mode",
+        Json::String(any_collocated ? "collocated (NCCL all-to-all)" : "disaggregated (m2n)"));
   j.Set("attention_workers", Json::Number(attention));
   j.Set("expert_workers", Json::Number(experts));
   j.Set("micro_batches", Json::Number(o.workload.micro_batches));
@@ -180,38 +184,58 @@ Summary Summarize(const Json& reports, const PipelineOptions& o, const std::stri
 
   std::string& t = s.text;
   t += "# moe_pipeline: " + c.Describe() + "\n";
-  t += "# weights " + o.weights.Describe() + ", compute " + backend + ", m2n transport " + transport + "\n";
-  t += (any_collocated ? Format("# collocated baseline: %.0f processes, each attention + experts, NCCL all-to-all, "
-                                "m = %.0f micro-batches in turn, batch %.0f per process", attention,
-                                o.workload.micro_batches, o.workload.batch)
-                       : Format("# %.0f attention + %.0f expert processes, m = %.0f micro-batches, batch %.0f per "
-                                "attention worker", attention, experts, o.workload.micro_batches, o.workload.batch)) +
-       Format(", %.0f requests (", requests) + (o.workload.production ? "production" : "fixed") +
-       Format(" lengths, mean input %.0f, output %.0f)\n", input / std::max(requests, 1.0),
-              output / std::max(requests, 1.0));
-  t += Format("decode          %10.1f tokens/s total, %.1f per process (%.0f tokens in %.2f s)\n", tokens_per_s,
-              tokens_per_s / std::max(processes, 1), generated, serving_s);
+  t += "# weights " + o.weights.Describe() + ", compute " + backend + ", m2n transport " +
+       transport + "\n";
+  t +=
+      (any_collocated
+           ? Format("# collocated baseline: %.0f processes, each attention + experts, NCCL "
+                    "all-to-all, "
+                    "m = %.0f micro-batches in turn, batch %.0f per process",
+                    attention, o.workload.micro_batches, o.workload.batch)
+           : Format(
+                 "# %.0f attention + %.0f expert processes, m = %.0f micro-batches, batch %.0f per "
+                 "attention worker",
+                 attention, experts, o.workload.micro_batches, o.workload.batch)) +
+      Format(", %.0f requests (", requests) + (o.workload.production ? "production" : "fixed") +
+      Format(" lengths, mean input %.0f, output %.0f)\n", input / std::max(requests, 1.0),
+             output / std::max(requests, 1.0));
+  t += Format("decode          %10.1f tokens/s total, %.1f per process (%.0f tokens in %.2f s)\n",
+              tokens_per_s, tokens_per_s / std::max(processes, 1), generated, serving_s);
   t += Format("prefill         %10.0f tokens\n", prefill);
-  t += Format("TBT             p50 %8.3f ms   p99 %8.3f ms\n", Percentile(tbt, 50), Percentile(tbt, 99));
-  t += Format("TTFT            p50 %8.3f ms   p99 %8.3f ms\n", Percentile(ttft, 50), Percentile(ttft, 99));
+  t += Format("TBT             p50 %8.3f ms   p99 %8.3f ms\n", Percentile(tbt, 50),
+              Percentile(tbt, 99));
+  t += Format("TTFT            p50 %8.3f ms   p99 %8.3f ms\n", Percentile(ttft, 50),
+              Percentile(ttft, 99));
   if (any_collocated) {
-    t += Format("each process    busy %5.1f %%   in the all-to-all %5.1f %%\n", attn_busy * 100, attn_idle * 100);
+    t += Format("each process    busy %5.1f %%   in the all-to-all %5.1f %%\n", attn_busy * 100,
+                attn_idle * 100);
   } else {
-    t += Format("attention side  busy %5.1f %%   idle %5.1f %%\n", attn_busy * 100, attn_idle * 100);
+    t +=
+        Format("attention side  busy %5.1f %%   idle %5.1f %%\n", attn_busy * 100, attn_idle * 100);
     t += Format("expert side     busy %5.1f %%   idle %5.1f %%\n", exp_busy * 100, exp_idle * 100);
   }
-  t += Format("M2N per layer   %8.3f ms (attention worker's Send + Receive per layer and iteration)\n",
-              attn_m2n_per_layer * 1e3);
+  t += Format(
+      "M2N per layer   %8.3f ms (attention worker's Send + Receive per layer and iteration)\n",
+      attn_m2n_per_layer * 1e3);
   if (!any_collocated) {
-    t += Format("T_a / T_e       %8.3f / %.3f ms compute per (layer, micro-batch) on the attention / expert side "
-                "(shared/MISSION.md's ping-pong model)\n", t_a * 1e3, t_e * 1e3);
+    t += Format(
+        "T_a / T_e       %8.3f / %.3f ms compute per (layer, micro-batch) on the attention / "
+        "expert side "
+        "(shared/MISSION.md's ping-pong model)\n",
+        t_a * 1e3, t_e * 1e3);
   }
   if (any_check) {
     t += std::string("check           ") + (s.check_passed ? "PASS" : "FAIL") +
-         Format(": %.0f output tokens of %.0f requests vs the single-process reference, max relative error %.2e "
-                "(tolerance %.0e)\n", tokens, compared, max_error, tolerance) +
-         Format("                routing: %.0f of %.0f (position, layer) followed as near-ties (gate logits within "
-                "%.0e), ", followed, routings, tie_threshold) +
+         Format(
+             ": %.0f output tokens of %.0f requests vs the single-process reference, max relative "
+             "error %.2e "
+             "(tolerance %.0e)\n",
+             tokens, compared, max_error, tolerance) +
+         Format(
+             "                routing: %.0f of %.0f (position, layer) followed as near-ties (gate "
+             "logits within "
+             "%.0e), ",
+             followed, routings, tie_threshold) +
          Format("%.0f routing errors; %.1f s\n", routing_errors, check_s);
     if (!first_failure.empty()) t += "                first failure: " + first_failure + "\n";
   } else {
@@ -222,8 +246,8 @@ Summary Summarize(const Json& reports, const PipelineOptions& o, const std::stri
 
 // ---- Reports on the wire: a JSON string in chunks of one slot each ----
 
-m2n::Status SendReport(m2n::Group& group, int peer, const std::string& text, std::byte* buffer, size_t slot_bytes,
-                       const PipelineOptions& o) {
+m2n::Status SendReport(m2n::Group& group, int peer, const std::string& text, std::byte* buffer,
+                       size_t slot_bytes, const PipelineOptions& o) {
   const size_t chunk = slot_bytes - sizeof(Header);
   size_t sent = 0;
   do {
@@ -245,11 +269,13 @@ m2n::StatusOr<Json> ReceiveReport(m2n::Group& group, int peer, const PipelineOpt
   uint64_t total = 0;
   do {
     // A report comes after its sender's reference check, which may take much longer than a step.
-    M2N_ASSIGN_OR_RETURN(m2n::Message m,
-                         group.Receive(peer, m2n::Deadline::After(std::chrono::seconds(10 * int64_t{o.timeout_s}))));
+    M2N_ASSIGN_OR_RETURN(
+        m2n::Message m,
+        group.Receive(peer, m2n::Deadline::After(std::chrono::seconds(10 * int64_t{o.timeout_s}))));
     m2n::Status s = CheckMessage(m.data, m.length, peer, MessageKind::kReport, Header{});
     const Header h = ReadHeader(m.data);
-    if (s.ok() && sizeof(Header) + h.rows != m.length) s = m2n::DataLossError("report chunk of bad length");
+    if (s.ok() && sizeof(Header) + h.rows != m.length)
+      s = m2n::DataLossError("report chunk of bad length");
     if (s.ok()) {
       total = h.report_bytes;
       text.append(reinterpret_cast<const char*>(m.data) + sizeof(Header), h.rows);

@@ -27,11 +27,12 @@ struct Summary {
 };
 
 // A JSON report to `peer` in chunks of one slot, from `buffer` (registered, slot_bytes long).
-m2n::Status SendReport(m2n::Group& group, int peer, const std::string& text, std::byte* buffer, size_t slot_bytes,
-                       const PipelineOptions& options);
+m2n::Status SendReport(m2n::Group& group, int peer, const std::string& text, std::byte* buffer,
+                       size_t slot_bytes, const PipelineOptions& options);
 // The report `peer` sends by SendReport, whole.
 m2n::StatusOr<Json> ReceiveReport(m2n::Group& group, int peer, const PipelineOptions& options);
 
-Summary Summarize(const Json& reports, const PipelineOptions& options, const std::string& transport);
+Summary Summarize(const Json& reports, const PipelineOptions& options,
+                  const std::string& transport);
 
 }  // namespace moe

@@ -2,12 +2,13 @@
 // layouts are fixed by (rows, top_k, hidden), so both sides compute the same offsets.
 //
 //   dispatch (attention -> expert, one per expert worker per micro-batch and layer):
-//     Header | int32 row[rows] | int32 expert[rows * top_k] | float weight[rows * top_k] | pad to 64 |
-//     float x[rows * hidden]
+//     Header | int32 row[rows] | int32 expert[rows * top_k] | float weight[rows * top_k] | pad to
+//     64 | float x[rows * hidden]
 //   A row is one token of the micro-batch; expert[] holds the global ids of its top-k experts that
 //   live on the destination worker (-1 for the others) and weight[] their gate weights.
 //   combine (expert -> attention, the answer to one dispatch):
-//     Header | int32 row[rows] | pad to 64 | float y[rows * hidden]   (y = sum of weight * expert(x))
+//     Header | int32 row[rows] | pad to 64 | float y[rows * hidden]   (y = sum of weight *
+//     expert(x))
 //   finish (attention -> every expert): no more dispatches from this attention worker.
 //   report (both ways, after the run): a chunk of a JSON report, for rank 0's summary.
 #pragma once
@@ -70,7 +71,8 @@ inline Header ReadHeader(const std::byte* data) {
 
 // Checks a received message's header and length against what the schedule expects; the error
 // names the sender, the step and the field that differs.
-m2n::Status CheckMessage(const std::byte* data, size_t length, int from_rank, MessageKind kind, const Header& want);
+m2n::Status CheckMessage(const std::byte* data, size_t length, int from_rank, MessageKind kind,
+                         const Header& want);
 
 const char* MessageKindName(uint16_t kind);
 

@@ -9,7 +9,9 @@ namespace {
 constexpr double kInputSigma = 0.9;
 constexpr double kOutputSigma = 0.8;
 
-int ClampLength(double v, int lo, int hi) { return std::clamp(static_cast<int>(std::lround(v)), lo, hi); }
+int ClampLength(double v, int lo, int hi) {
+  return std::clamp(static_cast<int>(std::lround(v)), lo, hi);
+}
 }  // namespace
 
 int MaxContext(const WorkloadOptions& o, int model_max_positions) {
@@ -17,19 +19,23 @@ int MaxContext(const WorkloadOptions& o, int model_max_positions) {
   return std::min(model_max_positions, o.max_context);
 }
 
-m2n::StatusOr<Workload> Workload::Create(const WorkloadOptions& o, int worker, int vocab, int max_context) {
+m2n::StatusOr<Workload> Workload::Create(const WorkloadOptions& o, int worker, int vocab,
+                                         int max_context) {
   if (o.requests < 1 || o.batch < 1 || o.input_len < 1 || o.output_len < 1 || o.micro_batches < 1) {
-    return m2n::InvalidArgumentError("workload: --requests, --batch, --input_len, --output_len and -m must be >= 1");
+    return m2n::InvalidArgumentError(
+        "workload: --requests, --batch, --input_len, --output_len and -m must be >= 1");
   }
   if (o.max_tokens < (o.batch + o.micro_batches - 1) / o.micro_batches) {
-    return m2n::InvalidArgumentError("workload: --max_tokens " + std::to_string(o.max_tokens) + " cannot hold " +
-                                     std::to_string(o.batch) + " decoding requests in " +
-                                     std::to_string(o.micro_batches) + " micro-batches");
+    return m2n::InvalidArgumentError("workload: --max_tokens " + std::to_string(o.max_tokens) +
+                                     " cannot hold " + std::to_string(o.batch) +
+                                     " decoding requests in " + std::to_string(o.micro_batches) +
+                                     " micro-batches");
   }
   if (!o.production && o.input_len + o.output_len - 1 > max_context) {
-    return m2n::InvalidArgumentError("workload: input " + std::to_string(o.input_len) + " + output " +
-                                     std::to_string(o.output_len) + " exceeds the model's " +
-                                     std::to_string(max_context) + " positions");
+    return m2n::InvalidArgumentError("workload: input " + std::to_string(o.input_len) +
+                                     " + output " + std::to_string(o.output_len) +
+                                     " exceeds the model's " + std::to_string(max_context) +
+                                     " positions");
   }
   Workload w;
   w.o_ = o;
@@ -42,8 +48,10 @@ m2n::StatusOr<Workload> Workload::Create(const WorkloadOptions& o, int worker, i
     Request r;
     r.id = worker * o.requests + i;
     if (o.production) {
-      r.output_len = ClampLength(o.output_len * std::exp(kOutputSigma * normal(rng)), 1, std::max(1, max_context / 4));
-      r.input_len = ClampLength(o.input_len * std::exp(kInputSigma * normal(rng)), 1, max_context - r.output_len + 1);
+      r.output_len = ClampLength(o.output_len * std::exp(kOutputSigma * normal(rng)), 1,
+                                 std::max(1, max_context / 4));
+      r.input_len = ClampLength(o.input_len * std::exp(kInputSigma * normal(rng)), 1,
+                                max_context - r.output_len + 1);
     } else {
       r.input_len = o.input_len;
       r.output_len = o.output_len;
@@ -99,26 +107,33 @@ std::vector<MicroBatchPlan> Workload::NextIteration(double now_s) {
   return plans;
 }
 
-m2n::Status Workload::RecordRouting(const MicroBatchPlan& plan, int layer, int layers, const Routing& routing) {
+m2n::Status Workload::RecordRouting(const MicroBatchPlan& plan, int layer, int layers,
+                                    const Routing& routing) {
   if (!o_.record) return m2n::OkStatus();
   const size_t k = static_cast<size_t>(routing.top_k);
   if (routing.expert.size() != plan.tokens.size() * k || layer < 0 || layer >= layers) {
-    return m2n::InternalError("workload: routing of " + std::to_string(routing.expert.size()) + " expert ids (top-" +
-                              std::to_string(k) + ") for a micro-batch of " + std::to_string(plan.tokens.size()) +
-                              " tokens at layer " + std::to_string(layer));
+    return m2n::InternalError("workload: routing of " + std::to_string(routing.expert.size()) +
+                              " expert ids (top-" + std::to_string(k) + ") for a micro-batch of " +
+                              std::to_string(plan.tokens.size()) + " tokens at layer " +
+                              std::to_string(layer));
   }
   // The requests in flight this iteration, by KV-cache slot.
   std::vector<int> by_slot(static_cast<size_t>(o_.batch), -1);
-  for (int index : running_) by_slot[static_cast<size_t>(requests_[static_cast<size_t>(index)].kv_slot)] = index;
+  for (int index : running_)
+    by_slot[static_cast<size_t>(requests_[static_cast<size_t>(index)].kv_slot)] = index;
   for (size_t t = 0; t < plan.tokens.size(); ++t) {
     const TokenRef& token = plan.tokens[t];
-    const int index = token.kv_slot >= 0 && token.kv_slot < o_.batch ? by_slot[static_cast<size_t>(token.kv_slot)] : -1;
+    const int index = token.kv_slot >= 0 && token.kv_slot < o_.batch
+                          ? by_slot[static_cast<size_t>(token.kv_slot)]
+                          : -1;
     if (index < 0) {
-      return m2n::InternalError("workload: a token of KV-cache slot " + std::to_string(token.kv_slot) +
-                                " that no running request holds");
+      return m2n::InternalError("workload: a token of KV-cache slot " +
+                                std::to_string(token.kv_slot) + " that no running request holds");
     }
     Request& r = requests_[static_cast<size_t>(index)];
-    const size_t at = (static_cast<size_t>(token.position) * static_cast<size_t>(layers) + static_cast<size_t>(layer)) * k;
+    const size_t at = (static_cast<size_t>(token.position) * static_cast<size_t>(layers) +
+                       static_cast<size_t>(layer)) *
+                      k;
     if (r.routing.size() < at + k) {
       // Room for every position this request will feed (its last token is never fed).
       const size_t positions = std::max(static_cast<size_t>(token.position) + 1,

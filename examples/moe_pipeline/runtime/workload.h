@@ -20,16 +20,17 @@
 namespace moe {
 
 struct WorkloadOptions {
-  int requests = 8;       // per attention worker
-  int batch = 4;          // requests in flight per attention worker
+  int requests = 8;  // per attention worker
+  int batch = 4;  // requests in flight per attention worker
   bool production = true;  // production-like lengths, else fixed
-  int input_len = 571;    // fixed input length, or the median of the production distribution
-  int output_len = 159;   // likewise
-  int max_tokens = 256;   // per micro-batch
+  int input_len = 571;  // fixed input length, or the median of the production distribution
+  int output_len = 159;  // likewise
+  int max_tokens = 256;  // per micro-batch
   int micro_batches = 2;  // m
-  int max_context = 4096;  // KV-cache positions per request (at most the model's); production lengths fit in it
+  int max_context =
+      4096;  // KV-cache positions per request (at most the model's); production lengths fit in it
   uint64_t seed = 1;
-  bool record = true;     // keep every output token's logits (for the reference check)
+  bool record = true;  // keep every output token's logits (for the reference check)
 };
 
 struct Request {
@@ -38,9 +39,9 @@ struct Request {
   int input_len = 0;
   int output_len = 0;
   int kv_slot = -1;
-  int processed = 0;        // positions whose K/V are in the cache
+  int processed = 0;  // positions whose K/V are in the cache
   int generated = 0;
-  double joined_s = 0;      // when it got a KV slot
+  double joined_s = 0;  // when it got a KV slot
   double last_token_s = 0;
   std::vector<float> logits;  // [generated, vocab] when recording
   // When recording: the experts the pipeline's gate chose for every fed position, per layer
@@ -52,22 +53,25 @@ struct Request {
 // One iteration's plan for one micro-batch.
 struct MicroBatchPlan {
   std::vector<TokenRef> tokens;
-  std::vector<int32_t> logit_rows;   // rows whose logits produce a token
-  std::vector<int> logit_requests;   // the request of each such row (index into requests())
+  std::vector<int32_t> logit_rows;  // rows whose logits produce a token
+  std::vector<int> logit_requests;  // the request of each such row (index into requests())
   int prefill_tokens = 0;
   int decode_tokens = 0;
 };
 
 class Workload {
  public:
-  // `worker`: the attention worker's index (seeds its requests); `vocab`, `max_context` from the model.
-  static m2n::StatusOr<Workload> Create(const WorkloadOptions& options, int worker, int vocab, int max_context);
+  // `worker`: the attention worker's index (seeds its requests); `vocab`, `max_context` from the
+  // model.
+  static m2n::StatusOr<Workload> Create(const WorkloadOptions& options, int worker, int vocab,
+                                        int max_context);
 
   // Admits waiting requests into free KV slots (at `now_s`) and plans the next iteration.
   std::vector<MicroBatchPlan> NextIteration(double now_s);
-  // When recording: stores the gate's choice for `layer` of every token of `plan` (this iteration's,
-  // before Complete) in its request's `routing`. `layers`: the model's.
-  m2n::Status RecordRouting(const MicroBatchPlan& plan, int layer, int layers, const Routing& routing);
+  // When recording: stores the gate's choice for `layer` of every token of `plan` (this
+  // iteration's, before Complete) in its request's `routing`. `layers`: the model's.
+  m2n::Status RecordRouting(const MicroBatchPlan& plan, int layer, int layers,
+                            const Routing& routing);
   // Takes micro-batch results: logits [plan.logit_rows.size(), vocab]; returns the time-between-
   // tokens samples (ms) of requests that produced a non-first token.
   void Complete(const MicroBatchPlan& plan, std::span<const float> logits, double now_s,
@@ -85,7 +89,7 @@ class Workload {
   int vocab_ = 0;
   int max_context_ = 0;
   std::vector<Request> requests_;
-  std::vector<int> running_;     // indices of requests holding a KV slot
+  std::vector<int> running_;  // indices of requests holding a KV slot
   std::vector<int> free_slots_;
   size_t next_waiting_ = 0;
   int finished_ = 0;

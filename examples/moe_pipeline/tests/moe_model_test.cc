@@ -37,7 +37,8 @@ ModelConfig Tiny() {
 }
 
 TEST(MoeJson, ParsesAndDumps) {
-  auto j = Json::Parse(R"({"a": [1, 2.5, -3e2], "b": {"c": "x\"y\n"}, "d": true, "e": null})", "test");
+  auto j =
+      Json::Parse(R"({"a": [1, 2.5, -3e2], "b": {"c": "x\"y\n"}, "d": true, "e": null})", "test");
   ASSERT_TRUE(j.ok()) << j.status().ToString();
   EXPECT_EQ(j->Find("a")->items()[2].as_number(), -300);
   EXPECT_EQ(j->Find("b")->Find("c")->as_string(), "x\"y\n");
@@ -74,16 +75,20 @@ TEST(MoeConfig, BadConfigsNameTheField) {
   auto c = LoadModelConfig(dir / "missing.json");
   ASSERT_FALSE(c.ok());
   EXPECT_EQ(c.status().code(), m2n::StatusCode::kInvalidArgument);
-  EXPECT_NE(c.status().message().find("num_hidden_layers"), std::string::npos) << c.status().message();
+  EXPECT_NE(c.status().message().find("num_hidden_layers"), std::string::npos)
+      << c.status().message();
 
-  WriteFile(dir / "gqa.json", R"({"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 3,
+  WriteFile(dir / "gqa.json",
+            R"({"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 3,
     "num_hidden_layers": 1, "num_local_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 8,
     "vocab_size": 16})");
   c = LoadModelConfig(dir / "gqa.json");
   ASSERT_FALSE(c.ok());
-  EXPECT_NE(c.status().message().find("num_key_value_heads"), std::string::npos) << c.status().message();
+  EXPECT_NE(c.status().message().find("num_key_value_heads"), std::string::npos)
+      << c.status().message();
 
-  WriteFile(dir / "topk.json", R"({"hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1,
+  WriteFile(dir / "topk.json",
+            R"({"hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1,
     "num_local_experts": 2, "num_experts_per_tok": 3, "intermediate_size": 8, "vocab_size": 16})");
   c = LoadModelConfig(dir / "topk.json");
   ASSERT_FALSE(c.ok());
@@ -155,7 +160,8 @@ TEST(MoeSafetensors, BrokenFilesAreClearErrors) {
   // A header that lies about a tensor's size.
   std::string header = R"({"a":{"dtype":"F32","shape":[8,8],"data_offsets":[0,200]}})";
   std::string bytes(8, '\0');
-  for (int i = 0; i < 8; ++i) bytes[static_cast<size_t>(i)] = static_cast<char>((header.size() >> (8 * i)) & 0xFF);
+  for (int i = 0; i < 8; ++i)
+    bytes[static_cast<size_t>(i)] = static_cast<char>((header.size() >> (8 * i)) & 0xFF);
   WriteFile(dir / "lie.safetensors", bytes + header + std::string(256, '\0'));
   f = SafetensorsFile::Open(dir / "lie.safetensors");
   ASSERT_FALSE(f.ok());
@@ -163,7 +169,8 @@ TEST(MoeSafetensors, BrokenFilesAreClearErrors) {
 
   // An unsupported dtype.
   header = R"({"a":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}})";
-  for (int i = 0; i < 8; ++i) bytes[static_cast<size_t>(i)] = static_cast<char>((header.size() >> (8 * i)) & 0xFF);
+  for (int i = 0; i < 8; ++i)
+    bytes[static_cast<size_t>(i)] = static_cast<char>((header.size() >> (8 * i)) & 0xFF);
   WriteFile(dir / "dtype.safetensors", bytes + header + std::string(8, '\0'));
   f = SafetensorsFile::Open(dir / "dtype.safetensors");
   ASSERT_FALSE(f.ok());
@@ -222,14 +229,17 @@ TEST(MoeWeights, MissingTensorNamesIt) {
   ASSERT_TRUE(WriteSafetensors(dir / "partial.safetensors", one, Dtype::kBF16).ok());
   auto w = LoadAttentionWeights(c, WeightSource{.seed = 1, .checkpoint = dir.path()});
   ASSERT_FALSE(w.ok());
-  EXPECT_NE(w.status().message().find("model.embed_tokens.weight"), std::string::npos) << w.status().message();
+  EXPECT_NE(w.status().message().find("model.embed_tokens.weight"), std::string::npos)
+      << w.status().message();
 }
 
 // The reference following a routing it is given (the pipeline's): its own routing changes nothing,
-// a swap across a near-tie is followed and computed, a choice the gate does not explain is an error.
+// a swap across a near-tie is followed and computed, a choice the gate does not explain is an
+// error.
 TEST(MoeReference, FollowsNearTieRoutingAndReportsOthers) {
   const ModelConfig c = Tiny();
-  auto model = ReferenceModel::Load(c, WeightSource{.seed = 3, .checkpoint = ""}, /*bf16_weights=*/false);
+  auto model =
+      ReferenceModel::Load(c, WeightSource{.seed = 3, .checkpoint = ""}, /*bf16_weights=*/false);
   ASSERT_TRUE(model.ok()) << model.status().ToString();
   const std::vector<int> tokens = {5, 77, 200, 13, 42, 9, 130, 61};
   const int n = static_cast<int>(tokens.size()), L = c.num_hidden_layers, E = c.num_local_experts;
@@ -245,7 +255,8 @@ TEST(MoeReference, FollowsNearTieRoutingAndReportsOthers) {
   // (a) Its own routing, in any order within a token: the same logits, bit for bit.
   std::vector<int32_t> forced = own->routing;
   for (size_t at = 0; at < forced.size(); at += static_cast<size_t>(k)) {
-    std::reverse(forced.begin() + static_cast<std::ptrdiff_t>(at), forced.begin() + static_cast<std::ptrdiff_t>(at) + k);
+    std::reverse(forced.begin() + static_cast<std::ptrdiff_t>(at),
+                 forced.begin() + static_cast<std::ptrdiff_t>(at) + k);
   }
   auto same = model->Forward(tokens, 0, 1e-5, forced);
   ASSERT_TRUE(same.ok()) << same.status().ToString();
@@ -267,23 +278,27 @@ TEST(MoeReference, FollowsNearTieRoutingAndReportsOthers) {
   const double gap = static_cast<double>(gate[kth]) - gate[next];
   const double far = static_cast<double>(gate[kth]) - gate[last];
   const size_t vocab = static_cast<size_t>(c.vocab_size);
-  const std::vector<float> earlier(own->logits.begin(), own->logits.end() - static_cast<std::ptrdiff_t>(vocab));
+  const std::vector<float> earlier(own->logits.begin(),
+                                   own->logits.end() - static_cast<std::ptrdiff_t>(vocab));
 
   // (b) A swap within the threshold: followed, and this token's logits are the other experts'.
   forced = own->routing;
   forced[route_at + static_cast<size_t>(k - 1)] = next;
   const double threshold = gap * 1.5 + 1e-4;
-  ASSERT_LT(threshold, far) << "the tiny model's gate logits are too close to tell a near-tie from a far one";
+  ASSERT_LT(threshold, far)
+      << "the tiny model's gate logits are too close to tell a near-tie from a far one";
   auto swapped = model->Forward(tokens, 0, threshold, forced);
   ASSERT_TRUE(swapped.ok()) << swapped.status().ToString();
   EXPECT_EQ(swapped->followed_near_ties, 1);
   EXPECT_TRUE(swapped->routing_errors.empty());
-  EXPECT_EQ(std::vector<float>(swapped->logits.begin(), swapped->logits.end() - static_cast<std::ptrdiff_t>(vocab)),
+  EXPECT_EQ(std::vector<float>(swapped->logits.begin(),
+                               swapped->logits.end() - static_cast<std::ptrdiff_t>(vocab)),
             earlier);
   double diff = 0;
   for (size_t v = 0; v < vocab; ++v) {
-    diff = std::max(diff, std::fabs(static_cast<double>(swapped->logits[swapped->logits.size() - vocab + v]) -
-                                    own->logits[own->logits.size() - vocab + v]));
+    diff = std::max(
+        diff, std::fabs(static_cast<double>(swapped->logits[swapped->logits.size() - vocab + v]) -
+                        own->logits[own->logits.size() - vocab + v]));
   }
   EXPECT_GT(diff, 1e-4) << "the swapped expert did not change the token's logits";
   EXPECT_EQ(swapped->routing[route_at + static_cast<size_t>(k - 1)], next);
@@ -311,7 +326,10 @@ TEST(MoeReference, FollowsNearTieRoutingAndReportsOthers) {
   EXPECT_EQ(wrong->logits, own->logits);
 
   // A routing of the wrong size, or naming no expert, is refused.
-  EXPECT_FALSE(model->Forward(tokens, 0, threshold, std::span<const int32_t>(forced).first(forced.size() - 1)).ok());
+  EXPECT_FALSE(
+      model
+          ->Forward(tokens, 0, threshold, std::span<const int32_t>(forced).first(forced.size() - 1))
+          .ok());
   forced = own->routing;
   forced[3] = -1;
   auto bad = model->Forward(tokens, 0, threshold, forced);
@@ -345,7 +363,8 @@ TEST(MoeWorkload, ContinuousBatchingRunsEveryRequestToTheEnd) {
       EXPECT_LE(static_cast<int>(p.tokens.size()), o.max_tokens);
       in_flight += static_cast<int>(p.logit_rows.size());
       logits.assign(p.logit_rows.size() * 256, 0.0f);
-      for (size_t i = 0; i < p.logit_rows.size(); ++i) logits[i * 256 + (i * 7 + iterations) % 256] = 1.0f;
+      for (size_t i = 0; i < p.logit_rows.size(); ++i)
+        logits[i * 256 + (i * 7 + iterations) % 256] = 1.0f;
       w->Complete(p, logits, iterations + 1, &tbt, &ttft);
     }
     EXPECT_LE(in_flight, o.batch);
@@ -356,7 +375,8 @@ TEST(MoeWorkload, ContinuousBatchingRunsEveryRequestToTheEnd) {
   EXPECT_EQ(w->prefill_tokens(), prompt);
   EXPECT_EQ(static_cast<int64_t>(ttft.size()), o.requests);
   EXPECT_EQ(static_cast<int64_t>(tbt.size()), output - o.requests);
-  for (const Request& r : w->requests()) EXPECT_EQ(static_cast<int>(r.tokens.size()), r.input_len + r.output_len);
+  for (const Request& r : w->requests())
+    EXPECT_EQ(static_cast<int>(r.tokens.size()), r.input_len + r.output_len);
 }
 
 TEST(MoeWorkload, ProductionLengthsHaveTheirMedians) {

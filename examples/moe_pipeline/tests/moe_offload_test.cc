@@ -23,7 +23,9 @@ namespace {
 
 const OffloadShape kShape{.layers = 4, .experts = 4, .top_k = 2, .expert_bytes = 100};
 
-bool Has(const std::vector<ExpertId>& v, ExpertId id) { return std::find(v.begin(), v.end(), id) != v.end(); }
+bool Has(const std::vector<ExpertId>& v, ExpertId id) {
+  return std::find(v.begin(), v.end(), id) != v.end();
+}
 
 // A random walk over acquire / release / prefetch: the invariants hold after every step.
 TEST(MoeOffload, CacheInvariantsUnderEveryPolicy) {
@@ -40,7 +42,8 @@ TEST(MoeOffload, CacheInvariantsUnderEveryPolicy) {
     for (int step = 0; step < 400; ++step) {
       const int layer = step % 4;
       if (layer == 0) (*policy)->BeginIteration();
-      const std::vector<int> chosen = {static_cast<int>(rng() % 2), 2 + static_cast<int>(rng() % 2)};
+      const std::vector<int> chosen = {static_cast<int>(rng() % 2),
+                                       2 + static_cast<int>(rng() % 2)};
       (*policy)->ObserveGate(layer, probs, chosen);
       ASSERT_TRUE((*cache)->Acquire(layer, chosen).ok());
       // Pinned: a prefetch of everything else must not push them out.
@@ -57,7 +60,8 @@ TEST(MoeOffload, CacheInvariantsUnderEveryPolicy) {
     (*cache)->Finish();
     const CacheStats& s = (*cache)->stats();
     EXPECT_EQ(s.hits + s.misses, 800) << name;
-    // Every byte moved is a miss or a prefetch (nothing loaded twice), every prefetch used or wasted.
+    // Every byte moved is a miss or a prefetch (nothing loaded twice), every prefetch used or
+    // wasted.
     EXPECT_EQ(s.bytes_moved, (s.misses + s.prefetches) * kShape.expert_bytes) << name;
     EXPECT_EQ(s.prefetch_used + s.prefetch_wasted, s.prefetches) << name;
   }
@@ -69,7 +73,8 @@ TEST(MoeOffload, BudgetBelowOneLayersTopKIsRefused) {
   auto cache = ExpertCache::Create(kShape, 1, policy.get(), &backend);
   ASSERT_FALSE(cache.ok());
   EXPECT_EQ(cache.status().code(), m2n::StatusCode::kInvalidArgument);
-  EXPECT_NE(cache.status().ToString().find("at least one layer's top-k (2)"), std::string::npos) << cache.status().ToString();
+  EXPECT_NE(cache.status().ToString().find("at least one layer's top-k (2)"), std::string::npos)
+      << cache.status().ToString();
   EXPECT_FALSE(MakePolicy("belady", kShape).ok());
 }
 
@@ -114,7 +119,8 @@ TEST(MoeOffload, FrequencyPrefetchesTheRequestsMostActivated) {
 // Two maps: A (prompt embedding e1) prefers experts 0 then 1 everywhere, B (e2) 3 then 2.
 std::vector<float> Map(int first, int second, float p1, float p2) {
   std::vector<float> m(static_cast<size_t>(kShape.total()), (1 - p1 - p2) / 2);
-  for (int l = 0; l < kShape.layers; ++l) m[static_cast<size_t>(l * 4 + first)] = p1, m[static_cast<size_t>(l * 4 + second)] = p2;
+  for (int l = 0; l < kShape.layers; ++l)
+    m[static_cast<size_t>(l * 4 + first)] = p1, m[static_cast<size_t>(l * 4 + second)] = p2;
   return m;
 }
 
@@ -144,7 +150,8 @@ TEST(MoeOffload, FmoeSemanticThenTrajectoryPrefetch) {
 TEST(MoeOffload, FmoePrefetchesMoreWhenTheMatchIsPoor) {
   auto policy = MakeFmoePolicy(kShape, {.store_capacity = 8, .semantic_layers = 1, .distance = 1});
   policy->Learn(std::vector<float>{1, 0}, 1, Map(0, 1, 0.4f, 0.3f));
-  policy->BeginRequest(std::vector<float>{1, 1});  // cosine 0.71: delta 0.29, the top-2 already reach it
+  policy->BeginRequest(
+      std::vector<float>{1, 1});  // cosine 0.71: delta 0.29, the top-2 already reach it
   policy->BeginIteration();
   EXPECT_EQ(policy->Prefetch(-1).size(), 2u);
   policy->BeginRequest(std::vector<float>{-1, 0.1f});  // cosine < 0: delta 1, every expert
@@ -173,7 +180,11 @@ TEST(MoeOffload, MapStoreReplacesTheMostRedundant) {
 Trace SmallTrace() {
   Trace t{.layers = 4, .experts = 4, .top_k = 2, .embed_dim = 2, .requests = {}};
   for (int r = 0; r < 4; ++r) {
-    TraceRequest q{.kind = r % 2 ? "code" : "prose", .held_out = r >= 2, .tokens = 3, .embedding = {1.0f * (r % 2), 1.0f}, .gates = {}};
+    TraceRequest q{.kind = r % 2 ? "code" : "prose",
+                   .held_out = r >= 2,
+                   .tokens = 3,
+                   .embedding = {1.0f * (r % 2), 1.0f},
+                   .gates = {}};
     for (int tok = 0; tok < 3; ++tok) {
       const std::vector<float> m = r % 2 ? Map(3, 2, 0.6f, 0.3f) : Map(0, 1, 0.6f, 0.3f);
       q.gates.insert(q.gates.end(), m.begin(), m.end());
@@ -198,14 +209,18 @@ TEST(MoeOffload, TraceRoundTripAndSimulation) {
     EXPECT_EQ(r->stats.hits + r->stats.misses, 6 * 4 * 2);
   }
   // fMoE learned these exact routings: nearly every expert is there before it is needed.
-  EXPECT_GT(Simulate(*t, kShape, "fmoe", 4, {})->stats.HitRate(), Simulate(*t, kShape, "lru", 4, {})->stats.HitRate());
+  EXPECT_GT(Simulate(*t, kShape, "fmoe", 4, {})->stats.HitRate(),
+            Simulate(*t, kShape, "lru", 4, {})->stats.HitRate());
 }
 
 TEST(MoeOffload, TraceOfAnotherShapeOrNotATraceIsRefused) {
   moe::TempDir dir("moe_offload_test");
-  auto r = Simulate(SmallTrace(), OffloadShape{.layers = 32, .experts = 8, .top_k = 2, .expert_bytes = 1}, "lru", 8, {});
+  auto r = Simulate(SmallTrace(),
+                    OffloadShape{.layers = 32, .experts = 8, .top_k = 2, .expert_bytes = 1}, "lru",
+                    8, {});
   ASSERT_FALSE(r.ok());
-  EXPECT_NE(r.status().ToString().find("another model's shape"), std::string::npos) << r.status().ToString();
+  EXPECT_NE(r.status().ToString().find("another model's shape"), std::string::npos)
+      << r.status().ToString();
   {
     std::FILE* f = std::fopen((dir / "bad.trace").c_str(), "wb");
     std::fputs("safetensors?", f);
@@ -227,11 +242,14 @@ std::vector<float> Expert(const float* w, const ModelConfig& c, const std::vecto
   std::vector<float> mid(static_cast<size_t>(n)), y(static_cast<size_t>(h), 0.0f);
   for (int i = 0; i < n; ++i) {
     float g = 0, u = 0;
-    for (int j = 0; j < h; ++j) g += w1[i * h + j] * x[static_cast<size_t>(j)], u += w3[i * h + j] * x[static_cast<size_t>(j)];
+    for (int j = 0; j < h; ++j)
+      g += w1[i * h + j] * x[static_cast<size_t>(j)],
+          u += w3[i * h + j] * x[static_cast<size_t>(j)];
     mid[static_cast<size_t>(i)] = g / (1 + std::exp(-g)) * u;
   }
   for (int j = 0; j < h; ++j)
-    for (int i = 0; i < n; ++i) y[static_cast<size_t>(j)] += w2[j * n + i] * mid[static_cast<size_t>(i)];
+    for (int i = 0; i < n; ++i)
+      y[static_cast<size_t>(j)] += w2[j * n + i] * mid[static_cast<size_t>(i)];
   return y;
 }
 
@@ -244,8 +262,10 @@ TEST(MoeOffload, OutputsWithOffloadingEqualOutputsWithout) {
   for (int e = 0; e < config->num_local_experts; ++e) all[static_cast<size_t>(e)] = e;
   auto shard = LoadExpertShard(*config, WeightSource{}, all);
   ASSERT_TRUE(shard.ok()) << shard.status().ToString();
-  const size_t floats = 3 * static_cast<size_t>(config->hidden_size) * static_cast<size_t>(config->intermediate_size);
-  const OffloadShape shape{config->num_hidden_layers, config->num_local_experts, config->num_experts_per_tok,
+  const size_t floats =
+      3 * static_cast<size_t>(config->hidden_size) * static_cast<size_t>(config->intermediate_size);
+  const OffloadShape shape{config->num_hidden_layers, config->num_local_experts,
+                           config->num_experts_per_tok,
                            static_cast<int64_t>(floats * sizeof(float))};
   HostArena arena(shape, shape.total() / 4);
   for (int l = 0; l < shape.layers; ++l) {
@@ -266,10 +286,12 @@ TEST(MoeOffload, OutputsWithOffloadingEqualOutputsWithout) {
     for (int l = 0; l < shape.layers; ++l) {
       std::vector<float> x(static_cast<size_t>(config->hidden_size));
       for (float& v : x) v = normal(rng);
-      const std::vector<int> chosen = {static_cast<int>(rng() % 4), 4 + static_cast<int>(rng() % 4)};
+      const std::vector<int> chosen = {static_cast<int>(rng() % 4),
+                                       4 + static_cast<int>(rng() % 4)};
       ASSERT_TRUE((*cache)->Acquire(l, chosen).ok());
       for (int e : chosen) {
-        const float* resident = reinterpret_cast<const float*>(arena.Slot((*cache)->SlotOf({l, e})).data());
+        const float* resident =
+            reinterpret_cast<const float*>(arena.Slot((*cache)->SlotOf({l, e})).data());
         const float* host = reinterpret_cast<const float*>(arena.Host({l, e}).data());
         EXPECT_EQ(Expert(resident, *config, x), Expert(host, *config, x));
       }
@@ -294,14 +316,17 @@ TEST(MoeOffload, RecordsTheTrainedModelsRouting) {
   moe::TempDir tmp("moe_offload_test");
   {
     std::FILE* f = std::fopen((tmp / "p.tsv").c_str(), "wb");
-    std::fputs("code\t0\tdef main():\\n    return 0\nlicence\t1\tPermission is hereby granted\n", f);
+    std::fputs("code\t0\tdef main():\\n    return 0\nlicence\t1\tPermission is hereby granted\n",
+               f);
     std::fclose(f);
   }
   auto prompts = ReadPrompts(tmp / "p.tsv");
   ASSERT_TRUE(prompts.ok()) << prompts.status().ToString();
   ASSERT_EQ(prompts->size(), 2u);
   EXPECT_EQ((*prompts)[0].tokens.size(), 24u);  // "\n" unescaped
-  auto trace = RecordTrace(*config, WeightSource{.seed = 1, .checkpoint = dir + "/models/mixtral-8x7b-tiny.safetensors"}, *prompts, 32);
+  auto trace = RecordTrace(
+      *config, WeightSource{.seed = 1, .checkpoint = dir + "/models/mixtral-8x7b-tiny.safetensors"},
+      *prompts, 32);
   ASSERT_TRUE(trace.ok()) << trace.status().ToString();
   ASSERT_EQ(trace->layers, 32);
   const TraceRequest& q = trace->requests[1];
@@ -313,7 +338,11 @@ TEST(MoeOffload, RecordsTheTrainedModelsRouting) {
   // The tiny test model has 2 layers: this trace is not its routing.
   auto tiny = LoadModelConfig(dir + "/configs/tiny.json");
   ASSERT_TRUE(tiny.ok());
-  EXPECT_FALSE(CheckTraceShape(*trace, {tiny->num_hidden_layers, tiny->num_local_experts, tiny->num_experts_per_tok, 1}, "t").ok());
+  EXPECT_FALSE(CheckTraceShape(
+                   *trace,
+                   {tiny->num_hidden_layers, tiny->num_local_experts, tiny->num_experts_per_tok, 1},
+                   "t")
+                   .ok());
   EXPECT_FALSE(ReadPrompts(tmp / "missing.tsv").ok());
 }
 

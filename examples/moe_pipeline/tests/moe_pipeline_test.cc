@@ -29,8 +29,8 @@ struct Outcome {
 
 // Runs moe_pipeline with `args` (a shell word list) under a bound of `bound_s` seconds.
 Outcome RunPipeline(const std::string& args, int bound_s = 240) {
-  const std::string command = "timeout -k 5 " + std::to_string(bound_s) + " " + MOE_PIPELINE_BIN + " --quiet " + args +
-                              " 2>&1";
+  const std::string command = "timeout -k 5 " + std::to_string(bound_s) + " " + MOE_PIPELINE_BIN +
+                              " --quiet " + args + " 2>&1";
   Outcome run;
   FILE* pipe = popen(command.c_str(), "r");
   if (pipe == nullptr) return run;
@@ -61,8 +61,9 @@ Json ReadJson(const std::string& path) {
   return j.ok() ? *j : Json();
 }
 
-// Small fixed workload: 6 requests per attention worker, 4 in flight, prompts of 12 in micro-batches
-// of at most 10 tokens (so prompts are cut into chunks and share micro-batches with decoding).
+// Small fixed workload: 6 requests per attention worker, 4 in flight, prompts of 12 in
+// micro-batches of at most 10 tokens (so prompts are cut into chunks and share micro-batches with
+// decoding).
 const char* kSmall = "--requests 6 --batch 4 --input_len 12 --output_len 6 --max_tokens 10";
 
 struct Shape {
@@ -78,8 +79,9 @@ class MoePipelineShapes : public ::testing::TestWithParam<Shape> {};
 TEST_P(MoePipelineShapes, MatchesTheReference) {
   const Shape s = GetParam();
   TempDir dir;
-  const Outcome run = RunPipeline("-A " + std::to_string(s.attention) + " -E " + std::to_string(s.experts) + " -m " +
-                              std::to_string(s.m) + " " + kSmall + " --json " + (dir / "m.json"));
+  const Outcome run =
+      RunPipeline("-A " + std::to_string(s.attention) + " -E " + std::to_string(s.experts) +
+                  " -m " + std::to_string(s.m) + " " + kSmall + " --json " + (dir / "m.json"));
   ASSERT_EQ(run.exit_code, 0) << run.output;
   EXPECT_NE(run.output.find("check           PASS"), std::string::npos) << run.output;
   const Json j = ReadJson(dir / "m.json");
@@ -90,7 +92,8 @@ TEST_P(MoePipelineShapes, MatchesTheReference) {
   // Every output token of every request was compared, and every (position, layer)'s routing: the
   // 17 fed positions of each request (12 prompt, 5 generated) at both layers of the tiny model.
   EXPECT_EQ(check->Find("tokens_compared")->as_number(), 6.0 * 6 * s.attention) << run.output;
-  EXPECT_EQ(check->Find("routings_compared")->as_number(), 6.0 * 17 * 2 * s.attention) << run.output;
+  EXPECT_EQ(check->Find("routings_compared")->as_number(), 6.0 * 17 * 2 * s.attention)
+      << run.output;
   EXPECT_EQ(check->Find("routing_errors")->as_number(), 0) << run.output;
   EXPECT_EQ(j.Find("decode_tokens")->as_number(), 6.0 * 6 * s.attention);
   EXPECT_EQ(j.Find("attention_workers")->as_number(), s.attention);
@@ -106,41 +109,48 @@ TEST_P(MoePipelineShapes, MatchesTheReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Moe, MoePipelineShapes,
-                         ::testing::Values(Shape{2, 2, 1}, Shape{2, 2, 2}, Shape{2, 2, 3}, Shape{2, 2, 4},
-                                           Shape{1, 1, 2}, Shape{3, 2, 2}, Shape{2, 3, 3}),
+                         ::testing::Values(Shape{2, 2, 1}, Shape{2, 2, 2}, Shape{2, 2, 3},
+                                           Shape{2, 2, 4}, Shape{1, 1, 2}, Shape{3, 2, 2},
+                                           Shape{2, 3, 3}),
                          [](const ::testing::TestParamInfo<Shape>& info) {
                            return "A" + std::to_string(info.param.attention) + "_E" +
-                                  std::to_string(info.param.experts) + "_m" + std::to_string(info.param.m);
+                                  std::to_string(info.param.experts) + "_m" +
+                                  std::to_string(info.param.m);
                          });
 
 // The check can fail: a routing bug (expert 0's tokens computed by expert 1 and back) is caught.
 TEST(MoePipeline, WrongRoutingFailsTheCheck) {
   TempDir dir;
-  const Outcome run = RunPipeline(std::string("-m 2 ") + kSmall + " --fault swap_experts --json " + (dir / "m.json"));
+  const Outcome run = RunPipeline(std::string("-m 2 ") + kSmall + " --fault swap_experts --json " +
+                                  (dir / "m.json"));
   EXPECT_EQ(run.exit_code, 1) << run.output;
   EXPECT_NE(run.output.find("check           FAIL"), std::string::npos) << run.output;
   const Json j = ReadJson(dir / "m.json");
   ASSERT_NE(j.Find("check"), nullptr);
   EXPECT_EQ(j.Find("check")->Find("verdict")->as_string(), "FAIL");
-  // The recorded routing is the gate's (the swap happens after it), so the reference does not follow
-  // the bug: the logits differ. (Later tokens' gates, fed from wrong activations, may also choose
-  // experts the reference's do not explain: routing errors.)
+  // The recorded routing is the gate's (the swap happens after it), so the reference does not
+  // follow the bug: the logits differ. (Later tokens' gates, fed from wrong activations, may also
+  // choose experts the reference's do not explain: routing errors.)
   EXPECT_GT(j.Find("check")->Find("max_relative_error")->as_number(), 1e-2);
-  EXPECT_NE(j.Find("check")->Find("first_failure")->as_string().find("relative error"), std::string::npos);
+  EXPECT_NE(j.Find("check")->Find("first_failure")->as_string().find("relative error"),
+            std::string::npos);
 }
 
 // Under a launcher (here: M2N_RANK / M2N_WORLD_SIZE set by hand, as torchrun or mpirun would), each
-// process is one rank: 0 and 1 attention workers, 2 and 3 expert workers; rank 0 prints the summary.
+// process is one rank: 0 and 1 attention workers, 2 and 3 expert workers; rank 0 prints the
+// summary.
 TEST(MoePipeline, JoinsALaunchersJob) {
   TempDir dir;
   const int port = FreePort();
   ASSERT_GT(port, 0);
   std::string script = "pids=; ";
   for (int r = 0; r < 4; ++r) {
-    script += "M2N_RANK=" + std::to_string(r) + " M2N_WORLD_SIZE=4 M2N_MASTER_ADDR=127.0.0.1 M2N_MASTER_PORT=" +
-              std::to_string(port) + " M2N_JOB_ID=moe-launcher-test-" + std::to_string(port) + " timeout -k 5 120 " +
-              MOE_PIPELINE_BIN + " --quiet " + kSmall + " --json " + (dir / "m.json") + " > " +
-              (dir / ("out" + std::to_string(r))) + " 2>&1 & pids=\"$pids $!\"; ";
+    script +=
+        "M2N_RANK=" + std::to_string(r) +
+        " M2N_WORLD_SIZE=4 M2N_MASTER_ADDR=127.0.0.1 M2N_MASTER_PORT=" + std::to_string(port) +
+        " M2N_JOB_ID=moe-launcher-test-" + std::to_string(port) + " timeout -k 5 120 " +
+        MOE_PIPELINE_BIN + " --quiet " + kSmall + " --json " + (dir / "m.json") + " > " +
+        (dir / ("out" + std::to_string(r))) + " 2>&1 & pids=\"$pids $!\"; ";
   }
   script += "rc=0; for p in $pids; do wait $p || rc=1; done; exit $rc";
   const int status = std::system(("bash -c '" + script + "'").c_str());
@@ -155,7 +165,8 @@ TEST(MoePipeline, JoinsALaunchersJob) {
 // A worker that dies mid-run: the job ends within its deadlines with an error naming the rank.
 TEST(MoePipeline, DeadExpertWorkerFailsTheRunNamingIt) {
   const auto start = std::chrono::steady_clock::now();
-  const Outcome run = RunPipeline(std::string(kSmall) + " --fault kill_expert --timeout_s 20 --json ''");
+  const Outcome run =
+      RunPipeline(std::string(kSmall) + " --fault kill_expert --timeout_s 20 --json ''");
   EXPECT_EQ(run.exit_code, 3) << run.output;
   EXPECT_NE(run.output.find("rank 2 (expert worker)"), std::string::npos) << run.output;
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(60)) << run.output;
@@ -176,8 +187,10 @@ TEST(MoePipeline, ProductionLengthsMatchTheReference) {
 // Compute threads: the CPU backend's thread pool splits GEMM columns and attention heads.
 TEST(MoePipeline, ComputeThreadsMatchTheReference) {
   TempDir dir;
-  const Outcome run = RunPipeline("-A 1 -E 1 --threads 3 --requests 4 --batch 4 --input_len 20 --output_len 5 "
-                                  "--max_tokens 48 --json " + (dir / "m.json"));
+  const Outcome run = RunPipeline(
+      "-A 1 -E 1 --threads 3 --requests 4 --batch 4 --input_len 20 --output_len 5 "
+      "--max_tokens 48 --json " +
+      (dir / "m.json"));
   ASSERT_EQ(run.exit_code, 0) << run.output;
   EXPECT_NE(run.output.find("check           PASS"), std::string::npos) << run.output;
   EXPECT_NE(run.output.find("3 threads"), std::string::npos) << ReadJson(dir / "m.json").Dump(2);
@@ -189,7 +202,8 @@ TEST(MoePipeline, WeightsFromSafetensorsMatchTheReference) {
   Outcome run = RunPipeline("--save_weights " + (dir / "ckpt") + " --bf16 --seed 5");
   ASSERT_EQ(run.exit_code, 0) << run.output;
   ASSERT_TRUE(std::filesystem::exists(dir / "ckpt/model.safetensors.index.json"));
-  run = RunPipeline(std::string(kSmall) + " --weights " + (dir / "ckpt") + " --json " + (dir / "m.json"));
+  run = RunPipeline(std::string(kSmall) + " --weights " + (dir / "ckpt") + " --json " +
+                    (dir / "m.json"));
   ASSERT_EQ(run.exit_code, 0) << run.output;
   EXPECT_NE(run.output.find("safetensors " + (dir / "ckpt")), std::string::npos) << run.output;
   EXPECT_NE(run.output.find("check           PASS"), std::string::npos) << run.output;
@@ -217,23 +231,31 @@ TEST(MoePipeline, BadInputsAreUsageErrorsThatSayWhat) {
 // Expert offloading on the CPU expert workers: the trained tiny model served from a cache of 12
 // of each worker's 128 experts matches the reference; bad budgets and policies are usage errors.
 TEST(MoePipeline, OffloadedExpertsMatchTheReference) {
-  const std::string model = std::string(MOE_PIPELINE_CONFIG_DIR) + "/../models/mixtral-8x7b-tiny.safetensors";
+  const std::string model =
+      std::string(MOE_PIPELINE_CONFIG_DIR) + "/../models/mixtral-8x7b-tiny.safetensors";
   for (const char* policy : {"lru", "fmoe"}) {
-    const Outcome run = RunPipeline("--config mixtral-8x7b-tiny --weights " + model + " -A 1 -E 2 --requests 2 --batch 2 "
-                                    "--input_len 12 --output_len 3 --json '' --offload " + policy + " --gpu_experts 12");
+    const Outcome run = RunPipeline("--config mixtral-8x7b-tiny --weights " + model +
+                                    " -A 1 -E 2 --requests 2 --batch 2 "
+                                    "--input_len 12 --output_len 3 --json '' --offload " +
+                                    policy + " --gpu_experts 12");
     ASSERT_EQ(run.exit_code, 0) << run.output;
     EXPECT_NE(run.output.find("check           PASS"), std::string::npos) << run.output;
-    EXPECT_NE(run.output.find(std::string("expert offload (") + policy + ", 12 resident)"), std::string::npos) << run.output;
+    EXPECT_NE(run.output.find(std::string("expert offload (") + policy + ", 12 resident)"),
+              std::string::npos)
+        << run.output;
   }
   // fMoE with maps from a trace of the same shape: prefetches, still the reference's outputs.
   TempDir dir;
   offload::Trace maps{.layers = 32, .experts = 8, .top_k = 2, .embed_dim = 1, .requests = {}};
-  maps.requests.push_back({.kind = "k", .held_out = false, .tokens = 1, .embedding = {1.0f}, .gates = {}});
+  maps.requests.push_back(
+      {.kind = "k", .held_out = false, .tokens = 1, .embedding = {1.0f}, .gates = {}});
   for (int i = 0; i < 32 * 8; ++i) maps.requests[0].gates.push_back(i % 8 < 4 ? 0.2f : 0.05f);
   ASSERT_TRUE(offload::WriteTrace(dir / "maps.trace", maps).ok());
-  Outcome run = RunPipeline("--config mixtral-8x7b-tiny --weights " + model + " -A 1 -E 2 --requests 2 --batch 2 "
-                            "--input_len 12 --output_len 3 --json '' --offload fmoe --gpu_experts 12 --offload_maps " +
-                            (dir / "maps.trace"));
+  Outcome run = RunPipeline(
+      "--config mixtral-8x7b-tiny --weights " + model +
+      " -A 1 -E 2 --requests 2 --batch 2 "
+      "--input_len 12 --output_len 3 --json '' --offload fmoe --gpu_experts 12 --offload_maps " +
+      (dir / "maps.trace"));
   ASSERT_EQ(run.exit_code, 0) << run.output;
   EXPECT_NE(run.output.find("check           PASS"), std::string::npos) << run.output;
   EXPECT_EQ(run.output.find("prefetches 0 "), std::string::npos) << run.output;

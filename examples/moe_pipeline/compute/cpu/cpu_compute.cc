@@ -13,7 +13,11 @@ namespace {
 class CpuAttention final : public AttentionCompute {
  public:
   CpuAttention(const ModelConfig& c, AttentionWeights w, const ComputeOptions& o)
-      : c_(c), w_(std::move(w)), o_(o), pool_(o.threads), mbs_(static_cast<size_t>(std::max(1, o.micro_batches))) {
+      : c_(c),
+        w_(std::move(w)),
+        o_(o),
+        pool_(o.threads),
+        mbs_(static_cast<size_t>(std::max(1, o.micro_batches))) {
     const size_t h = static_cast<size_t>(c.hidden_size), t = static_cast<size_t>(o.max_tokens);
     for (MicroBatch& mb : mbs_) {
       mb.residual.resize(t * h);
@@ -27,18 +31,23 @@ class CpuAttention final : public AttentionCompute {
     out_.resize(t * h);
     gate_.resize(t * static_cast<size_t>(c.num_local_experts));
     // KV cache: [slot][layer][position][kv_dim], for keys and values.
-    const size_t cache = static_cast<size_t>(o.kv_slots) * static_cast<size_t>(c.num_hidden_layers) *
+    const size_t cache = static_cast<size_t>(o.kv_slots) *
+                         static_cast<size_t>(c.num_hidden_layers) *
                          static_cast<size_t>(o.max_context) * static_cast<size_t>(c.kv_dim());
     k_cache_.resize(cache);
     v_cache_.resize(cache);
   }
 
-  std::string name() const override { return "cpu (fp32, " + std::to_string(pool_.threads()) + (pool_.threads() == 1 ? " thread)" : " threads)"); }
+  std::string name() const override {
+    return "cpu (fp32, " + std::to_string(pool_.threads()) +
+           (pool_.threads() == 1 ? " thread)" : " threads)");
+  }
 
   m2n::Status Begin(int mb, std::span<const TokenRef> tokens) override {
     M2N_RETURN_IF_ERROR(CheckMb(mb));
     if (static_cast<int>(tokens.size()) > o_.max_tokens) {
-      return m2n::InvalidArgumentError("micro-batch of " + std::to_string(tokens.size()) + " tokens exceeds max_tokens " +
+      return m2n::InvalidArgumentError("micro-batch of " + std::to_string(tokens.size()) +
+                                       " tokens exceeds max_tokens " +
                                        std::to_string(o_.max_tokens));
     }
     MicroBatch& m = mbs_[static_cast<size_t>(mb)];
@@ -47,13 +56,15 @@ class CpuAttention final : public AttentionCompute {
     const size_t h = static_cast<size_t>(c_.hidden_size);
     for (size_t i = 0; i < tokens.size(); ++i) {
       const TokenRef& t = tokens[i];
-      if (t.token < 0 || t.token >= c_.vocab_size || t.kv_slot < 0 || t.kv_slot >= o_.kv_slots || t.position < 0 ||
-          t.position >= o_.max_context) {
-        return m2n::InvalidArgumentError("token " + std::to_string(i) + " (token " + std::to_string(t.token) +
-                                         ", slot " + std::to_string(t.kv_slot) + ", position " +
+      if (t.token < 0 || t.token >= c_.vocab_size || t.kv_slot < 0 || t.kv_slot >= o_.kv_slots ||
+          t.position < 0 || t.position >= o_.max_context) {
+        return m2n::InvalidArgumentError("token " + std::to_string(i) + " (token " +
+                                         std::to_string(t.token) + ", slot " +
+                                         std::to_string(t.kv_slot) + ", position " +
                                          std::to_string(t.position) + ") is out of range");
       }
-      std::memcpy(&m.residual[i * h], &w_.embed[static_cast<size_t>(t.token) * h], h * sizeof(float));
+      std::memcpy(&m.residual[i * h], &w_.embed[static_cast<size_t>(t.token) * h],
+                  h * sizeof(float));
       m.positions.push_back(t.position);
     }
     return m2n::OkStatus();
@@ -74,9 +85,12 @@ class CpuAttention final : public AttentionCompute {
     ApplyRope(k_.data(), n, c_.num_key_value_heads, hd, m.positions.data(), c_.rope_theta);
     // Append every token's K and V first: a prefill chunk's tokens see each other.
     for (int i = 0; i < n; ++i) {
-      const size_t at = CacheOffset(m.tokens[static_cast<size_t>(i)].kv_slot, layer, m.positions[static_cast<size_t>(i)]);
-      std::memcpy(&k_cache_[at], &k_[static_cast<size_t>(i) * kvd], static_cast<size_t>(kvd) * sizeof(float));
-      std::memcpy(&v_cache_[at], &v_[static_cast<size_t>(i) * kvd], static_cast<size_t>(kvd) * sizeof(float));
+      const size_t at = CacheOffset(m.tokens[static_cast<size_t>(i)].kv_slot, layer,
+                                    m.positions[static_cast<size_t>(i)]);
+      std::memcpy(&k_cache_[at], &k_[static_cast<size_t>(i) * kvd],
+                  static_cast<size_t>(kvd) * sizeof(float));
+      std::memcpy(&v_cache_[at], &v_[static_cast<size_t>(i) * kvd],
+                  static_cast<size_t>(kvd) * sizeof(float));
     }
     // Grouped-query attention: head hq reads KV head hq / group.
     const int heads = c_.num_attention_heads, group = heads / c_.num_key_value_heads;
@@ -160,11 +174,11 @@ class CpuAttention final : public AttentionCompute {
     std::vector<float> normed(rows.size() * h);
     for (size_t i = 0; i < rows.size(); ++i) {
       M2N_RETURN_IF_ERROR(CheckRow(m, rows[i]));
-      RmsNorm(&m.residual[static_cast<size_t>(rows[i]) * h], 1, c_.hidden_size, w_.final_norm.data(),
-              static_cast<float>(c_.rms_norm_eps), &normed[i * h]);
+      RmsNorm(&m.residual[static_cast<size_t>(rows[i]) * h], 1, c_.hidden_size,
+              w_.final_norm.data(), static_cast<float>(c_.rms_norm_eps), &normed[i * h]);
     }
-    MatMulNT(normed.data(), static_cast<int>(rows.size()), c_.hidden_size, w_.lm_head.data(), c_.vocab_size, out,
-             pool_);
+    MatMulNT(normed.data(), static_cast<int>(rows.size()), c_.hidden_size, w_.lm_head.data(),
+             c_.vocab_size, out, pool_);
     return m2n::OkStatus();
   }
 
@@ -172,7 +186,7 @@ class CpuAttention final : public AttentionCompute {
   struct MicroBatch {
     std::vector<TokenRef> tokens;
     std::vector<int> positions;
-    std::vector<float> residual;   // [max_tokens, hidden]
+    std::vector<float> residual;  // [max_tokens, hidden]
     std::vector<float> moe_input;  // [max_tokens, hidden]
   };
 
@@ -185,14 +199,17 @@ class CpuAttention final : public AttentionCompute {
   }
   static m2n::Status CheckRow(const MicroBatch& m, int32_t row) {
     if (row < 0 || row >= static_cast<int32_t>(m.tokens.size())) {
-      return m2n::DataLossError("token row " + std::to_string(row) + " outside the micro-batch of " +
-                                std::to_string(m.tokens.size()) + " tokens");
+      return m2n::DataLossError("token row " + std::to_string(row) +
+                                " outside the micro-batch of " + std::to_string(m.tokens.size()) +
+                                " tokens");
     }
     return m2n::OkStatus();
   }
   size_t CacheOffset(int slot, int layer, int position) const {
-    return ((static_cast<size_t>(slot) * c_.num_hidden_layers + static_cast<size_t>(layer)) * o_.max_context +
-            static_cast<size_t>(position)) * static_cast<size_t>(c_.kv_dim());
+    return ((static_cast<size_t>(slot) * c_.num_hidden_layers + static_cast<size_t>(layer)) *
+                o_.max_context +
+            static_cast<size_t>(position)) *
+           static_cast<size_t>(c_.kv_dim());
   }
 
   ModelConfig c_;
@@ -207,11 +224,18 @@ class CpuAttention final : public AttentionCompute {
 class CpuExperts final : public ExpertCompute {
  public:
   CpuExperts(const ModelConfig& c, ExpertShard shard, const ComputeOptions& o)
-      : c_(c), shard_(std::move(shard)), pool_(o.threads), local_(static_cast<size_t>(c.num_local_experts), -1) {
-    for (size_t i = 0; i < shard_.experts.size(); ++i) local_[static_cast<size_t>(shard_.experts[i])] = static_cast<int>(i);
+      : c_(c),
+        shard_(std::move(shard)),
+        pool_(o.threads),
+        local_(static_cast<size_t>(c.num_local_experts), -1) {
+    for (size_t i = 0; i < shard_.experts.size(); ++i)
+      local_[static_cast<size_t>(shard_.experts[i])] = static_cast<int>(i);
   }
 
-  std::string name() const override { return "cpu (fp32, " + std::to_string(pool_.threads()) + (pool_.threads() == 1 ? " thread)" : " threads)"); }
+  std::string name() const override {
+    return "cpu (fp32, " + std::to_string(pool_.threads()) +
+           (pool_.threads() == 1 ? " thread)" : " threads)");
+  }
 
   m2n::Status Forward(int layer, int top_k, std::span<const ExpertInput> inputs) override {
     if (layer < 0 || layer >= c_.num_hidden_layers) {
@@ -224,11 +248,12 @@ class CpuExperts final : public ExpertCompute {
       float weight;
     };
     std::vector<std::vector<Use>> uses(shard_.experts.size());
-    for (const ExpertInput& x : inputs) std::fill(x.out, x.out + static_cast<size_t>(x.rows) * h, 0.0f);
-    M2N_RETURN_IF_ERROR(ForEachRoutedRow(inputs, top_k, c_.num_local_experts, local_,
-                                         [&](size_t in, int r, int le, float weight) {
-                                           uses[static_cast<size_t>(le)].push_back({static_cast<int>(in), r, weight});
-                                         }));
+    for (const ExpertInput& x : inputs)
+      std::fill(x.out, x.out + static_cast<size_t>(x.rows) * h, 0.0f);
+    M2N_RETURN_IF_ERROR(ForEachRoutedRow(
+        inputs, top_k, c_.num_local_experts, local_, [&](size_t in, int r, int le, float weight) {
+          uses[static_cast<size_t>(le)].push_back({static_cast<int>(in), r, weight});
+        }));
     for (size_t le = 0; le < uses.size(); ++le) {
       const std::vector<Use>& u = uses[le];
       if (u.empty()) continue;
@@ -238,7 +263,8 @@ class CpuExperts final : public ExpertCompute {
       x_.resize(static_cast<size_t>(n) * h);
       for (int i = 0; i < n; ++i) {
         const ExpertInput& in = inputs[static_cast<size_t>(u[static_cast<size_t>(i)].input)];
-        std::memcpy(&x_[static_cast<size_t>(i) * h], in.x + static_cast<size_t>(u[static_cast<size_t>(i)].row) * h,
+        std::memcpy(&x_[static_cast<size_t>(i) * h],
+                    in.x + static_cast<size_t>(u[static_cast<size_t>(i)].row) * h,
                     static_cast<size_t>(h) * sizeof(float));
       }
       h1_.resize(static_cast<size_t>(n) * inter);
@@ -267,7 +293,8 @@ class CpuExperts final : public ExpertCompute {
 
 }  // namespace
 
-std::unique_ptr<AttentionCompute> MakeCpuAttention(const ModelConfig& config, AttentionWeights weights,
+std::unique_ptr<AttentionCompute> MakeCpuAttention(const ModelConfig& config,
+                                                   AttentionWeights weights,
                                                    const ComputeOptions& options) {
   return std::make_unique<CpuAttention>(config, std::move(weights), options);
 }

@@ -7,7 +7,8 @@
 
 namespace moe::cpu {
 
-std::unique_ptr<AttentionCompute> MakeCpuAttention(const ModelConfig& config, AttentionWeights weights,
+std::unique_ptr<AttentionCompute> MakeCpuAttention(const ModelConfig& config,
+                                                   AttentionWeights weights,
                                                    const ComputeOptions& options);
 std::unique_ptr<ExpertCompute> MakeCpuExperts(const ModelConfig& config, ExpertShard shard,
                                               const ComputeOptions& options);

@@ -26,7 +26,8 @@ void MatMulNT(const float* x, int rows, int k, const float* w, int n, float* y, 
   pool.ParallelFor(n, 16, [&](int begin, int end) {
     for (int j = begin; j < end; ++j) {
       const float* wj = w + static_cast<int64_t>(j) * k;
-      for (int r = 0; r < rows; ++r) y[static_cast<int64_t>(r) * n + j] = Dot(x + static_cast<int64_t>(r) * k, wj, k);
+      for (int r = 0; r < rows; ++r)
+        y[static_cast<int64_t>(r) * n + j] = Dot(x + static_cast<int64_t>(r) * k, wj, k);
     }
   });
 }

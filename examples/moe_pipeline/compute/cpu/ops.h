@@ -12,7 +12,8 @@ namespace moe::cpu {
 void MatMulNT(const float* x, int rows, int k, const float* w, int n, float* y, ThreadPool& pool);
 // out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * weight
 void RmsNorm(const float* x, int rows, int hidden, const float* weight, float eps, float* out);
-// Rotates pairs (i, i + head_dim / 2) of every head of every row by position * theta^(-2i / head_dim).
+// Rotates pairs (i, i + head_dim / 2) of every head of every row by position * theta^(-2i /
+// head_dim).
 void ApplyRope(float* x, int rows, int heads, int head_dim, const int* positions, double theta);
 // In place over n values.
 void Softmax(float* x, int n);

@@ -19,7 +19,8 @@ m2n::Status CudaError(cudaError_t e, const std::string& what) {
   if (e == cudaSuccess) return m2n::OkStatus();
   int device = -1;
   (void)cudaGetDevice(&device);
-  return m2n::InternalError("cuda (device " + std::to_string(device) + "): " + what + ": " + cudaGetErrorString(e));
+  return m2n::InternalError("cuda (device " + std::to_string(device) + "): " + what + ": " +
+                            cudaGetErrorString(e));
 }
 
 m2n::Status CublasError(cublasStatus_t s, const std::string& what) {
@@ -37,7 +38,10 @@ class DeviceArray {
   DeviceArray() = default;
   DeviceArray(const DeviceArray&) = delete;
   DeviceArray& operator=(const DeviceArray&) = delete;
-  DeviceArray(DeviceArray&& o) noexcept : data_(o.data_), count_(o.count_) { o.data_ = nullptr; o.count_ = 0; }
+  DeviceArray(DeviceArray&& o) noexcept : data_(o.data_), count_(o.count_) {
+    o.data_ = nullptr;
+    o.count_ = 0;
+  }
   DeviceArray& operator=(DeviceArray&& o) noexcept {
     std::swap(data_, o.data_);
     std::swap(count_, o.count_);
@@ -51,8 +55,9 @@ class DeviceArray {
     data_ = nullptr;
     count_ = count;
     if (count == 0) return m2n::OkStatus();
-    return CudaError(cudaMalloc(reinterpret_cast<void**>(&data_), count * sizeof(T)),
-                     std::string("cudaMalloc of ") + std::to_string(count * sizeof(T)) + " bytes for " + what);
+    return CudaError(
+        cudaMalloc(reinterpret_cast<void**>(&data_), count * sizeof(T)),
+        std::string("cudaMalloc of ") + std::to_string(count * sizeof(T)) + " bytes for " + what);
   }
   T* get() const { return data_; }
   size_t count() const { return count_; }
@@ -85,11 +90,13 @@ class Context {
   m2n::Status Sync() { return CudaError(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }
   m2n::Status ToDevice(void* dst, const void* src, size_t bytes) {
     if (bytes == 0) return m2n::OkStatus();
-    return CudaError(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_), "copy to the device");
+    return CudaError(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_),
+                     "copy to the device");
   }
   m2n::Status ToHost(void* dst, const void* src, size_t bytes) {
     if (bytes == 0) return m2n::OkStatus();
-    return CudaError(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_), "copy to the host");
+    return CudaError(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_),
+                     "copy to the host");
   }
 
   // y[rows, n] (fp32) = x[rows, k] (bf16) . w[n, k]^T (bf16), fp32 accumulation. Row-major
@@ -97,10 +104,11 @@ class Context {
   m2n::Status Gemm(const uint16_t* x, int rows, int k, const uint16_t* w, int n, float* y) {
     if (rows == 0) return m2n::OkStatus();
     const float one = 1.0f, zero = 0.0f;
-    return CublasError(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, n, rows, k, &one, w, CUDA_R_16BF, k, x,
-                                    CUDA_R_16BF, k, &zero, y, CUDA_R_32F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-                       "cublasGemmEx " + std::to_string(rows) + "x" + std::to_string(k) + " . " + std::to_string(n) +
-                           "x" + std::to_string(k) + "^T");
+    return CublasError(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, n, rows, k, &one, w,
+                                    CUDA_R_16BF, k, x, CUDA_R_16BF, k, &zero, y, CUDA_R_32F, n,
+                                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                       "cublasGemmEx " + std::to_string(rows) + "x" + std::to_string(k) + " . " +
+                           std::to_string(n) + "x" + std::to_string(k) + "^T");
   }
 
  private:
@@ -131,7 +139,8 @@ class WeightLoader {
       float scale = 1;
       bool is_norm = false;
       SeededParameters(name, shape, &scale, &is_norm);
-      return CudaError(LaunchFillSeeded(out->get(), n, SeededKey(seed_, name), scale, is_norm, context_->stream()),
+      return CudaError(LaunchFillSeeded(out->get(), n, SeededKey(seed_, name), scale, is_norm,
+                                        context_->stream()),
                        "seeding " + name);
     }
     std::vector<float> host(static_cast<size_t>(n));
@@ -169,7 +178,8 @@ class CudaAttention final : public AttentionCompute {
       M2N_RETURN_IF_ERROR(w.Load(p + "self_attn.v_proj.weight", {c_.kv_dim(), h}, &L.wv));
       M2N_RETURN_IF_ERROR(w.Load(p + "self_attn.o_proj.weight", {h, c_.q_dim()}, &L.wo));
       M2N_RETURN_IF_ERROR(w.Load(p + "post_attention_layernorm.weight", {h}, &L.post_norm));
-      M2N_RETURN_IF_ERROR(w.Load(p + "block_sparse_moe.gate.weight", {c_.num_local_experts, h}, &L.gate));
+      M2N_RETURN_IF_ERROR(
+          w.Load(p + "block_sparse_moe.gate.weight", {c_.num_local_experts, h}, &L.gate));
     }
     M2N_RETURN_IF_ERROR(w.Load("model.norm.weight", {h}, &final_norm_));
     M2N_RETURN_IF_ERROR(w.Load("lm_head.weight", {c_.vocab_size, h}, &lm_head_));
@@ -189,33 +199,40 @@ class CudaAttention final : public AttentionCompute {
     M2N_RETURN_IF_ERROR(v_.Allocate(t * static_cast<size_t>(c_.kv_dim()), "v"));
     M2N_RETURN_IF_ERROR(attn_.Allocate(t * static_cast<size_t>(c_.q_dim()), "attention output"));
     M2N_RETURN_IF_ERROR(out_.Allocate(t * hs, "o-proj output"));
-    M2N_RETURN_IF_ERROR(gate_.Allocate(t * static_cast<size_t>(c_.num_local_experts), "gate logits"));
-    M2N_RETURN_IF_ERROR(top_index_.Allocate(t * static_cast<size_t>(c_.num_experts_per_tok), "top-k"));
-    M2N_RETURN_IF_ERROR(top_weight_.Allocate(t * static_cast<size_t>(c_.num_experts_per_tok), "top-k weights"));
+    M2N_RETURN_IF_ERROR(
+        gate_.Allocate(t * static_cast<size_t>(c_.num_local_experts), "gate logits"));
+    M2N_RETURN_IF_ERROR(
+        top_index_.Allocate(t * static_cast<size_t>(c_.num_experts_per_tok), "top-k"));
+    M2N_RETURN_IF_ERROR(
+        top_weight_.Allocate(t * static_cast<size_t>(c_.num_experts_per_tok), "top-k weights"));
     M2N_RETURN_IF_ERROR(rows_.Allocate(t, "rows"));
     M2N_RETURN_IF_ERROR(staging_.Allocate(t * hs, "staging"));
     M2N_RETURN_IF_ERROR(logits_.Allocate(t * static_cast<size_t>(c_.vocab_size), "logits"));
-    const size_t cache = static_cast<size_t>(o_.kv_slots) * static_cast<size_t>(c_.num_hidden_layers) *
+    const size_t cache = static_cast<size_t>(o_.kv_slots) *
+                         static_cast<size_t>(c_.num_hidden_layers) *
                          static_cast<size_t>(o_.max_context) * static_cast<size_t>(c_.kv_dim());
     M2N_RETURN_IF_ERROR(k_cache_.Allocate(cache, "KV cache (keys)"));
     M2N_RETURN_IF_ERROR(v_cache_.Allocate(cache, "KV cache (values)"));
     return ctx_.Sync();
   }
 
-  std::string name() const override { return "cuda (bf16 weights and KV cache, cuBLAS, fp32 accumulation)"; }
+  std::string name() const override {
+    return "cuda (bf16 weights and KV cache, cuBLAS, fp32 accumulation)";
+  }
 
   m2n::Status Begin(int mb, std::span<const TokenRef> tokens) override {
     M2N_RETURN_IF_ERROR(CheckMb(mb));
     if (static_cast<int>(tokens.size()) > o_.max_tokens) {
-      return m2n::InvalidArgumentError("micro-batch of " + std::to_string(tokens.size()) + " tokens exceeds max_tokens");
+      return m2n::InvalidArgumentError("micro-batch of " + std::to_string(tokens.size()) +
+                                       " tokens exceeds max_tokens");
     }
     MicroBatch& m = mbs_[static_cast<size_t>(mb)];
     m.rows = static_cast<int>(tokens.size());
     std::vector<int32_t> token(tokens.size()), slot(tokens.size()), position(tokens.size());
     for (size_t i = 0; i < tokens.size(); ++i) {
       const TokenRef& t = tokens[i];
-      if (t.token < 0 || t.token >= c_.vocab_size || t.kv_slot < 0 || t.kv_slot >= o_.kv_slots || t.position < 0 ||
-          t.position >= o_.max_context) {
+      if (t.token < 0 || t.token >= c_.vocab_size || t.kv_slot < 0 || t.kv_slot >= o_.kv_slots ||
+          t.position < 0 || t.position >= o_.max_context) {
         return m2n::InvalidArgumentError("token " + std::to_string(i) + " is out of range");
       }
       token[i] = t.token;
@@ -225,7 +242,8 @@ class CudaAttention final : public AttentionCompute {
     M2N_RETURN_IF_ERROR(ctx_.ToDevice(m.tokens.get(), token.data(), token.size() * 4));
     M2N_RETURN_IF_ERROR(ctx_.ToDevice(m.slots.get(), slot.data(), slot.size() * 4));
     M2N_RETURN_IF_ERROR(ctx_.ToDevice(m.positions.get(), position.data(), position.size() * 4));
-    MOE_CUDA(LaunchEmbed(m.tokens.get(), m.rows, embed_.get(), c_.hidden_size, m.residual.get(), ctx_.stream()));
+    MOE_CUDA(LaunchEmbed(m.tokens.get(), m.rows, embed_.get(), c_.hidden_size, m.residual.get(),
+                         ctx_.stream()));
     return ctx_.Sync();  // the host vectors go out of scope
   }
 
@@ -237,29 +255,36 @@ class CudaAttention final : public AttentionCompute {
     const float eps = static_cast<float>(c_.rms_norm_eps);
     const double log_theta = std::log(c_.rope_theta);
     cudaStream_t s = ctx_.stream();
-    MOE_CUDA(LaunchRmsNorm(m.residual.get(), n, h, w.input_norm.get(), eps, normed_.get(), nullptr, s));
+    MOE_CUDA(
+        LaunchRmsNorm(m.residual.get(), n, h, w.input_norm.get(), eps, normed_.get(), nullptr, s));
     M2N_RETURN_IF_ERROR(ctx_.Gemm(normed_.get(), n, h, w.wq.get(), c_.q_dim(), q_.get()));
     M2N_RETURN_IF_ERROR(ctx_.Gemm(normed_.get(), n, h, w.wk.get(), c_.kv_dim(), k_.get()));
     M2N_RETURN_IF_ERROR(ctx_.Gemm(normed_.get(), n, h, w.wv.get(), c_.kv_dim(), v_.get()));
-    MOE_CUDA(LaunchRope(q_.get(), n, c_.num_attention_heads, c_.head_dim, m.positions.get(), log_theta, s));
-    MOE_CUDA(LaunchRope(k_.get(), n, c_.num_key_value_heads, c_.head_dim, m.positions.get(), log_theta, s));
-    MOE_CUDA(LaunchAppendKv(k_.get(), v_.get(), n, c_.kv_dim(), m.slots.get(), m.positions.get(), layer, L,
-                            o_.max_context, k_cache_.get(), v_cache_.get(), s));
-    MOE_CUDA(LaunchAttention(q_.get(), n, c_.num_attention_heads, c_.num_key_value_heads, c_.head_dim, m.slots.get(),
-                             m.positions.get(), layer, L, o_.max_context, k_cache_.get(), v_cache_.get(), attn_.get(), s));
+    MOE_CUDA(LaunchRope(q_.get(), n, c_.num_attention_heads, c_.head_dim, m.positions.get(),
+                        log_theta, s));
+    MOE_CUDA(LaunchRope(k_.get(), n, c_.num_key_value_heads, c_.head_dim, m.positions.get(),
+                        log_theta, s));
+    MOE_CUDA(LaunchAppendKv(k_.get(), v_.get(), n, c_.kv_dim(), m.slots.get(), m.positions.get(),
+                            layer, L, o_.max_context, k_cache_.get(), v_cache_.get(), s));
+    MOE_CUDA(LaunchAttention(q_.get(), n, c_.num_attention_heads, c_.num_key_value_heads,
+                             c_.head_dim, m.slots.get(), m.positions.get(), layer, L,
+                             o_.max_context, k_cache_.get(), v_cache_.get(), attn_.get(), s));
     M2N_RETURN_IF_ERROR(ctx_.Gemm(attn_.get(), n, c_.q_dim(), w.wo.get(), h, out_.get()));
     MOE_CUDA(LaunchAdd(m.residual.get(), out_.get(), int64_t{n} * h, s));
-    MOE_CUDA(LaunchRmsNorm(m.residual.get(), n, h, w.post_norm.get(), eps, normed_.get(), m.moe_input.get(), s));
-    M2N_RETURN_IF_ERROR(ctx_.Gemm(normed_.get(), n, h, w.gate.get(), c_.num_local_experts, gate_.get()));
+    MOE_CUDA(LaunchRmsNorm(m.residual.get(), n, h, w.post_norm.get(), eps, normed_.get(),
+                           m.moe_input.get(), s));
+    M2N_RETURN_IF_ERROR(
+        ctx_.Gemm(normed_.get(), n, h, w.gate.get(), c_.num_local_experts, gate_.get()));
     const int k = c_.num_experts_per_tok;
-    MOE_CUDA(LaunchGateTopK(gate_.get(), n, c_.num_local_experts, k, c_.norm_topk_prob, top_index_.get(),
-                            top_weight_.get(), s));
+    MOE_CUDA(LaunchGateTopK(gate_.get(), n, c_.num_local_experts, k, c_.norm_topk_prob,
+                            top_index_.get(), top_weight_.get(), s));
     routing->top_k = k;
     routing->expert.resize(static_cast<size_t>(n) * k);
     routing->weight.resize(static_cast<size_t>(n) * k);
     std::vector<int32_t> index(routing->expert.size());
     M2N_RETURN_IF_ERROR(ctx_.ToHost(index.data(), top_index_.get(), index.size() * 4));
-    M2N_RETURN_IF_ERROR(ctx_.ToHost(routing->weight.data(), top_weight_.get(), routing->weight.size() * 4));
+    M2N_RETURN_IF_ERROR(
+        ctx_.ToHost(routing->weight.data(), top_weight_.get(), routing->weight.size() * 4));
     M2N_RETURN_IF_ERROR(ctx_.Sync());
     for (size_t i = 0; i < index.size(); ++i) routing->expert[i] = index[i];
     return m2n::OkStatus();
@@ -280,8 +305,10 @@ class CudaAttention final : public AttentionCompute {
     MicroBatch& m = mbs_[static_cast<size_t>(mb)];
     const int n = static_cast<int>(rows.size()), h = c_.hidden_size;
     M2N_RETURN_IF_ERROR(ctx_.ToDevice(rows_.get(), rows.data(), rows.size() * 4));
-    M2N_RETURN_IF_ERROR(ctx_.ToDevice(staging_.get(), src, rows.size() * static_cast<size_t>(h) * 4));
-    MOE_CUDA(LaunchScatterAddRows(m.residual.get(), rows_.get(), nullptr, n, h, staging_.get(), ctx_.stream()));
+    M2N_RETURN_IF_ERROR(
+        ctx_.ToDevice(staging_.get(), src, rows.size() * static_cast<size_t>(h) * 4));
+    MOE_CUDA(LaunchScatterAddRows(m.residual.get(), rows_.get(), nullptr, n, h, staging_.get(),
+                                  ctx_.stream()));
     return ctx_.Sync();  // `src` is an m2n slot, released after this returns
   }
 
@@ -292,10 +319,12 @@ class CudaAttention final : public AttentionCompute {
     cudaStream_t s = ctx_.stream();
     M2N_RETURN_IF_ERROR(ctx_.ToDevice(rows_.get(), rows.data(), rows.size() * 4));
     MOE_CUDA(LaunchGatherRows(m.residual.get(), rows_.get(), n, h, staging_.get(), s));
-    MOE_CUDA(LaunchRmsNorm(staging_.get(), n, h, final_norm_.get(), static_cast<float>(c_.rms_norm_eps), normed_.get(),
-                           nullptr, s));
-    M2N_RETURN_IF_ERROR(ctx_.Gemm(normed_.get(), n, h, lm_head_.get(), c_.vocab_size, logits_.get()));
-    M2N_RETURN_IF_ERROR(ctx_.ToHost(out, logits_.get(), rows.size() * static_cast<size_t>(c_.vocab_size) * 4));
+    MOE_CUDA(LaunchRmsNorm(staging_.get(), n, h, final_norm_.get(),
+                           static_cast<float>(c_.rms_norm_eps), normed_.get(), nullptr, s));
+    M2N_RETURN_IF_ERROR(
+        ctx_.Gemm(normed_.get(), n, h, lm_head_.get(), c_.vocab_size, logits_.get()));
+    M2N_RETURN_IF_ERROR(
+        ctx_.ToHost(out, logits_.get(), rows.size() * static_cast<size_t>(c_.vocab_size) * 4));
     return ctx_.Sync();
   }
 
@@ -310,7 +339,8 @@ class CudaAttention final : public AttentionCompute {
   };
 
   m2n::Status CheckMb(int mb) const {
-    if (mb < 0 || mb >= static_cast<int>(mbs_.size())) return m2n::InvalidArgumentError("micro-batch out of range");
+    if (mb < 0 || mb >= static_cast<int>(mbs_.size()))
+      return m2n::InvalidArgumentError("micro-batch out of range");
     return m2n::OkStatus();
   }
   m2n::Status CheckRows(int mb, std::span<const int32_t> rows) const {
@@ -318,7 +348,8 @@ class CudaAttention final : public AttentionCompute {
     const int n = mbs_[static_cast<size_t>(mb)].rows;
     for (int32_t r : rows) {
       if (r < 0 || r >= n) {
-        return m2n::DataLossError("token row " + std::to_string(r) + " outside the micro-batch of " + std::to_string(n));
+        return m2n::DataLossError("token row " + std::to_string(r) +
+                                  " outside the micro-batch of " + std::to_string(n));
       }
     }
     return m2n::OkStatus();
@@ -349,7 +380,8 @@ class CudaExperts final : public ExpertCompute {
     for (int l = 0; l < c_.num_hidden_layers; ++l) {
       for (size_t i = 0; i < held_.size(); ++i) {
         const int e = held_[i];
-        if (e < 0 || e >= c_.num_local_experts) return m2n::InvalidArgumentError("expert " + std::to_string(e) + " does not exist");
+        if (e < 0 || e >= c_.num_local_experts)
+          return m2n::InvalidArgumentError("expert " + std::to_string(e) + " does not exist");
         local_[static_cast<size_t>(e)] = static_cast<int>(i);
         Expert x;
         M2N_RETURN_IF_ERROR(w.Load(ExpertTensorName(l, e, "w1"), {inter, h}, &x.w1));
@@ -362,11 +394,13 @@ class CudaExperts final : public ExpertCompute {
   }
 
   std::string name() const override {
-    return std::string("cuda (bf16 weights, cuBLAS ") + (grouped_ ? "grouped" : "per-expert") + " GEMMs)";
+    return std::string("cuda (bf16 weights, cuBLAS ") + (grouped_ ? "grouped" : "per-expert") +
+           " GEMMs)";
   }
 
   m2n::Status Forward(int layer, int top_k, std::span<const ExpertInput> inputs) override {
-    if (layer < 0 || layer >= c_.num_hidden_layers) return m2n::InvalidArgumentError("layer out of range");
+    if (layer < 0 || layer >= c_.num_hidden_layers)
+      return m2n::InvalidArgumentError("layer out of range");
     const int h = c_.hidden_size, inter = c_.intermediate_size;
     const size_t experts = held_.size();
     // Rows of all inputs, concatenated: input i's rows start at offset[i].
@@ -399,7 +433,8 @@ class CudaExperts final : public ExpertCompute {
     if (total > 0) MOE_CUDA(cudaMemsetAsync(out_.get(), 0, static_cast<size_t>(total) * h * 4, s));
     if (used > 0) {
       M2N_RETURN_IF_ERROR(ctx_.ToDevice(rows_.get(), all_rows.data(), all_rows.size() * 4));
-      M2N_RETURN_IF_ERROR(ctx_.ToDevice(weights_.get(), all_weights.data(), all_weights.size() * 4));
+      M2N_RETURN_IF_ERROR(
+          ctx_.ToDevice(weights_.get(), all_weights.data(), all_weights.size() * 4));
       // Token gather: every expert's tokens, contiguous, in bf16.
       MOE_CUDA(LaunchGatherRowsBf16(x_.get(), rows_.get(), used, h, gathered_.get(), s));
       std::vector<Problem> up, down;
@@ -419,12 +454,13 @@ class CudaExperts final : public ExpertCompute {
       for (size_t e = 0; e < experts; ++e) {
         const int n = start[e + 1] - start[e];
         if (n == 0) continue;
-        MOE_CUDA(LaunchScatterAddRows(out_.get(), rows_.get() + start[e], weights_.get() + start[e], n, h,
-                                      y_.get() + static_cast<size_t>(start[e]) * h, s));
+        MOE_CUDA(LaunchScatterAddRows(out_.get(), rows_.get() + start[e], weights_.get() + start[e],
+                                      n, h, y_.get() + static_cast<size_t>(start[e]) * h, s));
       }
     }
     for (size_t i = 0; i < inputs.size(); ++i) {
-      M2N_RETURN_IF_ERROR(ctx_.ToHost(inputs[i].out, out_.get() + static_cast<size_t>(offset[i]) * h,
+      M2N_RETURN_IF_ERROR(ctx_.ToHost(inputs[i].out,
+                                      out_.get() + static_cast<size_t>(offset[i]) * h,
                                       static_cast<size_t>(inputs[i].rows) * h * 4));
     }
     return ctx_.Sync();
@@ -444,7 +480,8 @@ class CudaExperts final : public ExpertCompute {
   };
 
   m2n::Status Reserve(int total, int used) {
-    const size_t h = static_cast<size_t>(c_.hidden_size), inter = static_cast<size_t>(c_.intermediate_size);
+    const size_t h = static_cast<size_t>(c_.hidden_size),
+                 inter = static_cast<size_t>(c_.intermediate_size);
     if (static_cast<size_t>(total) > capacity_total_) {
       capacity_total_ = static_cast<size_t>(total) * 2;
       M2N_RETURN_IF_ERROR(x_.Allocate(capacity_total_ * h, "expert input"));
@@ -487,7 +524,8 @@ class CudaExperts final : public ExpertCompute {
         c[i] = p.y;
       }
       // The pointer arrays live in device memory, as for the batched GEMMs.
-      if (pointers_.count() < 3 * g) M2N_RETURN_IF_ERROR(pointers_.Allocate(3 * g * 2, "GEMM pointer arrays"));
+      if (pointers_.count() < 3 * g)
+        M2N_RETURN_IF_ERROR(pointers_.Allocate(3 * g * 2, "GEMM pointer arrays"));
       std::vector<const void*> all;
       all.insert(all.end(), a.begin(), a.end());
       all.insert(all.end(), b.begin(), b.end());
@@ -496,16 +534,17 @@ class CudaExperts final : public ExpertCompute {
       auto* d = reinterpret_cast<void**>(pointers_.get());
       const cublasStatus_t st = cublasGemmGroupedBatchedEx(
           ctx_.cublas(), ta.data(), tb.data(), m.data(), n.data(), k.data(), alpha.data(),
-          const_cast<const void* const*>(d), CUDA_R_16BF, lda.data(), const_cast<const void* const*>(d + g),
-          CUDA_R_16BF, ldb.data(), beta.data(), d + 2 * g, CUDA_R_32F, ldc.data(), static_cast<int>(g), size.data(),
-          CUBLAS_COMPUTE_32F);
+          const_cast<const void* const*>(d), CUDA_R_16BF, lda.data(),
+          const_cast<const void* const*>(d + g), CUDA_R_16BF, ldb.data(), beta.data(), d + 2 * g,
+          CUDA_R_32F, ldc.data(), static_cast<int>(g), size.data(), CUBLAS_COMPUTE_32F);
       if (st == CUBLAS_STATUS_SUCCESS) return ctx_.Sync();  // the host arrays go out of scope
       if (st != CUBLAS_STATUS_NOT_SUPPORTED && st != CUBLAS_STATUS_INVALID_VALUE) {
         return CublasError(st, "cublasGemmGroupedBatchedEx over " + std::to_string(g) + " experts");
       }
       grouped_ = false;
     }
-    for (const Problem& p : problems) M2N_RETURN_IF_ERROR(ctx_.Gemm(p.x, p.rows, p.k, p.w, p.n, p.y));
+    for (const Problem& p : problems)
+      M2N_RETURN_IF_ERROR(ctx_.Gemm(p.x, p.rows, p.k, p.w, p.n, p.y));
     return m2n::OkStatus();
   }
 
@@ -529,14 +568,16 @@ int VisibleDevices() {
   return cudaGetDeviceCount(&count) == cudaSuccess ? count : 0;
 }
 
-m2n::StatusOr<std::unique_ptr<AttentionCompute>> MakeCudaAttention(const ModelConfig& config, const WeightSource& source,
+m2n::StatusOr<std::unique_ptr<AttentionCompute>> MakeCudaAttention(const ModelConfig& config,
+                                                                   const WeightSource& source,
                                                                    const ComputeOptions& options) {
   auto a = std::make_unique<CudaAttention>(config, options);
   M2N_RETURN_IF_ERROR(a->Init(source));
   return std::unique_ptr<AttentionCompute>(std::move(a));
 }
 
-m2n::StatusOr<std::unique_ptr<ExpertCompute>> MakeCudaExperts(const ModelConfig& config, const WeightSource& source,
+m2n::StatusOr<std::unique_ptr<ExpertCompute>> MakeCudaExperts(const ModelConfig& config,
+                                                              const WeightSource& source,
                                                               std::span<const int> experts,
                                                               const ComputeOptions& options) {
   auto e = std::make_unique<CudaExperts>(config, options);

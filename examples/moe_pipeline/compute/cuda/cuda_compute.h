@@ -20,9 +20,11 @@ namespace moe::cuda {
 int VisibleDevices();
 
 // Both use GPU options.local_rank modulo the visible devices.
-m2n::StatusOr<std::unique_ptr<AttentionCompute>> MakeCudaAttention(const ModelConfig& config, const WeightSource& source,
+m2n::StatusOr<std::unique_ptr<AttentionCompute>> MakeCudaAttention(const ModelConfig& config,
+                                                                   const WeightSource& source,
                                                                    const ComputeOptions& options);
-m2n::StatusOr<std::unique_ptr<ExpertCompute>> MakeCudaExperts(const ModelConfig& config, const WeightSource& source,
+m2n::StatusOr<std::unique_ptr<ExpertCompute>> MakeCudaExperts(const ModelConfig& config,
+                                                              const WeightSource& source,
                                                               std::span<const int> experts,
                                                               const ComputeOptions& options);
 

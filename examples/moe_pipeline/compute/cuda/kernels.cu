@@ -23,25 +23,33 @@ __device__ __forceinline__ uint64_t SplitMix(uint64_t x) {
 }
 
 // The host's FillSeeded, operation for operation (no contraction into FMAs).
-__global__ void FillSeededKernel(uint16_t* out, int64_t n, uint64_t key, float scale, bool is_norm) {
+__global__ void FillSeededKernel(uint16_t* out, int64_t n, uint64_t key, float scale,
+                                 bool is_norm) {
   const float sqrt3 = sqrtf(3.0f);
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
-    const float u = __fsub_rn(__fmul_rn(static_cast<float>(SplitMix(key + static_cast<uint64_t>(i)) >> 40),
-                                        2.0f / 16777216.0f), 1.0f);
-    out[i] = ToBf16(is_norm ? __fadd_rn(1.0f, __fmul_rn(0.1f, u)) : __fmul_rn(__fmul_rn(scale, sqrt3), u));
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const float u =
+        __fsub_rn(__fmul_rn(static_cast<float>(SplitMix(key + static_cast<uint64_t>(i)) >> 40),
+                            2.0f / 16777216.0f),
+                  1.0f);
+    out[i] = ToBf16(is_norm ? __fadd_rn(1.0f, __fmul_rn(0.1f, u))
+                            : __fmul_rn(__fmul_rn(scale, sqrt3), u));
   }
 }
 
 __global__ void FloatToBf16Kernel(const float* in, uint16_t* out, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
     out[i] = ToBf16(in[i]);
   }
 }
 
-__global__ void EmbedKernel(const int32_t* tokens, const uint16_t* embed, int hidden, float* residual) {
+__global__ void EmbedKernel(const int32_t* tokens, const uint16_t* embed, int hidden,
+                            float* residual) {
   const int row = blockIdx.x;
   const int64_t from = int64_t{tokens[row]} * hidden;
-  for (int i = threadIdx.x; i < hidden; i += blockDim.x) residual[int64_t{row} * hidden + i] = Load(embed, from + i);
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x)
+    residual[int64_t{row} * hidden + i] = Load(embed, from + i);
 }
 
 __device__ float BlockSum(float v, float* shared) {
@@ -55,8 +63,8 @@ __device__ float BlockSum(float v, float* shared) {
   return total;
 }
 
-__global__ void RmsNormKernel(const float* x, int hidden, const uint16_t* weight, float eps, uint16_t* out_bf16,
-                              float* out_f32) {
+__global__ void RmsNormKernel(const float* x, int hidden, const uint16_t* weight, float eps,
+                              uint16_t* out_bf16, float* out_f32) {
   __shared__ float partial[32];
   const float* xr = x + int64_t{blockIdx.x} * hidden;
   float ss = 0;
@@ -69,7 +77,8 @@ __global__ void RmsNormKernel(const float* x, int hidden, const uint16_t* weight
   }
 }
 
-__global__ void RopeKernel(float* x, int heads, int head_dim, const int32_t* positions, double log_theta) {
+__global__ void RopeKernel(float* x, int heads, int head_dim, const int32_t* positions,
+                           double log_theta) {
   const int row = blockIdx.x, half = head_dim / 2;
   for (int j = threadIdx.x; j < heads * half; j += blockDim.x) {
     const int h = j / half, i = j % half;
@@ -82,14 +91,14 @@ __global__ void RopeKernel(float* x, int heads, int head_dim, const int32_t* pos
   }
 }
 
-__device__ __forceinline__ int64_t CacheOffset(int slot, int layer, int layers, int max_context, int position,
-                                               int kv_dim) {
+__device__ __forceinline__ int64_t CacheOffset(int slot, int layer, int layers, int max_context,
+                                               int position, int kv_dim) {
   return ((int64_t{slot} * layers + layer) * max_context + position) * kv_dim;
 }
 
 __global__ void AppendKvKernel(const float* k, const float* v, int kv_dim, const int32_t* slots,
-                               const int32_t* positions, int layer, int layers, int max_context, uint16_t* k_cache,
-                               uint16_t* v_cache) {
+                               const int32_t* positions, int layer, int layers, int max_context,
+                               uint16_t* k_cache, uint16_t* v_cache) {
   const int row = blockIdx.x;
   const int64_t at = CacheOffset(slots[row], layer, layers, max_context, positions[row], kv_dim);
   for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) {
@@ -100,16 +109,18 @@ __global__ void AppendKvKernel(const float* k, const float* v, int kv_dim, const
 
 // One block per (row, head), head_dim threads: thread t owns output dimension t and, per tile,
 // the score of position base + t.
-__global__ void AttentionKernel(const float* q, int heads, int kv_heads, int head_dim, const int32_t* slots,
-                                const int32_t* positions, int layer, int layers, int max_context,
-                                const uint16_t* k_cache, const uint16_t* v_cache, uint16_t* out) {
+__global__ void AttentionKernel(const float* q, int heads, int kv_heads, int head_dim,
+                                const int32_t* slots, const int32_t* positions, int layer,
+                                int layers, int max_context, const uint16_t* k_cache,
+                                const uint16_t* v_cache, uint16_t* out) {
   extern __shared__ float shared[];
-  float* qs = shared;               // [head_dim]
+  float* qs = shared;  // [head_dim]
   float* scores = shared + head_dim;  // [head_dim]
   const int row = blockIdx.x / heads, h = blockIdx.x % heads, t = threadIdx.x;
   const int kvh = h / (heads / kv_heads), kv_dim = kv_heads * head_dim;
   const int len = positions[row] + 1;
-  const int64_t base = CacheOffset(slots[row], layer, layers, max_context, 0, kv_dim) + int64_t{kvh} * head_dim;
+  const int64_t base =
+      CacheOffset(slots[row], layer, layers, max_context, 0, kv_dim) + int64_t{kvh} * head_dim;
   qs[t] = q[(int64_t{row} * heads + h) * head_dim + t];
   __syncthreads();
   const float scale = rsqrtf(static_cast<float>(head_dim));
@@ -144,14 +155,15 @@ __global__ void AttentionKernel(const float* q, int heads, int kv_heads, int hea
 }
 
 __global__ void AddKernel(float* x, const float* y, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
     x[i] += y[i];
   }
 }
 
 // One thread per row (experts <= 256).
-__global__ void GateTopKKernel(const float* logits, int rows, int experts, int top_k, bool renormalize,
-                               int32_t* index, float* weight) {
+__global__ void GateTopKKernel(const float* logits, int rows, int experts, int top_k,
+                               bool renormalize, int32_t* index, float* weight) {
   const int row = blockIdx.x * blockDim.x + threadIdx.x;
   if (row >= rows) return;
   const float* g = logits + int64_t{row} * experts;
@@ -185,15 +197,16 @@ __global__ void GatherRowsKernel(const float* src, const int32_t* rows, int hidd
   }
 }
 
-__global__ void GatherRowsBf16Kernel(const float* src, const int32_t* rows, int hidden, uint16_t* dst) {
+__global__ void GatherRowsBf16Kernel(const float* src, const int32_t* rows, int hidden,
+                                     uint16_t* dst) {
   const int i = blockIdx.x;
   for (int d = threadIdx.x; d < hidden; d += blockDim.x) {
     dst[int64_t{i} * hidden + d] = ToBf16(src[int64_t{rows[i]} * hidden + d]);
   }
 }
 
-__global__ void ScatterAddRowsKernel(float* dst, const int32_t* rows, const float* scale, int hidden,
-                                     const float* src) {
+__global__ void ScatterAddRowsKernel(float* dst, const int32_t* rows, const float* scale,
+                                     int hidden, const float* src) {
   const int i = blockIdx.x;
   const float s = scale == nullptr ? 1.0f : scale[i];
   for (int d = threadIdx.x; d < hidden; d += blockDim.x) {
@@ -202,7 +215,8 @@ __global__ void ScatterAddRowsKernel(float* dst, const int32_t* rows, const floa
 }
 
 __global__ void SiluMulKernel(const float* h1, const float* h3, int64_t n, uint16_t* a) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
     const float g = h1[i];
     a[i] = ToBf16(g / (1.0f + __expf(-g)) * h3[i]);
   }
@@ -216,7 +230,8 @@ int RowThreads(int width) { return width >= 256 ? 256 : ((width + 31) / 32) * 32
 
 }  // namespace
 
-cudaError_t LaunchFillSeeded(uint16_t* out, int64_t n, uint64_t key, float scale, bool is_norm, cudaStream_t stream) {
+cudaError_t LaunchFillSeeded(uint16_t* out, int64_t n, uint64_t key, float scale, bool is_norm,
+                             cudaStream_t stream) {
   FillSeededKernel<<<Blocks(n, 256), 256, 0, stream>>>(out, n, key, scale, is_norm);
   return cudaGetLastError();
 }
@@ -226,43 +241,47 @@ cudaError_t LaunchFloatToBf16(const float* in, uint16_t* out, int64_t n, cudaStr
   return cudaGetLastError();
 }
 
-cudaError_t LaunchEmbed(const int32_t* tokens, int rows, const uint16_t* embed, int hidden, float* residual,
-                        cudaStream_t stream) {
+cudaError_t LaunchEmbed(const int32_t* tokens, int rows, const uint16_t* embed, int hidden,
+                        float* residual, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   EmbedKernel<<<rows, RowThreads(hidden), 0, stream>>>(tokens, embed, hidden, residual);
   return cudaGetLastError();
 }
 
-cudaError_t LaunchRmsNorm(const float* x, int rows, int hidden, const uint16_t* weight, float eps, uint16_t* out_bf16,
-                          float* out_f32, cudaStream_t stream) {
+cudaError_t LaunchRmsNorm(const float* x, int rows, int hidden, const uint16_t* weight, float eps,
+                          uint16_t* out_bf16, float* out_f32, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   RmsNormKernel<<<rows, RowThreads(hidden), 0, stream>>>(x, hidden, weight, eps, out_bf16, out_f32);
   return cudaGetLastError();
 }
 
-cudaError_t LaunchRope(float* x, int rows, int heads, int head_dim, const int32_t* positions, double log_theta,
-                       cudaStream_t stream) {
+cudaError_t LaunchRope(float* x, int rows, int heads, int head_dim, const int32_t* positions,
+                       double log_theta, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
-  RopeKernel<<<rows, RowThreads(heads * head_dim / 2), 0, stream>>>(x, heads, head_dim, positions, log_theta);
+  RopeKernel<<<rows, RowThreads(heads * head_dim / 2), 0, stream>>>(x, heads, head_dim, positions,
+                                                                    log_theta);
   return cudaGetLastError();
 }
 
-cudaError_t LaunchAppendKv(const float* k, const float* v, int rows, int kv_dim, const int32_t* slots,
-                           const int32_t* positions, int layer, int layers, int max_context, uint16_t* k_cache,
-                           uint16_t* v_cache, cudaStream_t stream) {
+cudaError_t LaunchAppendKv(const float* k, const float* v, int rows, int kv_dim,
+                           const int32_t* slots, const int32_t* positions, int layer, int layers,
+                           int max_context, uint16_t* k_cache, uint16_t* v_cache,
+                           cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
-  AppendKvKernel<<<rows, RowThreads(kv_dim), 0, stream>>>(k, v, kv_dim, slots, positions, layer, layers, max_context,
-                                                          k_cache, v_cache);
+  AppendKvKernel<<<rows, RowThreads(kv_dim), 0, stream>>>(k, v, kv_dim, slots, positions, layer,
+                                                          layers, max_context, k_cache, v_cache);
   return cudaGetLastError();
 }
 
-cudaError_t LaunchAttention(const float* q, int rows, int heads, int kv_heads, int head_dim, const int32_t* slots,
-                            const int32_t* positions, int layer, int layers, int max_context, const uint16_t* k_cache,
-                            const uint16_t* v_cache, uint16_t* out_bf16, cudaStream_t stream) {
+cudaError_t LaunchAttention(const float* q, int rows, int heads, int kv_heads, int head_dim,
+                            const int32_t* slots, const int32_t* positions, int layer, int layers,
+                            int max_context, const uint16_t* k_cache, const uint16_t* v_cache,
+                            uint16_t* out_bf16, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   if (head_dim > 1024) return cudaErrorInvalidValue;
   AttentionKernel<<<rows * heads, head_dim, 2 * head_dim * sizeof(float), stream>>>(
-      q, heads, kv_heads, head_dim, slots, positions, layer, layers, max_context, k_cache, v_cache, out_bf16);
+      q, heads, kv_heads, head_dim, slots, positions, layer, layers, max_context, k_cache, v_cache,
+      out_bf16);
   return cudaGetLastError();
 }
 
@@ -272,11 +291,12 @@ cudaError_t LaunchAdd(float* x, const float* y, int64_t n, cudaStream_t stream) 
   return cudaGetLastError();
 }
 
-cudaError_t LaunchGateTopK(const float* logits, int rows, int experts, int top_k, bool renormalize, int32_t* index,
-                           float* weight, cudaStream_t stream) {
+cudaError_t LaunchGateTopK(const float* logits, int rows, int experts, int top_k, bool renormalize,
+                           int32_t* index, float* weight, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   if (experts > 256) return cudaErrorInvalidValue;
-  GateTopKKernel<<<Blocks(rows, 128), 128, 0, stream>>>(logits, rows, experts, top_k, renormalize, index, weight);
+  GateTopKKernel<<<Blocks(rows, 128), 128, 0, stream>>>(logits, rows, experts, top_k, renormalize,
+                                                        index, weight);
   return cudaGetLastError();
 }
 
@@ -287,21 +307,22 @@ cudaError_t LaunchGatherRows(const float* src, const int32_t* rows, int n, int h
   return cudaGetLastError();
 }
 
-cudaError_t LaunchGatherRowsBf16(const float* src, const int32_t* rows, int n, int hidden, uint16_t* dst,
-                                 cudaStream_t stream) {
+cudaError_t LaunchGatherRowsBf16(const float* src, const int32_t* rows, int n, int hidden,
+                                 uint16_t* dst, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   GatherRowsBf16Kernel<<<n, RowThreads(hidden), 0, stream>>>(src, rows, hidden, dst);
   return cudaGetLastError();
 }
 
-cudaError_t LaunchScatterAddRows(float* dst, const int32_t* rows, const float* scale, int n, int hidden,
-                                 const float* src, cudaStream_t stream) {
+cudaError_t LaunchScatterAddRows(float* dst, const int32_t* rows, const float* scale, int n,
+                                 int hidden, const float* src, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   ScatterAddRowsKernel<<<n, RowThreads(hidden), 0, stream>>>(dst, rows, scale, hidden, src);
   return cudaGetLastError();
 }
 
-cudaError_t LaunchSiluMul(const float* h1, const float* h3, int64_t n, uint16_t* a_bf16, cudaStream_t stream) {
+cudaError_t LaunchSiluMul(const float* h1, const float* h3, int64_t n, uint16_t* a_bf16,
+                          cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   SiluMulKernel<<<Blocks(n, 256), 256, 0, stream>>>(h1, h3, n, a_bf16);
   return cudaGetLastError();
