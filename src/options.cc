@@ -103,6 +103,8 @@ Status ReadLauncher(BootstrapOptions* b, std::string* run_name) {
 
 std::span<const EnvironmentVariable> EnvironmentTable() { return kTable; }
 
+// Longer than a screen on purpose: a flat list of one bounded read per M2N_* variable, in the order
+// of the environment table, which reads best as one list.
 StatusOr<Options> ResolveOptions(const Options& in) {
   Options o = in;
   BootstrapOptions& b = o.bootstrap;

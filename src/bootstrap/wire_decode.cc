@@ -232,6 +232,8 @@ StatusOr<FrameHeader> DecodeHeader(std::span<const std::byte> bytes) {
   return header;
 }
 
+// Longer than a screen on purpose: one case per message type, each a few reads, so that the whole
+// wire format of the bodies reads in one place (splitting it would scatter the format).
 StatusOr<Message> DecodeBody(MessageType type, std::span<const std::byte> body) {
   BodyReader r(type, body);
   Message message;

@@ -166,6 +166,8 @@ __device__ __forceinline__ unsigned long long LoadRelaxedGpu(const unsigned long
   return v;
 }
 
+// Longer than a screen on purpose, as ProxyCopy below: one resident loop whose register-held state
+// (ring positions, the descriptor being served) would be spilled across calls if it were split.
 __device__ void ProxyDispatch(const ProxyRing& ring) {
   static_assert(kNumProxyFields < 16 && kNumProxyFields < kProxyEndWord,
                 "two descriptors per warp read");

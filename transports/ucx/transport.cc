@@ -270,6 +270,8 @@ size_t UcxTransport::DropUnreportedWrites() {
   return unconfirmed;
 }
 
+// A screen and a line: the teardown steps in their one valid order (flush, close endpoints, release
+// memory, the workers last), each bounded by `deadline`.
 Status UcxTransport::Teardown(bool graceful, Deadline deadline) {
   closed_ = true;
   std::vector<void*> requests;

@@ -17,6 +17,9 @@
 
 namespace m2n::transport::verbs {
 
+// Longer than a screen on purpose: the stream path's set-up steps in their one valid order (CUDA
+// context and flush mode, the proxy's CQ, the flag words registered for the GPU, then what uses
+// them), each undone by the destructor.
 Status VerbsTransport::InitStreamPath() {
 #if M2N_VERBS_WITH_CUDA
   auto driver = CudaDriver::Get();
