@@ -13,8 +13,8 @@ The Python binding of m2n's C++ API (include/m2n/). Start with ``help(m2n.Group)
             g.release(msgs)
 
 Errors raise ``m2n.Error`` subclasses (``m2n.errors``). ``python -m m2n.launch -n 4 script.py``
-runs a script as the ranks of a local job without torchrun. The expert-parallel layer (m2n.ep)
-is not there yet.
+runs a script as the ranks of a local job without torchrun. ``m2n.ep.ExpertParallel`` is the
+expert-parallel layer (dispatch / combine of MoE tokens between attention and expert ranks).
 """
 
 from m2n._m2n import (
@@ -25,6 +25,7 @@ from m2n._m2n import (
     available_transports,
     environment_table,
 )
+from m2n import ep
 from m2n.errors import (
     AbortedError,
     DataLossError,
@@ -57,4 +58,5 @@ __all__ = [
     "__version__",
     "available_transports",
     "environment_table",
+    "ep",
 ]

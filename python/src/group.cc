@@ -20,14 +20,6 @@
 namespace m2n::python {
 namespace {
 
-Deadline DeadlineIn(double seconds) {
-  if (seconds < 0)
-    ThrowStatus(InvalidArgumentError("timeout: " + std::to_string(seconds) + " s is negative"));
-  const double capped = seconds > 1e9 ? 1e9 : seconds;  // "forever" without overflowing the clock
-  return Deadline::After(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(capped)));
-}
-
 MemoryKind KindNamed(const std::string& name) {
   if (name == "host") return MemoryKind::kHost;
   if (name == "cuda") return MemoryKind::kCuda;
@@ -357,6 +349,14 @@ void BindLifecycle(nb::class_<PyGroup>& c) {
 }
 
 }  // namespace
+
+Deadline DeadlineIn(double seconds) {
+  if (seconds < 0)
+    ThrowStatus(InvalidArgumentError("timeout: " + std::to_string(seconds) + " s is negative"));
+  const double capped = seconds > 1e9 ? 1e9 : seconds;  // "forever" without overflowing the clock
+  return Deadline::After(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(capped)));
+}
 
 Group& PyGroup::get() {
   if (!group) ThrowStatus(FailedPreconditionError("the group is closed"));

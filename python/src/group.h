@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 
+#include "m2n/deadline.h"
 #include "m2n/group.h"
 #include "m2n/memory.h"
 
@@ -43,6 +44,10 @@ struct PyMessage {
   nb::object group;
 };
 
+// `seconds` from now (a timeout argument); raises m2n.InvalidArgumentError when negative.
+Deadline DeadlineIn(double seconds);
+
 void BindGroup(nb::module_& m);
+void BindExpertParallel(nb::module_& m);  // ep.cc
 
 }  // namespace m2n::python

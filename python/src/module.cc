@@ -1,5 +1,6 @@
-// The extension module m2n._m2n: Group, Message, MemoryRegion (group.cc) and the module-level
-// facts of this build. python/m2n/__init__.py re-exports it with the error classes.
+// The extension module m2n._m2n: Group, Message, MemoryRegion (group.cc), ExpertParallel and
+// ExpertBatch (ep.cc, re-exported as m2n.ep) and the module-level facts of this build.
+// python/m2n/__init__.py re-exports it with the error classes.
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
@@ -28,4 +29,5 @@ NB_MODULE(_m2n, m) {
       "The M2N_* variables a Group reads: (name, option field, meaning) rows.");
   m2n::python::BindGroup(m);
   m2n::python::BindLaunch(m);
+  m2n::python::BindExpertParallel(m);
 }
