@@ -131,6 +131,9 @@ Rows RowsOf(nb::handle obj, const char* what, Element e, DataType row, int64_t r
   if (writable && !nb::try_cast(array_object, w)) {
     ThrowStatus(InvalidArgumentError(std::string(what) + ": the array is read-only"));
   }
+  // An empty array has no bytes to send (and numpy may give it any strides): the C++ calls take
+  // null for zero rows.
+  if (a.size() == 0) return {nullptr, int(a.shape(0))};
   return {BytesOf(a, what).data, int(a.shape(0))};
 }
 
@@ -286,7 +289,9 @@ void BindProperties(nb::class_<PyExpertParallel>& c) {
       .def_prop_ro("max_tokens", [](const PyExpertParallel& p) { return p.options.max_tokens; })
       .def_prop_ro(
           "dtype",
-          [](const PyExpertParallel& p) { return std::string(DataTypeName(p.options.dtype)); },
+          [](const PyExpertParallel& p) {
+            return std::string(p.options.dtype == DataType::kFloat32 ? "float32" : "bfloat16");
+          },
           "\"float32\" or \"bfloat16\".")
       .def_prop_ro(
           "calls_in_flight", [](PyExpertParallel& p) { return p.get().calls_in_flight(); },
@@ -300,13 +305,13 @@ void BindExpertParallel(nb::module_& m) {
   nb::class_<PyExpertParallel> c(m, "ExpertParallel", kExpertParallelDoc);
   c.def(
        "__init__",
-       [](PyExpertParallel* self, nb::handle group, int num_experts, int top_k, int hidden,
+       [](PyExpertParallel* self, PyGroup& group, int num_experts, int top_k, int hidden,
           int max_tokens, const std::string& dtype, std::optional<std::vector<int>> placement) {
          ExpertParallelOptions o =
              OptionsOf(num_experts, top_k, hidden, dtype, max_tokens, placement);
-         Group& g = nb::cast<PyGroup&>(group).get();
+         Group& g = group.get();
          std::unique_ptr<ExpertParallel> ep = Check(ExpertParallel::Create(g, o));
-         new (self) PyExpertParallel{nb::borrow(group), std::move(ep), o, {}, -1};
+         new (self) PyExpertParallel{nb::find(&group), std::move(ep), o, {}, -1};
        },
        nb::arg("group"), nb::kw_only(), nb::arg("num_experts"), nb::arg("top_k"), nb::arg("hidden"),
        nb::arg("max_tokens"), nb::arg("dtype") = "float32",
@@ -322,12 +327,20 @@ void BindExpertParallel(nb::module_& m) {
           nb::arg("num_senders"), nb::arg("num_receivers"), nb::kw_only(), nb::arg("num_experts"),
           nb::arg("top_k"), nb::arg("hidden"), nb::arg("max_tokens"), nb::arg("dtype") = "float32",
           nb::arg("placement").none() = nb::none(), kSlotBytesNeededDoc)
-      .def("dispatch", &Dispatch, nb::arg("x"), nb::arg("topk_ids"), nb::arg("topk_weights"),
-           nb::arg("timeout") = 60.0, kDispatchDoc)
+      .def(
+          "dispatch", &Dispatch, nb::arg("x"), nb::arg("topk_ids"), nb::arg("topk_weights"),
+          nb::arg("timeout") = 60.0,
+          nb::sig("def dispatch(self, x: numpy.typing.ArrayLike, topk_ids: numpy.typing.ArrayLike, "
+                  "topk_weights: numpy.typing.ArrayLike, timeout: float = 60.0) -> None"),
+          kDispatchDoc)
       .def("receive_combine", &ReceiveCombine, nb::arg("out"), nb::arg("timeout") = 60.0,
+           nb::sig("def receive_combine(self, out: numpy.typing.NDArray, timeout: float = 60.0) "
+                   "-> numpy.typing.NDArray"),
            kReceiveCombineDoc)
       .def("receive_dispatch", &ReceiveDispatch, nb::arg("timeout") = 60.0, kReceiveDispatchDoc)
-      .def("combine", &Combine, nb::arg("y"), nb::arg("timeout") = 60.0, kCombineDoc);
+      .def("combine", &Combine, nb::arg("y"), nb::arg("timeout") = 60.0,
+           nb::sig("def combine(self, y: numpy.typing.ArrayLike, timeout: float = 60.0) -> None"),
+           kCombineDoc);
   BindProperties(c);
 }
 
