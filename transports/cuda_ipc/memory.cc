@@ -8,7 +8,9 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
+#include <random>
 
 #include "transports/cuda_ipc/cuda_status.h"
 
@@ -70,10 +72,26 @@ StatusOr<size_t> AllocationBytes(const void* p) {
 
 }  // namespace
 
-StatusOr<std::unique_ptr<SharedSegment>> SharedSegment::Create(size_t size) {
+// A new segment's name: the pid and a count say whose it is, a random part keeps it unguessable and
+// apart from a segment that a dead process of the same pid left behind (a rank killed before Close
+// cannot unlink its segments; pids are reused).
+static std::string NewSegmentName() {
   static std::atomic<int> counter{0};
-  std::string name = "/m2n-cuda_ipc-" + std::to_string(getpid()) + "-" + std::to_string(counter++);
-  int fd = shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
+  static thread_local std::mt19937_64 random{std::random_device{}()};
+  char suffix[17];
+  std::snprintf(suffix, sizeof suffix, "%016llx", static_cast<unsigned long long>(random()));
+  return "/m2n-cuda_ipc-" + std::to_string(getpid()) + "-" + std::to_string(counter++) + "-" +
+         suffix;
+}
+
+StatusOr<std::unique_ptr<SharedSegment>> SharedSegment::Create(size_t size) {
+  std::string name;
+  int fd = -1;
+  for (int attempt = 0; attempt < 8 && fd < 0; ++attempt) {  // EEXIST: a name in use; take another
+    name = NewSegmentName();
+    fd = shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
+    if (fd < 0 && errno != EEXIST) break;
+  }
   if (fd < 0) return UnavailableError(SystemError("cuda_ipc: shm_open(" + name + ")", errno));
   if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
     int e = errno;
