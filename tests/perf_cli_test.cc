@@ -12,7 +12,7 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
-#include <regex>
+#include <cctype>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -35,6 +35,26 @@ namespace {
 // Flags
 
 StatusOr<PerfConfig> Parse(std::vector<std::string> args) { return ParseCommandLine(args); }
+
+// Whether `text` holds `lead`, then a list "N, M, ..." of ranks that includes rank 1, then `tail`
+// (parsed by hand: std::regex trips GCC 12's -Wmaybe-uninitialized in the ASan build).
+bool NamesRankOne(const std::string& text, const std::string& lead, const std::string& tail) {
+  for (size_t at = text.find(lead); at != std::string::npos; at = text.find(lead, at + 1)) {
+    size_t i = at + lead.size();
+    bool has_one = false;
+    for (;;) {
+      size_t j = i;
+      while (j < text.size() && std::isdigit(static_cast<unsigned char>(text[j]))) ++j;
+      if (j == i) break;
+      has_one = has_one || text.compare(i, j - i, "1") == 0;
+      i = j;
+      if (text.compare(i, 2, ", ") != 0) break;
+      i += 2;
+    }
+    if (has_one && text.compare(i, tail.size(), tail) == 0) return true;
+  }
+  return false;
+}
 
 TEST(PerfCliTest, ParseSizeAcceptsSuffixesAsPowersOfTwo) {
   EXPECT_EQ(*ParseSize("8"), 8u);
@@ -802,12 +822,13 @@ TEST(PerfEndToEndTest, RanksInTheHostBarrierNameAKilledRankPromptly) {
     EXPECT_LT(exits[r].after_s, 10.0) << "--timeout_ms is " << kTimeoutMs;
     EXPECT_TRUE(WIFEXITED(exits[r].status) && WEXITSTATUS(exits[r].status) != 0) << exits[r].status;
     // A survivor that failed and left before another asked may be named too ("ranks 1, 2 died").
-    EXPECT_TRUE(std::regex_search(err, std::regex(R"(ranks? ([0-9]+, )*1(, [0-9]+)* died)")));
+    EXPECT_TRUE(NamesRankOne(err, "rank ", " died") || NamesRankOne(err, "ranks ", " died"));
   }
   // Rank 0 was in the host barrier, which names who never came.
   const std::string err0 = ReadFile(dir + "/rank0.err");
-  EXPECT_TRUE(std::regex_search(
-      err0, std::regex(R"(host barrier: rank 0 was waiting for ranks? ([0-9]+, )*1\b)")))
+  const std::string waiting = "host barrier: rank 0 was waiting for ";
+  EXPECT_TRUE(NamesRankOne(err0, waiting + "rank ", "") ||
+              NamesRankOne(err0, waiting + "ranks ", ""))
       << err0;
   for (int r = 0; r < kWorld; ++r) {
     for (const char* ext : {".out", ".err"})
