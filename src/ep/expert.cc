@@ -1,6 +1,7 @@
 // The expert rank's calls of m2n::ExpertParallel: ReceiveDispatch (receive the call's message from
 // every attention rank, group the rows by local expert, copy them out, release the slots) and
 // Combine (send every attention rank its rows of the experts' output).
+#include <cstring>
 #include <string>
 
 #include "ep/layer.h"
@@ -29,8 +30,16 @@ void DescribeRows(ExpertParallel::Impl& impl, std::span<const ep::DispatchView> 
   for (size_t i = 0; i < impl.sources.size(); ++i) {
     const ep::DispatchView& v = views[size_t(g.message[i])];
     const size_t row = size_t(g.row[i]);
-    impl.sources[i] =
-        ExpertRowSource{v.source, v.token[row], g.slot[i], v.weight[row * k + size_t(g.slot[i])]};
+    // The message's arrays may sit at any byte offset of the slot: read them by memcpy.
+    int32_t token;
+    float weight;
+    std::memcpy(&token, reinterpret_cast<const std::byte*>(v.token) + row * sizeof token,
+                sizeof token);
+    std::memcpy(&weight,
+                reinterpret_cast<const std::byte*>(v.weight) +
+                    (row * k + size_t(g.slot[i])) * sizeof weight,
+                sizeof weight);
+    impl.sources[i] = ExpertRowSource{v.source, token, g.slot[i], weight};
   }
   impl.counts.resize(g.offsets.size() - 1);
   for (size_t l = 0; l < impl.counts.size(); ++l) impl.counts[l] = g.offsets[l + 1] - g.offsets[l];

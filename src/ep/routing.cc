@@ -3,6 +3,7 @@
 #include "ep/routing.h"
 
 #include <algorithm>
+#include <cstring>
 
 namespace m2n::ep {
 
@@ -113,6 +114,13 @@ StatusOr<int> LocalExpert(const Placement& placement, int receiver, int source, 
   return placement.local_index[size_t(expert)];
 }
 
+// Id i of a received message: the ids may sit at any byte offset of the slot, so read by memcpy.
+int32_t LoadId(const int32_t* ids, size_t i) {
+  int32_t id;
+  std::memcpy(&id, reinterpret_cast<const std::byte*>(ids) + i * sizeof id, sizeof id);
+  return id;
+}
+
 }  // namespace
 
 Status GroupByExpert(const Placement& placement, int receiver, int top_k,
@@ -121,8 +129,9 @@ Status GroupByExpert(const Placement& placement, int receiver, int top_k,
   std::vector<int> counts(local, 0);
   for (const ReceivedRows& m : messages) {
     for (int i = 0; i < m.rows * top_k; ++i) {
-      if (m.expert[i] == -1) continue;
-      M2N_ASSIGN_OR_RETURN(int l, LocalExpert(placement, receiver, m.source, m.expert[i]));
+      const int32_t e = LoadId(m.expert, size_t(i));
+      if (e == -1) continue;
+      M2N_ASSIGN_OR_RETURN(int l, LocalExpert(placement, receiver, m.source, e));
       ++counts[size_t(l)];
     }
   }
@@ -138,7 +147,7 @@ Status GroupByExpert(const Placement& placement, int receiver, int top_k,
   for (size_t m = 0; m < messages.size(); ++m) {
     for (int r = 0; r < messages[m].rows; ++r) {
       for (int j = 0; j < top_k; ++j) {
-        const int32_t expert = messages[m].expert[size_t(r) * size_t(top_k) + size_t(j)];
+        const int32_t expert = LoadId(messages[m].expert, size_t(r) * size_t(top_k) + size_t(j));
         if (expert == -1) continue;
         const size_t at = size_t(cursor[size_t(placement.local_index[size_t(expert)])]++);
         grouping->message[at] = int32_t(m);
