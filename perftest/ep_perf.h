@@ -26,8 +26,11 @@ struct EpPerfConfig {
   int warmup = 20;
   int64_t timeout_ms = 30000;  // every call's deadline
 };
-// Parses the command line (usage in perftest/README.md); an error says which flag is wrong.
-StatusOr<EpPerfConfig> ParseEpPerfArgs(int argc, char** argv);
+// Parses the command line (usage in perftest/README.md) over `defaults`; an error says which flag
+// is wrong.
+StatusOr<EpPerfConfig> ParseEpPerfArgs(int argc, char** argv, EpPerfConfig defaults = {});
+// The GPU sweep's defaults (m2n_ep_gpu_perf): the shapes at full size.
+EpPerfConfig GpuEpPerfDefaults();
 
 // One row of the sweep.
 struct Shape {

@@ -5,6 +5,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <utility>
 
 #include "ep_perf.h"
 
@@ -35,8 +36,8 @@ StatusOr<std::vector<int>> ParseList(const std::string& flag, const std::string&
 
 }  // namespace
 
-StatusOr<EpPerfConfig> ParseEpPerfArgs(int argc, char** argv) {
-  EpPerfConfig c;
+StatusOr<EpPerfConfig> ParseEpPerfArgs(int argc, char** argv, EpPerfConfig defaults) {
+  EpPerfConfig c = std::move(defaults);
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
     if (i + 1 >= argc)
@@ -69,6 +70,15 @@ StatusOr<EpPerfConfig> ParseEpPerfArgs(int argc, char** argv) {
                                   ": unknown flag or bad value (see perftest/README.md)");
     }
   }
+  return c;
+}
+
+EpPerfConfig GpuEpPerfDefaults() {
+  EpPerfConfig c;
+  c.tokens = {64, 128, 256, 512};
+  c.hidden = {4096, 7168};
+  c.iterations = 100;
+  c.warmup = 10;
   return c;
 }
 
