@@ -221,6 +221,8 @@ m2n::StatusOr<Cli> ParseCli(int argc, char** argv) {
   }
   if (p.single && p.collocated > 0)
     return m2n::InvalidArgumentError("--single and --collocated N (N > 1) exclude each other");
+  if (p.single && p.fault == "kill_expert")
+    return m2n::InvalidArgumentError("--fault kill_expert needs expert workers (not --single)");
   if (!p.offload.empty() && p.collocated > 0) {
     return m2n::InvalidArgumentError(
         "--offload runs in the expert workers and the single process (--single), not in the "

@@ -307,6 +307,12 @@ TEST(MoePipeline, SingleProcessWithAndWithoutOffloading) {
   EXPECT_NE(run.output.find("# single process"), std::string::npos) << run.output;
   run = RunPipeline("--single --collocated 2");
   EXPECT_EQ(run.exit_code, 2) << run.output;
+  run = RunPipeline("--single --fault kill_expert");
+  EXPECT_EQ(run.exit_code, 2) << run.output;
+  // A routing bug in the single process is the check's to catch, as in the workers.
+  run = RunPipeline(std::string("--single --backend cpu --json '' --fault swap_experts ") + kSmall);
+  EXPECT_EQ(run.exit_code, 1) << run.output;
+  EXPECT_NE(run.output.find("check           FAIL"), std::string::npos) << run.output;
   run = RunPipeline("--single --backend cpu" + model + " --offload lru --gpu_experts 1");
   EXPECT_EQ(run.exit_code, 2) << run.output;
   EXPECT_NE(run.output.find("at least one layer's top-k (2)"), std::string::npos) << run.output;
