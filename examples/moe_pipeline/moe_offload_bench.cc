@@ -46,7 +46,7 @@ constexpr const char* kUsage = R"(usage: moe_offload_bench --trace FILE [options
   --cache LIST        resident fractions of the N x 8 experts (default 0.25,0.5)
   --batches LIST      prompts per decode step (default 1,4,16)
   --warmup N          steps per configuration not timed nor counted (default 2)
-  --time_limit_s N    whole run, set-up included (default 200); each configuration gets its share
+  --time_limit_s N    whole run, set-up included (default 180); each configuration gets its share
   --quick             a 30-second smoke: --layers 4 --tokens 4 --batches 1,4 --cache 0.5
                       --time_limit_s 30
 exit status: 0 ok, 2 bad usage, 3 failure
@@ -60,7 +60,7 @@ double Since(Clock::time_point t) {
 struct Cli {
   std::string trace;
   int layers = 8, tokens = 16, warmup = 2;
-  double time_limit_s = 200;
+  double time_limit_s = 180;
   std::vector<std::string> policies = {"lru", "frequency", "fmoe"};
   std::vector<double> cache = {0.25, 0.5};
   std::vector<int> batches = {1, 4, 16};
