@@ -11,6 +11,9 @@
 #   MOE       1 (default): then runs examples/moe_pipeline/gpu-check.sh (the MoE pipeline on 4 GPUs:
 #             bf16 check against the reference, Mixtral shapes, ping-pong and the collocated baseline;
 #             its own knobs BATCHES, INPUT_LEN, OUTPUT_LEN, RUN_TIMEOUT); 0 skips it
+#   OFFLOAD   1 (default): then runs examples/moe_pipeline/offload-gpu-check.sh (expert offloading on
+#             one GPU: the CUDA expert cache's tests and the timed run moe_offload_bench, under 4
+#             minutes; QUICK=1 there for its 30-second smoke); 0 skips it
 #   WERROR    ON to fail on warnings (default OFF: GCC 13 on Ubuntu 24.04 warns falsely in -O3 code)
 #   CMAKE_ARGS more cmake options, e.g. "-DM2N_WITH_VERBS=OFF" (split on spaces)
 #   TEST_TIMEOUT / SWEEP_TIMEOUT  seconds for the test binary / each m2n_perf run (default 600)
@@ -56,7 +59,9 @@ fi
 if ! { cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DM2N_WERROR=${WERROR:-OFF} -DCMAKE_CUDA_ARCHITECTURES=90 \
          "${nccl_args[@]}" ${CMAKE_ARGS:-} && \
        cmake --build "$build" -j "$jobs" --target m2n_perf m2n_gpu_floor cuda_ipc_gpu_test \
-         $([ "${MOE:-1}" = 0 ] || echo moe_pipeline); } > "$out/build.log" 2>&1; then
+         $([ "${MOE:-1}" = 0 ] || echo moe_pipeline) \
+         $([ "${OFFLOAD:-1}" = 0 ] || echo moe_pipeline moe_offload_bench moe_offload_test moe_pipeline_test); \
+     } > "$out/build.log" 2>&1; then
   tail -40 "$out/build.log"
   echo "[gpu-check] BUILD FAILED"
   exit 1
@@ -153,6 +158,10 @@ fi  # SKIP_SWEEPS
 if [ "${MOE:-1}" != 0 ]; then
   BUILD_DIR="$build" OUT="$out/moe" examples/moe_pipeline/gpu-check.sh || status=1
   stamp "moe_pipeline"
+fi
+if [ "${OFFLOAD:-1}" != 0 ]; then
+  BUILD_DIR="$build" OUT="$out/offload" examples/moe_pipeline/offload-gpu-check.sh || status=1
+  stamp "expert offloading"
 fi
 stamp "done"
 exit $status

@@ -24,6 +24,7 @@
 #include "runtime/pipeline.h"
 #include "runtime/profile.h"
 #include "runtime/report.h"
+#include "runtime/single.h"
 
 #ifndef MOE_PIPELINE_CONFIG_DIR
 #define MOE_PIPELINE_CONFIG_DIR "configs"
@@ -43,9 +44,10 @@ model
   --weights PATH        safetensors file or folder (Mixtral tensor names); default: seeded random
   --seed N              seed of the random weights and of the workload (default 1)
   --save_weights DIR    write the seeded model as a safetensors checkpoint and exit (--bf16: in bf16)
-  --offload POLICY      expert offloading on the expert workers: lru, frequency or fmoe (CPU backend;
-                        README.md "Expert offloading"); --gpu_experts C experts resident per worker;
-                        --offload_maps TRACE: history the policy learns from (fMoE's map store)
+  --offload POLICY      expert offloading on the expert workers (or the single process): lru,
+                        frequency or fmoe (README.md "Expert offloading"); --gpu_experts C experts
+                        resident per worker (on cuda: C device slots, the rest in pinned host
+                        memory); --offload_maps TRACE: history the policy learns from (fMoE's maps)
   --trace OUT --prompts FILE  record the routing of FILE's text prompts (byte tokens) through the
                         reference forward to the trace OUT (for moe_offload_sim) and exit
   --profile FILE        time the backend's compute (attention against batch and context up to
@@ -55,6 +57,8 @@ workers and schedule
   -A, --attention N     attention worker processes (default 2)
   -E, --experts N       expert worker processes (default 2)
   -m, --micro_batches N micro-batches in ping-pong (default 2)
+  --single              one process runs the whole model (attention + every expert), no m2n: the
+                        single-process path (-A / -E unused); --collocated 1 means the same
   --collocated N        the baseline instead: N processes (GPUs), each running attention and a share
                         of the experts, tokens exchanged by NCCL all-to-all (needs CUDA + NCCL)
   -b, --batch N         requests in flight per attention worker (default 4)
@@ -150,8 +154,11 @@ m2n::StatusOr<Cli> ParseCli(int argc, char** argv) {
       M2N_RETURN_IF_ERROR(integer(1, 4096, &p.attention_workers));
     } else if (a == "-E" || a == "--experts") {
       M2N_RETURN_IF_ERROR(integer(1, 4096, &p.expert_workers));
+    } else if (a == "--single") {
+      p.single = true;
     } else if (a == "--collocated") {
-      M2N_RETURN_IF_ERROR(integer(2, 4096, &p.collocated));
+      M2N_RETURN_IF_ERROR(integer(1, 4096, &p.collocated));
+      if (p.collocated == 1) p.single = true, p.collocated = 0;  // a collocated job of one
     } else if (a == "-m" || a == "--micro_batches") {
       M2N_RETURN_IF_ERROR(integer(1, 64, &p.workload.micro_batches));
     } else if (a == "-b" || a == "--batch") {
@@ -212,9 +219,14 @@ m2n::StatusOr<Cli> ParseCli(int argc, char** argv) {
   if (p.offload.empty() != (p.gpu_experts == 0)) {
     return m2n::InvalidArgumentError("--offload POLICY and --gpu_experts C go together");
   }
-  if (!p.offload.empty() && (p.backend != "cpu" || p.collocated > 0)) {
+  if (p.single && p.collocated > 0)
+    return m2n::InvalidArgumentError("--single and --collocated N (N > 1) exclude each other");
+  if (p.single && p.fault == "kill_expert")
+    return m2n::InvalidArgumentError("--fault kill_expert needs expert workers (not --single)");
+  if (!p.offload.empty() && p.collocated > 0) {
     return m2n::InvalidArgumentError(
-        "--offload runs on the CPU backend's expert workers for now (the GPU cache: README.md)");
+        "--offload runs in the expert workers and the single process (--single), not in the "
+        "collocated baseline");
   }
   M2N_RETURN_IF_ERROR(BackendPrecision(p.backend).status());
   p.config_path = config.find('/') == std::string::npos && config.find(".json") == std::string::npos
@@ -238,11 +250,15 @@ m2n::StatusOr<Cli> ParseCli(int argc, char** argv) {
   }
   if (!cli.threads_set) {
     const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-    p.threads = std::max(
-        1, cores / (p.collocated > 0 ? p.collocated : p.attention_workers + p.expert_workers));
+    const int processes = p.single           ? 1
+                          : p.collocated > 0 ? p.collocated
+                                             : p.attention_workers + p.expert_workers;
+    p.threads = std::max(1, cores / processes);
   }
   return cli;
 }
+
+int PrintSummary(const Cli& cli, const Json& reports, const std::string& transport);
 
 int RunRank(const Cli& cli) {
   const PipelineOptions& p = cli.pipeline;
@@ -290,7 +306,12 @@ int RunRank(const Cli& cli) {
     return kExitFailure;
   }
   if (rank != 0) return kExitOk;
-  const Summary summary = Summarize(reports, p, transport);
+  return PrintSummary(cli, reports, transport);
+}
+
+// Rank 0's (or the single process's) summary on stdout and in --json.
+int PrintSummary(const Cli& cli, const Json& reports, const std::string& transport) {
+  const Summary summary = Summarize(reports, cli.pipeline, transport);
   std::printf("%s", summary.text.c_str());
   if (!cli.json_path.empty()) {
     std::ofstream out(cli.json_path);
@@ -303,6 +324,16 @@ int RunRank(const Cli& cli) {
   }
   std::fflush(stdout);
   return summary.check_ran && !summary.check_passed ? kExitCheckFailed : kExitOk;
+}
+
+// --single: the whole model in this process (runtime/single.h).
+int RunSingle(const Cli& cli) {
+  Json reports;
+  if (m2n::Status s = RunSingleProcess(cli.pipeline, &reports); !s.ok()) {
+    std::fprintf(stderr, "moe_pipeline: single process: %s\n", s.ToString().c_str());
+    return s.code() == m2n::StatusCode::kInvalidArgument ? kExitUsage : kExitFailure;
+  }
+  return PrintSummary(cli, reports, "none (single process)");
 }
 
 // --trace OUT --prompts FILE: the routing of text prompts, for moe_offload_sim (README.md).
@@ -368,6 +399,14 @@ int Main(int argc, char** argv) {
   if (!launch.ok()) {
     std::fprintf(stderr, "moe_pipeline: %s\n", launch.status().ToString().c_str());
     return kExitUsage;
+  }
+  if (p.single) {
+    if (launch->launcher != m2n::Launcher::kNone && launch->world_size > 1) {
+      std::fprintf(stderr, "moe_pipeline: --single runs as one process, the launcher started %d\n",
+                   launch->world_size);
+      return kExitUsage;
+    }
+    return RunSingle(*cli);
   }
   if (launch->launcher != m2n::Launcher::kNone) {
     const int launched = launch->world_size;

@@ -7,6 +7,9 @@
 #include "compute/cpu/ops.h"
 #include "compute/cpu/thread_pool.h"
 #include "offload/cache.h"
+#if MOE_WITH_CUDA
+#include "offload/cuda_experts.h"
+#endif
 #include "offload/sim.h"
 
 namespace moe::offload {
@@ -147,20 +150,8 @@ void OffloadedExperts::Run(const ExpertWeights& w, const std::vector<Use>& u,
 
 }  // namespace
 
-m2n::StatusOr<std::unique_ptr<ExpertCompute>> MakeOffloadedExperts(const ModelConfig& config,
-                                                                   const WeightSource& source,
-                                                                   std::span<const int> experts,
-                                                                   const ComputeOptions& compute,
-                                                                   const OffloadOptions& offload) {
-  const OffloadShape shape{
-      config.num_hidden_layers, config.num_local_experts, config.num_experts_per_tok,
-      3LL * config.hidden_size * config.intermediate_size * static_cast<int64_t>(sizeof(float))};
-  const int held = config.num_hidden_layers * static_cast<int>(experts.size());
-  if (offload.gpu_experts > held) {
-    return m2n::InvalidArgumentError("--gpu_experts " + std::to_string(offload.gpu_experts) +
-                                     ": this worker holds only " + std::to_string(held) +
-                                     " experts");
-  }
+m2n::StatusOr<std::unique_ptr<OffloadPolicy>> MakeLearnedPolicy(const OffloadShape& shape,
+                                                                const OffloadOptions& offload) {
   auto policy = MakePolicy(offload.policy, shape);
   if (!policy.ok()) return policy.status();
   if (!offload.maps.empty()) {
@@ -172,6 +163,30 @@ m2n::StatusOr<std::unique_ptr<ExpertCompute>> MakeOffloadedExperts(const ModelCo
       if (!q.held_out) (*policy)->Learn(q.embedding, q.tokens, q.gates);
     }
   }
+  return policy;
+}
+
+m2n::StatusOr<std::unique_ptr<ExpertCompute>> MakeOffloadedExperts(
+    const std::string& backend, const ModelConfig& config, const WeightSource& source,
+    std::span<const int> experts, const ComputeOptions& compute, const OffloadOptions& offload) {
+  const int held = config.num_hidden_layers * static_cast<int>(experts.size());
+  if (offload.gpu_experts > held) {
+    return m2n::InvalidArgumentError("--gpu_experts " + std::to_string(offload.gpu_experts) +
+                                     ": this worker holds only " + std::to_string(held) +
+                                     " experts");
+  }
+#if MOE_WITH_CUDA
+  if (backend == "cuda") return MakeCudaOffloadedExperts(config, source, experts, compute, offload);
+#endif
+  if (backend != "cpu") {
+    return m2n::InvalidArgumentError("--offload: no expert cache for backend \"" + backend +
+                                     "\" in this build");
+  }
+  const OffloadShape shape{
+      config.num_hidden_layers, config.num_local_experts, config.num_experts_per_tok,
+      3LL * config.hidden_size * config.intermediate_size * static_cast<int64_t>(sizeof(float))};
+  auto policy = MakeLearnedPolicy(shape, offload);
+  if (!policy.ok()) return policy.status();
   auto shard = LoadExpertShard(config, source, experts);
   if (!shard.ok()) return shard.status();
   auto arena = std::make_unique<ShardArena>(std::move(*shard), offload.gpu_experts);

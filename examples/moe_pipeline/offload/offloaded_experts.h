@@ -5,6 +5,10 @@
 // the CPU backend's kernels (compute/cpu/ops.h) on the resident copy, in the CPU backend's order,
 // so outputs are those without offloading; only residency differs.
 //
+// On the GPU backend (backend "cuda", offload/cuda_experts.h) the host copy is pinned, the C
+// resident experts are device slots filled on a copy stream, and the GPU backend's own GEMMs read
+// the slots: again only residency differs.
+//
 // What the expert worker sees of routing is each token's top-k and their weights, not the full gate
 // distribution: the policies observe the normalized top-k weights averaged over the layer's tokens.
 #pragma once
@@ -15,6 +19,7 @@
 
 #include "compute/compute.h"
 #include "m2n/status.h"
+#include "offload/policy.h"
 
 namespace moe::offload {
 
@@ -25,10 +30,14 @@ struct OffloadOptions {
       maps;  // a routing trace whose non-held-out requests the policy learns from (fMoE's maps)
 };
 
-m2n::StatusOr<std::unique_ptr<ExpertCompute>> MakeOffloadedExperts(const ModelConfig& config,
-                                                                   const WeightSource& source,
-                                                                   std::span<const int> experts,
-                                                                   const ComputeOptions& compute,
-                                                                   const OffloadOptions& offload);
+// `backend`: "cpu", or "cuda" where built.
+m2n::StatusOr<std::unique_ptr<ExpertCompute>> MakeOffloadedExperts(
+    const std::string& backend, const ModelConfig& config, const WeightSource& source,
+    std::span<const int> experts, const ComputeOptions& compute, const OffloadOptions& offload);
+
+// The policy `offload` names for `shape`, with the --offload_maps trace's training requests
+// learned.
+m2n::StatusOr<std::unique_ptr<OffloadPolicy>> MakeLearnedPolicy(const OffloadShape& shape,
+                                                                const OffloadOptions& offload);
 
 }  // namespace moe::offload

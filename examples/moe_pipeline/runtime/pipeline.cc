@@ -73,18 +73,31 @@ int LocalRank(const m2n::Group& g) {
 
 m2n::StatusOr<ComputeOptions> MakeServingWorkload(const m2n::Group& g, const PipelineOptions& o,
                                                   std::unique_ptr<Workload>* workload) {
+  return MakeServingWorkload(g.rank(), LocalRank(g), o, workload);
+}
+
+m2n::StatusOr<ComputeOptions> MakeServingWorkload(int rank, int local_rank,
+                                                  const PipelineOptions& o,
+                                                  std::unique_ptr<Workload>* workload) {
   const ModelConfig& c = o.config;
   const int max_context = MaxContext(o.workload, c.max_position_embeddings);
-  M2N_ASSIGN_OR_RETURN(Workload w,
-                       Workload::Create(o.workload, g.rank(), c.vocab_size, max_context));
+  M2N_ASSIGN_OR_RETURN(Workload w, Workload::Create(o.workload, rank, c.vocab_size, max_context));
   *workload = std::make_unique<Workload>(std::move(w));
   ComputeOptions co{.threads = o.threads,
                     .micro_batches = o.workload.micro_batches,
                     .max_tokens = o.workload.max_tokens,
                     .kv_slots = o.workload.batch,
                     .max_context = max_context,
-                    .local_rank = LocalRank(g)};
+                    .local_rank = local_rank};
   return co;
+}
+
+m2n::StatusOr<std::unique_ptr<ExpertCompute>> MakeWorkerExperts(const PipelineOptions& o,
+                                                                std::span<const int> experts,
+                                                                const ComputeOptions& co) {
+  if (o.offload.empty()) return MakeExpertCompute(o.backend, o.config, o.weights, experts, co);
+  return offload::MakeOffloadedExperts(o.backend, o.config, o.weights, experts, co,
+                                       {o.offload, o.gpu_experts, o.offload_maps});
 }
 
 DispatchLayout WriteDispatch(const Routing& routing, int w, int workers, int hidden,
@@ -489,13 +502,7 @@ class ExpertWorker {
                       .kv_slots = 0,
                       .max_context = 0,
                       .local_rank = LocalRank(g_)};
-    if (o_.offload.empty()) {
-      M2N_ASSIGN_OR_RETURN(experts_, MakeExpertCompute(o_.backend, c_, o_.weights, held_, co));
-    } else {
-      M2N_ASSIGN_OR_RETURN(
-          experts_, offload::MakeOffloadedExperts(c_, o_.weights, held_, co,
-                                                  {o_.offload, o_.gpu_experts, o_.offload_maps}));
-    }
+    M2N_ASSIGN_OR_RETURN(experts_, MakeWorkerExperts(o_, held_, co));
     attention_.assign(g_.peers().begin(), g_.peers().end());
     M2N_RETURN_IF_ERROR(send_.Register(g_, attention_.size()));
     return m2n::OkStatus();

@@ -40,6 +40,7 @@ struct PipelineOptions {
   int attention_workers = 2;
   int expert_workers = 2;
   int collocated = 0;  // > 0: the collocated baseline on this many processes (runtime/collocated.h)
+  bool single = false;  // the single-process path: one process, no m2n (runtime/single.h)
   WorkloadOptions workload;
   int threads = 1;  // compute threads per process
   std::string transport = "auto";
@@ -50,7 +51,8 @@ struct PipelineOptions {
   // bug the check must catch); "kill_expert" ends the first expert worker after 3 rounds (the
   // others must fail by their deadlines, naming it).
   std::string fault;
-  // Expert offloading on the expert workers (offload/offloaded_experts.h): a policy and C.
+  // Expert offloading on the expert workers and the single process (offload/offloaded_experts.h):
+  // a policy and C.
   std::string offload;
   int gpu_experts = 0;
   std::string offload_maps;  // a routing trace the policy learns from
@@ -74,6 +76,15 @@ int LocalRank(const m2n::Group& group);  // the launcher's local rank, else the 
 m2n::StatusOr<ComputeOptions> MakeServingWorkload(const m2n::Group& group,
                                                   const PipelineOptions& options,
                                                   std::unique_ptr<Workload>* workload);
+// The same for serving rank `rank` on GPU `local_rank`, without a group (the single process).
+m2n::StatusOr<ComputeOptions> MakeServingWorkload(int rank, int local_rank,
+                                                  const PipelineOptions& options,
+                                                  std::unique_ptr<Workload>* workload);
+// The expert side of a process holding `experts`: offloaded through the expert cache when
+// options.offload names a policy, every expert resident otherwise.
+m2n::StatusOr<std::unique_ptr<ExpertCompute>> MakeWorkerExperts(const PipelineOptions& options,
+                                                                std::span<const int> experts,
+                                                                const ComputeOptions& compute);
 // Expert worker `w` of `workers` holds the experts e with ExpertOwner(e, workers) == w. Its
 // dispatch of micro-batch `mb` at `layer`: the tokens routed to any of its experts into *rows, and
 // into msg the header, those rows, their top-k expert ids (-1 for another worker's) and gate

@@ -44,7 +44,7 @@ Summary Summarize(const Json& reports, const PipelineOptions& o, const std::stri
   double t_a = 0,
          t_e = 0;  // compute per (layer, micro-batch) on each side, the ping-pong model's T_a, T_e
   int attention = 0, experts = 0;
-  bool any_collocated = false;
+  bool any_collocated = false, single = false;
   bool check_all = true, any_check = false;
   double max_error = 0, compared = 0, failed = 0, check_s = 0, tokens = 0;
   double routings = 0, followed = 0, routing_errors = 0;
@@ -58,8 +58,10 @@ Summary Summarize(const Json& reports, const PipelineOptions& o, const std::stri
   }
   for (const Json& r : reports.items()) {
     const std::string role = r.Find("role") != nullptr ? r.Find("role")->as_string() : "";
-    // A collocated process runs attention and experts: it counts as an attention worker here.
-    const bool collocated = role == "collocated";
+    // A collocated process runs attention and experts: it counts as an attention worker here; so
+    // does the single process (runtime/single.h), a collocated job of one without the exchange.
+    single = single || role == "single";
+    const bool collocated = role == "collocated" || role == "single";
     const bool is_attention = role == "attention" || collocated;
     any_collocated = any_collocated || collocated;
     const double wall = std::max(Num(r, "wall_s"), 1e-9);
@@ -136,8 +138,9 @@ Summary Summarize(const Json& reports, const PipelineOptions& o, const std::stri
   j.Set("weights", Json::String(o.weights.Describe()));
   j.Set("backend", Json::String(backend));
   j.Set("transport", Json::String(transport));
-  j.Set("mode",
-        Json::String(any_collocated ? "collocated (NCCL all-to-all)" : "disaggregated (m2n)"));
+  j.Set("mode", Json::String(single           ? "single process"
+                             : any_collocated ? "collocated (NCCL all-to-all)"
+                                              : "disaggregated (m2n)"));
   j.Set("attention_workers", Json::Number(attention));
   j.Set("expert_workers", Json::Number(experts));
   j.Set("micro_batches", Json::Number(o.workload.micro_batches));
@@ -187,7 +190,11 @@ Summary Summarize(const Json& reports, const PipelineOptions& o, const std::stri
   t += "# weights " + o.weights.Describe() + ", compute " + backend + ", m2n transport " +
        transport + "\n";
   t +=
-      (any_collocated
+      (single
+           ? Format("# single process: attention + every expert, m = %.0f micro-batches in turn, "
+                    "batch %.0f",
+                    o.workload.micro_batches, o.workload.batch)
+       : any_collocated
            ? Format("# collocated baseline: %.0f processes, each attention + experts, NCCL "
                     "all-to-all, "
                     "m = %.0f micro-batches in turn, batch %.0f per process",
@@ -206,7 +213,9 @@ Summary Summarize(const Json& reports, const PipelineOptions& o, const std::stri
               Percentile(tbt, 99));
   t += Format("TTFT            p50 %8.3f ms   p99 %8.3f ms\n", Percentile(ttft, 50),
               Percentile(ttft, 99));
-  if (any_collocated) {
+  if (single) {
+    // One process, nothing to wait for: no busy / idle split.
+  } else if (any_collocated) {
     t += Format("each process    busy %5.1f %%   in the all-to-all %5.1f %%\n", attn_busy * 100,
                 attn_idle * 100);
   } else {
@@ -214,9 +223,11 @@ Summary Summarize(const Json& reports, const PipelineOptions& o, const std::stri
         Format("attention side  busy %5.1f %%   idle %5.1f %%\n", attn_busy * 100, attn_idle * 100);
     t += Format("expert side     busy %5.1f %%   idle %5.1f %%\n", exp_busy * 100, exp_idle * 100);
   }
-  t += Format(
-      "M2N per layer   %8.3f ms (attention worker's Send + Receive per layer and iteration)\n",
-      attn_m2n_per_layer * 1e3);
+  if (!single) {
+    t += Format(
+        "M2N per layer   %8.3f ms (attention worker's Send + Receive per layer and iteration)\n",
+        attn_m2n_per_layer * 1e3);
+  }
   if (!any_collocated) {
     t += Format(
         "T_a / T_e       %8.3f / %.3f ms compute per (layer, micro-batch) on the attention / "

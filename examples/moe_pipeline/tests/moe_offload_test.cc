@@ -9,10 +9,12 @@
 #include <filesystem>
 #include <random>
 
+#include "compute/compute.h"
 #include "model/config.h"
 #include "model/weights.h"
 #include "offload/cache.h"
 #include "offload/map_store.h"
+#include "offload/offloaded_experts.h"
 #include "offload/record.h"
 #include "offload/sim.h"
 #include "offload/trace.h"
@@ -345,6 +347,65 @@ TEST(MoeOffload, RecordsTheTrainedModelsRouting) {
                    .ok());
   EXPECT_FALSE(ReadPrompts(tmp / "missing.tsv").ok());
 }
+
+}  // namespace
+}  // namespace moe::offload
+
+namespace moe::offload {
+namespace {
+
+// The expert side with offloading against the same backend with every expert resident, on the
+// trained tiny model: random tokens routed to random experts, layer after layer, through a cache
+// of 12 of its 256 experts; every output equal, bit for bit (same kernels, only residency
+// differs). "cuda" runs where a GPU is visible (the CUDA expert cache, offload/cuda_experts.h).
+class OffloadedExpertsTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(OffloadedExpertsTest, SameOutputsAsEveryExpertResident) {
+  const std::string backend = GetParam();
+  if (backend == "cuda" && ResolveBackend("auto") != "cuda")
+    GTEST_SKIP() << "no CUDA backend built or no GPU visible";
+  const std::string dir = std::string(MOE_PIPELINE_CONFIG_DIR) + "/..";
+  auto config = LoadModelConfig(dir + "/configs/mixtral-8x7b-tiny.json");
+  ASSERT_TRUE(config.ok());
+  const WeightSource weights{.seed = 1,
+                             .checkpoint = dir + "/models/mixtral-8x7b-tiny.safetensors"};
+  std::vector<int> all(8);
+  for (int e = 0; e < 8; ++e) all[static_cast<size_t>(e)] = e;
+  ComputeOptions co;
+  co.max_tokens = 8;
+  auto plain = MakeExpertCompute(backend, *config, weights, all, co);
+  ASSERT_TRUE(plain.ok()) << plain.status().ToString();
+  for (const char* policy : {"lru", "fmoe"}) {
+    auto cached = MakeOffloadedExperts(backend, *config, weights, all, co, {policy, 12, ""});
+    ASSERT_TRUE(cached.ok()) << cached.status().ToString();
+    EXPECT_NE((*cached)->name().find(policy), std::string::npos) << (*cached)->name();
+    std::mt19937 rng(11);
+    std::normal_distribution<float> normal;
+    const int rows = 4, h = config->hidden_size;
+    for (int step = 0; step < 3; ++step) {
+      for (int layer = 0; layer < config->num_hidden_layers; ++layer) {
+        std::vector<float> x(static_cast<size_t>(rows * h)), a(x.size()), b(x.size());
+        for (float& v : x) v = normal(rng);
+        std::vector<int32_t> experts;
+        std::vector<float> gates;
+        for (int r = 0; r < rows; ++r) {
+          const int first = static_cast<int>(rng() % 8);
+          experts.insert(experts.end(), {first, (first + 1 + static_cast<int>(rng() % 7)) % 8});
+          gates.insert(gates.end(), {0.6f, 0.4f});
+        }
+        const ExpertInput in_a{rows, x.data(), experts.data(), gates.data(), a.data()};
+        const ExpertInput in_b{rows, x.data(), experts.data(), gates.data(), b.data()};
+        ASSERT_TRUE((*plain)->Forward(layer, 2, {&in_a, 1}).ok());
+        auto s = (*cached)->Forward(layer, 2, {&in_b, 1});
+        ASSERT_TRUE(s.ok()) << s.ToString();
+        ASSERT_EQ(a, b) << backend << " " << policy << ", layer " << layer << ", step " << step;
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, OffloadedExpertsTest, ::testing::Values("cpu", "cuda"),
+                         [](const auto& info) { return info.param; });
 
 }  // namespace
 }  // namespace moe::offload

@@ -12,7 +12,9 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <vector>
 
+#include "compute/compute.h"
 #include "m2n/launch.h"
 #include "model/config.h"
 #include "model/json.h"
@@ -271,6 +273,49 @@ TEST(MoePipeline, OffloadedExpertsMatchTheReference) {
   EXPECT_NE(run.output.find("lru, frequency, fmoe"), std::string::npos) << run.output;
   run = RunPipeline("--offload lru");
   EXPECT_EQ(run.exit_code, 2) << run.output;
+}
+
+// The single-process path (--single; --collocated 1 is the same): the whole trained tiny model in
+// one process matches the reference without offloading and with a cache of 24 of its 256 experts;
+// on the GPU (when one is visible) with the CUDA expert cache too.
+TEST(MoePipeline, SingleProcessWithAndWithoutOffloading) {
+  const std::string model = " --config mixtral-8x7b-tiny --weights " +
+                            std::string(MOE_PIPELINE_CONFIG_DIR) +
+                            "/../models/mixtral-8x7b-tiny.safetensors";
+  const std::string base =
+      model + " --requests 3 --batch 2 --input_len 12 --output_len 3 --json ''";
+  std::vector<std::string> backends = {"cpu"};
+  if (ResolveBackend("auto") == "cuda") backends.push_back("cuda");
+  for (const std::string& backend : backends) {
+    for (const std::string policy : {"", "lru", "fmoe"}) {
+      const std::string offload =
+          policy.empty() ? "" : " --offload " + policy + " --gpu_experts 24";
+      const Outcome run = RunPipeline("--single --backend " + backend + base + offload);
+      ASSERT_EQ(run.exit_code, 0) << run.output;
+      EXPECT_NE(run.output.find("# single process"), std::string::npos) << run.output;
+      EXPECT_NE(run.output.find("check           PASS"), std::string::npos) << run.output;
+      if (!policy.empty()) {
+        EXPECT_NE(run.output.find("expert offload (" + policy + ", 24 resident)"),
+                  std::string::npos)
+            << run.output;
+      }
+    }
+  }
+  Outcome run =
+      RunPipeline("--collocated 1 --backend cpu --requests 2 --input_len 4 --output_len 2");
+  EXPECT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_NE(run.output.find("# single process"), std::string::npos) << run.output;
+  run = RunPipeline("--single --collocated 2");
+  EXPECT_EQ(run.exit_code, 2) << run.output;
+  run = RunPipeline("--single --fault kill_expert");
+  EXPECT_EQ(run.exit_code, 2) << run.output;
+  // A routing bug in the single process is the check's to catch, as in the workers.
+  run = RunPipeline(std::string("--single --backend cpu --json '' --fault swap_experts ") + kSmall);
+  EXPECT_EQ(run.exit_code, 1) << run.output;
+  EXPECT_NE(run.output.find("check           FAIL"), std::string::npos) << run.output;
+  run = RunPipeline("--single --backend cpu" + model + " --offload lru --gpu_experts 1");
+  EXPECT_EQ(run.exit_code, 2) << run.output;
+  EXPECT_NE(run.output.find("at least one layer's top-k (2)"), std::string::npos) << run.output;
 }
 
 }  // namespace

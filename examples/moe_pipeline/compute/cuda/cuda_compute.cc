@@ -368,7 +368,9 @@ class CudaAttention final : public AttentionCompute {
 
 class CudaExperts final : public ExpertCompute {
  public:
-  CudaExperts(const ModelConfig& c, const ComputeOptions& o) : c_(c), o_(o) {}
+  CudaExperts(const ModelConfig& c, const ComputeOptions& o,
+              std::unique_ptr<ExpertResidency> residency)
+      : c_(c), o_(o), residency_(std::move(residency)) {}
 
   m2n::Status Init(const WeightSource& source, std::span<const int> experts) {
     M2N_RETURN_IF_ERROR(ctx_.Init(o_.local_rank));
@@ -383,6 +385,7 @@ class CudaExperts final : public ExpertCompute {
         if (e < 0 || e >= c_.num_local_experts)
           return m2n::InvalidArgumentError("expert " + std::to_string(e) + " does not exist");
         local_[static_cast<size_t>(e)] = static_cast<int>(i);
+        if (residency_ != nullptr) continue;  // the expert cache holds them
         Expert x;
         M2N_RETURN_IF_ERROR(w.Load(ExpertTensorName(l, e, "w1"), {inter, h}, &x.w1));
         M2N_RETURN_IF_ERROR(w.Load(ExpertTensorName(l, e, "w3"), {inter, h}, &x.w3));
@@ -395,7 +398,7 @@ class CudaExperts final : public ExpertCompute {
 
   std::string name() const override {
     return std::string("cuda (bf16 weights, cuBLAS ") + (grouped_ ? "grouped" : "per-expert") +
-           " GEMMs)";
+           " GEMMs" + (residency_ != nullptr ? ", " + residency_->name() : std::string()) + ")";
   }
 
   m2n::Status Forward(int layer, int top_k, std::span<const ExpertInput> inputs) override {
@@ -437,19 +440,27 @@ class CudaExperts final : public ExpertCompute {
           ctx_.ToDevice(weights_.get(), all_weights.data(), all_weights.size() * 4));
       // Token gather: every expert's tokens, contiguous, in bf16.
       MOE_CUDA(LaunchGatherRowsBf16(x_.get(), rows_.get(), used, h, gathered_.get(), s));
+      std::vector<DeviceExpert> w;
+      M2N_RETURN_IF_ERROR(Weights(layer, start, weights, &w));
       std::vector<Problem> up, down;
-      for (size_t e = 0; e < experts; ++e) {
+      for (size_t e = 0, used_e = 0; e < experts; ++e) {
         const int n = start[e + 1] - start[e];
         if (n == 0) continue;
-        const Expert& w = layers_[static_cast<size_t>(layer)][e];
+        const DeviceExpert& x = w[used_e++];
         const size_t at = static_cast<size_t>(start[e]);
-        up.push_back({gathered_.get() + at * h, n, h, w.w1.get(), inter, h1_.get() + at * inter});
-        up.push_back({gathered_.get() + at * h, n, h, w.w3.get(), inter, h3_.get() + at * inter});
-        down.push_back({act_.get() + at * inter, n, inter, w.w2.get(), h, y_.get() + at * h});
+        up.push_back({gathered_.get() + at * h, n, h, x.w1, inter, h1_.get() + at * inter});
+        up.push_back({gathered_.get() + at * h, n, h, x.w3, inter, h3_.get() + at * inter});
+        down.push_back({act_.get() + at * inter, n, inter, x.w2, h, y_.get() + at * h});
       }
       M2N_RETURN_IF_ERROR(GroupedGemm(up));
       MOE_CUDA(LaunchSiluMul(h1_.get(), h3_.get(), int64_t{used} * inter, act_.get(), s));
       M2N_RETURN_IF_ERROR(GroupedGemm(down));
+      if (residency_ != nullptr) {
+        std::vector<int> ids;
+        for (size_t e = 0; e < experts; ++e)
+          if (start[e + 1] > start[e]) ids.push_back(held_[e]);
+        M2N_RETURN_IF_ERROR(residency_->Release(layer, ids, s));
+      }
       // Combine on the expert side: out[row] += weight * y, one expert at a time (rows distinct).
       for (size_t e = 0; e < experts; ++e) {
         const int n = start[e + 1] - start[e];
@@ -470,6 +481,29 @@ class CudaExperts final : public ExpertCompute {
   struct Expert {
     Bf16Array w1, w3, w2;
   };
+  // The weights of the local experts with tokens (start[e + 1] > start[e]), in local order:
+  // resident, or acquired from the expert cache (which the stream then waits for).
+  m2n::Status Weights(int layer, const std::vector<int>& start,
+                      const std::vector<std::vector<float>>& gate_weights,
+                      std::vector<DeviceExpert>* out) {
+    std::vector<int> ids;
+    std::vector<float> load;
+    for (size_t e = 0; e < held_.size(); ++e) {
+      if (start[e + 1] == start[e]) continue;
+      if (residency_ == nullptr) {
+        const Expert& x = layers_[static_cast<size_t>(layer)][e];
+        out->push_back({x.w1.get(), x.w3.get(), x.w2.get()});
+        continue;
+      }
+      ids.push_back(held_[e]);
+      float sum = 0;
+      for (float g : gate_weights[e]) sum += g;
+      load.push_back(sum);
+    }
+    if (residency_ == nullptr) return m2n::OkStatus();
+    return residency_->Acquire(layer, ids, load, ctx_.stream(), out);
+  }
+
   // y[rows, n] = x[rows, k] . w[n, k]^T
   struct Problem {
     const uint16_t* x;
@@ -550,6 +584,8 @@ class CudaExperts final : public ExpertCompute {
 
   ModelConfig c_;
   ComputeOptions o_;
+  // Declared before ctx_: destroyed after it, once the stream that reads its slots is gone.
+  std::unique_ptr<ExpertResidency> residency_;
   Context ctx_;
   std::vector<int> held_, local_;
   std::vector<std::vector<Expert>> layers_;
@@ -568,6 +604,55 @@ int VisibleDevices() {
   return cudaGetDeviceCount(&count) == cudaSuccess ? count : 0;
 }
 
+m2n::Status UseDevice(int local_rank) {
+  const int count = VisibleDevices();
+  if (count == 0) return m2n::FailedPreconditionError("cuda backend: no CUDA device visible");
+  return CudaError(cudaSetDevice(local_rank % count), "cudaSetDevice");
+}
+
+namespace {
+size_t MatrixBytes(const ModelConfig& c) {
+  const size_t bytes = static_cast<size_t>(c.hidden_size) *
+                       static_cast<size_t>(c.intermediate_size) * sizeof(uint16_t);
+  return (bytes + 255) / 256 * 256;
+}
+}  // namespace
+
+size_t ExpertBlockBytes(const ModelConfig& c) { return 3 * MatrixBytes(c); }
+
+DeviceExpert ExpertInBlock(const std::byte* block, const ModelConfig& c) {
+  const size_t m = MatrixBytes(c);
+  return {reinterpret_cast<const uint16_t*>(block), reinterpret_cast<const uint16_t*>(block + m),
+          reinterpret_cast<const uint16_t*>(block + 2 * m)};
+}
+
+m2n::Status ReadExpertBlocks(const ModelConfig& c, const WeightSource& source,
+                             std::span<const int> experts,
+                             const std::function<std::byte*(int layer, int expert)>& block) {
+  Context ctx;
+  int device = 0;
+  MOE_CUDA(cudaGetDevice(&device));
+  M2N_RETURN_IF_ERROR(ctx.Init(device));
+  M2N_ASSIGN_OR_RETURN(WeightLoader w, WeightLoader::Open(source, &ctx));
+  const int64_t h = c.hidden_size, inter = c.intermediate_size;
+  const size_t m = MatrixBytes(c), bytes = static_cast<size_t>(h * inter) * sizeof(uint16_t);
+  Bf16Array tensor;
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    for (int e : experts) {
+      std::byte* out = block(l, e);
+      const std::pair<const char*, std::vector<int64_t>> parts[] = {
+          {"w1", {inter, h}}, {"w3", {inter, h}}, {"w2", {h, inter}}};
+      for (size_t i = 0; i < 3; ++i) {
+        M2N_RETURN_IF_ERROR(
+            w.Load(ExpertTensorName(l, e, parts[i].first), parts[i].second, &tensor));
+        M2N_RETURN_IF_ERROR(ctx.ToHost(out + i * m, tensor.get(), bytes));
+        M2N_RETURN_IF_ERROR(ctx.Sync());
+      }
+    }
+  }
+  return m2n::OkStatus();
+}
+
 m2n::StatusOr<std::unique_ptr<AttentionCompute>> MakeCudaAttention(const ModelConfig& config,
                                                                    const WeightSource& source,
                                                                    const ComputeOptions& options) {
@@ -576,11 +661,10 @@ m2n::StatusOr<std::unique_ptr<AttentionCompute>> MakeCudaAttention(const ModelCo
   return std::unique_ptr<AttentionCompute>(std::move(a));
 }
 
-m2n::StatusOr<std::unique_ptr<ExpertCompute>> MakeCudaExperts(const ModelConfig& config,
-                                                              const WeightSource& source,
-                                                              std::span<const int> experts,
-                                                              const ComputeOptions& options) {
-  auto e = std::make_unique<CudaExperts>(config, options);
+m2n::StatusOr<std::unique_ptr<ExpertCompute>> MakeCudaExperts(
+    const ModelConfig& config, const WeightSource& source, std::span<const int> experts,
+    const ComputeOptions& options, std::unique_ptr<ExpertResidency> residency) {
+  auto e = std::make_unique<CudaExperts>(config, options, std::move(residency));
   M2N_RETURN_IF_ERROR(e->Init(source, experts));
   return std::unique_ptr<ExpertCompute>(std::move(e));
 }
