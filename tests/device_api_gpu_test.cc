@@ -96,8 +96,8 @@ int PayloadRank(int m, int n, int rank, int port) {
   constexpr int kDepth = 2;
   constexpr int kRounds = 6;
   DeviceRank r;
-  std::string made = MakeRank(r, testing::DeviceSlotOptions("cuda_ipc", m, n, rank, port,
-                                                            kSlotBytes, kDepth));
+  std::string made =
+      MakeRank(r, testing::DeviceSlotOptions("cuda_ipc", m, n, rank, port, kSlotBytes, kDepth));
   CHILD_CHECK(made.empty(), "%s", made.c_str());
   CHILD_CHECK(r.handle.num_peers == static_cast<int>(r.group->peers().size()) &&
                   r.handle.slot_bytes == kSlotBytes && r.handle.slot_depth == kDepth,
@@ -129,7 +129,8 @@ int PayloadRank(int m, int n, int rank, int port) {
 TEST_P(DevicePayload, BothDirectionsBlockWarpMultiBlock) {
   SKIP_WITHOUT_GPU();
   auto [m, n] = GetParam();
-  auto outcomes = RunRanks(m + n, [&](int rank, int port) { return PayloadRank(m, n, rank, port); });
+  auto outcomes =
+      RunRanks(m + n, [&](int rank, int port) { return PayloadRank(m, n, rank, port); });
   EXPECT_EQ(DescribeFailures(outcomes), "");
 }
 
@@ -147,7 +148,8 @@ TEST(DeviceApi, CreditPressure) {
   constexpr int kMessages = 300;
   auto outcomes = RunRanks(4, [&](int rank, int port) {
     DeviceRank r;
-    std::string made = MakeRank(r, testing::DeviceSlotOptions("cuda_ipc", 2, 2, rank, port, 5000, 2));
+    std::string made =
+        MakeRank(r, testing::DeviceSlotOptions("cuda_ipc", 2, 2, rank, port, 5000, 2));
     CHILD_CHECK(made.empty(), "%s", made.c_str());
     DeviceTrial t = r.Trial(kMessages, {1, 5000, 777, 0});
     if (r.group->role() == Role::kSender) {

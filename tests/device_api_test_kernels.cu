@@ -11,8 +11,8 @@ constexpr int kThreads = 256;
 
 __device__ unsigned long long MessageNumber(const DeviceTrial& t, int k) {
   const unsigned long long base =
-      t.first_number + (t.replay != nullptr ? *t.replay * static_cast<unsigned long long>(t.count)
-                                            : 0ull);
+      t.first_number +
+      (t.replay != nullptr ? *t.replay * static_cast<unsigned long long>(t.count) : 0ull);
   return base + static_cast<unsigned long long>(k);
 }
 
@@ -25,8 +25,8 @@ __device__ void WritePattern(std::byte* data, unsigned long long begin, unsigned
                              int source, int destination, unsigned long long n, unsigned lane,
                              unsigned step) {
   for (unsigned long long i = begin + lane; i < end; i += step)
-    data[i] = static_cast<std::byte>(GpuPatternByte(static_cast<uint32_t>(source),
-                                                    static_cast<uint32_t>(destination), n, i));
+    data[i] = static_cast<std::byte>(
+        GpuPatternByte(static_cast<uint32_t>(source), static_cast<uint32_t>(destination), n, i));
 }
 
 __device__ unsigned long long CountWrongBytes(const std::byte* data, unsigned long long length,
@@ -34,9 +34,9 @@ __device__ unsigned long long CountWrongBytes(const std::byte* data, unsigned lo
                                               unsigned lane, unsigned step) {
   unsigned long long wrong = 0;
   for (unsigned long long i = lane; i < length; i += step) {
-    wrong += data[i] != static_cast<std::byte>(GpuPatternByte(static_cast<uint32_t>(source),
-                                                              static_cast<uint32_t>(destination),
-                                                              n, i));
+    wrong +=
+        data[i] != static_cast<std::byte>(GpuPatternByte(static_cast<uint32_t>(source),
+                                                         static_cast<uint32_t>(destination), n, i));
   }
   return wrong;
 }
@@ -93,8 +93,8 @@ __global__ void ReceiveBlocks(DeviceTrial t) {
     }
     if (threadIdx.x == 0) wrong = m.length == MessageLength(t, n) ? 0 : 1ull << 40;
     __syncthreads();
-    atomicAdd(&wrong, CountWrongBytes(m.data, m.length, source, t.rank, n, threadIdx.x,
-                                      blockDim.x));
+    atomicAdd(&wrong,
+              CountWrongBytes(m.data, m.length, source, t.rank, n, threadIdx.x, blockDim.x));
     __syncthreads();  // every read of the slot is done before it goes back
     if (threadIdx.x == 0) {
       if (wrong != 0) atomicAdd(t.wrong, wrong);
@@ -116,7 +116,8 @@ __global__ void ReceiveWarps(DeviceTrial t) {
       return;
     }
     unsigned long long wrong = CountWrongBytes(m.data, m.length, source, t.rank, n, lane, 32);
-    for (int offset = 16; offset > 0; offset /= 2) wrong += __shfl_down_sync(0xffffffffu, wrong, offset);
+    for (int offset = 16; offset > 0; offset /= 2)
+      wrong += __shfl_down_sync(0xffffffffu, wrong, offset);
     __syncwarp();  // every lane's reads of the slot are done before it goes back
     if (lane == 0) {
       if (m.length != MessageLength(t, n)) wrong += 1ull << 40;

@@ -275,7 +275,8 @@ class StreamOps {
   }
   // Device memory of contents.size() bytes holding `contents` (copied before this returns): the
   // device API's cursors and peer table. Never exported to a peer.
-  virtual StatusOr<std::unique_ptr<Region>> AllocateDeviceCopy(std::span<const std::byte> contents) {
+  virtual StatusOr<std::unique_ptr<Region>> AllocateDeviceCopy(
+      std::span<const std::byte> contents) {
     (void)contents;
     return UnimplementedError(DeviceApiMissing());
   }

@@ -29,8 +29,9 @@
 // every thread. A message may be written by several blocks: each calls BeginSendBlock for it (they
 // get the same slot) and EndSendBlock(g, s, length, num_blocks); the last of them to finish
 // publishes. Such a message must be the only one a launch sends to that peer: a block that went on
-// to the next message before the last block published would be handed the same slot again. Release is called by one thread, once per message, after every read of it (a later
-// kernel on the stream, or the block after a barrier), in the order the messages were received.
+// to the next message before the last block published would be handed the same slot again.
+// Release is called by one thread, once per message, after every read of it (a later kernel on the
+// stream, or the block after a barrier), in the order the messages were received.
 #pragma once
 
 #include <cuda_runtime.h>

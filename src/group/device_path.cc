@@ -18,8 +18,9 @@ Status Group::Impl::CheckDeviceApi(transport::StreamOps* ops) const {
                              "device memory (cuda_ipc has)";
   if (options.slot_memory != MemoryKind::kCuda) {
     return FailedPreconditionError(
-        me() + ": device_group(): the device-side API needs receive slots in device memory "
-               "(Options::slot_memory = kCuda); this group's are in host memory" +
+        me() +
+        ": device_group(): the device-side API needs receive slots in device memory "
+        "(Options::slot_memory = kCuda); this group's are in host memory" +
         (ops == nullptr ? "; and " + cannot : ""));
   }
   if (ops == nullptr) return UnimplementedError(me() + ": device_group(): " + cannot);
@@ -31,8 +32,8 @@ StatusOr<DevicePeer> Group::Impl::MakeDevicePeer(transport::StreamOps& ops, int 
   const int peer = peers[static_cast<size_t>(index)];
   StatusOr<transport::DevicePeerWords> words = ops.DeviceWords(peer);
   if (!words.ok()) {
-    return Status(words.status().code(), me() + ": device_group(): transport '" +
-                                             transport_name + "' with " + RankName(peer) + ": " +
+    return Status(words.status().code(), me() + ": device_group(): transport '" + transport_name +
+                                             "' with " + RankName(peer) + ": " +
                                              words.status().message());
   }
   M2N_ASSIGN_OR_RETURN(std::byte * remote,
@@ -89,7 +90,9 @@ StatusOr<DeviceGroup> Group::device_group() {
   }
   // The path is taken only once the handle exists: a transport that cannot serve it leaves the
   // group free to use another.
-  if (g.data_path != Impl::DataPath::kUnset) M2N_RETURN_IF_ERROR(g.UsePath(Impl::DataPath::kDevice));
+  if (g.data_path != Impl::DataPath::kUnset) {
+    M2N_RETURN_IF_ERROR(g.UsePath(Impl::DataPath::kDevice));
+  }
   Status made = g.MakeDeviceGroup(*ops);
   if (!made.ok()) {
     g.device.cursors.reset();
