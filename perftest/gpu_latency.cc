@@ -229,10 +229,36 @@ Status Allocate(Rank& r, int iterations) {
   return OkStatus();
 }
 
+// Every size, every way; why NCCL's rows are left out ("" when they are not).
+StatusOr<std::string> RunWays(Rank& r, Group& device_group, Group& stream_group, int gpus) {
+  std::string nccl_note = "built without NCCL";
+#if M2N_PERF_WITH_NCCL
+  ncclComm_t comm = nullptr;
+  if (gpus >= 2) {
+    M2N_ASSIGN_OR_RETURN(comm, ConnectNccl(r));
+    nccl_note.clear();
+  } else {
+    nccl_note = "one GPU: NCCL runs no two ranks on one GPU";
+  }
+#endif
+  for (size_t bytes : kSizes) {
+    M2N_RETURN_IF_ERROR(RunDevice(r, device_group, bytes));
+    M2N_RETURN_IF_ERROR(RunStream(r, stream_group, bytes));
+#if M2N_PERF_WITH_NCCL
+    if (comm != nullptr) M2N_RETURN_IF_ERROR(RunNccl(r, comm, bytes));
+#endif
+  }
+#if M2N_PERF_WITH_NCCL
+  if (comm != nullptr) ncclCommDestroy(comm);
+#endif
+  return nccl_note;
+}
+
 // One rank's whole run; the exit status (1: a wrong byte) or what failed.
 StatusOr<int> RunRank(int iters, int warmup) {
   int gpus = 0;
   CUDA_OK(cudaGetDeviceCount(&gpus));
+  if (gpus < 1) return FailedPreconditionError("no CUDA device");
   M2N_ASSIGN_OR_RETURN(const LaunchInfo launch, DetectLaunch());
   M2N_ASSIGN_OR_RETURN(const Options options, GroupOptions());
   Rank r;
@@ -244,9 +270,8 @@ StatusOr<int> RunRank(int iters, int warmup) {
   CUDA_OK(cudaSetDevice(device));
   M2N_ASSIGN_OR_RETURN(auto device_group, Group::Create(options));
   Options second = options;
-  second.bootstrap.master_port =
-      (options.bootstrap.master_port ? options.bootstrap.master_port : 29517) + 1;
-  if (!second.bootstrap.job_id.empty()) second.bootstrap.job_id += ".stream";
+  second.bootstrap.master_port = options.bootstrap.master_port + 1;  // resolved: never 0
+  second.bootstrap.job_id += ".stream";
   M2N_ASSIGN_OR_RETURN(auto stream_group, Group::Create(second));
   M2N_ASSIGN_OR_RETURN(
       auto segment,
@@ -259,26 +284,7 @@ StatusOr<int> RunRank(int iters, int warmup) {
   M2N_RETURN_IF_ERROR(Allocate(r, warmup + iters));
   M2N_ASSIGN_OR_RETURN(MemoryRegion source,
                        stream_group->RegisterMemory(r.source, kMaxBytes, MemoryKind::kCuda));
-  std::string nccl_note = "built without NCCL";
-#if M2N_PERF_WITH_NCCL
-  ncclComm_t comm = nullptr;
-  if (gpus >= 2) {
-    M2N_ASSIGN_OR_RETURN(comm, ConnectNccl(r));
-    nccl_note.clear();
-  } else {
-    nccl_note = "one GPU: NCCL runs no two ranks on one GPU";
-  }
-#endif
-  for (size_t bytes : kSizes) {
-    M2N_RETURN_IF_ERROR(RunDevice(r, *device_group, bytes));
-    M2N_RETURN_IF_ERROR(RunStream(r, *stream_group, bytes));
-#if M2N_PERF_WITH_NCCL
-    if (comm != nullptr) M2N_RETURN_IF_ERROR(RunNccl(r, comm, bytes));
-#endif
-  }
-#if M2N_PERF_WITH_NCCL
-  if (comm != nullptr) ncclCommDestroy(comm);
-#endif
+  M2N_ASSIGN_OR_RETURN(const std::string nccl_note, RunWays(r, *device_group, *stream_group, gpus));
   cudaDeviceProp prop{};
   CUDA_OK(cudaGetDeviceProperties(&prop, device));
   const std::string where = gpus >= 2 ? "GPU 0 -> GPU 1 (" + std::string(prop.name) + ")"
