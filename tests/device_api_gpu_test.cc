@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <memory>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -41,8 +42,11 @@ struct DeviceRank {
   std::unique_ptr<Group> group;
   DeviceGroup handle;
   cudaStream_t stream = nullptr;
-  testing::DeviceBuffer words{3 * sizeof(unsigned long long)};
-  unsigned long long* word(int i) const { return static_cast<unsigned long long*>(words.data) + i; }
+  // Allocated once the rank's GPU is selected (DeviceSlotOptions), on that GPU.
+  std::unique_ptr<testing::DeviceBuffer> words;
+  unsigned long long* word(int i) const {
+    return static_cast<unsigned long long*>(words->data) + i;
+  }
 
   DeviceTrial Trial(int count, std::initializer_list<unsigned long long> sizes) const {
     DeviceTrial t;
@@ -65,7 +69,8 @@ std::string MakeRank(DeviceRank& r, const Options& o) {
   auto handle = r.group->device_group();
   if (!handle.ok()) return handle.status().ToString();
   r.handle = *handle;
-  if (cudaMemset(r.words.data, 0, 3 * sizeof(unsigned long long)) != cudaSuccess) return "memset";
+  r.words = std::make_unique<testing::DeviceBuffer>(3 * sizeof(unsigned long long));
+  if (cudaMemset(r.words->data, 0, 3 * sizeof(unsigned long long)) != cudaSuccess) return "memset";
   if (cudaStreamCreateWithFlags(&r.stream, cudaStreamNonBlocking) != cudaSuccess) return "stream";
   return "";
 }
@@ -75,7 +80,7 @@ std::string MakeRank(DeviceRank& r, const Options& o) {
 int Finish(DeviceRank& r) {
   CUDA_CHILD_OK(cudaStreamSynchronize(r.stream));
   unsigned long long host[2] = {};
-  CUDA_CHILD_OK(cudaMemcpy(host, r.words.data, sizeof host, cudaMemcpyDeviceToHost));
+  CUDA_CHILD_OK(cudaMemcpy(host, r.words->data, sizeof host, cudaMemcpyDeviceToHost));
   CHILD_CHECK(host[0] == 0, "%llu wrong (bytes, + 2^40 per wrong length)", host[0]);
   CHILD_CHECK(host[1] == 0, "%llu device waits gave up", host[1]);
   CHILD_OK(r.group->Progress());
