@@ -20,8 +20,9 @@
 //
 // Bounded waits: every wait spins for at most DeviceGroup::timeout_ns (the GPU's globaltimer). A
 // wait that gives up records (reason, peer, slot) in the group's error word and returns ok = false;
-// once any wait of the group gave up, every later wait returns ok = false at once. The group's next
-// host call returns kDeadlineExceeded naming the peer and slot (as for the stream-ordered calls).
+// once any wait of the group gave up, every later wait that would have to spin returns ok = false
+// at once. The group's next host call returns kDeadlineExceeded naming the peer and slot (as for
+// the stream-ordered calls).
 // A caller that gets ok = false writes nothing and publishes nothing for that message.
 //
 // Scopes: *Block functions are called by every thread of a block (they contain __syncthreads),
@@ -92,8 +93,9 @@ __device__ inline bool WaitAtLeast(const DeviceGroup& g, const unsigned long lon
     const unsigned long long v = LoadAcquire(word);
     return (high ? v >> 32 : v) >= want;
   };
-  if (GaveUp(g)) return false;
+  // Done first: the error word is host memory, a PCIe read that the fast path should not pay.
   if (done()) return true;
+  if (GaveUp(g)) return false;
   const unsigned long long start = GlobalTimerNs();
   for (unsigned spins = 1;; ++spins) {
     if (done()) return true;
