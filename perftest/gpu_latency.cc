@@ -80,7 +80,7 @@ LatencyMessage MessageFor(const Rank& r, size_t bytes, uint64_t iteration) {
 Status Iterate(Rank& r, size_t bytes, const std::string& way,
                const std::function<Status(uint64_t)>& consume,
                const std::function<Status(uint64_t)>& produce) {
-  CUDA_OK(cudaMemset(r.wrong, 0, sizeof(unsigned long long)));
+  CUDA_OK(cudaMemsetAsync(r.wrong, 0, sizeof(unsigned long long), r.stream));
   const int total = r.warmup + r.iters;
   for (int i = 0; i < total; ++i) {
     const uint64_t it = static_cast<uint64_t>(i);

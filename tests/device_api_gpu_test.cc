@@ -69,9 +69,11 @@ std::string MakeRank(DeviceRank& r, const Options& o) {
   auto handle = r.group->device_group();
   if (!handle.ok()) return handle.status().ToString();
   r.handle = *handle;
-  r.words = std::make_unique<testing::DeviceBuffer>(3 * sizeof(unsigned long long));
-  if (cudaMemset(r.words->data, 0, 3 * sizeof(unsigned long long)) != cudaSuccess) return "memset";
   if (cudaStreamCreateWithFlags(&r.stream, cudaStreamNonBlocking) != cudaSuccess) return "stream";
+  r.words = std::make_unique<testing::DeviceBuffer>(3 * sizeof(unsigned long long));
+  // On the rank's stream: the legacy stream's cudaMemset would not order before its kernels.
+  if (cudaMemsetAsync(r.words->data, 0, 3 * sizeof(unsigned long long), r.stream) != cudaSuccess)
+    return "memset";
   return "";
 }
 

@@ -219,10 +219,14 @@ StatusOr<std::unique_ptr<Region>> CudaIpcTransport::AllocateDeviceCopy(
     std::span<const std::byte> contents) {
   if (!no_cuda_.ok()) return no_cuda_;
   M2N_ASSIGN_OR_RETURN(auto region, IpcRegion::Allocate(contents.size(), MemoryKind::kCuda));
-  // Synchronous: the words are in place before any kernel of any stream may read them.
   M2N_CUDA_RETURN_IF_ERROR(cudaMemcpy(region->data(), contents.data(), contents.size(),
                                       cudaMemcpyHostToDevice),
                            "cudaMemcpy (device-side API words)");
+  // From pageable memory cudaMemcpy may return before its DMA lands (and the allocation's zeroing
+  // is on the legacy stream too), while the user's kernels run on streams that do not wait for the
+  // legacy one: the words are in place before this returns.
+  M2N_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(cudaStreamLegacy),
+                           "cudaStreamSynchronize (device-side API words)");
   return std::unique_ptr<Region>(std::move(region));
 }
 
