@@ -2,7 +2,8 @@
 // that share one GPU when there are fewer GPUs than ranks (CUDA IPC works between processes of
 // one GPU). The user kernels are device_api_test_kernels.cu. They skip, saying why, without a GPU.
 //   Payload: shapes 1x1, 2x2, 3x1, 1x3, both directions; block-scope, warp-scope and multi-block
-//     messages of 0 B to slot_bytes, no host call between the sender's stores and the check.
+//     messages of 0 B to slot_bytes, no host call between the sender's stores and the check; a
+//     second device_group() gives the same handle, a stream-ordered call is refused.
 //   CreditPressure: 300 messages per pair through 2 slots, the receiver starting 300 ms late.
 //   GraphCapture: the send and receive kernels captured into CUDA graphs and replayed 20 times.
 //   ReceiverNeverComes: the sender's credit wait gives up within the timeout and the next host call
@@ -109,6 +110,13 @@ int PayloadRank(int m, int n, int rank, int port) {
   CHILD_CHECK(r.handle.num_peers == static_cast<int>(r.group->peers().size()) &&
                   r.handle.slot_bytes == kSlotBytes && r.handle.slot_depth == kDepth,
               "handle: %d peers, %llu slot bytes", r.handle.num_peers, r.handle.slot_bytes);
+  auto again = r.group->device_group();  // the same handle, the same device words
+  CHILD_CHECK(again.ok() && again->peers == r.handle.peers, "second device_group(): %s",
+              again.status().ToString().c_str());
+  Status mixed = r.group->SendOnStream({}, r.stream);
+  CHILD_CHECK(mixed.code() == StatusCode::kFailedPrecondition &&
+                  mixed.message().find("device-side API") != std::string::npos,
+              "SendOnStream after device_group(): %s", mixed.ToString().c_str());
   const auto sizes = {0ull, 1ull, 4095ull, 65539ull, 1000ull, 0ull + kSlotBytes};
   for (int round = 0; round < kRounds; ++round) {
     const unsigned long long first = static_cast<unsigned long long>(round) * kDepth;
