@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# On a GPU machine, in one run: builds m2n (no UCX needed), runs the GPU tests, then the m2n_perf
+# On a GPU machine, in one run: builds m2n (no UCX needed), runs the GPU tests (cuda_ipc_gpu_test,
+# device_api_gpu_test), the producer-to-consumer latency (m2n_gpu_latency: device API vs
+# stream-ordered calls vs NCCL, table in $OUT/gpu-latency.md), then the m2n_perf
 # sweep 4 KB..16 MB for 2x2, 3x1 and 1x3 with the NCCL baseline, and writes the tables: first with
 # m2n's stream-ordered calls, then with its host-driven calls through the cuda_ipc copy proxy
 # (M2N_CUDA_IPC_PROXY=1, M2N_PERF_GPU_PATH=host), each against NCCL in the same run.
 #   OUT       where logs, JSON and tables go (default: gpu-results)
 #   BUILD_DIR build folder (default: build-gpu); JOBS (default: nproc)
 #   ITERS / WARMUP  m2n_perf -n / -w (default 2000 / 200)
+#   LATENCY_ITERS / LATENCY_WARMUP  m2n_gpu_latency -n / -w (default 2000 / 200); SKIP_LATENCY=1 skips it
 #   SHAPES    default "2x2 3x1 1x3"; SKIP_TESTS=1 skips the tests; SKIP_PROXY=1 skips the proxy sweeps;
 #             SKIP_SWEEPS=1 skips the floor and every m2n_perf sweep
 #   MOE       1 (default): then runs examples/moe_pipeline/gpu-check.sh (the MoE pipeline on 4 GPUs:
@@ -58,7 +61,7 @@ fi
 # Only what this script runs is built.
 if ! { cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DM2N_WERROR=${WERROR:-OFF} -DCMAKE_CUDA_ARCHITECTURES=90 \
          "${nccl_args[@]}" ${CMAKE_ARGS:-} && \
-       cmake --build "$build" -j "$jobs" --target m2n_perf m2n_gpu_floor cuda_ipc_gpu_test \
+       cmake --build "$build" -j "$jobs" --target m2n_perf m2n_gpu_floor m2n_gpu_latency cuda_ipc_gpu_test device_api_gpu_test \
          $([ "${MOE:-1}" = 0 ] || echo moe_pipeline) \
          $([ "${OFFLOAD:-1}" = 0 ] || echo moe_pipeline moe_offload_bench moe_offload_test moe_pipeline_test); \
      } > "$out/build.log" 2>&1; then
@@ -72,7 +75,22 @@ stamp "build"
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   if ! timeout "${TEST_TIMEOUT:-600}" "$build/tests/cuda_ipc_gpu_test" > "$out/gpu-tests.log" 2>&1; then status=1; fi
   grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[       OK|^\[  FAILED" "$out/gpu-tests.log" | tail -20
+  if ! timeout "${TEST_TIMEOUT:-600}" "$build/tests/device_api_gpu_test" > "$out/device-api-tests.log" 2>&1; then status=1; fi
+  grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[       OK|^\[  FAILED" "$out/device-api-tests.log" | tail -20
   stamp "GPU tests"
+fi
+
+# Producer kernel end -> consumer kernel start between two ranks (perftest/gpu_latency.cc): one GPU
+# shared by both processes, or one GPU each when there are two or more (the tool picks rank % GPUs).
+if [ "${SKIP_LATENCY:-0}" != 1 ]; then
+  if ! timeout "${SWEEP_TIMEOUT:-600}" "$build/perftest/m2n_gpu_latency" -n "${LATENCY_ITERS:-2000}" \
+        -w "${LATENCY_WARMUP:-200}" > "$out/gpu-latency.md" 2> "$out/gpu-latency.log"; then
+    status=1
+    echo "[gpu-check] m2n_gpu_latency FAILED"
+    tail -20 "$out/gpu-latency.log"
+  fi
+  cat "$out/gpu-latency.md"
+  stamp "latency"
 fi
 
 if [ "${SKIP_SWEEPS:-0}" = 1 ]; then

@@ -20,16 +20,19 @@
 //
 // Bounded waits: every wait spins for at most DeviceGroup::timeout_ns (the GPU's globaltimer). A
 // wait that gives up records (reason, peer, slot) in the group's error word and returns ok = false;
-// once any wait of the group gave up, every later wait returns ok = false at once. The group's next
-// host call returns kDeadlineExceeded naming the peer and slot (as for the stream-ordered calls).
+// once any wait of the group gave up, every later wait that would have to spin returns ok = false
+// at once. The group's next host call returns kDeadlineExceeded naming the peer and slot (as for
+// the stream-ordered calls).
 // A caller that gets ok = false writes nothing and publishes nothing for that message.
 //
 // Scopes: *Block functions are called by every thread of a block (they contain __syncthreads),
 // *Warp functions by every lane of a warp (__syncwarp); the values they return are the same in
 // every thread. A message may be written by several blocks: each calls BeginSendBlock for it (they
 // get the same slot) and EndSendBlock(g, s, length, num_blocks); the last of them to finish
-// publishes. Release is called by one thread, once per message, after every read of it (a later
-// kernel on the stream, or the block after a barrier), in the order the messages were received.
+// publishes. Such a message must be the only one a launch sends to that peer: a block that went on
+// to the next message before the last block published would be handed the same slot again.
+// Release is called by one thread, once per message, after every read of it (a later kernel on the
+// stream, or the block after a barrier), in the order the messages were received.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -90,8 +93,9 @@ __device__ inline bool WaitAtLeast(const DeviceGroup& g, const unsigned long lon
     const unsigned long long v = LoadAcquire(word);
     return (high ? v >> 32 : v) >= want;
   };
-  if (GaveUp(g)) return false;
+  // Done first: the error word is host memory, a PCIe read that the fast path should not pay.
   if (done()) return true;
+  if (GaveUp(g)) return false;
   const unsigned long long start = GlobalTimerNs();
   for (unsigned spins = 1;; ++spins) {
     if (done()) return true;
@@ -161,7 +165,9 @@ __device__ inline ReceivedMessage WaitReceiveOne(const DeviceGroup& g, int peer_
 
 // Waits for the credit of the next slot to peers[peer_index] and returns it.
 __device__ inline SendSlot BeginSendBlock(const DeviceGroup& g, int peer_index) {
-  __shared__ SendSlot shared;
+  // Raw storage: a __shared__ variable may not have a constructor (SendSlot's initializers).
+  __shared__ alignas(SendSlot) unsigned char storage[sizeof(SendSlot)];
+  SendSlot& shared = *reinterpret_cast<SendSlot*>(storage);
   __syncthreads();  // `shared` may still be read from an earlier call
   if (threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0)
     shared = detail::BeginSendOne(g, peer_index);
@@ -180,7 +186,8 @@ __device__ inline void EndSendBlock(const DeviceGroup& g, const SendSlot& s, uns
 
 // Waits for the next message from peers[peer_index]; its payload is readable by the whole block.
 __device__ inline ReceivedMessage WaitReceiveBlock(const DeviceGroup& g, int peer_index) {
-  __shared__ ReceivedMessage shared;
+  __shared__ alignas(ReceivedMessage) unsigned char storage[sizeof(ReceivedMessage)];
+  ReceivedMessage& shared = *reinterpret_cast<ReceivedMessage*>(storage);
   __syncthreads();
   if (threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0)
     shared = detail::WaitReceiveOne(g, peer_index);
@@ -193,6 +200,7 @@ __device__ inline ReceivedMessage WaitReceiveBlock(const DeviceGroup& g, int pee
 __device__ inline SendSlot BeginSendWarp(const DeviceGroup& g, int peer_index) {
   SendSlot s;
   if ((threadIdx.x & 31) == 0) s = detail::BeginSendOne(g, peer_index);
+  __syncwarp();  // orders every lane's stores into the slot after lane 0 saw the credit
   s.data = reinterpret_cast<std::byte*>(
       __shfl_sync(0xffffffffu, reinterpret_cast<unsigned long long>(s.data), 0));
   s.peer_index = peer_index;
@@ -210,6 +218,7 @@ __device__ inline void EndSendWarp(const DeviceGroup& g, const SendSlot& s, unsi
 __device__ inline ReceivedMessage WaitReceiveWarp(const DeviceGroup& g, int peer_index) {
   ReceivedMessage m;
   if ((threadIdx.x & 31) == 0) m = detail::WaitReceiveOne(g, peer_index);
+  __syncwarp();  // every lane's loads of the payload after lane 0's acquire (a shuffle won't)
   m.data = reinterpret_cast<const std::byte*>(
       __shfl_sync(0xffffffffu, reinterpret_cast<unsigned long long>(m.data), 0));
   m.length = __shfl_sync(0xffffffffu, m.length, 0);

@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "m2n/deadline.h"
+#include "m2n/device.h"
 #include "m2n/memory.h"
 #include "m2n/options.h"
 #include "m2n/status.h"
@@ -160,6 +161,18 @@ class Group {
   // ReleaseOnStream: hands the slots back to their senders once the work before it on `stream` is
   // done (the consumer kernel that read them).
   Status ReleaseOnStream(std::span<const Message> messages, Stream stream);
+
+  // ---- Device-side API (m2n/device.h, m2n/device.cuh: the user's kernels send and receive) ----
+  // The handle a kernel takes by value to send and receive this group's messages itself, with no
+  // host call per message. Needs a transport whose signal words a kernel may use (cuda_ipc; else
+  // kUnimplemented) and receive slots in device memory (Options::slot_memory = kCuda; else
+  // kFailedPrecondition), and every peer with a GPU. The first call allocates the handle's device
+  // words (freed by Close) and makes this group's data path the device API: a later host-driven or
+  // stream-ordered call is kFailedPrecondition (one group, one data path); later calls return the
+  // same handle. A device wait that gave up makes the group's next call (Progress, say) return
+  // kDeadlineExceeded naming the peer and slot. Every kernel using it must have completed before
+  // Close.
+  StatusOr<DeviceGroup> device_group();
 
   // All ranks of the group; through the bootstrap store (slow path: set-up and tests, not per
   // message).

@@ -42,14 +42,23 @@ Status Group::Impl::CheckPerPeerCount(std::span<const int> peers_in_batch, std::
   return OkStatus();
 }
 
-// The data path a call uses: a group uses the host-driven calls or the stream-ordered ones.
+// The data path a call uses: a group uses the host-driven calls, the stream-ordered ones or the
+// device-side API (its signal words and cursors would disagree otherwise).
 Status Group::Impl::UsePath(DataPath path) {
   if (data_path == DataPath::kUnset) data_path = path;
   if (data_path == path) return OkStatus();
+  const auto name = [](DataPath p) -> std::string {
+    switch (p) {
+      case DataPath::kHost: return "host-driven Send / Receive";
+      case DataPath::kStream: return "stream-ordered *OnStream calls";
+      case DataPath::kDevice: return "device-side API (device_group(), m2n/device.cuh)";
+      case DataPath::kUnset: break;
+    }
+    return "";
+  };
   return FailedPreconditionError(me() + ": this group already moves its messages with the " +
-                                 (data_path == DataPath::kHost ? "host-driven Send / Receive"
-                                                               : "stream-ordered *OnStream calls") +
-                                 "; one group uses one of the two");
+                                 name(data_path) + ", so it cannot use the " + name(path) +
+                                 "; one group uses one data path");
 }
 
 }  // namespace m2n

@@ -23,10 +23,7 @@ Status Group::Barrier(Deadline deadline) {
 
 Status Group::Progress() {
   M2N_RETURN_IF_ERROR(impl_->CheckOpen());
-  if (impl_->data_path == Impl::DataPath::kStream) {
-    Status device = impl_->core->transport->stream_ops()->StreamError();
-    if (!device.ok()) return impl_->Fail(device.WithContext(impl_->me()));
-  }
+  M2N_RETURN_IF_ERROR(impl_->DeviceWaitError());
   return impl_->Progress();
 }
 

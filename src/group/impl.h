@@ -3,7 +3,8 @@
 // and create.cc bootstrap the group through the store, memory.cc keeps the registry of registered
 // memory, liveness.cc notices dead ranks and a silent store, protocol.cc applies completions
 // (immediates, ACK credits, checksum trailers), checks.cc holds the argument checks both data
-// paths share, host_path.cc and stream_path.cc are the two data paths, teardown.cc closes.
+// paths share, host_path.cc and stream_path.cc are two data paths, device_path.cc hands the third
+// (the device-side API, m2n/device.h) to the user's kernels, teardown.cc closes.
 // See docs/architecture.md for the protocol. Not public API.
 #pragma once
 
@@ -21,6 +22,7 @@
 
 #include "bootstrap/store.h"
 #include "group_factory.h"
+#include "m2n/device.h"
 #include "m2n/group.h"
 #include "protocol/checksum.h"
 #include "protocol/immediate.h"
@@ -118,7 +120,7 @@ struct Group::Impl {
   } scratch;
 
   // ---- Which data path this group uses, and the stream-ordered path's state ----
-  enum class DataPath { kUnset, kHost, kStream };
+  enum class DataPath { kUnset, kHost, kStream, kDevice };
   DataPath data_path = DataPath::kUnset;
   // Messages enqueued per peer (the slot is the count mod slot_depth, the same on both sides), and
   // per (peer, slot) the sequence + 1 of a received message not yet released.
@@ -130,6 +132,14 @@ struct Group::Impl {
     std::vector<transport::StreamSlot> slots;  // scratch
     std::vector<int> peers;  // scratch
   } stream;
+  // The device-side API (device_path.cc), once device_group() made it: the handle, and the device
+  // memory it points to (2 cursor words per peer; the DevicePeer table).
+  struct DeviceState {
+    bool made = false;
+    DeviceGroup handle;
+    std::unique_ptr<transport::Region> cursors;
+    std::unique_ptr<transport::Region> peers;
+  } device;
 
   // ---- Liveness (liveness.cc) ----
   struct LivenessState {
@@ -212,6 +222,13 @@ struct Group::Impl {
 
   // stream_path.cc
   StatusOr<transport::StreamOps*> StreamPath(std::string_view call);
+  // The device error word read back as a Status (kStream and kDevice paths); OK otherwise.
+  Status DeviceWaitError();
+
+  // device_path.cc
+  Status CheckDeviceApi(transport::StreamOps* ops) const;
+  StatusOr<DevicePeer> MakeDevicePeer(transport::StreamOps& ops, int index);
+  Status MakeDeviceGroup(transport::StreamOps& ops);
 
   // liveness.cc
   Status StoreFailure(const Status& error, const std::string& during) const;

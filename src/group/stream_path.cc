@@ -23,9 +23,15 @@ StatusOr<transport::StreamOps*> Group::Impl::StreamPath(std::string_view call) {
         " needs receive slots in device memory (Options::slot_memory = kCuda)");
   }
   M2N_RETURN_IF_ERROR(UsePath(DataPath::kStream));
-  Status device = ops->StreamError();
-  if (!device.ok()) return Fail(device.WithContext(me()));
+  M2N_RETURN_IF_ERROR(DeviceWaitError());
   return ops;
+}
+
+Status Group::Impl::DeviceWaitError() {
+  if (data_path != DataPath::kStream && data_path != DataPath::kDevice) return OkStatus();
+  Status device = core->transport->stream_ops()->StreamError();
+  if (!device.ok()) return Fail(device.WithContext(me()));
+  return OkStatus();
 }
 
 Status Group::SendOnStream(std::span<const SendRequest> requests, Stream stream) {

@@ -35,6 +35,8 @@ Status Group::Impl::Teardown(Deadline deadline, bool clean) {
   // An Abort during the waits above cut them short: the rest goes as after an Abort before Close.
   const bool aborted = Aborted();
   staging_region.reset();
+  device.peers.reset();
+  device.cursors.reset();
   if (core && core->transport) {
     // After a failure nobody is owed a flush: the transport closes at once (forcing what is left).
     const bool at_once = failed || aborted;

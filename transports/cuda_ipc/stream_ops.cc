@@ -1,6 +1,7 @@
 // CudaIpcTransport's stream-ordered operations (StreamOps, device slots): the signal words of each
 // (peer, slot) in our block and the peer's, the send / wait / release kernels launched in batches
-// on the caller's stream, and the device's give-up word read back as a Status.
+// on the caller's stream, and the device's give-up word read back as a Status; and the same words
+// handed to the device-side API (m2n/device.h), whose kernels are the user's.
 #include <algorithm>
 #include <chrono>
 #include <string>
@@ -165,13 +166,68 @@ Status CudaIpcTransport::StreamError() {
   const std::string limit = std::to_string(
       std::chrono::duration_cast<std::chrono::milliseconds>(config_.timeout).count());
   stream_error_ = DeadlineExceededError(
-      "cuda_ipc: a stream-ordered " +
+      std::string(device_api_ ? "cuda_ipc: a device-side (m2n/device.cuh) "
+                              : "cuda_ipc: a stream-ordered ") +
       std::string(reason == kCreditWait
                       ? "send waited for " + PeerName(peer) + " to release slot "
                       : "receive waited for a message from " + PeerName(peer) + " in slot ") +
       std::to_string(slot) + " longer than " + limit +
       " ms on the GPU and gave up; work after it on the stream saw no valid data");
   return stream_error_;
+}
+
+// ---- The device-side API ----
+
+StatusOr<DevicePeerWords> CudaIpcTransport::DeviceWords(int peer) {
+  M2N_RETURN_IF_ERROR(CheckStreamSlot(peer, 0, "the device-side API"));
+  M2N_RETURN_IF_ERROR(CheckRemoteSignals(peer, "the device-side API"));
+  device_api_ = true;
+  DevicePeerWords w;
+  w.arrival = LocalSignal(peer, kArrival, 0);
+  w.released = LocalSignal(peer, kReleased, 0);
+  w.generation_sent = LocalSignal(peer, kGenSent, 0);
+  w.generation_received = LocalSignal(peer, kGenReceived, 0);
+  w.arrived_blocks = LocalSignal(peer, kArriveCount, 0);
+  w.remote_arrival = RemoteSignal(peer, kArrival, 0);
+  w.remote_released = RemoteSignal(peer, kReleased, 0);
+  return w;
+}
+
+StatusOr<DeviceWaitLimit> CudaIpcTransport::DeviceWaits() {
+  if (!no_cuda_.ok()) return no_cuda_;
+  return DeviceWaitLimit{
+      error_device_,
+      static_cast<unsigned long long>(std::chrono::nanoseconds(config_.timeout).count())};
+}
+
+StatusOr<std::byte*> CudaIpcTransport::MappedAddress(const RemoteRegion& remote, size_t offset) {
+  // typeid first: a region of another transport must not be static_cast to ours.
+  if (typeid(remote) != typeid(IpcRemoteRegion) ||
+      static_cast<const IpcRemoteRegion&>(remote).kind() != MemoryKind::kCuda) {
+    return FailedPreconditionError(
+        "cuda_ipc: the device-side API needs the peer's receive slots in device memory");
+  }
+  if (!RangeInside(offset, 0, remote.size())) {
+    return InvalidArgumentError("cuda_ipc: offset " + std::to_string(offset) +
+                                " outside a remote region of " + std::to_string(remote.size()) +
+                                " bytes");
+  }
+  return static_cast<const IpcRemoteRegion&>(remote).data() + offset;
+}
+
+StatusOr<std::unique_ptr<Region>> CudaIpcTransport::AllocateDeviceCopy(
+    std::span<const std::byte> contents) {
+  if (!no_cuda_.ok()) return no_cuda_;
+  M2N_ASSIGN_OR_RETURN(auto region, IpcRegion::Allocate(contents.size(), MemoryKind::kCuda));
+  M2N_CUDA_RETURN_IF_ERROR(cudaMemcpy(region->data(), contents.data(), contents.size(),
+                                      cudaMemcpyHostToDevice),
+                           "cudaMemcpy (device-side API words)");
+  // From pageable memory cudaMemcpy may return before its DMA lands (and the allocation's zeroing
+  // is on the legacy stream too), while the user's kernels run on streams that do not wait for the
+  // legacy one: the words are in place before this returns.
+  M2N_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(cudaStreamLegacy),
+                           "cudaStreamSynchronize (device-side API words)");
+  return std::unique_ptr<Region>(std::move(region));
 }
 
 }  // namespace m2n::transport::cuda_ipc

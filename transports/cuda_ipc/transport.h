@@ -66,6 +66,12 @@ class CudaIpcTransport final : public Transport, public StreamOps {
   Status ReleaseOnStream(std::span<const StreamSlot> slots, void* stream) override;
   const uint32_t* ArrivedLength(int peer, int slot) const override;
   Status StreamError() override;
+  // The device-side API (m2n/device.h): the same signal words, used by the user's kernels.
+  StatusOr<DevicePeerWords> DeviceWords(int peer) override;
+  StatusOr<DeviceWaitLimit> DeviceWaits() override;
+  StatusOr<std::byte*> MappedAddress(const RemoteRegion& remote, size_t offset) override;
+  StatusOr<std::unique_ptr<Region>> AllocateDeviceCopy(
+      std::span<const std::byte> contents) override;
 
  private:
   explicit CudaIpcTransport(const Config& config) : config_(config) {}
@@ -117,6 +123,7 @@ class CudaIpcTransport final : public Transport, public StreamOps {
   int max_blocks_ = 32;  // M2N_CUDA_IPC_MAX_BLOCKS: blocks per message at most
   size_t block_bytes_ = 64 << 10;  // M2N_CUDA_IPC_BLOCK_BYTES: bytes per block before another
   bool closed_ = false;
+  bool device_api_ = false;  // DeviceWords was called: a give-up is the device API's
 };
 
 }  // namespace m2n::transport::cuda_ipc
