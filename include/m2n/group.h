@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "m2n/deadline.h"
+#include "m2n/device.h"
 #include "m2n/memory.h"
 #include "m2n/options.h"
 #include "m2n/status.h"
@@ -160,6 +161,12 @@ class Group {
   // ReleaseOnStream: hands the slots back to their senders once the work before it on `stream` is
   // done (the consumer kernel that read them).
   Status ReleaseOnStream(std::span<const Message> messages, Stream stream);
+
+  // ---- Device-side calls (include/m2n/device.cuh) ----
+  // The handle with which kernels send and receive this group's messages themselves: for a group
+  // with device slots on a transport that keeps its credits and arrivals in device memory
+  // (cuda_ipc). kUnimplemented where the transport cannot serve it, saying why.
+  StatusOr<DeviceGroup> device_group();
 
   // All ranks of the group; through the bootstrap store (slow path: set-up and tests, not per
   // message).
