@@ -16,8 +16,10 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <memory>
+#include <ostream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -29,6 +31,10 @@
 #include "m2n/m2n.h"
 
 namespace m2n::testing {
+
+// gtest prints a case by its name (found by argument-dependent lookup, so beside EpCase).
+void PrintTo(const EpCase& c, std::ostream* os) { *os << EpCaseName(c); }
+
 namespace {
 
 constexpr int kNotWired = 77;  // a rank's exit code when Group::device_group() is not served
@@ -270,15 +276,24 @@ struct ExpertStep {
   DeviceExpertBatch batch;
   std::unique_ptr<DeviceBuffer> y, experts;
 };
+// The step's buffers, before any capture (a capture may not allocate or copy synchronously).
+int PrepareExpertStep(const EpCase& c, int rank, ExpertStep* step) {
+  std::vector<int> experts;
+  for (int e = 0; e < c.options.num_experts; ++e)
+    if (ExpertOwner(c, e) == rank) experts.push_back(e);
+  const size_t max_rows = size_t(c.m) * size_t(c.options.max_tokens) *
+                          size_t(std::min(c.options.top_k, int(experts.size())));
+  step->y = std::make_unique<DeviceBuffer>(max_rows * RowBytes(c) + 16);
+  step->experts = std::make_unique<DeviceBuffer>(experts.size() * 4 + 4);
+  CUDA_CHILD_OK(cudaMemcpy(step->experts->data, experts.data(), experts.size() * 4,
+                           cudaMemcpyHostToDevice));
+  return 0;
+}
+
 int EnqueueExpertStep(const EpCase& c, Rank& r, ExpertStep* step) {
   CHILD_OK(r.ep->ReceiveDispatchOnStream(&step->batch, r.stream));
   const DeviceExpertBatch& b = step->batch;
-  if (!step->y) {
-    step->y = std::make_unique<DeviceBuffer>(size_t(b.max_rows) * RowBytes(c) + 16);
-    step->experts = std::make_unique<DeviceBuffer>(b.experts.size() * 4 + 4);
-    CUDA_CHILD_OK(cudaMemcpy(step->experts->data, b.experts.data(), b.experts.size() * 4,
-                             cudaMemcpyHostToDevice));
-  }
+  CHILD_CHECK(step->y != nullptr, "PrepareExpertStep first");
   CUDA_CHILD_OK(LaunchApplyExperts(b.x, b.offsets, static_cast<const int*>(step->experts->data),
                                    int(b.experts.size()), b.max_rows, c.options.hidden,
                                    int(c.options.dtype), step->y->data, r.stream));
@@ -297,6 +312,7 @@ int GraphRank(const EpCase& c, int rank, int port) {
   DeviceCall call;
   ExpertStep step;
   if (rank < c.m && Upload(c, MakeRouting(c, RoutingKind::kRandom, rank, 0), &call) != 0) return 1;
+  if (rank >= c.m && PrepareExpertStep(c, rank, &step) != 0) return 1;
   CUDA_CHILD_OK(cudaStreamBeginCapture(r.stream, cudaStreamCaptureModeThreadLocal));
   int captured = 0;
   if (rank < c.m) {
@@ -367,8 +383,9 @@ int PressureRank(const EpCase& c, int rank, int port) {
     for (int i = 0; i < kPressureCalls; ++i)
       if (CheckOutput(c, calls[size_t(i)], "under credit pressure", i) != 0) return 1;
   } else {
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));
     ExpertStep step;
+    if (PrepareExpertStep(c, rank, &step) != 0) return 1;
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
     for (int i = 0; i < kPressureCalls; ++i) {
       if (EnqueueExpertStep(c, r, &step) != 0) return 1;
       CUDA_CHILD_OK(cudaStreamSynchronize(r.stream));
@@ -428,6 +445,7 @@ int BadCallsRank(int rank, int port) {
     Status s = r.ep->CombineOnStream(y.data, r.stream);
     CHILD_CHECK(Contains(s, "no received dispatch is waiting"), "%s", s.ToString().c_str());
     ExpertStep step;
+    if (PrepareExpertStep(c, rank, &step) != 0) return 1;
     if (EnqueueExpertStep(c, r, &step) != 0) return 1;
     CUDA_CHILD_OK(cudaStreamSynchronize(r.stream));
   }

@@ -110,8 +110,10 @@ class ExpertParallel {
 
   // Checks the options against the group (kInvalidArgument naming the field: a placement that names
   // a rank that is not an expert rank, slot_bytes too small, saying the size needed), registers the
-  // send buffers. Local only: it exchanges nothing with the peers. `group` must outlive this object
-  // and must not carry other messages while it is used.
+  // send buffers (host slots) or allocates the device path's buffers (device slots: the group must
+  // serve Group::device_group(), and slot_bytes be a multiple of 16). Local only: it exchanges
+  // nothing with the peers. `group` must outlive this object and must not carry other messages
+  // while it is used.
   static StatusOr<std::unique_ptr<ExpertParallel>> Create(Group& group,
                                                           const ExpertParallelOptions& options);
 

@@ -189,7 +189,7 @@ Status CreateDeviceLayer(ExpertParallel::Impl& impl) {
 namespace {
 
 // The first error the kernels recorded (sticky), else the group's (a device wait that gave up).
-Status CheckDevice(ExpertParallel::Impl& impl, const char* call) {
+Status CheckDevice(ExpertParallel::Impl& impl, const char* call, Stream stream) {
   const ep::DeviceError& e = *impl.device->error;
   const int code = e.code;
   if (code != ep::kNoDeviceError) {
@@ -223,6 +223,13 @@ Status CheckDevice(ExpertParallel::Impl& impl, const char* call) {
                              std::to_string(e.c) + " bytes long");
     }
   }
+  // The group's own device error (a wait that gave up). Not while the stream is being captured:
+  // a capture is no time for the group's host-side progress.
+  cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(static_cast<cudaStream_t>(stream), &capturing) == cudaSuccess &&
+      capturing != cudaStreamCaptureStatusNone) {
+    return OkStatus();
+  }
   Status group = impl.group.Progress();
   if (!group.ok()) return group.WithContext(impl.me() + ": " + call);
   return OkStatus();
@@ -249,10 +256,10 @@ Status Launched(const ExpertParallel::Impl& impl, const char* call, int error) {
 }
 
 // The common checks of every stream-ordered call.
-Status Begin(ExpertParallel::Impl& impl, const char* call, bool attention_call) {
+Status Begin(ExpertParallel::Impl& impl, const char* call, bool attention_call, Stream stream) {
   if (impl.attention != attention_call) return impl.WrongSide(call, attention_call);
   M2N_RETURN_IF_ERROR(impl.CheckPath(call, true));
-  return CheckDevice(impl, call);
+  return CheckDevice(impl, call, stream);
 }
 
 }  // namespace
@@ -261,7 +268,7 @@ Status ExpertParallel::DispatchOnStream(const void* x, int tokens, const int32_t
                                         const float* topk_weights, Stream stream) {
   Impl& impl = *impl_;
   constexpr const char* kCall = "DispatchOnStream";
-  M2N_RETURN_IF_ERROR(Begin(impl, kCall, true));
+  M2N_RETURN_IF_ERROR(Begin(impl, kCall, true, stream));
   ep::DeviceLayer& d = *impl.device;
   if (tokens < 0 || tokens > impl.options.max_tokens) {
     return InvalidArgumentError(impl.me() + ": " + kCall + " of " + std::to_string(tokens) +
@@ -289,7 +296,7 @@ Status ExpertParallel::DispatchOnStream(const void* x, int tokens, const int32_t
 Status ExpertParallel::ReceiveCombineOnStream(void* out, Stream stream) {
   Impl& impl = *impl_;
   constexpr const char* kCall = "ReceiveCombineOnStream";
-  M2N_RETURN_IF_ERROR(Begin(impl, kCall, true));
+  M2N_RETURN_IF_ERROR(Begin(impl, kCall, true, stream));
   ep::DeviceLayer& d = *impl.device;
   if (d.in_flight.empty()) {
     return FailedPreconditionError(impl.me() + ": " + kCall +
@@ -307,7 +314,7 @@ Status ExpertParallel::ReceiveCombineOnStream(void* out, Stream stream) {
 Status ExpertParallel::ReceiveDispatchOnStream(DeviceExpertBatch* batch, Stream stream) {
   Impl& impl = *impl_;
   constexpr const char* kCall = "ReceiveDispatchOnStream";
-  M2N_RETURN_IF_ERROR(Begin(impl, kCall, false));
+  M2N_RETURN_IF_ERROR(Begin(impl, kCall, false, stream));
   ep::DeviceLayer& d = *impl.device;
   if (batch == nullptr) return InvalidArgumentError(impl.me() + ": " + kCall + ": batch is null");
   if (d.combine_due) {
@@ -332,7 +339,7 @@ Status ExpertParallel::ReceiveDispatchOnStream(DeviceExpertBatch* batch, Stream 
 Status ExpertParallel::CombineOnStream(const void* y, Stream stream) {
   Impl& impl = *impl_;
   constexpr const char* kCall = "CombineOnStream";
-  M2N_RETURN_IF_ERROR(Begin(impl, kCall, false));
+  M2N_RETURN_IF_ERROR(Begin(impl, kCall, false, stream));
   ep::DeviceLayer& d = *impl.device;
   if (!d.combine_due) {
     return FailedPreconditionError(impl.me() + ": " + kCall +
