@@ -10,7 +10,8 @@
 //     device path's results equal the host path's.
 //   GraphCapture: one layer (dispatch .. experts .. combine) captured per rank, replayed 20 times.
 //   CreditPressure: 40 calls enqueued at once against expert ranks that start 300 ms late.
-//   BadCalls: the errors a caller sees, a bad expert id found on the device included.
+//   BadCalls: the errors a caller sees, a bad expert id and a bad device token count found on the
+//     device included. (Half of DispatchAndCombine's calls pass their token count in device memory.)
 //   ReceiverNeverComes: the bounded device wait gives up and the next call says so.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
@@ -92,6 +93,7 @@ int MakeRank(const EpCase& c, int rank, int port, int depth, Rank* r, int timeou
 struct DeviceCall {
   Routing routing;
   std::unique_ptr<DeviceBuffer> x, ids, weights, out;
+  std::unique_ptr<DeviceBuffer> count;  // the token count, for DispatchOnStream(device_tokens)
 };
 int Upload(const EpCase& c, Routing routing, DeviceCall* d) {
   d->routing = std::move(routing);
@@ -100,6 +102,8 @@ int Upload(const EpCase& c, Routing routing, DeviceCall* d) {
   d->ids = std::make_unique<DeviceBuffer>(r.ids.size() * 4 + 16);
   d->weights = std::make_unique<DeviceBuffer>(r.weights.size() * 4 + 16);
   d->out = std::make_unique<DeviceBuffer>(size_t(c.options.max_tokens) * RowBytes(c) + 16);
+  d->count = std::make_unique<DeviceBuffer>(sizeof(int));
+  CUDA_CHILD_OK(cudaMemcpy(d->count->data, &r.tokens, sizeof(int), cudaMemcpyHostToDevice));
   CUDA_CHILD_OK(cudaMemcpy(d->x->data, r.x.data(), r.x.size(), cudaMemcpyHostToDevice));
   CUDA_CHILD_OK(cudaMemcpy(d->ids->data, r.ids.data(), r.ids.size() * 4, cudaMemcpyHostToDevice));
   CUDA_CHILD_OK(
@@ -107,10 +111,15 @@ int Upload(const EpCase& c, Routing routing, DeviceCall* d) {
   return 0;
 }
 
-Status Dispatch(Rank& rank, const DeviceCall& d) {
-  return rank.ep->DispatchOnStream(d.x->data, d.routing.tokens,
-                                   static_cast<const int32_t*>(d.ids->data),
-                                   static_cast<const float*>(d.weights->data), rank.stream);
+// device_count: the count passed in device memory instead of as a host value.
+Status Dispatch(Rank& rank, const DeviceCall& d, bool device_count = false) {
+  const auto* ids = static_cast<const int32_t*>(d.ids->data);
+  const auto* weights = static_cast<const float*>(d.weights->data);
+  if (device_count) {
+    return rank.ep->DispatchOnStream(d.x->data, static_cast<const int*>(d.count->data), ids,
+                                     weights, rank.stream);
+  }
+  return rank.ep->DispatchOnStream(d.x->data, d.routing.tokens, ids, weights, rank.stream);
 }
 
 // After the stream is done: call's output against the reference.
@@ -130,6 +139,7 @@ const RoutingKind kSchedule[] = {RoutingKind::kRandom,    RoutingKind::kOneExper
 constexpr int kCalls = sizeof(kSchedule) / sizeof(kSchedule[0]);
 
 // An attention rank: every call of the schedule, two in flight, a third refused; then checks.
+// The second call of each pair passes its token count in device memory.
 int AttentionRank(const EpCase& c, Rank& r, int rank) {
   std::vector<DeviceCall> calls(kCalls);
   for (int i = 0; i < kCalls; ++i) {
@@ -138,7 +148,7 @@ int AttentionRank(const EpCase& c, Rank& r, int rank) {
   }
   for (int call = 0; call < kCalls; call += 2) {
     CHILD_OK(Dispatch(r, calls[size_t(call)]));
-    CHILD_OK(Dispatch(r, calls[size_t(call) + 1]));
+    CHILD_OK(Dispatch(r, calls[size_t(call) + 1], /*device_count=*/true));
     Status third = Dispatch(r, calls[size_t(call)]);
     CHILD_CHECK(third.code() == StatusCode::kFailedPrecondition &&
                     Contains(third, "2 calls are in flight"),
@@ -404,17 +414,22 @@ TEST(EpGpuLayer, CreditPressure) {
 
 // ---------------------------------------------------------------------------------------------
 
-// 1 x 1: bad calls, each named; an expert id out of range found on the device is named by the
-// next call.
-int BadCallsRank(int rank, int port) {
+// 1 x 1: bad calls, each named; an expert id out of range (or, `bad_count`, a device token count
+// above max_tokens) found on the device is named by the next call.
+int BadCallsRank(int rank, int port, bool bad_count) {
   const EpCase c = MakeCase(1, 1, DataType::kFloat32, 4, 1);
   Rank r;
   if (int made = MakeRank(c, rank, port, 2, &r); made != 0) return made;
   if (rank == 0) {
     DeviceCall call;
     Routing routing = MakeRouting(c, RoutingKind::kMaxTokens, 0, 0);
-    routing.ids[5] = 4;
+    if (!bad_count) routing.ids[5] = 4;
     if (Upload(c, routing, &call) != 0) return 1;
+    if (bad_count) {
+      const int too_many = 14;
+      CUDA_CHILD_OK(cudaMemcpy(call.count->data, &too_many, sizeof too_many,
+                               cudaMemcpyHostToDevice));
+    }
     const std::vector<std::byte> host_x(call.routing.x.size());
     Status s = r.ep->DispatchOnStream(host_x.data(), call.routing.tokens,
                                       static_cast<const int32_t*>(call.ids->data),
@@ -433,13 +448,15 @@ int BadCallsRank(int rank, int port) {
     s = r.ep->Dispatch(call.routing.x.data(), call.routing.tokens, call.routing.ids,
                        call.routing.weights, Deadline::AfterMs(1000));
     CHILD_CHECK(Contains(s, "needs a group with host slots"), "%s", s.ToString().c_str());
-    CHILD_OK(Dispatch(r, call));  // the bad id is found on the device
+    CHILD_OK(Dispatch(r, call, bad_count));  // the bad id / count is found on the device
     CHILD_OK(r.ep->ReceiveCombineOnStream(call.out->data, r.stream));
     CUDA_CHILD_OK(cudaStreamSynchronize(r.stream));
     s = Dispatch(r, call);
-    CHILD_CHECK(s.code() == StatusCode::kInvalidArgument &&
-                    Contains(s, "topk_ids[5][0] = 4 is not an expert id in [0, 4)"),
-                "%s", s.ToString().c_str());
+    const std::string want =
+        bad_count ? "*device_tokens = 14; this layer takes 0 to max_tokens = 13"
+                  : "topk_ids[5][0] = 4 is not an expert id in [0, 4)";
+    CHILD_CHECK(s.code() == StatusCode::kInvalidArgument && Contains(s, want), "%s",
+                s.ToString().c_str());
   } else {
     DeviceBuffer y(64);
     Status s = r.ep->CombineOnStream(y.data, r.stream);
@@ -455,7 +472,12 @@ int BadCallsRank(int rank, int port) {
 
 TEST(EpGpuLayer, BadCallsAreNamed) {
   SKIP_WITHOUT_GPU();
-  Judge(RunRanks(2, BadCallsRank, 120));
+  Judge(RunRanks(2, [](int rank, int port) { return BadCallsRank(rank, port, false); }, 120));
+}
+
+TEST(EpGpuLayer, ADeviceTokenCountAboveMaxIsNamed) {
+  SKIP_WITHOUT_GPU();
+  Judge(RunRanks(2, [](int rank, int port) { return BadCallsRank(rank, port, true); }, 120));
 }
 
 // 1 x 1 with a 2 s device timeout: the expert rank never receives. The attention rank's combine

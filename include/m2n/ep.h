@@ -152,7 +152,13 @@ class ExpertParallel {
   // [0, max_tokens]. At most slot_depth calls whose combine has not been received.
   Status DispatchOnStream(const void* x, int tokens, const int32_t* topk_ids,
                           const float* topk_weights, Stream stream);
-  // out: [tokens, hidden] of dtype (device), tokens of the oldest call not yet combined: the top-k
+  // The same with the token count in device memory (*device_tokens, read when the call runs on
+  // the stream: a router kernel may write it). A count outside [0, max_tokens] is an error found
+  // on the device (the call then sends empty messages, so every rank still completes it).
+  Status DispatchOnStream(const void* x, const int* device_tokens, const int32_t* topk_ids,
+                          const float* topk_weights, Stream stream);
+  // out: [tokens, hidden] of dtype (device), tokens of the oldest call not yet combined (room for
+  // max_tokens rows where the count was in device memory): the top-k
   // weighted sum per token, fp32 accumulation in top-k order, rounded once (as ReceiveCombine).
   Status ReceiveCombineOnStream(void* out, Stream stream);
   // Expert rank: the next call's rows, grouped by local expert, into this layer's device buffers

@@ -215,6 +215,10 @@ Status CheckDevice(ExpertParallel::Impl& impl, const char* call, Stream stream) 
       case ep::kForeignExpert:
         return DataLossError(me + from + " routes a row to expert " + std::to_string(e.b) +
                              ", which this rank does not hold");
+      case ep::kBadTokenCount:
+        return InvalidArgumentError(me + "DispatchOnStream: *device_tokens = " +
+                                    std::to_string(e.a) + "; this layer takes 0 to max_tokens = " +
+                                    std::to_string(impl.options.max_tokens) + " per call");
       case ep::kWrongPairs:
         return DataLossError(me + from + " holds " + std::to_string(e.b) +
                              " (token, expert) pairs, expected " + std::to_string(e.c));
@@ -264,13 +268,16 @@ Status Begin(ExpertParallel::Impl& impl, const char* call, bool attention_call, 
 
 }  // namespace
 
-Status ExpertParallel::DispatchOnStream(const void* x, int tokens, const int32_t* topk_ids,
-                                        const float* topk_weights, Stream stream) {
-  Impl& impl = *impl_;
+namespace {
+
+// Both DispatchOnStream: the count is `tokens`, or *device_tokens when that is not null.
+Status DispatchOnDevice(ExpertParallel::Impl& impl, const void* x, int tokens,
+                        const int* device_tokens, const int32_t* topk_ids,
+                        const float* topk_weights, Stream stream) {
   constexpr const char* kCall = "DispatchOnStream";
   M2N_RETURN_IF_ERROR(Begin(impl, kCall, true, stream));
   ep::DeviceLayer& d = *impl.device;
-  if (tokens < 0 || tokens > impl.options.max_tokens) {
+  if (device_tokens == nullptr && (tokens < 0 || tokens > impl.options.max_tokens)) {
     return InvalidArgumentError(impl.me() + ": " + kCall + " of " + std::to_string(tokens) +
                                 " tokens; this layer takes 0 to max_tokens = " +
                                 std::to_string(impl.options.max_tokens) + " per call");
@@ -281,16 +288,37 @@ Status ExpertParallel::DispatchOnStream(const void* x, int tokens, const int32_t
                                    " calls are in flight (slot_depth); receive the oldest one's "
                                    "combine first");
   }
+  if (device_tokens != nullptr) {
+    M2N_RETURN_IF_ERROR(CheckDevicePointer(impl, kCall, "device_tokens", device_tokens));
+    tokens = impl.options.max_tokens;  // what the pointers must hold room for
+  }
   if (tokens > 0) {
     M2N_RETURN_IF_ERROR(CheckDevicePointer(impl, kCall, "x", x));
     M2N_RETURN_IF_ERROR(CheckDevicePointer(impl, kCall, "topk_ids", topk_ids));
     M2N_RETURN_IF_ERROR(CheckDevicePointer(impl, kCall, "topk_weights", topk_weights));
   }
-  M2N_RETURN_IF_ERROR(Launched(
-      impl, kCall, ep::LaunchDispatch(d.tables, x, tokens, topk_ids, topk_weights, stream)));
+  M2N_RETURN_IF_ERROR(Launched(impl, kCall,
+                               ep::LaunchDispatch(d.tables, x, tokens, device_tokens, topk_ids,
+                                                  topk_weights, stream)));
   d.in_flight.push_back(tokens);
   ++d.dispatches;
   return OkStatus();
+}
+
+}  // namespace
+
+Status ExpertParallel::DispatchOnStream(const void* x, int tokens, const int32_t* topk_ids,
+                                        const float* topk_weights, Stream stream) {
+  return DispatchOnDevice(*impl_, x, tokens, nullptr, topk_ids, topk_weights, stream);
+}
+
+Status ExpertParallel::DispatchOnStream(const void* x, const int* device_tokens,
+                                        const int32_t* topk_ids, const float* topk_weights,
+                                        Stream stream) {
+  if (device_tokens == nullptr) {
+    return InvalidArgumentError(impl_->me() + ": DispatchOnStream: device_tokens is null");
+  }
+  return DispatchOnDevice(*impl_, x, 0, device_tokens, topk_ids, topk_weights, stream);
 }
 
 Status ExpertParallel::ReceiveCombineOnStream(void* out, Stream stream) {

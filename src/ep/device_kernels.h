@@ -23,6 +23,7 @@ enum DeviceErrorCode : int {
   kBadLength = 5,  // a: peer rank, b: rows in its header, c: its length in bytes
   kForeignExpert = 6,  // a: peer rank, b: the expert id it routed here
   kWrongPairs = 7,  // a: peer rank, b: rows in its header, c: the pairs dispatched to it
+  kBadTokenCount = 8,  // a: *device_tokens
 };
 struct DeviceError {
   volatile int code;
@@ -88,10 +89,12 @@ struct DeviceTables {
 
 // Each launcher enqueues a call's kernels on `stream` (a cudaStream_t) and returns the launch's
 // cudaError_t (0: cudaSuccess).
-int LaunchDispatch(const DeviceTables& t, const void* x, int tokens, const int32_t* topk_ids,
-                   const float* topk_weights, void* stream);
+// device_tokens: null, or where the token count is (then `tokens` is ignored).
+int LaunchDispatch(const DeviceTables& t, const void* x, int tokens, const int* device_tokens,
+                   const int32_t* topk_ids, const float* topk_weights, void* stream);
 int LaunchReceiveDispatch(const DeviceTables& t, void* stream);
 int LaunchCombine(const DeviceTables& t, const void* y, void* stream);
+// tokens: the call's count where the host knows it, else max_tokens (sizes the grid only).
 int LaunchReceiveCombine(const DeviceTables& t, void* out, int tokens, void* stream);
 
 }  // namespace m2n::ep

@@ -142,9 +142,16 @@ __device__ bool ValidExpert(const DeviceTables& t, int e) { return e >= 0 && e <
 // Block d: which tokens go to expert rank d (a scan in token order: PlanDispatch's rows) and
 // where each (t, j) with its expert on d will be in d's combine; block 0 also keeps the call's
 // ids, weights and token count for ReceiveCombine.
-__global__ void PlanDispatchKernel(DeviceTables t, int tokens, const int32_t* ids,
-                                   const float* weights) {
+__global__ void PlanDispatchKernel(DeviceTables t, int tokens, const int* device_tokens,
+                                   const int32_t* ids, const float* weights) {
   const int d = blockIdx.x, k = t.top_k;
+  if (device_tokens != nullptr) {
+    tokens = *device_tokens;
+    if (tokens < 0 || tokens > t.max_tokens) {
+      if (d == 0 && threadIdx.x == 0) RecordError(t, kBadTokenCount, 0, tokens, 0, 0);
+      tokens = 0;
+    }
+  }
   const int ring = static_cast<int>(t.words[kDispatchCalls] % unsigned(t.slot_depth));
   const size_t per_call = size_t(t.max_tokens) * size_t(k);
   int32_t* pair = t.ring_pair + size_t(ring) * per_call;
@@ -431,10 +438,10 @@ int LastError() { return static_cast<int>(cudaGetLastError()); }
 
 }  // namespace
 
-int LaunchDispatch(const DeviceTables& t, const void* x, int tokens, const int32_t* topk_ids,
-                   const float* topk_weights, void* stream) {
+int LaunchDispatch(const DeviceTables& t, const void* x, int tokens, const int* device_tokens,
+                   const int32_t* topk_ids, const float* topk_weights, void* stream) {
   auto s = static_cast<cudaStream_t>(stream);
-  PlanDispatchKernel<<<t.n, kThreads, 0, s>>>(t, tokens, topk_ids, topk_weights);
+  PlanDispatchKernel<<<t.n, kThreads, 0, s>>>(t, tokens, device_tokens, topk_ids, topk_weights);
   if (int e = LastError()) return e;
   const dim3 grid(t.n, BlocksPerPeer(t.row_bytes * t.max_tokens));
   SendDispatchKernel<<<grid, kThreads, 0, s>>>(t, static_cast<const std::byte*>(x), topk_ids,

@@ -27,6 +27,10 @@ Status CreateDeviceLayer(ExpertParallel::Impl& impl) {
 Status ExpertParallel::DispatchOnStream(const void*, int, const int32_t*, const float*, Stream) {
   return ep::NotBuilt(*impl_, "DispatchOnStream");
 }
+Status ExpertParallel::DispatchOnStream(const void*, const int*, const int32_t*, const float*,
+                                        Stream) {
+  return ep::NotBuilt(*impl_, "DispatchOnStream");
+}
 Status ExpertParallel::ReceiveCombineOnStream(void*, Stream) {
   return ep::NotBuilt(*impl_, "ReceiveCombineOnStream");
 }
