@@ -11,7 +11,8 @@
 //   GraphCapture: one layer (dispatch .. experts .. combine) captured per rank, replayed 20 times.
 //   CreditPressure: 40 calls enqueued at once against expert ranks that start 300 ms late.
 //   BadCalls: the errors a caller sees, a bad expert id and a bad device token count found on the
-//     device included. (Half of DispatchAndCombine's calls pass their token count in device memory.)
+//     device included. (Half of DispatchAndCombine's calls pass their token count in device
+//     memory.)
 //   ReceiverNeverComes: the bounded device wait gives up and the next call says so.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
@@ -149,10 +150,11 @@ int AttentionRank(const EpCase& c, Rank& r, int rank) {
   for (int call = 0; call < kCalls; call += 2) {
     CHILD_OK(Dispatch(r, calls[size_t(call)]));
     CHILD_OK(Dispatch(r, calls[size_t(call) + 1], /*device_count=*/true));
+    CHILD_CHECK(r.ep->calls_in_flight() == 2, "%d calls in flight", r.ep->calls_in_flight());
     Status third = Dispatch(r, calls[size_t(call)]);
-    CHILD_CHECK(third.code() == StatusCode::kFailedPrecondition &&
-                    Contains(third, "2 calls are in flight"),
-                "%s", third.ToString().c_str());
+    CHILD_CHECK(
+        third.code() == StatusCode::kFailedPrecondition && Contains(third, "2 calls are in flight"),
+        "%s", third.ToString().c_str());
     CHILD_OK(r.ep->ReceiveCombineOnStream(calls[size_t(call)].out->data, r.stream));
     CHILD_OK(r.ep->ReceiveCombineOnStream(calls[size_t(call) + 1].out->data, r.stream));
   }
@@ -295,8 +297,8 @@ int PrepareExpertStep(const EpCase& c, int rank, ExpertStep* step) {
                           size_t(std::min(c.options.top_k, int(experts.size())));
   step->y = std::make_unique<DeviceBuffer>(max_rows * RowBytes(c) + 16);
   step->experts = std::make_unique<DeviceBuffer>(experts.size() * 4 + 4);
-  CUDA_CHILD_OK(cudaMemcpy(step->experts->data, experts.data(), experts.size() * 4,
-                           cudaMemcpyHostToDevice));
+  CUDA_CHILD_OK(
+      cudaMemcpy(step->experts->data, experts.data(), experts.size() * 4, cudaMemcpyHostToDevice));
   return 0;
 }
 
@@ -365,7 +367,8 @@ int GraphRank(const EpCase& c, int rank, int port) {
 TEST(EpGpuLayer, GraphCaptureAndReplays) {
   SKIP_WITHOUT_GPU();
   const EpCase c = MakeCase(2, 2, DataType::kBFloat16, 8, 2, {3, 2, 3, 2, 2, 3, 3, 2});
-  Judge(RunRanks(4, [&](int rank, int port) { return GraphRank(c, rank, port); }, 180));
+  Judge(RunRanks(
+      4, [&](int rank, int port) { return GraphRank(c, rank, port); }, 180));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -409,7 +412,8 @@ int PressureRank(const EpCase& c, int rank, int port) {
 TEST(EpGpuLayer, CreditPressure) {
   SKIP_WITHOUT_GPU();
   const EpCase c = MakeCase(2, 2, DataType::kFloat32, 8, 2);
-  Judge(RunRanks(4, [&](int rank, int port) { return PressureRank(c, rank, port); }, 180));
+  Judge(RunRanks(
+      4, [&](int rank, int port) { return PressureRank(c, rank, port); }, 180));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -427,15 +431,15 @@ int BadCallsRank(int rank, int port, bool bad_count) {
     if (Upload(c, routing, &call) != 0) return 1;
     if (bad_count) {
       const int too_many = 14;
-      CUDA_CHILD_OK(cudaMemcpy(call.count->data, &too_many, sizeof too_many,
-                               cudaMemcpyHostToDevice));
+      CUDA_CHILD_OK(
+          cudaMemcpy(call.count->data, &too_many, sizeof too_many, cudaMemcpyHostToDevice));
     }
     const std::vector<std::byte> host_x(call.routing.x.size());
     Status s = r.ep->DispatchOnStream(host_x.data(), call.routing.tokens,
                                       static_cast<const int32_t*>(call.ids->data),
                                       static_cast<const float*>(call.weights->data), r.stream);
-    CHILD_CHECK(s.code() == StatusCode::kInvalidArgument && Contains(s, "x (a host address)"),
-                "%s", s.ToString().c_str());
+    CHILD_CHECK(s.code() == StatusCode::kInvalidArgument && Contains(s, "x (a host address)"), "%s",
+                s.ToString().c_str());
     s = r.ep->DispatchOnStream(call.x->data, 14, static_cast<const int32_t*>(call.ids->data),
                                static_cast<const float*>(call.weights->data), r.stream);
     CHILD_CHECK(Contains(s, "DispatchOnStream of 14 tokens; this layer takes 0 to max_tokens = 13"),
@@ -452,9 +456,9 @@ int BadCallsRank(int rank, int port, bool bad_count) {
     CHILD_OK(r.ep->ReceiveCombineOnStream(call.out->data, r.stream));
     CUDA_CHILD_OK(cudaStreamSynchronize(r.stream));
     s = Dispatch(r, call);
-    const std::string want =
-        bad_count ? "*device_tokens = 14; this layer takes 0 to max_tokens = 13"
-                  : "topk_ids[5][0] = 4 is not an expert id in [0, 4)";
+    const std::string want = bad_count
+                                 ? "*device_tokens = 14; this layer takes 0 to max_tokens = 13"
+                                 : "topk_ids[5][0] = 4 is not an expert id in [0, 4)";
     CHILD_CHECK(s.code() == StatusCode::kInvalidArgument && Contains(s, want), "%s",
                 s.ToString().c_str());
   } else {
@@ -472,12 +476,14 @@ int BadCallsRank(int rank, int port, bool bad_count) {
 
 TEST(EpGpuLayer, BadCallsAreNamed) {
   SKIP_WITHOUT_GPU();
-  Judge(RunRanks(2, [](int rank, int port) { return BadCallsRank(rank, port, false); }, 120));
+  Judge(RunRanks(
+      2, [](int rank, int port) { return BadCallsRank(rank, port, false); }, 120));
 }
 
 TEST(EpGpuLayer, ADeviceTokenCountAboveMaxIsNamed) {
   SKIP_WITHOUT_GPU();
-  Judge(RunRanks(2, [](int rank, int port) { return BadCallsRank(rank, port, true); }, 120));
+  Judge(RunRanks(
+      2, [](int rank, int port) { return BadCallsRank(rank, port, true); }, 120));
 }
 
 // 1 x 1 with a 2 s device timeout: the expert rank never receives. The attention rank's combine

@@ -131,7 +131,7 @@ class ExpertParallel {
   // out[tokens, hidden] (dtype): the top-k weighted sum per token, accumulated in fp32 in top-k
   // order (bf16 rounded once, at the end).
   Status ReceiveCombine(void* out, Deadline deadline);
-  int calls_in_flight() const;  // Dispatch calls whose combine has not been received
+  int calls_in_flight() const;  // Dispatch(OnStream) calls whose combine has not been received
 
   // ---- Expert rank (Group receiver) ----
   // Waits for the next call's message from every attention rank and groups their rows by local
@@ -157,8 +157,8 @@ class ExpertParallel {
   // on the device (the call then sends empty messages, so every rank still completes it).
   Status DispatchOnStream(const void* x, const int* device_tokens, const int32_t* topk_ids,
                           const float* topk_weights, Stream stream);
-  // out: [tokens, hidden] of dtype (device), tokens of the oldest call not yet combined (room for
-  // max_tokens rows where the count was in device memory): the top-k
+  // out: [tokens, hidden] of dtype (device), tokens of the oldest call not yet combined (a count
+  // in device memory: allocate for max_tokens, as the host does not know it): the top-k
   // weighted sum per token, fp32 accumulation in top-k order, rounded once (as ReceiveCombine).
   Status ReceiveCombineOnStream(void* out, Stream stream);
   // Expert rank: the next call's rows, grouped by local expert, into this layer's device buffers

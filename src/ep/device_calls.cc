@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstring>
-#include <deque>
 #include <string>
 #include <vector>
 
@@ -29,9 +28,8 @@ struct DeviceLayer {
   DeviceError* error = nullptr;  // host address of tables.error
   int* host_counts = nullptr;  // host address of tables.host_counts
   std::vector<int> experts;  // expert rank: its experts, ascending
-  std::deque<int> in_flight;  // attention rank: tokens of each call whose combine is due
   bool combine_due = false;  // expert rank: a batch was received and not combined
-  uint32_t dispatches = 0, combines = 0, received = 0;  // host counts, for messages
+  uint32_t received = 0;  // expert rank: calls received (as the host enqueued them), for messages
 
   DeviceLayer() = default;
   DeviceLayer(const DeviceLayer&) = delete;
@@ -65,8 +63,8 @@ template <typename T>
 Status Upload(DeviceLayer& layer, const std::vector<T>& values, const T** out) {
   T* p = nullptr;
   M2N_RETURN_IF_ERROR(Allocate(layer, values.size(), &p));
-  if (cudaError_t e = cudaMemcpy(p, values.data(), values.size() * sizeof(T),
-                                 cudaMemcpyHostToDevice);
+  if (cudaError_t e =
+          cudaMemcpy(p, values.data(), values.size() * sizeof(T), cudaMemcpyHostToDevice);
       e != cudaSuccess) {
     return CudaFailed("cudaMemcpy", e);
   }
@@ -167,9 +165,11 @@ Status CreateDeviceLayer(ExpertParallel::Impl& impl) {
         impl.me() + ": the stream-ordered expert-parallel calls send through the device-side API");
   }
   if (group->slot_bytes % 16 != 0) {
-    return InvalidArgumentError(impl.me() + ": the stream-ordered expert-parallel calls need "
+    return InvalidArgumentError(impl.me() +
+                                ": the stream-ordered expert-parallel calls need "
                                 "Options::slot_bytes a multiple of 16 (rows are copied in 16-byte "
-                                "words); it is " + std::to_string(group->slot_bytes));
+                                "words); it is " +
+                                std::to_string(group->slot_bytes));
   }
   auto layer = std::make_shared<DeviceLayer>();
   const Status made = [&]() -> Status {
@@ -188,45 +188,49 @@ Status CreateDeviceLayer(ExpertParallel::Impl& impl) {
 
 namespace {
 
+// An error the kernels recorded, as the host path words it, with `call` (the call that reads it)
+// in front.
+Status DeviceErrorStatus(const ExpertParallel::Impl& impl, const char* call,
+                         const ep::DeviceError& e) {
+  const std::string me = impl.me() + ": " + call + ": an earlier call found on the device: ";
+  const std::string from = std::string("the ") + (e.message_kind == 1 ? "dispatch" : "combine") +
+                           " from rank " + std::to_string(e.a);
+  switch (e.code) {
+    case ep::kBadExpertId:
+      return InvalidArgumentError(me + "DispatchOnStream: topk_ids[" + std::to_string(e.a) + "][" +
+                                  std::to_string(e.b) + "] = " + std::to_string(e.c) +
+                                  " is not an expert id in [0, " +
+                                  std::to_string(impl.options.num_experts) + ")");
+    case ep::kNotOurs:
+      return DataLossError(me + from + " is not an expert-parallel message (magic " +
+                           std::to_string(unsigned(e.b)) + ", kind " + std::to_string(e.c) + ")");
+    case ep::kOtherOptions:
+      return FailedPreconditionError(me + from +
+                                     " was written with other expert-parallel "
+                                     "options");
+    case ep::kWrongCall:
+      return FailedPreconditionError(me + from + " is for call " + std::to_string(e.b) +
+                                     ", this rank expected call " + std::to_string(e.c));
+    case ep::kForeignExpert:
+      return DataLossError(me + from + " routes a row to expert " + std::to_string(e.b) +
+                           ", which this rank does not hold");
+    case ep::kBadTokenCount:
+      return InvalidArgumentError(me + "DispatchOnStream: *device_tokens = " + std::to_string(e.a) +
+                                  "; this layer takes 0 to max_tokens = " +
+                                  std::to_string(impl.options.max_tokens) + " per call");
+    case ep::kWrongPairs:
+      return DataLossError(me + from + " holds " + std::to_string(e.b) +
+                           " (token, expert) pairs, expected " + std::to_string(e.c));
+    default:
+      return DataLossError(me + from + " says " + std::to_string(e.b) + " rows but is " +
+                           std::to_string(e.c) + " bytes long");
+  }
+}
+
 // The first error the kernels recorded (sticky), else the group's (a device wait that gave up).
 Status CheckDevice(ExpertParallel::Impl& impl, const char* call, Stream stream) {
   const ep::DeviceError& e = *impl.device->error;
-  const int code = e.code;
-  if (code != ep::kNoDeviceError) {
-    const std::string me = impl.me() + ": " + call + ": an earlier call found on the device: ";
-    const std::string from = std::string("the ") +
-                             (e.message_kind == 1 ? "dispatch" : "combine") + " from rank " +
-                             std::to_string(e.a);
-    switch (code) {
-      case ep::kBadExpertId:
-        return InvalidArgumentError(me + "DispatchOnStream: topk_ids[" + std::to_string(e.a) +
-                                    "][" + std::to_string(e.b) + "] = " + std::to_string(e.c) +
-                                    " is not an expert id in [0, " +
-                                    std::to_string(impl.options.num_experts) + ")");
-      case ep::kNotOurs:
-        return DataLossError(me + from + " is not an expert-parallel message (magic " +
-                             std::to_string(unsigned(e.b)) + ", kind " + std::to_string(e.c) + ")");
-      case ep::kOtherOptions:
-        return FailedPreconditionError(me + from + " was written with other expert-parallel "
-                                       "options");
-      case ep::kWrongCall:
-        return FailedPreconditionError(me + from + " is for call " + std::to_string(e.b) +
-                                       ", this rank expected call " + std::to_string(e.c));
-      case ep::kForeignExpert:
-        return DataLossError(me + from + " routes a row to expert " + std::to_string(e.b) +
-                             ", which this rank does not hold");
-      case ep::kBadTokenCount:
-        return InvalidArgumentError(me + "DispatchOnStream: *device_tokens = " +
-                                    std::to_string(e.a) + "; this layer takes 0 to max_tokens = " +
-                                    std::to_string(impl.options.max_tokens) + " per call");
-      case ep::kWrongPairs:
-        return DataLossError(me + from + " holds " + std::to_string(e.b) +
-                             " (token, expert) pairs, expected " + std::to_string(e.c));
-      default:
-        return DataLossError(me + from + " says " + std::to_string(e.b) + " rows but is " +
-                             std::to_string(e.c) + " bytes long");
-    }
-  }
+  if (e.code != ep::kNoDeviceError) return DeviceErrorStatus(impl, call, e);
   // The group's own device error (a wait that gave up). Not while the stream is being captured:
   // a capture is no time for the group's host-side progress.
   cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
@@ -266,10 +270,6 @@ Status Begin(ExpertParallel::Impl& impl, const char* call, bool attention_call, 
   return CheckDevice(impl, call, stream);
 }
 
-}  // namespace
-
-namespace {
-
 // Both DispatchOnStream: the count is `tokens`, or *device_tokens when that is not null.
 Status DispatchOnDevice(ExpertParallel::Impl& impl, const void* x, int tokens,
                         const int* device_tokens, const int32_t* topk_ids,
@@ -282,7 +282,7 @@ Status DispatchOnDevice(ExpertParallel::Impl& impl, const void* x, int tokens,
                                 " tokens; this layer takes 0 to max_tokens = " +
                                 std::to_string(impl.options.max_tokens) + " per call");
   }
-  if (int(d.in_flight.size()) >= d.tables.slot_depth) {
+  if (int(impl.device_in_flight.size()) >= d.tables.slot_depth) {
     return FailedPreconditionError(impl.me() + ": " + kCall + ": " +
                                    std::to_string(d.tables.slot_depth) +
                                    " calls are in flight (slot_depth); receive the oldest one's "
@@ -297,11 +297,10 @@ Status DispatchOnDevice(ExpertParallel::Impl& impl, const void* x, int tokens,
     M2N_RETURN_IF_ERROR(CheckDevicePointer(impl, kCall, "topk_ids", topk_ids));
     M2N_RETURN_IF_ERROR(CheckDevicePointer(impl, kCall, "topk_weights", topk_weights));
   }
-  M2N_RETURN_IF_ERROR(Launched(impl, kCall,
-                               ep::LaunchDispatch(d.tables, x, tokens, device_tokens, topk_ids,
-                                                  topk_weights, stream)));
-  d.in_flight.push_back(tokens);
-  ++d.dispatches;
+  M2N_RETURN_IF_ERROR(Launched(
+      impl, kCall,
+      ep::LaunchDispatch(d.tables, x, tokens, device_tokens, topk_ids, topk_weights, stream)));
+  impl.device_in_flight.push_back(tokens);
   return OkStatus();
 }
 
@@ -326,16 +325,15 @@ Status ExpertParallel::ReceiveCombineOnStream(void* out, Stream stream) {
   constexpr const char* kCall = "ReceiveCombineOnStream";
   M2N_RETURN_IF_ERROR(Begin(impl, kCall, true, stream));
   ep::DeviceLayer& d = *impl.device;
-  if (d.in_flight.empty()) {
+  if (impl.device_in_flight.empty()) {
     return FailedPreconditionError(impl.me() + ": " + kCall +
                                    ": no DispatchOnStream is waiting for its combine");
   }
-  const int tokens = d.in_flight.front();
+  const int tokens = impl.device_in_flight.front();
   if (tokens > 0) M2N_RETURN_IF_ERROR(CheckDevicePointer(impl, kCall, "out", out));
-  M2N_RETURN_IF_ERROR(Launched(impl, kCall, ep::LaunchReceiveCombine(d.tables, out, tokens,
-                                                                     stream)));
-  d.in_flight.pop_front();
-  ++d.combines;
+  M2N_RETURN_IF_ERROR(
+      Launched(impl, kCall, ep::LaunchReceiveCombine(d.tables, out, tokens, stream)));
+  impl.device_in_flight.pop_front();
   return OkStatus();
 }
 

@@ -90,6 +90,8 @@ StatusOr<std::unique_ptr<ExpertParallel>> ExpertParallel::Create(
 ExpertParallel::ExpertParallel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 ExpertParallel::~ExpertParallel() = default;
 
-int ExpertParallel::calls_in_flight() const { return int(impl_->in_flight.size()); }
+int ExpertParallel::calls_in_flight() const {
+  return int(impl_->in_flight.size() + impl_->device_in_flight.size());
+}
 
 }  // namespace m2n

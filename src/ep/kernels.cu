@@ -32,8 +32,8 @@ __device__ void RecordError(const DeviceTables& t, int code, int kind, int a, in
 // Copies one row with the lanes of a warp: 16-byte words where both ends and the length allow.
 __device__ void CopyRowWarp(std::byte* dst, const std::byte* src, unsigned long long bytes) {
   const unsigned lane = threadIdx.x & 31;
-  const auto bits = reinterpret_cast<unsigned long long>(dst) |
-                    reinterpret_cast<unsigned long long>(src) | bytes;
+  const auto bits =
+      reinterpret_cast<unsigned long long>(dst) | reinterpret_cast<unsigned long long>(src) | bytes;
   if ((bits & 15) == 0) {
     auto* d = reinterpret_cast<uint4*>(dst);
     const auto* s = reinterpret_cast<const uint4*>(src);
@@ -125,9 +125,8 @@ __device__ int CheckHeader(const DeviceTables& t, const device::ReceivedMessage&
   const int rows = static_cast<int>(h.rows);
   if (kind == MessageKind::kCombine && rows != pairs) return fail(kWrongPairs, rows, pairs);
   const unsigned long long bytes =
-      kind == MessageKind::kDispatch
-          ? DispatchSections(h.rows, size_t(t.top_k), t.row_bytes).bytes
-          : CombineBytes(h.rows, t.row_bytes);
+      kind == MessageKind::kDispatch ? DispatchSections(h.rows, size_t(t.top_k), t.row_bytes).bytes
+                                     : CombineBytes(h.rows, t.row_bytes);
   if (h.rows > unsigned(t.max_tokens) * (kind == MessageKind::kDispatch ? 1u : unsigned(t.top_k)) ||
       bytes != msg.length) {
     return fail(kBadLength, rows, static_cast<int>(msg.length));
@@ -244,9 +243,9 @@ __global__ void CountDispatchKernel(DeviceTables t) {
   const device::ReceivedMessage msg = device::WaitReceiveBlock(t.group, a);
   __shared__ int checked_rows;
   if (threadIdx.x == 0) {
-    checked_rows = msg.ok ? CheckHeader(t, msg, MessageKind::kDispatch, t.words[kExpertCalls], a,
-                                        l == 0, -1)
-                          : -1;
+    checked_rows =
+        msg.ok ? CheckHeader(t, msg, MessageKind::kDispatch, t.words[kExpertCalls], a, l == 0, -1)
+               : -1;
   }
   __syncthreads();
   const int rows = checked_rows > 0 ? checked_rows : 0;
@@ -346,8 +345,8 @@ __global__ void GroupRowsKernel(DeviceTables t) {
   __syncthreads();  // row_of is written
   for (int q = threadIdx.x / 32; q < count && base + q < t.max_rows; q += kWarps) {
     const int g = base + q;
-    CopyRowWarp(t.grouped_x + size_t(g) * t.row_bytes, data + o.x + size_t(t.row_of[g]) * t.row_bytes,
-                t.row_bytes);
+    CopyRowWarp(t.grouped_x + size_t(g) * t.row_bytes,
+                data + o.x + size_t(t.row_of[g]) * t.row_bytes, t.row_bytes);
   }
 }
 
@@ -378,8 +377,8 @@ __global__ void SendCombineKernel(DeviceTables t, const std::byte* y) {
   const int warps = static_cast<int>(gridDim.y) * kWarps;
   for (int p = static_cast<int>(blockIdx.y) * kWarps + threadIdx.x / 32; p < pairs; p += warps) {
     const int g = t.combine_row[size_t(a) * t.max_pairs + p];
-    CopyRowWarp(s.data + CombineRowsOffset() + size_t(p) * t.row_bytes,
-                y + size_t(g) * t.row_bytes, t.row_bytes);
+    CopyRowWarp(s.data + CombineRowsOffset() + size_t(p) * t.row_bytes, y + size_t(g) * t.row_bytes,
+                t.row_bytes);
   }
   device::EndSendBlock(t.group, s, static_cast<unsigned>(CombineBytes(pairs, t.row_bytes)),
                        gridDim.y);
@@ -445,7 +444,7 @@ int LaunchDispatch(const DeviceTables& t, const void* x, int tokens, const int* 
   if (int e = LastError()) return e;
   const dim3 grid(t.n, BlocksPerPeer(t.row_bytes * t.max_tokens));
   SendDispatchKernel<<<grid, kThreads, 0, s>>>(t, static_cast<const std::byte*>(x), topk_ids,
-                                              topk_weights);
+                                               topk_weights);
   return LastError();
 }
 

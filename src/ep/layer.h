@@ -56,6 +56,9 @@ struct ExpertParallel::Impl {
   // The stream-ordered calls' device buffers and kernels' tables: set for a group with device
   // slots (then the host-driven calls are refused), null for host slots.
   std::shared_ptr<ep::DeviceLayer> device;
+  // Device path, attention rank: the token count of each call whose combine is due (as the host
+  // knows it: max_tokens for a count in device memory), oldest first.
+  std::deque<int> device_in_flight;
 
   Impl(Group& g, const ExpertParallelOptions& o) : group(g), options(o) {}
   std::string me() const { return "expert-parallel rank " + std::to_string(group.rank()); }
@@ -73,12 +76,13 @@ struct ExpertParallel::Impl {
   // The host-driven calls need host slots; the stream-ordered ones device slots.
   Status CheckPath(const char* call, bool want_device) const {
     if ((device != nullptr) == want_device) return OkStatus();
-    return FailedPreconditionError(
-        me() + ": " + call + (want_device ? " (stream-ordered) needs a group with device slots "
-                                            "(Options::slot_memory = kCuda)"
-                                          : " (host-driven) needs a group with host slots "
-                                            "(Options::slot_memory = kHost); use the *OnStream "
-                                            "calls on device slots"));
+    return FailedPreconditionError(me() + ": " + call +
+                                   (want_device
+                                        ? " (stream-ordered) needs a group with device slots "
+                                          "(Options::slot_memory = kCuda)"
+                                        : " (host-driven) needs a group with host slots "
+                                          "(Options::slot_memory = kHost); use the *OnStream "
+                                          "calls on device slots"));
   }
   Status SendAll(const char* what, uint32_t call, Deadline deadline) {
     Status s = group.Send(requests, deadline);

@@ -24,7 +24,6 @@
 
 namespace m2n::ep {
 
-
 // What every message of one layer shares.
 struct Format {
   DataType dtype = DataType::kBFloat16;
