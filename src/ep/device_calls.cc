@@ -246,15 +246,15 @@ Status CheckDevice(ExpertParallel::Impl& impl, const char* call, Stream stream) 
 // Where a pointer lives: kInvalidArgument unless it is device (or managed) memory.
 Status CheckDevicePointer(const ExpertParallel::Impl& impl, const char* call, const char* name,
                           const void* p) {
+  const std::string what = impl.me() + ": " + call + ": " + name;
+  if (p == nullptr) return InvalidArgumentError(what + " is null; it must be device memory");
   cudaPointerAttributes a{};
-  if (p != nullptr && cudaPointerGetAttributes(&a, p) == cudaSuccess &&
-      (a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged)) {
-    return OkStatus();
+  if (cudaError_t e = cudaPointerGetAttributes(&a, p); e != cudaSuccess) {
+    cudaGetLastError();  // a failed query leaves no error behind
+    return InvalidArgumentError(what + ": cudaPointerGetAttributes: " + cudaGetErrorString(e));
   }
-  cudaGetLastError();  // a failed query leaves no error behind
-  return InvalidArgumentError(impl.me() + ": " + call + ": " + name + " (" +
-                              (p == nullptr ? std::string("null") : "a host address") +
-                              ") must be device memory");
+  if (a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged) return OkStatus();
+  return InvalidArgumentError(what + " (a host address) must be device memory");
 }
 
 Status Launched(const ExpertParallel::Impl& impl, const char* call, int error) {
