@@ -82,8 +82,11 @@ int MakeRank(const EpCase& c, int rank, int port, int depth, Rank* r, int timeou
   auto group = Group::Create(o);
   CHILD_OK(group.status());
   r->group = std::move(*group);
-  if (r->group->device_group().status().code() == StatusCode::kUnimplemented) return kNotWired;
   auto ep = ExpertParallel::Create(*r->group, c.options);
+  if (ep.status().code() == StatusCode::kUnimplemented) {  // Group::device_group() not served
+    fprintf(stderr, "%s\n", ep.status().ToString().c_str());
+    return kNotWired;
+  }
   CHILD_OK(ep.status());
   r->ep = std::move(*ep);
   CUDA_CHILD_OK(cudaStreamCreateWithFlags(&r->stream, cudaStreamNonBlocking));
