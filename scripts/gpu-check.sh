@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On a GPU machine, in one run: builds m2n (no UCX needed), runs the GPU tests (cuda_ipc_gpu_test,
-# device_api_gpu_test), the producer-to-consumer latency (m2n_gpu_latency: device API vs
-# stream-ordered calls vs NCCL, table in $OUT/gpu-latency.md), then the m2n_perf
+# device_api_gpu_test, ep_gpu_test: the expert-parallel layer's stream-ordered calls), the
+# producer-to-consumer latency (m2n_gpu_latency: device API vs stream-ordered calls vs NCCL, table in
+# $OUT/gpu-latency.md), then the m2n_perf
 # sweep 4 KB..16 MB for 2x2, 3x1 and 1x3 with the NCCL baseline, and writes the tables: first with
 # m2n's stream-ordered calls, then with its host-driven calls through the cuda_ipc copy proxy
 # (M2N_CUDA_IPC_PROXY=1, M2N_PERF_GPU_PATH=host), each against NCCL in the same run.
@@ -61,7 +62,7 @@ fi
 # Only what this script runs is built.
 if ! { cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DM2N_WERROR=${WERROR:-OFF} -DCMAKE_CUDA_ARCHITECTURES=90 \
          "${nccl_args[@]}" ${CMAKE_ARGS:-} && \
-       cmake --build "$build" -j "$jobs" --target m2n_perf m2n_gpu_floor m2n_gpu_latency cuda_ipc_gpu_test device_api_gpu_test \
+       cmake --build "$build" -j "$jobs" --target m2n_perf m2n_gpu_floor m2n_gpu_latency cuda_ipc_gpu_test device_api_gpu_test ep_gpu_test \
          $([ "${MOE:-1}" = 0 ] || echo moe_pipeline) \
          $([ "${OFFLOAD:-1}" = 0 ] || echo moe_pipeline moe_offload_bench moe_offload_test moe_pipeline_test); \
      } > "$out/build.log" 2>&1; then
@@ -78,6 +79,10 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
   if ! timeout "${TEST_TIMEOUT:-600}" "$build/tests/device_api_gpu_test" > "$out/device-api-tests.log" 2>&1; then status=1; fi
   grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[       OK|^\[  FAILED" "$out/device-api-tests.log" | tail -20
   stamp "GPU tests"
+  # The expert-parallel layer's stream-ordered calls (ranks as processes sharing the GPUs present).
+  if ! timeout "${TEST_TIMEOUT:-600}" "$build/tests/ep_gpu_test" > "$out/ep-gpu-tests.log" 2>&1; then status=1; fi
+  grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[       OK|^\[  FAILED" "$out/ep-gpu-tests.log" | tail -24
+  stamp "EP GPU tests"
 fi
 
 # Producer kernel end -> consumer kernel start between two ranks (perftest/gpu_latency.cc): one GPU

@@ -22,15 +22,15 @@
 // progress as for Group (include/m2n/group.h), and every blocking call takes a Deadline. The
 // message format and the routing / layout / combine code are in src/ep/ (src/ep/README.md).
 //
-// Stream-ordered variants (device memory, CUDA-graph capturable; include/m2n/device.cuh) will be
-// added next to these, with the same options, message format and results:
-//   Status DispatchOnStream(const void* x, int tokens, const int32_t* topk_ids,
-//                           const float* topk_weights, Stream stream);
-//   Status ReceiveDispatchOnStream(DeviceExpertBatch* batch, Stream stream);
-//   Status CombineOnStream(const void* y, Stream stream);
-//   Status ReceiveCombineOnStream(void* out, Stream stream);
-// (the per-rank counts computed on the device; the host never waits for the GPU). They are not
-// part of this header yet.
+// Stream-ordered variants (DispatchOnStream, ReceiveDispatchOnStream, CombineOnStream,
+// ReceiveCombineOnStream) work on device memory for a group with device slots
+// (Options::slot_memory = kCuda) that serves the device-side API (Group::device_group(); cuda_ipc):
+// same options, message format and results (bit for bit) as the host-driven calls. Each enqueues
+// kernels on a stream and returns at once: the routing (per-rank counts, which token goes where,
+// message lengths) is computed on the device, kernels write the messages straight into the peers'
+// slots (include/m2n/device.cuh), the host never waits for the GPU, and the calls may be captured
+// into a CUDA graph and replayed (the call numbers live in device memory). A group uses either the
+// host-driven calls (host slots) or the stream-ordered ones (device slots).
 #pragma once
 
 #include <cstddef>
@@ -85,6 +85,22 @@ struct ExpertBatch {
   std::span<const ExpertRowSource> sources;  // per row
 };
 
+// What an expert rank received in one stream-ordered call (ReceiveDispatchOnStream). Every
+// pointer but host_counts is device memory, valid in stream order after that call and until the
+// next ReceiveDispatchOnStream; the layout and orders are ExpertBatch's.
+struct DeviceExpertBatch {
+  const void* x = nullptr;  // [max_rows, hidden] of dtype; rows [0, offsets[L]) hold the batch
+  int max_rows = 0;  // capacity: M x max_tokens x min(top_k, L)
+  std::span<const int> experts;  // host: this rank's experts (global ids, ascending); L of them
+  const int* counts = nullptr;  // [L]: rows per local expert
+  const int* offsets = nullptr;  // [L + 1]: first row per local expert; offsets[L] = rows
+  const ExpertRowSource* sources = nullptr;  // per row
+  // Pinned host memory: counts[0, L) then the row count, written by the device; readable once the
+  // stream has passed this call (an event or a stream synchronize), for frameworks that want the
+  // counts on the host. The GPU path itself never needs them.
+  const volatile int* host_counts = nullptr;
+};
+
 class ExpertParallel {
  public:
   // The slot_bytes a Group needs for these options (the largest dispatch or combine message), so
@@ -94,8 +110,10 @@ class ExpertParallel {
 
   // Checks the options against the group (kInvalidArgument naming the field: a placement that names
   // a rank that is not an expert rank, slot_bytes too small, saying the size needed), registers the
-  // send buffers. Local only: it exchanges nothing with the peers. `group` must outlive this object
-  // and must not carry other messages while it is used.
+  // send buffers (host slots) or allocates the device path's buffers (device slots: the group must
+  // serve Group::device_group(), and slot_bytes be a multiple of 16). Local only: it exchanges
+  // nothing with the peers. `group` must outlive this object and must not carry other messages
+  // while it is used.
   static StatusOr<std::unique_ptr<ExpertParallel>> Create(Group& group,
                                                           const ExpertParallelOptions& options);
 
@@ -113,7 +131,7 @@ class ExpertParallel {
   // out[tokens, hidden] (dtype): the top-k weighted sum per token, accumulated in fp32 in top-k
   // order (bf16 rounded once, at the end).
   Status ReceiveCombine(void* out, Deadline deadline);
-  int calls_in_flight() const;  // Dispatch calls whose combine has not been received
+  int calls_in_flight() const;  // Dispatch(OnStream) calls whose combine has not been received
 
   // ---- Expert rank (Group receiver) ----
   // Waits for the next call's message from every attention rank and groups their rows by local
@@ -122,6 +140,33 @@ class ExpertParallel {
   // y: [rows, hidden] of dtype, in the order of the last ExpertBatch (y[i] = expert output of row
   // i). Sends each attention rank its rows back.
   Status Combine(const void* y, Deadline deadline);
+
+  // ---- Stream-ordered calls (device slots; see the top of this file) ----
+  // Errors found on the device (an expert id out of range, a message that is not the expected
+  // one) are recorded there and returned by the layer's next call (sticky: the layer is broken);
+  // a device wait that gives up (a peer that does not come) is the group's kDeadlineExceeded
+  // naming the peer, also at the next call. kUnimplemented when m2n was built without CUDA.
+  //
+  // Attention rank. x: [tokens, hidden] of dtype; topk_ids, topk_weights: [tokens, top_k]; all
+  // device memory, readable until the call's work on the stream is done. tokens (a host value) in
+  // [0, max_tokens]. At most slot_depth calls whose combine has not been received.
+  Status DispatchOnStream(const void* x, int tokens, const int32_t* topk_ids,
+                          const float* topk_weights, Stream stream);
+  // The same with the token count in device memory (*device_tokens, read when the call runs on
+  // the stream: a router kernel may write it). A count outside [0, max_tokens] is an error found
+  // on the device (the call then sends empty messages, so every rank still completes it).
+  Status DispatchOnStream(const void* x, const int* device_tokens, const int32_t* topk_ids,
+                          const float* topk_weights, Stream stream);
+  // out: [tokens, hidden] of dtype (device), tokens of the oldest call not yet combined (a count
+  // in device memory: allocate for max_tokens, as the host does not know it): the top-k
+  // weighted sum per token, fp32 accumulation in top-k order, rounded once (as ReceiveCombine).
+  Status ReceiveCombineOnStream(void* out, Stream stream);
+  // Expert rank: the next call's rows, grouped by local expert, into this layer's device buffers
+  // (*batch says where); the slots go back to their senders in stream order.
+  Status ReceiveDispatchOnStream(DeviceExpertBatch* batch, Stream stream);
+  // y: [rows, hidden] of dtype (device), in the order of the last DeviceExpertBatch (rows as its
+  // offsets[L]; the buffer holds at least max_rows rows' worth or the batch's rows).
+  Status CombineOnStream(const void* y, Stream stream);
 
   struct Impl;
 

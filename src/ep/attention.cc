@@ -40,6 +40,7 @@ Status ExpertParallel::Dispatch(const void* x, int tokens, std::span<const int32
                                 std::span<const float> topk_weights, Deadline deadline) {
   Impl& impl = *impl_;
   if (!impl.attention) return impl.WrongSide("Dispatch", true);
+  M2N_RETURN_IF_ERROR(impl.CheckPath("Dispatch", false));
   M2N_RETURN_IF_ERROR(CheckDispatchInput(impl, x, tokens, topk_ids, topk_weights));
   Impl::Call call;
   Status planned =
@@ -64,6 +65,7 @@ Status ExpertParallel::Dispatch(const void* x, int tokens, std::span<const int32
 Status ExpertParallel::ReceiveCombine(void* out, Deadline deadline) {
   Impl& impl = *impl_;
   if (!impl.attention) return impl.WrongSide("ReceiveCombine", true);
+  M2N_RETURN_IF_ERROR(impl.CheckPath("ReceiveCombine", false));
   if (impl.in_flight.empty()) {
     return FailedPreconditionError(impl.me() +
                                    ": ReceiveCombine: no Dispatch is waiting for its combine");

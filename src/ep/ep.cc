@@ -72,14 +72,13 @@ StatusOr<std::unique_ptr<ExpertParallel>> ExpertParallel::Create(
         std::string(DataTypeName(options.dtype)) +
         "; ExpertParallel::SlotBytesNeeded computes it)");
   }
-  if (group.options().slot_memory != MemoryKind::kHost) {
-    return InvalidArgumentError(impl->me() +
-                                ": the host-driven expert-parallel calls need slots in host memory "
-                                "(Options::slot_memory = kHost); the device path is not built yet");
-  }
   impl->attention = group.role() == Role::kSender;
   if (!impl->attention) impl->receiver = group.rank() - group.num_senders();
   impl->peers.assign(group.peers().begin(), group.peers().end());
+  if (group.options().slot_memory == MemoryKind::kCuda) {
+    M2N_RETURN_IF_ERROR(ep::CreateDeviceLayer(*impl));
+    return std::unique_ptr<ExpertParallel>(new ExpertParallel(std::move(impl)));
+  }
   impl->send_memory.resize(impl->peers.size() * impl->layer.slot_bytes);
   auto region = group.RegisterMemory(impl->send_memory.data(), impl->send_memory.size());
   if (!region.ok())
@@ -91,6 +90,8 @@ StatusOr<std::unique_ptr<ExpertParallel>> ExpertParallel::Create(
 ExpertParallel::ExpertParallel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 ExpertParallel::~ExpertParallel() = default;
 
-int ExpertParallel::calls_in_flight() const { return int(impl_->in_flight.size()); }
+int ExpertParallel::calls_in_flight() const {
+  return int(impl_->in_flight.size() + impl_->device_in_flight.size());
+}
 
 }  // namespace m2n

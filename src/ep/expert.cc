@@ -50,6 +50,7 @@ void DescribeRows(ExpertParallel::Impl& impl, std::span<const ep::DispatchView> 
 StatusOr<ExpertBatch> ExpertParallel::ReceiveDispatch(Deadline deadline) {
   Impl& impl = *impl_;
   if (impl.attention) return impl.WrongSide("ReceiveDispatch", false);
+  M2N_RETURN_IF_ERROR(impl.CheckPath("ReceiveDispatch", false));
   if (impl.combine_due) {
     return FailedPreconditionError(impl.me() + ": ReceiveDispatch: call " +
                                    std::to_string(impl.next_call - 1) +
@@ -87,6 +88,7 @@ StatusOr<ExpertBatch> ExpertParallel::ReceiveDispatch(Deadline deadline) {
 Status ExpertParallel::Combine(const void* y, Deadline deadline) {
   Impl& impl = *impl_;
   if (impl.attention) return impl.WrongSide("Combine", false);
+  M2N_RETURN_IF_ERROR(impl.CheckPath("Combine", false));
   if (!impl.combine_due) {
     return FailedPreconditionError(impl.me() +
                                    ": Combine: no received dispatch is waiting for its combine");

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <deque>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -20,6 +21,9 @@ struct Resolved {
   ep::Format format;
   size_t slot_bytes = 0;
 };
+
+// The device path's state (device_layer.h; only in a build with CUDA).
+struct DeviceLayer;
 
 }  // namespace ep
 
@@ -49,6 +53,12 @@ struct ExpertParallel::Impl {
   std::vector<std::byte> grouped_x;
   std::vector<int> counts;
   std::vector<ExpertRowSource> sources;
+  // The stream-ordered calls' device buffers and kernels' tables: set for a group with device
+  // slots (then the host-driven calls are refused), null for host slots.
+  std::shared_ptr<ep::DeviceLayer> device;
+  // Device path, attention rank: the token count of each call whose combine is due (as the host
+  // knows it: max_tokens for a count in device memory), oldest first.
+  std::deque<int> device_in_flight;
 
   Impl(Group& g, const ExpertParallelOptions& o) : group(g), options(o) {}
   std::string me() const { return "expert-parallel rank " + std::to_string(group.rank()); }
@@ -62,6 +72,17 @@ struct ExpertParallel::Impl {
                                                      "receivers)") +
                                    ", and this rank is " +
                                    (attention ? "an attention rank" : "an expert rank"));
+  }
+  // The host-driven calls need host slots; the stream-ordered ones device slots.
+  Status CheckPath(const char* call, bool want_device) const {
+    if ((device != nullptr) == want_device) return OkStatus();
+    return FailedPreconditionError(me() + ": " + call +
+                                   (want_device
+                                        ? " (stream-ordered) needs a group with device slots "
+                                          "(Options::slot_memory = kCuda)"
+                                        : " (host-driven) needs a group with host slots "
+                                          "(Options::slot_memory = kHost); use the *OnStream "
+                                          "calls on device slots"));
   }
   Status SendAll(const char* what, uint32_t call, Deadline deadline) {
     Status s = group.Send(requests, deadline);
@@ -80,5 +101,10 @@ struct ExpertParallel::Impl {
     return first.ok() ? s : first;
   }
 };
+
+namespace ep {
+// Allocates the device path's buffers for impl (device_calls.cc; kUnimplemented without CUDA).
+Status CreateDeviceLayer(ExpertParallel::Impl& impl);
+}  // namespace ep
 
 }  // namespace m2n

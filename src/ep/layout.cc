@@ -25,16 +25,17 @@ uint32_t OptionsFingerprint(const ExpertParallelOptions& options, const Placemen
 }
 
 DispatchLayout::DispatchLayout(const Format& f, size_t rows) {
-  token = sizeof(Header);
-  expert = token + rows * 4;
-  weight = expert + rows * size_t(f.top_k) * 4;
-  x = AlignUp(weight + rows * size_t(f.top_k) * 4);
-  bytes = x + rows * f.row_bytes();
+  const DispatchOffsets o = DispatchSections(rows, size_t(f.top_k), f.row_bytes());
+  token = o.token;
+  expert = o.expert;
+  weight = o.weight;
+  x = o.x;
+  bytes = o.bytes;
 }
 
 CombineLayout::CombineLayout(const Format& f, size_t rows) {
-  y = AlignUp(sizeof(Header));
-  bytes = y + rows * f.row_bytes();
+  y = CombineRowsOffset();
+  bytes = CombineBytes(rows, f.row_bytes());
 }
 
 size_t SlotBytesNeeded(const Format& f, int max_tokens, int max_local_experts) {

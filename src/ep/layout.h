@@ -18,30 +18,11 @@
 #include <span>
 
 #include "ep/routing.h"
+#include "ep/wire.h"
 #include "m2n/ep.h"
 #include "m2n/status.h"
 
 namespace m2n::ep {
-
-inline constexpr uint32_t kMagic = 0x3150454D;  // "MEP1"
-inline constexpr size_t kSectionAlign =
-    64;  // rows start on a cache line (and a GPU's 128-bit loads)
-
-enum class MessageKind : uint16_t { kDispatch = 1, kCombine = 2 };
-
-struct Header {
-  uint32_t magic = kMagic;
-  uint16_t kind = 0;
-  uint16_t dtype = 0;
-  uint32_t config = 0;  // Format::config of the writer
-  uint32_t call = 0;  // the call number, mod 2^32
-  uint32_t rows = 0;
-  uint32_t hidden = 0;
-  uint16_t top_k = 0;
-  uint16_t reserved = 0;
-  uint32_t reserved2 = 0;
-};
-static_assert(sizeof(Header) == 32);
 
 // What every message of one layer shares.
 struct Format {
@@ -53,8 +34,6 @@ struct Format {
 };
 // The fingerprint of (num_experts, top_k, hidden, dtype, placement), for Format::config.
 uint32_t OptionsFingerprint(const ExpertParallelOptions& options, const Placement& placement);
-
-inline size_t AlignUp(size_t n) { return (n + kSectionAlign - 1) / kSectionAlign * kSectionAlign; }
 
 // Byte offsets inside one dispatch message of `rows` rows.
 struct DispatchLayout {
