@@ -4,7 +4,8 @@
 // Attention side (one object per attention worker): holds the attention weights and the KV cache
 // of its requests; keeps, per micro-batch, the residual stream of that micro-batch's tokens and the
 // experts' input (the post-attention-normed activations). Expert side: holds the worker's share of
-// every layer's experts and runs them over tokens gathered from the dispatch messages.
+// every layer's experts and runs them over the rows m2n::ExpertParallel delivers (an ExpertBatch:
+// grouped by expert) or over the collocated baseline's dispatch messages.
 //
 // Buffers the runtime hands in and out (dispatch rows, combine rows, logits) are host memory on
 // CPU. A GPU backend keeps activations on the device and reports `device_rows() == true`: the
@@ -69,8 +70,9 @@ class AttentionCompute {
   virtual m2n::Status Logits(int mb, std::span<const int32_t> rows, float* out) = 0;
 };
 
-// Tokens from one dispatch message for one layer: `rows` rows of x, each with top_k (global expert
-// id, weight) pairs, -1 where the expert lives on another worker. The result goes to out.
+// Tokens from one dispatch message for one layer (the collocated baseline's, runtime/wire.h; and
+// --profile's): `rows` rows of x, each with top_k (global expert id, weight) pairs, -1 where the
+// expert lives on another worker. The result goes to out.
 struct ExpertInput {
   int rows = 0;
   const float* x = nullptr;  // [rows, hidden]
