@@ -56,8 +56,8 @@ m2n::Status ExpertCompute::ForwardGrouped(int layer, const m2n::ExpertBatch& b, 
     std::fill(expert.begin() + b.offsets[l], expert.begin() + b.offsets[l + 1], b.experts[l]);
   }
   const std::vector<float> weight(static_cast<size_t>(b.rows), 1.0f);
-  const ExpertInput input{b.rows, reinterpret_cast<const float*>(b.x), expert.data(),
-                          weight.data(), y};
+  const ExpertInput input{b.rows, reinterpret_cast<const float*>(b.x), expert.data(), weight.data(),
+                          y};
   return Forward(layer, 1, std::span<const ExpertInput>(&input, 1));
 }
 

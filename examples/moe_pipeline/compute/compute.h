@@ -114,11 +114,11 @@ class ExpertCompute {
   // baseline and --profile; the disaggregated pipeline calls ForwardGrouped.)
   virtual m2n::Status Forward(int layer, int top_k, std::span<const ExpertInput> inputs) = 0;
   // The experts of `layer` over what m2n::ExpertParallel delivered: batch.x holds fp32 rows grouped
-  // by local expert, so each expert runs one GEMM chain over its contiguous rows. y[i] ([batch.rows,
-  // hidden] floats, host) = the output of row i's expert, unweighted: the attention side applies
-  // the gate weights when it combines. The default runs Forward on the batch as top-1 rows of
-  // weight 1 (the GPU backend, until it moves to the device-memory EP layer); the CPU backends
-  // override it.
+  // by local expert, so each expert runs one GEMM chain over its contiguous rows. y[i]
+  // ([batch.rows, hidden] floats, host) = the output of row i's expert, unweighted: the attention
+  // side applies the gate weights when it combines. The default runs Forward on the batch as top-1
+  // rows of weight 1 (the GPU backend, until it moves to the device-memory EP layer); the CPU
+  // backends override it.
   virtual m2n::Status ForwardGrouped(int layer, const m2n::ExpertBatch& batch, float* y);
 };
 

@@ -73,7 +73,6 @@ class OffloadedExperts final : public ExpertCompute {
   m2n::Status ForwardGrouped(int layer, const m2n::ExpertBatch& batch, float* y) override;
 
  private:
-
   ModelConfig c_;
   std::unique_ptr<ShardArena> arena_;
   std::unique_ptr<OffloadPolicy> policy_;
@@ -153,9 +152,8 @@ m2n::StatusOr<std::unique_ptr<ExpertCompute>> MakeOffloadedExperts(const ModelCo
   auto arena = std::make_unique<ShardArena>(std::move(*shard), offload.gpu_experts);
   auto cache = ExpertCache::Create(shape, offload.gpu_experts, policy->get(), arena.get());
   if (!cache.ok()) return cache.status();
-  return std::unique_ptr<ExpertCompute>(
-      std::make_unique<OffloadedExperts>(config, std::move(arena), std::move(*policy),
-                                         std::move(*cache), compute.threads));
+  return std::unique_ptr<ExpertCompute>(std::make_unique<OffloadedExperts>(
+      config, std::move(arena), std::move(*policy), std::move(*cache), compute.threads));
 }
 
 }  // namespace moe::offload

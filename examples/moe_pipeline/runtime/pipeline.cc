@@ -190,9 +190,8 @@ m2n::StatusOr<int64_t> RunIterations(const PipelineOptions& o) {
   const int max_context = MaxContext(o.workload, o.config.max_position_embeddings);
   int64_t most = 0;
   for (int w = 0; w < o.attention_workers; ++w) {
-    M2N_ASSIGN_OR_RETURN(const int64_t n, Workload::CountIterations(o.workload, w,
-                                                                    o.config.vocab_size,
-                                                                    max_context));
+    M2N_ASSIGN_OR_RETURN(const int64_t n, Workload::CountIterations(
+                                              o.workload, w, o.config.vocab_size, max_context));
     most = std::max(most, n);
   }
   return most;
@@ -318,15 +317,16 @@ class AttentionWorker {
     if (in_flight_.empty() || in_flight_.front() != std::pair{layer, mb}) {
       return m2n::InternalError(
           Where(g_, "combine") + ": " + Step(iteration_, layer, mb) + " is not the oldest " +
-          (in_flight_.empty() ? std::string("(none in flight)")
-                              : "(" + Step(iteration_, in_flight_.front().first,
-                                           in_flight_.front().second) + ")"));
+          (in_flight_.empty()
+               ? std::string("(none in flight)")
+               : "(" + Step(iteration_, in_flight_.front().first, in_flight_.front().second) +
+                     ")"));
     }
     in_flight_.pop_front();
     {
       Timed t(&wait_s_);
-      M2N_RETURN_IF_ERROR(ep_->ReceiveCombine(out_.data(), CallDeadline(o_))
-                              .WithContext(Where(g_, "combine")));
+      M2N_RETURN_IF_ERROR(
+          ep_->ReceiveCombine(out_.data(), CallDeadline(o_)).WithContext(Where(g_, "combine")));
     }
     const int tokens = tokens_[static_cast<size_t>(mb)];
     if (tokens == 0) return m2n::OkStatus();
@@ -481,20 +481,21 @@ class ExpertWorker {
     }
     M2N_RETURN_IF_ERROR(batch.status().WithContext(Where(g_, "dispatch")));
     if (batch->call != static_cast<uint64_t>(round_)) {
-      return m2n::DataLossError(Where(g_, "dispatch") + ": the EP layer delivered call " +
-                                std::to_string(batch->call) + ", expected call " +
-                                std::to_string(round_) + " (" +
-                                Step(round_ / (int64_t{m} * L), layer, static_cast<int>(round_ % m)) +
-                                ")");
+      return m2n::DataLossError(
+          Where(g_, "dispatch") + ": the EP layer delivered call " + std::to_string(batch->call) +
+          ", expected call " + std::to_string(round_) + " (" +
+          Step(round_ / (int64_t{m} * L), layer, static_cast<int>(round_ % m)) + ")");
     }
     {
       Timed t(&compute_s_);
-      y_.resize(static_cast<size_t>(std::max(batch->rows, 1)) * static_cast<size_t>(c_.hidden_size));
+      y_.resize(static_cast<size_t>(std::max(batch->rows, 1)) *
+                static_cast<size_t>(c_.hidden_size));
       M2N_RETURN_IF_ERROR(experts_->ForwardGrouped(layer, *batch, y_.data()));
       rows_ += TokensIn(*batch);
     }
     Timed t(&send_s_);
-    M2N_RETURN_IF_ERROR(ep_->Combine(y_.data(), CallDeadline(o_)).WithContext(Where(g_, "combine")));
+    M2N_RETURN_IF_ERROR(
+        ep_->Combine(y_.data(), CallDeadline(o_)).WithContext(Where(g_, "combine")));
     ++round_;
     return m2n::OkStatus();
   }
@@ -504,8 +505,9 @@ class ExpertWorker {
     const int64_t stamp = round_ + 1;
     int64_t tokens = 0;
     for (const m2n::ExpertRowSource& s : b.sources) {
-      int64_t& mark = seen_[static_cast<size_t>(s.rank) * static_cast<size_t>(o_.workload.max_tokens) +
-                            static_cast<size_t>(s.token)];
+      int64_t& mark =
+          seen_[static_cast<size_t>(s.rank) * static_cast<size_t>(o_.workload.max_tokens) +
+                static_cast<size_t>(s.token)];
       tokens += mark != stamp ? 1 : 0;
       mark = stamp;
     }

@@ -5,9 +5,9 @@
 //
 // Per decode iteration, an attention worker cuts its in-flight tokens into m micro-batches and
 // runs, for each layer l and micro-batch i in turn:
-//     ReceiveCombine of (l - 1, i): the top-k weighted sum per token, added to i's residual (N -> M)
-//     attention + gate + top-k of (l, i)
-//     Dispatch (l, i): each token once to every expert worker holding one of its experts (M -> N)
+//     ReceiveCombine of (l - 1, i): the top-k weighted sum per token, added to i's residual (N ->
+//     M) attention + gate + top-k of (l, i) Dispatch (l, i): each token once to every expert worker
+//     holding one of its experts (M -> N)
 // so while micro-batch i's tokens are at the experts, the attention worker computes the other m - 1
 // micro-batches (ping-pong); the last layer's combines are received at the end of the iteration.
 // An expert worker takes the next call's ExpertBatch (every attention worker's rows, grouped by

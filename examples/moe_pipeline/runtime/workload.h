@@ -81,8 +81,8 @@ class Workload {
   // depends only on the lengths and the batch (greedy tokens never change it), so every rank can
   // count any worker's iterations without running the model: the disaggregated pipeline runs every
   // attention worker for the longest count (runtime/pipeline.h).
-  static m2n::StatusOr<int64_t> CountIterations(const WorkloadOptions& options, int worker, int vocab,
-                                                int max_context);
+  static m2n::StatusOr<int64_t> CountIterations(const WorkloadOptions& options, int worker,
+                                                int vocab, int max_context);
 
   bool finished() const { return finished_ == static_cast<int>(requests_.size()); }
   int finished_count() const { return finished_; }

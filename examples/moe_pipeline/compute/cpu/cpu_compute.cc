@@ -247,7 +247,8 @@ class CpuExperts final : public ExpertCompute {
       float weight;
     };
     std::vector<std::vector<Use>> uses(shard_.experts.size());
-    for (const ExpertInput& x : inputs) std::fill(x.out, x.out + static_cast<size_t>(x.rows) * h, 0.0f);
+    for (const ExpertInput& x : inputs)
+      std::fill(x.out, x.out + static_cast<size_t>(x.rows) * h, 0.0f);
     M2N_RETURN_IF_ERROR(ForEachRoutedRow(
         inputs, top_k, c_.num_local_experts, local_, [&](size_t in, int r, int le, float weight) {
           uses[static_cast<size_t>(le)].push_back({static_cast<int>(in), r, weight});
@@ -258,14 +259,17 @@ class CpuExperts final : public ExpertCompute {
       // Token gather, one GEMM chain per expert, weighted scatter-add.
       x_.resize(u.size() * h);
       for (size_t i = 0; i < u.size(); ++i) {
-        std::memcpy(&x_[i * h], inputs[static_cast<size_t>(u[i].input)].x + static_cast<size_t>(u[i].row) * h,
+        std::memcpy(&x_[i * h],
+                    inputs[static_cast<size_t>(u[i].input)].x + static_cast<size_t>(u[i].row) * h,
                     h * sizeof(float));
       }
       y_.resize(u.size() * h);
-      ExpertFfn(shard_.layers[static_cast<size_t>(layer)][le], x_.data(), static_cast<int>(u.size()),
-                c_.hidden_size, c_.intermediate_size, y_.data(), scratch_, pool_);
+      ExpertFfn(shard_.layers[static_cast<size_t>(layer)][le], x_.data(),
+                static_cast<int>(u.size()), c_.hidden_size, c_.intermediate_size, y_.data(),
+                scratch_, pool_);
       for (size_t i = 0; i < u.size(); ++i) {
-        float* out = inputs[static_cast<size_t>(u[i].input)].out + static_cast<size_t>(u[i].row) * h;
+        float* out =
+            inputs[static_cast<size_t>(u[i].input)].out + static_cast<size_t>(u[i].row) * h;
         for (size_t d = 0; d < h; ++d) out[d] += u[i].weight * y_[i * h + d];
       }
     }
@@ -284,7 +288,8 @@ class CpuExperts final : public ExpertCompute {
                                   ", which this worker does not hold");
       }
       const size_t first = static_cast<size_t>(b.offsets[l]);
-      ExpertFfn(shard_.layers[static_cast<size_t>(layer)][static_cast<size_t>(local_[static_cast<size_t>(e)])],
+      ExpertFfn(shard_.layers[static_cast<size_t>(layer)]
+                             [static_cast<size_t>(local_[static_cast<size_t>(e)])],
                 x + first * h, b.counts[l], c_.hidden_size, c_.intermediate_size, y + first * h,
                 scratch_, pool_);
     }
