@@ -148,6 +148,9 @@ struct Rank {
   std::unique_ptr<NcclComm> nccl;
   cudaStream_t stream = nullptr;
   std::string device_name;
+  // NCCL refuses two ranks on one GPU ("Duplicate GPU detected"): with fewer GPUs than ranks the
+  // baseline is left out and the rows say so.
+  bool with_nccl = false;
 
   bool attention() const { return rank < c.m; }
   Deadline deadline() const { return Deadline::AfterMs(c.timeout_ms); }
@@ -183,6 +186,7 @@ Status Rank::Setup() {
   cudaDeviceProp prop{};
   M2N_RETURN_IF_ERROR(Cuda(cudaGetDeviceProperties(&prop, rank % devices), "device properties"));
   device_name = std::string(prop.name) + " x " + std::to_string(devices);
+  with_nccl = devices >= c.m + c.n;
   resolved.slot_memory = MemoryKind::kCuda;
   M2N_ASSIGN_OR_RETURN(group, Group::Create(resolved));
   auto barrier = [this] { return group->Barrier(deadline()); };
@@ -195,7 +199,9 @@ Status Rank::Setup() {
   }
   segment->WatchLiveness([this](Deadline d) { return group->CheckPeersAlive(d); },
                          std::chrono::milliseconds(200));
-  M2N_ASSIGN_OR_RETURN(nccl, NcclComm::Create(*segment, rank, c.m + c.n, c.timeout_ms));
+  if (with_nccl) {
+    M2N_ASSIGN_OR_RETURN(nccl, NcclComm::Create(*segment, rank, c.m + c.n, c.timeout_ms));
+  }
   return Cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
 }
 
@@ -263,14 +269,18 @@ Status Rank::RunRow(const Shape& s, int64_t* wrong_total) {
   ExpertParallelOptions o{.num_experts = s.experts, .top_k = s.top_k, .hidden = s.hidden,
                           .dtype = c.dtype, .max_tokens = s.tokens, .placement = {}};
   M2N_ASSIGN_OR_RETURN(std::unique_ptr<ExpertParallel> ep, ExpertParallel::Create(*group, o));
-  M2N_ASSIGN_OR_RETURN(std::unique_ptr<NcclExpertParallel> baseline,
-                       NcclExpertParallel::Create(*nccl, c, s, rank));
+  std::unique_ptr<NcclExpertParallel> baseline;
+  if (with_nccl) {
+    M2N_ASSIGN_OR_RETURN(baseline, NcclExpertParallel::Create(*nccl, c, s, rank));
+  }
   M2nSide m2n(*ep, attention());
-  NcclSide nccl_side(*baseline);
+  std::unique_ptr<NcclSide> nccl_side;
+  if (baseline) nccl_side = std::make_unique<NcclSide>(*baseline);
   LatencySummary summary[2][2];
   std::vector<std::byte> first[2];
-  Side* sides[2] = {&m2n, &nccl_side};
-  for (int i = 0; i < 2; ++i) {
+  Side* sides[2] = {&m2n, nccl_side.get()};
+  const int implementations = with_nccl ? 2 : 1;
+  for (int i = 0; i < implementations; ++i) {
     M2N_RETURN_IF_ERROR(RunSide(routings, *sides[i], out.data, out_bytes, &first[i]));
     if (rank == 0) Summarize(&summary[i][0], &summary[i][1]);
     M2N_RETURN_IF_ERROR(segment->Barrier(deadline()));  // rank 0 read the stamps
@@ -281,7 +291,8 @@ Status Rank::RunRow(const Shape& s, int64_t* wrong_total) {
     const std::vector<std::byte> expected =
         Expected(c, s, host[size_t(c.warmup) % host.size()]);
     const size_t row = size_t(s.hidden) * DataTypeBytes(c.dtype);
-    for (const auto& got : first) {
+    for (int i = 0; i < implementations; ++i) {
+      const std::vector<std::byte>& got = first[i];
       for (int t = 0; t < s.tokens; ++t)
         wrong += std::memcmp(got.data() + t * row, expected.data() + t * row, row) != 0;
     }
@@ -292,13 +303,18 @@ Status Rank::RunRow(const Shape& s, int64_t* wrong_total) {
     int64_t all = 0;
     for (int r = 0; r < c.m + c.n; ++r) all += int64_t(segment->wrong(r));
     *wrong_total += all;
-    const double m2n_layer = summary[0][0].p50_us + summary[0][1].p50_us;
-    const double nccl_layer = summary[1][0].p50_us + summary[1][1].p50_us;
-    std::printf(
-        " %6d %6d %5d %7d | %8.1f %8.1f %8.1f %8.1f | %8.1f %8.1f %8.1f %8.1f | %7.2f %6lld\n",
-        s.tokens, s.hidden, s.top_k, s.experts, summary[0][0].p50_us, summary[0][0].p99_us,
-        summary[0][1].p50_us, summary[0][1].p99_us, summary[1][0].p50_us, summary[1][0].p99_us,
-        summary[1][1].p50_us, summary[1][1].p99_us, m2n_layer / nccl_layer, (long long)all);
+    std::printf(" %6d %6d %5d %7d | %8.1f %8.1f %8.1f %8.1f | ", s.tokens, s.hidden, s.top_k,
+                s.experts, summary[0][0].p50_us, summary[0][0].p99_us, summary[0][1].p50_us,
+                summary[0][1].p99_us);
+    if (with_nccl) {
+      const double m2n_layer = summary[0][0].p50_us + summary[0][1].p50_us;
+      const double nccl_layer = summary[1][0].p50_us + summary[1][1].p50_us;
+      std::printf("%8.1f %8.1f %8.1f %8.1f | %7.2f %6lld\n", summary[1][0].p50_us,
+                  summary[1][0].p99_us, summary[1][1].p50_us, summary[1][1].p99_us,
+                  m2n_layer / nccl_layer, (long long)all);
+    } else {
+      std::printf("%8s %8s %8s %8s | %7s %6lld\n", "-", "-", "-", "-", "-", (long long)all);
+    }
     std::fflush(stdout);
   }
   return segment->Barrier(deadline());
@@ -313,6 +329,11 @@ void PrintHeader(const Rank& r) {
               "placement; %s; host %s; %s\n",
               r.c.m, r.c.n, std::string(DataTypeName(r.c.dtype)).c_str(), r.device_name.c_str(),
               host, NcclEpVersion().c_str());
+  if (!r.with_nccl) {
+    std::printf("#   NCCL baseline left out: NCCL takes one GPU per rank (%d ranks here); processes "
+                "sharing a GPU measure m2n's software path, not NVLink\n",
+                r.c.m + r.c.n);
+  }
   std::printf("#   slot_bytes %zu, slot_depth %d; -n %d, -w %d; time = last rank's stream done - "
               "first rank's start, us; #wrong = output tokens that differ from the expected sum "
               "(m2n and NCCL)\n",

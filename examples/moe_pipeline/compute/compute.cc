@@ -1,5 +1,7 @@
 #include "compute/compute.h"
 
+#include <algorithm>
+
 #include "compute/cpu/cpu_compute.h"
 #if MOE_WITH_CUDA
 #include "compute/cuda/cuda_compute.h"
@@ -46,6 +48,18 @@ m2n::Status CheckBackend(const std::string& backend) {
       (backend == "cuda" ? "; configure with the CUDA toolkit present" : "") + ")");
 }
 }  // namespace
+
+m2n::Status ExpertCompute::ForwardGrouped(int layer, const m2n::ExpertBatch& b, float* y) {
+  // Row i as a top-1 token of its expert with weight 1: Forward then writes FFN(x[i]) to y[i].
+  std::vector<int32_t> expert(static_cast<size_t>(b.rows));
+  for (size_t l = 0; l < b.experts.size(); ++l) {
+    std::fill(expert.begin() + b.offsets[l], expert.begin() + b.offsets[l + 1], b.experts[l]);
+  }
+  const std::vector<float> weight(static_cast<size_t>(b.rows), 1.0f);
+  const ExpertInput input{b.rows, reinterpret_cast<const float*>(b.x), expert.data(), weight.data(),
+                          y};
+  return Forward(layer, 1, std::span<const ExpertInput>(&input, 1));
+}
 
 m2n::StatusOr<std::unique_ptr<AttentionCompute>> MakeAttentionCompute(
     const std::string& backend, const ModelConfig& config, const WeightSource& source,

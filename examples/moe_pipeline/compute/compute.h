@@ -4,7 +4,8 @@
 // Attention side (one object per attention worker): holds the attention weights and the KV cache
 // of its requests; keeps, per micro-batch, the residual stream of that micro-batch's tokens and the
 // experts' input (the post-attention-normed activations). Expert side: holds the worker's share of
-// every layer's experts and runs them over tokens gathered from the dispatch messages.
+// every layer's experts and runs them over the rows m2n::ExpertParallel delivers (an ExpertBatch:
+// grouped by expert) or over the collocated baseline's dispatch messages.
 //
 // Buffers the runtime hands in and out (dispatch rows, combine rows, logits) are host memory on
 // CPU. A GPU backend keeps activations on the device and reports `device_rows() == true`: the
@@ -18,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "m2n/ep.h"
 #include "m2n/status.h"
 #include "model/config.h"
 #include "model/weights.h"
@@ -68,8 +70,9 @@ class AttentionCompute {
   virtual m2n::Status Logits(int mb, std::span<const int32_t> rows, float* out) = 0;
 };
 
-// Tokens from one dispatch message for one layer: `rows` rows of x, each with top_k (global expert
-// id, weight) pairs, -1 where the expert lives on another worker. The result goes to out.
+// Tokens from one dispatch message for one layer (the collocated baseline's, runtime/wire.h; and
+// --profile's): `rows` rows of x, each with top_k (global expert id, weight) pairs, -1 where the
+// expert lives on another worker. The result goes to out.
 struct ExpertInput {
   int rows = 0;
   const float* x = nullptr;  // [rows, hidden]
@@ -107,8 +110,16 @@ class ExpertCompute {
   virtual ~ExpertCompute() = default;
   virtual std::string name() const = 0;
   // The SwiGLU experts of `layer` over every input's rows: each expert gathers its tokens from all
-  // inputs, runs one GEMM chain over them, and scatters weight * result back.
+  // inputs, runs one GEMM chain over them, and scatters weight * result back. (The collocated
+  // baseline and --profile; the disaggregated pipeline calls ForwardGrouped.)
   virtual m2n::Status Forward(int layer, int top_k, std::span<const ExpertInput> inputs) = 0;
+  // The experts of `layer` over what m2n::ExpertParallel delivered: batch.x holds fp32 rows grouped
+  // by local expert, so each expert runs one GEMM chain over its contiguous rows. y[i]
+  // ([batch.rows, hidden] floats, host) = the output of row i's expert, unweighted: the attention
+  // side applies the gate weights when it combines. The default runs Forward on the batch as top-1
+  // rows of weight 1 (the GPU backend, until it moves to the device-memory EP layer); the CPU
+  // backends override it.
+  virtual m2n::Status ForwardGrouped(int layer, const m2n::ExpertBatch& batch, float* y);
 };
 
 // How closely a backend's outputs follow the fp32 reference, for the check.

@@ -3,8 +3,9 @@
 
 #include <cstdio>
 #include <cstring>
+#include <vector>
 
-#include "compute/cpu/ops.h"
+#include "compute/cpu/expert_ffn.h"
 #include "compute/cpu/thread_pool.h"
 #include "offload/cache.h"
 #if MOE_WITH_CUDA
@@ -15,8 +16,6 @@
 namespace moe::offload {
 namespace {
 
-using cpu::MatMulNT;
-using cpu::Silu;
 using cpu::ThreadPool;
 
 // The CPU load backend of the pipeline: the host copy is the worker's ExpertShard, the arena C
@@ -57,12 +56,11 @@ class OffloadedExperts final : public ExpertCompute {
  public:
   OffloadedExperts(const ModelConfig& c, std::unique_ptr<ShardArena> arena,
                    std::unique_ptr<OffloadPolicy> policy, std::unique_ptr<ExpertCache> cache,
-                   std::vector<int> all, int threads)
+                   int threads)
       : c_(c),
         arena_(std::move(arena)),
         policy_(std::move(policy)),
         cache_(std::move(cache)),
-        all_(std::move(all)),
         pool_(threads) {
     policy_->BeginRequest({});
   }
@@ -73,49 +71,37 @@ class OffloadedExperts final : public ExpertCompute {
                  cache_->stats().HitRate());
   }
   std::string name() const override { return "cpu+offload(" + policy_->name() + ")"; }
+  // The single process (runtime/single.cc): routed rows per expert, weighted scatter-add, in the
+  // CPU backend's order, so that outputs equal those with every expert resident.
   m2n::Status Forward(int layer, int top_k, std::span<const ExpertInput> inputs) override;
+  // The disaggregated pipeline: an ExpertBatch, rows grouped by expert, unweighted outputs.
+  m2n::Status ForwardGrouped(int layer, const m2n::ExpertBatch& batch, float* y) override;
 
  private:
-  struct Use {
-    int input, row;
-    float weight;
-  };
-  void Run(const ExpertWeights& w, const std::vector<Use>& u, std::span<const ExpertInput> inputs);
+  // The policy's view of a layer (the gate weight per expert, normalized), the cache's acquire;
+  // after `run`, the release and this worker's prefetches.
+  template <typename Run>
+  m2n::Status Serve(int layer, std::vector<float> probs, const std::vector<int>& chosen, Run&& run);
 
   ModelConfig c_;
   std::unique_ptr<ShardArena> arena_;
   std::unique_ptr<OffloadPolicy> policy_;
   std::unique_ptr<ExpertCache> cache_;
-  std::vector<int> all_;  // global id -> itself where any token may go (routing is global)
   ThreadPool pool_;
-  std::vector<float> x_, h1_, h3_, y_;
+  cpu::FfnScratch scratch_;
+  std::vector<float> x_, y_;  // Forward's gathered rows and their outputs
 };
 
-m2n::Status OffloadedExperts::Forward(int layer, int top_k, std::span<const ExpertInput> inputs) {
-  if (layer < 0 || layer >= c_.num_hidden_layers)
-    return m2n::InvalidArgumentError("layer " + std::to_string(layer) + " out of range");
-  const int h = c_.hidden_size;
-  std::vector<std::vector<Use>> uses(static_cast<size_t>(c_.num_local_experts));
-  std::vector<float> probs(static_cast<size_t>(c_.num_local_experts), 0.0f);
-  for (const ExpertInput& x : inputs)
-    std::fill(x.out, x.out + static_cast<size_t>(x.rows) * h, 0.0f);
-  M2N_RETURN_IF_ERROR(ForEachRoutedRow(
-      inputs, top_k, c_.num_local_experts, all_, [&](size_t in, int r, int e, float weight) {
-        uses[static_cast<size_t>(e)].push_back({static_cast<int>(in), r, weight});
-        probs[static_cast<size_t>(e)] += weight;
-      }));
-  std::vector<int> chosen;
+template <typename Run>
+m2n::Status OffloadedExperts::Serve(int layer, std::vector<float> probs,
+                                    const std::vector<int>& chosen, Run&& run) {
   float total = 0;
-  for (int e = 0; e < c_.num_local_experts; ++e) {
-    if (!uses[static_cast<size_t>(e)].empty()) chosen.push_back(e);
-    total += probs[static_cast<size_t>(e)];
-  }
+  for (float p : probs) total += p;
   for (float& p : probs) p = total > 0 ? p / total : 0;
   if (layer == 0) policy_->BeginIteration();
   policy_->ObserveGate(layer, probs, chosen);
   M2N_RETURN_IF_ERROR(cache_->Acquire(layer, chosen));
-  for (int e : chosen)
-    Run(arena_->Slot(cache_->SlotOf({layer, e})), uses[static_cast<size_t>(e)], inputs);
+  run();
   cache_->Release(layer, chosen);
   // The policies know the model, not the split: this worker prefetches only the experts it holds.
   std::vector<ExpertId> wanted = policy_->Prefetch(layer);
@@ -123,29 +109,80 @@ m2n::Status OffloadedExperts::Forward(int layer, int top_k, std::span<const Expe
   return cache_->Prefetch(wanted);
 }
 
-// The CPU backend's expert step (compute/cpu/cpu_compute.cc), on the resident copy.
-void OffloadedExperts::Run(const ExpertWeights& w, const std::vector<Use>& u,
-                           std::span<const ExpertInput> inputs) {
-  const int h = c_.hidden_size, inter = c_.intermediate_size, n = static_cast<int>(u.size());
-  x_.resize(static_cast<size_t>(n) * h);
-  for (int i = 0; i < n; ++i) {
-    const ExpertInput& in = inputs[static_cast<size_t>(u[static_cast<size_t>(i)].input)];
-    std::memcpy(&x_[static_cast<size_t>(i) * h],
-                in.x + static_cast<size_t>(u[static_cast<size_t>(i)].row) * h,
-                static_cast<size_t>(h) * sizeof(float));
+m2n::Status OffloadedExperts::Forward(int layer, int top_k, std::span<const ExpertInput> inputs) {
+  if (layer < 0 || layer >= c_.num_hidden_layers)
+    return m2n::InvalidArgumentError("layer " + std::to_string(layer) + " out of range");
+  const size_t h = static_cast<size_t>(c_.hidden_size);
+  struct Use {
+    int input, row;
+    float weight;
+  };
+  std::vector<std::vector<Use>> uses(static_cast<size_t>(c_.num_local_experts));
+  std::vector<float> probs(static_cast<size_t>(c_.num_local_experts), 0.0f);
+  std::vector<int> identity(static_cast<size_t>(c_.num_local_experts));
+  for (int e = 0; e < c_.num_local_experts; ++e)
+    identity[static_cast<size_t>(e)] = arena_->Holds(e) ? e : -1;
+  for (const ExpertInput& x : inputs)
+    std::fill(x.out, x.out + static_cast<size_t>(x.rows) * h, 0.0f);
+  M2N_RETURN_IF_ERROR(ForEachRoutedRow(
+      inputs, top_k, c_.num_local_experts, identity, [&](size_t in, int r, int e, float weight) {
+        uses[static_cast<size_t>(e)].push_back({static_cast<int>(in), r, weight});
+        probs[static_cast<size_t>(e)] += weight;
+      }));
+  std::vector<int> chosen;
+  for (int e = 0; e < c_.num_local_experts; ++e)
+    if (!uses[static_cast<size_t>(e)].empty()) chosen.push_back(e);
+  return Serve(layer, std::move(probs), chosen, [&] {
+    for (int e : chosen) {
+      const std::vector<Use>& u = uses[static_cast<size_t>(e)];
+      x_.resize(u.size() * h);
+      for (size_t i = 0; i < u.size(); ++i) {
+        std::memcpy(&x_[i * h],
+                    inputs[static_cast<size_t>(u[i].input)].x + static_cast<size_t>(u[i].row) * h,
+                    h * sizeof(float));
+      }
+      y_.resize(u.size() * h);
+      cpu::ExpertFfn(arena_->Slot(cache_->SlotOf({layer, e})), x_.data(),
+                     static_cast<int>(u.size()), c_.hidden_size, c_.intermediate_size, y_.data(),
+                     scratch_, pool_);
+      for (size_t i = 0; i < u.size(); ++i) {
+        float* out =
+            inputs[static_cast<size_t>(u[i].input)].out + static_cast<size_t>(u[i].row) * h;
+        for (size_t d = 0; d < h; ++d) out[d] += u[i].weight * y_[i * h + d];
+      }
+    }
+  });
+}
+
+m2n::Status OffloadedExperts::ForwardGrouped(int layer, const m2n::ExpertBatch& b, float* y) {
+  if (layer < 0 || layer >= c_.num_hidden_layers)
+    return m2n::InvalidArgumentError("layer " + std::to_string(layer) + " out of range");
+  const size_t h = static_cast<size_t>(c_.hidden_size);
+  // The policy sees, per expert, the sum of the gate weights of the rows routed to it.
+  std::vector<float> probs(static_cast<size_t>(c_.num_local_experts), 0.0f);
+  std::vector<int> chosen;
+  for (size_t l = 0; l < b.experts.size(); ++l) {
+    const int e = b.experts[l];
+    if (e < 0 || e >= c_.num_local_experts || !arena_->Holds(e)) {
+      return m2n::DataLossError("a token was dispatched to expert " + std::to_string(e) +
+                                ", which this worker does not hold");
+    }
+    if (b.counts[l] == 0) continue;
+    chosen.push_back(e);
+    for (int i = b.offsets[l]; i < b.offsets[l + 1]; ++i)
+      probs[static_cast<size_t>(e)] += b.sources[static_cast<size_t>(i)].weight;
   }
-  h1_.resize(static_cast<size_t>(n) * inter);
-  h3_.resize(static_cast<size_t>(n) * inter);
-  y_.resize(static_cast<size_t>(n) * h);
-  MatMulNT(x_.data(), n, h, w.w1.data(), inter, h1_.data(), pool_);
-  MatMulNT(x_.data(), n, h, w.w3.data(), inter, h3_.data(), pool_);
-  for (size_t i = 0; i < h1_.size(); ++i) h1_[i] = Silu(h1_[i]) * h3_[i];
-  MatMulNT(h1_.data(), n, inter, w.w2.data(), h, y_.data(), pool_);
-  for (int i = 0; i < n; ++i) {
-    const Use& use = u[static_cast<size_t>(i)];
-    float* out = inputs[static_cast<size_t>(use.input)].out + static_cast<size_t>(use.row) * h;
-    for (int d = 0; d < h; ++d) out[d] += use.weight * y_[static_cast<size_t>(i) * h + d];
-  }
+  const auto* x = reinterpret_cast<const float*>(b.x);
+  return Serve(layer, std::move(probs), chosen, [&] {
+    for (size_t l = 0; l < b.experts.size(); ++l) {
+      if (b.counts[l] == 0) continue;
+      const size_t first = static_cast<size_t>(b.offsets[l]);
+      // The CPU backend's expert step on the resident copy.
+      cpu::ExpertFfn(arena_->Slot(cache_->SlotOf({layer, b.experts[l]})), x + first * h,
+                     b.counts[l], c_.hidden_size, c_.intermediate_size, y + first * h, scratch_,
+                     pool_);
+    }
+  });
 }
 
 }  // namespace
@@ -192,11 +229,8 @@ m2n::StatusOr<std::unique_ptr<ExpertCompute>> MakeOffloadedExperts(
   auto arena = std::make_unique<ShardArena>(std::move(*shard), offload.gpu_experts);
   auto cache = ExpertCache::Create(shape, offload.gpu_experts, policy->get(), arena.get());
   if (!cache.ok()) return cache.status();
-  std::vector<int> all(static_cast<size_t>(config.num_local_experts));
-  for (int e = 0; e < config.num_local_experts; ++e) all[static_cast<size_t>(e)] = e;
-  return std::unique_ptr<ExpertCompute>(
-      std::make_unique<OffloadedExperts>(config, std::move(arena), std::move(*policy),
-                                         std::move(*cache), std::move(all), compute.threads));
+  return std::unique_ptr<ExpertCompute>(std::make_unique<OffloadedExperts>(
+      config, std::move(arena), std::move(*policy), std::move(*cache), compute.threads));
 }
 
 }  // namespace moe::offload

@@ -1,9 +1,10 @@
 // The expert side with offloading (moe_pipeline --offload POLICY --gpu_experts C): the worker's
 // experts stay in a host copy, C of them are resident in a separate arena (standing for GPU memory
 // on CPU), and each layer's step acquires the experts its tokens were routed to through the expert
-// cache (cache.h), loading misses on demand, then prefetches what the policy asks for. The FFN runs
-// the CPU backend's kernels (compute/cpu/ops.h) on the resident copy, in the CPU backend's order,
-// so outputs are those without offloading; only residency differs.
+// cache (cache.h), loading misses on demand, then prefetches what the policy asks for. The FFN is
+// the CPU backend's own (compute/cpu/expert_ffn.h) on the resident copy, over the rows of an
+// m2n::ExpertBatch (ExpertCompute::ForwardGrouped), so outputs are those without offloading; only
+// residency differs.
 //
 // On the GPU backend (backend "cuda", offload/cuda_experts.h) the host copy is pinned, the C
 // resident experts are device slots filled on a copy stream, and the GPU backend's own GEMMs read

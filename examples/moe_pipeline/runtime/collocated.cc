@@ -130,7 +130,7 @@ class CollocatedRank {
     MOE_CUDA_OK(cudaSetDevice(local % devices));
     MOE_NCCL_OK(ncclCommInitRank(&comm_, P_, id, g_.rank()));
     MOE_CUDA_OK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    slot_ = SlotBytesFor(o_);
+    slot_ = WireSlotBytes(o_);
     const size_t all = slot_ * static_cast<size_t>(P_);
     MOE_CUDA_OK(cudaMalloc(&send_dev_, all));
     MOE_CUDA_OK(cudaMalloc(&recv_dev_, all));

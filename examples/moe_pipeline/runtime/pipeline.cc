@@ -1,8 +1,8 @@
 // The disaggregated pipeline's two workers (pipeline.h describes the schedule): the attention
-// worker, which serves requests and dispatches each layer's tokens to the expert workers, and the
-// expert worker, which runs its experts over every attention worker's tokens and sends the combines
-// back. The report transfer is runtime/report.cc's, the check reference/check.cc's, the injected
-// faults runtime/fault.cc's.
+// worker, which serves requests and dispatches each layer's tokens to the expert workers through
+// m2n::ExpertParallel, and the expert worker, which runs its experts over the ExpertBatch of every
+// attention worker's rows and combines their outputs back. The report transfer is
+// runtime/report.cc's, the check reference/check.cc's, the injected faults runtime/fault.cc's.
 #include "runtime/pipeline.h"
 
 #include <unistd.h>
@@ -13,12 +13,16 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <memory>
 #include <numeric>
 #include <optional>
+#include <span>
+#include <utility>
 #include <vector>
 
 #include "compute/compute.h"
+#include "m2n/ep.h"
 #include "m2n/launch.h"
 #include "offload/offloaded_experts.h"
 #include "reference/check.h"
@@ -179,6 +183,38 @@ struct SendBuffers {
   std::vector<std::byte*> send;
 };
 
+// The EP layer of the pipeline: the hidden states travel in fp32 (the compute backends' activations
+// on the host); expert e lives on expert worker ExpertOwner(e, E), global rank A + that.
+m2n::ExpertParallelOptions EpOptions(const PipelineOptions& o) {
+  const ModelConfig& c = o.config;
+  m2n::ExpertParallelOptions ep{.num_experts = c.num_local_experts,
+                                .top_k = c.num_experts_per_tok,
+                                .hidden = c.hidden_size,
+                                .dtype = m2n::DataType::kFloat32,
+                                .max_tokens = o.workload.max_tokens,
+                                .placement = {}};
+  for (int e = 0; e < c.num_local_experts; ++e)
+    ep.placement.push_back(o.attention_workers + ExpertOwner(e, o.expert_workers));
+  return ep;
+}
+
+// The iterations every attention worker runs: the longest workload's (pipeline.h).
+m2n::StatusOr<int64_t> RunIterations(const PipelineOptions& o) {
+  const int max_context = MaxContext(o.workload, o.config.max_position_embeddings);
+  int64_t most = 0;
+  for (int w = 0; w < o.attention_workers; ++w) {
+    M2N_ASSIGN_OR_RETURN(const int64_t n, Workload::CountIterations(
+                                              o.workload, w, o.config.vocab_size, max_context));
+    most = std::max(most, n);
+  }
+  return most;
+}
+
+std::string Step(int64_t iteration, int layer, int mb) {
+  return "iteration " + std::to_string(iteration) + " layer " + std::to_string(layer) +
+         " micro-batch " + std::to_string(mb);
+}
+
 // ---- Attention worker ----
 
 class AttentionWorker {
@@ -189,18 +225,159 @@ class AttentionWorker {
     M2N_RETURN_IF_ERROR(SetUp());
     M2N_RETURN_IF_ERROR(g_.Barrier(CallDeadline(o_)));
     start_ = Clock::now();
-    while (!workload_->finished()) M2N_RETURN_IF_ERROR(Iteration());
-    // No more dispatches: every expert worker stops waiting for this rank.
+    while (!workload_->finished()) {
+      if (iteration_ == iterations_) {
+        return m2n::InternalError(Where(g_, "schedule") + ": the workload needs more than the " +
+                                  std::to_string(iterations_) + " iterations counted");
+      }
+      M2N_RETURN_IF_ERROR(Iteration());
+    }
+    wall_s_ = Seconds(start_, Clock::now());
+    served_ = iteration_;
+    // Empty micro-batches until the longest workload is done: every EP call needs every rank.
+    draining_ = true;
+    while (iteration_ < iterations_) {
+      M2N_RETURN_IF_ERROR(Layers());
+      ++iteration_;
+    }
+    M2N_RETURN_IF_ERROR(SendFinish());
+    if (o_.progress && g_.rank() == 0 && tty_) std::fprintf(stderr, "\n");
+    return SendReports(summary);
+  }
+
+ private:
+  m2n::Status SetUp() {
+    M2N_ASSIGN_OR_RETURN(const ComputeOptions co, MakeServingWorkload(g_, o_, &workload_));
+    M2N_ASSIGN_OR_RETURN(compute_, MakeAttentionCompute(o_.backend, c_, o_.weights, co));
+    M2N_ASSIGN_OR_RETURN(iterations_, RunIterations(o_));
+    M2N_ASSIGN_OR_RETURN(ep_, m2n::ExpertParallel::Create(g_, EpOptions(o_)));
+    experts_.assign(g_.peers().begin(), g_.peers().end());
+    M2N_RETURN_IF_ERROR(send_.Register(g_, experts_.size()));
+    requests_.resize(experts_.size());
+    const size_t m = static_cast<size_t>(o_.workload.micro_batches);
+    const size_t rows = static_cast<size_t>(o_.workload.max_tokens);
+    routing_.resize(m);
+    tokens_.assign(m, 0);
+    all_rows_.resize(rows);
+    std::iota(all_rows_.begin(), all_rows_.end(), 0);
+    x_.resize(std::max<size_t>(rows, 1) * static_cast<size_t>(c_.hidden_size));
+    out_.resize(x_.size());
+    return m2n::OkStatus();
+  }
+
+  m2n::Status Iteration() {
+    const int m = o_.workload.micro_batches;
+    {
+      Timed t(&compute_s_);
+      plans_ = workload_->NextIteration(Seconds(start_, Clock::now()));
+      for (int i = 0; i < m; ++i)
+        M2N_RETURN_IF_ERROR(compute_->Begin(i, plans_[static_cast<size_t>(i)].tokens));
+    }
+    M2N_RETURN_IF_ERROR(Layers());
+    {
+      Timed t(&compute_s_);
+      const double now = Seconds(start_, Clock::now());
+      for (int i = 0; i < m; ++i) {
+        const MicroBatchPlan& plan = plans_[static_cast<size_t>(i)];
+        logits_.resize(plan.logit_rows.size() * static_cast<size_t>(c_.vocab_size));
+        M2N_RETURN_IF_ERROR(compute_->Logits(i, plan.logit_rows, logits_.data()));
+        workload_->Complete(plan, logits_, now, &tbt_ms_, &ttft_ms_);
+      }
+    }
+    ++iteration_;
+    if (o_.progress && g_.rank() == 0) ShowProgress();
+    return m2n::OkStatus();
+  }
+
+  // The ping-pong over the layers of one iteration (pipeline.h).
+  m2n::Status Layers() {
+    const int m = o_.workload.micro_batches, L = c_.num_hidden_layers;
+    for (int l = 0; l < L; ++l) {
+      for (int i = 0; i < m; ++i) {
+        if (l > 0) M2N_RETURN_IF_ERROR(ReceiveCombine(i, l - 1));
+        M2N_RETURN_IF_ERROR(Dispatch(i, l));
+      }
+    }
+    for (int i = 0; i < m; ++i) M2N_RETURN_IF_ERROR(ReceiveCombine(i, L - 1));
+    return m2n::OkStatus();
+  }
+
+  m2n::Status Dispatch(int mb, int layer) {
+    Routing& routing = routing_[static_cast<size_t>(mb)];
+    int& tokens = tokens_[static_cast<size_t>(mb)];
+    tokens = 0;
+    routing.expert.clear();
+    routing.weight.clear();
+    if (!draining_) {
+      Timed t(&compute_s_);
+      M2N_RETURN_IF_ERROR(compute_->AttentionAndGate(mb, layer, &routing));
+      // The gate's choice, for the check (a routing bug after this point is the check's to catch).
+      const MicroBatchPlan& plan = plans_[static_cast<size_t>(mb)];
+      M2N_RETURN_IF_ERROR(workload_->RecordRouting(plan, layer, c_.num_hidden_layers, routing));
+      InjectRoutingFault(o_, &routing);
+      tokens = static_cast<int>(plan.tokens.size());
+      M2N_RETURN_IF_ERROR(compute_->GatherRows(mb, Rows(tokens), x_.data()));
+      rows_dispatched_ += RowsSent(routing);
+    }
+    in_flight_.push_back({layer, mb});
+    Timed t(&send_s_);
+    return ep_->Dispatch(x_.data(), tokens, routing.expert, routing.weight, CallDeadline(o_))
+        .WithContext(Where(g_, "dispatch"));
+  }
+
+  // The EP layer answers Dispatch calls in order; the schedule must ask for them in that order.
+  m2n::Status ReceiveCombine(int mb, int layer) {
+    if (in_flight_.empty() || in_flight_.front() != std::pair{layer, mb}) {
+      return m2n::InternalError(
+          Where(g_, "combine") + ": " + Step(iteration_, layer, mb) + " is not the oldest " +
+          (in_flight_.empty()
+               ? std::string("(none in flight)")
+               : "(" + Step(iteration_, in_flight_.front().first, in_flight_.front().second) +
+                     ")"));
+    }
+    in_flight_.pop_front();
+    {
+      Timed t(&wait_s_);
+      M2N_RETURN_IF_ERROR(
+          ep_->ReceiveCombine(out_.data(), CallDeadline(o_)).WithContext(Where(g_, "combine")));
+    }
+    const int tokens = tokens_[static_cast<size_t>(mb)];
+    if (tokens == 0) return m2n::OkStatus();
+    Timed t(&compute_s_);
+    return compute_->ScatterAddRows(mb, Rows(tokens), out_.data());
+  }
+
+  std::span<const int32_t> Rows(int tokens) const {
+    return std::span<const int32_t>(all_rows_).first(static_cast<size_t>(tokens));
+  }
+
+  // Token rows sent: each token once per expert worker that holds one of its experts.
+  int64_t RowsSent(const Routing& routing) const {
+    const int k = routing.top_k, E = static_cast<int>(experts_.size());
+    int64_t rows = 0;
+    for (size_t t = 0; t * static_cast<size_t>(k) < routing.expert.size(); ++t) {
+      const int* e = &routing.expert[t * static_cast<size_t>(k)];
+      for (int j = 0; j < k; ++j) {
+        bool first = true;
+        for (int i = 0; i < j; ++i) first = first && ExpertOwner(e[i], E) != ExpertOwner(e[j], E);
+        rows += first ? 1 : 0;
+      }
+    }
+    return rows;
+  }
+
+  // After the run's last EP call (pipeline.h): the group is free for the pipeline's messages.
+  m2n::Status SendFinish() {
     for (size_t w = 0; w < experts_.size(); ++w) {
       Header h;
       h.kind = static_cast<uint16_t>(MessageKind::kFinish);
       std::memcpy(send_[w], &h, sizeof(h));
       requests_[w] = {experts_[w], send_[w], sizeof(h)};
     }
-    M2N_RETURN_IF_ERROR(g_.Send(requests_, CallDeadline(o_)));
-    wall_s_ = Seconds(start_, Clock::now());
-    if (o_.progress && g_.rank() == 0 && tty_) std::fprintf(stderr, "\n");
+    return g_.Send(requests_, CallDeadline(o_)).WithContext(Where(g_, "finish"));
+  }
 
+  m2n::Status SendReports(Json* summary) {
     Json report = Report();
     if (o_.check)
       report.Set("check", CheckAgainstReference(o_.config, o_.weights, o_.backend, *workload_));
@@ -223,112 +400,6 @@ class AttentionWorker {
     for (const Json& e : all.items()) ordered.Push(e);
     *summary = std::move(ordered);
     return m2n::OkStatus();
-  }
-
- private:
-  m2n::Status SetUp() {
-    M2N_ASSIGN_OR_RETURN(const ComputeOptions co, MakeServingWorkload(g_, o_, &workload_));
-    M2N_ASSIGN_OR_RETURN(compute_, MakeAttentionCompute(o_.backend, c_, o_.weights, co));
-    experts_.assign(g_.peers().begin(), g_.peers().end());
-    M2N_RETURN_IF_ERROR(send_.Register(g_, experts_.size()));
-    requests_.resize(experts_.size());
-    combines_.resize(experts_.size());
-    const size_t m = static_cast<size_t>(o_.workload.micro_batches);
-    sent_rows_.assign(m, std::vector<std::vector<int32_t>>(experts_.size()));
-    routing_.resize(m);
-    return m2n::OkStatus();
-  }
-
-  m2n::Status Iteration() {
-    const int m = o_.workload.micro_batches, L = c_.num_hidden_layers;
-    std::vector<MicroBatchPlan>& plans = plans_;
-    {
-      Timed t(&compute_s_);
-      plans = workload_->NextIteration(Seconds(start_, Clock::now()));
-      for (int i = 0; i < m; ++i)
-        M2N_RETURN_IF_ERROR(compute_->Begin(i, plans[static_cast<size_t>(i)].tokens));
-    }
-    for (int l = 0; l < L; ++l) {
-      for (int i = 0; i < m; ++i) {
-        if (l > 0) M2N_RETURN_IF_ERROR(ReceiveCombine(i, l - 1));
-        M2N_RETURN_IF_ERROR(Dispatch(i, l));
-      }
-    }
-    for (int i = 0; i < m; ++i) M2N_RETURN_IF_ERROR(ReceiveCombine(i, L - 1));
-    {
-      Timed t(&compute_s_);
-      const double now = Seconds(start_, Clock::now());
-      for (int i = 0; i < m; ++i) {
-        const MicroBatchPlan& plan = plans[static_cast<size_t>(i)];
-        logits_.resize(plan.logit_rows.size() * static_cast<size_t>(c_.vocab_size));
-        M2N_RETURN_IF_ERROR(compute_->Logits(i, plan.logit_rows, logits_.data()));
-        workload_->Complete(plan, logits_, now, &tbt_ms_, &ttft_ms_);
-      }
-    }
-    ++iteration_;
-    if (o_.progress && g_.rank() == 0) ShowProgress();
-    return m2n::OkStatus();
-  }
-
-  m2n::Status Dispatch(int mb, int layer) {
-    Routing& routing = routing_[static_cast<size_t>(mb)];
-    {
-      Timed t(&compute_s_);
-      M2N_RETURN_IF_ERROR(compute_->AttentionAndGate(mb, layer, &routing));
-      // The gate's choice, for the check (a routing bug after this point is the check's to catch).
-      M2N_RETURN_IF_ERROR(workload_->RecordRouting(plans_[static_cast<size_t>(mb)], layer,
-                                                   c_.num_hidden_layers, routing));
-      InjectRoutingFault(o_, &routing);
-      const int N = static_cast<int>(experts_.size());
-      for (int w = 0; w < N; ++w) {
-        std::vector<int32_t>& rows = sent_rows_[static_cast<size_t>(mb)][static_cast<size_t>(w)];
-        std::byte* msg = send_[static_cast<size_t>(w)];
-        const DispatchLayout layout =
-            WriteDispatch(routing, w, N, c_.hidden_size, iteration_, layer, mb, &rows, msg);
-        M2N_RETURN_IF_ERROR(
-            compute_->GatherRows(mb, rows, reinterpret_cast<float*>(msg + layout.x)));
-        requests_[static_cast<size_t>(w)] = {experts_[static_cast<size_t>(w)], msg, layout.bytes};
-        rows_dispatched_ += static_cast<int64_t>(rows.size());
-      }
-    }
-    Timed t(&send_s_);
-    return g_.Send(requests_, CallDeadline(o_)).WithContext(Where(g_, "dispatch"));
-  }
-
-  m2n::Status ReceiveCombine(int mb, int layer) {
-    {
-      Timed t(&wait_s_);
-      M2N_RETURN_IF_ERROR(
-          g_.Receive(experts_, combines_, CallDeadline(o_)).WithContext(Where(g_, "combine")));
-    }
-    Timed t(&compute_s_);
-    Header want;
-    want.iteration = static_cast<uint32_t>(iteration_);
-    want.layer = static_cast<uint16_t>(layer);
-    want.micro_batch = static_cast<uint16_t>(mb);
-    want.hidden = static_cast<uint32_t>(c_.hidden_size);
-    m2n::Status status;
-    for (size_t w = 0; w < experts_.size() && status.ok(); ++w) {
-      const m2n::Message& msg = combines_[w];
-      status = CheckMessage(msg.data, msg.length, msg.peer, MessageKind::kCombine, want);
-      if (!status.ok()) break;
-      const Header h = ReadHeader(msg.data);
-      const std::vector<int32_t>& sent = sent_rows_[static_cast<size_t>(mb)][w];
-      const CombineLayout layout(h.rows, h.hidden);
-      if (h.rows != sent.size() ||
-          (!sent.empty() &&
-           std::memcmp(msg.data + layout.rows, sent.data(), sent.size() * 4) != 0)) {
-        status = m2n::DataLossError("combine from rank " + std::to_string(msg.peer) +
-                                    " answers other tokens than " + "were dispatched to it (" +
-                                    std::to_string(h.rows) + " rows, " +
-                                    std::to_string(sent.size()) + " sent)");
-        break;
-      }
-      status =
-          compute_->ScatterAddRows(mb, sent, reinterpret_cast<const float*>(msg.data + layout.y));
-    }
-    M2N_RETURN_IF_ERROR(g_.Release(combines_));
-    return status;
   }
 
   void ShowProgress() {
@@ -355,7 +426,7 @@ class AttentionWorker {
     r.Set("compute_s", Json::Number(compute_s_));
     r.Set("send_s", Json::Number(send_s_));
     r.Set("wait_s", Json::Number(wait_s_));
-    r.Set("iterations", Json::Number(static_cast<double>(iteration_)));
+    r.Set("iterations", Json::Number(static_cast<double>(served_)));
     r.Set("layers", Json::Number(c_.num_hidden_layers));
     r.Set("rows_dispatched", Json::Number(static_cast<double>(rows_dispatched_)));
     SetWorkloadReport(r, *workload_, tbt_ms_, ttft_ms_);
@@ -367,16 +438,22 @@ class AttentionWorker {
   const ModelConfig& c_;
   std::unique_ptr<Workload> workload_;
   std::unique_ptr<AttentionCompute> compute_;
+  std::unique_ptr<m2n::ExpertParallel> ep_;
   std::vector<int> experts_;
-  SendBuffers send_;  // one send buffer per expert worker
+  SendBuffers send_;  // one buffer per expert worker: the finish, the report
   std::vector<m2n::SendRequest> requests_;
-  std::vector<m2n::Message> combines_;
-  std::vector<std::vector<std::vector<int32_t>>> sent_rows_;  // [mb][expert worker]
   std::vector<MicroBatchPlan> plans_;  // this iteration's
-  std::vector<Routing> routing_;
+  std::vector<Routing> routing_;  // [mb]
+  std::vector<int> tokens_;  // [mb]: tokens of its dispatch in flight
+  std::deque<std::pair<int, int>> in_flight_;  // (layer, mb) of the Dispatch calls not combined
+  std::vector<int32_t> all_rows_;  // 0, 1, ..., max_tokens - 1
+  std::vector<float> x_, out_;  // a micro-batch's dispatched rows; its combined rows
   std::vector<float> logits_;
   Clock::time_point start_;
+  int64_t iterations_ = 0;  // the run's (every attention worker's), pipeline.h
   int64_t iteration_ = 0;
+  int64_t served_ = 0;  // iterations with this worker's own tokens
+  bool draining_ = false;  // own workload done: empty micro-batches until the run's end
   int64_t rows_dispatched_ = 0;
   double wall_s_ = 0, compute_s_ = 0, send_s_ = 0, wait_s_ = 0;
   double next_progress_s_ = 0;
@@ -394,84 +471,74 @@ class ExpertWorker {
     M2N_RETURN_IF_ERROR(SetUp());
     M2N_RETURN_IF_ERROR(g_.Barrier(CallDeadline(o_)));
     const auto start = Clock::now();
-    std::vector<int> active(attention_);
-    while (!active.empty()) {
-      M2N_RETURN_IF_ERROR(ServeRound(active));
+    const int64_t calls = iterations_ * c_.num_hidden_layers * o_.workload.micro_batches;
+    while (round_ < calls) {
+      M2N_RETURN_IF_ERROR(ServeCall());
       InjectExpertDeath(o_, g_, round_);
     }
     wall_s_ = Seconds(start, Clock::now());
+    M2N_RETURN_IF_ERROR(ReceiveFinish());
     return SendReports();
   }
 
  private:
-  // One round: the next dispatch from each of `active` (those still running; a FINISH drops one),
-  // the experts over all their tokens, a combine back to each.
-  m2n::Status ServeRound(std::vector<int>& active) {
+  // One EP call: every attention worker's rows of (iteration, layer, micro-batch) round_, grouped
+  // by expert; each expert over its rows; the unweighted outputs back.
+  m2n::Status ServeCall() {
     const int m = o_.workload.micro_batches, L = c_.num_hidden_layers;
-    got_.resize(active.size());
+    const int layer = static_cast<int>(round_ / m % L);
+    m2n::StatusOr<m2n::ExpertBatch> batch = m2n::ExpertBatch{};
     {
       Timed t(&wait_s_);
-      M2N_RETURN_IF_ERROR(
-          g_.Receive(active, got_, CallDeadline(o_)).WithContext(Where(g_, "dispatch")));
+      batch = ep_->ReceiveDispatch(CallDeadline(o_));
     }
-    Header want;
-    want.iteration = static_cast<uint32_t>(round_ / (int64_t{m} * L));
-    want.layer = static_cast<uint16_t>(round_ / m % L);
-    want.micro_batch = static_cast<uint16_t>(round_ % m);
-    want.hidden = static_cast<uint32_t>(c_.hidden_size);
-    inputs_.clear();
-    answers_.clear();
-    std::vector<int> still;
-    m2n::Status status;
+    M2N_RETURN_IF_ERROR(batch.status().WithContext(Where(g_, "dispatch")));
+    if (batch->call != static_cast<uint64_t>(round_)) {
+      return m2n::DataLossError(
+          Where(g_, "dispatch") + ": the EP layer delivered call " + std::to_string(batch->call) +
+          ", expected call " + std::to_string(round_) + " (" +
+          Step(round_ / (int64_t{m} * L), layer, static_cast<int>(round_ % m)) + ")");
+    }
     {
       Timed t(&compute_s_);
-      for (size_t i = 0; i < got_.size() && status.ok(); ++i) {
-        const m2n::Message& msg = got_[i];
-        if (msg.length >= sizeof(Header) &&
-            ReadHeader(msg.data).kind == static_cast<uint16_t>(MessageKind::kFinish)) {
-          continue;
-        }
-        still.push_back(active[i]);
-        status = TakeDispatch(msg, want);
-      }
-      if (status.ok() && !inputs_.empty())
-        status = experts_->Forward(want.layer, c_.num_experts_per_tok, inputs_);
+      y_.resize(static_cast<size_t>(std::max(batch->rows, 1)) *
+                static_cast<size_t>(c_.hidden_size));
+      M2N_RETURN_IF_ERROR(experts_->ForwardGrouped(layer, *batch, y_.data()));
+      rows_ += TokensIn(*batch);
     }
-    if (status.ok() && !answers_.empty()) {
-      Timed t(&send_s_);
-      status = g_.Send(answers_, CallDeadline(o_)).WithContext(Where(g_, "combine"));
-    }
-    M2N_RETURN_IF_ERROR(g_.Release(got_));
-    M2N_RETURN_IF_ERROR(status);
-    if (!inputs_.empty()) ++round_;
-    active = std::move(still);
+    Timed t(&send_s_);
+    M2N_RETURN_IF_ERROR(
+        ep_->Combine(y_.data(), CallDeadline(o_)).WithContext(Where(g_, "combine")));
+    ++round_;
     return m2n::OkStatus();
   }
 
-  // Checks one dispatch against `want`, writes its combine's header and expert ids, and queues its
-  // rows for the experts (inputs_) and its combine for the send (answers_).
-  m2n::Status TakeDispatch(const m2n::Message& msg, const Header& want) {
-    M2N_RETURN_IF_ERROR(CheckMessage(msg.data, msg.length, msg.peer, MessageKind::kDispatch, want));
-    const Header h = ReadHeader(msg.data);
-    const int top_k = c_.num_experts_per_tok;
-    if (h.top_k != top_k) {
-      return m2n::DataLossError("dispatch from rank " + std::to_string(msg.peer) + " has top_k " +
-                                std::to_string(h.top_k) + ", the model " + std::to_string(top_k));
+  // Tokens received (a token routed to two of this worker's experts arrived once: it counts once).
+  int64_t TokensIn(const m2n::ExpertBatch& b) {
+    const int64_t stamp = round_ + 1;
+    int64_t tokens = 0;
+    for (const m2n::ExpertRowSource& s : b.sources) {
+      int64_t& mark =
+          seen_[static_cast<size_t>(s.rank) * static_cast<size_t>(o_.workload.max_tokens) +
+                static_cast<size_t>(s.token)];
+      tokens += mark != stamp ? 1 : 0;
+      mark = stamp;
     }
-    const DispatchLayout in(h.rows, h.top_k, h.hidden);
-    const CombineLayout out(h.rows, h.hidden);
-    std::byte* answer = send_[static_cast<size_t>(Index(msg.peer))];
-    Header a = h;
-    a.kind = static_cast<uint16_t>(MessageKind::kCombine);
-    std::memcpy(answer, &a, sizeof(a));
-    std::memcpy(answer + out.rows, msg.data + in.rows, size_t{h.rows} * 4);
-    inputs_.push_back({static_cast<int>(h.rows), reinterpret_cast<const float*>(msg.data + in.x),
-                       reinterpret_cast<const int32_t*>(msg.data + in.experts),
-                       reinterpret_cast<const float*>(msg.data + in.weights),
-                       reinterpret_cast<float*>(answer + out.y)});
-    answers_.push_back({msg.peer, answer, out.bytes});
-    rows_ += h.rows;
-    return m2n::OkStatus();
+    return tokens;
+  }
+
+  // The attention workers' finish: after the last EP call, so both sides agree where it ended.
+  m2n::Status ReceiveFinish() {
+    std::vector<m2n::Message> got(attention_.size());
+    M2N_RETURN_IF_ERROR(
+        g_.Receive(attention_, got, CallDeadline(o_)).WithContext(Where(g_, "finish")));
+    m2n::Status status;
+    for (const m2n::Message& msg : got) {
+      if (status.ok())
+        status = CheckMessage(msg.data, msg.length, msg.peer, MessageKind::kFinish, Header{});
+    }
+    M2N_RETURN_IF_ERROR(g_.Release(got));
+    return status.WithContext(Where(g_, "finish"));
   }
 
   // Reports: the first expert worker forwards the attention workers' to rank 0.
@@ -503,12 +570,13 @@ class ExpertWorker {
                       .max_context = 0,
                       .local_rank = LocalRank(g_)};
     M2N_ASSIGN_OR_RETURN(experts_, MakeWorkerExperts(o_, held_, co));
+    M2N_ASSIGN_OR_RETURN(iterations_, RunIterations(o_));
+    M2N_ASSIGN_OR_RETURN(ep_, m2n::ExpertParallel::Create(g_, EpOptions(o_)));
     attention_.assign(g_.peers().begin(), g_.peers().end());
     M2N_RETURN_IF_ERROR(send_.Register(g_, attention_.size()));
+    seen_.assign(attention_.size() * static_cast<size_t>(o_.workload.max_tokens), 0);
     return m2n::OkStatus();
   }
-
-  int Index(int attention_rank) const { return attention_rank; }  // attention ranks are [0, A)
 
   Json Report() const {
     Json r = Json::Object();
@@ -532,20 +600,27 @@ class ExpertWorker {
   const ModelConfig& c_;
   std::vector<int> held_;
   std::unique_ptr<ExpertCompute> experts_;
+  std::unique_ptr<m2n::ExpertParallel> ep_;
   std::vector<int> attention_;
-  SendBuffers send_;  // one combine buffer per attention worker
-  // The current round's messages, expert inputs and combines (kept to reuse their memory).
-  std::vector<m2n::Message> got_;
-  std::vector<ExpertInput> inputs_;
-  std::vector<m2n::SendRequest> answers_;
-  int64_t round_ = 0;
-  int64_t rows_ = 0;
+  SendBuffers send_;  // one report buffer per attention worker
+  std::vector<float> y_;  // the current call's expert outputs
+  std::vector<int64_t> seen_;  // [attention worker][token]: the last call that token arrived in
+  int64_t iterations_ = 0;  // the run's, pipeline.h
+  int64_t round_ = 0;  // EP calls served
+  int64_t rows_ = 0;  // tokens received
   double wall_s_ = 0, compute_s_ = 0, send_s_ = 0, wait_s_ = 0;
 };
 
 }  // namespace
 
 size_t SlotBytesFor(const PipelineOptions& o) {
+  // Bad options: the least; ExpertParallel::Create then names what is wrong.
+  const m2n::StatusOr<size_t> ep =
+      m2n::ExpertParallel::SlotBytesNeeded(EpOptions(o), o.attention_workers, o.expert_workers);
+  return std::max(ep.ok() ? *ep : 0, kMinSlotBytes);
+}
+
+size_t WireSlotBytes(const PipelineOptions& o) {
   const size_t dispatch = DispatchLayout(static_cast<size_t>(o.workload.max_tokens),
                                          static_cast<size_t>(o.config.num_experts_per_tok),
                                          static_cast<size_t>(o.config.hidden_size))

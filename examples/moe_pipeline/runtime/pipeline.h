@@ -1,21 +1,33 @@
 // The two kinds of worker and the ping-pong schedule between them, over one m2n::Group:
-// attention workers are the senders (ranks [0, A)), expert workers the receivers ([A, A + E)).
+// attention workers are the senders (ranks [0, A)), expert workers the receivers ([A, A + E)), and
+// the tokens move through m2n::ExpertParallel (include/m2n/ep.h) on that group: attention workers
+// are its attention ranks, expert workers its expert ranks, expert e on worker ExpertOwner(e, E).
 //
 // Per decode iteration, an attention worker cuts its in-flight tokens into m micro-batches and
 // runs, for each layer l and micro-batch i in turn:
-//     receive the combine of (l - 1, i) and add it to i's residual          (N -> M)
-//     attention + gate + top-k of (l, i)
-//     dispatch (l, i): one message per expert worker with its tokens         (M -> N)
+//     ReceiveCombine of (l - 1, i): the top-k weighted sum per token, added to i's residual (N ->
+//     M) attention + gate + top-k of (l, i) Dispatch (l, i): each token once to every expert worker
+//     holding one of its experts (M -> N)
 // so while micro-batch i's tokens are at the experts, the attention worker computes the other m - 1
 // micro-batches (ping-pong); the last layer's combines are received at the end of the iteration.
-// An expert worker receives the next dispatch from every attention worker (one "round" = one
-// (layer, micro-batch)), runs its experts over all of their tokens at once, and sends each
-// attention worker its combine. Messages from one peer arrive in order, so both sides know which
-// (iteration, layer, micro-batch) a message is for and check it.
+// An expert worker takes the next call's ExpertBatch (every attention worker's rows, grouped by
+// expert), runs each expert over its contiguous rows, and Combines the unweighted outputs back.
+// Every EP call is numbered; both sides map call c to (iteration, layer, micro-batch) =
+// (c / (L m), c / m % L, c % m) and check it.
 //
-// Slots: slot_bytes fits the largest dispatch (max_tokens rows), slot_depth >= m: at most m
-// dispatches and m combines per pair are in flight, so no Send ever waits for a credit that only
-// the waiting side could free.
+// Every EP call involves every attention worker, so all of them run the same number of
+// iterations: the longest workload's (Workload::CountIterations: the schedule does not depend on
+// the tokens, so every rank counts it alone, with no message). A worker whose own requests are
+// done dispatches empty micro-batches until then (not counted in its report).
+//
+// The EP layer must be the only traffic on its group while it is used; the pipeline's own
+// messages (runtime/wire.h) come after the run's last EP call, on the same group: each attention
+// worker sends every expert worker a finish (so both sides check that they agree on where the EP
+// traffic ended), then the reports go to rank 0.
+//
+// Slots: slot_bytes fits the EP layer's largest message (ExpertParallel::SlotBytesNeeded) and a
+// report chunk; slot_depth >= m: at most m dispatches and m combines per pair are in flight, so
+// no Send ever waits for a credit that only the waiting side could free.
 #pragma once
 
 #include <cstdint>
@@ -61,7 +73,10 @@ struct PipelineOptions {
 // Which expert worker holds global expert e.
 inline int ExpertOwner(int expert, int expert_workers) { return expert % expert_workers; }
 
+// The disaggregated pipeline's group slot: the EP layer's largest message, at least a report chunk.
 size_t SlotBytesFor(const PipelineOptions& options);
+// The collocated baseline's buffer per peer: its largest dispatch message (runtime/wire.h).
+size_t WireSlotBytes(const PipelineOptions& options);
 
 // Runs this rank's part of the pipeline and the report gather. On rank 0, *summary receives the
 // whole job's report (every worker's, see runtime/report.h); elsewhere it is left null.
@@ -85,10 +100,11 @@ m2n::StatusOr<ComputeOptions> MakeServingWorkload(int rank, int local_rank,
 m2n::StatusOr<std::unique_ptr<ExpertCompute>> MakeWorkerExperts(const PipelineOptions& options,
                                                                 std::span<const int> experts,
                                                                 const ComputeOptions& compute);
-// Expert worker `w` of `workers` holds the experts e with ExpertOwner(e, workers) == w. Its
-// dispatch of micro-batch `mb` at `layer`: the tokens routed to any of its experts into *rows, and
-// into msg the header, those rows, their top-k expert ids (-1 for another worker's) and gate
-// weights. The tokens' hidden states (at the layout's x) are the caller's to gather.
+// The collocated baseline's dispatch (runtime/wire.h) to rank `w` of `workers`, which holds the
+// experts e with ExpertOwner(e, workers) == w: the tokens of micro-batch `mb` at `layer` routed to
+// any of its experts into *rows, and into msg the header, those rows, their top-k expert ids (-1
+// for another rank's) and gate weights. The tokens' hidden states (at the layout's x) are the
+// caller's to gather.
 DispatchLayout WriteDispatch(const Routing& routing, int w, int workers, int hidden,
                              int64_t iteration, int layer, int mb, std::vector<int32_t>* rows,
                              std::byte* msg);

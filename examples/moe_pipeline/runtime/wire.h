@@ -1,15 +1,20 @@
-// The messages the pipeline sends through m2n. Every message starts with a Header; the payload
+// The pipeline's own messages through m2n. Every message starts with a Header; the payload
 // layouts are fixed by (rows, top_k, hidden), so both sides compute the same offsets.
 //
-//   dispatch (attention -> expert, one per expert worker per micro-batch and layer):
+// The disaggregated pipeline moves its tokens through m2n::ExpertParallel (runtime/pipeline.h) and
+// sends only finish and report messages of its own, after the run's last EP call. The dispatch and
+// combine layouts below are the collocated baseline's (runtime/collocated.cc), which exchanges
+// them over NCCL:
+//   dispatch (one per peer per micro-batch and layer):
 //     Header | int32 row[rows] | int32 expert[rows * top_k] | float weight[rows * top_k] | pad to
 //     64 | float x[rows * hidden]
 //   A row is one token of the micro-batch; expert[] holds the global ids of its top-k experts that
-//   live on the destination worker (-1 for the others) and weight[] their gate weights.
-//   combine (expert -> attention, the answer to one dispatch):
+//   live on the destination (-1 for the others) and weight[] their gate weights.
+//   combine (the answer to one dispatch):
 //     Header | int32 row[rows] | pad to 64 | float y[rows * hidden]   (y = sum of weight *
 //     expert(x))
-//   finish (attention -> every expert): no more dispatches from this attention worker.
+//   finish (attention -> every expert worker): the end of the EP traffic (both sides check that
+//   they agree where it ended).
 //   report (both ways, after the run): a chunk of a JSON report, for rank 0's summary.
 #pragma once
 

@@ -63,6 +63,24 @@ m2n::StatusOr<Workload> Workload::Create(const WorkloadOptions& o, int worker, i
   return w;
 }
 
+m2n::StatusOr<int64_t> Workload::CountIterations(const WorkloadOptions& options, int worker,
+                                                 int vocab, int max_context) {
+  WorkloadOptions o = options;
+  o.record = false;
+  M2N_ASSIGN_OR_RETURN(Workload w, Create(o, worker, vocab, max_context));
+  std::vector<float> logits;  // zeros: the tokens they pick never change the schedule
+  std::vector<double> ignored;
+  int64_t iterations = 0;
+  for (; !w.finished(); ++iterations) {
+    for (const MicroBatchPlan& plan : w.NextIteration(0)) {
+      logits.resize(plan.logit_rows.size() * static_cast<size_t>(vocab));
+      w.Complete(plan, logits, 0, &ignored, &ignored);
+    }
+    ignored.clear();
+  }
+  return iterations;
+}
+
 std::vector<MicroBatchPlan> Workload::NextIteration(double now_s) {
   while (!free_slots_.empty() && next_waiting_ < requests_.size()) {
     Request& r = requests_[next_waiting_];

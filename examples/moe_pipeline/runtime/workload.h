@@ -77,6 +77,13 @@ class Workload {
   void Complete(const MicroBatchPlan& plan, std::span<const float> logits, double now_s,
                 std::vector<double>* tbt_ms, std::vector<double>* ttft_ms);
 
+  // The iterations until Create(options, worker, vocab, max_context) is finished. The schedule
+  // depends only on the lengths and the batch (greedy tokens never change it), so every rank can
+  // count any worker's iterations without running the model: the disaggregated pipeline runs every
+  // attention worker for the longest count (runtime/pipeline.h).
+  static m2n::StatusOr<int64_t> CountIterations(const WorkloadOptions& options, int worker,
+                                                int vocab, int max_context);
+
   bool finished() const { return finished_ == static_cast<int>(requests_.size()); }
   int finished_count() const { return finished_; }
   const std::vector<Request>& requests() const { return requests_; }

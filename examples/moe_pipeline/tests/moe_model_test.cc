@@ -377,6 +377,10 @@ TEST(MoeWorkload, ContinuousBatchingRunsEveryRequestToTheEnd) {
   EXPECT_EQ(static_cast<int64_t>(tbt.size()), output - o.requests);
   for (const Request& r : w->requests())
     EXPECT_EQ(static_cast<int>(r.tokens.size()), r.input_len + r.output_len);
+  // The schedule does not depend on the tokens: counted with other logits, the same iterations.
+  auto counted = Workload::CountIterations(o, 0, 256, 4096);
+  ASSERT_TRUE(counted.ok()) << counted.status().ToString();
+  EXPECT_EQ(*counted, iterations);
 }
 
 TEST(MoeWorkload, ProductionLengthsHaveTheirMedians) {

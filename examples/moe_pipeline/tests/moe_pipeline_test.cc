@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -184,6 +185,30 @@ TEST(MoePipeline, ProductionLengthsMatchTheReference) {
   const Json j = ReadJson(dir / "m.json");
   EXPECT_GT(j.Find("mean_input_tokens")->as_number(), 50);
   EXPECT_GT(j.Find("check")->Find("tokens_compared")->as_number(), 0);
+}
+
+// Production lengths differ per attention worker (each draws its own), so one is done first; every
+// m2n::ExpertParallel call needs every attention rank, so it dispatches empty micro-batches until
+// the other's last iteration: the expert workers serve the longest worker's iterations x layers x
+// m calls, and each attention worker reports its own iterations.
+TEST(MoePipeline, AnAttentionWorkerDoneFirstKeepsTheRunGoing) {
+  TempDir dir;
+  const Outcome run =
+      RunPipeline("-A 2 -E 2 -m 2 --requests 2 --batch 1 --json " + (dir / "m.json"));
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_NE(run.output.find("check           PASS"), std::string::npos) << run.output;
+  const Json j = ReadJson(dir / "m.json");
+  std::vector<double> iterations, rounds;
+  for (const Json& w : j.Find("workers")->items()) {
+    if (w.Find("role")->as_string() == "attention")
+      iterations.push_back(w.Find("iterations")->as_number());
+    else
+      rounds.push_back(w.Find("rounds")->as_number());
+  }
+  ASSERT_EQ(iterations.size(), 2u);
+  EXPECT_NE(iterations[0], iterations[1]) << "the workloads should differ";
+  const double most = std::max(iterations[0], iterations[1]);
+  for (double r : rounds) EXPECT_EQ(r, most * 2 * 2) << "2 layers (tiny), m = 2";
 }
 
 // Compute threads: the CPU backend's thread pool splits GEMM columns and attention heads.

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "compute/cpu/expert_ffn.h"
 #include "compute/cpu/ops.h"
 #include "compute/cpu/thread_pool.h"
 
@@ -238,10 +239,8 @@ class CpuExperts final : public ExpertCompute {
   }
 
   m2n::Status Forward(int layer, int top_k, std::span<const ExpertInput> inputs) override {
-    if (layer < 0 || layer >= c_.num_hidden_layers) {
-      return m2n::InvalidArgumentError("layer " + std::to_string(layer) + " out of range");
-    }
-    const int h = c_.hidden_size, inter = c_.intermediate_size;
+    M2N_RETURN_IF_ERROR(CheckLayer(layer));
+    const size_t h = static_cast<size_t>(c_.hidden_size);
     // Which (input, row, weight) each local expert serves.
     struct Use {
       int input, row;
@@ -257,28 +256,42 @@ class CpuExperts final : public ExpertCompute {
     for (size_t le = 0; le < uses.size(); ++le) {
       const std::vector<Use>& u = uses[le];
       if (u.empty()) continue;
-      const ExpertWeights& w = shard_.layers[static_cast<size_t>(layer)][le];
-      const int n = static_cast<int>(u.size());
       // Token gather, one GEMM chain per expert, weighted scatter-add.
-      x_.resize(static_cast<size_t>(n) * h);
-      for (int i = 0; i < n; ++i) {
-        const ExpertInput& in = inputs[static_cast<size_t>(u[static_cast<size_t>(i)].input)];
-        std::memcpy(&x_[static_cast<size_t>(i) * h],
-                    in.x + static_cast<size_t>(u[static_cast<size_t>(i)].row) * h,
-                    static_cast<size_t>(h) * sizeof(float));
+      x_.resize(u.size() * h);
+      for (size_t i = 0; i < u.size(); ++i) {
+        std::memcpy(&x_[i * h],
+                    inputs[static_cast<size_t>(u[i].input)].x + static_cast<size_t>(u[i].row) * h,
+                    h * sizeof(float));
       }
-      h1_.resize(static_cast<size_t>(n) * inter);
-      h3_.resize(static_cast<size_t>(n) * inter);
-      y_.resize(static_cast<size_t>(n) * h);
-      MatMulNT(x_.data(), n, h, w.w1.data(), inter, h1_.data(), pool_);
-      MatMulNT(x_.data(), n, h, w.w3.data(), inter, h3_.data(), pool_);
-      for (size_t i = 0; i < h1_.size(); ++i) h1_[i] = Silu(h1_[i]) * h3_[i];
-      MatMulNT(h1_.data(), n, inter, w.w2.data(), h, y_.data(), pool_);
-      for (int i = 0; i < n; ++i) {
-        const Use& use = u[static_cast<size_t>(i)];
-        float* out = inputs[static_cast<size_t>(use.input)].out + static_cast<size_t>(use.row) * h;
-        for (int d = 0; d < h; ++d) out[d] += use.weight * y_[static_cast<size_t>(i) * h + d];
+      y_.resize(u.size() * h);
+      ExpertFfn(shard_.layers[static_cast<size_t>(layer)][le], x_.data(),
+                static_cast<int>(u.size()), c_.hidden_size, c_.intermediate_size, y_.data(),
+                scratch_, pool_);
+      for (size_t i = 0; i < u.size(); ++i) {
+        float* out =
+            inputs[static_cast<size_t>(u[i].input)].out + static_cast<size_t>(u[i].row) * h;
+        for (size_t d = 0; d < h; ++d) out[d] += u[i].weight * y_[i * h + d];
       }
+    }
+    return m2n::OkStatus();
+  }
+
+  // The rows are already grouped by expert: one GEMM chain per expert straight over its rows.
+  m2n::Status ForwardGrouped(int layer, const m2n::ExpertBatch& b, float* y) override {
+    M2N_RETURN_IF_ERROR(CheckLayer(layer));
+    const size_t h = static_cast<size_t>(c_.hidden_size);
+    const auto* x = reinterpret_cast<const float*>(b.x);
+    for (size_t l = 0; l < b.experts.size(); ++l) {
+      const int e = b.experts[l];
+      if (e < 0 || e >= c_.num_local_experts || local_[static_cast<size_t>(e)] < 0) {
+        return m2n::DataLossError("a token was dispatched to expert " + std::to_string(e) +
+                                  ", which this worker does not hold");
+      }
+      const size_t first = static_cast<size_t>(b.offsets[l]);
+      ExpertFfn(shard_.layers[static_cast<size_t>(layer)]
+                             [static_cast<size_t>(local_[static_cast<size_t>(e)])],
+                x + first * h, b.counts[l], c_.hidden_size, c_.intermediate_size, y + first * h,
+                scratch_, pool_);
     }
     return m2n::OkStatus();
   }
@@ -288,7 +301,13 @@ class CpuExperts final : public ExpertCompute {
   ExpertShard shard_;
   ThreadPool pool_;
   std::vector<int> local_;  // global expert id -> index in shard_, -1 if not held
-  std::vector<float> x_, h1_, h3_, y_;
+  std::vector<float> x_, y_;  // Forward's gathered rows and their outputs
+  FfnScratch scratch_;
+
+  m2n::Status CheckLayer(int layer) const {
+    if (layer >= 0 && layer < c_.num_hidden_layers) return m2n::OkStatus();
+    return m2n::InvalidArgumentError("layer " + std::to_string(layer) + " out of range");
+  }
 };
 
 }  // namespace
