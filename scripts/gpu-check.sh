@@ -10,6 +10,7 @@
 #   BUILD_DIR build folder (default: build-gpu); JOBS (default: nproc)
 #   ITERS / WARMUP  m2n_perf -n / -w (default 2000 / 200)
 #   LATENCY_ITERS / LATENCY_WARMUP  m2n_gpu_latency -n / -w (default 2000 / 200); SKIP_LATENCY=1 skips it
+#   EP_SHAPES / EP_ARGS  m2n_ep_gpu_perf's shapes (default "2x2 3x1 1x3") and flags; SKIP_EP=1 skips it
 #   SHAPES    default "2x2 3x1 1x3"; SKIP_TESTS=1 skips the tests; SKIP_PROXY=1 skips the proxy sweeps;
 #             SKIP_SWEEPS=1 skips the floor and every m2n_perf sweep
 #   MOE       1 (default): then runs examples/moe_pipeline/gpu-check.sh (the MoE pipeline on 4 GPUs:
@@ -62,7 +63,7 @@ fi
 # Only what this script runs is built.
 if ! { cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DM2N_WERROR=${WERROR:-OFF} -DCMAKE_CUDA_ARCHITECTURES=90 \
          "${nccl_args[@]}" ${CMAKE_ARGS:-} && \
-       cmake --build "$build" -j "$jobs" --target m2n_perf m2n_gpu_floor m2n_gpu_latency cuda_ipc_gpu_test device_api_gpu_test ep_gpu_test \
+       cmake --build "$build" -j "$jobs" --target m2n_perf m2n_gpu_floor m2n_gpu_latency cuda_ipc_gpu_test device_api_gpu_test ep_gpu_test m2n_ep_gpu_perf \
          $([ "${MOE:-1}" = 0 ] || echo moe_pipeline) \
          $([ "${OFFLOAD:-1}" = 0 ] || echo moe_pipeline moe_offload_bench moe_offload_test moe_pipeline_test); \
      } > "$out/build.log" 2>&1; then
@@ -96,6 +97,23 @@ if [ "${SKIP_LATENCY:-0}" != 1 ]; then
   fi
   cat "$out/gpu-latency.md"
   stamp "latency"
+fi
+
+# The expert-parallel layer's dispatch / combine per call against NCCL (perftest/ep_gpu_perf.cc),
+# per shape in EP_SHAPES (default "2x2 3x1 1x3"); EP_ARGS more flags (e.g. "--tokens 128 -n 50").
+# With fewer GPUs than ranks the NCCL columns are left out (NCCL takes one GPU per rank).
+if [ "${SKIP_EP:-0}" != 1 ]; then
+  for shape in ${EP_SHAPES:-2x2 3x1 1x3}; do
+    # shellcheck disable=SC2086
+    if ! timeout "${SWEEP_TIMEOUT:-600}" "$build/perftest/m2n_ep_gpu_perf" -M "${shape%x*}" -N "${shape#*x}" \
+          ${EP_ARGS:-} > "$out/ep-gpu-$shape.md" 2> "$out/ep-gpu-$shape.log"; then
+      status=1
+      echo "[gpu-check] m2n_ep_gpu_perf $shape FAILED"
+      tail -20 "$out/ep-gpu-$shape.log"
+    fi
+    cat "$out/ep-gpu-$shape.md"
+    stamp "EP benchmark $shape"
+  done
 fi
 
 if [ "${SKIP_SWEEPS:-0}" = 1 ]; then
