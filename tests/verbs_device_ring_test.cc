@@ -110,7 +110,9 @@ struct Side {
   }
 };
 
-std::byte Pattern(uint64_t n, size_t i) { return static_cast<std::byte>((n * 131 + i * 7 + 1) & 0xff); }
+std::byte Pattern(uint64_t n, size_t i) {
+  return static_cast<std::byte>((n * 131 + i * 7 + 1) & 0xff);
+}
 size_t SizeOf(uint64_t n) {
   static const size_t kSizes[] = {0, 1, 7, 64, 4096, 65536};
   return kSizes[n % 6];
@@ -143,7 +145,8 @@ class DeviceRingTest : public ::testing::TestWithParam<int> {
       v->assign(static_cast<size_t>(depth), 0);
     s.staging.assign(static_cast<size_t>(depth) * kSlotBytes, std::byte{0});
     s.slots.assign(static_cast<size_t>(depth) * kSlotBytes, std::byte{0});
-    auto staging = VerbsRegion::Register(ctx_, s.staging.data(), s.staging.size(), MemoryKind::kHost);
+    auto staging =
+        VerbsRegion::Register(ctx_, s.staging.data(), s.staging.size(), MemoryKind::kHost);
     auto slots = VerbsRegion::Register(ctx_, s.slots.data(), s.slots.size(), MemoryKind::kHost);
     ASSERT_TRUE(staging.ok() && slots.ok());
     s.staging_region = std::move(staging).value();
@@ -169,11 +172,15 @@ class DeviceRingTest : public ::testing::TestWithParam<int> {
       ASSERT_TRUE(remote.ok());
       StreamProxy::Settings settings;
       settings.slot_depth = depth;
-      settings.device = DeviceLink{s.ring.data(), s.ring.size(), &s.consumed, s.released.data(),
-                                   s.arrival.data(), kSlotBytes,
-                                   {DeviceRoute{reinterpret_cast<uintptr_t>(s.staging.data()),
-                                                s.staging_region->lkey(), (*remote)->address(),
-                                                (*remote)->rkey()}}};
+      settings.device = DeviceLink{
+          s.ring.data(),
+          s.ring.size(),
+          &s.consumed,
+          s.released.data(),
+          s.arrival.data(),
+          kSlotBytes,
+          {DeviceRoute{reinterpret_cast<uintptr_t>(s.staging.data()), s.staging_region->lkey(),
+                       (*remote)->address(), (*remote)->rkey()}}};
       auto proxy = StreamProxy::Start(s.stream_cq, {{1 - i, s.endpoint.get()}},
                                       s.stream_words.data(), settings);
       ASSERT_TRUE(proxy.ok()) << proxy.status().ToString();
@@ -290,7 +297,8 @@ const BadCase kBadCases[] = {
     {7, 0, 0, 0, 0, StatusCode::kInvalidArgument, "kind 7 is neither a send"},
     {kDeviceSend, 3, 0, uint64_t{1} << 32, 0, StatusCode::kInvalidArgument,
      "peer index 3 outside [0, 1)"},
-    {kDeviceSend, 0, 2, uint64_t{1} << 32, 0, StatusCode::kInvalidArgument, "slot 2 outside [0, 2)"},
+    {kDeviceSend, 0, 2, uint64_t{1} << 32, 0, StatusCode::kInvalidArgument,
+     "slot 2 outside [0, 2)"},
     {kDeviceSend, 0, 1, (uint64_t{1} << 32) | (kSlotBytes + 1), 0, StatusCode::kInvalidArgument,
      "65537 bytes into a slot of 65536"},
     {kDeviceSend, 0, 0, uint64_t{2} << 32, 0, StatusCode::kInvalidArgument,

@@ -129,9 +129,8 @@ __device__ inline bool PutDescriptor(const DeviceGroup& g, unsigned long long ki
   const DeviceRing& r = g.ring;
   const unsigned long long ticket = atomicAdd(r.claimed, 1ull);
   // The entry is free once the proxy took the one a lap before (ticket - capacity).
-  if (ticket >= r.capacity &&
-      !WaitAtLeast(g, r.consumed, ticket + 1 - r.capacity, false, kRingWait,
-                   g.peers[peer_index].rank, slot))
+  if (ticket >= r.capacity && !WaitAtLeast(g, r.consumed, ticket + 1 - r.capacity, false, kRingWait,
+                                           g.peers[peer_index].rank, slot))
     return false;
   DeviceDescriptor* e = r.entries + ticket % r.capacity;
   e->target = (kind << 56) | (static_cast<unsigned long long>(peer_index) << 24) |
@@ -277,8 +276,7 @@ __device__ inline void Release(const DeviceGroup& g, const ReceivedMessage& m) {
   const DevicePeer& p = g.peers[m.peer_index];
   if (p.remote_released == nullptr) {
     // Proxied: the proxy sends the ACK (PutDescriptor fences the slot's reads before it).
-    if (!detail::PutDescriptor(g, kDeviceRelease, m.peer_index, m.slot, m.generation << 32))
-      return;
+    if (!detail::PutDescriptor(g, kDeviceRelease, m.peer_index, m.slot, m.generation << 32)) return;
     p.generation_received[m.slot] = m.generation;
     p.cursor[1] += 1;
     return;

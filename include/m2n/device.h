@@ -12,7 +12,9 @@
 // DeviceDescriptor to the transport's proxy thread through the group's DeviceRing (host memory the
 // GPU maps); the proxy posts the RDMA write-with-immediate from the staging slot into the peer's
 // slot, stores the arrival word at the receiver once the write completed there, and turns a
-// release descriptor into the ACK that raises the sender's released word. Its protocol is the stream-ordered path's (include/m2n/group.h): the k-th message of a
+// release descriptor into the ACK that raises the sender's released word.
+//
+// For both, the protocol is the stream-ordered path's (include/m2n/group.h): the k-th message of a
 // pair goes into slot k mod slot_depth, a slot's arrival word holds (generation << 32) | length,
 // and its released word the generation the receiver last handed back. The next send / receive
 // index of each pair is a counter in device memory, advanced by the device functions, so that no

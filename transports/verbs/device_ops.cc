@@ -24,16 +24,17 @@ uint64_t RingCapacity(size_t cells) { return 2 * static_cast<uint64_t>(cells) + 
 }  // namespace
 
 unsigned long long* VerbsTransport::DeviceAddress(unsigned long long* host) const {
-  const auto offset = reinterpret_cast<uintptr_t>(host) -
-                      reinterpret_cast<uintptr_t>(device_api_.host);
+  const auto offset =
+      reinterpret_cast<uintptr_t>(host) - reinterpret_cast<uintptr_t>(device_api_.host);
   return reinterpret_cast<unsigned long long*>(device_api_.device + offset);
 }
 
 Status VerbsTransport::InitDeviceApi() {
   if (device_api_.host != nullptr) return OkStatus();
   if (stream_cq_ == nullptr) {
-    return FailedPreconditionError(Who() + ": the device-side API needs GPU slots "
-                                           "(Config::slot_memory = kCuda)");
+    return FailedPreconditionError(Who() +
+                                   ": the device-side API needs GPU slots "
+                                   "(Config::slot_memory = kCuda)");
   }
 #if M2N_VERBS_WITH_CUDA
   M2N_ASSIGN_OR_RETURN(const CudaDriver* cuda, CudaDriver::Get());
@@ -45,7 +46,8 @@ Status VerbsTransport::InitDeviceApi() {
   const size_t used = ring_word * sizeof(unsigned long long) + capacity * sizeof(DeviceDescriptor);
   const size_t bytes = (used + page - 1) / page * page;
   auto* host = static_cast<unsigned long long*>(std::aligned_alloc(page, bytes));
-  if (host == nullptr) return UnavailableError(Who() + ": allocating the device API's words failed");
+  if (host == nullptr)
+    return UnavailableError(Who() + ": allocating the device API's words failed");
   std::memset(host, 0, bytes);
   if (CUresult r = cuda->mem_host_register(
           host, bytes, CU_MEMHOSTREGISTER_DEVICEMAP | CU_MEMHOSTREGISTER_PORTABLE);
@@ -62,8 +64,8 @@ Status VerbsTransport::InitDeviceApi() {
   device_api_.ring = reinterpret_cast<DeviceDescriptor*>(host + ring_word);
   device_api_.ring_capacity = capacity;
   // generation_sent, generation_received, arrived_blocks, then the ring's claimed count: zeroed.
-  auto counters = VerbsRegion::Allocate(ctx_, (3 * cells + 1) * sizeof(unsigned long long),
-                                        MemoryKind::kCuda);
+  auto counters =
+      VerbsRegion::Allocate(ctx_, (3 * cells + 1) * sizeof(unsigned long long), MemoryKind::kCuda);
   if (!counters.ok()) return counters.status().WithContext(Who() + ": the device API's counters");
   device_api_.counters = std::move(counters).value();
   return OkStatus();
@@ -76,8 +78,8 @@ StatusOr<DevicePeerWords> VerbsTransport::DeviceWords(int peer) {
   M2N_RETURN_IF_ERROR(CheckStreamSlot(peer, 0, "the device-side API"));
   M2N_RETURN_IF_ERROR(InitDeviceApi());
   const size_t cells = Cells();
-  const size_t first = static_cast<size_t>(peer_index_[peer]) *
-                       static_cast<size_t>(config_.slot_depth);
+  const size_t first =
+      static_cast<size_t>(peer_index_[peer]) * static_cast<size_t>(config_.slot_depth);
   unsigned long long* words = device_api_.host;
   auto* counters = reinterpret_cast<unsigned long long*>(device_api_.counters->data());
   DevicePeerWords w;
@@ -101,9 +103,9 @@ StatusOr<std::unique_ptr<Region>> VerbsTransport::AllocateDeviceCopy(
     std::span<const std::byte> contents) {
 #if M2N_VERBS_WITH_CUDA
   M2N_ASSIGN_OR_RETURN(const CudaDriver* cuda, CudaDriver::Get());
-  M2N_ASSIGN_OR_RETURN(std::unique_ptr<VerbsRegion> region,
-                       VerbsRegion::Allocate(ctx_, std::max<size_t>(contents.size(), 1),
-                                             MemoryKind::kCuda));
+  M2N_ASSIGN_OR_RETURN(
+      std::unique_ptr<VerbsRegion> region,
+      VerbsRegion::Allocate(ctx_, std::max<size_t>(contents.size(), 1), MemoryKind::kCuda));
   // From pageable memory: synchronous, and after the allocation's memset (legacy stream).
   if (!contents.empty()) {
     if (CUresult r = cuda->memcpy_htod(reinterpret_cast<CUdeviceptr>(region->data()),
@@ -122,8 +124,9 @@ StatusOr<std::unique_ptr<Region>> VerbsTransport::AllocateDeviceCopy(
 StatusOr<DeviceRing> VerbsTransport::ProxyDevicePeers(std::span<const ProxiedPeer> peers,
                                                       size_t slot_bytes) {
   if (proxy_ != nullptr) {
-    return FailedPreconditionError(Who() + ": the device-side API after the stream-ordered path "
-                                           "started the proxy: one path per group");
+    return FailedPreconditionError(Who() +
+                                   ": the device-side API after the stream-ordered path "
+                                   "started the proxy: one path per group");
   }
   M2N_RETURN_IF_ERROR(InitDeviceApi());
   if (peers.size() != config_.peers.size()) {
@@ -146,9 +149,9 @@ StatusOr<DeviceRing> VerbsTransport::ProxyDevicePeers(std::span<const ProxiedPee
       return InvalidArgumentError(PeerText(p.peer, "device-side API: no staging or peer slots"));
     const auto* staging = static_cast<const VerbsRegion*>(p.staging);
     const auto* remote = static_cast<const VerbsRemoteRegion*>(p.remote);
-    link.routes[static_cast<size_t>(peer_index_[p.peer])] = DeviceRoute{
-        reinterpret_cast<uintptr_t>(staging->data()) + p.staging_offset, staging->lkey(),
-        remote->address() + p.remote_offset, remote->rkey()};
+    link.routes[static_cast<size_t>(peer_index_[p.peer])] =
+        DeviceRoute{reinterpret_cast<uintptr_t>(staging->data()) + p.staging_offset,
+                    staging->lkey(), remote->address() + p.remote_offset, remote->rkey()};
   }
   M2N_RETURN_IF_ERROR(StartProxy(std::move(link)));
   auto* counters = reinterpret_cast<unsigned long long*>(device_api_.counters->data());

@@ -24,11 +24,11 @@ Status DeviceWaitGaveUp(uint64_t code, std::chrono::milliseconds timeout) {
   const uint64_t reason = code >> 56;
   const std::string peer = "peer rank " + std::to_string((code >> 24) & 0xffffffff);
   const std::string slot = "slot " + std::to_string(code & 0xffffff);
-  const std::string what =
-      reason == 1   ? "send waited for " + peer + " to release " + slot
-      : reason == 2 ? "receive waited for a message from " + peer + " in " + slot
-                    : "send or release to " + peer + " (" + slot +
-                          ") waited for room in the proxy's descriptor ring";
+  const std::string what = reason == 1 ? "send waited for " + peer + " to release " + slot
+                           : reason == 2
+                               ? "receive waited for a message from " + peer + " in " + slot
+                               : "send or release to " + peer + " (" + slot +
+                                     ") waited for room in the proxy's descriptor ring";
   return DeadlineExceededError("verbs: a device-side (m2n/device.cuh) " + what + " longer than " +
                                std::to_string(timeout.count()) +
                                " ms on the GPU and gave up; work after it saw no valid data");
@@ -66,18 +66,16 @@ bool StreamProxy::TakeDeviceDescriptors() {
     }
     const auto generation = static_cast<uint32_t>(message >> 32);
     const auto length = static_cast<uint32_t>(message);
-    Status s = kind == kDeviceSend    ? TakeDeviceSend(peer_index, static_cast<int>(slot),
-                                                       generation, length)
-               : kind == kDeviceRelease ? TakeDeviceRelease(peer_index, static_cast<int>(slot),
-                                                            generation)
-                                        : InvalidArgumentError("kind " + std::to_string(kind) +
-                                                               " is neither a send (1) nor a "
-                                                               "release (2)");
+    Status s =
+        kind == kDeviceSend ? TakeDeviceSend(peer_index, static_cast<int>(slot), generation, length)
+        : kind == kDeviceRelease ? TakeDeviceRelease(peer_index, static_cast<int>(slot), generation)
+                                 : InvalidArgumentError("kind " + std::to_string(kind) +
+                                                        " is neither a send (1) nor a "
+                                                        "release (2)");
     if (!s.ok()) {
-      Fail(Status(s.code(),
-                  PeerText(peers_[peer_index].rank, "device-side API: bad descriptor (" + where +
-                                                        ", slot " + std::to_string(slot) +
-                                                        "): " + std::string(s.message()))));
+      Fail(Status(s.code(), PeerText(peers_[peer_index].rank,
+                                     "device-side API: bad descriptor (" + where + ", slot " +
+                                         std::to_string(slot) + "): " + std::string(s.message()))));
     }
   }
   return taken > 0;

@@ -83,7 +83,8 @@ struct DeviceLink {
   uint64_t ring_capacity = 0;
   unsigned long long* consumed = nullptr;  // the proxy: descriptors taken
   unsigned long long* released = nullptr;  // the proxy, per (peer index, slot): credits received
-  unsigned long long* arrival = nullptr;  // the proxy, per (peer index, slot): (generation << 32) | length
+  unsigned long long* arrival =
+      nullptr;  // the proxy, per (peer index, slot): (generation << 32) | length
   uint64_t slot_bytes = 0;
   std::vector<DeviceRoute> routes;  // by peer index
 };
