@@ -35,7 +35,8 @@ struct DevicePeer {
   std::byte* remote_slots = nullptr;  // the peer's receive slots for this rank, mapped here; null:
                                       // a proxied peer (staging_slots and the DeviceRing instead)
   std::byte* staging_slots = nullptr;  // a proxied peer's local staging slots (slot_depth)
-  unsigned long long* remote_arrival = nullptr;  // the peer's arrival words for this rank
+  unsigned long long* remote_arrival = nullptr;  // the peer's arrival words for this rank (null:
+                                                 // proxied)
   const unsigned long long* released = nullptr;  // the generation the peer released, per slot
   unsigned long long* generation_sent = nullptr;  // the generation last sent, per slot
   unsigned long long* arrived_blocks = nullptr;  // blocks done with the message being sent
@@ -44,6 +45,7 @@ struct DevicePeer {
   const unsigned long long* arrival = nullptr;  // (generation << 32) | length, per slot
   unsigned long long* generation_received = nullptr;  // the generation last received, per slot
   unsigned long long* remote_released = nullptr;  // the peer's released words for this rank
+                                                  // (null: proxied, Release puts a descriptor)
   // cursor[0]: the index of the next message to send to the peer; cursor[1]: of the next to
   // receive from it (the slot is index mod slot_depth).
   unsigned long long* cursor = nullptr;
