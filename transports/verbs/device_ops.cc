@@ -21,6 +21,17 @@ namespace {
 // for an entry only while the proxy is behind.
 uint64_t RingCapacity(size_t cells) { return 2 * static_cast<uint64_t>(cells) + 16; }
 
+#if M2N_VERBS_WITH_CUDA
+// The allocation's zeroing and a copy from pageable memory run on the legacy stream and may not have
+// landed when the call returns, while the user's kernels run on streams that do not wait for it:
+// the words are in place before the device API hands them out.
+Status SyncLegacyStream(const CudaDriver& cuda, std::string_view what) {
+  if (CUresult r = cuda.stream_synchronize(CU_STREAM_LEGACY); r != CUDA_SUCCESS)
+    return UnavailableError(cuda.Error("cuStreamSynchronize (" + std::string(what) + ")", r));
+  return OkStatus();
+}
+#endif
+
 }  // namespace
 
 unsigned long long* VerbsTransport::DeviceAddress(unsigned long long* host) const {
@@ -68,7 +79,7 @@ Status VerbsTransport::InitDeviceApi() {
       VerbsRegion::Allocate(ctx_, (3 * cells + 1) * sizeof(unsigned long long), MemoryKind::kCuda);
   if (!counters.ok()) return counters.status().WithContext(Who() + ": the device API's counters");
   device_api_.counters = std::move(counters).value();
-  return OkStatus();
+  return SyncLegacyStream(*cuda, "the device API's counters");
 #else
   return UnimplementedError(Who() + ": the device-side API needs a build with the CUDA toolkit");
 #endif
@@ -106,7 +117,6 @@ StatusOr<std::unique_ptr<Region>> VerbsTransport::AllocateDeviceCopy(
   M2N_ASSIGN_OR_RETURN(
       std::unique_ptr<VerbsRegion> region,
       VerbsRegion::Allocate(ctx_, std::max<size_t>(contents.size(), 1), MemoryKind::kCuda));
-  // From pageable memory: synchronous, and after the allocation's memset (legacy stream).
   if (!contents.empty()) {
     if (CUresult r = cuda->memcpy_htod(reinterpret_cast<CUdeviceptr>(region->data()),
                                        contents.data(), contents.size());
@@ -114,6 +124,7 @@ StatusOr<std::unique_ptr<Region>> VerbsTransport::AllocateDeviceCopy(
       return UnavailableError(cuda->Error("cuMemcpyHtoD of the device API's tables", r));
     }
   }
+  M2N_RETURN_IF_ERROR(SyncLegacyStream(*cuda, "the device API's tables"));
   return std::unique_ptr<Region>(std::move(region));
 #else
   (void)contents;
