@@ -22,9 +22,9 @@ namespace {
 uint64_t RingCapacity(size_t cells) { return 2 * static_cast<uint64_t>(cells) + 16; }
 
 #if M2N_VERBS_WITH_CUDA
-// The allocation's zeroing and a copy from pageable memory run on the legacy stream and may not have
-// landed when the call returns, while the user's kernels run on streams that do not wait for it:
-// the words are in place before the device API hands them out.
+// The allocation's zeroing and a copy from pageable memory run on the legacy stream and may not
+// have landed when the call returns, while the user's kernels run on streams that do not wait for
+// it: the words are in place before the device API hands them out.
 Status SyncLegacyStream(const CudaDriver& cuda, std::string_view what) {
   if (CUresult r = cuda.stream_synchronize(CU_STREAM_LEGACY); r != CUDA_SUCCESS)
     return UnavailableError(cuda.Error("cuStreamSynchronize (" + std::string(what) + ")", r));
