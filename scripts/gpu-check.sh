@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # On a GPU machine, in one run: builds m2n (no UCX needed), runs the GPU tests (cuda_ipc_gpu_test,
-# device_api_gpu_test, ep_gpu_test: the expert-parallel layer's stream-ordered calls), the
-# producer-to-consumer latency (m2n_gpu_latency: device API vs stream-ordered calls vs NCCL, table in
-# $OUT/gpu-latency.md), then the m2n_perf
+# device_api_gpu_test, ep_gpu_test: the expert-parallel layer's stream-ordered calls; verbs_gpu_test where
+# libibverbs is, skipping without a NIC), the producer-to-consumer latency (m2n_gpu_latency: device API
+# vs stream-ordered calls vs NCCL, table in $OUT/gpu-latency.md), then the m2n_perf
 # sweep 4 KB..16 MB for 2x2, 3x1 and 1x3 with the NCCL baseline, and writes the tables: first with
 # m2n's stream-ordered calls, then with its host-driven calls through the cuda_ipc copy proxy
 # (M2N_CUDA_IPC_PROXY=1, M2N_PERF_GPU_PATH=host), each against NCCL in the same run.
@@ -79,6 +79,14 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
   grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[       OK|^\[  FAILED" "$out/gpu-tests.log" | tail -20
   if ! timeout "${TEST_TIMEOUT:-600}" "$build/tests/device_api_gpu_test" > "$out/device-api-tests.log" 2>&1; then status=1; fi
   grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[       OK|^\[  FAILED" "$out/device-api-tests.log" | tail -20
+  # verbs on the GPU (stream path, device-side API through the proxy): built where libibverbs is;
+  # without an RDMA NIC beside the GPU its tests skip, saying why.
+  if cmake --build "$build" -j "$jobs" --target verbs_gpu_test >> "$out/build.log" 2>&1; then
+    if ! timeout "${TEST_TIMEOUT:-600}" "$build/tests/verbs_gpu_test" > "$out/verbs-gpu-tests.log" 2>&1; then status=1; fi
+    grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[       OK|^\[  FAILED|no RDMA NIC" "$out/verbs-gpu-tests.log" | tail -8
+  else
+    echo "[gpu-check] verbs_gpu_test not built (no libibverbs here?): build.log"
+  fi
   stamp "GPU tests"
   # The expert-parallel layer's stream-ordered calls (ranks as processes sharing the GPUs present).
   if ! timeout "${TEST_TIMEOUT:-600}" "$build/tests/ep_gpu_test" > "$out/ep-gpu-tests.log" 2>&1; then status=1; fi

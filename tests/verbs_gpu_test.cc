@@ -6,6 +6,9 @@
 //   StreamPayload: 1x1 and 2x2, 1 B to 1 MB, dispatch and combine, producer and consumer kernels.
 //   CreditPressure: 100 messages per pair through 2 slots, the sender enqueuing all of them at
 //   once.
+//   DevicePayload: the device-side API (m2n/device.cuh) over verbs, 1x1 and 2x2: the kernels of
+//   device_api_gpu_test.cc, block and warp scope, their messages carried by the proxy (staging
+//   slot -> write-with-imm -> the peer's slot; the proxy alone: verbs_device_ring_test.cc).
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -13,6 +16,7 @@
 #include <tuple>
 #include <vector>
 
+#include "device_api_test_kernels.h"
 #include "gpu_test_util.h"
 #include "harness.h"
 #include "m2n/m2n.h"
@@ -85,6 +89,63 @@ TEST(VerbsGpu, CreditPressure) {
   });
   EXPECT_EQ(DescribeFailures(outcomes), "");
 }
+
+class VerbsDevicePayload : public ::testing::TestWithParam<Shape> {};
+
+// Rounds of 2 messages to every peer then from every peer, alternating block and warp scope; no
+// byte wrong, no wait that gave up, the group well after.
+int DevicePayloadRank(int m, int n, int rank, int port) {
+  constexpr size_t kSlotBytes = 256 << 10;
+  constexpr int kDepth = 2;
+  auto created = Group::Create(VerbsGpuOptions(m, n, rank, port, kSlotBytes, kDepth));
+  CHILD_OK(created.status());
+  Group& g = **created;
+  auto handle = g.device_group();
+  CHILD_OK(handle.status());
+  CHILD_CHECK(handle->ring.entries != nullptr, "verbs handed out no descriptor ring");
+  cudaStream_t stream = nullptr;
+  CUDA_CHILD_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  testing::DeviceBuffer words(2 * sizeof(unsigned long long));
+  auto* word = static_cast<unsigned long long*>(words.data);
+  CUDA_CHILD_OK(cudaMemsetAsync(word, 0, 2 * sizeof(unsigned long long), stream));
+  for (int round = 0; round < 6; ++round) {
+    testing::DeviceTrial t;
+    t.group = *handle;
+    t.rank = g.rank();
+    t.count = kDepth;
+    t.first_number = static_cast<unsigned long long>(round) * kDepth;
+    t.warp = round % 2 == 1;
+    t.num_sizes = 4;
+    const unsigned long long sizes[] = {0, 1, 65539, kSlotBytes};
+    for (int i = 0; i < 4; ++i) t.sizes[i] = sizes[i];
+    t.wrong = word;
+    t.gave_up = word + 1;
+    CUDA_CHILD_OK(testing::LaunchDeviceSends(t, stream));
+    CUDA_CHILD_OK(testing::LaunchDeviceReceives(t, stream));
+  }
+  CUDA_CHILD_OK(cudaStreamSynchronize(stream));
+  unsigned long long host[2] = {};
+  CUDA_CHILD_OK(cudaMemcpy(host, word, sizeof host, cudaMemcpyDeviceToHost));
+  CHILD_CHECK(host[0] == 0, "%llu wrong (bytes, + 2^40 per wrong length)", host[0]);
+  CHILD_CHECK(host[1] == 0, "%llu device waits gave up", host[1]);
+  CHILD_OK(g.Progress());
+  CHILD_OK(g.Close(Deadline::AfterMs(20000)));
+  return 0;
+}
+
+TEST_P(VerbsDevicePayload, BlockAndWarp) {
+  SKIP_WITHOUT_GPU_AND_NIC();
+  auto [m, n] = GetParam();
+  auto outcomes =
+      RunRanks(m + n, [&](int rank, int port) { return DevicePayloadRank(m, n, rank, port); });
+  EXPECT_EQ(DescribeFailures(outcomes), "");
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, VerbsDevicePayload, ::testing::Values(Shape{1, 1}, Shape{2, 2}),
+                         [](const ::testing::TestParamInfo<Shape>& info) {
+                           return std::to_string(std::get<0>(info.param)) + "x" +
+                                  std::to_string(std::get<1>(info.param));
+                         });
 
 }  // namespace
 }  // namespace m2n

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "m2n/deadline.h"
+#include "m2n/device.h"
 #include "m2n/memory.h"
 #include "m2n/status.h"
 
@@ -242,6 +243,17 @@ struct DeviceWaitLimit {
   unsigned long long timeout_ns = 0;
 };
 
+// A peer a kernel reaches through the transport's proxy (StreamOps::ProxyDevicePeers): message k
+// goes from byte staging_offset + (k mod slot_depth) * stride of `staging` (device memory this side
+// registered) to the same place past remote_offset in `remote` (the peer's slots for us).
+struct ProxiedPeer {
+  int peer = -1;
+  const Region* staging = nullptr;
+  size_t staging_offset = 0;
+  const RemoteRegion* remote = nullptr;
+  size_t remote_offset = 0;
+};
+
 class StreamOps {
  public:
   virtual ~StreamOps() = default;
@@ -257,8 +269,9 @@ class StreamOps {
 
   // ---- The device-side API (m2n/device.h): user kernels use the signal words themselves ----
   // The defaults say that this transport cannot serve it (kUnimplemented); a transport whose signal
-  // words a kernel may touch directly (cuda_ipc) overrides all four. Once DeviceWords was called,
-  // StreamError words a give-up as the device API's.
+  // words a kernel may touch directly (cuda_ipc) overrides the first four; a transport whose proxy
+  // thread moves the kernels' messages (verbs) overrides all but MappedAddress, and the last two.
+  // Once DeviceWords was called, StreamError words a give-up as the device API's.
   //
   // `peer`'s signal words, as device addresses, slot_depth words each, contiguous over slots.
   virtual StatusOr<DevicePeerWords> DeviceWords(int peer) {
@@ -278,6 +291,18 @@ class StreamOps {
   virtual StatusOr<std::unique_ptr<Region>> AllocateDeviceCopy(
       std::span<const std::byte> contents) {
     (void)contents;
+    return UnimplementedError(DeviceApiMissing());
+  }
+  // Whether kernels reach peers through this transport's proxy (m2n/device.h: proxied peers): the
+  // group then stages messages (ProxyDevicePeers) instead of mapping the peers' slots.
+  virtual bool DeviceProxied() const { return false; }
+  // Proxied: starts the proxy thread on these routes, one per peer (each peer's slot stride is the
+  // group's slot_bytes); returns the descriptor ring the kernels fill. Once per transport, before
+  // any stream-ordered call.
+  virtual StatusOr<DeviceRing> ProxyDevicePeers(std::span<const ProxiedPeer> peers,
+                                                size_t slot_bytes) {
+    (void)peers;
+    (void)slot_bytes;
     return UnimplementedError(DeviceApiMissing());
   }
 

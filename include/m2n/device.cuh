@@ -9,9 +9,18 @@
 //     (publishes (generation, length))                Release(g, m)   (the ACK: the slot goes back)
 //
 // `g` is the group's DeviceGroup (include/m2n/device.h, Group::device_group()), passed to the
-// kernel by value; `p` is the index of the peer in Group::peers(). On cuda_ipc, s.data is the
-// peer's slot itself, mapped into this process: the producer's stores land in the receiver's
-// memory over NVLink / PCIe, with no staging buffer and no copy.
+// kernel by value; `p` is the index of the peer in Group::peers(). The same calls serve two kinds
+// of peer (m2n/device.h):
+//   direct (cuda_ipc): s.data is the peer's slot itself, mapped into this process: the producer's
+//     stores land in the receiver's memory over NVLink / PCIe, with no staging buffer and no copy;
+//     EndSend release-stores the peer's arrival word, Release the peer's released word.
+//   proxied (verbs): s.data is a local staging slot in GPU memory registered with the NIC; EndSend
+//     puts a send descriptor (peer, slot, generation, length) into the group's ring in host memory
+//     and the transport's proxy thread posts the RDMA write-with-immediate from the staging slot
+//     into the peer's slot; the proxy at the receiver stores the arrival word once the write is
+//     there, and Release puts a release descriptor that its proxy turns into the ACK, which the
+//     sender's proxy stores into the released word the credit wait polls. One more bounded wait:
+//     for a free entry of the ring (reason 3), where the proxy is behind.
 //
 // Ordering: EndSend* fences the block's stores at system scope before the release store of the
 // arrival word; WaitReceive* loads that word with acquire order and the block meets at a barrier
@@ -62,7 +71,7 @@ struct ReceivedMessage {
 
 namespace detail {
 
-enum : unsigned long long { kCreditWait = 1, kArrivalWait = 2 };
+enum : unsigned long long { kCreditWait = 1, kArrivalWait = 2, kRingWait = 3 };
 
 __device__ __forceinline__ unsigned long long LoadAcquire(const unsigned long long* p) {
   unsigned long long v;
@@ -113,6 +122,26 @@ __device__ inline bool WaitAtLeast(const DeviceGroup& g, const unsigned long lon
   }
 }
 
+// One thread, proxied peers: hands (kind, peer index, slot, message) to the proxy through the
+// group's ring. False when the wait for a free entry gave up (nothing was handed over then).
+__device__ inline bool PutDescriptor(const DeviceGroup& g, unsigned long long kind, int peer_index,
+                                     int slot, unsigned long long message) {
+  const DeviceRing& r = g.ring;
+  const unsigned long long ticket = atomicAdd(r.claimed, 1ull);
+  // The entry is free once the proxy took the one a lap before (ticket - capacity).
+  if (ticket >= r.capacity && !WaitAtLeast(g, r.consumed, ticket + 1 - r.capacity, false, kRingWait,
+                                           g.peers[peer_index].rank, slot))
+    return false;
+  DeviceDescriptor* e = r.entries + ticket % r.capacity;
+  e->target = (kind << 56) | (static_cast<unsigned long long>(peer_index) << 24) |
+              static_cast<unsigned long long>(slot);
+  e->message = message;
+  // The payload's stores (staging slot) and the two words above before the sequence word.
+  __threadfence_system();
+  StoreRelease(&e->sequence, ticket + 1);
+  return true;
+}
+
 // One thread: the next slot of the pair and its credit.
 __device__ inline SendSlot BeginSendOne(const DeviceGroup& g, int peer_index) {
   const DevicePeer& p = g.peers[peer_index];
@@ -121,7 +150,8 @@ __device__ inline SendSlot BeginSendOne(const DeviceGroup& g, int peer_index) {
   const unsigned long long index = *reinterpret_cast<volatile unsigned long long*>(p.cursor);
   s.slot = static_cast<int>(index % static_cast<unsigned long long>(g.slot_depth));
   s.generation = *reinterpret_cast<volatile unsigned long long*>(p.generation_sent + s.slot) + 1;
-  s.data = p.remote_slots + static_cast<unsigned long long>(s.slot) * g.slot_bytes;
+  std::byte* slots = p.remote_slots != nullptr ? p.remote_slots : p.staging_slots;
+  s.data = slots + static_cast<unsigned long long>(s.slot) * g.slot_bytes;
   // The credit: the peer released the slot's previous message (generation - 1).
   s.ok = WaitAtLeast(g, p.released + s.slot, s.generation - 1, false, kCreditWait, p.rank, s.slot);
   return s;
@@ -139,10 +169,18 @@ __device__ inline void EndSendOne(const DeviceGroup& g, const SendSlot& s, unsig
     *count = 0;
     __threadfence_system();
   }
+  const unsigned long long arrival = (s.generation << 32) | static_cast<unsigned long long>(length);
+  if (p.remote_slots == nullptr) {
+    // Proxied: if the ring had no room, the message is not sent and the cursor stays (the group
+    // reports the give-up; a caller that goes on would be handed this slot again).
+    if (!PutDescriptor(g, kDeviceSend, s.peer_index, s.slot, arrival)) return;
+    p.generation_sent[s.slot] = s.generation;
+    *p.cursor += 1;
+    return;
+  }
   p.generation_sent[s.slot] = s.generation;
   *p.cursor += 1;
-  StoreRelease(p.remote_arrival + s.slot,
-               (s.generation << 32) | static_cast<unsigned long long>(length));
+  StoreRelease(p.remote_arrival + s.slot, arrival);
 }
 
 __device__ inline ReceivedMessage WaitReceiveOne(const DeviceGroup& g, int peer_index) {
@@ -236,6 +274,13 @@ __device__ inline ReceivedMessage WaitReceiveWarp(const DeviceGroup& g, int peer
 __device__ inline void Release(const DeviceGroup& g, const ReceivedMessage& m) {
   if (!m.ok) return;
   const DevicePeer& p = g.peers[m.peer_index];
+  if (p.remote_released == nullptr) {
+    // Proxied: the proxy sends the ACK (PutDescriptor fences the slot's reads before it).
+    if (!detail::PutDescriptor(g, kDeviceRelease, m.peer_index, m.slot, m.generation << 32)) return;
+    p.generation_received[m.slot] = m.generation;
+    p.cursor[1] += 1;
+    return;
+  }
   p.generation_received[m.slot] = m.generation;
   p.cursor[1] += 1;
   __threadfence_system();  // every read of the slot is done before the sender may overwrite it

@@ -4,6 +4,10 @@
 // DeviceWaits); the group adds the slot addresses of both sides, a send and a receive cursor per
 // peer in device memory (the only state the stream path keeps on the host) and the table of
 // DevicePeers, copied to device memory once. After that, no host call moves a message.
+// A proxied transport (verbs) maps no peer's slots: the group allocates a staging slot array per
+// peer in device memory and hands the transport the routes (staging slot -> the peer's slot), and
+// the transport's proxy thread carries the kernels' messages and releases (m2n/device.h).
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -14,8 +18,9 @@ namespace m2n {
 // kUnimplemented / kFailedPrecondition, naming what is missing, when the device API cannot run.
 Status Group::Impl::CheckDeviceApi(transport::StreamOps* ops) const {
   const std::string cannot = "transport '" + transport_name +
-                             "' cannot serve the device-side API: it has no signal words in "
-                             "device memory (cuda_ipc has)";
+                             "' cannot serve the device-side API here: it has no signal words in "
+                             "device memory and no proxy for them (cuda_ipc has the first, verbs "
+                             "with receive slots in device memory the second)";
   if (options.slot_memory != MemoryKind::kCuda) {
     return FailedPreconditionError(
         me() +
@@ -36,12 +41,15 @@ StatusOr<DevicePeer> Group::Impl::MakeDevicePeer(transport::StreamOps& ops, int 
                                              "' with " + RankName(peer) + ": " +
                                              words.status().message());
   }
-  M2N_ASSIGN_OR_RETURN(std::byte * remote,
-                       ops.MappedAddress(*remote_slots[static_cast<size_t>(index)],
-                                         remote_block_offset[static_cast<size_t>(index)]));
   DevicePeer p;
+  if (ops.DeviceProxied()) {
+    p.staging_slots = device.staging->data() + static_cast<size_t>(index) * block_bytes();
+  } else {
+    M2N_ASSIGN_OR_RETURN(p.remote_slots,
+                         ops.MappedAddress(*remote_slots[static_cast<size_t>(index)],
+                                           remote_block_offset[static_cast<size_t>(index)]));
+  }
   p.rank = peer;
-  p.remote_slots = remote;
   p.remote_arrival = words->remote_arrival;
   p.released = words->released;
   p.generation_sent = words->generation_sent;
@@ -53,7 +61,29 @@ StatusOr<DevicePeer> Group::Impl::MakeDevicePeer(transport::StreamOps& ops, int 
   return p;
 }
 
+// Proxied transports: the staging slots, and the proxy started on the routes to every peer.
+StatusOr<DeviceRing> Group::Impl::ProxyDevicePeers(transport::StreamOps& ops) {
+  M2N_ASSIGN_OR_RETURN(device.staging,
+                       core->transport->Allocate(std::max<size_t>(1, block_bytes() * peers.size()),
+                                                 MemoryKind::kCuda));
+  std::vector<transport::ProxiedPeer> routes(peers.size());
+  for (size_t i = 0; i < peers.size(); ++i) {
+    routes[i] = {peers[i], device.staging.get(), i * block_bytes(), remote_slots[i].get(),
+                 remote_block_offset[i]};
+  }
+  StatusOr<DeviceRing> ring = ops.ProxyDevicePeers(routes, slot_stride());
+  if (!ring.ok()) {
+    return Status(ring.status().code(), me() + ": device_group(): transport '" + transport_name +
+                                            "': " + ring.status().message());
+  }
+  return ring;
+}
+
 Status Group::Impl::MakeDeviceGroup(transport::StreamOps& ops) {
+  DeviceRing ring;
+  if (ops.DeviceProxied()) {
+    M2N_ASSIGN_OR_RETURN(ring, ProxyDevicePeers(ops));
+  }
   std::vector<DevicePeer> table(peers.size());
   for (size_t i = 0; i < peers.size(); ++i) {
     M2N_ASSIGN_OR_RETURN(table[i], MakeDevicePeer(ops, static_cast<int>(i)));
@@ -75,6 +105,7 @@ Status Group::Impl::MakeDeviceGroup(transport::StreamOps& ops) {
   g.slot_bytes = slot_stride();
   g.error_word = waits.error_word;
   g.timeout_ns = waits.timeout_ns;
+  g.ring = ring;
   device.made = true;
   return OkStatus();
 }
@@ -97,6 +128,8 @@ StatusOr<DeviceGroup> Group::device_group() {
   if (!made.ok()) {
     g.device.cursors.reset();
     g.device.peers.reset();
+    // device.staging stays: a proxy that started holds its address (it posts nothing without a
+    // descriptor, and no kernel has the ring).
     return made;
   }
   M2N_RETURN_IF_ERROR(g.UsePath(Impl::DataPath::kDevice));

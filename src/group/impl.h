@@ -133,12 +133,14 @@ struct Group::Impl {
     std::vector<int> peers;  // scratch
   } stream;
   // The device-side API (device_path.cc), once device_group() made it: the handle, and the device
-  // memory it points to (2 cursor words per peer; the DevicePeer table).
+  // memory it points to (2 cursor words per peer; the DevicePeer table; for a proxied transport,
+  // the staging slots, slot_depth per peer, registered for the transport's writes).
   struct DeviceState {
     bool made = false;
     DeviceGroup handle;
     std::unique_ptr<transport::Region> cursors;
     std::unique_ptr<transport::Region> peers;
+    std::unique_ptr<transport::Region> staging;
   } device;
 
   // ---- Liveness (liveness.cc) ----
@@ -229,6 +231,7 @@ struct Group::Impl {
   Status CheckDeviceApi(transport::StreamOps* ops) const;
   StatusOr<DevicePeer> MakeDevicePeer(transport::StreamOps& ops, int index);
   Status MakeDeviceGroup(transport::StreamOps& ops);
+  StatusOr<DeviceRing> ProxyDevicePeers(transport::StreamOps& ops);
 
   // liveness.cc
   Status StoreFailure(const Status& error, const std::string& during) const;

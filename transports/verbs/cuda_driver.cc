@@ -33,6 +33,8 @@ StatusOr<const CudaDriver*> Load() {
   Find(lib, &d.mem_alloc, "cuMemAlloc_v2", "cuMemAlloc", &missing);
   Find(lib, &d.mem_free, "cuMemFree_v2", "cuMemFree", &missing);
   Find(lib, &d.memset_d8, "cuMemsetD8_v2", "cuMemsetD8", &missing);
+  Find(lib, &d.memcpy_htod, "cuMemcpyHtoD_v2", "cuMemcpyHtoD", &missing);
+  Find(lib, &d.stream_synchronize, nullptr, "cuStreamSynchronize", &missing);
   Find(lib, &d.mem_host_register, "cuMemHostRegister_v2", "cuMemHostRegister", &missing);
   Find(lib, &d.mem_host_unregister, nullptr, "cuMemHostUnregister", &missing);
   Find(lib, &d.mem_host_get_device_pointer, "cuMemHostGetDevicePointer_v2",

@@ -20,6 +20,8 @@ struct CudaDriver {
   CUresult (*mem_alloc)(CUdeviceptr*, size_t) = nullptr;
   CUresult (*mem_free)(CUdeviceptr) = nullptr;
   CUresult (*memset_d8)(CUdeviceptr, unsigned char, size_t) = nullptr;
+  CUresult (*memcpy_htod)(CUdeviceptr, const void*, size_t) = nullptr;
+  CUresult (*stream_synchronize)(CUstream) = nullptr;
   CUresult (*mem_host_register)(void*, size_t, unsigned int) = nullptr;
   CUresult (*mem_host_unregister)(void*) = nullptr;
   CUresult (*mem_host_get_device_pointer)(CUdeviceptr*, void*, unsigned int) = nullptr;

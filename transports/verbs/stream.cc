@@ -11,9 +11,6 @@
 namespace m2n::transport::verbs {
 namespace {
 
-// wr_ids of the proxy's sends: (cell << 32) | generation for data; ACKs carry kAckWrId. Receives
-// carry kRecvWrId (endpoint.h).
-constexpr uint64_t kAckWrId = uint64_t{1} << 62;
 constexpr int kPollBatch = 16;
 // Idle rounds before the proxy yields its core between rounds, and how often waits are checked.
 constexpr uint32_t kSpinRounds = 2048;
@@ -56,6 +53,16 @@ StatusOr<std::unique_ptr<StreamProxy>> StreamProxy::Start(ibv_cq* cq, std::vecto
     if (p.endpoint == nullptr || p.endpoint->num_qps() != kMaxQps || !p.endpoint->connected()) {
       return FailedPreconditionError(PeerText(p.rank, "stream path: no connected stream QPs"));
     }
+  }
+  const DeviceLink& d = settings.device;
+  if (d.ring != nullptr &&
+      (d.ring_capacity == 0 || d.consumed == nullptr || d.released == nullptr ||
+       d.arrival == nullptr || d.routes.size() != peers.size() || d.slot_bytes == 0)) {
+    return InvalidArgumentError(
+        "verbs: device-side API: a descriptor ring without its capacity, its words, the slot size "
+        "or a route per peer (" +
+        std::to_string(d.routes.size()) + " routes for " + std::to_string(peers.size()) +
+        " peers)");
   }
   std::unique_ptr<StreamProxy> proxy(
       new StreamProxy(cq, std::move(peers), words, std::move(settings)));
@@ -112,6 +119,7 @@ void StreamProxy::Run() {
     bool busy = PollCompletions();
     busy = PostReadySends() || busy;
     busy = SendAcks() || busy;
+    busy = TakeDeviceDescriptors() || busy;
     if (++round % kCheckEvery == 0) CheckWaits();
     idle = busy ? 0 : idle + 1;
     if (idle > kSpinRounds) sched_yield();
@@ -193,7 +201,7 @@ bool StreamProxy::PollCompletions() {
     }
     const size_t cell = Cell(p, static_cast<int>(slot));
     if (lane == Lane::kAck) {
-      ++credits_[cell];
+      StoreDeviceWord(settings_.device.released, cell, ++credits_[cell]);
       continue;
     }
     Store(kLength, cell, wc.byte_len);
@@ -201,6 +209,8 @@ bool StreamProxy::PollCompletions() {
     // wait, make them visible before saying it arrived.
     if (settings_.flush) settings_.flush();
     Store(kArrived, cell, ++arrivals_[cell]);
+    StoreDeviceWord(settings_.device.arrival, cell,
+                    (static_cast<uint64_t>(arrivals_[cell]) << 32) | wc.byte_len);
   }
   return n > 0;
 }

@@ -19,6 +19,14 @@
 // let go (the stream continues) and the error is kept for StreamError (DEADLINE_EXCEEDED naming the
 // peer and slot). Host memory or device memory makes no difference to the proxy, so its logic is
 // tested with host memory in the Soft-RoCE VM (tests/verbs_stream_test.cc).
+//
+// The device-side API (m2n/device.h, proxied peers) goes through the same thread and QPs
+// (device_ring.cc): kernels put send and release descriptors into a ring in host memory; the proxy
+// takes them in ring order, posts the write-with-imm from the peer's staging slot or the ACK, and
+// keeps two words per (peer, slot) the kernels poll: released (the credits it received) and arrival
+// ((generation << 32) | length, stored after the write's receive completion and the flush). The
+// kernels wait on the GPU, bounded; the proxy itself never waits, and a descriptor that breaks the
+// protocol is dropped with an error naming the peer and slot.
 #pragma once
 
 #include <infiniband/verbs.h>
@@ -33,6 +41,7 @@
 #include <thread>
 #include <vector>
 
+#include "m2n/device.h"
 #include "m2n/status.h"
 #include "transports/verbs/endpoint.h"
 
@@ -57,6 +66,33 @@ struct StreamDescriptor {
   uint32_t length = 0;
 };
 
+// Where a proxied peer's messages go from and to: byte 0 of its staging slots here and of its
+// receive slots (for us) there; slot k is k * slot_bytes further.
+struct DeviceRoute {
+  uint64_t staging_address = 0;
+  uint32_t lkey = 0;
+  uint64_t remote_address = 0;
+  uint32_t rkey = 0;
+};
+
+// What the proxy shares with the kernels of the device-side API; off while ring is null. Every
+// pointer is host memory (the GPU maps it) that outlives the proxy; the words have device.h's
+// type (unsigned long long), so that std::atomic_ref binds to them and not to a converted copy.
+struct DeviceLink {
+  DeviceDescriptor* ring = nullptr;
+  uint64_t ring_capacity = 0;
+  unsigned long long* consumed = nullptr;  // the proxy: descriptors taken
+  unsigned long long* released = nullptr;  // the proxy, per (peer index, slot): credits received
+  unsigned long long* arrival =
+      nullptr;  // the proxy, per (peer index, slot): (generation << 32) | length
+  uint64_t slot_bytes = 0;
+  std::vector<DeviceRoute> routes;  // by peer index
+};
+
+// A device wait's give-up code ((reason << 56) | (peer rank << 24) | slot, m2n/device.h) as the
+// group reports it: DEADLINE_EXCEEDED naming the wait, the peer and the slot.
+Status DeviceWaitGaveUp(uint64_t code, std::chrono::milliseconds timeout);
+
 class StreamProxy {
  public:
   struct Peer {
@@ -69,6 +105,7 @@ class StreamProxy {
     int proxy_core = -1;  // pinned there when >= 0
     std::function<void()> on_start;  // on the proxy thread first (e.g. make a CUDA context current)
     std::function<void()> flush;  // after an arrival, before kArrived is raised; may be empty
+    DeviceLink device;  // the device-side API's ring and words, if used
   };
 
   // `words` holds WordCount() zeroed words that outlive the proxy. Starts the thread.
@@ -99,6 +136,10 @@ class StreamProxy {
   Status error() const;
 
  private:
+  // wr_ids of the proxy's sends: (cell << 32) | generation for data; ACKs carry kAckWrId. Receives
+  // carry kRecvWrId (endpoint.h).
+  static constexpr uint64_t kAckWrId = uint64_t{1} << 62;
+
   StreamProxy(ibv_cq* cq, std::vector<Peer> peers, uint32_t* words, Settings settings);
   size_t Cell(int peer_index, int slot) const {
     return static_cast<size_t>(peer_index) * static_cast<size_t>(settings_.slot_depth) +
@@ -113,6 +154,11 @@ class StreamProxy {
   bool PostReadySends();
   bool SendAcks();
   void CheckWaits();
+  // device_ring.cc: takes the kernels' descriptors; true when it took one.
+  bool TakeDeviceDescriptors();
+  Status TakeDeviceSend(size_t peer_index, int slot, uint32_t generation, uint32_t length);
+  Status TakeDeviceRelease(size_t peer_index, int slot, uint32_t generation);
+  void StoreDeviceWord(unsigned long long* words, size_t cell, uint64_t value);
   Status PostWrite(QueuePair& q, uint64_t wr_id, const StreamDescriptor* d, uint32_t imm);
 
   ibv_cq* cq_;
@@ -139,6 +185,7 @@ class StreamProxy {
   std::vector<uint32_t> acked_;  // ACKs sent
   std::vector<std::chrono::steady_clock::time_point> stalled_since_;  // a send without credit
   std::vector<std::chrono::steady_clock::time_point> waiting_since_;  // a stream waiting for data
+  uint64_t ring_taken_ = 0;  // device descriptors taken
 
   mutable std::mutex error_mutex_;
   Status error_;

@@ -4,6 +4,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <string>
 #include <utility>
@@ -44,10 +45,11 @@ Status VerbsTransport::InitStreamPath() {
   (void)cuda->device_get_attribute(&can_flush, CU_DEVICE_ATTRIBUTE_CAN_FLUSH_REMOTE_WRITES, device);
   (void)cuda->device_get_attribute(
       &flush_options, CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_FLUSH_WRITES_OPTIONS, device);
+  can_host_flush_ = (flush_options & CU_FLUSH_GPU_DIRECT_RDMA_WRITES_OPTION_HOST) != 0 &&
+                    cuda->flush_gpudirect_rdma_writes != nullptr;
   if (can_flush != 0) {
     stream_wait_flags_ = CU_STREAM_WAIT_VALUE_FLUSH;
-  } else if ((flush_options & CU_FLUSH_GPU_DIRECT_RDMA_WRITES_OPTION_HOST) != 0 &&
-             cuda->flush_gpudirect_rdma_writes != nullptr) {
+  } else if (can_host_flush_) {
     host_flush_ = true;
   }
   if (config_.slot_depth <= 0) config_.slot_depth = config_.max_unpolled;
@@ -85,7 +87,8 @@ Status VerbsTransport::InitStreamPath() {
 #endif
 }
 
-Status VerbsTransport::StartProxy() {
+// `device`: the device-side API's ring and words (ProxyDevicePeers), else off.
+Status VerbsTransport::StartProxy(DeviceLink device) {
   if (proxy_ != nullptr) return OkStatus();
 #if M2N_VERBS_WITH_CUDA
   M2N_ASSIGN_OR_RETURN(const CudaDriver* cuda, CudaDriver::Get());
@@ -98,7 +101,10 @@ Status VerbsTransport::StartProxy() {
   settings.proxy_core = config_.proxy_core;
   CUcontext context = static_cast<CUcontext>(cuda_context_);
   settings.on_start = [cuda, context] { (void)cuda->ctx_set_current(context); };
-  if (host_flush_) {
+  settings.device = std::move(device);
+  // The device-side API's kernels poll a word, with no stream wait that could flush: the proxy
+  // flushes wherever it can.
+  if (host_flush_ || (device.ring != nullptr && can_host_flush_)) {
     settings.flush = [cuda] {
       (void)cuda->flush_gpudirect_rdma_writes(CU_FLUSH_GPU_DIRECT_RDMA_WRITES_TARGET_CURRENT_CTX,
                                               CU_FLUSH_GPU_DIRECT_RDMA_WRITES_TO_OWNER);
@@ -109,6 +115,7 @@ Status VerbsTransport::StartProxy() {
   proxy_ = std::move(proxy).value();
   return OkStatus();
 #else
+  (void)device;
   return UnimplementedError(Who() + ": the stream path needs a build with the CUDA toolkit found");
 #endif
 }
@@ -245,8 +252,14 @@ const uint32_t* VerbsTransport::ArrivedLength(int peer, int slot) const {
 }
 
 Status VerbsTransport::StreamError() {
-  if (proxy_ == nullptr) return OkStatus();
-  return proxy_->error();
+  if (proxy_ != nullptr) M2N_RETURN_IF_ERROR(proxy_->error());
+  if (device_api_.host == nullptr) return OkStatus();
+  // A device-side wait that gave up (m2n/device.cuh wrote the code).
+  const unsigned long long code =
+      std::atomic_ref<unsigned long long>(device_api_.host[0]).load(std::memory_order_acquire);
+  if (code == 0) return OkStatus();
+  return DeviceWaitGaveUp(code,
+                          std::chrono::duration_cast<std::chrono::milliseconds>(config_.timeout));
 }
 
 }  // namespace m2n::transport::verbs

@@ -212,6 +212,14 @@ void VerbsTransport::Teardown() {
     ibv_destroy_cq(stream_cq_);
     stream_cq_ = nullptr;
   }
+  device_api_.counters.reset();
+  if (device_api_.host != nullptr) {
+#if M2N_VERBS_WITH_CUDA
+    if (auto cuda = CudaDriver::Get(); cuda.ok()) (*cuda)->mem_host_unregister(device_api_.host);
+#endif
+    std::free(device_api_.host);
+    device_api_.host = nullptr;
+  }
   if (stream_words_ != nullptr) {
 #if M2N_VERBS_WITH_CUDA
     if (auto cuda = CudaDriver::Get(); cuda.ok()) (*cuda)->mem_host_unregister(stream_words_);

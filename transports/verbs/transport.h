@@ -60,6 +60,14 @@ class VerbsTransport final : public Transport, public StreamOps {
   Status ReleaseOnStream(std::span<const StreamSlot> slots, void* stream) override;
   const uint32_t* ArrivedLength(int peer, int slot) const override;
   Status StreamError() override;
+  // The device-side API through the proxy (device_ops.cc; stream.h describes the protocol).
+  StatusOr<DevicePeerWords> DeviceWords(int peer) override;
+  StatusOr<DeviceWaitLimit> DeviceWaits() override;
+  StatusOr<std::unique_ptr<Region>> AllocateDeviceCopy(
+      std::span<const std::byte> contents) override;
+  bool DeviceProxied() const override { return true; }
+  StatusOr<DeviceRing> ProxyDevicePeers(std::span<const ProxiedPeer> peers,
+                                        size_t slot_bytes) override;
 
   // What Create chose, for tests and logs.
   uint32_t send_queue_depth() const { return sq_depth_; }
@@ -90,7 +98,11 @@ class VerbsTransport final : public Transport, public StreamOps {
   void Teardown();
   // The stream path: its CQ and the host words the GPU shares (Create); the proxy (first use).
   Status InitStreamPath();
-  Status StartProxy();
+  Status StartProxy(DeviceLink device = {});
+  // The device-side API's words (device_ops.cc): host memory the GPU maps, device counters.
+  Status InitDeviceApi();
+  unsigned long long* DeviceAddress(unsigned long long* host) const;
+  size_t Cells() const { return config_.peers.size() * static_cast<size_t>(config_.slot_depth); }
   Status CheckStreamSlot(int peer, int slot, std::string_view call) const;
   uint64_t DeviceWord(StreamWord kind, int peer, int slot) const;
 
@@ -121,9 +133,23 @@ class VerbsTransport final : public Transport, public StreamOps {
   uint64_t stream_words_device_ = 0;  // its device address (CUdeviceptr)
   unsigned stream_wait_flags_ = 0;  // CU_STREAM_WAIT_VALUE_FLUSH where the GPU has it
   bool host_flush_ = false;  // else cuFlushGPUDirectRDMAWrites from the proxy
+  bool can_host_flush_ = false;  // the driver and GPU offer cuFlushGPUDirectRDMAWrites
   void* cuda_context_ = nullptr;  // CUcontext current at Create
   std::unique_ptr<StreamProxy> proxy_;
   Status stream_error_;
+
+  // The device-side API (device_ops.cc), once DeviceWords / DeviceWaits / ProxyDevicePeers asked.
+  // host: error word, consumed, released[cells], arrival[cells], then the ring (32-byte aligned),
+  // registered with CUDA; counters: generation_sent, generation_received, arrived_blocks [cells
+  // each] and the ring's claimed count, in device memory.
+  struct DeviceApi {
+    unsigned long long* host = nullptr;
+    size_t bytes = 0;
+    uint64_t device = 0;  // the host block's device address
+    DeviceDescriptor* ring = nullptr;
+    uint64_t ring_capacity = 0;
+    std::unique_ptr<VerbsRegion> counters;
+  } device_api_;
 };
 
 }  // namespace m2n::transport::verbs
