@@ -157,8 +157,8 @@ struct Rank {
   Status Setup();
   // Warm-up and timed calls of one side; rows 4k .. 4k+3 of the segment's stamps: phase starts
   // and ends of timed call k. The output of the first timed call into *first.
-  Status RunSide(const std::vector<std::unique_ptr<DeviceRouting>>& routings, Side& side,
-                 void* out, size_t out_bytes, std::vector<std::byte>* first);
+  Status RunSide(const std::vector<std::unique_ptr<DeviceRouting>>& routings, Side& side, void* out,
+                 size_t out_bytes, std::vector<std::byte>* first);
   // Rank 0: p50 / p99 of dispatch and combine from every rank's stamps.
   void Summarize(LatencySummary* dispatch, LatencySummary* combine);
   Status RunRow(const Shape& s, int64_t* wrong_total);
@@ -172,8 +172,12 @@ Status Rank::Setup() {
   o.transport = "cuda_ipc";
   o.bootstrap.timeout = std::chrono::milliseconds(c.timeout_ms);
   for (const Shape& s : Shapes(c)) {
-    ExpertParallelOptions e{.num_experts = s.experts, .top_k = s.top_k, .hidden = s.hidden,
-                            .dtype = c.dtype, .max_tokens = s.tokens, .placement = {}};
+    ExpertParallelOptions e{.num_experts = s.experts,
+                            .top_k = s.top_k,
+                            .hidden = s.hidden,
+                            .dtype = c.dtype,
+                            .max_tokens = s.tokens,
+                            .placement = {}};
     M2N_ASSIGN_OR_RETURN(size_t need, ExpertParallel::SlotBytesNeeded(e, c.m, c.n));
     o.slot_bytes = std::max(o.slot_bytes, need);
   }
@@ -253,8 +257,8 @@ void Rank::Summarize(LatencySummary* dispatch, LatencySummary* combine) {
 
 Status Rank::RunRow(const Shape& s, int64_t* wrong_total) {
   std::vector<std::unique_ptr<DeviceRouting>> routings;
-  std::vector<RankRouting> host = attention() ? MakeRoutings(c, s, rank, 4)
-                                              : std::vector<RankRouting>{};
+  std::vector<RankRouting> host =
+      attention() ? MakeRoutings(c, s, rank, 4) : std::vector<RankRouting>{};
   for (const RankRouting& h : host) {
     auto d = std::make_unique<DeviceRouting>();
     d->tokens = h.tokens;
@@ -266,8 +270,12 @@ Status Rank::RunRow(const Shape& s, int64_t* wrong_total) {
   const size_t out_bytes = size_t(s.tokens) * size_t(s.hidden) * DataTypeBytes(c.dtype);
   DeviceBuffer out;
   M2N_RETURN_IF_ERROR(out.Allocate(out_bytes));
-  ExpertParallelOptions o{.num_experts = s.experts, .top_k = s.top_k, .hidden = s.hidden,
-                          .dtype = c.dtype, .max_tokens = s.tokens, .placement = {}};
+  ExpertParallelOptions o{.num_experts = s.experts,
+                          .top_k = s.top_k,
+                          .hidden = s.hidden,
+                          .dtype = c.dtype,
+                          .max_tokens = s.tokens,
+                          .placement = {}};
   M2N_ASSIGN_OR_RETURN(std::unique_ptr<ExpertParallel> ep, ExpertParallel::Create(*group, o));
   std::unique_ptr<NcclExpertParallel> baseline;
   if (with_nccl) {
@@ -288,8 +296,7 @@ Status Rank::RunRow(const Shape& s, int64_t* wrong_total) {
   // The first timed call used routing warmup % 4.
   uint64_t wrong = 0;
   if (attention()) {
-    const std::vector<std::byte> expected =
-        Expected(c, s, host[size_t(c.warmup) % host.size()]);
+    const std::vector<std::byte> expected = Expected(c, s, host[size_t(c.warmup) % host.size()]);
     const size_t row = size_t(s.hidden) * DataTypeBytes(c.dtype);
     for (int i = 0; i < implementations; ++i) {
       const std::vector<std::byte>& got = first[i];
@@ -323,22 +330,25 @@ Status Rank::RunRow(const Shape& s, int64_t* wrong_total) {
 void PrintHeader(const Rank& r) {
   char host[256] = "?";
   gethostname(host, sizeof host - 1);
-  std::printf("# m2n_ep_gpu_perf: dispatch / combine per call on GPUs, m2n::ExpertParallel "
-              "(stream-ordered, cuda_ipc) vs NCCL (count exchange + grouped send / recv)\n");
-  std::printf("#   M = %d attention ranks, N = %d expert ranks, %s, identity experts, contiguous "
-              "placement; %s; host %s; %s\n",
-              r.c.m, r.c.n, std::string(DataTypeName(r.c.dtype)).c_str(), r.device_name.c_str(),
-              host, NcclEpVersion().c_str());
+  std::printf(
+      "# m2n_ep_gpu_perf: dispatch / combine per call on GPUs, m2n::ExpertParallel "
+      "(stream-ordered, cuda_ipc) vs NCCL (count exchange + grouped send / recv)\n");
+  std::printf(
+      "#   M = %d attention ranks, N = %d expert ranks, %s, identity experts, contiguous "
+      "placement; %s; host %s; %s\n",
+      r.c.m, r.c.n, std::string(DataTypeName(r.c.dtype)).c_str(), r.device_name.c_str(), host,
+      NcclEpVersion().c_str());
   if (!r.with_nccl) {
-    std::printf("#   NCCL baseline left out: NCCL takes one GPU per rank (%d ranks here); processes "
-                "sharing a GPU measure m2n's software path, not NVLink\n",
-                r.c.m + r.c.n);
+    std::printf(
+        "#   NCCL baseline left out: NCCL takes one GPU per rank (%d ranks here); processes "
+        "sharing a GPU measure m2n's software path, not NVLink\n",
+        r.c.m + r.c.n);
   }
-  std::printf("#   slot_bytes %zu, slot_depth %d; -n %d, -w %d; time = last rank's stream done - "
-              "first rank's start, us; #wrong = output tokens that differ from the expected sum "
-              "(m2n and NCCL)\n",
-              r.group->options().slot_bytes, r.group->options().slot_depth, r.c.iterations,
-              r.c.warmup);
+  std::printf(
+      "#   slot_bytes %zu, slot_depth %d; -n %d, -w %d; time = last rank's stream done - "
+      "first rank's start, us; #wrong = output tokens that differ from the expected sum "
+      "(m2n and NCCL)\n",
+      r.group->options().slot_bytes, r.group->options().slot_depth, r.c.iterations, r.c.warmup);
   std::printf("#%6s %6s %5s %7s | %8s %8s %8s %8s | %8s %8s %8s %8s | %7s %6s\n", "tokens",
               "hidden", "top_k", "experts", "m2n d50", "d99", "c50", "c99", "NCCL d50", "d99",
               "c50", "c99", "m2n/NC", "#wrong");

@@ -66,15 +66,17 @@ struct NcclExpertParallel::State {
 NcclExpertParallel::NcclExpertParallel(std::unique_ptr<State> state) : state_(std::move(state)) {}
 NcclExpertParallel::~NcclExpertParallel() = default;
 
-StatusOr<std::unique_ptr<NcclExpertParallel>> NcclExpertParallel::Create(
-    NcclComm& comm, const EpPerfConfig& c, const Shape& s, int rank) {
+StatusOr<std::unique_ptr<NcclExpertParallel>> NcclExpertParallel::Create(NcclComm& comm,
+                                                                         const EpPerfConfig& c,
+                                                                         const Shape& s, int rank) {
   auto st = std::make_unique<State>();
   st->comm = static_cast<ncclComm_t>(comm.get());
   st->rank = rank;
   st->attention = rank < c.m;
   Dims& d = st->d;
-  d = Dims{c.m, c.n, rank - c.m, s.tokens, s.hidden, s.top_k, s.experts,
-           c.dtype == DataType::kBFloat16, 0, 0};
+  d = Dims{c.m,      c.n,     rank - c.m, s.tokens,
+           s.hidden, s.top_k, s.experts,  c.dtype == DataType::kBFloat16,
+           0,        0};
   d.row = static_cast<size_t>(s.hidden) * DataTypeBytes(c.dtype);
   d.record = Align16(d.row) + Align16(static_cast<size_t>(s.top_k) * 8);
   const size_t tokens = static_cast<size_t>(s.tokens), pairs = tokens * s.top_k;
@@ -102,24 +104,24 @@ StatusOr<std::unique_ptr<NcclExpertParallel>> NcclExpertParallel::Create(
 }
 
 Status NcclExpertParallel::State::DispatchAttention(const void* x, cudaStream_t s) {
-  LaunchRoute(d, ids, scratch_a, counts, scratch_b, static_cast<const std::byte*>(x), weights,
-              send, s);
+  LaunchRoute(d, ids, scratch_a, counts, scratch_b, static_cast<const std::byte*>(x), weights, send,
+              s);
   M2N_RETURN_IF_ERROR(Cuda(cudaGetLastError(), "routing kernels"));
   M2N_RETURN_IF_ERROR(Nccl(ncclGroupStart(), "ncclGroupStart"));
   for (int r = 0; r < d.n; ++r)
     M2N_RETURN_IF_ERROR(Nccl(ncclSend(counts + r, 1, ncclInt32, d.m + r, comm, s), "ncclSend"));
   M2N_RETURN_IF_ERROR(Nccl(ncclGroupEnd(), "ncclGroupEnd (counts)"));
-  M2N_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(host_counts, counts, sizeof(int) * 2 * d.n,
-                                           cudaMemcpyDeviceToHost, s),
-                           "counts to the host"));
+  M2N_RETURN_IF_ERROR(
+      Cuda(cudaMemcpyAsync(host_counts, counts, sizeof(int) * 2 * d.n, cudaMemcpyDeviceToHost, s),
+           "counts to the host"));
   M2N_RETURN_IF_ERROR(Cuda(cudaStreamSynchronize(s), "waiting for the counts"));
   M2N_RETURN_IF_ERROR(Nccl(ncclGroupStart(), "ncclGroupStart"));
   for (int r = 0; r < d.n; ++r) {
     if (host_counts[r] == 0) continue;
-    M2N_RETURN_IF_ERROR(Nccl(ncclSend(send + static_cast<size_t>(r) * d.tokens * d.record,
-                                      static_cast<size_t>(host_counts[r]) * d.record, ncclUint8,
-                                      d.m + r, comm, s),
-                             "ncclSend (rows)"));
+    M2N_RETURN_IF_ERROR(
+        Nccl(ncclSend(send + static_cast<size_t>(r) * d.tokens * d.record,
+                      static_cast<size_t>(host_counts[r]) * d.record, ncclUint8, d.m + r, comm, s),
+             "ncclSend (rows)"));
   }
   return Nccl(ncclGroupEnd(), "ncclGroupEnd (rows)");
 }
@@ -129,17 +131,17 @@ Status NcclExpertParallel::State::DispatchExpert(cudaStream_t s) {
   for (int a = 0; a < d.m; ++a)
     M2N_RETURN_IF_ERROR(Nccl(ncclRecv(counts + a, 1, ncclInt32, a, comm, s), "ncclRecv"));
   M2N_RETURN_IF_ERROR(Nccl(ncclGroupEnd(), "ncclGroupEnd (counts)"));
-  M2N_RETURN_IF_ERROR(Cuda(
-      cudaMemcpyAsync(host_counts, counts, sizeof(int) * d.m, cudaMemcpyDeviceToHost, s),
-      "counts to the host"));
+  M2N_RETURN_IF_ERROR(
+      Cuda(cudaMemcpyAsync(host_counts, counts, sizeof(int) * d.m, cudaMemcpyDeviceToHost, s),
+           "counts to the host"));
   M2N_RETURN_IF_ERROR(Cuda(cudaStreamSynchronize(s), "waiting for the counts"));
   M2N_RETURN_IF_ERROR(Nccl(ncclGroupStart(), "ncclGroupStart"));
   for (int a = 0; a < d.m; ++a) {
     if (host_counts[a] == 0) continue;
-    M2N_RETURN_IF_ERROR(Nccl(ncclRecv(recv + static_cast<size_t>(a) * d.tokens * d.record,
-                                      static_cast<size_t>(host_counts[a]) * d.record, ncclUint8,
-                                      a, comm, s),
-                             "ncclRecv (rows)"));
+    M2N_RETURN_IF_ERROR(
+        Nccl(ncclRecv(recv + static_cast<size_t>(a) * d.tokens * d.record,
+                      static_cast<size_t>(host_counts[a]) * d.record, ncclUint8, a, comm, s),
+             "ncclRecv (rows)"));
   }
   M2N_RETURN_IF_ERROR(Nccl(ncclGroupEnd(), "ncclGroupEnd (rows)"));
   LaunchGroup(d, recv, counts, scratch_a, scratch_b, answer_src, out, grouped, s);
@@ -166,9 +168,9 @@ Status NcclExpertParallel::Combine(void* out, void* stream) {
     for (int r = 0; r < d.n; ++r) {
       const int pairs = st.host_counts[d.n + r];
       if (pairs == 0) continue;
-      M2N_RETURN_IF_ERROR(Nccl(ncclRecv(st.recv + r * block * d.row, pairs * d.row, ncclUint8,
-                                        d.m + r, st.comm, s),
-                               "ncclRecv (answers)"));
+      M2N_RETURN_IF_ERROR(
+          Nccl(ncclRecv(st.recv + r * block * d.row, pairs * d.row, ncclUint8, d.m + r, st.comm, s),
+               "ncclRecv (answers)"));
     }
     M2N_RETURN_IF_ERROR(Nccl(ncclGroupEnd(), "ncclGroupEnd (answers)"));
     LaunchWeightedSum(d, st.ids, st.weights, st.scratch_b, st.recv, static_cast<std::byte*>(out),
@@ -176,9 +178,9 @@ Status NcclExpertParallel::Combine(void* out, void* stream) {
     return Cuda(cudaGetLastError(), "the weighted sum");
   }
   // The answers' sizes: one more wait for the host.
-  M2N_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(st.host_counts, st.out, sizeof(int) * (1 + d.m),
-                                           cudaMemcpyDeviceToHost, s),
-                           "answer counts to the host"));
+  M2N_RETURN_IF_ERROR(Cuda(
+      cudaMemcpyAsync(st.host_counts, st.out, sizeof(int) * (1 + d.m), cudaMemcpyDeviceToHost, s),
+      "answer counts to the host"));
   M2N_RETURN_IF_ERROR(Cuda(cudaStreamSynchronize(s), "waiting for the answer counts"));
   LaunchAnswers(d, st.grouped, st.answer_src, st.out, st.send, s);
   M2N_RETURN_IF_ERROR(Cuda(cudaGetLastError(), "the answer kernel"));
@@ -186,9 +188,9 @@ Status NcclExpertParallel::Combine(void* out, void* stream) {
   for (int a = 0; a < d.m; ++a) {
     const int pairs = st.host_counts[1 + a];
     if (pairs == 0) continue;
-    M2N_RETURN_IF_ERROR(Nccl(ncclSend(st.send + a * block * d.row, pairs * d.row, ncclUint8, a,
-                                      st.comm, s),
-                             "ncclSend (answers)"));
+    M2N_RETURN_IF_ERROR(
+        Nccl(ncclSend(st.send + a * block * d.row, pairs * d.row, ncclUint8, a, st.comm, s),
+             "ncclSend (answers)"));
   }
   return Nccl(ncclGroupEnd(), "ncclGroupEnd (answers)");
 }

@@ -98,8 +98,8 @@ __device__ __forceinline__ const int32_t* RecordIds(const std::byte* recv, const
 // then by q: grouped_src[g] = q; per attention rank a its answers in (i, j) order:
 // answer_src[a * tokens * top_k + p] = g; out[0] = rows, out[1 + a] = answers for a.
 __global__ void __launch_bounds__(kScanThreads)
-    GroupKernel(Dims d, const std::byte* recv, const int* received, int* grouped_src,
-                int* slot_of, int* answer_src, int* out) {
+    GroupKernel(Dims d, const std::byte* recv, const int* received, int* grouped_src, int* slot_of,
+                int* answer_src, int* out) {
   __shared__ BlockScan::TempStorage temp;
   __shared__ int rows, pairs;
   const int records = d.m * d.tokens;
@@ -144,8 +144,8 @@ __global__ void __launch_bounds__(kScanThreads)
 }
 
 // Expert rank, block g: grouped row g.
-__global__ void GatherKernel(Dims d, const std::byte* recv, const int* grouped_src,
-                             const int* out, std::byte* grouped) {
+__global__ void GatherKernel(Dims d, const std::byte* recv, const int* grouped_src, const int* out,
+                             std::byte* grouped) {
   const int g = static_cast<int>(blockIdx.x);
   if (g >= out[0]) return;
   CopyBytes(recv + static_cast<size_t>(grouped_src[g]) * d.record,
@@ -176,8 +176,8 @@ __global__ void WeightedSumKernel(Dims d, const int32_t* ids, const float* weigh
     for (int j = 0; j < d.top_k; ++j) {
       const int r = OwnerIndex(ids[t * d.top_k + j], d);
       const size_t at = static_cast<size_t>(r) * d.tokens * d.top_k + pair_pos[t * d.top_k + j];
-      acc = __fadd_rn(acc, __fmul_rn(weights[t * d.top_k + j],
-                                     LoadElement(answers + at * d.row, h, d.bf16)));
+      acc = __fadd_rn(
+          acc, __fmul_rn(weights[t * d.top_k + j], LoadElement(answers + at * d.row, h, d.bf16)));
     }
     if (d.bf16) {
       reinterpret_cast<__nv_bfloat16*>(out + static_cast<size_t>(t) * d.row)[h] =
@@ -208,12 +208,11 @@ void LaunchAnswers(const Dims& d, const std::byte* y, const int* answer_src, con
                    std::byte* answers, cudaStream_t s) {
   const unsigned pairs = static_cast<unsigned>(std::max(d.tokens * d.top_k, 1));
   AnswerKernel<<<dim3(pairs, static_cast<unsigned>(d.m)), kCopyThreads, 0, s>>>(d, y, answer_src,
-                                                                                 out, answers);
+                                                                                out, answers);
 }
 
-void LaunchWeightedSum(const Dims& d, const int32_t* ids, const float* weights,
-                       const int* pair_pos, const std::byte* answers, std::byte* out,
-                       cudaStream_t s) {
+void LaunchWeightedSum(const Dims& d, const int32_t* ids, const float* weights, const int* pair_pos,
+                       const std::byte* answers, std::byte* out, cudaStream_t s) {
   if (d.tokens == 0) return;
   WeightedSumKernel<<<static_cast<unsigned>(d.tokens), kCopyThreads, 0, s>>>(
       d, ids, weights, pair_pos, answers, out);

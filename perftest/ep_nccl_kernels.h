@@ -32,8 +32,7 @@ void LaunchGroup(const Dims& d, const std::byte* recv, const int* received, int*
 void LaunchAnswers(const Dims& d, const std::byte* y, const int* answer_src, const int* out,
                    std::byte* answers, cudaStream_t s);
 // Attention rank: out[t] = sum_j w[t][j] * answer(t, j), fp32 in top-k order, rounded once.
-void LaunchWeightedSum(const Dims& d, const int32_t* ids, const float* weights,
-                       const int* pair_pos, const std::byte* answers, std::byte* out,
-                       cudaStream_t s);
+void LaunchWeightedSum(const Dims& d, const int32_t* ids, const float* weights, const int* pair_pos,
+                       const std::byte* answers, std::byte* out, cudaStream_t s);
 
 }  // namespace m2n::perf::ep

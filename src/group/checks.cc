@@ -49,10 +49,14 @@ Status Group::Impl::UsePath(DataPath path) {
   if (data_path == path) return OkStatus();
   const auto name = [](DataPath p) -> std::string {
     switch (p) {
-      case DataPath::kHost: return "host-driven Send / Receive";
-      case DataPath::kStream: return "stream-ordered *OnStream calls";
-      case DataPath::kDevice: return "device-side API (device_group(), m2n/device.cuh)";
-      case DataPath::kUnset: break;
+      case DataPath::kHost:
+        return "host-driven Send / Receive";
+      case DataPath::kStream:
+        return "stream-ordered *OnStream calls";
+      case DataPath::kDevice:
+        return "device-side API (device_group(), m2n/device.cuh)";
+      case DataPath::kUnset:
+        break;
     }
     return "";
   };

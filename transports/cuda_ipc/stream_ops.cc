@@ -195,9 +195,8 @@ StatusOr<DevicePeerWords> CudaIpcTransport::DeviceWords(int peer) {
 
 StatusOr<DeviceWaitLimit> CudaIpcTransport::DeviceWaits() {
   if (!no_cuda_.ok()) return no_cuda_;
-  return DeviceWaitLimit{
-      error_device_,
-      static_cast<unsigned long long>(std::chrono::nanoseconds(config_.timeout).count())};
+  return DeviceWaitLimit{error_device_, static_cast<unsigned long long>(
+                                            std::chrono::nanoseconds(config_.timeout).count())};
 }
 
 StatusOr<std::byte*> CudaIpcTransport::MappedAddress(const RemoteRegion& remote, size_t offset) {
@@ -219,9 +218,9 @@ StatusOr<std::unique_ptr<Region>> CudaIpcTransport::AllocateDeviceCopy(
     std::span<const std::byte> contents) {
   if (!no_cuda_.ok()) return no_cuda_;
   M2N_ASSIGN_OR_RETURN(auto region, IpcRegion::Allocate(contents.size(), MemoryKind::kCuda));
-  M2N_CUDA_RETURN_IF_ERROR(cudaMemcpy(region->data(), contents.data(), contents.size(),
-                                      cudaMemcpyHostToDevice),
-                           "cudaMemcpy (device-side API words)");
+  M2N_CUDA_RETURN_IF_ERROR(
+      cudaMemcpy(region->data(), contents.data(), contents.size(), cudaMemcpyHostToDevice),
+      "cudaMemcpy (device-side API words)");
   // From pageable memory cudaMemcpy may return before its DMA lands (and the allocation's zeroing
   // is on the legacy stream too), while the user's kernels run on streams that do not wait for the
   // legacy one: the words are in place before this returns.
