@@ -512,6 +512,7 @@ class AttentionWorker {
   Json Report() const {
     Json r = Json::Object();
     r.Set("role", Json::String("attention"));
+    r.Set("ep_path", Json::String(device_group_ != nullptr ? "device" : "host"));
     r.Set("rank", Json::Number(g_.rank()));
     r.Set("backend", Json::String(compute_->name()));
     r.Set("wall_s", Json::Number(wall_s_));
@@ -708,6 +709,7 @@ class ExpertWorker {
   Json Report() const {
     Json r = Json::Object();
     r.Set("role", Json::String("expert"));
+    r.Set("ep_path", Json::String(device_group_ != nullptr ? "device" : "host"));
     r.Set("rank", Json::Number(g_.rank()));
     r.Set("backend", Json::String(experts_->name()));
     Json held = Json::Array();

@@ -25,6 +25,15 @@
 // worker sends every expert worker a finish (so both sides check that they agree on where the EP
 // traffic ended), then the reports go to rank 0.
 //
+// The device path (the cuda backend, unless --fault swap_experts or --offload): the EP layer's
+// stream-ordered calls on a second group whose receive slots are GPU memory (its bootstrap store on
+// the host group's port + 1; the host group keeps the finish and the reports, as a group has one
+// data path). The attention worker enqueues layer l of micro-batch i on its compute stream, the
+// dispatch and combine of i on i's own stream (after an event), and the residual add back on the
+// compute stream (after another): no host copy of token data and no host wait per layer; the
+// routing goes to pinned host memory on the way, read for the check once per iteration. The expert
+// worker's one host wait per call is for the batch's row counts, which cuBLAS takes on the host.
+//
 // Slots: slot_bytes fits the EP layer's largest message (ExpertParallel::SlotBytesNeeded) and a
 // report chunk; slot_depth >= m: at most m dispatches and m combines per pair are in flight, so
 // no Send ever waits for a credit that only the waiting side could free.
