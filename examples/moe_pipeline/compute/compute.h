@@ -60,6 +60,8 @@ struct ComputeOptions {
   int max_context = 0;  // positions per KV-cache slot
   int local_rank =
       0;  // this process's index among the job's processes on this host (picks its GPU)
+  // The device path's attention layers as CUDA graphs where a shape repeats (GPU backend).
+  bool cuda_graphs = false;
 };
 
 class AttentionCompute {

@@ -92,7 +92,8 @@ m2n::StatusOr<ComputeOptions> MakeServingWorkload(int rank, int local_rank,
                     .max_tokens = o.workload.max_tokens,
                     .kv_slots = o.workload.batch,
                     .max_context = max_context,
-                    .local_rank = local_rank};
+                    .local_rank = local_rank,
+                    .cuda_graphs = o.cuda_graphs};
   return co;
 }
 

@@ -68,6 +68,7 @@ struct PipelineOptions {
   int timeout_s = 120;  // every m2n call's deadline
   bool check = true;  // compare with the reference
   bool progress = true;  // a progress line on stderr every second
+  bool cuda_graphs = true;  // the device path's attention layers as CUDA graphs (--no_cuda_graphs)
   // Fault injection: "swap_experts" routes every token of expert 0 to expert 1 and back (a routing
   // bug the check must catch); "kill_expert" ends the first expert worker after 3 rounds (the
   // others must fail by their deadlines, naming it).

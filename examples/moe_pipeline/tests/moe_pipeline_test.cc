@@ -304,8 +304,9 @@ TEST(MoePipeline, OffloadedExpertsMatchTheReference) {
 // sharing the GPUs there are (all on one GPU on a single-GPU machine: CUDA IPC works between
 // processes of one GPU), the tokens through the EP layer's stream-ordered calls in GPU memory, the
 // bf16 result checked against the reference: 2 + 2 with ping-pong (m = 2, prompts cut into
-// chunks), the trained tiny model, and an attention worker that finishes first (empty
-// micro-batches on the device path).
+// chunks), the trained tiny model, an attention worker that finishes first (empty micro-batches
+// on the device path), 1 + 3, and the layers enqueued eagerly (--no_cuda_graphs) instead of
+// replayed as CUDA graphs.
 TEST(MoePipeline, CudaDevicePathMatchesTheReference) {
   if (ResolveBackend("auto") != "cuda") GTEST_SKIP() << "no CUDA device visible (or no CUDA build)";
   const std::string trained = " --config mixtral-8x7b-tiny --weights " +
@@ -313,7 +314,8 @@ TEST(MoePipeline, CudaDevicePathMatchesTheReference) {
                               "/../models/mixtral-8x7b-tiny.safetensors";
   for (const std::string& args :
        {"-A 2 -E 2 -m 2 " + std::string(kSmall), "-A 2 -E 2 -m 3 " + std::string(kSmall) + trained,
-        std::string("-A 2 -E 2 -m 2 --requests 2 --batch 1"), std::string("-A 1 -E 3 -m 1")}) {
+        std::string("-A 2 -E 2 -m 2 --requests 2 --batch 1"), std::string("-A 1 -E 3 -m 1"),
+        "-A 2 -E 2 -m 2 --no_cuda_graphs " + std::string(kSmall)}) {
     TempDir dir;
     const Outcome run = RunPipeline("--backend cuda " + args + " --json " + (dir / "m.json"));
     ASSERT_EQ(run.exit_code, 0) << args << "\n" << run.output;

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "compute/cuda/graphs.h"
 #include "compute/cuda/kernels.h"
 #include "model/safetensors.h"
 
@@ -297,15 +298,23 @@ class CudaAttention final : public AttentionCompute {
     if (layer < 0 || layer >= c_.num_hidden_layers)
       return m2n::InvalidArgumentError("layer out of range");
     M2N_RETURN_IF_ERROR(Lanes());
-    MicroBatch& m = mbs_[static_cast<size_t>(mb)];
+    const MicroBatch& m = mbs_[static_cast<size_t>(mb)];
     Lane& lane = *lanes_[static_cast<size_t>(mb)];
-    M2N_RETURN_IF_ERROR(EnqueueLayer(mb, layer, lane.top_index.get(), lane.top_weight.get()));
-    // The routing for the check, copied on the compute stream: read after the iteration.
+    // The layer and, for the check, the routing's copy into pinned memory (read after the
+    // iteration): as a CUDA graph where this shape came before (graphs.h).
     const size_t pairs = static_cast<size_t>(m.rows) * c_.num_experts_per_tok;
     const size_t at = static_cast<size_t>(layer) * lane.pairs_per_layer;
     lane.routed_rows[static_cast<size_t>(layer)] = m.rows;
-    M2N_RETURN_IF_ERROR(ctx_.ToHost(lane.host_index.get() + at, lane.top_index.get(), pairs * 4));
-    M2N_RETURN_IF_ERROR(ctx_.ToHost(lane.host_weight.get() + at, lane.top_weight.get(), pairs * 4));
+    auto enqueue = [&]() -> m2n::Status {
+      M2N_RETURN_IF_ERROR(EnqueueLayer(mb, layer, lane.top_index.get(), lane.top_weight.get()));
+      M2N_RETURN_IF_ERROR(ctx_.ToHost(lane.host_index.get() + at, lane.top_index.get(), pairs * 4));
+      return ctx_.ToHost(lane.host_weight.get() + at, lane.top_weight.get(), pairs * 4);
+    };
+    if (o_.cuda_graphs && m.rows > 0) {
+      M2N_RETURN_IF_ERROR(graphs_.Run({mb, layer, m.rows}, ctx_.stream(), enqueue));
+    } else {
+      M2N_RETURN_IF_ERROR(enqueue());
+    }
     MOE_CUDA(cudaEventRecord(lane.gate_done, ctx_.stream()));
     MOE_CUDA(cudaStreamWaitEvent(lane.stream, lane.gate_done, 0));
     return DeviceLane(mb, out);
@@ -506,6 +515,7 @@ class CudaAttention final : public AttentionCompute {
   DeviceArray<int32_t> top_index_, rows_;
   // Destroyed before ctx_ (declared after it): their streams end before the compute stream's.
   std::vector<std::unique_ptr<Lane>> lanes_;
+  GraphCache graphs_;  // the device path's layers (ComputeOptions::cuda_graphs)
 };
 
 class CudaExperts final : public ExpertCompute {
