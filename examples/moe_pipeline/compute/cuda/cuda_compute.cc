@@ -97,7 +97,6 @@ class PinnedArray {
   T* data_ = nullptr;
 };
 
-
 // The device, stream and cuBLAS handle of one backend object.
 class Context {
  public:
@@ -440,8 +439,8 @@ class CudaAttention final : public AttentionCompute {
     M2N_RETURN_IF_ERROR(
         ctx_.Gemm(normed_.get(), n, h, w.gate.get(), c_.num_local_experts, gate_.get()));
     const int k = c_.num_experts_per_tok;
-    MOE_CUDA(LaunchGateTopK(gate_.get(), n, c_.num_local_experts, k, c_.norm_topk_prob,
-                            top_index, top_weight, s));
+    MOE_CUDA(LaunchGateTopK(gate_.get(), n, c_.num_local_experts, k, c_.norm_topk_prob, top_index,
+                            top_weight, s));
     return m2n::OkStatus();
   }
 
@@ -630,7 +629,8 @@ class CudaExperts final : public ExpertCompute {
     for (size_t e = 0; e < experts; ++e) {
       if (b.experts[e] != held_[e]) {
         return m2n::DataLossError("the EP layer delivered rows for expert " +
-                                  std::to_string(b.experts[e]) + ", which this worker does not hold");
+                                  std::to_string(b.experts[e]) +
+                                  ", which this worker does not hold");
       }
       start[e + 1] = start[e] + b.host_counts[e];
       load[e].assign(static_cast<size_t>(b.host_counts[e]), 1.0f);
