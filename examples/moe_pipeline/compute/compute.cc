@@ -71,6 +71,8 @@ m2n::Status AttentionCompute::AttentionAndGateOnDevice(int, int, DeviceDispatch*
   return NoDevicePath(name());
 }
 m2n::Status AttentionCompute::DeviceLane(int, DeviceDispatch*) { return NoDevicePath(name()); }
+m2n::Status AttentionCompute::BeforeEpCall(int, bool) { return NoDevicePath(name()); }
+m2n::Status AttentionCompute::AfterEpCall(int, bool) { return NoDevicePath(name()); }
 m2n::Status AttentionCompute::AddCombinedOnDevice(int, int) { return NoDevicePath(name()); }
 m2n::Status AttentionCompute::RoutingOnHost(int, int, Routing*) { return NoDevicePath(name()); }
 m2n::Status AttentionCompute::SyncDevice() { return NoDevicePath(name()); }

@@ -91,6 +91,13 @@ class AttentionCompute {
   virtual m2n::Status AttentionAndGateOnDevice(int mb, int layer, DeviceDispatch* out);
   // mb's buffers and stream without computing (an empty micro-batch's dispatch).
   virtual m2n::Status DeviceLane(int mb, DeviceDispatch* out);
+  // The EP layer's calls of one kind (dispatches; combines received) must run on the device in the
+  // order they are made (their call numbers and slot cursors are device words), yet they go on
+  // different micro-batches' streams: around each such call on mb's stream, BeforeEpCall makes
+  // that stream wait for the last call of the kind, AfterEpCall marks this one as the last. The two
+  // kinds use separate device state, so a dispatch and a combine may still run at once.
+  virtual m2n::Status BeforeEpCall(int mb, bool dispatch);
+  virtual m2n::Status AfterEpCall(int mb, bool dispatch);
   // The compute stream waits for the work enqueued on mb's stream so far (its combine); then the
   // residual of mb's first `tokens` tokens += the combined rows (none when 0).
   virtual m2n::Status AddCombinedOnDevice(int mb, int tokens);

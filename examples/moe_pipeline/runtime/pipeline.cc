@@ -410,16 +410,20 @@ class AttentionWorker {
     }
     in_flight_.push_back({layer, mb});
     Timed t(&send_s_);
-    return ep_->DispatchOnStream(d.x, tokens, d.topk_ids, d.topk_weights, d.stream)
-        .WithContext(Where(g_, "dispatch"));
+    M2N_RETURN_IF_ERROR(compute_->BeforeEpCall(mb, true));
+    M2N_RETURN_IF_ERROR(ep_->DispatchOnStream(d.x, tokens, d.topk_ids, d.topk_weights, d.stream)
+                            .WithContext(Where(g_, "dispatch")));
+    return compute_->AfterEpCall(mb, true);
   }
 
   m2n::Status ReceiveCombineOnDevice(int mb) {
     const DeviceDispatch& d = device_[static_cast<size_t>(mb)];
     {
       Timed t(&wait_s_);
+      M2N_RETURN_IF_ERROR(compute_->BeforeEpCall(mb, false));
       M2N_RETURN_IF_ERROR(
           ep_->ReceiveCombineOnStream(d.combined, d.stream).WithContext(Where(g_, "combine")));
+      M2N_RETURN_IF_ERROR(compute_->AfterEpCall(mb, false));
     }
     Timed t(&compute_s_);
     return compute_->AddCombinedOnDevice(mb, tokens_[static_cast<size_t>(mb)]);

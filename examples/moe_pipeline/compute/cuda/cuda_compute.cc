@@ -328,6 +328,26 @@ class CudaAttention final : public AttentionCompute {
     return m2n::OkStatus();
   }
 
+  m2n::Status BeforeEpCall(int mb, bool dispatch) override {
+    M2N_RETURN_IF_ERROR(CheckMb(mb));
+    M2N_RETURN_IF_ERROR(Lanes());
+    const int last = dispatch ? last_dispatch_ : last_combine_;
+    if (last < 0 || last == mb) return m2n::OkStatus();  // none yet, or this stream's own
+    const Lane& before = *lanes_[static_cast<size_t>(last)];
+    MOE_CUDA(cudaStreamWaitEvent(lanes_[static_cast<size_t>(mb)]->stream,
+                                 dispatch ? before.dispatched : before.combined_in, 0));
+    return m2n::OkStatus();
+  }
+
+  m2n::Status AfterEpCall(int mb, bool dispatch) override {
+    M2N_RETURN_IF_ERROR(CheckMb(mb));
+    M2N_RETURN_IF_ERROR(Lanes());
+    const Lane& lane = *lanes_[static_cast<size_t>(mb)];
+    MOE_CUDA(cudaEventRecord(dispatch ? lane.dispatched : lane.combined_in, lane.stream));
+    (dispatch ? last_dispatch_ : last_combine_) = mb;
+    return m2n::OkStatus();
+  }
+
   m2n::Status AddCombinedOnDevice(int mb, int tokens) override {
     M2N_RETURN_IF_ERROR(CheckMb(mb));
     M2N_RETURN_IF_ERROR(Lanes());
@@ -450,10 +470,13 @@ class CudaAttention final : public AttentionCompute {
     ~Lane() {
       if (gate_done != nullptr) (void)cudaEventDestroy(gate_done);
       if (combine_done != nullptr) (void)cudaEventDestroy(combine_done);
+      if (dispatched != nullptr) (void)cudaEventDestroy(dispatched);
+      if (combined_in != nullptr) (void)cudaEventDestroy(combined_in);
       if (stream != nullptr) (void)cudaStreamDestroy(stream);
     }
     cudaStream_t stream = nullptr;
     cudaEvent_t gate_done = nullptr, combine_done = nullptr;
+    cudaEvent_t dispatched = nullptr, combined_in = nullptr;  // after its EP calls (BeforeEpCall)
     DeviceArray<int32_t> top_index;
     DeviceArray<float> top_weight, combined;
     size_t pairs_per_layer = 0;  // max_tokens x top_k
@@ -473,6 +496,8 @@ class CudaAttention final : public AttentionCompute {
       MOE_CUDA(cudaStreamCreateWithFlags(&lane->stream, cudaStreamNonBlocking));
       MOE_CUDA(cudaEventCreateWithFlags(&lane->gate_done, cudaEventDisableTiming));
       MOE_CUDA(cudaEventCreateWithFlags(&lane->combine_done, cudaEventDisableTiming));
+      MOE_CUDA(cudaEventCreateWithFlags(&lane->dispatched, cudaEventDisableTiming));
+      MOE_CUDA(cudaEventCreateWithFlags(&lane->combined_in, cudaEventDisableTiming));
       M2N_RETURN_IF_ERROR(lane->top_index.Allocate(std::max<size_t>(t * k, 1), "top-k"));
       M2N_RETURN_IF_ERROR(lane->top_weight.Allocate(std::max<size_t>(t * k, 1), "top-k weights"));
       M2N_RETURN_IF_ERROR(lane->combined.Allocate(
@@ -514,6 +539,7 @@ class CudaAttention final : public AttentionCompute {
   DeviceArray<int32_t> top_index_, rows_;
   // Destroyed before ctx_ (declared after it): their streams end before the compute stream's.
   std::vector<std::unique_ptr<Lane>> lanes_;
+  int last_dispatch_ = -1, last_combine_ = -1;  // the lane of the last EP call of each kind
   GraphCache graphs_;  // the device path's layers (ComputeOptions::cuda_graphs)
 };
 
