@@ -236,6 +236,9 @@ m2n::StatusOr<std::unique_ptr<m2n::Group>> MakeDeviceGroup(const m2n::Group& g,
   d.slot_bytes = (need + 15) / 16 * 16;  // the device path's alignment
   d.bootstrap.master_port = g.options().bootstrap.master_port + 1;
   d.bootstrap.job_id += "/ep";
+  // A device wait gives up after the bootstrap timeout: the same bound as a host call's deadline.
+  d.bootstrap.timeout = std::max<std::chrono::milliseconds>(d.bootstrap.timeout,
+                                                            std::chrono::seconds(o.timeout_s));
   return m2n::Group::Create(d);
 }
 
@@ -634,7 +637,7 @@ class ExpertWorker {
     {
       Timed t(&compute_s_);
       M2N_RETURN_IF_ERROR(experts_->ForwardGroupedOnDevice(layer, batch, &y));
-      rows_ += batch.host_counts[batch.experts.size()];  // rows: a token per expert of its
+      rows_ += batch.host_counts[batch.experts.size()];  // (token, local expert) rows
     }
     Timed t(&send_s_);
     M2N_RETURN_IF_ERROR(ep_->CombineOnStream(y, stream).WithContext(Where(g_, "combine")));
