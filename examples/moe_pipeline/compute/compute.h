@@ -7,11 +7,13 @@
 // every layer's experts and runs them over the rows m2n::ExpertParallel delivers (an ExpertBatch:
 // grouped by expert) or over the collocated baseline's dispatch messages.
 //
-// Buffers the runtime hands in and out (dispatch rows, combine rows, logits) are host memory. A GPU
-// backend also serves the device path (the *OnDevice calls below; the CPU backend does not): the
-// experts' input, the gate's top-k, the combined rows and the expert outputs stay in device memory
-// and go straight to m2n::ExpertParallel's stream-ordered calls; only the routing (for the check,
-// copied asynchronously) and the logits cross to the host.
+// Buffers the runtime hands in and out (dispatch rows, combine rows, logits) are host memory; the
+// GPU backend also takes device memory for the rows (GatherRows' dst, ScatterAddRows' src,
+// ExpertInput's x and out: the collocated baseline's NCCL buffers). A GPU backend also serves the
+// device path (the *OnDevice calls below; the CPU backend does not): the experts' input, the gate's
+// top-k, the combined rows and the expert outputs stay in device memory and go straight to
+// m2n::ExpertParallel's stream-ordered calls; only the routing (for the check, copied
+// asynchronously) and the logits cross to the host.
 #pragma once
 
 #include <cstdint>

@@ -126,6 +126,12 @@ class Context {
     return CudaError(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_),
                      "copy to the host");
   }
+  // Rows crossing the interface: host memory, or device memory (the collocated baseline's NCCL
+  // buffers); the direction is told by the pointers (unified addressing).
+  m2n::Status Copy(void* dst, const void* src, size_t bytes) {
+    if (bytes == 0) return m2n::OkStatus();
+    return CudaError(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream_), "row copy");
+  }
 
   // y[rows, n] (fp32) = x[rows, k] (bf16) . w[n, k]^T (bf16), fp32 accumulation. Row-major
   // y^T = w . x^T is column-major n x rows: op(A) = w (A = w^T in column-major, transposed).
@@ -387,7 +393,7 @@ class CudaAttention final : public AttentionCompute {
     const int n = static_cast<int>(rows.size()), h = c_.hidden_size;
     M2N_RETURN_IF_ERROR(ctx_.ToDevice(rows_.get(), rows.data(), rows.size() * 4));
     MOE_CUDA(LaunchGatherRows(m.moe_input.get(), rows_.get(), n, h, staging_.get(), ctx_.stream()));
-    M2N_RETURN_IF_ERROR(ctx_.ToHost(dst, staging_.get(), rows.size() * static_cast<size_t>(h) * 4));
+    M2N_RETURN_IF_ERROR(ctx_.Copy(dst, staging_.get(), rows.size() * static_cast<size_t>(h) * 4));
     return ctx_.Sync();
   }
 
@@ -396,8 +402,7 @@ class CudaAttention final : public AttentionCompute {
     MicroBatch& m = mbs_[static_cast<size_t>(mb)];
     const int n = static_cast<int>(rows.size()), h = c_.hidden_size;
     M2N_RETURN_IF_ERROR(ctx_.ToDevice(rows_.get(), rows.data(), rows.size() * 4));
-    M2N_RETURN_IF_ERROR(
-        ctx_.ToDevice(staging_.get(), src, rows.size() * static_cast<size_t>(h) * 4));
+    M2N_RETURN_IF_ERROR(ctx_.Copy(staging_.get(), src, rows.size() * static_cast<size_t>(h) * 4));
     MOE_CUDA(LaunchScatterAddRows(m.residual.get(), rows_.get(), nullptr, n, h, staging_.get(),
                                   ctx_.stream()));
     return ctx_.Sync();  // `src` is an m2n slot, released after this returns
@@ -607,8 +612,8 @@ class CudaExperts final : public ExpertCompute {
     M2N_RETURN_IF_ERROR(Reserve(total, used));
     cudaStream_t s = ctx_.stream();
     for (size_t i = 0; i < inputs.size(); ++i) {
-      M2N_RETURN_IF_ERROR(ctx_.ToDevice(x_.get() + static_cast<size_t>(offset[i]) * h, inputs[i].x,
-                                        static_cast<size_t>(inputs[i].rows) * h * 4));
+      M2N_RETURN_IF_ERROR(ctx_.Copy(x_.get() + static_cast<size_t>(offset[i]) * h, inputs[i].x,
+                                    static_cast<size_t>(inputs[i].rows) * h * 4));
     }
     if (total > 0) MOE_CUDA(cudaMemsetAsync(out_.get(), 0, static_cast<size_t>(total) * h * 4, s));
     if (used > 0) {
@@ -627,9 +632,8 @@ class CudaExperts final : public ExpertCompute {
       }
     }
     for (size_t i = 0; i < inputs.size(); ++i) {
-      M2N_RETURN_IF_ERROR(ctx_.ToHost(inputs[i].out,
-                                      out_.get() + static_cast<size_t>(offset[i]) * h,
-                                      static_cast<size_t>(inputs[i].rows) * h * 4));
+      M2N_RETURN_IF_ERROR(ctx_.Copy(inputs[i].out, out_.get() + static_cast<size_t>(offset[i]) * h,
+                                    static_cast<size_t>(inputs[i].rows) * h * 4));
     }
     return ctx_.Sync();
   }
