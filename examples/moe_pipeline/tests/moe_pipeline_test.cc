@@ -314,7 +314,8 @@ TEST(MoePipeline, CudaDevicePathMatchesTheReference) {
                               "/../models/mixtral-8x7b-tiny.safetensors";
   for (const std::string& args :
        {"-A 2 -E 2 -m 2 " + std::string(kSmall), "-A 2 -E 2 -m 3 " + std::string(kSmall) + trained,
-        std::string("-A 2 -E 2 -m 2 --requests 2 --batch 1"), std::string("-A 1 -E 3 -m 1"),
+        std::string("-A 2 -E 2 -m 2 --requests 2 --batch 1"),
+        "-A 1 -E 3 -m 1 " + std::string(kSmall),
         "-A 2 -E 2 -m 2 --no_cuda_graphs " + std::string(kSmall)}) {
     TempDir dir;
     const Outcome run = RunPipeline("--backend cuda " + args + " --json " + (dir / "m.json"));
