@@ -15,6 +15,7 @@
 #             SKIP_SWEEPS=1 skips the floor and every m2n_perf sweep
 #   MOE       1 (default): then runs examples/moe_pipeline/gpu-check.sh (the MoE pipeline on 4 GPUs:
 #             bf16 check against the reference, Mixtral shapes, ping-pong and the collocated baseline;
+#             with fewer GPUs its single-GPU mode: the device path's bf16 checks, ranks sharing a GPU;
 #             its own knobs BATCHES, INPUT_LEN, OUTPUT_LEN, RUN_TIMEOUT); 0 skips it
 #   OFFLOAD   1 (default): then runs examples/moe_pipeline/offload-gpu-check.sh (expert offloading on
 #             one GPU: the CUDA expert cache's tests and the timed run moe_offload_bench, under 4
@@ -64,7 +65,7 @@ fi
 if ! { cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DM2N_WERROR=${WERROR:-OFF} -DCMAKE_CUDA_ARCHITECTURES=90 \
          "${nccl_args[@]}" ${CMAKE_ARGS:-} && \
        cmake --build "$build" -j "$jobs" --target m2n_perf m2n_gpu_floor m2n_gpu_latency cuda_ipc_gpu_test device_api_gpu_test ep_gpu_test m2n_ep_gpu_perf \
-         $([ "${MOE:-1}" = 0 ] || echo moe_pipeline) \
+         $([ "${MOE:-1}" = 0 ] || echo moe_pipeline moe_pipeline_test) \
          $([ "${OFFLOAD:-1}" = 0 ] || echo moe_pipeline moe_offload_bench moe_offload_test moe_pipeline_test); \
      } > "$out/build.log" 2>&1; then
   tail -40 "$out/build.log"

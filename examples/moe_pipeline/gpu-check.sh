@@ -9,6 +9,12 @@
 #      side (collocated: the time each process spends in the all-to-all), m = 3 vs m = 1, and
 #      disaggregated vs collocated per-GPU throughput, each at its best batch whose median time
 #      between tokens stays within the 150 ms limit.
+# With fewer than 4 GPUs (one, say) it runs its single-GPU mode instead: every rank a process sharing
+# the GPU(s) (CUDA IPC works between processes of one GPU), the device path's correctness only:
+# moe_pipeline_test's CudaDevicePathMatchesTheReference (when built) and the tiny model disaggregated
+# 2 + 2 at m = 1 and m = 3 (bf16 check; its timings are a smoke figure: processes sharing a GPU say
+# nothing about NVLink or about ping-pong across GPUs). The collocated baseline needs a GPU per
+# process (NCCL) and is skipped there.
 # Called by scripts/gpu-check.sh (MOE=0 there skips it); can run alone after a build:
 #   examples/moe_pipeline/gpu-check.sh     BUILD_DIR (default build-gpu), OUT (default $BUILD_DIR/moe-results),
 #                                          BATCHES (global batch sizes, default "64 256 1024"),
@@ -24,8 +30,8 @@ output_len=${OUTPUT_LEN:-32}
 run_timeout=${RUN_TIMEOUT:-120}
 export NCCL_NVLS_ENABLE=0
 gpus=$(nvidia-smi -L 2>/dev/null | wc -l || true)
-if [ "${gpus:-0}" -lt 4 ]; then
-  echo "[moe gpu-check] needs 4 GPUs, nvidia-smi lists ${gpus:-0}" >&2
+if [ "${gpus:-0}" -lt 1 ]; then
+  echo "[moe gpu-check] needs a GPU, nvidia-smi lists none" >&2
   exit 2
 fi
 step() {  # step NAME LOG CMD...: runs CMD bounded by RUN_TIMEOUT, its output in LOG; says how long it took
@@ -45,6 +51,20 @@ bin=$build/examples/moe_pipeline/moe_pipeline
 mkdir -p "$out"
 rc=0
 fixed=(--input_len "$input_len" --output_len "$output_len" --quiet --timeout_s 300)
+if [ "$gpus" -lt 4 ]; then  # the single-GPU mode (see the top)
+  echo "[moe gpu-check] $gpus GPU(s): single-GPU mode (device path correctness; no Mixtral shapes, no collocated baseline)"
+  test_bin=$build/examples/moe_pipeline/tests/moe_pipeline_test
+  if [ -x "$test_bin" ]; then
+    step "moe_pipeline_test, the device path" "$out/device-path-test.log" \
+      "$test_bin" --gtest_filter='MoePipeline.CudaDevicePath*' || rc=1
+    tail -n 3 "$out/device-path-test.log" | sed 's/^/    /'
+  fi
+  for m in 1 3; do
+    step "tiny, disaggregated 2 + 2 on $gpus GPU(s), m = $m, bf16 vs the reference" "$out/tiny-disagg-m$m.log" \
+      "$bin" --backend cuda -A 2 -E 2 -m "$m" --requests 16 --batch 8 "${fixed[@]}" --json "$out/tiny-disagg-m$m.json" || rc=1
+  done
+  exit $rc
+fi
 step "tiny, disaggregated 2 + 2, bf16 vs the reference" "$out/tiny-disagg.log" \
   "$bin" --backend cuda -A 2 -E 2 -m 2 --requests 16 --batch 8 "${fixed[@]}" --json "$out/tiny-disagg.json" || rc=1
 step "tiny, collocated 4, bf16 vs the reference" "$out/tiny-colloc.log" \

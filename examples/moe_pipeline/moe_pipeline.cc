@@ -77,6 +77,8 @@ run
                         reference check) are awaited 10x as long, a self-started job stopped after 12x
   --json PATH           write the metrics there (default moe_pipeline.json; --json '' for none)
   --no_check            skip the comparison with the single-process reference
+  --no_cuda_graphs      on the cuda backend's device path, enqueue every layer eagerly instead of
+                        replaying CUDA graphs of the shapes that repeat
   --quiet               no progress line
   --fault swap_experts  route expert 0's tokens to expert 1 and back: the check must fail
   --fault kill_expert   the first expert worker dies after 3 rounds: the run must fail, naming it
@@ -191,6 +193,8 @@ m2n::StatusOr<Cli> ParseCli(int argc, char** argv) {
       cli.json_path = v;
     } else if (a == "--no_check") {
       p.check = false;
+    } else if (a == "--no_cuda_graphs") {
+      p.cuda_graphs = false;
     } else if (a == "--quiet") {
       p.progress = false;
     } else if (a == "--fault") {

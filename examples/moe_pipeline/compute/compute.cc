@@ -61,6 +61,27 @@ m2n::Status ExpertCompute::ForwardGrouped(int layer, const m2n::ExpertBatch& b, 
   return Forward(layer, 1, std::span<const ExpertInput>(&input, 1));
 }
 
+namespace {
+m2n::Status NoDevicePath(const std::string& name) {
+  return m2n::UnimplementedError("the " + name + " backend has no device path");
+}
+}  // namespace
+
+m2n::Status AttentionCompute::AttentionAndGateOnDevice(int, int, DeviceDispatch*) {
+  return NoDevicePath(name());
+}
+m2n::Status AttentionCompute::DeviceLane(int, DeviceDispatch*) { return NoDevicePath(name()); }
+m2n::Status AttentionCompute::BeforeEpCall(int, bool) { return NoDevicePath(name()); }
+m2n::Status AttentionCompute::AfterEpCall(int, bool) { return NoDevicePath(name()); }
+m2n::Status AttentionCompute::AddCombinedOnDevice(int, int) { return NoDevicePath(name()); }
+m2n::Status AttentionCompute::RoutingOnHost(int, int, Routing*) { return NoDevicePath(name()); }
+m2n::Status AttentionCompute::SyncDevice() { return NoDevicePath(name()); }
+m2n::Status ExpertCompute::SyncDevice() { return NoDevicePath(name()); }
+m2n::Status ExpertCompute::ForwardGroupedOnDevice(int, const m2n::DeviceExpertBatch&,
+                                                  const float**) {
+  return NoDevicePath(name());
+}
+
 m2n::StatusOr<std::unique_ptr<AttentionCompute>> MakeAttentionCompute(
     const std::string& backend, const ModelConfig& config, const WeightSource& source,
     const ComputeOptions& options) {

@@ -7,10 +7,13 @@
 // every layer's experts and runs them over the rows m2n::ExpertParallel delivers (an ExpertBatch:
 // grouped by expert) or over the collocated baseline's dispatch messages.
 //
-// Buffers the runtime hands in and out (dispatch rows, combine rows, logits) are host memory on
-// CPU. A GPU backend keeps activations on the device and reports `device_rows() == true`: the
-// runtime then passes device pointers (its m2n slots live in GPU memory and it uses the
-// stream-ordered m2n calls), and only routing and logits cross to the host.
+// Buffers the runtime hands in and out (dispatch rows, combine rows, logits) are host memory; the
+// GPU backend also takes device memory for the rows (GatherRows' dst, ScatterAddRows' src,
+// ExpertInput's x and out: the collocated baseline's NCCL buffers). A GPU backend also serves the
+// device path (the *OnDevice calls below; the CPU backend does not): the experts' input, the gate's
+// top-k, the combined rows and the expert outputs stay in device memory and go straight to
+// m2n::ExpertParallel's stream-ordered calls; only the routing (for the check, copied
+// asynchronously) and the logits cross to the host.
 #pragma once
 
 #include <cstdint>
@@ -41,6 +44,16 @@ struct Routing {
   std::vector<float> weight;  // [tokens * top_k]
 };
 
+// Where a micro-batch's dispatch data lie on the device path (AttentionCompute::
+// AttentionAndGateOnDevice): all device memory, valid in the order of `stream`.
+struct DeviceDispatch {
+  const float* x = nullptr;  // [tokens, hidden] fp32: the experts' input, in token order
+  const int32_t* topk_ids = nullptr;  // [tokens, top_k]
+  const float* topk_weights = nullptr;  // [tokens, top_k]
+  float* combined = nullptr;  // [max_tokens, hidden] fp32: where the combine is to land
+  void* stream = nullptr;  // the micro-batch's cudaStream_t
+};
+
 struct ComputeOptions {
   int threads = 1;  // compute threads of this process
   int micro_batches = 1;  // m
@@ -49,6 +62,8 @@ struct ComputeOptions {
   int max_context = 0;  // positions per KV-cache slot
   int local_rank =
       0;  // this process's index among the job's processes on this host (picks its GPU)
+  // The device path's attention layers as CUDA graphs where a shape repeats (GPU backend).
+  bool cuda_graphs = false;
 };
 
 class AttentionCompute {
@@ -68,6 +83,30 @@ class AttentionCompute {
   // Final RMSNorm and LM head: out[i] = logits of token rows[i] ([rows.size(), vocab] floats,
   // host).
   virtual m2n::Status Logits(int mb, std::span<const int32_t> rows, float* out) = 0;
+
+  // ---- Device path (a GPU backend; the defaults are kUnimplemented) ----
+  // Layer `layer` up to the experts, as AttentionAndGate, with the gate's top-k left on the device
+  // in micro-batch mb's own buffers; *out says where, and names mb's stream, which the caller
+  // enqueues the dispatch and combine on (ordered after this work; other micro-batches' compute
+  // runs meanwhile on the compute stream). The routing is copied to pinned host memory on the way
+  // (RoutingOnHost), with no host wait.
+  virtual m2n::Status AttentionAndGateOnDevice(int mb, int layer, DeviceDispatch* out);
+  // mb's buffers and stream without computing (an empty micro-batch's dispatch).
+  virtual m2n::Status DeviceLane(int mb, DeviceDispatch* out);
+  // The EP layer's calls of one kind (dispatches; combines received) must run on the device in the
+  // order they are made (their call numbers and slot cursors are device words), yet they go on
+  // different micro-batches' streams: around each such call on mb's stream, BeforeEpCall makes
+  // that stream wait for the last call of the kind, AfterEpCall marks this one as the last. The two
+  // kinds use separate device state, so a dispatch and a combine may still run at once.
+  virtual m2n::Status BeforeEpCall(int mb, bool dispatch);
+  virtual m2n::Status AfterEpCall(int mb, bool dispatch);
+  // The compute stream waits for the work enqueued on mb's stream so far (its combine); then the
+  // residual of mb's first `tokens` tokens += the combined rows (none when 0).
+  virtual m2n::Status AddCombinedOnDevice(int mb, int tokens);
+  // The routing of (mb, layer) of this iteration, for the check: waits for the compute stream.
+  virtual m2n::Status RoutingOnHost(int mb, int layer, Routing* routing);
+  // Waits for the compute stream (and so for every micro-batch stream it waited for).
+  virtual m2n::Status SyncDevice();
 };
 
 // Tokens from one dispatch message for one layer (the collocated baseline's, runtime/wire.h; and
@@ -120,6 +159,18 @@ class ExpertCompute {
   // rows of weight 1 (the GPU backend, until it moves to the device-memory EP layer); the CPU
   // backends override it.
   virtual m2n::Status ForwardGrouped(int layer, const m2n::ExpertBatch& batch, float* y);
+
+  // ---- Device path (a GPU backend; the defaults are nullptr / kUnimplemented) ----
+  // The stream (cudaStream_t) this side's device work and its EP calls go on.
+  virtual void* device_stream() { return nullptr; }
+  // ForwardGrouped over a DeviceExpertBatch (received on device_stream()): *y (device, fp32,
+  // [rows, hidden]) = each row's expert output, unweighted, enqueued on device_stream(). cuBLAS
+  // takes host row counts: this waits for the batch's pinned host_counts (the one host
+  // synchronization left on the device path).
+  virtual m2n::Status ForwardGroupedOnDevice(int layer, const m2n::DeviceExpertBatch& batch,
+                                             const float** y);
+  // Waits for device_stream().
+  virtual m2n::Status SyncDevice();
 };
 
 // How closely a backend's outputs follow the fp32 reference, for the check.

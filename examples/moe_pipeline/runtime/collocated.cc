@@ -4,7 +4,9 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstring>
 #include <memory>
 #include <optional>
@@ -131,6 +133,13 @@ class CollocatedRank {
     MOE_NCCL_OK(ncclCommInitRank(&comm_, P_, id, g_.rank()));
     MOE_CUDA_OK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     slot_ = WireSlotBytes(o_);
+    device_rows_ = o_.backend == "cuda";
+    if (device_rows_) {
+      const size_t t = static_cast<size_t>(o_.workload.max_tokens);
+      const size_t h = static_cast<size_t>(c_.hidden_size);
+      dispatch_head_ = DispatchLayout(t, static_cast<size_t>(c_.num_experts_per_tok), h).x;
+      combine_head_ = CombineLayout(t, h).y;
+    }
     const size_t all = slot_ * static_cast<size_t>(P_);
     MOE_CUDA_OK(cudaMalloc(&send_dev_, all));
     MOE_CUDA_OK(cudaMalloc(&recv_dev_, all));
@@ -186,20 +195,22 @@ class CollocatedRank {
     InjectRoutingFault(o_, &routing);
     const int k = routing.top_k;
     const size_t hidden = static_cast<size_t>(c_.hidden_size);
-    std::vector<int64_t> sizes(static_cast<size_t>(P_), 0);
+    std::vector<int64_t> sizes(static_cast<size_t>(P_), 0), heads(sizes);
     for (int p = 0; p < P_; ++p) {
       std::vector<int32_t>& rows = sent_rows_[static_cast<size_t>(p)];
       std::byte* msg = send_host_.data() + static_cast<size_t>(p) * slot_;
       const DispatchLayout layout =
           WriteDispatch(routing, p, P_, c_.hidden_size, iteration_, layer, mb, &rows, msg);
-      M2N_RETURN_IF_ERROR(
-          attention_->GatherRows(mb, rows, reinterpret_cast<float*>(msg + layout.x)));
+      // The rows go straight into the NCCL send buffer on the GPU backend (Rows()).
+      M2N_RETURN_IF_ERROR(attention_->GatherRows(
+          mb, rows, reinterpret_cast<float*>(Rows(send_dev_, send_host_, p) + layout.x)));
       sizes[static_cast<size_t>(p)] = static_cast<int64_t>(layout.bytes);
+      heads[static_cast<size_t>(p)] = static_cast<int64_t>(device_rows_ ? layout.x : layout.bytes);
     }
     const auto t1 = Clock::now();
     compute_s_ += Seconds(t0, t1);
     std::vector<int64_t> received;
-    M2N_RETURN_IF_ERROR(AllToAll(send_host_, sizes, &recv_host_, &received));
+    M2N_RETURN_IF_ERROR(AllToAll(send_host_, sizes, heads, dispatch_head_, &recv_host_, &received));
     const auto t2 = Clock::now();
     exchange_s_ += Seconds(t1, t2);
 
@@ -210,7 +221,7 @@ class CollocatedRank {
     want.micro_batch = static_cast<uint16_t>(mb);
     want.hidden = static_cast<uint32_t>(hidden);
     std::vector<ExpertInput> inputs;
-    std::vector<int64_t> answer_sizes(static_cast<size_t>(P_), 0);
+    std::vector<int64_t> answer_sizes(static_cast<size_t>(P_), 0), answer_heads(answer_sizes);
     for (int p = 0; p < P_; ++p) {
       const std::byte* msg = recv_host_.data() + static_cast<size_t>(p) * slot_;
       M2N_RETURN_IF_ERROR(CheckMessage(msg, static_cast<size_t>(received[static_cast<size_t>(p)]),
@@ -223,17 +234,21 @@ class CollocatedRank {
       a.kind = static_cast<uint16_t>(MessageKind::kCombine);
       std::memcpy(answer, &a, sizeof(a));
       std::memcpy(answer + out.rows, msg + in.rows, size_t{h.rows} * 4);
-      inputs.push_back({static_cast<int>(h.rows), reinterpret_cast<const float*>(msg + in.x),
+      // The answers are built in the send buffer on the GPU backend: its dispatches have left.
+      inputs.push_back({static_cast<int>(h.rows),
+                        reinterpret_cast<const float*>(Rows(recv_dev_, recv_host_, p) + in.x),
                         reinterpret_cast<const int32_t*>(msg + in.experts),
                         reinterpret_cast<const float*>(msg + in.weights),
-                        reinterpret_cast<float*>(answer + out.y)});
+                        reinterpret_cast<float*>(Rows(send_dev_, answer_host_, p) + out.y)});
       answer_sizes[static_cast<size_t>(p)] = static_cast<int64_t>(out.bytes);
+      answer_heads[static_cast<size_t>(p)] = static_cast<int64_t>(device_rows_ ? out.y : out.bytes);
     }
     M2N_RETURN_IF_ERROR(experts_->Forward(layer, k, inputs));
     const auto t3 = Clock::now();
     compute_s_ += Seconds(t2, t3);
     std::vector<int64_t> back;
-    M2N_RETURN_IF_ERROR(AllToAll(answer_host_, answer_sizes, &back_host_, &back));
+    M2N_RETURN_IF_ERROR(
+        AllToAll(answer_host_, answer_sizes, answer_heads, combine_head_, &back_host_, &back));
     const auto t4 = Clock::now();
     exchange_s_ += Seconds(t3, t4);
     for (int p = 0; p < P_; ++p) {
@@ -244,8 +259,8 @@ class CollocatedRank {
       const CombineLayout layout(rows.size(), hidden);
       if (ReadHeader(msg).rows != rows.size())
         return m2n::DataLossError("collocated: a combine of the wrong size");
-      M2N_RETURN_IF_ERROR(
-          attention_->ScatterAddRows(mb, rows, reinterpret_cast<const float*>(msg + layout.y)));
+      M2N_RETURN_IF_ERROR(attention_->ScatterAddRows(
+          mb, rows, reinterpret_cast<const float*>(Rows(recv_dev_, back_host_, p) + layout.y)));
     }
     compute_s_ += Seconds(t4, Clock::now());
     return m2n::OkStatus();
@@ -268,8 +283,20 @@ class CollocatedRank {
     return Cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
   }
 
-  // Message p of `out` (sizes[p] bytes at p * slot) to rank p; rank p's message to us into `in`.
+  // Where message p's payload rows are: the NCCL buffer `dev` on the GPU backend (rows never
+  // cross to the host), else the host copy `host`.
+  std::byte* Rows(void* dev, std::vector<std::byte>& host, int p) {
+    return (device_rows_ ? static_cast<std::byte*>(dev) : host.data()) +
+           static_cast<size_t>(p) * slot_;
+  }
+
+  // Message p (sizes[p] bytes at p * slot) to rank p, rank p's message to us in; the count
+  // exchange, then grouped NCCL send / recv between the device buffers. Of `out` (host), the first
+  // heads[p] bytes of message p go up first (the whole message; on the GPU backend its header and
+  // routing, the rows being in send_dev_ already); of each message in, at most in_head bytes come
+  // down into `in` (the rows stay in recv_dev_ on the GPU backend).
   m2n::Status AllToAll(const std::vector<std::byte>& out, const std::vector<int64_t>& sizes,
+                       const std::vector<int64_t>& heads, size_t in_head,
                        std::vector<std::byte>* in, std::vector<int64_t>* in_sizes) {
     M2N_RETURN_IF_ERROR(ExchangeSizes(sizes, in_sizes));
     auto* send = static_cast<char*>(send_dev_);
@@ -277,7 +304,7 @@ class CollocatedRank {
     for (int p = 0; p < P_; ++p) {
       MOE_CUDA_OK(cudaMemcpyAsync(
           send + static_cast<size_t>(p) * slot_, out.data() + static_cast<size_t>(p) * slot_,
-          static_cast<size_t>(sizes[static_cast<size_t>(p)]), cudaMemcpyHostToDevice, stream_));
+          static_cast<size_t>(heads[static_cast<size_t>(p)]), cudaMemcpyHostToDevice, stream_));
     }
     MOE_NCCL_OK(ncclGroupStart());
     for (int p = 0; p < P_; ++p) {
@@ -290,9 +317,10 @@ class CollocatedRank {
     }
     MOE_NCCL_OK(ncclGroupEnd());
     for (int p = 0; p < P_; ++p) {
+      const size_t bytes =
+          std::min(static_cast<size_t>((*in_sizes)[static_cast<size_t>(p)]), in_head);
       MOE_CUDA_OK(cudaMemcpyAsync(in->data() + static_cast<size_t>(p) * slot_,
-                                  recv + static_cast<size_t>(p) * slot_,
-                                  static_cast<size_t>((*in_sizes)[static_cast<size_t>(p)]),
+                                  recv + static_cast<size_t>(p) * slot_, bytes,
                                   cudaMemcpyDeviceToHost, stream_));
     }
     return Cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
@@ -314,6 +342,10 @@ class CollocatedRank {
   void* recv_dev_ = nullptr;
   void* sizes_dev_ = nullptr;
   size_t slot_ = 0;
+  // The GPU backend's rows stay in the NCCL buffers; only headers and routing cross to the host,
+  // at most these many bytes of a message in (its part before the rows), else whole messages.
+  bool device_rows_ = false;
+  size_t dispatch_head_ = SIZE_MAX, combine_head_ = SIZE_MAX;
   std::vector<std::byte> send_host_, recv_host_, answer_host_, back_host_;
   std::vector<std::vector<int32_t> > sent_rows_;
   std::vector<float> logits_;

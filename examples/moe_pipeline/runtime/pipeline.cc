@@ -92,7 +92,8 @@ m2n::StatusOr<ComputeOptions> MakeServingWorkload(int rank, int local_rank,
                     .max_tokens = o.workload.max_tokens,
                     .kv_slots = o.workload.batch,
                     .max_context = max_context,
-                    .local_rank = local_rank};
+                    .local_rank = local_rank,
+                    .cuda_graphs = o.cuda_graphs};
   return co;
 }
 
@@ -215,6 +216,42 @@ std::string Step(int64_t iteration, int layer, int mb) {
          " micro-batch " + std::to_string(mb);
 }
 
+// The device path (pipeline.h): the cuda backend's EP layer on device memory, over a group of its
+// own (receive slots in GPU memory; one group, one data path), while the finish and the reports
+// stay on the host group. Not with the faults that rewrite the routing on the host, nor with
+// expert offloading (its cache takes host routing): those keep the host path.
+bool DevicePath(const PipelineOptions& o) {
+  return o.backend == "cuda" && o.fault != "swap_experts" && o.offload.empty();
+}
+
+// The device path's group: the host group's ranks and bootstrap, its store on the next port.
+m2n::StatusOr<std::unique_ptr<m2n::Group>> MakeDeviceGroup(const m2n::Group& g,
+                                                           const PipelineOptions& o) {
+  m2n::Options d = g.options();
+  d.slot_memory = m2n::MemoryKind::kCuda;
+  d.transport = "auto";  // one that serves the device-side API
+  d.checksum = false;
+  M2N_ASSIGN_OR_RETURN(const size_t need, m2n::ExpertParallel::SlotBytesNeeded(
+                                              EpOptions(o), g.num_senders(), g.num_receivers()));
+  d.slot_bytes = (need + 15) / 16 * 16;  // the device path's alignment
+  d.bootstrap.master_port = g.options().bootstrap.master_port + 1;
+  d.bootstrap.job_id += "/ep";
+  // A device wait gives up after the bootstrap timeout: the same bound as a host call's deadline.
+  d.bootstrap.timeout = std::max<std::chrono::milliseconds>(d.bootstrap.timeout,
+                                                            std::chrono::seconds(o.timeout_s));
+  return m2n::Group::Create(d);
+}
+
+// Ends the device path once the caller has synchronized its streams: the layer, then its group.
+m2n::Status CloseDeviceGroup(std::unique_ptr<m2n::ExpertParallel>& ep,
+                             std::unique_ptr<m2n::Group>& group, const PipelineOptions& o) {
+  ep.reset();
+  if (group == nullptr) return m2n::OkStatus();
+  M2N_RETURN_IF_ERROR(group->Close(CallDeadline(o)));
+  group.reset();
+  return m2n::OkStatus();
+}
+
 // ---- Attention worker ----
 
 class AttentionWorker {
@@ -240,6 +277,11 @@ class AttentionWorker {
       M2N_RETURN_IF_ERROR(Layers());
       ++iteration_;
     }
+    if (device_group_ != nullptr) {
+      M2N_RETURN_IF_ERROR(compute_->SyncDevice().WithContext(Where(g_, "device path")));
+      M2N_RETURN_IF_ERROR(
+          CloseDeviceGroup(ep_, device_group_, o_).WithContext(Where(g_, "device path")));
+    }
     M2N_RETURN_IF_ERROR(SendFinish());
     if (o_.progress && g_.rank() == 0 && tty_) std::fprintf(stderr, "\n");
     return SendReports(summary);
@@ -250,7 +292,12 @@ class AttentionWorker {
     M2N_ASSIGN_OR_RETURN(const ComputeOptions co, MakeServingWorkload(g_, o_, &workload_));
     M2N_ASSIGN_OR_RETURN(compute_, MakeAttentionCompute(o_.backend, c_, o_.weights, co));
     M2N_ASSIGN_OR_RETURN(iterations_, RunIterations(o_));
-    M2N_ASSIGN_OR_RETURN(ep_, m2n::ExpertParallel::Create(g_, EpOptions(o_)));
+    if (DevicePath(o_)) {  // after the compute: the group's slots go on its GPU
+      M2N_ASSIGN_OR_RETURN(device_group_, MakeDeviceGroup(g_, o_));
+      device_.resize(static_cast<size_t>(o_.workload.micro_batches));
+    }
+    M2N_ASSIGN_OR_RETURN(ep_, m2n::ExpertParallel::Create(
+                                  device_group_ != nullptr ? *device_group_ : g_, EpOptions(o_)));
     experts_.assign(g_.peers().begin(), g_.peers().end());
     M2N_RETURN_IF_ERROR(send_.Register(g_, experts_.size()));
     requests_.resize(experts_.size());
@@ -274,6 +321,7 @@ class AttentionWorker {
         M2N_RETURN_IF_ERROR(compute_->Begin(i, plans_[static_cast<size_t>(i)].tokens));
     }
     M2N_RETURN_IF_ERROR(Layers());
+    if (device_group_ != nullptr) M2N_RETURN_IF_ERROR(RecordDeviceRouting());
     {
       Timed t(&compute_s_);
       const double now = Seconds(start_, Clock::now());
@@ -303,6 +351,7 @@ class AttentionWorker {
   }
 
   m2n::Status Dispatch(int mb, int layer) {
+    if (device_group_ != nullptr) return DispatchOnDevice(mb, layer);
     Routing& routing = routing_[static_cast<size_t>(mb)];
     int& tokens = tokens_[static_cast<size_t>(mb)];
     tokens = 0;
@@ -336,6 +385,7 @@ class AttentionWorker {
                      ")"));
     }
     in_flight_.pop_front();
+    if (device_group_ != nullptr) return ReceiveCombineOnDevice(mb);
     {
       Timed t(&wait_s_);
       M2N_RETURN_IF_ERROR(
@@ -345,6 +395,56 @@ class AttentionWorker {
     if (tokens == 0) return m2n::OkStatus();
     Timed t(&compute_s_);
     return compute_->ScatterAddRows(mb, Rows(tokens), out_.data());
+  }
+
+  // ---- Device path: the EP calls on micro-batch mb's stream, no host copy of token data ----
+  // (Host timers here measure enqueueing only: the device waits surface in the iteration's
+  // synchronization, RecordDeviceRouting's.)
+  m2n::Status DispatchOnDevice(int mb, int layer) {
+    int& tokens = tokens_[static_cast<size_t>(mb)];
+    DeviceDispatch& d = device_[static_cast<size_t>(mb)];
+    tokens = 0;
+    if (draining_) {
+      M2N_RETURN_IF_ERROR(compute_->DeviceLane(mb, &d));
+    } else {
+      Timed t(&compute_s_);
+      M2N_RETURN_IF_ERROR(compute_->AttentionAndGateOnDevice(mb, layer, &d));
+      tokens = static_cast<int>(plans_[static_cast<size_t>(mb)].tokens.size());
+    }
+    in_flight_.push_back({layer, mb});
+    Timed t(&send_s_);
+    M2N_RETURN_IF_ERROR(compute_->BeforeEpCall(mb, true));
+    M2N_RETURN_IF_ERROR(ep_->DispatchOnStream(d.x, tokens, d.topk_ids, d.topk_weights, d.stream)
+                            .WithContext(Where(g_, "dispatch")));
+    return compute_->AfterEpCall(mb, true);
+  }
+
+  m2n::Status ReceiveCombineOnDevice(int mb) {
+    const DeviceDispatch& d = device_[static_cast<size_t>(mb)];
+    {
+      Timed t(&wait_s_);
+      M2N_RETURN_IF_ERROR(compute_->BeforeEpCall(mb, false));
+      M2N_RETURN_IF_ERROR(
+          ep_->ReceiveCombineOnStream(d.combined, d.stream).WithContext(Where(g_, "combine")));
+      M2N_RETURN_IF_ERROR(compute_->AfterEpCall(mb, false));
+    }
+    Timed t(&compute_s_);
+    return compute_->AddCombinedOnDevice(mb, tokens_[static_cast<size_t>(mb)]);
+  }
+
+  // The gate's choices of this iteration, for the check, from their pinned host copies (one wait
+  // for the compute stream, which has waited for every micro-batch's combine).
+  m2n::Status RecordDeviceRouting() {
+    Timed t(&wait_s_);
+    for (int l = 0; l < c_.num_hidden_layers; ++l) {
+      for (size_t i = 0; i < plans_.size(); ++i) {
+        Routing& routing = routing_[i];
+        M2N_RETURN_IF_ERROR(compute_->RoutingOnHost(static_cast<int>(i), l, &routing));
+        M2N_RETURN_IF_ERROR(workload_->RecordRouting(plans_[i], l, c_.num_hidden_layers, routing));
+        rows_dispatched_ += RowsSent(routing);
+      }
+    }
+    return m2n::OkStatus();
   }
 
   std::span<const int32_t> Rows(int tokens) const {
@@ -420,6 +520,7 @@ class AttentionWorker {
   Json Report() const {
     Json r = Json::Object();
     r.Set("role", Json::String("attention"));
+    r.Set("ep_path", Json::String(device_group_ != nullptr ? "device" : "host"));
     r.Set("rank", Json::Number(g_.rank()));
     r.Set("backend", Json::String(compute_->name()));
     r.Set("wall_s", Json::Number(wall_s_));
@@ -438,7 +539,9 @@ class AttentionWorker {
   const ModelConfig& c_;
   std::unique_ptr<Workload> workload_;
   std::unique_ptr<AttentionCompute> compute_;
-  std::unique_ptr<m2n::ExpertParallel> ep_;
+  std::unique_ptr<m2n::Group> device_group_;  // the device path's (null: the host path)
+  std::unique_ptr<m2n::ExpertParallel> ep_;  // on device_group_ when there is one, else on g_
+  std::vector<DeviceDispatch> device_;  // [mb]: the device path's buffers and stream
   std::vector<int> experts_;
   SendBuffers send_;  // one buffer per expert worker: the finish, the report
   std::vector<m2n::SendRequest> requests_;
@@ -473,8 +576,13 @@ class ExpertWorker {
     const auto start = Clock::now();
     const int64_t calls = iterations_ * c_.num_hidden_layers * o_.workload.micro_batches;
     while (round_ < calls) {
-      M2N_RETURN_IF_ERROR(ServeCall());
+      M2N_RETURN_IF_ERROR(device_group_ != nullptr ? ServeCallOnDevice() : ServeCall());
       InjectExpertDeath(o_, g_, round_);
+    }
+    if (device_group_ != nullptr) {
+      M2N_RETURN_IF_ERROR(experts_->SyncDevice().WithContext(Where(g_, "device path")));
+      M2N_RETURN_IF_ERROR(
+          CloseDeviceGroup(ep_, device_group_, o_).WithContext(Where(g_, "device path")));
     }
     wall_s_ = Seconds(start, Clock::now());
     M2N_RETURN_IF_ERROR(ReceiveFinish());
@@ -509,6 +617,30 @@ class ExpertWorker {
     Timed t(&send_s_);
     M2N_RETURN_IF_ERROR(
         ep_->Combine(y_.data(), CallDeadline(o_)).WithContext(Where(g_, "combine")));
+    ++round_;
+    return m2n::OkStatus();
+  }
+
+  // The device path's call: the batch stays in device memory; the host waits only for its counts
+  // (cuBLAS takes host sizes), timed as the wait. The layer checks the call numbers on the device.
+  m2n::Status ServeCallOnDevice() {
+    const int layer = static_cast<int>(round_ / o_.workload.micro_batches % c_.num_hidden_layers);
+    void* stream = experts_->device_stream();
+    m2n::DeviceExpertBatch batch;
+    M2N_RETURN_IF_ERROR(
+        ep_->ReceiveDispatchOnStream(&batch, stream).WithContext(Where(g_, "dispatch")));
+    {
+      Timed t(&wait_s_);
+      M2N_RETURN_IF_ERROR(experts_->SyncDevice().WithContext(Where(g_, "dispatch")));
+    }
+    const float* y = nullptr;
+    {
+      Timed t(&compute_s_);
+      M2N_RETURN_IF_ERROR(experts_->ForwardGroupedOnDevice(layer, batch, &y));
+      rows_ += batch.host_counts[batch.experts.size()];  // (token, local expert) rows
+    }
+    Timed t(&send_s_);
+    M2N_RETURN_IF_ERROR(ep_->CombineOnStream(y, stream).WithContext(Where(g_, "combine")));
     ++round_;
     return m2n::OkStatus();
   }
@@ -571,7 +703,11 @@ class ExpertWorker {
                       .local_rank = LocalRank(g_)};
     M2N_ASSIGN_OR_RETURN(experts_, MakeWorkerExperts(o_, held_, co));
     M2N_ASSIGN_OR_RETURN(iterations_, RunIterations(o_));
-    M2N_ASSIGN_OR_RETURN(ep_, m2n::ExpertParallel::Create(g_, EpOptions(o_)));
+    if (DevicePath(o_)) {
+      M2N_ASSIGN_OR_RETURN(device_group_, MakeDeviceGroup(g_, o_));
+    }
+    M2N_ASSIGN_OR_RETURN(ep_, m2n::ExpertParallel::Create(
+                                  device_group_ != nullptr ? *device_group_ : g_, EpOptions(o_)));
     attention_.assign(g_.peers().begin(), g_.peers().end());
     M2N_RETURN_IF_ERROR(send_.Register(g_, attention_.size()));
     seen_.assign(attention_.size() * static_cast<size_t>(o_.workload.max_tokens), 0);
@@ -581,6 +717,7 @@ class ExpertWorker {
   Json Report() const {
     Json r = Json::Object();
     r.Set("role", Json::String("expert"));
+    r.Set("ep_path", Json::String(device_group_ != nullptr ? "device" : "host"));
     r.Set("rank", Json::Number(g_.rank()));
     r.Set("backend", Json::String(experts_->name()));
     Json held = Json::Array();
@@ -600,7 +737,8 @@ class ExpertWorker {
   const ModelConfig& c_;
   std::vector<int> held_;
   std::unique_ptr<ExpertCompute> experts_;
-  std::unique_ptr<m2n::ExpertParallel> ep_;
+  std::unique_ptr<m2n::Group> device_group_;  // the device path's (null: the host path)
+  std::unique_ptr<m2n::ExpertParallel> ep_;  // on device_group_ when there is one, else on g_
   std::vector<int> attention_;
   SendBuffers send_;  // one report buffer per attention worker
   std::vector<float> y_;  // the current call's expert outputs

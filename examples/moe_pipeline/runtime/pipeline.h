@@ -25,6 +25,16 @@
 // worker sends every expert worker a finish (so both sides check that they agree on where the EP
 // traffic ended), then the reports go to rank 0.
 //
+// The device path (the cuda backend, unless --fault swap_experts or --offload): the EP layer's
+// stream-ordered calls on a second group whose receive slots are GPU memory (its bootstrap store on
+// the host group's port + 1; the host group keeps the finish and the reports, as a group has one
+// data path). The attention worker enqueues layer l of micro-batch i on its compute stream, the
+// dispatch and combine of i on i's own stream (after an event; and after the previous call of the
+// same kind, on whichever stream: the EP layer's call numbers are device words), and the residual
+// add back on the compute stream (after another): no host copy of token data and no host wait per layer; the
+// routing goes to pinned host memory on the way, read for the check once per iteration. The expert
+// worker's one host wait per call is for the batch's row counts, which cuBLAS takes on the host.
+//
 // Slots: slot_bytes fits the EP layer's largest message (ExpertParallel::SlotBytesNeeded) and a
 // report chunk; slot_depth >= m: at most m dispatches and m combines per pair are in flight, so
 // no Send ever waits for a credit that only the waiting side could free.
@@ -59,6 +69,7 @@ struct PipelineOptions {
   int timeout_s = 120;  // every m2n call's deadline
   bool check = true;  // compare with the reference
   bool progress = true;  // a progress line on stderr every second
+  bool cuda_graphs = true;  // the device path's attention layers as CUDA graphs (--no_cuda_graphs)
   // Fault injection: "swap_experts" routes every token of expert 0 to expert 1 and back (a routing
   // bug the check must catch); "kill_expert" ends the first expert worker after 3 rounds (the
   // others must fail by their deadlines, naming it).

@@ -72,6 +72,8 @@ Summary Summarize(const Json& reports, const PipelineOptions& o, const std::stri
     w.Set("idle", Json::Number(Num(r, "wait_s") / wall));
     w.Set("send", Json::Number(Num(r, "send_s") / wall));
     w.Set("wall_s", Json::Number(wall));
+    // How the disaggregated workers' tokens travelled: "device" (GPU memory) or "host".
+    if (const Json* path = r.Find("ep_path")) w.Set("ep_path", *path);
     if (is_attention) {
       ++attention;
       generated += Num(r, "generated_tokens");

@@ -300,6 +300,36 @@ TEST(MoePipeline, OffloadedExpertsMatchTheReference) {
   EXPECT_EQ(run.exit_code, 2) << run.output;
 }
 
+// The cuda backend's device path (issue 10, part 3): attention and expert workers as processes
+// sharing the GPUs there are (all on one GPU on a single-GPU machine: CUDA IPC works between
+// processes of one GPU), the tokens through the EP layer's stream-ordered calls in GPU memory, the
+// bf16 result checked against the reference: 2 + 2 with ping-pong (m = 2, prompts cut into
+// chunks), the trained tiny model, an attention worker that finishes first (empty micro-batches
+// on the device path), 1 + 3, and the layers enqueued eagerly (--no_cuda_graphs) instead of
+// replayed as CUDA graphs.
+TEST(MoePipeline, CudaDevicePathMatchesTheReference) {
+  if (ResolveBackend("auto") != "cuda") GTEST_SKIP() << "no CUDA device visible (or no CUDA build)";
+  const std::string trained = " --config mixtral-8x7b-tiny --weights " +
+                              std::string(MOE_PIPELINE_CONFIG_DIR) +
+                              "/../models/mixtral-8x7b-tiny.safetensors";
+  for (const std::string& args :
+       {"-A 2 -E 2 -m 2 " + std::string(kSmall), "-A 2 -E 2 -m 3 " + std::string(kSmall) + trained,
+        std::string("-A 2 -E 2 -m 2 --requests 2 --batch 1"),
+        "-A 1 -E 3 -m 1 " + std::string(kSmall),
+        "-A 2 -E 2 -m 2 --no_cuda_graphs " + std::string(kSmall)}) {
+    TempDir dir;
+    const Outcome run = RunPipeline("--backend cuda " + args + " --json " + (dir / "m.json"));
+    ASSERT_EQ(run.exit_code, 0) << args << "\n" << run.output;
+    EXPECT_NE(run.output.find("check           PASS"), std::string::npos) << args << run.output;
+    const Json j = ReadJson(dir / "m.json");
+    EXPECT_EQ(j.Find("check")->Find("routing_errors")->as_number(), 0) << args << run.output;
+    for (const Json& w : j.Find("workers")->items()) {
+      ASSERT_NE(w.Find("ep_path"), nullptr) << args << run.output;
+      EXPECT_EQ(w.Find("ep_path")->as_string(), "device") << args << run.output;
+    }
+  }
+}
+
 // The single-process path (--single; --collocated 1 is the same): the whole trained tiny model in
 // one process matches the reference without offloading and with a cache of 24 of its 256 experts;
 // on the GPU (when one is visible) with the CUDA expert cache too.

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "compute/cuda/graphs.h"
 #include "compute/cuda/kernels.h"
 #include "model/safetensors.h"
 
@@ -69,6 +70,33 @@ class DeviceArray {
 
 using Bf16Array = DeviceArray<uint16_t>;
 
+// Pinned host memory of `count` T (device-to-host copies that need no host wait), freed on
+// destruction.
+template <typename T>
+class PinnedArray {
+ public:
+  PinnedArray() = default;
+  PinnedArray(const PinnedArray&) = delete;
+  PinnedArray& operator=(const PinnedArray&) = delete;
+  ~PinnedArray() {
+    if (data_ != nullptr) (void)cudaFreeHost(data_);
+  }
+  m2n::Status Allocate(size_t count, const char* what) {
+    if (data_ != nullptr) (void)cudaFreeHost(data_);
+    data_ = nullptr;
+    if (count == 0) return m2n::OkStatus();
+    void* p = nullptr;
+    M2N_RETURN_IF_ERROR(CudaError(cudaMallocHost(&p, count * sizeof(T)),
+                                  std::string("cudaMallocHost for ") + what));
+    data_ = static_cast<T*>(p);
+    return m2n::OkStatus();
+  }
+  T* get() const { return data_; }
+
+ private:
+  T* data_ = nullptr;
+};
+
 // The device, stream and cuBLAS handle of one backend object.
 class Context {
  public:
@@ -97,6 +125,12 @@ class Context {
     if (bytes == 0) return m2n::OkStatus();
     return CudaError(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_),
                      "copy to the host");
+  }
+  // Rows crossing the interface: host memory, or device memory (the collocated baseline's NCCL
+  // buffers); the direction is told by the pointers (unified addressing).
+  m2n::Status Copy(void* dst, const void* src, size_t bytes) {
+    if (bytes == 0) return m2n::OkStatus();
+    return CudaError(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream_), "row copy");
   }
 
   // y[rows, n] (fp32) = x[rows, k] (bf16) . w[n, k]^T (bf16), fp32 accumulation. Row-major
@@ -249,35 +283,8 @@ class CudaAttention final : public AttentionCompute {
 
   m2n::Status AttentionAndGate(int mb, int layer, Routing* routing) override {
     M2N_RETURN_IF_ERROR(CheckMb(mb));
-    MicroBatch& m = mbs_[static_cast<size_t>(mb)];
-    const Layer& w = layers_[static_cast<size_t>(layer)];
-    const int n = m.rows, h = c_.hidden_size, L = c_.num_hidden_layers;
-    const float eps = static_cast<float>(c_.rms_norm_eps);
-    const double log_theta = std::log(c_.rope_theta);
-    cudaStream_t s = ctx_.stream();
-    MOE_CUDA(
-        LaunchRmsNorm(m.residual.get(), n, h, w.input_norm.get(), eps, normed_.get(), nullptr, s));
-    M2N_RETURN_IF_ERROR(ctx_.Gemm(normed_.get(), n, h, w.wq.get(), c_.q_dim(), q_.get()));
-    M2N_RETURN_IF_ERROR(ctx_.Gemm(normed_.get(), n, h, w.wk.get(), c_.kv_dim(), k_.get()));
-    M2N_RETURN_IF_ERROR(ctx_.Gemm(normed_.get(), n, h, w.wv.get(), c_.kv_dim(), v_.get()));
-    MOE_CUDA(LaunchRope(q_.get(), n, c_.num_attention_heads, c_.head_dim, m.positions.get(),
-                        log_theta, s));
-    MOE_CUDA(LaunchRope(k_.get(), n, c_.num_key_value_heads, c_.head_dim, m.positions.get(),
-                        log_theta, s));
-    MOE_CUDA(LaunchAppendKv(k_.get(), v_.get(), n, c_.kv_dim(), m.slots.get(), m.positions.get(),
-                            layer, L, o_.max_context, k_cache_.get(), v_cache_.get(), s));
-    MOE_CUDA(LaunchAttention(q_.get(), n, c_.num_attention_heads, c_.num_key_value_heads,
-                             c_.head_dim, m.slots.get(), m.positions.get(), layer, L,
-                             o_.max_context, k_cache_.get(), v_cache_.get(), attn_.get(), s));
-    M2N_RETURN_IF_ERROR(ctx_.Gemm(attn_.get(), n, c_.q_dim(), w.wo.get(), h, out_.get()));
-    MOE_CUDA(LaunchAdd(m.residual.get(), out_.get(), int64_t{n} * h, s));
-    MOE_CUDA(LaunchRmsNorm(m.residual.get(), n, h, w.post_norm.get(), eps, normed_.get(),
-                           m.moe_input.get(), s));
-    M2N_RETURN_IF_ERROR(
-        ctx_.Gemm(normed_.get(), n, h, w.gate.get(), c_.num_local_experts, gate_.get()));
-    const int k = c_.num_experts_per_tok;
-    MOE_CUDA(LaunchGateTopK(gate_.get(), n, c_.num_local_experts, k, c_.norm_topk_prob,
-                            top_index_.get(), top_weight_.get(), s));
+    M2N_RETURN_IF_ERROR(EnqueueLayer(mb, layer, top_index_.get(), top_weight_.get()));
+    const int n = mbs_[static_cast<size_t>(mb)].rows, k = c_.num_experts_per_tok;
     routing->top_k = k;
     routing->expert.resize(static_cast<size_t>(n) * k);
     routing->weight.resize(static_cast<size_t>(n) * k);
@@ -290,13 +297,103 @@ class CudaAttention final : public AttentionCompute {
     return m2n::OkStatus();
   }
 
+  // ---- Device path (compute.h) ----
+  m2n::Status AttentionAndGateOnDevice(int mb, int layer, DeviceDispatch* out) override {
+    M2N_RETURN_IF_ERROR(CheckMb(mb));
+    if (layer < 0 || layer >= c_.num_hidden_layers)
+      return m2n::InvalidArgumentError("layer out of range");
+    M2N_RETURN_IF_ERROR(Lanes());
+    const MicroBatch& m = mbs_[static_cast<size_t>(mb)];
+    Lane& lane = *lanes_[static_cast<size_t>(mb)];
+    // The layer and, for the check, the routing's copy into pinned memory (read after the
+    // iteration): as a CUDA graph where this shape came before (graphs.h).
+    const size_t pairs = static_cast<size_t>(m.rows) * c_.num_experts_per_tok;
+    const size_t at = static_cast<size_t>(layer) * lane.pairs_per_layer;
+    lane.routed_rows[static_cast<size_t>(layer)] = m.rows;
+    auto enqueue = [&]() -> m2n::Status {
+      M2N_RETURN_IF_ERROR(EnqueueLayer(mb, layer, lane.top_index.get(), lane.top_weight.get()));
+      M2N_RETURN_IF_ERROR(ctx_.ToHost(lane.host_index.get() + at, lane.top_index.get(), pairs * 4));
+      return ctx_.ToHost(lane.host_weight.get() + at, lane.top_weight.get(), pairs * 4);
+    };
+    if (o_.cuda_graphs && m.rows > 0) {
+      M2N_RETURN_IF_ERROR(graphs_.Run({mb, layer, m.rows}, ctx_.stream(), enqueue));
+    } else {
+      M2N_RETURN_IF_ERROR(enqueue());
+    }
+    MOE_CUDA(cudaEventRecord(lane.gate_done, ctx_.stream()));
+    MOE_CUDA(cudaStreamWaitEvent(lane.stream, lane.gate_done, 0));
+    return DeviceLane(mb, out);
+  }
+
+  m2n::Status DeviceLane(int mb, DeviceDispatch* out) override {
+    M2N_RETURN_IF_ERROR(CheckMb(mb));
+    M2N_RETURN_IF_ERROR(Lanes());
+    Lane& lane = *lanes_[static_cast<size_t>(mb)];
+    *out = {mbs_[static_cast<size_t>(mb)].moe_input.get(), lane.top_index.get(),
+            lane.top_weight.get(), lane.combined.get(), lane.stream};
+    return m2n::OkStatus();
+  }
+
+  m2n::Status BeforeEpCall(int mb, bool dispatch) override {
+    M2N_RETURN_IF_ERROR(CheckMb(mb));
+    M2N_RETURN_IF_ERROR(Lanes());
+    const int last = dispatch ? last_dispatch_ : last_combine_;
+    if (last < 0 || last == mb) return m2n::OkStatus();  // none yet, or this stream's own
+    const Lane& before = *lanes_[static_cast<size_t>(last)];
+    MOE_CUDA(cudaStreamWaitEvent(lanes_[static_cast<size_t>(mb)]->stream,
+                                 dispatch ? before.dispatched : before.combined_in, 0));
+    return m2n::OkStatus();
+  }
+
+  m2n::Status AfterEpCall(int mb, bool dispatch) override {
+    M2N_RETURN_IF_ERROR(CheckMb(mb));
+    M2N_RETURN_IF_ERROR(Lanes());
+    const Lane& lane = *lanes_[static_cast<size_t>(mb)];
+    MOE_CUDA(cudaEventRecord(dispatch ? lane.dispatched : lane.combined_in, lane.stream));
+    (dispatch ? last_dispatch_ : last_combine_) = mb;
+    return m2n::OkStatus();
+  }
+
+  m2n::Status AddCombinedOnDevice(int mb, int tokens) override {
+    M2N_RETURN_IF_ERROR(CheckMb(mb));
+    M2N_RETURN_IF_ERROR(Lanes());
+    const MicroBatch& m = mbs_[static_cast<size_t>(mb)];
+    if (tokens < 0 || tokens > m.rows)
+      return m2n::InvalidArgumentError("combined tokens outside the micro-batch");
+    Lane& lane = *lanes_[static_cast<size_t>(mb)];
+    MOE_CUDA(cudaEventRecord(lane.combine_done, lane.stream));
+    MOE_CUDA(cudaStreamWaitEvent(ctx_.stream(), lane.combine_done, 0));
+    if (tokens == 0) return m2n::OkStatus();
+    MOE_CUDA(LaunchAdd(m.residual.get(), lane.combined.get(), int64_t{tokens} * c_.hidden_size,
+                       ctx_.stream()));
+    return m2n::OkStatus();
+  }
+
+  m2n::Status SyncDevice() override { return ctx_.Sync(); }
+
+  m2n::Status RoutingOnHost(int mb, int layer, Routing* routing) override {
+    M2N_RETURN_IF_ERROR(CheckMb(mb));
+    M2N_RETURN_IF_ERROR(Lanes());
+    if (layer < 0 || layer >= c_.num_hidden_layers)
+      return m2n::InvalidArgumentError("layer out of range");
+    M2N_RETURN_IF_ERROR(ctx_.Sync());
+    const Lane& lane = *lanes_[static_cast<size_t>(mb)];
+    const int k = c_.num_experts_per_tok;
+    const size_t pairs = static_cast<size_t>(lane.routed_rows[static_cast<size_t>(layer)]) * k;
+    const size_t at = static_cast<size_t>(layer) * lane.pairs_per_layer;
+    routing->top_k = k;
+    routing->expert.assign(lane.host_index.get() + at, lane.host_index.get() + at + pairs);
+    routing->weight.assign(lane.host_weight.get() + at, lane.host_weight.get() + at + pairs);
+    return m2n::OkStatus();
+  }
+
   m2n::Status GatherRows(int mb, std::span<const int32_t> rows, float* dst) override {
     M2N_RETURN_IF_ERROR(CheckRows(mb, rows));
     const MicroBatch& m = mbs_[static_cast<size_t>(mb)];
     const int n = static_cast<int>(rows.size()), h = c_.hidden_size;
     M2N_RETURN_IF_ERROR(ctx_.ToDevice(rows_.get(), rows.data(), rows.size() * 4));
     MOE_CUDA(LaunchGatherRows(m.moe_input.get(), rows_.get(), n, h, staging_.get(), ctx_.stream()));
-    M2N_RETURN_IF_ERROR(ctx_.ToHost(dst, staging_.get(), rows.size() * static_cast<size_t>(h) * 4));
+    M2N_RETURN_IF_ERROR(ctx_.Copy(dst, staging_.get(), rows.size() * static_cast<size_t>(h) * 4));
     return ctx_.Sync();
   }
 
@@ -305,8 +402,7 @@ class CudaAttention final : public AttentionCompute {
     MicroBatch& m = mbs_[static_cast<size_t>(mb)];
     const int n = static_cast<int>(rows.size()), h = c_.hidden_size;
     M2N_RETURN_IF_ERROR(ctx_.ToDevice(rows_.get(), rows.data(), rows.size() * 4));
-    M2N_RETURN_IF_ERROR(
-        ctx_.ToDevice(staging_.get(), src, rows.size() * static_cast<size_t>(h) * 4));
+    M2N_RETURN_IF_ERROR(ctx_.Copy(staging_.get(), src, rows.size() * static_cast<size_t>(h) * 4));
     MOE_CUDA(LaunchScatterAddRows(m.residual.get(), rows_.get(), nullptr, n, h, staging_.get(),
                                   ctx_.stream()));
     return ctx_.Sync();  // `src` is an m2n slot, released after this returns
@@ -338,6 +434,88 @@ class CudaAttention final : public AttentionCompute {
     DeviceArray<int32_t> tokens, slots, positions;
   };
 
+  // Layer `layer` of micro-batch mb up to the experts, enqueued on the compute stream; the top-k
+  // into top_index / top_weight ([rows, top_k], device).
+  m2n::Status EnqueueLayer(int mb, int layer, int32_t* top_index, float* top_weight) {
+    MicroBatch& m = mbs_[static_cast<size_t>(mb)];
+    const Layer& w = layers_[static_cast<size_t>(layer)];
+    const int n = m.rows, h = c_.hidden_size, L = c_.num_hidden_layers;
+    const float eps = static_cast<float>(c_.rms_norm_eps);
+    const double log_theta = std::log(c_.rope_theta);
+    cudaStream_t s = ctx_.stream();
+    MOE_CUDA(
+        LaunchRmsNorm(m.residual.get(), n, h, w.input_norm.get(), eps, normed_.get(), nullptr, s));
+    M2N_RETURN_IF_ERROR(ctx_.Gemm(normed_.get(), n, h, w.wq.get(), c_.q_dim(), q_.get()));
+    M2N_RETURN_IF_ERROR(ctx_.Gemm(normed_.get(), n, h, w.wk.get(), c_.kv_dim(), k_.get()));
+    M2N_RETURN_IF_ERROR(ctx_.Gemm(normed_.get(), n, h, w.wv.get(), c_.kv_dim(), v_.get()));
+    MOE_CUDA(LaunchRope(q_.get(), n, c_.num_attention_heads, c_.head_dim, m.positions.get(),
+                        log_theta, s));
+    MOE_CUDA(LaunchRope(k_.get(), n, c_.num_key_value_heads, c_.head_dim, m.positions.get(),
+                        log_theta, s));
+    MOE_CUDA(LaunchAppendKv(k_.get(), v_.get(), n, c_.kv_dim(), m.slots.get(), m.positions.get(),
+                            layer, L, o_.max_context, k_cache_.get(), v_cache_.get(), s));
+    MOE_CUDA(LaunchAttention(q_.get(), n, c_.num_attention_heads, c_.num_key_value_heads,
+                             c_.head_dim, m.slots.get(), m.positions.get(), layer, L,
+                             o_.max_context, k_cache_.get(), v_cache_.get(), attn_.get(), s));
+    M2N_RETURN_IF_ERROR(ctx_.Gemm(attn_.get(), n, c_.q_dim(), w.wo.get(), h, out_.get()));
+    MOE_CUDA(LaunchAdd(m.residual.get(), out_.get(), int64_t{n} * h, s));
+    MOE_CUDA(LaunchRmsNorm(m.residual.get(), n, h, w.post_norm.get(), eps, normed_.get(),
+                           m.moe_input.get(), s));
+    M2N_RETURN_IF_ERROR(
+        ctx_.Gemm(normed_.get(), n, h, w.gate.get(), c_.num_local_experts, gate_.get()));
+    const int k = c_.num_experts_per_tok;
+    MOE_CUDA(LaunchGateTopK(gate_.get(), n, c_.num_local_experts, k, c_.norm_topk_prob, top_index,
+                            top_weight, s));
+    return m2n::OkStatus();
+  }
+
+  // A micro-batch's own stream for its EP calls (device path), with its top-k, its combine
+  // buffer and the pinned host copy of its routing at every layer of the iteration.
+  struct Lane {
+    ~Lane() {
+      if (gate_done != nullptr) (void)cudaEventDestroy(gate_done);
+      if (combine_done != nullptr) (void)cudaEventDestroy(combine_done);
+      if (dispatched != nullptr) (void)cudaEventDestroy(dispatched);
+      if (combined_in != nullptr) (void)cudaEventDestroy(combined_in);
+      if (stream != nullptr) (void)cudaStreamDestroy(stream);
+    }
+    cudaStream_t stream = nullptr;
+    cudaEvent_t gate_done = nullptr, combine_done = nullptr;
+    cudaEvent_t dispatched = nullptr, combined_in = nullptr;  // after its EP calls (BeforeEpCall)
+    DeviceArray<int32_t> top_index;
+    DeviceArray<float> top_weight, combined;
+    size_t pairs_per_layer = 0;  // max_tokens x top_k
+    PinnedArray<int32_t> host_index;  // [layer][pairs_per_layer]
+    PinnedArray<float> host_weight;
+    std::vector<int> routed_rows;  // [layer]: tokens of its last gate at that layer
+  };
+
+  // The lanes, made at the first device-path call (the host path never needs them).
+  m2n::Status Lanes() {
+    if (!lanes_.empty()) return m2n::OkStatus();
+    const size_t t = static_cast<size_t>(o_.max_tokens);
+    const size_t k = static_cast<size_t>(c_.num_experts_per_tok);
+    const size_t layers = static_cast<size_t>(c_.num_hidden_layers);
+    for (size_t i = 0; i < mbs_.size(); ++i) {
+      auto lane = std::make_unique<Lane>();
+      MOE_CUDA(cudaStreamCreateWithFlags(&lane->stream, cudaStreamNonBlocking));
+      MOE_CUDA(cudaEventCreateWithFlags(&lane->gate_done, cudaEventDisableTiming));
+      MOE_CUDA(cudaEventCreateWithFlags(&lane->combine_done, cudaEventDisableTiming));
+      MOE_CUDA(cudaEventCreateWithFlags(&lane->dispatched, cudaEventDisableTiming));
+      MOE_CUDA(cudaEventCreateWithFlags(&lane->combined_in, cudaEventDisableTiming));
+      M2N_RETURN_IF_ERROR(lane->top_index.Allocate(std::max<size_t>(t * k, 1), "top-k"));
+      M2N_RETURN_IF_ERROR(lane->top_weight.Allocate(std::max<size_t>(t * k, 1), "top-k weights"));
+      M2N_RETURN_IF_ERROR(lane->combined.Allocate(
+          std::max<size_t>(t, 1) * static_cast<size_t>(c_.hidden_size), "combined rows"));
+      lane->pairs_per_layer = t * k;
+      M2N_RETURN_IF_ERROR(lane->host_index.Allocate(layers * t * k, "routing (host)"));
+      M2N_RETURN_IF_ERROR(lane->host_weight.Allocate(layers * t * k, "routing weights (host)"));
+      lane->routed_rows.assign(layers, 0);
+      lanes_.push_back(std::move(lane));
+    }
+    return m2n::OkStatus();
+  }
+
   m2n::Status CheckMb(int mb) const {
     if (mb < 0 || mb >= static_cast<int>(mbs_.size()))
       return m2n::InvalidArgumentError("micro-batch out of range");
@@ -364,6 +542,10 @@ class CudaAttention final : public AttentionCompute {
   Bf16Array normed_, attn_, k_cache_, v_cache_;
   DeviceArray<float> q_, k_, v_, out_, gate_, top_weight_, staging_, logits_;
   DeviceArray<int32_t> top_index_, rows_;
+  // Destroyed before ctx_ (declared after it): their streams end before the compute stream's.
+  std::vector<std::unique_ptr<Lane>> lanes_;
+  int last_dispatch_ = -1, last_combine_ = -1;  // the lane of the last EP call of each kind
+  GraphCache graphs_;  // the device path's layers (ComputeOptions::cuda_graphs)
 };
 
 class CudaExperts final : public ExpertCompute {
@@ -404,7 +586,7 @@ class CudaExperts final : public ExpertCompute {
   m2n::Status Forward(int layer, int top_k, std::span<const ExpertInput> inputs) override {
     if (layer < 0 || layer >= c_.num_hidden_layers)
       return m2n::InvalidArgumentError("layer out of range");
-    const int h = c_.hidden_size, inter = c_.intermediate_size;
+    const int h = c_.hidden_size;
     const size_t experts = held_.size();
     // Rows of all inputs, concatenated: input i's rows start at offset[i].
     std::vector<int> offset(inputs.size() + 1, 0);
@@ -430,8 +612,8 @@ class CudaExperts final : public ExpertCompute {
     M2N_RETURN_IF_ERROR(Reserve(total, used));
     cudaStream_t s = ctx_.stream();
     for (size_t i = 0; i < inputs.size(); ++i) {
-      M2N_RETURN_IF_ERROR(ctx_.ToDevice(x_.get() + static_cast<size_t>(offset[i]) * h, inputs[i].x,
-                                        static_cast<size_t>(inputs[i].rows) * h * 4));
+      M2N_RETURN_IF_ERROR(ctx_.Copy(x_.get() + static_cast<size_t>(offset[i]) * h, inputs[i].x,
+                                    static_cast<size_t>(inputs[i].rows) * h * 4));
     }
     if (total > 0) MOE_CUDA(cudaMemsetAsync(out_.get(), 0, static_cast<size_t>(total) * h * 4, s));
     if (used > 0) {
@@ -440,27 +622,7 @@ class CudaExperts final : public ExpertCompute {
           ctx_.ToDevice(weights_.get(), all_weights.data(), all_weights.size() * 4));
       // Token gather: every expert's tokens, contiguous, in bf16.
       MOE_CUDA(LaunchGatherRowsBf16(x_.get(), rows_.get(), used, h, gathered_.get(), s));
-      std::vector<DeviceExpert> w;
-      M2N_RETURN_IF_ERROR(Weights(layer, start, weights, &w));
-      std::vector<Problem> up, down;
-      for (size_t e = 0, used_e = 0; e < experts; ++e) {
-        const int n = start[e + 1] - start[e];
-        if (n == 0) continue;
-        const DeviceExpert& x = w[used_e++];
-        const size_t at = static_cast<size_t>(start[e]);
-        up.push_back({gathered_.get() + at * h, n, h, x.w1, inter, h1_.get() + at * inter});
-        up.push_back({gathered_.get() + at * h, n, h, x.w3, inter, h3_.get() + at * inter});
-        down.push_back({act_.get() + at * inter, n, inter, x.w2, h, y_.get() + at * h});
-      }
-      M2N_RETURN_IF_ERROR(GroupedGemm(up));
-      MOE_CUDA(LaunchSiluMul(h1_.get(), h3_.get(), int64_t{used} * inter, act_.get(), s));
-      M2N_RETURN_IF_ERROR(GroupedGemm(down));
-      if (residency_ != nullptr) {
-        std::vector<int> ids;
-        for (size_t e = 0; e < experts; ++e)
-          if (start[e + 1] > start[e]) ids.push_back(held_[e]);
-        M2N_RETURN_IF_ERROR(residency_->Release(layer, ids, s));
-      }
+      M2N_RETURN_IF_ERROR(RunExperts(layer, start, weights));
       // Combine on the expert side: out[row] += weight * y, one expert at a time (rows distinct).
       for (size_t e = 0; e < experts; ++e) {
         const int n = start[e + 1] - start[e];
@@ -470,17 +632,86 @@ class CudaExperts final : public ExpertCompute {
       }
     }
     for (size_t i = 0; i < inputs.size(); ++i) {
-      M2N_RETURN_IF_ERROR(ctx_.ToHost(inputs[i].out,
-                                      out_.get() + static_cast<size_t>(offset[i]) * h,
-                                      static_cast<size_t>(inputs[i].rows) * h * 4));
+      M2N_RETURN_IF_ERROR(ctx_.Copy(inputs[i].out, out_.get() + static_cast<size_t>(offset[i]) * h,
+                                    static_cast<size_t>(inputs[i].rows) * h * 4));
     }
     return ctx_.Sync();
+  }
+
+  // ---- Device path (compute.h) ----
+  void* device_stream() override { return ctx_.stream(); }
+  m2n::Status SyncDevice() override { return ctx_.Sync(); }
+
+  m2n::Status ForwardGroupedOnDevice(int layer, const m2n::DeviceExpertBatch& b,
+                                     const float** y) override {
+    if (layer < 0 || layer >= c_.num_hidden_layers)
+      return m2n::InvalidArgumentError("layer out of range");
+    // cuBLAS takes host row counts: wait for the batch's pinned copy of them (the one host wait).
+    M2N_RETURN_IF_ERROR(ctx_.Sync());
+    const size_t experts = held_.size();
+    if (b.experts.size() != experts) {
+      return m2n::DataLossError("the EP layer delivered rows for " +
+                                std::to_string(b.experts.size()) + " experts; this worker holds " +
+                                std::to_string(experts));
+    }
+    std::vector<int> start(experts + 1, 0);
+    std::vector<std::vector<float>> load(experts);  // the expert cache's load: one per row
+    for (size_t e = 0; e < experts; ++e) {
+      if (b.experts[e] != held_[e]) {
+        return m2n::DataLossError("the EP layer delivered rows for expert " +
+                                  std::to_string(b.experts[e]) +
+                                  ", which this worker does not hold");
+      }
+      start[e + 1] = start[e] + b.host_counts[e];
+      load[e].assign(static_cast<size_t>(b.host_counts[e]), 1.0f);
+    }
+    const int used = start.back();
+    if (used != b.host_counts[experts] || used > b.max_rows) {
+      return m2n::DataLossError("the EP layer's counts add up to " + std::to_string(used) +
+                                " rows, its batch says " + std::to_string(b.host_counts[experts]));
+    }
+    M2N_RETURN_IF_ERROR(Reserve(0, std::max(used, 1)));
+    *y = y_.get();
+    if (used == 0) return m2n::OkStatus();
+    // The rows are grouped by expert already: convert them to bf16 in place of a gather.
+    MOE_CUDA(LaunchFloatToBf16(static_cast<const float*>(b.x), gathered_.get(),
+                               int64_t{used} * c_.hidden_size, ctx_.stream()));
+    return RunExperts(layer, start, load);
   }
 
  private:
   struct Expert {
     Bf16Array w1, w3, w2;
   };
+
+  // Every local expert e with tokens over its rows [start[e], start[e + 1]) of gathered_ (bf16):
+  // the SwiGLU chain into y_ (fp32, unweighted), enqueued on the compute stream.
+  m2n::Status RunExperts(int layer, const std::vector<int>& start,
+                         const std::vector<std::vector<float>>& gate_weights) {
+    const int h = c_.hidden_size, inter = c_.intermediate_size, used = start.back();
+    const size_t experts = held_.size();
+    cudaStream_t s = ctx_.stream();
+    std::vector<DeviceExpert> w;
+    M2N_RETURN_IF_ERROR(Weights(layer, start, gate_weights, &w));
+    std::vector<Problem> up, down;
+    for (size_t e = 0, used_e = 0; e < experts; ++e) {
+      const int n = start[e + 1] - start[e];
+      if (n == 0) continue;
+      const DeviceExpert& x = w[used_e++];
+      const size_t at = static_cast<size_t>(start[e]);
+      up.push_back({gathered_.get() + at * h, n, h, x.w1, inter, h1_.get() + at * inter});
+      up.push_back({gathered_.get() + at * h, n, h, x.w3, inter, h3_.get() + at * inter});
+      down.push_back({act_.get() + at * inter, n, inter, x.w2, h, y_.get() + at * h});
+    }
+    M2N_RETURN_IF_ERROR(GroupedGemm(up));
+    MOE_CUDA(LaunchSiluMul(h1_.get(), h3_.get(), int64_t{used} * inter, act_.get(), s));
+    M2N_RETURN_IF_ERROR(GroupedGemm(down));
+    if (residency_ == nullptr) return m2n::OkStatus();
+    std::vector<int> ids;
+    for (size_t e = 0; e < experts; ++e)
+      if (start[e + 1] > start[e]) ids.push_back(held_[e]);
+    return residency_->Release(layer, ids, s);
+  }
   // The weights of the local experts with tokens (start[e + 1] > start[e]), in local order:
   // resident, or acquired from the expert cache (which the stream then waits for).
   m2n::Status Weights(int layer, const std::vector<int>& start,

@@ -3,10 +3,11 @@
 // of a worker's experts per projection), and kernels of compute/cuda/kernels.cu for RMSNorm, RoPE,
 // the bf16 KV cache, attention over it, the gate and top-k, and token gather / scatter.
 //
-// One process per GPU (the device current when the backend is made). Rows crossing the interface
-// (dispatch, combine, logits) are host memory today: they are staged through device copies, so the
-// runtime works unchanged over host m2n slots. The zero-copy path (m2n slots in GPU memory,
-// stream-ordered calls) is the next step: see README.md.
+// One process per GPU (the device current when the backend is made; processes may share one).
+// Rows crossing the host-path interface (dispatch, combine) may be host or device memory (copied by
+// unified addressing); the logits are host memory. The device path (compute.h's *OnDevice calls:
+// micro-batch streams, the EP layer's stream-ordered calls, CUDA graphs of repeated layer shapes,
+// graphs.h) keeps token data on the GPU: see README.md, "The GPU data path".
 #pragma once
 
 #include <cstddef>
