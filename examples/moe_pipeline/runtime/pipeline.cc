@@ -237,8 +237,8 @@ m2n::StatusOr<std::unique_ptr<m2n::Group>> MakeDeviceGroup(const m2n::Group& g,
   d.bootstrap.master_port = g.options().bootstrap.master_port + 1;
   d.bootstrap.job_id += "/ep";
   // A device wait gives up after the bootstrap timeout: the same bound as a host call's deadline.
-  d.bootstrap.timeout = std::max<std::chrono::milliseconds>(d.bootstrap.timeout,
-                                                            std::chrono::seconds(o.timeout_s));
+  d.bootstrap.timeout =
+      std::max<std::chrono::milliseconds>(d.bootstrap.timeout, std::chrono::seconds(o.timeout_s));
   return m2n::Group::Create(d);
 }
 

@@ -31,9 +31,10 @@
 // data path). The attention worker enqueues layer l of micro-batch i on its compute stream, the
 // dispatch and combine of i on i's own stream (after an event; and after the previous call of the
 // same kind, on whichever stream: the EP layer's call numbers are device words), and the residual
-// add back on the compute stream (after another): no host copy of token data and no host wait per layer; the
-// routing goes to pinned host memory on the way, read for the check once per iteration. The expert
-// worker's one host wait per call is for the batch's row counts, which cuBLAS takes on the host.
+// add back on the compute stream (after another): no host copy of token data and no host wait per
+// layer; the routing goes to pinned host memory on the way, read for the check once per iteration.
+// The expert worker's one host wait per call is for the batch's row counts, which cuBLAS takes on
+// the host.
 //
 // Slots: slot_bytes fits the EP layer's largest message (ExpertParallel::SlotBytesNeeded) and a
 // report chunk; slot_depth >= m: at most m dispatches and m combines per pair are in flight, so
