@@ -17,11 +17,11 @@
 namespace m2n::transport::verbs {
 namespace {
 
+#if M2N_VERBS_WITH_CUDA
 // Room for every send and every release that may be outstanding at once, so that a kernel waits
 // for an entry only while the proxy is behind.
 uint64_t RingCapacity(size_t cells) { return 2 * static_cast<uint64_t>(cells) + 16; }
 
-#if M2N_VERBS_WITH_CUDA
 // The allocation's zeroing and a copy from pageable memory run on the legacy stream and may not
 // have landed when the call returns, while the user's kernels run on streams that do not wait for
 // it: the words are in place before the device API hands them out.
