@@ -28,6 +28,7 @@
 #include "ep_nccl.h"
 #include "ep_perf.h"
 #include "host_barrier.h"
+#include "nccl_baseline.h"
 #include "stats.h"
 
 namespace m2n::perf::ep {
@@ -62,31 +63,6 @@ struct DeviceRouting {
   int tokens = 0;
   DeviceBuffer x, ids, weights;
 };
-
-float LoadElement(const std::byte* row, int h, DataType dtype) {
-  if (dtype == DataType::kFloat32) {
-    float f;
-    std::memcpy(&f, row + size_t(h) * 4, 4);
-    return f;
-  }
-  uint16_t top;
-  std::memcpy(&top, row + size_t(h) * 2, 2);
-  const uint32_t bits = uint32_t{top} << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-void StoreElement(float f, int h, DataType dtype, std::byte* row) {
-  if (dtype == DataType::kFloat32) {
-    std::memcpy(row + size_t(h) * 4, &f, 4);
-    return;
-  }
-  uint32_t bits;
-  std::memcpy(&bits, &f, 4);
-  const uint16_t top = uint16_t((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);  // nearest even
-  std::memcpy(row + size_t(h) * 2, &top, 2);
-}
 
 // What an attention rank must get back with identity experts.
 std::vector<std::byte> Expected(const EpPerfConfig& c, const Shape& s, const RankRouting& r) {
@@ -171,16 +147,7 @@ Status Rank::Setup() {
   o.slot_depth = 2;
   o.transport = "cuda_ipc";
   o.bootstrap.timeout = std::chrono::milliseconds(c.timeout_ms);
-  for (const Shape& s : Shapes(c)) {
-    ExpertParallelOptions e{.num_experts = s.experts,
-                            .top_k = s.top_k,
-                            .hidden = s.hidden,
-                            .dtype = c.dtype,
-                            .max_tokens = s.tokens,
-                            .placement = {}};
-    M2N_ASSIGN_OR_RETURN(size_t need, ExpertParallel::SlotBytesNeeded(e, c.m, c.n));
-    o.slot_bytes = std::max(o.slot_bytes, need);
-  }
+  M2N_ASSIGN_OR_RETURN(o.slot_bytes, SlotBytesForSweep(c));
   M2N_ASSIGN_OR_RETURN(Options resolved, ResolveOptions(o));
   rank = resolved.bootstrap.rank;
   int devices = 0;
@@ -270,13 +237,8 @@ Status Rank::RunRow(const Shape& s, int64_t* wrong_total) {
   const size_t out_bytes = size_t(s.tokens) * size_t(s.hidden) * DataTypeBytes(c.dtype);
   DeviceBuffer out;
   M2N_RETURN_IF_ERROR(out.Allocate(out_bytes));
-  ExpertParallelOptions o{.num_experts = s.experts,
-                          .top_k = s.top_k,
-                          .hidden = s.hidden,
-                          .dtype = c.dtype,
-                          .max_tokens = s.tokens,
-                          .placement = {}};
-  M2N_ASSIGN_OR_RETURN(std::unique_ptr<ExpertParallel> ep, ExpertParallel::Create(*group, o));
+  M2N_ASSIGN_OR_RETURN(std::unique_ptr<ExpertParallel> ep,
+                       ExpertParallel::Create(*group, LayerOptions(c, s)));
   std::unique_ptr<NcclExpertParallel> baseline;
   if (with_nccl) {
     M2N_ASSIGN_OR_RETURN(baseline, NcclExpertParallel::Create(*nccl, c, s, rank));
@@ -337,7 +299,7 @@ void PrintHeader(const Rank& r) {
       "#   M = %d attention ranks, N = %d expert ranks, %s, identity experts, contiguous "
       "placement; %s; host %s; %s\n",
       r.c.m, r.c.n, std::string(DataTypeName(r.c.dtype)).c_str(), r.device_name.c_str(), host,
-      NcclEpVersion().c_str());
+      NcclVersion().c_str());
   if (!r.with_nccl) {
     std::printf(
         "#   NCCL baseline left out: NCCL takes one GPU per rank (%d ranks here); processes "

@@ -40,32 +40,6 @@ Status Wait(MPI_Request* request, int64_t timeout_ms, const char* what) {
   }
 }
 
-float Load(const std::byte* row, int i, DataType dtype) {
-  if (dtype == DataType::kFloat32) {
-    float f;
-    std::memcpy(&f, row + size_t(i) * 4, 4);
-    return f;
-  }
-  uint16_t h;
-  std::memcpy(&h, row + size_t(i) * 2, 2);
-  const uint32_t bits = uint32_t{h} << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-void Store(float f, int i, DataType dtype, std::byte* row) {
-  if (dtype == DataType::kFloat32) {
-    std::memcpy(row + size_t(i) * 4, &f, 4);
-    return;
-  }
-  uint32_t bits;
-  std::memcpy(&bits, &f, 4);
-  bits += 0x7FFFu + ((bits >> 16) & 1u);  // round to nearest even (no NaNs in the benchmark)
-  const uint16_t h = uint16_t(bits >> 16);
-  std::memcpy(row + size_t(i) * 2, &h, 2);
-}
-
 }  // namespace
 
 MpiExpertParallel::MpiExpertParallel(const EpPerfConfig& config, const Shape& shape, int rank)
@@ -240,10 +214,10 @@ void MpiExpertParallel::WeightedSum(std::byte* out) const {
       const std::byte* y =
           recv_.data() + size_t(recv_at_[size_t(d)]) + size_t(pair_index_[at]) * row_bytes_;
       const float w = routing_->weights[at];
-      for (int i = 0; i < hidden; ++i) sum[size_t(i)] += w * Load(y, i, config_.dtype);
+      for (int i = 0; i < hidden; ++i) sum[size_t(i)] += w * LoadElement(y, i, config_.dtype);
     }
     for (int i = 0; i < hidden; ++i)
-      Store(sum[size_t(i)], i, config_.dtype, out + size_t(t) * row_bytes_);
+      StoreElement(sum[size_t(i)], i, config_.dtype, out + size_t(t) * row_bytes_);
   }
 }
 

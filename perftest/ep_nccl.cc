@@ -11,6 +11,7 @@
 
 #include "m2n/deadline.h"
 #include "ep_nccl_kernels.h"
+#include "nccl_baseline.h"
 
 namespace m2n::perf::ep {
 namespace {
@@ -197,32 +198,14 @@ Status NcclExpertParallel::Combine(void* out, void* stream) {
 
 StatusOr<std::unique_ptr<NcclComm>> NcclComm::Create(HostSegment& segment, int rank, int world,
                                                      int64_t timeout_ms) {
-  ncclUniqueId id;
-  static_assert(sizeof(id) <= 256);
-  if (rank == 0) {
-    M2N_RETURN_IF_ERROR(Nccl(ncclGetUniqueId(&id), "ncclGetUniqueId"));
-    std::memcpy(segment.blob().data(), &id, sizeof id);
-  }
-  M2N_RETURN_IF_ERROR(segment.Barrier(Deadline::AfterMs(timeout_ms)));
-  std::memcpy(&id, segment.blob().data(), sizeof id);
   auto comm = std::unique_ptr<NcclComm>(new NcclComm());
-  ncclComm_t raw = nullptr;
-  M2N_RETURN_IF_ERROR(Nccl(ncclCommInitRank(&raw, world, id, rank), "ncclCommInitRank"));
+  M2N_ASSIGN_OR_RETURN(ncclComm_t raw, ConnectNccl(segment, rank, world, timeout_ms));
   comm->comm_ = raw;
-  // Everyone has read the id before rank 0 may reuse the blob.
-  M2N_RETURN_IF_ERROR(segment.Barrier(Deadline::AfterMs(timeout_ms)));
   return comm;
 }
 
 NcclComm::~NcclComm() {
   if (comm_ != nullptr) ncclCommDestroy(static_cast<ncclComm_t>(comm_));
-}
-
-std::string NcclEpVersion() {
-  int v = 0;
-  ncclGetVersion(&v);
-  return "NCCL " + std::to_string(v / 10000) + "." + std::to_string(v / 100 % 100) + "." +
-         std::to_string(v % 100);
 }
 
 }  // namespace m2n::perf::ep

@@ -35,7 +35,6 @@ class NcclComm {
  private:
   void* comm_ = nullptr;
 };
-std::string NcclEpVersion();
 
 class NcclExpertParallel {
  public:

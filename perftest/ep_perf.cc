@@ -144,13 +144,8 @@ StatusOr<int64_t> RunRow(const EpPerfConfig& c, const Shape& s, Group& g) {
   const bool attention = g.role() == Role::kSender;
   const std::vector<RankRouting> routings =
       attention ? MakeRoutings(c, s, g.rank(), 4) : std::vector<RankRouting>{};
-  ExpertParallelOptions o{.num_experts = s.experts,
-                          .top_k = s.top_k,
-                          .hidden = s.hidden,
-                          .dtype = c.dtype,
-                          .max_tokens = s.tokens,
-                          .placement = {}};
-  M2N_ASSIGN_OR_RETURN(std::unique_ptr<ExpertParallel> ep, ExpertParallel::Create(g, o));
+  M2N_ASSIGN_OR_RETURN(std::unique_ptr<ExpertParallel> ep,
+                       ExpertParallel::Create(g, LayerOptions(c, s)));
   M2nSide m2n(*ep, attention, c.timeout_ms);
   MpiSide mpi(c, s, g.rank());
   CallTimes m2n_times, mpi_times;
@@ -196,17 +191,7 @@ StatusOr<std::unique_ptr<Group>> CreateGroup(const EpPerfConfig& c, int rank) {
   o.bootstrap.master_addr = "127.0.0.1";
   o.bootstrap.master_port = port;
   o.slot_depth = 2;
-  o.slot_bytes = 0;
-  for (const Shape& s : Shapes(c)) {
-    ExpertParallelOptions e{.num_experts = s.experts,
-                            .top_k = s.top_k,
-                            .hidden = s.hidden,
-                            .dtype = c.dtype,
-                            .max_tokens = s.tokens,
-                            .placement = {}};
-    M2N_ASSIGN_OR_RETURN(size_t need, ExpertParallel::SlotBytesNeeded(e, c.m, c.n));
-    o.slot_bytes = std::max(o.slot_bytes, need);
-  }
+  M2N_ASSIGN_OR_RETURN(o.slot_bytes, SlotBytesForSweep(c));
   M2N_ASSIGN_OR_RETURN(Options resolved, ResolveOptions(o));
   return Group::Create(resolved);
 }

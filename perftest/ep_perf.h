@@ -48,6 +48,16 @@ struct RankRouting {
 std::vector<RankRouting> MakeRoutings(const EpPerfConfig& config, const Shape& shape, int rank,
                                       int count);
 
+// The layer's options for one row (contiguous placement), and the slot_bytes a group needs for
+// every row of the sweep.
+ExpertParallelOptions LayerOptions(const EpPerfConfig& config, const Shape& shape);
+StatusOr<size_t> SlotBytesForSweep(const EpPerfConfig& config);
+
+// Element i of a row of dtype as fp32, and back (bf16: round to nearest even; the benchmark has no
+// NaNs).
+float LoadElement(const std::byte* row, int i, DataType dtype);
+void StoreElement(float f, int i, DataType dtype, std::byte* row);
+
 // Expert e's rank: contiguous blocks, as ExpertParallelOptions with an empty placement.
 inline int OwnerRank(const EpPerfConfig& c, const Shape& s, int expert) {
   return c.m + int(int64_t(expert) * c.n / s.experts);

@@ -82,6 +82,51 @@ EpPerfConfig GpuEpPerfDefaults() {
   return c;
 }
 
+ExpertParallelOptions LayerOptions(const EpPerfConfig& c, const Shape& s) {
+  return ExpertParallelOptions{.num_experts = s.experts,
+                               .top_k = s.top_k,
+                               .hidden = s.hidden,
+                               .dtype = c.dtype,
+                               .max_tokens = s.tokens,
+                               .placement = {}};
+}
+
+StatusOr<size_t> SlotBytesForSweep(const EpPerfConfig& c) {
+  size_t bytes = 0;
+  for (const Shape& s : Shapes(c)) {
+    M2N_ASSIGN_OR_RETURN(size_t need,
+                         ExpertParallel::SlotBytesNeeded(LayerOptions(c, s), c.m, c.n));
+    bytes = std::max(bytes, need);
+  }
+  return bytes;
+}
+
+float LoadElement(const std::byte* row, int i, DataType dtype) {
+  if (dtype == DataType::kFloat32) {
+    float f;
+    std::memcpy(&f, row + size_t(i) * 4, 4);
+    return f;
+  }
+  uint16_t h;
+  std::memcpy(&h, row + size_t(i) * 2, 2);
+  const uint32_t bits = uint32_t{h} << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+void StoreElement(float f, int i, DataType dtype, std::byte* row) {
+  if (dtype == DataType::kFloat32) {
+    std::memcpy(row + size_t(i) * 4, &f, 4);
+    return;
+  }
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  bits += 0x7FFFu + ((bits >> 16) & 1u);  // round to nearest even (no NaNs in the benchmark)
+  const uint16_t h = uint16_t(bits >> 16);
+  std::memcpy(row + size_t(i) * 2, &h, 2);
+}
+
 std::vector<Shape> Shapes(const EpPerfConfig& c) {
   std::vector<Shape> shapes;
   for (int experts : c.experts) {

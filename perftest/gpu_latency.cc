@@ -33,6 +33,8 @@
 #include "m2n/m2n.h"
 #if M2N_PERF_WITH_NCCL
 #include <nccl.h>
+
+#include "nccl_baseline.h"
 #endif
 
 namespace m2n::perf {
@@ -142,20 +144,6 @@ Status Nccl(ncclResult_t e, const char* what) {
   return InternalError(std::string("NCCL: ") + what + ": " + ncclGetErrorString(e));
 }
 
-StatusOr<ncclComm_t> ConnectNccl(Rank& r) {
-  ncclUniqueId id;
-  if (r.rank == 0) {
-    M2N_RETURN_IF_ERROR(Nccl(ncclGetUniqueId(&id), "ncclGetUniqueId"));
-    std::memcpy(r.segment->blob().data(), &id, sizeof id);
-  }
-  M2N_RETURN_IF_ERROR(r.segment->Barrier(Deadline::AfterMs(kTimeoutMs)));
-  std::memcpy(&id, r.segment->blob().data(), sizeof id);
-  ncclComm_t comm = nullptr;
-  M2N_RETURN_IF_ERROR(Nccl(ncclCommInitRank(&comm, 2, id, r.rank), "ncclCommInitRank"));
-  M2N_RETURN_IF_ERROR(r.segment->Barrier(Deadline::AfterMs(kTimeoutMs)));
-  return comm;
-}
-
 Status RunNccl(Rank& r, ncclComm_t comm, size_t bytes) {
   return Iterate(
       r, bytes, "NCCL",
@@ -235,7 +223,7 @@ StatusOr<std::string> RunWays(Rank& r, Group& device_group, Group& stream_group,
 #if M2N_PERF_WITH_NCCL
   ncclComm_t comm = nullptr;
   if (gpus >= 2) {
-    M2N_ASSIGN_OR_RETURN(comm, ConnectNccl(r));
+    M2N_ASSIGN_OR_RETURN(comm, ConnectNccl(*r.segment, r.rank, 2, kTimeoutMs));
     nccl_note.clear();
   } else {
     nccl_note = "one GPU: NCCL runs no two ranks on one GPU";

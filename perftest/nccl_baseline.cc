@@ -73,9 +73,7 @@ class NcclExchange final : public GpuExchange {
 
 }  // namespace
 
-StatusOr<std::unique_ptr<GpuExchange>> MakeNcclExchange(HostSegment& segment, int rank, int world,
-                                                        std::span<const int> peers, int depth,
-                                                        size_t max_bytes, int64_t timeout_ms) {
+StatusOr<ncclComm*> ConnectNccl(HostSegment& segment, int rank, int world, int64_t timeout_ms) {
   ncclUniqueId id;
   static_assert(sizeof(id) <= 256);
   if (rank == 0) {
@@ -87,7 +85,18 @@ StatusOr<std::unique_ptr<GpuExchange>> MakeNcclExchange(HostSegment& segment, in
   ncclComm_t comm = nullptr;
   M2N_RETURN_IF_ERROR(Nccl(ncclCommInitRank(&comm, world, id, rank), "ncclCommInitRank"));
   // Everyone has read the id before rank 0 may reuse the blob.
-  M2N_RETURN_IF_ERROR(segment.Barrier(Deadline::AfterMs(timeout_ms)));
+  Status read = segment.Barrier(Deadline::AfterMs(timeout_ms));
+  if (!read.ok()) {
+    ncclCommDestroy(comm);
+    return read;
+  }
+  return comm;
+}
+
+StatusOr<std::unique_ptr<GpuExchange>> MakeNcclExchange(HostSegment& segment, int rank, int world,
+                                                        std::span<const int> peers, int depth,
+                                                        size_t max_bytes, int64_t timeout_ms) {
+  M2N_ASSIGN_OR_RETURN(ncclComm_t comm, ConnectNccl(segment, rank, world, timeout_ms));
   void* buffers = nullptr;
   const size_t bytes = peers.size() * static_cast<size_t>(depth) * max_bytes;
   cudaError_t e = cudaMalloc(&buffers, bytes);

@@ -12,6 +12,8 @@
 #include "gpu_bench.h"
 #include "host_barrier.h"
 
+struct ncclComm;  // nccl.h: ncclComm_t is ncclComm*
+
 namespace m2n::perf {
 
 // Creates the communicator of all ranks (rank 0's unique id travels through the host segment) and
@@ -19,6 +21,10 @@ namespace m2n::perf {
 StatusOr<std::unique_ptr<GpuExchange>> MakeNcclExchange(HostSegment& segment, int rank, int world,
                                                         std::span<const int> peers, int depth,
                                                         size_t max_bytes, int64_t timeout_ms);
+
+// An NCCL communicator of `world` ranks: rank 0's unique id travels through `segment` (its blob,
+// between two barriers). Every rank calls it at the same point.
+StatusOr<ncclComm*> ConnectNccl(HostSegment& segment, int rank, int world, int64_t timeout_ms);
 
 // "NCCL 2.28.3" (ncclGetVersion).
 std::string NcclVersion();
