@@ -89,7 +89,6 @@ class OffloadedExperts final : public ExpertCompute {
   std::unique_ptr<ExpertCache> cache_;
   ThreadPool pool_;
   cpu::FfnScratch scratch_;
-  std::vector<float> x_, y_;  // Forward's gathered rows and their outputs
 };
 
 template <typename Run>
@@ -113,11 +112,7 @@ m2n::Status OffloadedExperts::Forward(int layer, int top_k, std::span<const Expe
   if (layer < 0 || layer >= c_.num_hidden_layers)
     return m2n::InvalidArgumentError("layer " + std::to_string(layer) + " out of range");
   const size_t h = static_cast<size_t>(c_.hidden_size);
-  struct Use {
-    int input, row;
-    float weight;
-  };
-  std::vector<std::vector<Use>> uses(static_cast<size_t>(c_.num_local_experts));
+  std::vector<std::vector<cpu::RoutedRow>> uses(static_cast<size_t>(c_.num_local_experts));
   std::vector<float> probs(static_cast<size_t>(c_.num_local_experts), 0.0f);
   std::vector<int> identity(static_cast<size_t>(c_.num_local_experts));
   for (int e = 0; e < c_.num_local_experts; ++e)
@@ -134,22 +129,8 @@ m2n::Status OffloadedExperts::Forward(int layer, int top_k, std::span<const Expe
     if (!uses[static_cast<size_t>(e)].empty()) chosen.push_back(e);
   return Serve(layer, std::move(probs), chosen, [&] {
     for (int e : chosen) {
-      const std::vector<Use>& u = uses[static_cast<size_t>(e)];
-      x_.resize(u.size() * h);
-      for (size_t i = 0; i < u.size(); ++i) {
-        std::memcpy(&x_[i * h],
-                    inputs[static_cast<size_t>(u[i].input)].x + static_cast<size_t>(u[i].row) * h,
-                    h * sizeof(float));
-      }
-      y_.resize(u.size() * h);
-      cpu::ExpertFfn(arena_->Slot(cache_->SlotOf({layer, e})), x_.data(),
-                     static_cast<int>(u.size()), c_.hidden_size, c_.intermediate_size, y_.data(),
-                     scratch_, pool_);
-      for (size_t i = 0; i < u.size(); ++i) {
-        float* out =
-            inputs[static_cast<size_t>(u[i].input)].out + static_cast<size_t>(u[i].row) * h;
-        for (size_t d = 0; d < h; ++d) out[d] += u[i].weight * y_[i * h + d];
-      }
+      cpu::ExpertFfnRouted(arena_->Slot(cache_->SlotOf({layer, e})), uses[static_cast<size_t>(e)],
+                           inputs, c_.hidden_size, c_.intermediate_size, scratch_, pool_);
     }
   });
 }

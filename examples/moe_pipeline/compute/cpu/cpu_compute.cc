@@ -242,36 +242,18 @@ class CpuExperts final : public ExpertCompute {
     M2N_RETURN_IF_ERROR(CheckLayer(layer));
     const size_t h = static_cast<size_t>(c_.hidden_size);
     // Which (input, row, weight) each local expert serves.
-    struct Use {
-      int input, row;
-      float weight;
-    };
-    std::vector<std::vector<Use>> uses(shard_.experts.size());
+    std::vector<std::vector<RoutedRow>> uses(shard_.experts.size());
     for (const ExpertInput& x : inputs)
       std::fill(x.out, x.out + static_cast<size_t>(x.rows) * h, 0.0f);
     M2N_RETURN_IF_ERROR(ForEachRoutedRow(
         inputs, top_k, c_.num_local_experts, local_, [&](size_t in, int r, int le, float weight) {
           uses[static_cast<size_t>(le)].push_back({static_cast<int>(in), r, weight});
         }));
+    // Token gather, one GEMM chain per expert, weighted scatter-add.
     for (size_t le = 0; le < uses.size(); ++le) {
-      const std::vector<Use>& u = uses[le];
-      if (u.empty()) continue;
-      // Token gather, one GEMM chain per expert, weighted scatter-add.
-      x_.resize(u.size() * h);
-      for (size_t i = 0; i < u.size(); ++i) {
-        std::memcpy(&x_[i * h],
-                    inputs[static_cast<size_t>(u[i].input)].x + static_cast<size_t>(u[i].row) * h,
-                    h * sizeof(float));
-      }
-      y_.resize(u.size() * h);
-      ExpertFfn(shard_.layers[static_cast<size_t>(layer)][le], x_.data(),
-                static_cast<int>(u.size()), c_.hidden_size, c_.intermediate_size, y_.data(),
-                scratch_, pool_);
-      for (size_t i = 0; i < u.size(); ++i) {
-        float* out =
-            inputs[static_cast<size_t>(u[i].input)].out + static_cast<size_t>(u[i].row) * h;
-        for (size_t d = 0; d < h; ++d) out[d] += u[i].weight * y_[i * h + d];
-      }
+      if (uses[le].empty()) continue;
+      ExpertFfnRouted(shard_.layers[static_cast<size_t>(layer)][le], uses[le], inputs,
+                      c_.hidden_size, c_.intermediate_size, scratch_, pool_);
     }
     return m2n::OkStatus();
   }
@@ -301,7 +283,6 @@ class CpuExperts final : public ExpertCompute {
   ExpertShard shard_;
   ThreadPool pool_;
   std::vector<int> local_;  // global expert id -> index in shard_, -1 if not held
-  std::vector<float> x_, y_;  // Forward's gathered rows and their outputs
   FfnScratch scratch_;
 
   m2n::Status CheckLayer(int layer) const {
