@@ -260,19 +260,8 @@ StatusOr<int> RunRank(int iters, int warmup) {
   Options second = options;
   second.bootstrap.master_port = options.bootstrap.master_port + 1;  // resolved: never 0
   second.bootstrap.job_id += ".stream";
-  // Group::Create resolves the environment again, and M2N_MASTER_PORT (set by SpawnLocal) would
-  // win over the port above and meet the first group's store: for this Create it says the next
-  // port.
-  const char* port_env = std::getenv("M2N_MASTER_PORT");
-  const std::string saved_port = port_env != nullptr ? port_env : "";
-  setenv("M2N_MASTER_PORT", std::to_string(second.bootstrap.master_port).c_str(), 1);
-  auto second_group = Group::Create(second);
-  if (port_env != nullptr) {
-    setenv("M2N_MASTER_PORT", saved_port.c_str(), 1);
-  } else {
-    unsetenv("M2N_MASTER_PORT");
-  }
-  M2N_ASSIGN_OR_RETURN(auto stream_group, std::move(second_group));
+  // `second` is resolved: Create keeps its port (SpawnLocal's M2N_MASTER_PORT does not win).
+  M2N_ASSIGN_OR_RETURN(auto stream_group, Group::Create(second));
   M2N_ASSIGN_OR_RETURN(
       auto segment,
       HostSegment::Join("/m2n_gpu_latency." + std::to_string(options.bootstrap.master_port), r.rank,

@@ -99,14 +99,10 @@ Status ReadLauncher(BootstrapOptions* b, std::string* run_name) {
   return OkStatus();
 }
 
-}  // namespace
-
-std::span<const EnvironmentVariable> EnvironmentTable() { return kTable; }
-
 // Longer than a screen on purpose: a flat list of one bounded read per M2N_* variable, in the order
-// of the environment table, which reads best as one list.
-StatusOr<Options> ResolveOptions(const Options& in) {
-  Options o = in;
+// of the environment table, which reads best as one list. Then the launcher's variables fill what
+// is still unset.
+Status ApplyEnvironment(Options& o, std::string* run_name) {
   BootstrapOptions& b = o.bootstrap;
   // M2N_* variables are the operator's override: they win over fields set in code.
   M2N_RETURN_IF_ERROR(ReadInt("M2N_RANK", 0, 1 << 20, &b.rank));
@@ -129,8 +125,21 @@ StatusOr<Options> ResolveOptions(const Options& in) {
   M2N_ASSIGN_OR_RETURN(o.checksum, env::Bool("M2N_CHECKSUM", o.checksum));
   ReadString("M2N_NIC", &o.nic);
   M2N_RETURN_IF_ERROR(ReadInt("M2N_PROXY_CORE", -1, CPU_SETSIZE - 1, &o.proxy_core));
+  return ReadLauncher(&b, run_name);
+}
+
+}  // namespace
+
+std::span<const EnvironmentVariable> EnvironmentTable() { return kTable; }
+
+StatusOr<Options> ResolveOptions(const Options& in) {
+  Options o = in;
+  BootstrapOptions& b = o.bootstrap;
+  // Options that were resolved already (ResolveOptions' result, Group::options()) are final: what
+  // the caller changed since, e.g. the port of a second group, is not overridden by the variables.
   std::string run_name;
-  M2N_RETURN_IF_ERROR(ReadLauncher(&b, &run_name));
+  if (!in.resolved) M2N_RETURN_IF_ERROR(ApplyEnvironment(o, &run_name));
+  o.resolved = true;
 
   if (b.master_addr.empty()) b.master_addr = "127.0.0.1";
   if (b.master_port == 0) b.master_port = 29517;

@@ -103,5 +103,42 @@ TEST_F(OptionsTest, WrongRankOrWorldSize) {
   EXPECT_NE(r.status().message().find("no world size"), std::string::npos);
 }
 
+// A second group beside a first one: its options are the first one's, resolved, with the next port.
+// The launcher's M2N_MASTER_PORT must not send it back to the first group's store, and the checks
+// still apply to resolved options.
+TEST_F(OptionsTest, ResolvedOptionsAreFinal) {
+  setenv("M2N_RANK", "1", 1);
+  setenv("M2N_WORLD_SIZE", "4", 1);
+  setenv("M2N_MASTER_PORT", "4000", 1);
+  setenv("M2N_TRANSPORT", "ucx", 1);
+  auto first = ResolveOptions(Base());
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  EXPECT_TRUE(first->resolved);
+  EXPECT_EQ(first->bootstrap.master_port, 4000);
+  Options second = *first;
+  second.bootstrap.master_port = 4001;
+  second.transport = "auto";
+  auto again = ResolveOptions(second);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(again->bootstrap.master_port, 4001);
+  EXPECT_EQ(again->transport, "auto");
+  EXPECT_EQ(again->bootstrap.rank, 1);
+  EXPECT_EQ(again->bootstrap.job_id, first->bootstrap.job_id);
+
+  // Not resolved: the variables win, as for any options set in code.
+  second.resolved = false;
+  again = ResolveOptions(second);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(again->bootstrap.master_port, 4000);
+  EXPECT_EQ(again->transport, "ucx");
+
+  second = *first;
+  second.bootstrap.rank = 7;
+  again = ResolveOptions(second);
+  EXPECT_EQ(again.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(again.status().message().find("rank 7 is outside [0, 4)"), std::string::npos)
+      << again.status().message();
+}
+
 }  // namespace
 }  // namespace m2n

@@ -73,6 +73,11 @@ struct Options {
   // the NIC, from the topology (m2n/topology.h shows the choice).
   int proxy_core = -1;
   BootstrapOptions bootstrap;
+  // Set by ResolveOptions on what it returns (so also on Group::options()): such options are final,
+  // and resolving them again (as Group::Create does) only checks them. Copy a group's options,
+  // change the port, and Create a second group: the launcher's M2N_MASTER_PORT does not send it
+  // back to the first group's store. Set it yourself to keep the environment out altogether.
+  bool resolved = false;
 };
 
 // One row of the environment table.
@@ -85,7 +90,8 @@ std::span<const EnvironmentVariable> EnvironmentTable();
 
 // Applies M2N_* variables over `options` (a variable wins over a field left at its default, and
 // over a field set in code too: it is the operator's override), then fills rank, world size and the
-// master address from the launcher's variables. Errors name the variable and the bad value.
+// master address from the launcher's variables. Errors name the variable and the bad value. Options
+// with `resolved` set are only checked (no variable is read); the result has `resolved` set.
 StatusOr<Options> ResolveOptions(const Options& options);
 
 // One line per field, for logs and the m2n_perf header.

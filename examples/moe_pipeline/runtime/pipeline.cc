@@ -239,19 +239,9 @@ m2n::StatusOr<std::unique_ptr<m2n::Group>> MakeDeviceGroup(const m2n::Group& g,
   // A device wait gives up after the bootstrap timeout: the same bound as a host call's deadline.
   d.bootstrap.timeout =
       std::max<std::chrono::milliseconds>(d.bootstrap.timeout, std::chrono::seconds(o.timeout_s));
-  // Group::Create resolves the environment again, and a launcher's M2N_MASTER_PORT (SpawnLocal,
-  // torchrun) would win over the port set above and meet the host group's store: for this Create
-  // the variable says the next port too.
-  const char* old = std::getenv("M2N_MASTER_PORT");
-  const std::string saved = old != nullptr ? old : "";
-  setenv("M2N_MASTER_PORT", std::to_string(d.bootstrap.master_port).c_str(), 1);
-  auto group = m2n::Group::Create(d);
-  if (old != nullptr) {
-    setenv("M2N_MASTER_PORT", saved.c_str(), 1);
-  } else {
-    unsetenv("M2N_MASTER_PORT");
-  }
-  return group;
+  // d is resolved (the host group's options): Create does not let a launcher's M2N_MASTER_PORT
+  // send it back to the host group's store.
+  return m2n::Group::Create(d);
 }
 
 // Ends the device path once the caller has synchronized its streams: the layer, then its group.
