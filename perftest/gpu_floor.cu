@@ -44,6 +44,8 @@
 #include <thread>
 #include <vector>
 
+#include "m2n/device.cuh"
+
 namespace {
 
 #define CHECK(call)                                                                              \
@@ -61,19 +63,10 @@ int64_t Now() {
       .count();
 }
 
-__device__ __forceinline__ unsigned long long LoadAcquire(const unsigned long long* p) {
-  unsigned long long v;
-  asm volatile("ld.acquire.sys.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
-  return v;
-}
-__device__ __forceinline__ void StoreRelease(unsigned long long* p, unsigned long long v) {
-  asm volatile("st.release.sys.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
-}
-__device__ __forceinline__ unsigned long long GlobalTimerNs() {
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
+// The system-scope acquire / release and the GPU clock, as the device-side API uses them.
+using ::m2n::device::detail::GlobalTimerNs;
+using ::m2n::device::detail::LoadAcquire;
+using ::m2n::device::detail::StoreRelease;
 
 __global__ void Empty() {}
 

@@ -7,24 +7,15 @@
 // after the wait on its stream.
 #include "transports/cuda_ipc/kernels.h"
 
+#include "m2n/device.cuh"
+
 namespace m2n::transport::cuda_ipc {
 namespace {
 
-__device__ __forceinline__ unsigned long long LoadAcquire(const unsigned long long* p) {
-  unsigned long long v;
-  asm volatile("ld.acquire.sys.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
-  return v;
-}
-
-__device__ __forceinline__ void StoreRelease(unsigned long long* p, unsigned long long v) {
-  asm volatile("st.release.sys.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
-}
-
-__device__ __forceinline__ unsigned long long GlobalTimerNs() {
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
+// The system-scope acquire / release and the GPU clock: the device-side API's (m2n/device.cuh).
+using ::m2n::device::detail::GlobalTimerNs;
+using ::m2n::device::detail::LoadAcquire;
+using ::m2n::device::detail::StoreRelease;
 
 // Spins until pred(*word) holds; false if the deadline passed first (the error word says why).
 template <typename Pred>
