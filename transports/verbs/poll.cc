@@ -80,8 +80,11 @@ void VerbsTransport::TakeCompletion(const ibv_wc& wc) {
   Endpoint& e = *q->endpoint;
   const bool recv = (wc.wr_id & kRecvWrId) != 0;
   if (wc.status != IBV_WC_SUCCESS) {
-    if (!recv) CompleteSends(*q, wc.wr_id);  // the pending writes are not reported as done...
-    // ...but as one error per peer; later CQEs of a failed QP are flushes of the same failure.
+    // The pending writes through the failed one have left their source buffers (kWriteDone means
+    // just that: nothing will read them any more), so they are handed back; what went wrong is
+    // reported once per peer by the kError below, and later CQEs of a failed QP are flushes of
+    // the same failure.
+    if (!recv) CompleteSends(*q, wc.wr_id);
     if (e.failure().ok()) {
       e.set_failure(UnavailableError(PeerText(e.peer(), std::string(LaneName(q->lane)) + ": " +
                                                             (recv ? "receive" : "write-with-imm") +
