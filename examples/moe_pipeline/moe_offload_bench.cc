@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <limits>
 #include <cstring>
 #include <memory>
 #include <numeric>
@@ -25,6 +26,7 @@
 #include "compute/cuda/cuda_compute.h"
 #include "model/config.h"
 #include "offload/cache.h"
+#include "offload/cli.h"
 #include "offload/cuda_backend.h"
 #include "offload/sim.h"
 #include "offload/trace.h"
@@ -66,13 +68,6 @@ struct Cli {
   std::vector<int> batches = {1, 4, 16};
 };
 
-std::vector<std::string> Split(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream in(s);
-  for (std::string part; std::getline(in, part, ',');) out.push_back(part);
-  return out;
-}
-
 m2n::StatusOr<Cli> ParseCli(int argc, char** argv) {
   Cli cli;
   for (int i = 1; i < argc; ++i) {
@@ -84,22 +79,21 @@ m2n::StatusOr<Cli> ParseCli(int argc, char** argv) {
     }
     if (i + 1 >= argc) return m2n::InvalidArgumentError(a + " needs a value");
     const std::string v = argv[++i];
-    std::vector<double> numbers;
-    for (const std::string& x : Split(v)) {
-      char* end = nullptr;
-      const double n = std::strtod(x.c_str(), &end);
-      numbers.push_back(end != x.c_str() && *end == '\0' && n > 0 ? n : -1);
-    }
-    const bool positive = !numbers.empty() && *std::min_element(numbers.begin(), numbers.end()) > 0;
     if (a == "--trace") {
       cli.trace = v;
-    } else if (a == "--policies") {
-      cli.policies = Split(v);
-    } else if (!positive) {
-      return m2n::InvalidArgumentError(a + " needs positive numbers, got \"" + v + "\"");
-    } else if (a == "--cache") {
-      if (*std::max_element(numbers.begin(), numbers.end()) > 1)
-        return m2n::InvalidArgumentError("--cache: fractions in (0, 1], got \"" + v + "\"");
+      continue;
+    }
+    if (a == "--policies") {
+      cli.policies = moe::offload::SplitCommas(v);
+      continue;
+    }
+    const bool known = a == "--cache" || a == "--batches" || a == "--layers" || a == "--tokens" ||
+                       a == "--warmup" || a == "--time_limit_s";
+    if (!known) return m2n::InvalidArgumentError("unknown argument \"" + a + "\"");
+    M2N_ASSIGN_OR_RETURN(const std::vector<double> numbers,
+                         moe::offload::ParsePositiveNumbers(
+                             a, v, a == "--cache" ? 1.0 : std::numeric_limits<double>::max()));
+    if (a == "--cache") {
       cli.cache = numbers;
     } else if (a == "--batches") {
       cli.batches.assign(numbers.begin(), numbers.end());
@@ -109,10 +103,8 @@ m2n::StatusOr<Cli> ParseCli(int argc, char** argv) {
       cli.tokens = static_cast<int>(numbers[0]);
     } else if (a == "--warmup") {
       cli.warmup = static_cast<int>(numbers[0]);
-    } else if (a == "--time_limit_s") {
-      cli.time_limit_s = numbers[0];
     } else {
-      return m2n::InvalidArgumentError("unknown argument \"" + a + "\"");
+      cli.time_limit_s = numbers[0];
     }
   }
   if (cli.trace.empty()) return m2n::InvalidArgumentError("--trace FILE is required");

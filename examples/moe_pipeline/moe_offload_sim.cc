@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "offload/cli.h"
 #include "offload/sim.h"
 
 namespace {
@@ -35,13 +36,6 @@ struct Cli {
   bool markdown = false;
 };
 
-std::vector<std::string> Split(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream in(s);
-  for (std::string part; std::getline(in, part, ',');) out.push_back(part);
-  return out;
-}
-
 m2n::StatusOr<Cli> ParseCli(int argc, char** argv) {
   Cli cli;
   for (int i = 1; i < argc; ++i) {
@@ -59,14 +53,13 @@ m2n::StatusOr<Cli> ParseCli(int argc, char** argv) {
     else if (a == "--dtype_bytes")
       cli.dtype_bytes = std::atoi(v.c_str());
     else if (a == "--policies")
-      cli.policies = Split(v);
+      cli.policies = moe::offload::SplitCommas(v);
     else if (a == "--distance")
       cli.fmoe.distance = std::atoi(v.c_str());
     else if (a == "--store")
       cli.fmoe.store_capacity = std::atoi(v.c_str());
     else if (a == "--fractions") {
-      cli.fractions.clear();
-      for (const std::string& f : Split(v)) cli.fractions.push_back(std::atof(f.c_str()));
+      M2N_ASSIGN_OR_RETURN(cli.fractions, moe::offload::ParsePositiveNumbers(a, v, 1.0));
     } else {
       return m2n::InvalidArgumentError("unknown flag " + a);
     }
@@ -75,9 +68,6 @@ m2n::StatusOr<Cli> ParseCli(int argc, char** argv) {
   if (cli.dtype_bytes <= 0 || cli.fmoe.distance < 1 || cli.fmoe.store_capacity < 1) {
     return m2n::InvalidArgumentError(
         "--dtype_bytes, --distance and --store need positive integers");
-  }
-  for (double f : cli.fractions) {
-    if (!(f > 0 && f <= 1)) return m2n::InvalidArgumentError("--fractions: each in (0, 1]");
   }
   return cli;
 }
