@@ -16,6 +16,7 @@
 #include "reference/check.h"
 #include "runtime/fault.h"
 #include "runtime/report.h"
+#include "runtime/timing.h"
 #include "runtime/wire.h"
 #include "runtime/workload.h"
 #endif
@@ -34,11 +35,6 @@ m2n::Status RunCollocatedRank(m2n::Group&, const PipelineOptions&, Json*) {
 #else
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
-double Seconds(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration<double>(b - a).count();
-}
 
 m2n::Status Cuda(cudaError_t e, const char* what) {
   if (e == cudaSuccess) return m2n::OkStatus();

@@ -10,15 +10,11 @@
 #include "compute/compute.h"
 #include "reference/check.h"
 #include "runtime/fault.h"
+#include "runtime/timing.h"
 #include "runtime/workload.h"
 
 namespace moe {
 namespace {
-
-using Clock = std::chrono::steady_clock;
-double Seconds(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration<double>(b - a).count();
-}
 
 class SingleProcess {
  public:
