@@ -21,14 +21,16 @@
 #include <vector>
 
 #include "m2n/device.h"
-#include "transports/verbs/context.h"
-#include "transports/verbs/endpoint.h"
 #include "transports/verbs/memory.h"
 #include "transports/verbs/stream.h"
+#include "verbs_pair.h"
 
 namespace m2n::transport::verbs {
 namespace {
 
+using testing::PairEnd;
+using testing::Pattern;
+using testing::SizeOf;
 using Clock = std::chrono::steady_clock;
 constexpr uint64_t kSlotBytes = 65536;
 constexpr auto kWaitLimit = std::chrono::milliseconds(300);  // the "GPU's" bounded waits
@@ -41,11 +43,8 @@ Word Load(const Word& w) { return std::atomic_ref<const Word>(w).load(std::memor
 // One side of an in-process pair, talking to one peer (index 0): what the transport shares with
 // the kernels (ring, consumed, released, arrival), the kernels' own counters (device memory on a
 // GPU), and the slots.
-struct Side {
+struct Side : PairEnd {
   int rank = 0;
-  ibv_cq* cq = nullptr;
-  ibv_cq* stream_cq = nullptr;
-  std::unique_ptr<Endpoint> endpoint;
   std::vector<uint32_t> stream_words;
   std::vector<DeviceDescriptor> ring;
   Word consumed = 0;
@@ -55,13 +54,7 @@ struct Side {
   std::vector<std::byte> staging, slots;
   std::unique_ptr<VerbsRegion> staging_region, slot_region;
   uint64_t error_word = 0;  // (reason << 56) | (peer << 24) | slot, as device.cuh writes it
-  std::unique_ptr<StreamProxy> proxy;
-  ~Side() {
-    proxy.reset();
-    endpoint.reset();
-    if (cq != nullptr) ibv_destroy_cq(cq);
-    if (stream_cq != nullptr) ibv_destroy_cq(stream_cq);
-  }
+  std::unique_ptr<StreamProxy> proxy;  // declared last: stopped first
 
   // device.cuh's WaitAtLeast: bounded, and the give-up recorded.
   bool WaitAtLeast(const Word& word, uint64_t want, bool high, uint64_t reason, int slot) {
@@ -110,35 +103,13 @@ struct Side {
   }
 };
 
-std::byte Pattern(uint64_t n, size_t i) {
-  return static_cast<std::byte>((n * 131 + i * 7 + 1) & 0xff);
-}
-size_t SizeOf(uint64_t n) {
-  static const size_t kSizes[] = {0, 1, 7, 64, 4096, 65536};
-  return kSizes[n % 6];
-}
-
-class DeviceRingTest : public ::testing::TestWithParam<int> {
+class DeviceRingTest : public testing::VerbsPairTest {
  protected:
-  void SetUp() override {
-    auto options = VerbsOptionsFromEnv();
-    ASSERT_TRUE(options.ok()) << options.status().ToString();
-    options_ = *options;
-    auto ctx = Context::Open(options_);
-    if (!ctx.ok()) GTEST_SKIP() << "no RDMA device here (" << ctx.status().ToString() << ")";
-    ctx_ = std::move(ctx).value();
-  }
-
   void MakeSide(int i, int depth, size_t ring_entries) {
     Side& s = side_[i];
     s.rank = i;
-    s.cq = ibv_create_cq(ctx_->device(), 256, nullptr, nullptr, 0);
-    s.stream_cq = ibv_create_cq(ctx_->device(), 256, nullptr, nullptr, 0);
-    ASSERT_NE(s.cq, nullptr);
-    ASSERT_NE(s.stream_cq, nullptr);
-    auto e = Endpoint::Create(ctx_.get(), s.cq, s.stream_cq, /*peer=*/1 - i, options_, 64, 32);
-    ASSERT_TRUE(e.ok()) << e.status().ToString();
-    s.endpoint = std::move(e).value();
+    MakeEnd(s, i);
+    if (HasFatalFailure()) return;
     s.stream_words.assign(StreamProxy::WordCount(1, depth), 0);
     s.ring.assign(ring_entries, DeviceDescriptor{});
     for (auto* v : {&s.released, &s.arrival, &s.generation_sent, &s.generation_received})
@@ -159,11 +130,8 @@ class DeviceRingTest : public ::testing::TestWithParam<int> {
       MakeSide(i, depth, ring_entries);
       if (HasFatalFailure()) return;
     }
-    for (int i = 0; i < 2; ++i) {
-      const PeerAddress remote =
-          side_[1 - i].endpoint->Address(1 - i, static_cast<uint32_t>(depth));
-      ASSERT_TRUE(side_[i].endpoint->Connect(remote, options_).ok());
-    }
+    ConnectEnds(side_[0], side_[1], depth);
+    if (HasFatalFailure()) return;
     for (int i = 0; i < 2; ++i) {
       Side& s = side_[i];
       auto packed = side_[1 - i].slot_region->PackRemoteKey();
@@ -196,8 +164,6 @@ class DeviceRingTest : public ::testing::TestWithParam<int> {
     return side_[i].proxy->error();
   }
 
-  VerbsOptions options_;
-  std::shared_ptr<Context> ctx_;
   Side side_[2];
 };
 

@@ -15,29 +15,22 @@
 #include <thread>
 #include <vector>
 
-#include "transports/verbs/context.h"
-#include "transports/verbs/endpoint.h"
 #include "transports/verbs/memory.h"
 #include "transports/verbs/stream.h"
+#include "verbs_pair.h"
 
 namespace m2n::transport::verbs {
 namespace {
 
+using testing::PairEnd;
+using testing::Pattern;
+using testing::SizeOf;
 using Clock = std::chrono::steady_clock;
 
-// One side of an in-process pair: its CQs, its endpoint towards the other side, its words.
-struct Side {
-  ibv_cq* cq = nullptr;
-  ibv_cq* stream_cq = nullptr;
-  std::unique_ptr<Endpoint> endpoint;
+// One side of an in-process pair: its end of the connection, its words, its proxy.
+struct Side : PairEnd {
   std::vector<uint32_t> words;
   std::unique_ptr<StreamProxy> proxy;
-  ~Side() {
-    proxy.reset();
-    endpoint.reset();
-    if (cq != nullptr) ibv_destroy_cq(cq);
-    if (stream_cq != nullptr) ibv_destroy_cq(stream_cq);
-  }
   uint32_t Load(StreamWord kind, int slot, int depth) {
     return std::atomic_ref<uint32_t>(words[StreamProxy::WordIndex(kind, 1, depth, 0, slot)])
         .load(std::memory_order_acquire);
@@ -58,37 +51,19 @@ struct Side {
   }
 };
 
-class StreamProxyTest : public ::testing::TestWithParam<int> {
+class StreamProxyTest : public testing::VerbsPairTest {
  protected:
-  void SetUp() override {
-    auto options = VerbsOptionsFromEnv();
-    ASSERT_TRUE(options.ok()) << options.status().ToString();
-    options_ = *options;
-    auto ctx = Context::Open(options_);
-    if (!ctx.ok()) GTEST_SKIP() << "no RDMA device here (" << ctx.status().ToString() << ")";
-    ctx_ = std::move(ctx).value();
-  }
-
   // Sender side 0 (rank 0) and receiver side 1 (rank 1), connected, proxies started.
   void Connect(int depth, std::chrono::milliseconds timeout) {
     depth_ = depth;
     for (int i = 0; i < 2; ++i) {
-      Side& s = side_[i];
-      s.cq = ibv_create_cq(ctx_->device(), 256, nullptr, nullptr, 0);
-      s.stream_cq = ibv_create_cq(ctx_->device(), 256, nullptr, nullptr, 0);
-      ASSERT_NE(s.cq, nullptr);
-      ASSERT_NE(s.stream_cq, nullptr);
-      auto e = Endpoint::Create(ctx_.get(), s.cq, s.stream_cq, /*peer=*/1 - i, options_, 64, 32);
-      ASSERT_TRUE(e.ok()) << e.status().ToString();
-      s.endpoint = std::move(e).value();
-      ASSERT_EQ(s.endpoint->num_qps(), kMaxQps);
-      s.words.assign(StreamProxy::WordCount(1, depth), 0);
+      MakeEnd(side_[i], i);
+      if (HasFatalFailure()) return;
+      ASSERT_EQ(side_[i].endpoint->num_qps(), kMaxQps);
+      side_[i].words.assign(StreamProxy::WordCount(1, depth), 0);
     }
-    for (int i = 0; i < 2; ++i) {
-      const PeerAddress remote =
-          side_[1 - i].endpoint->Address(1 - i, static_cast<uint32_t>(depth));
-      ASSERT_TRUE(side_[i].endpoint->Connect(remote, options_).ok());
-    }
+    ConnectEnds(side_[0], side_[1], depth);
+    if (HasFatalFailure()) return;
     for (int i = 0; i < 2; ++i) {
       StreamProxy::Settings settings;
       settings.slot_depth = depth;
@@ -101,18 +76,10 @@ class StreamProxyTest : public ::testing::TestWithParam<int> {
     }
   }
 
-  VerbsOptions options_;
-  std::shared_ptr<Context> ctx_;
   Side side_[2];
   int depth_ = 1;
   std::atomic<int> flushes_{0};
 };
-
-size_t SizeOf(int n) {
-  static const size_t kSizes[] = {0, 1, 7, 64, 4096, 65536};
-  return kSizes[static_cast<size_t>(n) % 6];
-}
-std::byte Pattern(int n, size_t i) { return static_cast<std::byte>((n * 131 + i * 7 + 1) & 0xff); }
 
 TEST_P(StreamProxyTest, Messages) {
   constexpr int kDepth = 2;
