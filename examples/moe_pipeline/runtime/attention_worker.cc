@@ -47,7 +47,7 @@ class AttentionWorker {
       }
       M2N_RETURN_IF_ERROR(Iteration());
     }
-    wall_s_ = Seconds(start_, Clock::now());
+    times_.wall_s = Seconds(start_, Clock::now());
     served_ = iteration_;
     // Empty micro-batches until the longest workload is done: every EP call needs every rank.
     draining_ = true;
@@ -93,7 +93,7 @@ class AttentionWorker {
   m2n::Status Iteration() {
     const int m = o_.workload.micro_batches;
     {
-      Timed t(&compute_s_);
+      Timed t(&times_.compute_s);
       plans_ = workload_->NextIteration(Seconds(start_, Clock::now()));
       for (int i = 0; i < m; ++i)
         M2N_RETURN_IF_ERROR(compute_->Begin(i, plans_[static_cast<size_t>(i)].tokens));
@@ -101,7 +101,7 @@ class AttentionWorker {
     M2N_RETURN_IF_ERROR(Layers());
     if (device_group_ != nullptr) M2N_RETURN_IF_ERROR(RecordDeviceRouting());
     {
-      Timed t(&compute_s_);
+      Timed t(&times_.compute_s);
       const double now = Seconds(start_, Clock::now());
       for (int i = 0; i < m; ++i) {
         const MicroBatchPlan& plan = plans_[static_cast<size_t>(i)];
@@ -136,7 +136,7 @@ class AttentionWorker {
     routing.expert.clear();
     routing.weight.clear();
     if (!draining_) {
-      Timed t(&compute_s_);
+      Timed t(&times_.compute_s);
       M2N_RETURN_IF_ERROR(compute_->AttentionAndGate(mb, layer, &routing));
       // The gate's choice, for the check (a routing bug after this point is the check's to catch).
       const MicroBatchPlan& plan = plans_[static_cast<size_t>(mb)];
@@ -147,7 +147,7 @@ class AttentionWorker {
       rows_dispatched_ += RowsSent(routing);
     }
     in_flight_.push_back({layer, mb});
-    Timed t(&send_s_);
+    Timed t(&times_.send_s);
     return ep_->Dispatch(x_.data(), tokens, routing.expert, routing.weight, CallDeadline(o_))
         .WithContext(Where(g_, "dispatch"));
   }
@@ -165,13 +165,13 @@ class AttentionWorker {
     in_flight_.pop_front();
     if (device_group_ != nullptr) return ReceiveCombineOnDevice(mb);
     {
-      Timed t(&wait_s_);
+      Timed t(&times_.wait_s);
       M2N_RETURN_IF_ERROR(
           ep_->ReceiveCombine(out_.data(), CallDeadline(o_)).WithContext(Where(g_, "combine")));
     }
     const int tokens = tokens_[static_cast<size_t>(mb)];
     if (tokens == 0) return m2n::OkStatus();
-    Timed t(&compute_s_);
+    Timed t(&times_.compute_s);
     return compute_->ScatterAddRows(mb, Rows(tokens), out_.data());
   }
 
@@ -185,12 +185,12 @@ class AttentionWorker {
     if (draining_) {
       M2N_RETURN_IF_ERROR(compute_->DeviceLane(mb, &d));
     } else {
-      Timed t(&compute_s_);
+      Timed t(&times_.compute_s);
       M2N_RETURN_IF_ERROR(compute_->AttentionAndGateOnDevice(mb, layer, &d));
       tokens = static_cast<int>(plans_[static_cast<size_t>(mb)].tokens.size());
     }
     in_flight_.push_back({layer, mb});
-    Timed t(&send_s_);
+    Timed t(&times_.send_s);
     M2N_RETURN_IF_ERROR(compute_->BeforeEpCall(mb, true));
     M2N_RETURN_IF_ERROR(ep_->DispatchOnStream(d.x, tokens, d.topk_ids, d.topk_weights, d.stream)
                             .WithContext(Where(g_, "dispatch")));
@@ -200,20 +200,20 @@ class AttentionWorker {
   m2n::Status ReceiveCombineOnDevice(int mb) {
     const DeviceDispatch& d = device_[static_cast<size_t>(mb)];
     {
-      Timed t(&wait_s_);
+      Timed t(&times_.wait_s);
       M2N_RETURN_IF_ERROR(compute_->BeforeEpCall(mb, false));
       M2N_RETURN_IF_ERROR(
           ep_->ReceiveCombineOnStream(d.combined, d.stream).WithContext(Where(g_, "combine")));
       M2N_RETURN_IF_ERROR(compute_->AfterEpCall(mb, false));
     }
-    Timed t(&compute_s_);
+    Timed t(&times_.compute_s);
     return compute_->AddCombinedOnDevice(mb, tokens_[static_cast<size_t>(mb)]);
   }
 
   // The gate's choices of this iteration, for the check, from their pinned host copies (one wait
   // for the compute stream, which has waited for every micro-batch's combine).
   m2n::Status RecordDeviceRouting() {
-    Timed t(&wait_s_);
+    Timed t(&times_.wait_s);
     for (int l = 0; l < c_.num_hidden_layers; ++l) {
       for (size_t i = 0; i < plans_.size(); ++i) {
         Routing& routing = routing_[i];
@@ -301,10 +301,7 @@ class AttentionWorker {
     r.Set("ep_path", Json::String(device_group_ != nullptr ? "device" : "host"));
     r.Set("rank", Json::Number(g_.rank()));
     r.Set("backend", Json::String(compute_->name()));
-    r.Set("wall_s", Json::Number(wall_s_));
-    r.Set("compute_s", Json::Number(compute_s_));
-    r.Set("send_s", Json::Number(send_s_));
-    r.Set("wait_s", Json::Number(wait_s_));
+    times_.Report(r);
     r.Set("iterations", Json::Number(static_cast<double>(served_)));
     r.Set("layers", Json::Number(c_.num_hidden_layers));
     r.Set("rows_dispatched", Json::Number(static_cast<double>(rows_dispatched_)));
@@ -336,7 +333,7 @@ class AttentionWorker {
   int64_t served_ = 0;  // iterations with this worker's own tokens
   bool draining_ = false;  // own workload done: empty micro-batches until the run's end
   int64_t rows_dispatched_ = 0;
-  double wall_s_ = 0, compute_s_ = 0, send_s_ = 0, wait_s_ = 0;
+  ProcessTimes times_;
   double next_progress_s_ = 0;
   const bool tty_ = isatty(2) != 0;
   std::vector<double> tbt_ms_, ttft_ms_;

@@ -65,16 +65,13 @@ class CollocatedRank {
     M2N_RETURN_IF_ERROR(g_.Barrier(CallDeadline(o_)));
     start_ = Clock::now();
     while (!all_finished_) M2N_RETURN_IF_ERROR(Iteration());
-    wall_s_ = Seconds(start_, Clock::now());
+    times_.wall_s = Seconds(start_, Clock::now());
 
     Json r = Json::Object();
     r.Set("role", Json::String("collocated"));
     r.Set("rank", Json::Number(g_.rank()));
     r.Set("backend", Json::String(attention_->name()));
-    r.Set("wall_s", Json::Number(wall_s_));
-    r.Set("compute_s", Json::Number(compute_s_));
-    r.Set("send_s", Json::Number(0));
-    r.Set("wait_s", Json::Number(exchange_s_));
+    times_.Report(r);  // wait_s: the all-to-all
     r.Set("iterations", Json::Number(static_cast<double>(iteration_)));
     r.Set("layers", Json::Number(c_.num_hidden_layers));
     SetWorkloadReport(r, *workload_, tbt_ms_, ttft_ms_);
@@ -156,7 +153,7 @@ class CollocatedRank {
       plans = workload_->NextIteration(Seconds(start_, Clock::now()));
       for (int i = 0; i < m; ++i)
         M2N_RETURN_IF_ERROR(attention_->Begin(i, plans[static_cast<size_t>(i)].tokens));
-      compute_s_ += Seconds(t, Clock::now());
+      times_.compute_s += Seconds(t, Clock::now());
     }
     for (int i = 0; i < m; ++i) {
       for (int l = 0; l < L; ++l) M2N_RETURN_IF_ERROR(Layer(i, l, plans[static_cast<size_t>(i)]));
@@ -169,7 +166,7 @@ class CollocatedRank {
       M2N_RETURN_IF_ERROR(attention_->Logits(i, plan.logit_rows, logits_.data()));
       workload_->Complete(plan, logits_, now, &tbt_ms_, &ttft_ms_);
     }
-    compute_s_ += Seconds(t, Clock::now());
+    times_.compute_s += Seconds(t, Clock::now());
     ++iteration_;
     // Every rank runs the same number of iterations (the all-to-all needs every rank): a finished
     // rank goes on with empty micro-batches until all are done, which one more tiny all-to-all
@@ -204,11 +201,11 @@ class CollocatedRank {
       heads[static_cast<size_t>(p)] = static_cast<int64_t>(device_rows_ ? layout.x : layout.bytes);
     }
     const auto t1 = Clock::now();
-    compute_s_ += Seconds(t0, t1);
+    times_.compute_s += Seconds(t0, t1);
     std::vector<int64_t> received;
     M2N_RETURN_IF_ERROR(AllToAll(send_host_, sizes, heads, dispatch_head_, &recv_host_, &received));
     const auto t2 = Clock::now();
-    exchange_s_ += Seconds(t1, t2);
+    times_.wait_s += Seconds(t1, t2);
 
     // This rank's experts over every rank's tokens.
     Header want;
@@ -241,12 +238,12 @@ class CollocatedRank {
     }
     M2N_RETURN_IF_ERROR(experts_->Forward(layer, k, inputs));
     const auto t3 = Clock::now();
-    compute_s_ += Seconds(t2, t3);
+    times_.compute_s += Seconds(t2, t3);
     std::vector<int64_t> back;
     M2N_RETURN_IF_ERROR(
         AllToAll(answer_host_, answer_sizes, answer_heads, combine_head_, &back_host_, &back));
     const auto t4 = Clock::now();
-    exchange_s_ += Seconds(t3, t4);
+    times_.wait_s += Seconds(t3, t4);
     for (int p = 0; p < P_; ++p) {
       const std::byte* msg = back_host_.data() + static_cast<size_t>(p) * slot_;
       M2N_RETURN_IF_ERROR(CheckMessage(msg, static_cast<size_t>(back[static_cast<size_t>(p)]), p,
@@ -258,7 +255,7 @@ class CollocatedRank {
       M2N_RETURN_IF_ERROR(attention_->ScatterAddRows(
           mb, rows, reinterpret_cast<const float*>(Rows(recv_dev_, back_host_, p) + layout.y)));
     }
-    compute_s_ += Seconds(t4, Clock::now());
+    times_.compute_s += Seconds(t4, Clock::now());
     return m2n::OkStatus();
   }
 
@@ -348,7 +345,7 @@ class CollocatedRank {
   Clock::time_point start_;
   int64_t iteration_ = 0;
   bool all_finished_ = false;
-  double wall_s_ = 0, compute_s_ = 0, exchange_s_ = 0;
+  ProcessTimes times_;  // wait_s: the all-to-all exchanges
   std::vector<double> tbt_ms_, ttft_ms_;
 };
 

@@ -49,7 +49,7 @@ class ExpertWorker {
       M2N_RETURN_IF_ERROR(
           CloseDeviceGroup(ep_, device_group_, o_).WithContext(Where(g_, "device path")));
     }
-    wall_s_ = Seconds(start, Clock::now());
+    times_.wall_s = Seconds(start, Clock::now());
     M2N_RETURN_IF_ERROR(ReceiveFinish());
     return SendReports();
   }
@@ -62,7 +62,7 @@ class ExpertWorker {
     const int layer = static_cast<int>(round_ / m % L);
     m2n::StatusOr<m2n::ExpertBatch> batch = m2n::ExpertBatch{};
     {
-      Timed t(&wait_s_);
+      Timed t(&times_.wait_s);
       batch = ep_->ReceiveDispatch(CallDeadline(o_));
     }
     M2N_RETURN_IF_ERROR(batch.status().WithContext(Where(g_, "dispatch")));
@@ -73,13 +73,13 @@ class ExpertWorker {
           Step(round_ / (int64_t{m} * L), layer, static_cast<int>(round_ % m)) + ")");
     }
     {
-      Timed t(&compute_s_);
+      Timed t(&times_.compute_s);
       y_.resize(static_cast<size_t>(std::max(batch->rows, 1)) *
                 static_cast<size_t>(c_.hidden_size));
       M2N_RETURN_IF_ERROR(experts_->ForwardGrouped(layer, *batch, y_.data()));
       rows_ += TokensIn(*batch);
     }
-    Timed t(&send_s_);
+    Timed t(&times_.send_s);
     M2N_RETURN_IF_ERROR(
         ep_->Combine(y_.data(), CallDeadline(o_)).WithContext(Where(g_, "combine")));
     ++round_;
@@ -95,16 +95,16 @@ class ExpertWorker {
     M2N_RETURN_IF_ERROR(
         ep_->ReceiveDispatchOnStream(&batch, stream).WithContext(Where(g_, "dispatch")));
     {
-      Timed t(&wait_s_);
+      Timed t(&times_.wait_s);
       M2N_RETURN_IF_ERROR(experts_->SyncDevice().WithContext(Where(g_, "dispatch")));
     }
     const float* y = nullptr;
     {
-      Timed t(&compute_s_);
+      Timed t(&times_.compute_s);
       M2N_RETURN_IF_ERROR(experts_->ForwardGroupedOnDevice(layer, batch, &y));
       rows_ += batch.host_counts[batch.experts.size()];  // (token, local expert) rows
     }
-    Timed t(&send_s_);
+    Timed t(&times_.send_s);
     M2N_RETURN_IF_ERROR(ep_->CombineOnStream(y, stream).WithContext(Where(g_, "combine")));
     ++round_;
     return m2n::OkStatus();
@@ -188,10 +188,7 @@ class ExpertWorker {
     Json held = Json::Array();
     for (int e : held_) held.Push(Json::Number(e));
     r.Set("experts", std::move(held));
-    r.Set("wall_s", Json::Number(wall_s_));
-    r.Set("compute_s", Json::Number(compute_s_));
-    r.Set("send_s", Json::Number(send_s_));
-    r.Set("wait_s", Json::Number(wait_s_));
+    times_.Report(r);
     r.Set("rounds", Json::Number(static_cast<double>(round_)));
     r.Set("rows", Json::Number(static_cast<double>(rows_)));
     return r;
@@ -211,7 +208,7 @@ class ExpertWorker {
   int64_t iterations_ = 0;  // the run's, pipeline.h
   int64_t round_ = 0;  // EP calls served
   int64_t rows_ = 0;  // tokens received
-  double wall_s_ = 0, compute_s_ = 0, send_s_ = 0, wait_s_ = 0;
+  ProcessTimes times_;
 };
 
 }  // namespace

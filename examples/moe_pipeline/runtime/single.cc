@@ -33,10 +33,7 @@ class SingleProcess {
     r.Set("role", Json::String("single"));
     r.Set("rank", Json::Number(0));
     r.Set("backend", Json::String(experts_->name()));
-    r.Set("wall_s", Json::Number(wall_s));
-    r.Set("compute_s", Json::Number(wall_s));
-    r.Set("send_s", Json::Number(0));
-    r.Set("wait_s", Json::Number(0));
+    ProcessTimes{.wall_s = wall_s, .compute_s = wall_s}.Report(r);  // nothing to send or wait for
     r.Set("iterations", Json::Number(static_cast<double>(iteration_)));
     r.Set("layers", Json::Number(c_.num_hidden_layers));
     SetWorkloadReport(r, *workload_, tbt_ms_, ttft_ms_);
