@@ -670,6 +670,37 @@ TEST_P(TransportTest, OutOfBoundsWriteIsInvalidArgument) {
 
 // Connection bytes are checked before the transport uses them: version, truncation, who made
 // them for whom.
+// A configuration that cannot work is refused at creation, naming what is wrong: this rank or a
+// peer outside the world, a peer listed twice, max_unpolled of 0 or absurdly large.
+TEST_P(TransportTest, BadConfigIsRefused) {
+  Body body = [](Rank& r) -> std::string {
+    struct Bad {
+      void (*change)(Config&);
+      const char* says;
+    };
+    const Bad cases[] = {
+        {[](Config& c) { c.rank = 2; }, "rank outside a world of 2"},
+        {[](Config& c) { c.rank = -1; }, "rank outside a world of 2"},
+        {[](Config& c) { c.peers = {5}; }, "peer rank 5 outside a world of 2"},
+        {[](Config& c) {
+           c.peers = {c.peers[0], c.peers[0]};
+         },
+         "listed twice"},
+        {[](Config& c) { c.max_unpolled = 0; }, "max_unpolled 0 outside [1, "},
+        {[](Config& c) { c.max_unpolled = 1 << 30; }, "max_unpolled 1073741824 outside [1, "},
+    };
+    for (const Bad& bad : cases) {
+      Config config = PairConfig(r, 4);
+      bad.change(config);
+      auto t = r.transport->create(config);
+      REQUIRE(t.status().code() == StatusCode::kInvalidArgument, t.status().ToString());
+      REQUIRE(t.status().message().find(bad.says) != std::string::npos, t.status().message());
+    }
+    return "";
+  };
+  EXPECT_EQ(RunPair(GetParam(), body), "");
+}
+
 TEST_P(TransportTest, BadConnectionAddressIsRefused) {
   Body body = [](Rank& r) -> std::string {
     Config config =

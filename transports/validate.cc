@@ -3,6 +3,28 @@
 
 namespace m2n::transport {
 
+StatusOr<std::vector<int>> CheckConfig(const Config& config, std::string_view transport,
+                                       int max_unpolled_limit) {
+  const std::string who = std::string(transport) + ": rank " + std::to_string(config.rank);
+  const std::string world = " outside a world of " + std::to_string(config.world_size);
+  if (config.world_size <= 0 || config.rank < 0 || config.rank >= config.world_size)
+    return InvalidArgumentError(who + ": rank" + world);
+  if (config.max_unpolled < 1 || config.max_unpolled > max_unpolled_limit) {
+    return InvalidArgumentError(who + ": max_unpolled " + std::to_string(config.max_unpolled) +
+                                " outside [1, " + std::to_string(max_unpolled_limit) + "]");
+  }
+  std::vector<int> index(static_cast<size_t>(config.world_size), -1);
+  for (size_t i = 0; i < config.peers.size(); ++i) {
+    const int peer = config.peers[i];
+    if (peer < 0 || peer >= config.world_size)
+      return InvalidArgumentError(who + ": peer rank " + std::to_string(peer) + world);
+    if (index[static_cast<size_t>(peer)] >= 0)
+      return InvalidArgumentError(who + ": peer rank " + std::to_string(peer) + " listed twice");
+    index[static_cast<size_t>(peer)] = static_cast<int>(i);
+  }
+  return index;
+}
+
 std::string WriteText(const Write& w, std::string_view transport, std::string_view why) {
   std::string text(transport);
   text +=

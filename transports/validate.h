@@ -1,4 +1,5 @@
-// The one check, shared by every transport, that a write lies inside its regions.
+// The checks every transport shares: that its configuration is sound (CheckConfig), and that a
+// write lies inside its regions (the rest of this file).
 //
 // A Write names a local region, a remote region, two offsets and a length, all from the caller.
 // Before a transport turns them into pointers (memcpy, ucp_put, an RDMA SGE) it must know that both
@@ -12,11 +13,18 @@
 #include <string>
 #include <string_view>
 #include <typeinfo>
+#include <vector>
 
 #include "m2n/status.h"
 #include "transports/transport.h"
 
 namespace m2n::transport {
+
+// Checks a transport's Config (rank inside the world, max_unpolled in [1, max_unpolled_limit],
+// every peer inside the world and listed once) and returns the index of each rank in
+// config.peers (-1: not a peer). Errors are InvalidArgument, beginning "<transport>: rank <r>".
+StatusOr<std::vector<int>> CheckConfig(const Config& config, std::string_view transport,
+                                       int max_unpolled_limit);
 
 // Whether [offset, offset + length) lies inside [0, size); overflow-safe.
 constexpr bool RangeInside(size_t offset, size_t length, size_t size) {

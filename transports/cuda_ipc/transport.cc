@@ -18,6 +18,7 @@
 namespace m2n::transport::cuda_ipc {
 namespace {
 
+constexpr int kMaxUnpolledLimit = 1 << 20;  // immediates in flight to one peer and lane
 constexpr uint32_t kAddressMagic = 0x6d32'6e41;  // "m2nA"
 // Bumped whenever Address changes; at byte 4, where the other transports keep theirs.
 constexpr uint32_t kAddressVersion = 2;
@@ -82,10 +83,8 @@ StatusOr<std::unique_ptr<Transport>> CudaIpcTransport::Create(const Config& conf
 }
 
 Status CudaIpcTransport::Init() {
-  if (config_.rank < 0 || config_.rank >= config_.world_size) {
-    return InvalidArgumentError("cuda_ipc: rank " + std::to_string(config_.rank) +
-                                " outside a world of " + std::to_string(config_.world_size));
-  }
+  // Its rings hold 2 max_unpolled + 2 entries each, rounded up to a power of two.
+  M2N_RETURN_IF_ERROR(CheckConfig(config_, "cuda_ipc", kMaxUnpolledLimit).status());
   if (config_.slot_depth <= 0) config_.slot_depth = std::max(1, config_.max_unpolled);
   uint32_t capacity = 16;
   while (capacity < static_cast<uint32_t>(2 * config_.max_unpolled + 2)) capacity *= 2;

@@ -9,6 +9,8 @@
 #include <string>
 #include <utility>
 
+#include "transports/validate.h"
+
 namespace m2n::transport::ucx {
 namespace {
 
@@ -33,31 +35,12 @@ Status Probe() {
 }
 
 StatusOr<std::unique_ptr<Transport>> UcxTransport::Create(const Config& config) {
-  const std::string who = "ucx: rank " + std::to_string(config.rank);
-  if (config.world_size <= 0 || config.rank < 0 || config.rank >= config.world_size) {
-    return InvalidArgumentError(who + ": rank outside a world of " +
-                                std::to_string(config.world_size));
-  }
-  if (config.max_unpolled < 1 || config.max_unpolled > kMaxUnpolledLimit) {
-    return InvalidArgumentError(who + ": max_unpolled " + std::to_string(config.max_unpolled) +
-                                " outside [1, " + std::to_string(kMaxUnpolledLimit) + "]");
-  }
+  M2N_ASSIGN_OR_RETURN(std::vector<int> peer_index, CheckConfig(config, "ucx", kMaxUnpolledLimit));
   std::unique_ptr<UcxTransport> t(new UcxTransport(config));
   M2N_ASSIGN_OR_RETURN(t->err_mode_, ErrModeFromEnv());
   M2N_ASSIGN_OR_RETURN(t->eager_setting_, EagerMaxFromEnv());
   M2N_ASSIGN_OR_RETURN(t->direct_stores_, DirectStoresFromEnv());
-  t->peer_index_.assign(config.world_size, -1);
-  for (size_t i = 0; i < config.peers.size(); ++i) {
-    const int peer = config.peers[i];
-    if (peer < 0 || peer >= config.world_size) {
-      return InvalidArgumentError(who + ": peer rank " + std::to_string(peer) +
-                                  " outside a world of " + std::to_string(config.world_size));
-    }
-    if (t->peer_index_[peer] >= 0) {
-      return InvalidArgumentError(who + ": peer rank " + std::to_string(peer) + " listed twice");
-    }
-    t->peer_index_[peer] = static_cast<int>(i);
-  }
+  t->peer_index_ = std::move(peer_index);
   t->endpoints_.resize(config.peers.size());
   t->connected_.reserve(config.peers.size());
   t->failed_.reserve(config.peers.size());

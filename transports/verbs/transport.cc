@@ -14,6 +14,7 @@
 #include <utility>
 
 #if M2N_VERBS_WITH_CUDA
+#include "transports/validate.h"
 #include "transports/verbs/cuda_driver.h"
 #endif
 
@@ -25,28 +26,11 @@ constexpr int kMaxUnpolledLimit = 1 << 16;
 }  // namespace
 
 StatusOr<std::unique_ptr<Transport>> VerbsTransport::Create(const Config& config) {
+  M2N_ASSIGN_OR_RETURN(std::vector<int> peer_index,
+                       CheckConfig(config, "verbs", kMaxUnpolledLimit));
   const std::string who = "verbs: rank " + std::to_string(config.rank);
-  if (config.world_size <= 0 || config.rank < 0 || config.rank >= config.world_size) {
-    return InvalidArgumentError(who + ": rank outside a world of " +
-                                std::to_string(config.world_size));
-  }
-  if (config.max_unpolled < 1 || config.max_unpolled > kMaxUnpolledLimit) {
-    return InvalidArgumentError(who + ": max_unpolled " + std::to_string(config.max_unpolled) +
-                                " outside [1, " + std::to_string(kMaxUnpolledLimit) + "]");
-  }
   std::unique_ptr<VerbsTransport> t(new VerbsTransport(config));
-  t->peer_index_.assign(config.world_size, -1);
-  for (size_t i = 0; i < config.peers.size(); ++i) {
-    const int peer = config.peers[i];
-    if (peer < 0 || peer >= config.world_size) {
-      return InvalidArgumentError(who + ": peer rank " + std::to_string(peer) +
-                                  " outside a world of " + std::to_string(config.world_size));
-    }
-    if (t->peer_index_[peer] >= 0) {
-      return InvalidArgumentError(who + ": peer rank " + std::to_string(peer) + " listed twice");
-    }
-    t->peer_index_[peer] = static_cast<int>(i);
-  }
+  t->peer_index_ = std::move(peer_index);
   t->endpoints_.resize(config.peers.size());
   M2N_ASSIGN_OR_RETURN(t->options_, VerbsOptionsFromEnv());
   // M2N_VERBS_DEVICE wins; else the group's NIC (named by the operator: a must; from the topology:
