@@ -72,6 +72,7 @@ class AttentionWorker {
     M2N_ASSIGN_OR_RETURN(iterations_, RunIterations(o_));
     if (DevicePath(o_)) {  // after the compute: the group's slots go on its GPU
       M2N_ASSIGN_OR_RETURN(device_group_, MakeDeviceGroup(g_, o_));
+      device_path_ = true;
       device_.resize(static_cast<size_t>(o_.workload.micro_batches));
     }
     M2N_ASSIGN_OR_RETURN(ep_, m2n::ExpertParallel::Create(
@@ -298,7 +299,7 @@ class AttentionWorker {
   Json Report() const {
     Json r = Json::Object();
     r.Set("role", Json::String("attention"));
-    r.Set("ep_path", Json::String(device_group_ != nullptr ? "device" : "host"));
+    r.Set("ep_path", Json::String(device_path_ ? "device" : "host"));
     r.Set("rank", Json::Number(g_.rank()));
     r.Set("backend", Json::String(compute_->name()));
     times_.Report(r);
@@ -315,6 +316,7 @@ class AttentionWorker {
   std::unique_ptr<Workload> workload_;
   std::unique_ptr<AttentionCompute> compute_;
   std::unique_ptr<m2n::Group> device_group_;  // the device path's (null: the host path)
+  bool device_path_ = false;  // for the report: device_group_ is closed before it
   std::unique_ptr<m2n::ExpertParallel> ep_;  // on device_group_ when there is one, else on g_
   std::vector<DeviceDispatch> device_;  // [mb]: the device path's buffers and stream
   std::vector<int> experts_;

@@ -170,6 +170,7 @@ class ExpertWorker {
     M2N_ASSIGN_OR_RETURN(iterations_, RunIterations(o_));
     if (DevicePath(o_)) {
       M2N_ASSIGN_OR_RETURN(device_group_, MakeDeviceGroup(g_, o_));
+      device_path_ = true;
     }
     M2N_ASSIGN_OR_RETURN(ep_, m2n::ExpertParallel::Create(
                                   device_group_ != nullptr ? *device_group_ : g_, EpOptions(o_)));
@@ -182,7 +183,7 @@ class ExpertWorker {
   Json Report() const {
     Json r = Json::Object();
     r.Set("role", Json::String("expert"));
-    r.Set("ep_path", Json::String(device_group_ != nullptr ? "device" : "host"));
+    r.Set("ep_path", Json::String(device_path_ ? "device" : "host"));
     r.Set("rank", Json::Number(g_.rank()));
     r.Set("backend", Json::String(experts_->name()));
     Json held = Json::Array();
@@ -200,6 +201,7 @@ class ExpertWorker {
   std::vector<int> held_;
   std::unique_ptr<ExpertCompute> experts_;
   std::unique_ptr<m2n::Group> device_group_;  // the device path's (null: the host path)
+  bool device_path_ = false;  // for the report: device_group_ is closed before it
   std::unique_ptr<m2n::ExpertParallel> ep_;  // on device_group_ when there is one, else on g_
   std::vector<int> attention_;
   SendBuffers send_;  // one report buffer per attention worker
