@@ -13,8 +13,9 @@
 #include <string>
 #include <utility>
 
-#if M2N_VERBS_WITH_CUDA
 #include "transports/validate.h"
+
+#if M2N_VERBS_WITH_CUDA
 #include "transports/verbs/cuda_driver.h"
 #endif
 
