@@ -219,6 +219,12 @@ Status DeviceErrorStatus(const ExpertParallel::Impl& impl, const char* call,
                                   "; this layer takes 0 to max_tokens = " +
                                   std::to_string(impl.options.max_tokens) + " per call");
     case ep::kWrongPairs:
+      if (e.b == -1) {
+        return DataLossError(me + from +
+                             " says that rank could not take this rank's dispatch of the call "
+                             "(its wait for it gave up, or the message failed its checks): that "
+                             "rank's own error says which");
+      }
       return DataLossError(me + from + " holds " + std::to_string(e.b) +
                            " (token, expert) pairs, expected " + std::to_string(e.c));
     default:

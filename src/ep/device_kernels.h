@@ -22,7 +22,8 @@ enum DeviceErrorCode : int {
   kWrongCall = 4,  // a: peer rank, b: its call, c: the call expected
   kBadLength = 5,  // a: peer rank, b: rows in its header, c: its length in bytes
   kForeignExpert = 6,  // a: peer rank, b: the expert id it routed here
-  kWrongPairs = 7,  // a: peer rank, b: rows in its header, c: the pairs dispatched to it
+  kWrongPairs = 7,  // a: peer rank, b: rows in its header (-1: it could not take ours), c: the
+                    // pairs dispatched to it
   kBadTokenCount = 8,  // a: *device_tokens
 };
 struct DeviceError {

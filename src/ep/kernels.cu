@@ -269,7 +269,11 @@ __global__ void CountDispatchKernel(DeviceTables t) {
   if (l == 0) {
     t.msg_data[a] = msg.data;
     t.msg_rows[a] = rows;
-    t.msg_pairs[a] = total.y < t.max_pairs ? total.y : t.max_pairs;
+    // -1: this call's dispatch from rank a could not be taken (the wait gave up, or the message
+    // failed its checks, recorded here): the combine back says so instead of carrying no rows.
+    t.msg_pairs[a] = !msg.ok || checked_rows < 0 ? -1
+                     : total.y < t.max_pairs     ? total.y
+                                                 : t.max_pairs;
     t.recv_slot[a] = msg.slot;
     t.recv_generation[a] = msg.generation;
     t.recv_ok[a] = msg.ok ? 1 : 0;
@@ -371,9 +375,11 @@ __global__ void SendCombineKernel(DeviceTables t, const std::byte* y) {
   const int a = blockIdx.x;
   const device::SendSlot s = device::BeginSendBlock(t.group, a);
   if (!s.ok) return;
-  const int pairs = t.msg_pairs[a];
+  // pairs -1 (the dispatch could not be taken) goes out as rows 0xffffffff and no rows: the
+  // attention rank names it (kWrongPairs with b = -1) rather than a plain count mismatch.
+  const int pairs = t.msg_pairs[a] < 0 ? 0 : t.msg_pairs[a];
   if (blockIdx.y == 0 && threadIdx.x == 0)
-    WriteHeader(t, MessageKind::kCombine, t.words[kExpertCalls] - 1, pairs, s.data);
+    WriteHeader(t, MessageKind::kCombine, t.words[kExpertCalls] - 1, t.msg_pairs[a], s.data);
   const int warps = static_cast<int>(gridDim.y) * kWarps;
   for (int p = static_cast<int>(blockIdx.y) * kWarps + threadIdx.x / 32; p < pairs; p += warps) {
     const int g = t.combine_row[size_t(a) * t.max_pairs + p];
