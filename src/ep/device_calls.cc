@@ -222,8 +222,8 @@ Status DeviceErrorStatus(const ExpertParallel::Impl& impl, const char* call,
       if (e.b == -1) {
         return DataLossError(me + from +
                              " says that rank could not take this rank's dispatch of the call "
-                             "(its wait for it gave up, or the message failed its checks): that "
-                             "rank's own error says which");
+                             "(the message failed its checks there): that rank's own error says "
+                             "which");
       }
       return DataLossError(me + from + " holds " + std::to_string(e.b) +
                            " (token, expert) pairs, expected " + std::to_string(e.c));
