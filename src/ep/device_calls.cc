@@ -177,7 +177,15 @@ Status CreateDeviceLayer(ExpertParallel::Impl& impl) {
     DeviceTables& t = layer->tables;
     M2N_RETURN_IF_ERROR(Allocate(*layer, kNumWords, &t.words));
     M2N_RETURN_IF_ERROR(AllocateMapped(*layer, 1, &layer->error, &t.error));
-    return impl.attention ? AllocateAttention(*layer) : AllocateExpert(*layer);
+    M2N_RETURN_IF_ERROR(impl.attention ? AllocateAttention(*layer) : AllocateExpert(*layer));
+    // The zeroing (cudaMemset) and the constants' copies (cudaMemcpy from pageable memory) are on
+    // the default stream and may still be running when these return; the calls' kernels run on
+    // the caller's streams, which may be non-blocking (no implicit order with the default stream).
+    // Without this wait a first call could read the tables before they are zero (cudaMalloc hands
+    // back the memory of a layer just freed, with its counters): once at creation, never per call.
+    if (cudaError_t e = cudaStreamSynchronize(nullptr); e != cudaSuccess)
+      return CudaFailed("cudaStreamSynchronize (the tables' zeroing and copies)", e);
+    return OkStatus();
   }();
   if (!made.ok()) return made.WithContext(impl.me() + ": allocating the device path's buffers");
   impl.device = std::move(layer);
