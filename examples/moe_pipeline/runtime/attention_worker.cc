@@ -6,21 +6,17 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <memory>
 #include <numeric>
-#include <optional>
 #include <span>
 #include <utility>
 #include <vector>
 
 #include "compute/compute.h"
 #include "m2n/ep.h"
-#include "m2n/launch.h"
 #include "reference/check.h"
 #include "runtime/fault.h"
 #include "runtime/pipeline.h"

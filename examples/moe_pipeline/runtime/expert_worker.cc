@@ -1,26 +1,15 @@
 // The disaggregated pipeline's expert worker (pipeline.h describes the schedule): it runs its
 // experts over the ExpertBatch of every attention worker's rows and combines their outputs back,
 // until the attention workers' finish; then it sends its report.
-#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
-#include <cmath>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <deque>
 #include <memory>
-#include <numeric>
-#include <optional>
-#include <span>
 #include <utility>
 #include <vector>
 
 #include "compute/compute.h"
 #include "m2n/ep.h"
-#include "m2n/launch.h"
-#include "reference/check.h"
 #include "runtime/fault.h"
 #include "runtime/pipeline.h"
 #include "runtime/report.h"

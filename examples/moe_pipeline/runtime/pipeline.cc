@@ -4,18 +4,11 @@
 // attention_worker.cc and expert_worker.cc.
 #include "runtime/pipeline.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
-#include <deque>
 #include <memory>
-#include <numeric>
-#include <optional>
 #include <span>
 #include <utility>
 #include <vector>
@@ -24,9 +17,6 @@
 #include "m2n/ep.h"
 #include "m2n/launch.h"
 #include "offload/offloaded_experts.h"
-#include "reference/check.h"
-#include "runtime/fault.h"
-#include "runtime/report.h"
 #include "runtime/wire.h"
 #include "runtime/workers.h"
 

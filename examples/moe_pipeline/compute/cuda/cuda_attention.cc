@@ -5,15 +5,12 @@
 #include <cuda_runtime.h>
 
 #include <cmath>
-#include <cstring>
-#include <optional>
 #include <string>
 #include <vector>
 
 #include "compute/cuda/context.h"
 #include "compute/cuda/graphs.h"
 #include "compute/cuda/kernels.h"
-#include "model/safetensors.h"
 
 namespace moe::cuda {
 namespace {

@@ -3,16 +3,11 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
-#include <cmath>
-#include <cstring>
-#include <optional>
 #include <string>
 #include <vector>
 
 #include "compute/cuda/context.h"
-#include "compute/cuda/graphs.h"
 #include "compute/cuda/kernels.h"
-#include "model/safetensors.h"
 
 namespace moe::cuda {
 namespace {
